@@ -1,0 +1,29 @@
+"""Single-process mode: every service and the gateway in one process, on one bus connection.
+
+For small hosts. It is the same service classes as the separate processes run; only the
+process boundary differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.service import run_services
+
+from .gateway.main import gateway_factory, start_http
+from .image.service import ImageService
+from .instance.service import InstanceService
+from .migration.service import MigrationService
+from .network.service import NetworkService
+from .storage.service import StorageService
+
+SERVICES = [ImageService, StorageService, NetworkService, InstanceService, MigrationService]
+
+
+def main() -> None:
+    factories = [lambda c, b, cls=cls: cls(c, b) for cls in SERVICES] + [gateway_factory]
+    asyncio.run(run_services(factories, "all", after_start=start_http))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Configuration: defaults, then a YAML file, then the environment (highest wins).
+
+One flat model shared by every process, so a node is described once. The file is
+``$CORRAL_CONFIG`` or ``$CORRAL_DIR/corral.yaml`` when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field
+
+# Environment variable -> config field. Kept explicit so `docs/architecture.md` can list them.
+ENV = {
+    "CORRAL_DIR": "dir",
+    "CORRAL_NODE": "node",
+    "CORRAL_NATS_URL": "nats_url",
+    "CORRAL_REQUEST_TIMEOUT": "request_timeout",
+    "CORRAL_OPERATION_RETENTION": "operation_retention",
+    "CORRAL_EVENTS_MAX_AGE": "events_max_age",
+    "CORRAL_EVENTS_MAX_BYTES": "events_max_bytes",
+    "CORRAL_TRACING": "tracing",
+    "CORRAL_OTLP_ENDPOINT": "otlp_endpoint",
+    "CORRAL_LOG_LEVEL": "log_level",
+    "CORRAL_KV_REPLICAS": "kv_replicas",
+}
+
+
+def _default_dir() -> Path:
+    return Path.cwd() / "var"
+
+
+class Config(BaseModel):
+    dir: Path = Field(default_factory=_default_dir)
+    node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "none")
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Seconds a bus request may take before the caller gets a 503.
+    request_timeout: float = 5.0
+    # Seconds a finished operation stays readable (LXD: 5 s; users lose exit codes).
+    operation_retention: float = 600.0
+    events_max_age: float = 24 * 3600.0
+    events_max_bytes: int = 256 * 1024 * 1024
+    # "off" | "console" | "otlp"
+    tracing: str = "off"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    log_level: str = "info"
+    # JetStream replicas for KV buckets and streams (1 on one node, 3 in a cluster).
+    kv_replicas: int = 1
+
+    @property
+    def socket_path(self) -> Path:
+        return self.dir / "unix.socket"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
+
+
+def load_config(**overrides: object) -> Config:
+    """Build the config; explicit overrides (tests, CLI flags) win over everything."""
+    env_dir = os.environ.get("CORRAL_DIR")
+    base_dir = Path(env_dir) if env_dir else _default_dir()
+    path = Path(os.environ.get("CORRAL_CONFIG", base_dir / "corral.yaml"))
+    values: dict[str, object] = {}
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        values.update(loaded)
+    for var, field in ENV.items():
+        if var in os.environ:
+            values[field] = os.environ[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = Config(**values)
+    cfg.dir = cfg.dir.absolute()
+    return cfg
+
+
+@lru_cache(maxsize=1)
+def get_config() -> Config:
+    return load_config()

@@ -1,0 +1,253 @@
+"""Operations as LXD has them, kept in the ``operations`` KV bucket.
+
+Whoever starts slow work (any service) creates the operation here and runs it as a task;
+any gateway replica answers ``/1.0/operations`` from the bucket. Each state change is a KV
+write plus an ``operation`` event. Finished operations stay readable for
+``operation_retention`` seconds (LXD forgets them after 5 s, losing exec exit codes).
+Cancel requests reach the running task on ``corral.operations.<id>.cancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Awaitable, Callable
+
+import nats.errors
+import nats.js.errors as jse
+from nats.js.kv import KV_DEL, KV_PURGE
+
+from . import codec, subjects
+from .bus import Bus
+from .errors import BadRequest, CorralError, Forbidden, NotFound, Unavailable
+from .events import Events
+from .log import get_logger, operation_id
+from .models import Operation, OperationStatus, lxd_time, utcnow
+from .state import Store
+
+BUCKET = "operations"
+log = get_logger()
+
+
+def parse_lxd_time(value: str) -> float:
+    """Seconds since the epoch from LXD's ``2026-11-28T05:54:48.616004821Z``."""
+    head, _, frac = value.rstrip("Z").partition(".")
+    ts = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=utcnow().tzinfo)
+    return ts.timestamp() + (float("0." + frac) if frac else 0.0)
+
+
+def is_expired(op: dict[str, Any], retention: float, now: float | None = None) -> bool:
+    if op.get("status") not in OperationStatus.FINAL:
+        return False
+    return (now or time.time()) - parse_lxd_time(op["updated_at"]) > retention
+
+
+class OperationHandle:
+    """What a running operation's code gets: its id and a way to report progress."""
+
+    def __init__(self, ops: "Operations", op: Operation) -> None:
+        self._ops = ops
+        self.op = op
+
+    @property
+    def id(self) -> str:
+        return self.op.id
+
+    async def set_metadata(self, **metadata: Any) -> None:
+        self.op.metadata = {**(self.op.metadata or {}), **metadata}
+        await self._ops._save(self.op)
+
+    async def progress(self, stage: str, percent: int, speed: int | None = None,
+                       text: str | None = None) -> None:
+        """LXD's progress shape: ``<stage>_progress`` text plus ``progress`` dict."""
+        prog = {"percent": str(percent), "stage": stage}
+        if speed is not None:
+            prog["speed"] = str(speed)
+        await self.set_metadata(**{f"{stage}_progress": text or f"{percent}%",
+                                   "progress": prog})
+
+
+Runner = Callable[[OperationHandle], Awaitable[dict[str, Any] | None]]
+
+
+class Operations:
+    def __init__(self, bus: Bus, events: Events, location: str = "none") -> None:
+        self.bus = bus
+        self.events = events
+        self.location = location
+        self.store = Store(bus, BUCKET, history=1, description="Corral operations")
+        self.retention = bus.config.operation_retention
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def open(self) -> "Operations":
+        await self.store.open()
+        return self
+
+    # -- running -------------------------------------------------------------------------
+
+    async def start(self, description: str, run: Runner, *, resources: dict[str, list[str]]
+                    | None = None, may_cancel: bool = False, cls: str = "task",
+                    project: str = "default", metadata: dict[str, Any] | None = None
+                    ) -> Operation:
+        """Create the operation (Pending, then Running) and run ``run`` in the background."""
+        op = Operation(id=str(uuid.uuid4()), **{"class": cls}, description=description,
+                       resources=resources, may_cancel=may_cancel, location=self.location,
+                       metadata=metadata)
+        await self.store.create(op.id, self._record(op, project), "Operation")
+        await self._event(op, project)
+        cancel_sub = None
+        if may_cancel:
+            cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
+                                                  self._on_cancel)
+        await self._set(op, OperationStatus.RUNNING, project)
+        handle = OperationHandle(self, op)
+        task = asyncio.create_task(self._run(handle, run, project, cancel_sub))
+        self._tasks[op.id] = task
+        return op.model_copy(deep=True)
+
+    async def _run(self, handle: OperationHandle, run: Runner, project: str,
+                   cancel_sub: Any) -> None:
+        op = handle.op
+        token = operation_id.set(op.id)
+        try:
+            result = await run(handle)
+            if result:
+                op.metadata = {**(op.metadata or {}), **result}
+            await self._set(op, OperationStatus.SUCCESS, project)
+        except asyncio.CancelledError:
+            op.err = "Operation cancelled"
+            await self._set(op, OperationStatus.CANCELLED, project)
+        except CorralError as exc:
+            op.err = exc.message
+            await self._set(op, OperationStatus.FAILURE, project)
+        except Exception as exc:  # a bug: say so, keep the service alive
+            log.exception("operation failed", description=op.description)
+            op.err = f"Internal error: {exc}"
+            await self._set(op, OperationStatus.FAILURE, project)
+        finally:
+            operation_id.reset(token)
+            self._tasks.pop(op.id, None)
+            if cancel_sub is not None:
+                await cancel_sub.unsubscribe()
+
+    async def _on_cancel(self, msg: Any) -> None:
+        op_id = msg.subject.split(".")[2]
+        task = self._tasks.get(op_id)
+        if task is None or task.done():
+            await msg.respond(codec.encode({"ok": False}))
+            return
+        task.cancel()
+        await msg.respond(codec.encode({"ok": True}))
+
+    async def _set(self, op: Operation, status: tuple[str, int], project: str) -> None:
+        op.status, op.status_code = status
+        await self._save(op, project)
+
+    async def _save(self, op: Operation, project: str | None = None) -> None:
+        op.updated_at = lxd_time()
+        if project is None:
+            found = await self.store.get(op.id)
+            project = found[0].get("project", "default") if found else "default"
+        await self.store.put(op.id, self._record(op, project))
+        await self._event(op, project)
+
+    async def _event(self, op: Operation, project: str) -> None:
+        await self.events.publish("operation", op.lxd(), project=project, entity="operation")
+
+    @staticmethod
+    def _record(op: Operation, project: str) -> dict[str, Any]:
+        return {**op.lxd(), "project": project}
+
+    async def wait_local(self, op_id: str) -> None:
+        """Wait for an operation this process runs (tests, single-process callers)."""
+        task = self._tasks.get(op_id)
+        if task:
+            await asyncio.shield(task)
+
+    # -- reading (any process, e.g. the gateway) -----------------------------------------
+
+    async def get(self, op_id: str) -> dict[str, Any]:
+        found = await self.store.get(op_id) if _valid_id(op_id) else None
+        if found is None or is_expired(found[0], self.retention):
+            raise NotFound("Operation not found")
+        return _public(found[0])
+
+    async def list(self, project: str | None = "default") -> list[dict[str, Any]]:
+        now = time.time()
+        ops = await self.store.items()
+        return [_public(o) for o in ops.values()
+                if not is_expired(o, self.retention, now)
+                and (project is None or o.get("project", "default") == project)]
+
+    async def wait(self, op_id: str, timeout: float) -> dict[str, Any]:
+        """Return when the operation is final, or its current state when ``timeout`` passes."""
+        current = await self.get(op_id)
+        if current["status"] in OperationStatus.FINAL or timeout == 0:
+            return current
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        watcher = await self.store.kv.watch(op_id)
+        try:
+            while True:
+                left = 3600.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return current
+                try:
+                    entry = await watcher.updates(timeout=min(left, 3600.0))
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    raise NotFound("Operation not found")
+                current = _public(codec.decode(entry.value))
+                if current["status"] in OperationStatus.FINAL:
+                    return current
+        finally:
+            try:
+                await watcher.stop()
+            except Exception:
+                pass
+
+    async def cancel(self, op_id: str) -> dict[str, Any]:
+        op = await self.get(op_id)
+        if op["status"] in OperationStatus.FINAL:
+            raise BadRequest(f"Operation is already {op['status'].lower()}, nothing to cancel")
+        if not op["may_cancel"]:
+            raise Forbidden("This operation can't be cancelled")
+        try:
+            msg = await self.bus.request_raw(subjects.operation_cancel(op_id), {}, timeout=5,
+                                             service="operation owner")
+        except Unavailable as exc:
+            raise Unavailable(f"The process running operation {op_id} does not answer: "
+                              f"{exc.message}") from exc
+        if not (codec.decode(msg.data) or {}).get("ok"):
+            raise BadRequest("Operation finished before it could be cancelled")
+        return await self.wait(op_id, 10)
+
+    async def expire(self) -> int:
+        """Delete finished operations older than the retention; returns how many."""
+        now = time.time()
+        gone = 0
+        try:
+            ops = await self.store.items()
+        except jse.Error:
+            return 0
+        for op_id, op in ops.items():
+            if is_expired(op, self.retention, now):
+                await self.store.delete(op_id)
+                gone += 1
+        return gone
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "project"}
+
+
+def _valid_id(op_id: str) -> bool:
+    try:
+        uuid.UUID(op_id)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,208 @@
+"""The service base: a NATS micro service declared in one place.
+
+A service subclass sets ``name``/``version`` and marks its handlers with
+:func:`endpoint`; the base registers them with ``nats.micro`` (so ``$SRV.PING``, ``INFO``
+and ``STATS`` see them), decodes requests into their pydantic model, continues the caller's
+trace, and turns :class:`CorralError` into a micro error reply carrying the HTTP-like code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, ClassVar
+
+from nats import micro
+from nats.micro.request import Request as MicroRequest
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from . import codec, subjects, tracing
+from .bus import Bus
+from .config import Config, get_config
+from .errors import BadRequest, CorralError
+from .events import Events, ensure_stream
+from .log import get_logger, setup_logging
+from .models import Message, Reply, ServerInfoReply, ServerInfoRequest
+from .operations import Operations
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    verb: str
+    request: type[Message]
+    scope: str  # "cluster": corral.<svc>.<verb>; "node": corral.node.<node>.<svc>.<verb>
+    attr: str
+
+
+def endpoint(verb: str, request: type[Message], scope: str = "cluster"
+             ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Mark a coroutine method as the handler of ``verb``."""
+    if scope not in ("cluster", "node"):
+        raise ValueError(scope)
+
+    def mark(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        fn.__corral_endpoint__ = (verb, request, scope)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Service:
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0.1.0"
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: Config | None = None, bus: Bus | None = None) -> None:
+        self.config = config or get_config()
+        self._own_bus = bus is None
+        self.bus = bus or Bus(self.config, self.name)
+        self.log = get_logger(component=self.name)
+        # LXD says "none" for the location of a standalone server; a cluster will name nodes.
+        self.events = Events(self.bus, location="none")
+        self.operations = Operations(self.bus, self.events, location="none")
+        self._micro: micro.Service | None = None
+        self._stopped = asyncio.Event()
+
+    @classmethod
+    def endpoints(cls) -> list[EndpointSpec]:
+        specs = []
+        for attr in dir(cls):
+            marker = getattr(getattr(cls, attr, None), "__corral_endpoint__", None)
+            if marker:
+                verb, request, scope = marker
+                specs.append(EndpointSpec(verb, request, scope, attr))
+        return sorted(specs, key=lambda s: s.verb)
+
+    def subject_for(self, spec: EndpointSpec) -> str:
+        if spec.scope == "node":
+            return subjects.node(self.config.node, self.name, spec.verb)
+        return subjects.service(self.name, spec.verb)
+
+    # -- hooks for subclasses ------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Open stores, reconcile with the host. Runs before endpoints are registered."""
+
+    async def teardown(self) -> None:
+        """Release what setup took (not the host objects: those outlive the process)."""
+
+    def server_info(self) -> ServerInfoReply:
+        """What this service adds to ``GET /1.0`` (drivers, storage, extensions)."""
+        return ServerInfoReply()
+
+    @endpoint("info", ServerInfoRequest)
+    async def _info(self, _req: ServerInfoRequest) -> ServerInfoReply:
+        return self.server_info()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._own_bus:
+            await self.bus.connect()
+        await ensure_stream(self.bus)
+        await self.operations.open()
+        await self.setup()
+        self._micro = await micro.add_service(
+            self.bus.nc, name=f"corral-{self.name}", version=self.version,
+            description=self.description or f"Corral {self.name} service",
+            metadata={"node": self.config.node, "pid": str(os.getpid())},
+        )
+        for spec in self.endpoints():
+            await self._micro.add_endpoint(
+                name=spec.verb, subject=self.subject_for(spec),
+                queue_group=f"corral-{self.name}" if spec.scope == "cluster" else None,
+                handler=self._wrap(spec),
+            )
+        self.log.info("service started", endpoints=len(self.endpoints()))
+
+    async def stop(self) -> None:
+        if self._micro is not None:
+            await self._micro.stop()
+            self._micro = None
+        await self.teardown()
+        if self._own_bus:
+            await self.bus.close()
+        self._stopped.set()
+
+    def _wrap(self, spec: EndpointSpec) -> Callable[[MicroRequest], Awaitable[None]]:
+        handler = getattr(self, spec.attr)
+        span_name = f"{self.name}.{spec.verb}"
+        tracer = tracing.tracer(f"corral.{self.name}")
+
+        async def handle(req: MicroRequest) -> None:
+            ctx = tracing.extract(req.headers)
+            with tracer.start_as_current_span(span_name, context=ctx, kind=SpanKind.SERVER
+                                              ) as span:
+                try:
+                    try:
+                        body = spec.request.model_validate(codec.decode(req.data) or {})
+                    except (ValidationError, ValueError) as exc:
+                        raise BadRequest(f"Invalid {spec.verb} request: {_brief(exc)}") from exc
+                    self.log.debug("request", verb=spec.verb)
+                    result = await handler(body)
+                    if not isinstance(result, Message):
+                        result = Reply(metadata=result)
+                    await req.respond(codec.encode(result))
+                except CorralError as exc:
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                    self.log.debug("request failed", verb=spec.verb, code=exc.code,
+                                   error=exc.message)
+                    await req.respond_error(str(exc.code), exc.message)
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    self.log.exception("request crashed", verb=spec.verb)
+                    await req.respond_error("500", f"Internal error in the {self.name} "
+                                                   f"service: {exc}")
+
+        return handle
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                         for e in exc.errors()[:3])
+    return str(exc)
+
+
+async def run_services(
+    factories: list[Callable[[Config, Bus | None], "Service"]], name: str,
+    after_start: Callable[[list["Service"]], Awaitable[Callable[[], Awaitable[None]]]]
+    | None = None,
+) -> None:
+    """Run one or more services in this process until SIGTERM/SIGINT.
+
+    With several factories they share one bus connection: the single-process mode is the
+    same service code on the same bus, not a second implementation.
+    """
+    config = get_config()
+    setup_logging(name, config.node, config.log_level)
+    tracing.setup_tracing(name, config.node, config.tracing, config.otlp_endpoint)
+    bus = Bus(config, name)
+    await bus.connect()
+    services = [f(config, bus) for f in factories]
+    for svc in services:
+        await svc.start()
+    stopper = await after_start(services) if after_start is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    if stopper is not None:
+        await stopper()
+    for svc in reversed(services):
+        await svc.stop()
+    await bus.close()
+
+
+def main_for(cls: type[Service]) -> Callable[[], None]:
+    """The console-script entry point of one service."""
+
+    def main() -> None:
+        asyncio.run(run_services([lambda c, b: cls(c, b)], cls.name))
+
+    return main

@@ -1,0 +1,154 @@
+"""State in JetStream KV: one bucket per owning service, compare-and-set on revisions.
+
+Values are msgpack dicts. ``update`` only succeeds against the revision the caller read, so
+two writers cannot silently overwrite each other (no in-process locks). A service that is
+the only writer of its bucket may keep a local read cache (``cache=True``): it is loaded
+when the bucket is opened and kept current by the service's own writes, so lists never
+cost one bus round trip per entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.js.errors as jse
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from . import codec
+from .bus import Bus
+from .errors import Conflict, CorralError, NotFound, Unavailable
+
+
+class Store:
+    def __init__(self, bus: Bus, bucket: str, *, history: int = 5, cache: bool = False,
+                 description: str = "") -> None:
+        self.bus = bus
+        self.bucket = bucket
+        self.history = history
+        self.description = description
+        self._kv: KeyValue | None = None
+        self._use_cache = cache
+        self._cache: dict[str, tuple[dict[str, Any], int]] = {}
+
+    async def open(self) -> "Store":
+        js = self.bus.js
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except jse.BucketNotFoundError:
+            self._kv = await js.create_key_value(
+                bucket=self.bucket,
+                history=self.history,
+                storage=api.StorageType.FILE,
+                replicas=self.bus.config.kv_replicas,
+                description=self.description or f"corral {self.bucket}",
+            )
+        if self._use_cache:
+            self._cache = {k: v for k, v in (await self._load_all()).items()}
+        return self
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError(f"store {self.bucket} not opened")
+        return self._kv
+
+    async def get(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The value and its revision, or None."""
+        if self._use_cache:
+            return self._cache.get(key)
+        return await self._get(key)
+
+    async def require(self, key: str, what: str) -> tuple[dict[str, Any], int]:
+        found = await self.get(key)
+        if found is None:
+            raise NotFound(f"{what} not found")
+        return found
+
+    async def _get(self, key: str) -> tuple[dict[str, Any], int] | None:
+        try:
+            entry = await self.kv.get(key)
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            return None
+        except jse.Error as exc:
+            raise Unavailable(f"state store {self.bucket} unavailable: {exc}") from exc
+        if entry.value is None:
+            return None
+        return codec.decode(entry.value), entry.revision
+
+    async def create(self, key: str, value: dict[str, Any], what: str = "Entry") -> int:
+        """Add a key that must not exist yet (409 otherwise)."""
+        try:
+            rev = await self.kv.create(key, codec.encode(value))
+        except jse.KeyWrongLastSequenceError as exc:
+            raise Conflict(f"{what} already exists") from exc
+        self._remember(key, value, rev)
+        return rev
+
+    async def update(self, key: str, value: dict[str, Any], revision: int) -> int:
+        """Write only if the entry is still at ``revision`` (409 when someone else wrote)."""
+        try:
+            rev = await self.kv.update(key, codec.encode(value), last=revision)
+        except jse.KeyWrongLastSequenceError as exc:
+            if self._use_cache:  # our cache is stale: reload this key
+                fresh = await self._get(key)
+                if fresh:
+                    self._cache[key] = fresh
+            raise Conflict(f"{key} was changed concurrently, retry") from exc
+        self._remember(key, value, rev)
+        return rev
+
+    async def put(self, key: str, value: dict[str, Any]) -> int:
+        rev = await self.kv.put(key, codec.encode(value))
+        self._remember(key, value, rev)
+        return rev
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.kv.delete(key)
+        except (jse.KeyNotFoundError, jse.KeyDeletedError):
+            pass
+        self._cache.pop(key, None)
+
+    async def keys(self) -> list[str]:
+        if self._use_cache:
+            return sorted(self._cache)
+        try:
+            return sorted(await self.kv.keys())
+        except jse.NoKeysError:
+            return []
+
+    async def items(self) -> dict[str, dict[str, Any]]:
+        if self._use_cache:
+            return {k: v for k, (v, _rev) in sorted(self._cache.items())}
+        return {k: v for k, (v, _rev) in (await self._load_all()).items()}
+
+    async def _load_all(self) -> dict[str, tuple[dict[str, Any], int]]:
+        try:
+            keys = await self.kv.keys()
+        except jse.NoKeysError:
+            return {}
+        values = await asyncio.gather(*(self._get(k) for k in keys))
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def _remember(self, key: str, value: dict[str, Any], rev: int) -> None:
+        if self._use_cache:
+            self._cache[key] = (value, rev)
+
+
+async def mutate(store: Store, key: str, fn, what: str = "Entry", attempts: int = 5
+                 ) -> dict[str, Any]:
+    """Read-modify-write with compare-and-set, retrying when another writer got there first.
+
+    ``fn(value) -> new value`` must be pure (it may run more than once).
+    """
+    for _ in range(attempts):
+        value, rev = await store.require(key, what)
+        new = fn(dict(value))
+        try:
+            await store.update(key, new, rev)
+            return new
+        except Conflict:
+            continue
+    raise CorralError(f"{what} is being changed by someone else, try again", 409)

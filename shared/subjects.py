@@ -1,0 +1,36 @@
+"""The subject map, in one place (see docs/architecture.md).
+
+- ``corral.<service>.<verb>``: cluster-wide requests, queue group, any replica answers.
+- ``corral.node.<node>.<service>.<verb>``: work bound to one host.
+- ``corral.events.<type>.<project>.<entity>``: events (JSON, LXD's shape).
+- ``corral.operations.<id>.cancel``: ask whoever runs an operation to cancel it.
+"""
+
+from __future__ import annotations
+
+PREFIX = "corral"
+SERVICES = ("image", "instance", "storage", "network", "migration")
+EVENTS_STREAM = "CORRAL_EVENTS"
+EVENTS_ALL = f"{PREFIX}.events.>"
+
+
+def service(svc: str, verb: str) -> str:
+    return f"{PREFIX}.{svc}.{verb}"
+
+
+def node(node_name: str, svc: str, verb: str) -> str:
+    return f"{PREFIX}.node.{node_name}.{svc}.{verb}"
+
+
+def event(type_: str, project: str, entity: str) -> str:
+    return f"{PREFIX}.events.{token(type_)}.{token(project)}.{token(entity)}"
+
+
+def operation_cancel(op_id: str) -> str:
+    return f"{PREFIX}.operations.{op_id}.cancel"
+
+
+def token(value: str) -> str:
+    """A NATS subject token: no dots, wildcards or spaces."""
+    out = "".join("_" if c in ".*> \t" else c for c in value)
+    return out or "_"
