@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from typing import Any, Iterable
 from urllib.parse import quote
+
+from .errors import BadRequest, PreconditionFailed
 
 
 def url(collection: str, name: str, project: str = "default") -> str:
@@ -18,3 +23,60 @@ def listing(collection: str, items: Iterable[tuple[str, dict[str, Any]]], recurs
     if recursion <= 0:
         return [url(collection, name, project) for name, _obj in items]
     return [obj for _name, obj in items]
+
+
+def etag(*parts: Any) -> str:
+    """A stable ETag over the user-editable fields of an object (as LXD hashes them)."""
+    raw = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def check_etag(expected: str | None, current: str) -> None:
+    if expected and expected.strip('"') != current:
+        raise PreconditionFailed("ETag doesn't match: the object changed since you read it")
+
+
+_NAME_BAD = re.compile(r"[/\\\s]|^\.{1,2}$")
+
+
+def validate_object_name(kind: str, name: Any) -> str:
+    """LXD's rules for profile/pool/volume-like names: non-empty, no slash or space."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"No {kind} name provided")
+    if _NAME_BAD.search(name) or len(name) > 64:
+        raise BadRequest(f"Invalid {kind} name {name!r}: names may not contain slashes or "
+                         "spaces, may not be '.' or '..', and are at most 64 characters")
+    return name
+
+
+def string_map(kind: str, value: Any) -> dict[str, str]:
+    """A config map must be string keys to string values (LXD is strict about it)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"Invalid {kind}: expected an object of string keys and values")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            v = str(v)
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise BadRequest(f"Invalid {kind} entry {k!r}: values must be strings")
+        out[k] = v
+    return out
+
+
+def devices_map(value: Any) -> dict[str, dict[str, str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest("Invalid devices: expected an object of device name to device")
+    out = {}
+    for name, dev in value.items():
+        validate_object_name("device", name)
+        dev = string_map(f"device {name!r}", dev)
+        if "type" not in dev:
+            raise BadRequest(f"Device {name!r} has no type (nic, disk, ...)")
+        out[name] = dev
+    return out

@@ -119,3 +119,18 @@ class Event(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     location: str = "none"
     project: str = "default"
+
+
+class CreateRequest(Request):
+    """``POST /1.0/<collection>``: the JSON body as the client sent it."""
+
+    body: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectRequest(Request):
+    """Any request about one named object: get, update (PUT), patch, delete, rename (POST)."""
+
+    name: str
+    body: dict[str, Any] | None = None
+    # The client's If-Match (without quotes), checked against the object's current ETag.
+    etag: str | None = None

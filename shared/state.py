@@ -10,6 +10,8 @@ cost one bus round trip per entry.
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 from typing import Any
 
 import nats.js.errors as jse
@@ -124,6 +126,11 @@ class Store:
             return {k: v for k, (v, _rev) in sorted(self._cache.items())}
         return {k: v for k, (v, _rev) in (await self._load_all()).items()}
 
+    def cached(self) -> list[dict[str, Any]]:
+        """The cached values, without awaiting (only for ``cache=True`` stores)."""
+        assert self._use_cache, f"store {self.bucket} keeps no cache"
+        return [v for v, _rev in self._cache.values()]
+
     async def _load_all(self) -> dict[str, tuple[dict[str, Any], int]]:
         try:
             keys = await self.kv.keys()
@@ -152,3 +159,19 @@ async def mutate(store: Store, key: str, fn, what: str = "Entry", attempts: int 
         except Conflict:
             continue
     raise CorralError(f"{what} is being changed by someone else, try again", 409)
+
+
+_PLAIN = re.compile(r"^[-_a-zA-Z0-9][-_=a-zA-Z0-9]*$")
+
+
+def key(*parts: str) -> str:
+    """A KV key from parts (``project``, ``name``): plain names stay readable, anything
+    else (dots, unicode, ...) is base64url-encoded behind a ``=`` so every name is a valid,
+    unique key."""
+    out = []
+    for part in parts:
+        if _PLAIN.match(part):
+            out.append(part)
+        else:
+            out.append("=" + base64.urlsafe_b64encode(part.encode()).decode().rstrip("="))
+    return ".".join(out)

@@ -20,7 +20,15 @@ from shared.bus import Bus
 from shared.config import Config
 from shared.errors import BadRequest, CorralError
 from shared.log import get_logger
-from shared.models import ListRequest, Message, Reply, Requestor, ServerInfoRequest
+from shared.models import (
+    CreateRequest,
+    ListRequest,
+    Message,
+    ObjectRequest,
+    Reply,
+    Requestor,
+    ServerInfoRequest,
+)
 from shared.operations import Operations
 
 from . import responses
@@ -36,7 +44,11 @@ LISTS = [
     ("/1.0/images", "image", "list"),
     ("/1.0/storage-pools", "storage", "list"),
     ("/1.0/networks", "network", "list"),
-    ("/1.0/profiles", "instance", "profile_list"),
+]
+# Collections with full CRUD: (path, owning service, verb prefix). The verbs are
+# <prefix>list|create|get|update|patch|delete|rename, one bus request each.
+COLLECTIONS = [
+    ("/1.0/profiles", "instance", "profile_"),
 ]
 DEFAULT_EVENT_TYPES = ("logging", "operation", "lifecycle")
 
@@ -94,7 +106,40 @@ class Gateway:
         r.add_get("/1.0/events", self.events)
         for path, svc, verb in LISTS:
             r.add_get(path, self._lister(svc, verb))
+        for path, svc, prefix in COLLECTIONS:
+            self._collection(r, path, svc, prefix)
         return app
+
+    def _collection(self, r: web.UrlDispatcher, path: str, svc: str, prefix: str) -> None:
+        r.add_get(path, self._lister(svc, prefix + "list"))
+        r.add_post(path, self._creator(svc, prefix + "create"))
+        item = path + "/{name}"
+        for method, verb in (("GET", "get"), ("PUT", "update"), ("PATCH", "patch"),
+                             ("DELETE", "delete"), ("POST", "rename")):
+            r.add_route(method, item, self._object(svc, prefix + verb))
+
+    def _creator(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise BadRequest("Invalid request body: expected a JSON object")
+            req = CreateRequest(project=project_of(request), body=body,
+                                requestor=requestor(request))
+            return self.render(await self.ask(svc, verb, req))
+        return handler
+
+    def _object(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            body = None
+            if request.method in ("PUT", "PATCH", "POST"):
+                body = await read_json(request)
+                if not isinstance(body, dict):
+                    raise BadRequest("Invalid request body: expected a JSON object")
+            req = ObjectRequest(project=project_of(request), name=request.match_info["name"],
+                                body=body, etag=request.headers.get("If-Match"),
+                                requestor=requestor(request))
+            return self.render(await self.ask(svc, verb, req))
+        return handler
 
     @web.middleware
     async def _middleware(self, request: web.Request,

@@ -1,0 +1,94 @@
+"""The services on the bus: discovery, stats, 503 when one is down, NATS restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from shared.bus import Bus
+from shared.errors import Unavailable
+from shared.models import ListRequest
+
+from .stack import wait_for
+
+ALL = {"corral-image", "corral-instance", "corral-storage", "corral-network",
+       "corral-migration", "corral-gateway"}
+
+
+async def gather_replies(bus: Bus, subject: str, wait: float = 0.5) -> list[dict]:
+    """Publish once and collect every reply (discovery answers come from each service)."""
+    inbox = bus.nc.new_inbox()
+    replies: list[dict] = []
+
+    async def on_msg(msg):
+        replies.append(json.loads(msg.data))
+
+    sub = await bus.nc.subscribe(inbox, cb=on_msg)
+    await bus.nc.publish(subject, b"", reply=inbox)
+    await asyncio.sleep(wait)
+    await sub.unsubscribe()
+    return replies
+
+
+async def test_srv_ping_finds_every_service_and_the_gateway(bus, stack):
+    names = {r["name"] for r in await gather_replies(bus, "$SRV.PING")}
+    assert ALL <= names
+
+
+async def test_srv_info_lists_subjects(bus, stack):
+    infos = {r["name"]: r for r in await gather_replies(bus, "$SRV.INFO")}
+    subjects = {e["subject"] for e in infos["corral-instance"]["endpoints"]}
+    assert "corral.instance.list" in subjects
+    assert "corral.instance.profile_create" in subjects
+
+
+async def test_srv_stats_counts_requests(bus, aapi):
+    def count(stats):
+        [s] = [s for s in stats if s["name"] == "corral-image"]
+        return next(e["num_requests"] for e in s["endpoints"] if e["name"] == "list")
+
+    before = count(await gather_replies(bus, "$SRV.STATS.corral-image"))
+    for _ in range(3):
+        assert (await aapi.get("/1.0/images")).status_code == 200
+    after = count(await gather_replies(bus, "$SRV.STATS.corral-image"))
+    assert after - before == 3
+
+
+async def test_bus_request_to_missing_service_is_unavailable(bus):
+    with pytest.raises(Unavailable) as exc:
+        await bus.request("nosuchservice", "list", ListRequest(), timeout=0.5)
+    assert exc.value.code == 503
+    assert "nosuchservice" in exc.value.message
+
+
+def test_stopped_service_gives_503_then_recovers_with_data(api, stack, uid):
+    assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
+    stack.stop("instance")
+    try:
+        t0 = time.monotonic()
+        r = api.get("/1.0/profiles")
+        assert r.status_code == 503
+        assert "instance" in r.json()["error"]
+        assert time.monotonic() - t0 < 10  # bounded by the request timeout, never a hang
+        # GET /1.0 still answers: clients call it first.
+        assert api.get("/1.0").status_code == 200
+    finally:
+        stack.start("instance")
+    wait_for(lambda: api.get("/1.0/profiles").status_code == 200, 30, what="instance back")
+    names = api.get("/1.0/profiles").json()["metadata"]
+    assert f"/1.0/profiles/{uid}" in names
+    api.delete(f"/1.0/profiles/{uid}")
+
+
+def test_services_reconnect_after_nats_restart(api, stack, nats_server, uid):
+    assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
+    nats_server.stop()
+    assert api.get("/1.0/profiles").status_code == 503
+    nats_server.start()  # same port, same JetStream store
+    wait_for(lambda: api.get(f"/1.0/profiles/{uid}").status_code == 200, 60,
+             what="services to reconnect to the restarted nats-server")
+    assert api.get("/1.0/images").status_code == 200
+    assert api.delete(f"/1.0/profiles/{uid}").status_code == 200
