@@ -1,0 +1,354 @@
+"""The storage driver interface and the volume logic every backend shares.
+
+A pool is ``(name, driver, config)`` plus the Corral state directory; a driver object is a
+thin, stateless view of that tuple (the service keeps pool records in its KV store), so it
+can be rebuilt for every call. All methods block; the async service runs them in a thread.
+
+Layout under the pool mount point ``$CORRAL_DIR/storage-pools/<pool>/`` follows LXD:
+``images/<fingerprint>``, ``containers/<name>``, ``virtual-machines/<name>``,
+``custom/<name>`` and ``<kind-dir>-snapshots/<name>/<snap>``. Backends only implement the
+few ``_vol_*`` primitives (make, copy, delete, freeze...) and the pool lifecycle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+
+from .util import parse_size, validate_name
+
+# API volume type -> directory name under the pool (LXD's names).
+KINDS: dict[str, str] = {
+    "container": "containers",
+    "virtual-machine": "virtual-machines",
+    "image": "images",
+    "custom": "custom",
+}
+SNAPSHOT_KINDS = ("container", "virtual-machine", "custom")
+TMP_DIR = ".corral-tmp"  # scratch space for restores; same filesystem, so renames are atomic
+
+
+class Driver:
+    """One storage backend. Subclasses set ``name``/``config_keys`` and fill in the hooks."""
+
+    name: ClassVar[str] = ""
+    # key -> validator(value) -> normalised value (raise BadRequest when invalid)
+    config_keys: ClassVar[dict[str, Callable[[str], str]]] = {}
+
+    def __init__(self, pool: str, config: Mapping[str, str], corral_dir: Path | str) -> None:
+        self.pool = validate_name("storage pool", pool)
+        self.corral_dir = Path(corral_dir)
+        self.config = self.validate_config(config)
+
+    # ---- description ---------------------------------------------------------------------
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        """Name, version and capabilities (LXD's driver Info), for /1.0 and the service."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_host(cls) -> None:
+        """Raise BadRequest saying why this host cannot run the driver; no-op when it can."""
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, str]) -> dict[str, str]:
+        """Return the config with defaults filled in; BadRequest on unknown/invalid keys."""
+        unknown = sorted(set(config) - set(cls.config_keys))
+        if unknown:
+            raise BadRequest(f"Invalid {cls.name} pool config key(s) {', '.join(unknown)}: "
+                             f"valid keys are {', '.join(sorted(cls.config_keys))}")
+        out: dict[str, str] = {}
+        for key, check in cls.config_keys.items():
+            value = config.get(key, "")
+            if not isinstance(value, str):
+                raise BadRequest(f"Invalid value for {key!r}: expected a string, "
+                                 f"got {type(value).__name__}")
+            out[key] = check(value)
+        return cls._fill_defaults(out)
+
+    @classmethod
+    def _fill_defaults(cls, config: dict[str, str]) -> dict[str, str]:
+        """Cross-key checks and defaults; drop empty optional keys."""
+        return {k: v for k, v in config.items() if v != ""}
+
+    # ---- pool lifecycle (backend specific) -----------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The pool mount point, ``$CORRAL_DIR/storage-pools/<pool>``."""
+        return self.corral_dir / "storage-pools" / self.pool
+
+    def create(self) -> dict[str, str]:
+        """Make the pool on disk and mount it; return the config to store (source filled)."""
+        raise NotImplementedError
+
+    def mount(self) -> bool:
+        """Make the pool usable (idempotent); True when something was mounted now."""
+        raise NotImplementedError
+
+    def unmount(self) -> bool:
+        """Undo ``mount`` (idempotent); True when something was unmounted now."""
+        raise NotImplementedError
+
+    def delete(self) -> None:
+        """Remove the pool and everything in it. The service checks usage first."""
+        raise NotImplementedError
+
+    def resources(self) -> dict[str, dict[str, int]]:
+        """Space and inode usage in the shape of LXD's /1.0/storage-pools/<p>/resources."""
+        self._require_ready()
+        st = os.statvfs(self.path)
+        return {
+            "space": {"used": (st.f_blocks - st.f_bfree) * st.f_frsize,
+                      "total": st.f_blocks * st.f_frsize},
+            "inodes": {"used": st.f_files - st.f_ffree, "total": st.f_files},
+        }
+
+    # ---- backend primitives --------------------------------------------------------------
+
+    def _vol_create(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _vol_copy(self, src: Path, dst: Path, readonly: bool = False) -> None:
+        """Make ``dst`` a full copy/snapshot of ``src`` (``dst`` must not exist)."""
+        raise NotImplementedError
+
+    def _vol_delete(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _vol_freeze(self, path: Path) -> None:
+        """Make a volume read-only where the backend can (images)."""
+
+    def _vol_usage(self, path: Path) -> int | None:
+        return None
+
+    def _vol_restored(self, old: Path, new: Path) -> None:
+        """Carry per-volume settings (quota) from the replaced volume to the restored one."""
+
+    def _vol_quota(self, path: Path, size: int | None) -> None:
+        raise BadRequest(f"Storage driver {self.name!r} does not support volume quotas")
+
+    # ---- layout helpers ------------------------------------------------------------------
+
+    def _make_layout(self) -> None:
+        """Create the LXD-style directories; 0711 lets unprivileged containers traverse."""
+        for sub in [*KINDS.values(), *(f"{KINDS[k]}-snapshots" for k in SNAPSHOT_KINDS)]:
+            d = self.path / sub
+            d.mkdir(mode=0o711, parents=True, exist_ok=True)
+
+    def _require_ready(self) -> None:
+        if not (self.path / KINDS["image"]).is_dir():
+            raise Conflict(f"Storage pool {self.pool!r} is not mounted (no {self.path}); "
+                           "mount it first")
+
+    @staticmethod
+    def _kind_dir(kind: str) -> str:
+        if kind not in KINDS:
+            raise BadRequest(f"Invalid volume type {kind!r}: expected one of "
+                             f"{', '.join(KINDS)}")
+        return KINDS[kind]
+
+    def volume_path(self, kind: str, name: str) -> Path:
+        """Where a volume lives (whether or not it exists)."""
+        return self.path / self._kind_dir(kind) / validate_name("volume", name)
+
+    def _snap_root(self, kind: str, name: str) -> Path:
+        if kind not in SNAPSHOT_KINDS:
+            raise BadRequest(f"Volumes of type {kind!r} have no snapshots")
+        return self.path / f"{self._kind_dir(kind)}-snapshots" / validate_name("volume", name)
+
+    def snapshot_path(self, kind: str, name: str, snap: str) -> Path:
+        return self._snap_root(kind, name) / validate_name("snapshot", snap)
+
+    def _existing(self, kind: str, name: str) -> Path:
+        self._require_ready()
+        path = self.volume_path(kind, name)
+        if not path.is_dir():
+            raise NotFound(f"Storage volume {kind}/{name} not found in pool {self.pool!r}")
+        return path
+
+    def _new(self, kind: str, name: str) -> Path:
+        self._require_ready()
+        path = self.volume_path(kind, name)
+        if os.path.lexists(path):
+            raise Conflict(f"Storage volume {kind}/{name} already exists in pool {self.pool!r}")
+        return path
+
+    def _tmp_path(self) -> Path:
+        tmp = self.path / TMP_DIR
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        return tmp / uuid.uuid4().hex[:12]
+
+    def _undo(self, path: Path) -> None:
+        """Best-effort removal of a half-made volume; the original error wins."""
+        if os.path.lexists(path):
+            try:
+                self._vol_delete(path)
+            except (CorralError, OSError):
+                pass
+
+    # ---- image volumes -------------------------------------------------------------------
+
+    def create_image_volume(self, fingerprint: str, fill: Callable[[Path], None]) -> Path:
+        """Make ``images/<fp>``, let ``fill(path)`` unpack into it, then make it read-only.
+
+        If ``fill`` fails the half-made volume is removed; CorralErrors from ``fill`` pass
+        through, anything else becomes Internal.
+        """
+        path = self._new("image", fingerprint)
+        self._vol_create(path)
+        try:
+            fill(path)
+            self._vol_freeze(path)
+        except CorralError:
+            self._undo(path)
+            raise
+        except BaseException as exc:
+            self._undo(path)
+            if not isinstance(exc, Exception):
+                raise
+            raise Internal(f"Filling image volume {fingerprint} failed: {exc}") from exc
+        return path
+
+    def has_image_volume(self, fingerprint: str) -> bool:
+        self._require_ready()
+        return self.volume_path("image", fingerprint).is_dir()
+
+    def delete_image_volume(self, fingerprint: str) -> None:
+        self.delete_volume("image", fingerprint)
+
+    # ---- instance and custom volumes -----------------------------------------------------
+
+    def create_instance_from_image(self, name: str, fingerprint: str,
+                                   kind: str = "container") -> Path:
+        """A writable copy (btrfs: snapshot) of an image volume as an instance root."""
+        src = self._existing("image", fingerprint)
+        dst = self._new(kind, name)
+        try:
+            self._vol_copy(src, dst)
+        except BaseException:
+            self._undo(dst)
+            raise
+        return dst
+
+    def create_empty_volume(self, kind: str, name: str, size: str | None = None) -> Path:
+        """An empty volume, optionally with a quota (e.g. "10GiB")."""
+        path = self._new(kind, name)
+        self._vol_create(path)
+        if size:
+            try:
+                self.set_quota(kind, name, size)
+            except BaseException:
+                self._undo(path)
+                raise
+        return path
+
+    def delete_volume(self, kind: str, name: str) -> None:
+        """Delete a volume and its snapshots; NotFound when it does not exist."""
+        path = self._existing(kind, name)
+        if kind in SNAPSHOT_KINDS:
+            root = self._snap_root(kind, name)
+            if root.is_dir():
+                for snap in sorted(root.iterdir()):
+                    self._vol_delete(snap)
+                root.rmdir()
+        self._vol_delete(path)
+
+    def rename_volume(self, kind: str, old: str, new: str) -> Path:
+        """Rename a volume (and its snapshot directory); Conflict when ``new`` exists."""
+        src = self._existing(kind, old)
+        dst = self._new(kind, new)
+        os.rename(src, dst)
+        if kind in SNAPSHOT_KINDS and self._snap_root(kind, old).is_dir():
+            os.rename(self._snap_root(kind, old), self._snap_root(kind, new))
+        return dst
+
+    def volume_usage(self, kind: str, name: str) -> int | None:
+        """Bytes used, or None when the backend cannot tell cheaply (no walk, no process)."""
+        return self._vol_usage(self._existing(kind, name))
+
+    def set_quota(self, kind: str, name: str, size: str | None) -> None:
+        """Limit a volume's size ("" or None or "0" removes the limit)."""
+        limit = parse_size(size, "size") if size else 0
+        self._vol_quota(self._existing(kind, name), limit or None)
+
+    def list_volumes(self) -> list[tuple[str, str]]:
+        """All volumes as (kind, name), read from the layout."""
+        self._require_ready()
+        out = []
+        for kind, sub in KINDS.items():
+            for entry in sorted(os.scandir(self.path / sub), key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False):
+                    out.append((kind, entry.name))
+        return out
+
+    # ---- snapshots -----------------------------------------------------------------------
+
+    def list_snapshots(self, kind: str, name: str) -> list[str]:
+        root = self._snap_root(kind, name)
+        self._existing(kind, name)
+        return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+    def create_snapshot(self, kind: str, name: str, snap: str) -> Path:
+        """A read-only (where possible) point-in-time copy of a volume."""
+        dst = self.snapshot_path(kind, name, snap)  # bad arguments before missing volume
+        src = self._existing(kind, name)
+        if os.path.lexists(dst):
+            raise Conflict(f"Snapshot {kind}/{name}/{snap} already exists")
+        dst.parent.mkdir(mode=0o711, exist_ok=True)
+        try:
+            self._vol_copy(src, dst, readonly=True)
+        except BaseException:
+            self._undo(dst)
+            raise
+        return dst
+
+    def delete_snapshot(self, kind: str, name: str, snap: str) -> None:
+        dst = self.snapshot_path(kind, name, snap)
+        self._existing(kind, name)
+        if not dst.is_dir():
+            raise NotFound(f"Snapshot {kind}/{name}/{snap} not found in pool {self.pool!r}")
+        self._vol_delete(dst)
+        if not any(dst.parent.iterdir()):
+            dst.parent.rmdir()
+
+    def restore_snapshot(self, kind: str, name: str, snap: str) -> None:
+        """Replace a volume's content by a snapshot's: copy aside, swap, drop the old one."""
+        snap_path = self.snapshot_path(kind, name, snap)
+        path = self._existing(kind, name)
+        if not snap_path.is_dir():
+            raise NotFound(f"Snapshot {kind}/{name}/{snap} not found in pool {self.pool!r}")
+        fresh, old = self._tmp_path(), self._tmp_path()
+        try:
+            self._vol_copy(snap_path, fresh)
+        except BaseException:
+            self._undo(fresh)
+            raise
+        try:
+            os.rename(path, old)
+        except BaseException:
+            self._undo(fresh)
+            raise
+        try:
+            os.rename(fresh, path)
+        except BaseException:
+            os.rename(old, path)
+            self._undo(fresh)
+            raise
+        self._vol_restored(old, path)
+        self._vol_delete(old)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also handles a plain file or symlink, and ignores a missing path."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
