@@ -31,7 +31,7 @@ from shared.models import (
 )
 from shared.operations import Operations
 
-from . import responses
+from . import responses, routes
 
 VERSION = "0.1.0"
 # API extensions the gateway itself provides; services add theirs through their `info`.
@@ -105,20 +105,27 @@ class Gateway:
         r.add_get("/1.0/operations/{id}/wait", self.operation_wait)
         r.add_get("/1.0/events", self.events)
         for path, svc, verb in LISTS:
-            r.add_get(path, self._lister(svc, verb))
+            if not routes.overrides(path):
+                r.add_get(path, self.lister(svc, verb))
         for path, svc, prefix in COLLECTIONS:
-            self._collection(r, path, svc, prefix)
+            self.collection(r, path, svc, prefix)
+        # Each module of services/gateway/routes/ adds the routes of one resource.
+        for module in routes.modules():
+            module.register(r, self)
         return app
 
-    def _collection(self, r: web.UrlDispatcher, path: str, svc: str, prefix: str) -> None:
-        r.add_get(path, self._lister(svc, prefix + "list"))
-        r.add_post(path, self._creator(svc, prefix + "create"))
+    def collection(self, r: web.UrlDispatcher, path: str, svc: str, prefix: str,
+                   with_list: bool = True) -> None:
+        """LXD's CRUD shape for ``path`` and ``path/{name}``, one bus verb per method."""
+        if with_list:
+            r.add_get(path, self.lister(svc, prefix + "list"))
+        r.add_post(path, self.creator(svc, prefix + "create"))
         item = path + "/{name}"
         for method, verb in (("GET", "get"), ("PUT", "update"), ("PATCH", "patch"),
                              ("DELETE", "delete"), ("POST", "rename")):
-            r.add_route(method, item, self._object(svc, prefix + verb))
+            r.add_route(method, item, self.object(svc, prefix + verb))
 
-    def _creator(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def creator(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             body = await read_json(request)
             if not isinstance(body, dict):
@@ -128,7 +135,7 @@ class Gateway:
             return self.render(await self.ask(svc, verb, req))
         return handler
 
-    def _object(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def object(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             body = None
             if request.method in ("PUT", "PATCH", "POST"):
@@ -235,7 +242,7 @@ class Gateway:
             "environment": environment,
         })
 
-    def _lister(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def lister(self, svc: str, verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             req = ListRequest(project=project_of(request), recursion=recursion_of(request),
                               filter=request.query.get("filter") or None,

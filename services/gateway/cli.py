@@ -178,6 +178,17 @@ async def _monitor(socket: Path, types: str, fmt: Format, count: int, all_projec
         raise APIError(f"Cannot reach Corral at {socket}: is it running? (make up)") from exc
 
 
+def _load_commands() -> None:
+    """Resource command groups live in services/gateway/commands/, one module each."""
+    from . import commands
+
+    for module in commands.modules():
+        module.register(app)
+
+
+_load_commands()
+
+
 def main() -> None:
     try:
         app()

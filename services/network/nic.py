@@ -1,0 +1,184 @@
+"""NIC devices of containers: LXC config keys, names, MACs and live bandwidth limits.
+
+LXC creates the veth pair itself from ``lxc.net.N.*`` keys, so attaching a container to a
+bridge is only config. Limits are applied afterwards on the host end of the veth, with
+LXD's meaning: ``limits.ingress`` is what the *instance* receives, i.e. the host veth's
+egress (an htb qdisc on it); ``limits.egress`` is what the instance sends, i.e. the host
+veth's ingress. This kernel has no ``police`` action, so that direction is redirected
+(``mirred``) to an ``ifb`` device whose egress gets the htb qdisc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import subprocess
+
+from pyroute2 import IPRoute
+
+from shared.errors import BadRequest, Internal, NotFound
+
+from .drivers.base import validate_network_name
+
+TC = "/usr/sbin/tc"
+NIC_KEYS = {"type", "nictype", "network", "parent", "name", "hwaddr", "mtu", "host_name",
+            "limits.ingress", "limits.egress", "limits.max"}
+NICTYPES = {"bridged", "macvlan", "p2p"}
+_BIT_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "Mbit": 10**6, "Gbit": 10**9, "Tbit": 10**12,
+              "Pbit": 10**15, "Ebit": 10**18, "Kibit": 2**10, "Mibit": 2**20,
+              "Gibit": 2**30, "Tibit": 2**40, "Pibit": 2**50, "Eibit": 2**60}
+_RATE = re.compile(r"^(\d+)([A-Za-z]*)$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.I)
+
+
+def random_hwaddr(rng: random.Random | None = None) -> str:
+    """A MAC in LXD's (Xensource) 00:16:3e prefix."""
+    rng = rng or random.SystemRandom()
+    return "00:16:3e:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
+
+
+def host_veth_name(rng: random.Random | None = None) -> str:
+    """LXD's host-side name: ``veth`` + 8 hex digits (12 chars, under IFNAMSIZ)."""
+    rng = rng or random.SystemRandom()
+    return f"veth{rng.randrange(2**32):08x}"
+
+
+def ifb_name(host_name: str) -> str:
+    """The ifb shaping a veth's ingress; derived from its name so clearing finds it."""
+    return "ifb" + hashlib.sha256(host_name.encode()).hexdigest()[:12]
+
+
+def parse_bit_rate(key: str, value: str) -> int:
+    """LXD's bit-rate strings ("100Mbit", "1Gbit", "512Kibit") to bits per second."""
+    m = _RATE.match(value.strip())
+    unit = m.group(2) if m else None
+    if not m or unit not in _BIT_UNITS:
+        raise BadRequest(f"Invalid value for {key!r}: {value!r} (use a rate like 10Mbit, "
+                         "1Gbit or 512kbit; units: bit, kbit, Mbit, Gbit, Tbit, Kibit, Mibit, "
+                         "Gibit, Tibit)")
+    bits = int(m.group(1)) * _BIT_UNITS[unit]
+    if bits < 8:
+        raise BadRequest(f"Invalid value for {key!r}: {value!r} is too small to shape "
+                         "(leave the key unset for no limit)")
+    return bits
+
+
+def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
+    """Check a ``type: nic`` device; returns it with ``nictype``/``parent`` resolved.
+
+    ``network: X`` means a managed bridge, whose interface is named like the network.
+    """
+    unknown = set(device) - NIC_KEYS
+    if unknown:
+        raise BadRequest(f"Invalid NIC device keys {sorted(unknown)} "
+                         f"(known: {', '.join(sorted(NIC_KEYS))})")
+    out = dict(device)
+    if out.get("type", "nic") != "nic":
+        raise BadRequest(f"Device type {out['type']!r} is not a NIC")
+    if "network" in out:
+        if out.get("nictype") or out.get("parent"):
+            raise BadRequest("A NIC with 'network' cannot also set 'nictype' or 'parent'")
+        validate_network_name(out["network"])
+        out["nictype"], out["parent"] = "bridged", out["network"]
+    nictype = out.get("nictype", "")
+    if nictype not in NICTYPES:
+        raise BadRequest(f"Invalid NIC 'nictype' {nictype!r} (supported: "
+                         f"{', '.join(sorted(NICTYPES))}; or set 'network')")
+    if nictype != "p2p":
+        if not out.get("parent"):
+            raise BadRequest(f"A {nictype} NIC needs 'parent' (the host interface)")
+        validate_network_name(out["parent"])
+    if "hwaddr" in out and not _MAC.match(out["hwaddr"]):
+        raise BadRequest(f"Invalid NIC 'hwaddr' {out['hwaddr']!r} (like 00:16:3e:12:34:56)")
+    if "mtu" in out and (not out["mtu"].isdigit() or not 576 <= int(out["mtu"]) <= 65535):
+        raise BadRequest(f"Invalid NIC 'mtu' {out['mtu']!r} (an integer, 576 to 65535)")
+    for key in ("limits.ingress", "limits.egress", "limits.max"):
+        if out.get(key):
+            parse_bit_rate(key, out[key])
+    return out
+
+
+def lxc_nic_config(index: int, device: dict[str, str], host_name: str,
+                   hwaddr: str) -> list[tuple[str, str]]:
+    """``lxc.net.<index>.*`` keys for a NIC; ``hwaddr``/``host_name`` unless it sets them."""
+    dev = validate_nic_device(device)
+    p = f"lxc.net.{index}"
+    keys: list[tuple[str, str]] = []
+    if dev["nictype"] == "macvlan":
+        keys += [(f"{p}.type", "macvlan"), (f"{p}.macvlan.mode", "bridge"),
+                 (f"{p}.link", dev["parent"])]
+    else:
+        keys += [(f"{p}.type", "veth"), (f"{p}.veth.pair", dev.get("host_name", host_name))]
+        if dev["nictype"] == "bridged":
+            keys.append((f"{p}.link", dev["parent"]))
+    keys += [(f"{p}.flags", "up"), (f"{p}.name", dev.get("name", f"eth{index}")),
+             (f"{p}.hwaddr", dev.get("hwaddr", hwaddr))]
+    if "mtu" in dev:
+        keys.append((f"{p}.mtu", dev["mtu"]))
+    return keys
+
+
+def limits_of(device: dict[str, str]) -> tuple[str | None, str | None]:
+    """(ingress, egress) of a NIC device, ``limits.max`` filling whichever is unset."""
+    top = device.get("limits.max") or None
+    return device.get("limits.ingress") or top, device.get("limits.egress") or top
+
+
+def _tc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([TC, *args], capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise Internal(f"tc {' '.join(args)} failed: {res.stderr.strip()}")
+    return res
+
+
+def _htb(dev: str, bits: int) -> None:
+    _tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
+    _tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+        "rate", f"{bits}bit", "ceil", f"{bits}bit")
+
+
+def apply_limits(host_name: str, ingress: str | None, egress: str | None) -> None:
+    """Shape a running NIC (replaces earlier limits; None/"" means no limit that way)."""
+    in_bits = parse_bit_rate("limits.ingress", ingress) if ingress else None
+    out_bits = parse_bit_rate("limits.egress", egress) if egress else None
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=host_name)
+        if not found:
+            raise NotFound(f"Host interface {host_name!r} does not exist; is the "
+                           "instance running?")
+        mtu = ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
+    clear_limits(host_name)
+    try:
+        if in_bits:
+            _htb(host_name, in_bits)
+        if out_bits:
+            ifb = ifb_name(host_name)
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=ifb, kind="ifb")
+                idx = ipr.link_lookup(ifname=ifb)[0]
+                ipr.link("set", index=idx, mtu=mtu, state="up")
+            _htb(ifb, out_bits)
+            _tc("qdisc", "add", "dev", host_name, "handle", "ffff:", "ingress")
+            _tc("filter", "add", "dev", host_name, "parent", "ffff:", "protocol", "all",
+                "u32", "match", "u32", "0", "0",
+                "action", "mirred", "egress", "redirect", "dev", ifb)
+    except Exception as err:
+        clear_limits(host_name)
+        if isinstance(err, Internal):
+            raise
+        raise Internal(f"Failed to apply limits on {host_name!r}: {err}") from err
+
+
+def clear_limits(host_name: str) -> None:
+    """Remove our qdiscs from the veth (if it still exists) and delete its ifb."""
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=host_name):
+            shown = _tc("qdisc", "show", "dev", host_name, check=False).stdout
+            if "qdisc htb 1: root" in shown:
+                _tc("qdisc", "del", "dev", host_name, "root")
+            if "qdisc ingress ffff:" in shown:
+                _tc("qdisc", "del", "dev", host_name, "ingress")
+        found = ipr.link_lookup(ifname=ifb_name(host_name))
+        if found:
+            ipr.link("del", index=found[0])

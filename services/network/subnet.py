@@ -1,0 +1,109 @@
+"""Choosing a free IPv4 subnet for a new managed network, from local facts only.
+
+LXD finds a free subnet by pinging random 10.x.y.1 addresses and connecting to their port
+22. On Corral's machines that traffic is forbidden, and the outer network answers anyway so
+every subnet would look taken. So we decide from what the host already knows: its own
+addresses, its routes (every table), the name servers in /etc/resolv.conf (routing one of
+them onto a bridge would break the host's DNS) and the subnets Corral already manages.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from pyroute2 import IPRoute
+
+from shared.errors import Conflict
+
+RANDOM_ATTEMPTS = 1000
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+class RandomSource(Protocol):
+    """What we need from an RNG: ``random.Random`` fits, tests inject a scripted one."""
+
+    def randrange(self, stop: int) -> int: ...
+
+
+def host_ipv4_networks(exclude_ifname: str | None = None) -> list[IPv4Network]:
+    """Networks the host already uses: addresses, non-default routes, name servers.
+
+    ``exclude_ifname`` leaves out one interface's addresses and routes, so a network that
+    is being updated does not collide with itself.
+    """
+    used: list[IPv4Network] = []
+    with IPRoute() as ipr:
+        skip_index = None
+        if exclude_ifname:
+            found = ipr.link_lookup(ifname=exclude_ifname)
+            skip_index = found[0] if found else None
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            if addr["index"] == skip_index:
+                continue
+            ip = addr.get_attr("IFA_ADDRESS")
+            used.append(ip_network(f"{ip}/{addr['prefixlen']}", strict=False))
+        for route in ipr.get_routes(family=socket.AF_INET):
+            if route["dst_len"] == 0 or route.get_attr("RTA_OIF") == skip_index:
+                continue  # the default route covers everything; it does not "use" 10/8
+            dst = route.get_attr("RTA_DST")
+            if dst:
+                used.append(ip_network(f"{dst}/{route['dst_len']}", strict=False))
+    used.extend(_resolver_networks())
+    return used
+
+
+def _resolver_networks() -> list[IPv4Network]:
+    """Name servers of the host, as /32s (a missing or odd resolv.conf is not an error)."""
+    try:
+        text = RESOLV_CONF.read_text()
+    except OSError:
+        return []
+    found = []
+    for m in re.finditer(r"^\s*nameserver\s+(\d+\.\d+\.\d+\.\d+)\s*$", text, re.M):
+        try:
+            found.append(IPv4Network(f"{IPv4Address(m.group(1))}/32"))
+        except ValueError:
+            continue
+    return found
+
+
+def overlapping(candidate: IPv4Network, used: Iterable[IPv4Network]) -> IPv4Network | None:
+    """The first network in ``used`` that overlaps ``candidate``, if any."""
+    for net in used:
+        if net.version == 4 and candidate.overlaps(net):
+            return net
+    return None
+
+
+def pick_free_ipv4_subnet(
+    taken: list[IPv4Network],
+    rng: RandomSource | None = None,
+    host_networks: list[IPv4Network] | None = None,
+) -> IPv4Network:
+    """A random free 10.x.y.0/24 that overlaps neither the host nor ``taken``.
+
+    Random like LXD so two hosts rarely pick the same one; after ``RANDOM_ATTEMPTS``
+    misses it scans all 65536 candidates in order, so it only fails when 10/8 is full.
+    ``host_networks`` overrides reading the host (None: read it with pyroute2).
+    """
+    rng = rng or random.SystemRandom()
+    used = list(taken) + (host_ipv4_networks() if host_networks is None else host_networks)
+
+    def candidate(n: int) -> IPv4Network:
+        return IPv4Network(f"10.{n >> 8}.{n & 0xFF}.0/24")
+
+    for _ in range(RANDOM_ATTEMPTS):
+        net = candidate(rng.randrange(65536))
+        if overlapping(net, used) is None:
+            return net
+    for n in range(65536):
+        net = candidate(n)
+        if overlapping(net, used) is None:
+            return net
+    raise Conflict("No free IPv4 /24 left in 10.0.0.0/8 on this host; "
+                   "set ipv4.address to an explicit CIDR such as 172.30.0.1/24")
