@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform
+import time
 from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
@@ -51,6 +52,8 @@ COLLECTIONS = [
     ("/1.0/profiles", "instance", "profile_"),
 ]
 DEFAULT_EVENT_TYPES = ("logging", "operation", "lifecycle")
+# Seconds the services' part of GET /1.0 is served from cache before a refresh.
+INFO_TTL = 2.0
 
 log = get_logger(component="gateway")
 
@@ -90,6 +93,8 @@ class Gateway:
         self.tracer = tracing.tracer("corral.gateway")
         self._expiry_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._info_cache: tuple[float, dict[str, Any], list[str]] | None = None
+        self._info_refreshing = False
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -191,18 +196,45 @@ class Gateway:
     async def root(self, request: web.Request) -> web.Response:
         return responses.sync(["/1.0"])
 
+    async def _service_info(self) -> tuple[dict[str, Any], list[str]]:
+        """What the services add to ``GET /1.0``, cached for a few seconds.
+
+        ``lxc`` calls ``GET /1.0`` before nearly every command: asking five services each
+        time would make it the slowest call of all. A stale answer is refreshed in the
+        background; a service that is down simply contributes nothing.
+        """
+        now = time.monotonic()
+        if self._info_cache is None:
+            await self._refresh_info()
+        elif now - self._info_cache[0] > INFO_TTL and not self._info_refreshing:
+            self._info_refreshing = True
+            asyncio.create_task(self._refresh_info())
+        assert self._info_cache is not None
+        return self._info_cache[1], self._info_cache[2]
+
+    async def _refresh_info(self) -> None:
+        try:
+            replies = await asyncio.gather(
+                *(self.bus.request(svc, "info", ServerInfoRequest(), timeout=1.0)
+                  for svc in subjects.SERVICES), return_exceptions=True)
+            env: dict[str, Any] = {}
+            extensions = list(GATEWAY_EXTENSIONS)
+            for reply in replies:
+                if isinstance(reply, Reply):
+                    info = reply.metadata or {}
+                    env.update(info.get("environment", {}))
+                    extensions += [e for e in info.get("api_extensions", [])
+                                   if e not in extensions]
+            self._info_cache = (time.monotonic(), env, extensions)
+        finally:
+            self._info_refreshing = False
+
+    def invalidate_info(self) -> None:
+        self._info_cache = None
+
     async def server(self, request: web.Request) -> web.Response:
         """``GET /1.0``: answers even when a service is down (the CLI calls it first)."""
-        replies = await asyncio.gather(
-            *(self.bus.request(svc, "info", ServerInfoRequest(), timeout=1.0)
-              for svc in subjects.SERVICES), return_exceptions=True)
-        env: dict[str, Any] = {}
-        extensions = list(GATEWAY_EXTENSIONS)
-        for reply in replies:
-            if isinstance(reply, Reply):
-                info = reply.metadata or {}
-                env.update(info.get("environment", {}))
-                extensions += [e for e in info.get("api_extensions", []) if e not in extensions]
+        env, extensions = await self._service_info()
         uname = platform.uname()
         environment = {
             "addresses": [],

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Install what Corral needs on a Debian 12 host, skipping whatever is already there.
+#
+# Shared by `make up`, `make test` and .ci/run so a developer machine and CI are set up
+# the same way. Each step checks before it acts, so a second run touches nothing:
+#   1. Debian packages (apt-get update only when one is missing; `make` too, since a
+#      fresh machine has gcc but not make),
+#   2. root ranges in /etc/subuid and /etc/subgid (empty on fresh machines; unprivileged
+#      containers need them),
+#   3. the venv at .venv and `pip install -e '.[test,lxc]'`, redone only when
+#      pyproject.toml changed (its hash is kept in .venv/.corral-pyproject.sha256).
+# Environment: CORRAL_PYTHON (default python3.11), CORRAL_VENV (default .venv),
+# CORRAL_APT_UPDATED=1 when the caller already ran apt-get update.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PYTHON="${CORRAL_PYTHON:-python3.11}"
+PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base nftables btrfs-progs busybox-static
+          lxd-client iproute2 uidmap xz-utils squashfs-tools curl make)
+SUBID_DEFAULT="root:1000000:1000000000"  # LXD's default range for root
+STAMP="$VENV/.corral-pyproject.sha256"
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+need_packages() {
+    local missing=() pkg
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3.11 first"
+    for pkg in "${PACKAGES[@]}"; do installed "$pkg" || missing+=("$pkg"); done
+    if [[ ! -x "$VENV/bin/python" ]] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null
+    then
+        missing+=(python3-venv)
+    fi
+    # The PyPI `lxc` binding is compiled at pip time and needs the interpreter's headers.
+    if ! "$PYTHON" -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+    then
+        missing+=(python3-dev)
+    fi
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    [[ $EUID -eq 0 ]] || die "missing Debian packages (${missing[*]}); run as root"
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ "${CORRAL_APT_UPDATED:-0}" != 1 ]]; then
+        apt-get update
+    fi
+    apt-get install -y "${missing[@]}"
+}
+
+need_subids() {
+    local file
+    for file in /etc/subuid /etc/subgid; do
+        if ! grep -qs '^root:' "$file"; then
+            [[ $EUID -eq 0 ]] || die "$file has no root: line; run as root to add one"
+            say "adding $SUBID_DEFAULT to $file"
+            echo "$SUBID_DEFAULT" >> "$file"
+        fi
+    done
+}
+
+need_venv() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        say "creating venv $VENV with $PYTHON"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local want have=""
+    want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+    [[ -f "$STAMP" ]] && have="$(cat "$STAMP")"
+    if [[ "$want" == "$have" && -x "$VENV/bin/corral-all" ]]; then
+        return 0
+    fi
+    say "pip install -e '.[test,lxc]' into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$REPO[test,lxc]"
+    echo "$want" > "$STAMP"
+}
+
+need_packages
+need_subids
+need_venv

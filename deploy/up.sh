@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Bring the Corral stack up for CORRAL_DIR (default $PWD/var): install what is missing,
+# start NATS (JetStream) and the services, wait for the API, run deploy/bootstrap.sh.
+#
+# Idempotent: a component whose pid file names a live process of ours (see lib.sh) is
+# left alone, so a second run starts nothing. A failure stops what this run started.
+# Environment:
+#   CORRAL_MODE=separate|single  one process per service + gateway, or one `corral-all`
+#   CORRAL_NATS_PORT             NATS client port on 127.0.0.1 (default 4222)
+#   CORRAL_UP_TIMEOUT            seconds to wait for GET /1.0 (default 60)
+#   CORRAL_SKIP_INSTALL=1        skip deploy/install.sh (the venv is known to be current)
+# Files: $CORRAL_DIR/logs/<name>.log, $CORRAL_DIR/run/<name>.pid, $CORRAL_DIR/nats.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+MODE="${CORRAL_MODE:-separate}"
+TIMEOUT="${CORRAL_UP_TIMEOUT:-60}"
+export CORRAL_NATS_PORT="${CORRAL_NATS_PORT:-4222}"
+[[ "$MODE" == separate || "$MODE" == single ]] ||
+    die "CORRAL_MODE='$MODE' is not valid: use 'separate' or 'single'"
+[[ "$CORRAL_NATS_PORT" =~ ^[0-9]+$ ]] && ((CORRAL_NATS_PORT > 0 && CORRAL_NATS_PORT < 65536)) ||
+    die "CORRAL_NATS_PORT='$CORRAL_NATS_PORT' is not a TCP port number (1-65535)"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "CORRAL_UP_TIMEOUT='$TIMEOUT' is not a number of seconds"
+# The services follow the NATS we start, whatever an older shell exported.
+export CORRAL_NATS_URL="nats://127.0.0.1:$CORRAL_NATS_PORT"
+export CORRAL_NATS_STORE_DIR="$CORRAL_DIR/nats"
+export PYTHONUNBUFFERED=1
+SOCKET="$CORRAL_DIR/unix.socket"
+
+if [[ "$MODE" == single ]]; then
+    APPS=(all); OTHER=("${SERVICES[@]}" gateway); API_LOG="$LOG_DIR/all.log"
+else
+    APPS=("${SERVICES[@]}" gateway); OTHER=(all); API_LOG="$LOG_DIR/gateway.log"
+fi
+
+STARTED=()
+# On failure, stop the processes this run forked. They are our own children, so their
+# PIDs are signalled directly: one may not have exec'd its program yet, which would fail
+# the cmdline check that down.sh needs for strangers' PIDs.
+on_exit() {
+    local rc=$? name pid pids=()
+    set +e
+    if [[ $rc -ne 0 && ${#STARTED[@]} -gt 0 ]]; then
+        say "start failed; stopping what this run started: ${STARTED[*]}" >&2
+        for name in "${STARTED[@]}"; do
+            pid="$(cat "$(pid_file "$name")")"
+            kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+            rm -f "$(pid_file "$name")"
+        done
+        local deadline=$((SECONDS + 10))
+        for pid in "${pids[@]}"; do
+            while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+
+# Start <name> as its own session (survives the shell), logging to logs/<name>.log.
+start() {
+    local name="$1"; shift
+    say "starting $name (log: $LOG_DIR/$name.log)"
+    setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    echo "$!" > "$(pid_file "$name")"
+    STARTED+=("$name")
+}
+
+# Fail with the log's tail when a component we rely on is gone.
+check_alive() {
+    local name pid
+    for name in "$@"; do
+        pid="$(tr -d '[:space:]' < "$(pid_file "$name")" 2>/dev/null || true)"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$LOG_DIR/$name.log" >&2 || true
+            die "$name exited while starting; see $LOG_DIR/$name.log"
+        fi
+    done
+}
+
+port_busy() { [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]; }
+
+start_nats() {
+    local pid port
+    pid="$(running_pid nats)"
+    if [[ -n "$pid" ]]; then
+        port="$(proc_env "$pid" CORRAL_NATS_PORT)"
+        [[ "$port" == "$CORRAL_NATS_PORT" ]] ||
+            die "NATS for $CORRAL_DIR already runs on port $port (pid $pid); run with" \
+                "CORRAL_NATS_PORT=$port or run 'make down' first"
+        say "nats already running (pid $pid)"
+        return 0
+    fi
+    port_busy "$CORRAL_NATS_PORT" &&
+        die "port $CORRAL_NATS_PORT on 127.0.0.1 is used by another process; choose a" \
+            "free one with CORRAL_NATS_PORT"
+    start nats "$VENV/bin/nats-server" -c "$REPO/deploy/nats/single.conf"
+    local deadline=$((SECONDS + 20))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$CORRAL_NATS_PORT") 2>/dev/null; do
+        check_alive nats
+        ((SECONDS < deadline)) ||
+            die "NATS did not listen on port $CORRAL_NATS_PORT within 20 s; see $LOG_DIR/nats.log"
+        sleep 0.1
+    done
+}
+
+check_mode() {
+    local name pid
+    for name in "${OTHER[@]}"; do
+        pid="$(running_pid "$name")"
+        [[ -z "$pid" ]] || die "$name (pid $pid) runs from another CORRAL_MODE;" \
+            "run 'make down' first, then 'CORRAL_MODE=$MODE make up'"
+    done
+}
+
+start_apps() {
+    local name pid
+    for name in "${APPS[@]}"; do
+        pid="$(running_pid "$name")"
+        if [[ -n "$pid" ]]; then
+            say "$name already running (pid $pid)"
+        else
+            start "$name" "$VENV/bin/$(program_of "$name")"
+        fi
+    done
+}
+
+wait_api() {
+    local deadline=$((SECONDS + TIMEOUT))
+    until curl -sf --max-time 2 --unix-socket "$SOCKET" -o /dev/null http://corral/1.0; do
+        check_alive nats "${APPS[@]}"
+        ((SECONDS < deadline)) ||
+            die "the API did not answer GET /1.0 on $SOCKET within $TIMEOUT s; see $API_LOG"
+        sleep 0.2
+    done
+}
+
+if [[ "${CORRAL_SKIP_INSTALL:-0}" != 1 ]]; then
+    "$REPO/deploy/install.sh"
+fi
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$CORRAL_NATS_STORE_DIR"
+check_mode
+start_nats
+start_apps
+wait_api
+if [[ -x "$REPO/deploy/bootstrap.sh" ]]; then
+    "$REPO/deploy/bootstrap.sh"
+fi
+STARTED=()
+say "up ($MODE mode): API on $SOCKET, logs in $LOG_DIR"
+say "try: LXD_DIR=$CORRAL_DIR lxc list"
