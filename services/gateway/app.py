@@ -368,6 +368,7 @@ class Gateway:
             self._expiry_task.cancel()
         if self._runner:
             await self._runner.cleanup()
+        self.config.socket_path.unlink(missing_ok=True)
 
     async def _expire_loop(self) -> None:
         while True:
