@@ -1,0 +1,242 @@
+"""File access inside a container's root from the host, without escaping that root.
+
+Why this shape: the container owns its files and may plant symlinks (``/etc/x ->
+/../../..``). We resolve every component ourselves, treating absolute link targets as
+relative to the container root and refusing any ``..`` above it, then open the result
+component by component with ``O_NOFOLLOW`` so a link swapped in after resolution fails
+instead of leading out. Ids in the API are container ids; :class:`FsView` says how they
+map to the ids seen through the path we use (shifted, idmapped mount, or identity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from shared.errors import BadRequest, Conflict, Forbidden, NotFound
+
+MAX_LINKS = 40
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass
+class FsView:
+    """A root directory plus how container ids appear through it.
+
+    ``to_host``/``from_host`` translate (uid, gid) pairs; ``create_as`` is set when the
+    root is seen through an idmapped mount, where host root itself is unmapped and new
+    files must be created with the fsuid/fsgid of the container's root.
+    """
+
+    root: Path
+    to_host: Callable[[int, int], tuple[int, int]] = lambda u, g: (u, g)
+    from_host: Callable[[int, int], tuple[int, int]] = lambda u, g: (u, g)
+    create_as: tuple[int, int] | None = None
+
+
+def _split(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def resolve_parts(root: Path, path: str, follow_last: bool = True) -> list[str]:
+    """Components of ``path`` below ``root`` with symlinks resolved inside the root."""
+    if "\0" in path:
+        raise BadRequest("Invalid path: it contains a NUL byte")
+    todo, done, links = deque(_split(path)), [], 0
+    while todo:
+        part = todo.popleft()
+        if part == "..":
+            if not done:
+                raise Forbidden(f"Path {path!r} leads outside the instance's root")
+            done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if (todo or follow_last) and here.is_symlink():
+            links += 1
+            if links > MAX_LINKS:
+                raise BadRequest(f"Path {path!r}: too many levels of symbolic links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo.extendleft(reversed(_split(target)))
+            continue
+        done.append(part)
+    return done
+
+
+def resolve_in_root(root: Path, path: str, follow_last: bool = True) -> Path:
+    """The host path for ``path`` in the container rooted at ``root``; never outside it."""
+    return root.joinpath(*resolve_parts(root, path, follow_last))
+
+
+@contextlib.contextmanager
+def _open_parent(root: Path, parts: list[str], create_dirs: bool = False) -> Iterator[int]:
+    """An O_PATH fd of the directory holding ``parts[-1]``, walked with O_NOFOLLOW."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for comp in parts[:-1]:
+            try:
+                nfd = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            except FileNotFoundError:
+                raise NotFound(f"Parent directory of /{'/'.join(parts)} does not exist") from None
+            except (NotADirectoryError, OSError) as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise BadRequest(f"/{'/'.join(parts)}: {comp!r} is not a directory") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _fsids(view: FsView) -> Iterator[None]:
+    """Create as the container's root when the root is an idmapped mount (per thread)."""
+    if view.create_as is None:
+        yield
+        return
+    uid, gid = view.create_as
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    try:
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+
+
+def file_get(view: FsView, path: str) -> tuple[bytes | list[str], int, int, int, str]:
+    """(content or directory listing, uid, gid, mode bits, type) of a path."""
+    parts = resolve_parts(view.root, path, follow_last=False)
+    if not parts:
+        return _read_dir(view, os.open(view.root, os.O_RDONLY | os.O_DIRECTORY))
+    with _open_parent(view.root, parts) as dfd:
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise NotFound(f"File {path!r} does not exist in the instance") from None
+        uid, gid = view.from_host(st.st_uid, st.st_gid)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(name, dir_fd=dfd).encode()
+            return target, uid, gid, stat.S_IMODE(st.st_mode), "symlink"
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+            return _read_dir(view, fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadRequest(f"{path!r} is not a regular file, directory or symlink")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(), uid, gid, stat.S_IMODE(st.st_mode), "file"
+
+
+def _read_dir(view: FsView, fd: int) -> tuple[list[str], int, int, int, str]:
+    try:
+        st = os.fstat(fd)
+        uid, gid = view.from_host(st.st_uid, st.st_gid)
+        return sorted(os.listdir(fd)), uid, gid, stat.S_IMODE(st.st_mode), "directory"
+    finally:
+        os.close(fd)
+
+
+def file_put(view: FsView, path: str, data: bytes, uid: int = 0, gid: int = 0,
+             mode: int | None = None, type: str = "file", write: str = "overwrite") -> None:
+    """Create or replace a file, directory or symlink (LXD's POST /files)."""
+    if type not in ("file", "directory", "symlink"):
+        raise BadRequest(f"Invalid file type {type!r}: use file, directory or symlink")
+    if write not in ("overwrite", "append"):
+        raise BadRequest(f"Invalid write mode {write!r}: use overwrite or append")
+    parts = resolve_parts(view.root, path, follow_last=(type == "file"))
+    if not parts:
+        raise BadRequest("Cannot write to the instance's root directory itself")
+    huid, hgid = view.to_host(uid, gid)
+    with _open_parent(view.root, parts) as dfd:
+        name = parts[-1]
+        if type == "directory":
+            _put_dir(view, dfd, name, huid, hgid, 0o755 if mode is None else mode)
+        elif type == "symlink":
+            _put_symlink(view, dfd, name, data.decode(), huid, hgid)
+        else:
+            _put_file(view, dfd, name, data, huid, hgid, mode, write)
+
+
+def _put_dir(view: FsView, dfd: int, name: str, uid: int, gid: int, mode: int) -> None:
+    try:
+        with _fsids(view):
+            os.mkdir(name, mode, dir_fd=dfd)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+            raise Conflict(f"{name!r} exists and is not a directory") from None
+    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _put_symlink(view: FsView, dfd: int, name: str, target: str, uid: int, gid: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+            raise Conflict(f"{name!r} exists and is a directory")
+        os.unlink(name, dir_fd=dfd)
+    with _fsids(view):
+        os.symlink(target, name, dir_fd=dfd)
+    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+
+
+def _put_file(view: FsView, dfd: int, name: str, data: bytes, uid: int, gid: int,
+              mode: int | None, write: str) -> None:
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_APPEND if write == "append" else os.O_TRUNC
+    try:
+        fd = os.open(name, flags, dir_fd=dfd)
+    except FileNotFoundError:
+        with _fsids(view):
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+        mode = 0o644 if mode is None else mode
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise Conflict(f"{name!r} exists and is not a regular file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Conflict(f"{name!r} exists and is not a regular file")
+        view_data = memoryview(data)
+        while view_data:
+            view_data = view_data[os.write(fd, view_data):]
+        os.fchown(fd, uid, gid)
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def file_delete(view: FsView, path: str) -> None:
+    """Remove a file, symlink or empty directory (the link itself, never its target)."""
+    parts = resolve_parts(view.root, path, follow_last=False)
+    if not parts:
+        raise BadRequest("Cannot delete the instance's root directory")
+    with _open_parent(view.root, parts) as dfd:
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=dfd)
+            else:
+                os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            raise NotFound(f"File {path!r} does not exist in the instance") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise Conflict(f"Directory {path!r} is not empty") from None
+            raise

@@ -1,0 +1,391 @@
+"""LXC system containers through python-lxc (the shape of LXD's driver_lxc.go, short).
+
+Why these choices: the container's definition lives in ``lxcpath/<name>/config`` (what
+LXC reads) plus ``corral.json`` (our inputs, so ``start`` can render limits and the
+file API knows the idmap). Limits are written as ``lxc.cgroup[2].*`` items just before
+start, for whichever cgroup version the host uses for each controller. State is read
+from cgroup files and a netlink socket in the container's netns: nothing is spawned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import lxc
+
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+
+from .. import idmap as idmaps
+from .. import limits
+from . import cgroups, files, lxc_config, lxc_exec, netstate
+from .base import Capabilities, ExecProcess, InstanceDriver, InstanceSpec
+
+_STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
+           "FROZEN": ("Frozen", 110), "STARTING": ("Starting", 106),
+           "STOPPING": ("Stopping", 107), "FREEZING": ("Freezing", 109),
+           "THAWED": ("Running", 103), "ABORTING": ("Aborting", 108)}
+SPEC_FILE = "corral.json"
+
+
+class LXCDriver(InstanceDriver):
+    """Containers under one lxcpath. ``idmapped_mounts=None`` detects on first start."""
+
+    capabilities = Capabilities(instance_type="container", live_limits=True, exec=True,
+                                exec_pty=True, files=True, freeze=True, console_log=True,
+                                idmap=True)
+
+    def __init__(self, lxcpath: Path, idmapped_mounts: bool | None = None) -> None:
+        self.lxcpath = Path(lxcpath)
+        self.lxcpath.mkdir(parents=True, exist_ok=True)
+        self._idmapped = idmapped_mounts  # None: try idmapped, fall back to chown once
+
+    # ---- definition -------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        lxc_config.check_name(name)
+        return self.lxcpath / name
+
+    def _load(self, name: str) -> dict:
+        try:
+            return json.loads((self._dir(name) / SPEC_FILE).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"Instance {name!r} not found in {self.lxcpath}") from None
+
+    def _save(self, name: str, data: dict) -> None:
+        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self._dir(name) / SPEC_FILE)
+
+    def _container(self, name: str) -> lxc.Container:
+        self._load(name)
+        return lxc.Container(name, str(self.lxcpath))
+
+    def create(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
+               rootfs_path: Path, nic_config_lines: list[str]) -> dict[str, str]:
+        d = self._dir(name)
+        rootfs_path = Path(rootfs_path)
+        if not rootfs_path.is_dir():
+            raise BadRequest(f"Root volume {rootfs_path} is not a directory")
+        limits.validate_limits(config)
+        priv = lxc_config.privileged(config)
+        lxc_config.nesting(config)
+        if not priv:
+            _check_traversable(rootfs_path)
+        try:
+            d.mkdir()
+        except FileExistsError:
+            raise Conflict(f"Instance {name!r} already exists in {self.lxcpath}") from None
+        try:
+            spec = InstanceSpec(name, dict(config), dict(devices), rootfs_path,
+                                list(nic_config_lines))
+            imap = None if priv else idmaps.host_idmap()
+            data = {"spec": {**asdict(spec), "rootfs_path": str(rootfs_path)},
+                    "idmap": imap.to_json() if imap else None, "shifted": False}
+            if imap is not None and self._idmapped is False:
+                lxc_config.shift_rootfs(rootfs_path, imap)
+                data["shifted"] = True
+            self._save(name, data)
+            self._write_config(name, data)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return {"volatile.idmap.current": data["idmap"] or "[]",
+                "volatile.idmap.next": data["idmap"] or "[]"}
+
+    def _write_config(self, name: str, data: dict) -> None:
+        spec = _spec(data)
+        imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
+        text = lxc_config.render(spec, self.lxcpath, imap, idmapped=not data["shifted"])
+        (self._dir(name) / "config").write_text(text)
+
+    def delete(self, name: str) -> None:
+        c = self._container(name)
+        if c.state != "STOPPED":
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}; stop it first")
+        d = self._dir(name)
+        root = Path(self._load(name)["spec"]["rootfs_path"]).resolve()
+        if root.is_relative_to(d.resolve()):
+            raise Internal(f"Refusing to delete {d}: it contains the root volume {root}")
+        shutil.rmtree(d)
+        cgroups.remove_leftovers(name, wait=2.0)
+
+    def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
+               nic_config_lines: list[str] | None = None) -> None:
+        """Store new expanded config/devices; takes effect at next start (limits: live)."""
+        limits.validate_limits(config)
+        data = self._load(name)
+        data["spec"].update(config=dict(config), devices=dict(devices))
+        if nic_config_lines is not None:
+            data["spec"]["nic_config_lines"] = list(nic_config_lines)
+        self._save(name, data)
+        self._write_config(name, data)
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        c = self._container(name)
+        if c.state != "STOPPED":
+            raise Conflict(f"Instance {name!r} is already {c.state.lower()}")
+        data = self._load(name)
+        try:
+            self._start(c, name, data)
+        except CorralError:
+            if not (data["idmap"] and not data["shifted"] and self._idmapped is None):
+                raise
+            if "idmap" not in self._log_since(name, 0).lower():
+                raise
+            # Idmapped mounts do not work for this root: shift the files once, remember.
+            self._idmapped = False
+            lxc_config.shift_rootfs(Path(data["spec"]["rootfs_path"]),
+                                    idmaps.IdMap.from_json(data["idmap"]))
+            data["shifted"] = True
+            self._save(name, data)
+            self._write_config(name, data)
+            self._start(lxc.Container(name, str(self.lxcpath)), name, data)
+
+    def _start(self, c: lxc.Container, name: str, data: dict) -> None:
+        log = self._dir(name) / "lxc.log"
+        offset = log.stat().st_size if log.exists() else 0
+        for key, value in _limit_config_items(data["spec"]["config"]):
+            if not c.set_config_item(key, value):
+                raise BadRequest(f"LXC rejected {key} = {value} for {name!r}")
+        saved = cgroups.own_cgroups()
+        try:
+            ok = c.start(close_fds=True)
+        finally:
+            cgroups.return_to(saved)
+        if ok:
+            ok = c.wait("RUNNING", 10)
+        if not ok or c.init_pid <= 0:
+            tail = self._log_since(name, offset)
+            raise Internal(f"Failed to start instance {name!r}: {tail or 'no log output'}")
+
+    def _log_since(self, name: str, offset: int, lines: int = 15) -> str:
+        try:
+            with open(self._dir(name) / "lxc.log", "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, name: str, timeout: float = 30, force: bool = False) -> None:
+        c = self._container(name)
+        if c.state == "STOPPED":
+            raise Conflict(f"Instance {name!r} is already stopped")
+        if force or c.state == "FROZEN" or not c.shutdown(max(0, int(timeout))):
+            if c.state == "FROZEN":
+                c.unfreeze()
+            if not c.stop() and c.state != "STOPPED":
+                raise Internal(f"Failed to stop instance {name!r}: "
+                               f"{self._log_since(name, 0, 5)}")
+            c.wait("STOPPED", 10)
+        cgroups.remove_leftovers(name)
+
+    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None:
+        self.stop(name, timeout, force)
+        self.start(name)
+
+    def freeze(self, name: str) -> None:
+        c = self._container(name)
+        if c.state != "RUNNING":
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}, not running")
+        if not c.freeze():
+            raise Internal(f"Failed to freeze instance {name!r}")
+
+    def unfreeze(self, name: str) -> None:
+        c = self._container(name)
+        if c.state != "FROZEN":
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}, not frozen")
+        if not c.unfreeze():
+            raise Internal(f"Failed to unfreeze instance {name!r}")
+
+    # ---- state ------------------------------------------------------------------------
+
+    def state(self, name: str) -> dict:
+        c = self._container(name)
+        status, code = _STATUS.get(c.state, ("Error", 112))
+        out = {"status": status, "status_code": code, "pid": 0, "processes": 0,
+               "cpu": {"usage": 0},
+               "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
+               "network": None, "disk": {}}
+        pid = c.init_pid if code not in (102, 112) else -1
+        if pid > 0:
+            out["pid"] = pid
+            try:
+                out.update(cgroups.CgroupPaths(pid, name).usage())
+                net = netstate.network_state(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return out  # it stopped while we looked
+            hosts = lxc_config.nic_host_names(self._load(name)["spec"]["nic_config_lines"])
+            for ifname, host in hosts.items():
+                if ifname in net:
+                    net[ifname]["host_name"] = host
+            out["network"] = net
+        return out
+
+    def state_many(self, names: list[str]) -> dict[str, dict]:
+        out = {}
+        for n in names:
+            try:
+                out[n] = self.state(n)
+            except NotFound:
+                continue
+        return out
+
+    def list_host(self) -> dict[str, str]:
+        out = {}
+        for n in lxc.list_containers(config_path=str(self.lxcpath)):
+            if (self.lxcpath / n / SPEC_FILE).exists():
+                out[n] = _STATUS.get(lxc.Container(n, str(self.lxcpath)).state,
+                                     ("Error", 112))[0]
+        return out
+
+    def idmap(self, name: str) -> idmaps.IdMap | None:
+        """The container's map (None when privileged); ``volatile.idmap.current``."""
+        text = self._load(name)["idmap"]
+        return idmaps.IdMap.from_json(text) if text else None
+
+    # ---- limits -----------------------------------------------------------------------
+
+    def apply_limits_live(self, name: str, changed_config: dict[str, str]) -> None:
+        """Validate, store and (when running) apply changed ``limits.*`` all-or-nothing."""
+        data = self._load(name)
+        new = {**data["spec"]["config"], **changed_config}
+        new = {k: v for k, v in new.items() if v != ""}
+        keys = tuple(k for k in limits.LIMIT_KEYS if k in changed_config)
+        limits.validate_limits(new)
+        c = self._container(name)
+        if c.state in ("RUNNING", "FROZEN") and keys:
+            self._apply_live(c, name, new, keys)
+        data["spec"]["config"] = new
+        self._save(name, data)
+
+    def _apply_live(self, c: lxc.Container, name: str, config: dict[str, str],
+                    keys: tuple[str, ...]) -> None:
+        pairs = []
+        for key in keys:
+            ver = cgroups.version_of(limits.CONTROLLER_OF[key])
+            pairs += [p for p in limits.cgroup_settings(config, ver, (key,)) if p not in pairs]
+        cur_mem = c.get_cgroup_item("memory.limit_in_bytes")
+        new_mem = dict(pairs).get("memory.limit_in_bytes")
+        lowering = bool(new_mem and cur_mem and _num(new_mem) < _num(cur_mem))
+        pairs = limits.memory_order(pairs, lowering)
+        done: list[tuple[str, str]] = []
+        for key, value in pairs:
+            old = c.get_cgroup_item(key)
+            if not c.set_cgroup_item(key, value):
+                for k, v in reversed(done):  # undo so nothing is half-applied
+                    c.set_cgroup_item(k, v)
+                hint = " (is memory usage above the new limit?)" if "memory" in key else ""
+                raise Conflict(f"Failed to set {key} = {value} on {name!r}{hint}; "
+                               "no limit was changed")
+            done.append((key, old.strip() if isinstance(old, str) else str(old)))
+
+    # ---- exec -------------------------------------------------------------------------
+
+    def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
+                   cwd: str | None = None, uid: int = 0, gid: int = 0,
+                   interactive: bool = False, width: int = 80,
+                   height: int = 24) -> ExecProcess:
+        if not command or not all(isinstance(a, str) and "\0" not in a for a in command):
+            raise BadRequest("Invalid command: a non-empty list of strings is needed")
+        c = self._container(name)
+        if c.state != "RUNNING":
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}, not running")
+        home = "/root" if uid == 0 else "/"
+        full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": home, "USER": "root" if uid == 0 else "", "LANG": "C.UTF-8"}
+        if interactive:
+            full["TERM"] = "xterm"
+        full.update(env or {})
+        for k in full:
+            if not k or "=" in k or "\0" in k + full[k]:
+                raise BadRequest(f"Invalid environment variable name {k!r}")
+        return lxc_exec.attach(c, list(command), full, cwd or home, uid, gid, interactive,
+                               width, height)
+
+    # ---- files ------------------------------------------------------------------------
+
+    def files_root(self, name: str) -> Path:
+        """The container's root as the host sees it right now."""
+        return self._view(name).root
+
+    def _view(self, name: str) -> files.FsView:
+        data = self._load(name)
+        c = lxc.Container(name, str(self.lxcpath))
+        running = c.state in ("RUNNING", "FROZEN") and c.init_pid > 0
+        root = Path(f"/proc/{c.init_pid}/root") if running else Path(data["spec"]["rootfs_path"])
+        if not data["idmap"]:
+            return files.FsView(root)
+        m = idmaps.IdMap.from_json(data["idmap"])
+        if not data["shifted"] and not running:
+            return files.FsView(root)  # idmapped mount not active: on-disk ids are as-is
+        view = files.FsView(
+            root,
+            to_host=lambda u, g: (m.uid_to_host(u), m.gid_to_host(g)),
+            from_host=lambda u, g: (m.uid_from_host(u), m.gid_from_host(g)))
+        if not data["shifted"]:
+            view.create_as = (m.uid_to_host(0), m.gid_to_host(0))
+        return view
+
+    def file_get(self, name: str, path: str) -> tuple[bytes | list[str], int, int, int, str]:
+        return files.file_get(self._view(name), path)
+
+    def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
+                 mode: int | None = None, type: str = "file",
+                 write: str = "overwrite") -> None:
+        files.file_put(self._view(name), path, data, uid, gid, mode, type, write)
+
+    def file_delete(self, name: str, path: str) -> None:
+        files.file_delete(self._view(name), path)
+
+    def console_log(self, name: str) -> bytes:
+        self._load(name)
+        try:
+            return (self._dir(name) / "console.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+
+def _spec(data: dict) -> InstanceSpec:
+    s = data["spec"]
+    return InstanceSpec(s["name"], s["config"], s["devices"], Path(s["rootfs_path"]),
+                        s["nic_config_lines"])
+
+
+def _check_traversable(path: Path) -> None:
+    """An unprivileged root needs o+x on every parent of its rootfs (LXC fails late)."""
+    for parent in path.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            raise BadRequest(f"{parent} is not searchable by others (mode "
+                             f"{parent.stat().st_mode & 0o777:o}); an unprivileged container "
+                             f"cannot reach its root volume {path}: chmod o+x {parent}")
+
+
+def _num(value: str) -> int:
+    """A cgroup limit as a number; "-1" and "max" (no limit) compare as largest."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        return 2**63
+    return 2**63 if n < 0 else n
+
+
+def _limit_config_items(config: dict[str, str]) -> list[tuple[str, str]]:
+    """``lxc.cgroup.*`` / ``lxc.cgroup2.*`` items for the limits set in ``config``."""
+    out = []
+    for key in limits.LIMIT_KEYS:
+        if key not in config:
+            continue
+        ver = cgroups.version_of(limits.CONTROLLER_OF[key])
+        prefix = "lxc.cgroup." if ver == 1 else "lxc.cgroup2."
+        for k, v in limits.cgroup_settings(config, ver, (key,)):
+            item = (prefix + k, v)
+            if item not in out:
+                out.append(item)
+    return out  # memory before memsw: memsw starts unlimited, so this order is valid

@@ -1,0 +1,114 @@
+"""Rendering the LXC config file of an instance, and shifting a rootfs when needed.
+
+Why separate from the driver: the config is pure data from (spec, host facts), easy to
+read and test; the driver only decides when to write it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from shared.errors import BadRequest
+
+from ..idmap import IdMap
+from ..limits import parse_bool
+from .base import InstanceSpec
+
+LXC_CONF = Path("/usr/share/lxc/config")
+NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name) or name.isdigit():
+        raise BadRequest(f"Invalid instance name {name!r}: use 1-63 letters, digits and "
+                         "dashes, not starting or ending with a dash, not only digits")
+
+
+def apparmor_enabled() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def privileged(config: dict[str, str]) -> bool:
+    return parse_bool("security.privileged", config.get("security.privileged", "false"))
+
+
+def nesting(config: dict[str, str]) -> bool:
+    return parse_bool("security.nesting", config.get("security.nesting", "false"))
+
+
+def render(spec: InstanceSpec, lxcpath: Path, idmap: IdMap | None, idmapped: bool) -> str:
+    """The whole ``config`` file. ``idmap`` is None for privileged containers."""
+    d = lxcpath / spec.name
+    lines = [f"lxc.include = {LXC_CONF / 'common.conf'}"]
+    if idmap is not None:
+        lines.append(f"lxc.include = {LXC_CONF / 'userns.conf'}")
+    if nesting(spec.config):
+        lines.append(f"lxc.include = {LXC_CONF / 'nesting.conf'}")
+    if apparmor_enabled():
+        lines.append("lxc.apparmor.profile = generated")
+        if nesting(spec.config):
+            lines.append("lxc.apparmor.allow_nesting = 1")
+    else:
+        lines.append("lxc.apparmor.profile = unconfined")
+    lines += [
+        f"lxc.rootfs.path = dir:{spec.rootfs_path}",
+        f"lxc.uts.name = {spec.name}",
+        f"lxc.log.file = {d / 'lxc.log'}",
+        "lxc.log.level = warn",
+        f"lxc.console.logfile = {d / 'console.log'}",
+        "lxc.console.size = 1MB",
+        "lxc.tty.max = 0",
+        "lxc.pty.max = 1024",
+        "lxc.autodev = 1",
+        "lxc.signal.halt = SIGPWR",
+        "lxc.mount.auto =",  # replace common.conf's choice with ours
+        "lxc.mount.auto = proc:rw sys:rw cgroup:mixed" if nesting(spec.config)
+        else "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed",
+    ]
+    if idmap is not None:
+        lines += [f"lxc.idmap = {line}" for line in idmap.lxc_lines()]
+        if idmapped:
+            lines.append("lxc.rootfs.options = idmap=container")
+    nic = [ln for ln in spec.nic_config_lines if ln.strip()]
+    lines += nic if nic else ["lxc.net.0.type = empty"]
+    for ln in spec.config.get("raw.lxc", "").splitlines():
+        if ln.strip() and not ln.lstrip().startswith("#"):
+            if "=" not in ln:
+                raise BadRequest(f"Invalid raw.lxc line {ln!r}: expected 'key = value'")
+            lines.append(ln.strip())
+    return "\n".join(lines) + "\n"
+
+
+def nic_host_names(nic_lines: list[str]) -> dict[str, str]:
+    """{container ifname: host veth name} from ``lxc.net.N.name``/``veth.pair`` lines."""
+    names: dict[str, str] = {}
+    pairs: dict[str, str] = {}
+    for ln in nic_lines:
+        key, _, value = ln.partition("=")
+        m = re.match(r"lxc\.net\.(\d+)\.(name|veth\.pair)$", key.strip())
+        if m:
+            (names if m.group(2) == "name" else pairs)[m.group(1)] = value.strip()
+    return {names.get(i, f"eth{i}"): host for i, host in pairs.items()}
+
+
+def shift_rootfs(root: Path, idmap: IdMap) -> None:
+    """chown every file by the map (the fallback when idmapped mounts fail).
+
+    chown clears setuid/setgid bits, so the mode is put back afterwards.
+    """
+    def shift(path: str, st: os.stat_result) -> None:
+        os.lchown(path, idmap.uid_to_host(st.st_uid), idmap.gid_to_host(st.st_gid))
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    shift(str(root), os.lstat(root))
+    for top, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(top, n)
+            shift(p, os.lstat(p))
