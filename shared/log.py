@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from opentelemetry import trace
@@ -31,6 +31,28 @@ def _add_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+# Where log records also go as LXD "logging" events (set by the service base once the bus
+# is up). Only records at info and above, as LXD's default log level.
+_event_sink: Callable[[dict[str, Any]], None] | None = None
+_EVENT_LEVELS = {"info", "warning", "error", "critical"}
+_INTERNAL = {"event", "level", "timestamp", "service", "node", "trace_id", "span_id"}
+
+
+def set_event_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
+    global _event_sink
+    _event_sink = sink
+
+
+def _to_events(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    sink = _event_sink
+    if sink is not None and event.get("level") in _EVENT_LEVELS:
+        try:
+            sink(event)
+        except Exception:  # logging must never fail the caller
+            pass
+    return event
+
+
 def setup_logging(service: str, node: str, level: str = "info") -> None:
     """Configure structlog for this process: one JSON object per line on stderr."""
     structlog.configure(
@@ -40,6 +62,7 @@ def setup_logging(service: str, node: str, level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_ids,
             structlog.processors.format_exc_info,
+            _to_events,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

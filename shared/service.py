@@ -24,7 +24,7 @@ from .bus import Bus
 from .config import Config, get_config
 from .errors import BadRequest, CorralError
 from .events import Events, ensure_stream
-from .log import get_logger, setup_logging
+from .log import get_logger, set_event_sink, setup_logging
 from .models import Message, Reply, ServerInfoReply, ServerInfoRequest
 from .operations import Operations
 
@@ -183,6 +183,7 @@ async def run_services(
     tracing.setup_tracing(name, config.node, config.tracing, config.otlp_endpoint)
     bus = Bus(config, name)
     await bus.connect()
+    set_event_sink(_logging_events(Events(bus, location="none"), name))
     services = [f(config, bus) for f in factories]
     for svc in services:
         await svc.start()
@@ -192,11 +193,33 @@ async def run_services(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    set_event_sink(None)
     if stopper is not None:
         await stopper()
     for svc in reversed(services):
         await svc.stop()
     await bus.close()
+
+
+def _logging_events(events: Events, service: str) -> Callable[[dict[str, Any]], None]:
+    """Publish log records as LXD ``logging`` events (fire and forget on the loop)."""
+    loop = asyncio.get_running_loop()
+
+    def sink(record: dict[str, Any]) -> None:
+        context = {k: str(v) for k, v in record.items() if k not in _LOG_INTERNAL}
+        context["service"] = str(record.get("component") or service)
+        coro = events.logging(str(record.get("event", "")), str(record.get("level")),
+                              context, service=context["service"])
+        if events.bus.nc is None or not events.bus.nc.is_connected:
+            coro.close()
+            return
+        loop.create_task(coro)
+
+    return sink
+
+
+_LOG_INTERNAL = {"event", "level", "timestamp", "service", "node", "span_id", "component",
+                 "exc_info"}
 
 
 def main_for(cls: type[Service]) -> Callable[[], None]:

@@ -75,3 +75,26 @@ async def test_operation_events_follow_every_state_change(bus):
     await sub.unsubscribe()
     statuses = [e["metadata"]["status"] for e in seen if e["metadata"]["id"] == op.id]
     assert statuses == ["Pending", "Running", "Running", "Success"]
+
+
+async def test_service_logs_become_logging_events(stack, bus):
+    """A restarted service says so on the bus as an LXD logging event."""
+    import asyncio as aio
+
+    seen: list[dict] = []
+
+    async def on_log(msg):
+        seen.append(json.loads(msg.data))
+
+    sub = await bus.subscribe("corral.events.logging.>", on_log)
+    stack.stop("migration")
+    stack.start("migration")
+    for _ in range(200):
+        if any(e["metadata"]["message"] == "service started"
+               and e["metadata"]["context"].get("service") == "migration" for e in seen):
+            break
+        await aio.sleep(0.05)
+    await sub.unsubscribe()
+    started = [e for e in seen if e["metadata"]["message"] == "service started"]
+    assert started and started[0]["type"] == "logging"
+    assert started[0]["metadata"]["level"] == "info"
