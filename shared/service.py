@@ -25,7 +25,7 @@ from .config import Config, get_config
 from .errors import BadRequest, CorralError
 from .events import Events, ensure_stream
 from .log import get_logger, set_event_sink, setup_logging
-from .models import Message, Reply, ServerInfoReply, ServerInfoRequest
+from .models import Message, Reply, ServerInfoReply, ServerInfoRequest  # noqa: F401
 from .operations import Operations
 
 
@@ -65,6 +65,7 @@ class Service:
         self.operations = Operations(self.bus, self.events, location="none")
         self._micro: micro.Service | None = None
         self._stopped = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
 
     @classmethod
     def endpoints(cls) -> list[EndpointSpec]:
@@ -94,8 +95,8 @@ class Service:
         return ServerInfoReply()
 
     @endpoint("info", ServerInfoRequest)
-    async def _info(self, _req: ServerInfoRequest) -> ServerInfoReply:
-        return self.server_info()
+    async def _info(self, _req: ServerInfoRequest) -> Reply:
+        return Reply(metadata=self.server_info().model_dump())
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class Service:
         if self._micro is not None:
             await self._micro.stop()
             self._micro = None
+        if self._inflight:  # let requests under way answer before the bus closes
+            await asyncio.wait(self._inflight, timeout=30)
         await self.teardown()
         if self._own_bus:
             await self.bus.close()
@@ -133,6 +136,13 @@ class Service:
         tracer = tracing.tracer(f"corral.{self.name}")
 
         async def handle(req: MicroRequest) -> None:
+            # NATS delivers one subscription's messages one at a time: run each request in
+            # its own task so a slow one (an image unpack) does not hold up its verb.
+            task = asyncio.create_task(run(req))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        async def run(req: MicroRequest) -> None:
             ctx = tracing.extract(req.headers)
             with tracer.start_as_current_span(span_name, context=ctx, kind=SpanKind.SERVER
                                               ) as span:
@@ -143,7 +153,7 @@ class Service:
                         raise BadRequest(f"Invalid {spec.verb} request: {_brief(exc)}") from exc
                     self.log.debug("request", verb=spec.verb)
                     result = await handler(body)
-                    if not isinstance(result, Message):
+                    if not isinstance(result, Reply):
                         result = Reply(metadata=result)
                     await req.respond(codec.encode(result))
                 except CorralError as exc:

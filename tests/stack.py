@@ -106,9 +106,11 @@ class Stack:
         wait_for(self.ready, 60, what="the gateway to answer GET /1.0")
 
     def ready(self) -> bool:
+        """Every service answers (each list path is a different service)."""
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket))) as c:
-            r = c.get("http://corral/1.0/instances")
-            return r.status_code == 200
+            return all(c.get(f"http://corral{path}").status_code == 200
+                       for path in ("/1.0/instances", "/1.0/images", "/1.0/storage-pools",
+                                    "/1.0/networks"))
 
     def stop_all(self) -> None:
         for name in list(self.procs):

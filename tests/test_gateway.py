@@ -24,6 +24,10 @@ def test_server_info_has_lxd_shape(api):
     assert meta["api_version"] == "1.0"
     assert meta["auth"] == "trusted"
     assert "instances" in meta["api_extensions"]
+    # Services add their parts: the storage service its extension and drivers.
+    assert "storage" in meta["api_extensions"]
+    assert {"Name": "dir", "Version": "1", "Remote": False} in \
+        meta["environment"]["storage_supported_drivers"]
     env = meta["environment"]
     for field in ("server_name", "server_pid", "server_version", "kernel", "kernel_version",
                   "driver", "storage", "architectures"):

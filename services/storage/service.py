@@ -1,11 +1,43 @@
-"""The storage service: storage pools and their volumes on this node."""
+"""The storage service: storage pools and their volumes on this node.
+
+Endpoints decode, call ``pools``/``volumes``/``usage`` and publish lifecycle events.
+Pool CRUD is cluster-scoped (the gateway asks ``corral.storage.<verb>``); the volume verbs
+other services use are node-scoped, because a volume lives on this host's disks.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from shared.api import listing
-from shared.models import ListRequest, Reply
+from shared.messages.storage import (
+    ImageVolumeDeleteReply,
+    ImageVolumeDeleteRequest,
+    VolumeFromImageRequest,
+    VolumeGetRequest,
+    VolumeListRequest,
+    VolumePathReply,
+    VolumeRenameRequest,
+    VolumeRequest,
+)
+from shared.models import (
+    CreateRequest,
+    ListRequest,
+    ObjectRequest,
+    Reply,
+    ServerInfoReply,
+)
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
+
+from . import usage
+from .drivers import DRIVERS
+from .pools import Pools, pool_etag
+from .volumes import Volumes, volume_url
+
+API_EXTENSIONS = ["storage", "resources", "storage_btrfs_mount_options",
+                  "server_supported_storage_drivers", "entity_description"]
 
 
 class StorageService(Service):
@@ -13,12 +45,132 @@ class StorageService(Service):
     description = "Corral storage pools and volumes"
 
     async def setup(self) -> None:
-        self.pools = await Store(self.bus, "storage_pools", cache=True).open()
+        self.pools = Pools(await Store(self.bus, "storage_pools", cache=True).open(),
+                           self.config.dir)
+        self.volumes = Volumes(await Store(self.bus, "storage_volumes", cache=True).open(),
+                               self.pools, self.bus, self.config.dir)
+        self._drivers = await asyncio.to_thread(_supported_drivers)
+        await self.pools.reconcile()
+
+    def server_info(self) -> ServerInfoReply:
+        recs = {r["name"]: r for r in self.pools.records()}
+        main = recs.get("default") or next(iter(recs.values()), None)
+        env: dict[str, Any] = {"storage_supported_drivers": self._drivers,
+                               "storage": "", "storage_version": ""}
+        if main is not None:
+            env["storage"] = main["driver"]
+            env["storage_version"] = next((d["Version"] for d in self._drivers
+                                           if d["Name"] == main["driver"]), "")
+        return ServerInfoReply(environment=env, api_extensions=API_EXTENSIONS)
+
+
+    # -- pools ------------------------------------------------------------------------------
 
     @endpoint("list", ListRequest)
     async def list_pools(self, req: ListRequest) -> Reply:
-        items = [(v["name"], v) for v in (await self.pools.items()).values()]
+        recs = self.pools.records()
+        used = (await usage.used_by_all(self.bus, self.volumes, [r["name"] for r in recs])
+                if req.recursion > 0 else {})
+        items = [(r["name"], self.pools.public(r, used.get(r["name"], []))) for r in recs]
         return Reply(metadata=listing("storage-pools", items, req.recursion))
+
+    @endpoint("get", ObjectRequest)
+    async def get_pool(self, req: ObjectRequest) -> Reply:
+        rec, _rev = await self.pools.get(req.name)
+        used = await usage.used_by_all(self.bus, self.volumes, [req.name])
+        return Reply(metadata=self.pools.public(rec, used[req.name]), etag=pool_etag(rec))
+
+    @endpoint("create", CreateRequest)
+    async def create_pool(self, req: CreateRequest) -> Reply:
+        rec = await self.pools.create(req.body)
+        await self.events.lifecycle("storage-pool-created", self.pools.url(rec["name"]),
+                                    requestor=req.requestor)
+        return Reply(metadata=None)
+
+    async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
+        await self.pools.update(req.name, req.body or {}, req.etag, patch)
+        await self.events.lifecycle("storage-pool-updated", self.pools.url(req.name),
+                                    requestor=req.requestor)
+        return Reply(metadata=None)
+
+    @endpoint("update", ObjectRequest)
+    async def update_pool(self, req: ObjectRequest) -> Reply:
+        return await self._update(req, patch=False)
+
+    @endpoint("patch", ObjectRequest)
+    async def patch_pool(self, req: ObjectRequest) -> Reply:
+        return await self._update(req, patch=True)
+
+    @endpoint("delete", ObjectRequest)
+    async def delete_pool(self, req: ObjectRequest) -> Reply:
+        async with self.pools.exclusive(req.name) as rec:
+            await usage.ensure_unused(self.bus, self.pools, self.volumes, rec)
+            await self.pools.delete(rec)
+            await self.volumes.forget_pool(req.name)
+        await self.events.lifecycle("storage-pool-deleted", self.pools.url(req.name),
+                                    requestor=req.requestor)
+        return Reply(metadata=None)
+
+    @endpoint("resources", ObjectRequest)
+    async def pool_resources(self, req: ObjectRequest) -> Reply:
+        return Reply(metadata=await self.pools.resources(req.name))
+
+    # -- volumes (gateway) ------------------------------------------------------------------
+
+    @endpoint("volume_list", VolumeListRequest)
+    async def list_volumes(self, req: VolumeListRequest) -> Reply:
+        vols = await self.volumes.listing(req.pool, req.kind,
+                                          None if req.all_projects else req.project)
+        if req.recursion > 0:
+            return Reply(metadata=[self.volumes.public(v) for v in vols])
+        return Reply(metadata=[volume_url(req.pool, v["kind"], v["name"],
+                                          v.get("project", "default")) for v in vols])
+
+    @endpoint("volume_get", VolumeGetRequest)
+    async def get_volume(self, req: VolumeGetRequest) -> Reply:
+        vol = await self.volumes.get(req.pool, req.kind, req.project, req.name)
+        return Reply(metadata=self.volumes.public(vol))
+
+    # -- volumes (other services, this node) ------------------------------------------------
+
+    @endpoint("volume_from_image", VolumeFromImageRequest, scope="node")
+    async def volume_from_image(self, req: VolumeFromImageRequest) -> Reply:
+        path = await self.volumes.from_image(req)
+        return Reply(metadata=VolumePathReply(path=str(path)).model_dump())
+
+    @endpoint("volume_path", VolumeRequest, scope="node")
+    async def volume_path(self, req: VolumeRequest) -> Reply:
+        path, exists = await self.volumes.path(req)
+        return Reply(metadata=VolumePathReply(path=str(path), exists=exists).model_dump())
+
+    @endpoint("volume_delete", VolumeRequest, scope="node")
+    async def volume_delete(self, req: VolumeRequest) -> Reply:
+        await self.volumes.delete(req)
+        return Reply(metadata=None)
+
+    @endpoint("volume_rename", VolumeRenameRequest, scope="node")
+    async def volume_rename(self, req: VolumeRenameRequest) -> Reply:
+        path = await self.volumes.rename(req)
+        return Reply(metadata=VolumePathReply(path=str(path)).model_dump())
+
+    @endpoint("image_volume_delete", ImageVolumeDeleteRequest, scope="node")
+    async def image_volume_delete(self, req: ImageVolumeDeleteRequest) -> Reply:
+        pools = await self.volumes.delete_image(req.fingerprint)
+        return Reply(metadata=ImageVolumeDeleteReply(pools=pools).model_dump())
+
+
+def _supported_drivers() -> list[dict[str, Any]]:
+    """LXD's ``storage_supported_drivers``: the drivers whose host check passes."""
+    out = []
+    for name in sorted(DRIVERS):
+        cls = DRIVERS[name]
+        try:
+            cls.check_host()
+        except Exception:
+            continue
+        info = cls.info()
+        out.append({"Name": name, "Version": info["version"], "Remote": info["remote"]})
+    return out
 
 
 main = main_for(StorageService)

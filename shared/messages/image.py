@@ -16,11 +16,40 @@ class ResolveRequest(Request):
     alias: str | None = None
     fingerprint: str | None = None
     instance_type: str = "container"
+    # The caller creates an instance from it: stamp the image's last_used_at (LXD does).
+    for_create: bool = True
 
 
 class BlobRequest(Request):
     """Where an image's files are. Reply metadata: ``{"bucket": "images", "objects":
     {"meta": name, "rootfs": name or None}, "type": "container"|"virtual-machine",
     "fingerprint": fp}``: a unified tarball is one ``meta`` object with ``rootfs`` None."""
+
+    fingerprint: str
+
+
+class ImportRequest(Request):
+    """``import``: register an uploaded image whose files the gateway put in the
+    ``transfers`` object store. The image service owns (and deletes) those objects from the
+    moment it accepts the request. Reply: an async ``Reply`` whose operation metadata ends
+    with LXD's ``{"fingerprint": fp, "size": "n"}``."""
+
+    meta: str
+    rootfs: str | None = None
+    # The multipart field name of the rootfs part: "rootfs" (container) or "rootfs.img" (VM).
+    rootfs_part: str | None = None
+    filename: str = ""
+    public: bool = False
+    properties: dict[str, str] = {}
+    profiles: list[str] | None = None
+    # X-LXD-fingerprint: the fingerprint the client expects; a mismatch fails the import.
+    fingerprint: str | None = None
+    aliases: list[dict[str, str]] = []
+
+
+class ExportRequest(Request):
+    """``export``: where the files of an image (full fingerprint or unique prefix) are and
+    what to call them. Reply metadata: ``{"fingerprint", "type", "bucket", "files": [{"part":
+    "metadata"|"rootfs"|"rootfs.img", "object", "filename", "size"}]}`` (one file: unified)."""
 
     fingerprint: str

@@ -1,0 +1,222 @@
+"""Storage pools: records in the ``storage_pools`` KV bucket, disks through the drivers.
+
+The KV record says which pools this node should have; the host says whether they are
+usable. A pool whose mount fails is kept (never dropped from KV) and reported as
+``Unavailable`` with the reason, and every later use tries to mount it again, so a
+repaired disk comes back without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from shared.api import check_etag, etag, string_map, url, validate_object_name
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
+from shared.log import get_logger
+from shared.state import Store, key
+
+from . import pool_update
+from .drivers import DRIVERS, Driver, load_driver
+from .drivers.util import validate_name
+
+CREATED, PENDING, UNAVAILABLE = "Created", "Pending", "Unavailable"
+log = get_logger(component="storage")
+
+
+def pool_etag(rec: dict[str, Any]) -> str:
+    """LXD hashes name, driver and config (not the description) for a pool's ETag."""
+    return etag(rec["name"], rec["driver"], rec.get("config", {}))
+
+
+def _description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("Invalid description: expected a string")
+    return value
+
+
+def trusted_driver(rec: dict[str, Any], corral_dir: Path) -> Driver:
+    """A driver view of a stored pool. The config was validated at create; if it no longer
+    validates (e.g. its loop file vanished, which makes ``size`` look misplaced) we still
+    need the driver to unmount or delete the pool, so it is rebuilt without the checks."""
+    cls = load_driver(rec["driver"])
+    try:
+        return cls(rec["name"], rec.get("config", {}), corral_dir)
+    except BadRequest:
+        drv = cls.__new__(cls)
+        drv.pool, drv.corral_dir, drv.config = rec["name"], corral_dir, dict(rec["config"])
+        return drv
+
+
+class Pools:
+    def __init__(self, store: Store, corral_dir: Path) -> None:
+        self.store = store
+        self.dir = corral_dir
+        self.unavailable: dict[str, str] = {}  # pool -> why it cannot be mounted
+        self._busy: dict[str, int] = {}        # pool -> volume operations running
+        self._deleting: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def get(self, name: str) -> tuple[dict[str, Any], int]:
+        found = await self.store.get(key(name))
+        if found is None:
+            raise NotFound(f"Storage pool {name!r} not found")
+        return found
+
+    def records(self) -> list[dict[str, Any]]:
+        return sorted(self.store.cached(), key=lambda r: r["name"])
+
+    def status(self, rec: dict[str, Any]) -> str:
+        if rec["name"] in self.unavailable:
+            return UNAVAILABLE
+        return rec.get("status", CREATED)
+
+    def public(self, rec: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
+        """LXD's StoragePool object."""
+        return {"config": rec.get("config", {}), "description": rec.get("description", ""),
+                "name": rec["name"], "driver": rec["driver"], "used_by": used_by,
+                "status": self.status(rec), "locations": ["none"]}
+
+    @staticmethod
+    def url(name: str) -> str:
+        return url("storage-pools", name)
+
+    # ---- usage guards --------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def available(self, rec: dict[str, Any]) -> Driver:
+        """The pool's driver, mounting the pool first if it was unavailable."""
+        drv = trusted_driver(rec, self.dir)
+        if rec.get("status", CREATED) != CREATED:
+            raise Unavailable(f"Storage pool {rec['name']!r} is not ready: "
+                              f"{self.unavailable.get(rec['name'], 'being created')}")
+        if rec["name"] in self.unavailable:
+            try:
+                await asyncio.to_thread(drv.mount)
+            except (CorralError, OSError) as exc:
+                reason = getattr(exc, "message", str(exc))
+                self.unavailable[rec["name"]] = reason
+                raise Unavailable(f"Storage pool {rec['name']!r} is unavailable: {reason}"
+                                  ) from exc
+            self.unavailable.pop(rec["name"], None)
+            log.info("storage pool mounted again", pool=rec["name"])
+        return drv
+
+    @asynccontextmanager
+    async def using(self, name: str) -> AsyncIterator[Driver]:
+        """Hold the pool for a volume operation: a pool delete waits for none and refuses
+        while any runs (409), and no volume operation starts on a pool being deleted."""
+        rec, _rev = await self.get(name)
+        if name in self._deleting:
+            raise Conflict(f"Storage pool {name!r} is being deleted")
+        drv = await self.available(rec)
+        self._busy[name] = self._busy.get(name, 0) + 1
+        try:
+            yield drv
+        finally:
+            self._busy[name] -= 1
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """Hold the pool for a delete: no volume operation may run or start meanwhile."""
+        async with self._lock(name):
+            rec, _rev = await self.get(name)
+            if self._busy.get(name):
+                raise Conflict(f"Storage pool {name!r} is busy with volume operations; "
+                               "try again when they finish")
+            self._deleting.add(name)
+            try:
+                yield rec
+            finally:
+                self._deleting.discard(name)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate everything first (400, nothing made), reserve the name in KV (409),
+        then make the pool on disk; a failure there drops the reservation again."""
+        name = validate_name("storage pool", validate_object_name("storage pool",
+                                                                   body.get("name")))
+        driver_name = body.get("driver")
+        if not driver_name:
+            raise BadRequest(f"No storage driver given: set 'driver' to one of "
+                             f"{', '.join(sorted(DRIVERS))}")
+        cls = load_driver(driver_name)
+        config = string_map("config", body.get("config"))
+        description = _description(body.get("description"))
+        await asyncio.to_thread(cls.check_host)
+        drv = cls(name, config, self.dir)
+        rec = {"name": name, "driver": cls.name, "description": description,
+               "config": drv.config, "status": PENDING}
+        await self.store.create(key(name), rec, f"Storage pool {name!r}")
+        try:
+            async with self._lock(name):
+                rec["config"] = await asyncio.to_thread(drv.create)
+        except BaseException:
+            await self.store.delete(key(name))
+            raise
+        rec["status"] = CREATED
+        await self.store.put(key(name), rec)
+        self.unavailable.pop(name, None)
+        return rec
+
+    async def update(self, name: str, body: dict[str, Any], expected_etag: str | None,
+                     patch: bool) -> dict[str, Any]:
+        """PUT/PATCH: description, plus the config keys a driver can change live."""
+        async with self._lock(name):
+            rec, rev = await self.get(name)
+            check_etag(expected_etag, pool_etag(rec))
+            new = dict(rec)
+            if "description" in body or not patch:
+                new["description"] = _description(body.get("description"))
+            if "config" in body or not patch:
+                cfg = string_map("config", body.get("config"))
+                cls = load_driver(rec["driver"])
+                current = rec.get("config", {})
+                wanted = pool_update.merge_config(cls, current, cfg, patch)
+                if wanted != current:
+                    drv = await self.available(rec)
+                    await asyncio.to_thread(pool_update.apply, drv, current, wanted)
+                new["config"] = wanted
+            await self.store.update(key(name), new, rev)
+            return new
+
+    async def delete(self, rec: dict[str, Any]) -> None:
+        """Remove the pool from disk and KV; the caller holds ``exclusive`` and checked use."""
+        drv = trusted_driver(rec, self.dir)
+        await asyncio.to_thread(drv.delete)
+        await self.store.delete(key(rec["name"]))
+        self.unavailable.pop(rec["name"], None)
+
+    async def resources(self, name: str) -> dict[str, Any]:
+        rec, _rev = await self.get(name)
+        drv = await self.available(rec)
+        return await asyncio.to_thread(drv.resources)
+
+    async def reconcile(self) -> None:
+        """On start: mount every known pool; failures mark the pool Unavailable."""
+        for rec in self.records():
+            name = rec["name"]
+            if rec.get("status", CREATED) != CREATED:
+                self.unavailable[name] = ("its creation was interrupted; delete the pool "
+                                          "and create it again")
+                continue
+            try:
+                drv = trusted_driver(rec, self.dir)
+                mounted = await asyncio.to_thread(drv.mount)
+                self.unavailable.pop(name, None)
+                if mounted:
+                    log.info("storage pool mounted", pool=name)
+            except (CorralError, OSError) as exc:
+                reason = getattr(exc, "message", str(exc))
+                self.unavailable[name] = reason
+                log.warning("storage pool unavailable", pool=name, reason=reason)

@@ -1,0 +1,248 @@
+"""Volumes: records in the ``storage_volumes`` KV bucket, data through the pool's driver.
+
+A record is written *before* the volume is made (it reserves the name, so two callers
+cannot race for it) and removed again if making it fails. Instance volumes remember the
+image they came from (``source_fingerprint``), so deleting an image can tell whether a
+driver's clones still depend on it. Image volumes are unpacked once per pool: one
+asyncio lock per (pool, fingerprint) serializes everyone wanting the same image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from shared.api import url
+from shared.bus import Bus
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.log import get_logger
+from shared.messages.storage import (
+    VolumeFromImageRequest,
+    VolumeRenameRequest,
+    VolumeRequest,
+)
+from shared.models import lxd_time
+from shared.state import Store, key
+
+from . import images
+from .drivers import KINDS, Driver
+from .drivers.util import validate_name
+from .pools import Pools
+
+INSTANCE_KINDS = ("container", "virtual-machine")
+log = get_logger(component="storage")
+
+
+def disk_name(project: str, name: str) -> str:
+    """LXD's on-disk name: ``<project>_<name>`` outside the default project."""
+    return name if project == "default" else f"{project}_{name}"
+
+
+def volume_url(pool: str, kind: str, name: str, project: str = "default") -> str:
+    return url(f"storage-pools/{quote(pool, safe='')}/volumes/{kind}", name, project)
+
+
+def check_kind(kind: str, allowed: tuple[str, ...] = tuple(KINDS)) -> str:
+    if kind not in allowed:
+        raise BadRequest(f"Invalid volume type {kind!r}: expected one of {', '.join(allowed)}")
+    return kind
+
+
+def dependent_clones(drv: Driver) -> bool:
+    """Whether instance volumes still need their image volume (ZFS/LVM-thin clones do;
+    btrfs snapshots and dir copies stand alone). Drivers may say so with a class flag."""
+    return bool(getattr(type(drv), "dependent_clones", False))
+
+
+class Volumes:
+    def __init__(self, store: Store, pools: Pools, bus: Bus, corral_dir: Path) -> None:
+        self.store = store
+        self.pools = pools
+        self.bus = bus
+        self.tmp = corral_dir / "tmp"
+        self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ---- records -------------------------------------------------------------------------
+
+    @staticmethod
+    def key(pool: str, kind: str, project: str, name: str) -> str:
+        return key(pool, kind, project, name)
+
+    def in_pool(self, pool: str) -> list[dict[str, Any]]:
+        return sorted((v for v in self.store.cached() if v["pool"] == pool),
+                      key=lambda v: (v["kind"], v.get("project", "default"), v["name"]))
+
+    def _record(self, pool: str, kind: str, project: str, name: str, **extra: Any
+                ) -> dict[str, Any]:
+        return {"pool": pool, "kind": kind, "project": project, "name": name,
+                "description": "", "config": {}, "created_at": lxd_time(), **extra}
+
+    def used_by(self, rec: dict[str, Any]) -> list[str]:
+        """What uses a volume: its instance, its image (custom volumes: not tracked yet)."""
+        if rec["kind"] in INSTANCE_KINDS:
+            return [url("instances", rec["name"], rec.get("project", "default"))]
+        if rec["kind"] == "image":
+            return [url("images", rec["name"])]
+        return []
+
+    def public(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """LXD's StorageVolume object."""
+        return {"config": rec.get("config", {}), "description": rec.get("description", ""),
+                "name": rec["name"], "type": rec["kind"], "used_by": self.used_by(rec),
+                "location": "none",
+                "content_type": "block" if rec["kind"] == "virtual-machine" else "filesystem",
+                "project": rec.get("project", "default")}
+
+    async def listing(self, pool: str, kind: str | None, project: str | None
+                      ) -> list[dict[str, Any]]:
+        """The pool's volumes: KV records plus volumes found on disk without one (the host
+        is the truth; those show up in the default project)."""
+        rec, _rev = await self.pools.get(pool)
+        if kind is not None:
+            check_kind(kind)
+        recs = self.in_pool(pool)
+        if pool not in self.pools.unavailable:
+            drv = await self.pools.available(rec)
+            known = {(v["kind"], disk_name(v.get("project", "default"), v["name"]))
+                     for v in recs}
+            for k, name in await asyncio.to_thread(drv.list_volumes):
+                if (k, name) not in known:
+                    recs.append(self._record(pool, k, "default", name))
+        return [v for v in recs if (kind is None or v["kind"] == kind)
+                and (project is None or v["kind"] == "image"
+                     or v.get("project", "default") == project)]
+
+    async def get(self, pool: str, kind: str, project: str, name: str) -> dict[str, Any]:
+        for v in await self.listing(pool, check_kind(kind), project):
+            if v["name"] == name:
+                return v
+        raise NotFound(f"Storage volume {kind}/{name} not found in pool {pool!r}")
+
+    # ---- image volumes -------------------------------------------------------------------
+
+    def _image_lock(self, pool: str, fingerprint: str) -> asyncio.Lock:
+        return self._image_locks.setdefault((pool, fingerprint), asyncio.Lock())
+
+    async def _ensure_image(self, drv: Driver, fingerprint: str) -> None:
+        """Unpack the image into the pool unless it is there; the caller holds its lock."""
+        k = self.key(drv.pool, "image", "default", fingerprint)
+        if await asyncio.to_thread(drv.has_image_volume, fingerprint):
+            if await self.store.get(k) is None:  # made before a crash: adopt it
+                await self.store.put(k, self._record(drv.pool, "image", "default",
+                                                     fingerprint))
+            return
+        async with images.fetched(self.bus, fingerprint, self.tmp) as (meta, rootfs, _type):
+            await asyncio.to_thread(drv.create_image_volume, fingerprint,
+                                    images.unpacker(meta, rootfs))
+        log.info("image unpacked", pool=drv.pool, fingerprint=fingerprint)
+        await self.store.put(k, self._record(drv.pool, "image", "default", fingerprint))
+
+    async def from_image(self, req: VolumeFromImageRequest) -> Path:
+        """An instance volume from an image; on failure neither it nor a half image stays."""
+        check_kind(req.kind, INSTANCE_KINDS)
+        validate_name("volume", req.name)
+        fp = images.check_fingerprint(req.fingerprint)
+        disk = validate_name("volume", disk_name(req.project, req.name))
+        async with self.pools.using(req.pool) as drv:
+            k = self.key(req.pool, req.kind, req.project, req.name)
+            await self.store.create(k, self._record(req.pool, req.kind, req.project, req.name,
+                                                    source_fingerprint=fp),
+                                    f"Storage volume {req.kind}/{req.name} in pool "
+                                    f"{req.pool!r}")
+            try:
+                async with self._image_lock(req.pool, fp):
+                    await self._ensure_image(drv, fp)
+                    return await asyncio.to_thread(drv.create_instance_from_image, disk, fp,
+                                                   req.kind)
+            except BaseException:
+                await self.store.delete(k)
+                raise
+
+    async def delete_image(self, fingerprint: str) -> list[str]:
+        """Drop an image's volume from every pool; 409 (nothing deleted) while a driver's
+        clones depend on it. Unavailable pools are skipped (logged)."""
+        fp = images.check_fingerprint(fingerprint)
+        users = [v for v in self.store.cached() if v.get("source_fingerprint") == fp]
+        targets = []
+        for rec in self.pools.records():
+            name = rec["name"]
+            if name in self.pools.unavailable:
+                log.warning("image volume left on unavailable pool", pool=name, fingerprint=fp)
+                continue
+            drv = await self.pools.available(rec)
+            deps = [v["name"] for v in users if v["pool"] == name]
+            if deps and dependent_clones(drv):
+                raise Conflict(f"Image {fp} is still used by instance volumes "
+                               f"{', '.join(deps)} in pool {name!r}")
+            targets.append(name)
+        done = []
+        for name in targets:
+            async with self.pools.using(name) as drv, self._image_lock(name, fp):
+                if await asyncio.to_thread(drv.has_image_volume, fp):
+                    await asyncio.to_thread(drv.delete_image_volume, fp)
+                    done.append(name)
+                await self.store.delete(self.key(name, "image", "default", fp))
+        return done
+
+    # ---- any volume ----------------------------------------------------------------------
+
+    async def path(self, req: VolumeRequest) -> tuple[Path, bool]:
+        check_kind(req.kind)
+        async with self.pools.using(req.pool) as drv:
+            path = drv.volume_path(req.kind, disk_name(req.project, req.name))
+            return path, path.is_dir()
+
+    async def delete(self, req: VolumeRequest) -> None:
+        """Delete a volume (and its snapshots): the disk part and the record."""
+        check_kind(req.kind)
+        async with self.pools.using(req.pool) as drv:
+            k = self.key(req.pool, req.kind, req.project, req.name)
+            path = drv.volume_path(req.kind, disk_name(req.project, req.name))
+            if await self.store.get(k) is None and not os.path.lexists(path):
+                raise NotFound(f"Storage volume {req.kind}/{req.name} not found in pool "
+                               f"{req.pool!r}")
+            lock = self._image_lock(req.pool, req.name) if req.kind == "image" else None
+            if lock:
+                await lock.acquire()
+            try:
+                if os.path.lexists(path):
+                    await asyncio.to_thread(drv.delete_volume, req.kind,
+                                            disk_name(req.project, req.name))
+                await self.store.delete(k)
+            finally:
+                if lock:
+                    lock.release()
+
+    async def rename(self, req: VolumeRenameRequest) -> Path:
+        """Rename within a pool and project; the new name is reserved first (409)."""
+        check_kind(req.kind, ("container", "virtual-machine", "custom"))
+        validate_name("volume", req.new_name)
+        async with self.pools.using(req.pool) as drv:
+            old_k = self.key(req.pool, req.kind, req.project, req.name)
+            new_k = self.key(req.pool, req.kind, req.project, req.new_name)
+            found = await self.store.get(old_k)
+            old_path = drv.volume_path(req.kind, disk_name(req.project, req.name))
+            if found is None and not old_path.is_dir():
+                raise NotFound(f"Storage volume {req.kind}/{req.name} not found in pool "
+                               f"{req.pool!r}")
+            rec = dict(found[0]) if found else self._record(req.pool, req.kind, req.project,
+                                                             req.name)
+            await self.store.create(new_k, {**rec, "name": req.new_name},
+                                    f"Storage volume {req.kind}/{req.new_name}")
+            try:
+                path = await asyncio.to_thread(drv.rename_volume, req.kind,
+                                               disk_name(req.project, req.name),
+                                               disk_name(req.project, req.new_name))
+            except BaseException:
+                await self.store.delete(new_k)
+                raise
+            await self.store.delete(old_k)
+            return path
+
+    async def forget_pool(self, pool: str) -> None:
+        for v in self.in_pool(pool):
+            await self.store.delete(self.key(pool, v["kind"], v.get("project", "default"),
+                                             v["name"]))

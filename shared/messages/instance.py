@@ -1,0 +1,34 @@
+"""Bus messages of the instance service (besides the generic CRUD models).
+
+The gateway sends ``CreateRequest`` (``create``), ``ObjectRequest`` (``get``, ``update``,
+``patch``, ``rename``, ``delete``, ``state``) and ``ListRequest`` (``list``) as for any
+collection; ``state_put`` carries LXD's state change body as a typed model, and
+``network_users`` (asked by the network service) is ``NetworkUsersRequest`` from
+``shared.messages.network``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shared.messages.network import NetworkUsersRequest
+from shared.models import Request
+
+StateAction = Literal["start", "stop", "restart", "freeze", "unfreeze"]
+
+
+class StatePutRequest(Request):
+    """``PUT /1.0/instances/<name>/state``: LXD's ``InstanceStatePut`` plus the name.
+
+    ``timeout`` is seconds for a clean shutdown (-1: LXD's "wait as long as it takes", here
+    capped by the service); ``force`` kills instead of asking init to shut down.
+    """
+
+    name: str
+    action: StateAction
+    timeout: float = -1
+    force: bool = False
+    stateful: bool = False
+
+
+__all__ = ["NetworkUsersRequest", "StateAction", "StatePutRequest"]
