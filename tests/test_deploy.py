@@ -93,7 +93,11 @@ class Deployment:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("CORRAL_NATS_URL", "CORRAL_MODE", "CORRAL_CONFIG")}
         self.env.update(CORRAL_DIR=str(self.dir), CORRAL_NATS_PORT=str(free_port()),
-                        CORRAL_SKIP_INSTALL="1")  # the venv running this test is current
+                        CORRAL_SKIP_INSTALL="1",  # the venv running this test is current
+                        # No default bridge/pool/image here: bridges are host-global and
+                        # `make up` beside the suite owns corralbr0. `corral init --auto`
+                        # is tested against the session stack instead (test_init.py).
+                        CORRAL_BOOTSTRAP="0")
 
     def run(self, script: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(DEPLOY / script)], env={**self.env, **env}, text=True,
