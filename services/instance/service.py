@@ -1,36 +1,266 @@
-"""The instance service: instances (containers, VMs) and profiles on this node."""
+"""The instance service: instances (LXC containers) and profiles on this node.
+
+Thin: endpoints decode, call the logic modules (``create``, ``lifecycle``, ``update``,
+``filters``, ``reconcile``), publish lifecycle events and answer. Slow work runs as an
+LXD operation; fast checks answer with an error envelope at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from shared.api import listing, url
-from shared.models import CreateRequest, ListRequest, ObjectRequest, Reply
+from shared.errors import BadRequest, NotFound
+from shared.messages.instance import NetworkUsersRequest, StatePutRequest
+from shared.models import (
+    CreateRequest,
+    ListRequest,
+    ObjectRequest,
+    Reply,
+    ServerInfoReply,
+)
 from shared.service import Service, endpoint, main_for
-from shared.state import Store
+from shared.state import Store, key
 
+from . import create, filters, lifecycle, reconcile, update
+from .drivers.lxc import LXCDriver
+from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
+from .exec_api import ExecFilesConsoleMixin
+from .idmap import ensure_subids
 from .profiles import Profiles, profile_etag
+from .records import instance_url, public, record_etag
+from .remote import Remote
+
+# What the stock client checks before list/launch/config (see docs/architecture.md).
+# container_backup: only the (empty) backup list so far, which `lxc info` requires.
+API_EXTENSIONS = ["container_full", "api_filtering", "container_last_used_at",
+                  "instance_nic_network", "container_backup"]
 
 
-class InstanceService(Service):
+def _uses_network(dev: dict[str, str], network: str) -> bool:
+    if dev.get("type") != "nic":
+        return False
+    return dev.get("network") == network or (
+        dev.get("nictype") in ("bridged", "macvlan") and dev.get("parent") == network)
+
+
+class InstanceService(ExecFilesConsoleMixin, Service):
     name = "instance"
-    description = "Corral instances (LXC containers, QEMU VMs) and profiles"
+    description = "Corral instances (LXC containers) and profiles"
 
     async def setup(self) -> None:
+        await asyncio.to_thread(ensure_subids)
+        self.driver = LXCDriver(self.config.dir / "lxc")
+        self.remote = Remote(self.bus, self.config.node)
         self.instances = await Store(self.bus, "instances", cache=True).open()
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cleanup = await reconcile.reconcile(self)
 
-    # -- instances --------------------------------------------------------------------------
+    def server_info(self) -> ServerInfoReply:
+        return ServerInfoReply(api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS])
+
+    def lock(self, project: str, name: str) -> asyncio.Lock:
+        """One state change at a time per instance (start racing delete, ...)."""
+        return self._locks.setdefault(key(project, name), asyncio.Lock())
+
+    # -- what the exec/files/console mixin needs ----------------------------------------
+
+    async def require_instance(self, project: str, name: str) -> dict[str, Any]:
+        found = await self.instances.get(key(project, name))
+        if found is None or found[0].get("status") == "Creating":
+            raise NotFound("Instance not found")
+        return found[0]
+
+    async def instance_status(self, project: str, name: str) -> str:
+        await self.require_instance(project, name)
+        return await asyncio.to_thread(lifecycle.host_status, self.driver, name)
+
+    # -- instances ------------------------------------------------------------------------
+
+    def _records(self, project: str, all_projects: bool = False) -> list[dict[str, Any]]:
+        return sorted((r for r in self.instances.cached()
+                       if all_projects or r.get("project", "default") == project),
+                      key=lambda r: r["name"])
 
     @endpoint("list", ListRequest)
     async def list_instances(self, req: ListRequest) -> Reply:
-        items = [(v["name"], v) for v in (await self.instances.items()).values()
-                 if req.all_projects or v.get("project", "default") == req.project]
-        return Reply(metadata=listing("instances", items, req.recursion, req.project))
+        recs = self._records(req.project, req.all_projects)
+        if req.recursion <= 0 and not req.filter:
+            return Reply(metadata=[instance_url(r) for r in recs])
+        host = await asyncio.to_thread(self.driver.list_host)
+        objs = [public(r, host.get(r["name"], r.get("status"))) for r in recs]
+        if req.filter:
+            groups = filters.parse(req.filter)
+            objs = [o for o in objs if filters.matches(o, groups)]
+        if req.recursion <= 0:
+            return Reply(metadata=[url("instances", o["name"], o["project"]) for o in objs])
+        if req.recursion >= 2:
+            states = await asyncio.to_thread(
+                self.driver.state_many, [o["name"] for o in objs if o["name"] in host])
+            for o in objs:
+                o.update(state=states.get(o["name"]), snapshots=None, backups=None)
+        return Reply(metadata=objs)
+
+    @endpoint("get", ObjectRequest)
+    async def get_instance(self, req: ObjectRequest) -> Reply:
+        rec = await self.require_instance(req.project, req.name)
+        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
+        obj = public(rec, status)
+        if (req.body or {}).get("recursion", 0) >= 1:
+            obj.update(state=await asyncio.to_thread(self.driver.state, req.name),
+                       snapshots=None, backups=None)
+        return Reply(metadata=obj, etag=record_etag(rec))
+
+    @endpoint("snapshot_list", ObjectRequest)
+    async def list_snapshots(self, req: ObjectRequest) -> Reply:
+        """Snapshots are a later issue: an instance has none yet (``lxc info`` asks)."""
+        await self.require_instance(req.project, req.name)
+        return Reply(metadata=[])
+
+    @endpoint("backup_list", ObjectRequest)
+    async def list_backups(self, req: ObjectRequest) -> Reply:
+        """Backups are a later issue; ``lxc info`` lists them (``container_backup``)."""
+        await self.require_instance(req.project, req.name)
+        return Reply(metadata=[])
+
+    @endpoint("state", ObjectRequest)
+    async def get_state(self, req: ObjectRequest) -> Reply:
+        await self.require_instance(req.project, req.name)
+        return Reply(metadata=await asyncio.to_thread(self.driver.state, req.name))
+
+    def _resources(self, name: str, project: str, containers: bool = False
+                   ) -> dict[str, list[str]]:
+        res = {"instances": [url("instances", name, project)]}
+        if containers:
+            res["containers"] = [url("containers", name, project)]
+        return res
+
+    @endpoint("create", CreateRequest)
+    async def create_instance(self, req: CreateRequest) -> Reply:
+        rec, image = await create.prepare(self, req.body, req.project)
+        start = bool(req.body.get("start"))
+
+        async def run(_op) -> None:
+            async with self.lock(rec["project"], rec["name"]):
+                made = await create.build(self, rec, image)
+                await self.events.lifecycle(
+                    "instance-created", instance_url(made), project=made["project"],
+                    context={"storage-pool": made["pool"], "type": made["type"]},
+                    requestor=req.requestor)
+                if start:
+                    await lifecycle.start(self, made)
+                    await self.events.lifecycle("instance-started", instance_url(made),
+                                                project=made["project"],
+                                                requestor=req.requestor)
+
+        op = await self.operations.start(
+            "Creating instance", run, project=req.project,
+            resources=self._resources(rec["name"], req.project, containers=True))
+        return Reply(type="async", operation=op.lxd())
+
+    @endpoint("state_put", StatePutRequest)
+    async def put_state(self, req: StatePutRequest) -> Reply:
+        rec = await self.require_instance(req.project, req.name)
+        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
+        lifecycle.check_action(status, req.action)
+
+        async def run(_op) -> None:
+            async with self.lock(req.project, req.name):
+                current = await self.require_instance(req.project, req.name)
+                action = await lifecycle.change(self, current, req)
+            await self.events.lifecycle(action, instance_url(rec), project=req.project,
+                                        requestor=req.requestor)
+
+        op = await self.operations.start(lifecycle.DESCRIPTIONS[req.action], run,
+                                         project=req.project,
+                                         resources=self._resources(req.name, req.project))
+        return Reply(type="async", operation=op.lxd())
+
+    async def _done_op(self, description: str, name: str, project: str) -> Reply:
+        """LXD answers PUT/PATCH/rename with an operation; ours did its work already."""
+        async def run(_op) -> None:
+            return None
+
+        op = await self.operations.start(description, run, project=project,
+                                         resources=self._resources(name, project))
+        return Reply(type="async", operation=op.lxd())
+
+    async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
+        await self.require_instance(req.project, req.name)
+        async with self.lock(req.project, req.name):
+            rec = await update.update(self, req.project, req.name, req.body or {}, req.etag,
+                                      patch)
+        await self.events.lifecycle("instance-updated", instance_url(rec),
+                                    project=req.project, requestor=req.requestor)
+        return await self._done_op("Updating instance", req.name, req.project)
+
+    @endpoint("update", ObjectRequest)
+    async def update_instance(self, req: ObjectRequest) -> Reply:
+        return await self._update(req, patch=False)
+
+    @endpoint("patch", ObjectRequest)
+    async def patch_instance(self, req: ObjectRequest) -> Reply:
+        return await self._update(req, patch=True)
+
+    @endpoint("rename", ObjectRequest)
+    async def rename_instance(self, req: ObjectRequest) -> Reply:
+        await self.require_instance(req.project, req.name)
+        async with self.lock(req.project, req.name):
+            new = await update.rename(self, req.project, req.name, req.body or {})
+        await self.events.lifecycle("instance-renamed", instance_url(new),
+                                    project=req.project, context={"old_name": req.name},
+                                    requestor=req.requestor)
+        return await self._done_op("Renaming instance", new["name"], req.project)
+
+    @endpoint("delete", ObjectRequest)
+    async def delete_instance(self, req: ObjectRequest) -> Reply:
+        rec = await self.require_instance(req.project, req.name)
+        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
+        if status != "Stopped":
+            raise BadRequest("The instance is currently running, stop it first")
+
+        async def run(_op) -> None:
+            async with self.lock(req.project, req.name):
+                await update.delete(self, rec)
+            await self.events.lifecycle("instance-deleted", instance_url(rec),
+                                        project=req.project, requestor=req.requestor)
+
+        op = await self.operations.start("Deleting instance", run, project=req.project,
+                                         resources=self._resources(req.name, req.project))
+        return Reply(type="async", operation=op.lxd())
+
+    @endpoint("network_users", NetworkUsersRequest)
+    async def network_users(self, req: NetworkUsersRequest) -> Reply:
+        return Reply(metadata=sorted(
+            instance_url(r) for r in self.instances.cached()
+            if any(_uses_network(d, req.name)
+                   for d in (r.get("expanded_devices") or {}).values())))
 
     def used_by(self, project: str, profile: str) -> list[str]:
         """Instances whose profile list names this profile (cached: no bus round trip)."""
         return [url("instances", v["name"], project)
                 for v in self.instances.cached()
                 if v.get("project", "default") == project and profile in v.get("profiles", [])]
+
+    async def _reexpand(self, project: str, profile: str) -> None:
+        """A profile changed: re-expand (and apply live) every instance using it."""
+        for rec in list(self.instances.cached()):
+            if rec.get("project") != project or profile not in rec.get("profiles", []) \
+                    or rec.get("status") == "Creating":
+                continue
+            async with self.lock(project, rec["name"]):
+                found = await self.instances.get(key(project, rec["name"]))
+                if found is None:
+                    continue
+                cur, rev = found
+                try:
+                    await update.apply(self, cur, rev, cur["config"], cur["devices"],
+                                       cur["profiles"], cur["description"])
+                except Exception as exc:  # keep the profile change; say what failed
+                    self.log.warning("profile change not applied to instance",
+                                     instance=rec["name"], error=str(exc))
 
     # -- profiles ---------------------------------------------------------------------------
 
@@ -53,19 +283,20 @@ class InstanceService(Service):
                                     project=req.project, requestor=req.requestor)
         return Reply(metadata=None)
 
-    async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
+    async def _profile_update(self, req: ObjectRequest, patch: bool) -> Reply:
         await self.profiles.update(req.project, req.name, req.body or {}, req.etag, patch)
+        await self._reexpand(req.project, req.name)
         await self.events.lifecycle("profile-updated", self.profiles.url(req.name, req.project),
                                     project=req.project, requestor=req.requestor)
         return Reply(metadata=None)
 
     @endpoint("profile_update", ObjectRequest)
     async def update_profile(self, req: ObjectRequest) -> Reply:
-        return await self._update(req, patch=False)
+        return await self._profile_update(req, patch=False)
 
     @endpoint("profile_patch", ObjectRequest)
     async def patch_profile(self, req: ObjectRequest) -> Reply:
-        return await self._update(req, patch=True)
+        return await self._profile_update(req, patch=True)
 
     @endpoint("profile_rename", ObjectRequest)
     async def rename_profile(self, req: ObjectRequest) -> Reply:

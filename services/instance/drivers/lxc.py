@@ -124,6 +124,23 @@ class LXCDriver(InstanceDriver):
         self._save(name, data)
         self._write_config(name, data)
 
+    def rename(self, name: str, new_name: str, rootfs_path: str | None = None) -> None:
+        """Move a stopped container's definition to ``new_name`` (and a moved rootfs)."""
+        c = self._container(name)
+        if c.state != "STOPPED":
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}; stop it first")
+        new_dir = self._dir(new_name)
+        if new_dir.exists():
+            raise Conflict(f"Instance {new_name!r} already exists in {self.lxcpath}")
+        os.rename(self._dir(name), new_dir)
+        data = self._load(new_name)
+        data["spec"]["name"] = new_name
+        if rootfs_path:
+            data["spec"]["rootfs_path"] = str(rootfs_path)
+        self._save(new_name, data)
+        self._write_config(new_name, data)
+        cgroups.remove_leftovers(name)
+
     # ---- lifecycle --------------------------------------------------------------------
 
     def start(self, name: str) -> None:

@@ -1,0 +1,385 @@
+"""Exec in an instance, LXD's ``POST /1.0/instances/<name>/exec``, as a service mixin.
+
+:class:`ExecFilesConsoleMixin` is what the instance service inherits: exec here, files
+and console/logs in their own mixins. The endpoints rely only on ``self.driver``,
+``self.require_instance``, ``self.instance_status`` and the service base.
+
+With ``wait-for-websocket`` the command starts only once every websocket is connected
+(no output lost); its fds are pumped to and from the websockets (bridged over the bus by
+the gateway) without threads, and the operation turns Success only after all output was
+sent and the streams were closed. Without websockets the command runs to the end with
+stdin empty and its output recorded to log files (``record-output``) or discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import streams
+from shared.api import string_map, url
+from shared.errors import BadRequest
+from shared.messages.exec import ExecRequest
+from shared.models import Reply
+from shared.service import endpoint
+
+from .console_api import ConsoleMixin, log_dir
+from .files_api import FilesMixin
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+WS_TIMEOUT = 30.0  # seconds the client has to connect every websocket
+# The API extensions these mixins implement (the service adds them to GET /1.0).
+API_EXTENSIONS = ["container_exec_recording", "container_exec_user_group_cwd",
+                  "container_exec_signal_handling", "exec_control_sigterm", "console",
+                  "file_delete", "file_append", "file_symlinks", "directory_manipulation"]
+
+
+class ExecPost(BaseModel):
+    """LXD's InstanceExecPost."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    command: list[str]
+    environment: dict[str, Any] | None = None
+    interactive: bool = False
+    wait_for_websocket: bool = Field(False, alias="wait-for-websocket")
+    record_output: bool = Field(False, alias="record-output")
+    width: int = 0
+    height: int = 0
+    user: int = 0
+    group: int = 0
+    cwd: str = ""
+
+
+def parse_post(body: dict[str, Any]) -> ExecPost:
+    try:
+        post = ExecPost.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadRequest(f"Invalid exec request: {'.'.join(map(str, first['loc']))}: "
+                         f"{first['msg']}") from None
+    if not post.command or any(not a or "\0" in a for a in post.command[:1]):
+        raise BadRequest("Invalid exec request: command must be a non-empty list of strings")
+    if post.user < 0 or post.group < 0:
+        raise BadRequest("Invalid exec request: user and group must be ids >= 0")
+    return post
+
+
+def exec_environment(expanded_config: dict[str, str], post: ExecPost) -> dict[str, str]:
+    """LXD's order: the request, then ``environment.*`` of the instance, then defaults."""
+    env = string_map("environment", post.environment)
+    for key, value in expanded_config.items():
+        if key.startswith("environment."):
+            env.setdefault(key[len("environment."):], value)
+    env.setdefault("PATH", DEFAULT_PATH)
+    if post.user == 0:
+        env.setdefault("HOME", "/root")
+        env.setdefault("USER", "root")
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+# -- pumping bytes: non-blocking fds on the event loop, never a thread per stream -------
+
+CHUNK = 64 * 1024
+EXIT_GRACE = 0.3  # seconds of silence after exit before an output stream counts as done
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+async def _ready(fd: int, write: bool = False) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def pump_out(fd: int, sink: Sink, exited: asyncio.Event) -> None:
+    """Copy ``fd`` to ``sink`` until EOF (or EIO: a pty whose other side is gone)."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            waiter = asyncio.ensure_future(_ready(fd))
+            if not exited.is_set():
+                gone = asyncio.ensure_future(exited.wait())
+                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                gone.cancel()
+                if waiter.done():
+                    continue
+            try:
+                await asyncio.wait_for(waiter, EXIT_GRACE)
+            except asyncio.TimeoutError:
+                return
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return
+            raise
+        if not data:
+            return
+        await sink(data)
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await _ready(fd, write=True)
+
+
+async def pump_in(inbox: asyncio.Queue[Any], fd: int, owned: set[int] | None) -> None:
+    """Copy websocket messages into ``fd`` until the client's EOF.
+
+    LXD's clients end stdin with an empty text message (a "barrier"); the gateway's EOF
+    (None) means the websocket closed. Errors writing mean the command closed its stdin.
+    A pipe (``owned`` given) is then closed so the command sees EOF; a pty stays open.
+    """
+    os.set_blocking(fd, False)
+    try:
+        while (item := await inbox.get()) is not None:
+            if isinstance(item, str):
+                if not item:
+                    return
+                item = item.encode()
+            await write_all(fd, item)
+    except OSError:
+        return
+    finally:
+        if owned is not None and fd in owned:
+            owned.discard(fd)
+            os.close(fd)
+
+
+async def pump_control(inbox: asyncio.Queue[Any], proc: Any, interactive: bool,
+                       exited: asyncio.Event) -> None:
+    """LXD's control messages: window-resize (pty only) and signal.
+
+    Like LXD, a control websocket closed while the command still runs means the client
+    went away: the command is killed rather than left running unattended.
+    """
+    while (item := await inbox.get()) is not None:
+        try:
+            msg = json.loads(item)
+            if msg.get("command") == "window-resize" and interactive:
+                args = msg.get("args") or {}
+                proc.resize(int(args["width"]), int(args["height"]))
+            elif msg.get("command") == "signal":
+                proc.signal(int(msg["signal"]))
+        except Exception:  # a bad message is ignored, as LXD does
+            continue
+    if not exited.is_set():
+        proc.signal(signal.SIGKILL)
+
+
+def file_sink(path: Any) -> tuple[Sink, Callable[[], None]]:
+    """A sink appending to a file, and its closer."""
+    fh = open(path, "wb")
+
+    async def write(data: bytes) -> None:
+        fh.write(data)
+
+    return write, fh.close
+
+
+async def discard(_data: bytes) -> None:
+    return None
+
+
+# -- the mixin --------------------------------------------------------------------------
+
+class ExecMixin:
+    """``exec``: start a command in a running instance (see the module docstring)."""
+
+    @endpoint("exec", ExecRequest)
+    async def exec_instance(self, req: ExecRequest) -> Reply:
+        post = parse_post(req.body)
+        inst = await self.require_instance(req.project, req.name)
+        status = await self.instance_status(req.project, req.name)
+        if status == "Frozen":
+            raise BadRequest("Instance is frozen")
+        if status != "Running":
+            raise BadRequest("Instance is not running")
+        env = exec_environment(inst.get("expanded_config") or {}, post)
+        source = url("instances", req.name, req.project)
+        resources = {"instances": [source]}
+        if inst.get("type", "container") == "container":
+            resources["containers"] = [source]
+        await self.events.lifecycle("instance-exec", source, project=req.project,
+                                    context={"command": post.command},
+                                    requestor=req.requestor)
+        if post.wait_for_websocket:
+            return await self._exec_with_websockets(req, post, env, resources)
+        out_dir = log_dir(self.config, req.project, req.name)
+
+        async def run(handle: Any) -> dict[str, Any]:
+            return await self._exec_recorded(handle.id, req, post, env, out_dir)
+
+        op = await self.operations.start("Executing command", run, resources=resources,
+                                         project=req.project)
+        return Reply(type="async", operation=op.lxd())
+
+    async def _exec_with_websockets(self, req: ExecRequest, post: ExecPost,
+                                    env: dict[str, str], resources: dict[str, list[str]]
+                                    ) -> Reply:
+        names = ["0", "control"] if post.interactive else ["0", "1", "2", "control"]
+        fds = streams.new_fds(names)
+        meta = {"fds": fds, "command": post.command, "environment": env,
+                "interactive": post.interactive}
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run(handle: Any) -> dict[str, Any]:
+            ss = streams.ServiceStreams(self.bus, handle.id, names)
+            try:
+                await ss.open()
+            except BaseException as exc:
+                ready.set_exception(exc)
+                raise
+            ready.set_result(None)
+            try:
+                await ss.wait_attached(WS_TIMEOUT)
+                return await self._exec_streams(ss, req.name, post, env)
+            finally:
+                await ss.close()
+                await self.bus.nc.flush()
+
+        op = await self.operations.start("Executing command", run, resources=resources,
+                                         cls="websocket", project=req.project, metadata=meta)
+        await ready  # the streams listen before the client can learn the secrets
+        return Reply(type="async", operation=op.lxd())
+
+    async def _start(self, name: str, post: ExecPost, env: dict[str, str]) -> Any:
+        return await asyncio.to_thread(
+            self.driver.exec_start, name, post.command, env, post.cwd or None, post.user,
+            post.group, post.interactive, post.width or 80, post.height or 24)
+
+    async def _exec_streams(self, ss: streams.ServiceStreams, name: str, post: ExecPost,
+                            env: dict[str, str]) -> dict[str, Any]:
+        proc = await self._start(name, post, env)
+        exited = asyncio.Event()
+        if post.interactive:
+            outs = [(proc.pty_fd, "0")]
+            in_fd = proc.pty_fd
+        else:
+            outs = [(proc.stdout_fd, "1"), (proc.stderr_fd, "2")]
+            in_fd = proc.stdin_fd
+        own = {fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
+               if fd is not None}
+
+        def sink(fd_name: str) -> Sink:
+            return lambda data: ss.send(fd_name, data)
+
+        helpers = [asyncio.ensure_future(pump_in(ss.inbox["0"], in_fd,
+                                                 None if post.interactive else own)),
+                   asyncio.ensure_future(pump_control(ss.inbox["control"], proc,
+                                                      post.interactive, exited))]
+        pumps: list[asyncio.Future[None]] = []
+        try:
+            pumps = [asyncio.ensure_future(pump_out(fd, sink(n), exited)) for fd, n in outs]
+            code = await _wait_exit(proc, exited)
+            await asyncio.gather(*pumps)
+            for _fd, fd_name in outs:  # all output sent: now say EOF, then Success
+                await ss.eof(fd_name)
+            await self.bus.nc.flush()
+            return {"return": code}
+        finally:
+            if not exited.is_set():
+                proc.signal(signal.SIGKILL)
+            await _cancel(helpers + pumps)
+            _close_all(own)
+
+    async def _exec_recorded(self, op_id: str, req: ExecRequest, post: ExecPost,
+                             env: dict[str, str], out_dir: Path) -> dict[str, Any]:
+        proc = await self._start(req.name, post, env)
+        own = {fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
+               if fd is not None}
+        exited = asyncio.Event()
+        closers: list[Callable[[], None]] = []
+        result: dict[str, Any] = {}
+        pumps: list[asyncio.Future[None]] = []
+        try:
+            if proc.stdin_fd is not None:  # stdin is empty, as LXD's nil stdin
+                os.close(proc.stdin_fd)
+                own.discard(proc.stdin_fd)
+            outs = ([proc.pty_fd] if proc.pty_fd is not None
+                    else [proc.stdout_fd, proc.stderr_fd])
+            sinks: list[Sink] = [discard, discard]
+            if post.record_output:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                files = [f"exec_{op_id}.stdout", f"exec_{op_id}.stderr"]
+                for i, fname in enumerate(files):
+                    sinks[i], close = file_sink(out_dir / fname)
+                    closers.append(close)
+                base = url("instances", req.name, "default")
+                result["output"] = {"1": f"{base}/logs/{files[0]}",
+                                    "2": f"{base}/logs/{files[1]}"}
+            pumps = [asyncio.ensure_future(pump_out(fd, sinks[i], exited))
+                     for i, fd in enumerate(outs)]
+            result["return"] = await _wait_exit(proc, exited)
+            await asyncio.gather(*pumps)
+            return result
+        finally:
+            if not exited.is_set():
+                proc.signal(signal.SIGKILL)
+            await _cancel(pumps)
+            for close in closers:
+                close()
+            _close_all(own)
+
+
+async def _wait_exit(proc: Any, exited: asyncio.Event) -> int:
+    """The exit code, waited for in a thread of its own (not the shared pool: a long
+    command must not hold one of the few workers ``to_thread`` has)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def wait() -> None:
+        try:
+            code = proc.wait()
+        except Exception as exc:  # pragma: no cover - waitpid failing is a bug
+            loop.call_soon_threadsafe(done.set_exception, exc)
+            return
+        loop.call_soon_threadsafe(done.set_result, code)
+
+    threading.Thread(target=wait, name=f"exec-wait-{proc.pid}", daemon=True).start()
+    try:
+        return await asyncio.shield(done)
+    finally:
+        if done.done():
+            exited.set()
+
+
+async def _cancel(tasks: list[asyncio.Future[Any]]) -> None:
+    """Stop helper tasks before their fds are closed (their readers must go first)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _close_all(fds: set[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+class ExecFilesConsoleMixin(ExecMixin, FilesMixin, ConsoleMixin):
+    """Everything the instance service needs for exec, files, console and logs."""

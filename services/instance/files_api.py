@@ -1,0 +1,96 @@
+"""Files of an instance, LXD's ``/1.0/instances/<name>/files?path=``, as a service mixin.
+
+The driver does the path resolution that keeps every access inside the instance's root
+(symlinks resolved in the container, ``..`` above the root refused); here we only decode,
+move large bodies through the transfers store and publish LXD's lifecycle events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared.api import url
+from shared.errors import BadRequest, NotFound
+from shared.messages.exec import FileRequest, pack, unpack
+from shared.models import Reply
+from shared.service import endpoint
+
+FILE_TYPES = ("file", "directory", "symlink")
+
+
+def _check_path(path: str) -> str:
+    if not path:
+        raise BadRequest("Missing path argument: pass ?path=/absolute/path/in/the/instance")
+    if "\0" in path:
+        raise BadRequest("Invalid path: it contains a NUL byte")
+    return path
+
+
+class FilesMixin:
+    """``file_get``, ``file_put``, ``file_delete``."""
+
+    async def _file_event(self, action: str, req: FileRequest) -> None:
+        await self.events.lifecycle(f"instance-file-{action}",
+                                    url("instances", req.name, req.project),
+                                    project=req.project, context={"path": req.path},
+                                    requestor=req.requestor)
+
+    @endpoint("file_get", FileRequest)
+    async def file_get(self, req: FileRequest) -> Reply:
+        """Metadata ``{type, uid, gid, mode}`` plus ``entries``, or the bytes (inline/blob)."""
+        await self.require_instance(req.project, req.name)
+        content, uid, gid, mode, kind = await asyncio.to_thread(
+            self.driver.file_get, req.name, _check_path(req.path))
+        meta: dict[str, Any] = {"type": kind, "uid": uid, "gid": gid, "mode": mode}
+        if kind == "directory":
+            meta["entries"] = list(content)
+        else:
+            meta.update(await pack(self.bus, bytes(content), "download"))
+        await self._file_event("retrieved", req)
+        return Reply(metadata=meta)
+
+    @endpoint("file_put", FileRequest)
+    async def file_put(self, req: FileRequest) -> Reply:
+        """Create or replace; an existing directory is left as it is (as LXD does)."""
+        try:
+            await self.require_instance(req.project, req.name)
+            _check_path(req.path)
+            if req.type not in FILE_TYPES:
+                raise BadRequest(f"Bad file type {req.type!r}: use file, directory or symlink")
+            if req.write not in ("overwrite", "append"):
+                raise BadRequest(f"Bad file write mode {req.write!r}: use overwrite or append")
+        except BaseException:
+            if req.blob:  # an upload nobody will read
+                await _drop(self.bus, req.blob)
+            raise
+        data = await unpack(self.bus, req.data, req.blob)
+        if req.type == "directory" and await self._is_dir(req.name, req.path):
+            return Reply(metadata=None)
+        mode = None if req.mode < 0 else req.mode
+        if req.type == "directory" and mode is None:
+            mode = 0o750
+        await asyncio.to_thread(self.driver.file_put, req.name, req.path, data,
+                                max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write)
+        await self._file_event("pushed", req)
+        return Reply(metadata=None)
+
+    async def _is_dir(self, name: str, path: str) -> bool:
+        try:
+            kind = (await asyncio.to_thread(self.driver.file_get, name, path))[4]
+        except NotFound:
+            return False
+        return kind == "directory"
+
+    @endpoint("file_delete", FileRequest)
+    async def file_delete(self, req: FileRequest) -> Reply:
+        await self.require_instance(req.project, req.name)
+        await asyncio.to_thread(self.driver.file_delete, req.name, _check_path(req.path))
+        await self._file_event("deleted", req)
+        return Reply(metadata=None)
+
+
+async def _drop(bus: Any, blob: str) -> None:
+    from shared import blobs
+
+    await blobs.delete(await blobs.transfers(bus), blob)

@@ -1,0 +1,105 @@
+"""Checks on instance input that need no host access: names, config keys, devices.
+
+Why here: the create endpoint answers bad input synchronously (an error envelope, not a
+failed operation), and update/patch reuse the same rules so nothing invalid reaches KV.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from shared.api import devices_map, string_map
+from shared.errors import BadRequest
+
+from . import limits
+
+# LXD's instance names are hostnames: letters, digits, '-', 1-63 chars, not starting with a
+# digit or '-', not ending with '-'.
+_NAME = re.compile(r"^[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+# Plain keys we implement; the prefixes below take any suffix.
+KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
+              "boot.autostart", "boot.autostart.delay", "boot.autostart.priority",
+              "boot.host_shutdown_timeout", "raw.lxc"}
+FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
+BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
+INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise BadRequest("Instance name is required")
+    if not _NAME.match(name):
+        raise BadRequest(
+            f"Invalid instance name {name!r}: names must be 1-63 characters of letters, "
+            "digits and '-', start with a letter and not end with '-'")
+    return name
+
+
+def check_config(config: Any) -> dict[str, str]:
+    """A config map with only keys we know and valid values (400 otherwise)."""
+    cfg = string_map("config", config)
+    for k, v in cfg.items():
+        if k in KNOWN_KEYS or k.startswith(FREE_PREFIXES):
+            if k in BOOL_KEYS:
+                limits.parse_bool(k, v)
+            elif k in INT_KEYS and v and not v.lstrip("-").isdigit():
+                raise BadRequest(f"Invalid value {v!r} for {k}: expected an integer")
+            continue
+        raise BadRequest(f"Unknown configuration key: {k}")
+    limits.validate_limits(cfg)
+    return cfg
+
+
+def check_devices(devices: Any) -> dict[str, dict[str, str]]:
+    devs = devices_map(devices)
+    for name, dev in devs.items():
+        if dev["type"] not in ("nic", "disk", "none"):
+            raise BadRequest(f"Device {name!r}: type {dev['type']!r} is not supported "
+                             "(use nic, disk or none)")
+        if dev["type"] == "disk" and dev.get("path") != "/":
+            raise BadRequest(f"Device {name!r}: only the root disk (path '/') is supported "
+                             "so far")
+        if dev["type"] == "nic" and not (dev.get("network") or dev.get("parent")):
+            raise BadRequest(f"Device {name!r}: a nic needs 'network' or 'parent'")
+    return devs
+
+
+def root_device(devices: dict[str, dict[str, str]]) -> tuple[str, dict[str, str]]:
+    """The (name, device) of the root disk of expanded devices; 400 when there is none."""
+    roots = [(n, d) for n, d in devices.items() if d.get("type") == "disk" and
+             d.get("path") == "/"]
+    if not roots:
+        raise BadRequest("No root device could be found")
+    if len(roots) > 1:
+        raise BadRequest(f"More than one root device: {', '.join(n for n, _ in roots)}")
+    name, dev = roots[0]
+    if not dev.get("pool"):
+        raise BadRequest(f"The root device {name!r} has no storage pool ('pool' key)")
+    return roots[0]
+
+
+def check_profiles(profiles: Any) -> list[str]:
+    if profiles is None:
+        return ["default"]
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        raise BadRequest("Invalid profiles: expected a list of profile names")
+    if len(set(profiles)) != len(profiles):
+        raise BadRequest("Invalid profiles: a profile is listed twice")
+    return list(profiles)
+
+
+def check_description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("Invalid description: expected a string")
+    return value
+
+
+def check_bool(what: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"Invalid {what}: expected true or false")
+    return value

@@ -1,0 +1,55 @@
+"""The stock LXD client (Debian's ``lxc`` 5.0) against Corral's instance API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from .stack import wait_for
+from .test_instances import world  # noqa: F401  (the module fixture: pool, net, image)
+
+pytestmark = pytest.mark.root
+if shutil.which("lxc") is None:
+    pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+
+def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_stock_client_lifecycle(world, stack, api):  # noqa: F811
+    name = world.name("lxc")
+    lxc(stack, "launch", world.image, name, "-p", world.profile)
+    rows = json.loads(lxc(stack, "list", "--format", "json").stdout)
+    assert any(r["name"] == name and r["status"] == "Running" for r in rows)
+    out = lxc(stack, "list", name, "--format", "csv", "-c", "ns").stdout
+    assert out.strip() == f"{name},RUNNING"
+    info = lxc(stack, "info", name).stdout
+    assert f"Name: {name}" in info and "RUNNING" in info
+    lxc(stack, "config", "set", name, "limits.memory", "64MiB")
+    assert lxc(stack, "config", "get", name, "limits.memory").stdout.strip() == "64MiB"
+    pid = world.live(name)["pid"]
+    cg = [ln.split(":")[2] for ln in open(f"/proc/{pid}/cgroup").read().splitlines()
+          if ln.split(":")[1] == "memory"][0]
+    limit = open(f"/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes").read().strip()
+    assert int(limit) == 64 * 2**20
+    lxc(stack, "stop", name, "--force")
+    assert world.live(name)["status"] == "Stopped"
+    lxc(stack, "start", name)
+    lxc(stack, "restart", name, "--force")
+    assert world.live(name)["status"] == "Running"
+    r = lxc(stack, "start", name, check=False)
+    assert r.returncode != 0 and "already running" in r.stderr
+    lxc(stack, "operation", "list")
+    shown = lxc(stack, "profile", "show", world.profile).stdout
+    assert f"/1.0/instances/{name}" in shown
+    lxc(stack, "delete", "--force", name)
+    wait_for(lambda: api.get(f"/1.0/instances/{name}").status_code == 404, 20)
+    assert not world.lxc_dir(name).exists() and not world.volume(name).exists()
