@@ -1,0 +1,122 @@
+"""Importing an uploaded image: the body of the "Downloading image" operation.
+
+The gateway left the upload in the ``transfers`` object store. Here: fetch it into a private
+temp dir, inspect it (format.inspect_*), check the fingerprint the client expected, refuse a
+duplicate, copy the files into the ``images`` store, write the record, add aliases. Whatever
+fails, nothing is left behind: no record, no ``images`` object this import wrote, no transfer
+object, no temp file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared import blobs
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.messages.image import ImportRequest
+from shared.operations import OperationHandle
+from shared.state import key
+
+from . import format as fmt
+from . import records
+
+if TYPE_CHECKING:
+    from .service import ImageService
+
+
+async def check_profiles(svc: "ImageService", project: str, profiles: list[str] | None) -> None:
+    """LXD refuses an image whose profiles do not exist (the instance service owns them).
+    ``default`` is taken as given: LXD always has it, Corral's bootstrap creates it."""
+    from shared.models import ObjectRequest
+
+    for name in profiles or []:
+        if name == "default":
+            continue
+        try:
+            await svc.bus.request("instance", "profile_get",
+                                  ObjectRequest(project=project, name=name))
+        except NotFound:
+            raise BadRequest(f"Profile {name!r} doesn't exist") from None
+
+
+def _inspect(meta: Path, rootfs: Path | None, rootfs_part: str | None
+             ) -> tuple[fmt.ImageInfo, dict[str, str | None]]:
+    info = fmt.inspect_split(meta, rootfs) if rootfs else fmt.inspect_unified(meta)
+    if rootfs_part == "rootfs.img" and info.type != "virtual-machine":
+        raise BadRequest("The rootfs.img part of a VM image must be a qcow2 file")
+    exts: dict[str, str | None] = {"meta": records.EXTENSIONS.get(fmt.detect_format(meta), "")}
+    exts["rootfs"] = records.EXTENSIONS.get(fmt.detect_format(rootfs), "") if rootfs else None
+    return info, exts
+
+
+async def run(svc: "ImageService", req: ImportRequest, op: OperationHandle) -> dict[str, Any]:
+    """Import; returns LXD's final operation metadata ``{"fingerprint", "size"}``."""
+    tmp_root = svc.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="image-import-", dir=tmp_root))
+    transfers = await blobs.transfers(svc.bus)
+    try:
+        meta = tmp / "meta"
+        await blobs.get_file(transfers, req.meta, meta)
+        rootfs = None
+        if req.rootfs:
+            rootfs = tmp / "rootfs"
+            await blobs.get_file(transfers, req.rootfs, rootfs)
+        info, exts = await asyncio.to_thread(_inspect, meta, rootfs, req.rootfs_part)
+        fp = info.fingerprint
+        await op.set_metadata(fingerprint=fp, size=str(info.size))
+        if req.fingerprint and req.fingerprint.lower() != fp:
+            raise BadRequest(f"Fingerprints do not match, got {fp} expected {req.fingerprint}")
+        if await svc.images.get(key(req.project, fp)) is not None:
+            raise Conflict("Image with same fingerprint already exists")
+        for alias in req.aliases:  # checked first so a taken name leaves no image behind
+            if await svc.aliases.get(key(req.project, alias.get("name", ""))) is not None:
+                raise Conflict(f"Alias already exists: {alias.get('name')}")
+        await check_profiles(svc, req.project, req.profiles)
+        rec = records.new_record(info, req.project, filename=req.filename, public=req.public,
+                                 properties=req.properties, profiles=req.profiles, exts=exts)
+        await _store(svc, rec, meta, rootfs)
+        for alias in req.aliases:
+            await svc.alias_logic.create(req.project, {**alias, "target": fp}, req.requestor)
+        await svc.events.lifecycle("image-created", records_url(fp, req.project),
+                                   project=req.project, context={"type": info.type},
+                                   requestor=req.requestor)
+        return {"fingerprint": fp, "size": str(info.size)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name in (req.meta, req.rootfs):
+            if name:
+                await blobs.delete(transfers, name)
+
+
+def records_url(fp: str, project: str) -> str:
+    from shared.api import url
+
+    return url("images", fp, project)
+
+
+async def _store(svc: "ImageService", rec: dict[str, Any], meta: Path, rootfs: Path | None
+                 ) -> None:
+    """Copy the files into ``images`` and write the record; undo the copy on failure."""
+    fp, blob = rec["fingerprint"], rec["_blob"]
+    shared_blobs = svc.blobs_in_use(fp)  # another project holds the same image
+    store = await blobs.bucket(svc.bus, records.BUCKET)
+    written: list[str] = []
+    try:
+        if not shared_blobs:
+            await blobs.put_file(store, blob["meta"], meta)
+            written.append(blob["meta"])
+            if rootfs is not None:
+                await blobs.put_file(store, blob["rootfs"], rootfs)
+                written.append(blob["rootfs"])
+        await svc.images.create(key(rec["project"], fp), rec, "Image")
+    except BaseException as exc:
+        for name in written:
+            await blobs.delete(store, name)
+        if isinstance(exc, Conflict):
+            raise Conflict("Image with same fingerprint already exists") from None
+        raise
