@@ -18,12 +18,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from shared.errors import Conflict, CorralError, Internal, NotFound
 
+from .. import host
 from . import bridge_config as bc
 from . import dnsmasq, nft
 from .base import NetworkDriver, parse_bool
 
-IFF_UP, IFF_BROADCAST, IFF_LOOPBACK, IFF_POINTOPOINT = 0x1, 0x2, 0x8, 0x10
-_SCOPES = {0: "global", 200: "site", 253: "link", 254: "host"}
+IFF_UP = 0x1
 
 
 def _wrap(err: Exception, what: str) -> CorralError:
@@ -186,61 +186,9 @@ class BridgeDriver(NetworkDriver):
     # -- views --------------------------------------------------------------------------
     def state(self) -> dict:
         """LXD's ``/1.0/networks/<name>/state``."""
-        with IPRoute() as ipr:
-            idx = self._link_index(ipr)
-            if idx is None:
-                raise NotFound(f"Network {self.name!r} has no interface on this host")
-            link = ipr.get_links(idx)[0]
-            addrs = ipr.get_addr(index=idx)
-        flags = link["flags"]
-        stats = link.get_attr("IFLA_STATS64") or {}
-        kind = ("loopback" if flags & IFF_LOOPBACK else "point-to-point"
-                if flags & IFF_POINTOPOINT else "broadcast" if flags & IFF_BROADCAST
-                else "unknown")
-        return {
-            "addresses": [{
-                "family": "inet" if a["family"] == socket.AF_INET else "inet6",
-                "address": a.get_attr("IFA_ADDRESS"),
-                "netmask": str(a["prefixlen"]),
-                "scope": _SCOPES.get(a["scope"], "global"),
-            } for a in addrs],
-            "counters": {
-                "bytes_received": stats.get("rx_bytes", 0),
-                "bytes_sent": stats.get("tx_bytes", 0),
-                "packets_received": stats.get("rx_packets", 0),
-                "packets_sent": stats.get("tx_packets", 0),
-            },
-            "hwaddr": link.get_attr("IFLA_ADDRESS"),
-            "mtu": link.get_attr("IFLA_MTU"),
-            "state": "up" if flags & IFF_UP else "down",
-            "type": kind,
-            "bond": None,
-            "bridge": self._bridge_info(),
-            "vlan": None,
-            "ovn": None,
-        }
-
-    def _bridge_info(self) -> dict:
-        sysfs = Path(f"/sys/class/net/{self.name}")
-
-        def read(name: str, default: str = "0") -> str:
-            try:
-                return (sysfs / "bridge" / name).read_text().strip()
-            except OSError:
-                return default
-
-        try:
-            ports = sorted(p.name for p in (sysfs / "brif").iterdir())
-        except OSError:
-            ports = []
-        return {
-            "id": read("bridge_id", ""),
-            "stp": read("stp_state") != "0",
-            "forward_delay": int(read("forward_delay")),
-            "vlan_default": int(read("default_pvid")),
-            "vlan_filtering": read("vlan_filtering") != "0",
-            "upper_devices": ports,
-        }
+        if self._link_index() is None:
+            raise NotFound(f"Network {self.name!r} has no interface on this host")
+        return host.interface_state(self.name)
 
     def leases(self, location: str = "none") -> list[dict]:
         """LXD's ``/1.0/networks/<name>/leases`` from dnsmasq's lease file."""

@@ -124,25 +124,32 @@ def start(argv: list[str], state_dir: Path) -> int:
 
 
 def stop(state_dir: Path, timeout: float = 5.0) -> None:
-    """Stop this network's dnsmasq by its verified PID (TERM, then KILL)."""
+    """Stop this network's dnsmasq by its verified PID (TERM, then KILL).
+
+    We wait until the process is a zombie or gone, not merely until its cmdline vanishes:
+    an exiting process drops its memory (cmdline reads empty) before it closes its files,
+    so a new dnsmasq started in that window finds port 53 still bound.
+    """
     pid = running_pid(state_dir)
     if pid is None:
         (state_dir / PID_FILE).unlink(missing_ok=True)
         return
     os.kill(pid, signal.SIGTERM)
+    if not _wait_exited(pid, timeout):
+        os.kill(pid, signal.SIGKILL)
+        if not _wait_exited(pid, 5.0):
+            raise Internal(f"dnsmasq (pid {pid}) did not stop")
+    (state_dir / PID_FILE).unlink(missing_ok=True)
+
+
+def _wait_exited(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
-        if running_pid(state_dir) != pid:
-            break
+        if _is_zombie(pid):  # also True once /proc/<pid> is gone
+            return True
         time.sleep(0.02)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-        _reap(pid)
-        if running_pid(state_dir) == pid:
-            raise Internal(f"dnsmasq (pid {pid}) did not stop")
-    (state_dir / PID_FILE).unlink(missing_ok=True)
+    return False
 
 
 def _reap(pid: int) -> None:

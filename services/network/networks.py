@@ -1,0 +1,220 @@
+"""Managed networks: their KV records, LXD's shapes, and the steps of each change.
+
+A record is ``{name, type, description, config, project, status, status_reason}``; the
+config is the effective one the driver returned (``ipv4.address=auto`` already resolved),
+so a restart rebuilds exactly the same network. Bridges are host-global kernel objects, so
+networks are global too (LXD's default project); the KV key is the name alone.
+
+Changes are serialised by one lock: they are rare, and a bridge half-built by one request
+must not be seen by another. Every driver call blocks, so it runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from shared.api import check_etag, etag, string_map, url
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.log import get_logger
+from shared.state import Store, key
+
+from . import host
+from .drivers import NetworkDriver, load, validate_network_name
+from .drivers.bridge_config import gateway
+
+log = get_logger(component="network")
+LOCATIONS = ["none"]  # a standalone server, as LXD says
+
+
+def network_etag(rec: dict[str, Any]) -> str:
+    return etag(rec["name"], True, rec["type"], rec.get("description", ""), rec["config"])
+
+
+def _description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("Invalid description: expected a string")
+    return value
+
+
+def public(rec: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
+    """LXD's network object for a managed network."""
+    out = {"name": rec["name"], "description": rec.get("description", ""),
+           "type": rec["type"], "managed": True, "status": rec.get("status", "Created"),
+           "config": rec["config"], "used_by": used_by, "locations": LOCATIONS}
+    if rec.get("status_reason"):
+        out["status_reason"] = rec["status_reason"]  # not LXD's: says why it is Errored
+    return out
+
+
+def unmanaged(name: str, type_: str, used_by: list[str]) -> dict[str, Any]:
+    """LXD's object for a host interface Corral does not manage."""
+    return {"name": name, "description": "", "type": type_, "managed": False, "status": "",
+            "config": {}, "used_by": [] if type_ == "loopback" else used_by,
+            "locations": None}
+
+
+class Networks:
+    def __init__(self, store: Store, corral_dir: Path) -> None:
+        self.store = store
+        self.corral_dir = corral_dir
+        self.lock = asyncio.Lock()
+
+    def driver(self, rec: dict[str, Any], name: str | None = None) -> NetworkDriver:
+        return load(name or rec["name"], rec["type"], rec["config"], self.corral_dir)
+
+    def records(self) -> list[dict[str, Any]]:
+        return sorted(self.store.cached(), key=lambda r: r["name"])
+
+    async def get(self, name: str) -> tuple[dict[str, Any], int]:
+        found = await self.store.get(key(name))
+        if found is None:
+            raise NotFound(f"Network {name!r} not found")
+        return found
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.records() if r["name"] == name), None)
+
+    def taken(self, exclude: str | None = None) -> list[IPv4Network]:
+        """Subnets of the other managed networks, which a new subnet must not overlap."""
+        out = []
+        for rec in self.records():
+            gw = gateway(rec["config"]) if rec["name"] != exclude else None
+            if gw is not None:
+                out.append(gw.network)
+        return out
+
+    # -- changes ------------------------------------------------------------------------
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if not name:
+            raise BadRequest("No network name provided")
+        validate_network_name(name)
+        rec = {"name": name, "type": body.get("type") or "bridge",
+               "description": _description(body.get("description")),
+               "config": string_map("config", body.get("config")), "project": "default",
+               "status": "Created"}
+        drv = self.driver(rec)  # 400 for an unknown type
+        drv.validate_config(rec["config"])  # 400 before anything is built
+        async with self.lock:
+            if self.find(name) is not None:
+                raise Conflict(f"Network {name!r} already exists")
+            rec["config"] = await asyncio.to_thread(drv.create, self.taken())
+            try:
+                await self.store.create(key(name), rec, f"Network {name!r}")
+            except BaseException:
+                await asyncio.to_thread(drv.delete)
+                raise
+        return rec
+
+    async def update(self, name: str, body: dict[str, Any], expected: str | None,
+                     patch: bool) -> dict[str, Any]:
+        async with self.lock:
+            current, rev = await self.get(name)
+            check_etag(expected, network_etag(current))
+            new = dict(current)
+            config = string_map("config", body.get("config"))
+            if patch:
+                new["config"] = {**current["config"], **config}
+                if "description" in body:
+                    new["description"] = _description(body["description"])
+            else:
+                new["config"] = config
+                new["description"] = _description(body.get("description"))
+            if new["config"] != current["config"]:
+                drv = self.driver(current)
+                new["config"] = await asyncio.to_thread(drv.update, new["config"],
+                                                        self.taken(exclude=name))
+                new.update(status="Created", status_reason="")
+            await self.store.update(key(name), new, rev)
+            return new
+
+    async def rename(self, name: str, new_name: Any, users: list[str]) -> dict[str, Any]:
+        """Stop the network, move its state dir (leases), start it under the new name."""
+        if not isinstance(new_name, str) or not new_name:
+            raise BadRequest("No new network name provided")
+        validate_network_name(new_name)
+        async with self.lock:
+            rec, _rev = await self.get(name)
+            if users:
+                raise Conflict(f"Network {name!r} is in use by {', '.join(users)}; "
+                               "it cannot be renamed")
+            if self.find(new_name) is not None:
+                raise Conflict(f"Network {new_name!r} already exists")
+            if await asyncio.to_thread(host.interface_type, new_name) is not None:
+                raise Conflict(f"An interface named {new_name!r} already exists on this host")
+            renamed = {**rec, "name": new_name, "status": "Created", "status_reason": ""}
+            old, new = self.driver(rec), self.driver(renamed)
+            await asyncio.to_thread(self._move, old, new)
+            try:
+                await self.store.create(key(new_name), renamed, f"Network {new_name!r}")
+            except BaseException:
+                await asyncio.to_thread(self._move, new, old)
+                raise
+            await self.store.delete(key(name))
+            return renamed
+
+    @staticmethod
+    def _move(old: NetworkDriver, new: NetworkDriver) -> None:
+        old.stop()
+        if old.state_dir.exists():
+            new.state_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(old.state_dir, new.state_dir)
+        try:
+            new.start()
+        except CorralError:
+            if new.state_dir.exists():
+                os.rename(new.state_dir, old.state_dir)
+            old.start()
+            raise
+
+    async def delete(self, name: str, users: list[str]) -> None:
+        async with self.lock:
+            rec, _rev = await self.get(name)
+            if users:
+                raise Conflict(f"Network {name!r} is in use by {', '.join(users)}")
+            await asyncio.to_thread(self.driver(rec).delete)
+            await self.store.delete(key(name))
+
+    # -- keeping networks up ------------------------------------------------------------
+    async def start(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Bring one network up; record Created or Errored (with why). Never raises."""
+        drv = self.driver(rec)
+        status, reason = "Created", ""
+        try:
+            await asyncio.to_thread(drv.start)
+        except Exception as exc:
+            status, reason = "Errored", getattr(exc, "message", str(exc))
+            log.error("network failed to start", network=rec["name"], error=reason)
+        if (rec.get("status"), rec.get("status_reason", "")) != (status, reason):
+            found = await self.store.get(key(rec["name"]))
+            if found is not None:
+                rec = {**found[0], "status": status, "status_reason": reason}
+                await self.store.update(key(rec["name"]), rec, found[1])
+        return rec
+
+    async def reconcile(self) -> None:
+        """At service start the host is the truth: recreate what a reboot or crash lost."""
+        async with self.lock:
+            for rec in self.records():
+                await self.start(rec)
+
+    async def ensure_started(self, rec: dict[str, Any]) -> None:
+        """Before a NIC joins: (re)start a network that is down; 503 if it cannot run."""
+        if rec.get("status") == "Created" and await asyncio.to_thread(
+                self.driver(rec).is_running):
+            return
+        async with self.lock:
+            rec = await self.start(rec)
+        if rec["status"] != "Created":
+            raise CorralError(f"Network {rec['name']!r} cannot be started: "
+                              f"{rec['status_reason']}", 503)
+
+    @staticmethod
+    def url(name: str) -> str:
+        return url("networks", name)
