@@ -49,6 +49,15 @@ def validate_object_name(kind: str, name: Any) -> str:
     return name
 
 
+def description(value: Any) -> str:
+    """An object's ``description``: a string, absent meaning empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("Invalid description: expected a string")
+    return value
+
+
 def string_map(kind: str, value: Any) -> dict[str, str]:
     """A config map must be string keys to string values (LXD is strict about it)."""
     if value is None:

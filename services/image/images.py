@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from shared import blobs
 from shared.api import check_etag, listing, string_map, url
 from shared.errors import BadRequest, NotFound, Unavailable
+from shared.filters import compile_filter
 from shared.messages.image import ResolveRequest
 from shared.messages.storage import ImageVolumeDeleteRequest
 from shared.models import ListRequest, Reply, Requestor, lxd_time
@@ -20,7 +21,6 @@ from shared.state import key, mutate
 
 from . import aliases as alias_mod
 from . import records
-from .filters import compile_filter
 from .imports import check_profiles
 
 if TYPE_CHECKING:

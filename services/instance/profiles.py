@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.api import check_etag, devices_map, etag, string_map, url, validate_object_name
-from shared.errors import BadRequest, Conflict, NotFound
+from shared.api import (
+    check_etag,
+    description,
+    devices_map,
+    etag,
+    string_map,
+    url,
+    validate_object_name,
+)
+from shared.errors import Conflict, NotFound
 from shared.state import Store, key
 
 
@@ -17,19 +25,11 @@ def new_profile(body: dict[str, Any], project: str) -> dict[str, Any]:
     name = validate_object_name("profile", body.get("name"))
     return {
         "name": name,
-        "description": _description(body.get("description")),
+        "description": description(body.get("description")),
         "config": string_map("config", body.get("config")),
         "devices": devices_map(body.get("devices")),
         "project": project,
     }
-
-
-def _description(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest("Invalid description: expected a string")
-    return value
 
 
 class Profiles:
@@ -68,11 +68,11 @@ class Profiles:
             if "devices" in body:
                 new["devices"] = {**current["devices"], **devices_map(body["devices"])}
             if "description" in body:
-                new["description"] = _description(body["description"])
+                new["description"] = description(body["description"])
         else:
             new["config"] = string_map("config", body.get("config"))
             new["devices"] = devices_map(body.get("devices"))
-            new["description"] = _description(body.get("description"))
+            new["description"] = description(body.get("description"))
         await self.store.update(key(project, name), new, rev)
         return new
 

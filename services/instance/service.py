@@ -1,7 +1,7 @@
 """The instance service: instances (LXC containers) and profiles on this node.
 
 Thin: endpoints decode, call the logic modules (``create``, ``lifecycle``, ``update``,
-``filters``, ``reconcile``), publish lifecycle events and answer. Slow work runs as an
+``reconcile``), publish lifecycle events and answer. Slow work runs as an
 LXD operation; fast checks answer with an error envelope at once.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from shared import filters
 from shared.api import listing, url
 from shared.errors import BadRequest, NotFound
 from shared.messages.instance import NetworkUsersRequest, StatePutRequest
@@ -23,7 +24,7 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
 
-from . import create, filters, lifecycle, reconcile, update
+from . import create, lifecycle, reconcile, update
 from .drivers.lxc import LXCDriver
 from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
 from .exec_api import ExecFilesConsoleMixin

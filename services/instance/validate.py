@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared.api import description as check_description  # noqa: F401
 from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
@@ -87,14 +88,6 @@ def check_profiles(profiles: Any) -> list[str]:
     if len(set(profiles)) != len(profiles):
         raise BadRequest("Invalid profiles: a profile is listed twice")
     return list(profiles)
-
-
-def check_description(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest("Invalid description: expected a string")
-    return value
 
 
 def check_bool(what: str, value: Any) -> bool:

@@ -17,7 +17,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from shared.api import check_etag, etag, string_map, url
+from shared.api import check_etag, description, etag, string_map, url
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.state import Store, key
@@ -32,14 +32,6 @@ LOCATIONS = ["none"]  # a standalone server, as LXD says
 
 def network_etag(rec: dict[str, Any]) -> str:
     return etag(rec["name"], True, rec["type"], rec.get("description", ""), rec["config"])
-
-
-def _description(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest("Invalid description: expected a string")
-    return value
 
 
 def public(rec: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
@@ -96,7 +88,7 @@ class Networks:
             raise BadRequest("No network name provided")
         validate_network_name(name)
         rec = {"name": name, "type": body.get("type") or "bridge",
-               "description": _description(body.get("description")),
+               "description": description(body.get("description")),
                "config": string_map("config", body.get("config")), "project": "default",
                "status": "Created"}
         drv = self.driver(rec)  # 400 for an unknown type
@@ -122,10 +114,10 @@ class Networks:
             if patch:
                 new["config"] = {**current["config"], **config}
                 if "description" in body:
-                    new["description"] = _description(body["description"])
+                    new["description"] = description(body["description"])
             else:
                 new["config"] = config
-                new["description"] = _description(body.get("description"))
+                new["description"] = description(body.get("description"))
             if new["config"] != current["config"]:
                 drv = self.driver(current)
                 new["config"] = await asyncio.to_thread(drv.update, new["config"],

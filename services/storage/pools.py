@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.api import check_etag, etag, string_map, url, validate_object_name
+from shared.api import description as check_description
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.log import get_logger
 from shared.state import Store, key
@@ -30,14 +31,6 @@ log = get_logger(component="storage")
 def pool_etag(rec: dict[str, Any]) -> str:
     """LXD hashes name, driver and config (not the description) for a pool's ETag."""
     return etag(rec["name"], rec["driver"], rec.get("config", {}))
-
-
-def _description(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest("Invalid description: expected a string")
-    return value
 
 
 def trusted_driver(rec: dict[str, Any], corral_dir: Path) -> Driver:
@@ -152,7 +145,7 @@ class Pools:
                              f"{', '.join(sorted(DRIVERS))}")
         cls = load_driver(driver_name)
         config = string_map("config", body.get("config"))
-        description = _description(body.get("description"))
+        description = check_description(body.get("description"))
         await asyncio.to_thread(cls.check_host)
         drv = cls(name, config, self.dir)
         rec = {"name": name, "driver": cls.name, "description": description,
@@ -177,7 +170,7 @@ class Pools:
             check_etag(expected_etag, pool_etag(rec))
             new = dict(rec)
             if "description" in body or not patch:
-                new["description"] = _description(body.get("description"))
+                new["description"] = check_description(body.get("description"))
             if "config" in body or not patch:
                 cfg = string_map("config", body.get("config"))
                 cls = load_driver(rec["driver"])

@@ -126,6 +126,20 @@ class CgroupPaths:
                 "processes": procs}
 
 
+def is_frozen(name: str) -> bool | None:
+    """Whether a running container's payload cgroup is frozen; None when unreadable."""
+    v1, v2 = hierarchies()
+    try:
+        if "freezer" in v1:
+            state = (v1["freezer"] / f"lxc.payload.{name}" / "freezer.state").read_text()
+            return state.strip() != "THAWED"
+        if v2 is not None:
+            return (v2 / f"lxc.payload.{name}" / "cgroup.freeze").read_text().strip() == "1"
+    except OSError:
+        return None
+    return None
+
+
 def remove_leftovers(name: str, wait: float = 0.0) -> None:
     """rmdir the empty ``lxc.monitor.<name>[-N]``/``lxc.payload.<name>[-N]`` cgroups.
 

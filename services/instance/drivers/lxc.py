@@ -255,11 +255,31 @@ class LXCDriver(InstanceDriver):
         return out
 
     def list_host(self) -> dict[str, str]:
+        """Every container of ours with its status, cheaply enough for 100s per list.
+
+        Asking each container's monitor costs ~0.5 ms apiece; liblxc's list of active
+        containers reads one file for all of them, and the freezer cgroup tells running
+        from frozen. Only a container whose freezer state cannot be read is asked.
+        """
+        active = set(lxc.list_containers(active=True, defined=False,
+                                         config_path=str(self.lxcpath)))
         out = {}
-        for n in lxc.list_containers(config_path=str(self.lxcpath)):
-            if (self.lxcpath / n / SPEC_FILE).exists():
-                out[n] = _STATUS.get(lxc.Container(n, str(self.lxcpath)).state,
-                                     ("Error", 112))[0]
+        try:
+            names = os.listdir(self.lxcpath)
+        except FileNotFoundError:
+            return out
+        for n in names:
+            if not (self.lxcpath / n / SPEC_FILE).exists():
+                continue
+            if n not in active:
+                out[n] = "Stopped"
+                continue
+            frozen = cgroups.is_frozen(n)
+            if frozen is None:
+                frozen_state = lxc.Container(n, str(self.lxcpath)).state
+                out[n] = _STATUS.get(frozen_state, ("Error", 112))[0]
+            else:
+                out[n] = "Frozen" if frozen else "Running"
         return out
 
     def idmap(self, name: str) -> idmaps.IdMap | None:

@@ -1,4 +1,6 @@
-"""LXD's ``filter=`` query language (``api_filtering``) over instance objects.
+"""LXD's ``filter=`` query language (``api_filtering``) over API objects (instances,
+images, ...): the stock client sends ``filter=`` on lists once the server claims
+``api_filtering``.
 
 Grammar (as LXD's ``lxd/filter``): ``[not] FIELD eq|ne VALUE`` clauses joined by ``and`` /
 ``or`` (``and`` binds tighter), values optionally quoted. A field is a dotted path into the
@@ -9,9 +11,9 @@ so the longest key present wins. Comparisons ignore case, as ``status eq running
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import Any, Callable
 
-from shared.errors import BadRequest
+from .errors import BadRequest
 
 Clause = tuple[bool, str, str, str]  # (negated, field, op, value)
 
@@ -78,3 +80,11 @@ def matches(obj: dict[str, Any], groups: list[list[Clause]]) -> bool:
         return not res if neg else res
 
     return any(all(clause(c) for c in g) for g in groups)
+
+
+def compile_filter(expr: str | None) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for ``expr`` (everything matches an empty filter)."""
+    if not expr or not expr.strip():
+        return lambda _obj: True
+    groups = parse(expr)
+    return lambda obj: matches(obj, groups)
