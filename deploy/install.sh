@@ -16,7 +16,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${CORRAL_PYTHON:-python3.11}"
 PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base nftables btrfs-progs busybox-static
-          lxd-client iproute2 uidmap xz-utils squashfs-tools curl make)
+          lxd-client iproute2 uidmap xz-utils squashfs-tools curl make
+          # VMs: QEMU (TCG here), qcow2 tools, ext4 tools and a static libc for the agent
+          qemu-system-x86 qemu-utils e2fsprogs libc6-dev)
 SUBID_DEFAULT="root:1000000:1000000000"  # LXD's default range for root
 STAMP="$VENV/.corral-pyproject.sha256"
 

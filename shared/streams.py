@@ -47,7 +47,7 @@ class ServiceStreams:
         self.inbox: dict[str, asyncio.Queue[bytes | str | None]] = {
             fd: asyncio.Queue() for fd in fds}
         self._attached: set[str] = set()
-        self._all_attached = asyncio.Event()
+        self._changed = asyncio.Event()
         self._subs: list[Any] = []
 
     async def open(self) -> "ServiceStreams":
@@ -75,15 +75,30 @@ class ServiceStreams:
             self._attached.add(fd)
             if msg.reply:
                 await msg.respond(b"ok")
-            if self._attached >= set(self.fds):
-                self._all_attached.set()
+            self._changed.set()
         return cb
 
-    async def wait_attached(self, timeout: float = 60.0) -> None:
+    def attached(self, fd: str) -> bool:
+        return fd in self._attached
+
+    async def wait_attached(self, timeout: float = 60.0, required: list[str] | None = None
+                            ) -> None:
+        """Wait until the ``required`` fds (default: all) have a client.
+
+        LXD treats the exec ``control`` websocket as optional (pylxd never opens it), so
+        exec waits for the data fds only.
+        """
+        need = set(self.fds if required is None else required)
+
+        async def all_there() -> None:
+            while not need <= self._attached:
+                self._changed.clear()
+                await self._changed.wait()
+
         try:
-            await asyncio.wait_for(self._all_attached.wait(), timeout)
+            await asyncio.wait_for(all_there(), timeout)
         except asyncio.TimeoutError:
-            missing = sorted(set(self.fds) - self._attached)
+            missing = sorted(need - self._attached)
             raise CorralError(f"Timed out waiting for websockets to connect: {missing}",
                               400) from None
 

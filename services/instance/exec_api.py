@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared import streams
 from shared.api import string_map, url
@@ -56,6 +56,14 @@ class ExecPost(BaseModel):
     user: int = 0
     group: int = 0
     cwd: str = ""
+
+    @field_validator("width", "height", "user", "group", "cwd", "environment", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        """JSON null means "not given", as Go's decoder reads it (pylxd sends nulls)."""
+        if value is None:
+            return {"cwd": "", "environment": None}.get(info.field_name, 0)
+        return value
 
 
 def parse_post(body: dict[str, Any]) -> ExecPost:
@@ -253,7 +261,8 @@ class ExecMixin:
                 raise
             ready.set_result(None)
             try:
-                await ss.wait_attached(WS_TIMEOUT)
+                # control is optional, as in LXD (pylxd never opens it)
+                await ss.wait_attached(WS_TIMEOUT, [n for n in names if n != "control"])
                 return await self._exec_streams(ss, req.name, post, env)
             finally:
                 await ss.close()
