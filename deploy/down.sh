@@ -16,4 +16,6 @@ fi
 stop_components gateway all
 stop_components "${SERVICES[@]}"
 stop_components nats
+# Only the libvirt daemons `up` started for this CORRAL_DIR (none when they already ran).
+"$REPO/deploy/libvirt.sh" down
 say "stopped; data kept in $CORRAL_DIR"

@@ -7,7 +7,7 @@
 #      fresh machine has gcc but not make),
 #   2. root ranges in /etc/subuid and /etc/subgid (empty on fresh machines; unprivileged
 #      containers need them),
-#   3. the venv at .venv and `pip install -e '.[test,lxc]'`, redone only when
+#   3. the venv at .venv and `pip install -e '.[test,lxc,vm]'`, redone only when
 #      pyproject.toml changed (its hash is kept in .venv/.corral-pyproject.sha256).
 # Environment: CORRAL_PYTHON (default python3.11), CORRAL_VENV (default .venv),
 # CORRAL_APT_UPDATED=1 when the caller already ran apt-get update.
@@ -18,7 +18,8 @@ PYTHON="${CORRAL_PYTHON:-python3.11}"
 PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base nftables btrfs-progs busybox-static
           lxd-client iproute2 uidmap xz-utils squashfs-tools curl make
           # VMs: QEMU (TCG here), qcow2 tools, ext4 tools and a static libc for the agent
-          qemu-system-x86 qemu-utils e2fsprogs libc6-dev)
+          qemu-system-x86 qemu-utils e2fsprogs libc6-dev
+          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
 SUBID_DEFAULT="root:1000000:1000000000"  # LXD's default range for root
 STAMP="$VENV/.corral-pyproject.sha256"
 
@@ -72,8 +73,8 @@ need_venv() {
     if [[ "$want" == "$have" && -x "$VENV/bin/corral-all" ]]; then
         return 0
     fi
-    say "pip install -e '.[test,lxc]' into $VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$REPO[test,lxc]"
+    say "pip install -e '.[test,lxc,vm]' into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$REPO[test,lxc,vm]"
     echo "$want" > "$STAMP"
 }
 

@@ -9,6 +9,7 @@
 #   CORRAL_NATS_PORT             NATS client port on 127.0.0.1 (default 4222)
 #   CORRAL_UP_TIMEOUT            seconds to wait for GET /1.0 (default 60)
 #   CORRAL_SKIP_INSTALL=1        skip deploy/install.sh (the venv is known to be current)
+#   CORRAL_VMS=0                 do not start libvirtd/virtlogd (containers only)
 # Files: $CORRAL_DIR/logs/<name>.log, $CORRAL_DIR/run/<name>.pid, $CORRAL_DIR/nats.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -139,6 +140,10 @@ if [[ "${CORRAL_SKIP_INSTALL:-0}" != 1 ]]; then
     "$REPO/deploy/install.sh"
 fi
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$CORRAL_NATS_STORE_DIR"
+# libvirtd + virtlogd for VMs (started only when not running; CORRAL_VMS=0 skips them).
+if [[ "${CORRAL_VMS:-1}" != 0 ]]; then
+    CORRAL_APT_UPDATED=1 "$REPO/deploy/libvirt.sh" up
+fi
 check_mode
 start_nats
 start_apps

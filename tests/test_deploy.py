@@ -97,7 +97,10 @@ class Deployment:
                         # No default bridge/pool/image here: bridges are host-global and
                         # `make up` beside the suite owns corralbr0. `corral init --auto`
                         # is tested against the session stack instead (test_init.py).
-                        CORRAL_BOOTSTRAP="0")
+                        CORRAL_BOOTSTRAP="0",
+                        # libvirtd is host-global: tests/test_qemu_driver.py covers
+                        # deploy/libvirt.sh, this file the rest of up/down.
+                        CORRAL_VMS="0")
 
     def run(self, script: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(DEPLOY / script)], env={**self.env, **env}, text=True,

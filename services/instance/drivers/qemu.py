@@ -1,0 +1,529 @@
+"""QEMU virtual machines through libvirt-python (the shape of LXD's driver_qemu.go, short).
+
+Why these choices: libvirt is the truth for what exists and runs; a domain is ours when
+its ``<metadata>`` names a vmdir under our ``vmpath`` (so two Corral roots sharing one
+libvirtd never touch each other's VMs). Our inputs live in ``vmpath/<name>/corral.json``
+and the domain XML is re-rendered from them at every start, which is how config changes
+that cannot apply live take effect. The disk is a qcow2 overlay ``root.qcow2`` next to
+the image's ``rootfs.img`` in the root volume, with a relative backing path, so the
+storage service can snapshot or move the volume as one directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import termios
+import time
+import tty
+import uuid
+from pathlib import Path
+
+import libvirt
+
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+
+from .. import limits
+from . import qemu_agent, qemu_host, qemu_xml
+from .base import Capabilities, ExecProcess, InstanceDriver
+from .lxc_config import check_name
+
+SPEC_FILE = "corral.json"
+DISK = "root.qcow2"
+IMAGE = "rootfs.img"
+DEFAULT_MEMORY = 1024 * 2**20  # LXD's default for VMs
+DEFAULT_CMDLINE = "root=/dev/vda rw console=ttyS0"
+_STATUS = {libvirt.VIR_DOMAIN_RUNNING: ("Running", 103),
+           libvirt.VIR_DOMAIN_BLOCKED: ("Running", 103),
+           libvirt.VIR_DOMAIN_SHUTDOWN: ("Running", 103),  # shutting down, still up
+           libvirt.VIR_DOMAIN_PAUSED: ("Frozen", 110),
+           libvirt.VIR_DOMAIN_PMSUSPENDED: ("Frozen", 110),
+           libvirt.VIR_DOMAIN_SHUTOFF: ("Stopped", 102),
+           libvirt.VIR_DOMAIN_CRASHED: ("Error", 112)}
+
+
+class QemuDriver(InstanceDriver):
+    """VMs under one ``vmpath`` on one libvirtd (``qemu:///system`` by default)."""
+
+    capabilities = Capabilities(instance_type="virtual-machine", live_limits=True,
+                                exec=True, exec_pty=True, files=True, freeze=True,
+                                console_log=True)
+
+    def __init__(self, vmpath: Path, uri: str = qemu_host.URI) -> None:
+        self.vmpath = Path(vmpath).resolve()
+        self.vmpath.mkdir(parents=True, exist_ok=True)
+        self.uri = uri
+
+    @staticmethod
+    def accel() -> str:
+        """"kvm" or "tcg": what VMs here run with (for ``GET /1.0`` and instance state)."""
+        return qemu_host.accel()
+
+    # ---- definition -------------------------------------------------------------------
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return qemu_host.connect(self.uri)
+
+    def _dir(self, name: str) -> Path:
+        check_name(name)
+        return self.vmpath / name
+
+    def _load(self, name: str) -> dict:
+        try:
+            return json.loads((self._dir(name) / SPEC_FILE).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"Instance {name!r} not found in {self.vmpath}") from None
+
+    def _save(self, name: str, data: dict) -> None:
+        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self._dir(name) / SPEC_FILE)
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        self._load(name)
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise NotFound(f"Instance {name!r} has no libvirt domain; recreate it") from None
+
+    def create(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
+               rootfs_path: Path, nic_config_lines: list) -> dict[str, str]:
+        """Define a VM. ``nic_config_lines`` are NIC specs {name, bridge, hwaddr, host_name}."""
+        d = self._dir(name)
+        root = Path(rootfs_path).resolve()
+        if not (root / IMAGE).is_file() and not (root / DISK).is_file():
+            raise BadRequest(f"Root volume {root} holds no {IMAGE}: is it a VM image?")
+        limits.validate_limits(config)
+        nics = [_nic(n) for n in nic_config_lines]
+        size = _root_size(devices)
+        try:
+            self.conn.lookupByName(name)
+            raise Conflict(f"A libvirt domain named {name!r} already exists on {self.uri}")
+        except libvirt.libvirtError:
+            pass
+        try:
+            d.mkdir()
+        except FileExistsError:
+            raise Conflict(f"Instance {name!r} already exists in {self.vmpath}") from None
+        made_disk = not (root / DISK).exists()
+        try:
+            if made_disk:
+                qemu_host.qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", IMAGE,
+                                   str(root / DISK))
+            if size:
+                _grow(root / DISK, size)
+            data = {"name": name, "config": dict(config), "devices": dict(devices),
+                    "rootfs_path": str(root), "nics": [vars(n) for n in nics],
+                    "agent_socket": _socket_path(d), "uuid": str(uuid.uuid4())}
+            self._save(name, data)
+            self.conn.defineXML(self._render(name, data))
+        except BaseException:
+            if made_disk:
+                (root / DISK).unlink(missing_ok=True)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return {}
+
+    def _render(self, name: str, data: dict) -> str:
+        cfg, root = data["config"], Path(data["rootfs_path"])
+        mem = limits.parse_bytes("limits.memory", cfg["limits.memory"]) \
+            if cfg.get("limits.memory") else DEFAULT_MEMORY
+        host = limits.host_cpus()
+        cpus = limits.parse_cpuset(cfg["limits.cpu"], host) if cfg.get("limits.cpu") else [0]
+        pinned = "-" in cfg.get("limits.cpu", "") or "," in cfg.get("limits.cpu", "")
+        kernel, initrd, cmdline = _boot_files(root)
+        cmdline = f"{cmdline} corral.hostname={name}" if kernel else ""
+        spec = qemu_xml.DomainSpec(
+            name=name, uuid=data["uuid"], vmdir=str(self._dir(name)), disk=str(root / DISK),
+            memory_kib=mem // 1024, max_memory_kib=mem // 1024, vcpus=len(cpus),
+            max_vcpus=max(len(host), len(cpus)),
+            console_log=str(self._dir(name) / "console.log"),
+            agent_socket=data["agent_socket"], domain_type=qemu_host.domain_type(),
+            emulator=qemu_host.EMULATOR, cpuset=",".join(map(str, cpus)) if pinned else "",
+            kernel=kernel, initrd=initrd, cmdline=cmdline,
+            nics=[qemu_xml.Nic(**n) for n in data["nics"]])
+        return qemu_xml.render(spec)
+
+    def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
+               nic_config_lines: list | None = None) -> None:
+        """Store new config/devices; they apply at next start (limits: see apply_limits_live)."""
+        limits.validate_limits(config)
+        data = self._load(name)
+        data.update(config=dict(config), devices=dict(devices))
+        if nic_config_lines is not None:
+            data["nics"] = [vars(_nic(n)) for n in nic_config_lines]
+        size = _root_size(devices)
+        if size:
+            _grow(Path(data["rootfs_path"]) / DISK, size)
+        self._save(name, data)
+        self.conn.defineXML(self._render(name, data))
+
+    def delete(self, name: str) -> None:
+        dom = self._domain_or_none(name)
+        if dom is not None:
+            if dom.isActive():
+                raise Conflict(f"Instance {name!r} is running; stop it first")
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def _domain_or_none(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self._domain(name)
+        except NotFound:
+            if not self._dir(name).exists():
+                raise
+            return None
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        data = self._load(name)
+        dom = self._domain(name)
+        if dom.isActive():
+            raise Conflict(f"Instance {name!r} is already running")
+        qemu_agent.forget(data["agent_socket"])
+        Path(data["agent_socket"]).unlink(missing_ok=True)
+        try:
+            dom = self.conn.defineXML(self._render(name, data))
+            dom.create()
+        except libvirt.libvirtError as e:
+            raise Internal(f"Failed to start instance {name!r}: {e.get_error_message()}"
+                           f"{_qemu_log_tail(name)}") from None
+
+    def stop(self, name: str, timeout: float = 30, force: bool = False) -> None:
+        """ACPI power button, then ``destroy`` after ``timeout`` if the guest ignores it."""
+        dom = self._domain(name)
+        if not dom.isActive():
+            raise Conflict(f"Instance {name!r} is already stopped")
+        if not force and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()  # a paused guest cannot see the power button
+        if not force:
+            try:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except libvirt.libvirtError:
+                pass  # e.g. already shutting down; the wait below decides
+            if _wait_inactive(dom, timeout):
+                return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as e:
+            if dom.isActive():
+                raise Internal(f"Failed to stop instance {name!r}: "
+                               f"{e.get_error_message()}") from None
+
+    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None:
+        self.stop(name, timeout, force)
+        self.start(name)
+
+    def freeze(self, name: str) -> None:
+        dom = self._domain(name)
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise Conflict(f"Instance {name!r} is {self._status(dom)[0].lower()}, not running")
+        dom.suspend()
+
+    def unfreeze(self, name: str) -> None:
+        dom = self._domain(name)
+        if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            raise Conflict(f"Instance {name!r} is {self._status(dom)[0].lower()}, not frozen")
+        dom.resume()
+
+    # ---- state ------------------------------------------------------------------------
+
+    @staticmethod
+    def _status(dom: libvirt.virDomain) -> tuple[str, int]:
+        return _STATUS.get(dom.state()[0], ("Error", 112))
+
+    def state(self, name: str) -> dict:
+        data = self._load(name)
+        return self._state(self._domain(name), data, full=True)
+
+    def _state(self, dom: libvirt.virDomain, data: dict, full: bool) -> dict:
+        status, code = self._status(dom)
+        out = {"status": status, "status_code": code, "pid": 0, "processes": -1,
+               "cpu": {"usage": 0},
+               "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0,
+                          "total": 0},
+               "network": None, "disk": {}, "accel": qemu_host.accel()}
+        if code in (102, 112):
+            return out
+        try:
+            out["pid"] = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
+            out["cpu"]["usage"] = dom.getCPUStats(True)[0].get("cpu_time", 0)
+            mem = dom.memoryStats()
+        except (OSError, ValueError, libvirt.libvirtError):
+            return out  # it stopped while we looked
+        total = mem.get("actual", 0) * 1024
+        if "available" in mem and "unused" in mem:
+            used = (mem["available"] - mem["unused"]) * 1024
+        else:
+            used = mem.get("rss", 0) * 1024
+        out["memory"].update(usage=used, total=total)
+        out["network"] = _tap_counters(data["nics"])
+        if full:  # state_many skips the agent round trip
+            self._agent_state(dom, data, out)
+        return out
+
+    def _agent_state(self, dom: libvirt.virDomain, data: dict, out: dict) -> None:
+        """Guest's own view (processes, memory, addresses) when its agent answers."""
+        try:
+            guest = qemu_agent.AgentLink.for_domain(dom.name(), dom,
+                                                    data["agent_socket"]).state()
+        except CorralError:
+            return
+        for key in ("processes",):
+            if key in guest:
+                out[key] = guest[key]
+        if isinstance(guest.get("memory"), dict):
+            out["memory"].update({k: v for k, v in guest["memory"].items() if k in out["memory"]})
+        if isinstance(guest.get("network"), dict):
+            taps = {n.get("hwaddr"): n.get("host_name") for n in data["nics"]}
+            for iface in guest["network"].values():
+                if taps.get(iface.get("hwaddr")):
+                    iface["host_name"] = taps[iface["hwaddr"]]
+            out["network"] = guest["network"]
+
+    def state_many(self, names: list[str]) -> dict[str, dict]:
+        out = {}
+        for n in names:
+            try:
+                out[n] = self._state(self._domain(n), self._load(n), full=False)
+            except NotFound:
+                continue
+        return out
+
+    def list_host(self) -> dict[str, str]:
+        out = {}
+        for dom in self.conn.listAllDomains(0):
+            try:
+                vmdir = qemu_xml.metadata_vmdir(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except libvirt.libvirtError:
+                continue  # undefined while we listed
+            if vmdir and Path(vmdir).parent == self.vmpath:
+                out[dom.name()] = self._status(dom)[0]
+        return out
+
+    # ---- limits -----------------------------------------------------------------------
+
+    def apply_limits_live(self, name: str, changed_config: dict[str, str]) -> None:
+        """``limits.cpu`` by vCPU hotplug, ``limits.memory`` by balloon within the maximum.
+
+        All-or-nothing: what a running VM cannot take (more memory than it started with,
+        fewer vCPUs, CPU pinning) raises BadRequest and nothing is stored; stop the VM and
+        set it then. Other ``limits.*`` keys are stored and apply at next start.
+        """
+        data = self._load(name)
+        new = {k: v for k, v in {**data["config"], **changed_config}.items() if v != ""}
+        limits.validate_limits(new)
+        dom = self._domain(name)
+        if dom.isActive():
+            done = _apply_live(dom, name, data["config"], new, changed_config)
+        else:
+            done = []
+        data["config"] = new
+        try:
+            self._save(name, data)
+            self.conn.defineXML(self._render(name, data))
+        except BaseException:
+            for undo in reversed(done):
+                undo()
+            raise
+
+    # ---- console ----------------------------------------------------------------------
+
+    def console_log(self, name: str) -> bytes:
+        self._load(name)
+        try:
+            return (self._dir(name) / "console.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def console_open(self, name: str) -> int:
+        """A raw read/write fd on the serial console's pty; the caller closes it."""
+        dom = self._domain(name)
+        if not dom.isActive():
+            raise Conflict(f"Instance {name!r} is stopped; start it to attach its console")
+        path = qemu_xml.pty_path(dom.XMLDesc(0))
+        if not path:
+            raise Internal(f"Instance {name!r} has no serial pty in its live definition")
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            tty.setraw(fd, termios.TCSANOW)
+        except termios.error:
+            pass
+        return fd
+
+    # ---- exec and files: through the in-guest agent ------------------------------------
+
+    def _agent(self, name: str) -> qemu_agent.AgentLink:
+        data = self._load(name)
+        dom = self._domain(name)
+        return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"])
+
+    def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
+                   cwd: str | None = None, uid: int = 0, gid: int = 0,
+                   interactive: bool = False, width: int = 80,
+                   height: int = 24) -> ExecProcess:
+        if not command or not all(isinstance(a, str) and "\0" not in a for a in command):
+            raise BadRequest("Invalid command: a non-empty list of strings is needed")
+        return self._agent(name).exec_start(command, env or {}, cwd, uid, gid, interactive,
+                                            width, height)
+
+    def file_get(self, name: str, path: str) -> tuple[bytes | list[str], int, int, int, str]:
+        return self._agent(name).file_get(path)
+
+    def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
+                 mode: int | None = None, type: str = "file",
+                 write: str = "overwrite") -> None:
+        self._agent(name).file_put(path, data, uid, gid, mode, type, write)
+
+    def file_delete(self, name: str, path: str) -> None:
+        self._agent(name).file_delete(path)
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def _nic(spec: dict) -> qemu_xml.Nic:
+    if not isinstance(spec, dict) or not spec.get("bridge"):
+        raise BadRequest(f"Invalid VM NIC {spec!r}: a dict with at least 'bridge' is needed")
+    unknown = set(spec) - {"name", "bridge", "hwaddr", "host_name", "mtu"}
+    if unknown:
+        raise BadRequest(f"Invalid VM NIC keys {sorted(unknown)} in {spec!r}")
+    if len(spec.get("host_name", "")) > 15:
+        raise BadRequest(f"Invalid host_name {spec['host_name']!r}: at most 15 characters")
+    return qemu_xml.Nic(**{"name": spec.get("name", "eth0"), **spec})
+
+
+def _root_size(devices: dict[str, dict[str, str]]) -> int:
+    for dev in devices.values():
+        if dev.get("type") == "disk" and dev.get("path") == "/" and dev.get("size"):
+            return limits.parse_bytes("size", dev["size"])
+    return 0
+
+
+def _grow(disk: Path, size: int) -> None:
+    """Grow (never shrink) the overlay's virtual size; the guest grows its fs itself."""
+    info = json.loads(qemu_host.qemu_img("info", "--output=json", "-U", str(disk)))
+    if size < info["virtual-size"]:
+        raise BadRequest(f"Root disk size {size} is smaller than its current "
+                         f"{info['virtual-size']} bytes; disks can only grow")
+    if size > info["virtual-size"]:
+        qemu_host.qemu_img("resize", "-q", str(disk), str(size))
+
+
+def _socket_path(vmdir: Path) -> str:
+    """``vmdir/agent.sock``, or a short path under /run when that exceeds sun_path."""
+    path = str(vmdir / "agent.sock")
+    if len(path.encode()) < 108:
+        return path
+    import hashlib
+    Path("/run/corral").mkdir(parents=True, exist_ok=True)
+    return f"/run/corral/vm-{hashlib.sha1(path.encode()).hexdigest()[:16]}.sock"
+
+
+def _boot_files(root: Path) -> tuple[str, str, str]:
+    """Direct kernel boot when the volume ships a kernel (``vmlinuz``/``initrd.img``,
+    optional ``cmdline``); otherwise "" and the guest boots from its disk via SeaBIOS."""
+    for d in (root / "boot", root):  # build_vm.py's layout first: boot/{vmlinuz,...}
+        kernel = next((d / n for n in ("vmlinuz", "kernel") if (d / n).is_file()), None)
+        if kernel is not None:
+            break
+    else:
+        return "", "", ""
+    initrd = next((d / n for n in ("initrd.img", "initrd") if (d / n).is_file()), None)
+    cmd = d / "cmdline"
+    cmdline = cmd.read_text().strip() if cmd.is_file() else DEFAULT_CMDLINE
+    return str(kernel), str(initrd or ""), cmdline
+
+
+def _wait_inactive(dom: libvirt.virDomain, timeout: float) -> bool:
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            if not dom.isActive():
+                return True
+        except libvirt.libvirtError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _apply_live(dom: libvirt.virDomain, name: str, old: dict[str, str],
+                new: dict[str, str], changed: dict[str, str]) -> list:
+    """Apply cpu/memory live; returns undo callables for what was applied."""
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    done: list = []
+    try:
+        if "limits.cpu" in changed:
+            value = new.get("limits.cpu", "1")
+            if "-" in value or "," in value:
+                raise BadRequest("CPU pinning (limits.cpu as a set) applies at VM start "
+                                 "only; stop the VM, set it, start it again")
+            want, have = int(value), dom.vcpusFlags(live)
+            top = dom.vcpusFlags(live | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+            if want > top:
+                raise BadRequest(f"limits.cpu={want} exceeds the {top} vCPUs {name!r} was "
+                                 "started with room for; set it while the VM is stopped")
+            if want < have:
+                raise BadRequest(f"Cannot unplug vCPUs from running VM {name!r} "
+                                 f"({have} -> {want}); set it while the VM is stopped")
+            if want != have:
+                dom.setVcpusFlags(want, live)
+                done.append(lambda: None)  # hotplugged vCPUs cannot be taken back live
+        if "limits.memory" in changed:
+            kib = limits.parse_bytes("limits.memory",
+                                     new.get("limits.memory", f"{DEFAULT_MEMORY}")) // 1024
+            top = dom.maxMemory()
+            if kib > top:
+                raise BadRequest(f"limits.memory={kib} KiB exceeds the {top} KiB {name!r} "
+                                 "was started with; a larger maximum applies at next start: "
+                                 "stop the VM, set it, start it again")
+            cur = dom.info()[2]
+            dom.setMemoryFlags(kib, live)
+            done.append(lambda: dom.setMemoryFlags(cur, live))
+    except libvirt.libvirtError as e:
+        for undo in reversed(done):
+            undo()
+        raise Conflict(f"Failed to apply limits live on {name!r}: {e.get_error_message()}; "
+                       "no limit was changed") from None
+    except BaseException:
+        for undo in reversed(done):
+            undo()
+        raise
+    return done
+
+
+def _tap_counters(nics: list[dict]) -> dict:
+    """Host-side tap counters, swapped to the guest's view (tap rx = guest tx)."""
+    out = {}
+    for nic in nics:
+        tap = nic.get("host_name")
+        if not tap:
+            continue
+        base = Path("/sys/class/net") / tap
+        try:
+            st = {f: int((base / "statistics" / f).read_text()) for f in
+                  ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")}
+            mtu = int((base / "mtu").read_text())
+            oper = (base / "operstate").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        out[nic.get("name", "eth0")] = {
+            "addresses": [], "hwaddr": nic.get("hwaddr", ""), "host_name": tap, "mtu": mtu,
+            "state": "up" if oper in ("up", "unknown") else "down", "type": "broadcast",
+            "counters": {"bytes_received": st["tx_bytes"], "bytes_sent": st["rx_bytes"],
+                         "packets_received": st["tx_packets"],
+                         "packets_sent": st["rx_packets"]}}
+    return out
+
+
+def _qemu_log_tail(name: str, lines: int = 8) -> str:
+    try:
+        text = Path(f"/var/log/libvirt/qemu/{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n" + "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,169 @@
+"""The VM driver's door to the in-guest agent (``org.corral.agent`` virtio-serial channel).
+
+Why check libvirt first: QEMU owns the channel's unix socket, so a connect succeeds even
+when nothing runs in the guest. libvirt tracks whether the guest has the port open
+(``<target state='connected'/>`` in the live XML), which answers "is the agent up?"
+without touching the socket, so callers fail fast with 503.
+
+Why a loop thread: the driver API blocks and hands out plain fds, while the agent client
+(``services/instance/agent/client.py``) is asyncio and must be ONE connection per VM
+(QEMU serves the socket to one client at a time). So one private event loop thread owns
+every client; exec streams are pumped between it and os fds by small threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import libvirt
+
+from shared.errors import BadRequest, Conflict, CorralError, Unavailable
+
+from ..agent.client import NOT_RUNNING, AgentClient, AgentExec
+from . import qemu_xml
+from .base import ExecProcess
+
+AGENT_DOWN = NOT_RUNNING
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_clients: dict[str, AgentClient] = {}
+
+
+def _run(coro, timeout: float | None = 60):
+    """Run a coroutine on the agent loop thread and block for its result."""
+    global _loop
+    with _lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="corral-vm-agent",
+                             daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _loop).result(timeout)
+
+
+async def _client(path: str) -> AgentClient:
+    cl = _clients.get(path)
+    if cl is None or not cl.connected:
+        if cl is not None:
+            await cl.close()
+        cl = _clients[path] = await AgentClient.connect(path, timeout=2.0)
+    return cl
+
+
+def forget(path: str) -> None:
+    """Drop the cached connection of a VM that stopped; the next call reconnects."""
+    cl = _clients.pop(path, None)
+    if cl is not None and _loop is not None:
+        _run(cl.close(), 5)
+
+
+@dataclass
+class AgentLink:
+    name: str
+    socket_path: str
+
+    @classmethod
+    def for_domain(cls, name: str, dom: libvirt.virDomain, socket_path: str) -> "AgentLink":
+        """The link when the guest's agent has the port open, else Unavailable at once."""
+        if not dom.isActive():
+            raise Conflict(f"Instance {name!r} is stopped; start it first")
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise Conflict(f"Instance {name!r} is frozen; unfreeze it first")
+        if qemu_xml.channel_state(dom.XMLDesc(0)) != "connected":
+            raise Unavailable(AGENT_DOWN)
+        return cls(name, socket_path)
+
+    def _call(self, fn, *args, **kw):
+        async def go():
+            return await fn(await _client(self.socket_path), *args, **kw)
+        return _run(go())
+
+    def ping(self) -> float:
+        return self._call(AgentClient.ping)
+
+    def state(self) -> dict:
+        return self._call(AgentClient.state)
+
+    def exec_start(self, command: list[str], env: dict[str, str], cwd: str | None, uid: int,
+                   gid: int, interactive: bool, width: int, height: int) -> ExecProcess:
+        full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root" if uid == 0 else "/", "LANG": "C.UTF-8",
+                **({"TERM": "xterm"} if interactive else {}), **env}
+        proc = self._call(AgentClient.exec, command, full, cwd or "", uid, gid, interactive,
+                          width, height)
+        return _Exec(proc, interactive)
+
+    def file_get(self, path: str) -> tuple[bytes | list[str], int, int, int, str]:
+        f = self._call(AgentClient.file_get, path)
+        return f.content, f.uid, f.gid, f.mode, f.type
+
+    def file_put(self, path: str, data: bytes, uid: int, gid: int, mode: int | None,
+                 type_: str, write: str) -> None:
+        if write not in ("overwrite", "append"):
+            raise BadRequest(f"Invalid write mode {write!r}: use overwrite or append")
+        self._call(AgentClient.file_put, path, data, mode=mode, uid=uid, gid=gid,
+                   type=type_, append=write == "append")
+
+    def file_delete(self, path: str) -> None:
+        self._call(AgentClient.file_delete, path)
+
+
+class _Exec(ExecProcess):
+    """An agent exec seen through fds: pipes, or one socket end standing in for a pty."""
+
+    def __init__(self, proc: AgentExec, interactive: bool) -> None:
+        self.proc, self.pid = proc, proc.pid
+        self._threads: list[threading.Thread] = []
+        if interactive:
+            mine, theirs = socket.socketpair()
+            self.pty_fd = theirs.detach()
+            fd = mine.detach()
+            self._pump_out(proc.stdout, os.dup(fd))
+            self._pump_in(fd)
+        else:
+            in_r, self.stdin_fd = os.pipe()
+            self.stdout_fd, out_w = os.pipe()
+            self.stderr_fd, err_w = os.pipe()
+            self._pump_out(proc.stdout, out_w)
+            self._pump_out(proc.stderr, err_w)
+            self._pump_in(in_r)
+
+    def _pump_out(self, reader: asyncio.StreamReader, fd: int) -> None:
+        def run() -> None:
+            try:
+                while data := _run(reader.read(65536), None):
+                    os.write(fd, data)
+            except (OSError, CorralError):
+                pass
+            finally:
+                os.close(fd)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _pump_in(self, fd: int) -> None:
+        def run() -> None:
+            try:
+                while data := os.read(fd, 65536):
+                    _run(self.proc.write_stdin(data))
+                _run(self.proc.close_stdin())
+            except (OSError, CorralError):
+                pass
+            finally:
+                os.close(fd)
+        threading.Thread(target=run, daemon=True).start()
+
+    def wait(self) -> int:
+        code = _run(self.proc.wait(), None)
+        for t in self._threads:
+            t.join()
+        return code
+
+    def signal(self, signum: int) -> None:
+        _run(self.proc.signal(signum))
+
+    def resize(self, width: int, height: int) -> None:
+        _run(self.proc.resize(width, height))

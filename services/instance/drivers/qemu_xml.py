@@ -1,0 +1,145 @@
+"""Render a VM's libvirt domain XML from Corral's inputs (a pure function, unit-testable).
+
+Why these devices: a virtio disk (qcow2 overlay), virtio NICs as taps on Linux bridges
+with the host-side name we were given (so network state and firewalling can find them),
+the serial port to a pty *and* a log file (console attach + ``console_log``), a
+virtio-serial unix channel ``org.corral.agent`` for the in-guest agent, and a virtio
+balloon with stats so memory can shrink live and be reported. vCPUs are defined as
+``<vcpu current=N>MAX</vcpu>`` so ``limits.cpu`` can grow live by hotplug. No memory
+``hard_limit``: it needs memlock, which fails here. No graphics: console only.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+NS = "https://corral.dev/xmlns/instance/1"
+AGENT_CHANNEL = "org.corral.agent"
+ET.register_namespace("corral", NS)
+
+
+@dataclass
+class Nic:
+    """One NIC: ``bridge`` to join, guest ``hwaddr``, host-side tap ``host_name``."""
+
+    name: str
+    bridge: str
+    hwaddr: str = ""
+    host_name: str = ""
+    mtu: str = ""
+
+
+@dataclass
+class DomainSpec:
+    name: str
+    uuid: str
+    vmdir: str
+    disk: str
+    memory_kib: int
+    max_memory_kib: int
+    vcpus: int
+    max_vcpus: int
+    console_log: str
+    agent_socket: str
+    domain_type: str = "qemu"
+    emulator: str = "/usr/bin/qemu-system-x86_64"
+    cpuset: str = ""
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    nics: list[Nic] = field(default_factory=list)
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        el.text = text
+    return el
+
+
+def render(s: DomainSpec) -> str:
+    dom = ET.Element("domain", type=s.domain_type)
+    _sub(dom, "name", s.name)
+    _sub(dom, "uuid", s.uuid)
+    meta = _sub(dom, "metadata")
+    _sub(meta, f"{{{NS}}}instance", name=s.name, vmdir=s.vmdir)
+    _sub(dom, "memory", str(s.max_memory_kib), unit="KiB")
+    _sub(dom, "currentMemory", str(s.memory_kib), unit="KiB")
+    vcpu = _sub(dom, "vcpu", str(s.max_vcpus), placement="static", current=str(s.vcpus))
+    if s.cpuset:
+        vcpu.set("cpuset", s.cpuset)
+    os_ = _sub(dom, "os")
+    _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
+    if s.kernel:
+        _sub(os_, "kernel", s.kernel)
+        if s.initrd:
+            _sub(os_, "initrd", s.initrd)
+        _sub(os_, "cmdline", s.cmdline)
+    else:
+        _sub(os_, "boot", dev="hd")
+    feats = _sub(dom, "features")
+    _sub(feats, "acpi")
+    _sub(feats, "apic")
+    _sub(dom, "clock", offset="utc")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+    devs = _sub(dom, "devices")
+    _sub(devs, "emulator", s.emulator)
+    disk = _sub(devs, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
+    _sub(disk, "source", file=s.disk)
+    _sub(disk, "target", dev="vda", bus="virtio")
+    for nic in s.nics:
+        iface = _sub(devs, "interface", type="bridge")
+        if nic.hwaddr:
+            _sub(iface, "mac", address=nic.hwaddr)
+        _sub(iface, "source", bridge=nic.bridge)
+        if nic.host_name:
+            _sub(iface, "target", dev=nic.host_name)
+        _sub(iface, "model", type="virtio")
+        if nic.mtu:
+            _sub(iface, "mtu", size=nic.mtu)
+        _sub(iface, "rom", enabled="no")  # no iPXE: we never netboot
+    serial = _sub(devs, "serial", type="pty")
+    _sub(serial, "log", file=s.console_log, append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devs, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+    chan = _sub(devs, "channel", type="unix")
+    _sub(chan, "source", mode="bind", path=s.agent_socket)
+    _sub(chan, "target", type="virtio", name=AGENT_CHANNEL)
+    balloon = _sub(devs, "memballoon", model="virtio")
+    _sub(balloon, "stats", period="2")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def metadata_vmdir(xml: str) -> str | None:
+    """The vmdir Corral stamped on a domain, or None when the domain is not ours."""
+    el = ET.fromstring(xml).find(f"metadata/{{{NS}}}instance")
+    return el.get("vmdir") if el is not None else None
+
+
+def pty_path(xml: str) -> str | None:
+    """The serial console's pty of a running domain (from its live XML)."""
+    el = ET.fromstring(xml).find("devices/console[@type='pty']/source")
+    return el.get("path") if el is not None else None
+
+
+def channel_state(xml: str) -> str | None:
+    """"connected"/"disconnected" of the agent channel as libvirt tracks it, if known."""
+    for chan in ET.fromstring(xml).findall("devices/channel/target"):
+        if chan.get("name") == AGENT_CHANNEL:
+            return chan.get("state")
+    return None
+
+
+def tap_names(xml: str) -> dict[str, str]:
+    """{guest MAC: host tap name} of a running domain."""
+    out = {}
+    for iface in ET.fromstring(xml).findall("devices/interface"):
+        mac, tgt = iface.find("mac"), iface.find("target")
+        if mac is not None and tgt is not None:
+            out[mac.get("address", "")] = tgt.get("dev", "")
+    return out
