@@ -32,3 +32,22 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     fi
 )
 # --- end image ---------------------------------------------------------------------------
+
+# --- image: busybox-vm as alias "busybox-vm" (VM image; needs libvirt + a kernel download) --
+# Built from busybox-static, the Corral agent and Debian's cloud kernel (`apt-get download`,
+# cached under $CORRAL_DIR/cache/vm-kernel); imported only when the alias is absent, skipped
+# with CORRAL_VMS=0 (as up.sh skips libvirtd). A failure warns, never stops `make up`.
+(
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    corral="${CORRAL_VENV:-$repo/.venv}/bin/corral"
+    if ! "$corral" image show busybox-vm >/dev/null 2>&1; then
+        if [[ "${CORRAL_VMS:-1}" != 0 ]]; then
+            echo "corral: bootstrap: importing the busybox VM image as alias busybox-vm"
+            "$corral" image build busybox --vm --alias busybox-vm \
+                || echo "corral: bootstrap: WARNING: could not import the busybox VM image" >&2
+        else
+            echo "corral: bootstrap: CORRAL_VMS=0: no busybox-vm image"
+        fi
+    fi
+)
+# --- end image busybox-vm -----------------------------------------------------------------

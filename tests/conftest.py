@@ -71,6 +71,14 @@ async def bus(bus_config):
     await b.close()
 
 
+@pytest.fixture(scope="session")
+def busybox_tarball(tmp_path_factory) -> Path:
+    """The busybox image (unified tarball), built once per session for every world."""
+    from services.image.build import build_busybox
+
+    return build_busybox(tmp_path_factory.mktemp("busybox"), alias_hint="busybox")
+
+
 @pytest.fixture
 def uid() -> str:
     """A unique, short name prefix for whatever a test creates."""

@@ -1,9 +1,9 @@
 """Exec, files, console and logs of a real container, through HTTP, the CLI and stock `lxc`.
 
-A module fixture makes a dir pool, a profile with only a root disk (no network at all)
-and imports the busybox image through the API, then creates two containers (one
-started); everything carries a unique ``t`` + hex prefix and is removed at the end, also
-when a test fails.
+A module fixture makes (``tests/world.py``) a dir pool, a profile with only a root disk
+(no network at all) and imports the busybox image through the API, then creates two
+containers (one started); everything carries a unique ``t`` + hex prefix and is removed at
+the end, also when a test fails.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,114 +23,25 @@ import aiohttp
 import httpx
 import pytest
 
-from services.image.build import build_busybox
-from shared import blobs
-from shared.bus import Bus
-from shared.config import load_config
-
 from .stack import BIN, wait_for
+from .world import make_world
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not Path("/bin/busybox").exists():
     pytest.skip("needs root and busybox-static", allow_module_level=True)
 
 
-async def _bus(stack) -> Bus:
-    return await Bus(load_config(dir=stack.dir, nats_url=stack.nats.url), "tests").connect()
-
-
-async def _import_over_bus(stack, tarball: Path, alias: str) -> str:
-    """The image service's import, as the gateway's upload route calls it."""
-    from shared.messages.image import ImportRequest
-
-    b = await _bus(stack)
-    try:
-        obj = f"upload-{uuid.uuid4().hex}"
-        await blobs.put_file(await blobs.transfers(b), obj, tarball)
-        reply = await b.request("image", "import", ImportRequest(
-            meta=obj, filename=tarball.name, aliases=[{"name": alias}]), timeout=30)
-        return f"/1.0/operations/{reply.operation['id']}"
-    finally:
-        await b.close()
-
-
-async def _drop_image(stack, alias: str) -> None:
-    from shared.messages.image import ResolveRequest
-    from shared.models import ObjectRequest
-
-    b = await _bus(stack)
-    try:
-        img = (await b.request("image", "resolve", ResolveRequest(alias=alias))).metadata
-        await b.request("image", "alias_delete", ObjectRequest(name=alias))
-        await b.request("image", "delete", ObjectRequest(name=img["fingerprint"]))
-    except Exception:
-        pass
-    finally:
-        await b.close()
-
-
-def _wait(api, r) -> dict:
-    assert r.status_code == 202, r.text
-    op = api.get(f"{r.json()['operation']}/wait", params={"timeout": 120}).json()["metadata"]
-    assert op["status"] == "Success", op
-    return op
-
-
-def _import_image(stack, api, tarball: Path, alias: str) -> None:
-    r = api.post("/1.0/images", content=tarball.read_bytes(),
-                 headers={"Content-Type": "application/octet-stream"})
-    if r.status_code in (404, 405, 501):  # no upload route yet: the same import, bus side
-        op = asyncio.run(_import_over_bus(stack, tarball, alias))
-        assert api.get(f"{op}/wait", params={"timeout": 120}).json()["metadata"][
-            "status"] == "Success"
-        return
-    fp = _wait(api, r)["metadata"]["fingerprint"]
-    r = api.post("/1.0/images/aliases", json={"name": alias, "target": fp})
-    assert r.status_code in (200, 201), r.text
-
-
-def _remove(api, name: str) -> None:
-    if api.get(f"/1.0/instances/{name}").status_code != 200:
-        return
-    r = api.put(f"/1.0/instances/{name}/state", json={"action": "stop", "force": True})
-    if r.status_code == 202:
-        api.get(f"{r.json()['operation']}/wait", params={"timeout": 60})
-    r = api.delete(f"/1.0/instances/{name}")
-    if r.status_code == 202:
-        api.get(f"{r.json()['operation']}/wait", params={"timeout": 60})
-
-
 @pytest.fixture(scope="module")
-def env(stack, api, tmp_path_factory):
-    prefix = "t" + uuid.uuid4().hex[:6]
-    pool, profile, image = f"{prefix}p", f"{prefix}pr", f"{prefix}-bb"
-    names = {"run": f"{prefix}-run", "off": f"{prefix}-off"}
-    outside = Path(tempfile.mkdtemp(prefix=prefix))
-    for d in (stack.dir.parent, stack.dir):  # an unprivileged root must traverse them
-        d.chmod(d.stat().st_mode | 0o011)
+def env(stack, api, busybox_tarball):
+    outside = Path(tempfile.mkdtemp(prefix="crtout"))
     try:
-        r = api.post("/1.0/storage-pools", json={"name": pool, "driver": "dir"})
-        assert r.status_code == 200, r.text
-        r = api.post("/1.0/profiles", json={"name": profile, "devices": {
-            "root": {"type": "disk", "path": "/", "pool": pool}}})
-        assert r.status_code == 200, r.text
-        _import_image(stack, api, build_busybox(tmp_path_factory.mktemp("img")), image)
-        for key, name in names.items():
-            _wait(api, api.post("/1.0/instances", json={
-                "name": name, "source": {"type": "image", "alias": image},
-                "profiles": [profile], "config": {"environment.CORRAL_T": "from-config"},
-                "start": key == "run"}))
-        wait_for(lambda: "console" in _extensions(stack), 30, what="the io extensions")
-        yield {"run": names["run"], "off": names["off"], "outside": outside}
+        with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+            config = {"environment.CORRAL_T": "from-config"}
+            run = w.create("run", start=True, config=config)
+            off = w.create("off", config=config)
+            wait_for(lambda: "console" in _extensions(stack), 30, what="the io extensions")
+            yield {"run": run, "off": off, "outside": outside}
     finally:
-        for name in names.values():
-            try:
-                _remove(api, name)
-            except Exception:
-                pass
-        api.delete(f"/1.0/profiles/{profile}")
-        api.delete(f"/1.0/storage-pools/{pool}")
-        asyncio.run(_drop_image(stack, image))
         shutil.rmtree(outside, ignore_errors=True)
 
 

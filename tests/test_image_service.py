@@ -197,8 +197,18 @@ def test_cli_import_export_alias(stack, api, busybox, cleanup, uid, tmp_path):
     assert api.get(f"/1.0/images/aliases/{uid}").status_code == 404
     r = corral(stack, "image", "show", uid)
     assert r.returncode == 1 and r.stderr.startswith("Error:")
-    r = corral(stack, "image", "build", "busybox", "--vm")
-    assert r.returncode == 1 and "not supported yet" in r.stderr
+
+
+def test_cli_build_busybox_vm(stack, api, cleanup, uid):
+    """`corral image build busybox --vm` builds LXD's split VM image and imports it."""
+    r = corral(stack, "image", "build", "busybox", "--vm", "--alias", f"{uid}vm")
+    assert r.returncode == 0, r.stderr
+    cleanup["aliases"].append(f"{uid}vm")
+    img = api.get(f"/1.0/images/aliases/{uid}vm").json()["metadata"]
+    cleanup["images"].append(img["target"])
+    assert img["type"] == "virtual-machine"
+    assert api.get(f"/1.0/images/{img['target']}").json()["metadata"]["type"] == \
+        "virtual-machine"
 
 
 def test_cli_build_busybox(stack, api, busybox, cleanup, uid):

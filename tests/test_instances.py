@@ -1,8 +1,8 @@
 """The instance service through the real stack: HTTP, the corral CLI, real containers.
 
-A module fixture makes a btrfs loop pool, a bridge network (no NAT: traffic stays on the
-bridge) and a profile through the API, and imports the busybox image. Everything carries
-the test's ``uid`` prefix and is removed at the end, also when a test fails.
+A module fixture makes (``tests/world.py``) a btrfs loop pool, a bridge network (no NAT:
+traffic stays on the bridge) and a profile through the API, and imports the busybox image.
+Everything carries one unique prefix and is removed at the end, also when a test fails.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from services.image.build import build_busybox
-from shared import blobs
 from shared.bus import Bus
 
 from .stack import BIN, wait_for
+from .world import World, make_world
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not Path("/bin/busybox").exists():
@@ -30,154 +28,10 @@ REF_KEYS = {"architecture", "config", "devices", "ephemeral", "profiles", "state
             "status", "status_code", "last_used_at", "location", "type", "project"}
 
 
-# -- the image: imported through the image service, or a stand-in while it lacks import --
-
-def import_image(api, tarball: Path, alias: str) -> str | None:
-    """Import through ``POST /1.0/images`` + alias; None when the gateway has no route yet."""
-    r = api.post("/1.0/images", content=tarball.read_bytes(),
-                 headers={"Content-Type": "application/octet-stream"})
-    if r.status_code in (404, 405, 501):  # no HTTP route yet: the same import over the bus
-        return None
-    assert r.status_code in (200, 202), r.text
-    op = api.get(f"{r.json()['operation']}/wait", params={"timeout": 120}).json()["metadata"]
-    assert op["status"] == "Success", op
-    fp = op["metadata"]["fingerprint"]
-    r = api.post("/1.0/images/aliases", json={"name": alias, "target": fp})
-    assert r.status_code in (200, 201), r.text
-    return fp
-
-
-async def _bus(stack) -> Bus:
-    from shared.config import load_config
-
-    return await Bus(load_config(dir=stack.dir, nats_url=stack.nats.url), "tests").connect()
-
-
-async def import_over_bus(stack, api, tarball: Path, alias: str) -> None:
-    """What the gateway's image upload does: the file into ``transfers``, then ``import``."""
-    from shared.messages.image import ImportRequest
-
-    b = await _bus(stack)
-    try:
-        obj = f"upload-{uuid.uuid4().hex}"
-        await blobs.put_file(await blobs.transfers(b), obj, tarball)
-        reply = await b.request("image", "import", ImportRequest(
-            meta=obj, filename=tarball.name, aliases=[{"name": alias}]), timeout=30)
-        op_id = reply.operation["id"]
-    finally:
-        await b.close()
-    op = await asyncio.to_thread(lambda: api.get(f"/1.0/operations/{op_id}/wait",
-                                                 params={"timeout": 120}).json()["metadata"])
-    assert op["status"] == "Success", op
-
-
-async def drop_image(stack, alias: str) -> None:
-    from shared.messages.image import ResolveRequest
-    from shared.models import ObjectRequest
-
-    b = await _bus(stack)
-    try:
-        img = (await b.request("image", "resolve", ResolveRequest(alias=alias))).metadata
-        await b.request("image", "alias_delete", ObjectRequest(name=alias))
-        await b.request("image", "delete", ObjectRequest(name=img["fingerprint"]))
-    except Exception:
-        pass
-    finally:
-        await b.close()
-
-
-# -- the world: pool, network, profile, image --------------------------------------------
-
-class World:
-    def __init__(self, stack, api, prefix: str) -> None:
-        self.stack, self.api, self.prefix = stack, api, prefix
-        self.pool = f"{prefix}p"
-        self.net = f"{prefix}n"
-        self.profile = f"{prefix}pr"
-        self.image = f"{prefix}-bb"
-        self.instances: list[str] = []
-
-    def name(self, tag: str) -> str:
-        n = f"{self.prefix}-{tag}"
-        self.instances.append(n)
-        return n
-
-    def wait(self, r, ok: bool = True) -> dict:
-        assert r.status_code == 202, r.text
-        op = self.api.get(f"{r.json()['operation']}/wait",
-                          params={"timeout": 120}).json()["metadata"]
-        if ok:
-            assert op["status"] == "Success", op
-        return op
-
-    def create(self, tag: str, start: bool = False, **body) -> str:
-        name = self.name(tag)
-        body = {"name": name, "source": {"type": "image", "alias": self.image},
-                "profiles": [self.profile], **body}
-        self.wait(self.api.post("/1.0/instances", json=body))
-        if start:
-            self.state(name, "start")
-        return name
-
-    def state(self, name: str, action: str, ok: bool = True, **kw) -> dict:
-        return self.wait(self.api.put(f"/1.0/instances/{name}/state",
-                                      json={"action": action, **kw}), ok)
-
-    def get(self, name: str) -> dict:
-        return self.api.get(f"/1.0/instances/{name}").json()["metadata"]
-
-    def live(self, name: str) -> dict:
-        return self.api.get(f"/1.0/instances/{name}/state").json()["metadata"]
-
-    def remove(self, name: str) -> None:
-        if self.api.get(f"/1.0/instances/{name}").status_code != 200:
-            return
-        self.api.put(f"/1.0/instances/{name}/state", json={"action": "stop", "force": True})
-        wait_for(lambda: self.live(name)["status"] == "Stopped", 20, what=f"{name} stopped")
-        r = self.api.delete(f"/1.0/instances/{name}")
-        if r.status_code == 202:
-            self.api.get(f"{r.json()['operation']}/wait", params={"timeout": 60})
-
-    def lxc_dir(self, name: str) -> Path:
-        return self.stack.dir / "lxc" / name
-
-    def volume(self, name: str) -> Path:
-        return self.stack.dir / "storage-pools" / self.pool / "containers" / name
-
-
 @pytest.fixture(scope="module")
-def world(stack, api, tmp_path_factory):
-    prefix = "t" + uuid.uuid4().hex[:6]
-    w = World(stack, api, prefix)
-    # An unprivileged root must traverse every parent of its rootfs (the test dir is 0700).
-    for d in (stack.dir.parent, stack.dir):
-        d.chmod(d.stat().st_mode | 0o011)
-    try:
-        wait_for(lambda: api.get("/1.0/storage-pools").status_code == 200, 30)
-        r = api.post("/1.0/storage-pools", json={"name": w.pool, "driver": "btrfs",
-                                                 "config": {"size": "768MiB"}})
-        assert r.status_code == 200, r.text
-        r = api.post("/1.0/networks", json={"name": w.net, "config": {
-            "ipv4.address": "auto", "ipv4.nat": "false", "ipv6.address": "none"}})
-        assert r.status_code == 201, r.text
-        r = api.post("/1.0/profiles", json={"name": w.profile, "devices": {
-            "root": {"type": "disk", "path": "/", "pool": w.pool},
-            "eth0": {"type": "nic", "network": w.net, "name": "eth0"}}})
-        assert r.status_code == 200, r.text
-        tarball = build_busybox(tmp_path_factory.mktemp("img"), alias_hint="busybox")
-        if import_image(api, tarball, w.image) is None:
-            asyncio.run(import_over_bus(stack, api, tarball, w.image))
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="btrfs") as w:
         yield w
-    finally:
-        for name in w.instances:
-            try:
-                w.remove(name)
-            except Exception:
-                pass
-        api.delete(f"/1.0/profiles/{w.profile}")
-        api.delete(f"/1.0/networks/{w.net}")
-        api.delete(f"/1.0/storage-pools/{w.pool}")
-        asyncio.run(drop_image(stack, w.image))
 
 
 def exec_in(stack, name: str, cmd: list[str]) -> tuple[int, str]:

@@ -9,11 +9,17 @@ import subprocess
 import pytest
 
 from .stack import wait_for
-from .test_instances import world  # noqa: F401  (the module fixture: pool, net, image)
+from .world import make_world
 
 pytestmark = pytest.mark.root
 if shutil.which("lxc") is None:
     pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="btrfs") as w:
+        yield w
 
 
 def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -24,7 +30,7 @@ def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
-def test_stock_client_lifecycle(world, stack, api):  # noqa: F811
+def test_stock_client_lifecycle(world, stack, api):
     name = world.name("lxc")
     lxc(stack, "launch", world.image, name, "-p", world.profile)
     rows = json.loads(lxc(stack, "list", "--format", "json").stdout)

@@ -16,7 +16,8 @@ What the VM driver needs to know (boot contract):
   ``root=`` (default ``/dev/vda``, ext4, rw) and ``switch_root``s to ``/sbin/init``.
 * **Guest**: busybox init mounts /proc, /sys, /dev, brings up lo and (if present) eth0 with
   ``udhcpc -x hostname:$(hostname)``, runs ``acpid`` (so an ACPI shutdown powers off),
-  respawns ``/usr/bin/corral-agent`` on the virtio-serial port named ``org.corral.agent``
+  respawns ``/usr/sbin/corral-cpu-online`` (onlines hotplugged vCPUs) and
+  ``/usr/bin/corral-agent`` on the virtio-serial port named ``org.corral.agent``
   (``<channel type='unix'><target type='virtio' name='org.corral.agent'/>``), and a root
   autologin getty on ttyS0 (the console is already admin-only).
 
@@ -84,6 +85,7 @@ exec switch_root /newroot /sbin/init
 INITTAB = f"""\
 ::sysinit:/etc/init.d/rcS.vm
 ::respawn:/usr/bin/corral-agent --name {AGENT_PORT}
+::respawn:/usr/sbin/corral-cpu-online
 ttyS0::respawn:/sbin/getty -n -l /sbin/autologin -L 115200 ttyS0 vt100
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/etc/init.d/rcK
@@ -108,7 +110,19 @@ acpid
 exec /etc/init.d/rcS
 """
 
+# The kernel leaves hotplugged vCPUs offline; online them so `nproc` sees them (a builtin
+# `read` per CPU each second: no fork, nothing for a TCG guest to notice).
+CPU_ONLINE = """#!/bin/sh
+while :; do
+    for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+        read v < "$c" 2>/dev/null && [ "$v" = 0 ] && echo 1 > "$c"
+    done
+    sleep 1
+done
+"""
+
 VM_FILES: dict[str, tuple[int, str]] = {
+    "usr/sbin/corral-cpu-online": (0o755, CPU_ONLINE),
     "etc/inittab": (0o644, INITTAB),
     "etc/init.d/rcS.vm": (0o755, RCS_VM),
     "sbin/autologin": (0o755, "#!/bin/sh\nexec /bin/login -f root\n"),

@@ -33,6 +33,8 @@ class ConsoleMixin:
     """``console_get``, ``console_clear``, ``log_list``, ``log_get``, ``log_delete``."""
 
     def _driver_dir(self, name: str) -> Path:
+        if hasattr(self.driver, "console_dir"):  # VMs keep theirs in the VM directory
+            return self.driver.console_dir(name)
         return Path(self.driver.lxcpath) / name
 
     def _log_path(self, project: str, name: str, file: str | None) -> Path:

@@ -32,6 +32,7 @@ from shared.models import Reply
 from shared.service import endpoint
 
 from .console_api import ConsoleMixin, log_dir
+from .console_attach import ConsoleAttachMixin
 from .files_api import FilesMixin
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -224,6 +225,8 @@ class ExecMixin:
             raise BadRequest("Instance is frozen")
         if status != "Running":
             raise BadRequest("Instance is not running")
+        if hasattr(self, "require_agent"):  # VMs: 503 at once while the agent is down
+            await self.require_agent(req.project, req.name)
         env = exec_environment(inst.get("expanded_config") or {}, post)
         source = url("instances", req.name, req.project)
         resources = {"instances": [source]}
@@ -390,5 +393,5 @@ def _close_all(fds: set[int]) -> None:
     fds.clear()
 
 
-class ExecFilesConsoleMixin(ExecMixin, FilesMixin, ConsoleMixin):
+class ExecFilesConsoleMixin(ExecMixin, FilesMixin, ConsoleMixin, ConsoleAttachMixin):
     """Everything the instance service needs for exec, files, console and logs."""

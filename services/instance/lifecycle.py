@@ -37,7 +37,9 @@ DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
 
 
 def host_status(driver: Any, name: str) -> str:
-    """Running/Stopped/Frozen from LXC's monitor (no process is spawned)."""
+    """Running/Stopped/Frozen from LXC's monitor or libvirt (no process is spawned)."""
+    if hasattr(driver, "host_status"):
+        return driver.host_status(name)
     c = lxc.Container(name, str(driver.lxcpath))
     if not c.defined:
         return "Stopped"
@@ -58,7 +60,7 @@ def check_action(status: str, action: str) -> None:
 
 def root_owner(driver: Any, name: str) -> tuple[int, int]:
     """Host ids of the container's root in its files (non-zero only on a shifted rootfs)."""
-    data = driver._load(name)
+    data = getattr(driver, "lxc", driver)._load(name)
     if data.get("idmap") and data.get("shifted"):
         m = IdMap.from_json(data["idmap"])
         return m.uid_to_host(0), m.gid_to_host(0)
@@ -79,7 +81,7 @@ async def start(svc: "InstanceService", rec: dict[str, Any]) -> dict[str, Any]:
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
     await asyncio.to_thread(svc.driver.update, name, rec["expanded_config"],
                             rec["expanded_devices"], lines)
-    if rec.get("volume"):
+    if rec.get("volume") and rec.get("type", "container") == "container":
         uid, gid = await asyncio.to_thread(root_owner, svc.driver, name)
         await asyncio.to_thread(image_templates.apply, Path(rec["volume"]), "start", rec,
                                 uid, gid)

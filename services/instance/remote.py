@@ -23,20 +23,25 @@ class Remote:
         self.bus = bus
         self.node = node
 
-    async def resolve_image(self, project: str, source: dict[str, Any]) -> dict[str, Any]:
+    async def resolve_image(self, project: str, source: dict[str, Any],
+                            instance_type: str = "container") -> dict[str, Any]:
         req = ResolveRequest(project=project, alias=source.get("alias"),
-                             fingerprint=source.get("fingerprint"))
+                             fingerprint=source.get("fingerprint"),
+                             instance_type=instance_type)
         reply = await self.bus.request("image", "resolve", req)
         return reply.metadata or {}
 
-    async def volume_from_image(self, project: str, pool: str, name: str, fp: str) -> str:
-        req = VolumeFromImageRequest(project=project, pool=pool, name=name, fingerprint=fp)
+    async def volume_from_image(self, project: str, pool: str, name: str, fp: str,
+                                kind: str = "container") -> str:
+        req = VolumeFromImageRequest(project=project, pool=pool, name=name, fingerprint=fp,
+                                     kind=kind)
         reply = await self.bus.request("storage", "volume_from_image", req, node=self.node,
                                        timeout=VOLUME_TIMEOUT)
         return VolumePathReply.model_validate(reply.metadata).path
 
-    async def volume_delete(self, project: str, pool: str, name: str) -> None:
-        req = VolumeRequest(project=project, pool=pool, kind="container", name=name)
+    async def volume_delete(self, project: str, pool: str, name: str,
+                            kind: str = "container") -> None:
+        req = VolumeRequest(project=project, pool=pool, kind=kind, name=name)
         await self.bus.request("storage", "volume_delete", req, node=self.node,
                                timeout=VOLUME_TIMEOUT)
 

@@ -1,4 +1,4 @@
-"""The instance service: instances (LXC containers) and profiles on this node.
+"""The instance service: instances (LXC containers, QEMU VMs) and profiles on this node.
 
 Thin: endpoints decode, call the logic modules (``create``, ``lifecycle``, ``update``,
 ``reconcile``), publish lifecycle events and answer. Slow work runs as an
@@ -26,6 +26,7 @@ from shared.state import Store, key
 
 from . import create, lifecycle, reconcile, update
 from .drivers.lxc import LXCDriver
+from .drivers.router import DriverRouter
 from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
 from .exec_api import ExecFilesConsoleMixin
 from .idmap import ensure_subids
@@ -36,7 +37,9 @@ from .remote import Remote
 # What the stock client checks before list/launch/config (see docs/architecture.md).
 # container_backup: only the (empty) backup list so far, which `lxc info` requires.
 API_EXTENSIONS = ["container_full", "api_filtering", "container_last_used_at",
-                  "instance_nic_network", "container_backup"]
+                  "instance_nic_network", "container_backup", "instances"]
+# Declared only while libvirtd answers (``lxc launch --vm`` checks them).
+VM_EXTENSIONS = ["virtual-machines"]
 
 
 def _uses_network(dev: dict[str, str], network: str) -> bool:
@@ -48,11 +51,12 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
 
 class InstanceService(ExecFilesConsoleMixin, Service):
     name = "instance"
-    description = "Corral instances (LXC containers) and profiles"
+    description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 
     async def setup(self) -> None:
         await asyncio.to_thread(ensure_subids)
-        self.driver = LXCDriver(self.config.dir / "lxc")
+        self.driver = DriverRouter(LXCDriver(self.config.dir / "lxc"),
+                                   self.config.dir / "virtual-machines", self.type_of)
         self.remote = Remote(self.bus, self.config.node)
         self.instances = await Store(self.bus, "instances", cache=True).open()
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
@@ -60,7 +64,20 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         self._cleanup = await reconcile.reconcile(self)
 
     def server_info(self) -> ServerInfoReply:
-        return ServerInfoReply(api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS])
+        """``driver: lxc | qemu`` as LXD reports several; qemu only while libvirtd answers
+        (a socket check and a cached connection: fast enough for the event loop)."""
+        versions = self.driver.versions()
+        env = {"driver": " | ".join(versions), "driver_version": " | ".join(versions.values())}
+        vm = VM_EXTENSIONS if "qemu" in versions else []
+        return ServerInfoReply(environment=env,
+                               api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm])
+
+    def type_of(self, name: str) -> str:
+        """The type of the instance ``name`` (any project: driver names are host-wide)."""
+        for r in self.instances.cached():
+            if r["name"] == name:
+                return r.get("type", "container")
+        return "container"
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
@@ -77,6 +94,10 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     async def instance_status(self, project: str, name: str) -> str:
         await self.require_instance(project, name)
         return await asyncio.to_thread(lifecycle.host_status, self.driver, name)
+
+    async def require_agent(self, project: str, name: str) -> None:
+        """VMs: 503 "VM agent isn't currently running" at once, before any operation."""
+        await asyncio.to_thread(self.driver.agent_ready, name)
 
     # -- instances ------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ async def rename(svc: "InstanceService", project: str, name: str, body: dict[str
         raise BadRequest("Migration is not supported by rename")
     k = key(project, name)
     rec, _rev = await svc.instances.require(k, "Instance")
+    if rec.get("type") == "virtual-machine":
+        raise BadRequest("Renaming virtual machines is not supported yet")
     if await asyncio.to_thread(host_status, svc.driver, name) != "Stopped":
         raise BadRequest("Renaming of running instance not allowed")
     nk = key(project, new_name)
@@ -122,7 +124,8 @@ async def delete(svc: "InstanceService", rec: dict[str, Any]) -> None:
         raise BadRequest("The instance is currently running, stop it first") from exc
     if rec.get("pool"):
         try:
-            await svc.remote.volume_delete(project, rec["pool"], name)
+            await svc.remote.volume_delete(project, rec["pool"], name,
+                                           rec.get("type", "container"))
         except NotFound:
             pass
     await svc.instances.delete(key(project, name))

@@ -51,6 +51,41 @@ def check_kind(kind: str, allowed: tuple[str, ...] = tuple(KINDS)) -> str:
     return kind
 
 
+def overlays_vms(drv: Driver) -> bool:
+    """Whether VM volumes in this pool are qcow2 overlays on the image volume's disk
+    instead of copies: pools without cheap copies (``optimized_images`` false: dir)."""
+    return not drv.info().get("optimized_images", False)
+
+
+def make_vm_overlay(drv: Driver, name: str, fingerprint: str) -> Path:
+    """A VM volume as a directory whose ``root.qcow2`` backs onto the image volume's
+    ``rootfs.img`` (absolute path); the small rest (boot/, metadata) is copied."""
+    import shutil
+    import subprocess
+
+    from shared.errors import Internal
+
+    src = drv.volume_path("image", fingerprint)
+    dst = drv.create_empty_volume("virtual-machine", name)
+    try:
+        for entry in src.iterdir():
+            if entry.name == "rootfs.img":
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, dst / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, dst / entry.name)
+        res = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                              str(src / "rootfs.img"), str(dst / "root.qcow2")],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise Internal(f"qemu-img create failed: {res.stderr.strip()}")
+    except BaseException:
+        drv.delete_volume("virtual-machine", name)
+        raise
+    return dst
+
+
 def dependent_clones(drv: Driver) -> bool:
     """Whether instance volumes still need their image volume (ZFS/LVM-thin clones do;
     btrfs snapshots and dir copies stand alone). Drivers may say so with a class flag."""
@@ -148,13 +183,16 @@ class Volumes:
         disk = validate_name("volume", disk_name(req.project, req.name))
         async with self.pools.using(req.pool) as drv:
             k = self.key(req.pool, req.kind, req.project, req.name)
+            overlay = req.kind == "virtual-machine" and overlays_vms(drv)
             await self.store.create(k, self._record(req.pool, req.kind, req.project, req.name,
-                                                    source_fingerprint=fp),
+                                                    source_fingerprint=fp, overlay=overlay),
                                     f"Storage volume {req.kind}/{req.name} in pool "
                                     f"{req.pool!r}")
             try:
                 async with self._image_lock(req.pool, fp):
                     await self._ensure_image(drv, fp)
+                    if overlay:
+                        return await asyncio.to_thread(make_vm_overlay, drv, disk, fp)
                     return await asyncio.to_thread(drv.create_instance_from_image, disk, fp,
                                                    req.kind)
             except BaseException:
@@ -174,7 +212,8 @@ class Volumes:
                 continue
             drv = await self.pools.available(rec)
             deps = [v["name"] for v in users if v["pool"] == name]
-            if deps and dependent_clones(drv):
+            if any(v.get("overlay") for v in users if v["pool"] == name) or (
+                    deps and dependent_clones(drv)):
                 raise Conflict(f"Image {fp} is still used by instance volumes "
                                f"{', '.join(deps)} in pool {name!r}")
             targets.append(name)

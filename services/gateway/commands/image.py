@@ -229,23 +229,29 @@ def register(app: typer.Typer) -> None:
     @build_app.command("busybox")
     def build_busybox(aliases: List[str] = typer.Option([], "--alias", help="may repeat"),
                       vm: bool = typer.Option(False, "--vm", help="a VM image")) -> None:
-        """Build the busybox container image from the host's busybox-static and import it
-        (an identical image already there is kept; the aliases are pointed at it)."""
-        from services.image.build import build_busybox as build
-        from services.image.format import inspect_unified
+        """Build the busybox image (container, or with --vm a VM image: Debian's cloud
+        kernel + busybox + the Corral agent) and import it (an identical image already
+        there is kept; the aliases are pointed at it)."""
+        from services.image.format import inspect_split, inspect_unified
         from shared.errors import CorralError
 
         from ..client import APIError
 
-        if vm:
-            raise APIError("Building a busybox VM image is not supported yet")
         c = client()
         tmp_root = Path(os.environ.get("CORRAL_DIR") or c.socket.parent) / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="build-", dir=tmp_root) as tmp:
             try:
-                path = build(Path(tmp))
-                fp = inspect_unified(path).fingerprint
+                if vm:
+                    from services.image.build_vm import build_busybox_vm
+
+                    files = list(build_busybox_vm(Path(tmp), cache_dir=_kernel_cache(c)))
+                    fp = inspect_split(*files).fingerprint
+                else:
+                    from services.image.build import build_busybox as build
+
+                    files = [build(Path(tmp))]
+                    fp = inspect_unified(files[0]).fingerprint
             except CorralError as exc:
                 raise APIError(exc.message, exc.code) from None
             try:
@@ -254,7 +260,12 @@ def register(app: typer.Typer) -> None:
             except APIError as exc:
                 if exc.code != 404:
                     raise
-                fp = upload(c, path)
+                fp = upload(c, *files)
                 print(f"Image imported with fingerprint: {fp}")
         if aliases:
             ensure_aliases(c, aliases, fp)
+
+
+def _kernel_cache(c: Any) -> Path:
+    """Where the downloaded VM kernel is kept between builds ($CORRAL_DIR/cache)."""
+    return Path(os.environ.get("CORRAL_DIR") or c.socket.parent) / "cache" / "vm-kernel"

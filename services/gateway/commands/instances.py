@@ -73,8 +73,9 @@ def register(app: typer.Typer) -> None:
                storage: Optional[str] = typer.Option(None, "--storage", "-s",
                                                      help="root disk pool"),
                network: Optional[str] = typer.Option(None, "--network", "-n",
-                                                     help="network for eth0")) -> None:
-        """Create an instance from an image and start it."""
+                                                     help="network for eth0"),
+               vm: bool = typer.Option(False, "--vm", help="a virtual machine")) -> None:
+        """Create an instance (a container, or with --vm a VM) from an image and start it."""
         name = name or random_name()
         devices: dict[str, dict[str, str]] = {}
         if storage:
@@ -83,7 +84,8 @@ def register(app: typer.Typer) -> None:
             devices["eth0"] = {"type": "nic", "network": network, "name": "eth0"}
         body = {"name": name, "source": {"type": "image", "alias": image},
                 "profiles": list(profile) if profile else ["default"],
-                "config": parse_pairs(config), "devices": devices, "type": "container"}
+                "config": parse_pairs(config), "devices": devices,
+                "type": "virtual-machine" if vm else "container"}
         print(f"Creating {name}")
         wait_op(client().request("POST", "/1.0/instances", body), f"Creating {name}")
         print(f"Starting {name}")

@@ -87,6 +87,12 @@ def register(r: web.UrlDispatcher, gw: "Gateway") -> None:
         return gw.render(reply)
 
     async def console(request: web.Request) -> web.Response:
+        if request.method == "POST":  # interactive: a websocket operation
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise BadRequest("Invalid request body: expected a JSON object")
+            return gw.render(await gw.ask(SVC, "console_attach",
+                                          ExecRequest(**common(request), body=body)))
         if request.method == "DELETE":
             return gw.render(await gw.ask(SVC, "console_clear", LogRequest(**common(request))))
         meta = (await gw.ask(SVC, "console_get", LogRequest(**common(request)))).metadata
@@ -109,6 +115,7 @@ def register(r: web.UrlDispatcher, gw: "Gateway") -> None:
             r.add_route(method, item + "/files", files)
         r.add_get(item + "/console", console, allow_head=False)
         r.add_delete(item + "/console", console)
+        r.add_post(item + "/console", console)
         r.add_get(item + "/logs", logs, allow_head=False)
         r.add_get(item + "/logs/{file}", log, allow_head=False)
         r.add_delete(item + "/logs/{file}", log)

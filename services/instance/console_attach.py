@@ -1,0 +1,125 @@
+"""Interactive console, LXD's ``POST /1.0/instances/<name>/console``, as a service mixin.
+
+The answer is a websocket operation with ``fds`` ``{"0": ..., "control": ...}``: "0"
+carries the console bytes both ways, "control" window-resize messages (a serial line has
+no size: they are accepted and ignored). The bytes come from the VM's serial pty
+(``QemuDriver.console_open``) or a container's console (LXC ``console_getfd``); they are
+pumped with the same non-blocking pumps exec uses, no thread per stream. The operation
+ends (Success) when the client closes either websocket; the guest keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import lxc
+
+from shared import streams
+from shared.api import url
+from shared.errors import BadRequest, Conflict
+from shared.messages.exec import ExecRequest
+from shared.models import Reply
+from shared.service import endpoint
+
+WS_TIMEOUT = 30.0
+
+
+def _container_console_fd(lxcpath: str, name: str) -> int:
+    """A read/write fd on the container's console (tty 0), dup'ed so we own it."""
+    c = lxc.Container(name, lxcpath)
+    if not c.running:
+        raise Conflict(f"Instance {name!r} is stopped; start it to attach its console")
+    fd = c.console_getfd(0)
+    if isinstance(fd, tuple):
+        fd = fd[0]
+    if fd is None or fd < 0:
+        raise Conflict(f"The console of {name!r} is busy or unavailable (is another "
+                       "client attached?)")
+    return fd
+
+
+class ConsoleAttachMixin:
+    """``console_attach``: see the module docstring."""
+
+    def _console_fd(self, name: str) -> int:
+        if self.driver.type_of(name) == "virtual-machine":
+            return self.driver.qemu.console_open(name)
+        return _container_console_fd(str(self.driver.lxcpath), name)
+
+    @endpoint("console_attach", ExecRequest)
+    async def console_attach(self, req: ExecRequest) -> Reply:
+        body = req.body or {}
+        kind = body.get("type") or "console"
+        if kind != "console":
+            raise BadRequest(f"Console type {kind!r} is not supported: use \"console\" "
+                             "(there is no VGA console)")
+        await self.require_instance(req.project, req.name)
+        status = await self.instance_status(req.project, req.name)
+        if status != "Running":
+            raise BadRequest("Instance is not running" if status != "Frozen"
+                             else "Instance is frozen")
+        fd = await asyncio.to_thread(self._console_fd, req.name)
+        names = ["0", "control"]
+        source = url("instances", req.name, req.project)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run(handle: Any) -> None:
+            ss = streams.ServiceStreams(self.bus, handle.id, names)
+            try:
+                try:
+                    await ss.open()
+                except BaseException as exc:
+                    ready.set_exception(exc)
+                    raise
+                ready.set_result(None)
+                await ss.wait_attached(WS_TIMEOUT, ["0"])
+                await _bridge(ss, fd)
+            finally:
+                _close(fd)
+                await ss.close()
+                await self.bus.nc.flush()
+
+        try:
+            op = await self.operations.start(
+                "Showing console", run, resources={"instances": [source]},
+                cls="websocket", project=req.project, metadata={"fds": streams.new_fds(names)})
+        except BaseException:
+            _close(fd)
+            raise
+        await ready
+        await self.events.lifecycle("instance-console", source, project=req.project,
+                                    context={"type": kind}, requestor=req.requestor)
+        return Reply(type="async", operation=op.lxd())
+
+
+async def _bridge(ss: streams.ServiceStreams, fd: int) -> None:
+    """Pump until the client closes "0" or "control" (or the console goes away)."""
+    from .exec_api import pump_in, pump_out
+
+    never = asyncio.Event()
+
+    async def drain_control() -> None:
+        while await ss.inbox["control"].get() is not None:
+            pass  # window-resize means nothing to a serial line
+
+    async def sink(data: bytes) -> None:
+        await ss.send("0", data)
+
+    tasks = [asyncio.ensure_future(pump_out(fd, sink, never)),
+             asyncio.ensure_future(pump_in(ss.inbox["0"], fd, None)),
+             asyncio.ensure_future(drain_control())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
