@@ -38,9 +38,10 @@ pid_matches() {
     local found=1
     while IFS= read -r -d '' arg; do
         if [[ "$(basename -- "$arg")" == "$program" ]]; then found=0; break; fi
-    done < "/proc/$pid/cmdline"
+    done 2>/dev/null < "/proc/$pid/cmdline" || return 1
     [[ $found -eq 0 ]] || return 1
-    tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF "CORRAL_DIR=$CORRAL_DIR"
+    # The process may exit between the checks: bash's own redirection error is hushed too.
+    { tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -qxF "CORRAL_DIR=$CORRAL_DIR"
 }
 
 # Prints the PID of a running component, or nothing (removing a stale pid file).
