@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, ClassVar
 
@@ -143,6 +144,15 @@ class Service:
             task.add_done_callback(self._inflight.discard)
 
         async def run(req: MicroRequest) -> None:
+            started = time.perf_counter_ns()
+            error: str | None = None
+            try:
+                error = await serve(req)
+            finally:
+                self._account(spec.verb, time.perf_counter_ns() - started, error)
+
+        async def serve(req: MicroRequest) -> str | None:
+            """Answer one request; returns the error it answered with, if any."""
             ctx = tracing.extract(req.headers)
             with tracer.start_as_current_span(span_name, context=ctx, kind=SpanKind.SERVER
                                               ) as span:
@@ -156,19 +166,39 @@ class Service:
                     if not isinstance(result, Reply):
                         result = Reply(metadata=result)
                     await req.respond(codec.encode(result))
+                    return None
                 except CorralError as exc:
                     span.set_status(Status(StatusCode.ERROR, exc.message))
                     self.log.debug("request failed", verb=spec.verb, code=exc.code,
                                    error=exc.message)
                     await req.respond_error(str(exc.code), exc.message)
+                    return f"{exc.code}: {exc.message}"
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
                     self.log.exception("request crashed", verb=spec.verb)
-                    await req.respond_error("500", f"Internal error in the {self.name} "
-                                                   f"service: {exc}")
+                    message = f"Internal error in the {self.name} service: {exc}"
+                    await req.respond_error("500", message)
+                    return f"500: {message}"
 
         return handle
+
+    def _account(self, verb: str, elapsed_ns: int, error: str | None) -> None:
+        """Keep ``$SRV.STATS`` true although handlers run in their own tasks.
+
+        nats.micro times and counts errors around the handler it calls, which here only
+        starts a task; so the task adds its own time and error to the endpoint's figures
+        (nats-py exposes no public setter for them).
+        """
+        ep = next((e for e in getattr(self._micro, "_endpoints", [])
+                   if getattr(e, "_name", None) == verb), None)
+        if ep is None:
+            return
+        ep._processing_time += elapsed_ns
+        ep._average_processing_time = int(ep._processing_time / max(1, ep._num_requests))
+        if error is not None:
+            ep._num_errors += 1
+            ep._last_error = error
 
 
 def _brief(exc: Exception) -> str:

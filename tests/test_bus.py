@@ -61,6 +61,19 @@ async def test_srv_stats_counts_requests(bus, aapi):
     assert after - before == 3
 
 
+async def test_srv_stats_counts_errors_and_time(bus, aapi, uid):
+    def endpoint(stats):
+        [s] = [s for s in stats if s["name"] == "corral-instance"]
+        return next(e for e in s["endpoints"] if e["name"] == "profile_get")
+
+    before = endpoint(await gather_replies(bus, "$SRV.STATS.corral-instance"))
+    assert (await aapi.get(f"/1.0/profiles/{uid}")).status_code == 404
+    after = endpoint(await gather_replies(bus, "$SRV.STATS.corral-instance"))
+    assert after["num_errors"] == before["num_errors"] + 1
+    assert after["last_error"] == "404: Profile not found"
+    assert after["processing_time"] > before["processing_time"]
+
+
 async def test_bus_request_to_missing_service_is_unavailable(bus):
     with pytest.raises(Unavailable) as exc:
         await bus.request("nosuchservice", "list", ListRequest(), timeout=0.5)
