@@ -102,12 +102,21 @@ def run(w, name: str, cmd: list[str], stdin: bytes | None = None, env=None
 
 
 def wait_agent(w, name: str, timeout: float = 90) -> None:
+    last: list[str] = []
+
     def up() -> bool:
         r = w.api.post(f"/1.0/instances/{name}/exec", json={"command": ["true"]})
+        last[:] = [r.text[:300]]
         if r.status_code != 202:
             return False
         return wait_op(w.api, r)["metadata"]["return"] == 0
-    wait_for(up, timeout, interval=0.3, what=f"the agent of {name}")
+    try:
+        wait_for(up, timeout, interval=0.3, what=f"the agent of {name}")
+    except TimeoutError as exc:  # say why: the last answer, the guest's console, the state
+        console = w.api.get(f"/1.0/instances/{name}/console").content[-1500:]
+        state = w.api.get(f"/1.0/instances/{name}/state").json().get("metadata")
+        raise TimeoutError(f"{exc}; last exec answer: {last}; state: {state}; "
+                           f"console tail: {console!r}") from None
 
 
 @pytest.fixture(scope="module")
