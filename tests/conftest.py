@@ -7,6 +7,7 @@ Everything lives in a temporary CORRAL_DIR and on a free port, so the suite runs
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,9 +22,14 @@ from .stack import NatsServer, Stack
 
 
 @pytest.fixture(scope="session")
-def session_dir():
+def session_dir(request):
     with tempfile.TemporaryDirectory(prefix="corral-test-") as d:
         yield Path(d)
+        if request.session.testsfailed:  # keep the services' logs to read after a failure
+            keep = Path(tempfile.mkdtemp(prefix="corral-test-logs-"))
+            for log in Path(d).glob("*/logs"):
+                shutil.copytree(log, keep / log.parent.name, dirs_exist_ok=True)
+            print(f"\ncorral: services' logs of this failed session kept in {keep}")
 
 
 @pytest.fixture(scope="session")

@@ -192,9 +192,10 @@ class Networks:
 
     async def reconcile(self) -> None:
         """At service start the host is the truth: recreate what a reboot or crash lost."""
+        # Side by side: each network is its own bridge, nft table and dnsmasq, and one that
+        # is slow to fail must not hold the service's start for the sum of every timeout.
         async with self.lock:
-            for rec in self.records():
-                await self.start(rec)
+            await asyncio.gather(*(self.start(rec) for rec in self.records()))
 
     async def ensure_started(self, rec: dict[str, Any]) -> None:
         """Before a NIC joins: (re)start a network that is down; 503 if it cannot run."""
