@@ -70,9 +70,12 @@ def _probe_kvm(timeout: float) -> str:
     with tempfile.TemporaryDirectory(prefix="corral-kvm-probe") as tmp:
         log = Path(tmp) / "debugcon"
         log.touch()
-        cmd = [EMULATOR, "-accel", "kvm", "-machine", "pc", "-nodefaults", "-display",
-               "none", "-m", "16", "-monitor", "none", "-no-reboot", "-debugcon",
-               f"file:{log}", "-global", "isa-debugcon.iobase=0x402"]
+        # `-cpu host`, as KVM domains run: on hosts with broken nested KVM (this one) QEMU
+        # then fails at once ("failed to set MSR 0x10a"); with the default CPU model the
+        # BIOS sometimes runs under KVM while a real guest then stalls, so the probe lied.
+        cmd = [EMULATOR, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults",
+               "-display", "none", "-m", "16", "-monitor", "none", "-no-reboot",
+               "-debugcon", f"file:{log}", "-global", "isa-debugcon.iobase=0x402"]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)

@@ -69,6 +69,8 @@ def render(s: DomainSpec) -> str:
     vcpu = _sub(dom, "vcpu", str(s.max_vcpus), placement="static", current=str(s.vcpus))
     if s.cpuset:
         vcpu.set("cpuset", s.cpuset)
+    if s.domain_type == "kvm":  # the CPU the KVM probe checked (qemu_host._probe_kvm)
+        _sub(dom, "cpu", mode="host-passthrough")
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
     if s.kernel:
