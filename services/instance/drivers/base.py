@@ -10,8 +10,24 @@ with file descriptors so an async caller can pump the streams itself.
 from __future__ import annotations
 
 import abc
+import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.errors import BadRequest, NotFound
+
+# Each driver keeps an instance's inputs (config, devices, idmap...) in one JSON file.
+SPEC_FILE = "corral.json"
+NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def check_name(name: str) -> None:
+    """LXD's instance names (hostnames): both drivers use them as host object names."""
+    if not NAME_RE.match(name) or name.isdigit():
+        raise BadRequest(f"Invalid instance name {name!r}: use 1-63 letters, digits and "
+                         "dashes, not starting or ending with a dash, not only digits")
 
 
 @dataclass(frozen=True)
@@ -129,3 +145,28 @@ class InstanceDriver(abc.ABC):
     @abc.abstractmethod
     def list_host(self) -> dict[str, str]:
         """{name: status} of every instance this driver finds on the host."""
+
+
+class SpecDir:
+    """One directory per instance under ``spec_root``, holding ``corral.json``.
+
+    Why shared: both drivers keep what they were given there, so a restarted service can
+    rebuild the LXC config or the libvirt domain; the file is replaced atomically.
+    """
+
+    spec_root: Path
+
+    def _dir(self, name: str) -> Path:
+        check_name(name)
+        return self.spec_root / name
+
+    def _load(self, name: str) -> dict:
+        try:
+            return json.loads((self._dir(name) / SPEC_FILE).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"Instance {name!r} not found in {self.spec_root}") from None
+
+    def _save(self, name: str, data: dict) -> None:
+        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self._dir(name) / SPEC_FILE)

@@ -9,7 +9,6 @@ from cgroup files and a netlink socket in the container's netns: nothing is spaw
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict
@@ -22,16 +21,15 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 from .. import idmap as idmaps
 from .. import limits
 from . import cgroups, files, lxc_config, lxc_exec, netstate
-from .base import Capabilities, ExecProcess, InstanceDriver, InstanceSpec
+from .base import SPEC_FILE, Capabilities, ExecProcess, InstanceDriver, InstanceSpec, SpecDir
 
 _STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
            "FROZEN": ("Frozen", 110), "STARTING": ("Starting", 106),
            "STOPPING": ("Stopping", 107), "FREEZING": ("Freezing", 109),
            "THAWED": ("Running", 103), "ABORTING": ("Aborting", 108)}
-SPEC_FILE = "corral.json"
 
 
-class LXCDriver(InstanceDriver):
+class LXCDriver(SpecDir, InstanceDriver):
     """Containers under one lxcpath. ``idmapped_mounts=None`` detects on first start."""
 
     capabilities = Capabilities(instance_type="container", live_limits=True, exec=True,
@@ -45,20 +43,9 @@ class LXCDriver(InstanceDriver):
 
     # ---- definition -------------------------------------------------------------------
 
-    def _dir(self, name: str) -> Path:
-        lxc_config.check_name(name)
-        return self.lxcpath / name
-
-    def _load(self, name: str) -> dict:
-        try:
-            return json.loads((self._dir(name) / SPEC_FILE).read_text())
-        except FileNotFoundError:
-            raise NotFound(f"Instance {name!r} not found in {self.lxcpath}") from None
-
-    def _save(self, name: str, data: dict) -> None:
-        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self._dir(name) / SPEC_FILE)
+    @property
+    def spec_root(self) -> Path:
+        return self.lxcpath
 
     def _container(self, name: str) -> lxc.Container:
         self._load(name)

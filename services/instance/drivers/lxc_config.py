@@ -18,13 +18,6 @@ from ..limits import parse_bool
 from .base import InstanceSpec
 
 LXC_CONF = Path("/usr/share/lxc/config")
-NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-
-
-def check_name(name: str) -> None:
-    if not NAME_RE.match(name) or name.isdigit():
-        raise BadRequest(f"Invalid instance name {name!r}: use 1-63 letters, digits and "
-                         "dashes, not starting or ending with a dash, not only digits")
 
 
 def apparmor_enabled() -> bool:

@@ -26,10 +26,8 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import limits
 from . import qemu_agent, qemu_host, qemu_xml
-from .base import Capabilities, ExecProcess, InstanceDriver
-from .lxc_config import check_name
+from .base import Capabilities, ExecProcess, InstanceDriver, SpecDir
 
-SPEC_FILE = "corral.json"
 DISK = "root.qcow2"
 IMAGE = "rootfs.img"
 DEFAULT_MEMORY = 1024 * 2**20  # LXD's default for VMs
@@ -43,7 +41,7 @@ _STATUS = {libvirt.VIR_DOMAIN_RUNNING: ("Running", 103),
            libvirt.VIR_DOMAIN_CRASHED: ("Error", 112)}
 
 
-class QemuDriver(InstanceDriver):
+class QemuDriver(SpecDir, InstanceDriver):
     """VMs under one ``vmpath`` on one libvirtd (``qemu:///system`` by default)."""
 
     capabilities = Capabilities(instance_type="virtual-machine", live_limits=True,
@@ -66,20 +64,9 @@ class QemuDriver(InstanceDriver):
     def conn(self) -> libvirt.virConnect:
         return qemu_host.connect(self.uri)
 
-    def _dir(self, name: str) -> Path:
-        check_name(name)
-        return self.vmpath / name
-
-    def _load(self, name: str) -> dict:
-        try:
-            return json.loads((self._dir(name) / SPEC_FILE).read_text())
-        except FileNotFoundError:
-            raise NotFound(f"Instance {name!r} not found in {self.vmpath}") from None
-
-    def _save(self, name: str, data: dict) -> None:
-        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self._dir(name) / SPEC_FILE)
+    @property
+    def spec_root(self) -> Path:
+        return self.vmpath
 
     def _domain(self, name: str) -> libvirt.virDomain:
         self._load(name)

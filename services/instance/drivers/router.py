@@ -125,10 +125,18 @@ class DriverRouter:
 
     def list_host(self) -> dict[str, str]:
         out = self.lxc.list_host()
-        drv = self.qemu_or_none()
-        if drv is not None:
-            out.update(drv.list_host())
+        if self._has_vms():
+            drv = self.qemu_or_none()
+            if drv is not None:
+                out.update(drv.list_host())
         return out
+
+    def _has_vms(self) -> bool:
+        """Any VM directory at all? Asking libvirt costs a round trip per list otherwise."""
+        try:
+            return any(True for _ in self.vmpath.iterdir())
+        except FileNotFoundError:
+            return False
 
     def list_vms(self) -> dict[str, str] | None:
         """{name: status} of our VMs, or None when libvirt cannot be asked."""
