@@ -83,6 +83,10 @@ async def test_bus_request_to_missing_service_is_unavailable(bus):
 
 def test_stopped_service_gives_503_then_recovers_with_data(api, stack, uid):
     assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
+    time.sleep(2.5)  # past the gateway's cache of the services' part of GET /1.0
+    api.get("/1.0")
+    wait_for(lambda: "api_filtering" in api.get("/1.0").json()["metadata"]["api_extensions"],
+             10, what="the instance service's extensions in GET /1.0")
     stack.stop("instance")
     try:
         t0 = time.monotonic()
@@ -90,8 +94,15 @@ def test_stopped_service_gives_503_then_recovers_with_data(api, stack, uid):
         assert r.status_code == 503
         assert "instance" in r.json()["error"]
         assert time.monotonic() - t0 < 10  # bounded by the request timeout, never a hang
-        # GET /1.0 still answers: clients call it first.
+        # GET /1.0 still answers: clients call it first. And it still names the extensions
+        # the instance service declared (lxc refuses `list` without api_filtering), also
+        # after the gateway's cache of the services' answers was refreshed.
         assert api.get("/1.0").status_code == 200
+        time.sleep(2.5)
+        for _ in range(2):  # the first read triggers the refresh, the second sees it
+            exts = api.get("/1.0").json()["metadata"]["api_extensions"]
+            time.sleep(0.3)
+        assert "api_filtering" in exts
     finally:
         stack.start("instance")
     wait_for(lambda: api.get("/1.0/profiles").status_code == 200, 30, what="instance back")

@@ -95,6 +95,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._info_cache: tuple[float, dict[str, Any], list[str]] | None = None
         self._info_refreshing = False
+        self._info_by_service: dict[str, dict[str, Any]] = {}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -217,14 +218,18 @@ class Gateway:
             replies = await asyncio.gather(
                 *(self.bus.request(svc, "info", ServerInfoRequest(), timeout=1.0)
                   for svc in subjects.SERVICES), return_exceptions=True)
+            for svc, reply in zip(subjects.SERVICES, replies, strict=True):
+                # A service that is busy or restarting keeps what it said last time: an
+                # API extension must not vanish for a moment (`lxc list` refuses to run
+                # without `api_filtering`, which the instance service declares).
+                if isinstance(reply, Reply):
+                    self._info_by_service[svc] = reply.metadata or {}
             env: dict[str, Any] = {}
             extensions = list(GATEWAY_EXTENSIONS)
-            for reply in replies:
-                if isinstance(reply, Reply):
-                    info = reply.metadata or {}
-                    env.update(info.get("environment", {}))
-                    extensions += [e for e in info.get("api_extensions", [])
-                                   if e not in extensions]
+            for info in self._info_by_service.values():
+                env.update(info.get("environment", {}))
+                extensions += [e for e in info.get("api_extensions", [])
+                               if e not in extensions]
             self._info_cache = (time.monotonic(), env, extensions)
         finally:
             self._info_refreshing = False
