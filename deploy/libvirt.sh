@@ -55,11 +55,17 @@ need_config() {
     set_conf group '"root"' && changed=1
     set_conf dynamic_ownership 0 && changed=1
     set_conf security_driver '"none"' && changed=1
-    if [[ $changed -eq 1 ]] && pgrep -x libvirtd >/dev/null; then
+    if [[ $changed -eq 1 ]] && live libvirtd; then
         say "warning: $QEMU_CONF changed while a libvirtd we did not start runs;" \
             "restart it yourself for the change to apply" >&2
     fi
     return 0
+}
+
+# True when a live (not zombie) <daemon> runs: this machine's PID 1 reaps late, so a
+# daemon `down` just stopped can linger as <defunct> and must not count as running.
+live() {
+    pgrep -x -r D,R,S,T,t,W,P,I "$1" >/dev/null
 }
 
 # Start <daemon> daemonized unless one already runs; record its PID only when we started it.
@@ -68,7 +74,7 @@ start_daemon() {
     if pid="$(running_pid_of "$name")" && [[ -n "$pid" ]]; then
         return 0
     fi
-    if pgrep -x "$name" >/dev/null; then
+    if live "$name"; then
         say "$name already runs (not started by Corral); leaving it alone"
         return 0
     fi

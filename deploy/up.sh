@@ -126,12 +126,22 @@ start_apps() {
     done
 }
 
+# True when every service answers through the gateway. GET /1.0 alone is not enough: it
+# answers while a service is still reconciling with the host (each list is one service).
+api_ready() {
+    local path
+    for path in /1.0 /1.0/instances /1.0/images /1.0/storage-pools /1.0/networks; do
+        curl -sf --max-time 2 --unix-socket "$SOCKET" -o /dev/null "http://corral$path" ||
+            return 1
+    done
+}
+
 wait_api() {
     local deadline=$((SECONDS + TIMEOUT))
-    until curl -sf --max-time 2 --unix-socket "$SOCKET" -o /dev/null http://corral/1.0; do
+    until api_ready; do
         check_alive nats "${APPS[@]}"
         ((SECONDS < deadline)) ||
-            die "the API did not answer GET /1.0 on $SOCKET within $TIMEOUT s; see $API_LOG"
+            die "the services did not all answer on $SOCKET within $TIMEOUT s; see $LOG_DIR"
         sleep 0.2
     done
 }

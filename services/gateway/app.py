@@ -202,10 +202,12 @@ class Gateway:
 
         ``lxc`` calls ``GET /1.0`` before nearly every command: asking five services each
         time would make it the slowest call of all. A stale answer is refreshed in the
-        background; a service that is down simply contributes nothing.
+        background; a service that has never answered is asked again on every call (so a
+        client right after start-up does not see its extensions missing for seconds); a
+        service that is down contributes what it said last, or nothing.
         """
         now = time.monotonic()
-        if self._info_cache is None:
+        if self._info_cache is None or len(self._info_by_service) < len(subjects.SERVICES):
             await self._refresh_info()
         elif now - self._info_cache[0] > INFO_TTL and not self._info_refreshing:
             self._info_refreshing = True
