@@ -34,20 +34,9 @@ from shared.messages.network import (
 from shared.models import Reply
 
 from .stack import BIN, wait_for
+from .test_network_bridge import del_link, link_exists
 
 pytestmark = pytest.mark.root
-
-
-def link_exists(name: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
-
-
-def del_link(name: str) -> None:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if found:
-            ipr.link("del", index=found[0])
 
 
 def add_veth(name: str, peer: str) -> None:

@@ -48,24 +48,15 @@ async def attach(socket: Path, name: str, project: str) -> None:
     import aiohttp
 
     from ..client import APIError
-    from .exec import _term_size
+    from .exec import _term_size, open_websockets
 
     width, height = _term_size() or (80, 24)
     body = {"width": width, "height": height, "type": "console"}
-    base = "http://corral"
     conn = aiohttp.UnixConnector(path=str(socket))
     try:
         async with aiohttp.ClientSession(connector=conn) as http:
-            async with http.post(f"{base}/1.0/instances/{name}/console",
-                                 params={"project": project}, json=body) as resp:
-                env = await resp.json(content_type=None)
-            if env.get("type") == "error":
-                raise APIError(env.get("error") or "console failed", env.get("error_code", 0))
-            op = env["metadata"]
-            fds = op["metadata"]["fds"]
-            ws_url = f"{base}/1.0/operations/{op['id']}/websocket?secret="
-            data = await http.ws_connect(ws_url + fds["0"], max_msg_size=0)
-            control = await http.ws_connect(ws_url + fds["control"], max_msg_size=0)
+            _op, control, socks = await open_websockets(http, name, "console", body, project)
+            data = socks["0"]
             try:
                 await _bridge(data)
             finally:

@@ -64,29 +64,43 @@ def _term_size() -> tuple[int, int] | None:
         return None
 
 
+BASE = "http://corral"
+
+
+async def open_websockets(http: Any, name: str, kind: str, body: dict[str, Any],
+                          project: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """POST ``/1.0/instances/<name>/<kind>`` (exec, console) and connect its websockets.
+
+    Returns the operation, the control websocket and the others by fd name.
+    """
+    from ..client import APIError
+
+    async with http.post(f"{BASE}/1.0/instances/{name}/{kind}",
+                         params={"project": project}, json=body) as resp:
+        env = await resp.json(content_type=None)
+    if env.get("type") == "error":
+        raise APIError(env.get("error") or f"{kind} failed", env.get("error_code", 0))
+    op = env["metadata"]
+    fds = op["metadata"]["fds"]
+    ws_url = f"{BASE}/1.0/operations/{op['id']}/websocket?secret="
+    control = await http.ws_connect(ws_url + fds["control"], max_msg_size=0)
+    socks = {k: await http.ws_connect(ws_url + v, max_msg_size=0)
+             for k, v in fds.items() if k != "control"}
+    return op, control, socks
+
+
 async def run_exec(socket: Path, name: str, body: dict[str, Any], project: str) -> int:
     """Start the command, bridge our fds to its websockets, return its exit code."""
     import aiohttp
 
     from ..client import APIError
 
-    base = "http://corral"
     conn = aiohttp.UnixConnector(path=str(socket))
     try:
         async with aiohttp.ClientSession(connector=conn) as http:
-            async with http.post(f"{base}/1.0/instances/{name}/exec",
-                                 params={"project": project}, json=body) as resp:
-                env = await resp.json(content_type=None)
-            if env.get("type") == "error":
-                raise APIError(env.get("error") or "exec failed", env.get("error_code", 0))
-            op = env["metadata"]
-            fds = op["metadata"]["fds"]
-            ws_url = f"{base}/1.0/operations/{op['id']}/websocket?secret="
-            control = await http.ws_connect(ws_url + fds["control"], max_msg_size=0)
-            socks = {k: await http.ws_connect(ws_url + v, max_msg_size=0)
-                     for k, v in fds.items() if k != "control"}
+            op, control, socks = await open_websockets(http, name, "exec", body, project)
             io_done = asyncio.ensure_future(_bridge(socks, control, body["interactive"]))
-            async with http.get(f"{base}/1.0/operations/{op['id']}/wait",
+            async with http.get(f"{BASE}/1.0/operations/{op['id']}/wait",
                                 params={"timeout": "-1"}) as resp:
                 final = (await resp.json(content_type=None)).get("metadata") or {}
             try:

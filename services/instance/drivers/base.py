@@ -147,6 +147,12 @@ class InstanceDriver(abc.ABC):
         """{name: status} of every instance this driver finds on the host."""
 
 
+def check_command(command: list[str]) -> None:
+    """An exec command: a non-empty list of strings without NUL bytes (both drivers)."""
+    if not command or not all(isinstance(a, str) and "\0" not in a for a in command):
+        raise BadRequest("Invalid command: a non-empty list of strings is needed")
+
+
 class SpecDir:
     """One directory per instance under ``spec_root``, holding ``corral.json``.
 

@@ -21,7 +21,15 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 from .. import idmap as idmaps
 from .. import limits
 from . import cgroups, files, lxc_config, lxc_exec, netstate
-from .base import SPEC_FILE, Capabilities, ExecProcess, InstanceDriver, InstanceSpec, SpecDir
+from .base import (
+    SPEC_FILE,
+    Capabilities,
+    ExecProcess,
+    InstanceDriver,
+    InstanceSpec,
+    SpecDir,
+    check_command,
+)
 
 _STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
            "FROZEN": ("Frozen", 110), "STARTING": ("Starting", 106),
@@ -316,8 +324,7 @@ class LXCDriver(SpecDir, InstanceDriver):
                    cwd: str | None = None, uid: int = 0, gid: int = 0,
                    interactive: bool = False, width: int = 80,
                    height: int = 24) -> ExecProcess:
-        if not command or not all(isinstance(a, str) and "\0" not in a for a in command):
-            raise BadRequest("Invalid command: a non-empty list of strings is needed")
+        check_command(command)
         c = self._container(name)
         if c.state != "RUNNING":
             raise Conflict(f"Instance {name!r} is {c.state.lower()}, not running")

@@ -26,7 +26,7 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import limits
 from . import qemu_agent, qemu_host, qemu_xml
-from .base import Capabilities, ExecProcess, InstanceDriver, SpecDir
+from .base import Capabilities, ExecProcess, InstanceDriver, SpecDir, check_command
 
 DISK = "root.qcow2"
 IMAGE = "rootfs.img"
@@ -353,8 +353,7 @@ class QemuDriver(SpecDir, InstanceDriver):
                    cwd: str | None = None, uid: int = 0, gid: int = 0,
                    interactive: bool = False, width: int = 80,
                    height: int = 24) -> ExecProcess:
-        if not command or not all(isinstance(a, str) and "\0" not in a for a in command):
-            raise BadRequest("Invalid command: a non-empty list of strings is needed")
+        check_command(command)
         return self._agent(name).exec_start(command, env or {}, cwd, uid, gid, interactive,
                                             width, height)
 
