@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test bench image lint
+.PHONY: install up down test unit bench image lint
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -16,8 +16,11 @@ up:  ## install, then start NATS + services + gateway and wait for the API
 down:  ## stop what `make up` started (by pid file), keep the data
 	deploy/down.sh
 
-test: install  ## the whole suite; pytest's own exit code (5 = nothing collected) fails
+test: install  ## the whole suite, tests/unit included; pytest's own exit code (5 = nothing collected) fails
 	$(VENV)/bin/pytest -q
+
+unit:  ## unit tests of pure logic: no root, no services, seconds
+	$(VENV)/bin/pytest -q tests/unit
 
 bench: install  ## every bench/*.py, stopping at the first failure
 	@if [ -z "$(BENCHES)" ]; then echo "no bench/*.py yet"; fi

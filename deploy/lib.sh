@@ -20,6 +20,19 @@ SERVICES=(image storage network instance migration)
 say() { printf 'corral: %s\n' "$*"; }
 die() { printf 'corral: error: %s\n' "$*" >&2; exit 1; }
 
+# Prints each parent directory of $1 that others cannot traverse (no o+x bit). The bit is
+# read from the octal mode: `ls`-style strings end in `t` for a sticky o+x directory such
+# as /tmp or /var/tmp, and in `T` when the sticky bit stands without o+x.
+untraversable_parents() {
+    local d mode
+    d="$(dirname -- "$1")"
+    while [[ "$d" != / ]]; do
+        mode="$(stat -c %a -- "$d")"
+        (( 8#$mode & 1 )) || printf '%s\n' "$d"
+        d="$(dirname -- "$d")"
+    done
+}
+
 # The executable a component's process runs: its cmdline must mention this.
 program_of() {
     case "$1" in

@@ -153,14 +153,10 @@ mkdir -p "$RUN_DIR" "$LOG_DIR" "$CORRAL_NATS_STORE_DIR"
 # Unprivileged containers run as a mapped root that must traverse every parent of their
 # rootfs: CORRAL_DIR itself is made traversable, its parents are only checked.
 chmod o+x "$CORRAL_DIR"
-d="$(dirname "$CORRAL_DIR")"
-while [[ "$d" != / ]]; do
-    if [[ "$(stat -c %A "$d")" != *x ]]; then
-        say "WARNING: $d is not traversable by others (o+x): unprivileged containers under" \
-            "$CORRAL_DIR will fail to start; chmod o+x it or choose another CORRAL_DIR"
-    fi
-    d="$(dirname "$d")"
-done
+while IFS= read -r d; do
+    say "WARNING: $d is not traversable by others (o+x): unprivileged containers under" \
+        "$CORRAL_DIR will fail to start; chmod o+x it or choose another CORRAL_DIR"
+done < <(untraversable_parents "$CORRAL_DIR")
 # libvirtd + virtlogd for VMs (started only when not running; CORRAL_VMS=0 skips them).
 if [[ "${CORRAL_VMS:-1}" != 0 ]]; then
     CORRAL_APT_UPDATED=1 "$REPO/deploy/libvirt.sh" up

@@ -1,4 +1,4 @@
-"""Unit tests of pure logic: codec, subjects, keys, validation, config."""
+"""Unit tests of shared pure logic: codec, subjects, keys, validation, config."""
 
 from __future__ import annotations
 
