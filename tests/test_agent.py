@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.instance.agent import protocol as P
-from services.instance.agent.build import compile_agent
-from services.instance.agent.client import NOT_RUNNING, AgentClient
+from services.instance.drivers.qemu_agent_client import NOT_RUNNING, AgentClient
+from shared.agent import protocol as P
+from shared.agent.build import compile_agent
 from shared.errors import BadRequest, Conflict, NotFound, Unavailable
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}

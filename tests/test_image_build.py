@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from services.image import build
-from services.image.format import inspect_unified, unpack
-from services.image.templates import apply_templates
 from shared.errors import BadRequest
+from shared.image.format import inspect_unified, unpack
+from shared.image.templates import apply_templates
 
 ROOT = os.geteuid() == 0
 

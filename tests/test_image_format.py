@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.image import format as fmt
-from services.image.templates import apply_templates, render_template, resolve_in_root
 from shared.errors import BadRequest, Conflict
+from shared.image import format as fmt
+from shared.image.templates import apply_templates, render_template, resolve_in_root
 
 META = b"""architecture: amd64
 creation_date: 1700000000

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from services.image.build import build_busybox
-from services.image.format import inspect_split, inspect_unified
 from shared import blobs
 from shared.errors import BadRequest, NotFound
+from shared.image.format import inspect_split, inspect_unified
 from shared.messages.image import BlobRequest, ResolveRequest
 
 from .stack import BIN, wait_for

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from services.image import build_vm
-from services.image.format import inspect_split, unpack
-from services.instance.agent.client import AgentClient
+from services.instance.drivers.qemu_agent_client import AgentClient
 from shared.errors import NotFound, Unavailable
+from shared.image.format import inspect_split, unpack
 
 QEMU = shutil.which("qemu-system-x86_64")
 

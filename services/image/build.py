@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from services.image.format import normalize_architecture
 from shared.errors import BadRequest, Internal
+from shared.image.format import normalize_architecture
 
 BUSYBOX = Path("/bin/busybox")
 _SKIP_APPLETS = {"bin/busybox", "linuxrc"}

@@ -45,9 +45,9 @@ from pathlib import Path
 import yaml
 
 from services.image import build
-from services.image.format import normalize_architecture
-from services.instance.agent.build import compile_agent
+from shared.agent.build import compile_agent
 from shared.errors import BadRequest, CorralError, Internal, NotFound
+from shared.image.format import normalize_architecture
 
 KERNEL_META = "linux-image-cloud-amd64"
 AGENT_PORT = "org.corral.agent"

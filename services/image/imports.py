@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from shared import blobs
 from shared.errors import BadRequest, Conflict, NotFound
+from shared.image import format as fmt
 from shared.messages.image import ImportRequest
 from shared.operations import OperationHandle
 from shared.state import key
 
-from . import format as fmt
 from . import records
 
 if TYPE_CHECKING:

@@ -13,10 +13,9 @@ from typing import Any
 
 from shared.api import etag
 from shared.errors import BadRequest, NotFound
+from shared.image.format import ImageInfo
 from shared.models import lxd_time
 from shared.state import Store, key
-
-from .format import ImageInfo
 
 BUCKET = "images"
 NEVER = "0001-01-01T00:00:00Z"  # Go's zero time: LXD's "never" for last_used_at & co

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.image.format import parse_metadata
-from services.image.templates import apply_templates
+from shared.image.format import parse_metadata
+from shared.image.templates import apply_templates
 
 
 def apply(volume: Path, trigger: str, record: dict[str, Any], root_uid: int = 0,

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from shared import blobs
 from shared.bus import Bus
 from shared.errors import BadRequest, Internal
+from shared.image.format import unpack
 from shared.messages.storage import ImageBlobReply
 
 # Fetching a large rootfs can take a while; the image service answers the lookup quickly.
@@ -63,8 +64,6 @@ async def fetched(bus: Bus, fingerprint: str, tmp_root: Path
 
 def unpacker(meta: Path, rootfs: Path | None):
     """The ``fill`` callback for ``Driver.create_image_volume``: unpack into the volume."""
-    from services.image.format import unpack  # the image service's module; import late
-
     def fill(path: Path) -> None:
         unpack(meta, path, rootfs)
 

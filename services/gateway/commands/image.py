@@ -63,7 +63,7 @@ def _file_chunks(path: Path, tick: Any) -> Iterator[bytes]:
 
 def upload(c: Any, meta: Path, rootfs: Optional[Path] = None, public: bool = False) -> str:
     """Upload an image file (or metadata + rootfs); return its fingerprint."""
-    from services.image.format import detect_format
+    from shared.image.format import detect_format
 
     from ..client import APIError
 
@@ -232,8 +232,8 @@ def register(app: typer.Typer) -> None:
         """Build the busybox image (container, or with --vm a VM image: Debian's cloud
         kernel + busybox + the Corral agent) and import it (an identical image already
         there is kept; the aliases are pointed at it)."""
-        from services.image.format import inspect_split, inspect_unified
         from shared.errors import CorralError
+        from shared.image.format import inspect_split, inspect_unified
 
         from ..client import APIError
 

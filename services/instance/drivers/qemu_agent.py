@@ -6,7 +6,7 @@ when nothing runs in the guest. libvirt tracks whether the guest has the port op
 without touching the socket, so callers fail fast with 503.
 
 Why a loop thread: the driver API blocks and hands out plain fds, while the agent client
-(``services/instance/agent/client.py``) is asyncio and must be ONE connection per VM
+(``qemu_agent_client.py``) is asyncio and must be ONE connection per VM
 (QEMU serves the socket to one client at a time). So one private event loop thread owns
 every client; exec streams are pumped between it and os fds by small threads.
 """
@@ -23,9 +23,9 @@ import libvirt
 
 from shared.errors import BadRequest, Conflict, CorralError, Unavailable
 
-from ..agent.client import NOT_RUNNING, AgentClient, AgentExec
 from . import qemu_xml
 from .base import ExecProcess
+from .qemu_agent_client import NOT_RUNNING, AgentClient, AgentExec
 
 AGENT_DOWN = NOT_RUNNING
 _lock = threading.Lock()

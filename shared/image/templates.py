@@ -23,8 +23,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from services.image.format import TemplateSpec, normalize_architecture
 from shared.errors import BadRequest, CorralError, Internal
+from shared.image.format import TemplateSpec, normalize_architecture
 
 TRIGGERS = ("create", "copy", "start")
 _MAX_LINKS = 40

@@ -7,7 +7,7 @@ it multiplexes any number of concurrent execs and file transfers over channels.
 
 Every wait is bounded: if the agent is not up (guest still booting, agent dead, VM
 stopped) the caller gets ``Unavailable("VM agent isn't currently running")`` quickly,
-never a hang. The wire format is described in :mod:`.protocol` and ``corral-agent.c``.
+never a hang. The wire format is described in :mod:`shared.agent.protocol` and ``corral-agent.c``.
 
     async with await AgentClient.connect("/run/.../agent.sock", timeout=1) as agent:
         proc = await agent.exec(["uname", "-a"])
@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.agent import protocol as P
 from shared.errors import BadRequest, CorralError, Internal, Unavailable
-
-from . import protocol as P
 
 NOT_RUNNING = "VM agent isn't currently running"
 

@@ -8,7 +8,7 @@
  *         corral-agent --fd N                   an inherited fd (socketpair); EOF = exit
  *         corral-agent --listen PATH            serve a unix socket, one host at a time
  *
- * PROTOCOL (the Python side is services/instance/agent/protocol.py; keep them in step)
+ * PROTOCOL (the Python side is shared/agent/protocol.py; keep them in step)
  *
  * Handshake/resync: the host sends MAGIC (16 bytes "\xc0\xffCORRAL-AGENT1\n") followed
  * by an 8-byte nonce. The agent, which skips any bytes until it sees MAGIC, drops every

@@ -1,1 +1,0 @@
-"""Corral's in-guest VM agent (C source, built at image build time) and its host client."""
