@@ -169,7 +169,7 @@ def _supported_drivers() -> list[dict[str, Any]]:
         except Exception:
             continue
         info = cls.info()
-        out.append({"Name": name, "Version": info["version"], "Remote": info["remote"]})
+        out.append({"Name": name, "Version": info.version, "Remote": info.remote})
     return out
 
 

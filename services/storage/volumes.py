@@ -54,7 +54,7 @@ def check_kind(kind: str, allowed: tuple[str, ...] = tuple(KINDS)) -> str:
 def overlays_vms(drv: Driver) -> bool:
     """Whether VM volumes in this pool are qcow2 overlays on the image volume's disk
     instead of copies: pools without cheap copies (``optimized_images`` false: dir)."""
-    return not drv.info().get("optimized_images", False)
+    return not drv.info().optimized_images
 
 
 def make_vm_overlay(drv: Driver, name: str, fingerprint: str) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shared.errors import BadRequest
 
-from .base import KINDS, Driver
+from .base import KINDS, Driver, Info
 from .btrfs import BtrfsDriver
 from .dir import DirDriver
 
@@ -24,4 +24,4 @@ def load_driver(name: str) -> type[Driver]:
                          f"{', '.join(sorted(DRIVERS))}") from None
 
 
-__all__ = ["DRIVERS", "KINDS", "Driver", "BtrfsDriver", "DirDriver", "load_driver"]
+__all__ = ["DRIVERS", "KINDS", "Driver", "Info", "BtrfsDriver", "DirDriver", "load_driver"]

@@ -16,8 +16,9 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
@@ -32,6 +33,25 @@ KINDS: dict[str, str] = {
 }
 SNAPSHOT_KINDS = ("container", "virtual-machine", "custom")
 TMP_DIR = ".corral-tmp"  # scratch space for restores; same filesystem, so renames are atomic
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a backend is and can do (LXD's ``drivers.Info``), read by attribute.
+
+    Why typed: the service decides on these flags (copy or overlay VM disks, what
+    ``GET /1.0`` reports); a misspelt key in a dict lookup would silently be "false".
+    """
+
+    name: str
+    version: str
+    remote: bool = False
+    optimized_images: bool = False
+    snapshots: bool = False
+    quotas: bool = False
+    preserves_inodes: bool = False
+    block_backing: bool = False
+    volume_types: tuple[str, ...] = tuple(KINDS)
 
 
 class Driver:
@@ -49,7 +69,7 @@ class Driver:
     # ---- description ---------------------------------------------------------------------
 
     @classmethod
-    def info(cls) -> dict[str, Any]:
+    def info(cls) -> Info:
         """Name, version and capabilities (LXD's driver Info), for /1.0 and the service."""
         raise NotImplementedError
 

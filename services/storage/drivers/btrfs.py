@@ -16,12 +16,11 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 
 from . import btrfs_util as bu
-from .base import KINDS, SNAPSHOT_KINDS, TMP_DIR, Driver
+from .base import KINDS, SNAPSHOT_KINDS, TMP_DIR, Driver, Info
 from .dir import check_source
 from .util import is_mounted, loop_devices_for, parse_size, run
 
@@ -61,11 +60,9 @@ class BtrfsDriver(Driver):
                    "btrfs.mount_options": _check_opts}
 
     @classmethod
-    def info(cls) -> dict[str, Any]:
-        return {"name": cls.name, "version": _progs_version(), "remote": False,
-                "optimized_images": True, "snapshots": True, "quotas": True,
-                "preserves_inodes": True, "block_backing": False,
-                "volume_types": list(KINDS)}
+    def info(cls) -> Info:
+        return Info(name=cls.name, version=_progs_version(), optimized_images=True,
+                    snapshots=True, quotas=True, preserves_inodes=True)
 
     @classmethod
     def check_host(cls) -> None:

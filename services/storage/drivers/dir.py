@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 
-from .base import KINDS, TMP_DIR, Driver, remove_tree
+from .base import KINDS, TMP_DIR, Driver, Info, remove_tree
 from .util import is_mounted, run
 
 
@@ -29,11 +28,8 @@ class DirDriver(Driver):
     config_keys = {"source": check_source}
 
     @classmethod
-    def info(cls) -> dict[str, Any]:
-        return {"name": cls.name, "version": "1", "remote": False,
-                "optimized_images": False, "snapshots": True, "quotas": False,
-                "preserves_inodes": False, "block_backing": False,
-                "volume_types": list(KINDS)}
+    def info(cls) -> Info:
+        return Info(name=cls.name, version="1", snapshots=True)
 
     def _bind(self) -> Path | None:
         """The directory bind-mounted at the pool path, or None when data lives in place."""
