@@ -154,7 +154,7 @@ def timed(fn, names: list[str]) -> list[float]:
 
 
 def setup(api: API, tag: str, workdir: Path) -> None:
-    from services.image.build import build_busybox
+    from shared.image.build import build_busybox
 
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "btrfs",
                                             "config": {"size": "4GiB"}})

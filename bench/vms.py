@@ -44,7 +44,7 @@ def agent_ready(api: API, name: str, timeout: float = 120) -> None:
 
 
 def setup(api: API, tag: str, workdir: Path) -> None:
-    from services.image.build_vm import build_busybox_vm
+    from shared.image.build_vm import build_busybox_vm
 
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "btrfs",
                                             "config": {"size": "2GiB"}})

@@ -80,7 +80,7 @@ async def bus(bus_config):
 @pytest.fixture(scope="session")
 def busybox_tarball(tmp_path_factory) -> Path:
     """The busybox image (unified tarball), built once per session for every world."""
-    from services.image.build import build_busybox
+    from shared.image.build import build_busybox
 
     return build_busybox(tmp_path_factory.mktemp("busybox"), alias_hint="busybox")
 

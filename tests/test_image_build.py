@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from services.image import build
 from shared.errors import BadRequest
+from shared.image import build
 from shared.image.format import inspect_unified, unpack
 from shared.image.templates import apply_templates
 
@@ -38,7 +38,7 @@ def test_build_inspect_and_reproducible(image: Path, tmp_path: Path) -> None:
     assert {"release", "description"} <= info.properties.keys()
     assert set(info.templates) == {"/etc/hostname", "/etc/hosts"}
     assert all(t.when == ["create", "copy", "start"] for t in info.templates.values())
-    out = subprocess.run([sys.executable, "-m", "services.image.build", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "shared.image.build", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout.strip()
     again = Path(out)
     assert again.parent == tmp_path and again.name == image.name

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from services.image.build import build_busybox
 from shared import blobs
 from shared.errors import BadRequest, NotFound
+from shared.image.build import build_busybox
 from shared.image.format import inspect_split, inspect_unified
 from shared.messages.image import BlobRequest, ResolveRequest
 

@@ -325,7 +325,7 @@ def test_bad_input(env):
         assert not (drv.vmpath / b).exists() and b not in drv.list_host()
 
 
-# ---- the real Corral VM image (services/image/build_vm.py) with its in-guest agent ------
+# ---- the real Corral VM image (shared/image/build_vm.py) with its in-guest agent ------
 
 IMAGE_CACHE = Path("/var/cache/corral-test/vm-image")
 
@@ -334,7 +334,7 @@ IMAGE_CACHE = Path("/var/cache/corral-test/vm-image")
 def real_vm(env):
     """A VM from build_vm.py's image (built once, cached), booted, agent up."""
     import tarfile
-    build_vm = pytest.importorskip("services.image.build_vm")
+    build_vm = pytest.importorskip("shared.image.build_vm")
     metas = sorted(IMAGE_CACHE.glob("*.tar.gz"))
     if not metas:
         build_vm.build_busybox_vm(IMAGE_CACHE, cache_dir=IMAGE_CACHE / ".cache", size_mib=64)

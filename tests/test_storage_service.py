@@ -379,7 +379,7 @@ def test_unmountable_pool_is_unavailable_until_repaired(stack, api, pools, uid):
 
 @pytest.fixture(scope="session")
 def busybox_image(tmp_path_factory):
-    from services.image.build import build_busybox
+    from shared.image.build import build_busybox
     from shared.image.format import inspect_unified
 
     path = build_busybox(tmp_path_factory.mktemp("crtimg"))

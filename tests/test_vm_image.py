@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from services.image import build_vm
 from services.instance.drivers.qemu_agent_client import AgentClient
 from shared.errors import NotFound, Unavailable
+from shared.image import build_vm
 from shared.image.format import inspect_split, unpack
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -59,7 +59,7 @@ def test_build_inspect_unpack(image: tuple[Path, Path], tmp_path: Path,
     env = dict(os.environ, CORRAL_DIR=str(tmp_path / "corral"))
     (tmp_path / "corral/cache").mkdir(parents=True)
     (tmp_path / "corral/cache/vm-kernel").symlink_to(kernel_cache)
-    out = subprocess.run([sys.executable, "-m", "services.image.build_vm", str(tmp_path / "o")],
+    out = subprocess.run([sys.executable, "-m", "shared.image.build_vm", str(tmp_path / "o")],
                          capture_output=True, text=True, check=True, env=env).stdout.split()
     assert [Path(p).name for p in out] == [meta.name, disk.name]
     assert inspect_split(*out).fingerprint == info.fingerprint

@@ -51,7 +51,7 @@ def libvirtd(stack, api):
 
 @pytest.fixture(scope="module")
 def vm_image(tmp_path_factory) -> tuple[Path, Path]:
-    from services.image.build_vm import build_busybox_vm
+    from shared.image.build_vm import build_busybox_vm
 
     return build_busybox_vm(tmp_path_factory.mktemp("vmimg"), cache_dir=KERNEL_CACHE)
 

@@ -243,12 +243,12 @@ def register(app: typer.Typer) -> None:
         with tempfile.TemporaryDirectory(prefix="build-", dir=tmp_root) as tmp:
             try:
                 if vm:
-                    from services.image.build_vm import build_busybox_vm
+                    from shared.image.build_vm import build_busybox_vm
 
                     files = list(build_busybox_vm(Path(tmp), cache_dir=_kernel_cache(c)))
                     fp = inspect_split(*files).fingerprint
                 else:
-                    from services.image.build import build_busybox as build
+                    from shared.image.build import build_busybox as build
 
                     files = [build(Path(tmp))]
                     fp = inspect_unified(files[0]).fingerprint

@@ -5,7 +5,7 @@ busybox binary: the rootfs is written straight into the tarball (no staging dire
 root needed to build), with fixed owners, mtimes and member order, so the same busybox
 always yields the same fingerprint.
 
-    python -m services.image.build OUT_DIR    # prints the tarball path
+    python -m shared.image.build OUT_DIR    # prints the tarball path
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: build into OUT_DIR (default: current directory) and print the tarball path."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) > 1 or (args and args[0] in ("-h", "--help")):
-        print("usage: python -m services.image.build [OUT_DIR]", file=sys.stderr)
+        print("usage: python -m shared.image.build [OUT_DIR]", file=sys.stderr)
         return 2
     try:
         print(build_busybox(Path(args[0] if args else ".")))

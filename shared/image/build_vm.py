@@ -25,7 +25,7 @@ Everything but the kernel comes from this machine (busybox-static, gcc); the ker
 fetched with ``apt-get download`` into a cache dir and reused. Fixed mtimes, UUIDs and
 member order keep the fingerprint (sha256 of metadata + rootfs bytes, as LXD) stable.
 
-    python -m services.image.build_vm OUT_DIR    # prints the two paths
+    python -m shared.image.build_vm OUT_DIR    # prints the two paths
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from pathlib import Path
 
 import yaml
 
-from services.image import build
 from shared.agent.build import compile_agent
 from shared.errors import BadRequest, CorralError, Internal, NotFound
+from shared.image import build
 from shared.image.format import normalize_architecture
 
 KERNEL_META = "linux-image-cloud-amd64"
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: build into OUT_DIR and print the metadata tarball and rootfs.img paths."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m services.image.build_vm OUT_DIR", file=sys.stderr)
+        print("usage: python -m shared.image.build_vm OUT_DIR", file=sys.stderr)
         return 2
     try:
         meta, disk = build_busybox_vm(Path(args[0]))
