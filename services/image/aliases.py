@@ -6,7 +6,7 @@ An alias record is LXD's ``ImageAliasesEntry`` (name, description, target, type)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.api import check_etag, etag, listing, url, validate_object_name
 from shared.errors import BadRequest, Conflict
@@ -14,9 +14,7 @@ from shared.models import Reply, Requestor
 from shared.state import Store, key, mutate
 
 from . import records
-
-if TYPE_CHECKING:
-    from .service import ImageService
+from .context import ImageContext
 
 
 def _str(body: dict[str, Any], field: str) -> str:
@@ -41,18 +39,18 @@ def alias_etag(alias: dict[str, Any]) -> str:
 
 
 class Aliases:
-    """The alias endpoints' logic; the service passes itself for stores and events."""
+    """The alias endpoints' logic, over the context's stores and events."""
 
-    def __init__(self, svc: "ImageService") -> None:
-        self.svc = svc
+    def __init__(self, ctx: ImageContext) -> None:
+        self.ctx = ctx
 
     @property
     def store(self) -> Store:
-        return self.svc.aliases
+        return self.ctx.aliases
 
     async def _event(self, action: str, name: str, project: str,
                      requestor: Requestor | None, **context: Any) -> None:
-        await self.svc.events.lifecycle(f"image-alias-{action}",
+        await self.ctx.events.lifecycle(f"image-alias-{action}",
                                         url("images/aliases", name, project),
                                         project=project, context=context or None,
                                         requestor=requestor)
@@ -74,7 +72,7 @@ class Aliases:
         if not name or not target:
             raise BadRequest("name and target are required")
         validate_object_name("alias", name)
-        _k, image = records.find(self.svc.images, project, target)
+        _k, image = records.find(self.ctx.images, project, target)
         alias = {"name": name, "description": _str(body, "description"),
                  "target": image["fingerprint"], "type": image["type"], "project": project}
         try:
@@ -93,7 +91,7 @@ class Aliases:
         target = _str(body, "target") if (replace or "target" in body) else current["target"]
         if not target:
             raise BadRequest("The target field is required")
-        _ik, image = records.find(self.svc.images, project, target)
+        _ik, image = records.find(self.ctx.images, project, target)
         desc = _str(body, "description") if (replace or "description" in body) \
             else current.get("description", "")
 

@@ -8,7 +8,7 @@ anything is removed, so an image is never half gone.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import blobs
 from shared.api import check_etag, listing, string_map, url
@@ -21,10 +21,8 @@ from shared.state import key, mutate
 
 from . import aliases as alias_mod
 from . import records
+from .context import ImageContext
 from .imports import check_profiles
-
-if TYPE_CHECKING:
-    from .service import ImageService
 
 # Dropping an image volume from every pool (btrfs subvolume delete, rm -rf) may take a while.
 VOLUME_DELETE_TIMEOUT = 120.0
@@ -32,16 +30,19 @@ _EDITABLE = ("auto_update", "public", "properties", "expires_at", "profiles")
 
 
 class Images:
-    def __init__(self, svc: "ImageService") -> None:
-        self.svc = svc
+    """The image endpoints' logic; deleting an image drops its aliases through ``aliases``."""
+
+    def __init__(self, ctx: ImageContext, aliases: alias_mod.Aliases) -> None:
+        self.ctx = ctx
+        self.aliases = aliases
 
     def _view(self, rec: dict[str, Any]) -> dict[str, Any]:
         project = rec.get("project", "default")
-        return records.public(rec, alias_mod.in_project(self.svc.aliases, project))
+        return records.public(rec, alias_mod.in_project(self.ctx.aliases, project))
 
     def list(self, req: ListRequest) -> list[Any]:
         test = compile_filter(req.filter)
-        recs = [r for r in self.svc.images.cached()
+        recs = [r for r in self.ctx.images.cached()
                 if req.all_projects or r.get("project", "default") == req.project]
         items = [(r["fingerprint"], self._view(r))
                  for r in sorted(recs, key=lambda r: r["fingerprint"])]
@@ -49,14 +50,14 @@ class Images:
         return listing("images", items, req.recursion, req.project)
 
     def get(self, project: str, prefix: str) -> Reply:
-        _k, rec = records.find(self.svc.images, project, prefix)
+        _k, rec = records.find(self.ctx.images, project, prefix)
         return Reply(metadata=self._view(rec), etag=records.image_etag(rec))
 
     async def update(self, project: str, prefix: str, body: dict[str, Any],
                      if_match: str | None, requestor: Requestor | None, replace: bool) -> None:
         """PUT replaces the editable fields (LXD: profiles default to ["default"]); PATCH
         changes only those given, merging properties."""
-        k, rec = records.find(self.svc.images, project, prefix)
+        k, rec = records.find(self.ctx.images, project, prefix)
         check_etag(if_match, records.image_etag(rec))
         changes: dict[str, Any] = {}
         for field in ("auto_update", "public"):
@@ -77,50 +78,50 @@ class Images:
                 profiles = ["default"]
             if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
                 raise BadRequest("Invalid profiles: expected a list of profile names")
-            await check_profiles(self.svc, project, profiles)
+            await check_profiles(self.ctx, project, profiles)
             changes["profiles"] = profiles
-        await mutate(self.svc.images, k, lambda r: {**r, **changes}, "Image")
-        await self.svc.events.lifecycle("image-updated", url("images", rec["fingerprint"],
+        await mutate(self.ctx.images, k, lambda r: {**r, **changes}, "Image")
+        await self.ctx.events.lifecycle("image-updated", url("images", rec["fingerprint"],
                                                              project),
                                         project=project, requestor=requestor)
 
     async def delete(self, project: str, fp: str, requestor: Requestor | None) -> None:
         """The body of the "Deleting image" operation (``fp`` is the full fingerprint)."""
         k = key(project, fp)
-        found = await self.svc.images.get(k)
+        found = await self.ctx.images.get(k)
         if found is None:
             raise NotFound("Image not found")
         rec = found[0]
-        last_copy = not self.svc.blobs_in_use(fp, but=project)
+        last_copy = not self.ctx.blobs_in_use(fp, but=project)
         if last_copy:
             try:
-                await self.svc.bus.request(
+                await self.ctx.bus.request(
                     "storage", "image_volume_delete",
                     ImageVolumeDeleteRequest(project=project, fingerprint=fp),
-                    node=self.svc.config.node, timeout=VOLUME_DELETE_TIMEOUT)
+                    node=self.ctx.node, timeout=VOLUME_DELETE_TIMEOUT)
             except Unavailable as exc:
                 raise Unavailable(f"Cannot delete image {fp[:12]}: the storage service must "
                                   f"drop its volumes first and did not answer ({exc.message})"
                                   "; nothing was removed, try again") from None
-        await self.svc.alias_logic.drop_for(project, fp, requestor)
-        await self.svc.images.delete(k)
+        await self.aliases.drop_for(project, fp, requestor)
+        await self.ctx.images.delete(k)
         if last_copy:
-            store = await blobs.bucket(self.svc.bus, records.BUCKET)
+            store = await blobs.bucket(self.ctx.bus, records.BUCKET)
             for name in (rec["_blob"].get("meta"), rec["_blob"].get("rootfs")):
                 if name:
                     await blobs.delete(store, name)
-        await self.svc.events.lifecycle("image-deleted", url("images", fp, project),
+        await self.ctx.events.lifecycle("image-deleted", url("images", fp, project),
                                         project=project, requestor=requestor)
 
     async def resolve(self, req: ResolveRequest) -> dict[str, Any]:
         if req.alias:
-            found = await self.svc.aliases.get(key(req.project, req.alias))
+            found = await self.ctx.aliases.get(key(req.project, req.alias))
             if found is None:
                 raise NotFound(f"Image not found: no alias {req.alias!r} in project "
                                f"{req.project!r}")
-            k, rec = records.find(self.svc.images, req.project, found[0]["target"])
+            k, rec = records.find(self.ctx.images, req.project, found[0]["target"])
         elif req.fingerprint:
-            k, rec = records.find(self.svc.images, req.project, req.fingerprint)
+            k, rec = records.find(self.ctx.images, req.project, req.fingerprint)
         else:
             raise BadRequest("No image given: set alias or fingerprint")
         if rec["type"] != req.instance_type:
@@ -128,7 +129,7 @@ class Images:
                              f"it cannot be used for a {req.instance_type} instance")
         if req.for_create:
             now = lxd_time()
-            rec = await mutate(self.svc.images, k, lambda r: {**r, "last_used_at": now},
+            rec = await mutate(self.ctx.images, k, lambda r: {**r, "last_used_at": now},
                                "Image")
         return self._view(rec)
 

@@ -13,7 +13,7 @@ import asyncio
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import blobs
 from shared.errors import BadRequest, Conflict, NotFound
@@ -23,12 +23,11 @@ from shared.operations import OperationHandle
 from shared.state import key
 
 from . import records
+from .aliases import Aliases
+from .context import ImageContext
 
-if TYPE_CHECKING:
-    from .service import ImageService
 
-
-async def check_profiles(svc: "ImageService", project: str, profiles: list[str] | None) -> None:
+async def check_profiles(ctx: ImageContext, project: str, profiles: list[str] | None) -> None:
     """LXD refuses an image whose profiles do not exist (the instance service owns them).
     ``default`` is taken as given: LXD always has it, Corral's bootstrap creates it."""
     from shared.models import ObjectRequest
@@ -37,7 +36,7 @@ async def check_profiles(svc: "ImageService", project: str, profiles: list[str] 
         if name == "default":
             continue
         try:
-            await svc.bus.request("instance", "profile_get",
+            await ctx.bus.request("instance", "profile_get",
                                   ObjectRequest(project=project, name=name))
         except NotFound:
             raise BadRequest(f"Profile {name!r} doesn't exist") from None
@@ -53,12 +52,13 @@ def _inspect(meta: Path, rootfs: Path | None, rootfs_part: str | None
     return info, exts
 
 
-async def run(svc: "ImageService", req: ImportRequest, op: OperationHandle) -> dict[str, Any]:
+async def run(ctx: ImageContext, aliases: Aliases, req: ImportRequest,
+              op: OperationHandle) -> dict[str, Any]:
     """Import; returns LXD's final operation metadata ``{"fingerprint", "size"}``."""
-    tmp_root = svc.config.dir / "tmp"
+    tmp_root = ctx.tmp_dir
     tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="image-import-", dir=tmp_root))
-    transfers = await blobs.transfers(svc.bus)
+    transfers = await blobs.transfers(ctx.bus)
     try:
         meta = tmp / "meta"
         await blobs.get_file(transfers, req.meta, meta)
@@ -71,18 +71,18 @@ async def run(svc: "ImageService", req: ImportRequest, op: OperationHandle) -> d
         await op.set_metadata(fingerprint=fp, size=str(info.size))
         if req.fingerprint and req.fingerprint.lower() != fp:
             raise BadRequest(f"Fingerprints do not match, got {fp} expected {req.fingerprint}")
-        if await svc.images.get(key(req.project, fp)) is not None:
+        if await ctx.images.get(key(req.project, fp)) is not None:
             raise Conflict("Image with same fingerprint already exists")
         for alias in req.aliases:  # checked first so a taken name leaves no image behind
-            if await svc.aliases.get(key(req.project, alias.get("name", ""))) is not None:
+            if await ctx.aliases.get(key(req.project, alias.get("name", ""))) is not None:
                 raise Conflict(f"Alias already exists: {alias.get('name')}")
-        await check_profiles(svc, req.project, req.profiles)
+        await check_profiles(ctx, req.project, req.profiles)
         rec = records.new_record(info, req.project, filename=req.filename, public=req.public,
                                  properties=req.properties, profiles=req.profiles, exts=exts)
-        await _store(svc, rec, meta, rootfs)
+        await _store(ctx, rec, meta, rootfs)
         for alias in req.aliases:
-            await svc.alias_logic.create(req.project, {**alias, "target": fp}, req.requestor)
-        await svc.events.lifecycle("image-created", records_url(fp, req.project),
+            await aliases.create(req.project, {**alias, "target": fp}, req.requestor)
+        await ctx.events.lifecycle("image-created", records_url(fp, req.project),
                                    project=req.project, context={"type": info.type},
                                    requestor=req.requestor)
         return {"fingerprint": fp, "size": str(info.size)}
@@ -99,12 +99,12 @@ def records_url(fp: str, project: str) -> str:
     return url("images", fp, project)
 
 
-async def _store(svc: "ImageService", rec: dict[str, Any], meta: Path, rootfs: Path | None
+async def _store(ctx: ImageContext, rec: dict[str, Any], meta: Path, rootfs: Path | None
                  ) -> None:
     """Copy the files into ``images`` and write the record; undo the copy on failure."""
     fp, blob = rec["fingerprint"], rec["_blob"]
-    shared_blobs = svc.blobs_in_use(fp)  # another project holds the same image
-    store = await blobs.bucket(svc.bus, records.BUCKET)
+    shared_blobs = ctx.blobs_in_use(fp)  # another project holds the same image
+    store = await blobs.bucket(ctx.bus, records.BUCKET)
     written: list[str] = []
     try:
         if not shared_blobs:
@@ -113,7 +113,7 @@ async def _store(svc: "ImageService", rec: dict[str, Any], meta: Path, rootfs: P
             if rootfs is not None:
                 await blobs.put_file(store, blob["rootfs"], rootfs)
                 written.append(blob["rootfs"])
-        await svc.images.create(key(rec["project"], fp), rec, "Image")
+        await ctx.images.create(key(rec["project"], fp), rec, "Image")
     except BaseException as exc:
         for name in written:
             await blobs.delete(store, name)

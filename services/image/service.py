@@ -25,6 +25,7 @@ from shared.state import Store
 
 from . import imports, records
 from .aliases import Aliases
+from .context import ImageContext
 from .images import Images
 
 # Only what is really implemented: the type field and VM uploads, expiry, profiles, and
@@ -44,17 +45,14 @@ class ImageService(Service):
         # Imports interrupted by a crash leave their temp dirs: nothing can resume them.
         for stale in (self.config.dir / "tmp").glob("image-import-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        self.image_logic = Images(self)
-        self.alias_logic = Aliases(self)
+        self.ctx = ImageContext(images=self.images, aliases=self.aliases, bus=self.bus,
+                                events=self.events, log=self.log, node=self.config.node,
+                                tmp_dir=self.config.dir / "tmp")
+        self.alias_logic = Aliases(self.ctx)
+        self.image_logic = Images(self.ctx, self.alias_logic)
 
     def server_info(self) -> ServerInfoReply:
         return ServerInfoReply(api_extensions=API_EXTENSIONS)
-
-    def blobs_in_use(self, fp: str, but: str | None = None) -> bool:
-        """Whether a record (of a project other than ``but``) holds this fingerprint:
-        projects share the files of identical images."""
-        return any(r["fingerprint"] == fp and r.get("project", "default") != but
-                   for r in self.images.cached())
 
     # -- images ---------------------------------------------------------------------------
 
@@ -107,7 +105,7 @@ class ImageService(Service):
     @endpoint("import", ImportRequest)
     async def import_image(self, req: ImportRequest) -> Reply:
         async def run(op: Any) -> dict[str, Any]:
-            return await imports.run(self, req, op)
+            return await imports.run(self.ctx, self.alias_logic, req, op)
 
         op = await self.operations.start("Downloading image", run, project=req.project)
         return Reply(type="async", operation=op.lxd())
