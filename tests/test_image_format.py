@@ -187,7 +187,11 @@ def test_unpack_keeps_owners_modes_devices(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("evil", [
     [("../escape", b"x")],
-    [("/abs-escape", b"x")],
+    [("/../abs-escape", b"x")],
+    [("/rootfs/../../escape", b"x")],
+    [("/rootfs/lnk", None, {"type": tarfile.SYMTYPE, "linkname": "{out}"}),
+     ("/rootfs/lnk/escape", b"x")],
+    [("/rootfs/hl", None, {"type": tarfile.LNKTYPE, "linkname": "/../etc/passwd"})],
     [("rootfs/x/../../../escape", b"x")],
     [("rootfs/lnk", None, {"type": tarfile.SYMTYPE, "linkname": "{out}"}),
      ("rootfs/lnk/escape", b"x")],
@@ -206,6 +210,34 @@ def test_unpack_refuses_escapes(tmp_path: Path, evil: list[tuple]) -> None:
     assert e.value.code == 400
     assert not dest.exists() and list(out.iterdir()) == []
     assert not (tmp_path / "a" / "escape").exists() and not Path("/abs-escape").exists()
+
+
+def test_absolute_member_names_unpack_like_relative_ones(tmp_path: Path) -> None:
+    """Some builders write ``/rootfs/etc/inittab``; LXD (GNU tar) strips the leading "/"."""
+    members = [("/metadata.yaml", META), ("/templates",),
+               ("/templates/hostname.tpl", b"{{ name }}\n"), ("/rootfs",), ("/rootfs/etc",),
+               ("/rootfs/etc/inittab", b"::sysinit:/bin/true\n"),
+               ("//rootfs/etc/hard", None, {"type": tarfile.LNKTYPE,
+                                             "linkname": "/rootfs/etc/inittab"}),
+               ("/rootfs/etc/sym", None, {"type": tarfile.SYMTYPE,
+                                          "linkname": "/etc/inittab"})]
+    img = make_tar(tmp_path / "abs.tar.gz", members)
+    info = fmt.inspect_unified(img)
+    assert info.type == "container" and info.architecture == "x86_64"
+    assert "/etc/hostname" in info.templates
+    dest = fmt.unpack(img, tmp_path / "vol")
+    r = dest / "rootfs"
+    assert (r / "etc/inittab").read_bytes() == b"::sysinit:/bin/true\n"
+    assert (r / "etc/hard").stat().st_ino == (r / "etc/inittab").stat().st_ino
+    assert os.readlink(r / "etc/sym") == "/etc/inittab"
+    assert (dest / "metadata.yaml").read_bytes() == META
+    assert sorted(p.name for p in dest.iterdir()) == ["metadata.yaml", "rootfs", "templates"]
+    # split: absolute names in the metadata tarball and in the rootfs tarball
+    meta = make_tar(tmp_path / "m.tar.xz", [("/metadata.yaml", META)], "w:xz")
+    rootfs = make_tar(tmp_path / "r.tar.gz", [("/etc",), ("/etc/inittab", b"split\n")])
+    assert fmt.inspect_split(meta, rootfs).type == "container"
+    dest = fmt.unpack(meta, tmp_path / "vol2", rootfs)
+    assert (dest / "rootfs/etc/inittab").read_bytes() == b"split\n"
 
 
 def test_unpack_target_rules(tmp_path: Path) -> None:

@@ -215,7 +215,13 @@ def parse_metadata(data: bytes) -> dict[str, Any]:
 
 
 def _member_name(name: str) -> str:
-    return name[2:] if name.startswith("./") else name
+    """A member's path relative to the image root, as GNU tar (and so LXD) extracts it.
+
+    Some image builders write absolute names (``/rootfs/etc/inittab``); tar strips the
+    leading slashes and LXD accepts such images, so they mean the same as relative ones.
+    ``..`` is kept here, for :func:`_vet_member` to refuse.
+    """
+    return posixpath.normpath(name.lstrip("/") or ".")
 
 
 def _scan_tarball(path: Path, fmt: str) -> tuple[bytes | None, str | None]:
@@ -292,25 +298,29 @@ class _Tee:
         return data
 
 
+def _escapes(name: str) -> bool:
+    """Whether a normalized relative path leaves the directory it is relative to."""
+    return name == ".." or name.startswith("../")
+
+
 def _vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
     """Refuse a member that could write outside the extraction directory."""
     raw = ti.name
-    name = posixpath.normpath(_member_name(raw) or ".")
-    if raw.startswith("/") or name == ".." or name.startswith("../"):
+    name = _member_name(raw)
+    if _escapes(name):
         raise BadRequest(f"{archive}: member {raw!r} escapes the image directory")
     parts = name.split("/")
     for i in range(1, len(parts)):
         if "/".join(parts[:i]) in symlinks:
             raise BadRequest(f"{archive}: member {raw!r} would be written through a symlink")
-    if ti.islnk():
-        target = posixpath.normpath(_member_name(ti.linkname))
-        if ti.linkname.startswith("/") or target == ".." or target.startswith("../"):
+    if ti.islnk():  # a hard link names another member; tar strips its leading "/" too
+        if _escapes(_member_name(ti.linkname)):
             raise BadRequest(f"{archive}: hard link {raw!r} points outside the image")
     elif ti.issym():
         symlinks.add(name)
         if not ti.linkname.startswith("/"):  # absolute targets resolve inside the container
             target = posixpath.normpath(posixpath.join(posixpath.dirname(name), ti.linkname))
-            if target == ".." or target.startswith("../"):
+            if _escapes(target):
                 raise BadRequest(f"{archive}: symlink {raw!r} -> {ti.linkname!r} points "
                                  "outside the image")
 
