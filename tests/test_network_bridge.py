@@ -146,8 +146,9 @@ def netns(prefix, links):
     ({"bridge.mtu": "100"}, "between 1280 and 16384"),
     ({"bridge.mtu": "abc"}, "bridge.mtu"),
     ({"bridge.hwaddr": "01:16:3e:00:00:01"}, "unicast MAC"),
-    ({"bridge.driver": "openvswitch"}, "only 'native'"),
-    ({"ipv6.address": "auto"}, "not supported yet"),
+    ({"bridge.driver": "openvswitch"}, "'bridge.driver=openvswitch' is valid in LXD but not "
+                                       "supported by Corral yet"),
+    ({"ipv6.address": "fd00::1"}, "needs a prefix"),
     ({"ipv4.nat": True}, "must be strings"),
 ])
 def test_validate_config_errors(config, words):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from shared.state import Store, key
 
 from . import host
 from .drivers import NetworkDriver, load, validate_network_name
-from .drivers.bridge_config import gateway
+from .drivers.base import AnyNetwork
+from .drivers.bridge_config import gateway, gateway6
 
 log = get_logger(component="network")
 LOCATIONS = ["none"]  # a standalone server, as LXD says
@@ -72,13 +72,15 @@ class Networks:
     def find(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.records() if r["name"] == name), None)
 
-    def taken(self, exclude: str | None = None) -> list[IPv4Network]:
-        """Subnets of the other managed networks, which a new subnet must not overlap."""
-        out = []
+    def taken(self, exclude: str | None = None) -> list[AnyNetwork]:
+        """Subnets (v4 and v6) of the other managed networks: a new one must not overlap."""
+        out: list[AnyNetwork] = []
         for rec in self.records():
-            gw = gateway(rec["config"]) if rec["name"] != exclude else None
-            if gw is not None:
-                out.append(gw.network)
+            if rec["name"] == exclude:
+                continue
+            for gw in (gateway(rec["config"]), gateway6(rec["config"])):
+                if gw is not None:
+                    out.append(gw.network)
         return out
 
     # -- changes ------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 from abc import ABC, abstractmethod
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from shared.errors import BadRequest
 
+AnyNetwork = IPv4Network | IPv6Network
 _IFNAME_CHARS = re.compile(r"^[-_a-zA-Z0-9.]+$")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -69,7 +70,7 @@ class NetworkDriver(ABC):
         """Check ``config`` and return it with defaults filled in (400 on bad input)."""
 
     @abstractmethod
-    def create(self, taken: list[IPv4Network] | None = None) -> dict[str, str]:
+    def create(self, taken: list[AnyNetwork] | None = None) -> dict[str, str]:
         """Build the network; returns the effective config to store ("auto" resolved)."""
 
     @abstractmethod
@@ -86,7 +87,7 @@ class NetworkDriver(ABC):
 
     @abstractmethod
     def update(self, new_config: dict[str, str],
-               taken: list[IPv4Network] | None = None) -> dict[str, str]:
+               taken: list[AnyNetwork] | None = None) -> dict[str, str]:
         """Apply a new config to a live network; returns the effective config."""
 
     @abstractmethod

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from ipaddress import IPv4Network
-from pathlib import Path
+from ipaddress import IPv4Interface, IPv6Interface
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -20,10 +19,12 @@ from shared.errors import Conflict, CorralError, Internal, NotFound
 
 from .. import host
 from . import bridge_config as bc
-from . import dnsmasq, nft
-from .base import NetworkDriver, parse_bool
+from . import dnsmasq, nft, sysctl
+from .base import AnyNetwork, NetworkDriver
 
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+SCOPE_LINK = 253
 
 
 def _wrap(err: Exception, what: str) -> CorralError:
@@ -47,7 +48,7 @@ class BridgeDriver(NetworkDriver):
         return bc.validate(config)
 
     # -- lifecycle ------------------------------------------------------------------------
-    def create(self, taken: list[IPv4Network] | None = None) -> dict[str, str]:
+    def create(self, taken: list[AnyNetwork] | None = None) -> dict[str, str]:
         if self._link_index() is not None:
             raise Conflict(f"Cannot create network {self.name!r}: a network interface with "
                            "that name already exists on this host")
@@ -76,12 +77,12 @@ class BridgeDriver(NetworkDriver):
         self.remove_state_dir()
 
     def update(self, new_config: dict[str, str],
-               taken: list[IPv4Network] | None = None) -> dict[str, str]:
+               taken: list[AnyNetwork] | None = None) -> dict[str, str]:
         if not self.exists():
             raise NotFound(f"Network {self.name!r} is not present on this host")
         old = self.config
         new = bc.resolve_auto(bc.validate(new_config), taken or [], own_ifname=self.name)
-        if bc.gateway(old) != bc.gateway(new):
+        if (bc.gateway(old), bc.gateway6(old)) != (bc.gateway(new), bc.gateway6(new)):
             dnsmasq.stop(self.state_dir)  # old leases are for the old subnet
             (self.state_dir / dnsmasq.LEASES_FILE).unlink(missing_ok=True)
         try:
@@ -103,7 +104,7 @@ class BridgeDriver(NetworkDriver):
             idx = self._link_index(ipr)
             if idx is None or not ipr.get_links(idx)[0]["flags"] & IFF_UP:
                 return False
-        if bc.gateway(self.config) is None:
+        if bc.gateway(self.config) is None and bc.gateway6(self.config) is None:
             return True
         return dnsmasq.running_pid(self.state_dir) is not None
 
@@ -125,9 +126,10 @@ class BridgeDriver(NetworkDriver):
         return found[0]
 
     def _bring_up(self, config: dict[str, str], restart_dnsmasq: bool) -> None:
-        gw = bc.gateway(config)
-        if gw is None and config.get("ipv4.address") == "auto":
-            raise Internal("ipv4.address=auto must be resolved before the bridge is built")
+        gw, gw6 = bc.gateway(config), bc.gateway6(config)
+        for key, value in (("ipv4.address", gw), ("ipv6.address", gw6)):
+            if value is None and config.get(key) == "auto":
+                raise Internal(f"{key}=auto must be resolved before the bridge is built")
         with IPRoute() as ipr:
             idx = self._link_index(ipr)
             if idx is None:
@@ -135,30 +137,68 @@ class BridgeDriver(NetworkDriver):
                 idx = ipr.link_lookup(ifname=self.name)[0]
             ipr.link("set", index=idx, mtu=int(config.get("bridge.mtu", "1500")),
                      address=config.get("bridge.hwaddr", stable_hwaddr(self.name)))
-            self._disable_ipv6()
-            for addr in ipr.get_addr(index=idx, family=socket.AF_INET):
-                ip, plen = addr.get_attr("IFA_ADDRESS"), addr["prefixlen"]
-                if gw is None or (ip, plen) != (str(gw.ip), gw.network.prefixlen):
-                    ipr.addr("del", index=idx, address=ip, prefixlen=plen)
-            if gw is not None and not ipr.get_addr(index=idx, address=str(gw.ip)):
-                ipr.addr("add", index=idx, address=str(gw.ip), prefixlen=gw.network.prefixlen,
-                         broadcast=str(gw.network.broadcast_address))
+            self._ipv6_sysctls(gw6 is not None)
+            for family, want in ((socket.AF_INET, gw), (socket.AF_INET6, gw6)):
+                self._sync_address(ipr, idx, family, want)
             ipr.link("set", index=idx, state="up")
-        if gw is None:
+        families = self._families(config)
+        if not families:
             nft.delete_table(self.name)
             dnsmasq.stop(self.state_dir)
             return
-        nft.apply_table(self.name, self.name, gw.network,
-                        parse_bool("ipv4.nat", bc.setting(config, "ipv4.nat")))
+        if gw is not None and bc.flag(config, "ipv4.routing"):
+            sysctl.enable_ipv4_forwarding()
+        if gw6 is not None and bc.flag(config, "ipv6.routing"):
+            sysctl.enable_ipv6_forwarding()
+        nft.apply_table(self.name, self.name, families)
+        dnsmasq.write_raw(config, self.state_dir)
         if restart_dnsmasq or dnsmasq.running_pid(self.state_dir) is None:
             dnsmasq.stop(self.state_dir)
-            dnsmasq.start(dnsmasq.args(self.name, gw, config, self.state_dir), self.state_dir)
+            dnsmasq.start(dnsmasq.args(self.name, config, self.state_dir), self.state_dir)
 
-    def _disable_ipv6(self) -> None:
-        """ipv6.address is always none for now: no link-local chatter, no v6 answers."""
-        path = Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6")
-        if path.exists():
-            path.write_text("1")
+    @staticmethod
+    def _sync_address(ipr: IPRoute, idx: int, family: int,
+                      want: IPv4Interface | IPv6Interface | None) -> None:
+        """Leave exactly ``want`` as the bridge's address of this family (link-local
+        IPv6 addresses are the kernel's and stay)."""
+        for addr in ipr.get_addr(index=idx, family=family):
+            ip, plen = addr.get_attr("IFA_ADDRESS"), addr["prefixlen"]
+            if family == socket.AF_INET6 and addr["scope"] == SCOPE_LINK:
+                continue
+            if want is None or (ip, plen) != (str(want.ip), want.network.prefixlen):
+                ipr.addr("del", index=idx, address=ip, prefixlen=plen, family=family)
+        if want is None or ipr.get_addr(index=idx, family=family, address=str(want.ip)):
+            return
+        if family == socket.AF_INET:
+            ipr.addr("add", index=idx, address=str(want.ip), prefixlen=want.network.prefixlen,
+                     broadcast=str(want.network.broadcast_address))
+        else:
+            ipr.addr("add", index=idx, address=str(want.ip), prefixlen=want.network.prefixlen,
+                     family=socket.AF_INET6, flags=IFA_F_NODAD)
+
+    def _ipv6_sysctls(self, enabled: bool) -> None:
+        """No IPv6: the bridge says nothing (no link-local chatter, no v6 answers).
+        IPv6: as LXD, no autoconfiguration and no DAD on the bridge's own address."""
+        values = ({"autoconf": "0", "accept_dad": "0", "disable_ipv6": "0"} if enabled
+                  else {"disable_ipv6": "1"})
+        for key, value in values.items():
+            sysctl.set_interface("ipv6", self.name, key, value, required=enabled)
+
+    @staticmethod
+    def _families(config: dict[str, str]) -> list[nft.Family]:
+        """The nftables part of each address family the bridge has."""
+        out = []
+        for version, gw in ((4, bc.gateway(config)), (6, bc.gateway6(config))):
+            if gw is None:
+                continue
+            k = f"ipv{version}"
+            out.append(nft.Family(
+                version=version, subnet=gw.network, nat=bc.flag(config, f"{k}.nat"),
+                nat_address=config.get(f"{k}.nat.address", ""),
+                nat_order=bc.setting(config, f"{k}.nat.order"),
+                firewall=bc.flag(config, f"{k}.firewall"),
+                routing=bc.flag(config, f"{k}.routing")))
+        return out
 
     def _tear_down(self, quiet: bool) -> None:
         """Stop dnsmasq, drop the nft table, delete the bridge; collect every failure."""

@@ -17,13 +17,11 @@ import os
 import signal
 import subprocess
 import time
-from ipaddress import IPv4Interface
 from pathlib import Path
 
 from shared.errors import Internal
 
 from . import bridge_config as bc
-from .base import parse_bool
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 PID_FILE = "dnsmasq.pid"
@@ -31,34 +29,82 @@ LEASES_FILE = "dnsmasq.leases"
 HOSTS_DIR = "dnsmasq.hosts"
 LOG_FILE = "dnsmasq.log"
 ERR_FILE = "dnsmasq.stderr"
+RAW_FILE = "dnsmasq.raw"
+RA_INTERVAL = 600  # seconds between unsolicited RAs (dnsmasq's default)
 
 # dnsmasq processes this process started, so their exit status gets collected.
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def args(bridge: str, gw: IPv4Interface, config: dict[str, str], state_dir: Path) -> list[str]:
-    """dnsmasq's command line for a bridge with gateway ``gw``."""
-    domain = bc.setting(config, "dns.domain")
+def args(bridge: str, config: dict[str, str], state_dir: Path) -> list[str]:
+    """dnsmasq's command line for a bridge with this (resolved) config.
+
+    IPv4: DHCP ranges as LXD. IPv6: router advertisements (``--enable-ra``) and one of
+    SLAAC with stateless DHCPv6 (``ra-stateless``), stateful DHCPv6 from ranges
+    (``ipv6.dhcp.stateful``), or RA only (``ipv6.dhcp=false``). A bridge that does not
+    route IPv6 (``ipv6.routing=false``) advertises itself with router lifetime 0, so
+    instances learn the prefix but get no default route through it.
+    """
+    gw, gw6 = bc.gateway(config), bc.gateway6(config)
     argv = [
         DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--strict-order",
         "--bind-interfaces", "--except-interface=lo", "--no-ping", "--no-resolv",
-        "--no-hosts",
-        f"--interface={bridge}", f"--listen-address={gw.ip}",
-        f"--pid-file={state_dir / PID_FILE}", f"--log-facility={state_dir / LOG_FILE}",
-        f"--domain={domain}", f"--local=/{domain}/", "--domain-needed",
+        "--no-hosts", f"--interface={bridge}",
     ]
-    if parse_bool("ipv4.dhcp", bc.setting(config, "ipv4.dhcp")):
-        expiry = bc.expiry_seconds(bc.setting(config, "ipv4.dhcp.expiry"))
-        lease = "infinite" if expiry is None else f"{expiry}s"
-        for start, end in bc.dhcp_ranges(config):
-            argv.append(f"--dhcp-range={start},{end},{gw.netmask},{lease}")
+    argv += [f"--listen-address={ip.ip}" for ip in (gw, gw6) if ip is not None]
+    argv += [f"--pid-file={state_dir / PID_FILE}", f"--log-facility={state_dir / LOG_FILE}"]
+    if bc.setting(config, "dns.mode") == "none":
+        argv.append("--dhcp-ignore-names")  # no DNS records for instances
+    else:
+        domain = bc.setting(config, "dns.domain")
+        argv += [f"--domain={domain}", f"--local=/{domain}/", "--domain-needed"]
+    dhcp4 = gw is not None and bc.flag(config, "ipv4.dhcp")
+    dhcp6 = gw6 is not None and bc.flag(config, "ipv6.dhcp")
+    if dhcp4 or dhcp6:
         argv += [
             f"--dhcp-leasefile={state_dir / LEASES_FILE}", "--dhcp-authoritative",
             "--dhcp-no-override", f"--dhcp-hostsdir={state_dir / HOSTS_DIR}",
         ]
+    if dhcp4:
+        assert gw is not None
+        expiry = bc.expiry_seconds(bc.setting(config, "ipv4.dhcp.expiry"))
+        lease = "infinite" if expiry is None else f"{expiry}s"
+        for start, end in bc.dhcp_ranges(config):
+            argv.append(f"--dhcp-range={start},{end},{gw.netmask},{lease}")
         if "bridge.mtu" in config:
             argv.append(f"--dhcp-option-force=26,{config['bridge.mtu']}")
+        if "ipv4.dhcp.gateway" in config:
+            argv.append(f"--dhcp-option-force=3,{config['ipv4.dhcp.gateway']}")
+        if "dns.search" in config:
+            search = ",".join(d.strip() for d in config["dns.search"].split(","))
+            argv.append(f"--dhcp-option-force=119,{search}")
+    if gw6 is not None:
+        argv.append("--enable-ra")
+        if not dhcp6:
+            argv.append(f"--dhcp-range=::,constructor:{bridge},ra-only")
+        elif bc.flag(config, "ipv6.dhcp.stateful"):
+            expiry = bc.expiry_seconds(bc.setting(config, "ipv6.dhcp.expiry"),
+                                       "ipv6.dhcp.expiry")
+            lease = "infinite" if expiry is None else f"{expiry}s"
+            for start, end in bc.dhcp6_ranges(config):
+                argv.append(f"--dhcp-range={start},{end},{gw6.network.prefixlen},{lease}")
+        else:
+            argv.append(f"--dhcp-range=::,constructor:{bridge},ra-stateless,ra-names")
+        if not bc.flag(config, "ipv6.routing"):
+            argv.append(f"--ra-param={bridge},{RA_INTERVAL},0")
+    if config.get("raw.dnsmasq"):
+        argv.append(f"--conf-file={state_dir / RAW_FILE}")
     return argv
+
+
+def write_raw(config: dict[str, str], state_dir: Path) -> None:
+    """``raw.dnsmasq`` goes to a file of its own that dnsmasq reads (as LXD does)."""
+    path = state_dir / RAW_FILE
+    if config.get("raw.dnsmasq"):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(config["raw.dnsmasq"].rstrip("\n") + "\n")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -159,8 +205,20 @@ def _reap(pid: int) -> None:
         del _CHILDREN[pid]
 
 
+def mac_from_duid(duid: str) -> str:
+    """The MAC inside a DUID-LLT (type 1) or DUID-LL (type 3) of Ethernet (hw type 1),
+    as dnsmasq writes it (``00:01:00:01:<time>:<mac>``); "" for other DUIDs."""
+    parts = duid.lower().split(":")
+    if len(parts) == 14 and parts[:4] == ["00", "01", "00", "01"]:
+        return ":".join(parts[8:])
+    if len(parts) == 10 and parts[:4] == ["00", "03", "00", "01"]:
+        return ":".join(parts[4:])
+    return ""
+
+
 def read_leases(state_dir: Path) -> list[dict[str, str]]:
-    """dnsmasq's lease lines: ``expiry mac ip hostname clientid``."""
+    """dnsmasq's lease file: IPv4 lines ``expiry mac ip hostname clientid``, then after a
+    ``duid <server-duid>`` line, IPv6 lines ``expiry iaid ip hostname client-duid``."""
     try:
         lines = (state_dir / LEASES_FILE).read_text().splitlines()
     except OSError:
@@ -168,8 +226,11 @@ def read_leases(state_dir: Path) -> list[dict[str, str]]:
     out = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 4 or ":" in fields[2]:
-            continue  # malformed, or an IPv6 lease ("duid" line)
-        out.append({"expiry": fields[0], "hwaddr": fields[1].lower(), "address": fields[2],
-                    "hostname": "" if fields[3] == "*" else fields[3]})
+        if len(fields) < 4 or fields[0] == "duid":
+            continue  # malformed, or the server's own DUID
+        v6 = ":" in fields[2]
+        hwaddr = mac_from_duid(fields[4]) if v6 and len(fields) > 4 else fields[1].lower()
+        out.append({"expiry": fields[0], "hwaddr": "" if v6 and not hwaddr else hwaddr,
+                    "address": fields[2], "hostname": "" if fields[3] == "*" else fields[3],
+                    "family": "inet6" if v6 else "inet"})
     return out

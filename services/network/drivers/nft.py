@@ -1,4 +1,4 @@
-"""One nftables table per managed bridge: accept its traffic, masquerade its subnet.
+"""One nftables table per managed bridge: accept its traffic, masquerade its subnets (v4, v6).
 
 A table of its own (``inet corral-<name>``) makes delete a single atomic ``delete table``
 and never touches rules someone else wrote. Rules are loaded with ``nft -f -`` as one
@@ -8,7 +8,8 @@ transaction, so a half-applied ruleset cannot exist.
 from __future__ import annotations
 
 import subprocess
-from ipaddress import IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 
 from shared.errors import Internal
 
@@ -27,35 +28,78 @@ def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         raise Internal(f"{NFT} is missing: install the Debian package nftables") from e
 
 
-def ruleset(network: str, bridge: str, subnet: IPv4Network, nat: bool) -> str:
+@dataclass(frozen=True)
+class Family:
+    """One address family's part of a bridge's rules (from its ``ipv4.*``/``ipv6.*`` keys).
+
+    ``firewall`` (LXD's ``ipvN.firewall``): add the accept rules for DHCP, DNS and (v6)
+    router/neighbour discovery, and the forwarding policy; ``routing``: forward to and
+    from the bridge (else drop it); ``nat``: masquerade (or SNAT to ``nat_address``) what
+    leaves the subnet through another interface, in a chain that runs just before
+    (``nat_order=before``) or just after the usual source-NAT priority.
+    """
+
+    version: int
+    subnet: IPv4Network | IPv6Network
+    nat: bool = False
+    nat_address: str = ""
+    nat_order: str = "before"
+    firewall: bool = True
+    routing: bool = True
+
+
+def ruleset(network: str, bridge: str, families: list[Family]) -> str:
     """The table text; first lines make loading it replace any previous version."""
     t = table_name(network)
-    masq = (f'    ip saddr {subnet} oifname != "{bridge}" masquerade\n' if nat else "")
+    forward, inputs, nat_chains = [], [], []
+    for fam in families:
+        proto = "ipv4" if fam.version == 4 else "ipv6"
+        ipv = "ip" if fam.version == 4 else "ip6"
+        if fam.firewall:
+            if fam.routing:
+                forward += [f'    meta nfproto {proto} iifname "{bridge}" accept',
+                            f'    meta nfproto {proto} oifname "{bridge}" accept']
+            else:  # no routing: nothing crosses between the bridge and another interface
+                forward += [f'    meta nfproto {proto} iifname "{bridge}" '
+                            f'oifname != "{bridge}" drop',
+                            f'    meta nfproto {proto} oifname "{bridge}" '
+                            f'iifname != "{bridge}" drop']
+            dhcp = 67 if fam.version == 4 else 547
+            on = f'    iifname "{bridge}" meta nfproto {proto}'
+            inputs += [f"{on} udp dport {{ 53, {dhcp} }} accept", f"{on} tcp dport 53 accept"]
+            if fam.version == 6:
+                inputs.append(f'    iifname "{bridge}" icmpv6 type {{ nd-router-solicit, '
+                              'nd-neighbor-solicit, nd-neighbor-advert } accept')
+        if fam.nat:
+            action = (f"snat {ipv} to {fam.nat_address}" if fam.nat_address else "masquerade")
+            priority = 99 if fam.nat_order == "before" else 101
+            nat_chains.append(
+                f"  chain postrouting_nat{fam.version} {{\n"
+                f"    type nat hook postrouting priority {priority}; policy accept;\n"
+                f'    {ipv} saddr {fam.subnet} oifname != "{bridge}" {action}\n'
+                f"  }}\n")
+    body = "".join(line + "\n" for line in forward)
+    ins = "".join(line + "\n" for line in inputs)
     return (
         f"table inet {t} {{}}\n"
         f"delete table inet {t}\n"
         f"table inet {t} {{\n"
         f"  chain forward_accept {{\n"
         f"    type filter hook forward priority 0; policy accept;\n"
-        f'    iifname "{bridge}" accept\n'
-        f'    oifname "{bridge}" accept\n'
+        f"{body}"
         f"  }}\n"
         f"  chain input_accept {{\n"
         f"    type filter hook input priority 0; policy accept;\n"
-        f'    iifname "{bridge}" udp dport {{ 53, 67 }} accept\n'
-        f'    iifname "{bridge}" tcp dport 53 accept\n'
+        f"{ins}"
         f"  }}\n"
-        f"  chain postrouting_nat {{\n"
-        f"    type nat hook postrouting priority 100; policy accept;\n"
-        f"{masq}"
-        f"  }}\n"
+        f"{''.join(nat_chains)}"
         f"}}\n"
     )
 
 
-def apply_table(network: str, bridge: str, subnet: IPv4Network, nat: bool) -> None:
+def apply_table(network: str, bridge: str, families: list[Family]) -> None:
     """Create or atomically replace the network's table."""
-    res = _run(["-f", "-"], ruleset(network, bridge, subnet, nat))
+    res = _run(["-f", "-"], ruleset(network, bridge, families))
     if res.returncode != 0:
         raise Internal(f"Failed to load nftables rules for network {network!r}: "
                        f"{res.stderr.strip()}")
