@@ -219,7 +219,7 @@ def _member_name(name: str) -> str:
 
     Some image builders write absolute names (``/rootfs/etc/inittab``); tar strips the
     leading slashes and LXD accepts such images, so they mean the same as relative ones.
-    ``..`` is kept here, for :func:`_vet_member` to refuse.
+    ``..`` is kept here, for :func:`vet_member` to refuse.
     """
     return posixpath.normpath(name.lstrip("/") or ".")
 
@@ -303,8 +303,14 @@ def _escapes(name: str) -> bool:
     return name == ".." or name.startswith("../")
 
 
-def _vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
-    """Refuse a member that could write outside the extraction directory."""
+def vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
+    """Refuse a member that could write outside the extraction directory.
+
+    ``symlinks`` collects the symlinks seen so far in the same archive, so a later member
+    written through one of them is refused. Absolute names are relative to the image root
+    (see :func:`_member_name`); absolute symlink targets are fine, they resolve inside the
+    instance's root at run time.
+    """
     raw = ti.name
     name = _member_name(raw)
     if _escapes(name):
@@ -339,7 +345,7 @@ def _extract_tar(path: Path, dest: Path, tick: Callable[[int], None]) -> None:
             symlinks: set[str] = set()
             with tarfile.open(fileobj=tee, mode=_PY_MODES[fmt]) as tf:  # type: ignore[arg-type]
                 for ti in tf:
-                    _vet_member(ti, symlinks, path.name)
+                    vet_member(ti, symlinks, path.name)
             while tee.read(_CHUNK):
                 pass
             proc.stdin.close()
@@ -453,4 +459,4 @@ def _clean(dest: Path, remove_dir: bool) -> None:
 
 
 __all__ = ["ImageInfo", "TemplateSpec", "detect_format", "inspect_split", "inspect_unified",
-           "normalize_architecture", "parse_metadata", "unpack"]
+           "normalize_architecture", "parse_metadata", "unpack", "vet_member"]
