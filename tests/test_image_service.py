@@ -25,6 +25,7 @@ from shared.image.format import inspect_split, inspect_unified
 from shared.messages.image import BlobRequest, ResolveRequest
 
 from .stack import BIN, wait_for
+from .world import make_world
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -428,3 +429,38 @@ def test_delete_fails_cleanly_without_storage(stack, api, cleanup, uid):
         stack.start("storage")
         wait_for(lambda: api.get("/1.0/storage-pools").status_code == 200, 30,
                  what="the storage service")
+
+
+# -- images whose members have absolute names -----------------------------------------------
+
+def _absolute_names(src: Path, dest: Path) -> Path:
+    """The same image with every member written as ``/rootfs/...`` (as some builders do),
+    plus a hard link whose target is absolute too."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w:gz") as tout:
+        for ti in tin:
+            data = tin.extractfile(ti) if ti.isreg() else None
+            ti.name = "/" + ti.name.removeprefix("./")
+            tout.addfile(ti, data)
+        hard = tarfile.TarInfo("/rootfs/etc/inittab.hard")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "/rootfs/etc/inittab"
+        tout.addfile(hard)
+    return dest
+
+
+def test_absolute_member_names_import_and_launch(stack, api, busybox_tarball, tmp_path):
+    """LXD accepts tarballs with /rootfs/etc/inittab names; so does Corral, end to end:
+    HTTP import, stock `lxc launch`, templates rendered, files where a relative image puts
+    them."""
+    img = _absolute_names(busybox_tarball, tmp_path / "abs.tar.gz")
+    with make_world(api, stack, img, network=False, pool_driver="dir") as w:
+        name = w.name("abs")
+        r = lxc(stack, tmp_path, "launch", w.image, name, "-p", w.profile)
+        assert r.returncode == 0, r.stderr
+        assert w.live(name)["status"] == "Running"
+        r = lxc(stack, tmp_path, "exec", name, "--", "cat", "/etc/hostname")
+        assert r.returncode == 0 and r.stdout.strip() == name, (r.stdout, r.stderr)
+        r = lxc(stack, tmp_path, "exec", name, "--", "cmp", "/etc/inittab",
+                "/etc/inittab.hard")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        rootfs = w.volume(name) / "rootfs"
+        assert (rootfs / "bin/busybox").is_file() and not (w.volume(name) / "abs").exists()
