@@ -23,6 +23,7 @@ lxc = pytest.importorskip("lxc")
 from services.instance import idmap as idmaps  # noqa: E402
 from services.instance import limits  # noqa: E402
 from services.instance.drivers import cgroups  # noqa: E402
+from services.instance.drivers.base import InstanceSpec  # noqa: E402
 from services.instance.drivers.lxc import LXCDriver  # noqa: E402
 from shared.errors import BadRequest, Conflict, Forbidden, Internal  # noqa: E402
 
@@ -66,9 +67,9 @@ def env():
 
     def new(config=None, start=True, nic=()):
         name = _uid()
-        rootfs = make_rootfs(base / "rootfs" / name)
+        rootfs = make_rootfs(base / "volumes" / name / "rootfs")
         made.append(name)
-        drv.create(name, dict(config or {}), {}, rootfs, list(nic))
+        drv.create(InstanceSpec(name, dict(config or {}), {}, rootfs.parent, list(nic)))
         if start:
             drv.start(name)
         return name, rootfs
@@ -285,12 +286,13 @@ def test_lifecycle_stop_freeze_delete(env):
 
 def test_create_and_start_failures_clean_up(env):
     drv, new, base = env
-    rootfs = make_rootfs(base / "rootfs" / "crtbad")
+    rootfs = make_rootfs(base / "volumes" / "crtbad" / "rootfs")
     with pytest.raises(BadRequest):
-        drv.create("crtbad" + secrets.token_hex(2), {"raw.lxc": "nonsense"}, {}, rootfs, [])
+        drv.create(InstanceSpec("crtbad" + secrets.token_hex(2), {"raw.lxc": "nonsense"}, {},
+                                rootfs.parent))
     assert not [p for p in drv.lxcpath.iterdir() if p.name.startswith("crtbad")]
     with pytest.raises(BadRequest):
-        drv.create("bad/name", {}, {}, rootfs, [])
+        drv.create(InstanceSpec("bad/name", {}, {}, rootfs.parent))
     name, _ = new({"raw.lxc": "lxc.init.cmd = /no/such/init"}, start=False)
     with pytest.raises(Internal) as exc:
         drv.start(name)
@@ -303,9 +305,9 @@ def test_chown_fallback_when_idmapped_mounts_unavailable(env):
     drv0, _, base = env
     drv = LXCDriver(drv0.lxcpath, idmapped_mounts=False)
     name = _uid()
-    rootfs = make_rootfs(base / "rootfs" / name)
+    rootfs = make_rootfs(base / "volumes" / name / "rootfs")
     try:
-        drv.create(name, {}, {}, rootfs, [])
+        drv.create(InstanceSpec(name, {}, {}, rootfs.parent))
         host_root = drv.idmap(name).uid_to_host(0)
         assert (rootfs / "etc/inittab").stat().st_uid == host_root
         drv.start(name)

@@ -10,6 +10,7 @@ when a test fails. NICs only join a bridge the test creates.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
+from services.instance.drivers.base import SPEC_FILE, InstanceSpec, Nic  # noqa: E402
 from services.instance.drivers.qemu import QemuDriver  # noqa: E402
 from shared.errors import BadRequest, Conflict, NotFound, Unavailable  # noqa: E402
 
@@ -131,7 +133,7 @@ def env(libvirtd):
         name = _uid()
         vol = make_volume(base / "volumes" / name, extra)
         made.append(name)
-        drv.create(name, dict(config or {}), dict(devices or {}), vol, list(nics))
+        drv.create(InstanceSpec(name, dict(config or {}), dict(devices or {}), vol, list(nics)))
         if start:
             drv.start(name)
         return name, vol
@@ -221,7 +223,9 @@ def test_vcpu_hotplug_and_balloon(vm):
         drv.apply_limits_live(name, {"limits.memory": "512MiB"})
     with pytest.raises(BadRequest, match="unplug"):
         drv.apply_limits_live(name, {"limits.cpu": "1"})
-    assert drv._load(name)["config"]["limits.memory"] == "192MiB"
+    assert drv.host_status(name) == "Running"
+    spec = json.loads((drv.vmpath / name / SPEC_FILE).read_text())  # kept for next start
+    assert spec["config"]["limits.memory"] == "192MiB"
 
 
 def test_freeze_unfreeze(vm):
@@ -285,8 +289,8 @@ def test_nic_on_own_bridge(env):
         try:
             mac = "52:54:00:%02x:%02x:%02x" % tuple(secrets.token_bytes(3))
             name, _ = new({"limits.memory": "128MiB"},
-                          nics=[{"name": "eth0", "bridge": br, "hwaddr": mac,
-                                 "host_name": tap}])
+                          nics=[Nic(name="eth0", bridge=br, parent=br, hwaddr=mac,
+                                     host_name=tap)])
             try:
                 idx = ipr.link_lookup(ifname=tap)
                 assert idx and ipr.get_links(idx[0])[0].get_attr("IFLA_MASTER") == \
@@ -304,17 +308,17 @@ def test_nic_on_own_bridge(env):
 def test_bad_input(env):
     drv, new, base = env
     with pytest.raises(BadRequest, match="rootfs.img"):
-        drv.create(_uid(), {}, {}, base, [])
+        drv.create(InstanceSpec(_uid(), {}, {}, base))
     name, vol = new(start=False)
     with pytest.raises(Conflict):
-        drv.create(name, {}, {}, vol, [])
+        drv.create(InstanceSpec(name, {}, {}, vol))
     bad = [_uid(), _uid(), _uid()]
     with pytest.raises(BadRequest):
-        drv.create(bad[0], {"limits.memory": "lots"}, {}, vol, [])
+        drv.create(InstanceSpec(bad[0], {"limits.memory": "lots"}, {}, vol))
     with pytest.raises(BadRequest, match="NIC"):
-        drv.create(bad[1], {}, {}, vol, [{"hwaddr": "x"}])
+        drv.create(InstanceSpec(bad[1], {}, {}, vol, [Nic(nictype="macvlan", parent="lo")]))
     with pytest.raises(BadRequest, match="rootfs.img"):
-        drv.create(bad[2], {}, {}, base / "nowhere", [])
+        drv.create(InstanceSpec(bad[2], {}, {}, base / "nowhere"))
     with pytest.raises(BadRequest, match="only grow"):
         drv.update(name, {}, {"root": {"type": "disk", "path": "/", "size": "1MiB"}})
     with pytest.raises(NotFound):

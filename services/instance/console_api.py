@@ -1,9 +1,9 @@
 """Console log and log files of an instance, LXD's ``/console`` and ``/logs``, as a mixin.
 
-Where logs live: LXC writes ``lxc.log`` and ``console.log`` into the driver's directory of
-the instance; recorded exec output goes to ``$CORRAL_DIR/logs/instances/<name>/``. Log
-names are checked against a fixed pattern, never joined blindly, so no path trick reaches
-another file.
+Where logs live: each driver keeps ``console.log`` (LXC also ``lxc.log``) in its
+``log_dir`` of the instance; recorded exec output goes to
+``$CORRAL_DIR/logs/instances/<name>/``. Log names are checked against a fixed pattern,
+never joined blindly, so no path trick reaches another file.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def log_dir(config: Config, project: str, name: str) -> Path:
 class ConsoleMixin:
     """``console_get``, ``console_clear``, ``log_list``, ``log_get``, ``log_delete``."""
 
-    def _driver_dir(self, name: str) -> Path:
-        if hasattr(self.driver, "console_dir"):  # VMs keep theirs in the VM directory
-            return self.driver.console_dir(name)
-        return Path(self.driver.lxcpath) / name
+    async def _driver_dir(self, project: str, name: str) -> Path:
+        """The instance's driver's log directory (404 for an unknown instance)."""
+        rec = await self.require_instance(project, name)
+        return await asyncio.to_thread(self.driver_of(rec).log_dir, name)
 
-    def _log_path(self, project: str, name: str, file: str | None) -> Path:
+    async def _log_path(self, project: str, name: str, file: str | None) -> Path:
         if file in DRIVER_LOGS:
-            return self._driver_dir(name) / file
+            return await self._driver_dir(project, name) / file
         if file and EXEC_LOG.match(file):
             return log_dir(self.config, project, name) / file
         raise BadRequest(f"Invalid log file name {file!r}: use lxc.log, console.log or an "
@@ -48,22 +48,21 @@ class ConsoleMixin:
     @endpoint("console_get", LogRequest)
     async def console_get(self, req: LogRequest) -> Reply:
         """The console log as bytes (LXD: ``lxc console --show-log``)."""
-        await self.require_instance(req.project, req.name)
-        data = await asyncio.to_thread(self.driver.console_log, req.name)
+        rec = await self.require_instance(req.project, req.name)
+        data = await asyncio.to_thread(self.driver_of(rec).console_log, req.name)
         return Reply(metadata=await pack(self.bus, data, "console"))
 
     @endpoint("console_clear", LogRequest)
     async def console_clear(self, req: LogRequest) -> Reply:
         """Empty the console log; LXC appends to it, so truncating in place is safe."""
-        await self.require_instance(req.project, req.name)
-        path = self._driver_dir(req.name) / "console.log"
+        path = await self._driver_dir(req.project, req.name) / "console.log"
         await asyncio.to_thread(_truncate, path)
         return Reply(metadata=None)
 
     @endpoint("log_list", LogRequest)
     async def log_list(self, req: LogRequest) -> Reply:
-        await self.require_instance(req.project, req.name)
-        names = [f for f in DRIVER_LOGS if (self._driver_dir(req.name) / f).is_file()]
+        ddir = await self._driver_dir(req.project, req.name)
+        names = [f for f in DRIVER_LOGS if (ddir / f).is_file()]
         d = log_dir(self.config, req.project, req.name)
         if d.is_dir():
             names += sorted(p.name for p in d.iterdir() if EXEC_LOG.match(p.name))
@@ -74,7 +73,7 @@ class ConsoleMixin:
     @endpoint("log_get", LogRequest)
     async def log_get(self, req: LogRequest) -> Reply:
         await self.require_instance(req.project, req.name)
-        path = self._log_path(req.project, req.name, req.file)
+        path = await self._log_path(req.project, req.name, req.file)
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
@@ -85,7 +84,7 @@ class ConsoleMixin:
     @endpoint("log_delete", LogRequest)
     async def log_delete(self, req: LogRequest) -> Reply:
         await self.require_instance(req.project, req.name)
-        path = self._log_path(req.project, req.name, req.file)
+        path = await self._log_path(req.project, req.name, req.file)
         if req.file in DRIVER_LOGS:
             raise BadRequest(f"{req.file} may not be deleted (clear the console log with "
                              "DELETE /1.0/instances/<name>/console)")

@@ -2,8 +2,8 @@
 
 The answer is a websocket operation with ``fds`` ``{"0": ..., "control": ...}``: "0"
 carries the console bytes both ways, "control" window-resize messages (a serial line has
-no size: they are accepted and ignored). The bytes come from the VM's serial pty
-(``QemuDriver.console_open``) or a container's console (LXC ``console_getfd``); they are
+no size: they are accepted and ignored). The bytes come from the driver's
+``console_open`` (a VM's serial pty, a container's console via LXC); they are
 pumped with the same non-blocking pumps exec uses, no thread per stream. The operation
 ends (Success) when the client closes either websocket; the guest keeps running.
 """
@@ -14,11 +14,9 @@ import asyncio
 import os
 from typing import Any
 
-import lxc
-
 from shared import streams
 from shared.api import url
-from shared.errors import BadRequest, Conflict
+from shared.errors import BadRequest
 from shared.messages.exec import ExecRequest
 from shared.models import Reply
 from shared.service import endpoint
@@ -26,27 +24,8 @@ from shared.service import endpoint
 WS_TIMEOUT = 30.0
 
 
-def _container_console_fd(lxcpath: str, name: str) -> int:
-    """A read/write fd on the container's console (tty 0), dup'ed so we own it."""
-    c = lxc.Container(name, lxcpath)
-    if not c.running:
-        raise Conflict(f"Instance {name!r} is stopped; start it to attach its console")
-    fd = c.console_getfd(0)
-    if isinstance(fd, tuple):
-        fd = fd[0]
-    if fd is None or fd < 0:
-        raise Conflict(f"The console of {name!r} is busy or unavailable (is another "
-                       "client attached?)")
-    return fd
-
-
 class ConsoleAttachMixin:
     """``console_attach``: see the module docstring."""
-
-    def _console_fd(self, name: str) -> int:
-        if self.driver.type_of(name) == "virtual-machine":
-            return self.driver.qemu.console_open(name)
-        return _container_console_fd(str(self.driver.lxcpath), name)
 
     @endpoint("console_attach", ExecRequest)
     async def console_attach(self, req: ExecRequest) -> Reply:
@@ -55,12 +34,15 @@ class ConsoleAttachMixin:
         if kind != "console":
             raise BadRequest(f"Console type {kind!r} is not supported: use \"console\" "
                              "(there is no VGA console)")
-        await self.require_instance(req.project, req.name)
-        status = await self.instance_status(req.project, req.name)
+        rec = await self.require_instance(req.project, req.name)
+        drv = self.driver_of(rec)
+        if not drv.capabilities.console:
+            raise BadRequest(f"An interactive console is not supported for a {rec['type']}")
+        status = await self.instance_status(rec)
         if status != "Running":
             raise BadRequest("Instance is not running" if status != "Frozen"
                              else "Instance is frozen")
-        fd = await asyncio.to_thread(self._console_fd, req.name)
+        fd = await asyncio.to_thread(drv.console_open, req.name)
         names = ["0", "control"]
         source = url("instances", req.name, req.project)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()

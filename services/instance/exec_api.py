@@ -1,8 +1,9 @@
 """Exec in an instance, LXD's ``POST /1.0/instances/<name>/exec``, as a service mixin.
 
 :class:`ExecFilesConsoleMixin` is what the instance service inherits: exec here, files
-and console/logs in their own mixins. The endpoints rely only on ``self.driver``,
-``self.require_instance``, ``self.instance_status`` and the service base.
+and console/logs in their own mixins. The endpoints rely only on ``self.driver_of``
+(the instance's driver), ``self.require_instance``, ``self.instance_status`` and the
+service base; they read the driver's capability flags before offering a feature.
 
 With ``wait-for-websocket`` the command starts only once every websocket is connected
 (no output lost); its fds are pumped to and from the websockets (bridged over the bus by
@@ -33,6 +34,7 @@ from shared.service import endpoint
 
 from .console_api import ConsoleMixin, log_dir
 from .console_attach import ConsoleAttachMixin
+from .drivers.base import ExecProcess, InstanceDriver
 from .files_api import FilesMixin
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -220,13 +222,18 @@ class ExecMixin:
     async def exec_instance(self, req: ExecRequest) -> Reply:
         post = parse_post(req.body)
         inst = await self.require_instance(req.project, req.name)
-        status = await self.instance_status(req.project, req.name)
+        drv = self.driver_of(inst)
+        if not drv.capabilities.exec:
+            raise BadRequest(f"exec is not supported for a {inst['type']}")
+        if post.interactive and not drv.capabilities.exec_pty:
+            raise BadRequest(f"Interactive exec (a pty) is not supported for a "
+                             f"{inst['type']}: run it with interactive=false")
+        status = await self.instance_status(inst)
         if status == "Frozen":
             raise BadRequest("Instance is frozen")
         if status != "Running":
             raise BadRequest("Instance is not running")
-        if hasattr(self, "require_agent"):  # VMs: 503 at once while the agent is down
-            await self.require_agent(req.project, req.name)
+        await asyncio.to_thread(drv.exec_ready, req.name)  # VMs: 503 while the agent is down
         env = exec_environment(inst.get("expanded_config") or {}, post)
         source = url("instances", req.name, req.project)
         resources = {"instances": [source]}
@@ -236,17 +243,18 @@ class ExecMixin:
                                     context={"command": post.command},
                                     requestor=req.requestor)
         if post.wait_for_websocket:
-            return await self._exec_with_websockets(req, post, env, resources)
+            return await self._exec_with_websockets(drv, req, post, env, resources)
         out_dir = log_dir(self.config, req.project, req.name)
 
         async def run(handle: Any) -> dict[str, Any]:
-            return await self._exec_recorded(handle.id, req, post, env, out_dir)
+            return await self._exec_recorded(drv, handle.id, req, post, env, out_dir)
 
         op = await self.operations.start("Executing command", run, resources=resources,
                                          project=req.project)
         return Reply(type="async", operation=op.lxd())
 
-    async def _exec_with_websockets(self, req: ExecRequest, post: ExecPost,
+    async def _exec_with_websockets(self, drv: InstanceDriver, req: ExecRequest,
+                                    post: ExecPost,
                                     env: dict[str, str], resources: dict[str, list[str]]
                                     ) -> Reply:
         names = ["0", "control"] if post.interactive else ["0", "1", "2", "control"]
@@ -266,7 +274,7 @@ class ExecMixin:
             try:
                 # control is optional, as in LXD (pylxd never opens it)
                 await ss.wait_attached(WS_TIMEOUT, [n for n in names if n != "control"])
-                return await self._exec_streams(ss, req.name, post, env)
+                return await self._exec_streams(drv, ss, req.name, post, env)
             finally:
                 await ss.close()
                 await self.bus.nc.flush()
@@ -276,14 +284,15 @@ class ExecMixin:
         await ready  # the streams listen before the client can learn the secrets
         return Reply(type="async", operation=op.lxd())
 
-    async def _start(self, name: str, post: ExecPost, env: dict[str, str]) -> Any:
+    async def _start(self, drv: InstanceDriver, name: str, post: ExecPost,
+                     env: dict[str, str]) -> ExecProcess:
         return await asyncio.to_thread(
-            self.driver.exec_start, name, post.command, env, post.cwd or None, post.user,
+            drv.exec_start, name, post.command, env, post.cwd or None, post.user,
             post.group, post.interactive, post.width or 80, post.height or 24)
 
-    async def _exec_streams(self, ss: streams.ServiceStreams, name: str, post: ExecPost,
-                            env: dict[str, str]) -> dict[str, Any]:
-        proc = await self._start(name, post, env)
+    async def _exec_streams(self, drv: InstanceDriver, ss: streams.ServiceStreams, name: str,
+                            post: ExecPost, env: dict[str, str]) -> dict[str, Any]:
+        proc = await self._start(drv, name, post, env)
         exited = asyncio.Event()
         if post.interactive:
             outs = [(proc.pty_fd, "0")]
@@ -316,9 +325,10 @@ class ExecMixin:
             await _cancel(helpers + pumps)
             _close_all(own)
 
-    async def _exec_recorded(self, op_id: str, req: ExecRequest, post: ExecPost,
-                             env: dict[str, str], out_dir: Path) -> dict[str, Any]:
-        proc = await self._start(req.name, post, env)
+    async def _exec_recorded(self, drv: InstanceDriver, op_id: str, req: ExecRequest,
+                             post: ExecPost, env: dict[str, str], out_dir: Path
+                             ) -> dict[str, Any]:
+        proc = await self._start(drv, req.name, post, env)
         own = {fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
                if fd is not None}
         exited = asyncio.Event()

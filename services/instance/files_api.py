@@ -16,6 +16,8 @@ from shared.messages.exec import FileRequest, pack, unpack
 from shared.models import Reply
 from shared.service import endpoint
 
+from .drivers.base import InstanceDriver
+
 FILE_TYPES = ("file", "directory", "symlink")
 
 
@@ -30,6 +32,14 @@ def _check_path(path: str) -> str:
 class FilesMixin:
     """``file_get``, ``file_put``, ``file_delete``."""
 
+    async def _files_driver(self, project: str, name: str) -> InstanceDriver:
+        """The instance's driver, when it can reach the instance's files (400 if not)."""
+        rec = await self.require_instance(project, name)
+        drv = self.driver_of(rec)
+        if not drv.capabilities.files:
+            raise BadRequest(f"File access is not supported for a {rec['type']}")
+        return drv
+
     async def _file_event(self, action: str, req: FileRequest) -> None:
         await self.events.lifecycle(f"instance-file-{action}",
                                     url("instances", req.name, req.project),
@@ -39,9 +49,9 @@ class FilesMixin:
     @endpoint("file_get", FileRequest)
     async def file_get(self, req: FileRequest) -> Reply:
         """Metadata ``{type, uid, gid, mode}`` plus ``entries``, or the bytes (inline/blob)."""
-        await self.require_instance(req.project, req.name)
+        drv = await self._files_driver(req.project, req.name)
         content, uid, gid, mode, kind = await asyncio.to_thread(
-            self.driver.file_get, req.name, _check_path(req.path))
+            drv.file_get, req.name, _check_path(req.path))
         meta: dict[str, Any] = {"type": kind, "uid": uid, "gid": gid, "mode": mode}
         if kind == "directory":
             meta["entries"] = list(content)
@@ -54,7 +64,7 @@ class FilesMixin:
     async def file_put(self, req: FileRequest) -> Reply:
         """Create or replace; an existing directory is left as it is (as LXD does)."""
         try:
-            await self.require_instance(req.project, req.name)
+            drv = await self._files_driver(req.project, req.name)
             _check_path(req.path)
             if req.type not in FILE_TYPES:
                 raise BadRequest(f"Bad file type {req.type!r}: use file, directory or symlink")
@@ -65,29 +75,30 @@ class FilesMixin:
                 await _drop(self.bus, req.blob)
             raise
         data = await unpack(self.bus, req.data, req.blob)
-        if req.type == "directory" and await self._is_dir(req.name, req.path):
+        if req.type == "directory" and await _is_dir(drv, req.name, req.path):
             return Reply(metadata=None)
         mode = None if req.mode < 0 else req.mode
         if req.type == "directory" and mode is None:
             mode = 0o750
-        await asyncio.to_thread(self.driver.file_put, req.name, req.path, data,
+        await asyncio.to_thread(drv.file_put, req.name, req.path, data,
                                 max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write)
         await self._file_event("pushed", req)
         return Reply(metadata=None)
 
-    async def _is_dir(self, name: str, path: str) -> bool:
-        try:
-            kind = (await asyncio.to_thread(self.driver.file_get, name, path))[4]
-        except NotFound:
-            return False
-        return kind == "directory"
-
     @endpoint("file_delete", FileRequest)
     async def file_delete(self, req: FileRequest) -> Reply:
-        await self.require_instance(req.project, req.name)
-        await asyncio.to_thread(self.driver.file_delete, req.name, _check_path(req.path))
+        drv = await self._files_driver(req.project, req.name)
+        await asyncio.to_thread(drv.file_delete, req.name, _check_path(req.path))
         await self._file_event("deleted", req)
         return Reply(metadata=None)
+
+
+async def _is_dir(drv: InstanceDriver, name: str, path: str) -> bool:
+    try:
+        kind = (await asyncio.to_thread(drv.file_get, name, path))[4]
+    except NotFound:
+        return False
+    return kind == "directory"
 
 
 async def _drop(bus: Any, blob: str) -> None:

@@ -25,6 +25,8 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
 
 from . import create, lifecycle, reconcile, update
+from .context import Context
+from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
 from .drivers.router import DriverRouter
 from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
@@ -55,29 +57,24 @@ class InstanceService(ExecFilesConsoleMixin, Service):
 
     async def setup(self) -> None:
         await asyncio.to_thread(ensure_subids)
-        self.driver = DriverRouter(LXCDriver(self.config.dir / "lxc"),
-                                   self.config.dir / "virtual-machines", self.type_of)
+        self.drivers = DriverRouter(LXCDriver(self.config.dir / "lxc"),
+                                    self.config.dir / "virtual-machines")
         self.remote = Remote(self.bus, self.config.node)
         self.instances = await Store(self.bus, "instances", cache=True).open()
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
+        self.ctx = Context(instances=self.instances, profiles=self.profiles,
+                           remote=self.remote, drivers=self.drivers, log=self.log)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._cleanup = await reconcile.reconcile(self)
+        self._cleanup = await reconcile.reconcile(self.ctx)
 
     def server_info(self) -> ServerInfoReply:
         """``driver: lxc | qemu`` as LXD reports several; qemu only while libvirtd answers
         (a socket check and a cached connection: fast enough for the event loop)."""
-        versions = self.driver.versions()
+        versions = self.drivers.versions()
         env = {"driver": " | ".join(versions), "driver_version": " | ".join(versions.values())}
         vm = VM_EXTENSIONS if "qemu" in versions else []
         return ServerInfoReply(environment=env,
                                api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm])
-
-    def type_of(self, name: str) -> str:
-        """The type of the instance ``name`` (any project: driver names are host-wide)."""
-        for r in self.instances.cached():
-            if r["name"] == name:
-                return r.get("type", "container")
-        return "container"
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
@@ -91,13 +88,11 @@ class InstanceService(ExecFilesConsoleMixin, Service):
             raise NotFound("Instance not found")
         return found[0]
 
-    async def instance_status(self, project: str, name: str) -> str:
-        await self.require_instance(project, name)
-        return await asyncio.to_thread(lifecycle.host_status, self.driver, name)
+    async def instance_status(self, rec: dict[str, Any]) -> str:
+        return await lifecycle.host_status(self.ctx, rec)
 
-    async def require_agent(self, project: str, name: str) -> None:
-        """VMs: 503 "VM agent isn't currently running" at once, before any operation."""
-        await asyncio.to_thread(self.driver.agent_ready, name)
+    def driver_of(self, rec: dict[str, Any]) -> InstanceDriver:
+        return self.drivers.for_instance(rec)
 
     # -- instances ------------------------------------------------------------------------
 
@@ -111,7 +106,7 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         recs = self._records(req.project, req.all_projects)
         if req.recursion <= 0 and not req.filter:
             return Reply(metadata=[instance_url(r) for r in recs])
-        host = await asyncio.to_thread(self.driver.list_host)
+        host = await asyncio.to_thread(self.drivers.list_host)
         objs = [public(r, host.get(r["name"], r.get("status"))) for r in recs]
         if req.filter:
             groups = filters.parse(req.filter)
@@ -119,8 +114,9 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         if req.recursion <= 0:
             return Reply(metadata=[url("instances", o["name"], o["project"]) for o in objs])
         if req.recursion >= 2:
+            shown = {o["name"] for o in objs if o["name"] in host}
             states = await asyncio.to_thread(
-                self.driver.state_many, [o["name"] for o in objs if o["name"] in host])
+                self.drivers.state_many, [r for r in recs if r["name"] in shown])
             for o in objs:
                 o.update(state=states.get(o["name"]), snapshots=None, backups=None)
         return Reply(metadata=objs)
@@ -128,10 +124,9 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     @endpoint("get", ObjectRequest)
     async def get_instance(self, req: ObjectRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
-        obj = public(rec, status)
+        obj = public(rec, await self.instance_status(rec))
         if (req.body or {}).get("recursion", 0) >= 1:
-            obj.update(state=await asyncio.to_thread(self.driver.state, req.name),
+            obj.update(state=await asyncio.to_thread(self.driver_of(rec).state, req.name),
                        snapshots=None, backups=None)
         return Reply(metadata=obj, etag=record_etag(rec))
 
@@ -149,8 +144,8 @@ class InstanceService(ExecFilesConsoleMixin, Service):
 
     @endpoint("state", ObjectRequest)
     async def get_state(self, req: ObjectRequest) -> Reply:
-        await self.require_instance(req.project, req.name)
-        return Reply(metadata=await asyncio.to_thread(self.driver.state, req.name))
+        rec = await self.require_instance(req.project, req.name)
+        return Reply(metadata=await asyncio.to_thread(self.driver_of(rec).state, req.name))
 
     def _resources(self, name: str, project: str, containers: bool = False
                    ) -> dict[str, list[str]]:
@@ -161,18 +156,18 @@ class InstanceService(ExecFilesConsoleMixin, Service):
 
     @endpoint("create", CreateRequest)
     async def create_instance(self, req: CreateRequest) -> Reply:
-        rec, image = await create.prepare(self, req.body, req.project)
+        rec, image = await create.prepare(self.ctx, req.body, req.project)
         start = bool(req.body.get("start"))
 
         async def run(_op) -> None:
             async with self.lock(rec["project"], rec["name"]):
-                made = await create.build(self, rec, image)
+                made = await create.build(self.ctx, rec, image)
                 await self.events.lifecycle(
                     "instance-created", instance_url(made), project=made["project"],
                     context={"storage-pool": made["pool"], "type": made["type"]},
                     requestor=req.requestor)
                 if start:
-                    await lifecycle.start(self, made)
+                    await lifecycle.start(self.ctx, made)
                     await self.events.lifecycle("instance-started", instance_url(made),
                                                 project=made["project"],
                                                 requestor=req.requestor)
@@ -185,13 +180,12 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     @endpoint("state_put", StatePutRequest)
     async def put_state(self, req: StatePutRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
-        lifecycle.check_action(status, req.action)
+        await lifecycle.check(self.ctx, rec, req.action)
 
         async def run(_op) -> None:
             async with self.lock(req.project, req.name):
                 current = await self.require_instance(req.project, req.name)
-                action = await lifecycle.change(self, current, req)
+                action = await lifecycle.change(self.ctx, current, req)
             await self.events.lifecycle(action, instance_url(rec), project=req.project,
                                         requestor=req.requestor)
 
@@ -212,8 +206,8 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
         await self.require_instance(req.project, req.name)
         async with self.lock(req.project, req.name):
-            rec = await update.update(self, req.project, req.name, req.body or {}, req.etag,
-                                      patch)
+            rec = await update.update(self.ctx, req.project, req.name, req.body or {},
+                                      req.etag, patch)
         await self.events.lifecycle("instance-updated", instance_url(rec),
                                     project=req.project, requestor=req.requestor)
         return await self._done_op("Updating instance", req.name, req.project)
@@ -230,7 +224,7 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     async def rename_instance(self, req: ObjectRequest) -> Reply:
         await self.require_instance(req.project, req.name)
         async with self.lock(req.project, req.name):
-            new = await update.rename(self, req.project, req.name, req.body or {})
+            new = await update.rename(self.ctx, req.project, req.name, req.body or {})
         await self.events.lifecycle("instance-renamed", instance_url(new),
                                     project=req.project, context={"old_name": req.name},
                                     requestor=req.requestor)
@@ -239,13 +233,12 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     @endpoint("delete", ObjectRequest)
     async def delete_instance(self, req: ObjectRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        status = await asyncio.to_thread(lifecycle.host_status, self.driver, req.name)
-        if status != "Stopped":
+        if await self.instance_status(rec) != "Stopped":
             raise BadRequest("The instance is currently running, stop it first")
 
         async def run(_op) -> None:
             async with self.lock(req.project, req.name):
-                await update.delete(self, rec)
+                await update.delete(self.ctx, rec)
             await self.events.lifecycle("instance-deleted", instance_url(rec),
                                         project=req.project, requestor=req.requestor)
 
@@ -278,7 +271,7 @@ class InstanceService(ExecFilesConsoleMixin, Service):
                     continue
                 cur, rev = found
                 try:
-                    await update.apply(self, cur, rev, cur["config"], cur["devices"],
+                    await update.apply(self.ctx, cur, rev, cur["config"], cur["devices"],
                                        cur["profiles"], cur["description"])
                 except Exception as exc:  # keep the profile change; say what failed
                     self.log.warning("profile change not applied to instance",

@@ -2,35 +2,38 @@
 
 Why limits go to the driver first: ``apply_limits_live`` validates and applies all changed
 ``limits.*`` or none of them, so a bad value (or a memory limit below current usage) is an
-error that leaves both the cgroups and the KV record as they were.
+error that leaves both the cgroups and the KV record as they were. A limit the driver
+cannot change on a running instance (its ``capabilities.live_limits``) is refused with a
+400 that says to stop it first, never stored to apply "later" unnoticed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key
 
 from . import limits, validate
+from .context import Context
 from .create import expand_profiles
+from .drivers.base import Capabilities
+from .drivers.router import type_of
 from .lifecycle import apply_nic_limits, host_status
 from .records import expand, nic_names, record_etag
-
-if TYPE_CHECKING:
-    from .service import InstanceService
 
 
 def _volatile(cfg: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in cfg.items() if k.startswith("volatile.")}
 
 
-async def update(svc: "InstanceService", project: str, name: str, body: dict[str, Any],
+async def update(ctx: Context, project: str, name: str, body: dict[str, Any],
                  etag: str | None, patch: bool) -> dict[str, Any]:
     k = key(project, name)
-    rec, rev = await svc.instances.require(k, "Instance")
+    rec, rev = await ctx.instances.require(k, "Instance")
     check_etag(etag, record_etag(rec))
     user_cfg = {x: v for x, v in rec["config"].items() if not x.startswith("volatile.")}
     if patch:
@@ -48,14 +51,25 @@ async def update(svc: "InstanceService", project: str, name: str, body: dict[str
         desc = validate.check_description(body.get("description"))
     cfg = {x: v for x, v in cfg.items() if not x.startswith("volatile.")}
     cfg.update(_volatile(rec["config"]))
-    return await apply(svc, rec, rev, cfg, devices, profiles, desc)
+    return await apply(ctx, rec, rev, cfg, devices, profiles, desc)
 
 
-async def apply(svc: "InstanceService", rec: dict[str, Any], rev: int,
+def check_live(capabilities: Capabilities, status: str, changed: dict[str, str]) -> None:
+    """400 for a limit the driver cannot change while the instance runs."""
+    if status not in ("Running", "Frozen"):
+        return
+    stuck = sorted(set(changed) - capabilities.live_limits)
+    if stuck:
+        kind = capabilities.instance_type.replace("-", " ")
+        raise BadRequest(f"{', '.join(stuck)} cannot change while this {kind} runs: stop "
+                         "it, set the new value, start it again")
+
+
+async def apply(ctx: Context, rec: dict[str, Any], rev: int,
                 cfg: dict[str, str], devices: dict[str, dict[str, str]],
                 profiles: list[str], desc: str) -> dict[str, Any]:
     """Re-expand, apply live what can be, store. Also used when a profile changes."""
-    pcfg, pdevs = expand(await expand_profiles(svc, rec["project"], profiles), cfg, devices)
+    pcfg, pdevs = expand(await expand_profiles(ctx, rec["project"], profiles), cfg, devices)
     validate.check_config(pcfg)
     validate.check_devices(pdevs)
     validate.root_device(pdevs)
@@ -67,17 +81,19 @@ async def apply(svc: "InstanceService", rec: dict[str, Any], rev: int,
     new = {**rec, "config": cfg, "devices": devices, "profiles": profiles,
            "description": desc, "expanded_config": pcfg, "expanded_devices": pdevs}
     name = rec["name"]
+    drv = ctx.drivers.for_instance(rec)
+    status = await host_status(ctx, rec)
     changed = {x: pcfg.get(x, "") for x in limits.LIMIT_KEYS if old_cfg.get(x) != pcfg.get(x)}
+    check_live(drv.capabilities, status, changed)
     if changed:
-        await asyncio.to_thread(svc.driver.apply_limits_live, name, changed)
-    await asyncio.to_thread(svc.driver.update, name, pcfg, pdevs)
-    status = await asyncio.to_thread(host_status, svc.driver, name)
+        await asyncio.to_thread(drv.apply_limits_live, name, changed)
+    await asyncio.to_thread(drv.update, name, pcfg, pdevs)
     if status in ("Running", "Frozen"):
         nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
                 _limits(old_devs[d])}
         if nics:
-            await apply_nic_limits(svc, new, only=nics)
-    await svc.instances.update(key(rec["project"], name), new, rev)
+            await apply_nic_limits(ctx, new, only=nics)
+    await ctx.instances.update(key(rec["project"], name), new, rev)
     return new
 
 
@@ -85,47 +101,48 @@ def _limits(dev: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in dev.items() if k.startswith("limits.")}
 
 
-async def rename(svc: "InstanceService", project: str, name: str, body: dict[str, Any]
+async def rename(ctx: Context, project: str, name: str, body: dict[str, Any]
                  ) -> dict[str, Any]:
     new_name = validate.check_name(body.get("name"))
     if body.get("migration") or body.get("live"):
         raise BadRequest("Migration is not supported by rename")
     k = key(project, name)
-    rec, _rev = await svc.instances.require(k, "Instance")
-    if rec.get("type") == "virtual-machine":
-        raise BadRequest("Renaming virtual machines is not supported yet")
-    if await asyncio.to_thread(host_status, svc.driver, name) != "Stopped":
+    rec, _rev = await ctx.instances.require(k, "Instance")
+    drv = ctx.drivers.for_instance(rec)
+    if not drv.capabilities.rename:
+        raise BadRequest(f"Renaming a {type_of(rec)} is not supported yet")
+    if await host_status(ctx, rec) != "Stopped":
         raise BadRequest("Renaming of running instance not allowed")
     nk = key(project, new_name)
     new = {**rec, "name": new_name}
-    await svc.instances.create(nk, new, f"Instance {new_name!r}")
+    await ctx.instances.create(nk, new, f"Instance {new_name!r}")
     try:
         if rec.get("volume"):
-            new["volume"] = await svc.remote.volume_rename(project, rec["pool"], name,
+            new["volume"] = await ctx.remote.volume_rename(project, rec["pool"], name,
                                                            new_name)
-        await asyncio.to_thread(svc.driver.rename, name, new_name,
-                                f"{new['volume']}/rootfs" if new.get("volume") else None)
+        await asyncio.to_thread(drv.rename, name, new_name,
+                                Path(new["volume"]) if new.get("volume") else None)
     except BaseException:
-        await svc.instances.delete(nk)
+        await ctx.instances.delete(nk)
         raise
-    await svc.instances.put(nk, new)
-    await svc.instances.delete(k)
+    await ctx.instances.put(nk, new)
+    await ctx.instances.delete(k)
     return new
 
 
-async def delete(svc: "InstanceService", rec: dict[str, Any]) -> None:
+async def delete(ctx: Context, rec: dict[str, Any]) -> None:
     """Driver definition, root volume, KV record: in that order, so a retry finishes."""
     name, project = rec["name"], rec["project"]
+    drv = ctx.drivers.for_instance(rec)
     try:
-        await asyncio.to_thread(svc.driver.delete, name)
+        await asyncio.to_thread(drv.delete, name)
     except NotFound:
         pass
     except Conflict as exc:
         raise BadRequest("The instance is currently running, stop it first") from exc
     if rec.get("pool"):
         try:
-            await svc.remote.volume_delete(project, rec["pool"], name,
-                                           rec.get("type", "container"))
+            await ctx.remote.volume_delete(project, rec["pool"], name, type_of(rec))
         except NotFound:
             pass
-    await svc.instances.delete(key(project, name))
+    await ctx.instances.delete(key(project, name))

@@ -6,7 +6,6 @@ failed operation), and update/patch reuse the same rules so nothing invalid reac
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared.api import description as check_description  # noqa: F401
@@ -14,10 +13,8 @@ from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
 from . import limits
+from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
 
-# LXD's instance names are hostnames: letters, digits, '-', 1-63 chars, not starting with a
-# digit or '-', not ending with '-'.
-_NAME = re.compile(r"^[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 # Plain keys we implement; the prefixes below take any suffix.
 KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
               "boot.autostart", "boot.autostart.delay", "boot.autostart.priority",
@@ -25,16 +22,6 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
-
-
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise BadRequest("Instance name is required")
-    if not _NAME.match(name):
-        raise BadRequest(
-            f"Invalid instance name {name!r}: names must be 1-63 characters of letters, "
-            "digits and '-', start with a letter and not end with '-'")
-    return name
 
 
 def check_config(config: Any) -> dict[str, str]:

@@ -1,9 +1,10 @@
-"""NIC verbs for the instance service: LXC config for a NIC, live bandwidth limits.
+"""NIC verbs for the instance service: a NIC's neutral description, live bandwidth limits.
 
 The instance service owns devices and their ``volatile.*`` keys; this side knows which
 bridges exist and keeps them running. ``nic_config`` therefore resolves the device,
 starts its network if needed, fills in a MAC and a host veth name when the caller has
-none yet (it stores what we return), and answers with ``lxc.net.N.*`` lines.
+none yet (it stores what we return), and answers with a neutral ``Nic`` that each
+instance driver renders in its own syntax.
 """
 
 from __future__ import annotations
@@ -67,10 +68,7 @@ async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigRepl
     hwaddr = dev.get("hwaddr") or req.hwaddr or nic.random_hwaddr()
     if not _MAC.match(hwaddr):
         raise BadRequest(f"Invalid NIC MAC address {hwaddr!r} (like 00:16:3e:12:34:56)")
-    lines = nic.lxc_nic_config(req.index, device, host_name, hwaddr.lower())
-    return NicConfigReply(
-        lxc=[[k, v] for k, v in lines], host_name=host_name, hwaddr=hwaddr.lower(),
-        bridge=dev["parent"] if dev["nictype"] == "bridged" else "", network=network)
+    return nic.neutral_nic(req.index, device, host_name, hwaddr, network)
 
 
 async def nic_limits(req: NicLimitsRequest) -> None:

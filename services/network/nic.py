@@ -1,11 +1,13 @@
-"""NIC devices of containers: LXC config keys, names, MACs and live bandwidth limits.
+"""NIC devices of instances: validation, names, MACs, the neutral NIC, live bandwidth limits.
 
-LXC creates the veth pair itself from ``lxc.net.N.*`` keys, so attaching a container to a
-bridge is only config. Limits are applied afterwards on the host end of the veth, with
-LXD's meaning: ``limits.ingress`` is what the *instance* receives, i.e. the host veth's
-egress (an htb qdisc on it); ``limits.egress`` is what the instance sends, i.e. the host
-veth's ingress. This kernel has no ``police`` action, so that direction is redirected
-(``mirred``) to an ``ifb`` device whose egress gets the htb qdisc.
+What a device resolves to is a neutral :class:`~shared.messages.network.Nic` (bridge,
+host-side name, MAC, MTU, limits); the instance drivers turn it into LXC keys or libvirt
+XML themselves, so no driver syntax is built here. Limits are applied afterwards on the
+host end of the veth, with LXD's meaning: ``limits.ingress`` is what the *instance*
+receives, i.e. the host veth's egress (an htb qdisc on it); ``limits.egress`` is what the
+instance sends, i.e. the host veth's ingress. This kernel has no ``police`` action, so
+that direction is redirected (``mirred``) to an ``ifb`` device whose egress gets the htb
+qdisc.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 from pyroute2 import IPRoute
 
 from shared.errors import BadRequest, Internal, NotFound
+from shared.messages.network import NicConfigReply
 
 from .drivers.base import validate_network_name
 
@@ -99,24 +102,24 @@ def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def lxc_nic_config(index: int, device: dict[str, str], host_name: str,
-                   hwaddr: str) -> list[tuple[str, str]]:
-    """``lxc.net.<index>.*`` keys for a NIC; ``hwaddr``/``host_name`` unless it sets them."""
+def neutral_nic(index: int, device: dict[str, str], host_name: str, hwaddr: str,
+                network: str = "") -> NicConfigReply:
+    """The NIC a ``type: nic`` device makes, in no driver's syntax (each driver renders it).
+
+    The device's own ``name``/``host_name``/``hwaddr`` win over the ones given (the
+    instance's ``volatile.*`` keys or fresh ones); the guest name defaults to
+    ``eth<index>``. A macvlan has no host-side interface of ours.
+    """
     dev = validate_nic_device(device)
-    p = f"lxc.net.{index}"
-    keys: list[tuple[str, str]] = []
-    if dev["nictype"] == "macvlan":
-        keys += [(f"{p}.type", "macvlan"), (f"{p}.macvlan.mode", "bridge"),
-                 (f"{p}.link", dev["parent"])]
-    else:
-        keys += [(f"{p}.type", "veth"), (f"{p}.veth.pair", dev.get("host_name", host_name))]
-        if dev["nictype"] == "bridged":
-            keys.append((f"{p}.link", dev["parent"]))
-    keys += [(f"{p}.flags", "up"), (f"{p}.name", dev.get("name", f"eth{index}")),
-             (f"{p}.hwaddr", dev.get("hwaddr", hwaddr))]
-    if "mtu" in dev:
-        keys.append((f"{p}.mtu", dev["mtu"]))
-    return keys
+    ingress, egress = limits_of(dev)
+    nictype = dev["nictype"]
+    return NicConfigReply(
+        name=dev.get("name") or f"eth{index}", nictype=nictype,
+        parent=dev.get("parent", ""), bridge=dev["parent"] if nictype == "bridged" else "",
+        host_name="" if nictype == "macvlan" else dev.get("host_name") or host_name,
+        hwaddr=(dev.get("hwaddr") or hwaddr).lower(),
+        mtu=int(dev["mtu"]) if dev.get("mtu") else None, network=network,
+        limits_ingress=ingress, limits_egress=egress)
 
 
 def limits_of(device: dict[str, str]) -> tuple[str | None, str | None]:

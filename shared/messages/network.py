@@ -1,23 +1,30 @@
 """What the network service accepts and answers on the bus, besides LXD's CRUD shapes.
 
-The instance service calls ``nic_config`` (node scope) when it builds a container's LXC
-config and ``nic_limits`` when a NIC's limits change on a running instance. The network
+The instance service calls ``nic_config`` (node scope) when it builds or starts an
+instance, and gets a neutral :class:`Nic` back: each instance driver renders it in its
+own syntax (LXC config keys, libvirt XML), so no driver's syntax crosses the bus. It calls
+``nic_limits`` when a NIC's limits change on a running instance. The network
 service calls the instance service's ``network_users`` to learn which instances use a
 network before it deletes or renames it.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.models import Message, Request
 
+NicType = Literal["bridged", "macvlan", "p2p"]
+
 
 class NicConfigRequest(Request):
-    """Resolve one ``type: nic`` device into LXC keys (the project is the instance's)."""
+    """Resolve one ``type: nic`` device into a :class:`Nic` (the project is the instance's)."""
 
     instance: str
-    index: int = Field(ge=0, description="N in lxc.net.N")
+    index: int = Field(ge=0, description="the NIC's position among the instance's NICs "
+                                          "(sorted device names); default guest name eth<index>")
     device: dict[str, str]
     # Kept by the instance service in volatile.<dev>.host_name / volatile.<dev>.hwaddr;
     # None: the network service picks new ones and returns them.
@@ -25,14 +32,28 @@ class NicConfigRequest(Request):
     hwaddr: str | None = None
 
 
-class NicConfigReply(Message):
-    """Travels as ``Reply.metadata``; ``lxc`` is a list of [key, value] pairs, in order."""
+class Nic(Message):
+    """One NIC as the host will make it, in no driver's syntax.
 
-    lxc: list[list[str]]
-    host_name: str = ""  # host-side veth ("" for macvlan)
-    hwaddr: str
+    Why neutral: the network service knows bridges, names and MACs; how a NIC is written
+    down (``lxc.net.N.*`` keys, a libvirt ``<interface>``) is each instance driver's
+    business. Drivers keep these in their spec files and render them at every start.
+    """
+
+    name: str = "eth0"  # the interface name inside the instance
+    nictype: NicType = "bridged"
+    parent: str = ""  # the bridge (bridged) or host interface (macvlan); "" for p2p
     bridge: str = ""  # the bridge the NIC joins ("" for macvlan/p2p)
+    host_name: str = ""  # host-side veth or tap ("" for macvlan)
+    hwaddr: str = ""
+    mtu: int | None = None
     network: str = ""  # the managed network, "" when the parent is not one
+    limits_ingress: str | None = None  # what the instance receives, e.g. "10Mbit"
+    limits_egress: str | None = None  # what the instance sends
+
+
+class NicConfigReply(Nic):
+    """``nic_config``'s answer, as ``Reply.metadata``: the resolved :class:`Nic`."""
 
 
 class NicLimitsRequest(Request):

@@ -1,10 +1,11 @@
-"""The instance driver interface: what the instance service may ask any driver to do.
+"""The instance driver interface: every method the instance service calls on a driver.
 
 Why: the service must not care whether an instance is an LXC container or a QEMU VM.
-Like Nova's ``virt/driver.py`` it is a set of explicit methods plus capability flags the
-service checks before offering a feature (a VM driver may not have idmaps or live cpusets).
-All methods block; the bus service calls them in a thread. ``exec_start`` returns at once
-with file descriptors so an async caller can pump the streams itself.
+Like Nova's ``virt/driver.py`` (or LXD's ``instance.Instance``) it is a set of explicit
+methods plus capability flags the service reads before offering a feature (a VM cannot
+change every limit live, nor be renamed yet). All methods block; the bus service calls
+them in a thread. ``exec_start`` returns at once with file descriptors so an async caller
+can pump the streams itself. Instances are named by LXD's rule (:mod:`..names`).
 """
 
 from __future__ import annotations
@@ -12,48 +13,57 @@ from __future__ import annotations
 import abc
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from shared.errors import BadRequest, NotFound
+from shared.messages.network import Nic
 
-# Each driver keeps an instance's inputs (config, devices, idmap...) in one JSON file.
+from ..names import check_name
+
+# Each driver keeps an instance's inputs (config, devices, NICs...) in one JSON file.
 SPEC_FILE = "corral.json"
-NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 
-
-def check_name(name: str) -> None:
-    """LXD's instance names (hostnames): both drivers use them as host object names."""
-    if not NAME_RE.match(name) or name.isdigit():
-        raise BadRequest(f"Invalid instance name {name!r}: use 1-63 letters, digits and "
-                         "dashes, not starting or ending with a dash, not only digits")
+__all__ = ["SPEC_FILE", "Capabilities", "ExecProcess", "InstanceDriver", "InstanceSpec",
+           "Nic", "SpecDir", "check_command", "check_name"]
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a driver supports; the service refuses requests for missing features."""
+    """What a driver supports; the service refuses requests for missing features (400).
+
+    ``live_limits`` are the ``limits.*`` keys a running instance takes without a restart;
+    a change to another limit while it runs is refused rather than silently deferred.
+    ``templates``: the instance's files lie in its volume as the host sees them, so the
+    service renders image templates there at create and start (containers; a VM's disk
+    is a block image).
+    """
 
     instance_type: str
-    live_limits: bool = False
+    live_limits: frozenset[str] = frozenset()
     exec: bool = False
     exec_pty: bool = False
     files: bool = False
     freeze: bool = False
-    console_log: bool = False
-    idmap: bool = False
-    live_migration: bool = False
+    console: bool = False
+    rename: bool = False
+    templates: bool = False
 
 
 @dataclass
 class InstanceSpec:
-    """What the driver is given to build an instance (persisted next to its config)."""
+    """What a driver is given to define an instance.
+
+    ``volume`` is the root volume's directory as the storage service made it; each
+    driver knows its own layout in it (``rootfs/`` for containers, ``rootfs.img`` for VMs).
+    """
 
     name: str
     config: dict[str, str]
     devices: dict[str, dict[str, str]]
-    rootfs_path: Path
-    nic_config_lines: list[str] = field(default_factory=list)
+    volume: Path
+    nics: list[Nic] = field(default_factory=list)
 
 
 class ExecProcess(abc.ABC):
@@ -83,18 +93,39 @@ class ExecProcess(abc.ABC):
 
 
 class InstanceDriver(abc.ABC):
-    """Lifecycle, state, exec and files of the instances one driver manages."""
+    """Definition, lifecycle, state, exec, files and console of one kind of instance."""
 
-    capabilities: Capabilities
+    capabilities: ClassVar[Capabilities]
+
+    # ---- definition --------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               rootfs_path: Path, nic_config_lines: list[str]) -> dict[str, str]:
-        """Define the instance; returns volatile keys to store (e.g. idmap)."""
+    def create(self, spec: InstanceSpec) -> dict[str, str]:
+        """Define the instance; returns ``volatile.*`` keys to store (e.g. the idmap)."""
+
+    @abc.abstractmethod
+    def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
+               nics: list[Nic] | None = None) -> None:
+        """Store new expanded config/devices (and NICs when given) for the next start."""
+
+    @abc.abstractmethod
+    def rename(self, name: str, new_name: str, volume: Path | None = None) -> None:
+        """Move a stopped instance's definition to ``new_name`` (and its moved volume)."""
 
     @abc.abstractmethod
     def delete(self, name: str) -> None:
-        """Remove the definition (not the root volume); refused while running."""
+        """Remove the definition (not the root volume); Conflict while running."""
+
+    @abc.abstractmethod
+    def names_on_host(self) -> list[str]:
+        """Every name this driver has anything for, even half-made (for reconcile)."""
+
+    @abc.abstractmethod
+    def purge(self, name: str) -> None:
+        """Force off and remove whatever exists for ``name`` (never the root volume);
+        best effort, for creates that died half-way. No error when nothing exists."""
+
+    # ---- lifecycle ---------------------------------------------------------------------
 
     @abc.abstractmethod
     def start(self, name: str) -> None: ...
@@ -102,8 +133,9 @@ class InstanceDriver(abc.ABC):
     @abc.abstractmethod
     def stop(self, name: str, timeout: float = 30, force: bool = False) -> None: ...
 
-    @abc.abstractmethod
-    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None: ...
+    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None:
+        self.stop(name, timeout, force)
+        self.start(name)
 
     @abc.abstractmethod
     def freeze(self, name: str) -> None: ...
@@ -112,14 +144,40 @@ class InstanceDriver(abc.ABC):
     def unfreeze(self, name: str) -> None: ...
 
     @abc.abstractmethod
+    def apply_limits_live(self, name: str, changed_config: dict[str, str]) -> None:
+        """Validate and apply changed ``limits.*`` (all or none); stored for next start."""
+
+    # ---- status and state --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def host_status(self, name: str) -> str:
+        """Running/Stopped/Frozen/... as the host says, cheaply (no process spawned);
+        "Stopped" when the host has nothing for ``name``."""
+
+    @abc.abstractmethod
+    def list_host(self) -> dict[str, str]:
+        """{name: status} of every instance this driver finds on the host."""
+
+    @abc.abstractmethod
     def state(self, name: str) -> dict:
         """LXD's ``/1.0/instances/<name>/state`` document."""
 
     def state_many(self, names: list[str]) -> dict[str, dict]:
-        return {n: self.state(n) for n in names}
+        """States for a list (``recursion=2``): names gone meanwhile are left out."""
+        out = {}
+        for n in names:
+            try:
+                out[n] = self.state(n)
+            except NotFound:
+                continue
+        return out
 
-    @abc.abstractmethod
-    def apply_limits_live(self, name: str, changed_config: dict[str, str]) -> None: ...
+    # ---- exec, files ---------------------------------------------------------------------
+
+    def exec_ready(self, name: str) -> None:
+        """Raise at once (e.g. 503 "VM agent isn't currently running") when exec and files
+        cannot work now although the instance runs; the service asks before an operation."""
+        return None
 
     @abc.abstractmethod
     def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
@@ -129,7 +187,7 @@ class InstanceDriver(abc.ABC):
 
     @abc.abstractmethod
     def file_get(self, name: str, path: str) -> tuple[bytes | list[str], int, int, int, str]:
-        ...
+        """(content or directory entries, uid, gid, mode, type)."""
 
     @abc.abstractmethod
     def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
@@ -139,12 +197,26 @@ class InstanceDriver(abc.ABC):
     @abc.abstractmethod
     def file_delete(self, name: str, path: str) -> None: ...
 
-    @abc.abstractmethod
-    def console_log(self, name: str) -> bytes: ...
+    def root_owner(self, name: str) -> tuple[int, int]:
+        """Host (uid, gid) owning the instance's root in its volume as the host sees it
+        (non-zero only for a container whose files were shifted); templates use it."""
+        return 0, 0
+
+    # ---- console -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def list_host(self) -> dict[str, str]:
-        """{name: status} of every instance this driver finds on the host."""
+    def log_dir(self, name: str) -> Path:
+        """The directory holding the instance's ``console.log`` (and ``lxc.log``)."""
+
+    def console_log(self, name: str) -> bytes:
+        try:
+            return (self.log_dir(name) / "console.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    @abc.abstractmethod
+    def console_open(self, name: str) -> int:
+        """A read/write fd on the running instance's console; the caller closes it."""
 
 
 def check_command(command: list[str]) -> None:

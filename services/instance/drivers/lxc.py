@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import lxc
 
-from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, Internal
 
 from .. import idmap as idmaps
 from .. import limits
@@ -27,10 +26,12 @@ from .base import (
     ExecProcess,
     InstanceDriver,
     InstanceSpec,
+    Nic,
     SpecDir,
     check_command,
 )
 
+ROOTFS = "rootfs"  # the container's files inside its root volume (LXD's layout)
 _STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
            "FROZEN": ("Frozen", 110), "STARTING": ("Starting", 106),
            "STOPPING": ("Stopping", 107), "FREEZING": ("Freezing", 109),
@@ -40,9 +41,10 @@ _STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
 class LXCDriver(SpecDir, InstanceDriver):
     """Containers under one lxcpath. ``idmapped_mounts=None`` detects on first start."""
 
-    capabilities = Capabilities(instance_type="container", live_limits=True, exec=True,
-                                exec_pty=True, files=True, freeze=True, console_log=True,
-                                idmap=True)
+    capabilities = Capabilities(instance_type="container",
+                                live_limits=frozenset(limits.LIMIT_KEYS), exec=True,
+                                exec_pty=True, files=True, freeze=True, console=True,
+                                rename=True, templates=True)
 
     def __init__(self, lxcpath: Path, idmapped_mounts: bool | None = None) -> None:
         self.lxcpath = Path(lxcpath)
@@ -59,12 +61,13 @@ class LXCDriver(SpecDir, InstanceDriver):
         self._load(name)
         return lxc.Container(name, str(self.lxcpath))
 
-    def create(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               rootfs_path: Path, nic_config_lines: list[str]) -> dict[str, str]:
+    def create(self, spec: InstanceSpec) -> dict[str, str]:
+        name, config = spec.name, spec.config
         d = self._dir(name)
-        rootfs_path = Path(rootfs_path)
+        rootfs_path = Path(spec.volume) / ROOTFS
         if not rootfs_path.is_dir():
-            raise BadRequest(f"Root volume {rootfs_path} is not a directory")
+            raise BadRequest(f"Root volume {spec.volume} has no {ROOTFS}/ directory: is it "
+                             "a container image?")
         limits.validate_limits(config)
         priv = lxc_config.privileged(config)
         lxc_config.nesting(config)
@@ -75,10 +78,10 @@ class LXCDriver(SpecDir, InstanceDriver):
         except FileExistsError:
             raise Conflict(f"Instance {name!r} already exists in {self.lxcpath}") from None
         try:
-            spec = InstanceSpec(name, dict(config), dict(devices), rootfs_path,
-                                list(nic_config_lines))
             imap = None if priv else idmaps.host_idmap()
-            data = {"spec": {**asdict(spec), "rootfs_path": str(rootfs_path)},
+            data = {"spec": {"name": name, "config": dict(config),
+                             "devices": dict(spec.devices), "rootfs_path": str(rootfs_path),
+                             "nics": [n.model_dump() for n in spec.nics]},
                     "idmap": imap.to_json() if imap else None, "shifted": False}
             if imap is not None and self._idmapped is False:
                 lxc_config.shift_rootfs(rootfs_path, imap)
@@ -88,13 +91,14 @@ class LXCDriver(SpecDir, InstanceDriver):
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
-        return {"volatile.idmap.current": data["idmap"] or "[]",
+        return {"volatile.idmap.base": "0", "volatile.idmap.current": data["idmap"] or "[]",
                 "volatile.idmap.next": data["idmap"] or "[]"}
 
     def _write_config(self, name: str, data: dict) -> None:
         spec = _spec(data)
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
-        text = lxc_config.render(spec, self.lxcpath, imap, idmapped=not data["shifted"])
+        text = lxc_config.render(spec, self.lxcpath, Path(data["spec"]["rootfs_path"]), imap,
+                                 idmapped=not data["shifted"])
         (self._dir(name) / "config").write_text(text)
 
     def delete(self, name: str) -> None:
@@ -109,18 +113,19 @@ class LXCDriver(SpecDir, InstanceDriver):
         cgroups.remove_leftovers(name, wait=2.0)
 
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               nic_config_lines: list[str] | None = None) -> None:
+               nics: list[Nic] | None = None) -> None:
         """Store new expanded config/devices; takes effect at next start (limits: live)."""
         limits.validate_limits(config)
         data = self._load(name)
         data["spec"].update(config=dict(config), devices=dict(devices))
-        if nic_config_lines is not None:
-            data["spec"]["nic_config_lines"] = list(nic_config_lines)
+        if nics is not None:
+            data["spec"]["nics"] = [n.model_dump() for n in nics]
+            data["spec"].pop("nic_config_lines", None)  # the form before neutral NICs
         self._save(name, data)
         self._write_config(name, data)
 
-    def rename(self, name: str, new_name: str, rootfs_path: str | None = None) -> None:
-        """Move a stopped container's definition to ``new_name`` (and a moved rootfs)."""
+    def rename(self, name: str, new_name: str, volume: Path | None = None) -> None:
+        """Move a stopped container's definition to ``new_name`` (and a moved volume)."""
         c = self._container(name)
         if c.state != "STOPPED":
             raise Conflict(f"Instance {name!r} is {c.state.lower()}; stop it first")
@@ -130,10 +135,32 @@ class LXCDriver(SpecDir, InstanceDriver):
         os.rename(self._dir(name), new_dir)
         data = self._load(new_name)
         data["spec"]["name"] = new_name
-        if rootfs_path:
-            data["spec"]["rootfs_path"] = str(rootfs_path)
+        if volume:
+            data["spec"]["rootfs_path"] = str(Path(volume) / ROOTFS)
         self._save(new_name, data)
         self._write_config(new_name, data)
+        cgroups.remove_leftovers(name)
+
+    def names_on_host(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.lxcpath.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def purge(self, name: str) -> None:
+        """Stop and destroy a container of ours, even one without ``corral.json``."""
+        d = self._dir(name)
+        c = lxc.Container(name, str(self.lxcpath))
+        if c.defined and c.running:
+            c.stop()
+            c.wait("STOPPED", 10)
+        if (d / SPEC_FILE).exists():
+            try:
+                self.delete(name)
+                return
+            except CorralError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
         cgroups.remove_leftovers(name)
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -198,10 +225,6 @@ class LXCDriver(SpecDir, InstanceDriver):
             c.wait("STOPPED", 10)
         cgroups.remove_leftovers(name)
 
-    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None:
-        self.stop(name, timeout, force)
-        self.start(name)
-
     def freeze(self, name: str) -> None:
         c = self._container(name)
         if c.state != "RUNNING":
@@ -218,6 +241,13 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     # ---- state ------------------------------------------------------------------------
 
+    def host_status(self, name: str) -> str:
+        """From LXC's monitor (no process is spawned); "Stopped" when not defined."""
+        c = lxc.Container(name, str(self._dir(name).parent))
+        if not c.defined:
+            return "Stopped"
+        return _STATUS.get(c.state, ("Error", 112))[0]
+
     def state(self, name: str) -> dict:
         c = self._container(name)
         status, code = _STATUS.get(c.state, ("Error", 112))
@@ -233,20 +263,10 @@ class LXCDriver(SpecDir, InstanceDriver):
                 net = netstate.network_state(pid)
             except (FileNotFoundError, ProcessLookupError):
                 return out  # it stopped while we looked
-            hosts = lxc_config.nic_host_names(self._load(name)["spec"]["nic_config_lines"])
-            for ifname, host in hosts.items():
-                if ifname in net:
-                    net[ifname]["host_name"] = host
+            for nic in _nics(self._load(name)["spec"]):
+                if nic.name in net and nic.host_name:
+                    net[nic.name]["host_name"] = nic.host_name
             out["network"] = net
-        return out
-
-    def state_many(self, names: list[str]) -> dict[str, dict]:
-        out = {}
-        for n in names:
-            try:
-                out[n] = self.state(n)
-            except NotFound:
-                continue
         return out
 
     def list_host(self) -> dict[str, str]:
@@ -375,18 +395,42 @@ class LXCDriver(SpecDir, InstanceDriver):
     def file_delete(self, name: str, path: str) -> None:
         files.file_delete(self._view(name), path)
 
-    def console_log(self, name: str) -> bytes:
+    def root_owner(self, name: str) -> tuple[int, int]:
+        """Host ids of the root user's files: non-zero only on a shifted rootfs."""
+        data = self._load(name)
+        if data.get("idmap") and data.get("shifted"):
+            m = idmaps.IdMap.from_json(data["idmap"])
+            return m.uid_to_host(0), m.gid_to_host(0)
+        return 0, 0
+
+    # ---- console ----------------------------------------------------------------------
+
+    def log_dir(self, name: str) -> Path:
         self._load(name)
-        try:
-            return (self._dir(name) / "console.log").read_bytes()
-        except FileNotFoundError:
-            return b""
+        return self._dir(name)
+
+    def console_open(self, name: str) -> int:
+        """A read/write fd on the container's console (tty 0), dup'ed so we own it."""
+        c = self._container(name)
+        if not c.running:
+            raise Conflict(f"Instance {name!r} is stopped; start it to attach its console")
+        fd = c.console_getfd(0)
+        if isinstance(fd, tuple):
+            fd = fd[0]
+        if fd is None or fd < 0:
+            raise Conflict(f"The console of {name!r} is busy or unavailable (is another "
+                           "client attached?)")
+        return fd
+
+
+def _nics(spec: dict) -> list[Nic]:
+    return [Nic.model_validate(n) for n in spec.get("nics", [])]
 
 
 def _spec(data: dict) -> InstanceSpec:
     s = data["spec"]
-    return InstanceSpec(s["name"], s["config"], s["devices"], Path(s["rootfs_path"]),
-                        s["nic_config_lines"])
+    return InstanceSpec(s["name"], s["config"], s["devices"],
+                        Path(s["rootfs_path"]).parent, _nics(s))
 
 
 def _check_traversable(path: Path) -> None:

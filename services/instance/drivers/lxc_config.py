@@ -1,13 +1,14 @@
 """Rendering the LXC config file of an instance, and shifting a rootfs when needed.
 
 Why separate from the driver: the config is pure data from (spec, host facts), easy to
-read and test; the driver only decides when to write it.
+read and test; the driver only decides when to write it. NICs arrive as neutral
+:class:`Nic` descriptions from the network service and become ``lxc.net.N.*`` keys here,
+the only place that syntax is written.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from shared.errors import BadRequest
 
 from ..idmap import IdMap
 from ..limits import parse_bool
-from .base import InstanceSpec
+from .base import InstanceSpec, Nic
 
 LXC_CONF = Path("/usr/share/lxc/config")
 
@@ -35,7 +36,27 @@ def nesting(config: dict[str, str]) -> bool:
     return parse_bool("security.nesting", config.get("security.nesting", "false"))
 
 
-def render(spec: InstanceSpec, lxcpath: Path, idmap: IdMap | None, idmapped: bool) -> str:
+def nic_lines(index: int, nic: Nic) -> list[str]:
+    """``lxc.net.<index>.*`` lines for one NIC: LXC makes the veth (or macvlan) itself."""
+    p = f"lxc.net.{index}"
+    if nic.nictype == "macvlan":
+        out = [f"{p}.type = macvlan", f"{p}.macvlan.mode = bridge", f"{p}.link = {nic.parent}"]
+    else:
+        out = [f"{p}.type = veth"]
+        if nic.host_name:
+            out.append(f"{p}.veth.pair = {nic.host_name}")
+        if nic.nictype == "bridged":
+            out.append(f"{p}.link = {nic.bridge or nic.parent}")
+    out += [f"{p}.flags = up", f"{p}.name = {nic.name}"]
+    if nic.hwaddr:
+        out.append(f"{p}.hwaddr = {nic.hwaddr}")
+    if nic.mtu:
+        out.append(f"{p}.mtu = {nic.mtu}")
+    return out
+
+
+def render(spec: InstanceSpec, lxcpath: Path, rootfs: Path, idmap: IdMap | None,
+           idmapped: bool) -> str:
     """The whole ``config`` file. ``idmap`` is None for privileged containers."""
     d = lxcpath / spec.name
     lines = [f"lxc.include = {LXC_CONF / 'common.conf'}"]
@@ -50,7 +71,7 @@ def render(spec: InstanceSpec, lxcpath: Path, idmap: IdMap | None, idmapped: boo
     else:
         lines.append("lxc.apparmor.profile = unconfined")
     lines += [
-        f"lxc.rootfs.path = dir:{spec.rootfs_path}",
+        f"lxc.rootfs.path = dir:{rootfs}",
         f"lxc.uts.name = {spec.name}",
         f"lxc.log.file = {d / 'lxc.log'}",
         "lxc.log.level = warn",
@@ -73,26 +94,14 @@ def render(spec: InstanceSpec, lxcpath: Path, idmap: IdMap | None, idmapped: boo
         lines += [f"lxc.idmap = {line}" for line in idmap.lxc_lines()]
         if idmapped:
             lines.append("lxc.rootfs.options = idmap=container")
-    nic = [ln for ln in spec.nic_config_lines if ln.strip()]
-    lines += nic if nic else ["lxc.net.0.type = empty"]
+    nics = [ln for i, nic in enumerate(spec.nics) for ln in nic_lines(i, nic)]
+    lines += nics or ["lxc.net.0.type = empty"]
     for ln in spec.config.get("raw.lxc", "").splitlines():
         if ln.strip() and not ln.lstrip().startswith("#"):
             if "=" not in ln:
                 raise BadRequest(f"Invalid raw.lxc line {ln!r}: expected 'key = value'")
             lines.append(ln.strip())
     return "\n".join(lines) + "\n"
-
-
-def nic_host_names(nic_lines: list[str]) -> dict[str, str]:
-    """{container ifname: host veth name} from ``lxc.net.N.name``/``veth.pair`` lines."""
-    names: dict[str, str] = {}
-    pairs: dict[str, str] = {}
-    for ln in nic_lines:
-        key, _, value = ln.partition("=")
-        m = re.match(r"lxc\.net\.(\d+)\.(name|veth\.pair)$", key.strip())
-        if m:
-            (names if m.group(2) == "name" else pairs)[m.group(1)] = value.strip()
-    return {names.get(i, f"eth{i}"): host for i, host in pairs.items()}
 
 
 def shift_rootfs(root: Path, idmap: IdMap) -> None:

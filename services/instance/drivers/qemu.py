@@ -26,12 +26,21 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import limits
 from . import qemu_agent, qemu_host, qemu_xml
-from .base import Capabilities, ExecProcess, InstanceDriver, SpecDir, check_command
+from .base import (
+    Capabilities,
+    ExecProcess,
+    InstanceDriver,
+    InstanceSpec,
+    Nic,
+    SpecDir,
+    check_command,
+)
 
 DISK = "root.qcow2"
 IMAGE = "rootfs.img"
 DEFAULT_MEMORY = 1024 * 2**20  # LXD's default for VMs
 DEFAULT_CMDLINE = "root=/dev/vda rw console=ttyS0"
+LIST_AGENT_TIMEOUT = 0.5  # s: a list waits no longer than this for one guest's addresses
 _STATUS = {libvirt.VIR_DOMAIN_RUNNING: ("Running", 103),
            libvirt.VIR_DOMAIN_BLOCKED: ("Running", 103),
            libvirt.VIR_DOMAIN_SHUTDOWN: ("Running", 103),  # shutting down, still up
@@ -44,9 +53,10 @@ _STATUS = {libvirt.VIR_DOMAIN_RUNNING: ("Running", 103),
 class QemuDriver(SpecDir, InstanceDriver):
     """VMs under one ``vmpath`` on one libvirtd (``qemu:///system`` by default)."""
 
-    capabilities = Capabilities(instance_type="virtual-machine", live_limits=True,
+    capabilities = Capabilities(instance_type="virtual-machine",
+                                live_limits=frozenset({"limits.cpu", "limits.memory"}),
                                 exec=True, exec_pty=True, files=True, freeze=True,
-                                console_log=True)
+                                console=True, rename=False)
 
     def __init__(self, vmpath: Path, uri: str = qemu_host.URI) -> None:
         self.vmpath = Path(vmpath).resolve()
@@ -75,15 +85,15 @@ class QemuDriver(SpecDir, InstanceDriver):
         except libvirt.libvirtError:
             raise NotFound(f"Instance {name!r} has no libvirt domain; recreate it") from None
 
-    def create(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               rootfs_path: Path, nic_config_lines: list) -> dict[str, str]:
-        """Define a VM. ``nic_config_lines`` are NIC specs {name, bridge, hwaddr, host_name}."""
+    def create(self, spec: InstanceSpec) -> dict[str, str]:
+        """Define a VM: a qcow2 overlay on the volume's image, a libvirt domain."""
+        name, config, devices = spec.name, spec.config, spec.devices
         d = self._dir(name)
-        root = Path(rootfs_path).resolve()
+        root = Path(spec.volume).resolve()
         if not (root / IMAGE).is_file() and not (root / DISK).is_file():
             raise BadRequest(f"Root volume {root} holds no {IMAGE}: is it a VM image?")
         limits.validate_limits(config)
-        nics = [_nic(n) for n in nic_config_lines]
+        nics = [_check_nic(n) for n in spec.nics]
         size = _root_size(devices)
         try:
             self.conn.lookupByName(name)
@@ -102,7 +112,7 @@ class QemuDriver(SpecDir, InstanceDriver):
             if size:
                 _grow(root / DISK, size)
             data = {"name": name, "config": dict(config), "devices": dict(devices),
-                    "rootfs_path": str(root), "nics": [vars(n) for n in nics],
+                    "rootfs_path": str(root), "nics": [n.model_dump() for n in nics],
                     "agent_socket": _socket_path(d), "uuid": str(uuid.uuid4())}
             self._save(name, data)
             self.conn.defineXML(self._render(name, data))
@@ -130,22 +140,45 @@ class QemuDriver(SpecDir, InstanceDriver):
             agent_socket=data["agent_socket"], domain_type=qemu_host.domain_type(),
             emulator=qemu_host.EMULATOR, cpuset=",".join(map(str, cpus)) if pinned else "",
             kernel=kernel, initrd=initrd, cmdline=cmdline,
-            nics=[qemu_xml.Nic(**n) for n in data["nics"]])
+            nics=_nics(data))
         return qemu_xml.render(spec)
 
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               nic_config_lines: list | None = None) -> None:
+               nics: list[Nic] | None = None) -> None:
         """Store new config/devices; they apply at next start (limits: see apply_limits_live)."""
         limits.validate_limits(config)
         data = self._load(name)
         data.update(config=dict(config), devices=dict(devices))
-        if nic_config_lines is not None:
-            data["nics"] = [vars(_nic(n)) for n in nic_config_lines]
+        if nics is not None:
+            data["nics"] = [_check_nic(n).model_dump() for n in nics]
         size = _root_size(devices)
         if size:
             _grow(Path(data["rootfs_path"]) / DISK, size)
         self._save(name, data)
         self.conn.defineXML(self._render(name, data))
+
+    def rename(self, name: str, new_name: str, volume: Path | None = None) -> None:
+        raise BadRequest("Renaming virtual machines is not supported yet")
+
+    def names_on_host(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.vmpath.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def purge(self, name: str) -> None:
+        """Force off and undefine a VM of ours, then drop its directory."""
+        d = self._dir(name)
+        try:
+            dom = self.conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            self.delete(name)
+        except CorralError:
+            shutil.rmtree(d, ignore_errors=True)
 
     def delete(self, name: str) -> None:
         dom = self._domain_or_none(name)
@@ -201,10 +234,6 @@ class QemuDriver(SpecDir, InstanceDriver):
                 raise Internal(f"Failed to stop instance {name!r}: "
                                f"{e.get_error_message()}") from None
 
-    def restart(self, name: str, timeout: float = 30, force: bool = False) -> None:
-        self.stop(name, timeout, force)
-        self.start(name)
-
     def freeze(self, name: str) -> None:
         dom = self._domain(name)
         if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
@@ -223,11 +252,19 @@ class QemuDriver(SpecDir, InstanceDriver):
     def _status(dom: libvirt.virDomain) -> tuple[str, int]:
         return _STATUS.get(dom.state()[0], ("Error", 112))
 
+    def host_status(self, name: str) -> str:
+        """libvirt's view (a cached connection, no process spawned)."""
+        try:
+            return self._status(self._domain(name))[0]
+        except NotFound:
+            return "Stopped"
+
     def state(self, name: str) -> dict:
         data = self._load(name)
-        return self._state(self._domain(name), data, full=True)
+        return self._state(self._domain(name), data)
 
-    def _state(self, dom: libvirt.virDomain, data: dict, full: bool) -> dict:
+    def _state(self, dom: libvirt.virDomain, data: dict,
+               agent_timeout: float | None = None) -> dict:
         status, code = self._status(dom)
         out = {"status": status, "status_code": code, "pid": 0, "processes": -1,
                "cpu": {"usage": 0},
@@ -249,15 +286,16 @@ class QemuDriver(SpecDir, InstanceDriver):
             used = mem.get("rss", 0) * 1024
         out["memory"].update(usage=used, total=total)
         out["network"] = _tap_counters(data["nics"])
-        if full:  # state_many skips the agent round trip
-            self._agent_state(dom, data, out)
+        self._agent_state(dom, data, out, agent_timeout)
         return out
 
-    def _agent_state(self, dom: libvirt.virDomain, data: dict, out: dict) -> None:
-        """Guest's own view (processes, memory, addresses) when its agent answers."""
+    def _agent_state(self, dom: libvirt.virDomain, data: dict, out: dict,
+                     timeout: float | None) -> None:
+        """Guest's own view (processes, memory, addresses) when its agent answers; a
+        guest whose agent is down is known at once (libvirt's channel state)."""
         try:
             guest = qemu_agent.AgentLink.for_domain(dom.name(), dom,
-                                                    data["agent_socket"]).state()
+                                                    data["agent_socket"]).state(timeout)
         except CorralError:
             return
         for key in ("processes",):
@@ -266,17 +304,19 @@ class QemuDriver(SpecDir, InstanceDriver):
         if isinstance(guest.get("memory"), dict):
             out["memory"].update({k: v for k, v in guest["memory"].items() if k in out["memory"]})
         if isinstance(guest.get("network"), dict):
-            taps = {n.get("hwaddr"): n.get("host_name") for n in data["nics"]}
+            taps = {n.hwaddr: n.host_name for n in _nics(data)}
             for iface in guest["network"].values():
                 if taps.get(iface.get("hwaddr")):
                     iface["host_name"] = taps[iface["hwaddr"]]
             out["network"] = guest["network"]
 
     def state_many(self, names: list[str]) -> dict[str, dict]:
+        """As ``state``, each guest's agent given at most LIST_AGENT_TIMEOUT (so ``lxc
+        list`` shows VM addresses, and a hung agent cannot stall the list)."""
         out = {}
         for n in names:
             try:
-                out[n] = self._state(self._domain(n), self._load(n), full=False)
+                out[n] = self._state(self._domain(n), self._load(n), LIST_AGENT_TIMEOUT)
             except NotFound:
                 continue
         return out
@@ -320,12 +360,9 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     # ---- console ----------------------------------------------------------------------
 
-    def console_log(self, name: str) -> bytes:
+    def log_dir(self, name: str) -> Path:
         self._load(name)
-        try:
-            return (self._dir(name) / "console.log").read_bytes()
-        except FileNotFoundError:
-            return b""
+        return self._dir(name)
 
     def console_open(self, name: str) -> int:
         """A raw read/write fd on the serial console's pty; the caller closes it."""
@@ -348,6 +385,10 @@ class QemuDriver(SpecDir, InstanceDriver):
         data = self._load(name)
         dom = self._domain(name)
         return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"])
+
+    def exec_ready(self, name: str) -> None:
+        """503 "VM agent isn't currently running" at once unless the guest's agent is up."""
+        self._agent(name)
 
     def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
                    cwd: str | None = None, uid: int = 0, gid: int = 0,
@@ -372,15 +413,19 @@ class QemuDriver(SpecDir, InstanceDriver):
 # ---- helpers ------------------------------------------------------------------------
 
 
-def _nic(spec: dict) -> qemu_xml.Nic:
-    if not isinstance(spec, dict) or not spec.get("bridge"):
-        raise BadRequest(f"Invalid VM NIC {spec!r}: a dict with at least 'bridge' is needed")
-    unknown = set(spec) - {"name", "bridge", "hwaddr", "host_name", "mtu"}
-    if unknown:
-        raise BadRequest(f"Invalid VM NIC keys {sorted(unknown)} in {spec!r}")
-    if len(spec.get("host_name", "")) > 15:
-        raise BadRequest(f"Invalid host_name {spec['host_name']!r}: at most 15 characters")
-    return qemu_xml.Nic(**{"name": spec.get("name", "eth0"), **spec})
+def _check_nic(nic: Nic) -> Nic:
+    """VMs take bridged NICs (a tap on the bridge) only, so far."""
+    if nic.nictype != "bridged" or not (nic.bridge or nic.parent):
+        raise BadRequest(f"NIC {nic.name!r}: virtual machines support bridged NICs only "
+                         "(network=<bridge> or nictype=bridged)")
+    if len(nic.host_name) > 15:
+        raise BadRequest(f"Invalid NIC host_name {nic.host_name!r}: at most 15 characters")
+    return nic
+
+
+def _nics(data: dict) -> list[Nic]:
+    """The stored NICs (older spec files kept ``mtu`` as "" when unset)."""
+    return [Nic.model_validate({**n, "mtu": n.get("mtu") or None}) for n in data["nics"]]
 
 
 def _root_size(devices: dict[str, dict[str, str]]) -> int:

@@ -84,8 +84,15 @@ class AgentLink:
     def ping(self) -> float:
         return self._call(AgentClient.ping)
 
-    def state(self) -> dict:
-        return self._call(AgentClient.state)
+    def state(self, timeout: float | None = None) -> dict:
+        """The guest's state; Unavailable when the agent takes longer than ``timeout``."""
+        async def go():
+            return await (await _client(self.socket_path)).state()
+        try:
+            return _run(asyncio.wait_for(go(), timeout))
+        except TimeoutError:
+            raise Unavailable(f"VM agent of {self.name!r} did not answer within "
+                              f"{timeout} s") from None
 
     def exec_start(self, command: list[str], env: dict[str, str], cwd: str | None, uid: int,
                    gid: int, interactive: bool, width: int, height: int) -> ExecProcess:

@@ -14,20 +14,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from shared.messages.network import Nic
+
 NS = "https://corral.dev/xmlns/instance/1"
 AGENT_CHANNEL = "org.corral.agent"
 ET.register_namespace("corral", NS)
-
-
-@dataclass
-class Nic:
-    """One NIC: ``bridge`` to join, guest ``hwaddr``, host-side tap ``host_name``."""
-
-    name: str
-    bridge: str
-    hwaddr: str = ""
-    host_name: str = ""
-    mtu: str = ""
 
 
 @dataclass
@@ -94,16 +85,7 @@ def render(s: DomainSpec) -> str:
     _sub(disk, "source", file=s.disk)
     _sub(disk, "target", dev="vda", bus="virtio")
     for nic in s.nics:
-        iface = _sub(devs, "interface", type="bridge")
-        if nic.hwaddr:
-            _sub(iface, "mac", address=nic.hwaddr)
-        _sub(iface, "source", bridge=nic.bridge)
-        if nic.host_name:
-            _sub(iface, "target", dev=nic.host_name)
-        _sub(iface, "model", type="virtio")
-        if nic.mtu:
-            _sub(iface, "mtu", size=nic.mtu)
-        _sub(iface, "rom", enabled="no")  # no iPXE: we never netboot
+        devs.append(interface(nic))
     serial = _sub(devs, "serial", type="pty")
     _sub(serial, "log", file=s.console_log, append="on")
     _sub(serial, "target", port="0")
@@ -115,6 +97,22 @@ def render(s: DomainSpec) -> str:
     balloon = _sub(devs, "memballoon", model="virtio")
     _sub(balloon, "stats", period="2")
     return ET.tostring(dom, encoding="unicode")
+
+
+def interface(nic: Nic) -> ET.Element:
+    """A neutral NIC as libvirt's ``<interface type='bridge'>``: a tap named ``host_name``
+    on ``bridge`` (the only kind VMs take so far; the driver refuses the others)."""
+    iface = ET.Element("interface", type="bridge")
+    if nic.hwaddr:
+        _sub(iface, "mac", address=nic.hwaddr)
+    _sub(iface, "source", bridge=nic.bridge or nic.parent)
+    if nic.host_name:
+        _sub(iface, "target", dev=nic.host_name)
+    _sub(iface, "model", type="virtio")
+    if nic.mtu:
+        _sub(iface, "mtu", size=str(nic.mtu))
+    _sub(iface, "rom", enabled="no")  # no iPXE: we never netboot
+    return iface
 
 
 def metadata_vmdir(xml: str) -> str | None:

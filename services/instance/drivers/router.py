@@ -1,49 +1,47 @@
-"""One driver object for the service that sends each call to the instance's own driver.
+"""Which driver runs an instance: LXC for containers, QEMU for VMs.
 
-Why a router: the service, its exec/files/console mixins and the lifecycle code call
-``driver.<method>(name, ...)`` for every instance. Which driver owns ``name`` is in the
-instance's KV record (``type``); the router looks it up and forwards, so that code needs
-no ``if vm:`` at each call. The QEMU driver is made lazily and only while libvirtd
-answers: a host without libvirt still runs containers, and ``vm_available()`` is what
-``GET /1.0`` and VM creation check (detected each time, never assumed).
+Why a router and no forwarding: the instance's KV record says its ``type``; callers ask
+``for_instance(record)`` and then call the driver's declared methods, so every call is
+checked against :class:`~.base.InstanceDriver` and nothing reaches into a driver. The
+QEMU driver is made lazily and only while libvirtd answers: a host without libvirt still
+runs containers, and ``vm_available()`` is what ``GET /1.0`` and VM creation check
+(detected each time, never assumed).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lxc
 
-from shared.errors import BadRequest, CorralError, NotFound
+from shared.errors import BadRequest, CorralError
 
-from .lxc import _STATUS as LXC_STATUS
-from .lxc import LXCDriver
+from .base import InstanceDriver
 
+CONTAINER = "container"
 VM = "virtual-machine"
+TYPES = (CONTAINER, VM)
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 
 
-class DriverRouter:
-    """Forwards ``method(name, ...)`` to the LXC or QEMU driver by the instance's type."""
+def type_of(record: Mapping[str, Any]) -> str:
+    return record.get("type") or CONTAINER
 
-    def __init__(self, lxc_driver: LXCDriver, vmpath: Path,
-                 type_of: Callable[[str], str]) -> None:
-        self.lxc = lxc_driver
+
+class DriverRouter:
+    """Hands out the driver of an instance type; owns the drivers' construction."""
+
+    def __init__(self, lxc_driver: InstanceDriver, vmpath: Path) -> None:
+        self._lxc = lxc_driver
         self.vmpath = Path(vmpath)
-        self.type_of = type_of
-        self._qemu: Any = None
+        self._qemu: InstanceDriver | None = None
         self._lock = threading.Lock()
 
-    @property
-    def lxcpath(self) -> Path:
-        return self.lxc.lxcpath
-
-    # -- the VM driver ----------------------------------------------------------------------
-
-    def qemu_or_none(self) -> Any:
+    def _qemu_or_none(self) -> InstanceDriver | None:
         """The QEMU driver when libvirt is installed and libvirtd answers, else None."""
         if os.environ.get("CORRAL_VM", "1") == "0":
             return None
@@ -63,16 +61,73 @@ class DriverRouter:
                 self._qemu = QemuDriver(self.vmpath)
             return self._qemu
 
-    @property
-    def qemu(self) -> Any:
-        drv = self.qemu_or_none()
+    def vm_available(self) -> bool:
+        return self._qemu_or_none() is not None
+
+    def for_type(self, instance_type: str) -> InstanceDriver:
+        """The driver for ``instance_type``; 400 for an unknown type or absent libvirtd."""
+        if instance_type == CONTAINER:
+            return self._lxc
+        if instance_type != VM:
+            raise BadRequest(f"Invalid instance type {instance_type!r}: use {CONTAINER} "
+                             f"or {VM}")
+        drv = self._qemu_or_none()
         if drv is None:
             raise BadRequest("Virtual machines are not available on this host: libvirtd "
                              "is not running (start it with deploy/libvirt.sh up)")
         return drv
 
-    def vm_available(self) -> bool:
-        return self.qemu_or_none() is not None
+    def for_instance(self, record: Mapping[str, Any]) -> InstanceDriver:
+        """The driver of the instance whose KV record this is."""
+        return self.for_type(type_of(record))
+
+    def available(self) -> list[InstanceDriver]:
+        """Every driver that can be asked right now (LXC always, QEMU while libvirtd runs)."""
+        qemu = self._qemu_or_none() if self._has_vms() else None
+        return [self._lxc, *([qemu] if qemu is not None else [])]
+
+    def all_available(self) -> list[InstanceDriver]:
+        """As ``available`` but asks libvirt even when no VM directory exists yet."""
+        qemu = self._qemu_or_none()
+        return [self._lxc, *([qemu] if qemu is not None else [])]
+
+    def _has_vms(self) -> bool:
+        """Any VM directory at all? Asking libvirt costs a round trip per list otherwise."""
+        try:
+            return any(True for _ in self.vmpath.iterdir())
+        except FileNotFoundError:
+            return False
+
+    # -- answers over several drivers ----------------------------------------------------
+
+    def host_status(self, record: Mapping[str, Any]) -> str:
+        """The instance's driver's ``host_status``; "Error" while its driver is away."""
+        try:
+            drv = self.for_instance(record)
+        except BadRequest:
+            return "Error"
+        return drv.host_status(record["name"])
+
+    def list_host(self) -> dict[str, str]:
+        """{name: status} over every available driver."""
+        out: dict[str, str] = {}
+        for drv in self.available():
+            out.update(drv.list_host())
+        return out
+
+    def state_many(self, records: Iterable[Mapping[str, Any]]) -> dict[str, dict]:
+        """{name: state} for these instances, each asked of its own driver."""
+        by_type: dict[str, list[str]] = {}
+        for r in records:
+            by_type.setdefault(type_of(r), []).append(r["name"])
+        out: dict[str, dict] = {}
+        for kind, names in by_type.items():
+            try:
+                drv = self.for_type(kind)
+            except BadRequest:
+                continue
+            out.update(drv.state_many(names))
+        return out
 
     def versions(self) -> dict[str, str]:
         """Driver name -> version, for ``GET /1.0`` (QEMU only when it really answers)."""
@@ -85,78 +140,3 @@ class DriverRouter:
             except Exception:
                 out["qemu"] = ""
         return out
-
-    # -- forwarding -------------------------------------------------------------------------
-
-    def for_name(self, name: str) -> Any:
-        return self.qemu if self.type_of(name) == VM else self.lxc
-
-    def for_type(self, instance_type: str) -> Any:
-        return self.qemu if instance_type == VM else self.lxc
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_") or not callable(getattr(self.lxc, attr, None)):
-            raise AttributeError(attr)
-
-        def call(name: str, *args: Any, **kwargs: Any) -> Any:
-            drv = self.for_name(name)
-            fn = getattr(drv, attr, None)
-            if fn is None:
-                raise BadRequest(f"Instance {name!r} is a {self.type_of(name)}: "
-                                 f"{attr.replace('_', ' ')} is not supported for it yet")
-            return fn(name, *args, **kwargs)
-
-        return call
-
-    def host_status(self, name: str) -> str:
-        """Running/Stopped/Frozen from LXC's monitor or libvirt (no process spawned)."""
-        if self.type_of(name) == VM:
-            drv = self.qemu_or_none()
-            if drv is None:
-                return "Error"
-            try:
-                return drv._status(drv._domain(name))[0]
-            except NotFound:
-                return "Stopped"
-        c = lxc.Container(name, str(self.lxc.lxcpath))
-        if not c.defined:
-            return "Stopped"
-        return LXC_STATUS.get(c.state, ("Error", 112))[0]
-
-    def list_host(self) -> dict[str, str]:
-        out = self.lxc.list_host()
-        if self._has_vms():
-            drv = self.qemu_or_none()
-            if drv is not None:
-                out.update(drv.list_host())
-        return out
-
-    def _has_vms(self) -> bool:
-        """Any VM directory at all? Asking libvirt costs a round trip per list otherwise."""
-        try:
-            return any(True for _ in self.vmpath.iterdir())
-        except FileNotFoundError:
-            return False
-
-    def list_vms(self) -> dict[str, str] | None:
-        """{name: status} of our VMs, or None when libvirt cannot be asked."""
-        drv = self.qemu_or_none()
-        return None if drv is None else drv.list_host()
-
-    def state_many(self, names: list[str]) -> dict[str, dict]:
-        vms = [n for n in names if self.type_of(n) == VM]
-        out = self.lxc.state_many([n for n in names if n not in vms])
-        if vms:
-            drv = self.qemu_or_none()
-            if drv is not None:
-                out.update(drv.state_many(vms))
-        return out
-
-    def agent_ready(self, name: str) -> None:
-        """Raise at once (503 "VM agent isn't currently running") unless the agent is up."""
-        if self.type_of(name) == VM:
-            self.qemu._agent(name)
-
-    def console_dir(self, name: str) -> Path:
-        """Where the instance's console.log lives."""
-        return (self.vmpath if self.type_of(name) == VM else self.lxc.lxcpath) / name

@@ -1,0 +1,27 @@
+"""What the instance logic modules need from the service, and nothing more.
+
+Why: ``create``, ``lifecycle``, ``update`` and ``reconcile`` used to take the whole
+service object, which tied them to ``service.py`` (an import circle) and hid what each
+really used. The service builds one :class:`Context` at setup and passes it; unit tests
+build one from fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.state import Store
+
+from .drivers.router import DriverRouter
+from .profiles import Profiles
+from .remote import Remote
+
+
+@dataclass(frozen=True)
+class Context:
+    instances: Store  # KV records of instances (cached: single writer)
+    profiles: Profiles
+    remote: Remote  # image, storage and network services
+    drivers: DriverRouter
+    log: Any  # the service's structlog logger
