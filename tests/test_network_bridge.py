@@ -417,26 +417,25 @@ def test_existing_non_bridge_interface_is_conflict(networks, links, prefix):
 
 # -- NICs ---------------------------------------------------------------------------------
 
-def test_nic_names_and_lxc_config():
+def test_nic_names_and_neutral_nic():
     mac = nic.random_hwaddr()
     assert mac.startswith("00:16:3e:") and len(mac) == 17
     veth = nic.host_veth_name()
     assert veth.startswith("veth") and len(veth) == 12 and int(veth[4:], 16) >= 0
-    keys = dict(nic.lxc_nic_config(0, {"type": "nic", "network": "crtbr"}, veth, mac))
-    assert keys == {"lxc.net.0.type": "veth", "lxc.net.0.veth.pair": veth,
-                    "lxc.net.0.link": "crtbr", "lxc.net.0.flags": "up",
-                    "lxc.net.0.name": "eth0", "lxc.net.0.hwaddr": mac}
-    keys = dict(nic.lxc_nic_config(1, {"type": "nic", "nictype": "bridged", "parent": "br0",
-                                       "name": "eth9", "mtu": "1400"}, veth, mac))
-    assert keys["lxc.net.1.link"] == "br0" and keys["lxc.net.1.name"] == "eth9"
-    assert keys["lxc.net.1.mtu"] == "1400"
-    keys = dict(nic.lxc_nic_config(2, {"nictype": "macvlan", "parent": "eth0"}, veth, mac))
-    assert keys["lxc.net.2.type"] == "macvlan" and "lxc.net.2.veth.pair" not in keys
+    n = nic.neutral_nic(0, {"type": "nic", "network": "crtbr"}, veth, mac, "crtbr")
+    assert (n.name, n.nictype, n.bridge, n.parent, n.host_name, n.hwaddr, n.network) == \
+        ("eth0", "bridged", "crtbr", "crtbr", veth, mac, "crtbr")
+    n = nic.neutral_nic(1, {"type": "nic", "nictype": "bridged", "parent": "br0",
+                            "name": "eth9", "mtu": "1400", "limits.max": "1Mbit"}, veth, mac)
+    assert (n.bridge, n.name, n.mtu, n.network) == ("br0", "eth9", 1400, "")
+    assert (n.limits_ingress, n.limits_egress) == ("1Mbit", "1Mbit")
+    n = nic.neutral_nic(2, {"nictype": "macvlan", "parent": "eth0"}, veth, mac)
+    assert (n.nictype, n.bridge, n.host_name, n.name) == ("macvlan", "", "", "eth2")
     for bad in ({"network": "a/b"}, {"nictype": "bridged"}, {"nictype": "sriov", "parent": "x"},
                 {"network": "br0", "parent": "x"}, {"network": "br0", "hwaddr": "zz"},
                 {"network": "br0", "limits.ingress": "fast"}, {"network": "br0", "foo": "1"}):
         with pytest.raises(BadRequest):
-            nic.lxc_nic_config(0, bad, veth, mac)
+            nic.neutral_nic(0, bad, veth, mac)
     assert nic.limits_of({"limits.max": "1Gbit", "limits.egress": "1Mbit"}) == \
         ("1Gbit", "1Mbit")
 
