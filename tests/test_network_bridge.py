@@ -14,7 +14,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 import pytest
@@ -23,8 +30,14 @@ from pyroute2 import IPRoute
 from services.network import nic
 from services.network.drivers import BridgeDriver, dnsmasq, load, nft
 from services.network.drivers import bridge_config as bc
-from services.network.subnet import host_ipv4_networks, pick_free_ipv4_subnet
+from services.network.subnet import (
+    host_ipv4_networks,
+    pick_free_ipv4_subnet,
+    pick_free_ula_subnet,
+)
 from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+
+from .stack import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -480,3 +493,132 @@ def test_apply_and_clear_limits(links, prefix):
     assert "htb" not in shown and "ingress" not in shown
     assert not link_exists(ifb)
     nic.clear_limits(host)  # idempotent
+
+
+# -- IPv6 ----------------------------------------------------------------------------------
+
+DHCP6_CLIENT = Path(__file__).with_name("dhcp6_client.py")
+
+
+def ns_ipv6(ns: str, scope: str = "global") -> list[IPv6Interface]:
+    out = sh("ip", "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", scope).stdout
+    return [IPv6Interface(line.split()[3]) for line in out.splitlines()]
+
+
+def ns_mac(ns: str) -> str:
+    out = sh("ip", "-n", ns, "-o", "link", "show", "dev", "eth0").stdout.split()
+    return out[out.index("link/ether") + 1]
+
+
+def bridge_ipv6(name: str) -> list[tuple[str, int, int]]:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        return [(a.get_attr("IFA_ADDRESS"), a["prefixlen"], a["scope"])
+                for a in ipr.get_addr(index=idx, family=socket.AF_INET6)]
+
+
+def dnsmasq_argv(net: BridgeDriver) -> list[str]:
+    pid = dnsmasq.running_pid(net.state_dir)
+    assert pid, "dnsmasq is not running"
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def sysctl6(ifname: str, key: str) -> str:
+    return Path(f"/proc/sys/net/ipv6/conf/{ifname}/{key}").read_text().strip()
+
+
+def test_ipv6_auto_nat_slaac_in_a_namespace(networks, netns, prefix):
+    """ULA /64 on the bridge, RA + SLAAC from dnsmasq, v6 NAT rules; ipv6.routing=false
+    so the namespace learns the prefix but gets no default route (no way off the host)."""
+    net = networks(f"{prefix}6", {"ipv4.address": "auto", "ipv4.nat": "false",
+                                  "ipv6.address": "auto", "ipv6.nat": "true",
+                                  "ipv6.routing": "false"})
+    cfg = net.create()
+    gw6 = IPv6Interface(cfg["ipv6.address"])
+    assert gw6.network.prefixlen == 64 and gw6.network.subnet_of(IPv6Network("fd00::/8"))
+    assert gw6.ip == gw6.network.network_address + 1
+    assert (str(gw6.ip), 64, 0) in bridge_ipv6(net.name)
+    assert sysctl6(net.name, "disable_ipv6") == "0" and sysctl6(net.name, "autoconf") == "0"
+
+    argv = dnsmasq_argv(net)
+    assert f"--listen-address={gw6.ip}" in argv and "--enable-ra" in argv
+    assert f"--dhcp-range=::,constructor:{net.name},ra-stateless,ra-names" in argv
+    assert f"--ra-param={net.name},600,0" in argv
+
+    rules = sh("nft", "list", "table", "inet", nft.table_name(net.name)).stdout
+    assert f"ip6 saddr {gw6.network}" in rules and "masquerade" in rules
+    assert f'iifname "{net.name}" oifname != "{net.name}" drop' in rules
+    assert "ip saddr" not in rules  # ipv4.nat=false
+
+    ns, _host = netns("s", net.name)
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    wait_for(lambda: ns_ipv6(ns), 20, what="a SLAAC address in the namespace")
+    addr = ns_ipv6(ns)[0]
+    assert addr.network == gw6.network
+    assert "default" not in sh("ip", "-n", ns, "-6", "route").stdout
+    st = net.state()
+    assert {"family": "inet6", "address": str(gw6.ip), "netmask": "64",
+            "scope": "global"} in st["addresses"]
+
+
+def test_ipv6_stateful_dhcpv6_lease(networks, netns, prefix):
+    net = networks(f"{prefix}7", {"ipv4.address": "none", "ipv6.address": "auto",
+                                  "ipv6.dhcp.stateful": "true", "ipv6.routing": "false"})
+    gw6 = IPv6Interface(net.create()["ipv6.address"])
+    argv = dnsmasq_argv(net)
+    first, last = gw6.network.network_address + 2, gw6.network.broadcast_address
+    assert f"--dhcp-range={first},{last},64,3600s" in argv
+    ns, _host = netns("c", net.name)
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    mac = ns_mac(ns)
+    r = sh("ip", "netns", "exec", ns, sys.executable, str(DHCP6_CLIENT), "eth0", mac,
+           f"{prefix}-v6", "--apply", timeout=60)
+    leased = IPv6Address(r.stdout.strip())
+    assert leased in gw6.network and leased >= first
+    assert IPv6Interface(f"{leased}/128") in ns_ipv6(ns)
+    leases = net.leases()
+    assert {"hostname": f"{prefix}-v6", "hwaddr": mac, "address": str(leased),
+            "type": "dynamic", "location": "none"} in leases
+
+
+def test_ipv6_routing_enables_forwarding_and_keeps_host_default_route(networks, prefix):
+    def defaults() -> str:
+        return sh("ip", "-6", "route", "show", "default").stdout
+
+    before = defaults()
+    net = networks(f"{prefix}8", {"ipv4.address": "none", "ipv6.address": "auto"})
+    net.create()
+    assert sysctl6("all", "forwarding") == "1" and sysctl6(net.name, "forwarding") == "1"
+    for name in os.listdir("/proc/sys/net/ipv6/conf"):
+        assert sysctl6(name, "accept_ra") != "1", name  # RAs still accepted (2) or off (0)
+    assert defaults() == before
+    rules = sh("nft", "list", "table", "inet", nft.table_name(net.name)).stdout
+    assert f'meta nfproto ipv6 iifname "{net.name}" accept' in rules
+    assert "--ra-param" not in " ".join(dnsmasq_argv(net))
+
+
+def test_ipv6_update_on_and_off(networks, prefix):
+    net = networks(f"{prefix}9", {"ipv4.address": "auto"})
+    cfg = net.create()
+    assert sysctl6(net.name, "disable_ipv6") == "1"
+    assert "--enable-ra" not in dnsmasq_argv(net)
+    explicit = str(pick_free_ula_subnet([]).network_address + 1) + "/64"
+    cfg = net.update({**cfg, "ipv6.address": explicit, "ipv6.routing": "false"})
+    assert cfg["ipv6.address"] == explicit
+    assert (explicit.split("/")[0], 64, 0) in bridge_ipv6(net.name)
+    assert "--enable-ra" in dnsmasq_argv(net)
+    net.update({**cfg, "ipv6.address": "none"})
+    assert not [a for a in bridge_ipv6(net.name) if a[2] == 0]
+    assert "--enable-ra" not in dnsmasq_argv(net)
+    assert "ip6" not in sh("nft", "list", "table", "inet", nft.table_name(net.name)).stdout
+
+
+def test_ipv6_address_overlapping_host_is_conflict(networks, prefix):
+    first = networks(f"{prefix}o", {"ipv4.address": "none", "ipv6.address": "auto",
+                                    "ipv6.routing": "false"})
+    gw6 = IPv6Interface(first.create()["ipv6.address"])
+    clash = networks(f"{prefix}p", {"ipv4.address": "none", "ipv6.routing": "false",
+                                    "ipv6.address": f"{gw6.network.network_address + 7}/64"})
+    with pytest.raises(Conflict, match="overlaps"):
+        clash.create()
+    assert not link_exists(clash.name)
