@@ -7,7 +7,6 @@ the CLI and the stock client exercise the same server path.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -199,24 +198,8 @@ def alias_delete(args: Namespace) -> None:
     print(f"Alias {args.name} deleted")
 
 
-def run_builder(module: str, out_dir: Path, corral_dir: Path) -> list[Path]:
-    """Run an image builder of the image package as a program; return the files it made.
-
-    A program, not an import: the CLI is a client of the API and imports no service
-    package (tests/unit/test_imports.py). The builder prints each file's path on a line;
-    ``CORRAL_DIR`` tells it where to keep the downloaded VM kernel between builds.
-    """
-    env = {**os.environ, "CORRAL_DIR": str(corral_dir)}
-    res = subprocess.run([sys.executable, "-m", module, str(out_dir)], env=env,
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        err = res.stderr.strip().splitlines()
-        msg = err[-1].removeprefix("error: ") if err else f"{module} failed"
-        raise APIError(f"Image build failed: {msg}")
-    return [Path(line) for line in res.stdout.splitlines() if line.strip()]
-
-
 def build_busybox(args: Namespace) -> None:
+    from shared.errors import CorralError
     from shared.image.format import inspect_split, inspect_unified
 
     c = from_args(args)
@@ -224,12 +207,20 @@ def build_busybox(args: Namespace) -> None:
     tmp_root = corral_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=tmp_root) as tmp:
-        if args.vm:
-            files = run_builder("services.image.build_vm", Path(tmp), corral_dir)
-            fp = inspect_split(*files).fingerprint
-        else:
-            files = run_builder("services.image.build", Path(tmp), corral_dir)
-            fp = inspect_unified(files[0]).fingerprint
+        try:
+            if args.vm:
+                from shared.image.build_vm import build_busybox_vm
+
+                files = list(build_busybox_vm(
+                    Path(tmp), cache_dir=corral_dir / "cache" / "vm-kernel"))
+                fp = inspect_split(*files).fingerprint
+            else:
+                from shared.image.build import build_busybox as build
+
+                files = [build(Path(tmp))]
+                fp = inspect_unified(files[0]).fingerprint
+        except CorralError as exc:
+            raise APIError(exc.message, exc.code) from None
         try:
             c.get(f"/1.0/images/{fp}")
             print(f"Image already present with fingerprint: {fp}")
