@@ -15,7 +15,7 @@ import socket
 import struct
 import subprocess
 import threading
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 
 import pytest
 from pyroute2 import IPRoute
@@ -487,3 +487,63 @@ def test_stock_lxc_client(stack, api, uid, nets):
     r = run(stack, "lxc", "network", "delete", name)
     assert r.returncode == 0, r.stderr
     assert not link_exists(name)
+
+
+# -- IPv6 and LXD's full key set ----------------------------------------------------------------
+
+def test_ipv6_keys_lxd_accepts_are_accepted(stack, api, uid, nets):
+    """``ipv6.nat`` and friends were refused before; LXD 5.0 accepts them."""
+    net = create(api, nets, f"{uid}6", **{
+        "ipv4.nat": "false", "ipv6.address": "auto", "ipv6.nat": "true",
+        "ipv6.routing": "false", "ipv6.dhcp.expiry": "2h", "ipv6.firewall": "true",
+        "ipv4.nat.order": "after", "dns.search": "lab.example"})
+    gw6 = IPv6Interface(net["config"]["ipv6.address"])
+    assert gw6.network.prefixlen == 64 and str(gw6.ip).startswith("fd")
+    assert net["config"]["ipv6.nat"] == "true"
+    state = api.get(f"/1.0/networks/{net['name']}/state").json()["metadata"]
+    assert {"family": "inet6", "address": str(gw6.ip), "netmask": "64",
+            "scope": "global"} in state["addresses"]
+    rules = subprocess.run(["nft", "list", "table", "inet", nft.table_name(net["name"])],
+                           capture_output=True, text=True).stdout
+    assert f"ip6 saddr {gw6.network}" in rules and "masquerade" in rules
+    r = api.patch(f"/1.0/networks/{net['name']}", json={"config": {"ipv6.dhcp.stateful": "true"}})
+    assert r.status_code == 200, r.text
+    argv = open(f"/proc/{dnsmasq.running_pid(state_dir(stack, net['name']))}/cmdline").read()
+    assert f"{gw6.network.network_address + 2}," in argv  # stateful range now
+
+
+@pytest.mark.parametrize("key, value", [
+    ("bridge.driver", "openvswitch"), ("fan.type", "vxlan"), ("tunnel.t1.protocol", "vxlan"),
+    ("ipv4.ovn.ranges", "10.1.2.10-10.1.2.20"), ("dns.zone.forward", "z.example"),
+    ("bgp.peers.p1.asn", "65000"), ("security.acls", "web"), ("ipv6.routes", "fd50::/48"),
+])
+def test_keys_not_supported_yet_are_400_naming_them(stack, api, uid, nets, key, value):
+    name = f"{uid}n"
+    nets.append(name)
+    r = api.post("/1.0/networks", json={"name": name, "config": {key: value}})
+    assert r.status_code == 400, r.text
+    assert key in r.json()["error"] and "not supported by Corral yet" in r.json()["error"]
+    assert not link_exists(name)
+
+
+def test_patch_with_key_not_supported_yet_is_400_and_changes_nothing(api, uid, nets):
+    net = create(api, nets, f"{uid}q")
+    r = api.patch(f"/1.0/networks/{net['name']}", json={"config": {"fan.type": "ipip"}})
+    assert r.status_code == 400 and "'fan.type'" in r.json()["error"], r.text
+    assert api.get(f"/1.0/networks/{net['name']}").json()["metadata"]["config"] == net["config"]
+
+
+def test_stock_lxc_client_ipv6_network(stack, api, uid, nets):
+    name = f"{uid}l"
+    nets.append(name)
+    r = run(stack, "lxc", "network", "create", name, "ipv6.address=auto", "ipv6.nat=true",
+            "ipv6.routing=false")
+    assert r.returncode == 0, r.stderr
+    r = run(stack, "lxc", "network", "show", name)
+    assert r.returncode == 0 and "ipv6.address: fd" in r.stdout and \
+        'ipv6.nat: "true"' in r.stdout, r.stdout
+    r = run(stack, "lxc", "network", "list", "--format", "csv")
+    row = next(line for line in r.stdout.splitlines() if line.startswith(f"{name},"))
+    assert "/64" in row and "fd" in row, row  # the IPV6 column
+    r = run(stack, "lxc", "network", "set", name, "tunnel.t1.protocol", "gre")
+    assert r.returncode != 0 and "tunnel.t1.protocol" in r.stderr
