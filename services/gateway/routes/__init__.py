@@ -1,26 +1,127 @@
-"""Route modules, one per resource (instances, images, storage, networks, ...).
+"""Every HTTP path of the gateway, in one table.
 
-Each module defines ``register(router, gateway)`` and, optionally, ``PATHS``: the list
-paths it serves itself (so the gateway's generic list route steps aside). Modules are
-found by name, so adding a resource touches no shared file.
+A row is ``Route(method, path, handler)``. Most handlers are ``ask(service, verb, build)``:
+one bus request to ``corral.<service>.<verb>`` whose message ``build`` makes from the HTTP
+request (``routing.listing``, ``creation``, ``item`` or a resource's own), answered with
+LXD's envelope. The others are functions of this package's modules, named by what they do
+beyond that (uploads, exports, raw file bodies, websockets, the operations bucket).
+
+Order matters where a literal segment competes with a ``{name}``: ``/1.0/images/aliases``
+comes before ``/1.0/images/{name}``.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from types import ModuleType
+from ..routing import Route, aliased, ask, creation, item, listing
+from . import events, images, instance_io, instances, networks, operations, server, storage
+from .streams import websocket
 
-_cache: list[ModuleType] | None = None
-
-
-def modules() -> list[ModuleType]:
-    global _cache
-    if _cache is None:
-        _cache = [importlib.import_module(f"{__name__}.{m.name}")
-                  for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)]
-    return _cache
+INSTANCE = "/1.0/instances/{name}"
+POOL = "/1.0/storage-pools/{name}"
 
 
-def overrides(path: str) -> bool:
-    return any(path in getattr(m, "PATHS", ()) for m in modules())
+
+def crud(path: str, service: str, prefix: str = "") -> list[Route]:
+    """LXD's CRUD shape, one bus verb per method: ``<prefix>list``, ``create``, ``get``,
+    ``update`` (PUT), ``patch``, ``delete``, ``rename`` (POST on the object)."""
+    item_path = path + "/{name}"
+    return [
+        Route("GET", path, ask(service, prefix + "list", listing)),
+        Route("POST", path, ask(service, prefix + "create", creation)),
+        Route("GET", item_path, ask(service, prefix + "get", item)),
+        Route("PUT", item_path, ask(service, prefix + "update", item)),
+        Route("PATCH", item_path, ask(service, prefix + "patch", item)),
+        Route("DELETE", item_path, ask(service, prefix + "delete", item)),
+        Route("POST", item_path, ask(service, prefix + "rename", item)),
+    ]
+
+
+INSTANCES = [
+    Route("GET", "/1.0/instances", ask("instance", "list", listing)),
+    Route("POST", "/1.0/instances", ask("instance", "create", creation)),
+    Route("GET", INSTANCE, ask("instance", "get", instances.instance_get)),
+    Route("PUT", INSTANCE, ask("instance", "update", item)),
+    Route("PATCH", INSTANCE, ask("instance", "patch", item)),
+    Route("DELETE", INSTANCE, ask("instance", "delete", item)),
+    Route("POST", INSTANCE, ask("instance", "rename", item)),
+    Route("GET", INSTANCE + "/state", ask("instance", "state", instances.named)),
+    Route("PUT", INSTANCE + "/state", ask("instance", "state_put", instances.state_put)),
+    Route("GET", INSTANCE + "/snapshots", ask("instance", "snapshot_list", instances.named)),
+    Route("GET", INSTANCE + "/backups", ask("instance", "backup_list", instances.named)),
+    Route("POST", INSTANCE + "/exec", ask("instance", "exec", instance_io.exec_request)),
+    Route("GET", INSTANCE + "/files", ask("instance", "file_get", instance_io.file_request,
+                                          respond=instance_io.file_contents)),
+    Route("HEAD", INSTANCE + "/files", ask("instance", "file_get", instance_io.file_request,
+                                           respond=instance_io.file_contents)),
+    Route("POST", INSTANCE + "/files", instance_io.file_push),  # instance.file_put
+    Route("DELETE", INSTANCE + "/files", ask("instance", "file_delete",
+                                             instance_io.file_request)),
+    Route("GET", INSTANCE + "/console", ask("instance", "console_get", instance_io.log_request,
+                                            respond=instance_io.raw_log)),
+    Route("POST", INSTANCE + "/console", ask("instance", "console_attach",
+                                             instance_io.exec_request)),
+    Route("DELETE", INSTANCE + "/console", ask("instance", "console_clear",
+                                               instance_io.log_request)),
+    Route("GET", INSTANCE + "/logs", ask("instance", "log_list", instance_io.log_request)),
+    Route("GET", INSTANCE + "/logs/{file}", ask("instance", "log_get", instance_io.log_request,
+                                                respond=instance_io.raw_log)),
+    Route("DELETE", INSTANCE + "/logs/{file}", ask("instance", "log_delete",
+                                                   instance_io.log_request)),
+]
+
+IMAGES = [
+    *crud("/1.0/images/aliases", "image", "alias_"),
+    Route("GET", "/1.0/images", ask("image", "list", listing)),
+    Route("POST", "/1.0/images", images.create),  # image.create (JSON) or image.import
+    Route("GET", "/1.0/images/{name}/export", images.export),  # image.export, then the bytes
+    Route("GET", "/1.0/images/{name}", ask("image", "get", images.image_item)),
+    Route("PUT", "/1.0/images/{name}", ask("image", "update", images.image_item)),
+    Route("PATCH", "/1.0/images/{name}", ask("image", "patch", images.image_item)),
+    Route("DELETE", "/1.0/images/{name}", ask("image", "delete", images.image_item)),
+]
+
+NETWORKS = [
+    Route("GET", "/1.0/networks", ask("network", "list", listing)),
+    Route("POST", "/1.0/networks", ask("network", "create", creation,
+                                       respond=networks.created)),
+    Route("GET", "/1.0/networks/{name}", ask("network", "get", item)),
+    Route("PUT", "/1.0/networks/{name}", ask("network", "update", item)),
+    Route("PATCH", "/1.0/networks/{name}", ask("network", "patch", item)),
+    Route("DELETE", "/1.0/networks/{name}", ask("network", "delete", item)),
+    Route("POST", "/1.0/networks/{name}", ask("network", "rename", item)),
+    Route("GET", "/1.0/networks/{name}/state", ask("network", "state", item)),
+    Route("GET", "/1.0/networks/{name}/leases", ask("network", "leases", item)),
+]
+
+STORAGE = [
+    Route("GET", "/1.0/storage-pools", ask("storage", "list", listing)),
+    Route("POST", "/1.0/storage-pools", ask("storage", "create", creation,
+                                            timeout=storage.SLOW)),
+    Route("GET", POOL, ask("storage", "get", item)),
+    Route("PUT", POOL, ask("storage", "update", item, timeout=storage.SLOW)),
+    Route("PATCH", POOL, ask("storage", "patch", item, timeout=storage.SLOW)),
+    Route("DELETE", POOL, ask("storage", "delete", item, timeout=storage.SLOW)),
+    Route("GET", POOL + "/resources", ask("storage", "resources", item)),
+    Route("GET", POOL + "/volumes", ask("storage", "volume_list", storage.volume_listing)),
+    Route("GET", POOL + "/volumes/{kind}", ask("storage", "volume_list",
+                                               storage.volume_listing)),
+    Route("GET", POOL + "/volumes/{kind}/{volume}", ask("storage", "volume_get",
+                                                        storage.volume)),
+]
+
+ROUTES: list[Route] = [
+    Route("GET", "/", server.root),
+    Route("GET", "/1.0", server.server),  # the gateway's facts + each service's info
+    Route("GET", "/1.0/", server.server),
+    Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
+    Route("GET", "/1.0/operations", operations.list_),  # the shared operations bucket
+    Route("GET", "/1.0/operations/{id}", operations.get),
+    Route("DELETE", "/1.0/operations/{id}", operations.cancel),
+    Route("GET", "/1.0/operations/{id}/wait", operations.wait),
+    Route("GET", "/1.0/operations/{id}/websocket", websocket),  # exec/console streams
+    *aliased(INSTANCES, "/1.0/instances", "/1.0/containers"),
+    *crud("/1.0/profiles", "instance", "profile_"),
+    *IMAGES,
+    *NETWORKS,
+    *STORAGE,
+]

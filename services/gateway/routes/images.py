@@ -24,16 +24,14 @@ from aiohttp import BodyPartReader, web
 from shared import blobs
 from shared.errors import BadRequest
 from shared.messages.image import ExportRequest, ImportRequest
-from shared.models import CreateRequest, ObjectRequest
+from shared.models import ObjectRequest
 
-from ..app import project_of, read_json, requestor
+from ..request import etag_of, json_object, name_of, project_of, requestor
+from ..routing import Context, creation, render
 
 if TYPE_CHECKING:
     from nats.js.object_store import ObjectStore
 
-    from ..app import Gateway
-
-PATHS = ["/1.0/images"]
 _CHUNK = 1024 * 1024
 _TRUE = ("1", "true", "yes", "on")
 
@@ -113,86 +111,69 @@ async def stream_object(store: "ObjectStore", name: str,
         raise
 
 
-def register(r: web.UrlDispatcher, gw: "Gateway") -> None:
-    # Aliases first: "/1.0/images/{name}" would otherwise match "/1.0/images/aliases".
-    gw.collection(r, "/1.0/images/aliases", "image", "alias_")
+async def create(ctx: Context, request: web.Request) -> web.Response:
+    """``POST /1.0/images``: JSON is image.create (a source to copy from); a tarball or a
+    multipart form is an upload, staged in the transfers store and handed to image.import."""
+    if request.content_type == "application/json":
+        return render(await ctx.ask("image", "create", await creation(request)))
+    tmp_root = ctx.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+    transfers = await blobs.transfers(ctx.bus)
+    owned: list[str] = []
+    try:
+        fields = {**_headers(request), **await _save_upload(request, tmp)}
+        base = f"upload-{uuid.uuid4().hex}"
+        for part in ("meta", "rootfs"):
+            if (tmp / part).exists():
+                await blobs.put_file(transfers, f"{base}.{part}", tmp / part)
+                owned.append(f"{base}.{part}")
+                fields[part] = f"{base}.{part}"
+        req = ImportRequest(project=project_of(request), requestor=requestor(request),
+                            **fields)
+        reply = await ctx.ask("image", "import", req)
+        owned = []  # the image service deletes them when the import ends
+        return render(reply)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name in owned:
+            await blobs.delete(transfers, name)
 
-    async def create(request: web.Request) -> web.Response:
-        project = project_of(request)
-        if request.content_type == "application/json":
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise BadRequest("Invalid request body: expected a JSON object")
-            return gw.render(await gw.ask("image", "create", CreateRequest(
-                project=project, body=body, requestor=requestor(request))))
-        tmp_root = gw.config.dir / "tmp"
-        tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
-        transfers = await blobs.transfers(gw.bus)
-        owned: list[str] = []
-        try:
-            fields = {**_headers(request), **await _save_upload(request, tmp)}
-            base = f"upload-{uuid.uuid4().hex}"
-            for part in ("meta", "rootfs"):
-                if (tmp / part).exists():
-                    await blobs.put_file(transfers, f"{base}.{part}", tmp / part)
-                    owned.append(f"{base}.{part}")
-                    fields[part] = f"{base}.{part}"
-            req = ImportRequest(project=project, requestor=requestor(request), **fields)
-            reply = await gw.ask("image", "import", req)
-            owned = []  # the image service deletes them when the import ends
-            return gw.render(reply)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for name in owned:
-                await blobs.delete(transfers, name)
 
-    async def export(request: web.Request) -> web.StreamResponse:
-        info = (await gw.ask("image", "export", ExportRequest(
-            project=project_of(request), fingerprint=request.match_info["name"]))).metadata
-        store = await blobs.bucket(gw.bus, info["bucket"])
-        files = info["files"]
-        if len(files) == 1:
-            size = (await store.get_info(files[0]["object"])).size or 0
-            resp = web.StreamResponse(headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Disposition": f"inline;filename={files[0]['filename']}"})
-            resp.content_length = size
-            await resp.prepare(request)
-            await stream_object(store, files[0]["object"], resp.write)
-            await resp.write_eof()
-            return resp
-        boundary = uuid.uuid4().hex
+async def export(ctx: Context, request: web.Request) -> web.StreamResponse:
+    """``GET /1.0/images/<fp>/export``: image.export names the objects; we stream them."""
+    info = (await ctx.ask("image", "export", ExportRequest(
+        project=project_of(request), fingerprint=name_of(request)))).metadata
+    store = await blobs.bucket(ctx.bus, info["bucket"])
+    files = info["files"]
+    if len(files) == 1:
+        size = (await store.get_info(files[0]["object"])).size or 0
         resp = web.StreamResponse(headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}"})
-        resp.enable_chunked_encoding()
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"inline;filename={files[0]['filename']}"})
+        resp.content_length = size
         await resp.prepare(request)
-        for f in files:
-            await resp.write((f"--{boundary}\r\nContent-Disposition: form-data; "
-                              f"name=\"{f['part']}\"; filename=\"{f['filename']}\"\r\n"
-                              "Content-Type: application/octet-stream\r\n\r\n").encode())
-            await stream_object(store, f["object"], resp.write)
-            await resp.write(b"\r\n")
-        await resp.write(f"--{boundary}--\r\n".encode())
+        await stream_object(store, files[0]["object"], resp.write)
         await resp.write_eof()
         return resp
+    boundary = uuid.uuid4().hex
+    resp = web.StreamResponse(headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for f in files:
+        await resp.write((f"--{boundary}\r\nContent-Disposition: form-data; "
+                          f"name=\"{f['part']}\"; filename=\"{f['filename']}\"\r\n"
+                          "Content-Type: application/octet-stream\r\n\r\n").encode())
+        await stream_object(store, f["object"], resp.write)
+        await resp.write(b"\r\n")
+    await resp.write(f"--{boundary}--\r\n".encode())
+    await resp.write_eof()
+    return resp
 
-    def obj(verb: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
-            body = None
-            if request.method in ("PUT", "PATCH"):
-                body = await read_json(request)
-                if not isinstance(body, dict):
-                    raise BadRequest("Invalid request body: expected a JSON object")
-            return gw.render(await gw.ask("image", verb, ObjectRequest(
-                project=project_of(request), name=request.match_info["name"], body=body,
-                etag=request.headers.get("If-Match"), requestor=requestor(request))))
-        return handler
 
-    r.add_get("/1.0/images", gw.lister("image", "list"))
-    r.add_post("/1.0/images", create)
-    r.add_get("/1.0/images/{name}/export", export)
-    item = "/1.0/images/{name}"
-    for method, verb in (("GET", "get"), ("PUT", "update"), ("PATCH", "patch"),
-                         ("DELETE", "delete")):
-        r.add_route(method, item, obj(verb))
+async def image_item(request: web.Request) -> ObjectRequest:
+    """One image by fingerprint (prefix); PUT and PATCH carry a JSON object (no rename)."""
+    body = await json_object(request) if request.method in ("PUT", "PATCH") else None
+    return ObjectRequest(project=project_of(request), name=name_of(request), body=body,
+                         etag=etag_of(request), requestor=requestor(request))

@@ -1,0 +1,76 @@
+"""``/`` and ``GET /1.0``: the server's description, answered even when a service is down."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from aiohttp import web
+
+from .. import responses
+from ..request import project_of
+from ..routing import Context
+
+VERSION = "0.1.0"
+
+
+async def root(_ctx: Context, _request: web.Request) -> web.Response:
+    return responses.sync(["/1.0"])
+
+
+async def server(ctx: Context, request: web.Request) -> web.Response:
+    """``GET /1.0``: the gateway's own facts plus what each service adds (cached)."""
+    env, extensions = await ctx.info.get()
+    uname = platform.uname()
+    environment = {
+        "addresses": [],
+        "architectures": [uname.machine],
+        "certificate": "",
+        "certificate_fingerprint": "",
+        "driver": "",
+        "driver_version": "",
+        "firewall": "nftables",
+        "kernel": uname.system,
+        "kernel_architecture": uname.machine,
+        "kernel_features": {},
+        "kernel_version": uname.release,
+        "lxc_features": {},
+        "os_name": _os_release().get("NAME", "Linux"),
+        "os_version": _os_release().get("VERSION_ID", ""),
+        "project": project_of(request),
+        "server": "corral",
+        "server_clustered": False,
+        "server_event_mode": "full-mesh",
+        "server_name": ctx.config.node,
+        "server_pid": os.getpid(),
+        "server_version": VERSION,
+        "storage": "",
+        "storage_version": "",
+        "storage_supported_drivers": [],
+    }
+    environment.update(env)
+    return responses.sync({
+        "config": {},
+        "api_extensions": extensions,
+        "api_status": "stable",
+        "api_version": "1.0",
+        "auth": "trusted",
+        "public": False,
+        "auth_methods": ["tls"],
+        "environment": environment,
+    })
+
+
+_OS: dict[str, Any] = {}
+
+
+def _os_release() -> dict[str, str]:
+    if not _OS:
+        try:
+            for line in open("/etc/os-release"):
+                k, _, v = line.strip().partition("=")
+                _OS[k] = v.strip('"')
+        except OSError:
+            _OS["NAME"] = "Linux"
+    return _OS
