@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, ClassVar
 
 from nats import micro
 from nats.micro.request import Request as MicroRequest
+from nats.micro.service import EndpointStats
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
@@ -28,6 +29,25 @@ from .events import Events, ensure_stream
 from .log import get_logger, set_event_sink, setup_logging
 from .models import Message, Reply, ServerInfoReply, ServerInfoRequest  # noqa: F401
 from .operations import Operations
+
+
+@dataclass
+class EndpointFigures:
+    """What one endpoint's requests took, counted when each one ends (see ``_stats``)."""
+
+    completed: int = 0
+    errors: int = 0
+    processing_ns: int = 0
+    last_error: str = ""
+    in_flight: int = 0
+
+    def done(self, elapsed_ns: int, error: str | None) -> None:
+        self.in_flight -= 1
+        self.completed += 1
+        self.processing_ns += elapsed_ns
+        if error is not None:
+            self.errors += 1
+            self.last_error = error
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,7 @@ class Service:
         self._micro: micro.Service | None = None
         self._stopped = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._figures: dict[str, EndpointFigures] = {}
 
     @classmethod
     def endpoints(cls) -> list[EndpointSpec]:
@@ -111,6 +132,7 @@ class Service:
             self.bus.nc, name=f"corral-{self.name}", version=self.version,
             description=self.description or f"Corral {self.name} service",
             metadata={"node": self.config.node, "pid": str(os.getpid())},
+            stats_handler=self._stats,
         )
         for spec in self.endpoints():
             await self._micro.add_endpoint(
@@ -136,20 +158,23 @@ class Service:
         span_name = f"{self.name}.{spec.verb}"
         tracer = tracing.tracer(f"corral.{self.name}")
 
+        figures = self._figures.setdefault(spec.verb, EndpointFigures())
+
         async def handle(req: MicroRequest) -> None:
             # NATS delivers one subscription's messages one at a time: run each request in
             # its own task so a slow one (an image unpack) does not hold up its verb.
+            figures.in_flight += 1
             task = asyncio.create_task(run(req))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
         async def run(req: MicroRequest) -> None:
             started = time.perf_counter_ns()
-            error: str | None = None
+            error: str | None = "500: request cancelled"
             try:
                 error = await serve(req)
             finally:
-                self._account(spec.verb, time.perf_counter_ns() - started, error)
+                figures.done(time.perf_counter_ns() - started, error)
 
         async def serve(req: MicroRequest) -> str | None:
             """Answer one request; returns the error it answered with, if any."""
@@ -183,22 +208,24 @@ class Service:
 
         return handle
 
-    def _account(self, verb: str, elapsed_ns: int, error: str | None) -> None:
-        """Keep ``$SRV.STATS`` true although handlers run in their own tasks.
+    def _stats(self, stats: EndpointStats) -> dict[str, int]:
+        """nats.micro's ``stats_handler``: our figures for one endpoint in ``$SRV.STATS``.
 
         nats.micro times and counts errors around the handler it calls, which here only
-        starts a task; so the task adds its own time and error to the endpoint's figures
-        (nats-py exposes no public setter for them).
+        starts a task (requests of one endpoint run concurrently), so its own figures would
+        say every request took microseconds and none failed. The figures counted when each
+        task ends go into the endpoint's public ``EndpointStats`` that micro hands this hook
+        and then serialises; ``num_requests`` stays micro's own count of requests received.
+        The ``data`` returned adds what is under way.
         """
-        ep = next((e for e in getattr(self._micro, "_endpoints", [])
-                   if getattr(e, "_name", None) == verb), None)
-        if ep is None:
-            return
-        ep._processing_time += elapsed_ns
-        ep._average_processing_time = int(ep._processing_time / max(1, ep._num_requests))
-        if error is not None:
-            ep._num_errors += 1
-            ep._last_error = error
+        figures = self._figures.get(stats.name)
+        if figures is None:
+            return {}
+        stats.num_errors = figures.errors
+        stats.last_error = figures.last_error or None
+        stats.processing_time = figures.processing_ns
+        stats.average_processing_time = figures.processing_ns // max(1, figures.completed)
+        return {"in_flight": figures.in_flight, "completed": figures.completed}
 
 
 def _brief(exc: Exception) -> str:

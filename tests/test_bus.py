@@ -9,8 +9,9 @@ import time
 import pytest
 
 from shared.bus import Bus
-from shared.errors import Unavailable
-from shared.models import ListRequest
+from shared.errors import BadRequest, Unavailable
+from shared.models import ListRequest, Message, Reply
+from shared.service import Service, endpoint
 
 from .stack import wait_for
 
@@ -72,6 +73,48 @@ async def test_srv_stats_counts_errors_and_time(bus, aapi, uid):
     assert after["num_errors"] == before["num_errors"] + 1
     assert after["last_error"] == "404: Profile not found"
     assert after["processing_time"] > before["processing_time"]
+
+
+class NapRequest(Message):
+    seconds: float = 0.0
+    fail: bool = False
+
+
+class Napper(Service):
+    """A service whose one endpoint sleeps as long as it is told, or fails."""
+
+    name = "statsprobe"
+
+    @endpoint("nap", NapRequest)
+    async def nap(self, req: NapRequest) -> Reply:
+        await asyncio.sleep(req.seconds)
+        if req.fail:
+            raise BadRequest("Told to fail")
+        return Reply(metadata={"slept": req.seconds})
+
+
+async def test_srv_stats_count_concurrent_requests_by_the_time_they_took(bus, bus_config):
+    """Requests of one endpoint run concurrently, and $SRV.STATS still says how long they
+    took and which failed (nats.micro alone would time only the start of each task)."""
+    svc = Napper(bus_config, bus)
+    await svc.start()
+    try:
+        t0 = time.monotonic()
+        await asyncio.gather(*(bus.request("statsprobe", "nap", NapRequest(seconds=0.4))
+                               for _ in range(2)))
+        assert time.monotonic() - t0 < 0.75  # concurrent, not one after the other
+        with pytest.raises(BadRequest):
+            await bus.request("statsprobe", "nap", NapRequest(seconds=0.1, fail=True))
+        [stats] = [s for s in await gather_replies(bus, "$SRV.STATS.corral-statsprobe")
+                   if s["id"] == svc._micro.id]
+        [nap] = [e for e in stats["endpoints"] if e["name"] == "nap"]
+        assert nap["num_requests"] == 3
+        assert nap["num_errors"] == 1 and nap["last_error"] == "400: Told to fail"
+        assert nap["processing_time"] >= 0.9e9  # 0.4 + 0.4 + 0.1 s of work
+        assert nap["average_processing_time"] >= 0.3e9
+        assert nap["data"] == {"in_flight": 0, "completed": 3}
+    finally:
+        await svc.stop()
 
 
 async def test_bus_request_to_missing_service_is_unavailable(bus):
