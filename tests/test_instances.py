@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -175,6 +176,20 @@ def test_bad_input_leaves_nothing(world, api):
     assert api.get(f"/1.0/instances/{world.prefix}-x").status_code == 404
     assert not world.lxc_dir(f"{world.prefix}-x").exists()
     assert not world.volume(f"{world.prefix}-x").exists()
+
+
+def test_create_without_a_name_picks_a_free_random_one(world, api):
+    """LXD names an unnamed instance adjective-noun (petname); Corral answered 400."""
+    r = api.post("/1.0/instances", json={"source": {"type": "image", "alias": world.image},
+                                         "profiles": [world.profile]})
+    assert r.status_code == 202, r.text
+    name = r.json()["metadata"]["resources"]["instances"][0].rsplit("/", 1)[1]
+    try:
+        world.wait(r)
+        assert re.fullmatch(r"[a-z]+-[a-z]+", name), name
+        assert world.get(name)["status"] == "Stopped" and world.lxc_dir(name).exists()
+    finally:  # not under the world's prefix: its teardown would not see it
+        world.remove(name)
 
 
 def test_list_recursion_filter_and_users(world, api):

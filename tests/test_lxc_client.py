@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -59,3 +60,18 @@ def test_stock_client_lifecycle(world, stack, api):
     lxc(stack, "delete", "--force", name)
     wait_for(lambda: api.get(f"/1.0/instances/{name}").status_code == 404, 20)
     assert not world.lxc_dir(name).exists() and not world.volume(name).exists()
+
+
+def test_launch_without_a_name(world, stack, api):
+    """``lxc launch <image>`` (no name): LXD picks a free adjective-noun name, so must we."""
+    r = lxc(stack, "launch", world.image, "-p", world.profile)
+    m = re.search(r"(?:Instance name is: |Starting )(\S+)", r.stdout)
+    assert m, r.stdout
+    name = m.group(1)
+    try:
+        assert re.fullmatch(r"[a-z]+-[a-z]+", name), name
+        assert world.live(name)["status"] == "Running"
+        lxc(stack, "delete", "--force", name)
+        assert api.get(f"/1.0/instances/{name}").status_code == 404
+    finally:  # not under the world's prefix: its teardown would not see it
+        world.remove(name)

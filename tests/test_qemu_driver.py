@@ -352,7 +352,7 @@ def real_vm(env):
         tf.extractall(vol, filter="data")  # metadata.yaml + boot/ as format.unpack lays out
     shutil.copy2(meta.with_name(meta.name.removesuffix(".tar.gz") + ".rootfs.img"),
                  vol / "rootfs.img")
-    drv.create(name, {"limits.cpu": "1", "limits.memory": "256MiB"}, {}, vol, [])
+    drv.create(InstanceSpec(name, {"limits.cpu": "1", "limits.memory": "256MiB"}, {}, vol))
     try:
         drv.start(name)
         deadline = time.monotonic() + 90

@@ -165,6 +165,12 @@ def test_vm_state_list_and_volume(world, vm, api, stack):
     items = api.get("/1.0/instances", params={"recursion": 2}).json()["metadata"]
     mine = {i["name"]: i for i in items}
     assert mine[vm]["type"] == "virtual-machine" and mine[vm]["state"]["status"] == "Running"
+    # lists carry the agent's addresses too (the stock client's IPV4 column read none)
+    inet = [a["address"] for a in mine[vm]["state"]["network"]["eth0"]["addresses"]
+            if a["family"] == "inet"]
+    assert inet
+    row = lxc(stack, "list", vm, "--format", "csv", "-c", "n4").stdout.strip()
+    assert row.startswith(f"{vm},") and f"{inet[0]} (eth0)" in row, row
     vols = api.get(f"/1.0/storage-pools/{world.pool}/volumes/virtual-machine").json()
     assert f"/1.0/storage-pools/{world.pool}/volumes/virtual-machine/{vm}" in vols["metadata"]
     out = corral(stack, "list").stdout
@@ -219,6 +225,12 @@ def test_limits_live_cpu_and_memory(world, vm):
              what="the balloon to shrink MemTotal")
     r = world.api.patch(f"/1.0/instances/{vm}", json={"config": {"limits.memory": "2GiB"}})
     assert r.status_code == 400 and "start" in r.json()["error"]
+    # a limit the QEMU driver cannot change live is refused, not deferred unnoticed
+    r = world.api.patch(f"/1.0/instances/{vm}", json={"config": {"limits.processes": "50"}})
+    assert r.status_code == 400 and "limits.processes cannot change while" in r.text
+    assert "limits.processes" not in world.get(vm)["config"]
+    r = world.api.post(f"/1.0/instances/{vm}", json={"name": f"{vm}-new"})
+    assert r.status_code == 400 and "Renaming a virtual-machine" in r.text
 
 
 def test_vm_and_container_ping_by_name(world, vm):
@@ -271,8 +283,10 @@ def test_exec_before_agent_is_clear_error_then_stock_client(world, stack, api):
     if r.status_code != 202:  # the agent may even be up already under a fast host
         assert r.status_code == 503 and "VM agent isn't currently running" in r.text
         assert time.monotonic() - t0 < 5
+    t0 = time.monotonic()
     rows = json.loads(lxc(stack, "list", "--format", "json").stdout)
     assert any(x["name"] == name and x["type"] == "virtual-machine" for x in rows)
+    assert time.monotonic() - t0 < 10  # a VM whose agent is not up yet does not stall it
     wait_agent(world, name)
     assert lxc(stack, "exec", name, "--", "uname", "-a").stdout.startswith("Linux ")
     lxc(stack, "stop", name, "--force")

@@ -33,7 +33,8 @@ DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
 def check_action(status: str, action: str, can_freeze: bool = True) -> None:
     """LXD's answers to a state change that cannot happen from ``status`` (400)."""
     if action in ("freeze", "unfreeze") and not can_freeze:
-        raise BadRequest(f"This instance type cannot be {action}d (paused)")
+        raise BadRequest("This instance's driver cannot pause it: freeze and unfreeze "
+                         "are not supported for its type")
     if action == "start" and status in ("Running", "Frozen"):
         raise BadRequest("The instance is already running")
     if action in ("stop", "restart", "freeze") and status == "Stopped":

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lxc
-
 from shared.errors import BadRequest, CorralError
 
 from .base import InstanceDriver
@@ -131,6 +129,8 @@ class DriverRouter:
 
     def versions(self) -> dict[str, str]:
         """Driver name -> version, for ``GET /1.0`` (QEMU only when it really answers)."""
+        import lxc  # python-lxc: only where a version is asked, so the router imports anywhere
+
         out = {"lxc": lxc.version}
         if self.vm_available():
             from . import qemu_host
