@@ -622,3 +622,20 @@ def test_ipv6_address_overlapping_host_is_conflict(networks, prefix):
     with pytest.raises(Conflict, match="overlaps"):
         clash.create()
     assert not link_exists(clash.name)
+
+
+def test_ipv6_network_comes_back_after_a_reboot(networks, prefix):
+    net = networks(f"{prefix}x", {"ipv4.address": "none", "ipv6.address": "auto",
+                                  "ipv6.routing": "false", "raw.dnsmasq": "log-dhcp"})
+    cfg = net.create()
+    gw6 = IPv6Interface(cfg["ipv6.address"])
+    assert (net.state_dir / dnsmasq.RAW_FILE).read_text() == "log-dhcp\n"
+    net.stop()  # what a reboot leaves
+    assert not net.exists()
+    again = load(net.name, "bridge", cfg, net.corral_dir)
+    again.start()
+    assert again.is_running() and (str(gw6.ip), 64, 0) in bridge_ipv6(net.name)
+    argv = dnsmasq_argv(again)
+    assert "--enable-ra" in argv and f"--conf-file={net.state_dir / dnsmasq.RAW_FILE}" in argv
+    assert f"ip6 saddr {gw6.network}" in sh("nft", "list", "table", "inet",
+                                            nft.table_name(net.name)).stdout
