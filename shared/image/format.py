@@ -303,6 +303,12 @@ def _escapes(name: str) -> bool:
     return name == ".." or name.startswith("../")
 
 
+def _through_symlink(name: str, symlinks: set[str]) -> bool:
+    """Whether a parent directory of ``name`` is a symlink of the archive."""
+    parts = name.split("/")
+    return any("/".join(parts[:i]) in symlinks for i in range(1, len(parts)))
+
+
 def vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
     """Refuse a member that could write outside the extraction directory.
 
@@ -315,12 +321,11 @@ def vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
     name = _member_name(raw)
     if _escapes(name):
         raise BadRequest(f"{archive}: member {raw!r} escapes the image directory")
-    parts = name.split("/")
-    for i in range(1, len(parts)):
-        if "/".join(parts[:i]) in symlinks:
-            raise BadRequest(f"{archive}: member {raw!r} would be written through a symlink")
+    if _through_symlink(name, symlinks):
+        raise BadRequest(f"{archive}: member {raw!r} would be written through a symlink")
     if ti.islnk():  # a hard link names another member; tar strips its leading "/" too
-        if _escapes(_member_name(ti.linkname)):
+        target = _member_name(ti.linkname)
+        if _escapes(target) or _through_symlink(target, symlinks):
             raise BadRequest(f"{archive}: hard link {raw!r} points outside the image")
     elif ti.issym():
         symlinks.add(name)

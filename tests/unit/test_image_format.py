@@ -129,6 +129,7 @@ def test_absolute_names_are_found_by_inspect(tmp_path: Path) -> None:
     [_ti("/rootfs/etc/rel", tarfile.SYMTYPE, "../bin/busybox")],
     [_ti("/rootfs/etc/hard", tarfile.LNKTYPE, "/rootfs/etc/inittab")],
     [_ti("rootfs/etc/hard", tarfile.LNKTYPE, "./rootfs/etc/inittab")],
+    [_ti("rootfs/l", tarfile.SYMTYPE, "/etc"), _ti("rootfs/h", tarfile.LNKTYPE, "rootfs/l")],
 ])
 def test_vet_accepts(members: list[tarfile.TarInfo]) -> None:
     _vet(*members)
@@ -144,6 +145,8 @@ def test_vet_accepts(members: list[tarfile.TarInfo]) -> None:
     ([_ti("rootfs/l", tarfile.SYMTYPE, "/tmp"), _ti("/rootfs/l/d/x")], "through a symlink"),
     ([_ti("rootfs/h", tarfile.LNKTYPE, "../etc/passwd")], "hard link"),
     ([_ti("rootfs/h", tarfile.LNKTYPE, "/../etc/passwd")], "hard link"),
+    ([_ti("/rootfs/l", tarfile.SYMTYPE, "/etc"),
+      _ti("/rootfs/h", tarfile.LNKTYPE, "/rootfs/l/shadow")], "hard link"),
 ])
 def test_vet_refuses(members: list[tarfile.TarInfo], msg: str) -> None:
     with pytest.raises(BadRequest, match=msg) as e:
