@@ -362,10 +362,6 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     # ---- files ------------------------------------------------------------------------
 
-    def files_root(self, name: str) -> Path:
-        """The container's root as the host sees it right now."""
-        return self._view(name).root
-
     def _view(self, name: str) -> files.FsView:
         data = self._load(name)
         c = lxc.Container(name, str(self.lxcpath))

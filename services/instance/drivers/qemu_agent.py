@@ -81,9 +81,6 @@ class AgentLink:
             return await fn(await _client(self.socket_path), *args, **kw)
         return _run(go())
 
-    def ping(self) -> float:
-        return self._call(AgentClient.ping)
-
     def state(self, timeout: float | None = None) -> dict:
         """The guest's state; Unavailable when the agent takes longer than ``timeout``."""
         async def go():

@@ -133,13 +133,3 @@ def channel_state(xml: str) -> str | None:
         if chan.get("name") == AGENT_CHANNEL:
             return chan.get("state")
     return None
-
-
-def tap_names(xml: str) -> dict[str, str]:
-    """{guest MAC: host tap name} of a running domain."""
-    out = {}
-    for iface in ET.fromstring(xml).findall("devices/interface"):
-        mac, tgt = iface.find("mac"), iface.find("target")
-        if mac is not None and tgt is not None:
-            out[mac.get("address", "")] = tgt.get("dev", "")
-    return out
