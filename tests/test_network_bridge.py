@@ -640,3 +640,47 @@ def test_ipv6_network_comes_back_after_a_reboot(networks, prefix):
     assert "--enable-ra" in argv and f"--conf-file={net.state_dir / dnsmasq.RAW_FILE}" in argv
     assert f"ip6 saddr {gw6.network}" in sh("nft", "list", "table", "inet",
                                             nft.table_name(net.name)).stdout
+
+
+def routes_on(name: str, family: str) -> str:
+    return sh("ip", family, "route", "show", "dev", name, "proto", "static").stdout
+
+
+def test_extra_routes_follow_the_config(networks, prefix):
+    net = networks(f"{prefix}y", {"ipv4.address": "auto", "ipv4.routes": "10.254.77.0/24",
+                                  "ipv6.address": "auto", "ipv6.routing": "false",
+                                  "ipv6.routes": "fd51:2:3::/48,fd51:2:4::/48"})
+    cfg = net.create()
+    assert "10.254.77.0/24" in routes_on(net.name, "-4")
+    six = routes_on(net.name, "-6")
+    assert "fd51:2:3::/48" in six and "fd51:2:4::/48" in six
+    cfg = net.update({**cfg, "ipv6.routes": "fd51:2:4::/48", "ipv4.routes": ""})
+    assert "ipv4.routes" not in cfg and routes_on(net.name, "-4").strip() == ""
+    six = routes_on(net.name, "-6")
+    assert "fd51:2:3::/48" not in six and "fd51:2:4::/48" in six
+
+
+def test_external_interfaces_are_attached_and_freed(networks, links, prefix):
+    free, used = f"{prefix}e1", f"{prefix}e2"
+    links.extend([free, used])
+    with IPRoute() as ipr:
+        for name in (free, used):
+            ipr.link("add", ifname=name, kind="veth", peer=name + "p")
+        ipr.addr("add", index=ipr.link_lookup(ifname=used)[0], address="10.254.78.1",
+                 prefixlen=24)
+
+    def master(name: str) -> int | None:
+        with IPRoute() as ipr:
+            return ipr.get_links(ipr.link_lookup(ifname=name)[0])[0].get_attr("IFLA_MASTER")
+
+    net = networks(f"{prefix}z", {"ipv4.address": "auto",
+                                  "bridge.external_interfaces": f"{free}, {prefix}gone"})
+    cfg = net.create()
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=net.name)[0]
+    assert master(free) == idx
+    cfg = net.update({k: v for k, v in cfg.items() if k != "bridge.external_interfaces"})
+    assert master(free) in (None, 0)
+    with pytest.raises(Conflict, match="global address"):
+        net.update({**cfg, "bridge.external_interfaces": used})
+    assert master(used) in (None, 0) and net.is_running()  # the old config is back

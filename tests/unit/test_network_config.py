@@ -60,8 +60,7 @@ VALID = {
 }
 NOT_YET = {k for k in LXD_50_KEYS if k.split(".")[0] in ("bgp", "fan", "tunnel", "maas")
            or k.startswith(("dns.zone.", "security.acls"))
-           or k in ("bridge.external_interfaces", "ipv4.ovn.ranges", "ipv6.ovn.ranges",
-                    "ipv4.routes", "ipv6.routes")}
+           or k in ("ipv4.ovn.ranges", "ipv6.ovn.ranges")}
 
 
 def test_table_has_exactly_lxd_50_keys():

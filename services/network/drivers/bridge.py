@@ -19,6 +19,7 @@ from shared.errors import Conflict, CorralError, Internal, NotFound
 
 from .. import host
 from . import bridge_config as bc
+from . import bridge_links as links
 from . import dnsmasq, nft, sysctl
 from .base import AnyNetwork, NetworkDriver
 
@@ -85,7 +86,11 @@ class BridgeDriver(NetworkDriver):
         if (bc.gateway(old), bc.gateway6(old)) != (bc.gateway(new), bc.gateway6(new)):
             dnsmasq.stop(self.state_dir)  # old leases are for the old subnet
             (self.state_dir / dnsmasq.LEASES_FILE).unlink(missing_ok=True)
+        dropped = set(links.external_interfaces(old)) - set(links.external_interfaces(new))
         try:
+            if dropped:
+                with IPRoute() as ipr:
+                    links.detach_external(ipr, self._link_index(ipr), sorted(dropped))
             self._bring_up(new, restart_dnsmasq=True)
         except Exception as err:
             try:
@@ -141,6 +146,8 @@ class BridgeDriver(NetworkDriver):
             for family, want in ((socket.AF_INET, gw), (socket.AF_INET6, gw6)):
                 self._sync_address(ipr, idx, family, want)
             ipr.link("set", index=idx, state="up")
+            links.sync_routes(ipr, idx, config)
+            links.attach_external(ipr, idx, self.name, links.external_interfaces(config))
         families = self._families(config)
         if not families:
             nft.delete_table(self.name)
