@@ -112,3 +112,35 @@ def test_exec_tty_names_a_pts_of_the_instance(world, lxc):
     assert re.fullmatch(r"/dev/pts/\d+", out), out
     out = _in_terminal(lxc, "exec", "-t", world.run, "--", "sh", "-c", "ls -ln $(tty)")
     assert re.search(r"^crw\S+ +1 0 +0 +136, ", out, re.M), out  # the user's own pts
+
+
+# -- file push keeps an existing file's owner and mode --------------------------------------
+
+def _stat(lxc, name: str, path: str) -> str:
+    return lxc("exec", name, "--", "stat", "-c", "%u:%g %a", path).stdout.strip()
+
+
+def test_file_push_over_existing_file_keeps_owner_and_mode(world, lxc, tmp_path):
+    name = world.run
+    lxc("exec", name, "--", "sh", "-c", "echo old > /tmp/kept && chown 1000:1001 /tmp/kept"
+        " && chmod 0640 /tmp/kept")
+    src = tmp_path / "new"
+    src.write_text("new\n")
+    src.chmod(0o755)
+    lxc("file", "push", str(src), f"{name}/tmp/kept")
+    assert _stat(lxc, name, "/tmp/kept") == "1000:1001 640"
+    assert lxc("exec", name, "--", "cat", "/tmp/kept").stdout == "new\n"
+    # Debian's client (5.0) sends its flags or the local file's owner and mode on every
+    # push, so LXD 5.0 applies them to new files only: an existing file keeps its own.
+    lxc("file", "push", "--uid", "7", "--mode", "0600", str(src), f"{name}/tmp/kept")
+    assert _stat(lxc, name, "/tmp/kept") == "1000:1001 640"
+    lxc("file", "push", "--uid", "7", "--gid", "8", "--mode", "0600", str(src),
+        f"{name}/tmp/fresh1")
+    assert _stat(lxc, name, "/tmp/fresh1") == "7:8 600"
+    lxc("file", "push", str(src), f"{name}/tmp/fresh2")
+    assert _stat(lxc, name, "/tmp/fresh2") == "0:0 755"
+    # lxc file edit (stdin not a terminal: it pushes stdin) keeps them too
+    lxc("exec", name, "--", "sh", "-c", "chown 1000:1001 /tmp/kept && chmod 0640 /tmp/kept")
+    lxc("file", "edit", f"{name}/tmp/kept", input="edited\n")
+    assert _stat(lxc, name, "/tmp/kept") == "1000:1001 640"
+    assert lxc("exec", name, "--", "cat", "/tmp/kept").stdout == "edited\n"

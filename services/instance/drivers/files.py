@@ -148,25 +148,40 @@ def _read_dir(view: FsView, fd: int) -> tuple[list[str], int, int, int, str]:
         os.close(fd)
 
 
-def file_put(view: FsView, path: str, data: bytes, uid: int = 0, gid: int = 0,
-             mode: int | None = None, type: str = "file", write: str = "overwrite") -> None:
-    """Create or replace a file, directory or symlink (LXD's POST /files)."""
+PERMS = frozenset({"uid", "gid", "mode"})
+
+
+def file_put(view: FsView, path: str, data: bytes, uid: int = -1, gid: int = -1,
+             mode: int | None = None, type: str = "file", write: str = "overwrite", *,
+             modify: frozenset[str] = frozenset()) -> None:
+    """Create or replace a file, directory or symlink (LXD's POST /files).
+
+    ``uid``/``gid`` below 0 and ``mode`` None mean "not given". A new file gets what is
+    given, else 0:0 and 0644. An existing file keeps its owner and mode, as in LXD 5.0
+    (its client always sends the local file's owner and mode, so applying them would
+    make every pushed-over file root's); only what ``modify`` names (LXD's
+    ``X-LXD-modify-perm``: "uid", "gid", "mode") is changed on it.
+    """
     if type not in ("file", "directory", "symlink"):
         raise BadRequest(f"Invalid file type {type!r}: use file, directory or symlink")
     if write not in ("overwrite", "append"):
         raise BadRequest(f"Invalid write mode {write!r}: use overwrite or append")
+    if modify - PERMS:
+        raise BadRequest(f"Invalid permission to modify {sorted(modify - PERMS)[0]!r}: "
+                         "use uid, gid or mode")
     parts = resolve_parts(view.root, path, follow_last=(type == "file"))
     if not parts:
         raise BadRequest("Cannot write to the instance's root directory itself")
-    huid, hgid = view.to_host(uid, gid)
     with _open_parent(view.root, parts) as dfd:
         name = parts[-1]
+        if type == "file":
+            _put_file(view, dfd, name, data, uid, gid, mode, write, modify)
+            return
+        huid, hgid = view.to_host(max(uid, 0), max(gid, 0))
         if type == "directory":
             _put_dir(view, dfd, name, huid, hgid, 0o755 if mode is None else mode)
-        elif type == "symlink":
-            _put_symlink(view, dfd, name, data.decode(), huid, hgid)
         else:
-            _put_file(view, dfd, name, data, huid, hgid, mode, write)
+            _put_symlink(view, dfd, name, data.decode(), huid, hgid)
 
 
 def _put_dir(view: FsView, dfd: int, name: str, uid: int, gid: int, mode: int) -> None:
@@ -195,28 +210,39 @@ def _put_symlink(view: FsView, dfd: int, name: str, target: str, uid: int, gid: 
 
 
 def _put_file(view: FsView, dfd: int, name: str, data: bytes, uid: int, gid: int,
-              mode: int | None, write: str) -> None:
+              mode: int | None, write: str, modify: frozenset[str]) -> None:
     flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     flags |= os.O_APPEND if write == "append" else os.O_TRUNC
+    created = False
     try:
         fd = os.open(name, flags, dir_fd=dfd)
     except FileNotFoundError:
         with _fsids(view):
             fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
-        mode = 0o644 if mode is None else mode
+        created = True
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
             raise Conflict(f"{name!r} exists and is not a regular file") from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise Conflict(f"{name!r} exists and is not a regular file")
         view_data = memoryview(data)
         while view_data:
             view_data = view_data[os.write(fd, view_data):]
-        os.fchown(fd, uid, gid)
-        if mode is not None:
+        if created:
+            os.fchown(fd, *view.to_host(max(uid, 0), max(gid, 0)))
+            os.fchmod(fd, 0o644 if mode is None else mode)
+            return
+        if modify & {"uid", "gid"}:
+            cur_uid, cur_gid = view.from_host(st.st_uid, st.st_gid)
+            os.fchown(fd, *view.to_host(uid if "uid" in modify and uid >= 0 else cur_uid,
+                                        gid if "gid" in modify and gid >= 0 else cur_gid))
+        if "mode" in modify and mode is not None:
             os.fchmod(fd, mode)
+        elif st.st_mode & 0o6000:  # writing dropped setuid/setgid: as they were
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
     finally:
         os.close(fd)
 
