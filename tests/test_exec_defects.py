@@ -70,6 +70,41 @@ def lxc(stack, tmp_path_factory):
     return run
 
 
+def _local(inst: dict) -> dict:
+    """What a restore of a missing snapshot must leave exactly as it was."""
+    return {k: inst[k] for k in ("config", "devices", "profiles", "description",
+                                 "expanded_config", "expanded_devices")}
+
+
+# -- restore -------------------------------------------------------------------------------
+
+def test_restore_of_missing_snapshot_is_404_and_changes_nothing(world, api, lxc):
+    name = world.run
+    local_root = {"type": "disk", "path": "/", "pool": world.pool}
+    r = api.patch(f"/1.0/instances/{name}", json={
+        "config": {"user.keep": "me", "limits.processes": "500"},
+        "devices": {"root": local_root}})
+    world.wait(r)
+    before = world.get(name)
+    etag = api.get(f"/1.0/instances/{name}").headers.get("ETag")
+    r = lxc("restore", name, "snap0", check=False)
+    assert r.returncode != 0
+    assert f"Snapshot {name}/snap0 does not exist" in r.stderr, r.stderr
+    after = world.get(name)
+    assert _local(after) == _local(before)
+    assert after["config"]["user.keep"] == "me" and after["devices"]["root"] == local_root
+    assert api.get(f"/1.0/instances/{name}").headers.get("ETag") == etag
+    # the API answer itself: 404 before any operation starts, with LXD's message
+    r = api.put(f"/1.0/instances/{name}", json={"restore": "snap0"})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == f"Snapshot {name}/snap0 does not exist"
+    r = api.put(f"/1.0/instances/{name}", json={"restore": f"{name}/snap1"})
+    assert r.status_code == 404 and f"{name}/snap1 does not exist" in r.json()["error"]
+    r = api.put(f"/1.0/instances/{name}", json={"restore": "other/snap1"})
+    assert r.status_code == 400, r.text
+    assert _local(world.get(name)) == _local(before)
+
+
 # -- exec fds ------------------------------------------------------------------------------
 
 # ls runs as a child of the shell, so it lists the shell's fds, not its own.

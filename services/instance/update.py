@@ -17,7 +17,7 @@ from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key
 
-from . import limits, validate
+from . import limits, restore, validate
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
@@ -35,6 +35,8 @@ async def update(ctx: Context, project: str, name: str, body: dict[str, Any],
     k = key(project, name)
     rec, rev = await ctx.instances.require(k, "Instance")
     check_etag(etag, record_etag(rec))
+    if not patch and body.get("restore"):  # LXD: a restore, never an update
+        return await restore.restore(ctx, rec, body)
     user_cfg = {x: v for x, v in rec["config"].items() if not x.startswith("volatile.")}
     if patch:
         cfg = {**user_cfg, **validate.check_config(body.get("config"))} \
