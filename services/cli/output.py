@@ -1,7 +1,8 @@
-"""How the CLI prints: tables (rich), JSON, YAML, CSV.
+"""How the CLI prints: tables (rich's), JSON, YAML, CSV.
 
-rich and PyYAML are imported only when a command prints that way: together they cost
-about as much as the rest of ``corral list`` (see ``services.cli.main``).
+rich and PyYAML are imported only when a command prints that way, and simple tables are
+drawn as rich draws them without importing it (``table.py``): together they cost about as
+much as the rest of ``corral list`` (see ``services.cli.main``).
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ def emit(rows: list[dict[str, Any]], columns: list[str], fmt: str, raw: Any = No
         for row in rows:
             writer.writerow([row.get(c, "") for c in columns])
     else:
+        from .table import console_width, render
+
+        headers = [c.upper() for c in columns]
+        cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+        text = render(headers, cells, console_width(), sys.stdout.isatty())
+        if text is not None:
+            sys.stdout.write(text)
+            return
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*[c.upper() for c in columns], show_lines=False)
-        for row in rows:
-            table.add_row(*[str(row.get(c, "")) for c in columns])
+        table = Table(*headers, show_lines=False)
+        for line in cells:
+            table.add_row(*line)
         Console().print(table)
