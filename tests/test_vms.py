@@ -199,6 +199,20 @@ def test_files_push_pull_byte_exact(world, vm, stack, tmp_path):
     assert r.content == data and r.headers["X-LXD-type"] == "file"
 
 
+def test_file_push_over_existing_file_keeps_owner_and_mode(world, vm, stack, tmp_path):
+    """The stock client sends its local file's owner and mode on every push (LXD 5.0)."""
+    assert run(world, vm, ["sh", "-c", "echo old > /root/kept && chown 1000:1001 /root/kept"
+                                       " && chmod 640 /root/kept"])[0] == 0
+    src = tmp_path / "new"
+    src.write_text("new\n")
+    src.chmod(0o755)
+    lxc(stack, "file", "push", str(src), f"{vm}/root/kept")
+    assert run(world, vm, ["stat", "-c", "%u:%g %a", "/root/kept"])[1] == "1000:1001 640\n"
+    assert run(world, vm, ["cat", "/root/kept"])[1] == "new\n"
+    lxc(stack, "file", "push", str(src), f"{vm}/root/fresh")
+    assert run(world, vm, ["stat", "-c", "%u:%g %a", "/root/fresh"])[1] == "0:0 755\n"
+
+
 def test_console_log_and_attach(world, vm, stack):
     log = world.api.get(f"/1.0/instances/{vm}/console")
     assert log.status_code == 200 and b"Linux version" in log.content

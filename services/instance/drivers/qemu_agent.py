@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from shared.errors import BadRequest, Conflict, CorralError, Unavailable
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 
 from . import qemu_xml
 from .base import ExecProcess
@@ -108,8 +108,21 @@ class AgentLink:
                  type_: str, write: str) -> None:
         if write not in ("overwrite", "append"):
             raise BadRequest(f"Invalid write mode {write!r}: use overwrite or append")
-        self._call(AgentClient.file_put, path, data, mode=mode, uid=uid, gid=gid,
-                   type=type_, append=write == "append")
+        # LXD 5.0: a pushed-over file keeps its owner and mode (the stock client sends the
+        # local file's on every push); the agent keeps what it is not given.
+        keep = type_ == "file" and self._exists(path)
+        self._call(AgentClient.file_put, path, data, mode=None if keep else mode,
+                   uid=None if keep else uid, gid=None if keep else gid, type=type_,
+                   append=write == "append")
+
+    def _exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the guest. The agent has no stat: this reads the old
+        file once, which a push is about to rewrite anyway."""
+        try:
+            self._call(AgentClient.file_get, path)
+        except NotFound:
+            return False
+        return True
 
     def file_delete(self, path: str) -> None:
         self._call(AgentClient.file_delete, path)
