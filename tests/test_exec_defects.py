@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_interactive_exec_and_init_get_only_their_own_fds(world, lxc):
 
 def _in_terminal(lxc, *args: str) -> str:
     """Run the stock client on a terminal (``script``), as a user at a shell would."""
-    cmd = " ".join(["lxc", *(f"'{a}'" for a in args)])
+    cmd = shlex.join(["lxc", *args])
     r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=lxc.env,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (args, r.stdout, r.stderr)
@@ -147,6 +148,10 @@ def test_exec_tty_names_a_pts_of_the_instance(world, lxc):
     assert re.fullmatch(r"/dev/pts/\d+", out), out
     out = _in_terminal(lxc, "exec", "-t", world.run, "--", "sh", "-c", "ls -ln $(tty)")
     assert re.search(r"^crw\S+ +1 0 +0 +136, ", out, re.M), out  # the user's own pts
+    out = _in_terminal(lxc, "exec", "-t", "--user", "1000", "--group", "1000", world.run,
+                       "--", "sh", "-c", "tty; ls -ln $(tty)")
+    assert re.search(r"^/dev/pts/\d+\s*$", out, re.M), out
+    assert re.search(r"^crw\S+ +1 1000 +1000 +136, ", out, re.M), out
 
 
 # -- file push keeps an existing file's owner and mode --------------------------------------

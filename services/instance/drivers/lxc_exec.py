@@ -137,8 +137,8 @@ def open_instance_pty(init_pid: int, uid: int, gid: int) -> tuple[int, int]:
 
     Why: a host pty is unnamed inside the container (``tty`` says "not a tty"). The master
     comes from the container's ``/dev/pts/ptmx``; the slave by TIOCGPTPEER, never by a
-    path the container could swap. The slave belongs to the user the command runs as
-    (mode 0620), as ``login`` and sshd leave a terminal.
+    path the container could swap. The slave belongs to the user the command runs as,
+    as ``login`` and sshd leave a terminal (LXD gives it to the container's root).
     """
     proc = Path(f"/proc/{init_pid}")
     master = os.open(proc / "root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -149,7 +149,6 @@ def open_instance_pty(init_pid: int, uid: int, gid: int) -> tuple[int, int]:
             host_uid, host_gid = _host_id(proc / "uid_map", uid), _host_id(proc / "gid_map", gid)
             if host_uid is not None and host_gid is not None:
                 os.fchown(slave, host_uid, host_gid)
-            os.fchmod(slave, 0o620)
         except BaseException:
             os.close(slave)
             raise
