@@ -19,6 +19,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import struct
 import termios
 import threading
@@ -35,6 +36,30 @@ SYS_CLOSE_RANGE = 436  # same number on every architecture (Linux >= 5.9)
 CLOSE_RANGE_CLOEXEC = 1 << 2
 TIOCGPTPEER = 0x5441  # open the peer of a pty master without a path (Linux >= 4.13)
 TIOCSPTLCK = 0x40045431
+SYS_OPENAT2 = 437  # Linux >= 5.6
+RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
+PTMX_RDEV = os.makedev(5, 2)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def _open_in_root(root: str, path: str, flags: int) -> int:
+    """openat2 of ``path`` with every symlink resolved inside ``root`` (a container's
+    root seen from the host): an absolute link in the container never leads to ours."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        fd = _libc.syscall(SYS_OPENAT2, root_fd, path.encode(), ctypes.byref(how),
+                           ctypes.sizeof(how))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return fd
+    finally:
+        os.close(root_fd)
 
 
 def _cloexec_above_stderr() -> None:
@@ -136,12 +161,20 @@ def open_instance_pty(init_pid: int, uid: int, gid: int) -> tuple[int, int]:
     """(master, slave) of a new pty in the devpts mounted in the container of ``init_pid``.
 
     Why: a host pty is unnamed inside the container (``tty`` says "not a tty"). The master
-    comes from the container's ``/dev/pts/ptmx``; the slave by TIOCGPTPEER, never by a
-    path the container could swap. The slave belongs to the user the command runs as,
+    comes from the container's ``/dev/pts/ptmx`` (resolved inside the container's root and
+    checked to be a ptmx before it is opened); the slave by TIOCGPTPEER, never by a path
+    the container could swap. The slave belongs to the user the command runs as,
     as ``login`` and sshd leave a terminal (LXD gives it to the container's root).
     """
     proc = Path(f"/proc/{init_pid}")
-    master = os.open(proc / "root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    where = _open_in_root(str(proc / "root"), "dev/pts/ptmx", os.O_PATH | os.O_CLOEXEC)
+    try:  # the container owns that path: open it only if it is really a ptmx
+        st = os.fstat(where)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX_RDEV:
+            raise OSError(errno.ENOTTY, "not a ptmx", "/dev/pts/ptmx")
+        master = os.open(f"/proc/self/fd/{where}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(where)
     try:
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -163,7 +196,8 @@ def _pty_for(container: lxc.Container, uid: int, gid: int) -> tuple[int, int]:
     try:
         return open_instance_pty(container.init_pid, uid, gid)
     except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTTY, errno.EINVAL, errno.ENXIO):
+        if exc.errno not in (errno.ENOENT, errno.ENOTTY, errno.EINVAL, errno.ENXIO,
+                             errno.ENOSYS, errno.EXDEV, errno.ELOOP):
             raise
         return os.openpty()
 
