@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .stack import BIN, wait_for
+from .stack import wait_for
 from .world import make_world
 
 pytestmark = pytest.mark.root
@@ -30,11 +30,15 @@ def leaked_fd(stack):
     """The instance service restarted holding an fd it did not open, as `make up` starts
     it from a shell (bash's fd 10 and 255 leaked into instances that way)."""
     r, w = os.pipe()
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kw):  # the stack's own way of starting it, plus the extra fd
+        return real_popen(*args, **{**kw, "pass_fds": (w,)})
+
     stack.stop("instance")
-    with open(stack.log_path("instance"), "ab") as log:
-        stack.procs["instance"] = subprocess.Popen(
-            [str(BIN / "corral-instance")], env=stack.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(w,))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", popen)
+        stack.start("instance")
     try:
         wait_for(stack.ready, 60, what="the instance service")
         yield w
