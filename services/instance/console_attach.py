@@ -21,6 +21,8 @@ from shared.messages.exec import ExecRequest
 from shared.models import Reply
 from shared.service import endpoint
 
+from .pumps import pump_in, pump_out
+
 WS_TIMEOUT = 30.0
 
 
@@ -78,8 +80,6 @@ class ConsoleAttachMixin:
 
 async def _bridge(ss: streams.ServiceStreams, fd: int) -> None:
     """Pump until the client closes "0" or "control" (or the console goes away)."""
-    from .exec_api import pump_in, pump_out
-
     never = asyncio.Event()
 
     async def drain_control() -> None:
