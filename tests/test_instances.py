@@ -87,6 +87,9 @@ def test_launch_over_http_shape_state_and_idmap(world, api):
     assert rows[0][0] == "0" and rows[0][1] != "0"  # unprivileged: root is not host root
     wait_for(lambda: ipv4(world, name), 30, what="a DHCP address on eth0")
     assert world.get(name)["config"]["volatile.eth0.hwaddr"] == cfg["volatile.eth0.hwaddr"]
+    eth0 = world.live(name)["network"]["eth0"]  # the driver's own NIC record, not LXC lines
+    assert (eth0["host_name"], eth0["hwaddr"]) == (cfg["volatile.eth0.host_name"],
+                                                   cfg["volatile.eth0.hwaddr"])
 
     r = api.put(f"/1.0/instances/{name}/state", json={"action": "start"})
     assert r.status_code == 400 and r.json()["error"] == "The instance is already running"
