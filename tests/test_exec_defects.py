@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .stack import wait_for
+from .stack import BIN, wait_for
 from .world import make_world
 
 pytestmark = pytest.mark.root
@@ -188,3 +188,31 @@ def test_file_push_over_existing_file_keeps_owner_and_mode(world, lxc, tmp_path)
     lxc("file", "edit", f"{name}/tmp/kept", input="edited\n")
     assert _stat(lxc, name, "/tmp/kept") == "1000:1001 640"
     assert lxc("exec", name, "--", "cat", "/tmp/kept").stdout == "edited\n"
+
+
+def test_modify_perm_changes_an_existing_file(world, lxc, api, stack, tmp_path):
+    """What the client names in X-LXD-modify-perm applies to an existing file too; the
+    corral CLI names its --uid/--gid/--mode flags there."""
+    name = world.run
+    lxc("exec", name, "--", "sh", "-c", "echo old > /tmp/perm && chown 1000:1001 /tmp/perm"
+        " && chmod 0640 /tmp/perm")
+    url = f"/1.0/instances/{name}/files"
+    r = api.post(url, params={"path": "/tmp/perm"}, content=b"a\n", headers={
+        "X-LXD-uid": "0", "X-LXD-gid": "0", "X-LXD-mode": "0600",
+        "X-LXD-modify-perm": "mode"})
+    assert r.status_code == 200, r.text
+    assert _stat(lxc, name, "/tmp/perm") == "1000:1001 600"
+    r = api.post(url, params={"path": "/tmp/perm"}, content=b"a\n",
+                 headers={"X-LXD-modify-perm": "owner"})
+    assert r.status_code == 400 and "X-LXD-modify-perm" in r.json()["error"], r.text
+    src = tmp_path / "f"
+    src.write_text("cli\n")
+    corral = [str(BIN / "corral"), "file", "push"]
+    r = subprocess.run([*corral, "--uid", "7", str(src), f"{name}/tmp/perm"], env=stack.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert _stat(lxc, name, "/tmp/perm") == "7:1001 600"
+    r = subprocess.run([*corral, str(src), f"{name}/tmp/perm"], env=stack.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert _stat(lxc, name, "/tmp/perm") == "7:1001 600"

@@ -211,6 +211,11 @@ def test_file_push_over_existing_file_keeps_owner_and_mode(world, vm, stack, tmp
     assert run(world, vm, ["cat", "/root/kept"])[1] == "new\n"
     lxc(stack, "file", "push", str(src), f"{vm}/root/fresh")
     assert run(world, vm, ["stat", "-c", "%u:%g %a", "/root/fresh"])[1] == "0:0 755\n"
+    r = world.api.post(f"/1.0/instances/{vm}/files", params={"path": "/root/kept"},
+                       content=b"x", headers={"X-LXD-uid": "0", "X-LXD-mode": "0600",
+                                              "X-LXD-modify-perm": "mode"})
+    assert r.status_code == 200, r.text
+    assert run(world, vm, ["stat", "-c", "%u:%g %a", "/root/kept"])[1] == "1000:1001 600\n"
 
 
 def test_console_log_and_attach(world, vm, stack):

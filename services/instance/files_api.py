@@ -68,6 +68,9 @@ class FilesMixin:
             _check_path(req.path)
             if req.type not in FILE_TYPES:
                 raise BadRequest(f"Bad file type {req.type!r}: use file, directory or symlink")
+            if set(req.modify_perm) - {"uid", "gid", "mode"}:
+                raise BadRequest(f"Bad X-LXD-modify-perm {','.join(req.modify_perm)!r}: "
+                                 "use a list of uid, gid and mode")
             if req.write not in ("overwrite", "append"):
                 raise BadRequest(f"Bad file write mode {req.write!r}: use overwrite or append")
         except BaseException:
@@ -81,7 +84,8 @@ class FilesMixin:
         if req.type == "directory" and mode is None:
             mode = 0o750
         await asyncio.to_thread(drv.file_put, req.name, req.path, data,
-                                max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write)
+                                max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write,
+                                frozenset(req.modify_perm))
         await self._file_event("pushed", req)
         return Reply(metadata=None)
 

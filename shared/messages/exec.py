@@ -29,8 +29,10 @@ class ExecRequest(Request):
 class FileRequest(Request):
     """``GET|POST|DELETE /1.0/instances/<name>/files?path=``.
 
-    For a push: ``uid``/``gid``/``mode`` are -1 when the client sent no header; the
-    content is ``data`` or the transfers object ``blob``. A get replies metadata
+    For a push: ``uid``/``gid``/``mode`` are -1 when the client sent no header (they
+    apply to a new file; to an existing one only as ``modify_perm``, LXD's
+    ``X-LXD-modify-perm``, names them); the content is ``data`` or the transfers object
+    ``blob``. A get replies metadata
     ``{"type", "uid", "gid", "mode"}`` plus ``entries`` (directory), or ``data``/``blob``.
     """
 
@@ -41,6 +43,7 @@ class FileRequest(Request):
     mode: int = -1
     type: str = "file"
     write: str = "overwrite"
+    modify_perm: list[str] = Field(default_factory=list)
     data: bytes | None = None
     blob: str | None = None
 

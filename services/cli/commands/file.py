@@ -56,6 +56,10 @@ def push(args: Namespace) -> None:
         headers["X-LXD-uid"] = str(args.uid)
     if args.gid >= 0:
         headers["X-LXD-gid"] = str(args.gid)
+    given = [k for k, v in (("uid", args.uid >= 0), ("gid", args.gid >= 0),
+                            ("mode", args.mode is not None)) if v]
+    if given:  # also on an existing file, as LXD's X-LXD-modify-perm says
+        headers["X-LXD-modify-perm"] = ",".join(given)
     check(c.raw("POST", _files_url(name), params={"path": path, "project": args.project},
                 content=data, headers=headers))
 

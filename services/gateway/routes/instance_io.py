@@ -91,6 +91,8 @@ async def file_push(ctx: Context, request: web.Request) -> web.StreamResponse:
         path=request.query.get("path", ""), uid=_int_header(request, "X-LXD-uid"),
         gid=_int_header(request, "X-LXD-gid"), mode=_int_header(request, "X-LXD-mode", 8),
         type=h.get("X-LXD-type") or "file", write=h.get("X-LXD-write") or "overwrite",
+        modify_perm=[p.strip() for p in h.get("X-LXD-modify-perm", "").split(",")
+                     if p.strip()],
         **await pack(ctx.bus, await request.read(), "upload"))
     try:
         reply = await ctx.ask(SVC, "file_put", req)

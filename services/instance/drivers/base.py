@@ -192,7 +192,10 @@ class InstanceDriver(abc.ABC):
     @abc.abstractmethod
     def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
                  mode: int | None = None, type: str = "file",
-                 write: str = "overwrite") -> None: ...
+                 write: str = "overwrite", modify: frozenset[str] = frozenset()) -> None:
+        """Write a file, directory or symlink. A new file gets ``uid``/``gid``/``mode``
+        (0:0, 0644 by default); an existing file keeps its owner and mode except what
+        ``modify`` names ("uid", "gid", "mode": LXD's ``X-LXD-modify-perm``)."""
 
     @abc.abstractmethod
     def file_delete(self, name: str, path: str) -> None: ...

@@ -385,8 +385,9 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
                  mode: int | None = None, type: str = "file",
-                 write: str = "overwrite") -> None:
-        files.file_put(self._view(name), path, data, uid, gid, mode, type, write)
+                 write: str = "overwrite", modify: frozenset[str] = frozenset()) -> None:
+        files.file_put(self._view(name), path, data, uid, gid, mode, type, write,
+                       modify=modify)
 
     def file_delete(self, name: str, path: str) -> None:
         files.file_delete(self._view(name), path)

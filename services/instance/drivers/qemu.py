@@ -403,8 +403,8 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     def file_put(self, name: str, path: str, data: bytes, uid: int = 0, gid: int = 0,
                  mode: int | None = None, type: str = "file",
-                 write: str = "overwrite") -> None:
-        self._agent(name).file_put(path, data, uid, gid, mode, type, write)
+                 write: str = "overwrite", modify: frozenset[str] = frozenset()) -> None:
+        self._agent(name).file_put(path, data, uid, gid, mode, type, write, modify)
 
     def file_delete(self, name: str, path: str) -> None:
         self._agent(name).file_delete(path)

@@ -105,15 +105,18 @@ class AgentLink:
         return f.content, f.uid, f.gid, f.mode, f.type
 
     def file_put(self, path: str, data: bytes, uid: int, gid: int, mode: int | None,
-                 type_: str, write: str) -> None:
+                 type_: str, write: str, modify: frozenset[str] = frozenset()) -> None:
         if write not in ("overwrite", "append"):
             raise BadRequest(f"Invalid write mode {write!r}: use overwrite or append")
         # LXD 5.0: a pushed-over file keeps its owner and mode (the stock client sends the
-        # local file's on every push); the agent keeps what it is not given.
-        keep = type_ == "file" and self._exists(path)
-        self._call(AgentClient.file_put, path, data, mode=None if keep else mode,
-                   uid=None if keep else uid, gid=None if keep else gid, type=type_,
-                   append=write == "append")
+        # local file's on every push) but what ``modify`` names; the agent keeps what it
+        # is not given.
+        keep = (frozenset({"uid", "gid", "mode"}) - modify
+                if type_ == "file" and self._exists(path) else frozenset())
+        self._call(AgentClient.file_put, path, data,
+                   mode=None if "mode" in keep else mode,
+                   uid=None if "uid" in keep else uid, gid=None if "gid" in keep else gid,
+                   type=type_, append=write == "append")
 
     def _exists(self, path: str) -> bool:
         """Whether ``path`` exists in the guest. The agent has no stat: this reads the old
