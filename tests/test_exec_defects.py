@@ -2,8 +2,8 @@
 
 Each test here failed before its fix: ``lxc restore`` of a missing snapshot wiped the
 instance's own config, exec'd processes inherited host fds, ``lxc exec -t`` gave a pty
-that ``tty`` could not name (a host pty), and ``lxc file push`` over an existing file
-made it 0:0.
+that ``tty`` could not name (a host pty), ``lxc file push`` over an existing file made it
+0:0, and nothing could change an existing file's owner or mode on purpose.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from .stack import BIN, wait_for
 from .world import make_world
 
 pytestmark = pytest.mark.root
-if os.geteuid() != 0 or shutil.which("lxc") is None or not Path("/bin/busybox").exists():
-    pytest.skip("needs root, Debian's lxd-client and busybox-static", allow_module_level=True)
+if (os.geteuid() != 0 or shutil.which("lxc") is None or shutil.which("script") is None
+        or not Path("/bin/busybox").exists()):
+    pytest.skip("needs root, Debian's lxd-client, script (util-linux) and busybox-static",
+                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
