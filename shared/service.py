@@ -71,6 +71,13 @@ def endpoint(verb: str, request: type[Message], scope: str = "cluster"
     return mark
 
 
+# How many requests one service process works on at once before it answers 503: a flood
+# (hundreds of launches, a client stuck in a loop) is refused at the door, with a reason,
+# instead of queueing without end and timing out every caller. CORRAL_MAX_IN_FLIGHT
+# overrides it (per process).
+MAX_IN_FLIGHT = 256
+
+
 class Service:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0.1.0"
@@ -87,6 +94,7 @@ class Service:
         self._micro: micro.Service | None = None
         self._stopped = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self.max_in_flight = int(os.environ.get("CORRAL_MAX_IN_FLIGHT") or MAX_IN_FLIGHT)
         self._figures: dict[str, EndpointFigures] = {}
 
     @classmethod
@@ -164,6 +172,12 @@ class Service:
             # NATS delivers one subscription's messages one at a time: run each request in
             # its own task so a slow one (an image unpack) does not hold up its verb.
             figures.in_flight += 1
+            if len(self._inflight) >= self.max_in_flight:
+                message = (f"The {self.name} service is busy: {len(self._inflight)} "
+                           "requests in flight, try again")
+                figures.done(0, f"503: {message}")
+                await req.respond_error("503", message)
+                return
             task = asyncio.create_task(run(req))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)

@@ -7,12 +7,13 @@ anything is removed, so an image is never half gone.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from shared import blobs
 from shared.api import check_etag, listing, string_map, url
-from shared.errors import BadRequest, NotFound, Unavailable
+from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.filters import compile_filter
 from shared.messages.image import ResolveRequest
 from shared.messages.storage import ImageVolumeDeleteRequest
@@ -35,6 +36,9 @@ class Images:
     def __init__(self, ctx: ImageContext, aliases: alias_mod.Aliases) -> None:
         self.ctx = ctx
         self.aliases = aliases
+        # last_used_at stamps waiting to be written, and one writer per image (see touch).
+        self._wanted: dict[str, str] = {}
+        self._stamping: dict[str, asyncio.Lock] = {}
 
     def _view(self, rec: dict[str, Any]) -> dict[str, Any]:
         project = rec.get("project", "default")
@@ -129,9 +133,36 @@ class Images:
                              f"it cannot be used for a {req.instance_type} instance")
         if req.for_create:
             now = lxd_time()
-            rec = await mutate(self.ctx.images, k, lambda r: {**r, "last_used_at": now},
-                               "Image")
+            await self.touch(k, now)
+            rec = {**rec, "last_used_at": max(rec.get("last_used_at") or "", now)}
         return self._view(rec)
+
+    async def touch(self, k: str, when: str) -> None:
+        """Stamp ``last_used_at`` without making launches race each other.
+
+        Why not one compare-and-set per launch: 30 launches of one image read the same
+        revision and all but one lost (409 after 5 tries). The stamp only ever moves
+        forward and nobody needs each value, so concurrent callers coalesce: each leaves
+        its time in ``_wanted``; one writer per image at a time takes the newest waiting
+        time and writes it (compare-and-set with backoff, only against other fields'
+        writers or other replicas). 50 launches cost one or two writes. A failed stamp is
+        logged, never a failed launch (it is bookkeeping, as in LXD).
+        """
+        if when > self._wanted.get(k, ""):
+            self._wanted[k] = when
+        async with self._stamping.setdefault(k, asyncio.Lock()):
+            want = self._wanted.pop(k, None)
+            if want is None:  # an earlier writer already stored a time as new as ours
+                return
+            found = await self.ctx.images.get(k)
+            if found is None or (found[0].get("last_used_at") or "") >= want:
+                return
+            try:
+                await mutate(self.ctx.images, k, lambda r: {
+                    **r, "last_used_at": max(r.get("last_used_at") or "", want)}, "Image")
+            except (CorralError, NotFound) as exc:
+                self.ctx.log.warning("image last_used_at not stamped", key=k,
+                                     error=str(exc))
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
