@@ -1,20 +1,30 @@
-"""Profiles: named bundles of config and devices that instances stack (LXD semantics)."""
+"""Profiles: named bundles of config and devices that instances stack (LXD semantics).
+
+Why a profile is checked like an instance: its config and devices end up in instances, so
+a key or device an instance would refuse (a host-path disk, a raw.lxc line LXC cannot
+load) is refused here with the same 400, and a change is tried against every instance
+using the profile *before* it is saved (``check``): a profile is never stored in a shape
+its instances cannot take, then "applied" as a log line only.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from shared.api import (
     check_etag,
     description,
-    devices_map,
     etag,
-    string_map,
     url,
     validate_object_name,
 )
 from shared.errors import Conflict, NotFound
 from shared.state import Store, key
+
+from . import validate
+
+# Tries a changed profile on the instances that use it; raises (400) to refuse the change.
+ProfileCheck = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def profile_etag(p: dict[str, Any]) -> str:
@@ -26,10 +36,16 @@ def new_profile(body: dict[str, Any], project: str) -> dict[str, Any]:
     return {
         "name": name,
         "description": description(body.get("description")),
-        "config": string_map("config", body.get("config")),
-        "devices": devices_map(body.get("devices")),
+        "config": validate.check_config(body.get("config")),
+        "devices": validate.check_devices(body.get("devices")),
         "project": project,
     }
+
+
+async def check_profile(profile: dict[str, Any]) -> None:
+    """What needs LXC itself: raw.lxc lines it cannot load (instances' own checks come
+    from the caller's ``check``)."""
+    await validate.check_raw("container", profile["config"])
 
 
 class Profiles:
@@ -53,26 +69,35 @@ class Profiles:
 
     async def create(self, body: dict[str, Any], project: str) -> dict[str, Any]:
         profile = new_profile(body, project)
+        await check_profile(profile)
         await self.store.create(key(project, profile["name"]), profile,
                                 f"Profile {profile['name']!r}")
         return profile
 
     async def update(self, project: str, name: str, body: dict[str, Any], expected_etag:
-                     str | None, patch: bool) -> dict[str, Any]:
+                     str | None, patch: bool, check: ProfileCheck | None = None
+                     ) -> dict[str, Any]:
+        """PUT/PATCH; ``check`` tries the new profile on its instances before the save."""
         current, rev = await self.get(project, name)
         check_etag(expected_etag, profile_etag(current))
         new = dict(current)
         if patch:
             if "config" in body:
-                new["config"] = {**current["config"], **string_map("config", body["config"])}
+                new["config"] = validate.check_config(
+                    {**current["config"], **validate.check_config(body["config"])})
             if "devices" in body:
-                new["devices"] = {**current["devices"], **devices_map(body["devices"])}
+                new["devices"] = validate.check_devices(
+                    {**current["devices"], **validate.check_devices(body["devices"])})
             if "description" in body:
                 new["description"] = description(body["description"])
         else:
-            new["config"] = string_map("config", body.get("config"))
-            new["devices"] = devices_map(body.get("devices"))
+            new["config"] = validate.check_config(body.get("config"))
+            new["devices"] = validate.check_devices(body.get("devices"))
             new["description"] = description(body.get("description"))
+        if new["config"].get("raw.lxc", "") != current["config"].get("raw.lxc", ""):
+            await check_profile(new)
+        if check is not None:
+            await check(new)
         await self.store.update(key(project, name), new, rev)
         return new
 

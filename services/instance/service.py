@@ -12,7 +12,7 @@ from typing import Any
 
 from shared import filters
 from shared.api import listing, url
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, CorralError, NotFound
 from shared.messages.instance import NetworkUsersRequest, StatePutRequest
 from shared.models import (
     CreateRequest,
@@ -233,7 +233,9 @@ class InstanceService(ExecFilesConsoleMixin, Service):
     @endpoint("delete", ObjectRequest)
     async def delete_instance(self, req: ObjectRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        if await self.instance_status(rec) != "Stopped":
+        # "Error" (a config LXC cannot load, ...) must stay deletable: the driver itself
+        # refuses to delete what still runs.
+        if await self.instance_status(rec) not in ("Stopped", "Error"):
             raise BadRequest("The instance is currently running, stop it first")
 
         async def run(_op) -> None:
@@ -261,6 +263,7 @@ class InstanceService(ExecFilesConsoleMixin, Service):
 
     async def _reexpand(self, project: str, profile: str) -> None:
         """A profile changed: re-expand (and apply live) every instance using it."""
+        failed: list[tuple[str, Exception]] = []
         for rec in list(self.instances.cached()):
             if rec.get("project") != project or profile not in rec.get("profiles", []) \
                     or rec.get("status") == "Creating":
@@ -273,9 +276,14 @@ class InstanceService(ExecFilesConsoleMixin, Service):
                 try:
                     await update.apply(self.ctx, cur, rev, cur["config"], cur["devices"],
                                        cur["profiles"], cur["description"])
-                except Exception as exc:  # keep the profile change; say what failed
+                except Exception as exc:  # keep going: apply to every instance it can
                     self.log.warning("profile change not applied to instance",
                                      instance=rec["name"], error=str(exc))
+                    failed.append((rec["name"], exc))
+        if failed:  # the caller hears it, not only the log
+            code = failed[0][1].code if isinstance(failed[0][1], CorralError) else 500
+            raise CorralError(f"Profile {profile!r} was saved but not applied to " + "; ".join(
+                f"{n!r} ({getattr(e, 'message', str(e))})" for n, e in failed), code)
 
     # -- profiles ---------------------------------------------------------------------------
 
@@ -298,8 +306,23 @@ class InstanceService(ExecFilesConsoleMixin, Service):
                                     project=req.project, requestor=req.requestor)
         return Reply(metadata=None)
 
+    async def _try_profile(self, project: str, profile: dict[str, Any]) -> None:
+        """Refuse (400 naming the instance) a profile change one of its instances cannot
+        take; runs before the profile is saved."""
+        for rec in list(self.instances.cached()):
+            if rec.get("project") != project or profile["name"] not in rec.get("profiles", []) \
+                    or rec.get("status") == "Creating":
+                continue
+            try:
+                await update.plan(self.ctx, rec, rec["config"], rec["devices"],
+                                  rec["profiles"], override=profile)
+            except BadRequest as exc:
+                raise BadRequest(f"Profile {profile['name']!r} cannot be applied to instance "
+                                 f"{rec['name']!r}: {exc.message}") from None
+
     async def _profile_update(self, req: ObjectRequest, patch: bool) -> Reply:
-        await self.profiles.update(req.project, req.name, req.body or {}, req.etag, patch)
+        await self.profiles.update(req.project, req.name, req.body or {}, req.etag, patch,
+                                   check=lambda p: self._try_profile(req.project, p))
         await self._reexpand(req.project, req.name)
         await self.events.lifecycle("profile-updated", self.profiles.url(req.name, req.project),
                                     project=req.project, requestor=req.requestor)

@@ -6,6 +6,7 @@ failed operation), and update/patch reuse the same rules so nothing invalid reac
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shared.api import description as check_description  # noqa: F401
@@ -13,6 +14,7 @@ from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
 from . import limits
+from .drivers.lxc_config import check_raw_lxc_values, parse_raw_lxc
 from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
 
 # Plain keys we implement; the prefixes below take any suffix.
@@ -22,14 +24,20 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
+# LXD's other raw.* keys: refused by name until Corral applies them, never stored unused.
+RAW_UNSUPPORTED = ("raw.apparmor", "raw.idmap", "raw.seccomp", "raw.qemu", "raw.qemu.conf")
 
 
 def check_config(config: Any) -> dict[str, str]:
     """A config map with only keys we know and valid values (400 otherwise)."""
     cfg = string_map("config", config)
     for k, v in cfg.items():
+        if k in RAW_UNSUPPORTED:
+            raise BadRequest(f"{k} is not supported yet: Corral applies raw.lxc only")
         if k in KNOWN_KEYS or k.startswith(FREE_PREFIXES):
-            if k in BOOL_KEYS:
+            if k == "raw.lxc":
+                parse_raw_lxc(v)  # syntax and refused keys; LXC's own check: check_raw
+            elif k in BOOL_KEYS:
                 limits.parse_bool(k, v)
             elif k in INT_KEYS and v and not v.lstrip("-").isdigit():
                 raise BadRequest(f"Invalid value {v!r} for {k}: expected an integer")
@@ -83,3 +91,15 @@ def check_bool(what: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"Invalid {what}: expected true or false")
     return value
+
+
+async def check_raw(instance_type: str, config: dict[str, str]) -> None:
+    """LXC's own verdict on ``raw.lxc`` of an expanded config, before anything is stored
+    (liblxc blocks: a thread). A line LXC cannot load would leave the container unloadable,
+    so it is a 400 and nothing changes."""
+    raw = config.get("raw.lxc", "")
+    if not raw:
+        return
+    if instance_type != "container":
+        raise BadRequest("raw.lxc applies to containers only")
+    await asyncio.to_thread(check_raw_lxc_values, raw)

@@ -59,7 +59,21 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     def _container(self, name: str) -> lxc.Container:
         self._load(name)
-        return lxc.Container(name, str(self.lxcpath))
+        return self._lxc(name)
+
+    def _lxc(self, name: str) -> lxc.Container:
+        """liblxc's handle; a config LXC cannot load is an error of this instance only.
+
+        python-lxc raises RuntimeError when the config file does not parse (an unknown
+        key from an old raw.lxc): every caller that serves more than one instance (lists,
+        states) catches this one error and reports that instance as "Error".
+        """
+        try:
+            return lxc.Container(name, str(self.lxcpath))
+        except RuntimeError:
+            raise Internal(f"LXC cannot load the configuration of {name!r} "
+                           f"({self._dir(name) / 'config'}): fix or remove its raw.lxc "
+                           "and set it again") from None
 
     def create(self, spec: InstanceSpec) -> dict[str, str]:
         name, config = spec.name, spec.config
@@ -102,9 +116,14 @@ class LXCDriver(SpecDir, InstanceDriver):
         (self._dir(name) / "config").write_text(text)
 
     def delete(self, name: str) -> None:
-        c = self._container(name)
-        if c.state != "STOPPED":
-            raise Conflict(f"Instance {name!r} is {c.state.lower()}; stop it first")
+        try:
+            state = self._container(name).state
+        except Internal:  # a config LXC cannot load must not make it undeletable
+            active = lxc.list_containers(active=True, defined=False,
+                                         config_path=str(self.lxcpath))
+            state = "RUNNING" if name in active else "STOPPED"
+        if state != "STOPPED":
+            raise Conflict(f"Instance {name!r} is {state.lower()}; stop it first")
         d = self._dir(name)
         root = Path(self._load(name)["spec"]["rootfs_path"]).resolve()
         if root.is_relative_to(d.resolve()):
@@ -150,8 +169,11 @@ class LXCDriver(SpecDir, InstanceDriver):
     def purge(self, name: str) -> None:
         """Stop and destroy a container of ours, even one without ``corral.json``."""
         d = self._dir(name)
-        c = lxc.Container(name, str(self.lxcpath))
-        if c.defined and c.running:
+        try:
+            c = lxc.Container(name, str(self.lxcpath))
+        except RuntimeError:  # a config LXC cannot load: nothing it could have started
+            c = None
+        if c is not None and c.defined and c.running:
             c.stop()
             c.wait("STOPPED", 10)
         if (d / SPEC_FILE).exists():
@@ -184,7 +206,7 @@ class LXCDriver(SpecDir, InstanceDriver):
             data["shifted"] = True
             self._save(name, data)
             self._write_config(name, data)
-            self._start(lxc.Container(name, str(self.lxcpath)), name, data)
+            self._start(self._lxc(name), name, data)
 
     def _start(self, c: lxc.Container, name: str, data: dict) -> None:
         log = self._dir(name) / "lxc.log"
@@ -243,19 +265,25 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     def host_status(self, name: str) -> str:
         """From LXC's monitor (no process is spawned); "Stopped" when not defined."""
-        c = lxc.Container(name, str(self._dir(name).parent))
+        try:
+            c = lxc.Container(name, str(self._dir(name).parent))
+        except RuntimeError:  # its config does not load (see _lxc): this one only
+            return "Error"
         if not c.defined:
             return "Stopped"
         return _STATUS.get(c.state, ("Error", 112))[0]
 
     def state(self, name: str) -> dict:
-        c = self._container(name)
-        status, code = _STATUS.get(c.state, ("Error", 112))
+        try:
+            c = self._container(name)
+            status, code = _STATUS.get(c.state, ("Error", 112))
+        except Internal:  # its config does not load (see _lxc): "Error", not a failed list
+            c, status, code = None, "Error", 112
         out = {"status": status, "status_code": code, "pid": 0, "processes": 0,
                "cpu": {"usage": 0},
                "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
                "network": None, "disk": {}}
-        pid = c.init_pid if code not in (102, 112) else -1
+        pid = c.init_pid if c is not None and code not in (102, 112) else -1
         if pid > 0:
             out["pid"] = pid
             try:
@@ -291,7 +319,10 @@ class LXCDriver(SpecDir, InstanceDriver):
                 continue
             frozen = cgroups.is_frozen(n)
             if frozen is None:
-                frozen_state = lxc.Container(n, str(self.lxcpath)).state
+                try:
+                    frozen_state = lxc.Container(n, str(self.lxcpath)).state
+                except RuntimeError:  # its config does not load (see _lxc)
+                    frozen_state = "ERROR"
                 out[n] = _STATUS.get(frozen_state, ("Error", 112))[0]
             else:
                 out[n] = "Frozen" if frozen else "Running"
@@ -364,7 +395,7 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     def _view(self, name: str) -> files.FsView:
         data = self._load(name)
-        c = lxc.Container(name, str(self.lxcpath))
+        c = self._lxc(name)
         running = c.state in ("RUNNING", "FROZEN") and c.init_pid > 0
         root = Path(f"/proc/{c.init_pid}/root") if running else Path(data["spec"]["rootfs_path"])
         if not data["idmap"]:

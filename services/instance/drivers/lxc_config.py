@@ -9,7 +9,9 @@ the only place that syntax is written.
 from __future__ import annotations
 
 import os
+import re
 import stat
+import tempfile
 from pathlib import Path
 
 from shared.errors import BadRequest
@@ -19,6 +21,78 @@ from ..limits import parse_bool
 from .base import InstanceSpec, Nic
 
 LXC_CONF = Path("/usr/share/lxc/config")
+
+# raw.lxc keys refused, with why. LXD 5.0's deny list (lxcValidConfig): the log file and
+# syslog (LXD's, here Corral's, logs), lxc.ephemeral, process limits, and every network
+# key but the per-interface addresses and gateways. Then what Corral itself manages, which
+# an override would silently break: the root (the files API, delete and the idmapped
+# mount use the one Corral made), the id map (file ownership is translated by it), the
+# console log (the console API reads it), and whatever runs or pulls in host commands as
+# root (hooks, includes): raw.lxc must not be a way to run programs on the host.
+_NET_ALLOWED = re.compile(r"^lxc\.net\.\d+\.ipv[46]\.(address|gateway)$")
+_DENIED: tuple[tuple[str, str], ...] = (
+    ("lxc.logfile", "the container's log file is managed by Corral"),
+    ("lxc.log.file", "the container's log file is managed by Corral"),
+    ("lxc.syslog", "setting lxc.log.syslog is not allowed"),
+    ("lxc.log.syslog", "setting lxc.log.syslog is not allowed"),
+    ("lxc.ephemeral", "setting lxc.ephemeral is not allowed (use the instance's "
+                      "'ephemeral' property)"),
+    ("lxc.prlimit.", "process limits cannot be set through raw.lxc"),
+    ("lxc.rootfs.", "the root file system is managed by Corral (devices.root)"),
+    ("lxc.idmap", "the id map is managed by Corral (security.privileged)"),
+    ("lxc.id_map", "the id map is managed by Corral (security.privileged)"),
+    ("lxc.console.logfile", "the console log is managed by Corral"),
+    ("lxc.hook.", "hooks run commands on the host as root"),
+    ("lxc.include", "includes may pull in host commands (hooks) and Corral-managed keys"),
+    ("lxc.network.", "only interface-specific ipv4/ipv6 lxc.net. keys are allowed"),
+)
+
+
+def parse_raw_lxc(raw: str) -> list[tuple[str, str]]:
+    """``raw.lxc`` as (key, value) pairs, by LXD's rules (lxcParseRawLXC): blank lines and
+    ``#`` comments skipped, ``key = value`` with the key lower-cased and both trimmed; a
+    line without ``=`` or a refused key is a 400 naming the line."""
+    out = []
+    for line in raw.split("\n"):
+        text = line.lstrip("\t ")
+        if not text or text.startswith("#"):
+            continue
+        if "=" not in text:
+            raise BadRequest(f"Invalid raw.lxc line {line.strip()!r}: expected 'key = value'")
+        k, v = text.split("=", 1)
+        k, v = k.strip(" \t\r").lower(), v.strip(" \t\r")
+        if not k.startswith("lxc."):
+            raise BadRequest(f"Invalid raw.lxc key {k!r}: LXC keys start with 'lxc.'")
+        if k.startswith("lxc.net.") and not _NET_ALLOWED.match(k):
+            raise BadRequest(f"raw.lxc: {k} is refused: only interface-specific ipv4/ipv6 "
+                             "lxc.net. keys are allowed (NICs are Corral devices)")
+        for prefix, why in _DENIED:
+            if k == prefix or (prefix.endswith(".") and k.startswith(prefix)):
+                raise BadRequest(f"raw.lxc: {k} is refused: {why}")
+        out.append((k, v))
+    return out
+
+
+def check_raw_lxc_values(raw: str) -> None:
+    """400 unless liblxc itself accepts every ``raw.lxc`` line (as LXD checks them, item
+    by item, before the config is stored). Blocking: call it in a thread.
+
+    Why: a key LXC does not know makes LXC refuse the whole config file, so a stored bad
+    line would make that container unloadable. It is tried on a scratch container in an
+    empty temporary lxcpath, which nothing else reads.
+    """
+    pairs = parse_raw_lxc(raw)
+    if not pairs:
+        return
+    import _lxc  # python-lxc's C module: its set_config_item says whether LXC took it
+    import lxc
+
+    with tempfile.TemporaryDirectory(prefix="corral-rawlxc-") as tmp:
+        scratch = lxc.Container("raw-lxc-check", tmp)
+        for k, v in pairs:
+            if not _lxc.Container.set_config_item(scratch, k, v):
+                raise BadRequest(f"raw.lxc: LXC refuses {k} = {v}: not a key or value "
+                                 "this LXC version accepts (see lxc.container.conf(5))")
 
 
 def apparmor_enabled() -> bool:
@@ -96,11 +170,7 @@ def render(spec: InstanceSpec, lxcpath: Path, rootfs: Path, idmap: IdMap | None,
             lines.append("lxc.rootfs.options = idmap=container")
     nics = [ln for i, nic in enumerate(spec.nics) for ln in nic_lines(i, nic)]
     lines += nics or ["lxc.net.0.type = empty"]
-    for ln in spec.config.get("raw.lxc", "").splitlines():
-        if ln.strip() and not ln.lstrip().startswith("#"):
-            if "=" not in ln:
-                raise BadRequest(f"Invalid raw.lxc line {ln!r}: expected 'key = value'")
-            lines.append(ln.strip())
+    lines += [f"{k} = {v}" for k, v in parse_raw_lxc(spec.config.get("raw.lxc", ""))]
     return "\n".join(lines) + "\n"
 
 
