@@ -8,10 +8,13 @@ move large bodies through the transfers store and publish LXD's lifecycle events
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 
 from shared.api import url
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, Unavailable
 from shared.messages.exec import FileRequest, pack, unpack
 from shared.models import Reply
 from shared.service import endpoint
@@ -19,6 +22,37 @@ from shared.service import endpoint
 from .drivers.base import InstanceDriver
 
 FILE_TYPES = ("file", "directory", "symlink")
+
+# File transfers run on threads of their own, never on the event loop's default pool:
+# a read or write that blocks (a huge file, a hung FUSE mount seen through the
+# container's /proc/<pid>/root) then holds only file transfers, while lists, states and
+# exec keep their threads. Beyond FILE_QUEUE waiting transfers the caller gets 503.
+FILE_WORKERS = 4
+FILE_QUEUE = 32
+_T = TypeVar("_T")
+
+
+class FilePool:
+    """A bounded thread pool for file work: ``run`` or 503 when too much is waiting."""
+
+    def __init__(self, workers: int = FILE_WORKERS, queue: int = FILE_QUEUE) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="corral-files")
+        self.limit = workers + queue
+        self.pending = 0
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self.pending >= self.limit:
+            raise Unavailable(f"File transfers are busy: {self.pending} in progress or "
+                              "waiting, try again")
+        self.pending += 1
+        try:
+            call = functools.partial(contextvars.copy_context().run, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        finally:
+            self.pending -= 1
+
+
+_POOL = FilePool()
 
 
 def _check_path(path: str) -> str:
@@ -50,7 +84,7 @@ class FilesMixin:
     async def file_get(self, req: FileRequest) -> Reply:
         """Metadata ``{type, uid, gid, mode}`` plus ``entries``, or the bytes (inline/blob)."""
         drv = await self._files_driver(req.project, req.name)
-        content, uid, gid, mode, kind = await asyncio.to_thread(
+        content, uid, gid, mode, kind = await _POOL.run(
             drv.file_get, req.name, _check_path(req.path))
         meta: dict[str, Any] = {"type": kind, "uid": uid, "gid": gid, "mode": mode}
         if kind == "directory":
@@ -83,7 +117,7 @@ class FilesMixin:
         mode = None if req.mode < 0 else req.mode
         if req.type == "directory" and mode is None:
             mode = 0o750
-        await asyncio.to_thread(drv.file_put, req.name, req.path, data,
+        await _POOL.run(drv.file_put, req.name, req.path, data,
                                 max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write,
                                 frozenset(req.modify_perm))
         await self._file_event("pushed", req)
@@ -92,14 +126,14 @@ class FilesMixin:
     @endpoint("file_delete", FileRequest)
     async def file_delete(self, req: FileRequest) -> Reply:
         drv = await self._files_driver(req.project, req.name)
-        await asyncio.to_thread(drv.file_delete, req.name, _check_path(req.path))
+        await _POOL.run(drv.file_delete, req.name, _check_path(req.path))
         await self._file_event("deleted", req)
         return Reply(metadata=None)
 
 
 async def _is_dir(drv: InstanceDriver, name: str, path: str) -> bool:
     try:
-        kind = (await asyncio.to_thread(drv.file_get, name, path))[4]
+        kind = (await _POOL.run(drv.file_get, name, path))[4]
     except NotFound:
         return False
     return kind == "directory"

@@ -132,11 +132,48 @@ def file_get(view: FsView, path: str) -> tuple[bytes | list[str], int, int, int,
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
             return _read_dir(view, fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadRequest(f"{path!r} is not a regular file, directory or symlink")
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        refuse_special(path, st.st_mode)
+        fd = open_regular(name, os.O_RDONLY, dfd, path)
         with os.fdopen(fd, "rb") as fh:
             return fh.read(), uid, gid, stat.S_IMODE(st.st_mode), "file"
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def refuse_special(path: str, mode: int) -> None:
+    """400 for a FIFO, socket or device node: as LXD, only regular files, directories and
+    symlinks are transferred. Why it matters: opening a FIFO blocks until the other end
+    opens, so a container could hold a host worker thread forever; a device may act on
+    open (a tape rewinds)."""
+    for test, what in _SPECIAL:
+        if test(mode):
+            raise BadRequest(f"{path!r} is {what}: only regular files, directories and "
+                             "symlinks can be read or written")
+
+
+def open_regular(name: str, flags: int, dfd: int, path: str, mode: int = 0o600) -> int:
+    """Open ``name`` (under ``dfd``) only if it is a regular file, never blocking.
+
+    O_NONBLOCK makes an open of a FIFO that was swapped in after our stat fail (ENXIO) or
+    return at once instead of waiting for a peer; the fstat afterwards refuses whatever
+    is not a regular file. On a regular file O_NONBLOCK changes nothing.
+    """
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
+                     dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENODEV):
+            raise BadRequest(f"{path!r} is not a regular file: only regular files, "
+                             "directories and symlinks can be read or written") from None
+        raise
+    try:
+        refuse_special(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_dir(view: FsView, fd: int) -> tuple[list[str], int, int, int, str]:
@@ -211,14 +248,16 @@ def _put_symlink(view: FsView, dfd: int, name: str, target: str, uid: int, gid: 
 
 def _put_file(view: FsView, dfd: int, name: str, data: bytes, uid: int, gid: int,
               mode: int | None, write: str, modify: frozenset[str]) -> None:
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY
     flags |= os.O_APPEND if write == "append" else os.O_TRUNC
     created = False
+    with contextlib.suppress(FileNotFoundError):  # refuse before any open (see refuse_special)
+        refuse_special(name, os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
     try:
-        fd = os.open(name, flags, dir_fd=dfd)
+        fd = open_regular(name, flags, dfd, name)
     except FileNotFoundError:
         with _fsids(view):
-            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+            fd = open_regular(name, flags | os.O_CREAT | os.O_EXCL, dfd, name)
         created = True
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
