@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -22,9 +23,9 @@ from bench.common import UnixHTTPConnection, get, measure, table  # noqa: E402
 from tests.stack import NatsServer, Stack  # noqa: E402
 
 RESPONDER = textwrap.dedent("""
-    import asyncio, sys, nats
+    import asyncio, json, sys, nats
     async def main():
-        nc = await nats.connect(sys.argv[1])
+        nc = await nats.connect(sys.argv[1], **json.loads(sys.argv[2]))
         async def echo(msg):
             await msg.respond(msg.data)
         await nc.subscribe("bench.echo", cb=echo)
@@ -35,12 +36,12 @@ RESPONDER = textwrap.dedent("""
 """)
 
 
-async def raw_nats(url: str, n: int) -> list[float]:
+async def raw_nats(url: str, n: int, creds: dict[str, str]) -> list[float]:
     import time
 
     import nats
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **creds)
     out = []
     for i in range(n + 50):
         t0 = time.perf_counter()
@@ -58,12 +59,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as d:
         nats_srv = NatsServer(Path(d) / "nats")
         nats_srv.start()
-        responder = subprocess.Popen([sys.executable, "-c", RESPONDER, nats_srv.url],
-                                     stdout=subprocess.PIPE, text=True)
+        creds = nats_srv.connect_options()  # the bus admits no anonymous client
+        responder = subprocess.Popen([sys.executable, "-c", RESPONDER, nats_srv.url,
+                                      json.dumps(creds)], stdout=subprocess.PIPE, text=True)
         stack = Stack(Path(d) / "corral", nats_srv, CORRAL_LOG_LEVEL="info")
         try:
             responder.stdout.readline()
-            floor = asyncio.run(raw_nats(nats_srv.url, args.n))
+            floor = asyncio.run(raw_nats(nats_srv.url, args.n, creds))
             stack.start_all()
             conn = UnixHTTPConnection(str(stack.socket))
             rows = [("raw NATS request/reply, two processes (floor)", floor)]

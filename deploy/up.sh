@@ -10,7 +10,9 @@
 #   CORRAL_UP_TIMEOUT            seconds to wait for GET /1.0 (default 60)
 #   CORRAL_SKIP_INSTALL=1        skip deploy/install.sh (the venv is known to be current)
 #   CORRAL_VMS=0                 do not start libvirtd/virtlogd (containers only)
-# Files: $CORRAL_DIR/logs/<name>.log, $CORRAL_DIR/run/<name>.pid, $CORRAL_DIR/nats.
+# Files: $CORRAL_DIR/logs/<name>.log, $CORRAL_DIR/run/<name>.pid, $CORRAL_DIR/nats (JetStream
+# data, the bus users in auth.conf), $CORRAL_DIR/credentials/<user>.json (mode 0600): NATS
+# refuses anonymous connections, each service connects as its own user (shared/auth.py).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -25,6 +27,8 @@ export CORRAL_NATS_PORT="${CORRAL_NATS_PORT:-4222}"
 # The services follow the NATS we start, whatever an older shell exported.
 export CORRAL_NATS_URL="nats://127.0.0.1:$CORRAL_NATS_PORT"
 export CORRAL_NATS_STORE_DIR="$CORRAL_DIR/nats"
+# Each service reads its own credentials file; one exported for a client must not leak in.
+unset CORRAL_NATS_CREDENTIALS
 export PYTHONUNBUFFERED=1
 SOCKET="$CORRAL_DIR/unix.socket"
 
@@ -81,8 +85,17 @@ check_alive() {
 
 port_busy() { [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]; }
 
+# The bus users and their credentials (kept when they exist), and the server config linked
+# beside them so its `include "auth.conf"` finds this CORRAL_DIR's users.
+nats_auth() {
+    "$VENV/bin/python" -m shared.auth --dir "$CORRAL_DIR" init \
+        --link "$REPO/deploy/nats/single.conf"
+    NATS_CONF="$CORRAL_DIR/nats/single.conf"
+}
+
 start_nats() {
     local pid port
+    nats_auth
     pid="$(running_pid nats)"
     if [[ -n "$pid" ]]; then
         port="$(proc_env "$pid" CORRAL_NATS_PORT)"
@@ -90,12 +103,13 @@ start_nats() {
             die "NATS for $CORRAL_DIR already runs on port $port (pid $pid); run with" \
                 "CORRAL_NATS_PORT=$port or run 'make down' first"
         say "nats already running (pid $pid)"
+        kill -HUP "$pid" || true  # re-read auth.conf: permissions follow the code
         return 0
     fi
     port_busy "$CORRAL_NATS_PORT" &&
         die "port $CORRAL_NATS_PORT on 127.0.0.1 is used by another process; choose a" \
             "free one with CORRAL_NATS_PORT"
-    start nats "$VENV/bin/nats-server" -c "$REPO/deploy/nats/single.conf"
+    start nats "$VENV/bin/nats-server" -c "$NATS_CONF"
     local deadline=$((SECONDS + 20))
     until (exec 3<>"/dev/tcp/127.0.0.1/$CORRAL_NATS_PORT") 2>/dev/null; do
         check_alive nats

@@ -8,13 +8,15 @@ it raised over there.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, NoServersError
+from nats.errors import AuthorizationError, NoRespondersError, NoServersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
@@ -38,6 +40,8 @@ class Bus:
         self.name = name
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
+        # Set while connecting: the server said our credentials are not valid.
+        self._refused: asyncio.Future[str] | None = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -45,26 +49,66 @@ class Bus:
             raise RuntimeError("bus not connected")
         return self._js
 
+    def credentials(self) -> dict[str, str]:
+        """User, password and private inbox prefix from this process's credentials file.
+
+        No file means an anonymous connection, which a Corral nats-server refuses (the
+        error then names the file); a file we may not read is an error at once.
+        """
+        path = self.config.credentials_for(self.name)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise Unavailable(f"Cannot read the bus credentials {path}: {exc}") from exc
+        return {"user": data["user"], "password": data["password"],
+                "inbox_prefix": data.get("inbox_prefix") or "_INBOX"}
+
     async def connect(self, wait: float = 30.0) -> "Bus":
-        """Connect, retrying until ``wait`` seconds pass (nats-server may still be starting)."""
+        """Connect, retrying until ``wait`` seconds pass (nats-server may still be starting).
+
+        A server that refuses our credentials is an error at once: nats-py would retry it
+        for ever, each attempt refused the same way.
+        """
         deadline = time.monotonic() + wait
         delay = 0.05
+        creds = self.credentials()
         while True:
+            self._refused = asyncio.get_running_loop().create_future()
+            attempt = asyncio.ensure_future(nats.connect(
+                servers=self.config.nats_url.split(","),
+                name=f"corral-{self.name}@{self.config.node}",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+                **creds,
+            ))
             try:
-                self.nc = await nats.connect(
-                    servers=self.config.nats_url.split(","),
-                    name=f"corral-{self.name}@{self.config.node}",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    connect_timeout=2,
-                    ping_interval=5,
-                    max_outstanding_pings=3,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                )
+                await asyncio.wait({attempt, self._refused},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not attempt.done():
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    raise AuthorizationError()
+                self.nc = attempt.result()
                 break
+            except (AuthorizationError, NatsError) as exc:
+                if not isinstance(exc, AuthorizationError) and \
+                        "authorization violation" not in str(exc).lower():
+                    raise
+                path = self.config.credentials_for(self.name)
+                raise Unavailable(
+                    f"NATS at {self.config.nats_url} refused {self.name}'s connection "
+                    f"(authorization violation) with "
+                    + (f"the credentials in {path}" if creds else f"no credentials ({path} "
+                       "does not exist; `make up` writes it)")) from exc
             except (NoServersError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise Unavailable(
@@ -73,6 +117,8 @@ class Bus:
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            finally:
+                self._refused = None
         self._js = self.nc.jetstream()
         return self
 
@@ -84,7 +130,17 @@ class Bus:
                 await self.nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("nats error", error=str(exc))
+        refused = isinstance(exc, AuthorizationError) or \
+            "authorization violation" in str(exc).lower()
+        if refused and self._refused is not None and not self._refused.done():
+            self._refused.set_result(str(exc))
+            return
+        # A permission violation is the server refusing a subject this user may not use:
+        # a missing entry in shared/auth.py's tables, or a caller overstepping its role.
+        if "permissions violation" in str(exc).lower():
+            log.warning("nats refused a subject", user=self.name, error=str(exc))
+        else:
+            log.debug("nats error", error=str(exc))
 
     async def _on_disconnect(self) -> None:
         log.warning("nats disconnected", url=self.config.nats_url)

@@ -19,6 +19,7 @@ ENV = {
     "CORRAL_DIR": "dir",
     "CORRAL_NODE": "node",
     "CORRAL_NATS_URL": "nats_url",
+    "CORRAL_NATS_CREDENTIALS": "nats_credentials",
     "CORRAL_REQUEST_TIMEOUT": "request_timeout",
     "CORRAL_OPERATION_RETENTION": "operation_retention",
     "CORRAL_EVENTS_MAX_AGE": "events_max_age",
@@ -38,6 +39,9 @@ class Config(BaseModel):
     dir: Path = Field(default_factory=_default_dir)
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "none")
     nats_url: str = "nats://127.0.0.1:4222"
+    # The bus credentials file (see shared/auth.py); unset: each process reads its own,
+    # $CORRAL_DIR/credentials/<name>.json, written by `make up`.
+    nats_credentials: Path | None = None
     # Seconds a bus request may take before the caller gets a 503.
     request_timeout: float = 5.0
     # Seconds a finished operation stays readable (LXD: 5 s; users lose exit codes).
@@ -54,6 +58,10 @@ class Config(BaseModel):
     @property
     def socket_path(self) -> Path:
         return self.dir / "unix.socket"
+
+    def credentials_for(self, name: str) -> Path:
+        """The credentials file a process named ``name`` connects with."""
+        return self.nats_credentials or self.dir / "credentials" / f"{name}.json"
 
     @property
     def log_dir(self) -> Path:

@@ -34,7 +34,8 @@ def session_dir(request):
 
 @pytest.fixture(scope="session")
 def nats_server(session_dir):
-    server = NatsServer(session_dir / "nats")
+    # Its users and credentials in the stack's CORRAL_DIR, where `make up` puts them.
+    server = NatsServer(session_dir / "nats", session_dir / "corral")
     server.start()
     yield server
     server.stop()
@@ -66,7 +67,9 @@ async def aapi(stack):
 
 @pytest.fixture(scope="session")
 def bus_config(stack, nats_server):
-    return load_config(dir=stack.dir, nats_url=nats_server.url, request_timeout=2.0)
+    # Tests talk to the services' subjects and buckets directly: root's admin credential.
+    return load_config(dir=stack.dir, nats_url=nats_server.url, request_timeout=2.0,
+                       nats_credentials=nats_server.admin)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import httpx
 
+from shared import auth
+
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("image", "instance", "storage", "network", "migration")
 
 
@@ -46,19 +50,47 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class NatsServer:
-    def __init__(self, workdir: Path) -> None:
+    """nats-server with Corral's authorization, generated the way `make up` does it.
+
+    The users and credentials live in ``corral_dir`` (default ``workdir``), as in
+    ``$CORRAL_DIR``: ``nats/auth.conf``, ``credentials/<name>.json``, and the server's PID in
+    ``run/nats.pid`` so ``corral bus credentials`` can make it reload.
+    """
+
+    def __init__(self, workdir: Path, corral_dir: Path | None = None) -> None:
         self.workdir = workdir
+        self.corral_dir = corral_dir or workdir
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.paths = auth.Paths(self.corral_dir)
+
+    def credentials(self, name: str) -> Path:
+        return self.paths.credentials(name)
+
+    @property
+    def admin(self) -> Path:
+        """Root's credential: everything but the exec/console byte streams."""
+        return self.credentials(auth.ADMIN)
+
+    def connect_options(self, name: str = auth.ADMIN) -> dict[str, str]:
+        """``nats.connect`` keyword arguments for the user ``name``."""
+        data = json.loads(self.credentials(name).read_text())
+        return {"user": data["user"], "password": data["password"],
+                "inbox_prefix": data["inbox_prefix"]}
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        auth.init(self.corral_dir)
+        conf = auth.link_config(self.corral_dir, ROOT / "deploy" / "nats" / "single.conf")
         log = open(self.workdir / "nats-server.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "nats-server"), "-js", "-sd", str(self.workdir / "jetstream"),
-             "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "CORRAL_NATS_PORT": str(self.port),
+               "CORRAL_NATS_STORE_DIR": str(self.workdir / "jetstream")}
+        self.proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(conf)], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.paths.pid_file.write_text(f"{self.proc.pid}\n")
         wait_for(self._listening, 15, what="nats-server")
 
     def _listening(self) -> bool:
@@ -69,6 +101,7 @@ class NatsServer:
         if self.proc:
             stop_pid(self.proc)
             self.proc = None
+            self.paths.pid_file.unlink(missing_ok=True)
 
 
 class Stack:
@@ -91,7 +124,9 @@ class Stack:
 
     def start(self, name: str) -> None:
         log = open(self.log_path(name), "ab")
-        self.procs[name] = subprocess.Popen([str(BIN / f"corral-{name}")], env=self.env,
+        # Each process connects as its own bus user, whatever directory the server's are in.
+        env = {**self.env, "CORRAL_NATS_CREDENTIALS": str(self.nats.credentials(name))}
+        self.procs[name] = subprocess.Popen([str(BIN / f"corral-{name}")], env=env,
                                             stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 

@@ -27,6 +27,8 @@ import nats
 import pytest
 import yaml
 
+from shared import auth
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 NATS_BIN = Path(sys.executable).parent / "nats-server"
@@ -187,29 +189,59 @@ def nats_env(**values: object) -> dict[str, str]:
 
 
 def test_nats_configs_are_valid(tmp_path):
-    single = subprocess.run([NATS_BIN, "-t", "-c", DEPLOY / "nats" / "single.conf"],
-                            env=nats_env(PORT=4222, STORE_DIR=tmp_path),
-                            capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr
+    # Alone the repository's file does not start: without auth.conf there are no users.
+    bare = subprocess.run([NATS_BIN, "-t", "-c", DEPLOY / "nats" / "single.conf"],
+                          env=nats_env(PORT=4222, STORE_DIR=tmp_path),
+                          capture_output=True, text=True)
+    assert bare.returncode != 0 and "auth.conf" in bare.stderr
+    auth.init(tmp_path)
+    for conf in ("single.conf", "cluster-node1.conf"):
+        linked = auth.link_config(tmp_path, DEPLOY / "nats" / conf)
+        check = subprocess.run([NATS_BIN, "-t", "-c", linked], capture_output=True, text=True,
+                               env=nats_env(PORT=4222, STORE_DIR=tmp_path, CLUSTER_HOST="127.0.0.1",
+                                            CLUSTER_PORT=6222, ROUTES="[]"))
+        assert check.returncode == 0, check.stderr
 
 
 @pytest.mark.timeout(60)
 async def test_nats_three_node_cluster_replicates_kv(tmp_path):
     client, route = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    routes = "[" + ", ".join(f"nats-route://127.0.0.1:{p}" for p in route) + "]"
     base = tmp_path / f"crt{uuid.uuid4().hex[:5]}"
     servers: list[subprocess.Popen[bytes]] = []
+    # One set of users for the three nodes (a real cluster copies auth.conf and
+    # route-auth.conf to every node); routes authenticate as the route user.
+    auth.init(base)
+    routes = auth.route_urls(base, [f"127.0.0.1:{p}" for p in route])
+    admin = json.loads(auth.Paths(base).credentials(auth.ADMIN).read_text())
     try:
         for i in range(3):
             (base / f"n{i + 1}").mkdir(parents=True)
             env = nats_env(PORT=client[i], STORE_DIR=base / f"n{i + 1}", CLUSTER_HOST="127.0.0.1",
                            CLUSTER_PORT=route[i], ROUTES=routes)
+            conf = auth.link_config(base, DEPLOY / "nats" / f"cluster-node{i + 1}.conf")
             with open(base / f"n{i + 1}.log", "wb") as log:
                 servers.append(subprocess.Popen(
-                    [NATS_BIN, "-c", DEPLOY / "nats" / f"cluster-node{i + 1}.conf"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT))
+                    [NATS_BIN, "-c", conf], env=env, stdout=log, stderr=subprocess.STDOUT))
+        for p in client:  # every client listener refuses an anonymous connection
+            with pytest.raises(Exception, match="Authorization Violation"):
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        await (await nats.connect(f"nats://127.0.0.1:{p}", connect_timeout=1,
+                                                  allow_reconnect=False)).close()
+                        break
+                    except OSError:  # not listening yet
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", route[0]), timeout=2) as raw:
+            # A route without the route user's password is turned away too.
+            raw.recv(4096)
+            raw.sendall(b'CONNECT {"verbose":false,"name":"intruder"}\r\nPING\r\n')
+            assert b"Authorization Violation" in raw.recv(4096)
         nc = await nats.connect([f"nats://127.0.0.1:{p}" for p in client],
-                                connect_timeout=2, max_reconnect_attempts=30)
+                                connect_timeout=2, max_reconnect_attempts=30,
+                                user=admin["user"], password=admin["password"],
+                                inbox_prefix=admin["inbox_prefix"])
         try:
             js = nc.jetstream(timeout=2)
             bucket = base.name
@@ -253,8 +285,13 @@ def test_systemd_units_name_real_programs():
         assert program.parent == Path("/opt/corral/.venv/bin"), path.name
         programs.add(program.name)
         if program.name == "nats-server":
-            conf = exec_start[exec_start.index("-c") + 1]
-            assert (ROOT / Path(conf).relative_to("/opt/corral")).is_file()
+            # Started through the link beside the generated auth.conf (shared/auth.py).
+            conf = Path(exec_start[exec_start.index("-c") + 1])
+            assert conf.parent == Path("/var/lib/corral/nats"), path.name
+            pre = unit["Service"]["ExecStartPre"].split()
+            assert pre[1:4] == ["-m", "shared.auth", "--dir"] and "init" in pre, path.name
+            assert (ROOT / Path(pre[pre.index("--link") + 1]).relative_to("/opt/corral")
+                    ).is_file() and Path(pre[pre.index("--link") + 1]).name == conf.name
             continue
         assert program.name in SCRIPTS and path.stem == program.name, path.name
         assert "corral-nats.service" in unit["Unit"]["Requires"].split()

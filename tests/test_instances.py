@@ -313,7 +313,8 @@ def test_reconcile_removes_interrupted_create(world, stack, api):
         from shared.config import load_config
         from shared.state import Store, key
 
-        b = await Bus(load_config(dir=stack.dir, nats_url=stack.nats.url), "t").connect()
+        b = await Bus(load_config(dir=stack.dir, nats_url=stack.nats.url,
+                                  nats_credentials=stack.nats.admin), "t").connect()
         try:
             store = await Store(b, "instances").open()
             value, rev = await store.get(key("default", name))

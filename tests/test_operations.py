@@ -121,7 +121,8 @@ async def test_finished_operations_expire_after_the_retention(ops, aapi, stack, 
     await asyncio.sleep(1.2)
     # The session's gateway keeps finished operations for 10 minutes.
     assert (await aapi.get(f"/1.0/operations/{op.id}")).status_code == 200
-    env = {**stack.env, "CORRAL_DIR": str(tmp_path), "CORRAL_OPERATION_RETENTION": "1"}
+    env = {**stack.env, "CORRAL_DIR": str(tmp_path), "CORRAL_OPERATION_RETENTION": "1",
+           "CORRAL_NATS_CREDENTIALS": str(stack.nats.credentials("gateway"))}
     proc = subprocess.Popen([str(BIN / "corral-gateway")], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

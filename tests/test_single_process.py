@@ -19,7 +19,8 @@ def test_corral_all_serves_everything_from_one_process(tmp_path):
 
     nats = NatsServer(tmp_path / "nats")
     nats.start()
-    env = {**os.environ, "CORRAL_DIR": str(tmp_path / "corral"), "CORRAL_NATS_URL": nats.url}
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path / "corral"), "CORRAL_NATS_URL": nats.url,
+           "CORRAL_NATS_CREDENTIALS": str(nats.credentials("all"))}
     proc = subprocess.Popen([str(BIN / "corral-all")], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -32,7 +33,7 @@ def test_corral_all_serves_everything_from_one_process(tmp_path):
                 assert api.get(path).status_code == 200
 
         async def ping():
-            bus = Bus(load_config(nats_url=nats.url), "test")
+            bus = Bus(load_config(nats_url=nats.url, nats_credentials=nats.admin), "test")
             await bus.connect()
             try:
                 return await gather_replies(bus, "$SRV.PING")

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitor": ("monitor", "Print events as they happen."),
     "init": ("init", "Create the default storage pool, bridge network and profile "
                      "(idempotent)."),
+    "bus": ("bus", "Manage NATS credentials for integrations (root only)."),
 }
 
 
