@@ -5,6 +5,20 @@ any gateway replica answers ``/1.0/operations`` from the bucket. Each state chan
 write plus an ``operation`` event. Finished operations stay readable for
 ``operation_retention`` seconds (LXD forgets them after 5 s, losing exec exit codes).
 Cancel requests reach the running task on ``corral.operations.<id>.cancel``.
+
+Operations end, even when the process running one dies. Each record names its *owner*: the
+NATS micro service (``corral-<svc>``), its node and its micro instance id, which nats.micro
+answers on ``$SRV.PING.corral-<svc>.<id>`` for as long as that process lives. So:
+
+- a service that starts again fails every unfinished operation of its earlier incarnation
+  on this node (:meth:`Operations.claim`), before it answers any request;
+- a gateway sweeps unfinished operations every few seconds (:meth:`Operations.fail_orphans`)
+  and fails those whose owner has not answered a ping for ``OWNER_GRACE`` seconds (the
+  owner may be reconnecting after a nats-server restart: a short absence is not death);
+- a service that is stopped (SIGTERM) cancels its running operations, which undo their
+  work, and records them failed with the reason (:meth:`Operations.shutdown`).
+Each is a KV write plus an ``operation`` event, so a client waiting on ``/wait`` or on the
+events websocket (as ``lxc launch`` does) gets the error instead of hanging.
 """
 
 from __future__ import annotations
@@ -19,15 +33,21 @@ import nats.errors
 import nats.js.errors as jse
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from . import codec, subjects
+from . import codec, presence, subjects
 from .bus import Bus
-from .errors import BadRequest, CorralError, Forbidden, NotFound, Unavailable
+from .errors import BadRequest, Conflict, CorralError, Forbidden, NotFound, Unavailable
 from .events import Events
 from .log import get_logger, operation_id
 from .models import Operation, OperationStatus, lxd_time, utcnow
 from .state import Store
 
 BUCKET = "operations"
+# How long an owner may be unreachable before its operations are failed (seconds): longer
+# than a service takes to reconnect after a nats-server restart (about 2 s here).
+OWNER_GRACE = 6.0
+# Unfinished operations without an owner were made before owners were recorded: no process
+# can be running them once every service has restarted with this code.
+UNOWNED_GRACE = 30.0
 log = get_logger()
 
 
@@ -80,10 +100,110 @@ class Operations:
         self.store = Store(bus, BUCKET, history=1, description="Corral operations")
         self.retention = bus.config.operation_retention
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Who runs the operations this process starts (see the module docstring).
+        self.owner: dict[str, str] | None = None
+        self._stopping: str | None = None
+        self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
 
     async def open(self) -> "Operations":
         await self.store.open()
         return self
+
+    # -- owners ----------------------------------------------------------------------------
+
+    async def claim(self, service: str, node: str, instance_id: str) -> int:
+        """Become the owner of new operations; fail what an earlier incarnation left.
+
+        ``service`` is the micro service name (``corral-instance``), ``instance_id`` the
+        micro id this process answers pings on. Returns how many operations it failed.
+        """
+        self.owner = {"service": service, "node": node, "id": instance_id}
+        short = service.removeprefix("corral-")
+        failed = 0
+        for op_id, rec in (await self.store.items()).items():
+            owner = rec.get("owner") or {}
+            if rec.get("status") in OperationStatus.FINAL or owner.get("service") != service \
+                    or owner.get("node") != node or owner.get("id") == instance_id:
+                continue
+            if await self._fail(op_id, f"The {short} service restarted before the "
+                                "operation finished"):
+                failed += 1
+        if failed:
+            log.warning("failed the operations of an earlier incarnation", count=failed)
+        return failed
+
+    async def shutdown(self, timeout: float = 20.0) -> None:
+        """Cancel what runs here (each undoes its work) and record it failed, with why."""
+        short = (self.owner or {}).get("service", "corral-?").removeprefix("corral-")
+        self._stopping = f"The {short} service stopped before the operation finished"
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def fail_orphans(self) -> int:
+        """Fail unfinished operations whose owner is gone (the gateway calls this often).
+
+        An owner is gone when its micro instance has had no responder for ``OWNER_GRACE``
+        seconds; an operation without an owner when it is ``UNOWNED_GRACE`` seconds old.
+        Returns how many it failed.
+        """
+        now = time.monotonic()
+        failed = 0
+        seen = set()
+        for op_id, rec in (await self.store.items()).items():
+            if rec.get("status") in OperationStatus.FINAL:
+                continue
+            seen.add(op_id)
+            owner = rec.get("owner")
+            if not owner:
+                age = time.time() - parse_lxd_time(rec.get("updated_at") or lxd_time())
+                if age > UNOWNED_GRACE and await self._fail(
+                        op_id, "The process running the operation is gone (it did not "
+                        "record its owner)"):
+                    failed += 1
+                continue
+            if await self.owner_alive(owner):
+                self._missing.pop(op_id, None)
+                continue
+            first = self._missing.setdefault(op_id, now)
+            if now - first < OWNER_GRACE:
+                continue
+            short = str(owner.get("service", "")).removeprefix("corral-")
+            if await self._fail(op_id, f"The {short} service stopped (its process is gone) "
+                                "before the operation finished"):
+                failed += 1
+            self._missing.pop(op_id, None)
+        for op_id in set(self._missing) - seen:
+            self._missing.pop(op_id, None)
+        return failed
+
+    async def owner_alive(self, owner: dict[str, str]) -> bool:
+        """Whether the owner's micro instance answers (unknown counts as alive)."""
+        return await presence.alive(self.bus, owner["service"], owner["id"])
+
+    async def _fail(self, op_id: str, reason: str) -> bool:
+        """Record an unfinished operation as failed (compare-and-set: if its owner wrote in
+        the meantime, leave it for the next round). Returns whether it did."""
+        found = await self.store.get(op_id)
+        if found is None or found[0].get("status") in OperationStatus.FINAL:
+            return False
+        rec, rev = found
+        rec = {**rec, "err": reason, "updated_at": lxd_time()}
+        rec["status"], rec["status_code"] = OperationStatus.FAILURE
+        try:
+            await self.store.update(op_id, rec, rev)
+        except Conflict:
+            return False
+        except CorralError as exc:
+            log.debug("could not fail an operation", op=op_id, error=exc.message)
+            return False
+        log.warning("operation failed for its owner", op=op_id, reason=reason)
+        await self.events.publish("operation", _public(rec), project=rec.get("project",
+                                                                             "default"),
+                                  entity="operation")
+        return True
 
     # -- running -------------------------------------------------------------------------
 
@@ -117,8 +237,12 @@ class Operations:
                 op.metadata = {**(op.metadata or {}), **result}
             await self._set(op, OperationStatus.SUCCESS, project)
         except asyncio.CancelledError:
-            op.err = "Operation cancelled"
-            await self._set(op, OperationStatus.CANCELLED, project)
+            if self._stopping:  # the service is stopping, not a user's cancel
+                op.err = self._stopping
+                await self._set(op, OperationStatus.FAILURE, project)
+            else:
+                op.err = "Operation cancelled"
+                await self._set(op, OperationStatus.CANCELLED, project)
         except CorralError as exc:
             op.err = exc.message
             await self._set(op, OperationStatus.FAILURE, project)
@@ -156,9 +280,8 @@ class Operations:
     async def _event(self, op: Operation, project: str) -> None:
         await self.events.publish("operation", op.lxd(), project=project, entity="operation")
 
-    @staticmethod
-    def _record(op: Operation, project: str) -> dict[str, Any]:
-        return {**op.lxd(), "project": project}
+    def _record(self, op: Operation, project: str) -> dict[str, Any]:
+        return {**op.lxd(), "project": project, "owner": self.owner}
 
     async def wait_local(self, op_id: str) -> None:
         """Wait for an operation this process runs (tests, single-process callers)."""
@@ -242,7 +365,7 @@ class Operations:
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "project"}
+    return {k: v for k, v in record.items() if k not in ("project", "owner")}
 
 
 def _valid_id(op_id: str) -> bool:

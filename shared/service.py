@@ -142,6 +142,9 @@ class Service:
             metadata={"node": self.config.node, "pid": str(os.getpid())},
             stats_handler=self._stats,
         )
+        # Owner of the operations started from here on; fails those an earlier
+        # incarnation of this service left unfinished, before any request is answered.
+        await self.operations.claim(f"corral-{self.name}", self.config.node, self._micro.id)
         self._figures = {}  # a new micro service starts its counts from zero: so do we
         for spec in self.endpoints():
             await self._micro.add_endpoint(
@@ -157,6 +160,7 @@ class Service:
             self._micro = None
         if self._inflight:  # let requests under way answer before the bus closes
             await asyncio.wait(self._inflight, timeout=30)
+        await self.operations.shutdown()  # running operations undo and end as failed
         await self.teardown()
         if self._own_bus:
             await self.bus.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -24,9 +25,11 @@ from shared.operations import Operations
 
 from . import responses
 from .info import ServerInfo
+from .limits import body_limit, max_body_size
 from .routes import ROUTES
 from .routes.server import VERSION
 from .routing import Context, mount
+from .scrub import scrub
 
 __all__ = ["VERSION", "Gateway"]
 
@@ -41,7 +44,9 @@ class Gateway:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=1024 ** 3)
+        limit = max_body_size()
+        app = web.Application(middlewares=[self._middleware, body_limit(limit)],
+                              client_max_size=limit)
         mount(app.router, self.ctx, ROUTES)
         return app
 
@@ -60,7 +65,7 @@ class Gateway:
                 resp = await handler(request)
             except CorralError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.message))
-                resp = responses.error(exc.code, exc.message)
+                resp = responses.error(exc.code, scrub(exc.message, self.ctx.config.dir))
             except web.HTTPNotFound:
                 resp = responses.error(404, "not found")
             except web.HTTPMethodNotAllowed:
@@ -70,7 +75,8 @@ class Gateway:
             except Exception as exc:
                 span.record_exception(exc)
                 log.exception("request crashed", path=request.path)
-                resp = responses.error(500, f"Internal error in the gateway: {exc}")
+                resp = responses.error(500, scrub(f"Internal error in the gateway: {exc}",
+                                                  self.ctx.config.dir))
             if not resp.prepared:
                 resp.headers["X-Corral-Trace-Id"] = trace_id
                 span.set_attribute("http.status_code", resp.status)
@@ -99,10 +105,17 @@ class Gateway:
         self.ctx.config.socket_path.unlink(missing_ok=True)
 
     async def _expire_loop(self) -> None:
+        """Every 2 s fail operations whose owner process is gone (so waiting clients get an
+        error, not a hang); every ``retention / 2`` s drop expired ones."""
         ops = self.ctx.ops
+        every = max(1.0, min(30.0, ops.retention / 2))
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(max(1.0, min(30.0, ops.retention / 2)))
+            await asyncio.sleep(2.0)
             try:
-                await ops.expire()
+                await ops.fail_orphans()
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    await ops.expire()
             except Exception as exc:  # bus down for a moment: try again next round
-                log.debug("operation expiry skipped", error=str(exc))
+                log.debug("operation sweep skipped", error=str(exc))

@@ -1,0 +1,30 @@
+"""Fault points for crash tests: ``CORRAL_FAULT=<point>[,<point>...]`` kills the process.
+
+Why: the fault tests (``tests/test_faults.py``) must kill a service at an exact step of a
+create or a delete (after the volume, before the LXC config, ...), which sleeps and timed
+signals cannot hit reliably. A service started with ``CORRAL_FAULT=create:after_volume``
+sends itself SIGKILL when it reaches that point: no cleanup, no reply, as a crash. Unset
+(always, outside tests), :func:`point` is one dictionary lookup and does nothing.
+
+Points: ``create:after_reserve``, ``create:after_volume``, ``create:after_driver``
+(instance service, in ``create.build``), ``delete:after_driver``, ``delete:after_volume``
+(instance service, in ``update.delete``), ``storage:after_record``,
+``storage:after_volume`` (storage service, in ``volumes.from_image``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "CORRAL_FAULT"
+
+
+def armed(name: str) -> bool:
+    return name in (os.environ.get(ENV) or "").split(",")
+
+
+def point(name: str) -> None:
+    """Die here, now, with SIGKILL, if ``CORRAL_FAULT`` names this point."""
+    if ENV in os.environ and armed(name):
+        os.kill(os.getpid(), signal.SIGKILL)
