@@ -14,11 +14,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from shared import faults
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages.network import Nic
 from shared.state import key, mutate
 
-from . import image_templates, records, validate
+from . import image_templates, reconcile, records, validate
 from .context import Context
 from .drivers.base import InstanceSpec
 from .drivers.router import CONTAINER, TYPES, type_of
@@ -126,10 +127,13 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
     undo: list[Undo] = []
     kind = type_of(rec)
     try:
+        faults.point("create:after_reserve")
         drv = ctx.drivers.for_type(kind)
+        undo.append(lambda: _ignore_missing(ctx.remote.volume_delete(project, pool, name,
+                                                                     kind)))
         path = Path(await ctx.remote.volume_from_image(project, pool, name,
                                                        image["fingerprint"], kind))
-        undo.append(lambda: ctx.remote.volume_delete(project, pool, name, kind))
+        faults.point("create:after_volume")
         rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
         nics, vol = await nic_setup(ctx, rec)
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
@@ -138,22 +142,39 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         if drv.capabilities.templates:
             await asyncio.to_thread(image_templates.apply, path, "create", rec)
         spec = InstanceSpec(name, rec["expanded_config"], rec["expanded_devices"], path, nics)
+        undo.append(lambda: asyncio.to_thread(drv.purge, name))
         made = await asyncio.to_thread(drv.create, spec)
-        undo.append(lambda: asyncio.to_thread(drv.delete, name))
+        faults.point("create:after_driver")
         made["volatile.last_state.power"] = "STOPPED"
         final = {**with_config(rec, made), "status": "Stopped"}
         await mutate(ctx.instances, k, lambda _r: final)
         return final
     except BaseException:
-        await undo_all(ctx, undo, k)
+        await undo_all(ctx, undo, k, rec)
         raise
 
 
-async def undo_all(ctx: Context, undo: list[Undo], k: str) -> None:
-    """Run the undo steps in reverse, all of them even when one fails, then drop the record."""
+async def _ignore_missing(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except NotFound:
+        pass
+
+
+async def undo_all(ctx: Context, undo: list[Undo], k: str, rec: dict[str, Any]) -> None:
+    """Run the undo steps in reverse, all of them even when one fails, then drop the record.
+
+    If a step failed, the record stays ("Creating": the journal of what may be left) and
+    the cleanup is retried in the background until it succeeds.
+    """
+    failed = False
     for step in reversed(undo):
         try:
             await step()
         except Exception as exc:  # keep undoing: leave as little as possible
+            failed = True
             ctx.log.warning("undo step failed", key=k, error=str(exc))
+    if failed:
+        reconcile.retry_later(ctx, rec)
+        return
     await ctx.instances.delete(k)

@@ -1,14 +1,17 @@
 """Make KV and the host agree after a (re)start: the host is the truth.
 
 - a record stuck in "Creating" is a create that died with the process: remove what it
-  made (driver definition, root volume) and the record;
+  made (driver definition, root volume) and the record, so the name is free again;
+- a record in "Deleting" is a delete that died half-way: finish it (driver definition,
+  root volume, record), whatever part was already gone;
 - anything a driver has on the host (an LXC directory, a VM directory, even half-written)
   without a record of that type was never finished: purge it;
 - every other record takes its status from the host (running instances stay managed);
 - VMs likewise, with libvirt as the truth: a running VM stays running and managed across
   a restart of this service. When libvirtd does not answer, VM records and directories
   are left alone (we cannot tell what runs).
-The storage service may start after us, so volume removal retries in the background.
+The storage service may start after us, so volume removal retries in the background
+(:func:`retry_later`, also used by a create whose undo could not reach the storage service).
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ from shared.state import key, mutate
 from .context import Context
 from .drivers.router import type_of
 
-RETRIES = 60
+# Volume removal is retried every RETRY_DELAY seconds for this long, then left to the
+# next start of the service (the record stays: it is the journal of what is left).
+RETRIES = 900
+RETRY_DELAY = 2.0
+_pending: set[asyncio.Task[None]] = set()
+
+
+def retry_later(ctx: Context, rec: dict[str, Any]) -> asyncio.Task[None]:
+    """Remove an unfinished instance's volume and record in the background."""
+    task = asyncio.create_task(finish_interrupted(ctx, rec))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return task
 
 
 async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
@@ -42,13 +57,14 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
     tasks = []
     for rec in records:
         drv = drivers.get(type_of(rec))
-        if rec.get("status") == "Creating":
+        if rec.get("status") in ("Creating", "Deleting"):
             if drv is None:
                 continue  # cannot tell what the create left; try at next start
-            ctx.log.warning("cleaning up an instance whose create was interrupted",
-                            instance=rec["name"], project=rec["project"])
+            ctx.log.warning("cleaning up an instance whose create or delete was interrupted",
+                            instance=rec["name"], project=rec["project"],
+                            status=rec["status"])
             await asyncio.to_thread(drv.purge, rec["name"])
-            tasks.append(asyncio.create_task(_finish(ctx, rec)))
+            tasks.append(retry_later(ctx, rec))
         elif rec["name"] in host and host[rec["name"]] != rec.get("status"):
             status = host[rec["name"]]
             await mutate(ctx.instances, key(rec["project"], rec["name"]),
@@ -56,7 +72,7 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
     return tasks
 
 
-async def _finish(ctx: Context, rec: dict[str, Any]) -> None:
+async def finish_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
     """Delete the volume (waiting for the storage service), then the record."""
     for _ in range(RETRIES):
         try:
@@ -67,10 +83,10 @@ async def _finish(ctx: Context, rec: dict[str, Any]) -> None:
         except NotFound:
             break
         except Unavailable:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RETRY_DELAY)
         except CorralError as exc:
             ctx.log.warning("volume cleanup failed", instance=rec["name"], error=exc.message)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RETRY_DELAY)
     else:
         ctx.log.error("gave up removing the volume of an interrupted create",
                       instance=rec["name"], pool=rec.get("pool"))

@@ -6,16 +6,28 @@ calls here keeps the create/start code readable and the timeouts in one place.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Awaitable
 
+from shared import presence
 from shared.bus import Bus
+from shared.errors import Unavailable
 from shared.messages.image import ResolveRequest
 from shared.messages.network import NicConfigReply, NicConfigRequest, NicLimitsRequest
 from shared.messages.storage import VolumeFromImageRequest, VolumePathReply, VolumeRequest
 
-# Unpacking an image into a new pool can take a while the first time.
+# Unpacking an image into a new pool can take a while the first time: the deadline of a
+# volume made from an image is long, but the storage process is watched meanwhile (see
+# ``watched``), so its death ends the wait within seconds. Deleting or renaming a volume
+# is a subvolume operation: seconds at most.
 VOLUME_TIMEOUT = 300.0
+VOLUME_QUICK_TIMEOUT = 30.0
 NIC_TIMEOUT = 30.0
+# Watching starts after this many seconds; then the callee is pinged every WATCH_EVERY s
+# and declared gone after WATCH_GRACE s without a responder.
+WATCH_AFTER = 2.0
+WATCH_EVERY = 1.0
+WATCH_GRACE = 4.0
 
 
 class Remote:
@@ -35,22 +47,57 @@ class Remote:
                                 kind: str = "container") -> str:
         req = VolumeFromImageRequest(project=project, pool=pool, name=name, fingerprint=fp,
                                      kind=kind)
-        reply = await self.bus.request("storage", "volume_from_image", req, node=self.node,
-                                       timeout=VOLUME_TIMEOUT)
+        reply = await self.watched("storage", self.bus.request(
+            "storage", "volume_from_image", req, node=self.node, timeout=VOLUME_TIMEOUT),
+            f"making the root volume of {name!r}")
         return VolumePathReply.model_validate(reply.metadata).path
+
+    async def watched(self, svc: str, request: Awaitable[Any], what: str) -> Any:
+        """A node request with a long deadline whose callee is watched while it works.
+
+        The callee's micro instance on this node is looked up as the request goes out; if
+        it stops answering pings (its process died, even if a new one started meanwhile),
+        the request ends with a 503 saying so instead of waiting out ``timeout``.
+        """
+        service = f"corral-{svc}"
+        call = asyncio.ensure_future(request)
+        finder = asyncio.ensure_future(presence.instance_on(self.bus, service, self.node))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=WATCH_AFTER)
+            if done:
+                return call.result()
+            callee = await finder
+            missing = 0.0
+            while callee is not None:
+                done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
+                if done:
+                    return call.result()
+                if await presence.alive(self.bus, service, callee):
+                    missing = 0.0
+                    continue
+                missing += WATCH_EVERY
+                if missing >= WATCH_GRACE:
+                    raise Unavailable(f"The {svc} service stopped while {what} (its process "
+                                      "is gone); the create is undone")
+            return await call
+        finally:
+            for task in (call, finder):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(call, finder, return_exceptions=True)
 
     async def volume_delete(self, project: str, pool: str, name: str,
                             kind: str = "container") -> None:
         req = VolumeRequest(project=project, pool=pool, kind=kind, name=name)
         await self.bus.request("storage", "volume_delete", req, node=self.node,
-                               timeout=VOLUME_TIMEOUT)
+                               timeout=VOLUME_QUICK_TIMEOUT)
 
     async def volume_rename(self, project: str, pool: str, name: str, new: str) -> str:
         from shared.messages.storage import VolumeRenameRequest
 
         req = VolumeRenameRequest(project=project, pool=pool, name=name, new_name=new)
         reply = await self.bus.request("storage", "volume_rename", req, node=self.node,
-                                       timeout=VOLUME_TIMEOUT)
+                                       timeout=VOLUME_QUICK_TIMEOUT)
         return VolumePathReply.model_validate(reply.metadata).path
 
     async def nic_config(self, project: str, instance: str, index: int,

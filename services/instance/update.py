@@ -13,9 +13,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from shared import faults
 from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
-from shared.state import key
+from shared.state import key, mutate
 
 from . import limits, restore, validate
 from .context import Context
@@ -67,36 +68,19 @@ def check_live(capabilities: Capabilities, status: str, changed: dict[str, str])
                          "it, set the new value, start it again")
 
 
-async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
-               devices: dict[str, dict[str, str]], profiles: list[str],
-               override: dict[str, Any] | None = None
-               ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """The expanded config and devices ``rec`` would get, checked as a whole (400 for
-    anything that could not be applied); ``override`` stands in for the stored profile
-    of the same name (a profile change is checked against every instance using it
-    before it is saved)."""
-    docs = await expand_profiles(ctx, rec["project"], profiles)
-    if override is not None:
-        docs = [override if d["name"] == override["name"] else d for d in docs]
-    pcfg, pdevs = expand(docs, cfg, devices)
-    validate.check_config(pcfg)
-    validate.check_devices(pdevs)
-    validate.root_device(pdevs)
-    if pcfg.get("security.privileged", "false") != rec["expanded_config"].get(
-            "security.privileged", "false"):
-        raise BadRequest("Changing security.privileged of an existing instance is not "
-                         "supported yet: create a new instance instead")
-    if pcfg.get("raw.lxc", "") != rec["expanded_config"].get("raw.lxc", ""):
-        await validate.check_raw(type_of(rec), pcfg)
-    return pcfg, pdevs
-
-
 async def apply(ctx: Context, rec: dict[str, Any], rev: int,
                 cfg: dict[str, str], devices: dict[str, dict[str, str]],
                 profiles: list[str], desc: str) -> dict[str, Any]:
     """Re-expand, apply live what can be, store. Also used when a profile changes."""
-    pcfg, pdevs = await plan(ctx, rec, cfg, devices, profiles)
+    pcfg, pdevs = expand(await expand_profiles(ctx, rec["project"], profiles), cfg, devices)
+    validate.check_config(pcfg)
+    validate.check_devices(pdevs)
+    validate.root_device(pdevs)
     old_cfg, old_devs = rec["expanded_config"], rec["expanded_devices"]
+    if pcfg.get("security.privileged", "false") != old_cfg.get("security.privileged",
+                                                               "false"):
+        raise BadRequest("Changing security.privileged of an existing instance is not "
+                         "supported yet: create a new instance instead")
     new = {**rec, "config": cfg, "devices": devices, "profiles": profiles,
            "description": desc, "expanded_config": pcfg, "expanded_devices": pdevs}
     name = rec["name"]
@@ -150,18 +134,28 @@ async def rename(ctx: Context, project: str, name: str, body: dict[str, Any]
 
 
 async def delete(ctx: Context, rec: dict[str, Any]) -> None:
-    """Driver definition, root volume, KV record: in that order, so a retry finishes."""
+    """Driver definition, root volume, KV record: in that order, so a retry finishes.
+
+    The record says "Deleting" first (the intent, journaled): if the process dies half-way,
+    the reconcile at its next start finishes the delete instead of leaving a record whose
+    container or volume is already gone.
+    """
     name, project = rec["name"], rec["project"]
     drv = ctx.drivers.for_instance(rec)
+    before = rec.get("status", "Stopped")
+    await mutate(ctx.instances, key(project, name), lambda r: {**r, "status": "Deleting"})
     try:
         await asyncio.to_thread(drv.delete, name)
     except NotFound:
         pass
-    except Conflict as exc:
+    except Conflict as exc:  # started meanwhile: it is not deleted
+        await mutate(ctx.instances, key(project, name), lambda r: {**r, "status": before})
         raise BadRequest("The instance is currently running, stop it first") from exc
+    faults.point("delete:after_driver")
     if rec.get("pool"):
         try:
             await ctx.remote.volume_delete(project, rec["pool"], name, type_of(rec))
         except NotFound:
             pass
+    faults.point("delete:after_volume")
     await ctx.instances.delete(key(project, name))

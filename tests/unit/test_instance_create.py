@@ -1,7 +1,9 @@
 """Create's checks and undo, with fakes for the store, the other services and the driver.
 
-What matters: every step that succeeded is undone in reverse when a later one fails, an
-undo step that fails does not stop the others, and the KV record goes last.
+What matters: every step that was started (it may have left something even when it
+failed, or when its answer never came) is undone in reverse when one fails, an undo step
+that fails does not stop the others, and the KV record goes last, only when every undo
+step worked: otherwise it stays "Creating" (the journal) and the cleanup is retried.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class FakeDriver:
             raise Internal("define failed")
         return {}
 
-    def delete(self, name: str) -> None:
+    def purge(self, name: str) -> None:
         self.calls.append("undo define")
         if self.fail == "undo define":
             raise Internal("cannot undefine")
@@ -153,11 +155,11 @@ def test_create_reserves_then_builds_with_neutral_nics() -> None:
 
 
 @pytest.mark.parametrize("fail,undone", [
-    ("volume", []),
+    ("volume", ["undo volume"]),  # the storage service may have made part of it
     ("nic", ["undo volume"]),
-    ("define", ["undo volume"]),
+    ("define", ["undo define", "undo volume"]),
 ])
-def test_failure_undoes_done_steps_in_reverse_and_drops_the_record(fail, undone) -> None:
+def test_failure_undoes_started_steps_in_reverse_and_drops_the_record(fail, undone) -> None:
     ctx, calls, _ = make(fail_remote=fail if fail != "define" else "",
                          fail_driver="define" if fail == "define" else "")
     rec, image = run(create.prepare(ctx, BODY, "default"))
@@ -189,8 +191,27 @@ def test_a_failing_undo_step_does_not_stop_the_others() -> None:
     async def good() -> None:
         steps.append("good")
 
-    run(create.undo_all(ctx, [good, bad], K))
+    retried: list[dict[str, Any]] = []
+    original = create.reconcile.retry_later
+    create.reconcile.retry_later = lambda _ctx, rec: retried.append(rec)
+    try:
+        rec = ctx.instances.data[K][0]
+        run(create.undo_all(ctx, [good, bad], K, rec))
+    finally:
+        create.reconcile.retry_later = original
     assert steps == ["bad", "good"] and ctx.log.warnings == ["undo step failed"]
+    # the record stays as the journal of what is left, and the cleanup is retried
+    assert ctx.instances.data[K][0]["status"] == "Creating" and retried == [rec]
+
+
+def test_undo_all_drops_the_record_when_every_step_worked() -> None:
+    ctx, _, _ = make()
+    run(create.prepare(ctx, BODY, "default"))
+
+    async def good() -> None:
+        pass
+
+    run(create.undo_all(ctx, [good], K, ctx.instances.data[K][0]))
     assert K not in ctx.instances.data
 
 
