@@ -68,19 +68,36 @@ def check_live(capabilities: Capabilities, status: str, changed: dict[str, str])
                          "it, set the new value, start it again")
 
 
+async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
+               devices: dict[str, dict[str, str]], profiles: list[str],
+               override: dict[str, Any] | None = None
+               ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The expanded config and devices ``rec`` would get, checked as a whole (400 for
+    anything that could not be applied); ``override`` stands in for the stored profile
+    of the same name (a profile change is checked against every instance using it
+    before it is saved)."""
+    docs = await expand_profiles(ctx, rec["project"], profiles)
+    if override is not None:
+        docs = [override if d["name"] == override["name"] else d for d in docs]
+    pcfg, pdevs = expand(docs, cfg, devices)
+    validate.check_config(pcfg)
+    validate.check_devices(pdevs)
+    validate.root_device(pdevs)
+    if pcfg.get("security.privileged", "false") != rec["expanded_config"].get(
+            "security.privileged", "false"):
+        raise BadRequest("Changing security.privileged of an existing instance is not "
+                         "supported yet: create a new instance instead")
+    if pcfg.get("raw.lxc", "") != rec["expanded_config"].get("raw.lxc", ""):
+        await validate.check_raw(type_of(rec), pcfg)
+    return pcfg, pdevs
+
+
 async def apply(ctx: Context, rec: dict[str, Any], rev: int,
                 cfg: dict[str, str], devices: dict[str, dict[str, str]],
                 profiles: list[str], desc: str) -> dict[str, Any]:
     """Re-expand, apply live what can be, store. Also used when a profile changes."""
-    pcfg, pdevs = expand(await expand_profiles(ctx, rec["project"], profiles), cfg, devices)
-    validate.check_config(pcfg)
-    validate.check_devices(pdevs)
-    validate.root_device(pdevs)
+    pcfg, pdevs = await plan(ctx, rec, cfg, devices, profiles)
     old_cfg, old_devs = rec["expanded_config"], rec["expanded_devices"]
-    if pcfg.get("security.privileged", "false") != old_cfg.get("security.privileged",
-                                                               "false"):
-        raise BadRequest("Changing security.privileged of an existing instance is not "
-                         "supported yet: create a new instance instead")
     new = {**rec, "config": cfg, "devices": devices, "profiles": profiles,
            "description": desc, "expanded_config": pcfg, "expanded_devices": pdevs}
     name = rec["name"]
