@@ -51,6 +51,7 @@ class StorageService(Service):
                                self.pools, self.bus, self.config.dir)
         self._drivers = await asyncio.to_thread(_supported_drivers)
         await self.pools.reconcile()
+        await self.volumes.reconcile()
 
     def server_info(self) -> ServerInfoReply:
         recs = {r["name"]: r for r in self.pools.records()}

@@ -5,6 +5,12 @@ cannot race for it) and removed again if making it fails. Instance volumes remem
 image they came from (``source_fingerprint``), so deleting an image can tell whether a
 driver's clones still depend on it. Image volumes are unpacked once per pool: one
 asyncio lock per (pool, fingerprint) serializes everyone wanting the same image.
+
+Why records say ``creating`` until the volume is whole: a process that dies while making a
+volume leaves a record and maybe a half-made subvolume, and nobody got its path (the
+answer died with the process). So at the next start (:meth:`Volumes.reconcile`) every
+record still ``creating`` is the journal of an unfinished make: its volume is removed with
+it, which frees the name for the caller's retry (an image volume is unpacked again).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from shared import faults
 from shared.api import url
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, NotFound
@@ -169,9 +176,16 @@ class Volumes:
                 await self.store.put(k, self._record(drv.pool, "image", "default",
                                                      fingerprint))
             return
-        async with images.fetched(self.bus, fingerprint, self.tmp) as (meta, rootfs, _type):
-            await asyncio.to_thread(drv.create_image_volume, fingerprint,
-                                    images.unpacker(meta, rootfs))
+        await self.store.put(k, self._record(drv.pool, "image", "default", fingerprint,
+                                             creating=True))
+        try:
+            async with images.fetched(self.bus, fingerprint, self.tmp) as (meta, rootfs,
+                                                                           _type):
+                await asyncio.to_thread(drv.create_image_volume, fingerprint,
+                                        images.unpacker(meta, rootfs))
+        except BaseException:
+            await self.store.delete(k)
+            raise
         log.info("image unpacked", pool=drv.pool, fingerprint=fingerprint)
         await self.store.put(k, self._record(drv.pool, "image", "default", fingerprint))
 
@@ -184,18 +198,30 @@ class Volumes:
         async with self.pools.using(req.pool) as drv:
             k = self.key(req.pool, req.kind, req.project, req.name)
             overlay = req.kind == "virtual-machine" and overlays_vms(drv)
-            await self.store.create(k, self._record(req.pool, req.kind, req.project, req.name,
-                                                    source_fingerprint=fp, overlay=overlay),
+            rec = self._record(req.pool, req.kind, req.project, req.name,
+                               source_fingerprint=fp, overlay=overlay)
+            await self.store.create(k, {**rec, "creating": True},
                                     f"Storage volume {req.kind}/{req.name} in pool "
                                     f"{req.pool!r}")
+            faults.point("storage:after_record")
             try:
                 async with self._image_lock(req.pool, fp):
                     await self._ensure_image(drv, fp)
                     if overlay:
-                        return await asyncio.to_thread(make_vm_overlay, drv, disk, fp)
-                    return await asyncio.to_thread(drv.create_instance_from_image, disk, fp,
-                                                   req.kind)
+                        path = await asyncio.to_thread(make_vm_overlay, drv, disk, fp)
+                    else:
+                        path = await asyncio.to_thread(drv.create_instance_from_image, disk,
+                                                       fp, req.kind)
+                faults.point("storage:after_volume")
+                await self.store.put(k, rec)
+                return path
             except BaseException:
+                if os.path.lexists(drv.volume_path(req.kind, disk)):
+                    try:
+                        await asyncio.to_thread(drv.delete_volume, req.kind, disk)
+                    except Exception as exc:
+                        log.warning("could not remove a half-made volume", volume=disk,
+                                    error=str(exc))
                 await self.store.delete(k)
                 raise
 
@@ -280,6 +306,29 @@ class Volumes:
                 raise
             await self.store.delete(old_k)
             return path
+
+    async def reconcile(self) -> int:
+        """On start: remove what a dead process was making (records still ``creating``,
+        with their volumes); returns how many. Unavailable pools wait for the next start."""
+        removed = 0
+        for rec in list(self.store.cached()):
+            if not rec.get("creating") or rec["pool"] in self.pools.unavailable:
+                continue
+            project, kind = rec.get("project", "default"), rec["kind"]
+            disk = rec["name"] if kind == "image" else disk_name(project, rec["name"])
+            try:
+                async with self.pools.using(rec["pool"]) as drv:
+                    if os.path.lexists(drv.volume_path(kind, disk)):
+                        await asyncio.to_thread(drv.delete_volume, kind, disk)
+                    await self.store.delete(self.key(rec["pool"], kind, project, rec["name"]))
+            except Exception as exc:  # keep going: one bad volume must not keep the rest
+                log.warning("could not remove an interrupted volume", pool=rec["pool"],
+                            volume=disk, error=str(exc))
+                continue
+            log.warning("removed a volume whose making was interrupted", pool=rec["pool"],
+                        kind=kind, volume=disk)
+            removed += 1
+        return removed
 
     async def forget_pool(self, pool: str) -> None:
         for v in self.in_pool(pool):
