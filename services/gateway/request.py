@@ -6,13 +6,19 @@ same actionable 400 whichever path it came through.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from shared.errors import BadRequest
 from shared.models import Requestor
+
+from . import bodies
+
+# Bodies above this many bytes are decoded in a worker thread, not on the event loop.
+_DECODE_INLINE_MAX = 256 * 1024
+_PARSED = web.RequestKey("corral.json_body", object)
 
 
 def requestor(request: web.Request) -> Requestor:
@@ -29,11 +35,12 @@ def all_projects(request: web.Request) -> bool:
 
 
 def recursion_of(request: web.Request) -> int:
-    raw = request.query.get("recursion", "0")
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"Invalid recursion value {raw!r}: expected 0, 1 or 2") from None
+    """LXD's ``recursion``: 0, 1 or 2 (anything else would reach services as a number
+    they do not expect, or one the bus cannot carry)."""
+    raw = request.query.get("recursion", "0").strip() or "0"
+    if raw not in ("0", "1", "2"):
+        raise BadRequest(f"Invalid recursion value {raw[:40]!r}: expected 0, 1 or 2")
+    return int(raw)
 
 
 def name_of(request: web.Request, key: str = "name") -> str:
@@ -46,14 +53,18 @@ def etag_of(request: web.Request) -> str | None:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; malformed JSON is a 400 a person can act on."""
+    """The request body as JSON within :mod:`.bodies`' bounds; malformed JSON is a 400 a
+    person can act on. The body's size is bounded before this (``limits``); it is decoded
+    once per request (a route's reply may read it again)."""
+    if _PARSED in request:
+        return request[_PARSED]
     raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"Invalid JSON in request body: {exc}") from None
+    if len(raw) > _DECODE_INLINE_MAX:
+        value = await asyncio.to_thread(bodies.decode, raw)
+    else:
+        value = bodies.decode(raw)
+    request[_PARSED] = value
+    return value
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from shared.bus import Bus
 from shared.config import Config
+from shared.messages.lxd import check_body
 from shared.models import CreateRequest, ListRequest, Message, ObjectRequest, Reply
 from shared.operations import Operations
 
@@ -45,6 +46,12 @@ class Context:
 
     async def ask(self, svc: str, verb: str, req: Message, timeout: float | None = None
                   ) -> Reply:
+        """Send ``req`` to ``corral.<svc>.<verb>``; a JSON body it carries is checked
+        against LXD's shape for that verb first (``shared.messages.lxd``): every route's
+        body passes here, so a new route is checked without a line of its own."""
+        body = getattr(req, "body", None)
+        if isinstance(body, dict):
+            req.body = check_body(svc, verb, body)  # type: ignore[attr-defined]
         return await self.bus.request(svc, verb, req, timeout=timeout)
 
 

@@ -26,6 +26,7 @@ from shared.errors import BadRequest
 from shared.messages.image import ExportRequest, ImportRequest
 from shared.models import ObjectRequest
 
+from ..limits import streams_body
 from ..request import etag_of, json_object, name_of, project_of, requestor
 from ..routing import Context, creation, render
 
@@ -111,6 +112,7 @@ async def stream_object(store: "ObjectStore", name: str,
         raise
 
 
+@streams_body
 async def create(ctx: Context, request: web.Request) -> web.Response:
     """``POST /1.0/images``: JSON is image.create (a source to copy from); a tarball or a
     multipart form is an upload, staged in the transfers store and handed to image.import."""

@@ -6,28 +6,44 @@ one bus message travel through the transfers object store (see ``shared.messages
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
 from aiohttp import web
 
 from shared import blobs
 from shared.errors import BadRequest
-from shared.messages.exec import ExecRequest, FileRequest, LogRequest, pack, unpack
+from shared.messages.exec import INLINE_MAX, ExecRequest, FileRequest, LogRequest, unpack
 from shared.models import Reply
 
 from .. import responses
+from ..limits import streams_body
 from ..request import json_object, name_of, project_of, requestor
 from ..routing import Context, render
 
 SVC = "instance"
 
 
-def _int_header(request: web.Request, name: str, base: int = 10) -> int:
+_CHUNK = 1024 * 1024
+
+
+def _int_header(request: web.Request, name: str, base: int = 10, top: int = 2 ** 32 - 1
+                ) -> int:
+    """An id or mode header: -1 when absent (or sent as -1), else 0 to ``top``."""
     raw = request.headers.get(name, "").strip()
     if not raw:
         return -1
     try:
-        return int(raw, base)
+        value = int(raw, base)
     except ValueError:
-        raise BadRequest(f"Invalid {name} header {raw!r}: expected a number") from None
+        raise BadRequest(f"Invalid {name} header {raw[:40]!r}: expected a number") from None
+    if not -1 <= value <= top:
+        raise BadRequest(f"Invalid {name} header {raw[:40]!r}: expected 0 to "
+                         f"{top if base == 10 else oct(top)[2:]}")
+    return value
 
 
 def _raw(data: bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -79,6 +95,37 @@ async def raw_log(ctx: Context, _request: web.Request, reply: Reply) -> web.Stre
     return _raw(await unpack(ctx.bus, meta.get("data"), meta.get("blob")))
 
 
+async def _staged_body(ctx: Context, request: web.Request) -> dict[str, Any]:
+    """The pushed bytes as ``{"data": ...}`` when they fit a message, else streamed to a
+    temp file and from there to the transfers store as ``{"blob": name}``: a file of any
+    size passes through the gateway a chunk at a time, never whole in memory."""
+    head = await _read_up_to(request, INLINE_MAX + 1)
+    if len(head) <= INLINE_MAX:
+        return {"data": head}
+    tmp_root = ctx.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="push-", dir=tmp_root)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            while chunk := await request.content.read(_CHUNK):
+                f.write(chunk)
+        blob = f"upload-{uuid.uuid4().hex}"
+        await blobs.put_file(await blobs.transfers(ctx.bus), blob, path)
+        return {"blob": blob}
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _read_up_to(request: web.Request, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size and (chunk := await request.content.read(size - len(data))):
+        data += chunk
+    return bytes(data)
+
+
+@streams_body
 async def file_push(ctx: Context, request: web.Request) -> web.StreamResponse:
     """``POST .../files``: the body and ``X-LXD-*`` headers become instance.file_put.
 
@@ -86,14 +133,15 @@ async def file_push(ctx: Context, request: web.Request) -> web.StreamResponse:
     the service never took it.
     """
     h = request.headers
-    req = FileRequest(
+    fields = dict(
         project=project_of(request), requestor=requestor(request), name=name_of(request),
         path=request.query.get("path", ""), uid=_int_header(request, "X-LXD-uid"),
-        gid=_int_header(request, "X-LXD-gid"), mode=_int_header(request, "X-LXD-mode", 8),
+        gid=_int_header(request, "X-LXD-gid"),
+        mode=_int_header(request, "X-LXD-mode", 8, top=0o7777),
         type=h.get("X-LXD-type") or "file", write=h.get("X-LXD-write") or "overwrite",
         modify_perm=[p.strip() for p in h.get("X-LXD-modify-perm", "").split(",")
-                     if p.strip()],
-        **await pack(ctx.bus, await request.read(), "upload"))
+                     if p.strip()])
+    req = FileRequest(**fields, **await _staged_body(ctx, request))
     try:
         reply = await ctx.ask(SVC, "file_put", req)
     except Exception:
