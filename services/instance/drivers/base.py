@@ -247,7 +247,47 @@ class SpecDir:
         except FileNotFoundError:
             raise NotFound(f"Instance {name!r} not found in {self.spec_root}") from None
 
+    def _make_dir(self, name: str) -> Path:
+        """The instance's directory, root's only (0700, as LXD's log and state dirs): it
+        holds the config, logs and exec output. FileExistsError when it is there."""
+        d = self._dir(name)
+        d.mkdir(mode=PRIVATE_DIR)
+        d.chmod(PRIVATE_DIR)  # whatever the umask
+        return d
+
     def _save(self, name: str, data: dict) -> None:
-        tmp = self._dir(name) / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self._dir(name) / SPEC_FILE)
+        write_private(self._dir(name) / SPEC_FILE, json.dumps(data, indent=1))
+
+
+# State files are root's only (LXD: /var/lib/lxd 0711, logs and state 0700): configs hold
+# environment variables, raw config and the id map; logs and exec output what ran.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a 0600 file (never readable by others, not even
+    for a moment: the temporary file is created 0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        with os.fdopen(fd, "w", closefd=False) as fh:
+            fh.write(text)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def make_private(root: Path) -> None:
+    """Tighten what an older version left readable: each instance directory under
+    ``root`` to 0700 and the files directly in it to 0600 (``root`` itself stays 0711:
+    liblxc and libvirt traverse it)."""
+    root.chmod(0o711)
+    for d in root.iterdir():
+        if not d.is_dir() or d.is_symlink():
+            continue
+        d.chmod(PRIVATE_DIR)
+        for f in d.iterdir():
+            if f.is_file() and not f.is_symlink():
+                f.chmod(PRIVATE_FILE)

@@ -21,6 +21,7 @@ from .. import idmap as idmaps
 from .. import limits
 from . import cgroups, files, lxc_config, lxc_exec, netstate
 from .base import (
+    PRIVATE_FILE,
     SPEC_FILE,
     Capabilities,
     ExecProcess,
@@ -29,6 +30,8 @@ from .base import (
     Nic,
     SpecDir,
     check_command,
+    make_private,
+    write_private,
 )
 
 ROOTFS = "rootfs"  # the container's files inside its root volume (LXD's layout)
@@ -49,6 +52,7 @@ class LXCDriver(SpecDir, InstanceDriver):
     def __init__(self, lxcpath: Path, idmapped_mounts: bool | None = None) -> None:
         self.lxcpath = Path(lxcpath)
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        make_private(self.lxcpath)
         self._idmapped = idmapped_mounts  # None: try idmapped, fall back to chown once
 
     # ---- definition -------------------------------------------------------------------
@@ -88,10 +92,11 @@ class LXCDriver(SpecDir, InstanceDriver):
         if not priv:
             _check_traversable(rootfs_path)
         try:
-            d.mkdir()
+            self._make_dir(name)
         except FileExistsError:
             raise Conflict(f"Instance {name!r} already exists in {self.lxcpath}") from None
         try:
+            self._private_logs(name)
             imap = None if priv else idmaps.host_idmap()
             data = {"spec": {"name": name, "config": dict(config),
                              "devices": dict(spec.devices), "rootfs_path": str(rootfs_path),
@@ -113,7 +118,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
         text = lxc_config.render(spec, self.lxcpath, Path(data["spec"]["rootfs_path"]), imap,
                                  idmapped=not data["shifted"])
-        (self._dir(name) / "config").write_text(text)
+        write_private(self._dir(name) / "config", text)
 
     def delete(self, name: str) -> None:
         try:
@@ -208,8 +213,20 @@ class LXCDriver(SpecDir, InstanceDriver):
             self._write_config(name, data)
             self._start(self._lxc(name), name, data)
 
+    def _private_logs(self, name: str) -> None:
+        """liblxc creates its logs 0640 (as soon as a config naming them is loaded); made
+        first, or tightened, they stay root's only (0600)."""
+        for f in ("lxc.log", "console.log"):
+            fd = os.open(self._dir(name) / f, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                         os.O_CLOEXEC, PRIVATE_FILE)
+            try:
+                os.fchmod(fd, PRIVATE_FILE)
+            finally:
+                os.close(fd)
+
     def _start(self, c: lxc.Container, name: str, data: dict) -> None:
         log = self._dir(name) / "lxc.log"
+        self._private_logs(name)
         offset = log.stat().st_size if log.exists() else 0
         for key, value in _limit_config_items(data["spec"]["config"]):
             if not c.set_config_item(key, value):

@@ -34,6 +34,7 @@ from .base import (
     Nic,
     SpecDir,
     check_command,
+    make_private,
 )
 
 DISK = "root.qcow2"
@@ -61,6 +62,7 @@ class QemuDriver(SpecDir, InstanceDriver):
     def __init__(self, vmpath: Path, uri: str = qemu_host.URI) -> None:
         self.vmpath = Path(vmpath).resolve()
         self.vmpath.mkdir(parents=True, exist_ok=True)
+        make_private(self.vmpath)
         self.uri = uri
 
     @staticmethod
@@ -101,7 +103,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         except libvirt.libvirtError:
             pass
         try:
-            d.mkdir()
+            self._make_dir(name)
         except FileExistsError:
             raise Conflict(f"Instance {name!r} already exists in {self.vmpath}") from None
         made_disk = not (root / DISK).exists()
