@@ -68,7 +68,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "instance": (("instances", "kv", True), ("profiles", "kv", True),
                  ("transfers", "obj", True), OPERATIONS),
     "migration": (OPERATIONS,),
-    GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS),
+    GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
+              ("server_config", "kv", True), ("certificates", "kv", True)),
 }
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
@@ -91,9 +92,13 @@ def inbox_prefix(user: str) -> str:
 
 
 def _stream_read(stream: str) -> list[str]:
-    """Reading a stream: info, consumers (ordered and durable), direct gets, acks."""
+    """Reading a stream: info, consumers (ordered and durable), direct gets, acks.
+
+    ``STREAM.NAMES`` (which stream holds a subject: nats-py asks it when a subscription
+    names no stream, as the object store's get does) tells only the names of streams.
+    """
     api = "$JS.API"
-    return [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+    return [f"{api}.STREAM.NAMES", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
             f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>",
             f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
             f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*", f"{api}.CONSUMER.INFO.{stream}.*",
