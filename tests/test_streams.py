@@ -7,11 +7,24 @@ import asyncio
 import aiohttp
 
 from shared import streams
+from shared.bus import Bus
 from shared.events import Events
 from shared.operations import Operations
 
 
-async def test_websocket_bytes_flow_both_ways_through_the_bus(bus, stack):
+async def test_websocket_bytes_flow_both_ways_through_the_bus(bus_config, stack):
+    # The service end stands in for the instance service, as its bus user: nobody else
+    # may use the byte streams (shared/auth.py).
+    config = bus_config.model_copy(update={"nats_credentials":
+                                           stack.nats.credentials("instance")})
+    bus = await Bus(config, "instance-standin").connect()
+    try:
+        await _bytes_flow(bus, stack)
+    finally:
+        await bus.close()
+
+
+async def _bytes_flow(bus, stack):
     ops = await Operations(bus, Events(bus)).open()
     fds = streams.new_fds(["0", "1", "control"])
     holder = {}
