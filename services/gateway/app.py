@@ -26,6 +26,7 @@ from shared.operations import Operations
 from . import responses
 from .info import ServerInfo
 from .limits import body_limit, max_body_size
+from .remote import RemoteAPI
 from .routes import ROUTES
 from .routes.server import VERSION
 from .routing import Context, mount
@@ -39,13 +40,15 @@ log = get_logger(component="gateway")
 class Gateway:
     def __init__(self, config: Config, bus: Bus, operations: Operations) -> None:
         self.ctx = Context(config=config, bus=bus, ops=operations, info=ServerInfo(bus))
+        self.ctx.remote = RemoteAPI(self.ctx)  # server config, HTTPS listener, trust
         self.tracer = tracing.tracer("corral.gateway")
         self._expiry_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         limit = max_body_size()
-        app = web.Application(middlewares=[self._middleware, body_limit(limit)],
+        app = web.Application(middlewares=[self._middleware, self.ctx.remote.middleware,
+                                           body_limit(limit)],
                               client_max_size=limit)
         mount(app.router, self.ctx, ROUTES)
         return app
@@ -94,12 +97,14 @@ class Gateway:
         site = web.UnixSite(self._runner, str(path))
         await site.start()
         os.chmod(path, 0o660)
+        await self.ctx.remote.start(self._runner)  # socket group, the HTTPS site if set
         self._expiry_task = asyncio.create_task(self._expire_loop())
         log.info("gateway listening", socket=str(path))
 
     async def stop(self) -> None:
         if self._expiry_task:
             self._expiry_task.cancel()
+        await self.ctx.remote.stop()
         if self._runner:
             await self._runner.cleanup()
         self.ctx.config.socket_path.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ bodies, websockets, the operations bucket).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -43,6 +43,7 @@ class Context:
     bus: Bus
     ops: Operations
     info: "ServerInfo"
+    remote: Any = None  # the RemoteAPI (server config, trust store), set by the Gateway
 
     async def ask(self, svc: str, verb: str, req: Message, timeout: float | None = None
                   ) -> Reply:

@@ -12,12 +12,14 @@ comes before ``/1.0/images/{name}``.
 
 from __future__ import annotations
 
+from .. import remote, trust
 from ..routing import Route, aliased, ask, creation, item, listing
 from . import events, images, instance_io, instances, networks, operations, server, storage
 from .streams import websocket
 
 INSTANCE = "/1.0/instances/{name}"
 POOL = "/1.0/storage-pools/{name}"
+CERT = "/1.0/certificates/{fingerprint}"
 
 
 
@@ -113,6 +115,14 @@ ROUTES: list[Route] = [
     Route("GET", "/", server.root),
     Route("GET", "/1.0", server.server),  # the gateway's facts + each service's info
     Route("GET", "/1.0/", server.server),
+    Route("PUT", "/1.0", remote.server_put),  # server config (KV server_config)
+    Route("PATCH", "/1.0", remote.server_patch),
+    Route("GET", "/1.0/certificates", trust.certificates_list),  # trust store (KV)
+    Route("POST", "/1.0/certificates", trust.certificates_create),  # also tokens
+    Route("GET", CERT, trust.certificate_get),
+    Route("PUT", CERT, trust.certificate_put),
+    Route("PATCH", CERT, trust.certificate_patch),
+    Route("DELETE", CERT, trust.certificate_delete),
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
     Route("GET", "/1.0/operations", operations.list_),  # the shared operations bucket
     Route("GET", "/1.0/operations/{id}", operations.get),

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import responses
+from .. import host_features, responses
+from ..remote import EXTENSIONS
 from ..request import project_of
 from ..routing import Context
 
@@ -20,22 +21,38 @@ async def root(_ctx: Context, _request: web.Request) -> web.Response:
 
 
 async def server(ctx: Context, request: web.Request) -> web.Response:
-    """``GET /1.0``: the gateway's own facts plus what each service adds (cached)."""
+    """``GET /1.0``: the gateway's own facts plus what each service adds (cached).
+
+    An untrusted HTTPS client gets LXD's untrusted view (API level, extensions, how to
+    authenticate) and nothing about the host; the config only shows to unrestricted
+    clients, with hidden keys as ``true``."""
     env, extensions = await ctx.info.get()
+    extensions = [*extensions, *(e for e in EXTENSIONS if e not in extensions)]
+    view = ctx.remote.server_view(request)
+    untrusted = {
+        "api_extensions": extensions,
+        "api_status": "stable",
+        "api_version": "1.0",
+        "auth": view["auth"],
+        "public": False,
+        "auth_methods": ["tls"],
+    }
+    if not view["trusted"]:
+        return responses.sync(untrusted)
     uname = platform.uname()
     environment = {
-        "addresses": [],
+        "addresses": view["addresses"],
         "architectures": [uname.machine],
-        "certificate": "",
-        "certificate_fingerprint": "",
+        "certificate": view["certificate"],
+        "certificate_fingerprint": view["certificate_fingerprint"],
         "driver": "",
         "driver_version": "",
         "firewall": "nftables",
         "kernel": uname.system,
         "kernel_architecture": uname.machine,
-        "kernel_features": {},
+        "kernel_features": host_features.kernel_features(),
         "kernel_version": uname.release,
-        "lxc_features": {},
+        "lxc_features": host_features.lxc_features(),
         "os_name": _os_release().get("NAME", "Linux"),
         "os_version": _os_release().get("VERSION_ID", ""),
         "project": project_of(request),
@@ -50,16 +67,8 @@ async def server(ctx: Context, request: web.Request) -> web.Response:
         "storage_supported_drivers": [],
     }
     environment.update(env)
-    return responses.sync({
-        "config": {},
-        "api_extensions": extensions,
-        "api_status": "stable",
-        "api_version": "1.0",
-        "auth": "trusted",
-        "public": False,
-        "auth_methods": ["tls"],
-        "environment": environment,
-    })
+    return responses.sync({"config": view["config"], **untrusted,
+                           "environment": environment}, etag=view["etag"])
 
 
 _OS: dict[str, Any] = {}
