@@ -137,7 +137,9 @@ def _accept_any(_preverify_ok: int, _store: int) -> int:
 
 
 def _libssl() -> ctypes.CDLL:
-    lib = ctypes.CDLL(_ssl.__file__)  # symbols of the libssl the ssl module itself uses
+    # The symbols of the libssl the ssl module itself uses: through the extension module,
+    # or, when _ssl is built into the interpreter, through the process's own symbols.
+    lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
     lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
     lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
     lib.SSL_CTX_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CB]
