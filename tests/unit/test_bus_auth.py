@@ -56,12 +56,31 @@ def test_every_call_between_services_is_allowed():
             assert subjects.node("*", callee, verb) in publish
 
 
+def _bucket_constants() -> dict[str, set[str]]:
+    """Module-level ``BUCKET = "name"`` in services/<svc>/ (and the gateway's)."""
+    found: dict[str, set[str]] = {}
+    for svc in (*subjects.SERVICES, auth.GATEWAY):
+        for path in (ROOT / "services" / svc).rglob("*.py"):
+            for node in ast.parse(path.read_text()).body:
+                if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                        and any(isinstance(t, ast.Name) and t.id == "BUCKET"
+                                for t in node.targets)):
+                    found.setdefault(svc, set()).add(node.value.value)
+    return found
+
+
 def test_every_bucket_a_service_opens_is_its_own():
     stores = _stores_in_code()
     assert stores
     for svc, buckets in stores.items():
         owned = {name for name, kind, _ in auth.BUCKETS[svc] if kind == "kv"}
         assert buckets <= owned, f"services/{svc} opens {sorted(buckets - owned)}"
+    constants = _bucket_constants()
+    assert "gateway" in constants
+    for svc, buckets in constants.items():
+        owned = {name for name, _kind, _ in auth.BUCKETS[svc]}
+        assert buckets <= owned, f"services/{svc} names buckets {sorted(buckets - owned)}: " \
+            "add them to shared/auth.py BUCKETS"
 
 
 def test_services_do_not_get_each_others_commands_or_buckets():
