@@ -408,3 +408,39 @@ def test_unix_socket_is_roots_unless_a_group_is_named(api, stack, clean_server):
 def world(stack, api, busybox_tarball):
     with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
         yield w
+
+
+# -- the corral CLI -----------------------------------------------------------------------
+
+def corral(stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    from .stack import BIN
+
+    r = subprocess.run([str(BIN / "corral"), *args], env=stack.env, capture_output=True,
+                       text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_corral_cli_server_keys_and_trust(api, stack, tmp_path, clean_server):
+    p = free_port()
+    corral(stack, "config", "set", "core.https_address", f"127.0.0.1:{p}")
+    assert corral(stack, "config", "get", "core.https_address").stdout.strip() == \
+        f"127.0.0.1:{p}"
+    assert peer_fingerprint(p)
+    r = corral(stack, "config", "set", "core.nope", "1", check=False)
+    assert r.returncode != 0 and "core.nope" in r.stderr
+    token = corral(stack, "config", "trust", "add", "--name", "cli", "-q").stdout.strip()
+    doc = json.loads(base64.b64decode(token))
+    assert doc["client_name"] == "cli" and doc["addresses"] == [f"127.0.0.1:{p}"]
+    assert token in corral(stack, "config", "trust", "list-tokens", "-f", "csv").stdout
+    corral(stack, "config", "trust", "revoke-token", "cli")
+    assert token not in corral(stack, "config", "trust", "list-tokens", "-f", "csv").stdout
+    crt, _, fp = make_client_cert(tmp_path / "cli")
+    corral(stack, "config", "trust", "add", str(crt), "--name", "from-file")
+    listed = json.loads(corral(stack, "config", "trust", "list", "-f", "json").stdout)
+    assert any(c["fingerprint"] == fp and c["name"] == "from-file" for c in listed)
+    corral(stack, "config", "trust", "remove", fp[:16])
+    assert api.get(f"/1.0/certificates/{fp}").status_code == 404
+    corral(stack, "config", "unset", "core.https_address")
+    assert refused(p)

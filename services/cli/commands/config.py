@@ -16,6 +16,7 @@ from typing import Any
 from ..client import APIError, Client, envelope, from_args
 from ..output import dump_yaml, print_yaml
 from ..parsing import command, group
+from . import trust
 from .instances import ipath, parse_pairs, wait_op
 
 WRITABLE = ("architecture", "config", "devices", "ephemeral", "profiles", "description")
@@ -67,12 +68,21 @@ def show(args: Namespace) -> None:
 
 
 def get(args: Namespace) -> None:
+    if args.key is None and trust.is_server_key(args.name):  # a server key (no dot in
+        return trust.server_get(from_args(args), args.name)  # an instance's name)
+    if args.key is None:
+        raise APIError("Which key? corral config get INSTANCE KEY, or a server key")
     obj, _ = read(from_args(args), ipath(args.name))
     print(obj["config"].get(args.key, ""))
 
 
 def set_(args: Namespace) -> None:
     pairs = args.pairs
+    if trust.is_server_key(args.name):
+        pairs = [args.name, *pairs]
+        values = {pairs[0]: pairs[1]} if len(pairs) == 2 and "=" not in pairs[0] \
+            else parse_pairs(pairs)
+        return trust.server_set(from_args(args), values)
     if len(pairs) == 2 and "=" not in pairs[0]:
         values = {pairs[0]: pairs[1]}
     else:
@@ -85,6 +95,10 @@ def set_(args: Namespace) -> None:
 
 def unset(args: Namespace) -> None:
     c = from_args(args)
+    if args.key is None and trust.is_server_key(args.name):
+        return trust.server_unset(c, args.name)
+    if args.key is None:
+        raise APIError("Which key? corral config unset INSTANCE KEY, or a server key")
     obj, etag = read(c, ipath(args.name))
     if args.key not in obj["config"]:
         raise APIError(f"Can't unset key {args.key!r}, it's not currently set")
@@ -130,17 +144,22 @@ def register(sub: Any) -> None:
     p = command(cfg, "show", show, "Show an instance's configuration as YAML.")
     p.add_argument("name")
     p.add_argument("--expanded", "-e", action="store_true")
-    p = command(cfg, "get", get, "Print one config value (empty when unset).")
+    p = command(cfg, "get", get, "Print one config value (empty when unset); a server key "
+                "alone (core.https_address) reads the server's.")
     p.add_argument("name")
-    p.add_argument("key")
-    p = command(cfg, "set", set_, "Set config keys (limits apply live on a running instance).")
+    p.add_argument("key", nargs="?")
+    p = command(cfg, "set", set_, "Set config keys (limits apply live on a running instance); "
+                "`config set core.https_address :8443` sets the server's.")
     p.add_argument("name")
     p.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="KEY=VALUE or KEY VALUE")
-    p = command(cfg, "unset", unset, "Remove a config key.")
+    p = command(cfg, "unset", unset, "Remove a config key (of the server when no instance "
+                "is named).")
     p.add_argument("name")
-    p.add_argument("key")
+    p.add_argument("key", nargs="?")
     p = command(cfg, "edit", edit, "Edit config, devices, profiles and description in $EDITOR.")
     p.add_argument("name")
+
+    trust.register(cfg)
 
     dev = group(cfg, "device", "Manage instance devices.")
     p = command(dev, "add", dev_add, "Add a device, e.g. `config device add c1 eth1 nic "
