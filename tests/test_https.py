@@ -444,3 +444,46 @@ def test_corral_cli_server_keys_and_trust(api, stack, tmp_path, clean_server):
     assert api.get(f"/1.0/certificates/{fp}").status_code == 404
     corral(stack, "config", "unset", "core.https_address")
     assert refused(p)
+
+
+async def test_lifecycle_events_name_the_https_client(api, bus, port, tmp_path, uid):
+    import asyncio
+
+    crt, key, fp = make_client_cert(tmp_path / "ev")
+    der = tls.pem_to_der(crt.read_text())
+    assert api.post("/1.0/certificates", json={
+        "certificate": base64.b64encode(der).decode(), "type": "client"}).status_code == 201
+    seen: list[dict] = []
+
+    async def got(msg):
+        seen.append(json.loads(msg.data))
+
+    sub = await bus.subscribe("corral.events.lifecycle.>", got)
+    await bus.nc.flush()  # subscribed at the server before the request
+    try:
+        with https(port, (crt, key)) as c:
+            r = c.post("/1.0/profiles", json={"name": uid})
+            assert r.status_code == 200, r.text
+        for _ in range(50):
+            mine = [e for e in seen if e["metadata"]["action"] == "profile-created"
+                    and e["metadata"]["source"].endswith(uid)]
+            if mine:
+                break
+            await asyncio.sleep(0.1)
+        assert mine, seen
+        req = mine[0]["metadata"]["requestor"]
+        assert req["protocol"] == "tls" and req["username"] == fp
+        assert req["address"].startswith("127.0.0.1:")
+    finally:
+        await sub.unsubscribe()
+        api.delete(f"/1.0/profiles/{uid}")
+
+
+def test_token_expiry(api, port):
+    patch(api, {"core.remote_token_expiry": "1S"})
+    r = api.post("/1.0/certificates", json={"token": True, "name": "late", "type": "client"})
+    op = r.json()["metadata"]
+    assert op["metadata"]["expiresAt"].endswith("Z")
+    done = api.get(f"/1.0/operations/{op['id']}/wait?timeout=10").json()["metadata"]
+    assert done["status"] == "Failure" and "expired" in done["err"]
+    patch(api, {"core.remote_token_expiry": "1 hour"}, 400)

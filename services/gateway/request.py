@@ -22,7 +22,12 @@ _PARSED = web.RequestKey("corral.json_body", object)
 
 
 def requestor(request: web.Request) -> Requestor:
-    """Who asked, for lifecycle events (the unix socket is root's, as LXD's)."""
+    """Who asked, for lifecycle events: root on the unix socket (as LXD's); over HTTPS the
+    client certificate's fingerprint and address (the identity trust.py's middleware
+    put on the request)."""
+    who = request.get("corral.identity")
+    if who is not None:
+        return who.requestor()
     return Requestor(username="root", protocol="unix", address="@")
 
 
