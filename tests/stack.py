@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,19 @@ class NatsServer:
         self.paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.paths.pid_file.write_text(f"{self.proc.pid}\n")
         wait_for(self._listening, 15, what="nats-server")
+
+    def violations(self) -> list[str]:
+        """What the server refused: "<user>: Publish Violation - Subject ..." per line.
+
+        A service's user refused a subject it needs means a gap in shared/auth.py's tables
+        (tests/test_bus_auth.py provokes some on purpose).
+        """
+        try:
+            text = (self.workdir / "nats-server.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        found = re.findall(r'"\$G/user:([^"]+)" - ((?:Publish|Subscription) Violation .*)', text)
+        return sorted({f"{user}: {what}" for user, what in found})
 
     def _listening(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
