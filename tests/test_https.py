@@ -226,6 +226,9 @@ def test_untrusted_client_gets_the_untrusted_view_and_403(api, port, tmp_path, w
             assert c.patch("/1.0", json={"config": {}}).status_code == 403
             # a private image is not there for it; a public one is, with its export
             assert c.get(f"/1.0/images/{world.fingerprint}").status_code == 404
+            assert c.get(f"/1.0/images/aliases/{world.image}").status_code == 404
+            listed = c.get("/1.0/images").json()["metadata"]
+            assert f"/1.0/images/{world.fingerprint}" not in listed
             assert c.post("/1.0/certificates", json={"password": "x"}).status_code == 403
     assert api.patch(f"/1.0/images/{world.fingerprint}", json={"public": True}
                      ).status_code == 200
@@ -235,6 +238,14 @@ def test_untrusted_client_gets_the_untrusted_view_and_403(api, port, tmp_path, w
             assert r.status_code == 200 and r.json()["metadata"]["public"] is True
             r = c.get(f"/1.0/images/{world.fingerprint}/export")
             assert r.status_code == 200 and len(r.content) > 1000
+            assert f"/1.0/images/{world.fingerprint}" in c.get("/1.0/images").json()[
+                "metadata"]
+            full = c.get("/1.0/images?recursion=1").json()["metadata"]
+            assert world.fingerprint in [i["fingerprint"] for i in full]
+            assert all(i["public"] for i in full)
+            r = c.get(f"/1.0/images/aliases/{world.image}")
+            assert r.status_code == 200 and r.json()["metadata"]["target"] == \
+                world.fingerprint
     finally:
         api.patch(f"/1.0/images/{world.fingerprint}", json={"public": False})
 

@@ -29,6 +29,7 @@ from shared.models import ObjectRequest
 from . import responses, server_config, tls, trust
 from .kvmirror import KVMirror
 from .request import all_projects, project_of, read_json
+from .routing import listing
 
 if TYPE_CHECKING:
     from .routing import Context
@@ -158,9 +159,37 @@ class RemoteAPI:
         route = resource.canonical if resource else request.path
         trust.check_access(who, request.method, route, project_of(request),
                            all_projects(request))
-        if not who.trusted and route in trust.PUBLIC_IMAGE_ROUTES:
+        if not who.trusted and route == "/1.0/images":
+            return await self._public_images(request)
+        if not who.trusted and route == "/1.0/images/aliases/{name}":
+            await self._require_public_alias(request)
+        elif not who.trusted and route in trust.PUBLIC_IMAGE_ROUTES:
             await self._require_public_image(request)
         return await handler(request)
+
+    async def _public_images(self, request: web.Request) -> web.Response:
+        """``GET /1.0/images`` for an untrusted client: the public images only (LXD)."""
+        req = await listing(request)
+        recursion = req.recursion
+        req.recursion = 1
+        reply = await self.ctx.ask("image", "list", req)
+        public = [i for i in reply.metadata or [] if isinstance(i, dict) and i.get("public")]
+        if recursion > 0:
+            return responses.sync(public)
+        return responses.sync([f"/1.0/images/{i['fingerprint']}" for i in public])
+
+    async def _require_public_alias(self, request: web.Request) -> None:
+        """An alias is visible to an untrusted client when its image is public."""
+        req = ObjectRequest(project=project_of(request), name=request.match_info["name"])
+        try:
+            alias = (await self.ctx.ask("image", "alias_get", req)).metadata or {}
+            target = alias.get("target", "")
+            image = (await self.ctx.ask("image", "get", ObjectRequest(
+                project=project_of(request), name=target))).metadata or {}
+        except NotFound:
+            raise NotFound("Image alias not found") from None
+        if not target or not image.get("public"):
+            raise NotFound("Image alias not found")
 
     async def _require_public_image(self, request: web.Request) -> None:
         """An untrusted client sees an image only if it is public (404 otherwise, so it

@@ -74,7 +74,8 @@ ROOT = Identity(protocol="unix", trusted=True, name="root")
 # What an untrusted client may reach: (method, route as the table names it).
 UNTRUSTED = {("GET", "/"), ("GET", "/1.0"), ("GET", "/1.0/"), ("HEAD", "/1.0"),
              ("POST", "/1.0/certificates"), ("GET", "/1.0/images/{name}"),
-             ("HEAD", "/1.0/images/{name}"), ("GET", "/1.0/images/{name}/export")}
+             ("HEAD", "/1.0/images/{name}"), ("GET", "/1.0/images/{name}/export"),
+             ("GET", "/1.0/images"), ("GET", "/1.0/images/aliases/{name}")}
 PUBLIC_IMAGE_ROUTES = ("/1.0/images/{name}", "/1.0/images/{name}/export")
 
 
