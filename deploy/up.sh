@@ -103,6 +103,11 @@ start_nats() {
             die "NATS for $CORRAL_DIR already runs on port $port (pid $pid); run with" \
                 "CORRAL_NATS_PORT=$port or run 'make down' first"
         say "nats already running (pid $pid)"
+        if ! tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qxF "$NATS_CONF"; then
+            say "WARNING: that nats-server was started before bus authorization (not from" \
+                "$NATS_CONF) and admits anonymous clients: run 'make down' then 'make up'"
+            return 0
+        fi
         kill -HUP "$pid" || true  # re-read auth.conf: permissions follow the code
         return 0
     fi

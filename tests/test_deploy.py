@@ -167,6 +167,26 @@ def test_up_twice_then_down_twice(deployment, mode):
     assert "stopping" not in out and d.pids() == {}
 
 
+@pytest.mark.timeout(90)
+def test_up_warns_about_a_nats_started_without_authorization(deployment):
+    """A nats-server of this CORRAL_DIR from before bus authorization is kept (its clients
+    keep working) but `up` says it admits anonymous clients and how to fix that."""
+    d = deployment
+    port = d.env["CORRAL_NATS_PORT"]
+    (d.dir / "run").mkdir(parents=True)
+    (d.dir / "logs").mkdir()
+    with open(d.dir / "logs" / "nats.log", "wb") as log:
+        old = subprocess.Popen([NATS_BIN, "-a", "127.0.0.1", "-p", port, "-js", "-sd",
+                                d.dir / "nats"], env={**d.env}, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    (d.dir / "run" / "nats.pid").write_text(f"{old.pid}\n")
+    out = ok(d.run("up.sh"))
+    assert "started before bus authorization" in out and "make down" in out
+    assert d.pids()["nats"] == old.pid and old.poll() is None
+    ok(d.run("down.sh"))
+    assert old.wait(10) is not None
+
+
 def test_down_with_nothing_leaves_no_trace(deployment):
     ok(deployment.run("down.sh"))
     assert not deployment.dir.exists()
