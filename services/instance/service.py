@@ -24,7 +24,7 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
 
-from . import create, lifecycle, reconcile, update
+from . import create, lifecycle, reconcile, resources, update
 from .context import Context
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
@@ -74,7 +74,8 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         env = {"driver": " | ".join(versions), "driver_version": " | ".join(versions.values())}
         vm = VM_EXTENSIONS if "qemu" in versions else []
         return ServerInfoReply(environment=env,
-                               api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm])
+                               api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm,
+                                               *resources.API_EXTENSIONS])
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
@@ -93,6 +94,11 @@ class InstanceService(ExecFilesConsoleMixin, Service):
 
     def driver_of(self, rec: dict[str, Any]) -> InstanceDriver:
         return self.drivers.for_instance(rec)
+
+    @endpoint("resources", ListRequest, scope="node")
+    async def host_resources(self, _req: ListRequest) -> Reply:
+        """``GET /1.0/resources``: this node's hardware (asked of the node, not any replica)."""
+        return Reply(metadata=await asyncio.to_thread(resources.read))
 
     # -- instances ------------------------------------------------------------------------
 

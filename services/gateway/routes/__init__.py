@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .. import remote, trust
 from ..routing import Route, aliased, ask, creation, item, listing
-from . import events, images, instance_io, instances, networks, operations, server, storage
+from . import events, host, images, instance_io, instances, networks, operations, server, storage
 from .streams import websocket
 
 INSTANCE = "/1.0/instances/{name}"
@@ -124,6 +124,7 @@ ROUTES: list[Route] = [
     Route("PATCH", CERT, trust.certificate_patch),
     Route("DELETE", CERT, trust.certificate_delete),
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
+    Route("GET", "/1.0/resources", host.resources),  # node-bound: instance.resources
     Route("GET", "/1.0/operations", operations.list_),  # the shared operations bucket
     Route("GET", "/1.0/operations/{id}", operations.get),
     Route("DELETE", "/1.0/operations/{id}", operations.cancel),
