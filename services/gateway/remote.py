@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from shared.errors import BadRequest, CorralError, NotFound
+from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.log import get_logger
 from shared.models import ObjectRequest
 
@@ -50,6 +50,7 @@ class RemoteAPI:
         self.certificates = KVMirror(ctx.bus, trust.BUCKET, "Corral trusted certificates")
         self.trust = trust.TrustStore(self)
         self.listener: tls.HttpsListener | None = None
+        self.ready = False  # the buckets are open (else config and trust writes are 503)
         self.cert_path, self.key_path = tls.ensure_server_certificate(ctx.config.dir)
         self.server_certificate = self.cert_path.read_text()
         self.server_fingerprint = tls.fingerprint(tls.pem_to_der(self.server_certificate))
@@ -65,6 +66,7 @@ class RemoteAPI:
         except Exception as exc:  # no bucket: the unix socket must still be served
             log.error("remote API disabled: its KV buckets cannot be opened", error=str(exc))
             return
+        self.ready = True
         self.apply_socket_group()
         try:
             await self.listener.apply(self.stored.get("core.https_address", ""))
@@ -102,7 +104,14 @@ class RemoteAPI:
         if self.listener:
             await self.listener.apply(stored.get("core.https_address", ""))
 
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("The server config and trust store are unavailable: this "
+                              "gateway could not open its KV buckets (server_config, "
+                              "certificates); see its log (bus permissions?)")
+
     async def update(self, body: Any, replace: bool, etag: str | None) -> None:
+        self.require_ready()
         found = await self.config.store.get(server_config.ENTRY)
         current, revision = (dict(found[0].get("config", {})), found[1]) if found else ({}, 0)
         if etag and etag.strip('"') != server_config.etag(current):

@@ -221,6 +221,7 @@ class TrustStore:
         return self.certs[matches[0]]
 
     async def add(self, rec: dict[str, Any]) -> None:
+        self.remote.require_ready()
         if rec["fingerprint"] in self.certs:
             raise Conflict("Certificate already in trust store")
         rev = await self.remote.certificates.store.create(rec["fingerprint"], rec,
@@ -228,6 +229,7 @@ class TrustStore:
         self.remote.certificates.remember(rec["fingerprint"], rec, rev)
 
     async def replace(self, old_fp: str, rec: dict[str, Any]) -> None:
+        self.remote.require_ready()
         store = self.remote.certificates.store
         if rec["fingerprint"] != old_fp:
             await self.add(rec)
@@ -238,6 +240,7 @@ class TrustStore:
         self.remote.certificates.remember(old_fp, rec, rev)
 
     async def remove(self, fp: str) -> None:
+        self.remote.require_ready()
         await self.remote.certificates.store.delete(fp)
         self.remote.certificates.remember(fp, None, 0)
 

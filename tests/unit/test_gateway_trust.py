@@ -139,3 +139,22 @@ def test_access_policy():
     nothing = _who(trusted=True, restricted=True)
     with pytest.raises(Forbidden):
         check(nothing, "GET", "/1.0/instances", "default", False)
+
+
+async def test_without_its_buckets_the_remote_api_says_503_not_500(tmp_path):
+    """A gateway whose bus user may not open server_config/certificates (an old auth.conf)
+    keeps serving the socket; config and trust writes answer 503 saying why."""
+    from types import SimpleNamespace
+
+    from services.gateway.remote import RemoteAPI
+    from shared.errors import Unavailable
+
+    ctx = SimpleNamespace(config=SimpleNamespace(dir=tmp_path,
+                                                 socket_path=tmp_path / "unix.socket"),
+                          bus=None)
+    remote = RemoteAPI(ctx)
+    with pytest.raises(Unavailable, match="server_config"):
+        await remote.update({"config": {"user.x": "1"}}, False, None)
+    with pytest.raises(Unavailable):
+        await remote.trust.add({"fingerprint": "ab"})
+    assert remote.stored == {} and not remote.check_trust_password("x")
