@@ -59,17 +59,20 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
 
 # JetStream buckets each user opens: name -> "kv"/"obj", and whether it writes.
 OPERATIONS = ("operations", "kv", True)
+# Shared like operations: every service raises its host's warnings, gateways answer
+# /1.0/warnings and acknowledge or delete them (shared/warnings.py).
+WARNINGS = ("warnings", "kv", True)
 BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "image": (("images", "kv", True), ("image_aliases", "kv", True), ("images", "obj", True),
-              ("transfers", "obj", True), OPERATIONS),
+              ("transfers", "obj", True), OPERATIONS, WARNINGS),
     "storage": (("storage_pools", "kv", True), ("storage_volumes", "kv", True),
-                ("images", "obj", False), OPERATIONS),
-    "network": (("networks", "kv", True), OPERATIONS),
+                ("images", "obj", False), OPERATIONS, WARNINGS),
+    "network": (("networks", "kv", True), OPERATIONS, WARNINGS),
     "instance": (("instances", "kv", True), ("profiles", "kv", True),
-                 ("transfers", "obj", True), OPERATIONS),
-    "migration": (OPERATIONS,),
+                 ("transfers", "obj", True), OPERATIONS, WARNINGS),
+    "migration": (OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
-              ("server_config", "kv", True), ("certificates", "kv", True)),
+              ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS),
 }
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
@@ -189,7 +192,8 @@ def role_permissions(user: str, role: str) -> Permissions:
     pub = ["$JS.API.INFO", *_stream_read(subjects.EVENTS_STREAM)]
     sub = [EVENTS, f"{inbox_prefix(user)}.>"]
     if role in ("reader", "operator"):
-        pub += ["$SRV.>", *bucket_subjects("operations", "kv", False)]
+        pub += ["$SRV.>", *bucket_subjects("operations", "kv", False),
+                *bucket_subjects("warnings", "kv", False)]
     if role == "reader":
         for verb in READ_VERBS:
             pub += _call_subjects("*", verb)

@@ -23,8 +23,9 @@ from shared.models import (
 )
 from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
+from shared.warnings import Warnings
 
-from . import create, lifecycle, reconcile, resources, update
+from . import create, host_checks, lifecycle, reconcile, resources, update
 from .context import Context
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
@@ -66,6 +67,9 @@ class InstanceService(ExecFilesConsoleMixin, Service):
                            remote=self.remote, drivers=self.drivers, log=self.log)
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
+        self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
+        self._host_checks = asyncio.create_task(
+            host_checks.check(self.warnings, self.drivers, self.log))
 
     def server_info(self) -> ServerInfoReply:
         """``driver: lxc | qemu`` as LXD reports several; qemu only while libvirtd answers

@@ -30,6 +30,7 @@ from shared.models import (
 )
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
+from shared.warnings import Warnings
 
 from . import usage
 from .drivers import DRIVERS
@@ -51,6 +52,10 @@ class StorageService(Service):
                                self.pools, self.bus, self.config.dir)
         self._drivers = await asyncio.to_thread(_supported_drivers)
         await self.pools.reconcile()
+        # A pool that could not be mounted is a warning (lxc warning list), as in LXD.
+        self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
+        await self.warnings.storage_pools(self.pools.unavailable,
+                                          [r["name"] for r in self.pools.records()])
         await self.volumes.reconcile()
 
     def server_info(self) -> ServerInfoReply:

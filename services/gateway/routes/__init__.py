@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from .. import remote, trust
 from ..routing import Route, aliased, ask, creation, item, listing
-from . import events, host, images, instance_io, instances, networks, operations, server, storage
+from . import (
+    events,
+    host,
+    images,
+    instance_io,
+    instances,
+    networks,
+    operations,
+    server,
+    storage,
+    warnings,
+)
 from .streams import websocket
 
 INSTANCE = "/1.0/instances/{name}"
@@ -125,6 +136,11 @@ ROUTES: list[Route] = [
     Route("DELETE", CERT, trust.certificate_delete),
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
     Route("GET", "/1.0/resources", host.resources),  # node-bound: instance.resources
+    Route("GET", "/1.0/warnings", warnings.list_),  # the shared warnings bucket
+    Route("GET", "/1.0/warnings/{uuid}", warnings.get),
+    Route("PUT", "/1.0/warnings/{uuid}", warnings.put),
+    Route("PATCH", "/1.0/warnings/{uuid}", warnings.put),
+    Route("DELETE", "/1.0/warnings/{uuid}", warnings.delete),
     Route("GET", "/1.0/operations", operations.list_),  # the shared operations bucket
     Route("GET", "/1.0/operations/{id}", operations.get),
     Route("DELETE", "/1.0/operations/{id}", operations.cancel),
