@@ -25,7 +25,7 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
 from shared.warnings import Warnings
 
-from . import create, host_checks, lifecycle, reconcile, resources, update
+from . import create, ephemeral, host_checks, lifecycle, reconcile, resources, update
 from .context import Context
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
@@ -70,6 +70,16 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
         self._host_checks = asyncio.create_task(
             host_checks.check(self.warnings, self.drivers, self.log))
+        # Ephemeral instances that stopped from inside, or while we were down, go away.
+        self._ephemeral = asyncio.create_task(
+            ephemeral.watch(self.ctx, self.lock, self._ephemeral_deleted))
+
+    async def teardown(self) -> None:
+        self._ephemeral.cancel()
+
+    async def _ephemeral_deleted(self, rec: dict[str, Any]) -> None:
+        await self.events.lifecycle("instance-deleted", instance_url(rec),
+                                    project=rec["project"])
 
     def server_info(self) -> ServerInfoReply:
         """``driver: lxc | qemu`` as LXD reports several; qemu only while libvirtd answers
@@ -196,8 +206,12 @@ class InstanceService(ExecFilesConsoleMixin, Service):
             async with self.lock(req.project, req.name):
                 current = await self.require_instance(req.project, req.name)
                 action = await lifecycle.change(self.ctx, current, req)
+                gone = req.action == "stop" and await ephemeral.after_stop(self.ctx, current)
             await self.events.lifecycle(action, instance_url(rec), project=req.project,
                                         requestor=req.requestor)
+            if gone:  # ephemeral: deleted by its stop, as in LXD
+                await self.events.lifecycle("instance-deleted", instance_url(rec),
+                                            project=req.project, requestor=req.requestor)
 
         op = await self.operations.start(lifecycle.DESCRIPTIONS[req.action], run,
                                          project=req.project,
