@@ -104,6 +104,7 @@ class Operations:
         self.owner: dict[str, str] | None = None
         self._stopping: str | None = None
         self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
+        self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> "Operations":
         await self.store.open()
@@ -118,6 +119,8 @@ class Operations:
         micro id this process answers pings on. Returns how many operations it failed.
         """
         self.owner = {"service": service, "node": node, "id": instance_id}
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_reconnects())
         short = service.removeprefix("corral-")
         failed = 0
         for op_id, rec in (await self.store.items()).items():
@@ -132,8 +135,39 @@ class Operations:
             log.warning("failed the operations of an earlier incarnation", count=failed)
         return failed
 
+    async def _watch_reconnects(self) -> None:
+        """After our bus connection comes back (a nats-server restart), fail operations
+        recorded as ours that no task here runs: their start or their final write may
+        have been lost with the server, and nobody else would end them (we are alive)."""
+        seen = self.bus.nc.stats["reconnects"] if self.bus.nc else 0
+        while True:
+            await asyncio.sleep(2.0)
+            nc = self.bus.nc
+            if nc is None or not nc.is_connected or nc.stats["reconnects"] == seen:
+                continue
+            try:
+                await self._fail_lost()
+                seen = nc.stats["reconnects"]
+            except Exception as exc:  # the bus is not back for good yet: next round
+                log.debug("lost operations not checked", error=str(exc))
+
+    async def _fail_lost(self) -> int:
+        mine = (self.owner or {}).get("id")
+        failed = 0
+        for op_id, rec in (await self.store.items()).items():
+            if rec.get("status") in OperationStatus.FINAL or op_id in self._tasks or \
+                    (rec.get("owner") or {}).get("id") != mine:
+                continue
+            if await self._fail(op_id, "The operation was lost when the message bus "
+                                "restarted"):
+                failed += 1
+        return failed
+
     async def shutdown(self, timeout: float = 20.0) -> None:
         """Cancel what runs here (each undoes its work) and record it failed, with why."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         short = (self.owner or {}).get("service", "corral-?").removeprefix("corral-")
         self._stopping = f"The {short} service stopped before the operation finished"
         tasks = [t for t in self._tasks.values() if not t.done()]
@@ -215,13 +249,24 @@ class Operations:
         op = Operation(id=str(uuid.uuid4()), **{"class": cls}, description=description,
                        resources=resources, may_cancel=may_cancel, location=self.location,
                        metadata=metadata)
-        await self.store.create(op.id, self._record(op, project), "Operation")
-        await self._event(op, project)
+        try:
+            await self.store.create(op.id, self._record(op, project), "Operation")
+        except Exception as exc:
+            raise _bus_error(exc) from exc
         cancel_sub = None
-        if may_cancel:
-            cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
-                                                  self._on_cancel)
-        await self._set(op, OperationStatus.RUNNING, project)
+        try:
+            await self._event(op, project)
+            if may_cancel:
+                cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
+                                                      self._on_cancel)
+            await self._set(op, OperationStatus.RUNNING, project)
+        except BaseException as exc:  # no task will end it: end it now (best effort)
+            if cancel_sub is not None:
+                await _quietly(cancel_sub.unsubscribe())
+            await _quietly(self._fail(op.id, f"The operation could not start: {exc}"))
+            if isinstance(exc, Exception):
+                raise _bus_error(exc) from exc
+            raise
         handle = OperationHandle(self, op)
         task = asyncio.create_task(self._run(handle, run, project, cancel_sub))
         self._tasks[op.id] = task
@@ -231,30 +276,50 @@ class Operations:
                    cancel_sub: Any) -> None:
         op = handle.op
         token = operation_id.set(op.id)
+        status = OperationStatus.FAILURE
         try:
             result = await run(handle)
             if result:
                 op.metadata = {**(op.metadata or {}), **result}
-            await self._set(op, OperationStatus.SUCCESS, project)
+            status = OperationStatus.SUCCESS
         except asyncio.CancelledError:
             if self._stopping:  # the service is stopping, not a user's cancel
                 op.err = self._stopping
-                await self._set(op, OperationStatus.FAILURE, project)
             else:
                 op.err = "Operation cancelled"
-                await self._set(op, OperationStatus.CANCELLED, project)
+                status = OperationStatus.CANCELLED
         except CorralError as exc:
             op.err = exc.message
-            await self._set(op, OperationStatus.FAILURE, project)
-        except Exception as exc:  # a bug: say so, keep the service alive
-            log.exception("operation failed", description=op.description)
-            op.err = f"Internal error: {exc}"
-            await self._set(op, OperationStatus.FAILURE, project)
+        except Exception as exc:  # the bus failing under it, or a bug: say so, keep going
+            err = _bus_error(exc)
+            if isinstance(err, CorralError):
+                op.err = err.message
+            else:
+                log.exception("operation failed", description=op.description)
+                op.err = f"Internal error: {exc}"
         finally:
-            operation_id.reset(token)
-            self._tasks.pop(op.id, None)
-            if cancel_sub is not None:
-                await cancel_sub.unsubscribe()
+            try:
+                await self._final(op, status, project)
+            finally:
+                operation_id.reset(token)
+                self._tasks.pop(op.id, None)
+                if cancel_sub is not None:
+                    await _quietly(cancel_sub.unsubscribe())
+
+    async def _final(self, op: Operation, status: tuple[str, int], project: str,
+                     tries: int = 60) -> None:
+        """Record the outcome, retrying while the bus is away (a nats-server restart): a
+        lost final write would leave the operation Running with its owner alive."""
+        for attempt in range(tries):
+            try:
+                await self._set(op, status, project)
+                return
+            except Exception as exc:
+                if attempt == tries - 1:
+                    log.error("could not record an operation's end", op=op.id,
+                              error=str(exc))
+                    return
+                await asyncio.sleep(0.5)
 
     async def _on_cancel(self, msg: Any) -> None:
         op_id = msg.subject.split(".")[2]
@@ -362,6 +427,22 @@ class Operations:
                 await self.store.delete(op_id)
                 gone += 1
         return gone
+
+
+def _bus_error(exc: Exception) -> Exception:
+    """A NATS error (the bus restarting under a KV write or a request) as a 503 that says
+    what happened, rather than an "Internal error: nats: timeout"."""
+    if isinstance(exc, (nats.errors.Error, jse.Error)) and not isinstance(exc, CorralError):
+        return Unavailable(f"The message bus did not answer ({exc or type(exc).__name__}); "
+                           "retry when it is back")
+    return exc
+
+
+async def _quietly(aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception:
+        pass
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:

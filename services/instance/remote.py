@@ -7,7 +7,8 @@ calls here keeps the create/start code readable and the timeouts in one place.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+import uuid
+from typing import Any, Awaitable, Callable
 
 from shared import presence
 from shared.bus import Bus
@@ -46,21 +47,26 @@ class Remote:
     async def volume_from_image(self, project: str, pool: str, name: str, fp: str,
                                 kind: str = "container") -> str:
         req = VolumeFromImageRequest(project=project, pool=pool, name=name, fingerprint=fp,
-                                     kind=kind)
-        reply = await self.watched("storage", self.bus.request(
+                                     kind=kind, request_id=uuid.uuid4().hex)
+        reply = await self.watched("storage", lambda: self.bus.request(
             "storage", "volume_from_image", req, node=self.node, timeout=VOLUME_TIMEOUT),
             f"making the root volume of {name!r}")
         return VolumePathReply.model_validate(reply.metadata).path
 
-    async def watched(self, svc: str, request: Awaitable[Any], what: str) -> Any:
-        """A node request with a long deadline whose callee is watched while it works.
+    async def watched(self, svc: str, send: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """An idempotent node request with a long deadline, whose callee is watched.
 
-        The callee's micro instance on this node is looked up as the request goes out; if
-        it stops answering pings (its process died, even if a new one started meanwhile),
-        the request ends with a 503 saying so instead of waiting out ``timeout``.
+        ``send()`` makes the request. The callee's micro instance on this node is looked up
+        as it goes out; if it stops answering pings (its process died, even if a new one
+        started meanwhile), this ends with a 503 saying so instead of waiting out the
+        deadline. If our bus connection came back (a nats-server restart) while waiting,
+        the answer may have been lost with the server: the request is sent again (the
+        callee answers a repeat with the same result).
         """
         service = f"corral-{svc}"
-        call = asyncio.ensure_future(request)
+        nc = self.bus.nc
+        reconnects = nc.stats["reconnects"] if nc is not None else 0
+        call = asyncio.ensure_future(send())
         finder = asyncio.ensure_future(presence.instance_on(self.bus, service, self.node))
         try:
             done, _ = await asyncio.wait({call}, timeout=WATCH_AFTER)
@@ -68,18 +74,26 @@ class Remote:
                 return call.result()
             callee = await finder
             missing = 0.0
-            while callee is not None:
+            while True:
                 done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
                 if done:
                     return call.result()
-                if await presence.alive(self.bus, service, callee):
+                now = nc.stats["reconnects"] if nc is not None else 0
+                if now != reconnects and nc is not None and nc.is_connected:
+                    reconnects = now
+                    call.cancel()
+                    await asyncio.gather(call, return_exceptions=True)
+                    call = asyncio.ensure_future(send())
+                    callee = await presence.instance_on(self.bus, service, self.node)
+                    missing = 0.0
+                    continue
+                if callee is None or await presence.alive(self.bus, service, callee):
                     missing = 0.0
                     continue
                 missing += WATCH_EVERY
                 if missing >= WATCH_GRACE:
                     raise Unavailable(f"The {svc} service stopped while {what} (its process "
                                       "is gone); the create is undone")
-            return await call
         finally:
             for task in (call, finder):
                 if not task.done():

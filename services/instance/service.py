@@ -192,9 +192,13 @@ class InstanceService(ExecFilesConsoleMixin, Service):
                                                 project=made["project"],
                                                 requestor=req.requestor)
 
-        op = await self.operations.start(
-            "Creating instance", run, project=req.project,
-            resources=self._resources(rec["name"], req.project, containers=True))
+        try:
+            op = await self.operations.start(
+                "Creating instance", run, project=req.project,
+                resources=self._resources(rec["name"], req.project, containers=True))
+        except BaseException:  # no operation, so nothing will build or undo: free the name
+            await self.instances.delete(key(rec["project"], rec["name"]))
+            raise
         return Reply(type="async", operation=op.lxd())
 
     @endpoint("state_put", StatePutRequest)

@@ -199,10 +199,16 @@ class Volumes:
             k = self.key(req.pool, req.kind, req.project, req.name)
             overlay = req.kind == "virtual-machine" and overlays_vms(drv)
             rec = self._record(req.pool, req.kind, req.project, req.name,
-                               source_fingerprint=fp, overlay=overlay)
-            await self.store.create(k, {**rec, "creating": True},
-                                    f"Storage volume {req.kind}/{req.name} in pool "
-                                    f"{req.pool!r}")
+                               source_fingerprint=fp, overlay=overlay,
+                               request_id=req.request_id)
+            try:
+                await self.store.create(k, {**rec, "creating": True},
+                                        f"Storage volume {req.kind}/{req.name} in pool "
+                                        f"{req.pool!r}")
+            except Conflict:
+                if req.request_id:
+                    return await self._same_request(drv, k, req, disk)
+                raise
             faults.point("storage:after_record")
             try:
                 async with self._image_lock(req.pool, fp):
@@ -224,6 +230,22 @@ class Volumes:
                                     error=str(exc))
                 await self.store.delete(k)
                 raise
+
+    async def _same_request(self, drv: Driver, k: str, req: VolumeFromImageRequest,
+                            disk: str, wait: float = 600.0) -> Path:
+        """A ``volume_from_image`` sent again (its answer was lost): the same volume, once
+        the first request has made it; 409 if the name is another request's."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            found = await self.store.get(k)
+            if found is None or found[0].get("request_id") != req.request_id:
+                raise Conflict(f"Storage volume {req.kind}/{req.name} already exists in pool "
+                               f"{req.pool!r}")
+            if not found[0].get("creating"):
+                return drv.volume_path(req.kind, disk)
+            if asyncio.get_running_loop().time() > deadline:
+                raise Conflict(f"Storage volume {req.kind}/{req.name} is still being made")
+            await asyncio.sleep(0.1)
 
     async def delete_image(self, fingerprint: str) -> list[str]:
         """Drop an image's volume from every pool; 409 (nothing deleted) while a driver's

@@ -40,6 +40,10 @@ class VolumeFromImageRequest(Request):
     kind: InstanceKind = "container"
     name: str
     fingerprint: str
+    # Idempotency key (the caller's operation): a request sent again with the same key,
+    # because its answer was lost (a nats-server restart), gets the same volume back
+    # instead of a 409, even while the first one is still being made.
+    request_id: str | None = None
 
 
 class VolumePathReply(Message):
