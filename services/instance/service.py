@@ -33,6 +33,8 @@ from .drivers.router import DriverRouter
 from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
 from .exec_api import ExecFilesConsoleMixin
 from .idmap import ensure_subids
+from .metadata_api import API_EXTENSIONS as METADATA_EXTENSIONS
+from .metadata_api import MetadataMixin
 from .profiles import Profiles, profile_etag
 from .records import instance_url, public, record_etag
 from .remote import Remote
@@ -52,7 +54,7 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
         dev.get("nictype") in ("bridged", "macvlan") and dev.get("parent") == network)
 
 
-class InstanceService(ExecFilesConsoleMixin, Service):
+class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
     name = "instance"
     description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 
@@ -89,7 +91,7 @@ class InstanceService(ExecFilesConsoleMixin, Service):
         vm = VM_EXTENSIONS if "qemu" in versions else []
         return ServerInfoReply(environment=env,
                                api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm,
-                                               *resources.API_EXTENSIONS])
+                                               *resources.API_EXTENSIONS, *METADATA_EXTENSIONS])
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""

@@ -20,6 +20,7 @@ from . import (
     images,
     instance_io,
     instances,
+    metadata,
     networks,
     operations,
     server,
@@ -80,6 +81,18 @@ INSTANCES = [
                                                 respond=instance_io.raw_log)),
     Route("DELETE", INSTANCE + "/logs/{file}", ask("instance", "log_delete",
                                                    instance_io.log_request)),
+    Route("GET", INSTANCE + "/metadata", ask("instance", "metadata_get", item)),
+    Route("PUT", INSTANCE + "/metadata", ask("instance", "metadata_put", item)),
+    Route("PATCH", INSTANCE + "/metadata", ask("instance", "metadata_patch", item)),
+    Route("GET", INSTANCE + "/metadata/templates", ask(
+        "instance", "template_get", metadata.template_request,
+        respond=metadata.template_contents)),
+    Route("POST", INSTANCE + "/metadata/templates", ask("instance", "template_put",
+                                                        metadata.template_request)),
+    Route("PUT", INSTANCE + "/metadata/templates", ask("instance", "template_put",
+                                                       metadata.template_request)),
+    Route("DELETE", INSTANCE + "/metadata/templates", ask("instance", "template_delete",
+                                                          metadata.template_request)),
 ]
 
 IMAGES = [
