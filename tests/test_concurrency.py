@@ -133,3 +133,43 @@ def test_fifos_and_devices_never_hold_a_worker(world, stack, api):
     assert api.get(f"/1.0/instances/{name}/files", params={"path": "/tmp/ok"},
                    timeout=15).content == b"fine\n"
     world.remove(name)
+
+
+def test_clean_stops_that_wait_never_starve_lists_and_exec(world, stack, api):
+    """8 clean stops of containers that ignore the halt signal each wait out their
+    timeout in a thread; they used to fill the shared pool (6 threads on 2 cores), and
+    list, state and exec of every instance waited with them. Now they wait on threads of
+    their own."""
+    names = [world.create(f"deaf{i}", start=True,
+                          config={"raw.lxc": "lxc.signal.halt = SIGCONT"})  # ignored: no halt
+             for i in range(8)]
+    other = world.create("awake", start=True)
+
+    async def scene() -> tuple[list[dict], list[float]]:
+        async with await _async_api(stack) as client:
+            stops = asyncio.gather(*(_run_op(client, "PUT", f"/1.0/instances/{n}/state",
+                                             json={"action": "stop", "timeout": 12})
+                                      for n in names))
+            await asyncio.sleep(2)  # every stop is waiting now
+            took = []
+            for url, params in (("/1.0/instances", {"recursion": 2}),
+                                (f"/1.0/instances/{other}/state", {}),
+                                (f"/1.0/instances/{other}/files", {"path": "/etc/hostname"})):
+                t0 = time.monotonic()
+                r = await client.get(url, params=params, timeout=8)
+                assert r.status_code == 200, r.text
+                took.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            op = await _run_op(client, "POST", f"/1.0/instances/{other}/exec", json={
+                "command": ["true"], "wait-for-websocket": False, "interactive": False})
+            assert op["status"] == "Success", op
+            took.append(time.monotonic() - t0)
+            return await stops, took
+
+    try:
+        ops, took = asyncio.run(scene())
+        assert max(took) < 3, took
+        assert all(op["status"] == "Success" for op in ops), ops  # forced after the timeout
+    finally:
+        for n in [*names, other]:
+            world.remove(n)

@@ -7,52 +7,22 @@ move large bodies through the transfers store and publish LXD's lifecycle events
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from shared.api import url
-from shared.errors import BadRequest, NotFound, Unavailable
+from shared.errors import BadRequest, NotFound
 from shared.messages.exec import FileRequest, pack, unpack
 from shared.models import Reply
 from shared.service import endpoint
 
+from . import workers
 from .drivers.base import InstanceDriver
 
 FILE_TYPES = ("file", "directory", "symlink")
 
-# File transfers run on threads of their own, never on the event loop's default pool:
-# a read or write that blocks (a huge file, a hung FUSE mount seen through the
-# container's /proc/<pid>/root) then holds only file transfers, while lists, states and
-# exec keep their threads. Beyond FILE_QUEUE waiting transfers the caller gets 503.
-FILE_WORKERS = 4
-FILE_QUEUE = 32
-_T = TypeVar("_T")
-
-
-class FilePool:
-    """A bounded thread pool for file work: ``run`` or 503 when too much is waiting."""
-
-    def __init__(self, workers: int = FILE_WORKERS, queue: int = FILE_QUEUE) -> None:
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="corral-files")
-        self.limit = workers + queue
-        self.pending = 0
-
-    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self.pending >= self.limit:
-            raise Unavailable(f"File transfers are busy: {self.pending} in progress or "
-                              "waiting, try again")
-        self.pending += 1
-        try:
-            call = functools.partial(contextvars.copy_context().run, fn, *args)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        finally:
-            self.pending -= 1
-
-
-_POOL = FilePool()
+# File transfers run on threads of their own (see .workers): a transfer that blocks holds
+# only file transfers, never the lists, states and exec of every instance.
+_POOL = workers.FILES
 
 
 def _check_path(path: str) -> str:

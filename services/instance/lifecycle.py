@@ -16,7 +16,7 @@ from shared.messages.instance import StatePutRequest
 from shared.models import lxd_time
 from shared.state import key, mutate
 
-from . import image_templates
+from . import image_templates, workers
 from .context import Context
 from .create import nic_setup, with_config
 from .records import nic_names
@@ -97,7 +97,8 @@ async def stop(ctx: Context, rec: dict[str, Any], timeout: float,
                force: bool) -> dict[str, Any]:
     t = DEFAULT_STOP_TIMEOUT if timeout < 0 else timeout
     drv = ctx.drivers.for_instance(rec)
-    await asyncio.to_thread(drv.stop, rec["name"], t, force)
+    # A clean stop sleeps up to ``t``: on its own threads, never the shared pool's.
+    await workers.STOPS.run(drv.stop, rec["name"], t, force)
     power = {"volatile.last_state.power": "STOPPED"}
     return await _save(ctx, rec, status="Stopped", config=power, expanded_config=power)
 

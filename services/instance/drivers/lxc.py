@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import lxc
@@ -180,7 +181,7 @@ class LXCDriver(SpecDir, InstanceDriver):
             c = None
         if c is not None and c.defined and c.running:
             c.stop()
-            c.wait("STOPPED", 10)
+            _wait_for(c, "STOPPED", 10)
         if (d / SPEC_FILE).exists():
             try:
                 self.delete(name)
@@ -237,7 +238,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         finally:
             cgroups.return_to(saved)
         if ok:
-            ok = c.wait("RUNNING", 10)
+            ok = _wait_for(c, "RUNNING", 10)
         if not ok or c.init_pid <= 0:
             tail = self._log_since(name, offset)
             raise Internal(f"Failed to start instance {name!r}: {tail or 'no log output'}")
@@ -255,13 +256,13 @@ class LXCDriver(SpecDir, InstanceDriver):
         c = self._container(name)
         if c.state == "STOPPED":
             raise Conflict(f"Instance {name!r} is already stopped")
-        if force or c.state == "FROZEN" or not c.shutdown(max(0, int(timeout))):
+        if force or c.state == "FROZEN" or not _shutdown(c, max(0.0, timeout)):
             if c.state == "FROZEN":
                 c.unfreeze()
             if not c.stop() and c.state != "STOPPED":
                 raise Internal(f"Failed to stop instance {name!r}: "
                                f"{self._log_since(name, 0, 5)}")
-            c.wait("STOPPED", 10)
+            _wait_for(c, "STOPPED", 10)
         cgroups.remove_leftovers(name)
 
     def freeze(self, name: str) -> None:
@@ -466,6 +467,32 @@ class LXCDriver(SpecDir, InstanceDriver):
             raise Conflict(f"The console of {name!r} is busy or unavailable (is another "
                            "client attached?)")
         return fd
+
+
+def _wait_for(c: lxc.Container, state: str, timeout: float) -> bool:
+    """``c.wait(state, timeout)`` without holding the GIL.
+
+    python-lxc's ``wait`` and ``shutdown`` keep the GIL for as long as they wait, which
+    froze the whole instance service (its event loop, every list and exec) for the length
+    of a clean stop: 30 s by default. Asking the state is one short command to the
+    container's monitor; between asks we sleep, which lets every other thread run.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if c.state == state:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _shutdown(c: lxc.Container, timeout: float) -> bool:
+    """A clean stop (the halt signal, then up to ``timeout`` seconds) that never holds
+    the GIL while it waits (see ``_wait_for``): liblxc only sends the signal when asked
+    with a timeout of 0."""
+    if not c.shutdown(0):
+        return False
+    return _wait_for(c, "STOPPED", timeout)
 
 
 def _nics(spec: dict) -> list[Nic]:
