@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "storage": ("storage", "Manage storage pools and volumes."),
     "operation": ("operation", "List, show, wait for and cancel operations."),
     "monitor": ("monitor", "Print events as they happen."),
+    "warning": ("warning", "List, show, acknowledge and delete warnings about this host."),
     "init": ("init", "Create the default storage pool, bridge network and profile "
                      "(idempotent)."),
     "bus": ("bus", "Manage NATS credentials for integrations (root only)."),
