@@ -68,7 +68,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "storage": (("storage_pools", "kv", True), ("storage_volumes", "kv", True),
                 ("images", "obj", False), OPERATIONS, WARNINGS),
     "network": (("networks", "kv", True), OPERATIONS, WARNINGS),
-    "instance": (("instances", "kv", True), ("profiles", "kv", True),
+    "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
     "migration": (OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
@@ -79,7 +79,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 # Not file_get, log_get, console_get, blob or volume_path: those hand out contents.
 READ_VERBS = ("list", "get", "state", "info", "leases", "resources", "alias_list",
               "alias_get", "profile_list", "profile_get", "volume_list", "volume_get",
-              "snapshot_list", "backup_list", "network_users")
+              "snapshot_list", "backup_list", "network_users", "project_list", "project_get")
 
 STREAMS = f"{subjects.PREFIX}.streams"
 # A user that answers may publish to the reply subject of what it received. More than one

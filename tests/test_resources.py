@@ -7,6 +7,9 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
+
+from .stack import BIN
 
 pytestmark = pytest.mark.root
 if shutil.which("lxc") is None:
@@ -43,3 +46,13 @@ def test_resources_of_an_unknown_node_is_an_error(api):
     assert r.status_code == 503, r.text
     assert "instance" in r.json()["error"]
     assert api.get("/1.0/resources", params={"target": "a.b"}).status_code == 400
+
+
+def test_corral_info_resources(stack):
+    r = subprocess.run([str(BIN / "corral"), "info", "--resources"], env=stack.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = yaml.safe_load(r.stdout)
+    assert doc["CPU"]["Threads"] == os.cpu_count()
+    assert doc["Memory"]["Total"] == int(open("/proc/meminfo").read().split()[1]) * 1024
+    assert set(doc["Disks"]) <= set(os.listdir("/sys/class/block"))

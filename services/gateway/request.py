@@ -14,7 +14,7 @@ from aiohttp import web
 from shared.errors import BadRequest
 from shared.models import Requestor
 
-from . import bodies
+from . import bodies, projects
 
 # Bodies above this many bytes are decoded in a worker thread, not on the event loop.
 _DECODE_INLINE_MAX = 256 * 1024
@@ -32,7 +32,10 @@ def requestor(request: web.Request) -> Requestor:
 
 
 def project_of(request: web.Request) -> str:
-    return request.query.get("project", "default") or "default"
+    """The project a route works in: the effective one once :mod:`.projects` resolved
+    ``?project=`` (images and profiles of a project without those features are
+    ``default``'s), else the query's."""
+    return request.get(projects.KEY) or request.query.get("project", "default") or "default"
 
 
 def all_projects(request: web.Request) -> bool:

@@ -20,7 +20,7 @@ from shared.messages.lxd import check_body
 from shared.models import CreateRequest, ListRequest, Message, ObjectRequest, Reply
 from shared.operations import Operations
 
-from . import responses
+from . import projects, responses
 from .request import (
     all_projects,
     etag_of,
@@ -112,6 +112,7 @@ def bind(handler: Handler, ctx: Context) -> Callable[[web.Request], Awaitable[
     """``handler`` as aiohttp calls it (a coroutine function of the request); the table's
     handler stays readable as ``.route_handler`` (tests check where a URL leads)."""
     async def bound(request: web.Request) -> web.StreamResponse:
+        await projects.resolve(ctx.bus, request)  # 404 for an unknown ?project=
         return await handler(ctx, request)
 
     bound.route_handler = handler  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ from shared.messages.exec import LogRequest, pack
 from shared.models import Reply
 from shared.service import endpoint
 
+from .names import host_of
+
 DRIVER_LOGS = ("lxc.log", "console.log")
 EXEC_LOG = re.compile(r"^exec_[0-9a-f-]{36}\.(stdout|stderr)$")
 
@@ -35,7 +37,7 @@ class ConsoleMixin:
     async def _driver_dir(self, project: str, name: str) -> Path:
         """The instance's driver's log directory (404 for an unknown instance)."""
         rec = await self.require_instance(project, name)
-        return await asyncio.to_thread(self.driver_of(rec).log_dir, name)
+        return await asyncio.to_thread(self.driver_of(rec).log_dir, host_of(rec))
 
     async def _log_path(self, project: str, name: str, file: str | None) -> Path:
         if file in DRIVER_LOGS:
@@ -49,7 +51,7 @@ class ConsoleMixin:
     async def console_get(self, req: LogRequest) -> Reply:
         """The console log as bytes (LXD: ``lxc console --show-log``)."""
         rec = await self.require_instance(req.project, req.name)
-        data = await asyncio.to_thread(self.driver_of(rec).console_log, req.name)
+        data = await asyncio.to_thread(self.driver_of(rec).console_log, host_of(rec))
         return Reply(metadata=await pack(self.bus, data, "console"))
 
     @endpoint("console_clear", LogRequest)

@@ -21,6 +21,7 @@ from shared.messages.exec import ExecRequest
 from shared.models import Reply
 from shared.service import endpoint
 
+from .names import host_of
 from .pumps import pump_in, pump_out
 
 WS_TIMEOUT = 30.0
@@ -44,7 +45,7 @@ class ConsoleAttachMixin:
         if status != "Running":
             raise BadRequest("Instance is not running" if status != "Frozen"
                              else "Instance is frozen")
-        fd = await asyncio.to_thread(drv.console_open, req.name)
+        fd = await asyncio.to_thread(drv.console_open, host_of(rec))
         names = ["0", "control"]
         source = url("instances", req.name, req.project)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()

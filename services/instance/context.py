@@ -15,6 +15,7 @@ from shared.state import Store
 
 from .drivers.router import DriverRouter
 from .profiles import Profiles
+from .projects import Projects
 from .remote import Remote
 
 
@@ -25,3 +26,4 @@ class Context:
     remote: Remote  # image, storage and network services
     drivers: DriverRouter
     log: Any  # the service's structlog logger
+    projects: Projects | None = None  # limits, restrictions, effective project (None: only default)

@@ -19,11 +19,11 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages.network import Nic
 from shared.state import key, mutate
 
-from . import image_templates, reconcile, records, validate
+from . import image_templates, project_checks, reconcile, records, validate
 from .context import Context
 from .drivers.base import InstanceSpec
 from .drivers.router import CONTAINER, TYPES, type_of
-from .names import random_name
+from .names import host_name, random_name
 from .records import expand, nic_names
 
 Undo = Callable[[], Awaitable[Any]]
@@ -31,7 +31,10 @@ Undo = Callable[[], Awaitable[Any]]
 
 async def expand_profiles(ctx: Context, project: str, names: list[str]
                           ) -> list[dict[str, Any]]:
+    """The profiles ``names`` of ``project``'s effective project for profiles (its own
+    with ``features.profiles``, else ``default``'s, as LXD)."""
     out = []
+    project = project_checks.effective(ctx, project, "profiles")
     for name in names:
         found = await ctx.profiles.store.get(key(project, name))
         if found is None:
@@ -54,6 +57,13 @@ def pick_name(ctx: Context, body: dict[str, Any]) -> str:
 async def prepare(ctx: Context, body: dict[str, Any], project: str
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate, resolve the image, reserve the record. Returns (record, image)."""
+    project_checks.effective(ctx, project, "images")  # 404 for an unknown project
+    async with project_checks.lock(project):  # the project's limits hold until reserved
+        return await _prepare(ctx, body, project)
+
+
+async def _prepare(ctx: Context, body: dict[str, Any], project: str
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     name = pick_name(ctx, body)
     kind = body.get("type") or CONTAINER
     if kind not in TYPES:
@@ -69,8 +79,11 @@ async def prepare(ctx: Context, body: dict[str, Any], project: str
     if not (source.get("alias") or source.get("fingerprint")):
         raise BadRequest("No image given: set source.alias or source.fingerprint")
     config = validate.check_config(body.get("config"))
-    devices = validate.check_devices(body.get("devices"))
     profiles = validate.check_profiles(body.get("profiles"))
+    raw_devices = body.get("devices") if isinstance(body.get("devices"), dict) else {}
+    project_checks.creating(ctx, project, name, kind, *expand(  # LXD's messages first
+        await expand_profiles(ctx, project, profiles), config, raw_devices))
+    devices = validate.check_devices(body.get("devices"))
     validate.check_description(body.get("description"))
     validate.check_bool("ephemeral", body.get("ephemeral"))
     if await ctx.instances.get(key(project, name)) is not None:
@@ -80,7 +93,8 @@ async def prepare(ctx: Context, body: dict[str, Any], project: str
     validate.check_devices(pdevs)
     _root, root_dev = validate.root_device(pdevs)
     await validate.check_raw(kind, pcfg)  # LXC's own verdict on raw.lxc, before any work
-    image = await ctx.remote.resolve_image(project, source, kind)
+    image = await ctx.remote.resolve_image(project_checks.effective(ctx, project, "images"),
+                                           source, kind)
     if not image.get("fingerprint"):
         raise NotFound("Image not found")
     rec = records.new_record(name, project, body, config, devices, profiles)
@@ -141,8 +155,9 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
                                 "volatile.uuid": str(uuid.uuid4())})
         if drv.capabilities.templates:
             await asyncio.to_thread(image_templates.apply, path, "create", rec)
-        spec = InstanceSpec(name, rec["expanded_config"], rec["expanded_devices"], path, nics)
-        undo.append(lambda: asyncio.to_thread(drv.purge, name))
+        host = host_name(project, name)
+        spec = InstanceSpec(host, rec["expanded_config"], rec["expanded_devices"], path, nics)
+        undo.append(lambda: asyncio.to_thread(drv.purge, host))
         made = await asyncio.to_thread(drv.create, spec)
         faults.point("create:after_driver")
         made["volatile.last_state.power"] = "STOPPED"

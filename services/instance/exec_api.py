@@ -35,6 +35,7 @@ from .console_api import ConsoleMixin, log_dir
 from .console_attach import ConsoleAttachMixin
 from .drivers.base import ExecProcess, InstanceDriver
 from .files_api import FilesMixin
+from .names import host_name, host_of
 from .pumps import Sink, pump_in, pump_out
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -150,7 +151,7 @@ class ExecMixin:
             raise BadRequest("Instance is frozen")
         if status != "Running":
             raise BadRequest("Instance is not running")
-        await asyncio.to_thread(drv.exec_ready, req.name)  # VMs: 503 while the agent is down
+        await asyncio.to_thread(drv.exec_ready, host_of(inst))  # VMs: 503 while the agent is down
         env = exec_environment(inst.get("expanded_config") or {}, post)
         source = url("instances", req.name, req.project)
         resources = {"instances": [source]}
@@ -191,7 +192,8 @@ class ExecMixin:
             try:
                 # control is optional, as in LXD (pylxd never opens it)
                 await ss.wait_attached(WS_TIMEOUT, [n for n in names if n != "control"])
-                return await self._exec_streams(drv, ss, req.name, post, env)
+                return await self._exec_streams(drv, ss, host_name(req.project, req.name),
+                                                 post, env)
             finally:
                 await ss.close()
                 await self.bus.nc.flush()
@@ -245,7 +247,7 @@ class ExecMixin:
     async def _exec_recorded(self, drv: InstanceDriver, op_id: str, req: ExecRequest,
                              post: ExecPost, env: dict[str, str], out_dir: Path
                              ) -> dict[str, Any]:
-        proc = await self._start(drv, req.name, post, env)
+        proc = await self._start(drv, host_name(req.project, req.name), post, env)
         own = {fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
                if fd is not None}
         exited = asyncio.Event()

@@ -17,6 +17,7 @@ from shared.service import endpoint
 
 from . import workers
 from .drivers.base import InstanceDriver
+from .names import host_name
 
 FILE_TYPES = ("file", "directory", "symlink")
 
@@ -55,7 +56,7 @@ class FilesMixin:
         """Metadata ``{type, uid, gid, mode}`` plus ``entries``, or the bytes (inline/blob)."""
         drv = await self._files_driver(req.project, req.name)
         content, uid, gid, mode, kind = await _POOL.run(
-            drv.file_get, req.name, _check_path(req.path))
+            drv.file_get, host_name(req.project, req.name), _check_path(req.path))
         meta: dict[str, Any] = {"type": kind, "uid": uid, "gid": gid, "mode": mode}
         if kind == "directory":
             meta["entries"] = list(content)
@@ -82,12 +83,13 @@ class FilesMixin:
                 await _drop(self.bus, req.blob)
             raise
         data = await unpack(self.bus, req.data, req.blob)
-        if req.type == "directory" and await _is_dir(drv, req.name, req.path):
+        host = host_name(req.project, req.name)
+        if req.type == "directory" and await _is_dir(drv, host, req.path):
             return Reply(metadata=None)
         mode = None if req.mode < 0 else req.mode
         if req.type == "directory" and mode is None:
             mode = 0o750
-        await _POOL.run(drv.file_put, req.name, req.path, data,
+        await _POOL.run(drv.file_put, host, req.path, data,
                                 max(req.uid, 0), max(req.gid, 0), mode, req.type, req.write,
                                 frozenset(req.modify_perm))
         await self._file_event("pushed", req)
@@ -96,7 +98,8 @@ class FilesMixin:
     @endpoint("file_delete", FileRequest)
     async def file_delete(self, req: FileRequest) -> Reply:
         drv = await self._files_driver(req.project, req.name)
-        await _POOL.run(drv.file_delete, req.name, _check_path(req.path))
+        await _POOL.run(drv.file_delete, host_name(req.project, req.name),
+                        _check_path(req.path))
         await self._file_event("deleted", req)
         return Reply(metadata=None)
 

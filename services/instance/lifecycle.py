@@ -19,6 +19,7 @@ from shared.state import key, mutate
 from . import image_templates, workers
 from .context import Context
 from .create import nic_setup, with_config
+from .names import host_of
 from .records import nic_names
 
 # LXD waits forever for a clean shutdown when no timeout is given; we cap it.
@@ -65,7 +66,7 @@ async def _save(ctx: Context, rec: dict[str, Any], **fields: Any) -> dict[str, A
 
 
 async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    name = rec["name"]
+    name = host_of(rec)
     drv = ctx.drivers.for_instance(rec)
     nics, vol = await nic_setup(ctx, rec)
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
@@ -98,7 +99,7 @@ async def stop(ctx: Context, rec: dict[str, Any], timeout: float,
     t = DEFAULT_STOP_TIMEOUT if timeout < 0 else timeout
     drv = ctx.drivers.for_instance(rec)
     # A clean stop sleeps up to ``t``: on its own threads, never the shared pool's.
-    await workers.STOPS.run(drv.stop, rec["name"], t, force)
+    await workers.STOPS.run(drv.stop, host_of(rec), t, force)
     power = {"volatile.last_state.power": "STOPPED"}
     return await _save(ctx, rec, status="Stopped", config=power, expanded_config=power)
 
@@ -116,7 +117,7 @@ async def change(ctx: Context, rec: dict[str, Any], req: StatePutRequest) -> str
         rec = await stop(ctx, rec, req.timeout, req.force)
         await start(ctx, rec)
     elif req.action == "freeze":
-        await asyncio.to_thread(drv.freeze, rec["name"])
+        await asyncio.to_thread(drv.freeze, host_of(rec))
     else:
-        await asyncio.to_thread(drv.unfreeze, rec["name"])
+        await asyncio.to_thread(drv.unfreeze, host_of(rec))
     return EVENTS[req.action]

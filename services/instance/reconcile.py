@@ -24,6 +24,7 @@ from shared.state import key, mutate
 
 from .context import Context
 from .drivers.router import type_of
+from .names import host_of
 
 # Volume removal is retried every RETRY_DELAY seconds for this long, then left to the
 # next start of the service (the record stays: it is the journal of what is left).
@@ -48,7 +49,7 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
         kind = drv.capabilities.instance_type
         drivers[kind] = drv
         host.update(await asyncio.to_thread(drv.list_host))
-        mine = {r["name"] for r in records if type_of(r) == kind}
+        mine = {host_of(r) for r in records if type_of(r) == kind}
         for name in await asyncio.to_thread(drv.names_on_host):
             if name not in mine:
                 ctx.log.warning("removing an instance without a record", instance=name,
@@ -63,10 +64,10 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
             ctx.log.warning("cleaning up an instance whose create or delete was interrupted",
                             instance=rec["name"], project=rec["project"],
                             status=rec["status"])
-            await asyncio.to_thread(drv.purge, rec["name"])
+            await asyncio.to_thread(drv.purge, host_of(rec))
             tasks.append(retry_later(ctx, rec))
-        elif rec["name"] in host and host[rec["name"]] != rec.get("status"):
-            status = host[rec["name"]]
+        elif host_of(rec) in host and host[host_of(rec)] != rec.get("status"):
+            status = host[host_of(rec)]
             await mutate(ctx.instances, key(rec["project"], rec["name"]),
                          lambda r, s=status: {**r, "status": s})
     return tasks

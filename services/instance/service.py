@@ -35,7 +35,10 @@ from .exec_api import ExecFilesConsoleMixin
 from .idmap import ensure_subids
 from .metadata_api import API_EXTENSIONS as METADATA_EXTENSIONS
 from .metadata_api import MetadataMixin
+from .names import host_of
 from .profiles import Profiles, profile_etag
+from .projects import Projects
+from .projects_api import PROJECT_EXTENSIONS, ProjectsMixin
 from .records import instance_url, public, record_etag
 from .remote import Remote
 
@@ -54,7 +57,7 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
         dev.get("nictype") in ("bridged", "macvlan") and dev.get("parent") == network)
 
 
-class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
+class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Service):
     name = "instance"
     description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 
@@ -65,8 +68,10 @@ class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
         self.remote = Remote(self.bus, self.config.node)
         self.instances = await Store(self.bus, "instances", cache=True).open()
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
+        self.projects = Projects(await Store(self.bus, "projects", cache=True).open())
         self.ctx = Context(instances=self.instances, profiles=self.profiles,
-                           remote=self.remote, drivers=self.drivers, log=self.log)
+                           remote=self.remote, drivers=self.drivers, log=self.log,
+                           projects=self.projects)
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
@@ -91,7 +96,8 @@ class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
         vm = VM_EXTENSIONS if "qemu" in versions else []
         return ServerInfoReply(environment=env,
                                api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm,
-                                               *resources.API_EXTENSIONS, *METADATA_EXTENSIONS])
+                                               *resources.API_EXTENSIONS, *METADATA_EXTENSIONS,
+                                               *PROJECT_EXTENSIONS])
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
@@ -129,18 +135,18 @@ class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
         if req.recursion <= 0 and not req.filter:
             return Reply(metadata=[instance_url(r) for r in recs])
         host = await asyncio.to_thread(self.drivers.list_host)
-        objs = [public(r, host.get(r["name"], r.get("status"))) for r in recs]
+        objs = [public(r, host.get(host_of(r), r.get("status"))) for r in recs]
         if req.filter:
             groups = filters.parse(req.filter)
             objs = [o for o in objs if filters.matches(o, groups)]
         if req.recursion <= 0:
             return Reply(metadata=[url("instances", o["name"], o["project"]) for o in objs])
         if req.recursion >= 2:
-            shown = {o["name"] for o in objs if o["name"] in host}
+            shown = {host_of(o) for o in objs if host_of(o) in host}
             states = await asyncio.to_thread(
-                self.drivers.state_many, [r for r in recs if r["name"] in shown])
+                self.drivers.state_many, [r for r in recs if host_of(r) in shown])
             for o in objs:
-                o.update(state=states.get(o["name"]), snapshots=None, backups=None)
+                o.update(state=states.get(host_of(o)), snapshots=None, backups=None)
         return Reply(metadata=objs)
 
     @endpoint("get", ObjectRequest)
@@ -148,7 +154,7 @@ class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
         rec = await self.require_instance(req.project, req.name)
         obj = public(rec, await self.instance_status(rec))
         if (req.body or {}).get("recursion", 0) >= 1:
-            obj.update(state=await asyncio.to_thread(self.driver_of(rec).state, req.name),
+            obj.update(state=await asyncio.to_thread(self.driver_of(rec).state, host_of(rec)),
                        snapshots=None, backups=None)
         return Reply(metadata=obj, etag=record_etag(rec))
 
@@ -167,7 +173,8 @@ class InstanceService(ExecFilesConsoleMixin, MetadataMixin, Service):
     @endpoint("state", ObjectRequest)
     async def get_state(self, req: ObjectRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        return Reply(metadata=await asyncio.to_thread(self.driver_of(rec).state, req.name))
+        return Reply(metadata=await asyncio.to_thread(self.driver_of(rec).state,
+                                                      host_of(rec)))
 
     def _resources(self, name: str, project: str, containers: bool = False
                    ) -> dict[str, list[str]]:

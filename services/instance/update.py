@@ -18,12 +18,13 @@ from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
-from . import limits, restore, validate
+from . import limits, project_checks, restore, validate
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
 from .drivers.router import type_of
 from .lifecycle import apply_nic_limits, host_status
+from .names import host_name, host_of
 from .records import expand, nic_names, record_etag
 
 
@@ -80,6 +81,7 @@ async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
     if override is not None:
         docs = [override if d["name"] == override["name"] else d for d in docs]
     pcfg, pdevs = expand(docs, cfg, devices)
+    project_checks.updating(ctx, rec, pcfg, pdevs)  # LXD's messages before Corral's own
     validate.check_config(pcfg)
     validate.check_devices(pdevs)
     validate.root_device(pdevs)
@@ -100,14 +102,14 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
     old_cfg, old_devs = rec["expanded_config"], rec["expanded_devices"]
     new = {**rec, "config": cfg, "devices": devices, "profiles": profiles,
            "description": desc, "expanded_config": pcfg, "expanded_devices": pdevs}
-    name = rec["name"]
+    name, host = rec["name"], host_of(rec)
     drv = ctx.drivers.for_instance(rec)
     status = await host_status(ctx, rec)
     changed = {x: pcfg.get(x, "") for x in limits.LIMIT_KEYS if old_cfg.get(x) != pcfg.get(x)}
     check_live(drv.capabilities, status, changed)
     if changed:
-        await asyncio.to_thread(drv.apply_limits_live, name, changed)
-    await asyncio.to_thread(drv.update, name, pcfg, pdevs)
+        await asyncio.to_thread(drv.apply_limits_live, host, changed)
+    await asyncio.to_thread(drv.update, host, pcfg, pdevs)
     if status in ("Running", "Frozen"):
         nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
                 _limits(old_devs[d])}
@@ -140,7 +142,8 @@ async def rename(ctx: Context, project: str, name: str, body: dict[str, Any]
         if rec.get("volume"):
             new["volume"] = await ctx.remote.volume_rename(project, rec["pool"], name,
                                                            new_name)
-        await asyncio.to_thread(drv.rename, name, new_name,
+        await asyncio.to_thread(drv.rename, host_name(project, name),
+                                host_name(project, new_name),
                                 Path(new["volume"]) if new.get("volume") else None)
     except BaseException:
         await ctx.instances.delete(nk)
@@ -162,7 +165,7 @@ async def delete(ctx: Context, rec: dict[str, Any]) -> None:
     before = rec.get("status", "Stopped")
     await mutate(ctx.instances, key(project, name), lambda r: {**r, "status": "Deleting"})
     try:
-        await asyncio.to_thread(drv.delete, name)
+        await asyncio.to_thread(drv.delete, host_of(rec))
     except NotFound:
         pass
     except Conflict as exc:  # started meanwhile: it is not deleted

@@ -54,6 +54,14 @@ class ProfilesPost(ProfilePut):
     name: Optional[str] = None
 
 
+class ProjectPut(_Configured):
+    pass
+
+
+class ProjectsPost(ProjectPut):
+    name: Optional[str] = None
+
+
 class InstanceSource(LxdBody):
     type: Optional[str] = None
     alias: Optional[str] = None
@@ -201,6 +209,10 @@ BODIES: dict[tuple[str, str], type[LxdBody]] = {
     ("instance", "profile_update"): ProfilePut,
     ("instance", "profile_patch"): ProfilePut,
     ("instance", "profile_rename"): Renamed,
+    ("instance", "project_create"): ProjectsPost,
+    ("instance", "project_update"): ProjectPut,
+    ("instance", "project_patch"): ProjectPut,
+    ("instance", "project_rename"): Renamed,
     ("network", "create"): NetworksPost,
     ("network", "update"): NetworkPut,
     ("network", "patch"): NetworkPut,

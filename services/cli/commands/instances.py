@@ -100,8 +100,30 @@ def launch(args: Namespace) -> None:
     set_state(c, name, "start", f"Starting {name}")
 
 
+def _resources(res: dict[str, Any]) -> dict[str, Any]:
+    """The host's hardware as ``lxc info --resources`` summarises it."""
+    cpu, mem = res["cpu"], res["memory"]
+    return {
+        "CPU": {"Architecture": cpu["architecture"], "Threads": cpu["total"],
+                "Sockets": [{"Socket": s["socket"], "Vendor": s.get("vendor", ""),
+                             "Name": s.get("name", ""), "Cores": len(s["cores"])}
+                            for s in cpu["sockets"]]},
+        "Memory": {"Free": mem["total"] - mem["used"], "Used": mem["used"],
+                   "Total": mem["total"]},
+        "Disks": {d["id"]: {"Type": d.get("type", ""), "Size": d["size"],
+                            "Partitions": [p["id"] for p in d["partitions"]]}
+                  for d in res["storage"]["disks"]},
+        "NICs": {p["id"]: {"Driver": n.get("driver", ""), "MAC address": p.get("address", ""),
+                           "Link detected": p["link_detected"]}
+                 for n in res["network"]["cards"] for p in n.get("ports", [])},
+        "PCI devices": res["pci"]["total"]}
+
+
 def info(args: Namespace) -> None:
     c = from_args(args)
+    if args.resources:
+        print_yaml(_resources(c.get("/1.0/resources")))
+        return
     if args.name is None:
         print_yaml(c.get("/1.0"))
         return
@@ -179,6 +201,8 @@ def register(sub: Any) -> None:
     p = command(sub, "info", info, description="Show the server, or one instance: status, "
                 "processes, memory, addresses.")
     p.add_argument("name", nargs="?")
+    p.add_argument("--resources", action="store_true",
+                   help="the host's hardware: CPUs, memory, disks, NICs")
 
     p = command(sub, "start", start)
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -161,6 +161,7 @@ ROUTES: list[Route] = [
     Route("GET", "/1.0/operations/{id}/websocket", websocket),  # exec/console streams
     *aliased(INSTANCES, "/1.0/instances", "/1.0/containers"),
     *crud("/1.0/profiles", "instance", "profile_"),
+    *crud("/1.0/projects", "instance", "project_"),  # the instance service owns projects
     *IMAGES,
     *NETWORKS,
     *STORAGE,

@@ -20,7 +20,7 @@ from typing import ClassVar
 from shared.errors import BadRequest, NotFound
 from shared.messages.network import Nic
 
-from ..names import check_name
+from ..names import check_host_name, check_name
 
 # Each driver keeps an instance's inputs (config, devices, NICs...) in one JSON file.
 SPEC_FILE = "corral.json"
@@ -238,7 +238,7 @@ class SpecDir:
     spec_root: Path
 
     def _dir(self, name: str) -> Path:
-        check_name(name)
+        check_host_name(name)
         return self.spec_root / name
 
     def _load(self, name: str) -> dict:

@@ -18,6 +18,7 @@ from shared.errors import BadRequest
 
 from ..idmap import IdMap
 from ..limits import parse_bool
+from ..names import split_host_name
 from .base import InstanceSpec, Nic
 
 LXC_CONF = Path("/usr/share/lxc/config")
@@ -146,7 +147,7 @@ def render(spec: InstanceSpec, lxcpath: Path, rootfs: Path, idmap: IdMap | None,
         lines.append("lxc.apparmor.profile = unconfined")
     lines += [
         f"lxc.rootfs.path = dir:{rootfs}",
-        f"lxc.uts.name = {spec.name}",
+        f"lxc.uts.name = {split_host_name(spec.name)[1]}",  # p1_web is "web" inside
         f"lxc.log.file = {d / 'lxc.log'}",
         "lxc.log.level = warn",
         f"lxc.console.logfile = {d / 'console.log'}",

@@ -25,6 +25,7 @@ import libvirt
 from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import limits
+from ..names import split_host_name
 from . import qemu_agent, qemu_host, qemu_xml
 from .base import (
     Capabilities,
@@ -133,7 +134,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         cpus = limits.parse_cpuset(cfg["limits.cpu"], host) if cfg.get("limits.cpu") else [0]
         pinned = "-" in cfg.get("limits.cpu", "") or "," in cfg.get("limits.cpu", "")
         kernel, initrd, cmdline = _boot_files(root)
-        cmdline = f"{cmdline} corral.hostname={name}" if kernel else ""
+        cmdline = f"{cmdline} corral.hostname={split_host_name(name)[1]}" if kernel else ""
         spec = qemu_xml.DomainSpec(
             name=name, uuid=data["uuid"], vmdir=str(self._dir(name)), disk=str(root / DISK),
             memory_kib=mem // 1024, max_memory_kib=mem // 1024, vcpus=len(cpus),

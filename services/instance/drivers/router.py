@@ -18,6 +18,7 @@ from typing import Any
 
 from shared.errors import BadRequest, CorralError
 
+from ..names import host_of
 from .base import InstanceDriver
 
 CONTAINER = "container"
@@ -104,20 +105,20 @@ class DriverRouter:
             drv = self.for_instance(record)
         except BadRequest:
             return "Error"
-        return drv.host_status(record["name"])
+        return drv.host_status(host_of(record))
 
     def list_host(self) -> dict[str, str]:
-        """{name: status} over every available driver."""
+        """{host name: status} over every available driver (:func:`..names.host_of`)."""
         out: dict[str, str] = {}
         for drv in self.available():
             out.update(drv.list_host())
         return out
 
     def state_many(self, records: Iterable[Mapping[str, Any]]) -> dict[str, dict]:
-        """{name: state} for these instances, each asked of its own driver."""
+        """{host name: state} for these instances, each asked of its own driver."""
         by_type: dict[str, list[str]] = {}
         for r in records:
-            by_type.setdefault(type_of(r), []).append(r["name"])
+            by_type.setdefault(type_of(r), []).append(host_of(r))
         out: dict[str, dict] = {}
         for kind, names in by_type.items():
             try:

@@ -1,0 +1,149 @@
+"""Projects through the stock ``lxc`` client and HTTP: limits, same names side by side,
+restrictions, 404 for an unknown project, what an empty project may do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from .world import make_world, wait_op
+
+pytestmark = pytest.mark.root
+if shutil.which("lxc") is None:
+    pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        yield w
+
+
+def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+@pytest.fixture
+def project(stack, api):
+    """A fresh project name; the project and its instances are removed afterwards."""
+    made: list[str] = []
+
+    def make(*config: str) -> str:
+        name = "p" + uuid.uuid4().hex[:6]
+        args = [a for c in config for a in ("-c", c)]
+        lxc(stack, "project", "create", name, *args)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        for u in api.get("/1.0/instances", params={"project": name}).json()["metadata"]:
+            inst = u.split("?")[0].rsplit("/", 1)[-1]
+            r = api.put(f"/1.0/instances/{inst}/state", params={"project": name},
+                        json={"action": "stop", "force": True})
+            if r.status_code == 202:
+                wait_op(api, r, ok=False)
+            wait_op(api, api.delete(f"/1.0/instances/{inst}", params={"project": name}))
+        assert api.delete(f"/1.0/projects/{name}").status_code == 200
+
+
+def test_limit_and_same_name_side_by_side(world, stack, api, project):
+    p1 = project("limits.instances=1", "features.images=false", "features.profiles=false")
+    name = world.name("same")
+    lxc(stack, "launch", world.image, name, "-p", world.profile)
+    lxc(stack, "launch", world.image, name, "-p", world.profile, "--project", p1)
+    # Two instances of one name, one per project, both running, each its own container.
+    rows = json.loads(lxc(stack, "list", "--project", p1, "--format", "json").stdout)
+    assert [(r["name"], r["status"], r["project"]) for r in rows] == [
+        (name, "Running", p1)]
+    assert world.live(name)["status"] == "Running"
+    assert world.lxc_dir(name).exists() and world.lxc_dir(f"{p1}_{name}").exists()
+    out = lxc(stack, "exec", name, "--project", p1, "--", "hostname").stdout
+    assert out.strip() == name  # the host's p1_<name> is <name> inside
+    # The project allows one instance: LXD's message.
+    r = lxc(stack, "init", world.image, world.name("second"), "-p", world.profile,
+            "--project", p1, check=False)
+    assert r.returncode != 0
+    assert f'Reached maximum number of instances in project "{p1}"' in r.stderr
+    listed = lxc(stack, "project", "list", "--format", "csv").stdout
+    assert any(line.startswith(f"{p1},") for line in listed.splitlines()), listed
+    r = lxc(stack, "project", "delete", p1, check=False)
+    assert r.returncode != 0 and "Only empty projects can be removed" in r.stderr
+    lxc(stack, "delete", "--force", name, "--project", p1)
+    assert not world.lxc_dir(f"{p1}_{name}").exists()
+    assert world.live(name)["status"] == "Running"  # the default project's is untouched
+    # The limit can go down to what the project holds, not below.
+    lxc(stack, "project", "set", p1, "limits.instances", "0")
+    r = lxc(stack, "launch", world.image, name, "-p", world.profile, "--project", p1,
+            check=False)
+    assert f'Reached maximum number of instances in project "{p1}"' in r.stderr
+
+
+def test_restricted_project_refuses_privileged_and_host_disks(world, stack, api, project):
+    p2 = project("restricted=true", "features.images=false")
+    base = {"source": {"type": "image", "alias": world.image}, "profiles": ["default"],
+            "devices": {"root": {"type": "disk", "path": "/", "pool": world.pool}}}
+    r = api.post("/1.0/instances", params={"project": p2}, json={
+        **base, "name": "priv", "config": {"security.privileged": "true"}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == (
+        'Failed checking if instance creation allowed: Invalid value "true" for config '
+        f'"security.privileged" on container "priv" of project "{p2}": Privileged '
+        "containers are forbidden")
+    r = api.post("/1.0/instances", params={"project": p2}, json={
+        **base, "name": "hostdisk", "devices": {
+            **base["devices"], "host": {"type": "disk", "source": "/etc", "path": "/mnt"}}})
+    assert r.status_code == 400, r.text
+    assert 'Invalid device "host"' in r.json()["error"]
+    assert "Attaching disks not backed by a pool is forbidden" in r.json()["error"]
+    r = api.post("/1.0/instances", params={"project": p2}, json={
+        **base, "name": "lowlevel", "config": {"raw.lxc": "lxc.init.cmd = /bin/sh"}})
+    assert r.status_code == 400 and 'Use of low-level config "raw.lxc"' in r.json()["error"]
+    # The project has its own (empty) default profile, as LXD makes it.
+    prof = api.get("/1.0/profiles/default", params={"project": p2}).json()["metadata"]
+    assert prof["devices"] == {} and p2 in prof["description"]
+    # The same request in the default project's terms passes the project checks and runs.
+    r = api.post("/1.0/instances", params={"project": p2}, json={**base, "name": "ok"})
+    wait_op(api, r)
+    r = api.patch("/1.0/instances/ok", params={"project": p2},
+                  json={"config": {"security.nesting": "true"}})
+    assert r.status_code == 400 and "Container nesting is forbidden" in r.json()["error"]
+
+
+def test_unknown_project_is_404(api):
+    for path in ("/1.0/instances", "/1.0/profiles", "/1.0/images", "/1.0/instances/x"):
+        r = api.get(path, params={"project": "nosuchproject"})
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"] == "Project not found"
+    assert api.get("/1.0/projects/nosuchproject").status_code == 404
+
+
+def test_project_crud_rules(stack, api, project):
+    p = project()
+    shown = api.get(f"/1.0/projects/{p}").json()["metadata"]
+    assert shown["config"] == {"features.images": "true", "features.profiles": "true",
+                               "features.storage.volumes": "true"}
+    assert shown["used_by"] == [f"/1.0/profiles/default?project={p}"]
+    r = api.post("/1.0/projects", json={"name": "a_b"})
+    assert r.status_code == 400 and r.json()["error"] == \
+        "Project names may not contain underscores"
+    r = api.post("/1.0/projects", json={"name": p})
+    assert r.status_code == 409
+    r = api.post("/1.0/projects", json={"name": "px" + p, "config": {"limits.cpu": "x"}})
+    assert r.status_code == 400 and 'Invalid project configuration key "limits.cpu"' in \
+        r.json()["error"]
+    assert api.delete("/1.0/projects/default").status_code == 403
+    r = api.patch("/1.0/projects/default", json={"config": {"features.images": "false"}})
+    assert r.status_code == 400 and "features of the default project" in r.json()["error"]
+    lxc(stack, "project", "rename", p, p + "r")
+    assert api.get(f"/1.0/projects/{p + 'r'}").status_code == 200
+    lxc(stack, "project", "rename", p + "r", p)
+    assert "name: default" in lxc(stack, "project", "show", "default").stdout
