@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from .stack import BIN
 from .world import make_world, wait_op
 
 pytestmark = pytest.mark.root
@@ -147,3 +148,55 @@ def test_project_crud_rules(stack, api, project):
     assert api.get(f"/1.0/projects/{p + 'r'}").status_code == 200
     lxc(stack, "project", "rename", p + "r", p)
     assert "name: default" in lxc(stack, "project", "show", "default").stdout
+
+
+def corral(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "corral"), *args],
+                          env=stack.env, capture_output=True, text=True, timeout=120)
+
+
+def test_corral_cli_and_lxc_switch(world, stack, api, project, tmp_path):
+    """`corral project ...`, `--project` anywhere on a corral command line, and `lxc
+    project switch` (client-side: later commands send ?project=)."""
+    p = "c" + uuid.uuid4().hex[:6]
+    r = corral(stack, "project", "create", p, "-c", "features.images=false",
+               "-c", "features.profiles=false", "-c", "limits.containers=1")
+    assert r.returncode == 0, r.stderr
+    try:
+        name = world.name("cli")
+        r = corral(stack, "launch", world.image, name, "-p", world.profile, "--project", p)
+        assert r.returncode == 0, r.stderr
+        r = corral(stack, "--project", p, "list", "--format", "csv")
+        assert r.returncode == 0 and name in r.stdout, (r.stdout, r.stderr)
+        assert name not in corral(stack, "list", "--format", "csv").stdout
+        r = corral(stack, "exec", name, "--project", p, "--", "hostname")
+        assert r.returncode == 0 and r.stdout.strip() == name, (r.stdout, r.stderr)
+        r = corral(stack, "launch", world.image, world.name("cli2"), "-p", world.profile,
+                   "--project", p)
+        assert r.returncode != 0
+        assert f'Reached maximum number of instances of type "container" in project "{p}"' \
+            in r.stderr
+        rows = corral(stack, "project", "list", "--format", "csv").stdout.splitlines()
+        assert any(row.startswith(f"{p},NO,NO,YES,NO,") and row.endswith(",1")
+                   for row in rows), rows
+        assert corral(stack, "project", "get", p, "limits.containers").stdout.strip() == "1"
+        r = corral(stack, "project", "set", p, "limits.containers=0")
+        assert r.returncode != 0 and '"limits.containers" is too low' in r.stderr
+        # lxc project switch: the client remembers the project.
+        env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path)}
+        sw = subprocess.run(["lxc", "project", "switch", p], env=env, capture_output=True,
+                            text=True, timeout=60)
+        assert sw.returncode == 0, sw.stderr
+        out = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], env=env,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert out.split() == [name]
+        r = corral(stack, "delete", "--force", name, "--project", p)
+        assert r.returncode == 0, r.stderr
+    finally:
+        for u in api.get("/1.0/instances", params={"project": p}).json()["metadata"] or []:
+            inst = u.split("?")[0].rsplit("/", 1)[-1]
+            r = api.delete(f"/1.0/instances/{inst}", params={"project": p})
+            if r.status_code == 202:
+                wait_op(api, r, ok=False)
+        r = corral(stack, "project", "delete", p)
+    assert r.returncode == 0, r.stderr

@@ -138,12 +138,16 @@ class Client:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket = Path(socket_path) if socket_path else default_socket()
         self.timeout = timeout
+        # The project every request works in (``--project``, see main.take_project).
+        self.project = os.environ.get("CORRAL_PROJECT") or None
 
     def raw(self, method: str, path: str, params: dict[str, Any] | None = None,
             content: bytes | Iterable[bytes] | None = None,
             headers: dict[str, str] | None = None) -> Response:
         """One HTTP exchange; an iterable ``content`` is sent chunked, as it is read."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
+        if self.project and "project" not in query and not path.startswith("/1.0/projects"):
+            query["project"] = self.project
         target = quote(path, safe="/%:@!$&'()*+,;=-._~") + (
             "?" + urlencode(query) if query else "")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -20,6 +20,7 @@ tables, PyYAML for YAML, asyncio and aiohttp for websockets (exec, console, moni
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -63,8 +64,28 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def take_project(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--project NAME`` / ``--project=NAME`` (anywhere before
+    ``--``, as lxc takes it), which goes to ``CORRAL_PROJECT``: the client then adds
+    ``?project=`` to every request of the command."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        tok = argv[i]
+        if tok == "--":
+            return out + argv[i:]
+        if tok == "--project" and i + 1 < len(argv):
+            os.environ["CORRAL_PROJECT"] = argv[i + 1]
+            next(it, None)
+        elif tok.startswith("--project="):
+            os.environ["CORRAL_PROJECT"] = tok.split("=", 1)[1]
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = take_project(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     run: Run | None = getattr(args, "run", None)

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "warning": ("warning", "List, show, acknowledge and delete warnings about this host."),
     "init": ("init", "Create the default storage pool, bridge network and profile "
                      "(idempotent)."),
+    "project": ("project", "Manage projects (--project NAME works with every command)."),
     "bus": ("bus", "Manage NATS credentials for integrations (root only)."),
 }
 

@@ -34,7 +34,7 @@ def console(args: Namespace) -> None:
 
     if os.isatty(0):
         print("To detach from the console, press: <ctrl>+a q", file=sys.stderr)
-    asyncio.run(attach_console(c.socket, args.name, args.project))
+    asyncio.run(attach_console(c.socket, args.name, args.project or c.project or "default"))
 
 
 def register(sub: Any) -> None:
@@ -42,4 +42,4 @@ def register(sub: Any) -> None:
     p.add_argument("name", help="the instance")
     p.add_argument("--show-log", action="store_true", help="print the console log and exit")
     p.add_argument("--clear", action="store_true", help="empty the console log")
-    p.add_argument("--project", default="default")
+    p.add_argument("--project", default=None)

@@ -38,7 +38,8 @@ def exec_(args: Namespace) -> int:
     if size:
         body["width"], body["height"] = size
     return asyncio.run(run_exec(from_args(args).socket, args.name, body,
-                                args.project or "default"))
+                                args.project or os.environ.get("CORRAL_PROJECT")
+                                or "default"))
 
 
 def register(sub: Any) -> None:
