@@ -26,9 +26,10 @@ def world(stack, api, busybox_tarball):
         yield w
 
 
-def lxc(stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def lxc(stack, *args: str, check: bool = True, input_: str | None = None
+        ) -> subprocess.CompletedProcess:
     r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
-                       capture_output=True, text=True, timeout=120)
+                       input=input_, capture_output=True, text=True, timeout=120)
     if check:
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r
@@ -74,3 +75,18 @@ def test_stopped_while_the_service_was_down(world, stack, api):
     wait_for(lambda: gone(world, api, ran), 30, what="the ephemeral instance deleted")
     assert world.get(kept)["ephemeral"] is True  # never started: not deleted
     assert world.get(plain)["status"] == "Stopped"  # not ephemeral: kept
+
+
+def test_ephemeral_set_by_config_edit(world, stack, api):
+    """``lxc config edit`` (a PUT of the whole instance) can make an instance ephemeral."""
+    name = world.name("ephedit")
+    lxc(stack, "launch", world.image, name, "-p", world.profile)
+    shown = lxc(stack, "config", "show", name).stdout
+    assert "ephemeral: false" in shown
+    lxc(stack, "config", "edit", name, input_=shown.replace("ephemeral: false",
+                                                            "ephemeral: true"))
+    assert world.get(name)["ephemeral"] is True
+    r = api.patch(f"/1.0/instances/{name}", json={"ephemeral": "yes"})
+    assert r.status_code == 400 and "ephemeral" in r.json()["error"]
+    lxc(stack, "stop", name)
+    assert gone(world, api, name)

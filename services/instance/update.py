@@ -55,7 +55,13 @@ async def update(ctx: Context, project: str, name: str, body: dict[str, Any],
         desc = validate.check_description(body.get("description"))
     cfg = {x: v for x, v in cfg.items() if not x.startswith("volatile.")}
     cfg.update(_volatile(rec["config"]))
-    return await apply(ctx, rec, rev, cfg, devices, profiles, desc)
+    # LXD's PUT sets ephemeral (absent: false, Go's zero value); PATCH keeps it if absent.
+    ephemeral = validate.check_bool("ephemeral", body.get(
+        "ephemeral", rec.get("ephemeral", False) if patch else False))
+    new = await apply(ctx, rec, rev, cfg, devices, profiles, desc)
+    if ephemeral != bool(new.get("ephemeral")):
+        new = await mutate(ctx.instances, k, lambda r: {**r, "ephemeral": ephemeral})
+    return new
 
 
 def check_live(capabilities: Capabilities, status: str, changed: dict[str, str]) -> None:
