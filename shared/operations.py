@@ -370,11 +370,48 @@ class Operations:
                 and (project is None or o.get("project", "default") == project)]
 
     async def wait(self, op_id: str, timeout: float) -> dict[str, Any]:
-        """Return when the operation is final, or its current state when ``timeout`` passes."""
-        current = await self.get(op_id)
+        """Return when the operation is final, or its current state when ``timeout`` passes.
+
+        A waiter outlives a nats-server restart: a watch that breaks is started again (the
+        KV keeps the last state, so nothing is missed), until the deadline.
+        """
+        deadline = None if timeout < 0 else time.monotonic() + max(timeout, 0)
+        current = await self._get_patiently(op_id, deadline)
         if current["status"] in OperationStatus.FINAL or timeout == 0:
             return current
-        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            try:
+                return await self._watch(op_id, current, deadline)
+            except NotFound:
+                raise
+            except Exception as exc:  # the bus went away under the watch: watch again
+                log.debug("operation watch broken, watching again", op=op_id, error=str(exc))
+            await asyncio.sleep(0.25)
+            try:
+                current = await self._get_patiently(op_id, deadline)
+            except Unavailable:
+                return current
+            if current["status"] in OperationStatus.FINAL or (
+                    deadline is not None and time.monotonic() >= deadline):
+                return current
+
+    async def _get_patiently(self, op_id: str, deadline: float | None) -> dict[str, Any]:
+        """``get``, retried while the bus is away (until ``deadline``, or 30 s without one);
+        then a 503 that says so."""
+        limit = time.monotonic() + 30.0 if deadline is None else max(deadline,
+                                                                     time.monotonic() + 5)
+        while True:
+            try:
+                return await self.get(op_id)
+            except CorralError:
+                raise
+            except Exception as exc:
+                if time.monotonic() >= limit:
+                    raise _bus_error(exc) from exc
+                await asyncio.sleep(0.25)
+
+    async def _watch(self, op_id: str, current: dict[str, Any], deadline: float | None
+                     ) -> dict[str, Any]:
         watcher = await self.store.kv.watch(op_id)
         try:
             while True:
@@ -382,8 +419,12 @@ class Operations:
                 if left <= 0:
                     return current
                 try:
-                    entry = await watcher.updates(timeout=min(left, 3600.0))
+                    entry = await watcher.updates(timeout=min(left, 5.0))
                 except nats.errors.TimeoutError:
+                    # a watch may stall silently across a reconnect: look at the key
+                    current = await self.get(op_id)
+                    if current["status"] in OperationStatus.FINAL:
+                        return current
                     continue
                 if entry is None:
                     continue
