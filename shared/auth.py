@@ -53,7 +53,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "network": (("instance", "profile_list"), ("instance", "network_users")),
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
-                 ("network", "nic_config"), ("network", "nic_limits")),
+                 ("network", "nic_config"), ("network", "nic_limits"),
+                 ("network", "nic_release")),
     "migration": (),
 }
 

@@ -25,6 +25,7 @@ from shared.state import key, mutate
 from .context import Context
 from .drivers.router import type_of
 from .names import host_of
+from .records import nic_names
 
 # Volume removal is retried every RETRY_DELAY seconds for this long, then left to the
 # next start of the service (the record stays: it is the journal of what is left).
@@ -73,6 +74,24 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
     return tasks
 
 
+async def release_leases(ctx: Context, rec: dict[str, Any]) -> None:
+    """Ask the network service to forget the DHCP leases of the instance's NICs on
+    managed networks (best effort: a lease left behind only holds an address)."""
+    cfg, devs = rec.get("expanded_config") or {}, rec.get("expanded_devices") or {}
+    by_network: dict[str, list[str]] = {}
+    for dev in nic_names(devs):
+        mac = cfg.get(f"volatile.{dev}.hwaddr")
+        network = devs[dev].get("network") or devs[dev].get("parent")
+        if mac and network:
+            by_network.setdefault(network, []).append(mac)
+    for network, macs in by_network.items():
+        try:
+            await ctx.remote.nic_release(rec["project"], network, macs)
+        except CorralError as exc:
+            ctx.log.warning("DHCP leases not released", instance=rec["name"],
+                            network=network, error=exc.message)
+
+
 async def finish_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
     """Delete the volume (waiting for the storage service), then the record."""
     for _ in range(RETRIES):
@@ -92,5 +111,6 @@ async def finish_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
         ctx.log.error("gave up removing the volume of an interrupted create",
                       instance=rec["name"], pool=rec.get("pool"))
         return
+    await release_leases(ctx, rec)
     await ctx.instances.delete(key(rec["project"], rec["name"]))
-    ctx.log.info("interrupted create cleaned up", instance=rec["name"])
+    ctx.log.info("interrupted create or delete cleaned up", instance=rec["name"])

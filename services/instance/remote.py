@@ -14,7 +14,12 @@ from shared import presence
 from shared.bus import Bus
 from shared.errors import Unavailable
 from shared.messages.image import ResolveRequest
-from shared.messages.network import NicConfigReply, NicConfigRequest, NicLimitsRequest
+from shared.messages.network import (
+    NicConfigReply,
+    NicConfigRequest,
+    NicLimitsRequest,
+    NicReleaseRequest,
+)
 from shared.messages.storage import VolumeFromImageRequest, VolumePathReply, VolumeRequest
 
 # Unpacking an image into a new pool can take a while the first time: the deadline of a
@@ -126,4 +131,9 @@ class Remote:
     async def nic_limits(self, project: str, host_name: str, device: dict[str, str]) -> None:
         req = NicLimitsRequest(project=project, host_name=host_name, device=device)
         await self.bus.request("network", "nic_limits", req, node=self.node,
+                               timeout=NIC_TIMEOUT)
+
+    async def nic_release(self, project: str, network: str, hwaddrs: list[str]) -> None:
+        req = NicReleaseRequest(project=project, network=network, hwaddrs=hwaddrs)
+        await self.bus.request("network", "nic_release", req, node=self.node,
                                timeout=NIC_TIMEOUT)

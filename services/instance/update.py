@@ -18,7 +18,7 @@ from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
-from . import limits, project_checks, restore, validate
+from . import limits, project_checks, reconcile, restore, validate
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
@@ -184,4 +184,5 @@ async def delete(ctx: Context, rec: dict[str, Any]) -> None:
         except NotFound:
             pass
     faults.point("delete:after_volume")
+    await reconcile.release_leases(ctx, rec)
     await ctx.instances.delete(key(project, name))

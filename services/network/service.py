@@ -9,7 +9,7 @@ import asyncio
 
 from shared.api import listing
 from shared.errors import BadRequest
-from shared.messages.network import NicConfigRequest, NicLimitsRequest
+from shared.messages.network import NicConfigRequest, NicLimitsRequest, NicReleaseRequest
 from shared.models import (
     CreateRequest,
     ListRequest,
@@ -34,6 +34,7 @@ class NetworkService(Service):
     async def setup(self) -> None:
         store = await Store(self.bus, "networks", cache=True).open()
         self.networks = Networks(store, self.config.dir)
+        self._release_locks: dict[str, asyncio.Lock] = {}
         await self.networks.reconcile()
 
     def server_info(self) -> ServerInfoReply:
@@ -133,6 +134,19 @@ class NetworkService(Service):
     async def nic_config(self, req: NicConfigRequest) -> Reply:
         reply = await attach.nic_config(self.networks, req)
         return Reply(metadata=reply.model_dump())
+
+    @endpoint("nic_release", NicReleaseRequest, scope="node")
+    async def nic_release(self, req: NicReleaseRequest) -> Reply:
+        """A deleted instance's leases go (one release at a time per network: each may
+        restart its dnsmasq). An unmanaged or unknown network has none: nothing to do."""
+        rec = self.networks.find(req.network)
+        if rec is None or not req.hwaddrs:
+            return Reply(metadata={"released": 0})
+        lock = self._release_locks.setdefault(req.network, asyncio.Lock())
+        async with lock:
+            n = await asyncio.to_thread(self.networks.driver(rec).release_leases,
+                                        set(req.hwaddrs))
+        return Reply(metadata={"released": n})
 
     @endpoint("nic_limits", NicLimitsRequest, scope="node")
     async def nic_limits(self, req: NicLimitsRequest) -> Reply:

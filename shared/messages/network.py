@@ -63,6 +63,14 @@ class NicLimitsRequest(Request):
     device: dict[str, str] = Field(default_factory=dict)
 
 
+class NicReleaseRequest(Request):
+    """Forget the DHCP leases of a deleted instance's NICs on managed network ``network``
+    (its MACs ``hwaddrs``), so dnsmasq's lease file keeps no address for it."""
+
+    network: str
+    hwaddrs: list[str] = Field(default_factory=list)
+
+
 class NetworkUsersRequest(Request):
     """``corral.instance.network_users``: instances whose NICs use network ``name``.
 

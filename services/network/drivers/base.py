@@ -101,3 +101,7 @@ class NetworkDriver(ABC):
 
     @abstractmethod
     def leases(self, location: str = "none") -> list[dict]: ...
+
+    def release_leases(self, hwaddrs: set[str]) -> int:
+        """Forget the DHCP leases of these MACs (a deleted instance's NICs); how many."""
+        return 0

@@ -237,6 +237,21 @@ class BridgeDriver(NetworkDriver):
             raise NotFound(f"Network {self.name!r} has no interface on this host")
         return host.interface_state(self.name)
 
+    def release_leases(self, hwaddrs: set[str]) -> int:
+        """LXD's way: dnsmasq keeps leases in memory, so it is stopped, the lease lines of
+        these MACs are removed from its file, and it is started again (only when there is
+        a lease to forget: a restart is a short DNS/DHCP gap on the bridge)."""
+        if not dnsmasq.has_leases(self.state_dir, hwaddrs):
+            return 0
+        running = dnsmasq.running_pid(self.state_dir) is not None
+        dnsmasq.stop(self.state_dir)
+        try:
+            return dnsmasq.remove_leases(self.state_dir, hwaddrs)
+        finally:
+            if running:
+                dnsmasq.start(dnsmasq.args(self.name, self.config, self.state_dir),
+                              self.state_dir)
+
     def leases(self, location: str = "none") -> list[dict]:
         """LXD's ``/1.0/networks/<name>/leases`` from dnsmasq's lease file."""
         return [{"hostname": lease["hostname"], "hwaddr": lease["hwaddr"],

@@ -216,6 +216,38 @@ def mac_from_duid(duid: str) -> str:
     return ""
 
 
+def _lease_mac(fields: list[str]) -> str:
+    if ":" in fields[2]:  # IPv6: the MAC inside the client's DUID, if any
+        return mac_from_duid(fields[4]) if len(fields) > 4 else ""
+    return fields[1].lower()
+
+
+def remove_leases(state_dir: Path, hwaddrs: set[str]) -> int:
+    """Drop the lease lines (IPv4 and IPv6) of these MACs from the lease file, written
+    atomically; returns how many went. Only while dnsmasq is stopped: it keeps its leases
+    in memory and writes them all back on its next change."""
+    path = state_dir / LEASES_FILE
+    macs = {m.lower() for m in hwaddrs}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    keep = [line for line in lines
+            if len(line.split()) < 4 or line.split()[0] == "duid"
+            or _lease_mac(line.split()) not in macs]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+def has_leases(state_dir: Path, hwaddrs: set[str]) -> bool:
+    macs = {m.lower() for m in hwaddrs}
+    return any(lease["hwaddr"] in macs for lease in read_leases(state_dir))
+
+
 def read_leases(state_dir: Path) -> list[dict[str, str]]:
     """dnsmasq's lease file: IPv4 lines ``expiry mac ip hostname clientid``, then after a
     ``duid <server-duid>`` line, IPv6 lines ``expiry iaid ip hostname client-duid``."""
