@@ -106,6 +106,7 @@ def wait_final(api: httpx.Client, op_url: str, timeout: float = WAIT) -> dict:
     """The operation once final; fails the test if it is still running after ``timeout``."""
     started = time.monotonic()
     r = api.get(f"{op_url}/wait", params={"timeout": timeout}, timeout=timeout + 10)
+    assert r.status_code == 200, f"waiting for {op_url}: {r.text}"
     op = r.json()["metadata"]
     assert op["status"] not in ("Running", "Pending"), \
         f"operation still {op['status']} after {time.monotonic() - started:.0f}s: {op}"
@@ -331,4 +332,22 @@ def test_nats_restart_with_launches_in_flight(world, fstack, fapi):
     assert_clean(world, timeout=60)
     for name in names:
         world.remove(name)
+    assert_clean(world)
+
+
+def test_deleted_instance_leaves_no_dhcp_lease(world, fstack, fapi):
+    """A started instance takes a DHCP lease; once deleted, dnsmasq's lease file (and so
+    the network's leases) no longer has it."""
+    name = world.create("lease", start=True)
+    leases = f"/1.0/networks/{world.net}/leases"
+
+    def hostnames() -> set[str]:
+        return {lease["hostname"] for lease in fapi.get(leases).json()["metadata"] or []}
+    wait_for(lambda: name in hostnames(), 60, what="a DHCP lease for the instance")
+    lease_file = fstack.dir / "networks" / world.net / "dnsmasq.leases"
+    mac = world.get(name)["config"]["volatile.eth0.hwaddr"]
+    world.remove(name)
+    assert name not in hostnames()
+    if lease_file.exists():
+        assert mac not in lease_file.read_text().lower()
     assert_clean(world)
