@@ -69,6 +69,14 @@ def test_limit_and_same_name_side_by_side(world, stack, api, project):
     assert world.lxc_dir(name).exists() and world.lxc_dir(f"{p1}_{name}").exists()
     out = lxc(stack, "exec", name, "--project", p1, "--", "hostname").stdout
     assert out.strip() == name  # the host's p1_<name> is <name> inside
+    # p1 uses the default project's profiles: it shows among their users, and a change
+    # of one reaches it.
+    shown = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["used_by"]
+    assert f"/1.0/instances/{name}?project={p1}" in shown
+    lxc(stack, "profile", "set", world.profile, "user.marker", "seen")
+    got = api.get(f"/1.0/instances/{name}", params={"project": p1}).json()["metadata"]
+    assert got["expanded_config"].get("user.marker") == "seen"
+    lxc(stack, "profile", "unset", world.profile, "user.marker")
     # The project allows one instance: LXD's message.
     r = lxc(stack, "init", world.image, world.name("second"), "-p", world.profile,
             "--project", p1, check=False)

@@ -38,6 +38,7 @@ from .metadata_api import MetadataMixin
 from .names import host_of
 from .profiles import Profiles, profile_etag
 from .projects import Projects
+from .projects import effective as projects_effective
 from .projects_api import PROJECT_EXTENSIONS, ProjectsMixin
 from .records import instance_url, public, record_etag
 from .remote import Remote
@@ -292,21 +293,33 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
             if any(_uses_network(d, req.name)
                    for d in (r.get("expanded_devices") or {}).values())))
 
+    def _profile_users(self, project: str, profile: str) -> list[dict[str, Any]]:
+        """Records of the instances using ``project``'s profile ``profile``: those of
+        ``project`` and of every project that uses ``project``'s profiles (one without
+        ``features.profiles`` uses ``default``'s)."""
+        out = []
+        for v in self.instances.cached():
+            if profile not in v.get("profiles", []):
+                continue
+            own = v.get("project", "default")
+            found = self.projects.find(own)
+            if (own if found is None else projects_effective(found, "profiles")) == project:
+                out.append(v)
+        return out
+
     def used_by(self, project: str, profile: str) -> list[str]:
         """Instances whose profile list names this profile (cached: no bus round trip)."""
-        return [url("instances", v["name"], project)
-                for v in self.instances.cached()
-                if v.get("project", "default") == project and profile in v.get("profiles", [])]
+        return [url("instances", v["name"], v.get("project", "default"))
+                for v in self._profile_users(project, profile)]
 
     async def _reexpand(self, project: str, profile: str) -> None:
         """A profile changed: re-expand (and apply live) every instance using it."""
         failed: list[tuple[str, Exception]] = []
-        for rec in list(self.instances.cached()):
-            if rec.get("project") != project or profile not in rec.get("profiles", []) \
-                    or rec.get("status") == "Creating":
+        for rec in self._profile_users(project, profile):
+            if rec.get("status") == "Creating":
                 continue
-            async with self.lock(project, rec["name"]):
-                found = await self.instances.get(key(project, rec["name"]))
+            async with self.lock(rec["project"], rec["name"]):
+                found = await self.instances.get(key(rec["project"], rec["name"]))
                 if found is None:
                     continue
                 cur, rev = found
@@ -346,9 +359,8 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
     async def _try_profile(self, project: str, profile: dict[str, Any]) -> None:
         """Refuse (400 naming the instance) a profile change one of its instances cannot
         take; runs before the profile is saved."""
-        for rec in list(self.instances.cached()):
-            if rec.get("project") != project or profile["name"] not in rec.get("profiles", []) \
-                    or rec.get("status") == "Creating":
+        for rec in self._profile_users(project, profile["name"]):
+            if rec.get("status") == "Creating":
                 continue
             try:
                 await update.plan(self.ctx, rec, rec["config"], rec["devices"],
