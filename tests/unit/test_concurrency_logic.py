@@ -6,6 +6,7 @@ is under test here (tests/test_concurrency.py runs 50 real launches)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,8 +76,8 @@ class Slow(Message):
 class SlowService(Service):
     name = "slowpoke"
 
-    def __init__(self) -> None:
-        config = load_config()
+    def __init__(self, workdir: Path) -> None:
+        config = load_config(dir=workdir)  # a dir of its own: no corral.yaml read elsewhere
         super().__init__(config, Bus(config, self.name))  # never connected: handlers only
         self.release = asyncio.Event()
 
@@ -99,8 +100,9 @@ class FakeRequest:
         self.error = (code, description)
 
 
-async def test_a_full_service_answers_503_with_a_reason():
-    svc = SlowService()
+async def test_a_full_service_answers_503_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_CONFIG", str(tmp_path / "corral.yaml"))  # none: defaults
+    svc = SlowService(tmp_path)
     svc.max_in_flight = 2
     spec = next(s for s in svc.endpoints() if s.verb == "wait")
     handle = svc._wrap(spec)
