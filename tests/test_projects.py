@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from .stack import BIN
+from .stack import BIN, wait_for
 from .world import make_world, wait_op
 
 pytestmark = pytest.mark.root
@@ -69,6 +69,13 @@ def test_limit_and_same_name_side_by_side(world, stack, api, project):
     assert world.lxc_dir(name).exists() and world.lxc_dir(f"{p1}_{name}").exists()
     out = lxc(stack, "exec", name, "--project", p1, "--", "hostname").stdout
     assert out.strip() == name  # the host's p1_<name> is <name> inside
+    # A restarted instance service (its reconcile) keeps both: p1_<name> has a record.
+    stack.stop("instance")
+    stack.start("instance")
+    wait_for(stack.ready, 60, what="the instance service back")
+    assert world.lxc_dir(f"{p1}_{name}").exists()
+    got = api.get(f"/1.0/instances/{name}", params={"project": p1}).json()["metadata"]
+    assert got["status"] == "Running" and world.live(name)["status"] == "Running"
     # p1 uses the default project's profiles: it shows among their users, and a change
     # of one reaches it.
     shown = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["used_by"]
