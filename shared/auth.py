@@ -49,7 +49,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # forgotten here (the server would drop it as a permission violation).
 CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "image": (("instance", "profile_get"), ("storage", "image_volume_delete")),
-    "storage": (("instance", "profile_list"), ("image", "blob")),
+    "storage": (("instance", "profile_list"), ("image", "blob"), ("instance", "list")),
     "network": (("instance", "profile_list"), ("instance", "network_users")),
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),

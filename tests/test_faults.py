@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -350,4 +352,50 @@ def test_deleted_instance_leaves_no_dhcp_lease(world, fstack, fapi):
     assert name not in hostnames()
     if lease_file.exists():
         assert mac not in lease_file.read_text().lower()
+    assert_clean(world)
+
+
+async def _make_orphan(stack: Stack, pool: str, name: str, fingerprint: str) -> None:
+    """A root volume made the way a create makes it, for an instance that never exists
+    (what a crash between the volume and the instance record would leave)."""
+    from shared.bus import Bus
+    from shared.config import load_config
+    from shared.messages.storage import VolumeFromImageRequest
+
+    creds = stack.nats.admin if hasattr(stack.nats, "admin") else None
+    bus = Bus(load_config(dir=stack.dir, nats_url=stack.nats.url, request_timeout=30.0,
+                          nats_credentials=creds), "tests")
+    await bus.connect()
+    try:
+        await bus.request("storage", "volume_from_image", VolumeFromImageRequest(
+            project="default", pool=pool, name=name, fingerprint=fingerprint),
+            node=bus.config.node, timeout=60)
+    finally:
+        await bus.close()
+
+
+def test_orphan_volume_delete_is_the_last_resort(world, fstack, fapi):
+    """``DELETE /1.0/storage-pools/<pool>/volumes/container/<name>`` (``lxc storage volume
+    delete``) removes a volume no instance owns; an instance's own volume is refused."""
+    orphan = world.name("orphan")
+    asyncio.run(_make_orphan(fstack, world.pool, orphan, world.fingerprint))
+    vols = f"/1.0/storage-pools/{world.pool}/volumes/container"
+    assert fapi.get(f"{vols}/{orphan}").status_code == 200
+    owned = world.create("owned")
+    r = fapi.delete(f"{vols}/{owned}")
+    assert r.status_code == 400 and "delete the instance" in r.json()["error"], r.text
+    if shutil.which("lxc"):  # the stock client, as a user would
+        r = subprocess.run(["lxc", "storage", "volume", "delete", world.pool,
+                            f"container/{orphan}"], capture_output=True, text=True,
+                           env={**fstack.env, "LXD_DIR": str(fstack.dir)}, timeout=60)
+        assert r.returncode == 0, r.stderr
+    else:
+        r = fapi.delete(f"{vols}/{orphan}")
+        assert r.status_code == 200, r.text
+    assert fapi.get(f"{vols}/{orphan}").status_code == 404
+    assert not (fstack.dir / "storage-pools" / world.pool / "containers" / orphan).exists()
+    assert fapi.delete(f"{vols}/{orphan}").status_code == 404
+    image_vol = f"/1.0/storage-pools/{world.pool}/volumes/image/{world.fingerprint}"
+    assert fapi.delete(image_vol).status_code == 400
+    world.remove(owned)
     assert_clean(world)

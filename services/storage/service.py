@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from shared.api import listing
+from shared.errors import BadRequest, Conflict
 from shared.messages.storage import (
     ImageVolumeDeleteReply,
     ImageVolumeDeleteRequest,
@@ -35,7 +36,7 @@ from shared.warnings import Warnings
 from . import usage
 from .drivers import DRIVERS
 from .pools import Pools, pool_etag
-from .volumes import Volumes, volume_url
+from .volumes import INSTANCE_KINDS, Volumes, volume_url
 
 API_EXTENSIONS = ["storage", "resources", "storage_btrfs_mount_options",
                   "server_supported_storage_drivers", "entity_description"]
@@ -136,6 +137,29 @@ class StorageService(Service):
     async def get_volume(self, req: VolumeGetRequest) -> Reply:
         vol = await self.volumes.get(req.pool, req.kind, req.project, req.name)
         return Reply(metadata=self.volumes.public(vol))
+
+    @endpoint("volume_remove", VolumeGetRequest)
+    async def remove_volume(self, req: VolumeGetRequest) -> Reply:
+        """``DELETE /1.0/storage-pools/<pool>/volumes/<kind>/<name>``: the last resort for
+        a volume no instance owns any more (left by a crash). An instance's own volume goes
+        with the instance, an image's with the image: both are refused (400)."""
+        vol = await self.volumes.get(req.pool, req.kind, req.project, req.name)
+        project = vol.get("project", "default")
+        what = f"Storage volume {req.kind}/{req.name}"
+        if req.kind == "image":
+            raise BadRequest(f"{what} is an image's: it goes when the image is deleted")
+        if vol.get("creating"):
+            raise Conflict(f"{what} is being made; try again when its create has ended")
+        if req.kind in INSTANCE_KINDS and \
+                set(self.volumes.used_by(vol)) & await usage.instance_urls(self.bus):
+            raise BadRequest(f"{what} belongs to instance {req.name!r}: delete the instance "
+                             "instead")
+        await self.volumes.delete(VolumeRequest(project=project, pool=req.pool,
+                                                kind=req.kind, name=req.name))
+        await self.events.lifecycle(
+            "storage-volume-deleted", volume_url(req.pool, req.kind, req.name, project),
+            project=project, requestor=req.requestor)
+        return Reply(metadata=None)
 
     # -- volumes (other services, this node) ------------------------------------------------
 

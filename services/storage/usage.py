@@ -22,6 +22,13 @@ from .volumes import Volumes, disk_name
 log = get_logger(component="storage")
 
 
+async def instance_urls(bus: Bus) -> set[str]:
+    """URLs of every instance record, in every project, even those being created or
+    deleted (Raises Unavailable when the instance service does not answer)."""
+    reply = await bus.request("instance", "list", ListRequest(recursion=0, all_projects=True))
+    return set(reply.metadata or [])
+
+
 async def profiles_using(bus: Bus, pool: str | None = None) -> dict[str, list[str]]:
     """pool -> URLs of profiles with a disk device on it (all pools when ``pool`` is None).
     Raises Unavailable when the instance service does not answer."""

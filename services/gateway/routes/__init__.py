@@ -133,6 +133,8 @@ STORAGE = [
                                                storage.volume_listing)),
     Route("GET", POOL + "/volumes/{kind}/{volume}", ask("storage", "volume_get",
                                                         storage.volume)),
+    Route("DELETE", POOL + "/volumes/{kind}/{volume}",  # orphans only (test_faults)
+          ask("storage", "volume_remove", storage.volume, timeout=storage.SLOW)),
 ]
 
 ROUTES: list[Route] = [
