@@ -80,7 +80,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 # Not file_get, log_get, console_get, blob or volume_path: those hand out contents.
 READ_VERBS = ("list", "get", "state", "info", "leases", "resources", "alias_list",
               "alias_get", "profile_list", "profile_get", "volume_list", "volume_get",
-              "snapshot_list", "backup_list", "network_users", "project_list", "project_get")
+              "snapshot_list", "backup_list", "network_users", "project_list", "project_get",
+              "project_state")
 
 STREAMS = f"{subjects.PREFIX}.streams"
 # A user that answers may publish to the reply subject of what it received. More than one

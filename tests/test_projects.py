@@ -69,6 +69,11 @@ def test_limit_and_same_name_side_by_side(world, stack, api, project):
     assert world.lxc_dir(name).exists() and world.lxc_dir(f"{p1}_{name}").exists()
     out = lxc(stack, "exec", name, "--project", p1, "--", "hostname").stdout
     assert out.strip() == name  # the host's p1_<name> is <name> inside
+    state = api.get(f"/1.0/projects/{p1}/state").json()["metadata"]["resources"]
+    assert state["instances"] == {"Limit": 1, "Usage": 1}
+    assert state["containers"] == {"Limit": -1, "Usage": 1}
+    info = lxc(stack, "project", "info", p1).stdout
+    assert "INSTANCES" in info and "CONTAINERS" in info, info
     # A restarted instance service (its reconcile) keeps both: p1_<name> has a record.
     stack.stop("instance")
     stack.start("instance")

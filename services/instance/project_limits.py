@@ -271,3 +271,37 @@ def check_project_change(project: str, new_config: Mapping[str, str],
             raise BadRequest(f'"{key}" is too low: current total is "{total}"')
     for inst in instances:
         check_restrictions(project, new_config, inst)
+
+
+def state(config: Mapping[str, str], instances: list[Instance]) -> dict[str, Any]:
+    """LXD's ``/1.0/projects/<p>/state``: each resource's ``Limit`` (-1: none) and
+    ``Usage`` (instances that set no value, or one that does not parse, count 0)."""
+    def limit(key: str) -> int:
+        try:
+            return parse_aggregate(key, config[key]) if config.get(key, "") != "" else -1
+        except ValueError:
+            return -1
+
+    def usage(key: str) -> int:
+        total = 0
+        for inst in instances:
+            value = _root_size(inst) if key == "limits.disk" else inst.config.get(key, "")
+            try:
+                total += parse_aggregate(key, value) if value else 0
+            except ValueError:
+                continue
+        return total
+
+    def count(key: str) -> int:
+        return int(config[key]) if config.get(key, "") != "" else -1
+
+    res: dict[str, Any] = {
+        name: {"Limit": limit(key), "Usage": usage(key)}
+        for name, key in (("cpu", "limits.cpu"), ("disk", "limits.disk"),
+                          ("memory", "limits.memory"), ("processes", "limits.processes"))}
+    res["networks"] = {"Limit": -1, "Usage": 0}
+    res["instances"] = {"Limit": count("limits.instances"), "Usage": len(instances)}
+    for kind, key in COUNT_KEYS.items():
+        res["containers" if kind == CONTAINER else "virtual-machines"] = {
+            "Limit": count(key), "Usage": sum(1 for i in instances if i.type == kind)}
+    return {"resources": res}

@@ -19,12 +19,12 @@ from .projects import DEFAULT, Projects, project_etag
 
 # What `lxc project` checks before it sends anything (LXD's names).
 PROJECT_EXTENSIONS = ["projects", "projects_limits", "projects_restrictions",
-                      "projects_limits_instances", "projects_limits_disk"]
+                      "projects_limits_instances", "projects_limits_disk", "project_usage"]
 
 
 class ProjectsMixin:
-    """``project_list``, ``project_get``, ``project_create``, ``project_update``,
-    ``project_patch``, ``project_rename``, ``project_delete``."""
+    """``project_list``, ``project_get``, ``project_state``, ``project_create``,
+    ``project_update``, ``project_patch``, ``project_rename``, ``project_delete``."""
 
     projects: Projects
 
@@ -57,6 +57,13 @@ class ProjectsMixin:
     async def project_get(self, req: ObjectRequest) -> Reply:
         p = self.projects.require(req.name)
         return Reply(metadata=self._project_public(p), etag=project_etag(p))
+
+    @endpoint("project_state", ObjectRequest)
+    async def project_state(self, req: ObjectRequest) -> Reply:
+        """``lxc project info``: usage and limits of the project's resources."""
+        p = self.projects.require(req.name)
+        return Reply(metadata=project_limits.state(p.get("config", {}),
+                                                   self._project_instances(req.name)))
 
     @endpoint("project_create", CreateRequest)
     async def project_create(self, req: CreateRequest) -> Reply:

@@ -171,3 +171,16 @@ def test_host_names():
     for bad in ("../x", "p/1_web", "p1_", "p1_we_b"):
         with pytest.raises(BadRequest):
             check_host_name(bad)
+
+
+def test_state_counts_and_sums():
+    cfg = {"limits.instances": "3", "limits.memory": "1GiB", "limits.disk": "10GB"}
+    insts = [inst("a", root_size="1GB", **{"limits.memory": "256MiB"}),
+             inst("b", **{"limits.memory": "lots"}), inst("v", "virtual-machine")]
+    res = pl.state(cfg, insts)["resources"]
+    assert res["instances"] == {"Limit": 3, "Usage": 3}
+    assert res["containers"] == {"Limit": -1, "Usage": 2}
+    assert res["virtual-machines"] == {"Limit": -1, "Usage": 1}
+    assert res["memory"] == {"Limit": 2**30, "Usage": 256 * 2**20}  # "lots" counts 0
+    assert res["disk"] == {"Limit": 10**10, "Usage": 10**9}
+    assert res["cpu"] == {"Limit": -1, "Usage": 0}

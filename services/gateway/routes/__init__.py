@@ -164,6 +164,7 @@ ROUTES: list[Route] = [
     *aliased(INSTANCES, "/1.0/instances", "/1.0/containers"),
     *crud("/1.0/profiles", "instance", "profile_"),
     *crud("/1.0/projects", "instance", "project_"),  # the instance service owns projects
+    Route("GET", "/1.0/projects/{name}/state", ask("instance", "project_state", item)),
     *IMAGES,
     *NETWORKS,
     *STORAGE,
