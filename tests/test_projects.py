@@ -220,3 +220,23 @@ def test_corral_cli_and_lxc_switch(world, stack, api, project, tmp_path):
                 wait_op(api, r, ok=False)
         r = corral(stack, "project", "delete", p)
     assert r.returncode == 0, r.stderr
+
+
+def test_project_with_its_own_images(stack, api, project, busybox_tarball):
+    """features.images (a new project's default): images imported into the project are
+    its own, count as its use (it cannot be deleted), and are not the default project's."""
+    p = project()
+    r = lxc(stack, "image", "import", str(busybox_tarball), "--alias", "own", "--project", p)
+    fp = api.get("/1.0/images/aliases/own", params={"project": p}).json()["metadata"][
+        "target"]
+    try:
+        assert api.get("/1.0/images/aliases/own").status_code == 404  # not default's
+        used = api.get(f"/1.0/projects/{p}").json()["metadata"]["used_by"]
+        assert f"/1.0/images/{fp}?project={p}" in used, used
+        r = lxc(stack, "project", "delete", p, check=False)
+        assert r.returncode != 0 and "Only empty projects can be removed" in r.stderr
+        r = api.patch(f"/1.0/projects/{p}", json={"config": {"features.images": "false"}})
+        assert r.status_code == 400 and 'Project feature "features.images" cannot be ' \
+            "disabled on non-empty projects" in r.json()["error"]
+    finally:
+        wait_op(api, api.delete(f"/1.0/images/{fp}", params={"project": p}))

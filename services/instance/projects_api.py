@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from shared.api import listing, url
+from shared.errors import CorralError
 from shared.models import CreateRequest, ListRequest, ObjectRequest, Reply
 from shared.service import endpoint
 from shared.state import key
 
 from . import project_limits
-from .projects import DEFAULT, Projects, project_etag
+from .projects import DEFAULT, Projects, project_etag, true
 
 # What `lxc project` checks before it sends anything (LXD's names).
 PROJECT_EXTENSIONS = ["projects", "projects_limits", "projects_restrictions",
@@ -28,35 +29,49 @@ class ProjectsMixin:
 
     projects: Projects
 
-    def project_used_by(self, name: str) -> list[str]:
-        """LXD's ``used_by``: the project's instances and profiles."""
+    async def project_images(self, name: str, strict: bool) -> list[str]:
+        """URLs of the project's own images (with ``features.images``), asked of the
+        image service; when it does not answer, none unless ``strict`` (then 503)."""
+        p = self.projects.find(name)
+        if name == DEFAULT or p is None or not true(p["config"].get("features.images")):
+            return []
+        try:
+            reply = await self.bus.request("image", "list", ListRequest(project=name))
+        except CorralError:
+            if strict:
+                raise
+            return []
+        return [str(u) for u in reply.metadata or []]
+
+    async def project_used_by(self, name: str, strict: bool = False) -> list[str]:
+        """LXD's ``used_by``: the project's instances, images and profiles."""
         insts = [url("instances", r["name"], name) for r in self.instances.cached()
                  if r.get("project", DEFAULT) == name]
         profs = [url("profiles", p["name"], name) for p in self.profiles.store.cached()
                  if p.get("project", DEFAULT) == name]
-        return sorted(insts) + sorted(profs)
+        return sorted(insts) + sorted(await self.project_images(name, strict)) + sorted(profs)
 
-    def _project_in_use(self, name: str) -> bool:
-        return any(u for u in self.project_used_by(name)
+    async def _project_in_use(self, name: str) -> bool:
+        return any(u for u in await self.project_used_by(name, strict=True)
                    if not u.startswith("/1.0/profiles/default"))
 
     def _project_instances(self, name: str) -> list[project_limits.Instance]:
         return [project_limits.Instance.of(r) for r in self.instances.cached()
                 if r.get("project", DEFAULT) == name and r.get("status") != "Deleting"]
 
-    def _project_public(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.projects.public(p, self.project_used_by(p["name"]))
+    async def _project_public(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.projects.public(p, await self.project_used_by(p["name"]))
 
     @endpoint("project_list", ListRequest)
     async def project_list(self, req: ListRequest) -> Reply:
-        items = [(n, self._project_public(self.projects.require(n)))
+        items = [(n, await self._project_public(self.projects.require(n)))
                  for n in self.projects.names()]
         return Reply(metadata=listing("projects", items, req.recursion))
 
     @endpoint("project_get", ObjectRequest)
     async def project_get(self, req: ObjectRequest) -> Reply:
         p = self.projects.require(req.name)
-        return Reply(metadata=self._project_public(p), etag=project_etag(p))
+        return Reply(metadata=await self._project_public(p), etag=project_etag(p))
 
     @endpoint("project_state", ObjectRequest)
     async def project_state(self, req: ObjectRequest) -> Reply:
@@ -86,7 +101,7 @@ class ProjectsMixin:
 
         before = self.projects.require(name)
         p = await self.projects.update(name, req.body or {}, req.etag, patch,
-                                       self._project_in_use(name), check)
+                                       await self._project_in_use(name), check)
         had = before["config"].get("features.profiles") == "true"
         has = p["config"].get("features.profiles") == "true"
         if name != DEFAULT and has and not had:
@@ -110,7 +125,7 @@ class ProjectsMixin:
     @endpoint("project_rename", ObjectRequest)
     async def project_rename(self, req: ObjectRequest) -> Reply:
         new = await self.projects.rename(req.name, (req.body or {}).get("name"),
-                                         not self._project_in_use(req.name))
+                                         not await self._project_in_use(req.name))
         found = await self.profiles.store.get(key(req.name, DEFAULT))
         if found is not None:  # an empty project has at most its own default profile
             await self.profiles.store.put(key(new["name"], DEFAULT),
@@ -129,7 +144,7 @@ class ProjectsMixin:
 
     @endpoint("project_delete", ObjectRequest)
     async def project_delete(self, req: ObjectRequest) -> Reply:
-        await self.projects.delete(req.name, not self._project_in_use(req.name))
+        await self.projects.delete(req.name, not await self._project_in_use(req.name))
         if await self.profiles.store.get(key(req.name, DEFAULT)) is not None:
             await self.profiles.store.delete(key(req.name, DEFAULT))
         await self.events.lifecycle("project-deleted", self.projects.url(req.name),
