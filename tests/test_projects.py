@@ -98,8 +98,19 @@ def test_limit_and_same_name_side_by_side(world, stack, api, project):
     assert any(line.startswith(f"{p1},") for line in listed.splitlines()), listed
     r = lxc(stack, "project", "delete", p1, check=False)
     assert r.returncode != 0 and "Only empty projects can be removed" in r.stderr
-    lxc(stack, "delete", "--force", name, "--project", p1)
-    assert not world.lxc_dir(f"{p1}_{name}").exists()
+    rows = json.loads(lxc(stack, "list", "--all-projects", "--format", "json").stdout)
+    assert {(r["project"], r["name"]) for r in rows} >= {(p1, name), ("default", name)}
+    # Rename inside the project: its host objects follow, the default's stay.
+    lxc(stack, "stop", "--force", name, "--project", p1)
+    renamed = name + "r"
+    lxc(stack, "rename", name, renamed, "--project", p1)
+    assert world.lxc_dir(f"{p1}_{renamed}").exists()
+    assert not world.lxc_dir(f"{p1}_{name}").exists() and world.lxc_dir(name).exists()
+    lxc(stack, "start", renamed, "--project", p1)
+    out = lxc(stack, "exec", renamed, "--project", p1, "--", "hostname").stdout
+    assert out.strip() == renamed
+    lxc(stack, "delete", "--force", renamed, "--project", p1)
+    assert not world.lxc_dir(f"{p1}_{renamed}").exists()
     assert world.live(name)["status"] == "Running"  # the default project's is untouched
     # The limit can go down to what the project holds, not below.
     lxc(stack, "project", "set", p1, "limits.instances", "0")

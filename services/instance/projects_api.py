@@ -20,7 +20,8 @@ from .projects import DEFAULT, Projects, project_etag, true
 
 # What `lxc project` checks before it sends anything (LXD's names).
 PROJECT_EXTENSIONS = ["projects", "projects_limits", "projects_restrictions",
-                      "projects_limits_instances", "projects_limits_disk", "project_usage"]
+                      "projects_limits_instances", "projects_limits_disk", "project_usage",
+                      "instance_all_projects"]
 
 
 class ProjectsMixin:
