@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, ClassVar
 
@@ -76,6 +77,8 @@ def endpoint(verb: str, request: type[Message], scope: str = "cluster"
 # instead of queueing without end and timing out every caller. CORRAL_MAX_IN_FLIGHT
 # overrides it (per process).
 MAX_IN_FLIGHT = 256
+# Threads of each process's default pool (asyncio.to_thread); see run_services.
+DEFAULT_WORKERS = 32
 
 
 class Service:
@@ -267,6 +270,11 @@ async def run_services(
     config = get_config()
     setup_logging(name, config.node, config.log_level)
     tracing.setup_tracing(name, config.node, config.tracing, config.otlp_endpoint)
+    # asyncio's default pool has min(32, CPUs + 4) threads: 6 on a 2-core host, too few
+    # for services whose blocking calls mostly wait (liblxc, libvirt, btrfs, files): 50
+    # launches queued their quick checks behind slow work. Threads that wait cost little.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(DEFAULT_WORKERS, thread_name_prefix=f"{name}-worker"))
     bus = Bus(config, name)
     await bus.connect()
     set_event_sink(_logging_events(Events(bus, location="none"), name))
