@@ -1,0 +1,166 @@
+"""Operations end when their process dies: the owner rules, over a fake store and fake pings.
+
+What matters: a restarted service fails only its own earlier incarnation's unfinished
+operations on its node; a gateway fails an operation only once its owner has been missing
+for the grace period (a nats-server restart is not a death), and an ownerless one only
+when old; a stopping service fails (not cancels) what it runs, after its undo ran; and a
+bus error under an operation reads as a 503 that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import nats.errors
+import pytest
+
+from shared import operations
+from shared.errors import Conflict, Unavailable
+from shared.models import lxd_time
+from shared.operations import Operations
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[dict[str, Any], int]] = {}
+
+    async def items(self) -> dict[str, dict[str, Any]]:
+        return {k: v for k, (v, _r) in self.data.items()}
+
+    async def get(self, k: str):
+        return self.data.get(k)
+
+    async def put(self, k: str, v: dict[str, Any]) -> int:
+        rev = self.data.get(k, ({}, 0))[1] + 1
+        self.data[k] = (v, rev)
+        return rev
+
+    async def create(self, k: str, v: dict[str, Any], what: str = "") -> int:
+        if k in self.data:
+            raise Conflict("exists")
+        return await self.put(k, v)
+
+    async def update(self, k: str, v: dict[str, Any], rev: int) -> int:
+        if self.data[k][1] != rev:
+            raise Conflict("changed")
+        return await self.put(k, v)
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def publish(self, kind: str, metadata: dict[str, Any], **_kw: Any) -> None:
+        self.sent.append(metadata)
+
+
+def make(alive: dict[str, bool] | None = None) -> Operations:
+    bus = SimpleNamespace(config=SimpleNamespace(operation_retention=600), nc=None)
+    ops = Operations(bus, FakeEvents())  # type: ignore[arg-type]
+    ops.store = FakeStore()  # type: ignore[assignment]
+    status = alive if alive is not None else {}
+
+    async def owner_alive(owner: dict[str, str]) -> bool:
+        return status.get(owner["id"], True)
+
+    ops.owner_alive = owner_alive  # type: ignore[method-assign]
+    return ops
+
+
+def record(op_id: str, owner: dict[str, str] | None, status: str = "Running",
+           updated_at: str | None = None) -> dict[str, Any]:
+    return {"id": op_id, "status": status, "status_code": 103, "err": "",
+            "updated_at": updated_at or lxd_time(), "project": "default", "owner": owner}
+
+
+OLD = {"service": "corral-instance", "node": "n1", "id": "old"}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_claim_fails_only_the_earlier_incarnation_of_the_same_service_and_node() -> None:
+    ops = make()
+    for op_id, owner in (("a", OLD), ("b", {**OLD, "node": "n2"}),
+                         ("c", {**OLD, "service": "corral-image"}), ("d", {**OLD, "id": "new"})):
+        ops.store.data[op_id] = (record(op_id, owner), 1)
+    ops.store.data["e"] = (record("e", OLD, status="Success"), 1)
+
+    assert run(ops.claim("corral-instance", "n1", "new")) == 1
+    a = ops.store.data["a"][0]
+    assert a["status"] == "Failure" and "instance service restarted" in a["err"]
+    assert [ops.store.data[k][0]["status"] for k in "bcde"] == \
+        ["Running", "Running", "Running", "Success"]
+    assert ops.events.sent[0]["id"] == "a" and "owner" not in ops.events.sent[0]
+    assert ops.owner == {"service": "corral-instance", "node": "n1", "id": "new"}
+
+
+def test_gateway_fails_an_operation_only_after_its_owner_is_missing_for_the_grace(
+        monkeypatch) -> None:
+    alive = {"old": False}
+    ops = make(alive)
+    ops.store.data["a"] = (record("a", OLD), 1)
+    clock = [1000.0]
+    monkeypatch.setattr(operations.time, "monotonic", lambda: clock[0])
+    assert run(ops.fail_orphans()) == 0  # first miss: maybe a reconnect
+    clock[0] += operations.OWNER_GRACE / 2
+    assert run(ops.fail_orphans()) == 0
+    alive["old"] = True  # it came back: the clock starts again
+    assert run(ops.fail_orphans()) == 0
+    alive["old"] = False
+    clock[0] += 1
+    assert run(ops.fail_orphans()) == 0
+    clock[0] += operations.OWNER_GRACE + 1
+    assert run(ops.fail_orphans()) == 1
+    a = ops.store.data["a"][0]
+    assert a["status"] == "Failure" and "process is gone" in a["err"]
+
+
+def test_an_ownerless_operation_fails_only_when_old() -> None:
+    ops = make()
+    ops.store.data["new"] = (record("new", None), 1)
+    ops.store.data["old"] = (record("old", None, updated_at="2020-01-01T00:00:00Z"), 1)
+    assert run(ops.fail_orphans()) == 1
+    assert ops.store.data["old"][0]["status"] == "Failure"
+    assert ops.store.data["new"][0]["status"] == "Running"
+
+
+def test_fail_leaves_an_operation_its_owner_just_finished() -> None:
+    ops = make()
+    ops.store.data["a"] = (record("a", OLD, status="Success"), 3)
+    assert not run(ops._fail("a", "gone"))
+    assert ops.store.data["a"][0]["status"] == "Success"
+
+
+def test_stopping_fails_running_operations_after_their_undo() -> None:
+    async def scenario() -> tuple[dict[str, Any], list[str]]:
+        ops = make()
+        await ops.claim("corral-instance", "n1", "me")
+        steps: list[str] = []
+
+        async def work(_handle) -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                steps.append("undo")
+                raise
+
+        op = await ops.start("Creating instance", work)
+        await asyncio.sleep(0)
+        await ops.shutdown(timeout=5)
+        return ops.store.data[op.id][0], steps
+
+    rec, steps = run(scenario())
+    assert steps == ["undo"]
+    assert rec["status"] == "Failure" and "instance service stopped" in rec["err"]
+
+
+@pytest.mark.parametrize("exc", [nats.errors.TimeoutError(), nats.errors.ConnectionClosedError()])
+def test_bus_errors_under_an_operation_are_a_503_that_says_so(exc) -> None:
+    err = operations._bus_error(exc)
+    assert isinstance(err, Unavailable) and "message bus" in err.message
+    plain = ValueError("bug")
+    assert operations._bus_error(plain) is plain
