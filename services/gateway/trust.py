@@ -97,6 +97,8 @@ def check_access(identity: Identity, method: str, route: str, project: str,
         raise Forbidden("Restricted certificates cannot change the server configuration")
     if route.startswith("/1.0/storage-pools") and method not in ("GET", "HEAD"):
         raise Forbidden("Restricted certificates cannot change storage pools")
+    if route.startswith("/1.0/projects") and method not in ("GET", "HEAD"):
+        raise Forbidden("Restricted certificates cannot change projects")
     if route.startswith("/1.0/certificates") or route in ("/", "/1.0", "/1.0/"):
         return  # handlers check what a restricted client may do there
     if all_projects:

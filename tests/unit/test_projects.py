@@ -184,3 +184,18 @@ def test_state_counts_and_sums():
     assert res["memory"] == {"Limit": 2**30, "Usage": 256 * 2**20}  # "lots" counts 0
     assert res["disk"] == {"Limit": 10**10, "Usage": 10**9}
     assert res["cpu"] == {"Limit": -1, "Usage": 0}
+
+
+def test_restricted_certificates_cannot_change_projects():
+    from services.gateway.trust import Identity, check_access
+    from shared.errors import Forbidden
+
+    who = Identity(protocol="tls", trusted=True, restricted=True, projects=("p1",),
+                   name="c")
+    check_access(who, "GET", "/1.0/projects/{name}", "p1", False)
+    for method, route in (("POST", "/1.0/projects"), ("PUT", "/1.0/projects/{name}"),
+                          ("DELETE", "/1.0/projects/{name}")):
+        with pytest.raises(Forbidden, match="cannot change projects"):
+            check_access(who, method, route, "p1", False)
+    with pytest.raises(Forbidden):
+        check_access(who, "GET", "/1.0/instances", "default", False)
