@@ -24,6 +24,8 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
+# What Corral applies of a root disk device (LXD has more: refused by name, not ignored).
+ROOT_DISK_KEYS = frozenset({"type", "path", "pool", "size"})
 # LXD's other raw.* keys: refused by name until Corral applies them, never stored unused.
 RAW_UNSUPPORTED = ("raw.apparmor", "raw.idmap", "raw.seccomp", "raw.qemu", "raw.qemu.conf")
 
@@ -56,6 +58,15 @@ def check_devices(devices: Any) -> dict[str, dict[str, str]]:
         if dev["type"] == "disk" and dev.get("path") != "/":
             raise BadRequest(f"Device {name!r}: only the root disk (path '/') is supported "
                              "so far")
+        if dev["type"] == "disk":
+            if dev.get("source"):  # LXD's rule too
+                raise BadRequest(f"Device {name!r}: a root disk may not have a source; it "
+                                 "lives in its storage pool")
+            unsupported = sorted(set(dev) - ROOT_DISK_KEYS)
+            if unsupported:  # never accepted and silently ignored
+                raise BadRequest(f"Device {name!r}: {', '.join(unsupported)} "
+                                 f"{'is' if len(unsupported) == 1 else 'are'} not supported "
+                                 "yet for a root disk (use pool and size)")
         if dev["type"] == "nic" and not (dev.get("network") or dev.get("parent")):
             raise BadRequest(f"Device {name!r}: a nic needs 'network' or 'parent'")
     return devs

@@ -101,3 +101,18 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path):
 def test_character_devices_are_refused():
     with pytest.raises(BadRequest, match="character device"):
         files.refuse_special("/dev/null", os.stat("/dev/null").st_mode)
+
+
+def test_disk_devices_corral_cannot_apply_are_refused_by_name():
+    ok = {"root": {"type": "disk", "path": "/", "pool": "p", "size": "1GiB"}}
+    assert validate.check_devices(ok) == ok
+    for dev, words in [
+        ({"type": "disk", "source": "/srv", "path": "/mnt"}, "'data': only the root disk"),
+        ({"type": "disk", "path": "/", "pool": "p", "source": "/srv"}, "may not have a source"),
+        ({"type": "disk", "path": "/", "pool": "p", "limits.read": "10MB"},
+         "limits.read is not supported yet"),
+        ({"type": "disk", "path": "/", "pool": "p", "readonly": "true", "shift": "true"},
+         "readonly, shift are not supported yet"),
+    ]:
+        with pytest.raises(BadRequest, match=words):
+            validate.check_devices({"data": dev})
