@@ -271,6 +271,25 @@ def test_restarted_instance_service_fails_its_earlier_operations(world, fstack, 
     relaunch_works(world, name)
 
 
+@pytest.mark.skipif(shutil.which("lxc") is None, reason="needs the stock lxc client")
+def test_stock_lxc_launch_ends_with_the_error_when_the_service_dies(world, fstack, fapi):
+    """The issue's first row as a user saw it: ``lxc launch`` waits on the events
+    websocket; killed under it, the instance service no longer makes it hang for good:
+    it exits non-zero naming what died, within seconds."""
+    name = world.name("lxclaunch")
+    restart(fstack, "instance", fault="create:after_volume")
+    started = time.monotonic()
+    r = subprocess.run(["lxc", "launch", world.image, name, "-p", world.profile],
+                       capture_output=True, text=True, timeout=WAIT,
+                       env={**fstack.env, "LXD_DIR": str(fstack.dir)})
+    took = time.monotonic() - started
+    wait_dead(fstack, "instance")
+    assert r.returncode != 0 and "instance service" in r.stderr, (r.stdout, r.stderr)
+    assert took < 30, f"lxc launch took {took:.0f}s"
+    start_again(fstack, "instance")
+    assert_clean(world)
+
+
 @pytest.mark.parametrize("point", ["storage:after_record", "storage:after_volume"])
 def test_storage_service_killed_during_launch(world, fstack, fapi, point):
     """The instance service sees the storage process gone within seconds (no 300 s wait),
