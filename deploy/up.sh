@@ -170,8 +170,11 @@ if [[ "${CORRAL_SKIP_INSTALL:-0}" != 1 ]]; then
 fi
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$CORRAL_NATS_STORE_DIR"
 # Unprivileged containers run as a mapped root that must traverse every parent of their
-# rootfs: CORRAL_DIR itself is made traversable, its parents are only checked.
-chmod o+x "$CORRAL_DIR"
+# rootfs: CORRAL_DIR itself is made traversable (0711, as LXD's /var/lib/lxd: nobody else
+# may list it), its parents are only checked. Logs and PID files are root's only.
+chmod 0711 "$CORRAL_DIR"
+chmod 0700 "$RUN_DIR" "$LOG_DIR"
+find "$LOG_DIR" -maxdepth 1 -type f -exec chmod 0600 {} +
 while IFS= read -r d; do
     say "WARNING: $d is not traversable by others (o+x): unprivileged containers under" \
         "$CORRAL_DIR will fail to start; chmod o+x it or choose another CORRAL_DIR"

@@ -59,3 +59,24 @@ def test_older_readable_state_is_tightened_at_start(tmp_path):
     LXCDriver(root)
     assert _mode(root) == 0o711 and _mode(root / "c1") == 0o700
     assert all(_mode(root / "c1" / f) == 0o600 for f in ("config", "corral.json", "lxc.log"))
+
+
+@pytest.mark.timeout(90)
+def test_up_makes_corral_dir_logs_and_pids_private(tmp_path):
+    """deploy/up.sh: CORRAL_DIR 0711 (traversable, not listable, as /var/lib/lxd), logs
+    and PID files in 0700 directories, an older readable log tightened to 0600."""
+    from .test_deploy import Deployment, ok
+
+    d = Deployment(tmp_path)
+    d.dir.parent.mkdir()
+    (d.dir / "logs").mkdir(parents=True, mode=0o755)
+    (d.dir / "logs" / "old.log").write_text("x")
+    (d.dir / "logs" / "old.log").chmod(0o644)
+    try:
+        ok(d.run("up.sh", CORRAL_MODE="single"))
+        assert _mode(d.dir) == 0o711
+        assert _mode(d.dir / "logs") == 0o700 and _mode(d.dir / "run") == 0o700
+        assert _mode(d.dir / "logs" / "old.log") == 0o600
+        ok(d.run("down.sh"))
+    finally:
+        d.kill_leftovers()
