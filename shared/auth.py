@@ -156,7 +156,8 @@ def _service_side(user: str) -> tuple[list[str], list[str]]:
 
 def service_permissions(svc: str) -> Permissions:
     pub, sub = _service_side(svc)
-    sub += [subjects.service(svc, "*"), subjects.node("*", svc, "*")]
+    sub += [subjects.service(svc, "*"), subjects.node("*", svc, "*"),
+            subjects.project_service("*", svc, "*")]
     for callee, verb in CALLS[svc]:
         pub += _call_subjects(callee, verb)
     for bucket in BUCKETS[svc]:
@@ -172,7 +173,7 @@ def gateway_permissions(user: str = GATEWAY) -> Permissions:
     pub += [subjects.service("*", "*"), subjects.node("*", "*", "*"), CANCEL,
             f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
     sub += [EVENTS, f"{STREAMS}.*.*.out", subjects.service(GATEWAY, "*"),
-            subjects.node("*", GATEWAY, "*")]
+            subjects.node("*", GATEWAY, "*"), subjects.project_service("*", GATEWAY, "*")]
     for bucket in BUCKETS[GATEWAY]:
         pub += bucket_subjects(*bucket)
     return Permissions(tuple(pub), tuple(sub), responses=True)
@@ -187,10 +188,18 @@ def all_permissions() -> Permissions:
     return Permissions(tuple(pub), tuple(sub + [f"{inbox_prefix(ALL)}.>"]), responses=True)
 
 
-def role_permissions(user: str, role: str) -> Permissions:
-    """An integration: ``events`` < ``reader`` < ``operator``; never the byte streams."""
+def role_permissions(user: str, role: str, project: str | None = None) -> Permissions:
+    """An integration: ``events`` < ``reader`` < ``operator``; never the byte streams.
+
+    With ``project`` the credential reaches that project only: its requests go to
+    ``corral.project.<project>.<svc>.<verb>`` (the service checks the body agrees, see
+    ``shared.service.check_project_claim``), it hears only that project's events, and it
+    gets no node verb, cancel or operations bucket (those are not per project).
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    if project:
+        return _project_role_permissions(user, role, project)
     pub = ["$JS.API.INFO", *_stream_read(subjects.EVENTS_STREAM)]
     sub = [EVENTS, f"{inbox_prefix(user)}.>"]
     if role in ("reader", "operator"):
@@ -202,6 +211,17 @@ def role_permissions(user: str, role: str) -> Permissions:
     if role == "operator":
         pub += [subjects.service("*", "*"), subjects.node("*", "*", "*"), CANCEL]
     return Permissions(tuple(pub), tuple(sub), deny=(f"{STREAMS}.>",))
+
+
+def _project_role_permissions(user: str, role: str, project: str) -> Permissions:
+    events = f"{subjects.PREFIX}.events.*.{subjects.token(project)}.>"
+    pub = ["$JS.API.INFO"]  # never an empty allow list
+    if role == "reader":
+        pub += [subjects.project_service(project, "*", verb) for verb in READ_VERBS]
+    if role == "operator":
+        pub.append(subjects.project_service(project, "*", "*"))
+    return Permissions(tuple(pub), (events, f"{inbox_prefix(user)}.>"),
+                       deny=(f"{STREAMS}.>",))
 
 
 def admin_permissions() -> Permissions:
@@ -218,7 +238,7 @@ def permissions_of(user: str, entry: dict[str, Any]) -> Permissions:
         return all_permissions()
     if user == ADMIN:
         return admin_permissions()
-    return role_permissions(user, entry["role"])
+    return role_permissions(user, entry["role"], entry.get("project") or None)
 
 
 # -- files ---------------------------------------------------------------------------------

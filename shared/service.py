@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from . import codec, subjects, tracing
 from .bus import Bus
 from .config import Config, get_config
-from .errors import BadRequest, CorralError
+from .errors import BadRequest, CorralError, Forbidden
 from .events import Events, ensure_stream
 from .log import get_logger, set_event_sink, setup_logging
 from .models import Message, Reply, ServerInfoReply, ServerInfoRequest  # noqa: F401
@@ -155,6 +155,12 @@ class Service:
                 queue_group=f"corral-{self.name}" if spec.scope == "cluster" else None,
                 handler=self._wrap(spec),
             )
+            if spec.scope == "cluster" and spec.verb != "info":
+                # The same verb for credentials limited to one project (see subjects).
+                await self._micro.add_endpoint(
+                    name=f"{spec.verb}-in-project",
+                    subject=subjects.project_service("*", self.name, spec.verb),
+                    queue_group=f"corral-{self.name}", handler=self._wrap(spec, True))
         self.log.info("service started", endpoints=len(self.endpoints()))
 
     async def stop(self) -> None:
@@ -169,12 +175,14 @@ class Service:
             await self.bus.close()
         self._stopped.set()
 
-    def _wrap(self, spec: EndpointSpec) -> Callable[[MicroRequest], Awaitable[None]]:
+    def _wrap(self, spec: EndpointSpec, in_project: bool = False
+              ) -> Callable[[MicroRequest], Awaitable[None]]:
         handler = getattr(self, spec.attr)
         span_name = f"{self.name}.{spec.verb}"
         tracer = tracing.tracer(f"corral.{self.name}")
 
-        figures = self._figures.setdefault(spec.verb, EndpointFigures())
+        figures = self._figures.setdefault(
+            f"{spec.verb}-in-project" if in_project else spec.verb, EndpointFigures())
 
         async def handle(req: MicroRequest) -> None:
             # NATS delivers one subscription's messages one at a time: run each request in
@@ -208,6 +216,8 @@ class Service:
                         body = spec.request.model_validate(codec.decode(req.data) or {})
                     except (ValidationError, ValueError) as exc:
                         raise BadRequest(f"Invalid {spec.verb} request: {_brief(exc)}") from exc
+                    if in_project:
+                        check_project_claim(req.subject, spec.verb, body)
                     self.log.debug("request", verb=spec.verb)
                     result = await handler(body)
                     if not isinstance(result, Reply):
@@ -323,3 +333,22 @@ def main_for(cls: type[Service]) -> Callable[[], None]:
         asyncio.run(run_services([lambda c, b: cls(c, b)], cls.name))
 
     return main
+
+
+def check_project_claim(subject: str, verb: str, body: Any) -> None:
+    """A request on ``corral.project.<p>.<svc>.<verb>`` must stay in ``<p>``.
+
+    nats-server lets a credential limited to project ``p`` publish only under
+    ``corral.project.p.>`` (shared/auth.py), so the subject's project is a claim the server
+    vouched for; the body must agree: its ``project`` is ``p``, it lists no other project,
+    and of projects themselves it may only read ``p``.
+    """
+    claim = subject.split(".")[2]
+    project = getattr(body, "project", "default")
+    if subjects.token(project) != claim or getattr(body, "all_projects", False):
+        raise Forbidden(f"This credential is limited to project {claim!r}: not allowed in "
+                        f"project {project!r}")
+    if verb.startswith("project_") and (verb not in ("project_get", "project_state")
+                                        or getattr(body, "name", None) != project):
+        raise Forbidden(f"This credential is limited to project {claim!r}: it may only "
+                        "read that project")

@@ -4,6 +4,10 @@
 - ``corral.node.<node>.<service>.<verb>``: work bound to one host.
 - ``corral.events.<type>.<project>.<entity>``: events (JSON, LXD's shape).
 - ``corral.operations.<id>.cancel``: ask whoever runs an operation to cancel it.
+- ``corral.project.<project>.<service>.<verb>``: the same cluster-wide requests, for
+  integrations whose credential is limited to one project: nats-server lets them publish
+  only under their project's token, and the service refuses a request whose body names
+  another project (``shared.service.check_project_claim``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ EVENTS_ALL = f"{PREFIX}.events.>"
 
 def service(svc: str, verb: str) -> str:
     return f"{PREFIX}.{svc}.{verb}"
+
+
+def project_service(project: str, svc: str, verb: str) -> str:
+    """A request limited to ``project`` (``*``: the wildcard services subscribe to)."""
+    tok = project if project == "*" else token(project)
+    return f"{PREFIX}.project.{tok}.{svc}.{verb}"
 
 
 def node(node_name: str, svc: str, verb: str) -> str:

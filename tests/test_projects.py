@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,43 @@ def test_project_with_its_own_images(stack, api, project, busybox_tarball):
             "disabled on non-empty projects" in r.json()["error"]
     finally:
         wait_op(api, api.delete(f"/1.0/images/{fp}", params={"project": p}))
+
+
+async def test_operator_credential_limited_to_a_project(stack, nats_server, project, uid):
+    """`corral bus credentials create X --role operator --project p1`: nats-server lets it
+    publish only under corral.project.p1.>, and the service refuses a body naming another
+    project: it can list and change p1, never default."""
+    import nats
+
+    from shared import codec, subjects
+
+    from .test_bus_auth import connect_new, creds_of
+    from .test_bus_auth import corral as corral_bus
+
+    p = project("features.images=false", "features.profiles=false")
+    name = f"{uid}-op"
+    out = corral_bus(stack, "bus", "credentials", "create", name, "--role", "operator",
+                     "--project", p)
+    assert out.returncode == 0, out.stderr
+    conn = await connect_new(nats_server.url, creds_of(Path(out.stdout.strip()
+                                                            .splitlines()[-1])))
+    try:
+        mine = subjects.project_service(p, "instance", "list")
+        reply = await conn.nc.request(mine, codec.encode({"project": p}), timeout=5)
+        assert codec.decode(reply.data)["metadata"] == []
+        for body in ({"project": "default"}, {}, {"project": p, "all_projects": True}):
+            reply = await conn.nc.request(mine, codec.encode(body), timeout=5)
+            assert reply.headers["Nats-Service-Error-Code"] == "403", body
+            assert f"limited to project '{p}'" in reply.headers["Nats-Service-Error"]
+        get = subjects.project_service(p, "instance", "project_update")
+        reply = await conn.nc.request(get, codec.encode({"project": p, "name": "default",
+                                                         "body": {"config": {}}}), timeout=5)
+        assert reply.headers["Nats-Service-Error-Code"] == "403"
+        for other in (subjects.project_service("default", "instance", "delete"),
+                      subjects.service("instance", "delete")):
+            with pytest.raises(nats.errors.TimeoutError):
+                await conn.nc.request(other, codec.encode({"name": "x"}), timeout=1)
+            assert await conn.violation("publish", other)
+    finally:
+        await conn.close()
+        corral_bus(stack, "bus", "credentials", "revoke", name)

@@ -67,7 +67,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def take_project(argv: list[str]) -> list[str]:
     """``argv`` without its ``--project NAME`` / ``--project=NAME`` (anywhere before
     ``--``, as lxc takes it), which goes to ``CORRAL_PROJECT``: the client then adds
-    ``?project=`` to every request of the command."""
+    ``?project=`` to every request of the command. ``corral bus`` keeps its own
+    ``--project`` (the project a NATS credential is limited to)."""
+    words = [t for i, t in enumerate(argv) if not t.startswith("-")
+             and (i == 0 or argv[i - 1] not in ("--project", "--socket"))]
+    if words[:1] == ["bus"]:
+        return argv
     out: list[str] = []
     it = iter(range(len(argv)))
     for i in it:

@@ -199,3 +199,27 @@ def test_restricted_certificates_cannot_change_projects():
             check_access(who, method, route, "p1", False)
     with pytest.raises(Forbidden):
         check_access(who, "GET", "/1.0/instances", "default", False)
+
+
+def test_project_limited_credentials_and_claims():
+    from shared import auth, subjects
+    from shared.errors import Forbidden
+    from shared.models import ListRequest, ObjectRequest
+    from shared.service import check_project_claim
+
+    op = auth.permissions_of("o", {"role": "operator", "project": "p1"})
+    assert op.publish == ("$JS.API.INFO", "corral.project.p1.*.*")
+    assert op.subscribe == ("corral.events.*.p1.>", "_INBOX_o.>")
+    reader = auth.permissions_of("r", {"role": "reader", "project": "p1"})
+    assert "corral.project.p1.*.list" in reader.publish
+    assert not any(s.startswith("corral.instance") or "create" in s for s in reader.publish)
+    assert "corral.project.*.instance.*" in auth.service_permissions("instance").subscribe
+    subject = subjects.project_service("p1", "instance", "list")
+    check_project_claim(subject, "list", ListRequest(project="p1"))
+    for body in (ListRequest(project="default"), ListRequest(project="p1", all_projects=True)):
+        with pytest.raises(Forbidden):
+            check_project_claim(subject, "list", body)
+    check_project_claim(subject, "project_get", ObjectRequest(project="p1", name="p1"))
+    for verb, name in (("project_get", "default"), ("project_update", "p1")):
+        with pytest.raises(Forbidden):
+            check_project_claim(subject, verb, ObjectRequest(project="p1", name=name))

@@ -108,12 +108,12 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", default=None, help="octal, e.g. 0644")
     p.add_argument("-p", "--create-dirs", dest="parents", action="store_true",
                    help="create missing parent directories")
-    p.add_argument("--project", default="default")
+    p.add_argument("--project", default=None)  # None: --project anywhere, see main
     p = command(files, "pull", pull, "Copy a file out of an instance.")
     p.add_argument("source", help="NAME/PATH")
     p.add_argument("dest", type=Path, help="local file or directory ('-': stdout)")
-    p.add_argument("--project", default="default")
+    p.add_argument("--project", default=None)  # None: --project anywhere, see main
     p = command(files, "delete", delete, "Delete a file, symlink or empty directory in an "
                 "instance.")
     p.add_argument("target", help="NAME/PATH")
-    p.add_argument("--project", default="default")
+    p.add_argument("--project", default=None)  # None: --project anywhere, see main
