@@ -109,6 +109,8 @@ class Images:
                                   "; nothing was removed, try again") from None
         await self.aliases.drop_for(project, fp, requestor)
         await self.ctx.images.delete(k)
+        self._stamping.pop(k, None)  # its last_used_at writer (see touch) goes with it
+        self._wanted.pop(k, None)
         if last_copy:
             store = await blobs.bucket(self.ctx.bus, records.BUCKET)
             for name in (rec["_blob"].get("meta"), rec["_blob"].get("rootfs")):
