@@ -74,6 +74,8 @@ class Store:
             entry = await self.kv.get(key)
         except (jse.KeyNotFoundError, jse.KeyDeletedError):
             return None
+        except jse.InvalidKeyError:  # a name no key can have (a URL's "a:b") names nothing
+            return None
         except jse.Error as exc:
             raise Unavailable(f"state store {self.bucket} unavailable: {exc}") from exc
         if entry.value is None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+import nats.errors
 from aiohttp import web
 
 from shared.bus import Bus
 from shared.config import Config
+from shared.errors import CorralError
 from shared.messages.lxd import check_body
 from shared.models import CreateRequest, ListRequest, Message, ObjectRequest, Reply
 from shared.operations import Operations
@@ -53,7 +55,13 @@ class Context:
         body = getattr(req, "body", None)
         if isinstance(body, dict):
             req.body = check_body(svc, verb, body)  # type: ignore[attr-defined]
-        return await self.bus.request(svc, verb, req, timeout=timeout)
+        try:
+            return await self.bus.request(svc, verb, req, timeout=timeout)
+        except nats.errors.MaxPayloadError:
+            limit = self.bus.nc.max_payload if self.bus.nc else 0
+            raise CorralError(f"Request too large: a {svc} request carries at most {limit} "
+                              "bytes (NATS max_payload); LXD objects are far smaller",
+                              413) from None
 
 
 Handler = Callable[[Context, web.Request], Awaitable[web.StreamResponse]]

@@ -16,18 +16,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# A container's root as the host sees it: <dir>/.../rootfs or /proc/<pid>/root.
+# A container's root under $CORRAL_DIR as the host sees it: <dir>/.../rootfs.
 _ROOTFS = r"(?:/[^\s'\"]*)?/rootfs(?=/|\b)"
-_PROC_ROOT = r"/proc/\d+/root(?=/|\b)"
+# A running container's root through its init: /proc/<pid>/root, as an OSError quotes
+# it ("[Errno 2] No such file or directory: '/proc/8385/root/proc/self'"). Only in such
+# messages: in Corral's own, a /proc/1/root/x is the path the client asked for.
+_OSERROR = re.compile(r"\[Errno \d+\]")
+_PROC_ROOT = re.compile(r"'/proc/\d+/root(/[^']*)?'")
 
 
 def scrub(message: str, corral_dir: Path | str) -> str:
     """``message`` with host paths replaced as the module says."""
+    if _OSERROR.search(message):
+        message = _PROC_ROOT.sub(lambda m: f"'{m.group(1) or '/'}'", message)
     base = re.escape(str(corral_dir).rstrip("/"))
     if base:
         message = re.sub(base + _ROOTFS + r"(/[^\s'\"]*)?",
                          lambda m: m.group(1) or "/", message)
-    message = re.sub(_PROC_ROOT + r"(/[^\s'\"]*)?", lambda m: m.group(1) or "/", message)
-    if base:
         message = re.sub(base + r"(?=/|\b)", "$CORRAL_DIR", message)
     return message

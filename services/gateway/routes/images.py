@@ -48,6 +48,13 @@ async def _save_upload(request: web.Request, tmp: Path) -> dict[str, Any]:
     if request.content_type != "multipart/form-data":
         await _save_stream(lambda: request.content.read(_CHUNK), tmp / "meta")
         return {"filename": request.headers.get("X-LXD-filename", "")}
+    try:
+        return await _save_multipart(request, tmp)
+    except ValueError as exc:  # aiohttp's word for a form it cannot parse (no boundary...)
+        raise BadRequest(f"Invalid multipart image: {exc}") from None
+
+
+async def _save_multipart(request: web.Request, tmp: Path) -> dict[str, Any]:
     reader = await request.multipart()
     meta = await reader.next()
     if not isinstance(meta, BodyPartReader) or meta.name != "metadata":

@@ -62,7 +62,11 @@ def resolve_parts(root: Path, path: str, follow_last: bool = True) -> list[str]:
             links += 1
             if links > MAX_LINKS:
                 raise BadRequest(f"Path {path!r}: too many levels of symbolic links")
-            target = os.readlink(here)
+            try:
+                target = os.readlink(here)
+            except OSError:  # a /proc "magic" link: from the host it names the reader
+                raise BadRequest(f"Path {path!r}: /{'/'.join([*done, part])} is a link only "
+                                 "the instance's own processes can follow") from None
             if target.startswith("/"):
                 done = []
             todo.extendleft(reversed(_split(target)))
