@@ -50,7 +50,7 @@ def exempt(request: web.Request) -> bool:
     """Whether the route ``request`` matched streams its body (see :func:`streams_body`)."""
     handler = getattr(request.match_info, "handler", None)
     route_handler = getattr(handler, "route_handler", handler)
-    return bool(getattr(route_handler, "streams_body", False))
+    return getattr(route_handler, "streams_body", False) is True
 
 
 def too_large(limit: int) -> web.Response:
