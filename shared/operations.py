@@ -357,14 +357,24 @@ class Operations:
     # -- reading (any process, e.g. the gateway) -----------------------------------------
 
     async def get(self, op_id: str) -> dict[str, Any]:
-        found = await self.store.get(op_id) if _valid_id(op_id) else None
+        try:
+            found = await self.store.get(op_id) if _valid_id(op_id) else None
+        except CorralError:
+            raise
+        except Exception as exc:  # the bus is restarting: a 503, not a 500
+            raise _bus_error(exc) from exc
         if found is None or is_expired(found[0], self.retention):
             raise NotFound("Operation not found")
         return _public(found[0])
 
     async def list(self, project: str | None = "default") -> list[dict[str, Any]]:
         now = time.time()
-        ops = await self.store.items()
+        try:
+            ops = await self.store.items()
+        except CorralError:
+            raise
+        except Exception as exc:
+            raise _bus_error(exc) from exc
         return [_public(o) for o in ops.values()
                 if not is_expired(o, self.retention, now)
                 and (project is None or o.get("project", "default") == project)]
@@ -403,12 +413,13 @@ class Operations:
         while True:
             try:
                 return await self.get(op_id)
-            except CorralError:
-                raise
+            except CorralError as exc:
+                if not isinstance(exc, Unavailable) or time.monotonic() >= limit:
+                    raise
             except Exception as exc:
                 if time.monotonic() >= limit:
                     raise _bus_error(exc) from exc
-                await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)
 
     async def _watch(self, op_id: str, current: dict[str, Any], deadline: float | None
                      ) -> dict[str, Any]:

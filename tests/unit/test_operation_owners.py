@@ -164,3 +164,14 @@ def test_bus_errors_under_an_operation_are_a_503_that_says_so(exc) -> None:
     assert isinstance(err, Unavailable) and "message bus" in err.message
     plain = ValueError("bug")
     assert operations._bus_error(plain) is plain
+
+
+def test_reading_an_operation_while_the_bus_restarts_is_a_503() -> None:
+    ops = make()
+
+    async def broken(_k: str):
+        raise nats.errors.TimeoutError()
+
+    ops.store.get = broken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="message bus"):
+        run(ops.get("0b5b3c4e-8f0e-4d7b-9a53-1d2f3e4a5b6c"))
