@@ -12,7 +12,7 @@ from typing import Any
 
 from shared import filters
 from shared.api import listing, url
-from shared.errors import BadRequest, CorralError, NotFound
+from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.messages.instance import NetworkUsersRequest, StatePutRequest
 from shared.models import (
     CreateRequest,
@@ -47,6 +47,8 @@ from .remote import Remote
 # container_backup: only the (empty) backup list so far, which `lxc info` requires.
 API_EXTENSIONS = ["container_full", "api_filtering", "container_last_used_at",
                   "instance_nic_network", "container_backup", "instances"]
+# Creates, state changes and deletes one instance service runs at once (see _admit).
+MAX_OPERATIONS = 128
 # Declared only while libvirtd answers (``lxc launch --vm`` checks them).
 VM_EXTENSIONS = ["virtual-machines"]
 
@@ -103,6 +105,36 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
         return self._locks.setdefault(key(project, name), asyncio.Lock())
+
+    # -- bounded work ----------------------------------------------------------------------
+
+    max_operations: int = MAX_OPERATIONS
+    _working: int = 0
+
+    def _admit(self) -> None:
+        """503 before any change when this process already runs ``max_operations``
+        creates, state changes and deletes: refused with a reason, never queued without
+        end (each holds threads, bus requests and host work)."""
+        if self._working >= self.max_operations:
+            raise Unavailable(f"The instance service is busy: {self._working} operations "
+                              "running (creates, state changes, deletes), try again")
+
+    async def _start_work(self, description: str, run: Any, **kw: Any) -> Any:
+        """``operations.start`` for the bounded kinds of work: counted until ``run`` ends."""
+        self._admit()
+        self._working += 1
+
+        async def counted(op: Any) -> Any:
+            try:
+                return await run(op)
+            finally:
+                self._working -= 1
+
+        try:
+            return await self.operations.start(description, counted, **kw)
+        except BaseException:
+            self._working -= 1  # no task was made: ``counted`` will never run
+            raise
 
     # -- what the exec/files/console mixin needs ----------------------------------------
 
@@ -186,6 +218,7 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
 
     @endpoint("create", CreateRequest)
     async def create_instance(self, req: CreateRequest) -> Reply:
+        self._admit()  # before the name is reserved
         rec, image = await create.prepare(self.ctx, req.body, req.project)
         start = bool(req.body.get("start"))
 
@@ -203,7 +236,7 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
                                                 requestor=req.requestor)
 
         try:
-            op = await self.operations.start(
+            op = await self._start_work(
                 "Creating instance", run, project=req.project,
                 resources=self._resources(rec["name"], req.project, containers=True))
         except BaseException:  # no operation, so nothing will build or undo: free the name
@@ -227,9 +260,9 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
                 await self.events.lifecycle("instance-deleted", instance_url(rec),
                                             project=req.project, requestor=req.requestor)
 
-        op = await self.operations.start(lifecycle.DESCRIPTIONS[req.action], run,
-                                         project=req.project,
-                                         resources=self._resources(req.name, req.project))
+        op = await self._start_work(lifecycle.DESCRIPTIONS[req.action], run,
+                                    project=req.project,
+                                    resources=self._resources(req.name, req.project))
         return Reply(type="async", operation=op.lxd())
 
     async def _done_op(self, description: str, name: str, project: str) -> Reply:
@@ -282,8 +315,8 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
             await self.events.lifecycle("instance-deleted", instance_url(rec),
                                         project=req.project, requestor=req.requestor)
 
-        op = await self.operations.start("Deleting instance", run, project=req.project,
-                                         resources=self._resources(req.name, req.project))
+        op = await self._start_work("Deleting instance", run, project=req.project,
+                                    resources=self._resources(req.name, req.project))
         return Reply(type="async", operation=op.lxd())
 
     @endpoint("network_users", NetworkUsersRequest)

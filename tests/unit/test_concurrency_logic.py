@@ -143,3 +143,41 @@ async def test_image_last_used_at_stamps_coalesce():
     await asyncio.gather(*(logic.touch("k", t) for t in times))
     assert Ctx.images.value["last_used_at"] == times[-1]
     assert Ctx.images.writes <= 3
+
+
+async def test_instance_service_bounds_its_operations(tmp_path, monkeypatch):
+    """Creates, state changes and deletes beyond ``max_operations`` are a 503 with a
+    reason; the count falls as each ends, and when an operation could not even start."""
+    from services.instance.service import InstanceService
+    from shared.errors import Unavailable
+
+    monkeypatch.setenv("CORRAL_CONFIG", str(tmp_path / "corral.yaml"))
+    config = load_config(dir=tmp_path)
+    svc = InstanceService(config, Bus(config, "instance"))
+    svc.max_operations = 2
+    release = asyncio.Event()
+
+    class FakeOperations:
+        fail = False
+
+        async def start(self, description: str, run: Any, **_kw: Any) -> str:
+            if self.fail:
+                raise Unavailable("bus down")
+            asyncio.get_running_loop().create_task(run(None))
+            return description
+
+    async def work(_op: Any) -> None:
+        await release.wait()
+
+    svc.operations = FakeOperations()  # type: ignore[assignment]
+    assert await svc._start_work("one", work) == "one"
+    assert await svc._start_work("two", work) == "two"
+    with pytest.raises(Unavailable, match="busy: 2 operations running"):
+        await svc._start_work("three", work)
+    release.set()
+    await asyncio.sleep(0.01)
+    assert svc._working == 0
+    svc.operations.fail = True
+    with pytest.raises(Unavailable, match="bus down"):
+        await svc._start_work("four", work)
+    assert svc._working == 0
