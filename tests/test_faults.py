@@ -78,12 +78,12 @@ def world(fstack, fapi, busybox_tarball):
 # -- killing and restarting one process, by PID ------------------------------------------
 
 
-def restart(stack: Stack, name: str, fault: str | None = None) -> None:
-    """Stop ``name`` (SIGTERM, by PID) and start it again, armed with ``fault`` if given."""
+def restart(stack: Stack, name: str, fault: str | None = None, **extra: str) -> None:
+    """Stop ``name`` (SIGTERM, by PID) and start it again, armed with ``fault`` if given,
+    with ``extra`` environment variables."""
     stack.stop(name)
     env = stack.env
-    if fault:
-        stack.env = {**env, "CORRAL_FAULT": fault}
+    stack.env = {**env, **extra, **({"CORRAL_FAULT": fault} if fault else {})}
     try:
         stack.start(name)
     finally:
@@ -416,5 +416,24 @@ def test_orphan_volume_delete_is_the_last_resort(world, fstack, fapi):
     assert fapi.delete(f"{vols}/{orphan}").status_code == 404
     image_vol = f"/1.0/storage-pools/{world.pool}/volumes/image/{world.fingerprint}"
     assert fapi.delete(image_vol).status_code == 400
+    world.remove(owned)
+    assert_clean(world)
+
+
+def test_storage_start_removes_old_volumes_no_instance_owns(world, fstack, fapi):
+    """The careful sweep after a storage start: an instance volume no instance owns, older
+    than the grace, goes; an instance's own volume stays."""
+    orphan = world.name("sweep")
+    asyncio.run(_make_orphan(fstack, world.pool, orphan, world.fingerprint))
+    owned = world.create("kept")
+    vols = f"/1.0/storage-pools/{world.pool}/volumes/container"
+    restart(fstack, "storage", CORRAL_ORPHAN_GRACE="0", CORRAL_ORPHAN_CHECK_DELAY="0.5")
+    try:
+        wait_for(lambda: fapi.get(f"{vols}/{orphan}").status_code == 404, 30,
+                 what="the orphan volume to be swept")
+        assert fapi.get(f"{vols}/{owned}").status_code == 200
+        assert world.get(owned)["status"] == "Stopped"
+    finally:
+        restart(fstack, "storage")
     world.remove(owned)
     assert_clean(world)

@@ -33,7 +33,7 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store
 from shared.warnings import Warnings
 
-from . import usage
+from . import orphans, usage
 from .drivers import DRIVERS
 from .pools import Pools, pool_etag
 from .volumes import INSTANCE_KINDS, Volumes, volume_url
@@ -58,6 +58,10 @@ class StorageService(Service):
         await self.warnings.storage_pools(self.pools.unavailable,
                                           [r["name"] for r in self.pools.records()])
         await self.volumes.reconcile()
+        self._orphans = asyncio.create_task(orphans.sweep_later(self.volumes))
+
+    async def teardown(self) -> None:
+        self._orphans.cancel()
 
     def server_info(self) -> ServerInfoReply:
         recs = {r["name"]: r for r in self.pools.records()}
