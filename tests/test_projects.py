@@ -292,3 +292,27 @@ async def test_operator_credential_limited_to_a_project(stack, nats_server, proj
     finally:
         await conn.close()
         corral_bus(stack, "bus", "credentials", "revoke", name)
+
+
+async def test_events_of_one_project(stack, aapi, project, uid):
+    """`/1.0/events?project=p` carries p's events, each naming its project, not default's."""
+    import asyncio
+
+    import aiohttp
+
+    p = project()
+    connector = aiohttp.UnixConnector(path=str(stack.socket))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.ws_connect(
+                f"http://corral/1.0/events?type=lifecycle&project={p}") as ws:
+            assert (await aapi.post("/1.0/profiles", json={"name": uid})).status_code == 200
+            r = await aapi.post("/1.0/profiles", params={"project": p}, json={"name": uid})
+            assert r.status_code == 200
+            seen = []
+            while not seen or seen[-1]["metadata"]["source"] != \
+                    f"/1.0/profiles/{uid}?project={p}":
+                seen.append(json.loads((await asyncio.wait_for(ws.receive(), 10)).data))
+    assert all(e["project"] == p for e in seen), seen
+    assert seen[-1]["metadata"]["action"] == "profile-created"
+    await aapi.delete(f"/1.0/profiles/{uid}")
+    await aapi.delete(f"/1.0/profiles/{uid}", params={"project": p})
