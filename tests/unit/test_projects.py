@@ -223,3 +223,31 @@ def test_project_limited_credentials_and_claims():
     for verb, name in (("project_get", "default"), ("project_update", "p1")):
         with pytest.raises(Forbidden):
             check_project_claim(subject, verb, ObjectRequest(project="p1", name=name))
+
+
+async def test_restricted_certificates_see_only_their_projects():
+    import json
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from services.gateway.routes import projects as routes
+    from services.gateway.trust import Identity
+    from shared.errors import Forbidden
+    from shared.models import Reply
+
+    who = Identity(protocol="tls", trusted=True, restricted=True, projects=("p1",), name="c")
+    req = make_mocked_request("GET", "/1.0/projects?project=p1")
+    req["corral.identity"] = who
+    urls = ["/1.0/projects/default", "/1.0/projects/p1", "/1.0/projects/p2"]
+    resp = await routes.listed(None, req, Reply(metadata=list(urls)))
+    assert json.loads(resp.body)["metadata"] == ["/1.0/projects/p1"]
+    objs = [{"name": "default"}, {"name": "p1"}]
+    resp = await routes.listed(None, req, Reply(metadata=objs))
+    assert json.loads(resp.body)["metadata"] == [{"name": "p1"}]
+    req = make_mocked_request("GET", "/1.0/projects/p2", match_info={"name": "p2"})
+    req["corral.identity"] = who
+    with pytest.raises(Forbidden):
+        await routes.shown(None, req, Reply(metadata={"name": "p2"}))
+    root = make_mocked_request("GET", "/1.0/projects", match_info={"name": "p2"})
+    resp = await routes.listed(None, root, Reply(metadata=list(urls)))  # unrestricted
+    assert json.loads(resp.body)["metadata"] == urls

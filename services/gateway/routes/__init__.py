@@ -23,6 +23,7 @@ from . import (
     metadata,
     networks,
     operations,
+    projects,
     server,
     storage,
     warnings,
@@ -137,6 +138,18 @@ STORAGE = [
           ask("storage", "volume_remove", storage.volume, timeout=storage.SLOW)),
 ]
 
+# The instance service owns projects; a restricted certificate sees only its own.
+PROJECTS = [
+    Route("GET", "/1.0/projects", ask("instance", "project_list", listing,
+                                      respond=projects.listed)),
+    *(r for r in crud("/1.0/projects", "instance", "project_")
+      if (r.method, r.path) not in {("GET", "/1.0/projects"), ("GET", "/1.0/projects/{name}")}),
+    Route("GET", "/1.0/projects/{name}", ask("instance", "project_get", item,
+                                             respond=projects.shown)),
+    Route("GET", "/1.0/projects/{name}/state", ask("instance", "project_state", item,
+                                                   respond=projects.shown)),
+]
+
 ROUTES: list[Route] = [
     Route("GET", "/", server.root),
     Route("GET", "/1.0", server.server),  # the gateway's facts + each service's info
@@ -163,8 +176,7 @@ ROUTES: list[Route] = [
     Route("GET", "/1.0/operations/{id}/websocket", websocket),  # exec/console streams
     *aliased(INSTANCES, "/1.0/instances", "/1.0/containers"),
     *crud("/1.0/profiles", "instance", "profile_"),
-    *crud("/1.0/projects", "instance", "project_"),  # the instance service owns projects
-    Route("GET", "/1.0/projects/{name}/state", ask("instance", "project_state", item)),
+    *PROJECTS,
     *IMAGES,
     *NETWORKS,
     *STORAGE,
