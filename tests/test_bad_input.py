@@ -127,6 +127,14 @@ def test_recursion_beyond_64_bits_is_a_400(api):
         _error(r, 400, "recursion")
 
 
+def test_operation_wait_timeout_that_is_no_number_is_a_400(api):
+    # float() took "nan" and "inf": a deadline of NaN never comes.
+    for timeout in ("nan", "inf", "-inf", "1e999", "soon"):
+        r = api.get("/1.0/operations/0b4f3c2e-2f5c-4a4e-9c86-0d3e2f0f8c11/wait",
+                    params={"timeout": timeout})
+        _error(r, 400, "Invalid timeout")
+
+
 def test_file_push_ids_beyond_32_bits_are_a_400(api, uid):
     r = api.post(f"/1.0/instances/{uid}/files", params={"path": "/x"}, content=b"",
                  headers={"X-LXD-uid": "99999999999999999999"})

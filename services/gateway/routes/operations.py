@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,15 @@ from shared.errors import BadRequest
 from .. import responses
 from ..request import all_projects, project_of, recursion_of
 from ..routing import Context
+from ..scrub import scrub
+
+
+def _shown(ctx: Context, op: dict[str, Any]) -> dict[str, Any]:
+    """The operation as clients see it: its error without the host's paths (see scrub),
+    as every error the gateway renders."""
+    if op.get("err"):
+        return {**op, "err": scrub(op["err"], ctx.config.dir)}
+    return op
 
 
 async def list_(ctx: Context, request: web.Request) -> web.Response:
@@ -19,12 +29,12 @@ async def list_(ctx: Context, request: web.Request) -> web.Response:
     grouped: dict[str, list[Any]] = {}
     for op in sorted(await ctx.ops.list(project), key=lambda o: o["created_at"]):
         grouped.setdefault(op["status"].lower(), []).append(
-            op if recursion > 0 else f"/1.0/operations/{op['id']}")
+            _shown(ctx, op) if recursion > 0 else f"/1.0/operations/{op['id']}")
     return responses.sync(grouped)
 
 
 async def get(ctx: Context, request: web.Request) -> web.Response:
-    return responses.sync(await ctx.ops.get(request.match_info["id"]))
+    return responses.sync(_shown(ctx, await ctx.ops.get(request.match_info["id"])))
 
 
 async def cancel(ctx: Context, request: web.Request) -> web.Response:
@@ -38,6 +48,7 @@ async def wait(ctx: Context, request: web.Request) -> web.Response:
     try:
         timeout = float(raw)
     except ValueError:
-        raise BadRequest(f"Invalid timeout {raw!r}: expected seconds, -1 for no limit"
-                         ) from None
-    return responses.sync(await ctx.ops.wait(request.match_info["id"], timeout))
+        timeout = math.nan
+    if not math.isfinite(timeout):
+        raise BadRequest(f"Invalid timeout {raw[:40]!r}: expected seconds, -1 for no limit")
+    return responses.sync(_shown(ctx, await ctx.ops.wait(request.match_info["id"], timeout)))
