@@ -23,6 +23,7 @@ from .. import responses
 from ..limits import streams_body
 from ..request import json_object, name_of, project_of, requestor
 from ..routing import Context, render
+from .images import stream_object
 
 SVC = "instance"
 
@@ -81,18 +82,40 @@ async def file_contents(ctx: Context, request: web.Request, reply: Reply
     headers = {"X-LXD-uid": str(meta["uid"]), "X-LXD-gid": str(meta["gid"]),
                "X-LXD-mode": f"{meta['mode']:04o}", "X-LXD-type": meta["type"]}
     if request.method == "HEAD":
+        if meta.get("blob"):  # the contents nobody will read
+            await blobs.delete(await blobs.transfers(ctx.bus), meta["blob"])
         return web.Response(headers=headers)
     if meta["type"] == "directory":
         resp = responses.sync(meta["entries"])
         resp.headers.update(headers)
         return resp
-    return _raw(await unpack(ctx.bus, meta.get("data"), meta.get("blob")), headers)
+    return await _bytes(ctx, request, meta, headers)
 
 
-async def raw_log(ctx: Context, _request: web.Request, reply: Reply) -> web.StreamResponse:
+async def _bytes(ctx: Context, request: web.Request, meta: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Inline ``data`` as one response; a transfers ``blob`` streamed chunk by chunk (a
+    big file or log never sits whole in the gateway's memory), then deleted."""
+    if not meta.get("blob"):
+        return _raw(await unpack(ctx.bus, meta.get("data"), None), headers)
+    store = await blobs.transfers(ctx.bus)
+    try:
+        size = (await store.get_info(meta["blob"])).size or 0
+        resp = web.StreamResponse(headers={**(headers or {}),
+                                           "Content-Type": "application/octet-stream"})
+        resp.content_length = size
+        await resp.prepare(request)
+        await stream_object(store, meta["blob"], resp.write)
+        await resp.write_eof()
+        return resp
+    finally:
+        await blobs.delete(store, meta["blob"])
+
+
+async def raw_log(ctx: Context, request: web.Request, reply: Reply) -> web.StreamResponse:
     """A console log or log file as plain bytes, as LXD serves them."""
     meta = reply.metadata
-    return _raw(await unpack(ctx.bus, meta.get("data"), meta.get("blob")))
+    return await _bytes(ctx, request, meta)
 
 
 async def _staged_body(ctx: Context, request: web.Request) -> dict[str, Any]:
