@@ -9,7 +9,8 @@ sends itself SIGKILL when it reaches that point: no cleanup, no reply, as a cras
 Points: ``create:after_reserve``, ``create:after_volume``, ``create:after_driver``
 (instance service, in ``create.build``), ``delete:after_driver``, ``delete:after_volume``
 (instance service, in ``update.delete``), ``storage:after_record``,
-``storage:after_volume`` (storage service, in ``volumes.from_image``).
+``storage:after_volume`` (storage service, in ``volumes.from_image``),
+``network:nic_config`` (network service, as it is asked for a NIC's configuration).
 """
 
 from __future__ import annotations

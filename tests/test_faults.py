@@ -44,7 +44,7 @@ WAIT = 60  # seconds a client may wait for a crashed operation to end (the issue
 
 
 @pytest.fixture(scope="module")
-def fstack():
+def fstack(request):
     tmp = tempfile.TemporaryDirectory(prefix="corral-faults-")
     base = Path(tmp.name)
     try:  # its users and credentials in the stack's CORRAL_DIR, as `make up` does
@@ -59,6 +59,10 @@ def fstack():
     finally:
         s.stop_all()
         server.stop()
+        if request.session.testsfailed:  # keep the services' logs to read
+            keep = Path(tempfile.mkdtemp(prefix="corral-faults-logs-"))
+            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
+            print(f"\ncorral: fault tests' service logs kept in {keep}")
         tmp.cleanup()
 
 
@@ -306,6 +310,25 @@ def test_storage_service_killed_during_launch(world, fstack, fapi, point):
     assert op["status"] == "Failure" and "storage service" in op["err"], op
     assert time.monotonic() - started < 20
     start_again(fstack, "storage")
+    assert_clean(world)
+    relaunch_works(world, name)
+    assert_clean(world)
+
+
+def test_network_service_killed_during_launch(world, fstack, fapi):
+    """Asked for the NIC's configuration, the network service dies: the create fails
+    within seconds naming it (the request is not left to its deadline) and is undone."""
+    assert_clean(world)
+    name = world.name("nicconfig")
+    restart(fstack, "network", fault="network:nic_config")
+    r = launch(world, name)
+    assert r.status_code == 202, r.text
+    wait_dead(fstack, "network")
+    started = time.monotonic()
+    op = wait_final(fapi, r.json()["operation"])
+    assert op["status"] == "Failure" and "network service" in op["err"], op
+    assert time.monotonic() - started < 20
+    start_again(fstack, "network")
     assert_clean(world)
     relaunch_works(world, name)
     assert_clean(world)

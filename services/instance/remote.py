@@ -62,7 +62,7 @@ class Remote:
         """An idempotent node request with a long deadline, whose callee is watched.
 
         ``send()`` makes the request. The callee's micro instance on this node is looked up
-        as it goes out; if it stops answering pings (its process died, even if a new one
+        before it goes out; if it stops answering pings (its process died, even if a new one
         started meanwhile), this ends with a 503 saying so instead of waiting out the
         deadline. If our bus connection came back (a nats-server restart) while waiting,
         the answer may have been lost with the server: the request is sent again (the
@@ -71,13 +71,14 @@ class Remote:
         service = f"corral-{svc}"
         nc = self.bus.nc
         reconnects = nc.stats["reconnects"] if nc is not None else 0
+        # Who will answer, asked first (a local ping: a millisecond): a callee that dies on
+        # receiving the request could not answer a ping sent beside it.
+        callee = await presence.instance_on(self.bus, service, self.node)
         call = asyncio.ensure_future(send())
-        finder = asyncio.ensure_future(presence.instance_on(self.bus, service, self.node))
         try:
             done, _ = await asyncio.wait({call}, timeout=WATCH_AFTER)
             if done:
                 return call.result()
-            callee = await finder
             missing = 0.0
             while True:
                 done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
@@ -88,8 +89,8 @@ class Remote:
                     reconnects = now
                     call.cancel()
                     await asyncio.gather(call, return_exceptions=True)
-                    call = asyncio.ensure_future(send())
                     callee = await presence.instance_on(self.bus, service, self.node)
+                    call = asyncio.ensure_future(send())
                     missing = 0.0
                     continue
                 if callee is None or await presence.alive(self.bus, service, callee):
@@ -98,12 +99,11 @@ class Remote:
                 missing += WATCH_EVERY
                 if missing >= WATCH_GRACE:
                     raise Unavailable(f"The {svc} service stopped while {what} (its process "
-                                      "is gone); the create is undone")
+                                      "is gone)")
         finally:
-            for task in (call, finder):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(call, finder, return_exceptions=True)
+            if not call.done():
+                call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
 
     async def volume_delete(self, project: str, pool: str, name: str,
                             kind: str = "container") -> None:
@@ -124,8 +124,9 @@ class Remote:
                          hwaddr: str | None) -> NicConfigReply:
         req = NicConfigRequest(project=project, instance=instance, index=index,
                                device=device, host_name=host_name, hwaddr=hwaddr)
-        reply = await self.bus.request("network", "nic_config", req, node=self.node,
-                                       timeout=NIC_TIMEOUT)
+        reply = await self.watched("network", lambda: self.bus.request(
+            "network", "nic_config", req, node=self.node, timeout=NIC_TIMEOUT),
+            f"configuring NIC {index} of {instance!r}")
         return NicConfigReply.model_validate(reply.metadata)
 
     async def nic_limits(self, project: str, host_name: str, device: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from shared import faults
 from shared.api import listing
 from shared.errors import BadRequest
 from shared.messages.network import NicConfigRequest, NicLimitsRequest, NicReleaseRequest
@@ -132,6 +133,7 @@ class NetworkService(Service):
     # -- NICs, for the instance service on this node ----------------------------------
     @endpoint("nic_config", NicConfigRequest, scope="node")
     async def nic_config(self, req: NicConfigRequest) -> Reply:
+        faults.point("network:nic_config")
         reply = await attach.nic_config(self.networks, req)
         return Reply(metadata=reply.model_dump())
 
