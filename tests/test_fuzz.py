@@ -18,7 +18,7 @@ is ever launched. A network or pool create that happens to be valid (a bridge, a
 pool under ``$CORRAL_DIR``) is deleted right after its example; the values the fuzzer
 puts in config are never valid addresses or sizes, and never a pool ``source``. PUT and
 PATCH reach two objects of the fuzzer's own (a profile and a dir pool); everything with
-the prefix is deleted at the end.
+the prefix is deleted at the end, and the server's config (``PUT /1.0``) put back.
 
 501 (a feature Corral does not have, e.g. a remote image server) is an honest answer to
 a well-formed request, not a crash: it is accepted; any other 5xx fails.
@@ -232,7 +232,9 @@ def _sweep(api: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def own(api):
-    """The fuzzer's own profile and dir pool, for PUT and PATCH to reach real objects."""
+    """The fuzzer's own profile and dir pool, for PUT and PATCH to reach real objects; the
+    server's config (``PUT /1.0`` is fuzzed too) is put back as it was at the end."""
+    server_config = api.get("/1.0").json()["metadata"]["config"]
     r = api.post("/1.0/profiles", json={"name": OWN_PROFILE})
     assert r.status_code == 200, r.text
     r = api.post("/1.0/storage-pools", json={"name": OWN_POOL, "driver": "dir"})
@@ -241,6 +243,8 @@ def own(api):
         yield
     finally:
         _sweep(api)
+        r = api.put("/1.0", json={"config": server_config})
+        assert r.status_code == 200, r.text
         print(f"\nfuzz: {len(CREATED)} valid creates, each deleted at once: {CREATED}")
 
 
