@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 # A container's root under $CORRAL_DIR as the host sees it: <dir>/.../rootfs.
-_ROOTFS = r"(?:/[^\s'\"]*)?/rootfs(?=/|\b)"
+_ROOTFS = r"(?:/[^\s'\"]*?)?/rootfs(?=[/\s'\"]|$)"  # the first /rootfs: the instance's own
 # A running container's root through its init: /proc/<pid>/root, as an OSError quotes
 # it ("[Errno 2] No such file or directory: '/proc/8385/root/proc/self'"). Only in such
 # messages: in Corral's own, a /proc/1/root/x is the path the client asked for.

@@ -154,6 +154,12 @@ D = "/var/lib/corral"
     (f"[Errno 13] Permission denied: '{D}/storage-pools/p/containers/c1/rootfs/etc/x'",
      "[Errno 13] Permission denied: '/etc/x'"),
     (f"mkdir {D}/storage-pools/p/containers/c1/rootfs failed", "mkdir / failed"),
+    (f"qemu: {D}/storage-pools/p/virtual-machines/v1/rootfs.img: locked",
+     "qemu: $CORRAL_DIR/storage-pools/p/virtual-machines/v1/rootfs.img: locked"),
+    (f"[Errno 2] No such file: '{D}/storage-pools/p/containers/c1/rootfs/srv/rootfs/x'",
+     "[Errno 2] No such file: '/srv/rootfs/x'"),
+    (f'{{"err": "open {D}/logs/a.log: denied", "x": "{D}/x/rootfs/etc"}}',
+     '{"err": "open $CORRAL_DIR/logs/a.log: denied", "x": "/etc"}'),
     (f"cannot mount {D}/storage-pools/p1: busy", "cannot mount $CORRAL_DIR/storage-pools/p1: busy"),
     # The client's own instance path is left as it is, /proc/1/root included.
     ("File '/proc/1/root/x' does not exist in the instance",

@@ -11,6 +11,7 @@ from shared import subjects
 
 from ..request import all_projects, project_of
 from ..routing import Context
+from ..scrub import scrub
 
 DEFAULT_EVENT_TYPES = ("logging", "operation", "lifecycle")
 
@@ -30,8 +31,11 @@ async def events(ctx: Context, request: web.Request) -> web.StreamResponse:
             return
         if not every_project and parts[3] != subjects.token(project):
             return
+        data = msg.data
+        if parts[2] == "operation":  # its err is an error message: no host paths either
+            data = scrub(data.decode(), ctx.config.dir).encode()
         try:
-            queue.put_nowait(msg.data)
+            queue.put_nowait(data)
         except asyncio.QueueFull:  # a stuck client must not stall the gateway
             pass
 
