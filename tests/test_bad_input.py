@@ -230,3 +230,20 @@ def test_file_pull_of_special_paths_is_a_4xx_without_host_paths(world, api, stac
     assert str(stack.dir) not in message and "/rootfs" not in message, message
     assert not re.search(r"/proc/\d+/root", message.replace(path, "")), message
     assert path.split("/")[2] in message, message  # it names the instance's path
+
+
+@pytest.mark.parametrize("method,path,extra", [
+    ("post", "/proc/sysrq-trigger", {"content": b"h"}),  # would be the host's sysrq
+    ("post", "/sys/class/net/lo/mtu", {"content": b"65536"}),  # harmless were it written
+    ("post", "/sys/fs/cgroup/corral-test-x",
+     {"content": b"", "headers": {"X-LXD-type": "directory"}}),
+    ("get", "/proc/cpuinfo", {}),
+    ("delete", "/proc/sysrq-trigger", {}),
+])
+def test_files_on_kernel_file_systems_are_refused(world, api, method, path, extra):
+    """A running container's files are reached as the host's root: a write to its /proc or
+    /sys would be the host's (sysrq, uevent helper, cgroups), so none is even opened."""
+    r = getattr(api, method)(f"/1.0/instances/{world.c1}/files", params={"path": path},
+                             **extra)
+    message = _error(r, 400)
+    assert "kernel file system" in message and path in message, message

@@ -25,6 +25,17 @@ from shared.errors import BadRequest, Conflict, Forbidden, NotFound
 MAX_LINKS = 40
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# Kernel pseudo-filesystems by their statfs magic (linux/magic.h). Corral reaches a
+# running container's files as the host's root through /proc/<pid>/root, so a write
+# there would be the host's: /proc/sysrq-trigger, /sys/..., a cgroup's files. The
+# container's own root may not do that (LXD runs its file helper inside the container's
+# user namespace); refusing these file systems keeps Corral from doing it for it.
+KERNEL_FS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
+             0x64626720: "debugfs", 0x74726163: "tracefs", 0x73636673: "securityfs",
+             0x62656570: "configfs", 0xCAFE4A11: "bpf", 0xDE5E81E4: "efivarfs",
+             0x6165676C: "pstore", 0x42494E4D: "binfmt_misc", 0x65735543: "fusectl",
+             0xF97CFF8C: "selinuxfs", 0x43415D53: "smackfs", 0x19800202: "mqueue"}
+
 
 @dataclass
 class FsView:
@@ -39,6 +50,24 @@ class FsView:
     to_host: Callable[[int, int], tuple[int, int]] = lambda u, g: (u, g)
     from_host: Callable[[int, int], tuple[int, int]] = lambda u, g: (u, g)
     create_as: tuple[int, int] | None = None
+
+
+def fs_type(fd: int) -> int:
+    """The statfs magic of the file system ``fd`` lives on (``os`` has no fstatfs)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def refuse_kernel_fs(fd: int, path: str) -> None:
+    """400 when ``fd`` is on a kernel pseudo-filesystem (see :data:`KERNEL_FS`)."""
+    kind = KERNEL_FS.get(fs_type(fd))
+    if kind is not None:
+        raise BadRequest(f"{path!r} is on a kernel file system ({kind}): Corral would read "
+                         "or write it as the host, so it is refused; use exec to reach it "
+                         "as the instance does")
 
 
 def _split(path: str) -> list[str]:
@@ -124,6 +153,7 @@ def file_get(view: FsView, path: str) -> tuple[bytes | list[str], int, int, int,
     if not parts:
         return _read_dir(view, os.open(view.root, os.O_RDONLY | os.O_DIRECTORY))
     with _open_parent(view.root, parts) as dfd:
+        refuse_kernel_fs(dfd, path)
         name = parts[-1]
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -174,6 +204,7 @@ def open_regular(name: str, flags: int, dfd: int, path: str, mode: int = 0o600) 
         raise
     try:
         refuse_special(path, os.fstat(fd).st_mode)
+        refuse_kernel_fs(fd, path)  # a file bind-mounted from one, e.g. over /proc/...
     except BaseException:
         os.close(fd)
         raise
@@ -214,6 +245,7 @@ def file_put(view: FsView, path: str, data: bytes, uid: int = -1, gid: int = -1,
     if not parts:
         raise BadRequest("Cannot write to the instance's root directory itself")
     with _open_parent(view.root, parts) as dfd:
+        refuse_kernel_fs(dfd, path)
         name = parts[-1]
         if type == "file":
             _put_file(view, dfd, name, data, uid, gid, mode, write, modify)
@@ -296,6 +328,7 @@ def file_delete(view: FsView, path: str) -> None:
     if not parts:
         raise BadRequest("Cannot delete the instance's root directory")
     with _open_parent(view.root, parts) as dfd:
+        refuse_kernel_fs(dfd, path)
         name = parts[-1]
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
