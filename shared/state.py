@@ -48,7 +48,7 @@ class Store:
                 description=self.description or f"corral {self.bucket}",
             )
         if self._use_cache:
-            self._cache = {k: v for k, v in (await self._load_all()).items()}
+            self._cache = {k: v for k, v in (await self._load_all(exact=True)).items()}
         return self
 
     @property
@@ -134,10 +134,39 @@ class Store:
         assert self._use_cache, f"store {self.bucket} keeps no cache"
         return [v for v, _rev in self._cache.values()]
 
-    async def _load_all(self) -> dict[str, tuple[dict[str, Any], int]]:
+    async def _all_keys(self) -> list[str]:
+        """Every key that has (or had) a value.
+
+        Read from the stream's per-subject state, not with nats-py's ``kv.keys()``: that
+        one watches the bucket and stops at the first "no more pending" it believes, which
+        under load can come before every key was delivered; a cache loaded that way
+        silently missed records after a restart (a profile "not found", and a reconcile
+        that would take a live container for one without a record). Deleted keys are
+        listed too (their delete marker is a message): reading them finds nothing.
+        """
+        prefix = f"$KV.{self.bucket}."
         try:
-            keys = await self.kv.keys()
-        except jse.NoKeysError:
+            info = await self.bus.js.stream_info(f"KV_{self.bucket}",
+                                                 subjects_filter=f"{prefix}>")
+        except jse.Error:
+            try:
+                return await self.kv.keys()
+            except jse.NoKeysError:
+                return []
+        return [s[len(prefix):] for s in (info.state.subjects or {})
+                if s.startswith(prefix)]
+
+    async def _load_all(self, exact: bool = False) -> dict[str, tuple[dict[str, Any], int]]:
+        """Every entry. ``exact`` (loading a cache) reads the key list from the stream's
+        state; otherwise nats-py's watch, which skips deleted keys but may miss some."""
+        if exact:
+            keys = await self._all_keys()
+        else:
+            try:
+                keys = await self.kv.keys()
+            except jse.NoKeysError:
+                return {}
+        if not keys:
             return {}
         values = await asyncio.gather(*(self._get(k) for k in keys))
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}

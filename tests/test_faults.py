@@ -460,3 +460,34 @@ def test_storage_start_removes_old_volumes_no_instance_owns(world, fstack, fapi)
         restart(fstack, "storage")
     world.remove(owned)
     assert_clean(world)
+
+
+def test_a_cached_store_loads_every_key_when_it_opens(fstack):
+    """What a restarted service loads must be every record: nats-py's ``kv.keys()`` may
+    stop early under load (a restarted instance service then lost a profile). Three
+    times twenty caches of a bucket opened at once must each hold all its keys."""
+    from shared.bus import Bus
+    from shared.config import load_config
+    from shared.state import Store
+
+    async def scenario() -> list[int]:
+        creds = fstack.nats.admin if hasattr(fstack.nats, "admin") else None
+        bus = Bus(load_config(dir=fstack.dir, nats_url=fstack.nats.url,
+                              nats_credentials=creds), "tests")
+        await bus.connect()
+        try:
+            bucket = "t" + os.urandom(4).hex()
+            store = await Store(bus, bucket, history=1).open()
+            await asyncio.gather(*(store.put(f"k{i}", {"i": i}) for i in range(300)))
+            await store.delete("k0")
+            counts: list[int] = []
+            for _ in range(3):
+                caches = await asyncio.gather(*(Store(bus, bucket, cache=True).open()
+                                                for _ in range(20)))
+                counts += [len(c.cached()) for c in caches]
+            await bus.js.delete_key_value(bucket)
+            return counts
+        finally:
+            await bus.close()
+
+    assert asyncio.run(scenario()) == [299] * 60
