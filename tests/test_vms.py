@@ -275,6 +275,23 @@ def test_wrong_image_type_refused_nothing_left(world, api, stack):
     assert set(api.get("/1.0/instances").json()["metadata"]) == before
 
 
+def test_container_only_keys_refused_for_a_vm(world, vm, api, stack):
+    """A privileged VM means nothing (the guest has its own kernel): refused, not stored."""
+    name = f"{world.prefix}-priv"
+    for key, value in (("security.privileged", "true"), ("security.nesting", "true"),
+                       ("raw.lxc", "lxc.apparmor.profile = unconfined")):
+        r = api.post("/1.0/instances", json={
+            "name": name, "type": "virtual-machine", "profiles": [world.profile],
+            "config": {key: value}, "source": {"type": "image", "alias": world.vm_alias}})
+        assert r.status_code == 400 and key in r.json()["error"], r.text
+        assert api.get(f"/1.0/instances/{name}").status_code == 404
+        assert not (stack.dir / "virtual-machines" / name).exists()
+    r = api.patch(f"/1.0/instances/{vm}", json={"config": {"security.privileged": "true"}})
+    assert r.status_code == 400 and "containers only" in r.json()["error"], r.text
+    assert "security.privileged" not in api.get(f"/1.0/instances/{vm}").json()[
+        "metadata"]["config"]
+
+
 def test_delete_refused_while_running(world, vm, api):
     r = api.delete(f"/1.0/instances/{vm}")
     assert r.status_code == 400 and "running" in r.json()["error"]

@@ -92,7 +92,7 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
     validate.check_config(pcfg)
     validate.check_devices(pdevs)
     _root, root_dev = validate.root_device(pdevs)
-    await validate.check_raw(kind, pcfg)  # LXC's own verdict on raw.lxc, before any work
+    await validate.check_for_type(kind, pcfg)  # LXC's own verdict on raw.lxc, before any work
     image = await ctx.remote.resolve_image(project_checks.effective(ctx, project, "images"),
                                            source, kind)
     if not image.get("fingerprint"):

@@ -45,7 +45,7 @@ def new_profile(body: dict[str, Any], project: str) -> dict[str, Any]:
 async def check_profile(profile: dict[str, Any]) -> None:
     """What needs LXC itself: raw.lxc lines it cannot load (instances' own checks come
     from the caller's ``check``)."""
-    await validate.check_raw("container", profile["config"])
+    await validate.check_for_type("container", profile["config"])
 
 
 class Profiles:

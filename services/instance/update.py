@@ -91,12 +91,13 @@ async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
     validate.check_config(pcfg)
     validate.check_devices(pdevs)
     validate.root_device(pdevs)
+    if type_of(rec) != "container" or pcfg.get("raw.lxc", "") != rec[
+            "expanded_config"].get("raw.lxc", ""):  # LXC's verdict only when raw.lxc changes
+        await validate.check_for_type(type_of(rec), pcfg)
     if pcfg.get("security.privileged", "false") != rec["expanded_config"].get(
             "security.privileged", "false"):
         raise BadRequest("Changing security.privileged of an existing instance is not "
                          "supported yet: create a new instance instead")
-    if pcfg.get("raw.lxc", "") != rec["expanded_config"].get("raw.lxc", ""):
-        await validate.check_raw(type_of(rec), pcfg)
     return pcfg, pdevs
 
 

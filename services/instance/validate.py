@@ -38,7 +38,7 @@ def check_config(config: Any) -> dict[str, str]:
             raise BadRequest(f"{k} is not supported yet: Corral applies raw.lxc only")
         if k in KNOWN_KEYS or k.startswith(FREE_PREFIXES):
             if k == "raw.lxc":
-                parse_raw_lxc(v)  # syntax and refused keys; LXC's own check: check_raw
+                parse_raw_lxc(v)  # syntax and refused keys; LXC's own check: check_for_type
             elif k in BOOL_KEYS:
                 limits.parse_bool(k, v)
             elif k in INT_KEYS and v and not v.lstrip("-").isdigit():
@@ -104,13 +104,24 @@ def check_bool(what: str, value: Any) -> bool:
     return value
 
 
-async def check_raw(instance_type: str, config: dict[str, str]) -> None:
-    """LXC's own verdict on ``raw.lxc`` of an expanded config, before anything is stored
-    (liblxc blocks: a thread). A line LXC cannot load would leave the container unloadable,
-    so it is a 400 and nothing changes."""
-    raw = config.get("raw.lxc", "")
-    if not raw:
-        return
+# Keys that mean something for containers only (LXD's InstanceConfigKeysContainer, of
+# those Corral knows): on a VM they are refused, as LXD does, rather than stored unused.
+# (LXD also refuses limits.processes and limits.memory.swap on VMs; Corral still stores
+# them for a VM and refuses them only while it runs: not applied to VMs yet.)
+CONTAINER_ONLY_KEYS = ("security.privileged", "security.nesting", "raw.lxc")
+
+
+async def check_for_type(instance_type: str, config: dict[str, str]) -> None:
+    """Checks of an expanded config that depend on the instance's type, before anything
+    is stored: container-only keys on a VM are a 400 (a privileged VM means nothing: the
+    guest has its own kernel), and LXC's own verdict on ``raw.lxc`` (liblxc blocks: a
+    thread): a line LXC cannot load would leave the container unloadable."""
     if instance_type != "container":
-        raise BadRequest("raw.lxc applies to containers only")
-    await asyncio.to_thread(check_raw_lxc_values, raw)
+        for k in CONTAINER_ONLY_KEYS:
+            if config.get(k):
+                raise BadRequest(f"Invalid config: {k} applies to containers only, not to "
+                                 f"a {instance_type}")
+        return
+    raw = config.get("raw.lxc", "")
+    if raw:
+        await asyncio.to_thread(check_raw_lxc_values, raw)
