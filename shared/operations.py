@@ -34,7 +34,7 @@ import nats.js.errors as jse
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from . import codec, presence, subjects
-from .bus import Bus
+from .bus import Bus, bus_error
 from .errors import BadRequest, Conflict, CorralError, Forbidden, NotFound, Unavailable
 from .events import Events
 from .log import get_logger, operation_id
@@ -252,7 +252,7 @@ class Operations:
         try:
             await self.store.create(op.id, self._record(op, project), "Operation")
         except Exception as exc:
-            raise _bus_error(exc) from exc
+            raise bus_error(exc) from exc
         cancel_sub = None
         try:
             await self._event(op, project)
@@ -265,7 +265,7 @@ class Operations:
                 await _quietly(cancel_sub.unsubscribe())
             await _quietly(self._fail(op.id, f"The operation could not start: {exc}"))
             if isinstance(exc, Exception):
-                raise _bus_error(exc) from exc
+                raise bus_error(exc) from exc
             raise
         handle = OperationHandle(self, op)
         task = asyncio.create_task(self._run(handle, run, project, cancel_sub))
@@ -291,7 +291,7 @@ class Operations:
         except CorralError as exc:
             op.err = exc.message
         except Exception as exc:  # the bus failing under it, or a bug: say so, keep going
-            err = _bus_error(exc)
+            err = bus_error(exc)
             if isinstance(err, CorralError):
                 op.err = err.message
             else:
@@ -362,7 +362,7 @@ class Operations:
         except CorralError:
             raise
         except Exception as exc:  # the bus is restarting: a 503, not a 500
-            raise _bus_error(exc) from exc
+            raise bus_error(exc) from exc
         if found is None or is_expired(found[0], self.retention):
             raise NotFound("Operation not found")
         return _public(found[0])
@@ -374,7 +374,7 @@ class Operations:
         except CorralError:
             raise
         except Exception as exc:
-            raise _bus_error(exc) from exc
+            raise bus_error(exc) from exc
         return [_public(o) for o in ops.values()
                 if not is_expired(o, self.retention, now)
                 and (project is None or o.get("project", "default") == project)]
@@ -418,7 +418,7 @@ class Operations:
                     raise
             except Exception as exc:
                 if time.monotonic() >= limit:
-                    raise _bus_error(exc) from exc
+                    raise bus_error(exc) from exc
             await asyncio.sleep(0.25)
 
     async def _watch(self, op_id: str, current: dict[str, Any], deadline: float | None
@@ -478,16 +478,9 @@ class Operations:
             if is_expired(op, self.retention, now):
                 await self.store.delete(op_id)
                 gone += 1
+        if gone:  # their delete markers would stay in every exact listing otherwise
+            await self.store.forget_deleted()
         return gone
-
-
-def _bus_error(exc: Exception) -> Exception:
-    """A NATS error (the bus restarting under a KV write or a request) as a 503 that says
-    what happened, rather than an "Internal error: nats: timeout"."""
-    if isinstance(exc, (nats.errors.Error, jse.Error)) and not isinstance(exc, CorralError):
-        return Unavailable(f"The message bus did not answer ({exc or type(exc).__name__}); "
-                           "retry when it is back")
-    return exc
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:

@@ -48,7 +48,7 @@ class Store:
                 description=self.description or f"corral {self.bucket}",
             )
         if self._use_cache:
-            self._cache = {k: v for k, v in (await self._load_all(exact=True)).items()}
+            self._cache = {k: v for k, v in (await self._load_all()).items()}
         return self
 
     @property
@@ -119,15 +119,17 @@ class Store:
     async def keys(self) -> list[str]:
         if self._use_cache:
             return sorted(self._cache)
-        try:
-            return sorted(await self.kv.keys())
-        except jse.NoKeysError:
-            return []
+        return sorted((await self._load_all()).keys())
 
     async def items(self) -> dict[str, dict[str, Any]]:
         if self._use_cache:
             return {k: v for k, (v, _rev) in sorted(self._cache.items())}
         return {k: v for k, (v, _rev) in (await self._load_all()).items()}
+
+    async def forget_deleted(self, older_than: float = 60.0) -> None:
+        """Drop the delete markers of keys deleted more than ``older_than`` s ago, so the
+        exact key list (see ``_all_keys``) stays as short as the live keys."""
+        await self.kv.purge_deletes(olderthan=int(older_than))
 
     def cached(self) -> list[dict[str, Any]]:
         """The cached values, without awaiting (only for ``cache=True`` stores)."""
@@ -156,16 +158,10 @@ class Store:
         return [s[len(prefix):] for s in (info.state.subjects or {})
                 if s.startswith(prefix)]
 
-    async def _load_all(self, exact: bool = False) -> dict[str, tuple[dict[str, Any], int]]:
-        """Every entry. ``exact`` (loading a cache) reads the key list from the stream's
-        state; otherwise nats-py's watch, which skips deleted keys but may miss some."""
-        if exact:
-            keys = await self._all_keys()
-        else:
-            try:
-                keys = await self.kv.keys()
-            except jse.NoKeysError:
-                return {}
+    async def _load_all(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """Every entry, from the exact key list of the stream's state (nats-py's watch may
+        miss keys under load: an operation just made was missing from GET /1.0/operations)."""
+        keys = await self._all_keys()
         if not keys:
             return {}
         values = await asyncio.gather(*(self._get(k) for k in keys))
