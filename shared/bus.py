@@ -19,6 +19,7 @@ from nats.errors import AuthorizationError, NoRespondersError, NoServersError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js import errors as jse
 
 from . import codec, subjects, tracing
 from .config import Config
@@ -197,3 +198,12 @@ class Bus:
                         queue: str = "") -> Any:
         assert self.nc is not None
         return await self.nc.subscribe(subject, queue=queue, cb=cb)
+
+
+def bus_error(exc: Exception) -> Exception:
+    """A NATS error (the bus restarting under a KV write or a request) as a 503 that says
+    what happened, rather than an "Internal error: nats: timeout"; other errors as they are."""
+    if isinstance(exc, (NatsError, jse.Error)) and not isinstance(exc, CorralError):
+        return Unavailable(f"The message bus did not answer ({exc or type(exc).__name__}); "
+                           "retry when it is back")
+    return exc

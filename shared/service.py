@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from . import codec, subjects, tracing
-from .bus import Bus
+from .bus import Bus, bus_error
 from .config import Config, get_config
 from .errors import BadRequest, CorralError, Forbidden
 from .events import Events, ensure_stream
@@ -233,6 +233,11 @@ class Service:
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    err = bus_error(exc)
+                    if isinstance(err, CorralError):  # the bus went away under the request
+                        self.log.warning("request failed: bus", verb=spec.verb, error=str(exc))
+                        await req.respond_error(str(err.code), err.message)
+                        return f"{err.code}: {err.message}"
                     self.log.exception("request crashed", verb=spec.verb)
                     message = f"Internal error in the {self.name} service: {exc}"
                     await req.respond_error("500", message)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import nats.errors
 import pytest
 
 from shared.bus import Bus
@@ -78,6 +79,7 @@ async def test_srv_stats_counts_errors_and_time(bus, aapi, uid):
 class NapRequest(Message):
     seconds: float = 0.0
     fail: bool = False
+    bus_lost: bool = False  # act as if the bus went away under the request
 
 
 class Napper(Service):
@@ -90,6 +92,8 @@ class Napper(Service):
         await asyncio.sleep(req.seconds)
         if req.fail:
             raise BadRequest("Told to fail")
+        if req.bus_lost:
+            raise nats.errors.ConnectionClosedError()
         return Reply(metadata={"slept": req.seconds})
 
 
@@ -113,6 +117,19 @@ async def test_srv_stats_count_concurrent_requests_by_the_time_they_took(bus, bu
         assert nap["processing_time"] >= 0.9e9  # 0.4 + 0.4 + 0.1 s of work
         assert nap["average_processing_time"] >= 0.3e9
         assert nap["data"] == {"in_flight": 0, "completed": 3}
+    finally:
+        await svc.stop()
+
+
+async def test_a_bus_error_under_a_request_is_a_503_not_a_500(bus, bus_config):
+    """A KV write or request that the bus drops under a synchronous request is "the bus did
+    not answer, retry" (503), not "Internal error" (500)."""
+    svc = Napper(bus_config, bus)
+    await svc.start()
+    try:
+        with pytest.raises(Unavailable) as exc:
+            await bus.request("statsprobe", "nap", NapRequest(bus_lost=True))
+        assert exc.value.code == 503 and "message bus" in exc.value.message
     finally:
         await svc.stop()
 
@@ -161,5 +178,10 @@ def test_services_reconnect_after_nats_restart(api, stack, nats_server, uid):
     nats_server.start()  # same port, same JetStream store
     wait_for(lambda: api.get(f"/1.0/profiles/{uid}").status_code == 200, 60,
              what="services to reconnect to the restarted nats-server")
+    # Reads come from the services' caches at once; writes need JetStream back too. The
+    # next tests share this stack: leave it only when a KV write works again.
+    wait_for(lambda: api.patch(f"/1.0/profiles/{uid}", json={"description": "back"}
+                               ).status_code == 200, 60,
+             what="KV writes to work after the nats-server restart")
     assert api.get("/1.0/images").status_code == 200
     assert api.delete(f"/1.0/profiles/{uid}").status_code == 200

@@ -17,6 +17,7 @@ import nats.errors
 import pytest
 
 from shared import operations
+from shared.bus import bus_error
 from shared.errors import Conflict, Unavailable
 from shared.models import lxd_time
 from shared.operations import Operations
@@ -160,10 +161,10 @@ def test_stopping_fails_running_operations_after_their_undo() -> None:
 
 @pytest.mark.parametrize("exc", [nats.errors.TimeoutError(), nats.errors.ConnectionClosedError()])
 def test_bus_errors_under_an_operation_are_a_503_that_says_so(exc) -> None:
-    err = operations._bus_error(exc)
+    err = bus_error(exc)
     assert isinstance(err, Unavailable) and "message bus" in err.message
     plain = ValueError("bug")
-    assert operations._bus_error(plain) is plain
+    assert bus_error(plain) is plain
 
 
 def test_reading_an_operation_while_the_bus_restarts_is_a_503() -> None:
