@@ -84,7 +84,9 @@ def devices_map(value: Any) -> dict[str, dict[str, str]]:
     out = {}
     for name, dev in value.items():
         validate_object_name("device", name)
-        dev = string_map(f"device {name!r}", dev)
+        # An empty value is no value: `lxc config device unset` sends the key with "" (as
+        # LXD, the key is then gone, not kept empty).
+        dev = {k: v for k, v in string_map(f"device {name!r}", dev).items() if v != ""}
         if "type" not in dev:
             raise BadRequest(f"Device {name!r} has no type (nic, disk, ...)")
         out[name] = dev

@@ -75,3 +75,18 @@ def test_launch_without_a_name(world, stack, api):
         assert api.get(f"/1.0/instances/{name}").status_code == 404
     finally:  # not under the world's prefix: its teardown would not see it
         world.remove(name)
+
+
+def test_device_unset_removes_the_key(world, stack, api):
+    """`lxc config device unset` sends the key with an empty value: the key goes, as in LXD,
+    on an instance's own device and on a profile's."""
+    name = world.create("unset")
+    lxc(stack, "config", "device", "add", name, "extra", "none")
+    lxc(stack, "config", "device", "set", name, "extra", "user.note", "x")
+    lxc(stack, "config", "device", "unset", name, "extra", "user.note")
+    assert api.get(f"/1.0/instances/{name}").json()["metadata"]["devices"]["extra"] == \
+        {"type": "none"}
+    lxc(stack, "profile", "device", "set", world.profile, "root", "size", "1GiB")
+    lxc(stack, "profile", "device", "unset", world.profile, "root", "size")
+    root = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"]["root"]
+    assert "size" not in root, root

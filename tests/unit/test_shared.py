@@ -62,6 +62,12 @@ def test_config_maps_are_strings():
         devices_map({"eth0": {"network": "x"}})
 
 
+def test_an_empty_device_value_is_no_value():
+    """`lxc config device unset c eth0 limits.egress` sends the key with ""."""
+    assert devices_map({"eth0": {"type": "nic", "network": "n", "limits.egress": ""}}) == \
+        {"eth0": {"type": "nic", "network": "n"}}
+
+
 def test_etag_mismatch_is_412():
     tag = etag("a", {"k": "v"})
     check_etag(None, tag)
