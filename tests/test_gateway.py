@@ -32,6 +32,10 @@ def test_server_info_has_lxd_shape(api):
     for field in ("server_name", "server_pid", "server_version", "kernel", "kernel_version",
                   "driver", "storage", "architectures"):
         assert field in env, field
+    # What confines containers, detected: seccomp alone where AppArmor is missing.
+    apparmor = Path("/sys/module/apparmor/parameters/enabled")
+    on = apparmor.exists() and apparmor.read_text().strip() == "Y"
+    assert env["confinement"] == ("apparmor, seccomp" if on else "seccomp (no AppArmor here)")
     if (REF / "get_1.0.json").exists():  # the same top-level keys as LXD 5.0
         lxd = json.loads((REF / "get_1.0.json").read_text())["metadata"]
         assert set(lxd) <= set(meta)

@@ -15,6 +15,7 @@ from typing import Any
 from shared import warnings as w
 
 from .drivers.cgroups import hierarchies as cgroup_hierarchies
+from .drivers.lxc_config import apparmor_enabled
 from .drivers.router import VM, DriverRouter
 
 # Controllers Corral's container limits use, on a cgroup v1 host, and what each is for.
@@ -34,12 +35,14 @@ def kvm(accel: str | None) -> dict[str, str | None]:
     return {w.INSTANCE_TYPE_NOT_OPERATIONAL: msg}
 
 
+def confinement(root: Path = Path("/")) -> str:
+    """What confines containers besides namespaces: shown in ``GET /1.0`` (``corral
+    info``), so a user of a host without AppArmor sees that seccomp is all there is."""
+    return "apparmor, seccomp" if apparmor_enabled(root) else "seccomp (no AppArmor here)"
+
+
 def apparmor(root: Path = Path("/")) -> dict[str, str | None]:
-    enabled = root / "sys/module/apparmor/parameters/enabled"
-    try:
-        on = enabled.read_text().strip() == "Y"
-    except OSError:
-        on = False
+    on = apparmor_enabled(root)
     msg = None if on else ("AppArmor is not available on this kernel: instances run "
                            "without AppArmor confinement (seccomp and namespaces still apply)")
     return {w.APPARMOR_NOT_AVAILABLE: msg}

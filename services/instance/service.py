@@ -95,7 +95,9 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
         """``driver: lxc | qemu`` as LXD reports several; qemu only while libvirtd answers
         (a socket check and a cached connection: fast enough for the event loop)."""
         versions = self.drivers.versions()
-        env = {"driver": " | ".join(versions), "driver_version": " | ".join(versions.values())}
+        env = {"driver": " | ".join(versions), "driver_version": " | ".join(versions.values()),
+               # Corral's own field: what confines containers here (detected, not assumed)
+               "confinement": host_checks.confinement()}
         vm = VM_EXTENSIONS if "qemu" in versions else []
         return ServerInfoReply(environment=env,
                                api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm,
