@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 import socket
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Iterable, Protocol, TypeVar, Union
 
@@ -32,46 +32,51 @@ class RandomSource(Protocol):
     def randrange(self, stop: int) -> int: ...
 
 
-def host_ipv4_networks(exclude_ifname: str | None = None) -> list[IPv4Network]:
-    """Networks the host already uses: addresses, non-default routes, name servers.
-
-    ``exclude_ifname`` leaves out one interface's addresses and routes, so a network that
-    is being updated does not collide with itself.
-    """
-    used: list[IPv4Network] = []
+def _host_networks(family: int, exclude_ifname: str | None) -> list[AnyNetwork]:
+    """The networks of the host's addresses and non-default routes in one address family;
+    ``exclude_ifname``'s own are left out (a network being updated does not collide with
+    itself)."""
+    used: list[AnyNetwork] = []
     with IPRoute() as ipr:
         skip_index = None
         if exclude_ifname:
             found = ipr.link_lookup(ifname=exclude_ifname)
             skip_index = found[0] if found else None
-        for addr in ipr.get_addr(family=socket.AF_INET):
+        for addr in ipr.get_addr(family=family):
             if addr["index"] == skip_index:
                 continue
             ip = addr.get_attr("IFA_ADDRESS")
             used.append(ip_network(f"{ip}/{addr['prefixlen']}", strict=False))
-        for route in ipr.get_routes(family=socket.AF_INET):
+        for route in ipr.get_routes(family=family):
             if route["dst_len"] == 0 or route.get_attr("RTA_OIF") == skip_index:
                 continue  # the default route covers everything; it does not "use" 10/8
             dst = route.get_attr("RTA_DST")
             if dst:
                 used.append(ip_network(f"{dst}/{route['dst_len']}", strict=False))
-    used.extend(_resolver_networks())
     return used
 
 
-def _resolver_networks() -> list[IPv4Network]:
-    """Name servers of the host, as /32s (a missing or odd resolv.conf is not an error)."""
+def _resolver_networks(version: int) -> list[AnyNetwork]:
+    """Name servers of the host, as /32s or /128s (a missing or odd resolv.conf is not an
+    error; an IPv6 one may carry a %zone)."""
     try:
         text = RESOLV_CONF.read_text()
     except OSError:
         return []
-    found = []
-    for m in re.finditer(r"^\s*nameserver\s+(\d+\.\d+\.\d+\.\d+)\s*$", text, re.M):
+    found: list[AnyNetwork] = []
+    for m in re.finditer(r"^\s*nameserver\s+([0-9a-fA-F:.]+)(%\S+)?\s*$", text, re.M):
         try:
-            found.append(IPv4Network(f"{IPv4Address(m.group(1))}/32"))
+            ip = ip_address(m.group(1))
         except ValueError:
             continue
+        if ip.version == version:
+            found.append(ip_network(ip))
     return found
+
+
+def host_ipv4_networks(exclude_ifname: str | None = None) -> list[IPv4Network]:
+    """Networks the host already uses: addresses, non-default routes, name servers."""
+    return [*_host_networks(socket.AF_INET, exclude_ifname), *_resolver_networks(4)]
 
 
 def overlapping(candidate: Net, used: Iterable[AnyNetwork]) -> Net | None:
@@ -114,41 +119,9 @@ def pick_free_ipv4_subnet(
 def host_ipv6_networks(exclude_ifname: str | None = None) -> list[IPv6Network]:
     """IPv6 networks the host uses: addresses, routes (not the default, not multicast or
     link-local ones, which every interface has) and name servers."""
-    used: list[IPv6Network] = []
-    with IPRoute() as ipr:
-        skip_index = None
-        if exclude_ifname:
-            found = ipr.link_lookup(ifname=exclude_ifname)
-            skip_index = found[0] if found else None
-        for addr in ipr.get_addr(family=socket.AF_INET6):
-            if addr["index"] == skip_index:
-                continue
-            ip = addr.get_attr("IFA_ADDRESS")
-            used.append(ip_network(f"{ip}/{addr['prefixlen']}", strict=False))
-        for route in ipr.get_routes(family=socket.AF_INET6):
-            if route["dst_len"] == 0 or route.get_attr("RTA_OIF") == skip_index:
-                continue
-            dst = route.get_attr("RTA_DST")
-            if dst:
-                net = ip_network(f"{dst}/{route['dst_len']}", strict=False)
-                if not (net.is_multicast or net.is_link_local):
-                    used.append(net)
-    return [n for n in used if not n.is_link_local and not n.is_loopback] + \
-        _resolver_networks6()
-
-
-def _resolver_networks6() -> list[IPv6Network]:
-    try:
-        text = RESOLV_CONF.read_text()
-    except OSError:
-        return []
-    found = []
-    for m in re.finditer(r"^\s*nameserver\s+([0-9a-fA-F:]+)(%\S+)?\s*$", text, re.M):
-        try:
-            found.append(IPv6Network(f"{IPv6Address(m.group(1))}/128"))
-        except ValueError:
-            continue
-    return found
+    used = _host_networks(socket.AF_INET6, exclude_ifname)
+    return [n for n in used if not (n.is_multicast or n.is_link_local or n.is_loopback)] + \
+        _resolver_networks(6)
 
 
 ULA_PREFIX = 0xFD << 120  # fd00::/8: locally assigned unique local addresses (RFC 4193)
