@@ -54,7 +54,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
                  ("network", "nic_config"), ("network", "nic_limits"),
-                 ("network", "nic_release"), ("image", "list")),
+                 ("network", "nic_release"), ("image", "list"),
+                 ("storage", "volume_usage")),
     "migration": (),
 }
 

@@ -25,7 +25,16 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store, key
 from shared.warnings import Warnings
 
-from . import create, ephemeral, host_checks, lifecycle, reconcile, resources, update
+from . import (
+    create,
+    disk_usage,
+    ephemeral,
+    host_checks,
+    lifecycle,
+    reconcile,
+    resources,
+    update,
+)
 from .context import Context
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
@@ -178,8 +187,9 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
             return Reply(metadata=[url("instances", o["name"], o["project"]) for o in objs])
         if req.recursion >= 2:
             shown = {host_of(o) for o in objs if host_of(o) in host}
-            states = await asyncio.to_thread(
-                self.drivers.state_many, [r for r in recs if host_of(r) in shown])
+            shown_recs = [r for r in recs if host_of(r) in shown]
+            states = await asyncio.to_thread(self.drivers.state_many, shown_recs)
+            await disk_usage.fill(self.bus, self.config.node, shown_recs, states)
             for o in objs:
                 o.update(state=states.get(host_of(o)), snapshots=None, backups=None)
         return Reply(metadata=objs)
@@ -189,8 +199,7 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
         rec = await self.require_instance(req.project, req.name)
         obj = public(rec, await self.instance_status(rec))
         if (req.body or {}).get("recursion", 0) >= 1:
-            obj.update(state=await asyncio.to_thread(self.driver_of(rec).state, host_of(rec)),
-                       snapshots=None, backups=None)
+            obj.update(state=await self._state(rec), snapshots=None, backups=None)
         return Reply(metadata=obj, etag=record_etag(rec))
 
     @endpoint("snapshot_list", ObjectRequest)
@@ -208,8 +217,13 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
     @endpoint("state", ObjectRequest)
     async def get_state(self, req: ObjectRequest) -> Reply:
         rec = await self.require_instance(req.project, req.name)
-        return Reply(metadata=await asyncio.to_thread(self.driver_of(rec).state,
-                                                      host_of(rec)))
+        return Reply(metadata=await self._state(rec))
+
+    async def _state(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The driver's state plus the root disk's usage (from the storage service)."""
+        state = await asyncio.to_thread(self.driver_of(rec).state, host_of(rec))
+        await disk_usage.fill(self.bus, self.config.node, [rec], {host_of(rec): state})
+        return state
 
     def _resources(self, name: str, project: str, containers: bool = False
                    ) -> dict[str, list[str]]:

@@ -21,6 +21,8 @@ from shared.messages.storage import (
     VolumePathReply,
     VolumeRenameRequest,
     VolumeRequest,
+    VolumeUsageReply,
+    VolumeUsageRequest,
 )
 from shared.models import (
     CreateRequest,
@@ -186,6 +188,12 @@ class StorageService(Service):
     async def volume_rename(self, req: VolumeRenameRequest) -> Reply:
         path = await self.volumes.rename(req)
         return Reply(metadata=VolumePathReply(path=str(path)).model_dump())
+
+    @endpoint("volume_usage", VolumeUsageRequest, scope="node")
+    async def volume_usage(self, req: VolumeUsageRequest) -> Reply:
+        """Disk usage of many volumes in one request (instance state, ``lxc list -c D``)."""
+        usage_ = await self.volumes.usage(req.volumes)
+        return Reply(metadata=VolumeUsageReply(usage=usage_).model_dump())
 
     @endpoint("image_volume_delete", ImageVolumeDeleteRequest, scope="node")
     async def image_volume_delete(self, req: ImageVolumeDeleteRequest) -> Reply:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,10 +25,11 @@ from urllib.parse import quote
 from shared import faults
 from shared.api import url
 from shared.bus import Bus
-from shared.errors import BadRequest, Conflict, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.messages.storage import (
     VolumeFromImageRequest,
+    VolumeRef,
     VolumeRenameRequest,
     VolumeRequest,
 )
@@ -40,6 +42,7 @@ from .drivers.util import validate_name
 from .pools import Pools
 
 INSTANCE_KINDS = ("container", "virtual-machine")
+USAGE_TTL = 2.0  # seconds a volume's usage figure is reused (see Volumes.usage)
 log = get_logger(component="storage")
 
 
@@ -106,6 +109,7 @@ class Volumes:
         self.bus = bus
         self.tmp = corral_dir / "tmp"
         self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._usage_cache: dict[tuple[str, str, str], tuple[float, int | None]] = {}
 
     # ---- records -------------------------------------------------------------------------
 
@@ -281,6 +285,47 @@ class Volumes:
         async with self.pools.using(req.pool) as drv:
             path = drv.volume_path(req.kind, disk_name(req.project, req.name))
             return path, path.is_dir()
+
+    async def usage(self, refs: list[VolumeRef]) -> list[int | None]:
+        """Bytes used by each volume (None: unknown), read in one thread hop.
+
+        Why a cache: ``lxc list`` refreshes ask for every instance each time; qgroup
+        numbers move only at a btrfs commit anyway, so a figure USAGE_TTL seconds old is
+        as good and a burst of listings reads the disk once. A missing pool or volume is
+        None, not an error: a listing must not fail because one instance is half-made."""
+        now = time.monotonic()
+        out: list[int | None] = [None] * len(refs)
+        todo: list[tuple[int, Driver, str, tuple[str, str, str]]] = []
+        pools = {r["name"]: r for r in self.pools.records()}
+        for i, ref in enumerate(refs):
+            k = (ref.pool, ref.kind, disk_name(ref.project, ref.name))
+            hit = self._usage_cache.get(k)
+            if hit is not None and now - hit[0] < USAGE_TTL:
+                out[i] = hit[1]
+                continue
+            rec = pools.get(ref.pool)
+            if rec is None:
+                continue
+            try:
+                drv = await self.pools.available(rec)
+            except CorralError:
+                continue
+            todo.append((i, drv, ref.kind, k))
+
+        def read() -> list[int | None]:
+            found = []
+            for _i, drv, kind, k in todo:
+                try:
+                    found.append(drv.volume_usage(kind, k[2]))
+                except (CorralError, OSError):
+                    found.append(None)
+            return found
+
+        for (i, _drv, _kind, k), value in zip(todo, await asyncio.to_thread(read),
+                                              strict=True):
+            out[i] = value
+            self._usage_cache[k] = (now, value)
+        return out
 
     async def delete(self, req: VolumeRequest) -> None:
         """Delete a volume (and its snapshots): the disk part and the record."""

@@ -93,3 +93,26 @@ class ImageBlobReply(Message):
     bucket: str = "images"
     objects: dict[str, str | None]
     type: InstanceKind = "container"
+
+
+class VolumeRef(Message):
+    """One volume named by a batch request (its project is its own, not the request's)."""
+
+    project: str = "default"
+    pool: str
+    kind: str = "container"
+    name: str
+
+
+class VolumeUsageRequest(Request):
+    """``volume_usage``: bytes used by many volumes at once, so that a listing of every
+    instance with its state costs one request. Reply: :class:`VolumeUsageReply`."""
+
+    volumes: list[VolumeRef] = Field(default_factory=list)
+
+
+class VolumeUsageReply(Message):
+    """``usage[i]`` answers ``volumes[i]``: bytes, or None when the pool's driver cannot
+    tell cheaply (dir, as LXD 5.0 without project quotas), or the volume/pool is gone."""
+
+    usage: list[int | None] = Field(default_factory=list)

@@ -108,6 +108,7 @@ class BtrfsDriver(Driver):
             self._mount_source(src)
             undo.append(self.unmount)
             self._make_layout()
+            self._enable_quotas()
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -162,13 +163,28 @@ class BtrfsDriver(Driver):
     def mount(self) -> bool:
         """Mount if needed (e.g. after a restart: re-attach the loop file)."""
         if is_mounted(self.path):
+            self._enable_quotas()
             return False
         src = Path(self.config.get("source") or self.loop_file)
         if not src.exists():
             raise NotFound(f"Source {src} of storage pool {self.pool!r} is missing")
         self.path.mkdir(mode=0o711, parents=True, exist_ok=True)
         self._mount_source(src)
+        self._enable_quotas()
         return True
+
+    def _enable_quotas(self) -> None:
+        """Turn btrfs quotas on (once per filesystem): the qgroups are what an instance's
+        disk usage is read from (``lxc list -c D``, ``lxc info``), as LXD does. A pool
+        that is a subvolume of a shared btrfs gets them too: the same filesystem-wide
+        switch LXD flips. Failure is not fatal: usage is then simply not reported."""
+        if bu.qgroup_dir(self.path) is not None:
+            return
+        try:
+            run("btrfs", "quota", "enable", self.path, what="enable btrfs quotas")
+            run("btrfs", "quota", "rescan", "-w", self.path, what="rescan btrfs quotas")
+        except CorralError:
+            pass
 
     def unmount(self) -> bool:
         """Unmount and make sure no loop device still holds the backing file."""
@@ -233,7 +249,19 @@ class BtrfsDriver(Driver):
             shutil.rmtree(path)
 
     def _vol_usage(self, path: Path) -> int | None:
-        return bu.referenced_bytes(path)
+        """LXD's figure: the subvolume's exclusive bytes (sysfs; ``btrfs qgroup show`` only
+        when the kernel lacks the sysfs qgroup files)."""
+        found = bu.exclusive_bytes(path)
+        if found is not None or bu.fsid(path) is None:
+            return found
+        if (Path("/sys/fs/btrfs") / str(bu.fsid(path))).is_dir():
+            return None  # sysfs is there but quotas are off
+        try:
+            parsed = bu.parse_qgroup_show(run("btrfs", "qgroup", "show", "-e", "-f", "--raw",
+                                              path))
+        except CorralError:
+            return None
+        return parsed[1] if parsed else None
 
     def _vol_restored(self, old: Path, new: Path) -> None:
         limit = bu.referenced_limit(old)

@@ -79,6 +79,33 @@ def _qgroup_value(path: Path, field: str) -> int | None:
         return None
 
 
+def exclusive_bytes(path: Path) -> int | None:
+    """Bytes only the subvolume at ``path`` holds (its level-0 qgroup's ``excl``): the
+    figure LXD 5.0 reports as a btrfs volume's usage (the third column of ``btrfs qgroup
+    show -e -f --raw``). A root made as a snapshot of an image so counts what the
+    instance wrote, not the image it shares. None when quotas are off."""
+    return _qgroup_value(path, "exclusive")
+
+
+def parse_qgroup_show(output: str) -> tuple[str, int] | None:
+    """``(qgroupid, exclusive bytes)`` from ``btrfs qgroup show -e -f --raw <path>``.
+
+    The fallback when the kernel has no /sys/fs/btrfs/<fsid>/qgroups: the header's case
+    and the number of columns changed between btrfs-progs versions, so only the first
+    data row's first and third fields are read. None when there is no such row."""
+    for line in output.splitlines():
+        if not line.strip() or line.lower().startswith("qgroupid") or line.startswith("-"):
+            continue
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        try:
+            return fields[0], int(fields[2])
+        except ValueError:
+            return None
+    return None
+
+
 def referenced_bytes(path: Path) -> int | None:
     """Bytes referenced by the subvolume at ``path`` per its level-0 qgroup, if enabled."""
     return _qgroup_value(path, "referenced")
