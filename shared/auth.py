@@ -55,7 +55,7 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
                  ("network", "nic_config"), ("network", "nic_limits"),
                  ("network", "nic_release"), ("image", "list"),
-                 ("storage", "volume_usage")),
+                 ("storage", "volume_usage"), ("storage", "volume_quota")),
     "migration": (),
 }
 

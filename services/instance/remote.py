@@ -111,6 +111,15 @@ class Remote:
         await self.bus.request("storage", "volume_delete", req, node=self.node,
                                timeout=VOLUME_QUICK_TIMEOUT)
 
+    async def volume_quota(self, project: str, pool: str, name: str, size: str,
+                           kind: str = "container") -> None:
+        """Apply a root disk ``size`` to the volume now (400 from a pool without quotas)."""
+        from shared.messages.storage import VolumeQuotaRequest
+
+        req = VolumeQuotaRequest(project=project, pool=pool, kind=kind, name=name, size=size)
+        await self.bus.request("storage", "volume_quota", req, node=self.node,
+                               timeout=VOLUME_QUICK_TIMEOUT)
+
     async def volume_rename(self, project: str, pool: str, name: str, new: str) -> str:
         from shared.messages.storage import VolumeRenameRequest
 

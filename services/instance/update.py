@@ -18,7 +18,7 @@ from shared.api import check_etag
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
-from . import limits, project_checks, reconcile, restore, validate
+from . import limits, live_changes, project_checks, reconcile, restore, validate
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
@@ -114,6 +114,10 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
     status = await host_status(ctx, rec)
     changed = {x: pcfg.get(x, "") for x in limits.LIMIT_KEYS if old_cfg.get(x) != pcfg.get(x)}
     check_live(drv.capabilities, status, changed)
+    live_changes.check(type_of(rec), status, old_devs, pdevs)
+    size = live_changes.root_size_change(old_devs, pdevs)
+    if size is not None and type_of(rec) == "container" and rec.get("pool"):
+        await ctx.remote.volume_quota(rec["project"], rec["pool"], name, size)
     if changed:
         await asyncio.to_thread(drv.apply_limits_live, host, changed)
     await asyncio.to_thread(drv.update, host, pcfg, pdevs)

@@ -19,6 +19,7 @@ from shared.messages.storage import (
     VolumeGetRequest,
     VolumeListRequest,
     VolumePathReply,
+    VolumeQuotaRequest,
     VolumeRenameRequest,
     VolumeRequest,
     VolumeUsageReply,
@@ -188,6 +189,11 @@ class StorageService(Service):
     async def volume_rename(self, req: VolumeRenameRequest) -> Reply:
         path = await self.volumes.rename(req)
         return Reply(metadata=VolumePathReply(path=str(path)).model_dump())
+
+    @endpoint("volume_quota", VolumeQuotaRequest, scope="node")
+    async def volume_quota(self, req: VolumeQuotaRequest) -> Reply:
+        await self.volumes.set_quota(req)
+        return Reply(metadata=None)
 
     @endpoint("volume_usage", VolumeUsageRequest, scope="node")
     async def volume_usage(self, req: VolumeUsageRequest) -> Reply:

@@ -29,6 +29,7 @@ from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.messages.storage import (
     VolumeFromImageRequest,
+    VolumeQuotaRequest,
     VolumeRef,
     VolumeRenameRequest,
     VolumeRequest,
@@ -326,6 +327,13 @@ class Volumes:
             out[i] = value
             self._usage_cache[k] = (now, value)
         return out
+
+    async def set_quota(self, req: VolumeQuotaRequest) -> None:
+        """Limit an existing volume's size (an instance's root disk ``size``)."""
+        check_kind(req.kind)
+        async with self.pools.using(req.pool) as drv:
+            await asyncio.to_thread(drv.set_quota, req.kind,
+                                    disk_name(req.project, req.name), req.size or None)
 
     async def delete(self, req: VolumeRequest) -> None:
         """Delete a volume (and its snapshots): the disk part and the record."""

@@ -53,6 +53,13 @@ class VolumePathReply(Message):
     exists: bool = True
 
 
+class VolumeQuotaRequest(VolumeRequest):
+    """``volume_quota``: limit a volume's size ("" removes the limit); applied at once by
+    the pool (btrfs: a qgroup limit), 400 when the pool's driver has no quotas (dir)."""
+
+    size: str = ""
+
+
 class VolumeRenameRequest(VolumeRequest):
     """``volume_rename``: ``name`` -> ``new_name`` in the same pool and project."""
 

@@ -1,0 +1,74 @@
+"""Which device changes a running instance can take, decided before anything is stored.
+
+Why: an update that stores a change the running instance never sees answers 200 with
+nothing changed; the user finds out at the next restart, or never. LXD 5.0 hot-plugs
+NICs and disks; Corral does not yet, so such a change to a running (or frozen) instance is
+refused with a 400 naming the device and saying to stop the instance first. What is
+applied live: a NIC's ``limits.*`` (tc on the host side) and, for a container, the root
+disk's ``size`` (a storage quota, which the pool applies at once). The root disk's pool
+cannot change at all: the volume lives in the pool it was made in (LXD refuses too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared.errors import BadRequest
+
+Devices = Mapping[str, Mapping[str, str]]
+RUNNING = ("Running", "Frozen")
+
+
+def _present(devs: Devices) -> dict[str, Mapping[str, str]]:
+    """Devices that exist (a ``none`` device masks a profile's device of that name)."""
+    return {n: d for n, d in devs.items() if d.get("type") != "none"}
+
+
+def _root(devs: Devices) -> tuple[str, Mapping[str, str]] | None:
+    for name, dev in devs.items():
+        if dev.get("type") == "disk" and dev.get("path") == "/":
+            return name, dev
+    return None
+
+
+def _without_limits(dev: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in dev.items() if not k.startswith("limits.")}
+
+
+def root_size_change(old: Devices, new: Devices) -> str | None:
+    """The new root ``size`` ("" = no limit) when it changed, else None."""
+    a, b = _root(old), _root(new)
+    if a is None or b is None or a[1].get("size", "") == b[1].get("size", ""):
+        return None
+    return b[1].get("size", "")
+
+
+def check(instance_type: str, status: str, old: Devices, new: Devices) -> None:
+    """400 for a device change Corral would store without applying it."""
+    a, b = _root(old), _root(new)
+    if a and b and a[1].get("pool") != b[1].get("pool"):
+        raise BadRequest(f"Cannot change the root disk's pool ({a[1].get('pool')!r} -> "
+                         f"{b[1].get('pool')!r}) of an existing instance: its volume stays "
+                         "in the pool it was made in; copy the instance to the other pool")
+    if status not in RUNNING:
+        return
+    kind = instance_type.replace("-", " ")
+    if a and b and a[1].get("size", "") != b[1].get("size", "") and \
+            instance_type != "container":
+        raise BadRequest(f"Device {b[0]!r} (root disk) 'size' cannot change while this "
+                         f"{kind} runs: stop the instance first")
+    was, now = _present(old), _present(new)
+    roots = {r[0] for r in (a, b) if r}
+    for name in sorted((set(was) | set(now)) - roots):
+        before, after = was.get(name), now.get(name)
+        if before == after:
+            continue
+        dev_type = (after or before or {}).get("type", "")
+        if before and after and dev_type == "nic" and before.get("type") == "nic" and \
+                _without_limits(before) == _without_limits(after):
+            continue  # only limits.*: applied live
+        action = "added to" if before is None else "removed from" if after is None \
+            else "changed on"
+        raise BadRequest(f"Device {name!r} ({dev_type}) cannot be {action} a running "
+                         f"{kind}: Corral does not hot-plug {dev_type} devices yet; stop "
+                         "the instance first")

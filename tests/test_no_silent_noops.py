@@ -1,0 +1,75 @@
+"""No silent no-ops: a device change a running container cannot take is refused (400
+naming the device, "stop the instance first"), never stored with exit code 0; what is
+applied live is checked inside or on the host. Through the stock ``lxc`` client."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.storage.drivers import btrfs_util
+
+from .test_lxc_client import lxc
+from .world import make_world
+
+pytestmark = pytest.mark.root
+if shutil.which("lxc") is None:
+    pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="btrfs") as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def running(world):
+    return world.create("run", start=True)
+
+
+def _refused(stack, *args: str) -> str:
+    r = lxc(stack, *args, check=False)
+    assert r.returncode != 0, (args, r.stdout)
+    assert "stop the instance first" in r.stderr, r.stderr
+    return r.stderr
+
+
+def _devices(api, name: str) -> dict:
+    return api.get(f"/1.0/instances/{name}").json()["metadata"]["devices"]
+
+
+def test_nic_add_to_running_container_is_refused(world, stack, api, running):
+    err = _refused(stack, "config", "device", "add", running, "eth1", "nic",
+                   f"network={world.net}")
+    assert "'eth1'" in err
+    assert "eth1" not in _devices(api, running)
+
+
+def test_nic_change_on_running_container_is_refused(world, stack, api, running):
+    _refused(stack, "config", "device", "override", running, "eth0",
+             "hwaddr=00:16:3e:aa:bb:cc")
+    assert "eth0" not in _devices(api, running)  # still the profile's, unchanged
+
+
+def test_nic_limits_change_is_applied_live(world, stack, api, running):
+    lxc(stack, "config", "device", "override", running, "eth0", "limits.egress=2Mbit")
+    assert _devices(api, running)["eth0"]["limits.egress"] == "2Mbit"
+
+
+def test_root_size_on_running_container_is_a_quota_at_once(world, stack, running):
+    vol = Path(world.volume(running))
+    lxc(stack, "config", "device", "override", running, "root", "size=256MiB")
+    assert btrfs_util.referenced_limit(vol) == 256 * 2**20
+    lxc(stack, "config", "device", "set", running, "root", "size=")
+    assert btrfs_util.referenced_limit(vol) is None
+
+
+def test_nic_added_while_stopped_appears_at_start(world, stack, api):
+    name = world.create("stopped")
+    lxc(stack, "config", "device", "add", name, "eth1", "nic", f"network={world.net}")
+    lxc(stack, "start", name)
+    nets = lxc(stack, "exec", name, "--", "ls", "/sys/class/net").stdout.split()
+    assert "eth1" in nets, nets

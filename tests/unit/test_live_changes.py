@@ -1,0 +1,56 @@
+"""The decision which device changes a running instance can take (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.instance.live_changes import check, root_size_change
+from shared.errors import BadRequest
+
+ROOT = {"type": "disk", "path": "/", "pool": "p"}
+NIC = {"type": "nic", "network": "n1"}
+BASE = {"root": ROOT, "eth0": NIC}
+
+
+def _refused(status: str, new: dict, kind: str = "container") -> str:
+    with pytest.raises(BadRequest) as exc:
+        check(kind, status, BASE, new)
+    return exc.value.message
+
+
+@pytest.mark.parametrize("status", ["Running", "Frozen"])
+def test_nic_add_remove_change_refused_while_running(status):
+    assert "eth1" in _refused(status, {**BASE, "eth1": NIC})
+    assert "removed" in _refused(status, {"root": ROOT})
+    assert "removed" in _refused(status, {**BASE, "eth0": {"type": "none"}})  # masked
+    msg = _refused(status, {**BASE, "eth0": {**NIC, "hwaddr": "00:16:3e:00:00:01"}})
+    assert "'eth0'" in msg and "stop the instance first" in msg
+    assert "'data'" in _refused(status, {**BASE, "data": {"type": "disk", "source": "/x",
+                                                          "path": "/mnt"}})
+
+
+def test_nic_limits_and_container_root_size_are_live():
+    check("container", "Running", BASE, {**BASE, "eth0": {**NIC, "limits.egress": "1Mbit"}})
+    new = {**BASE, "root": {**ROOT, "size": "1GiB"}}
+    check("container", "Running", BASE, new)
+    assert root_size_change(BASE, new) == "1GiB"
+    assert root_size_change(new, BASE) == ""  # unset: the limit goes
+    assert root_size_change(BASE, dict(BASE)) is None
+
+
+def test_vm_root_size_refused_while_running_not_when_stopped():
+    new = {**BASE, "root": {**ROOT, "size": "1GiB"}}
+    assert "stop the instance first" in _refused("Running", new, "virtual-machine")
+    check("virtual-machine", "Stopped", BASE, new)
+
+
+def test_stopped_instance_takes_any_device_change():
+    check("container", "Stopped", BASE, {"root": ROOT, "eth1": NIC})
+
+
+def test_root_pool_never_changes():
+    assert "pool" in _refused("Stopped", {**BASE, "root": {**ROOT, "pool": "q"}})
+
+
+def test_root_device_renamed_with_same_content_is_no_change():
+    check("container", "Running", BASE, {"rootfs": ROOT, "eth0": NIC})
