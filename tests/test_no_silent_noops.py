@@ -73,3 +73,19 @@ def test_nic_added_while_stopped_appears_at_start(world, stack, api):
     lxc(stack, "start", name)
     nets = lxc(stack, "exec", name, "--", "ls", "/sys/class/net").stdout.split()
     assert "eth1" in nets, nets
+
+
+def test_start_only_key_on_running_container_is_refused(world, stack, api, running):
+    err = _refused(stack, "config", "set", running, "security.nesting", "true")
+    assert "security.nesting" in err
+    cfg = api.get(f"/1.0/instances/{running}").json()["metadata"]["config"]
+    assert "security.nesting" not in cfg
+
+
+def test_profile_nic_added_under_a_running_container_is_refused(world, stack, api, running):
+    """Checked before the profile is saved: the profile stays as it was."""
+    before = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"]
+    err = _refused(stack, "profile", "device", "add", world.profile, "eth9", "nic",
+                   f"network={world.net}")
+    assert running in err
+    assert api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"] == before

@@ -17,6 +17,9 @@ from shared.errors import BadRequest
 
 Devices = Mapping[str, Mapping[str, str]]
 RUNNING = ("Running", "Frozen")
+# Container keys LXC reads only when it starts the container (its config file); LXD stores
+# them for the next start without a word, which is the silent no-op this module is for.
+START_ONLY = ("raw.lxc", "security.nesting")
 
 
 def _present(devs: Devices) -> dict[str, Mapping[str, str]]:
@@ -72,3 +75,16 @@ def check(instance_type: str, status: str, old: Devices, new: Devices) -> None:
         raise BadRequest(f"Device {name!r} ({dev_type}) cannot be {action} a running "
                          f"{kind}: Corral does not hot-plug {dev_type} devices yet; stop "
                          "the instance first")
+
+
+def check_config(instance_type: str, status: str, old: Mapping[str, str],
+                 new: Mapping[str, str]) -> None:
+    """400 for a start-only key changed while the container runs (``limits.*`` are the
+    driver's business: see update.check_live)."""
+    if status not in RUNNING or instance_type != "container":
+        return
+    stuck = [k for k in START_ONLY if old.get(k, "") != new.get(k, "")]
+    if stuck:
+        raise BadRequest(f"{', '.join(stuck)} cannot change while this container runs "
+                         "(LXC reads it at start): stop the instance first, set the new "
+                         "value, start it again")

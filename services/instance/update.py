@@ -98,6 +98,10 @@ async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
             "security.privileged", "false"):
         raise BadRequest("Changing security.privileged of an existing instance is not "
                          "supported yet: create a new instance instead")
+    # Checked here, not only in apply: a profile change is refused before it is saved.
+    status = await host_status(ctx, rec)
+    live_changes.check(type_of(rec), status, rec["expanded_devices"], pdevs)
+    live_changes.check_config(type_of(rec), status, rec["expanded_config"], pcfg)
     return pcfg, pdevs
 
 
@@ -114,7 +118,6 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
     status = await host_status(ctx, rec)
     changed = {x: pcfg.get(x, "") for x in limits.LIMIT_KEYS if old_cfg.get(x) != pcfg.get(x)}
     check_live(drv.capabilities, status, changed)
-    live_changes.check(type_of(rec), status, old_devs, pdevs)
     size = live_changes.root_size_change(old_devs, pdevs)
     if size is not None and type_of(rec) == "container" and rec.get("pool"):
         await ctx.remote.volume_quota(rec["project"], rec["pool"], name, size)

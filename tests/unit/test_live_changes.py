@@ -54,3 +54,15 @@ def test_root_pool_never_changes():
 
 def test_root_device_renamed_with_same_content_is_no_change():
     check("container", "Running", BASE, {"rootfs": ROOT, "eth0": NIC})
+
+
+def test_start_only_container_keys_refused_while_running():
+    from services.instance.live_changes import check_config
+
+    with pytest.raises(BadRequest) as exc:
+        check_config("container", "Running", {}, {"raw.lxc": "lxc.environment = A=1"})
+    assert "raw.lxc" in exc.value.message and "stop the instance first" in exc.value.message
+    with pytest.raises(BadRequest):
+        check_config("container", "Frozen", {"security.nesting": "true"}, {})
+    check_config("container", "Stopped", {}, {"raw.lxc": "x"})
+    check_config("container", "Running", {"raw.lxc": "x"}, {"raw.lxc": "x", "user.a": "1"})
