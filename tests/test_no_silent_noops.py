@@ -89,3 +89,9 @@ def test_profile_nic_added_under_a_running_container_is_refused(world, stack, ap
                    f"network={world.net}")
     assert running in err
     assert api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"] == before
+
+
+def test_root_size_at_create_is_the_volume_quota(world, stack, api):
+    name = world.create("sized", devices={"root": {"type": "disk", "path": "/",
+                                                   "pool": world.pool, "size": "300MiB"}})
+    assert btrfs_util.referenced_limit(Path(world.volume(name))) == 300 * 2**20

@@ -128,6 +128,12 @@ async def nic_setup(ctx: Context, rec: dict[str, Any]) -> tuple[list[Nic], dict[
     return nics, vol
 
 
+def root_size(devices: dict[str, dict[str, str]]) -> str:
+    """The root disk's ``size`` ("" when unset): a container's is its volume's quota."""
+    return next((d.get("size", "") for d in devices.values()
+                 if d.get("type") == "disk" and d.get("path") == "/"), "")
+
+
 def with_config(rec: dict[str, Any], extra: dict[str, str]) -> dict[str, Any]:
     """The record with ``extra`` added to its config (and expanded config)."""
     return {**rec, "config": {**rec["config"], **extra},
@@ -148,6 +154,9 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         path = Path(await ctx.remote.volume_from_image(project, pool, name,
                                                        image["fingerprint"], kind))
         faults.point("create:after_volume")
+        size = root_size(rec["expanded_devices"])
+        if size and kind == "container":  # a VM's disk takes it in its driver's create
+            await ctx.remote.volume_quota(project, pool, name, size, kind)
         rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
         nics, vol = await nic_setup(ctx, rec)
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
