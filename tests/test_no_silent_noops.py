@@ -59,6 +59,21 @@ def test_nic_limits_change_is_applied_live(world, stack, api, running):
     assert _devices(api, running)["eth0"]["limits.egress"] == "2Mbit"
 
 
+def test_deleting_a_shaped_instance_removes_its_ifb(world, stack, api):
+    """limits.egress shapes through an ifb device named after the host veth: the veth goes
+    with the instance, and so must the ifb (it used to stay behind)."""
+    from services.network.nic import ifb_name
+
+    name = world.create("shaped", start=True)
+    lxc(stack, "config", "device", "override", name, "eth0", "limits.egress=2Mbit")
+    host = api.get(f"/1.0/instances/{name}").json()["metadata"]["config"][
+        "volatile.eth0.host_name"]
+    ifb = Path("/sys/class/net") / ifb_name(host)
+    assert ifb.exists()
+    lxc(stack, "delete", "--force", name)
+    assert not ifb.exists()
+
+
 def test_root_size_on_running_container_is_a_quota_at_once(world, stack, running):
     vol = Path(world.volume(running))
     lxc(stack, "config", "device", "override", running, "root", "size=256MiB")

@@ -76,17 +76,22 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
 
 async def release_leases(ctx: Context, rec: dict[str, Any]) -> None:
     """Ask the network service to forget the DHCP leases of the instance's NICs on
-    managed networks (best effort: a lease left behind only holds an address)."""
+    managed networks and remove the ifb devices that shaped them (best effort: a lease left
+    behind only holds an address, an ifb only a name)."""
     cfg, devs = rec.get("expanded_config") or {}, rec.get("expanded_devices") or {}
-    by_network: dict[str, list[str]] = {}
+    by_network: dict[str, tuple[list[str], list[str]]] = {}
     for dev in nic_names(devs):
-        mac = cfg.get(f"volatile.{dev}.hwaddr")
         network = devs[dev].get("network") or devs[dev].get("parent")
-        if mac and network:
-            by_network.setdefault(network, []).append(mac)
-    for network, macs in by_network.items():
+        if not network:
+            continue
+        macs, host_names = by_network.setdefault(network, ([], []))
+        if mac := cfg.get(f"volatile.{dev}.hwaddr"):
+            macs.append(mac)
+        if host_name := cfg.get(f"volatile.{dev}.host_name"):
+            host_names.append(host_name)
+    for network, (macs, host_names) in by_network.items():
         try:
-            await ctx.remote.nic_release(rec["project"], network, macs)
+            await ctx.remote.nic_release(rec["project"], network, macs, host_names)
         except CorralError as exc:
             ctx.log.warning("DHCP leases not released", instance=rec["name"],
                             network=network, error=exc.message)

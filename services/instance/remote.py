@@ -143,7 +143,9 @@ class Remote:
         await self.bus.request("network", "nic_limits", req, node=self.node,
                                timeout=NIC_TIMEOUT)
 
-    async def nic_release(self, project: str, network: str, hwaddrs: list[str]) -> None:
-        req = NicReleaseRequest(project=project, network=network, hwaddrs=hwaddrs)
+    async def nic_release(self, project: str, network: str, hwaddrs: list[str],
+                          host_names: list[str]) -> None:
+        req = NicReleaseRequest(project=project, network=network, hwaddrs=hwaddrs,
+                                host_names=host_names)
         await self.bus.request("network", "nic_release", req, node=self.node,
                                timeout=NIC_TIMEOUT)

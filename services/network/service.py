@@ -21,7 +21,7 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
-from . import attach, host, usage
+from . import attach, host, nic, usage
 from .networks import Networks, network_etag, public, unmanaged
 
 # The stock client checks these before `lxc network ...` (client/lxd_networks.go).
@@ -141,6 +141,8 @@ class NetworkService(Service):
     async def nic_release(self, req: NicReleaseRequest) -> Reply:
         """A deleted instance's leases go (one release at a time per network: each may
         restart its dnsmasq). An unmanaged or unknown network has none: nothing to do."""
+        for host_name in req.host_names:  # the veth went with the instance; its ifb not
+            await asyncio.to_thread(nic.clear_limits, host_name)
         rec = self.networks.find(req.network)
         if rec is None or not req.hwaddrs:
             return Reply(metadata={"released": 0})

@@ -65,10 +65,12 @@ class NicLimitsRequest(Request):
 
 class NicReleaseRequest(Request):
     """Forget the DHCP leases of a deleted instance's NICs on managed network ``network``
-    (its MACs ``hwaddrs``), so dnsmasq's lease file keeps no address for it."""
+    (its MACs ``hwaddrs``), so dnsmasq's lease file keeps no address for it, and remove
+    what shaped their host-side ends (``host_names``: the ifb of ``limits.egress``)."""
 
     network: str
     hwaddrs: list[str] = Field(default_factory=list)
+    host_names: list[str] = Field(default_factory=list)
 
 
 class NetworkUsersRequest(Request):
