@@ -90,3 +90,21 @@ def test_device_unset_removes_the_key(world, stack, api):
     lxc(stack, "profile", "device", "unset", world.profile, "root", "size")
     root = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"]["root"]
     assert "size" not in root, root
+
+
+def test_unset_removes_keys_of_profiles_pools_and_instances(world, stack, api):
+    """`lxc profile unset` and `lxc storage unset` send the key with "": it goes."""
+    lxc(stack, "profile", "set", world.profile, "user.note", "x")
+    lxc(stack, "profile", "unset", world.profile, "user.note")
+    assert "user.note" not in api.get(f"/1.0/profiles/{world.profile}").json()["metadata"][
+        "config"]
+    lxc(stack, "storage", "set", world.pool, "user.note", "y")
+    assert api.get(f"/1.0/storage-pools/{world.pool}").json()["metadata"]["config"][
+        "user.note"] == "y"
+    lxc(stack, "storage", "unset", world.pool, "user.note")
+    assert "user.note" not in api.get(f"/1.0/storage-pools/{world.pool}").json()[
+        "metadata"]["config"]
+    name = world.create("unsetcfg")
+    lxc(stack, "config", "set", name, "user.a", "1")
+    world.wait(api.patch(f"/1.0/instances/{name}", json={"config": {"user.a": ""}}))
+    assert "user.a" not in api.get(f"/1.0/instances/{name}").json()["metadata"]["config"]

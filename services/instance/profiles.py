@@ -15,6 +15,7 @@ from shared.api import (
     check_etag,
     description,
     etag,
+    string_map,
     url,
     validate_object_name,
 )
@@ -84,7 +85,7 @@ class Profiles:
         if patch:
             if "config" in body:
                 new["config"] = validate.check_config(
-                    {**current["config"], **validate.check_config(body["config"])})
+                    {**current["config"], **string_map("config", body["config"])})
             if "devices" in body:
                 new["devices"] = validate.check_devices(
                     {**current["devices"], **validate.check_devices(body["devices"])})

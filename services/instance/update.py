@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import faults
-from shared.api import check_etag
+from shared.api import check_etag, string_map
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
@@ -41,7 +41,7 @@ async def update(ctx: Context, project: str, name: str, body: dict[str, Any],
         return await restore.restore(ctx, rec, body)
     user_cfg = {x: v for x, v in rec["config"].items() if not x.startswith("volatile.")}
     if patch:
-        cfg = {**user_cfg, **validate.check_config(body.get("config"))} \
+        cfg = validate.check_config({**user_cfg, **string_map("config", body["config"])}) \
             if "config" in body else user_cfg
         devices = {**rec["devices"], **validate.check_devices(body.get("devices"))} \
             if "devices" in body else rec["devices"]

@@ -31,8 +31,10 @@ RAW_UNSUPPORTED = ("raw.apparmor", "raw.idmap", "raw.seccomp", "raw.qemu", "raw.
 
 
 def check_config(config: Any) -> dict[str, str]:
-    """A config map with only keys we know and valid values (400 otherwise)."""
-    cfg = string_map("config", config)
+    """A config map with only keys we know and valid values (400 otherwise). An empty value
+    is no value: `lxc profile unset` sends the key with "" (PATCH callers merge the raw
+    body first, so "" removes the key there too)."""
+    cfg = {k: v for k, v in string_map("config", config).items() if v != ""}
     for k, v in cfg.items():
         if k in RAW_UNSUPPORTED:
             raise BadRequest(f"{k} is not supported yet: Corral applies raw.lxc only")

@@ -36,7 +36,8 @@ def merge_config(cls: type[Driver], current: dict[str, str], given: dict[str, st
         wanted["size"] = current["size"]
     wanted = cls.validate_config(wanted)
     changed = sorted(k for k in set(wanted) | set(current) if wanted.get(k) != current.get(k))
-    bad = [k for k in changed if k not in LIVE.get(cls.name, set())]
+    bad = [k for k in changed if k not in LIVE.get(cls.name, set())
+           and not k.startswith("user.")]  # the user's own keys: stored, nothing to apply
     if bad:
         live = ", ".join(sorted(LIVE.get(cls.name, ()))) or "none"
         raise BadRequest(f"Config key(s) {', '.join(bad)} of a {cls.name} pool cannot be "

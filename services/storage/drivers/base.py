@@ -79,12 +79,18 @@ class Driver:
 
     @classmethod
     def validate_config(cls, config: Mapping[str, str]) -> dict[str, str]:
-        """Return the config with defaults filled in; BadRequest on unknown/invalid keys."""
-        unknown = sorted(set(config) - set(cls.config_keys))
+        """Return the config with defaults filled in; BadRequest on unknown/invalid keys.
+        ``user.*`` keys are the user's own, stored as given (as LXD); an empty one is unset."""
+        user = {k: v for k, v in config.items() if k.startswith("user.")}
+        unknown = sorted(set(config) - set(cls.config_keys) - set(user))
         if unknown:
             raise BadRequest(f"Invalid {cls.name} pool config key(s) {', '.join(unknown)}: "
-                             f"valid keys are {', '.join(sorted(cls.config_keys))}")
-        out: dict[str, str] = {}
+                             f"valid keys are {', '.join(sorted(cls.config_keys))} and user.*")
+        for key, value in user.items():
+            if not isinstance(value, str):
+                raise BadRequest(f"Invalid value for {key!r}: expected a string, "
+                                 f"got {type(value).__name__}")
+        out: dict[str, str] = {k: v for k, v in user.items() if v}
         for key, check in cls.config_keys.items():
             value = config.get(key, "")
             if not isinstance(value, str):
