@@ -25,7 +25,7 @@ from urllib.parse import quote
 from shared import faults
 from shared.api import url
 from shared.bus import Bus
-from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.log import get_logger
 from shared.messages.storage import (
     VolumeFromImageRequest,
@@ -110,6 +110,9 @@ class Volumes:
         self.bus = bus
         self.tmp = corral_dir / "tmp"
         self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Instance volumes being made by this process: a repeat of the request awaits the
+        # first one's outcome instead of polling a record the first may fail to clear.
+        self._making: dict[str, asyncio.Future[Path]] = {}
         self._usage_cache: dict[tuple[str, str, str], tuple[float, int | None]] = {}
 
     # ---- records -------------------------------------------------------------------------
@@ -206,12 +209,22 @@ class Volumes:
             rec = self._record(req.pool, req.kind, req.project, req.name,
                                source_fingerprint=fp, overlay=overlay,
                                request_id=req.request_id)
+            if k in self._making:  # being made here right now: a repeat, or a duplicate
+                if req.request_id:
+                    return await self._same_request(drv, k, req, disk)
+                raise Conflict(f"Storage volume {req.kind}/{req.name} is being made")
+            # Registered before the record exists, so a repeat never takes a record that
+            # this process is making for a stale one.
+            making = asyncio.get_running_loop().create_future()
+            self._making[k] = making
             try:
                 await self.store.create(k, {**rec, "creating": True},
                                         f"Storage volume {req.kind}/{req.name} in pool "
                                         f"{req.pool!r}")
-            except Conflict:
-                if req.request_id:
+            except BaseException as exc:
+                self._making.pop(k, None)
+                making.cancel()
+                if isinstance(exc, Conflict) and req.request_id:  # made before: a repeat
                     return await self._same_request(drv, k, req, disk)
                 raise
             faults.point("storage:after_record")
@@ -225,21 +238,40 @@ class Volumes:
                                                        fp, req.kind)
                 faults.point("storage:after_volume")
                 await self.store.put(k, rec)
+                making.set_result(path)
                 return path
-            except BaseException:
-                if os.path.lexists(drv.volume_path(req.kind, disk)):
-                    try:
-                        await asyncio.to_thread(drv.delete_volume, req.kind, disk)
-                    except Exception as exc:
-                        log.warning("could not remove a half-made volume", volume=disk,
-                                    error=str(exc))
-                await self.store.delete(k)
+            except BaseException as exc:
+                making.set_exception(exc if isinstance(exc, Exception) else
+                                     Unavailable("The storage service is stopping"))
+                making.exception()  # read here: a repeat may never come to read it
+                await self._forget_half_made(drv, k, req.kind, disk)
                 raise
+            finally:
+                self._making.pop(k, None)
+
+    async def _forget_half_made(self, drv: Driver, k: str, kind: str, disk: str) -> None:
+        """Remove a volume whose making failed, and its record (best effort: what stays is
+        removed by the next repeat of the request or by the sweep at start)."""
+        if os.path.lexists(drv.volume_path(kind, disk)):
+            try:
+                await asyncio.to_thread(drv.delete_volume, kind, disk)
+            except Exception as exc:
+                log.warning("could not remove a half-made volume", volume=disk, error=str(exc))
+        try:
+            await self.store.delete(k)
+        except Exception as exc:  # the bus went away: the record says "creating" still
+            log.warning("could not forget a half-made volume", volume=disk, error=str(exc))
 
     async def _same_request(self, drv: Driver, k: str, req: VolumeFromImageRequest,
                             disk: str, wait: float = 600.0) -> Path:
         """A ``volume_from_image`` sent again (its answer was lost): the same volume, once
-        the first request has made it; 409 if the name is another request's."""
+        the first request has made it, or the error it ended with; 409 if the name is
+        another request's. A record still "creating" that no task of this process makes
+        was left by a making that failed while the bus was away: it is removed, and the
+        repeat answers 503 (the caller undoes its create; the name is free again)."""
+        first = self._making.get(k)
+        if first is not None:
+            return await asyncio.shield(first)
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = await self.store.get(k)
@@ -248,6 +280,10 @@ class Volumes:
                                f"{req.pool!r}")
             if not found[0].get("creating"):
                 return drv.volume_path(req.kind, disk)
+            if k not in self._making:
+                await self._forget_half_made(drv, k, req.kind, disk)
+                raise Unavailable(f"Making storage volume {req.kind}/{req.name} was "
+                                  "interrupted (the message bus restarted); try again")
             if asyncio.get_running_loop().time() > deadline:
                 raise Conflict(f"Storage volume {req.kind}/{req.name} is still being made")
             await asyncio.sleep(0.1)
