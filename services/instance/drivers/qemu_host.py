@@ -67,7 +67,13 @@ def _probe_kvm(timeout: float) -> str:
         os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
     except OSError:
         return "tcg"
-    with tempfile.TemporaryDirectory(prefix="corral-kvm-probe") as tmp:
+    # Under CORRAL_DIR when there is one: a service killed during the probe (tests stop
+    # services at any moment) would otherwise leave the directory in the system's /tmp.
+    corral_dir = os.environ.get("CORRAL_DIR")
+    parent = Path(corral_dir) / "tmp" if corral_dir and os.path.isdir(corral_dir) else None
+    if parent is not None:
+        parent.mkdir(mode=0o700, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="corral-kvm-probe", dir=parent) as tmp:
         log = Path(tmp) / "debugcon"
         log.touch()
         # `-cpu host`, as KVM domains run: on hosts with broken nested KVM (this one) QEMU
