@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from .stack import wait_for
-from .world import make_world
+from .world import lxc, make_world
 
 pytestmark = pytest.mark.root
 if shutil.which("lxc") is None:
@@ -21,14 +20,6 @@ if shutil.which("lxc") is None:
 def world(stack, api, busybox_tarball):
     with make_world(api, stack, busybox_tarball, network=True, pool_driver="btrfs") as w:
         yield w
-
-
-def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
-                       capture_output=True, text=True, timeout=120)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def test_stock_client_lifecycle(world, stack, api):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .stack import BIN, wait_for
-from .world import make_world, wait_op
+from .world import lxc, make_world, wait_op
 
 pytestmark = pytest.mark.root
 if shutil.which("lxc") is None:
@@ -23,14 +23,6 @@ if shutil.which("lxc") is None:
 def world(stack, api, busybox_tarball):
     with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
         yield w
-
-
-def lxc(stack, *args, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
-                       capture_output=True, text=True, timeout=120)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ instance with the prefix, then the alias, the image, the profile, the network, t
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -18,6 +19,16 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from .stack import Stack, wait_for
+
+
+def lxc(stack: Stack, *args: str, check: bool = True,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """The stock LXD client against the test stack's socket; asserts success unless told."""
+    r = subprocess.run(["lxc", *args], env={**stack.env, "LXD_DIR": str(stack.dir)},
+                       capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
 
 OP_TIMEOUT = 120
 
