@@ -48,14 +48,20 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # against every `bus.request(...)` in the services' code, so a new call cannot be
 # forgotten here (the server would drop it as a permission violation).
 CALLS: dict[str, tuple[tuple[str, str], ...]] = {
-    "image": (("instance", "profile_get"), ("storage", "image_volume_delete")),
+    "image": (("instance", "profile_get"), ("storage", "image_volume_delete"),
+              ("instance", "publish")),
     "storage": (("instance", "profile_list"), ("image", "blob"), ("instance", "list")),
     "network": (("instance", "profile_list"), ("instance", "network_users")),
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
                  ("network", "nic_config"), ("network", "nic_limits"),
                  ("network", "nic_release"), ("image", "list"),
-                 ("storage", "volume_usage"), ("storage", "volume_quota")),
+                 ("storage", "volume_usage"), ("storage", "volume_quota"),
+                 ("storage", "volume_path"), ("storage", "volume_create"),
+                 ("storage", "volume_copy"), ("storage", "volume_snapshot_create"),
+                 ("storage", "volume_snapshot_delete"), ("storage", "volume_snapshot_rename"),
+                 ("storage", "volume_snapshot_restore"), ("storage", "volume_snapshot_list"),
+                 ("image", "import"), ("storage", "volume_get"), ("storage", "volume_list")),
     "migration": (),
 }
 
@@ -71,6 +77,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                 ("images", "obj", False), OPERATIONS, WARNINGS),
     "network": (("networks", "kv", True), OPERATIONS, WARNINGS),
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
+                 ("instance_snapshots", "kv", True), ("backups", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
     "migration": (OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
@@ -81,7 +88,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 # Not file_get, log_get, console_get, blob or volume_path: those hand out contents.
 READ_VERBS = ("list", "get", "state", "info", "leases", "resources", "alias_list",
               "alias_get", "profile_list", "profile_get", "volume_list", "volume_get",
-              "snapshot_list", "backup_list", "network_users", "project_list", "project_get",
+              "snapshot_list", "snapshot_get", "backup_list", "backup_get",
+              "volume_snapshot_list", "network_users", "project_list", "project_get",
               "project_state")
 
 STREAMS = f"{subjects.PREFIX}.streams"

@@ -27,3 +27,4 @@ class Context:
     drivers: DriverRouter
     log: Any  # the service's structlog logger
     projects: Projects | None = None  # limits, restrictions, effective project (None: only default)
+    snapshots: Store | None = None  # KV instance_snapshots (see snapshots.py); None in unit fakes

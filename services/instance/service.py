@@ -35,7 +35,11 @@ from . import (
     resources,
     update,
 )
+from .backups_api import API_EXTENSIONS as BACKUP_EXTENSIONS
+from .backups_api import BackupsMixin
 from .context import Context
+from .copy_api import API_EXTENSIONS as COPY_EXTENSIONS
+from .copy_api import CopyPublishMixin
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
 from .drivers.router import DriverRouter
@@ -51,6 +55,8 @@ from .projects import effective as projects_effective
 from .projects_api import PROJECT_EXTENSIONS, ProjectsMixin
 from .records import instance_url, public, record_etag
 from .remote import Remote
+from .snapshots_api import API_EXTENSIONS as SNAPSHOT_EXTENSIONS
+from .snapshots_api import InstanceSnapshotsMixin
 
 # What the stock client checks before list/launch/config (see docs/architecture.md).
 # container_backup: only the (empty) backup list so far, which `lxc info` requires.
@@ -69,7 +75,8 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
         dev.get("nictype") in ("bridged", "macvlan") and dev.get("parent") == network)
 
 
-class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Service):
+class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, ProjectsMixin,
+                      ExecFilesConsoleMixin, MetadataMixin, Service):
     name = "instance"
     description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 
@@ -81,9 +88,10 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
         self.instances = await Store(self.bus, "instances", cache=True).open()
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
         self.projects = Projects(await Store(self.bus, "projects", cache=True).open())
+        self.snapshots = await Store(self.bus, "instance_snapshots", cache=True).open()
         self.ctx = Context(instances=self.instances, profiles=self.profiles,
                            remote=self.remote, drivers=self.drivers, log=self.log,
-                           projects=self.projects)
+                           projects=self.projects, snapshots=self.snapshots)
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
@@ -111,7 +119,8 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
         return ServerInfoReply(environment=env,
                                api_extensions=[*API_EXTENSIONS, *IO_EXTENSIONS, *vm,
                                                *resources.API_EXTENSIONS, *METADATA_EXTENSIONS,
-                                               *PROJECT_EXTENSIONS])
+                                               *PROJECT_EXTENSIONS, *SNAPSHOT_EXTENSIONS,
+                                               *COPY_EXTENSIONS, *BACKUP_EXTENSIONS])
 
     def lock(self, project: str, name: str) -> asyncio.Lock:
         """One state change at a time per instance (start racing delete, ...)."""
@@ -201,18 +210,6 @@ class InstanceService(ProjectsMixin, ExecFilesConsoleMixin, MetadataMixin, Servi
         if (req.body or {}).get("recursion", 0) >= 1:
             obj.update(state=await self._state(rec), snapshots=None, backups=None)
         return Reply(metadata=obj, etag=record_etag(rec))
-
-    @endpoint("snapshot_list", ObjectRequest)
-    async def list_snapshots(self, req: ObjectRequest) -> Reply:
-        """Snapshots are a later issue: an instance has none yet (``lxc info`` asks)."""
-        await self.require_instance(req.project, req.name)
-        return Reply(metadata=[])
-
-    @endpoint("backup_list", ObjectRequest)
-    async def list_backups(self, req: ObjectRequest) -> Reply:
-        """Backups are a later issue; ``lxc info`` lists them (``container_backup``)."""
-        await self.require_instance(req.project, req.name)
-        return Reply(metadata=[])
 
     @endpoint("state", ObjectRequest)
     async def get_state(self, req: ObjectRequest) -> Reply:

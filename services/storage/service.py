@@ -37,15 +37,18 @@ from shared.state import Store
 from shared.warnings import Warnings
 
 from . import orphans, usage
+from .backup_api import VolumeBackupsMixin
+from .custom_api import CustomVolumesMixin
 from .drivers import DRIVERS
 from .pools import Pools, pool_etag
+from .snapshots_api import VolumeSnapshotsMixin
 from .volumes import INSTANCE_KINDS, Volumes, volume_url
 
 API_EXTENSIONS = ["storage", "resources", "storage_btrfs_mount_options",
                   "server_supported_storage_drivers", "entity_description"]
 
 
-class StorageService(Service):
+class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixin, Service):
     name = "storage"
     description = "Corral storage pools and volumes"
 

@@ -123,3 +123,70 @@ class VolumeUsageReply(Message):
     tell cheaply (dir, as LXD 5.0 without project quotas), or the volume/pool is gone."""
 
     usage: list[int | None] = Field(default_factory=list)
+
+
+# ---- snapshots, copies, empty volumes (node verbs; issue 10) ------------------------------
+
+
+class VolumeSnapshotRequest(VolumeRequest):
+    """``volume_snapshot_create`` / ``_delete`` / ``_restore``: snapshot ``snapshot`` of the
+    volume ``kind``/``name`` (any kind with snapshots: container, virtual-machine, custom).
+
+    create: a read-only (btrfs) or copied (dir, reflink where possible) point-in-time
+    copy; reply :class:`VolumePathReply`. restore: the volume's content replaced by the
+    snapshot's, atomically (the volume is never missing, whatever fails). delete: 404 when
+    it does not exist."""
+
+    snapshot: str
+
+
+class VolumeSnapshotRenameRequest(VolumeSnapshotRequest):
+    """``volume_snapshot_rename``: ``snapshot`` -> ``new_snapshot`` of the same volume."""
+
+    new_snapshot: str
+
+
+class VolumeSnapshotListReply(Message):
+    """``volume_snapshot_list`` (a :class:`VolumeRequest`): the volume's snapshots found on
+    disk (the host is the truth; the instance service compares them with its records)."""
+
+    snapshots: list[str] = Field(default_factory=list)
+
+
+class VolumePathRequest(VolumeRequest):
+    """``volume_path``: where a volume (or one of its snapshots) is on this node."""
+
+    snapshot: str | None = None
+
+
+class VolumeCopyRequest(Request):
+    """``volume_copy``: a new volume ``pool``/``kind``/``name`` in ``project``, copied from
+    ``source_*`` (optionally from its snapshot ``source_snapshot``), on this node.
+
+    ``snapshots`` names the source's snapshots to copy along (same names, oldest first).
+    ``refresh``: the target exists; bring it up to date (snapshots it lacks, then the
+    volume's content). Another pool is allowed (btrfs send/receive where both are btrfs,
+    a file copy otherwise). Made whole or not at all: no half volume or record stays.
+    ``request_id`` makes a repeat (a lost answer) get the same volume. Reply:
+    :class:`VolumePathReply`."""
+
+    pool: str
+    kind: str = "container"
+    name: str
+    source_project: str = "default"
+    source_pool: str
+    source_name: str
+    source_snapshot: str | None = None
+    snapshots: list[str] = Field(default_factory=list)
+    refresh: bool = False
+    request_id: str | None = None
+
+
+class VolumeCreateRequest(VolumeRequest):
+    """``volume_create``: an empty volume (instance root for an import, or custom).
+    ``content_type`` filesystem (a directory/subvolume) or block (a ``root.img`` file of
+    ``size`` bytes inside it). Reply: :class:`VolumePathReply`."""
+
+    size: str = ""
+    content_type: Literal["filesystem", "block"] = "filesystem"
+    request_id: str | None = None

@@ -38,6 +38,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "(idempotent)."),
     "project": ("project", "Manage projects (--project NAME works with every command)."),
     "bus": ("bus", "Manage NATS credentials for integrations (root only)."),
+    "snapshot": ("snapshot", "Snapshot an instance (its disk and config), or list, rename "
+                             "and delete its snapshots."),
+    "restore": ("snapshot", "Restore an instance from one of its snapshots."),
+    "copy": ("copy", "Copy an instance or one of its snapshots (with its snapshots)."),
+    "move": ("copy", "Rename an instance, or move it to another storage pool."),
+    "publish": ("copy", "Make an image from an instance or one of its snapshots."),
+    "export": ("backup", "Export an instance as a backup file (LXD's format)."),
+    "import": ("backup", "Import an instance from a backup file (LXD's or Corral's)."),
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .. import remote, trust
 from ..routing import Route, aliased, ask, creation, item, listing
 from . import (
+    backups,
     events,
     host,
     images,
@@ -25,7 +26,9 @@ from . import (
     operations,
     projects,
     server,
+    snapshots,
     storage,
+    volumes,
     warnings,
 )
 from .streams import websocket
@@ -174,10 +177,13 @@ ROUTES: list[Route] = [
     Route("DELETE", "/1.0/operations/{id}", operations.cancel),
     Route("GET", "/1.0/operations/{id}/wait", operations.wait),
     Route("GET", "/1.0/operations/{id}/websocket", websocket),  # exec/console streams
-    *aliased(INSTANCES, "/1.0/instances", "/1.0/containers"),
+    # Snapshot and backup rows first: their literal segments beat INSTANCES' {name} rows.
+    *aliased([*snapshots.ROUTES, *backups.ROUTES, *INSTANCES], "/1.0/instances",
+             "/1.0/containers"),
     *crud("/1.0/profiles", "instance", "profile_"),
     *PROJECTS,
     *IMAGES,
     *NETWORKS,
+    *volumes.ROUTES,  # custom volumes: before STORAGE's generic {kind} rows
     *STORAGE,
 ]

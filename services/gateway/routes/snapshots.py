@@ -1,0 +1,7 @@
+"""Routes of issue 10's snapshots work (rows of the gateway's route table; see __init__.py)."""
+
+from __future__ import annotations
+
+from ..routing import Route
+
+ROUTES: list[Route] = []
