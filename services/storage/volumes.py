@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -114,6 +116,21 @@ class Volumes:
         # first one's outcome instead of polling a record the first may fail to clear.
         self._making: dict[str, asyncio.Future[Path]] = {}
         self._usage_cache: dict[tuple[str, str, str], tuple[float, int | None]] = {}
+        # Volumes an operation holds right now (key -> "being deleted", "being restored"...):
+        # a delete, rename, snapshot, restore or copy of a held volume is a 409, so none of
+        # them sees another's half-done state (see :meth:`holding`).
+        self.busy: dict[str, str] = {}
+
+    @contextmanager
+    def holding(self, k: str, what: str, label: str) -> Iterator[None]:
+        """Hold volume ``k`` (its :meth:`key`) for an operation; 409 if another holds it."""
+        if k in self.busy:
+            raise Conflict(f"{label} is {self.busy[k]}; try again when that has ended")
+        self.busy[k] = what
+        try:
+            yield
+        finally:
+            self.busy.pop(k, None)
 
     # ---- records -------------------------------------------------------------------------
 
@@ -384,10 +401,11 @@ class Volumes:
             if lock:
                 await lock.acquire()
             try:
-                if os.path.lexists(path):
-                    await asyncio.to_thread(drv.delete_volume, req.kind,
-                                            disk_name(req.project, req.name))
-                await self.store.delete(k)
+                with self.holding(k, "being deleted", f"Storage volume {req.kind}/{req.name}"):
+                    if os.path.lexists(path):
+                        await asyncio.to_thread(drv.delete_volume, req.kind,
+                                                disk_name(req.project, req.name))
+                    await self.store.delete(k)
             finally:
                 if lock:
                     lock.release()
@@ -406,6 +424,8 @@ class Volumes:
                                f"{req.pool!r}")
             rec = dict(found[0]) if found else self._record(req.pool, req.kind, req.project,
                                                              req.name)
+            if old_k in self.busy:
+                raise Conflict(f"Storage volume {req.kind}/{req.name} is {self.busy[old_k]}")
             await self.store.create(new_k, {**rec, "name": req.new_name},
                                     f"Storage volume {req.kind}/{req.new_name}")
             try:
