@@ -73,7 +73,7 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
     if not isinstance(source, dict):
         raise BadRequest("Invalid source: expected an object")
     if source.get("type", "image") != "image":
-        raise BadRequest(f"Unsupported source type {source.get('type')!r}: only image")
+        raise BadRequest(f"Unsupported source type {source.get('type')!r}: image or copy")
     if source.get("server") or source.get("mode") == "pull":
         raise BadRequest("Remote image servers are not supported: import the image first")
     if not (source.get("alias") or source.get("fingerprint")):

@@ -231,6 +231,9 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
     @endpoint("create", CreateRequest)
     async def create_instance(self, req: CreateRequest) -> Reply:
+        source = req.body.get("source")
+        if isinstance(source, dict) and source.get("type") == "copy":
+            return await self.copy_instance(req)  # copy_api.CopyPublishMixin
         self._admit()  # before the name is reserved
         rec, image = await create.prepare(self.ctx, req.body, req.project)
         start = bool(req.body.get("start"))
