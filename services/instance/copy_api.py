@@ -13,7 +13,7 @@ from shared.api import url
 from shared.models import CreateRequest, ObjectRequest, Reply
 from shared.state import key
 
-from . import copy, lifecycle
+from . import copy, lifecycle, move
 from .records import instance_url
 
 # container_only_migration: --instance-only; container_incremental_copy: --refresh;
@@ -62,5 +62,43 @@ class CopyPublishMixin:
             raise
         return Reply(type="async", operation=op.lxd())
 
-    async def move_to_pool(self, req: ObjectRequest) -> Reply:  # filled in below
-        raise NotImplementedError
+    async def move_to_pool(self, req: ObjectRequest) -> Reply:
+        """``POST /1.0/instances/<n>`` with ``migration`` and ``pool`` (``lxc move
+        --storage``), as an operation."""
+        rec = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
+        body = req.body or {}
+        new_name, pool, only, restart = await move.check(self.ctx, rec, body)
+
+        async def run(_op: Any) -> None:
+            async with self.lock(req.project, req.name):  # type: ignore[attr-defined]
+                current = await self.require_instance(  # type: ignore[attr-defined]
+                    req.project, req.name)
+                try:
+                    moved = await move.move(self.ctx, current, new_name, pool, only, restart)
+                except BaseException:
+                    if restart:  # it ran before: leave it running where it was
+                        await _start_quietly(self.ctx, req.project, req.name)
+                    raise
+            if moved["name"] != req.name:
+                await self.events.lifecycle(
+                    "instance-renamed", instance_url(moved), project=req.project,
+                    context={"old_name": req.name}, requestor=req.requestor)
+            await self.events.lifecycle(
+                "instance-updated", instance_url(moved), project=req.project,
+                context={"storage-pool": pool}, requestor=req.requestor)
+
+        op = await self._start_work(  # type: ignore[attr-defined]
+            "Migrating instance", run, project=req.project,
+            resources={"instances": [url("instances", req.name, req.project)]})
+        return Reply(type="async", operation=op.lxd())
+
+
+async def _start_quietly(ctx: Any, project: str, name: str) -> None:
+    found = await ctx.instances.get(key(project, name))
+    if found is None or found[0].get("status") != "Stopped":
+        return
+    try:
+        await lifecycle.start(ctx, found[0])
+    except Exception as exc:  # the move's own error is the one the caller must see
+        ctx.log.warning("could not start the instance again after a failed move",
+                        instance=name, error=str(exc))

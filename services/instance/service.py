@@ -309,6 +309,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
     @endpoint("rename", ObjectRequest)
     async def rename_instance(self, req: ObjectRequest) -> Reply:
+        if (req.body or {}).get("migration") and (req.body or {}).get("pool"):
+            return await self.move_to_pool(req)  # lxc move --storage: copy_api
         await self.require_instance(req.project, req.name)
         async with self.lock(req.project, req.name):
             new = await update.rename(self.ctx, req.project, req.name, req.body or {})
