@@ -11,7 +11,7 @@ import shutil
 from typing import Any
 
 from shared import blobs
-from shared.errors import BadRequest, NotImplementedYet
+from shared.errors import BadRequest
 from shared.messages.image import BlobRequest, ExportRequest, ImportRequest, ResolveRequest
 from shared.models import (
     CreateRequest,
@@ -23,14 +23,15 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
-from . import imports, records
+from . import imports, publish, records
 from .aliases import Aliases
 from .context import ImageContext
 from .images import Images
 
 # Only what is really implemented: the type field and VM uploads, expiry, profiles, and
 # aliases applied by the import itself.
-API_EXTENSIONS = ["image_types", "images_expiry", "image_profiles", "image_create_aliases"]
+API_EXTENSIONS = ["image_types", "images_expiry", "image_profiles", "image_create_aliases",
+                  "image_compression_algorithm"]
 REMOTE_SOURCES = ("image", "url")
 
 
@@ -98,8 +99,14 @@ class ImageService(Service):
         if kind in REMOTE_SOURCES or source.get("mode") == "push":
             raise BadRequest("remote image sources are not supported yet: download the image "
                              "and import the file (lxc image import FILE)")
-        if kind in ("instance", "container", "virtual-machine", "snapshot"):
-            raise NotImplementedYet("Publishing an instance as an image is not supported yet")
+        if kind in publish.SOURCE_TYPES:  # lxc publish
+            pub = publish.check(req.body)
+
+            async def run(op: Any) -> dict[str, Any]:
+                return await publish.run(self.ctx, self.alias_logic, req, pub, op)
+
+            op = await self.operations.start("Creating image", run, project=req.project)
+            return Reply(type="async", operation=op.lxd())
         raise BadRequest(f"Invalid image source type {kind!r}")
 
     @endpoint("import", ImportRequest)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from shared.api import url
+from shared.messages.publish import PublishRequest
 from shared.models import CreateRequest, ObjectRequest, Reply
+from shared.service import endpoint
 from shared.state import key
 
-from . import copy, lifecycle, move
+from . import copy, lifecycle, move, publish
 from .records import instance_url
 
 # container_only_migration: --instance-only; container_incremental_copy: --refresh;
@@ -61,6 +63,15 @@ class CopyPublishMixin:
                 await self.instances.delete(key(rec["project"], rec["name"]))
             raise
         return Reply(type="async", operation=op.lxd())
+
+    @endpoint("publish", PublishRequest, scope="node")
+    async def publish_instance(self, req: PublishRequest) -> Reply:
+        """The instance side of ``lxc publish``: pack it into ``transfers`` (asked by the
+        image service; held under the instance's lock so it cannot start meanwhile)."""
+        async with self.lock(req.project, req.name):  # type: ignore[attr-defined]
+            packed = await publish.pack(self.ctx, self.bus,  # type: ignore[attr-defined]
+                                        self.config.dir / "tmp", req)  # type: ignore
+        return Reply(metadata=packed.model_dump())
 
     async def move_to_pool(self, req: ObjectRequest) -> Reply:
         """``POST /1.0/instances/<n>`` with ``migration`` and ``pool`` (``lxc move
