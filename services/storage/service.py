@@ -63,6 +63,7 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
         await self.warnings.storage_pools(self.pools.unavailable,
                                           [r["name"] for r in self.pools.records()])
+        await self.snapshots_setup()  # pools' tmp dirs emptied, copies' journal replayed
         await self.volumes.reconcile()
         self._orphans = asyncio.create_task(orphans.sweep_later(self.volumes))
 
@@ -178,10 +179,7 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
         path = await self.volumes.from_image(req)
         return Reply(metadata=VolumePathReply(path=str(path)).model_dump())
 
-    @endpoint("volume_path", VolumeRequest, scope="node")
-    async def volume_path(self, req: VolumeRequest) -> Reply:
-        path, exists = await self.volumes.path(req)
-        return Reply(metadata=VolumePathReply(path=str(path), exists=exists).model_dump())
+    # volume_path (of a volume or of its snapshot): see VolumeSnapshotsMixin.
 
     @endpoint("volume_delete", VolumeRequest, scope="node")
     async def volume_delete(self, req: VolumeRequest) -> Reply:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from shared import faults
 from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
-from .util import parse_size, validate_name
+from .util import RENAME_EXCHANGE, RENAME_NOREPLACE, parse_size, renameat2, run, validate_name
 
 # API volume type -> directory name under the pool (LXD's names).
 KINDS: dict[str, str] = {
@@ -58,6 +59,10 @@ class Driver:
     """One storage backend. Subclasses set ``name``/``config_keys`` and fill in the hooks."""
 
     name: ClassVar[str] = ""
+    # Whether ``_vol_copy``/``_vol_delete`` are atomic (a btrfs snapshot appears whole or
+    # not at all, and read-only subvolumes cannot move to another directory); when not
+    # (``cp -a``), snapshots are made and dropped in the tmp dir and moved with a rename.
+    atomic_copies: ClassVar[bool] = False
     # key -> validator(value) -> normalised value (raise BadRequest when invalid)
     config_keys: ClassVar[dict[str, Callable[[str], str]]] = {}
 
@@ -316,60 +321,231 @@ class Driver:
         return out
 
     # ---- snapshots -----------------------------------------------------------------------
+    #
+    # Every change is made aside in the pool's tmp dir and moved into place with one
+    # rename, so a process killed at any instant leaves the volume and its snapshots whole
+    # (what it was making stays in the tmp dir, which :meth:`clean_tmp` empties at start).
 
     def list_snapshots(self, kind: str, name: str) -> list[str]:
         root = self._snap_root(kind, name)
         self._existing(kind, name)
         return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
-    def create_snapshot(self, kind: str, name: str, snap: str) -> Path:
-        """A read-only (where possible) point-in-time copy of a volume."""
-        dst = self.snapshot_path(kind, name, snap)  # bad arguments before missing volume
-        src = self._existing(kind, name)
-        if os.path.lexists(dst):
-            raise Conflict(f"Snapshot {kind}/{name}/{snap} already exists")
+    def _existing_snapshot(self, kind: str, name: str, snap: str) -> Path:
+        path = self.snapshot_path(kind, name, snap)  # bad arguments before missing volume
+        self._existing(kind, name)
+        if not path.is_dir():
+            raise NotFound(f"Storage volume snapshot {kind}/{name}/{snap} not found in pool "
+                           f"{self.pool!r}")
+        return path
+
+    def _place(self, made: Path, dst: Path, what: str) -> None:
+        """Move ``made`` (in the tmp dir) to ``dst`` unless that exists (409, undone)."""
         dst.parent.mkdir(mode=0o711, exist_ok=True)
         try:
-            self._vol_copy(src, dst, readonly=True)
+            renameat2(made, dst, RENAME_NOREPLACE)
+        except FileExistsError:
+            self._undo(made)
+            raise Conflict(f"{what} already exists") from None
         except BaseException:
-            self._undo(dst)
+            self._undo(made)
             raise
+
+    def create_snapshot(self, kind: str, name: str, snap: str) -> Path:
+        """A read-only (btrfs) or copied (dir, reflink where possible) point-in-time copy."""
+        dst = self.snapshot_path(kind, name, snap)
+        src = self._existing(kind, name)
+        what = f"Storage volume snapshot {kind}/{name}/{snap}"
+        if os.path.lexists(dst):
+            raise Conflict(f"{what} already exists")
+        if self.atomic_copies:  # appears whole or not at all, where it belongs
+            dst.parent.mkdir(mode=0o711, exist_ok=True)
+            self._vol_copy(src, dst, readonly=True)
+            return dst
+        made = self._tmp_path()
+        try:
+            self._vol_copy(src, made, readonly=True)
+        except BaseException:
+            self._undo(made)
+            raise
+        faults.point("storage:snapshot_mid")
+        self._place(made, dst, what)
         return dst
 
     def delete_snapshot(self, kind: str, name: str, snap: str) -> None:
-        dst = self.snapshot_path(kind, name, snap)
-        self._existing(kind, name)
-        if not dst.is_dir():
-            raise NotFound(f"Snapshot {kind}/{name}/{snap} not found in pool {self.pool!r}")
-        self._vol_delete(dst)
-        if not any(dst.parent.iterdir()):
-            dst.parent.rmdir()
+        """Moved to the tmp dir first (one rename), then deleted at leisure."""
+        path = self._existing_snapshot(kind, name, snap)
+        gone = path
+        if not self.atomic_copies:
+            gone = self._tmp_path()
+            os.rename(path, gone)
+        try:
+            self._vol_delete(gone)
+        finally:
+            try:
+                path.parent.rmdir()  # the last snapshot: drop the volume's snapshot dir
+            except OSError:
+                pass
+
+    def rename_snapshot(self, kind: str, name: str, snap: str, new: str) -> Path:
+        dst = self.snapshot_path(kind, name, new)
+        src = self._existing_snapshot(kind, name, snap)
+        try:
+            renameat2(src, dst, RENAME_NOREPLACE)
+        except FileExistsError:
+            raise Conflict(f"Storage volume snapshot {kind}/{name}/{new} already exists"
+                           ) from None
+        return dst
 
     def restore_snapshot(self, kind: str, name: str, snap: str) -> None:
-        """Replace a volume's content by a snapshot's: copy aside, swap, drop the old one."""
-        snap_path = self.snapshot_path(kind, name, snap)
+        """Replace a volume's content by a snapshot's: a fresh writable copy is made in the
+        tmp dir, given the volume's quota, then swapped with the volume in one
+        ``renameat2(RENAME_EXCHANGE)``; the old content, now in the tmp dir, is deleted."""
+        snap_path = self._existing_snapshot(kind, name, snap)
         path = self._existing(kind, name)
-        if not snap_path.is_dir():
-            raise NotFound(f"Snapshot {kind}/{name}/{snap} not found in pool {self.pool!r}")
-        fresh, old = self._tmp_path(), self._tmp_path()
+        fresh = self._tmp_path()
         try:
             self._vol_copy(snap_path, fresh)
+            self._vol_restored(path, fresh)
+            faults.point("storage:restore_mid")
+            renameat2(fresh, path, RENAME_EXCHANGE)
         except BaseException:
             self._undo(fresh)
             raise
+        faults.point("storage:restore_swapped")
+        self._undo(fresh)  # the old content; what stays is swept from tmp at start
+
+    # ---- copies --------------------------------------------------------------------------
+
+    def copy_in(self, kind: str, name: str, src: Driver, src_name: str,
+                src_snapshot: str | None, snapshots: list[str], refresh: bool = False,
+                backing: Path | None = None) -> Path:
+        """Make volume ``name`` a copy of ``src``'s volume ``src_name`` (or of its snapshot
+        ``src_snapshot``), with the source snapshots ``snapshots`` (oldest first) copied
+        along under the same names; ``src`` may be this pool or another.
+
+        ``refresh``: the volume exists; the snapshots it lacks are added, then its content
+        is replaced atomically (as a restore). Otherwise it must not exist, and a failure
+        leaves parts behind for the caller's journal to drop (``drop_volume``).
+        ``backing``: the image disk a dir pool's VM overlay (``root.qcow2``) backs onto; a
+        copy to another pool gets its own copy of it (flattened, standalone).
+
+        Each snapshot appears whole or not at all (made in the tmp dir, then moved or
+        snapshotted into place); the copy's snapshots are read-only where the driver can.
+        """
+        if src_snapshot is not None:
+            root = src.snapshot_path(kind, src_name, src_snapshot)
+            src._existing(kind, src_name)
+            if not root.is_dir():
+                raise NotFound(f"Storage volume snapshot {kind}/{src_name}/{src_snapshot} "
+                               f"not found in pool {src.pool!r}")
+        else:
+            root = src._existing(kind, src_name)
+        for s in snapshots:
+            if not src.snapshot_path(kind, src_name, s).is_dir():
+                raise NotFound(f"Storage volume snapshot {kind}/{src_name}/{s} not found in "
+                               f"pool {src.pool!r}")
+        dst = self._existing(kind, name) if refresh else self._new(kind, name)
+        have = set(self.list_snapshots(kind, name)) if refresh else set()
+        local = src.pool == self.pool
+        work = self._tmp_path()
+        work.mkdir(mode=0o700)
         try:
-            os.rename(path, old)
-        except BaseException:
-            self._undo(fresh)
-            raise
+            parent = None
+            for i, s in enumerate(x for x in snapshots if x not in have):
+                src_snap = src.snapshot_path(kind, src_name, s)
+                dst_snap = self.snapshot_path(kind, name, s)
+                dst_snap.parent.mkdir(mode=0o711, exist_ok=True)
+                if os.path.lexists(dst_snap):
+                    raise Conflict(f"Storage volume snapshot {kind}/{name}/{s} already exists")
+                if local and self.atomic_copies:
+                    self._vol_copy(src_snap, dst_snap, readonly=True)
+                else:
+                    made = self._import(src, src_snap, work / f"s{i}", parent, True, backing)
+                    self._adopt(made, dst_snap, readonly=True)
+                parent = src_snap
+                faults.point("storage:copy_mid")
+            if local and not refresh:
+                self._vol_copy(root, dst)
+            else:
+                made = self._import(src, root, work / "v", parent, src_snapshot is not None,
+                                    backing, writable=True)
+                if refresh:
+                    self._vol_restored(dst, made)
+                    renameat2(made, dst, RENAME_EXCHANGE)
+                else:
+                    self._adopt(made, dst, readonly=False)
+            faults.point("storage:copy_placed")
+        finally:
+            self._undo(work)
+        return dst
+
+    def _import(self, src: Driver, path: Path, dest: Path, parent: Path | None,
+                src_readonly: bool, backing: Path | None, writable: bool = False) -> Path:
+        """A copy of ``path`` (a volume or snapshot of ``src``) at or under ``dest`` in this
+        pool's tmp dir; returns where it is (writable when ``writable``). Generic: a
+        driver copy in the same pool, else a new volume filled with ``cp -a``. ``parent``
+        (a source snapshot imported just before) and ``src_readonly`` let a driver send
+        increments (btrfs)."""
+        if src.pool == self.pool:
+            self._vol_copy(path, dest, readonly=not writable)
+            return dest
+        self._vol_create(dest)
+        run("cp", "-a", "--reflink=auto", f"{path}/.", dest, what="copy volume")
+        if backing is not None:
+            flatten_overlay(dest, backing)
+        return dest
+
+    def _adopt(self, made: Path, dst: Path, readonly: bool) -> None:
+        """Put ``made`` (from :meth:`_import`) at ``dst`` in one step; 409 if it exists."""
         try:
-            os.rename(fresh, path)
-        except BaseException:
-            os.rename(old, path)
-            self._undo(fresh)
-            raise
-        self._vol_restored(old, path)
-        self._vol_delete(old)
+            renameat2(made, dst, RENAME_NOREPLACE)
+        except FileExistsError:
+            raise Conflict(f"{dst.name!r} already exists in pool {self.pool!r}") from None
+
+    # ---- scratch space -------------------------------------------------------------------
+
+    def clean_tmp(self) -> list[str]:
+        """Empty the pool's tmp dir (at service start: all of it is what a killed process
+        was making or dropping); returns the names removed."""
+        tmp = self.path / TMP_DIR
+        if not tmp.is_dir():
+            return []
+        gone = []
+        for entry in sorted(tmp.iterdir()):
+            try:
+                self._vol_delete(entry)
+                gone.append(entry.name)
+            except (CorralError, OSError):
+                pass
+        return gone
+
+    def drop_volume(self, kind: str, name: str) -> None:
+        """Remove whatever exists of a volume (its snapshots, the volume), no NotFound:
+        the undo of a copy or create that died between its steps."""
+        self._require_ready()
+        if kind in SNAPSHOT_KINDS:
+            root = self._snap_root(kind, name)
+            if root.is_dir():
+                for snap in sorted(root.iterdir()):
+                    self._vol_delete(snap)
+                root.rmdir()
+        if os.path.lexists(self.volume_path(kind, name)):
+            self._vol_delete(self.volume_path(kind, name))
+
+
+def flatten_overlay(vol: Path, backing: Path) -> None:
+    """Make a VM volume's ``root.qcow2`` (an overlay on an image volume's disk, as a dir
+    pool makes them) standalone: the image disk copied beside it as ``rootfs.img`` and
+    the overlay pointed at that relative name (the layout the qemu driver expects)."""
+    disk = vol / "root.qcow2"
+    if not disk.is_file() or (vol / "rootfs.img").exists():
+        return
+    if not backing.is_file():
+        raise NotFound(f"The image disk {backing} the VM volume backs onto is missing")
+    run("cp", "--reflink=auto", backing, vol / "rootfs.img", what="copy the image disk")
+    run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", "rootfs.img", disk,
+        what="point the VM disk at its own image copy")
 
 
 def remove_tree(path: Path) -> None:

@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from . import btrfs_util as bu
 from .base import KINDS, SNAPSHOT_KINDS, TMP_DIR, Driver, Info
@@ -56,6 +58,7 @@ def _progs_version() -> str:
 
 class BtrfsDriver(Driver):
     name = "btrfs"
+    atomic_copies = True
     config_keys = {"source": check_source, "size": _check_size,
                    "btrfs.mount_options": _check_opts}
 
@@ -224,6 +227,38 @@ class BtrfsDriver(Driver):
         args = ["-r"] if readonly else []
         run("btrfs", "subvolume", "snapshot", *args, src, dst, what="snapshot volume")
 
+    def _import(self, src: Driver, path: Path, dest: Path, parent: Path | None,
+                src_readonly: bool, backing: Path | None, writable: bool = False) -> Path:
+        """From another btrfs pool: ``btrfs send | btrfs receive`` (``-p parent``: only
+        what changed since the snapshot sent before), which keeps the extents shared
+        between successive snapshots. A live source volume is sent through a read-only
+        snapshot of it. Anything else: the generic copy."""
+        if src.pool == self.pool or not isinstance(src, BtrfsDriver):
+            return super()._import(src, path, dest, parent, src_readonly, backing, writable)
+        dest.mkdir(mode=0o700)
+        frozen = None
+        if not src_readonly:
+            frozen = src._tmp_path()
+            src._vol_copy(path, frozen, readonly=True)
+        try:
+            send_receive(frozen or path, dest, parent)
+        finally:
+            if frozen is not None:
+                src._undo(frozen)
+        received = dest / (frozen or path).name
+        if not writable:
+            return received
+        out = dest.with_name(dest.name + "-rw")
+        self._vol_copy(received, out)
+        return out
+
+    def _adopt(self, made: Path, dst: Path, readonly: bool) -> None:
+        """A snapshot of ``made`` at ``dst``: appears whole or not at all, and read-only
+        subvolumes cannot be renamed into another directory (EROFS on '..')."""
+        if os.path.lexists(dst):
+            raise Conflict(f"{dst.name!r} already exists in pool {self.pool!r}")
+        self._vol_copy(made, dst, readonly=readonly)
+
     def _vol_freeze(self, path: Path) -> None:
         run("btrfs", "property", "set", "-ts", path, "ro", "true", what="make volume read-only")
 
@@ -275,6 +310,28 @@ class BtrfsDriver(Driver):
             run("btrfs", "quota", "rescan", "-w", self.path, what="rescan btrfs quotas")
         run("btrfs", "qgroup", "limit", str(size) if size else "none", path,
             what="set volume quota")
+
+
+def send_receive(src: Path, dest_dir: Path, parent: Path | None = None) -> None:
+    """``btrfs send [-p parent] src | btrfs receive dest_dir`` (read-only ``src`` and
+    ``parent``); Internal with both commands' errors when either fails."""
+    send_cmd = ["btrfs", "send", "-q", *(["-p", str(parent)] if parent else []), str(src)]
+    with tempfile.TemporaryFile() as send_err:
+        sender = subprocess.Popen(send_cmd, stdout=subprocess.PIPE, stderr=send_err)
+        try:
+            recv = subprocess.run(["btrfs", "receive", "-q", str(dest_dir)],
+                                  stdin=sender.stdout, capture_output=True, text=True,
+                                  check=False)
+        finally:
+            assert sender.stdout is not None
+            sender.stdout.close()
+            sender.wait()
+        send_err.seek(0)
+        errors = send_err.read().decode(errors="replace").strip()
+    if sender.returncode != 0 or recv.returncode != 0:
+        detail = errors or recv.stderr.strip() or \
+            f"exit codes {sender.returncode}/{recv.returncode}"
+        raise Internal(f"btrfs send/receive of {src} failed: {detail}")
 
 
 def _nested_subvolumes(path: Path) -> list[Path]:

@@ -5,9 +5,12 @@ Kept apart from ``base.py`` so the driver interface stays readable.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import BadRequest, CorralError, Internal
@@ -93,3 +96,28 @@ def loop_devices_for(file: Path) -> list[str]:
     """Loop devices backed by ``file`` (``losetup -j``), e.g. ["/dev/loop3"]."""
     out = run("losetup", "-j", file, what="list loop devices")
     return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
+
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def renameat2(src: Path | str, dst: Path | str, flags: int) -> None:
+    """``renameat2(2)``: RENAME_EXCHANGE swaps two paths in one step (neither is ever
+    missing, which a restore needs: a crash leaves either the old or the new volume in
+    place, never none); RENAME_NOREPLACE fails with EEXIST instead of replacing an empty
+    directory (``os.rename`` would). Both must be on the same filesystem."""
+    if _renameat2()(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(src), None, str(dst))
