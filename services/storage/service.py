@@ -38,6 +38,7 @@ from shared.warnings import Warnings
 
 from . import orphans, usage
 from .backup_api import VolumeBackupsMixin
+from .custom_api import API_EXTENSIONS as CUSTOM_EXTENSIONS
 from .custom_api import CustomVolumesMixin
 from .drivers import DRIVERS
 from .pools import Pools, pool_etag
@@ -65,10 +66,12 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
                                           [r["name"] for r in self.pools.records()])
         await self.snapshots_setup()  # pools' tmp dirs emptied, copies' journal replayed
         await self.volumes.reconcile()
+        self.custom_setup()  # custom volumes, and their snapshots' expiry
         self._orphans = asyncio.create_task(orphans.sweep_later(self.volumes))
 
     async def teardown(self) -> None:
         self._orphans.cancel()
+        self.custom_teardown()
 
     def server_info(self) -> ServerInfoReply:
         recs = {r["name"]: r for r in self.pools.records()}
@@ -79,7 +82,8 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
             env["storage"] = main["driver"]
             env["storage_version"] = next((d["Version"] for d in self._drivers
                                            if d["Name"] == main["driver"]), "")
-        return ServerInfoReply(environment=env, api_extensions=API_EXTENSIONS)
+        return ServerInfoReply(environment=env,
+                               api_extensions=[*API_EXTENSIONS, *CUSTOM_EXTENSIONS])
 
 
     # -- pools ------------------------------------------------------------------------------
@@ -139,8 +143,10 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
     async def list_volumes(self, req: VolumeListRequest) -> Reply:
         vols = await self.volumes.listing(req.pool, req.kind,
                                           None if req.all_projects else req.project)
-        if req.recursion > 0:
-            return Reply(metadata=[self.volumes.public(v) for v in vols])
+        if req.recursion > 0:  # custom volumes with their users and snapshots
+            custom = await self.custom.decorate([v for v in vols if v["kind"] == "custom"])
+            return Reply(metadata=[self.volumes.public(v) for v in vols
+                                   if v["kind"] != "custom"] + custom)
         return Reply(metadata=[volume_url(req.pool, v["kind"], v["name"],
                                           v.get("project", "default")) for v in vols])
 

@@ -68,7 +68,10 @@ def test_paths_map_to_their_bus_request(method: str, path: str, service: str, ve
     ("GET", "/1.0/instances/c1/state", "instance", "state"),
     ("HEAD", "/1.0/instances/c1/files", "instance", "file_get"),
     ("HEAD", "/1.0/instances", "instance", "list"),
-    ("GET", "/1.0/storage-pools/p/volumes/custom/v", "storage", "volume_get"),
+    ("GET", "/1.0/storage-pools/p/volumes/custom/v", "storage", "custom_get"),
+    ("POST", "/1.0/storage-pools/p/volumes/custom/v/snapshots", "storage",
+     "custom_snapshot_create"),
+    ("GET", "/1.0/storage-pools/p/volumes/image/v", "storage", "volume_get"),
 ])
 async def test_urls_reach_their_bus_request_through_aiohttp(method: str, url: str,
                                                            service: str, verb: str) -> None:

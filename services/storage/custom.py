@@ -1,0 +1,524 @@
+"""Custom storage volumes: records in ``storage_volumes`` (kind ``custom``), data through
+the pool's driver (:mod:`.custom_disk`), users found in the instance service.
+
+A record is ``{pool, kind: "custom", project, name, description, config, content_type,
+created_at, snapshots: {name: {description, created_at, expires_at}}}``. It says
+``creating`` until its volume is whole (written before anything is made on disk, so two
+callers cannot race for a name; the storage service's start removes what a dead process
+left, :meth:`Volumes.reconcile`). Snapshots live in their volume's record: one KV write
+per change keeps a volume and its snapshots consistent; the snapshot directories on disk
+are the truth for which snapshots exist (a crash between the disk and the record shows the
+snapshot without its description, never a record without data).
+
+``used_by`` is asked of the instance service (instances whose expanded devices, and
+profiles whose devices, hold a disk ``{pool: <pool>, source: <volume>}``), as LXD's
+``storagePoolVolumeUsedByGet``: the volume's own project first, default's for projects
+without ``features.storage.volumes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from shared import faults
+from shared.api import check_etag, etag, url
+from shared.bus import Bus
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
+from shared.log import get_logger
+from shared.messages.storage import VolumeRenameRequest
+from shared.models import ListRequest, lxd_time
+
+from . import custom_disk
+from .custom_config import (
+    ZERO_TIME,
+    check_config,
+    check_content_type,
+    format_time,
+    parse_time,
+)
+from .drivers import Driver
+from .drivers.util import validate_name
+from .pools import Pools
+from .volumes import Volumes, disk_name, volume_url
+
+KIND = "custom"
+log = get_logger(component="storage")
+
+
+def volume_etag(rec: dict[str, Any]) -> str:
+    """LXD hashes name, type and config for a volume's ETag."""
+    return etag(rec["name"], KIND, rec.get("config", {}))
+
+
+def snapshot_url(pool: str, name: str, snap: str, project: str) -> str:
+    base = volume_url(pool, KIND, name, "default")
+    out = f"{base}/snapshots/{snap}"
+    return out if project == "default" else f"{out}?project={project}"
+
+
+class CustomVolumes:
+    def __init__(self, volumes: Volumes, pools: Pools, bus: Bus) -> None:
+        self.volumes = volumes
+        self.pools = pools
+        self.bus = bus
+
+    # ---- records -------------------------------------------------------------------------
+
+    def key(self, pool: str, project: str, name: str) -> str:
+        return self.volumes.key(pool, KIND, project, name)
+
+    async def record(self, pool: str, project: str, name: str) -> dict[str, Any]:
+        """The volume's record (404 when there is none, or while it is being made)."""
+        await self.pools.get(pool)
+        found = await self.volumes.store.get(self.key(pool, project, name))
+        if found is None or found[0].get("creating"):
+            raise NotFound(f"Storage volume not found: custom/{name} in pool {pool!r}")
+        return dict(found[0])
+
+    async def records(self, pool: str, project: str | None) -> list[dict[str, Any]]:
+        """The pool's custom volumes (of ``project``, or of all), disk-only ones included."""
+        vols = await self.volumes.listing(pool, KIND, project)
+        return [v for v in vols if not v.get("creating")]
+
+    @staticmethod
+    def _label(name: str) -> str:
+        return f"Storage volume custom/{name}"
+
+    # ---- users ---------------------------------------------------------------------------
+
+    async def users(self, recs: list[dict[str, Any]], strict: bool = False
+                    ) -> dict[tuple[str, str, str], list[str]]:
+        """``used_by`` of each record, keyed (pool, project, name): instances whose expanded
+        devices and profiles whose devices hold a disk on the volume. ``strict``: an
+        unanswered question is a 503 (deleting must not guess), else the list lacks them."""
+        out: dict[tuple[str, str, str], list[str]] = {
+            (r["pool"], r.get("project", "default"), r["name"]): [] for r in recs}
+        if not recs:
+            return out
+        try:
+            inst = await self.bus.request("instance", "list",
+                                          ListRequest(recursion=1, all_projects=True))
+            profiles: list[dict[str, Any]] = []
+            for project in sorted({r.get("project", "default") for r in recs}):
+                reply = await self.bus.request("instance", "profile_list",
+                                               ListRequest(recursion=1, project=project))
+                profiles += [{**p, "project": p.get("project") or project}
+                             for p in reply.metadata or []]
+        except CorralError as exc:
+            if strict:
+                raise Unavailable(f"Cannot check what uses the volume (the instance service "
+                                  f"does not answer: {exc.message}); try again") from exc
+            log.debug("instances not included in a volume's used_by", error=exc.message)
+            return out
+        known = set(out)
+        pools_of = {(r["pool"], r["name"]) for r in recs}
+
+        def owner(pool: str, project: str, source: str) -> tuple[str, str, str] | None:
+            for candidate in ((pool, project, source), (pool, "default", source)):
+                if candidate in known:
+                    return candidate
+            return None
+
+        def scan(devices: dict[str, Any], project: str, where: str) -> None:
+            for dev in (devices or {}).values():
+                if dev.get("type") != "disk" or not dev.get("pool") or not dev.get("source"):
+                    continue
+                if (dev["pool"], dev["source"]) not in pools_of:
+                    continue
+                found = owner(dev["pool"], project, dev["source"])
+                if found is not None and where not in out[found]:
+                    out[found].append(where)
+
+        for i in inst.metadata or []:
+            project = i.get("project", "default")
+            scan(i.get("expanded_devices") or i.get("devices") or {}, project,
+                 url("instances", i["name"], project))
+        for p in profiles:
+            scan(p.get("devices") or {}, p["project"], url("profiles", p["name"],
+                                                              p["project"]))
+        return out
+
+    # ---- the API's objects ---------------------------------------------------------------
+
+    def public(self, rec: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
+        """LXD's StorageVolume object."""
+        return {"config": rec.get("config", {}), "description": rec.get("description", ""),
+                "name": rec["name"], "type": KIND, "used_by": sorted(used_by),
+                "location": "none", "content_type": rec.get("content_type", "filesystem"),
+                "project": rec.get("project", "default"),
+                "created_at": rec.get("created_at", ZERO_TIME)}
+
+    def snapshot_public(self, rec: dict[str, Any], snap: str) -> dict[str, Any]:
+        """LXD's StorageVolumeSnapshot object."""
+        meta = (rec.get("snapshots") or {}).get(snap, {})
+        return {"name": snap, "description": meta.get("description", ""),
+                "config": meta.get("config", rec.get("config", {})),
+                "content_type": rec.get("content_type", "filesystem"),
+                "created_at": meta.get("created_at", ZERO_TIME),
+                "expires_at": meta.get("expires_at", ZERO_TIME)}
+
+    async def snapshot_list(self, rec: dict[str, Any]) -> list[str]:
+        """The volume's snapshots on disk (the truth), oldest first by their records."""
+        async with self.pools.using(rec["pool"]) as drv:
+            names = await asyncio.to_thread(custom_disk.snapshot_names, drv,
+                                            self._disk(rec))
+        meta = rec.get("snapshots") or {}
+        return sorted(names, key=lambda s: (meta.get(s, {}).get("created_at", "~"), s))
+
+    @staticmethod
+    def _disk(rec: dict[str, Any]) -> str:
+        return disk_name(rec.get("project", "default"), rec["name"])
+
+    async def listing(self, pool: str, project: str | None, recursion: int
+                      ) -> list[Any]:
+        """``GET .../volumes/custom``: the volumes and, as LXD, their snapshots (named
+        ``<volume>/<snapshot>``)."""
+        recs = await self.records(pool, project)
+        if recursion <= 0:
+            out: list[Any] = []
+            for r in recs:
+                out.append(volume_url(pool, KIND, r["name"], r.get("project", "default")))
+            return out
+        return await self.decorate(recs)
+
+    async def decorate(self, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Public objects of ``recs`` with used_by, each followed by its snapshots."""
+        users = await self.users(recs)
+        out = []
+        for r in recs:
+            project = r.get("project", "default")
+            obj = self.public(r, users.get((r["pool"], project, r["name"]), []))
+            out.append(obj)
+            try:
+                snaps = await self.snapshot_list(r)
+            except CorralError:
+                snaps = []
+            for s in snaps:
+                out.append({**obj, **self.snapshot_public(r, s), "name": f"{r['name']}/{s}",
+                            "type": KIND, "used_by": [], "project": project,
+                            "location": "none"})
+        return out
+
+    async def get(self, pool: str, project: str, name: str) -> tuple[dict[str, Any], str]:
+        rec = await self.record(pool, project, name)
+        users = await self.users([rec])
+        return self.public(rec, users[(pool, project, name)]), volume_etag(rec)
+
+    # ---- create, update, delete ----------------------------------------------------------
+
+    async def create(self, pool: str, project: str, name: str, description: str,
+                     config: dict[str, str] | None, content_type: str | None
+                     ) -> dict[str, Any]:
+        """An empty volume, made whole or not at all."""
+        validate_name("volume", name)
+        if "/" in name:
+            raise BadRequest("Invalid volume name: names may not contain '/'")
+        content_type = check_content_type(content_type)
+        pool_rec, _rev = await self.pools.get(pool)
+        config = check_config(config, pool_rec["driver"], content_type)
+        disk = validate_name("volume", disk_name(project, name))
+        async with self.pools.using(pool) as drv:
+            rec = self._new_record(pool, project, name, description, config, content_type)
+
+            async def make() -> None:
+                await asyncio.to_thread(custom_disk.make, drv, disk, content_type,
+                                        config.get("size", ""))
+            await self._journaled(drv, rec, make)
+        log.info("custom volume created", pool=pool, project=project, volume=name)
+        return rec
+
+    def _new_record(self, pool: str, project: str, name: str, description: str,
+                    config: dict[str, str], content_type: str) -> dict[str, Any]:
+        return {"pool": pool, "kind": KIND, "project": project, "name": name,
+                "description": description or "", "config": config,
+                "content_type": content_type, "created_at": lxd_time(), "snapshots": {}}
+
+    async def _journaled(self, drv: Driver, rec: dict[str, Any], make: Any) -> None:
+        """Reserve the name (record ``creating``, 409 if taken), run ``make``, then mark
+        the record whole; on failure remove what was made and the record."""
+        k = self.key(rec["pool"], rec["project"], rec["name"])
+        disk = self._disk(rec)
+        if os.path.lexists(drv.volume_path(KIND, disk)):
+            raise Conflict("Volume by that name already exists")
+        try:
+            await self.volumes.store.create(k, {**rec, "creating": True},
+                                            "Volume by that name")
+        except Conflict:
+            raise Conflict("Volume by that name already exists") from None
+        faults.point("custom:after_record")
+        try:
+            with self.volumes.holding(k, "being created", self._label(rec["name"])):
+                await make()
+                faults.point("custom:after_volume")
+                await self.volumes.store.put(k, rec)
+        except BaseException:
+            try:
+                await asyncio.to_thread(custom_disk.remove, drv, disk)
+            except Exception as exc:
+                log.warning("could not remove a half-made volume", volume=disk,
+                            error=str(exc))
+            try:
+                await self.volumes.store.delete(k)
+            except Exception as exc:  # the record says "creating": the next start sweeps
+                log.warning("could not forget a half-made volume", volume=disk,
+                            error=str(exc))
+            raise
+
+    async def update(self, pool: str, project: str, name: str, body: dict[str, Any],
+                     etag_: str | None, patch: bool) -> None:
+        """PUT (the whole writable state) or PATCH (given keys): ``size`` is applied at
+        once (a quota, a longer block file) before the record changes; a ``restore``
+        (PUT) comes first, as LXD."""
+        rec = await self.record(pool, project, name)
+        check_etag(etag_, volume_etag(rec))
+        if body.get("restore"):
+            await self.restore(pool, project, name, body["restore"])
+            if body.get("config") is None and "description" not in body:
+                return
+            rec = await self.record(pool, project, name)
+        if patch:
+            config = {**rec.get("config", {}), **(body.get("config") or {})}
+        else:
+            config = dict(body.get("config") or {}) if body.get("config") is not None \
+                else dict(rec.get("config", {}))
+        pool_rec, _rev = await self.pools.get(pool)
+        content_type = rec.get("content_type", "filesystem")
+        if content_type == "block" and not config.get("size"):
+            config["size"] = rec.get("config", {}).get("size", "")
+        config = check_config(config, pool_rec["driver"], content_type)
+        description = body.get("description")
+        if description is None:
+            description = rec.get("description", "") if patch else ""
+        k = self.key(pool, project, name)
+        old_size = rec.get("config", {}).get("size", "")
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being updated", self._label(name)):
+                if config.get("size", "") != old_size:
+                    await asyncio.to_thread(custom_disk.resize, drv, self._disk(rec),
+                                            content_type, config.get("size", ""))
+                current = await self.record(pool, project, name)
+                await self.volumes.store.put(k, {**current, "config": config,
+                                                 "description": description})
+
+    async def delete(self, pool: str, project: str, name: str) -> None:
+        """Delete the volume and its snapshots; 400 while anything uses it (as LXD)."""
+        rec = await self.record(pool, project, name)
+        users = (await self.users([rec], strict=True))[(pool, project, name)]
+        if users:
+            raise BadRequest(f"The storage volume is still in use by {', '.join(users)}: "
+                             "detach it first")
+        k = self.key(pool, project, name)
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being deleted", self._label(name)):
+                await asyncio.to_thread(custom_disk.remove, drv, self._disk(rec))
+                await self.volumes.store.delete(k)
+
+    # ---- rename and move -----------------------------------------------------------------
+
+    async def rename(self, pool: str, project: str, name: str, new_name: str) -> None:
+        """Rename in the pool (sync, as LXD); refused while instances or profiles use it
+        (their devices name it: detach, rename, attach again)."""
+        validate_name("volume", new_name)
+        rec = await self.record(pool, project, name)
+        users = (await self.users([rec], strict=True))[(pool, project, name)]
+        if users:
+            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(users)}:"
+                             " detach it before renaming it")
+        if await self.volumes.store.get(self.key(pool, project, new_name)) is not None:
+            raise Conflict("Volume by that name already exists")
+        await self.volumes.rename(VolumeRenameRequest(pool=pool, kind=KIND, project=project,
+                                                      name=name, new_name=new_name))
+
+    async def copy(self, pool: str, project: str, name: str, description: str | None,
+                   config: dict[str, str] | None, src_pool: str, src_project: str,
+                   src_name: str, volume_only: bool, content_type: str | None = None
+                   ) -> dict[str, Any]:
+        """A new volume from another (or from one of its snapshots, ``vol/snap``), with
+        its snapshots unless ``volume_only``; in the same pool or across pools."""
+        validate_name("volume", name)
+        parent, _, src_snap = src_name.partition("/")
+        src = await self.record(src_pool, src_project, parent)
+        src_snaps = await self.snapshot_list(src)
+        if src_snap and src_snap not in src_snaps:
+            raise NotFound(f"Storage volume snapshot not found: custom/{src_name} in pool "
+                           f"{src_pool!r}")
+        snaps = [] if (volume_only or src_snap) else src_snaps
+        content = src.get("content_type", "filesystem")
+        if content_type and content_type != content:
+            raise BadRequest(f"Cannot copy a {content} volume into a {content_type} one")
+        pool_rec, _rev = await self.pools.get(pool)
+        cfg = dict(src.get("config", {}) if config is None else config)
+        if content == "block" and not cfg.get("size"):
+            cfg["size"] = src.get("config", {}).get("size", "")
+        if pool_rec["driver"] == "dir" and content == "filesystem":
+            cfg.pop("size", None)  # no quotas on dir: the copy keeps the data, not a limit
+        cfg = check_config(cfg, pool_rec["driver"], content)
+        rec = self._new_record(pool, project, name,
+                               src.get("description", "") if description is None
+                               else description, cfg, content)
+        meta = src.get("snapshots") or {}
+        rec["snapshots"] = {s: {**meta.get(s, {}), "created_at": meta.get(s, {}).get(
+            "created_at", lxd_time())} for s in snaps}
+        src_k = self.key(src_pool, src_project, parent)
+        async with self.pools.using(src_pool) as src_drv, self.pools.using(pool) as drv:
+            async def make() -> None:
+                await asyncio.to_thread(custom_disk.copy, src_drv, self._disk(src), drv,
+                                        disk_name(project, name), snaps, src_snap or None)
+                if cfg.get("size") and (content == "block" or drv.name != "dir"):
+                    await asyncio.to_thread(custom_disk.resize, drv,
+                                            disk_name(project, name), content, cfg["size"])
+            with self.volumes.holding(src_k, "being copied", self._label(parent)):
+                await self._journaled(drv, rec, make)
+        return rec
+
+    async def refresh(self, pool: str, project: str, name: str, src_pool: str,
+                      src_project: str, src_name: str, volume_only: bool) -> list[str]:
+        """``copy --refresh``: the target gets the source's missing snapshots, then its
+        content."""
+        dst = await self.record(pool, project, name)
+        src = await self.record(src_pool, src_project, src_name)
+        snaps = [] if volume_only else await self.snapshot_list(src)
+        k = self.key(pool, project, name)
+        async with self.pools.using(src_pool) as src_drv, self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being refreshed", self._label(name)):
+                added = await asyncio.to_thread(custom_disk.refresh, src_drv,
+                                                self._disk(src), drv, self._disk(dst), snaps)
+                current = await self.record(pool, project, name)
+                meta = dict(current.get("snapshots") or {})
+                for s in added:
+                    meta[s] = {**(src.get("snapshots") or {}).get(s, {})}
+                    meta[s].setdefault("created_at", lxd_time())
+                await self.volumes.store.put(k, {**current, "snapshots": meta})
+        return added
+
+    async def move(self, pool: str, project: str, name: str, new_pool: str,
+                   new_name: str) -> None:
+        """To another pool: a copy with the snapshots, then the source goes (refused while
+        used, as a rename)."""
+        rec = await self.record(pool, project, name)
+        users = (await self.users([rec], strict=True))[(pool, project, name)]
+        if users:
+            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(users)}:"
+                             " detach it before moving it")
+        new = await self.copy(new_pool, project, new_name, rec.get("description", ""),
+                              dict(rec.get("config", {})), pool, project, name, False)
+        try:
+            await self.delete(pool, project, name)
+        except BaseException:
+            await self.delete(new_pool, project, new["name"])
+            raise
+
+    # ---- snapshots -----------------------------------------------------------------------
+
+    async def snapshot_get(self, pool: str, project: str, name: str, snap: str
+                           ) -> tuple[dict[str, Any], str]:
+        rec = await self.record(pool, project, name)
+        if snap not in await self.snapshot_list(rec):
+            raise NotFound(f"Storage volume snapshot not found: custom/{name}/{snap}")
+        obj = self.snapshot_public(rec, snap)
+        return obj, etag(obj["description"], obj["expires_at"])
+
+    async def snapshot_create(self, pool: str, project: str, name: str, snap: str,
+                              expires_at: str, description: str = "") -> None:
+        rec = await self.record(pool, project, name)
+        k = self.key(pool, project, name)
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being snapshotted", self._label(name)):
+                await asyncio.to_thread(drv.create_snapshot, KIND, self._disk(rec), snap)
+                try:
+                    current = await self.record(pool, project, name)
+                    snaps = dict(current.get("snapshots") or {})
+                    snaps[snap] = {"description": description, "created_at": lxd_time(),
+                                   "expires_at": expires_at}
+                    await self.volumes.store.put(k, {**current, "snapshots": snaps})
+                except BaseException:
+                    await asyncio.to_thread(drv.delete_snapshot, KIND, self._disk(rec), snap)
+                    raise
+
+    async def snapshot_delete(self, pool: str, project: str, name: str, snap: str) -> None:
+        rec = await self.record(pool, project, name)
+        k = self.key(pool, project, name)
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being snapshotted", self._label(name)):
+                await asyncio.to_thread(drv.delete_snapshot, KIND, self._disk(rec), snap)
+                current = await self.record(pool, project, name)
+                snaps = dict(current.get("snapshots") or {})
+                snaps.pop(snap, None)
+                await self.volumes.store.put(k, {**current, "snapshots": snaps})
+
+    async def snapshot_rename(self, pool: str, project: str, name: str, snap: str,
+                              new: str) -> None:
+        validate_name("snapshot", new)
+        rec = await self.record(pool, project, name)
+        k = self.key(pool, project, name)
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being snapshotted", self._label(name)):
+                await asyncio.to_thread(custom_disk.rename_snapshot, drv, self._disk(rec),
+                                        snap, new)
+                current = await self.record(pool, project, name)
+                snaps = dict(current.get("snapshots") or {})
+                snaps[new] = snaps.pop(snap, {"created_at": lxd_time()})
+                await self.volumes.store.put(k, {**current, "snapshots": snaps})
+
+    async def snapshot_update(self, pool: str, project: str, name: str, snap: str,
+                              body: dict[str, Any], etag_: str | None, patch: bool) -> None:
+        obj, tag = await self.snapshot_get(pool, project, name, snap)
+        check_etag(etag_, tag)
+        k = self.key(pool, project, name)
+        current = await self.record(pool, project, name)
+        snaps = dict(current.get("snapshots") or {})
+        meta = dict(snaps.get(snap) or {"created_at": obj["created_at"]})
+        if "description" in body or not patch:
+            meta["description"] = body.get("description") or ""
+        if body.get("expires_at") is not None or not patch:
+            meta["expires_at"] = format_time(parse_time(body.get("expires_at")))
+        snaps[snap] = meta
+        await self.volumes.store.put(k, {**current, "snapshots": snaps})
+
+    async def restore(self, pool: str, project: str, name: str, snap: str) -> None:
+        """The volume's content replaced by the snapshot's; the volume is never missing,
+        and its quota stays (the driver's restore swaps atomically). Refused while an
+        instance uses it: its mounted disk would change under it."""
+        rec = await self.record(pool, project, name)
+        if snap not in await self.snapshot_list(rec):
+            raise NotFound(f"Storage volume snapshot not found: custom/{name}/{snap}")
+        users = (await self.users([rec], strict=True))[(pool, project, name)]
+        running = [u for u in users if u.startswith("/1.0/instances/")]
+        if running:
+            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(running)}"
+                             ": detach it (or delete the instances) before restoring it")
+        k = self.key(pool, project, name)
+        async with self.pools.using(pool) as drv:
+            with self.volumes.holding(k, "being restored", self._label(name)):
+                await asyncio.to_thread(drv.restore_snapshot, KIND, self._disk(rec), snap)
+
+    async def prune_expired(self, now: datetime | None = None) -> list[str]:
+        """Delete snapshots whose ``expires_at`` has passed (LXD's pruning task)."""
+        now = now or datetime.now(timezone.utc)
+        gone = []
+        for rec in list(self.volumes.store.cached()):
+            if rec.get("kind") != KIND or rec.get("creating"):
+                continue
+            for snap, meta in list((rec.get("snapshots") or {}).items()):
+                try:
+                    when = parse_time(meta.get("expires_at"))
+                except BadRequest:
+                    continue
+                if when is None or when > now:
+                    continue
+                try:
+                    await self.snapshot_delete(rec["pool"], rec.get("project", "default"),
+                                               rec["name"], snap)
+                except CorralError as exc:
+                    log.warning("expired snapshot not removed", volume=rec["name"],
+                                snapshot=snap, error=exc.message)
+                    continue
+                gone.append(f"{rec['pool']}/{rec['name']}/{snap}")
+        return gone
+
+    def path(self, drv: Driver, rec: dict[str, Any]) -> Path:
+        return drv.volume_path(KIND, self._disk(rec))
