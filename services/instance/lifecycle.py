@@ -16,7 +16,7 @@ from shared.messages.instance import StatePutRequest
 from shared.models import lxd_time
 from shared.state import key, mutate
 
-from . import image_templates, workers
+from . import disks, image_templates, workers
 from .context import Context
 from .create import nic_setup, with_config
 from .names import host_of
@@ -70,8 +70,9 @@ async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     drv = ctx.drivers.for_instance(rec)
     nics, vol = await nic_setup(ctx, rec)
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
+    extra = await disks.resolve(ctx, rec)  # 400 for a missing source, before starting
     await asyncio.to_thread(drv.update, name, rec["expanded_config"],
-                            rec["expanded_devices"], nics)
+                            rec["expanded_devices"], nics, extra)
     if rec.get("volume") and drv.capabilities.templates:
         uid, gid = await asyncio.to_thread(drv.root_owner, name)
         await asyncio.to_thread(image_templates.apply, Path(rec["volume"]), "start", rec,

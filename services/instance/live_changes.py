@@ -2,10 +2,12 @@
 
 Why: an update that stores a change the running instance never sees answers 200 with
 nothing changed; the user finds out at the next restart, or never. LXD 5.0 hot-plugs
-NICs and disks; Corral does not yet, so such a change to a running (or frozen) instance is
+NICs and disks; Corral hot-plugs disks (other than the root: see :mod:`..disks`, applied
+by update) but not NICs yet, so a NIC change to a running (or frozen) instance is
 refused with a 400 naming the device and saying to stop the instance first. What is
-applied live: a NIC's ``limits.*`` (tc on the host side) and, for a container, the root
-disk's ``size`` (a storage quota, which the pool applies at once). The root disk's pool
+applied live: a NIC's ``limits.*`` (tc on the host side), extra disks (mounted or
+attached at once, or refused by the driver with the reason) and, for a container, the
+root disk's ``size`` (a storage quota, which the pool applies at once). The root disk's pool
 cannot change at all: the volume lives in the pool it was made in (LXD refuses too).
 """
 
@@ -67,6 +69,9 @@ def check(instance_type: str, status: str, old: Devices, new: Devices) -> None:
         if before == after:
             continue
         dev_type = (after or before or {}).get("type", "")
+        if dev_type == "disk" and (before or {}).get("type", "disk") == "disk" and \
+                (after or {}).get("type", "disk") == "disk":
+            continue  # an extra disk: hot-plugged by update (disks.hotplug)
         if before and after and dev_type == "nic" and before.get("type") == "nic" and \
                 _without_limits(before) == _without_limits(after):
             continue  # only limits.*: applied live

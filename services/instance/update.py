@@ -18,7 +18,7 @@ from shared.api import check_etag, string_map
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
-from . import limits, live_changes, project_checks, reconcile, restore, validate
+from . import disks, limits, live_changes, project_checks, reconcile, restore, validate
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
@@ -99,6 +99,7 @@ async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
         raise BadRequest("Changing security.privileged of an existing instance is not "
                          "supported yet: create a new instance instead")
     # Checked here, not only in apply: a profile change is refused before it is saved.
+    await disks.check_changed(ctx, rec, pdevs)
     status = await host_status(ctx, rec)
     live_changes.check(type_of(rec), status, rec["expanded_devices"], pdevs)
     live_changes.check_config(type_of(rec), status, rec["expanded_config"], pcfg)
@@ -123,7 +124,9 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
         await ctx.remote.volume_quota(rec["project"], rec["pool"], name, size)
     if changed:
         await asyncio.to_thread(drv.apply_limits_live, host, changed)
-    await asyncio.to_thread(drv.update, host, pcfg, pdevs)
+    mounted = await disks.hotplug(ctx, rec, drv, host, pdevs) \
+        if status in ("Running", "Frozen") else None
+    await asyncio.to_thread(drv.update, host, pcfg, pdevs, None, mounted)
     if status in ("Running", "Frozen"):
         nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
                 _limits(old_devs[d])}

@@ -13,7 +13,7 @@ from shared.api import description as check_description  # noqa: F401
 from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
-from . import limits
+from . import disk_rules, limits
 from .drivers.lxc_config import check_raw_lxc_values, parse_raw_lxc
 from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
 
@@ -58,9 +58,8 @@ def check_devices(devices: Any) -> dict[str, dict[str, str]]:
             raise BadRequest(f"Device {name!r}: type {dev['type']!r} is not supported "
                              "(use nic, disk or none)")
         if dev["type"] == "disk" and dev.get("path") != "/":
-            raise BadRequest(f"Device {name!r}: only the root disk (path '/') is supported "
-                             "so far")
-        if dev["type"] == "disk":
+            disk_rules.check_device(name, dev)  # host paths, custom volumes
+        elif dev["type"] == "disk":
             if dev.get("source"):  # LXD's rule too
                 raise BadRequest(f"Device {name!r}: a root disk may not have a source; it "
                                  "lives in its storage pool")
@@ -71,6 +70,7 @@ def check_devices(devices: Any) -> dict[str, dict[str, str]]:
                                  "yet for a root disk (use pool and size)")
         if dev["type"] == "nic" and not (dev.get("network") or dev.get("parent")):
             raise BadRequest(f"Device {name!r}: a nic needs 'network' or 'parent'")
+    disk_rules.check_paths(devs)
     return devs
 
 

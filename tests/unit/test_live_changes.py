@@ -25,8 +25,9 @@ def test_nic_add_remove_change_refused_while_running(status):
     assert "removed" in _refused(status, {**BASE, "eth0": {"type": "none"}})  # masked
     msg = _refused(status, {**BASE, "eth0": {**NIC, "hwaddr": "00:16:3e:00:00:01"}})
     assert "'eth0'" in msg and "stop the instance first" in msg
-    assert "'data'" in _refused(status, {**BASE, "data": {"type": "disk", "source": "/x",
-                                                          "path": "/mnt"}})
+    # Extra disks are hot-plugged (disks.hotplug), not refused here.
+    check("container", status, BASE, {**BASE, "data": {"type": "disk", "source": "/x",
+                                                       "path": "/mnt"}})
 
 
 def test_nic_limits_and_container_root_size_are_live():

@@ -107,7 +107,8 @@ def test_disk_devices_corral_cannot_apply_are_refused_by_name():
     ok = {"root": {"type": "disk", "path": "/", "pool": "p", "size": "1GiB"}}
     assert validate.check_devices(ok) == ok
     for dev, words in [
-        ({"type": "disk", "source": "/srv", "path": "/mnt"}, "'data': only the root disk"),
+        ({"type": "disk", "source": "/srv", "path": "/mnt", "size": "1GiB"},
+         "'data': only the root disk may have a size"),
         ({"type": "disk", "path": "/", "pool": "p", "source": "/srv"}, "may not have a source"),
         ({"type": "disk", "path": "/", "pool": "p", "limits.read": "10MB"},
          "limits.read is not supported yet"),

@@ -21,12 +21,13 @@ from shared.errors import BadRequest, NotFound
 from shared.messages.network import Nic
 
 from ..names import check_host_name, check_name
+from .disk_mounts import DiskMount
 
 # Each driver keeps an instance's inputs (config, devices, NICs...) in one JSON file.
 SPEC_FILE = "corral.json"
 
 __all__ = ["SPEC_FILE", "Capabilities", "ExecProcess", "InstanceDriver", "InstanceSpec",
-           "Nic", "SpecDir", "check_command", "check_name"]
+           "DiskMount", "Nic", "SpecDir", "check_command", "check_name"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Capabilities:
     console: bool = False
     rename: bool = False
     templates: bool = False
+    # Disk devices (other than the root) added to or removed from a running instance
+    # take effect at once (disk_attach/disk_detach); otherwise such a change is refused.
+    hotplug_disks: bool = False
 
 
 @dataclass
@@ -105,8 +109,9 @@ class InstanceDriver(abc.ABC):
 
     @abc.abstractmethod
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               nics: list[Nic] | None = None) -> None:
-        """Store new expanded config/devices (and NICs when given) for the next start."""
+               nics: list[Nic] | None = None, disks: list[DiskMount] | None = None) -> None:
+        """Store new expanded config/devices (and NICs, resolved extra disks, when given)
+        for the next start."""
 
     @abc.abstractmethod
     def rename(self, name: str, new_name: str, volume: Path | None = None) -> None:
@@ -146,6 +151,25 @@ class InstanceDriver(abc.ABC):
     @abc.abstractmethod
     def apply_limits_live(self, name: str, changed_config: dict[str, str]) -> None:
         """Validate and apply changed ``limits.*`` (all or none); stored for next start."""
+
+    # ---- extra disks (hot-plug; see capabilities.hotplug_disks) ------------------------
+
+    def disks_of(self, name: str) -> list[DiskMount]:
+        """The extra disks the instance was last given (what a running one has)."""
+        return []
+
+    def disk_attach(self, name: str, disk: DiskMount) -> None:
+        """Make ``disk`` appear in the running instance now (400 when it cannot)."""
+        raise BadRequest("This instance's driver cannot hot-plug disks: stop it first")
+
+    def disk_detach(self, name: str, disk: DiskMount) -> None:
+        """Remove ``disk`` from the running instance now."""
+        raise BadRequest("This instance's driver cannot hot-plug disks: stop it first")
+
+    def disk_limits(self, name: str, disks: list[DiskMount]) -> None:
+        """Apply the disks' I/O limits to the running instance now (all of them)."""
+        if any(d.limited() for d in disks):
+            raise BadRequest("This instance's driver cannot change disk limits live")
 
     # ---- status and state --------------------------------------------------------------
 

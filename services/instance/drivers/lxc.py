@@ -20,11 +20,12 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal
 
 from .. import idmap as idmaps
 from .. import limits
-from . import cgroups, files, lxc_config, lxc_exec, netstate
+from . import cgroups, disk_mounts, files, lxc_config, lxc_exec, netstate
 from .base import (
     PRIVATE_FILE,
     SPEC_FILE,
     Capabilities,
+    DiskMount,
     ExecProcess,
     InstanceDriver,
     InstanceSpec,
@@ -48,7 +49,7 @@ class LXCDriver(SpecDir, InstanceDriver):
     capabilities = Capabilities(instance_type="container",
                                 live_limits=frozenset(limits.LIMIT_KEYS), exec=True,
                                 exec_pty=True, files=True, freeze=True, console=True,
-                                rename=True, templates=True)
+                                rename=True, templates=True, hotplug_disks=True)
 
     def __init__(self, lxcpath: Path, idmapped_mounts: bool | None = None) -> None:
         self.lxcpath = Path(lxcpath)
@@ -138,7 +139,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         cgroups.remove_leftovers(name, wait=2.0)
 
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               nics: list[Nic] | None = None) -> None:
+               nics: list[Nic] | None = None, disks: list[DiskMount] | None = None) -> None:
         """Store new expanded config/devices; takes effect at next start (limits: live)."""
         limits.validate_limits(config)
         data = self._load(name)
@@ -146,6 +147,8 @@ class LXCDriver(SpecDir, InstanceDriver):
         if nics is not None:
             data["spec"]["nics"] = [n.model_dump() for n in nics]
             data["spec"].pop("nic_config_lines", None)  # the form before neutral NICs
+        if disks is not None:
+            data["spec"]["disks"] = [d.model_dump() for d in disks]
         self._save(name, data)
         self._write_config(name, data)
 
@@ -229,7 +232,9 @@ class LXCDriver(SpecDir, InstanceDriver):
         log = self._dir(name) / "lxc.log"
         self._private_logs(name)
         offset = log.stat().st_size if log.exists() else 0
-        for key, value in _limit_config_items(data["spec"]["config"]):
+        items = _limit_config_items(data["spec"]["config"]) + \
+            _disk_limit_items(_disks(data["spec"]))
+        for key, value in items:
             if not c.set_config_item(key, value):
                 raise BadRequest(f"LXC rejected {key} = {value} for {name!r}")
         saved = cgroups.own_cgroups()
@@ -242,6 +247,13 @@ class LXCDriver(SpecDir, InstanceDriver):
         if not ok or c.init_pid <= 0:
             tail = self._log_since(name, offset)
             raise Internal(f"Failed to start instance {name!r}: {tail or 'no log output'}")
+        try:
+            for disk in _disks(data["spec"]):
+                self.disk_attach(name, disk)
+        except BaseException:
+            c.stop()  # all or nothing: a container without its disks does not run on
+            _wait_for(c, "STOPPED", 10)
+            raise
 
     def _log_since(self, name: str, offset: int, lines: int = 15) -> str:
         try:
@@ -387,6 +399,48 @@ class LXCDriver(SpecDir, InstanceDriver):
                                "no limit was changed")
             done.append((key, old.strip() if isinstance(old, str) else str(old)))
 
+    # ---- extra disks -----------------------------------------------------------------
+
+    def disks_of(self, name: str) -> list[DiskMount]:
+        return _disks(self._load(name)["spec"])
+
+    def _running_pid(self, name: str) -> int:
+        c = self._container(name)
+        if c.state not in ("RUNNING", "FROZEN") or c.init_pid <= 0:
+            raise Conflict(f"Instance {name!r} is {c.state.lower()}, not running")
+        return c.init_pid
+
+    def disk_attach(self, name: str, disk: DiskMount) -> None:
+        """Bind-mount the disk into the running container now (see disk_mounts)."""
+        pid = self._running_pid(name)
+        data = self._load(name)
+        imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
+        idmapped = imap is not None
+        # A mount point made by us belongs to the container's root as it sees it.
+        ids = (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0)
+        disk_mounts.inject(pid, disk, idmapped, ids)
+
+    def disk_detach(self, name: str, disk: DiskMount) -> None:
+        disk_mounts.eject(self._running_pid(name), disk.path)
+
+    def disk_limits(self, name: str, disks: list[DiskMount]) -> None:
+        """Set the blkio/io throttles of the running container to exactly ``disks``'
+        (devices no longer limited are reset to no limit)."""
+        c = self._container(name)
+        old = _disk_limit_items(self.disks_of(name))
+        new = _disk_limit_items(disks)
+        reset = []
+        for key, value in old:
+            dev = value.split()[0]
+            if not any(k == key and v.split()[0] == dev for k, v in new):
+                reset.append((key, f"{dev} 0" if key.startswith("lxc.cgroup.") else
+                              f"{dev} rbps=max wbps=max riops=max wiops=max"))
+        for key, value in reset + new:
+            item = key.removeprefix("lxc.cgroup2.").removeprefix("lxc.cgroup.")
+            if not c.set_cgroup_item(item, value):
+                raise BadRequest(f"Failed to set {item} = {value} on {name!r}: the kernel "
+                                 "refused the disk limit")
+
     # ---- exec -------------------------------------------------------------------------
 
     def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
@@ -497,6 +551,19 @@ def _shutdown(c: lxc.Container, timeout: float) -> bool:
 
 def _nics(spec: dict) -> list[Nic]:
     return [Nic.model_validate(n) for n in spec.get("nics", [])]
+
+
+def _disks(spec: dict) -> list[DiskMount]:
+    return [DiskMount.model_validate(d) for d in spec.get("disks", [])]
+
+
+def _disk_limit_items(disks: list[DiskMount]) -> list[tuple[str, str]]:
+    """``lxc.cgroup[2].*`` items for the disks' I/O limits (v1 blkio here, v2 io.max)."""
+    if not any(d.limited() for d in disks):
+        return []
+    if "blkio" in cgroups.hierarchies()[0]:
+        return [("lxc.cgroup." + k, v) for k, v in disk_mounts.blkio_v1_items(disks)]
+    return [("lxc.cgroup2." + k, v) for k, v in disk_mounts.io_v2_items(disks)]
 
 
 def _spec(data: dict) -> InstanceSpec:

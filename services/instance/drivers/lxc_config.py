@@ -133,7 +133,12 @@ def nic_lines(index: int, nic: Nic) -> list[str]:
 
 def render(spec: InstanceSpec, lxcpath: Path, rootfs: Path, idmap: IdMap | None,
            idmapped: bool) -> str:
-    """The whole ``config`` file. ``idmap`` is None for privileged containers."""
+    """The whole ``config`` file. ``idmap`` is None for privileged containers.
+
+    Extra disk devices are not ``lxc.mount.entry`` lines: LXC mounts those as the
+    container's root inside its user namespace, which cannot reach a source below a
+    directory closed to others (Permission denied). The driver mounts them from the host
+    side right after start instead, as it hot-plugs them (see disk_mounts)."""
     d = lxcpath / spec.name
     lines = [f"lxc.include = {LXC_CONF / 'common.conf'}"]
     if idmap is not None:

@@ -29,6 +29,7 @@ from ..names import split_host_name
 from . import qemu_agent, qemu_host, qemu_xml
 from .base import (
     Capabilities,
+    DiskMount,
     ExecProcess,
     InstanceDriver,
     InstanceSpec,
@@ -58,7 +59,7 @@ class QemuDriver(SpecDir, InstanceDriver):
     capabilities = Capabilities(instance_type="virtual-machine",
                                 live_limits=frozenset({"limits.cpu", "limits.memory"}),
                                 exec=True, exec_pty=True, files=True, freeze=True,
-                                console=True, rename=False)
+                                console=True, rename=False, hotplug_disks=True)
 
     def __init__(self, vmpath: Path, uri: str = qemu_host.URI) -> None:
         self.vmpath = Path(vmpath).resolve()
@@ -143,17 +144,19 @@ class QemuDriver(SpecDir, InstanceDriver):
             agent_socket=data["agent_socket"], domain_type=qemu_host.domain_type(),
             emulator=qemu_host.EMULATOR, cpuset=",".join(map(str, cpus)) if pinned else "",
             kernel=kernel, initrd=initrd, cmdline=cmdline,
-            nics=_nics(data))
+            nics=_nics(data), disks=_disks_with_targets(data))
         return qemu_xml.render(spec)
 
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
-               nics: list[Nic] | None = None) -> None:
+               nics: list[Nic] | None = None, disks: list[DiskMount] | None = None) -> None:
         """Store new config/devices; they apply at next start (limits: see apply_limits_live)."""
         limits.validate_limits(config)
         data = self._load(name)
         data.update(config=dict(config), devices=dict(devices))
         if nics is not None:
             data["nics"] = [_check_nic(n).model_dump() for n in nics]
+        if disks is not None:
+            _set_disks(data, disks)
         size = _root_size(devices)
         if size:
             _grow(Path(data["rootfs_path"]) / DISK, size)
@@ -248,6 +251,69 @@ class QemuDriver(SpecDir, InstanceDriver):
         if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
             raise Conflict(f"Instance {name!r} is {self._status(dom)[0].lower()}, not frozen")
         dom.resume()
+
+    # ---- extra disks -----------------------------------------------------------------
+
+    def disks_of(self, name: str) -> list[DiskMount]:
+        return [m for m, _t in _disks_with_targets(self._load(name))]
+
+    def _live_domain(self, name: str) -> libvirt.virDomain:
+        dom = self._domain(name)
+        if not dom.isActive():
+            raise Conflict(f"Instance {name!r} is not running")
+        return dom
+
+    def disk_attach(self, name: str, disk: DiskMount) -> None:
+        """Hot-plug a virtio-blk disk into the running VM (PCI hotplug; the guest's
+        kernel sees a new /dev/vdX). The spec is saved only by the caller's update."""
+        if disk.kind == "dir":
+            raise BadRequest(f"Device {disk.name!r}: directories cannot be attached to a "
+                             "virtual machine yet")
+        dom = self._live_domain(name)
+        data = self._load(name)
+        _set_disks(data, [*(m for m, _t in _disks_with_targets(data) if m.name != disk.name),
+                          disk])
+        target = dict((m.name, t) for m, t in _disks_with_targets(data))[disk.name]
+        xml = qemu_xml.ET.tostring(qemu_xml.extra_disk(disk, target), encoding="unicode")
+        try:
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as e:
+            raise BadRequest(f"Failed to attach disk {disk.name!r} to the running VM: "
+                             f"{e.get_error_message()}") from None
+        self._save(name, data)
+
+    def disk_detach(self, name: str, disk: DiskMount) -> None:
+        """Unplug the disk (the guest is asked to release it; waited for a while)."""
+        dom = self._live_domain(name)
+        alias = qemu_xml.disk_alias(disk.name)
+        try:
+            dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as e:
+            if alias not in dom.XMLDesc(0):
+                return  # not attached: nothing to do
+            raise BadRequest(f"Failed to detach disk {disk.name!r} from the running VM: "
+                             f"{e.get_error_message()}") from None
+        deadline = time.monotonic() + DETACH_TIMEOUT
+        while alias in dom.XMLDesc(0):
+            if time.monotonic() > deadline:
+                raise BadRequest(f"The guest did not release disk {disk.name!r} within "
+                                 f"{DETACH_TIMEOUT:.0f} s; stop the instance to remove it")
+            time.sleep(0.2)
+
+    def disk_limits(self, name: str, disks: list[DiskMount]) -> None:
+        """``limits.*`` of attached disks through libvirt's block I/O tuning."""
+        dom = self._live_domain(name)
+        targets = dict((m.name, t) for m, t in _disks_with_targets(self._load(name)))
+        for m in disks:
+            if m.name not in targets:
+                continue
+            params = {"read_bytes_sec": m.read_bps, "write_bytes_sec": m.write_bps,
+                      "read_iops_sec": m.read_iops, "write_iops_sec": m.write_iops}
+            try:
+                dom.setBlockIoTune(targets[m.name], params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as e:
+                raise BadRequest(f"Failed to set the limits of disk {m.name!r}: "
+                                 f"{e.get_error_message()}") from None
 
     # ---- state ------------------------------------------------------------------------
 
@@ -414,6 +480,31 @@ class QemuDriver(SpecDir, InstanceDriver):
 
 
 # ---- helpers ------------------------------------------------------------------------
+
+
+DETACH_TIMEOUT = 20.0
+
+
+def _set_disks(data: dict, disks: list[DiskMount]) -> None:
+    """Store the extra disks, each keeping the guest target it had (vdb, vdc...): a
+    running guest's /dev names must not move when another disk comes or goes."""
+    old = data.get("disk_targets", {})
+    used = {t for n, t in old.items() if any(d.name == n for d in disks)}
+    targets = {}
+    for d in disks:
+        t = old.get(d.name)
+        if t is None:
+            t = next(f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in used)
+            used.add(t)
+        targets[d.name] = t
+    data["disks"] = [d.model_dump() for d in disks]
+    data["disk_targets"] = targets
+
+
+def _disks_with_targets(data: dict) -> list[tuple[DiskMount, str]]:
+    targets = data.get("disk_targets", {})
+    return [(m, targets.get(m.name, "vdz")) for m in
+            (DiskMount.model_validate(d) for d in data.get("disks", []))]
 
 
 def _check_nic(nic: Nic) -> Nic:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from shared.messages.network import Nic
 
+from .disk_mounts import DiskMount
+
 NS = "https://corral.dev/xmlns/instance/1"
 AGENT_CHANNEL = "org.corral.agent"
 ET.register_namespace("corral", NS)
@@ -40,6 +42,8 @@ class DomainSpec:
     initrd: str = ""
     cmdline: str = ""
     nics: list[Nic] = field(default_factory=list)
+    # Extra disks (block custom volumes, host files) with their guest target (vdb...).
+    disks: list[tuple[DiskMount, str]] = field(default_factory=list)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -84,6 +88,8 @@ def render(s: DomainSpec) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
     _sub(disk, "source", file=s.disk)
     _sub(disk, "target", dev="vda", bus="virtio")
+    for extra, target in s.disks:
+        devs.append(extra_disk(extra, target))
     for nic in s.nics:
         devs.append(interface(nic))
     serial = _sub(devs, "serial", type="pty")
@@ -97,6 +103,36 @@ def render(s: DomainSpec) -> str:
     balloon = _sub(devs, "memballoon", model="virtio")
     _sub(balloon, "stats", period="2")
     return ET.tostring(dom, encoding="unicode")
+
+
+def disk_alias(name: str) -> str:
+    """libvirt's user alias of an extra disk (``ua-`` + [A-Za-z0-9_-]): how a hot-plugged
+    disk is found again to detach it, whatever its device name."""
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+    return f"ua-disk-{safe}-{sum(name.encode()) % 4096:03x}"
+
+
+def extra_disk(m: DiskMount, target: str) -> ET.Element:
+    """A virtio-blk ``<disk>`` for a block custom volume or a host file (raw), with the
+    device name as its serial (the guest sees /dev/disk/by-id/virtio-<name>) and LXD's
+    ``limits.*`` as ``<iotune>``."""
+    block = m.source.startswith("/dev/")
+    disk = ET.Element("disk", type="block" if block else "file", device="disk")
+    _sub(disk, "driver", name="qemu", type="raw", discard="unmap")
+    _sub(disk, "source", **{"dev" if block else "file": m.source})
+    _sub(disk, "target", dev=target, bus="virtio")
+    _sub(disk, "serial", m.name[:20])
+    if m.readonly:
+        _sub(disk, "readonly")
+    tune = {"read_bytes_sec": m.read_bps, "write_bytes_sec": m.write_bps,
+            "read_iops_sec": m.read_iops, "write_iops_sec": m.write_iops}
+    if any(tune.values()):
+        io = _sub(disk, "iotune")
+        for k, v in tune.items():
+            if v:
+                _sub(io, k, str(v))
+    _sub(disk, "alias", name=disk_alias(m.name))
+    return disk
 
 
 def interface(nic: Nic) -> ET.Element:
