@@ -61,7 +61,10 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("storage", "volume_copy"), ("storage", "volume_snapshot_create"),
                  ("storage", "volume_snapshot_delete"), ("storage", "volume_snapshot_rename"),
                  ("storage", "volume_snapshot_restore"), ("storage", "volume_snapshot_list"),
-                 ("image", "import"), ("storage", "volume_get"), ("storage", "volume_list")),
+                 ("image", "import"), ("storage", "volume_get"), ("storage", "volume_list"),
+                 ("storage", "volume_backup_freeze"), ("storage", "volume_backup_get"),
+                 ("storage", "volume_backup_delete"), ("storage", "volume_backup_rename"),
+                 ("storage", "volume_backup_import")),
     "migration": (),
 }
 
@@ -74,7 +77,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "image": (("images", "kv", True), ("image_aliases", "kv", True), ("images", "obj", True),
               ("transfers", "obj", True), OPERATIONS, WARNINGS),
     "storage": (("storage_pools", "kv", True), ("storage_volumes", "kv", True),
-                ("images", "obj", False), OPERATIONS, WARNINGS),
+                ("images", "obj", False), ("transfers", "obj", False), OPERATIONS, WARNINGS),
     "network": (("networks", "kv", True), OPERATIONS, WARNINGS),
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
