@@ -151,8 +151,19 @@ def test_bad_files(tmp_path: Path) -> None:
         fmt.inspect_unified(trunc)
     zst = tmp_path / "z.tar.zst"
     zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 600)
-    with pytest.raises(BadRequest, match="zstd"):
+    with pytest.raises(BadRequest, match="not a readable tarball"):
         fmt.inspect_unified(zst)
+
+
+def test_zstd_images_inspect_and_unpack(tmp_path: Path) -> None:
+    """zstd (which lxc publish --compression zstd makes) through the zstd tool."""
+    plain = unified(tmp_path, "w")
+    subprocess.run(["zstd", "-q", "-f", str(plain), "-o", str(tmp_path / "i.tar.zst")],
+                   check=True)
+    info = fmt.inspect_unified(tmp_path / "i.tar.zst")
+    assert info.type == "container" and info.fingerprint == sha(tmp_path / "i.tar.zst")
+    fmt.unpack(tmp_path / "i.tar.zst", tmp_path / "out")
+    assert (tmp_path / "out/rootfs/etc/os-release").read_bytes() == b"ID=test\n"
 
 
 def test_unpack_keeps_owners_modes_devices(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -141,11 +142,33 @@ def detect_format(path: Path) -> str:
 
 def _tar_format(path: Path) -> str:
     fmt = detect_format(path)
-    if fmt == "zstd":
-        raise BadRequest(f"{path.name!r} is zstd-compressed; recompress it with xz or gzip")
-    if fmt not in _TAR_FLAGS:
+    if fmt not in _TAR_FLAGS and fmt != "zstd":
         raise BadRequest(f"{path.name!r} is a {fmt} file, not a tarball")
     return fmt
+
+
+@contextmanager
+def _tar_stream(path: Path, fmt: str) -> Iterator[tuple[BinaryIO, str]]:
+    """(readable stream, its format) of a tarball: as stored, or, for zstd (which
+    Python's tarfile cannot read; LXD publishes with it), decompressed by the ``zstd``
+    tool into a plain tar stream."""
+    if fmt != "zstd":
+        with open(path, "rb") as f:
+            yield f, fmt
+        return
+    if shutil.which("zstd") is None:
+        raise BadRequest(f"{path.name!r} is zstd-compressed and the zstd tool is missing "
+                         "(Debian package zstd); recompress it with xz or gzip")
+    proc = subprocess.Popen(["zstd", "-d", "-c", "-q", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        yield proc.stdout, "tar"
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def _sha256(paths: list[Path]) -> tuple[str, int]:
@@ -228,7 +251,8 @@ def _scan_tarball(path: Path, fmt: str) -> tuple[bytes | None, str | None]:
     """Return (metadata.yaml bytes, image type) read from a tarball, stopping early."""
     meta, kind = None, None
     try:
-        with tarfile.open(path, _PY_MODES[fmt]) as tf:
+        with _tar_stream(path, fmt) as (src, plain), \
+                tarfile.open(fileobj=src, mode=_PY_MODES[plain]) as tf:
             for ti in tf:
                 name = _member_name(ti.name)
                 if name == "metadata.yaml":
@@ -338,11 +362,16 @@ def vet_member(ti: tarfile.TarInfo, symlinks: set[str], archive: str) -> None:
 
 def _extract_tar(path: Path, dest: Path, tick: Callable[[int], None]) -> None:
     """Extract one tarball into dest with GNU tar while tarfile vets the same stream."""
-    fmt = _tar_format(path)
+    with _tar_stream(path, _tar_format(path)) as (src, fmt):
+        _extract_stream(src, fmt, path, dest, tick)
+
+
+def _extract_stream(src: BinaryIO, fmt: str, path: Path, dest: Path,
+                    tick: Callable[[int], None]) -> None:
     cmd = ["tar", "-x", *_TAR_FLAGS[fmt], "--restrict", "--numeric-owner", "--same-owner",
            "--same-permissions", "--xattrs", "--xattrs-include=*", "--acls",
            "-C", str(dest), "-f", "-"]
-    with tempfile.TemporaryFile() as err, open(path, "rb") as src:
+    with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
         assert proc.stdin is not None
         try:
