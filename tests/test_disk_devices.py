@@ -71,17 +71,11 @@ def _refused(stack, *args: str) -> str:
     return r.stderr
 
 
-def _custom_volume(world, name: str) -> Path:
-    """A custom volume of the world's dir pool: made through the API when the storage
-    service has custom volumes, else as the dir driver lays one out (its directory)."""
-    r = world.api.post(f"/1.0/storage-pools/{world.pool}/volumes/custom",
-                       json={"name": name, "config": {}})
-    path = world.stack.dir / "storage-pools" / world.pool / "custom" / name
+def _custom_volume(world, name: str, *args: str) -> Path:
+    """A custom volume of the world's dir pool, made through the stock client."""
     world.custom.append(name)
-    if r.status_code not in (200, 201, 202):
-        path.mkdir(parents=True)
-    elif r.status_code == 202:
-        world.wait(r)
+    lxc(world.stack, "storage", "volume", "create", world.pool, name, *args)
+    path = world.stack.dir / "storage-pools" / world.pool / "custom" / name
     assert path.is_dir()
     return path
 
@@ -143,6 +137,8 @@ def test_custom_volume_attached_is_writable_by_container_root(world, stack, api,
     lxc(stack, "storage", "volume", "attach", world.pool, vol, running, "/mnt/vol")
     dev = _devices(api, running)[vol]
     assert dev == {"type": "disk", "pool": world.pool, "source": vol, "path": "/mnt/vol"}
+    shown = lxc(stack, "storage", "volume", "show", world.pool, vol).stdout
+    assert f"/1.0/instances/{running}" in shown, shown  # used_by
     _sh(stack, running, "echo data > /mnt/vol/f && chown 1000:1000 /mnt/vol/f")
     assert _sh(stack, running, "stat -c %u:%g /mnt/vol/f").stdout.strip() == "1000:1000"
     assert (path / "f").read_text() == "data\n"
@@ -164,6 +160,15 @@ def test_custom_volume_in_use_elsewhere_is_refused(world, stack, api, running):
     assert "already in use" in err and running in err, err
     assert "v2" not in _devices(api, other)
     assert not _mounted(stack, other, "/mnt/v2")
+
+
+def test_block_volume_on_a_container_is_refused(world, stack, api, running):
+    vol = f"{world.prefix}blk"
+    _custom_volume(world, vol, "--type=block", "size=8MiB")
+    err = _refused(stack, "config", "device", "add", running, "blk", "disk",
+                   f"pool={world.pool}", f"source={vol}", "path=/mnt/blk")
+    assert "block volumes cannot be used on containers" in err, err
+    assert "blk" not in _devices(api, running)
 
 
 def test_bad_disks_are_refused_with_the_reason(world, stack, api, running, tmp_path):
