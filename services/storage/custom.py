@@ -2,13 +2,14 @@
 the pool's driver (:mod:`.custom_disk`), users found in the instance service.
 
 A record is ``{pool, kind: "custom", project, name, description, config, content_type,
-created_at, snapshots: {name: {description, created_at, expires_at}}}``. It says
-``creating`` until its volume is whole (written before anything is made on disk, so two
-callers cannot race for a name; the storage service's start removes what a dead process
-left, :meth:`Volumes.reconcile`). Snapshots live in their volume's record: one KV write
-per change keeps a volume and its snapshots consistent; the snapshot directories on disk
-are the truth for which snapshots exist (a crash between the disk and the record shows the
-snapshot without its description, never a record without data).
+created_at, snapshots: {name: {description, created_at, expires_at}}}``. Making, copying
+and snapshotting go through the storage verbs' own functions (:mod:`.copies`,
+:mod:`.snapshots`): a new volume's record says ``creating`` until it is whole (written
+before anything is made, so two callers cannot race for a name; the service's start
+removes what a dead process left). Snapshot metadata lives in the volume's record; the
+snapshot directories on disk are the truth for which snapshots exist (a crash between the
+disk and the record shows a snapshot without its description, never a record without
+data).
 
 ``used_by`` is asked of the instance service (instances whose expanded devices, and
 profiles whose devices, hold a disk ``{pool: <pool>, source: <volume>}``), as LXD's
@@ -19,20 +20,25 @@ without ``features.storage.volumes``.
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shared import faults
 from shared.api import check_etag, etag, url
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.log import get_logger
-from shared.messages.storage import VolumeRenameRequest
+from shared.messages.storage import (
+    VolumeCopyRequest,
+    VolumeCreateRequest,
+    VolumeRenameRequest,
+    VolumeRequest,
+    VolumeSnapshotRenameRequest,
+    VolumeSnapshotRequest,
+)
 from shared.models import ListRequest, lxd_time
 
-from . import custom_disk
+from . import copies, custom_disk, snapshots
 from .custom_config import (
     ZERO_TIME,
     check_config,
@@ -65,6 +71,11 @@ class CustomVolumes:
         self.volumes = volumes
         self.pools = pools
         self.bus = bus
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, k: str) -> asyncio.Lock:
+        """One writer of a volume's record at a time (its snapshots' metadata)."""
+        return self._locks.setdefault(k, asyncio.Lock())
 
     # ---- records -------------------------------------------------------------------------
 
@@ -213,21 +224,20 @@ class CustomVolumes:
     async def create(self, pool: str, project: str, name: str, description: str,
                      config: dict[str, str] | None, content_type: str | None
                      ) -> dict[str, Any]:
-        """An empty volume, made whole or not at all."""
+        """An empty volume, made whole or not at all (the storage verbs' journaled
+        ``create_volume``: record ``creating`` first, removed again on failure)."""
         validate_name("volume", name)
-        if "/" in name:
-            raise BadRequest("Invalid volume name: names may not contain '/'")
         content_type = check_content_type(content_type)
         pool_rec, _rev = await self.pools.get(pool)
         config = check_config(config, pool_rec["driver"], content_type)
-        disk = validate_name("volume", disk_name(project, name))
-        async with self.pools.using(pool) as drv:
-            rec = self._new_record(pool, project, name, description, config, content_type)
-
-            async def make() -> None:
-                await asyncio.to_thread(custom_disk.make, drv, disk, content_type,
-                                        config.get("size", ""))
-            await self._journaled(drv, rec, make)
+        rec = self._new_record(pool, project, name, description, config, content_type)
+        req = VolumeCreateRequest(project=project, pool=pool, kind=KIND, name=name,
+                                  size=config.get("size", ""), content_type=content_type)
+        try:
+            await copies.create_volume(self.volumes, req, extra={
+                k: rec[k] for k in ("description", "config", "snapshots", "created_at")})
+        except Conflict:
+            raise Conflict("Volume by that name already exists") from None
         log.info("custom volume created", pool=pool, project=project, volume=name)
         return rec
 
@@ -236,37 +246,6 @@ class CustomVolumes:
         return {"pool": pool, "kind": KIND, "project": project, "name": name,
                 "description": description or "", "config": config,
                 "content_type": content_type, "created_at": lxd_time(), "snapshots": {}}
-
-    async def _journaled(self, drv: Driver, rec: dict[str, Any], make: Any) -> None:
-        """Reserve the name (record ``creating``, 409 if taken), run ``make``, then mark
-        the record whole; on failure remove what was made and the record."""
-        k = self.key(rec["pool"], rec["project"], rec["name"])
-        disk = self._disk(rec)
-        if os.path.lexists(drv.volume_path(KIND, disk)):
-            raise Conflict("Volume by that name already exists")
-        try:
-            await self.volumes.store.create(k, {**rec, "creating": True},
-                                            "Volume by that name")
-        except Conflict:
-            raise Conflict("Volume by that name already exists") from None
-        faults.point("custom:after_record")
-        try:
-            with self.volumes.holding(k, "being created", self._label(rec["name"])):
-                await make()
-                faults.point("custom:after_volume")
-                await self.volumes.store.put(k, rec)
-        except BaseException:
-            try:
-                await asyncio.to_thread(custom_disk.remove, drv, disk)
-            except Exception as exc:
-                log.warning("could not remove a half-made volume", volume=disk,
-                            error=str(exc))
-            try:
-                await self.volumes.store.delete(k)
-            except Exception as exc:  # the record says "creating": the next start sweeps
-                log.warning("could not forget a half-made volume", volume=disk,
-                            error=str(exc))
-            raise
 
     async def update(self, pool: str, project: str, name: str, body: dict[str, Any],
                      etag_: str | None, patch: bool) -> None:
@@ -295,7 +274,7 @@ class CustomVolumes:
             description = rec.get("description", "") if patch else ""
         k = self.key(pool, project, name)
         old_size = rec.get("config", {}).get("size", "")
-        async with self.pools.using(pool) as drv:
+        async with self.pools.using(pool) as drv, self._lock(k):
             with self.volumes.holding(k, "being updated", self._label(name)):
                 if config.get("size", "") != old_size:
                     await asyncio.to_thread(custom_disk.resize, drv, self._disk(rec),
@@ -311,11 +290,8 @@ class CustomVolumes:
         if users:
             raise BadRequest(f"The storage volume is still in use by {', '.join(users)}: "
                              "detach it first")
-        k = self.key(pool, project, name)
-        async with self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being deleted", self._label(name)):
-                await asyncio.to_thread(custom_disk.remove, drv, self._disk(rec))
-                await self.volumes.store.delete(k)
+        await self.volumes.delete(VolumeRequest(project=project, pool=pool, kind=KIND,
+                                                name=name))
 
     # ---- rename and move -----------------------------------------------------------------
 
@@ -338,7 +314,8 @@ class CustomVolumes:
                    src_name: str, volume_only: bool, content_type: str | None = None
                    ) -> dict[str, Any]:
         """A new volume from another (or from one of its snapshots, ``vol/snap``), with
-        its snapshots unless ``volume_only``; in the same pool or across pools."""
+        its snapshots unless ``volume_only``; in the same pool or across pools (the
+        storage verbs' journaled ``copy_volume``), then the request's config applied."""
         validate_name("volume", name)
         parent, _, src_snap = src_name.partition("/")
         src = await self.record(src_pool, src_project, parent)
@@ -363,36 +340,52 @@ class CustomVolumes:
         meta = src.get("snapshots") or {}
         rec["snapshots"] = {s: {**meta.get(s, {}), "created_at": meta.get(s, {}).get(
             "created_at", lxd_time())} for s in snaps}
-        src_k = self.key(src_pool, src_project, parent)
-        async with self.pools.using(src_pool) as src_drv, self.pools.using(pool) as drv:
-            async def make() -> None:
-                await asyncio.to_thread(custom_disk.copy, src_drv, self._disk(src), drv,
-                                        disk_name(project, name), snaps, src_snap or None)
-                if cfg.get("size") and (content == "block" or drv.name != "dir"):
+        req = VolumeCopyRequest(project=project, pool=pool, kind=KIND, name=name,
+                                source_project=src_project, source_pool=src_pool,
+                                source_name=parent, source_snapshot=src_snap or None,
+                                snapshots=snaps)
+        try:
+            await copies.copy_volume(self.volumes, req)
+        except Conflict as exc:
+            if "already exists" in exc.message:
+                raise Conflict("Volume by that name already exists") from None
+            raise
+        k = self.key(pool, project, name)
+        try:
+            size = cfg.get("size", "")
+            if size and size != (src.get("config") or {}).get("size", ""):
+                async with self.pools.using(pool) as drv:
                     await asyncio.to_thread(custom_disk.resize, drv,
-                                            disk_name(project, name), content, cfg["size"])
-            with self.volumes.holding(src_k, "being copied", self._label(parent)):
-                await self._journaled(drv, rec, make)
+                                            disk_name(project, name), content, size)
+            async with self._lock(k):
+                current = await self.record(pool, project, name)
+                await self.volumes.store.put(k, {**current, **rec})
+        except BaseException:
+            await self.volumes.delete(VolumeRequest(project=project, pool=pool, kind=KIND,
+                                                    name=name))
+            raise
         return rec
 
     async def refresh(self, pool: str, project: str, name: str, src_pool: str,
                       src_project: str, src_name: str, volume_only: bool) -> list[str]:
         """``copy --refresh``: the target gets the source's missing snapshots, then its
-        content."""
+        content. Returns the snapshots added."""
         dst = await self.record(pool, project, name)
         src = await self.record(src_pool, src_project, src_name)
         snaps = [] if volume_only else await self.snapshot_list(src)
+        before = set(await self.snapshot_list(dst))
+        await copies.copy_volume(self.volumes, VolumeCopyRequest(
+            project=project, pool=pool, kind=KIND, name=name, source_project=src_project,
+            source_pool=src_pool, source_name=src_name, snapshots=snaps, refresh=True))
+        added = [s for s in snaps if s not in before]
         k = self.key(pool, project, name)
-        async with self.pools.using(src_pool) as src_drv, self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being refreshed", self._label(name)):
-                added = await asyncio.to_thread(custom_disk.refresh, src_drv,
-                                                self._disk(src), drv, self._disk(dst), snaps)
-                current = await self.record(pool, project, name)
-                meta = dict(current.get("snapshots") or {})
-                for s in added:
-                    meta[s] = {**(src.get("snapshots") or {}).get(s, {})}
-                    meta[s].setdefault("created_at", lxd_time())
-                await self.volumes.store.put(k, {**current, "snapshots": meta})
+        async with self._lock(k):
+            current = await self.record(pool, project, name)
+            meta = dict(current.get("snapshots") or {})
+            for s in added:
+                meta[s] = {**(src.get("snapshots") or {}).get(s, {})}
+                meta[s].setdefault("created_at", lxd_time())
+            await self.volumes.store.put(k, {**current, "snapshots": meta})
         return added
 
     async def move(self, pool: str, project: str, name: str, new_pool: str,
@@ -422,47 +415,57 @@ class CustomVolumes:
         obj = self.snapshot_public(rec, snap)
         return obj, etag(obj["description"], obj["expires_at"])
 
+    def _snap_req(self, pool: str, project: str, name: str, snap: str
+                  ) -> VolumeSnapshotRequest:
+        return VolumeSnapshotRequest(project=project, pool=pool, kind=KIND, name=name,
+                                     snapshot=snap)
+
+    async def _edit_snapshots(self, pool: str, project: str, name: str, edit: Any) -> None:
+        """Read-modify-write of the record's snapshot metadata, one writer at a time."""
+        k = self.key(pool, project, name)
+        async with self._lock(k):
+            current = await self.record(pool, project, name)
+            snaps = dict(current.get("snapshots") or {})
+            edit(snaps)
+            await self.volumes.store.put(k, {**current, "snapshots": snaps})
+
     async def snapshot_create(self, pool: str, project: str, name: str, snap: str,
                               expires_at: str, description: str = "") -> None:
-        rec = await self.record(pool, project, name)
-        k = self.key(pool, project, name)
-        async with self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being snapshotted", self._label(name)):
-                await asyncio.to_thread(drv.create_snapshot, KIND, self._disk(rec), snap)
-                try:
-                    current = await self.record(pool, project, name)
-                    snaps = dict(current.get("snapshots") or {})
-                    snaps[snap] = {"description": description, "created_at": lxd_time(),
-                                   "expires_at": expires_at}
-                    await self.volumes.store.put(k, {**current, "snapshots": snaps})
-                except BaseException:
-                    await asyncio.to_thread(drv.delete_snapshot, KIND, self._disk(rec), snap)
-                    raise
+        await self.record(pool, project, name)
+        req = self._snap_req(pool, project, name, snap)
+        try:
+            await snapshots.create(self.volumes, req)
+        except Conflict as exc:
+            if "already exists" in exc.message:
+                raise Conflict(f"Snapshot {snap!r} already in use") from None
+            raise
+        try:
+            await self._edit_snapshots(pool, project, name, lambda m: m.__setitem__(snap, {
+                "description": description, "created_at": lxd_time(),
+                "expires_at": expires_at}))
+        except BaseException:
+            await snapshots.delete(self.volumes, req)
+            raise
 
     async def snapshot_delete(self, pool: str, project: str, name: str, snap: str) -> None:
-        rec = await self.record(pool, project, name)
-        k = self.key(pool, project, name)
-        async with self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being snapshotted", self._label(name)):
-                await asyncio.to_thread(drv.delete_snapshot, KIND, self._disk(rec), snap)
-                current = await self.record(pool, project, name)
-                snaps = dict(current.get("snapshots") or {})
-                snaps.pop(snap, None)
-                await self.volumes.store.put(k, {**current, "snapshots": snaps})
+        await self.record(pool, project, name)
+        await snapshots.delete(self.volumes, self._snap_req(pool, project, name, snap))
+        await self._edit_snapshots(pool, project, name, lambda m: m.pop(snap, None))
 
     async def snapshot_rename(self, pool: str, project: str, name: str, snap: str,
                               new: str) -> None:
         validate_name("snapshot", new)
-        rec = await self.record(pool, project, name)
-        k = self.key(pool, project, name)
-        async with self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being snapshotted", self._label(name)):
-                await asyncio.to_thread(custom_disk.rename_snapshot, drv, self._disk(rec),
-                                        snap, new)
-                current = await self.record(pool, project, name)
-                snaps = dict(current.get("snapshots") or {})
-                snaps[new] = snaps.pop(snap, {"created_at": lxd_time()})
-                await self.volumes.store.put(k, {**current, "snapshots": snaps})
+        await self.record(pool, project, name)
+        req = VolumeSnapshotRenameRequest(project=project, pool=pool, kind=KIND, name=name,
+                                          snapshot=snap, new_snapshot=new)
+        try:
+            await snapshots.rename(self.volumes, req)
+        except Conflict as exc:
+            if "already exists" in exc.message:
+                raise Conflict(f"Snapshot {new!r} already in use") from None
+            raise
+        await self._edit_snapshots(pool, project, name, lambda m: m.__setitem__(
+            new, m.pop(snap, {"created_at": lxd_time()})))
 
     async def snapshot_update(self, pool: str, project: str, name: str, snap: str,
                               body: dict[str, Any], etag_: str | None, patch: bool) -> None:
@@ -491,10 +494,7 @@ class CustomVolumes:
         if running:
             raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(running)}"
                              ": detach it (or delete the instances) before restoring it")
-        k = self.key(pool, project, name)
-        async with self.pools.using(pool) as drv:
-            with self.volumes.holding(k, "being restored", self._label(name)):
-                await asyncio.to_thread(drv.restore_snapshot, KIND, self._disk(rec), snap)
+        await snapshots.restore(self.volumes, self._snap_req(pool, project, name, snap))
 
     async def prune_expired(self, now: datetime | None = None) -> list[str]:
         """Delete snapshots whose ``expires_at`` has passed (LXD's pruning task)."""

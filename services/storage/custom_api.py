@@ -39,7 +39,8 @@ API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handlin
                   "storage_api_volume_snapshots", "storage_volume_state",
                   "custom_volume_refresh", "custom_block_volumes", "storage_api_project",
                   "storage_volumes_all_projects", "custom_volume_snapshot_expiry"]
-PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 60.0)
+# Seconds between scans for expired snapshots (a look at cached records: cheap).
+PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
 
 class CustomVolumesMixin:
