@@ -22,6 +22,7 @@ from typing import Any
 from shared.errors import CorralError, NotFound, Unavailable
 from shared.state import key, mutate
 
+from . import snapshot_ops
 from .context import Context
 from .drivers.router import type_of
 from .names import host_of
@@ -71,6 +72,8 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
             status = host[host_of(rec)]
             await mutate(ctx.instances, key(rec["project"], rec["name"]),
                          lambda r, s=status: {**r, "status": s})
+    # Snapshot records a dead process left unfinished (creating, deleting, renaming).
+    tasks.extend(await snapshot_ops.reconcile(ctx))
     return tasks
 
 
@@ -117,5 +120,6 @@ async def finish_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
                       instance=rec["name"], pool=rec.get("pool"))
         return
     await release_leases(ctx, rec)
+    await snapshot_ops.forget_all(ctx, rec["project"], rec["name"])
     await ctx.instances.delete(key(rec["project"], rec["name"]))
     ctx.log.info("interrupted create or delete cleaned up", instance=rec["name"])

@@ -94,6 +94,7 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                            projects=self.projects, snapshots=self.snapshots)
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
+        self._snapshot_tasks = await self.snapshot_setup()  # snapshots_api
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
         self._host_checks = asyncio.create_task(
             host_checks.check(self.warnings, self.drivers, self.log))
@@ -103,6 +104,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
     async def teardown(self) -> None:
         self._ephemeral.cancel()
+        for task in self._snapshot_tasks:
+            task.cancel()
 
     async def _ephemeral_deleted(self, rec: dict[str, Any]) -> None:
         await self.events.lifecycle("instance-deleted", instance_url(rec),
@@ -200,7 +203,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             states = await asyncio.to_thread(self.drivers.state_many, shown_recs)
             await disk_usage.fill(self.bus, self.config.node, shown_recs, states)
             for o in objs:
-                o.update(state=states.get(host_of(o)), snapshots=None, backups=None)
+                o.update(state=states.get(host_of(o)), backups=None,
+                         snapshots=self.snapshots_of(o["project"], o["name"]) or None)
         return Reply(metadata=objs)
 
     @endpoint("get", ObjectRequest)
@@ -208,7 +212,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         rec = await self.require_instance(req.project, req.name)
         obj = public(rec, await self.instance_status(rec))
         if (req.body or {}).get("recursion", 0) >= 1:
-            obj.update(state=await self._state(rec), snapshots=None, backups=None)
+            obj.update(state=await self._state(rec), backups=None,
+                       snapshots=self.snapshots_of(rec["project"], rec["name"]) or None)
         return Reply(metadata=obj, etag=record_etag(rec))
 
     @endpoint("state", ObjectRequest)

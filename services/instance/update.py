@@ -18,7 +18,16 @@ from shared.api import check_etag, string_map
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.state import key, mutate
 
-from . import disks, limits, live_changes, project_checks, reconcile, restore, validate
+from . import (
+    disks,
+    limits,
+    live_changes,
+    project_checks,
+    reconcile,
+    restore,
+    snapshot_ops,
+    validate,
+)
 from .context import Context
 from .create import expand_profiles
 from .drivers.base import Capabilities
@@ -166,6 +175,7 @@ async def rename(ctx: Context, project: str, name: str, body: dict[str, Any]
         await ctx.instances.delete(nk)
         raise
     await ctx.instances.put(nk, new)
+    await snapshot_ops.rename_all(ctx, project, name, new_name)  # volume moved them along
     await ctx.instances.delete(k)
     return new
 
@@ -195,5 +205,6 @@ async def delete(ctx: Context, rec: dict[str, Any]) -> None:
         except NotFound:
             pass
     faults.point("delete:after_volume")
+    await snapshot_ops.forget_all(ctx, project, name)  # the volume took its snapshots along
     await reconcile.release_leases(ctx, rec)
     await ctx.instances.delete(key(project, name))

@@ -13,14 +13,16 @@ from shared.api import description as check_description  # noqa: F401
 from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
-from . import disk_rules, limits
+from . import disk_rules, limits, snapshot_schedule
 from .drivers.lxc_config import check_raw_lxc_values, parse_raw_lxc
 from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
 
 # Plain keys we implement; the prefixes below take any suffix.
 KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
               "boot.autostart", "boot.autostart.delay", "boot.autostart.priority",
-              "boot.host_shutdown_timeout", "raw.lxc"}
+              "boot.host_shutdown_timeout", "raw.lxc",
+              "snapshots.schedule", "snapshots.schedule.stopped", "snapshots.pattern",
+              "snapshots.expiry"}
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
@@ -48,6 +50,7 @@ def check_config(config: Any) -> dict[str, str]:
             continue
         raise BadRequest(f"Unknown configuration key: {k}")
     limits.validate_limits(cfg)
+    snapshot_schedule.check_config(cfg)
     return cfg
 
 
