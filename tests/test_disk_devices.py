@@ -160,6 +160,26 @@ def test_custom_volume_in_use_elsewhere_is_refused(world, stack, api, running):
     assert "already in use" in err and running in err, err
     assert "v2" not in _devices(api, other)
     assert not _mounted(stack, other, "/mnt/v2")
+    # A stopped instance may hold it; its start is refused while the other one runs.
+    idle = world.create("idle")
+    lxc(stack, "config", "device", "add", idle, "v2", "disk", f"pool={world.pool}",
+        f"source={vol}", "path=/mnt/v2")
+    err = _refused(stack, "start", idle)
+    assert "already in use" in err, err
+    assert world.live(idle)["status"] == "Stopped"
+    lxc(stack, "config", "device", "remove", running, "v2")
+    lxc(stack, "start", idle)
+    assert _mounted(stack, idle, "/mnt/v2")
+
+
+def test_create_with_a_missing_source_is_refused_at_once(world, stack, api, tmp_path):
+    name = world.name("nosrc")
+    r = api.post("/1.0/instances", json={
+        "name": name, "source": {"type": "image", "alias": world.image},
+        "profiles": [world.profile],
+        "devices": {"d": {"type": "disk", "source": f"{tmp_path}/gone", "path": "/mnt"}}})
+    assert r.status_code == 400 and "Missing source path" in r.text, r.text
+    assert api.get(f"/1.0/instances/{name}").status_code == 404
 
 
 def test_block_volume_on_a_container_is_refused(world, stack, api, running):

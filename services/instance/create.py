@@ -19,7 +19,7 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages.network import Nic
 from shared.state import key, mutate
 
-from . import image_templates, project_checks, reconcile, records, validate
+from . import disks, image_templates, project_checks, reconcile, records, validate
 from .context import Context
 from .drivers.base import InstanceSpec
 from .drivers.router import CONTAINER, TYPES, type_of
@@ -93,6 +93,8 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
     validate.check_devices(pdevs)
     _root, root_dev = validate.root_device(pdevs)
     await validate.check_for_type(kind, pcfg)  # LXC's own verdict on raw.lxc, before any work
+    await disks.resolve(ctx, {"name": name, "project": project, "type": kind,  # sources,
+                              "expanded_config": pcfg}, pdevs, running=False)  # volumes
     image = await ctx.remote.resolve_image(project_checks.effective(ctx, project, "images"),
                                            source, kind)
     if not image.get("fingerprint"):

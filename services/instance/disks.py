@@ -38,9 +38,11 @@ def _uses_volume(dev: Device, pool: str, volume: str) -> bool:
 
 
 async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
-                         dev: Device) -> tuple[str, str]:
+                         dev: Device, running: bool) -> tuple[str, str]:
     """(host path, kind) of the custom volume a device names; 404 when it does not
-    exist; 400 when a running instance elsewhere uses it and it is not shared."""
+    exist; 400 when ``running`` (this instance runs or starts) and a running instance
+    elsewhere uses it and it is not shared (a stopped instance may hold it: its start
+    is refused while the other runs)."""
     pool, vol = dev["pool"], dev["source"].removeprefix("custom/")
     project = rec.get("project", "default")
     if ctx.projects is not None:
@@ -55,7 +57,7 @@ async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
     meta = reply.metadata or {}
     shared = limits.parse_bool("security.shared",
                                (meta.get("config") or {}).get("security.shared", "false"))
-    if not shared:
+    if running and not shared:
         for other in ctx.instances.cached():
             if other["name"] == rec["name"] and other.get("project") == rec.get("project"):
                 continue
@@ -105,8 +107,8 @@ def _host_kind(name: str, dev: Device) -> str | None:
                      "file nor a block device")
 
 
-async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: Device
-                      ) -> DiskMount | None:
+async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: Device,
+                      running: bool = True) -> DiskMount | None:
     """The device as this host sees it (None: an optional source that is missing)."""
     itype = rec.get("type") or "container"
     container = itype == "container"
@@ -114,7 +116,7 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
         "expanded_config", {}).get("security.privileged", "false"))
     volume = ""
     if dev.get("pool"):
-        source, kind = await _custom_volume(ctx, rec, name, dev)
+        source, kind = await _custom_volume(ctx, rec, name, dev, running)
         volume = f"{dev['pool']}/{dev['source'].removeprefix('custom/')}"
         if kind == "block" and container:
             raise BadRequest(f"Device {name!r}: custom block volumes cannot be used on "
@@ -173,16 +175,17 @@ def check_limits_possible(itype: str, mount: DiskMount) -> None:
 
 async def resolve(ctx: "Context", rec: Mapping[str, Any],
                   devices: Mapping[str, Device] | None = None,
-                  only: set[str] | None = None) -> list[DiskMount]:
+                  only: set[str] | None = None, running: bool = True) -> list[DiskMount]:
     """Every extra disk of ``devices`` (default: the record's expanded devices) resolved,
-    or only those named in ``only``."""
+    or only those named in ``only``; ``running``: for an instance that runs or starts
+    (volumes in use elsewhere are refused)."""
     devs = rec.get("expanded_devices", {}) if devices is None else devices
     out = []
     for name in sorted(devs):
         dev = devs[name]
         if not is_extra_disk(dev) or (only is not None and name not in only):
             continue
-        m = await resolve_one(ctx, rec, name, dev)
+        m = await resolve_one(ctx, rec, name, dev, running)
         if m is not None:
             out.append(m)
     return out
@@ -203,12 +206,13 @@ def _only_limits(a: Device, b: Device) -> bool:
 
 
 async def check_changed(ctx: "Context", rec: Mapping[str, Any],
-                        new: Mapping[str, Device]) -> None:
-    """Host checks of the disks added or changed (a missing source, an unknown or busy
-    volume...), before anything is stored; unchanged disks are not re-checked."""
+                        new: Mapping[str, Device], status: str) -> None:
+    """Host checks of the disks added or changed (a missing source, an unknown volume,
+    one busy elsewhere when this instance runs...), before anything is stored;
+    unchanged disks are not re-checked."""
     _gone, come = changed(rec.get("expanded_devices", {}), new)
     if come:
-        await resolve(ctx, rec, new, only=come)
+        await resolve(ctx, rec, new, only=come, running=status in ("Running", "Frozen"))
 
 
 async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver", host: str,

@@ -108,8 +108,8 @@ async def plan(ctx: Context, rec: dict[str, Any], cfg: dict[str, str],
         raise BadRequest("Changing security.privileged of an existing instance is not "
                          "supported yet: create a new instance instead")
     # Checked here, not only in apply: a profile change is refused before it is saved.
-    await disks.check_changed(ctx, rec, pdevs)
     status = await host_status(ctx, rec)
+    await disks.check_changed(ctx, rec, pdevs, status)
     live_changes.check(type_of(rec), status, rec["expanded_devices"], pdevs)
     live_changes.check_config(type_of(rec), status, rec["expanded_config"], pcfg)
     return pcfg, pdevs
