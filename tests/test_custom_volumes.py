@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from .stack import BIN, wait_for
-from .world import lxc, wait_op
+from .world import lxc, make_world, wait_op
 
 pytestmark = [
     pytest.mark.root,
@@ -394,3 +394,42 @@ def test_storage_killed_during_create_leaves_nothing(stack, api, pools, uid, poi
                                          params={"recursion": 1}).json()["metadata"])
     create(api, pool, uid)
     api.delete(url(pool, uid))
+
+
+# -- used_by ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(api, stack, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        yield w
+
+
+def test_used_by_instances_and_profiles_and_delete_refused(stack, api, pools, world, uid):
+    pool = pools["btrfs"]
+    lxc(stack, "storage", "volume", "create", pool, uid)
+    c1 = world.create("cv")
+    lxc(stack, "storage", "volume", "attach", pool, uid, c1, "data", "/mnt/data")
+    dev = api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]["data"]
+    assert dev == {"type": "disk", "pool": pool, "source": uid, "path": "/mnt/data"}
+    assert api.get(url(pool, uid)).json()["metadata"]["used_by"] == [f"/1.0/instances/{c1}"]
+    listed = json.loads(lxc(stack, "storage", "volume", "list", pool, "--format",
+                            "json").stdout)
+    assert [v["used_by"] for v in listed if v["name"] == uid] == [[f"/1.0/instances/{c1}"]]
+
+    r = api.delete(url(pool, uid))
+    assert r.status_code == 400 and "still in use" in r.json()["error"], r.text
+    r = lxc(stack, "storage", "volume", "delete", pool, uid, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr
+    r = api.post(url(pool, uid), json={"name": f"{uid}r"})
+    assert r.status_code == 400 and "in use" in r.json()["error"]
+    assert vol_path(stack, pool, uid).is_dir()
+
+    lxc(stack, "storage", "volume", "attach-profile", pool, uid, world.profile, "data",
+        "/mnt/p")
+    assert api.get(url(pool, uid)).json()["metadata"]["used_by"] == sorted(
+        [f"/1.0/instances/{c1}", f"/1.0/profiles/{world.profile}"])
+    lxc(stack, "storage", "volume", "detach-profile", pool, uid, world.profile, "data")
+    lxc(stack, "storage", "volume", "detach", pool, uid, c1, "data")
+    assert api.get(url(pool, uid)).json()["metadata"]["used_by"] == []
+    lxc(stack, "storage", "volume", "delete", pool, uid)
+    assert not vol_path(stack, pool, uid).exists()

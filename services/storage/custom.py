@@ -138,9 +138,10 @@ class CustomVolumes:
             for dev in (devices or {}).values():
                 if dev.get("type") != "disk" or not dev.get("pool") or not dev.get("source"):
                     continue
-                if (dev["pool"], dev["source"]) not in pools_of:
+                source = dev["source"].removeprefix("custom/")  # LXD takes both forms
+                if (dev["pool"], source) not in pools_of:
                     continue
-                found = owner(dev["pool"], project, dev["source"])
+                found = owner(dev["pool"], project, source)
                 if found is not None and where not in out[found]:
                     out[found].append(where)
 
