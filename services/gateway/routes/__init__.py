@@ -56,7 +56,8 @@ def crud(path: str, service: str, prefix: str = "") -> list[Route]:
 
 INSTANCES = [
     Route("GET", "/1.0/instances", ask("instance", "list", listing)),
-    Route("POST", "/1.0/instances", ask("instance", "create", creation)),
+    # JSON: instance.create; an application/octet-stream body is lxc import (backup_import)
+    Route("POST", "/1.0/instances", backups.create_or_import),
     Route("GET", INSTANCE, ask("instance", "get", instances.instance_get)),
     # PUT INSTANCE: snapshots.instance_put (instance.update, or snapshot_restore)
     Route("PATCH", INSTANCE, ask("instance", "patch", item)),

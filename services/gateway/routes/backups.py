@@ -1,7 +1,160 @@
-"""Routes of issue 10's backups work (rows of the gateway's route table; see __init__.py)."""
+"""``/1.0/instances/<n>/backups``: backup CRUD (bus requests to the instance service), the
+export (a byte stream from the instance service) and ``lxc import`` (an upload staged in
+the ``transfers`` object store, as image uploads are).
+
+Export: we subscribe to ``corral.streams.<id>.data.out`` first, then ask
+``instance.backup_export``; the tarball's chunks follow, each acknowledged on ``.in`` once
+written to the client (credit: the service stays at most a window ahead). The length is
+not known before the end (the tarball is made while it is sent), so the answer is chunked.
+A failure after the first byte cannot change the status any more: the connection is
+broken off, so the client sees a failed download, never a short file that looks whole.
+"""
 
 from __future__ import annotations
 
-from ..routing import Route
+import asyncio
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
 
-ROUTES: list[Route] = []
+from aiohttp import web
+
+from shared import blobs, streams
+from shared.errors import BadRequest
+from shared.messages.backup import BackupExportRequest, BackupImportRequest, BackupRequest
+from shared.models import ObjectRequest
+
+from ..limits import streams_body
+from ..request import json_object, name_of, project_of, recursion_of, requestor
+from ..routing import Context, Route, ask, creation, render
+
+INSTANCE = "/1.0/instances/{name}"
+BACKUP = INSTANCE + "/backups/{backup}"
+ERROR_HEADER = "Corral-Error"
+FIRST_CHUNK_TIMEOUT = 120.0
+_CHUNK = 1024 * 1024
+
+
+async def listing(request: web.Request) -> ObjectRequest:
+    return ObjectRequest(project=project_of(request), name=name_of(request),
+                         requestor=requestor(request),
+                         body={"recursion": recursion_of(request)})
+
+
+async def one(request: web.Request) -> BackupRequest:
+    body = await json_object(request) if request.method == "POST" else None
+    return BackupRequest(project=project_of(request), name=name_of(request),
+                         backup=request.match_info.get("backup", ""), body=body,
+                         requestor=requestor(request))
+
+
+async def creating(request: web.Request) -> BackupRequest:
+    body = await json_object(request) if request.can_read_body else {}
+    return BackupRequest(project=project_of(request), name=name_of(request), body=body,
+                         requestor=requestor(request))
+
+
+async def export(ctx: Context, request: web.Request) -> web.StreamResponse:
+    """``GET .../backups/<b>/export``: the tarball, streamed as it is made."""
+    sid = uuid.uuid4().hex
+    chunks: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_out(msg: Any) -> None:
+        chunks.put_nowait(msg)
+
+    sub = await ctx.bus.subscribe(streams.subject(sid, "data", "out"), on_out)
+    in_subject = streams.subject(sid, "data", "in")
+    finished = False
+    try:
+        await ctx.bus.nc.flush()
+        reply = await ctx.ask("instance", "backup_export", BackupExportRequest(
+            project=project_of(request), name=name_of(request),
+            backup=request.match_info["backup"], stream=sid, requestor=requestor(request)))
+        name = (reply.metadata or {}).get("filename", "backup.tar.gz")
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"attachment;filename={name}"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        while True:
+            try:
+                msg = await asyncio.wait_for(chunks.get(), FIRST_CHUNK_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise ConnectionAbortedError("the instance service stopped sending") from None
+            hdrs = msg.headers or {}
+            if hdrs.get(ERROR_HEADER):
+                ctx_log(request, hdrs[ERROR_HEADER])
+                raise ConnectionAbortedError(hdrs[ERROR_HEADER])
+            if hdrs.get(streams.EOF_HEADER):
+                break
+            await resp.write(msg.data)
+            await ctx.bus.publish(in_subject, b"")  # credit for one more chunk
+        await resp.write_eof()
+        finished = True
+        return resp
+    except ConnectionAbortedError:
+        # headers are out: break the connection so the client sees a failed download
+        if request.transport is not None:
+            request.transport.close()
+        raise
+    finally:
+        if not finished:  # the client went away or we failed: the producer stops
+            try:
+                await ctx.bus.publish(in_subject, b"", headers={streams.EOF_HEADER: "1"})
+            except Exception:
+                pass
+        await sub.unsubscribe()
+
+
+def ctx_log(request: web.Request, message: str) -> None:
+    from shared.log import get_logger
+
+    get_logger(component="gateway").warning("backup export failed", path=request.path,
+                                            error=message)
+
+
+@streams_body
+async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResponse:
+    """``POST /1.0/instances``: JSON is ``instance.create``; an ``application/octet-stream``
+    body is a backup tarball (``lxc import``): staged, then ``instance.backup_import``."""
+    if request.content_type != "application/octet-stream":
+        return render(await ctx.ask("instance", "create", await creation(request)))
+    tmp_root = ctx.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=tmp_root))
+    transfers = await blobs.transfers(ctx.bus)
+    obj = f"import-{uuid.uuid4().hex}"
+    staged = False
+    try:
+        size = 0
+        with open(tmp / "backup", "wb") as f:
+            while chunk := await request.content.read(_CHUNK):
+                size += len(chunk)
+                await asyncio.to_thread(f.write, chunk)
+        if size == 0:
+            raise BadRequest("Empty backup: the body must be a backup tarball")
+        await blobs.put_file(transfers, obj, tmp / "backup")
+        staged = True
+        shutil.rmtree(tmp, ignore_errors=True)  # one copy (in the store) is enough
+        req = BackupImportRequest(project=project_of(request), requestor=requestor(request),
+                                  object=obj, name=request.headers.get("X-LXD-name", ""),
+                                  pool=request.headers.get("X-LXD-pool", ""))
+        reply = await ctx.ask("instance", "backup_import", req)
+        staged = False  # the instance service deletes it when the import ends
+        return render(reply)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if staged:
+            await blobs.delete(transfers, obj)
+
+
+ROUTES: list[Route] = [
+    Route("GET", INSTANCE + "/backups", ask("instance", "backup_list", listing)),
+    Route("POST", INSTANCE + "/backups", ask("instance", "backup_create", creating)),
+    Route("GET", BACKUP + "/export", export),  # instance.backup_export, then the bytes
+    Route("GET", BACKUP, ask("instance", "backup_get", one)),
+    Route("POST", BACKUP, ask("instance", "backup_rename", one)),
+    Route("DELETE", BACKUP, ask("instance", "backup_delete", one)),
+]

@@ -1,0 +1,167 @@
+"""``GET /1.0/instances/<n>/backups/<b>/export``: the tarball, made while it is sent.
+
+The gateway subscribes to ``corral.streams.<id>.data.out`` and asks ``backup_export``;
+we answer at once (404s first), then a task writes the tarball in a worker thread
+(:class:`shared.backup.writer.TarStream`) from the trees the storage service froze, and
+publishes its chunks. Flow control: at most ``WINDOW`` chunks are sent ahead of the
+gateway's credits (one message on ``.in`` per chunk it wrote to the client), so a slow
+client slows the tarball down and nothing piles up in memory or on disk. The end is an
+EOF message; a failure mid-way is a message with a ``Corral-Error`` header, which the
+gateway turns into a broken download (never a short file that looks whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from shared import streams
+from shared.backup import btrfs as btrfs_send
+from shared.backup import layout
+from shared.backup.writer import TarStream
+from shared.bus import Bus
+from shared.errors import CorralError
+from shared.messages.backup import VolumeBackupReply, VolumeBackupRequest
+
+from . import backups
+from .context import Context
+from .idmap import IdMap
+
+WINDOW = 16
+CREDIT_TIMEOUT = 120.0  # no credit for this long: the download is gone
+ERROR_HEADER = "Corral-Error"
+FD = "data"
+_running: set[asyncio.Task[None]] = set()
+
+
+async def prepare(ctx: Context, rec: dict[str, Any]) -> VolumeBackupReply:
+    """Where the backup's trees are (404 when the volume or its copies are gone)."""
+    reply = await backups.storage(ctx, "volume_backup_get",
+                                  VolumeBackupRequest(**backups._volume_ref(rec)))
+    return VolumeBackupReply.model_validate(reply.metadata)
+
+
+def filename(rec: dict[str, Any]) -> str:
+    return f"backup{layout.COMPRESSIONS[rec['compression_algorithm']]}"
+
+
+async def start(ctx: Context, bus: Bus, stream_id: str, inst: dict[str, Any],
+                rec: dict[str, Any], vol: VolumeBackupReply,
+                idmap: IdMap | None) -> None:
+    """Start the producer task (the caller has answered the request)."""
+    info = await backups.index(ctx, inst, rec, vol)
+    chan = await streams.ServiceStreams(bus, stream_id, [FD]).open()
+    task = asyncio.create_task(_produce(ctx, chan, rec, vol, info, idmap))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+async def _produce(ctx: Context, chan: streams.ServiceStreams, rec: dict[str, Any],
+                   vol: VolumeBackupReply, info: dict[str, Any], idmap: IdMap | None
+                   ) -> None:
+    loop = asyncio.get_running_loop()
+    credit = asyncio.Semaphore(WINDOW)
+    gone = threading.Event()
+
+    async def credits() -> None:
+        while True:
+            item = await chan.inbox[FD].get()
+            if item is None:  # the client went away
+                gone.set()
+                return
+            credit.release()
+
+    async def send(data: bytes) -> None:
+        if gone.is_set():
+            raise CorralError("The client stopped the download", 400)
+        try:
+            await asyncio.wait_for(credit.acquire(), CREDIT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise CorralError("The download stalled", 400) from None
+        await chan.send(FD, data)
+
+    def emit(data: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(send(data), loop).result()
+
+    reader = asyncio.create_task(credits())
+    try:
+        await asyncio.to_thread(write, emit, rec, vol, info, idmap)
+        await chan.eof(FD)
+    except BaseException as exc:  # noqa: BLE001 - the gateway must hear of it
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        ctx.log.warning("backup export failed", backup=rec["name"],
+                        instance=rec["instance"], error=msg)
+        try:
+            await chan.bus.publish(streams.subject(chan.op_id, FD, "out"), b"",
+                                   headers={ERROR_HEADER: msg[:500]})
+        except Exception:
+            pass
+    finally:
+        reader.cancel()
+        await chan.close()
+
+
+def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str, Any],
+          idmap: IdMap | None) -> None:
+    """The whole tarball, in LXD's order: index.yaml, [optimized_header.yaml], snapshots
+    (oldest first), the volume. Blocking: runs in a worker thread."""
+    tar = TarStream(emit, rec["compression_algorithm"])
+    try:
+        tar.add_bytes(layout.INDEX, layout.dump(info))
+        kind = rec["type"]
+        vdir = layout.volume_dir(kind)
+        snaps = info["snapshots"]
+        mapper = _unshift(idmap)
+        if info["optimized"]:
+            _write_optimized(tar, vol, snaps, vdir)
+        else:
+            conf = layout.dump(info["config"])
+            for s in snaps:
+                tar.add_tree(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/snapshots/{s}",
+                             mapper, skip=frozenset({layout.BACKUP_YAML}))
+            tar.add_tree(Path(vol.path), f"{layout.PREFIX}/{vdir}", mapper,
+                         skip=frozenset({layout.BACKUP_YAML}))
+            tar.add_bytes(f"{layout.PREFIX}/{vdir}/{layout.BACKUP_YAML}", conf, 0o400)
+        tar.close()
+    except BaseException:
+        tar.abort()
+        raise
+
+
+def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str],
+                     vdir: str) -> None:
+    """btrfs send streams: each snapshot against the one before, the volume against the
+    last snapshot (sent twice each: once to learn its size for the tar header)."""
+    header = {"subvolumes": []}  # type: dict[str, Any]
+    for s in snaps:
+        header["subvolumes"].append({"path": "/", "snapshot": s, "readonly": True,
+                                     "uuid": ""})
+    header["subvolumes"].append({"path": "/", "snapshot": "", "readonly": False, "uuid": ""})
+    tar.add_bytes(layout.OPTIMIZED_HEADER, layout.dump(header))
+    parent: Path | None = None
+    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/snapshots/{s}.bin")
+             for s in snaps]
+    parts.append((Path(vol.path), f"{layout.PREFIX}/{vdir}.bin"))
+    for path, name in parts:
+        size = btrfs_send.send_size(path, parent)
+        send = btrfs_send.Send(path, parent)
+        try:
+            tar.add_reader(name, size, send.read)
+            send.close()
+        except BaseException:
+            send.kill()
+            raise
+        parent = path
+
+
+def _unshift(idmap: IdMap | None) -> Any:
+    """Host ids back to the container's (only for a shifted tree: an idmapped one already
+    holds the container's ids on disk)."""
+    if idmap is None:
+        return None
+
+    def mapper(uid: int, gid: int) -> tuple[int, int]:
+        return idmap.uid_from_host(uid), idmap.gid_from_host(gid)
+    return mapper
