@@ -13,13 +13,15 @@ other to the instance service's ``update``, unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from shared.messages.lxd import check_body
 from shared.models import ObjectRequest
 
 from ..request import etag_of, json_object, name_of, project_of, recursion_of, requestor
-from ..routing import Context, Route, ask, item, render
+from ..routing import Ask, Context, Route, ask, item, render
 
 INSTANCE = "/1.0/instances/{name}"
 SNAPSHOTS = INSTANCE + "/snapshots"
@@ -47,18 +49,22 @@ async def snapshot_item(request: web.Request) -> ObjectRequest:
                          etag=etag_of(request), requestor=requestor(request))
 
 
-_UPDATE = ask("instance", "update", item)
+@dataclass(frozen=True)
+class RestoreOrUpdate(Ask):
+    """``PUT /1.0/instances/<n>``: the instance's ``update`` (this Ask's verb), or, for a
+    body with ``restore``, ``snapshot_restore`` (an operation)."""
+
+    async def __call__(self, ctx: Context, request: web.Request) -> web.StreamResponse:
+        body = await json_object(request)
+        if body.get("restore") in (None, ""):
+            return await super().__call__(ctx, request)
+        body = check_body("instance", "update", body)  # LXD's InstancePut types
+        req = ObjectRequest(project=project_of(request), name=name_of(request), body=body,
+                            etag=etag_of(request), requestor=requestor(request))
+        return render(await ctx.ask("instance", "snapshot_restore", req))
 
 
-async def instance_put(ctx: Context, request: web.Request) -> web.StreamResponse:
-    """``PUT /1.0/instances/<n>``: a restore (an operation), or the instance's update."""
-    body = await json_object(request)
-    if body.get("restore") in (None, ""):
-        return await _UPDATE(ctx, request)
-    body = check_body("instance", "update", body)  # LXD's InstancePut types, as an update
-    req = ObjectRequest(project=project_of(request), name=name_of(request), body=body,
-                        etag=etag_of(request), requestor=requestor(request))
-    return render(await ctx.ask("instance", "snapshot_restore", req))
+instance_put = RestoreOrUpdate("instance", "update", item)
 
 
 ROUTES: list[Route] = [
