@@ -8,12 +8,13 @@ volume, snapshot or record after the restart.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .stack import Stack
+from .stack import BIN, Stack
 from .world import lxc, make_world, wait_op
 
 pytestmark = pytest.mark.root
@@ -215,3 +216,45 @@ def test_bad_copies_are_refused_and_leave_nothing(world, stack, api):
     for tag in ("x1", "x2", "x3", "x4", "x5", "x6"):
         assert not volume(stack, world.pool, f"{world.prefix}-{tag}").exists()
     lxc(stack, "delete", a)
+
+
+def corral(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "corral"), *args], env=stack.env, capture_output=True,
+                       text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_corral_copy_move_publish(world, stack, api):
+    a, b, c, d = (world.name(t) for t in ("clisrc", "clicp", "climv", "clipub"))
+    alias = f"{world.prefix}-cli-img"
+    lxc(stack, "launch", world.image, a, "-p", world.profile)
+    sh(stack, a, "echo cli > /root/v")
+    corral(stack, "copy", a, b, "-s", world.other, "-c", "user.note=copied")
+    got = world.get(b)
+    assert got["config"]["user.note"] == "copied"
+    assert got["expanded_devices"]["root"]["pool"] == world.other
+    corral(stack, "move", b, "--storage", world.pool)
+    assert world.get(b)["expanded_devices"]["root"]["pool"] == world.pool
+    corral(stack, "move", b, c)
+    assert api.get(f"/1.0/instances/{b}").status_code == 404
+    r = corral(stack, "publish", a, "--alias", alias, check=False)
+    assert r.returncode != 0 and "--force" in r.stderr
+    out = corral(stack, "publish", a, "os=cli", "--alias", alias, "--force",
+                 "--compression", "xz").stdout
+    fp = out.strip().rsplit(" ", 1)[-1]
+    try:
+        assert world.live(a)["status"] == "Running"
+        assert api.get(f"/1.0/images/{fp}").json()["metadata"]["properties"] == {"os": "cli"}
+        lxc(stack, "launch", alias, d, "-p", world.profile)
+        assert sh(stack, d, "cat /root/v").strip() == "cli"
+        lxc(stack, "start", c)
+        assert sh(stack, c, "cat /root/v").strip() == "cli"
+    finally:
+        lxc(stack, "delete", "--force", a, c, d, check=False)
+        r = api.delete(f"/1.0/images/{fp}")
+        if r.status_code == 202:
+            wait_op(api, r)
+    r = corral(stack, "copy", "nope", world.name("clinope"), check=False)
+    assert r.returncode != 0 and "not found" in r.stderr
