@@ -147,6 +147,20 @@ def test_custom_volume_attached_is_writable_by_container_root(world, stack, api,
     # The volume now survives a restart of the container too (mounted at start).
     lxc(stack, "restart", running, "--force")
     assert _sh(stack, running, "cat /mnt/vol/f").stdout == "data\n"
+    lxc(stack, "storage", "volume", "detach", world.pool, vol, running)
+    assert not _mounted(stack, running, "/mnt/vol")
+    assert vol not in _devices(api, running)
+
+
+def test_privileged_container_and_frozen_hotplug(world, stack, api, host_dir):
+    name = world.create("priv", start=True, config={"security.privileged": "true"})
+    lxc(stack, "pause", name)
+    lxc(stack, "config", "device", "add", name, "p", "disk", f"source={host_dir}",
+        "path=/srv/p")
+    lxc(stack, "start", name)  # unpause
+    assert _sh(stack, name, "stat -c %u /srv/p/hello").stdout.strip() == "0"
+    _sh(stack, name, "echo priv > /srv/p/w")
+    assert os.stat(host_dir / "w").st_uid == 0
 
 
 def test_custom_volume_in_use_elsewhere_is_refused(world, stack, api, running):

@@ -79,6 +79,24 @@ def test_host_file_disk_readonly_at_next_start(world, vm, stack, tmp_path):
         lxc(stack, "config", "device", "remove", vm, "raw")
 
 
+def test_limits_live_and_disk_kept_across_restart(world, vm, stack, tmp_path):
+    img = tmp_path / "lim.raw"
+    img.write_bytes(b"\0" * 2 * 2**20)
+    lxc(stack, "config", "device", "add", vm, "lim", "disk", f"source={img}",
+        "limits.read=1MB")
+    try:
+        wait_for(lambda: "lim" in _blocks(world, vm), 60, what="the hot-plugged file")
+        assert "<read_bytes_sec>1000000</read_bytes_sec>" in _xml(world, vm)
+        lxc(stack, "config", "device", "set", vm, "lim", "limits.read=2MB")
+        assert "<read_bytes_sec>2000000</read_bytes_sec>" in _xml(world, vm)
+        lxc(stack, "restart", vm, "--force")
+        wait_agent(world, vm)
+        assert "lim" in _blocks(world, vm)  # in the domain from its start on
+        assert "<read_bytes_sec>2000000</read_bytes_sec>" in _xml(world, vm)
+    finally:
+        lxc(stack, "config", "device", "remove", vm, "lim")
+
+
 def test_directory_on_vm_refused_with_the_reason(world, vm, api, stack, tmp_path):
     r = lxc(stack, "config", "device", "add", vm, "dir", "disk", f"source={tmp_path}",
             "path=/mnt/d", check=False)
