@@ -433,3 +433,63 @@ def test_used_by_instances_and_profiles_and_delete_refused(stack, api, pools, wo
     assert api.get(url(pool, uid)).json()["metadata"]["used_by"] == []
     lxc(stack, "storage", "volume", "delete", pool, uid)
     assert not vol_path(stack, pool, uid).exists()
+
+
+# -- the corral CLI -----------------------------------------------------------------------
+
+def test_corral_storage_volume_commands(stack, api, pools, world, uid):
+    def ok(*args: str) -> str:
+        r = corral(stack, "storage", "volume", *args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r.stdout
+
+    dp, bp = pools["dir"], pools["btrfs"]
+    ok("create", bp, uid, "size=32MiB", "user.a=1", "--description", "cli")
+    shown = yaml.safe_load(ok("show", bp, uid))
+    assert shown["config"] == {"size": "32MiB", "user.a": "1"}
+    assert shown["description"] == "cli"
+    assert ok("get", bp, uid, "size").strip() == "32MiB"
+    ok("set", bp, uid, "size", "48MiB")
+    ok("set", bp, uid, "user.b=2")
+    ok("unset", bp, uid, "user.a")
+    assert api.get(url(bp, uid)).json()["metadata"]["config"] == {"size": "48MiB",
+                                                                  "user.b": "2"}
+    # stdin is not a TTY: the YAML is read from it
+    r = subprocess.run([str(BIN / "corral"), "storage", "volume", "edit", bp, uid],
+                       input="description: edited\n", env=stack.env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert api.get(url(bp, uid)).json()["metadata"]["description"] == "edited"
+
+    (vol_path(stack, bp, uid) / "f").write_text("one")
+    ok("snapshot", bp, uid, "s0")
+    (vol_path(stack, bp, uid) / "f").write_text("two")
+    ok("restore", bp, uid, "s0")
+    assert (vol_path(stack, bp, uid) / "f").read_text() == "one"
+    ok("rename", bp, f"{uid}/s0", f"{uid}/s1")
+    rows = json.loads(ok("list", bp, "--format", "json"))
+    assert {f"{uid}/s1", uid} <= {v["name"] for v in rows}
+
+    ok("copy", f"{bp}/{uid}", f"{dp}/{uid}c")
+    assert (vol_path(stack, dp, f"{uid}c", "s1") / "f").read_text() == "one"
+    ok("move", f"{dp}/{uid}c", f"{bp}/{uid}m")
+    assert (vol_path(stack, bp, f"{uid}m") / "f").read_text() == "one"
+    assert not vol_path(stack, dp, f"{uid}c").exists()
+    ok("rename", bp, f"{uid}m", f"{uid}n")
+    assert vol_path(stack, bp, f"{uid}n").is_dir()
+
+    c1 = world.create("cli")
+    ok("attach", bp, uid, c1, "/mnt/x")
+    devs = api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]
+    assert devs[uid] == {"type": "disk", "pool": bp, "source": uid, "path": "/mnt/x"}
+    r = corral(stack, "storage", "volume", "delete", bp, uid)
+    assert r.returncode != 0 and "in use" in r.stderr
+    ok("detach", bp, uid, c1)
+    assert uid not in api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]
+
+    ok("delete", bp, f"{uid}/s1")
+    assert not vol_path(stack, bp, uid, "s1").exists()
+    for name in (uid, f"{uid}n"):
+        ok("delete", bp, name)
+    r = corral(stack, "storage", "volume", "show", bp, uid)
+    assert r.returncode != 0 and "not found" in r.stderr.lower()

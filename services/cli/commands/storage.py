@@ -1,4 +1,5 @@
-"""``corral storage``: list, show, create, delete, info of pools; ``volume list POOL``."""
+"""``corral storage``: list, show, create, delete, info of pools; ``volume ...`` (see
+:mod:`.storage_volume`)."""
 
 from __future__ import annotations
 
@@ -79,14 +80,6 @@ def info(args: Namespace) -> None:
     })
 
 
-def volume_list(args: Namespace) -> None:
-    vols = from_args(args).get(_pool_url(args.pool) + "/volumes", recursion=1)
-    rows = [{"type": v["type"], "name": v["name"], "description": v.get("description", ""),
-             "content-type": v.get("content_type", ""),
-             "used by": len(v.get("used_by") or [])} for v in vols]
-    emit(rows, ["type", "name", "description", "content-type", "used by"], args.fmt, raw=vols)
-
-
 def register(sub: Any) -> None:
     storage = group(sub, "storage")
     p = command(storage, "list", list_, "List storage pools.")
@@ -105,7 +98,7 @@ def register(sub: Any) -> None:
     p = command(storage, "info", info, "Show a pool's usage and what uses it.")
     p.add_argument("name")
 
-    volume = group(storage, "volume", "Storage volumes.")
-    p = command(volume, "list", volume_list, "List the volumes of a pool.")
-    p.add_argument("pool")
-    add_format(p)
+    from . import storage_volume
+
+    storage_volume.register(group(storage, "volume", "Storage volumes (custom volumes: "
+                                  "create, snapshot, copy, attach...)."))
