@@ -132,3 +132,43 @@ def test_reference_plain_export_imports_and_starts(oworld, other, oapi):
     uid = lxc(stack, "exec", name, "--", "stat", "-c", "%u", "/bin/busybox").stdout
     assert uid.strip() == "0"
     lxc(stack, "stop", name, "--force")
+
+
+def test_export_import_round_trip_with_snapshot(world, stack, api, tmp_path):
+    """lxc export (a snapshot and a file) then lxc import under another name: the file,
+    the snapshot's own content and the config come back; the backup is gone after."""
+    name = world.create("rt", start=True, config={"limits.memory": "96MiB"})
+    lxc(stack, "exec", name, "--", "sh", "-c", "echo before > /root/note")
+    lxc(stack, "snapshot", name, "s0")
+    lxc(stack, "exec", name, "--", "sh", "-c", "echo after > /root/note")
+    out = tmp_path / "rt.tar.gz"
+    lxc(stack, "export", name, str(out))
+    m = members(out)
+    assert "backup/index.yaml" in m and "backup/container/rootfs/root/note" in m
+    assert "backup/snapshots/s0/rootfs/root/note" in m
+    assert "backup/container/backup.yaml" in m and "backup/container/metadata.yaml" in m
+    assert m["backup/container/rootfs/bin/busybox"].uid == 0  # the container's own ids
+    idx = index_of(out)
+    assert idx["name"] == name and idx["backend"] == "btrfs" and idx["pool"] == world.pool
+    assert idx["snapshots"] == ["s0"] and idx["type"] == "container"
+    assert idx["optimized"] is False and idx["optimized_header"] is False
+    assert idx["config"]["container"]["config"]["limits.memory"] == "96MiB"
+    assert [s["name"] for s in idx["config"]["snapshots"]] == ["s0"]
+    assert idx["config"]["pool"]["name"] == world.pool
+    assert idx["config"]["volume"]["name"] == name
+    # lxc export deleted its server-side backup afterwards
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    copy = world.name("rt2")
+    import_(stack, out, copy, world.pool)
+    got = world.get(copy)
+    assert got["config"]["limits.memory"] == "96MiB"
+    snaps = api.get(f"/1.0/instances/{copy}/snapshots").json()["metadata"]
+    assert [s.rsplit("/", 1)[-1] for s in snaps] == ["s0"]
+    lxc(stack, "start", copy)
+    assert lxc(stack, "exec", copy, "--", "cat", "/root/note").stdout.strip() == "after"
+    lxc(stack, "stop", copy, "--force")
+    lxc(stack, "restore", copy, "s0")
+    lxc(stack, "start", copy)
+    assert lxc(stack, "exec", copy, "--", "cat", "/root/note").stdout.strip() == "before"
+    lxc(stack, "stop", copy, "--force")
+    lxc(stack, "stop", name, "--force")

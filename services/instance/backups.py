@@ -36,7 +36,6 @@ from shared.messages.backup import (
     VolumeBackupRequest,
 )
 from shared.models import lxd_time
-from shared.operations import parse_lxd_time
 from shared.state import Store, key
 
 from . import snapshots as snapshot_records
@@ -91,17 +90,30 @@ def check_name(name: Any) -> str:
     return name
 
 
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
+
+
+def parse_time(value: str) -> datetime:
+    """RFC 3339 as Go writes it (nanoseconds, ``Z`` or an offset); ValueError if not."""
+    m = _TIME.match(value.strip())
+    if not m:
+        raise ValueError(value)
+    frac = (m.group(2) or ".0")[1:7].ljust(6, "0")
+    zone = m.group(3) or "Z"
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{'+00:00' if zone == 'Z' else zone}")
+
+
 def _expiry(value: Any) -> str:
     if value in (None, ""):
         return NO_EXPIRY
     if not isinstance(value, str):
         raise BadRequest("Invalid expires_at: expected an RFC 3339 time")
     try:
-        when = parse_lxd_time(value)
+        when = parse_time(value)
     except (ValueError, TypeError):
         raise BadRequest(f"Invalid expires_at {value[:60]!r}: expected an RFC 3339 "
                          "time") from None
-    if when is None or when.year <= 1:
+    if when.year <= 1:
         return NO_EXPIRY
     return lxd_time(when)
 
@@ -109,8 +121,11 @@ def _expiry(value: Any) -> str:
 def expired(rec: dict[str, Any], now: datetime | None = None) -> bool:
     if rec.get("expires_at", NO_EXPIRY) == NO_EXPIRY:
         return False
-    when = parse_lxd_time(rec["expires_at"])
-    return when is not None and when.year > 1 and when <= (now or datetime.now(timezone.utc))
+    try:
+        when = parse_time(rec["expires_at"])
+    except ValueError:
+        return False
+    return when.year > 1 and when <= (now or datetime.now(timezone.utc))
 
 
 def prepare(store: Store, inst: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
