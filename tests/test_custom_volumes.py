@@ -9,6 +9,7 @@ carries content and snapshots.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -493,3 +494,48 @@ def test_corral_storage_volume_commands(stack, api, pools, world, uid):
         ok("delete", bp, name)
     r = corral(stack, "storage", "volume", "show", bp, uid)
     assert r.returncode != 0 and "not found" in r.stderr.lower()
+
+
+# -- events, and a delete that cannot check its users ---------------------------------------
+
+async def test_lifecycle_events_and_503_when_users_cannot_be_checked(stack, aapi, bus, pools,
+                                                                     uid):
+    pool = pools["dir"]
+    seen: list[dict] = []
+
+    async def on_event(msg):
+        meta = json.loads(msg.data)["metadata"]
+        if f"/{uid}" in meta["source"]:
+            seen.append(meta)
+
+    sub = await bus.subscribe("corral.events.lifecycle.default.>", on_event)
+    try:
+        r = await aapi.post(url(pool), json={"name": uid})
+        assert r.status_code == 200
+        assert (await aapi.patch(url(pool, uid), json={"description": "d"})).status_code == 200
+        r = await aapi.post(url(pool, uid) + "/snapshots", json={"name": "s0"})
+        op = (await aapi.get(r.json()["operation"] + "/wait")).json()["metadata"]
+        assert op["status"] == "Success", op
+        assert (await aapi.post(url(pool, uid), json={"name": f"{uid}b"})).status_code == 200
+        stack.stop("instance")
+        try:
+            r = await aapi.delete(url(pool, f"{uid}b"))
+            assert r.status_code == 503 and "instance service" in r.json()["error"], r.text
+            assert vol_path(stack, pool, f"{uid}b").is_dir()
+            assert (await aapi.get(url(pool, f"{uid}b"))).status_code == 200
+        finally:
+            stack.start("instance")
+            wait_for(stack.ready, 60, what="the instance service to answer again")
+        assert (await aapi.delete(url(pool, f"{uid}b"))).status_code == 200
+        for _ in range(50):
+            if len(seen) >= 5:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await sub.unsubscribe()
+    assert [e["action"] for e in seen] == [
+        "storage-volume-created", "storage-volume-updated", "storage-volume-snapshot-created",
+        "storage-volume-renamed", "storage-volume-deleted"]
+    assert seen[0]["source"] == f"/1.0/storage-pools/{pool}/volumes/custom/{uid}"
+    assert seen[2]["source"].endswith(f"/custom/{uid}/snapshots/s0")
+    assert seen[3]["context"] == {"old_name": uid}

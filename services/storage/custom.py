@@ -432,7 +432,7 @@ class CustomVolumes:
 
     async def snapshot_create(self, pool: str, project: str, name: str, snap: str,
                               expires_at: str, description: str = "") -> None:
-        await self.record(pool, project, name)
+        rec = await self.record(pool, project, name)
         req = self._snap_req(pool, project, name, snap)
         try:
             await snapshots.create(self.volumes, req)
@@ -441,9 +441,10 @@ class CustomVolumes:
                 raise Conflict(f"Snapshot {snap!r} already in use") from None
             raise
         try:
+            config = dict(rec.get("config") or {})  # as it was when the snapshot was taken
             await self._edit_snapshots(pool, project, name, lambda m: m.__setitem__(snap, {
                 "description": description, "created_at": lxd_time(),
-                "expires_at": expires_at}))
+                "expires_at": expires_at, "config": config}))
         except BaseException:
             await snapshots.delete(self.volumes, req)
             raise

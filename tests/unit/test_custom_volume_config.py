@@ -1,0 +1,80 @@
+"""Custom volume requests checked before anything is made (services/storage/custom_config)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from services.storage.custom_config import (
+    StorageVolumesPost,
+    check_config,
+    check_content_type,
+    expiry_delta,
+    next_snapshot_name,
+    parse_body,
+    parse_time,
+    snapshot_expiry,
+)
+from shared.errors import BadRequest
+
+
+def test_config_keys_per_driver_and_content_type() -> None:
+    assert check_config({"size": "1GiB", "user.x": "y", "security.shifted": "true"},
+                        "btrfs", "filesystem") == {"size": "1GiB", "user.x": "y",
+                                                   "security.shifted": "true"}
+    assert check_config({"user.gone": ""}, "btrfs", "filesystem") == {}  # "" unsets
+    assert check_config({}, "dir", "block") == {"size": "10GiB"}  # LXD's default
+    assert check_config({"size": "64MiB"}, "dir", "block") == {"size": "64MiB"}
+
+
+@pytest.mark.parametrize("config,driver,content,words", [
+    ({"size": "1GiB"}, "dir", "filesystem", "quotas"),
+    ({"size": "0"}, "btrfs", "filesystem", "more than 0"),
+    ({"size": "huge"}, "btrfs", "filesystem", "size"),
+    ({"block.filesystem": "ext4"}, "btrfs", "filesystem", "block"),
+    ({"snapshots.schedule": "@daily"}, "btrfs", "filesystem", "schedule"),
+    ({"snapshots.expiry": "tomorrow"}, "btrfs", "filesystem", "expiry"),
+    ({"snapshots.pattern": "%d-%d"}, "btrfs", "filesystem", "once"),
+    ({"security.shifted": "maybe"}, "btrfs", "filesystem", "true or false"),
+    ({"nope": "1"}, "btrfs", "filesystem", "nope"),
+])
+def test_bad_config_is_a_400_naming_the_key(config, driver, content, words) -> None:
+    with pytest.raises(BadRequest) as err:
+        check_config(config, driver, content)
+    assert words in err.value.message
+
+
+def test_content_type_and_body_shapes() -> None:
+    assert check_content_type(None) == "filesystem"
+    with pytest.raises(BadRequest):
+        check_content_type("tape")
+    with pytest.raises(BadRequest) as err:
+        parse_body(StorageVolumesPost, {"name": "v", "config": {"size": 5}})
+    assert "config" in err.value.message
+    body = parse_body(StorageVolumesPost, {"name": "v", "source": {"type": "copy",
+                                                                   "name": "w"}})
+    assert body.source.name == "w"
+
+
+def test_expiry_and_times() -> None:
+    assert expiry_delta("1d 2H") == timedelta(days=1, hours=2)
+    assert expiry_delta("3w") == timedelta(weeks=3)
+    assert parse_time("0001-01-01T00:00:00Z") is None
+    assert parse_time("2030-01-02T03:04:05.123456789Z") == datetime(
+        2030, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+    assert parse_time("2030-01-02T05:04:05+02:00") == datetime(2030, 1, 2, 3, 4, 5,
+                                                               tzinfo=timezone.utc)
+    with pytest.raises(BadRequest):
+        parse_time("next week")
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert snapshot_expiry(None, {}, now).startswith("0001-01-01")
+    assert snapshot_expiry(None, {"snapshots.expiry": "1d"}, now).startswith("2030-01-02T00")
+    assert snapshot_expiry("2031-01-01T00:00:00Z", {"snapshots.expiry": "1d"},
+                           now).startswith("2031-01-01")
+
+
+def test_automatic_snapshot_names() -> None:
+    assert next_snapshot_name("", set()) == "snap0"
+    assert next_snapshot_name("", {"snap0", "snap1"}) == "snap2"
+    assert next_snapshot_name("backup-%d", {"backup-0"}) == "backup-1"
