@@ -95,3 +95,27 @@ def test_vm_disk_targets_stay_put():
     _set_disks(data, [b, c])  # a goes: b keeps vdc, c takes the free vdb
     assert dict((m.name, t) for m, t in _disks_with_targets(data)) == {"b": "vdc",
                                                                        "c": "vdb"}
+
+
+def test_cgroup_items_per_device_smallest_limit_wins(monkeypatch):
+    from services.instance.drivers import disk_mounts
+
+    monkeypatch.setattr(disk_mounts, "block_device_of",
+                        lambda src: (7, 1) if src.startswith("/loop") else (253, 0))
+    ms = [DiskMount(name="a", source="/x", read_bps=5_000_000, write_iops=100),
+          DiskMount(name="b", source="/y", read_bps=2_000_000),
+          DiskMount(name="c", source="/loop/v", write_bps=1000),
+          DiskMount(name="d", source="/nolimit")]
+    assert disk_mounts.blkio_v1_items(ms) == [
+        ("blkio.throttle.read_bps_device", "253:0 2000000"),
+        ("blkio.throttle.write_bps_device", "7:1 1000"),
+        ("blkio.throttle.write_iops_device", "253:0 100")]
+    assert disk_mounts.io_v2_items(ms) == [("io.max", "253:0 rbps=2000000 wiops=100"),
+                                           ("io.max", "7:1 wbps=1000")]
+
+
+def test_a_source_on_no_block_device_cannot_be_limited():
+    from services.instance.drivers import disk_mounts
+
+    with pytest.raises(BadRequest, match="not on a block device"):
+        disk_mounts.block_device_of("/proc/self")
