@@ -174,8 +174,8 @@ def service_permissions(svc: str) -> Permissions:
         pub += _call_subjects(callee, verb)
     for bucket in BUCKETS[svc]:
         pub += bucket_subjects(*bucket)
-    if svc == "instance":  # the service end of exec/console websockets
-        pub.append(f"{STREAMS}.*.*.out")
+    if svc in ("instance", "storage"):  # the service end of exec/console websockets and
+        pub.append(f"{STREAMS}.*.*.out")  # of backup downloads (custom volumes: storage)
         sub += [f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
     return Permissions(tuple(pub), tuple(sub), responses=True)
 
