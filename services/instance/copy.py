@@ -79,10 +79,10 @@ def split_source(value: Any) -> tuple[str, str | None]:
 
 
 def _live_snapshots(ctx: Context, project: str, instance: str) -> list[dict[str, Any]]:
+    """The instance's whole snapshot records (none being made, removed or renamed)."""
     if ctx.snapshots is None:
         return []
-    return [r for r in snapshots.records(ctx.snapshots, project, instance)
-            if not r.get("creating")]
+    return snapshots.records(ctx.snapshots, project, instance)
 
 
 async def find_source(ctx: Context, project: str, value: Any
@@ -244,18 +244,24 @@ async def snapshot_delete(ctx: Context, rec: dict[str, Any], snapshot: str) -> N
 
 
 def snapshot_record(snap: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
-    """A source snapshot's record made the target's (its root disk on the target's pool,
-    as LXD's instanceCreateAsCopy does; dates kept: a refresh compares them)."""
+    """A source snapshot's record made the target's, its root disk on the target's pool
+    (as LXD's instanceCreateAsCopy: a root disk from a profile that names another pool
+    becomes a local device, so a restore on the target finds its own pool); dates kept:
+    a refresh compares them."""
+    pool = target["pool"]
     devices = {k: dict(v) for k, v in (snap.get("devices") or {}).items()}
-    for dev in devices.values():
-        if dev.get("type") == "disk" and dev.get("path") == "/" and dev.get("pool"):
-            dev["pool"] = target["pool"]
     expanded = {k: dict(v) for k, v in (snap.get("expanded_devices") or {}).items()}
-    for dev in expanded.values():
-        if dev.get("type") == "disk" and dev.get("path") == "/":
-            dev["pool"] = target["pool"]
+    roots = [n for n, d in expanded.items() if d.get("type") == "disk" and d.get("path") == "/"]
+    if len(roots) == 1 and expanded[roots[0]].get("pool") != pool:
+        name = roots[0]
+        devices[name] = {**devices.get(name, expanded[name]), "pool": pool}
+        expanded[name] = {**expanded[name], "pool": pool}
+    elif not roots:
+        name = next((n for n, d in target["expanded_devices"].items()
+                     if d.get("type") == "disk" and d.get("path") == "/"), "root")
+        devices[name] = expanded[name] = {"type": "disk", "path": "/", "pool": pool}
     return {**snap, "project": target["project"], "instance": target["name"],
-            "devices": devices, "expanded_devices": expanded, "pool": target["pool"]}
+            "devices": devices, "expanded_devices": expanded, "pool": pool}
 
 
 async def _write_snapshots(ctx: Context, target: dict[str, Any],
