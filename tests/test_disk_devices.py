@@ -163,6 +163,17 @@ def test_privileged_container_and_frozen_hotplug(world, stack, api, host_dir):
     assert os.stat(host_dir / "w").st_uid == 0
 
 
+def test_unmapped_custom_volume_keeps_host_ids(world, stack, running):
+    vol = f"{world.prefix}um"
+    path = _custom_volume(world, vol, "security.unmapped=true")
+    (path / "f").write_text("host\n")
+    lxc(stack, "storage", "volume", "attach", world.pool, vol, running, "/mnt/um")
+    try:  # host root's file, not mapped: nobody's inside the container
+        assert _sh(stack, running, "stat -c %u /mnt/um/f").stdout.strip() == "65534"
+    finally:
+        lxc(stack, "storage", "volume", "detach", world.pool, vol, running)
+
+
 def test_custom_volume_in_use_elsewhere_is_refused(world, stack, api, running):
     vol = f"{world.prefix}v2"
     _custom_volume(world, vol)

@@ -38,8 +38,8 @@ def _uses_volume(dev: Device, pool: str, volume: str) -> bool:
 
 
 async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
-                         dev: Device, running: bool) -> tuple[str, str]:
-    """(host path, kind) of the custom volume a device names; 404 when it does not
+                         dev: Device, running: bool) -> tuple[str, str, bool]:
+    """(host path, kind, unmapped) of the custom volume a device names; 404 when it does not
     exist; 400 when ``running`` (this instance runs or starts) and a running instance
     elsewhere uses it and it is not shared (a stopped instance may hold it: its start
     is refused while the other runs)."""
@@ -80,9 +80,12 @@ async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
                        f"in pool {pool!r}")
     block = meta.get("content_type") == "block" or \
         os.path.isfile(os.path.join(path.path, BLOCK_IMAGE))
+    # security.unmapped: the volume's files are used with host ids, not mapped (LXD).
+    unmapped = limits.parse_bool("security.unmapped", (meta.get("config") or {}).get(
+        "security.unmapped", "false"))
     if block:
-        return os.path.join(path.path, BLOCK_IMAGE), "block"
-    return path.path, "dir"
+        return os.path.join(path.path, BLOCK_IMAGE), "block", unmapped
+    return path.path, "dir", unmapped
 
 
 def _host_kind(name: str, dev: Device) -> str | None:
@@ -116,7 +119,7 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
         "expanded_config", {}).get("security.privileged", "false"))
     volume = ""
     if dev.get("pool"):
-        source, kind = await _custom_volume(ctx, rec, name, dev, running)
+        source, kind, unmapped = await _custom_volume(ctx, rec, name, dev, running)
         volume = f"{dev['pool']}/{dev['source'].removeprefix('custom/')}"
         if kind == "block" and container:
             raise BadRequest(f"Device {name!r}: custom block volumes cannot be used on "
@@ -127,7 +130,7 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
         if kind == "dir" and not dev.get("path"):
             raise BadRequest(f"Device {name!r}: custom filesystem volumes require a path "
                              "to be defined")
-        idmap = not privileged
+        idmap = not privileged and not unmapped
     else:
         found = await asyncio.to_thread(_host_kind, name, dev)
         if found is None:
