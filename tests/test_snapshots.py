@@ -371,3 +371,118 @@ def test_crash_mid_restore_is_finished_at_start(world, sstack, sapi):
     assert "restoring" not in rec
     assert (rootfs(world, name) / "bin").exists()
     lxc(sstack, "start", name)
+
+
+# -- lifecycle events ----------------------------------------------------------------------
+
+
+def test_lifecycle_events(world, sstack):
+    """instance-snapshot-created/-updated/-renamed/-deleted and instance-restored, as
+    ``lxc monitor`` shows them."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("events do not depend on the pool")
+    name = world.create("ev")
+    mon = subprocess.Popen(["lxc", "monitor", "--type", "lifecycle"],
+                           env={**sstack.env, "LXD_DIR": str(sstack.dir)},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)  # the monitor's websocket is up
+        lxc(sstack, "snapshot", name, "e0")
+        world.wait(world.api.put(f"/1.0/instances/{name}/snapshots/e0",
+                                 json={"expires_at": "2099-01-01T00:00:00Z"}))
+        lxc(sstack, "rename", f"{name}/e0", f"{name}/e1")
+        lxc(sstack, "restore", name, "e1")
+        lxc(sstack, "delete", f"{name}/e1")
+        time.sleep(1)
+    finally:
+        mon.terminate()  # our own child, by its handle
+        out, _ = mon.communicate(timeout=10)
+    for action in ("instance-snapshot-created", "instance-snapshot-updated",
+                   "instance-snapshot-renamed", "instance-restored",
+                   "instance-snapshot-deleted"):
+        assert f"action: {action}" in out, (action, out[-3000:])
+    assert f"source: /1.0/instances/{name}/snapshots/e1" in out
+    assert f"snapshot: {name}/e1" in out
+
+
+# -- a virtual machine -----------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_CACHE = Path("/var/cache/corral-test/vm-kernel")
+
+
+@pytest.fixture(scope="module")
+def vmworld(sstack, sapi, tmp_path_factory):
+    """libvirtd for the private stack, a btrfs pool, a profile and the busybox VM image."""
+    if not shutil.which("qemu-system-x86_64") or not shutil.which("libvirtd"):
+        pytest.skip("needs qemu-system-x86 and libvirt")
+    from shared.image.build_vm import build_busybox_vm
+
+    env = {**os.environ, "CORRAL_DIR": str(sstack.dir), "CORRAL_APT_UPDATED": "1"}
+    subprocess.run([str(REPO / "deploy/libvirt.sh"), "up"], env=env, check=True,
+                   capture_output=True)
+    prefix = "v" + os.urandom(3).hex()
+    w = World(sapi, sstack, prefix, pool=f"{prefix}p", profile=f"{prefix}pr",
+              image=f"{prefix}-vm")
+    fp = ""
+    try:
+        wait_for(lambda: "qemu" in sapi.get("/1.0").json()["metadata"]["environment"]
+                 ["driver"], 30, what="the qemu driver")
+        assert sapi.post("/1.0/storage-pools", json={
+            "name": w.pool, "driver": "btrfs", "config": {"size": "1GiB"}}).status_code == 200
+        assert sapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
+            "root": {"type": "disk", "path": "/", "pool": w.pool}}}).status_code == 200
+        meta, root = build_busybox_vm(tmp_path_factory.mktemp("vmimg"),
+                                      cache_dir=KERNEL_CACHE)
+        r = sapi.post("/1.0/images", files={
+            "metadata": (meta.name, meta.read_bytes(), "application/octet-stream"),
+            "rootfs.img": (root.name, root.read_bytes(), "application/octet-stream")})
+        fp = wait_op(sapi, r)["metadata"]["fingerprint"]
+        assert sapi.post("/1.0/images/aliases", json={"name": w.image, "target": fp}
+                         ).status_code in (200, 201)
+        yield w
+    finally:
+        for name in list(w.instances):
+            w.remove(name)
+        sapi.delete(f"/1.0/images/aliases/{w.image}")
+        if fp:
+            r = sapi.delete(f"/1.0/images/{fp}")
+            if r.status_code == 202:
+                wait_op(sapi, r, ok=False)
+        sapi.delete(f"/1.0/profiles/{w.profile}")
+        sapi.delete(f"/1.0/storage-pools/{w.pool}")
+        subprocess.run([str(REPO / "deploy/libvirt.sh"), "down"], env=env, check=False,
+                       capture_output=True)
+
+
+def test_vm_snapshot_and_restore(vmworld, sstack, sapi):
+    """A stopped VM: snapshot, change its volume and config, restore, boot to the agent;
+    a stateful snapshot of a running VM is refused with the reason."""
+    w = vmworld
+    name = w.name("vm")
+    w.wait(sapi.post("/1.0/instances", json={
+        "name": name, "type": "virtual-machine", "profiles": [w.profile],
+        "source": {"type": "image", "alias": w.image},
+        "config": {"limits.cpu": "1", "limits.memory": "256MiB"}}))
+    vol = sstack.dir / "storage-pools" / w.pool / "virtual-machines" / name
+    lxc(sstack, "snapshot", name, "v0")
+    snap = sstack.dir / "storage-pools" / w.pool / "virtual-machines-snapshots" / name / "v0"
+    assert snap.is_dir() and sorted(p.name for p in snap.iterdir()) == \
+        sorted(p.name for p in vol.iterdir())
+    (vol / "marker").write_text("after the snapshot")
+    lxc(sstack, "config", "set", name, "user.after", "yes")
+    lxc(sstack, "restore", name, "v0")
+    assert not (vol / "marker").exists()
+    assert "user.after" not in w.get(name)["config"]
+    lxc(sstack, "start", name)
+
+    def agent() -> bool:
+        r = sapi.post(f"/1.0/instances/{name}/exec", json={"command": ["true"]})
+        return r.status_code == 202 and wait_op(sapi, r, ok=False)["status"] == "Success"
+
+    wait_for(agent, 120, interval=0.5, what="the restored VM's agent")
+    r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "mem", "stateful": True})
+    assert r.status_code == 400 and "virtual machines" in r.json()["error"], r.text
+    lxc(sstack, "stop", name, "--force")
+    lxc(sstack, "delete", name)
+    assert not snap.exists()
