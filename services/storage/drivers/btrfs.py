@@ -274,10 +274,10 @@ class BtrfsDriver(Driver):
     def _delete_tree(self, path: Path) -> None:
         """Delete a subvolume or directory including nested subvolumes (LXC makes some)."""
         sub = bu.is_subvolume(path)
-        if sub:  # entries of a read-only subvolume cannot be unlinked
-            run("btrfs", "property", "set", "-ts", path, "ro", "false")
+        if sub:  # entries of a read-only subvolume cannot be unlinked; -f: a received one
+            run("btrfs", "property", "set", "-f", "-ts", path, "ro", "false")
         for nested in _nested_subvolumes(path):
-            self._delete_tree(nested)
+            self._vol_delete(nested)  # a read-only snapshot goes without being flipped
         if sub:
             run("btrfs", "subvolume", "delete", path, what="delete volume")
         else:
