@@ -172,3 +172,52 @@ def test_export_import_round_trip_with_snapshot(world, stack, api, tmp_path):
     assert lxc(stack, "exec", copy, "--", "cat", "/root/note").stdout.strip() == "before"
     lxc(stack, "stop", copy, "--force")
     lxc(stack, "stop", name, "--force")
+
+
+def test_reference_optimized_export_imports_and_starts(oworld, other, oapi):
+    world, stack, api = oworld, other, oapi
+    name = world.name("refopt")
+    import_(stack, OPTIMIZED, name, world.pool)
+    inst = world.get(name)
+    assert inst["config"]["limits.memory"] == "128MiB"
+    snaps = api.get(f"/1.0/instances/{name}/snapshots").json()["metadata"]
+    assert [s.rsplit("/", 1)[-1] for s in snaps] == ["snap0"]
+    snap_dir = world.volume(name).parent.parent / "containers-snapshots" / name / "snap0"
+    assert (snap_dir / "rootfs/bin/busybox").is_file()
+    lxc(stack, "start", name)
+    assert world.live(name)["status"] == "Running"
+    lxc(stack, "stop", name, "--force")
+
+
+def test_reference_volume_export_is_not_an_instance(oworld, other, oapi):
+    r = lxc(other, "import", str(VOLUME), "--storage", oworld.pool, check=False)
+    assert r.returncode != 0 and "lxc storage volume import" in r.stderr
+
+
+def test_optimized_round_trip_and_instance_only(world, stack, api, tmp_path):
+    """--optimized-storage on btrfs: send streams and LXD's header; imported back with its
+    snapshot. --instance-only: no snapshots in the tarball or the import."""
+    name = world.create("opt")
+    lxc(stack, "snapshot", name, "s0")
+    out = tmp_path / "opt.tar.gz"
+    lxc(stack, "export", name, str(out), "--optimized-storage")
+    m = members(out)
+    assert set(m) == {"backup/index.yaml", "backup/optimized_header.yaml",
+                      "backup/snapshots/s0.bin", "backup/container.bin"}, sorted(m)
+    idx = index_of(out)
+    assert idx["optimized"] is True and idx["optimized_header"] is True
+    copy = world.name("opt2")
+    import_(stack, out, copy, world.pool)
+    snaps = api.get(f"/1.0/instances/{copy}/snapshots").json()["metadata"]
+    assert [s.rsplit("/", 1)[-1] for s in snaps] == ["s0"]
+    lxc(stack, "start", copy)
+    assert world.live(copy)["status"] == "Running"
+    lxc(stack, "stop", copy, "--force")
+
+    only = tmp_path / "only.tar.gz"
+    lxc(stack, "export", name, str(only), "--instance-only")
+    assert not any(n.startswith("backup/snapshots") for n in members(only))
+    assert index_of(only)["snapshots"] in (None, [])
+    third = world.name("only")
+    import_(stack, only, third, world.pool)
+    assert api.get(f"/1.0/instances/{third}/snapshots").json()["metadata"] == []

@@ -306,8 +306,8 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
 
 def _receive(drv: Driver, tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path | None,
              req: VolumeBackupImportRequest, disk: str, snap: str, made: set[str]) -> None:
-    """A send stream received in scratch space, then moved to where the pool keeps it:
-    a snapshot as it arrives (read-only), the volume as a writable snapshot of it."""
+    """A send stream received in scratch space, then snapshotted to where the pool keeps
+    it: a snapshot read-only, the volume writable."""
     assert tmp is not None
     f = tar.extractfile(member)
     if f is None:
@@ -315,14 +315,19 @@ def _receive(drv: Driver, tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Pa
     scratch = tmp / (snap or "_volume")
     scratch.mkdir(parents=True)
     got = btrfs_send.receive(scratch, f.read)
+    # Copies (snapshots: read-only, the volume: writable); the received subvolumes stay
+    # in scratch space until the end: a later incremental stream finds its parent by the
+    # received UUID, which only they carry. Extents are shared, nothing is copied.
+    # The top's mode is the pool's (unprivileged roots traverse it), not LXD's 0100.
     if snap:
         drv._snap_root(req.kind, disk).mkdir(mode=0o711, exist_ok=True)
-        os.rename(got, drv.snapshot_path(req.kind, disk, snap))
-        scratch.rmdir()
+        dst = drv.snapshot_path(req.kind, disk, snap)
     else:
-        drv._vol_copy(got, drv.volume_path(req.kind, disk))
-        drv._vol_delete(got)
-        scratch.rmdir()
+        dst = drv.volume_path(req.kind, disk)
+    drv._vol_copy(got, dst)
+    dst.chmod(0o711)
+    if snap:
+        drv._vol_freeze(dst)
     made.add(snap)
 
 

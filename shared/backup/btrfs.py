@@ -28,8 +28,9 @@ def send_size(path: Path, parent: Path | None = None) -> int:
     while data := proc.stdout.read(CHUNK):
         size += len(data)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.wait() != 0:
-        raise Internal(f"btrfs send {path} failed: {err.strip()}")
+    code = proc.wait()
+    if code != 0:
+        raise Internal(f"btrfs send {path} failed ({code}): {err.strip()}")
     return size
 
 
@@ -46,11 +47,16 @@ class Send:
         return self.proc.stdout.read(n)
 
     def close(self) -> None:
-        if self.proc.poll() is None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        """After the counted bytes: the stream must end here (nothing more to read)."""
+        assert self.proc.stdout is not None
+        extra = self.proc.stdout.read(1)
         err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-        if self.proc.wait() != 0:
-            raise Internal(f"btrfs send {self.path} failed: {err.strip()}")
+        code = self.proc.wait()
+        if extra:
+            raise Internal(f"btrfs send {self.path} was longer the second time: the "
+                           "subvolume changed during the export")
+        if code != 0:
+            raise Internal(f"btrfs send {self.path} failed ({code}): {err.strip()}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
