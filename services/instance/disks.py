@@ -219,11 +219,13 @@ async def check_changed(ctx: "Context", rec: Mapping[str, Any],
 
 
 async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver", host: str,
-                  new: Mapping[str, Device]) -> list[DiskMount] | None:
+                  new: Mapping[str, Device], current: list[DiskMount] | None = None
+                  ) -> list[DiskMount] | None:
     """Apply the disk changes between the record's devices and ``new`` to the RUNNING
     instance: detach removed or changed disks, attach added or changed ones, set limits.
     All or nothing: on a failure what was done is undone and the error raised. Returns
-    the new resolved disk list for the driver's spec (None when nothing changed)."""
+    the new resolved disk list for the driver's spec (None when nothing changed).
+    ``current``: what the instance has now (default: what its driver was last given)."""
     old = rec.get("expanded_devices", {})
     gone, come = changed(old, new)
     if not gone and not come:
@@ -232,7 +234,9 @@ async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
         kind = (rec.get("type") or "container").replace("-", " ")
         raise BadRequest(f"Disk devices cannot be added to or removed from a running {kind} "
                          "yet: stop the instance first")
-    before = {m.name: m for m in await asyncio.to_thread(drv.disks_of, host)}
+    if current is None:
+        current = await asyncio.to_thread(drv.disks_of, host)
+    before = {m.name: m for m in current}
     after = await resolve(ctx, rec, new)
     after_by = {m.name: m for m in after}
     limits_only = {n for n in gone & come if n in before and n in after_by and
@@ -257,6 +261,21 @@ async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
             await _quietly(ctx, drv.disk_attach, host, m)
         raise
     return after
+
+
+async def unplug_back(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
+                      host: str, new: Mapping[str, Device], mounted: list[DiskMount]
+                      ) -> None:
+    """Undo a hot-plug whose update failed afterwards (the record was not stored): the
+    instance gets the record's disks back (best effort: the error that failed the update
+    is the one the caller reports)."""
+    try:
+        back = await hotplug(ctx, {**rec, "expanded_devices": new}, drv, host,
+                             rec.get("expanded_devices", {}), current=mounted)
+        await asyncio.to_thread(drv.update, host, rec["expanded_config"],
+                                rec["expanded_devices"], None, back)
+    except CorralError as exc:
+        ctx.log.warning("undoing a disk hot-plug failed", instance=host, error=str(exc))
 
 
 async def _quietly(ctx: "Context", fn: Any, host: str, m: DiskMount) -> None:

@@ -135,13 +135,18 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
         await asyncio.to_thread(drv.apply_limits_live, host, changed)
     mounted = await disks.hotplug(ctx, rec, drv, host, pdevs) \
         if status in ("Running", "Frozen") else None
-    await asyncio.to_thread(drv.update, host, pcfg, pdevs, None, mounted)
-    if status in ("Running", "Frozen"):
-        nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
-                _limits(old_devs[d])}
-        if nics:
-            await apply_nic_limits(ctx, new, only=nics)
-    await ctx.instances.update(key(rec["project"], name), new, rev)
+    try:
+        await asyncio.to_thread(drv.update, host, pcfg, pdevs, None, mounted)
+        if status in ("Running", "Frozen"):
+            nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
+                    _limits(old_devs[d])}
+            if nics:
+                await apply_nic_limits(ctx, new, only=nics)
+        await ctx.instances.update(key(rec["project"], name), new, rev)
+    except BaseException:
+        if mounted is not None:  # the record keeps the old disks: so does the instance
+            await disks.unplug_back(ctx, rec, drv, host, pdevs, mounted)
+        raise
     return new
 
 
