@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
 
 import pytest
 
 from services.storage.drivers.base import TMP_DIR
 from services.storage.drivers.btrfs_util import is_subvolume, referenced_limit
+from services.storage.volumes import make_vm_overlay
 from shared.errors import CorralError
 from shared.messages.storage import VolumePathReply, VolumeSnapshotListReply
 from shared.state import key
 
+from . import test_storage_drivers as drivers
 from . import test_storage_service as svc
 from .stack import wait_for
 from .test_storage_service import SMALL, kv_has, node_ask, pool_path
 
 pytestmark = pytest.mark.root
 DRIVERS = ["btrfs", "dir"]
+driver_env = drivers.env  # the fixture: a private $CORRAL_DIR for driver-level tests
 pools = svc.pools  # the fixture: pools named here are deleted at the end, whatever happened
 
 
@@ -443,3 +448,48 @@ async def test_storage_killed_mid_copy_and_mid_restore(stack, aapi, bus, pools, 
             assert tmp_entries(stack, a) == []
     finally:  # the service unarmed again, whatever happened
         restart_storage(stack)
+
+
+# -- VM volumes (driver level: a dir pool's VM volume is a qcow2 overlay on its image) ------
+
+def qemu(*args: str) -> str:
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_vm_overlay_copied_to_another_pool_is_flattened(driver_env):
+    env = driver_env
+    """A dir pool's VM volume (``root.qcow2`` backing onto the image volume's disk by an
+    absolute path) copied to another pool gets its own ``rootfs.img`` and a relative
+    backing: it reads the same, and the image may then go."""
+    src, dst = env.pool("dir"), env.pool("btrfs", "b", size="256MiB")
+    src.create()
+    dst.create()
+    fp = "ab" * 32
+
+    def fill(path):
+        qemu("create", "-q", "-f", "qcow2", str(path / "rootfs.img"), "16M")
+        subprocess.run(["qemu-io", "-c", "write -P 0x11 0 1M", str(path / "rootfs.img")],
+                       check=True, capture_output=True)
+        (path / "metadata.yaml").write_text("architecture: x86_64\n")
+
+    src.create_image_volume(fp, fill)
+    vm = make_vm_overlay(src, "vm", fp)
+    subprocess.run(["qemu-io", "-c", "write -P 0x22 1M 1M", str(vm / "root.qcow2")],
+                   check=True, capture_output=True)
+    src.create_snapshot("virtual-machine", "vm", "s0")
+    subprocess.run(["qemu-io", "-c", "write -P 0x33 2M 1M", str(vm / "root.qcow2")],
+                   check=True, capture_output=True)
+    image_disk = src.volume_path("image", fp) / "rootfs.img"
+    copy = dst.copy_in("virtual-machine", "vm2", src, "vm", None, ["s0"], backing=image_disk)
+    for orig, new in ((vm, copy), (src.snapshot_path("virtual-machine", "vm", "s0"),
+                                   dst.snapshot_path("virtual-machine", "vm2", "s0"))):
+        info = json.loads(qemu("info", "--output=json", str(new / "root.qcow2")))
+        assert info["backing-filename"] == "rootfs.img", info
+        assert (new / "rootfs.img").is_file() and (new / "metadata.yaml").is_file()
+        qemu("compare", str(orig / "root.qcow2"), str(new / "root.qcow2"))
+    src.delete_image_volume(fp)  # the copy stands alone now
+    qemu("check", str(copy / "root.qcow2"))
+    out = subprocess.run(["qemu-io", "-c", "read -P 0x33 2M 1M", "-c", "read -P 0x11 0 1M",
+                          str(copy / "root.qcow2")], capture_output=True, text=True)
+    assert out.returncode == 0 and "Pattern verification failed" not in out.stdout, out
