@@ -247,6 +247,32 @@ def test_bad_disks_are_refused_with_the_reason(world, stack, api, running, tmp_p
     assert _devices(api, running) == before
 
 
+def test_restricted_project_source_may_not_escape_by_link(world, stack, api, tmp_path):
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    (ok / "etc").symlink_to("/etc")
+    project = f"{world.prefix}rp"
+    lxc(stack, "project", "create", project, "-c", "restricted=true",
+        "-c", "restricted.devices.disk=allow", "-c", f"restricted.devices.disk.paths={ok}",
+        "-c", "features.images=false")
+    root = {"type": "disk", "path": "/", "pool": world.pool}
+    try:
+        body = {"source": {"type": "image", "alias": world.image}, "profiles": ["default"]}
+        r = api.post("/1.0/instances", params={"project": project}, json={
+            **body, "name": "esc", "devices": {"root": root, "d": {
+                "type": "disk", "source": str(ok / "etc"), "path": "/mnt/e"}}})
+        assert r.status_code == 400, r.text
+        assert "resolves outside" in r.json()["error"], r.text
+        r = api.post("/1.0/instances", params={"project": project}, json={
+            **body, "name": "esc", "devices": {"root": root, "d": {
+                "type": "disk", "source": f"{ok}/../../../etc", "path": "/mnt/e"}}})
+        assert r.status_code == 400 and "'..'" in r.json()["error"], r.text
+        assert api.get("/1.0/instances", params={"project": project}).json()[
+            "metadata"] == []
+    finally:
+        lxc(stack, "project", "delete", project, check=False)
+
+
 def test_optional_missing_source_is_skipped(world, stack, api, tmp_path):
     name = world.create("opt")
     lxc(stack, "config", "device", "add", name, "o", "disk", f"source={tmp_path}/nope",

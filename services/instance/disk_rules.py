@@ -81,8 +81,9 @@ def check_device(name: str, dev: Device) -> None:
     elif not source.startswith("/"):
         raise BadRequest(f"Device {name!r}: source path must be absolute for local "
                          f"sources ({source!r})")
-    elif "\0" in source:
-        raise BadRequest(f"Device {name!r}: invalid source path")
+    elif "\0" in source or ".." in source.split("/"):
+        raise BadRequest(f"Device {name!r}: source path {source!r} may not contain '..' "
+                         "(name the directory itself)")
     if _bool(name, dev, "recursive") and _bool(name, dev, "readonly"):
         raise BadRequest(f"Device {name!r}: recursive read-only bind-mounts aren't "
                          "supported (set readonly or recursive, not both)")

@@ -88,6 +88,30 @@ async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
     return path.path, "dir", unmapped
 
 
+def _restricted_parents(ctx: "Context", rec: Mapping[str, Any]) -> list[str] | None:
+    """The project's ``restricted.devices.disk.paths`` when it restricts host paths
+    (None: no restriction; project_limits checked the source string already)."""
+    if ctx.projects is None:
+        return None
+    cfg = ctx.projects.require(rec.get("project", "default")).get("config", {})
+    if not limits.parse_bool("restricted", cfg.get("restricted", "false") or "false"):
+        return None
+    paths = [p.strip() for p in cfg.get("restricted.devices.disk.paths", "").split(",")]
+    return [p for p in paths if p] or None
+
+
+def _check_inside(name: str, source: str, parents: list[str]) -> None:
+    """400 when ``source`` resolves (symlinks followed) outside every allowed parent: a
+    link below an allowed directory must not reach the rest of the host."""
+    real = os.path.realpath(source)
+    for parent in parents:
+        top = os.path.realpath(parent)
+        if real == top or real.startswith(top.rstrip("/") + "/"):
+            return
+    raise BadRequest(f"Source path {source!r} of disk {name!r} resolves outside of the "
+                     "project's restricted.devices.disk.paths")
+
+
 def _host_kind(name: str, dev: Device) -> str | None:
     """"dir"/"file"/"block" of a host source; None when missing and optional."""
     source = dev["source"]
@@ -136,6 +160,13 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
         if found is None:
             return None
         kind, source, idmap = found, dev["source"], _bool(name, dev, "shift")
+        parents = _restricted_parents(ctx, rec)
+        if parents is not None:
+            if idmap:
+                raise BadRequest(f'Device {name!r}: the "shift" property cannot be used '
+                                 "with a restricted source path")
+            _check_inside(name, source, parents)
+            source = os.path.realpath(source)  # mount what was checked
         if container and kind == "block":
             raise BadRequest(f"Device {name!r}: block device sources ({source}) cannot be "
                              "mounted in containers yet; use a directory or file")
