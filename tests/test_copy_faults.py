@@ -1,0 +1,64 @@
+"""A copy interrupted by a crash (issue 10): the instance service kills itself at a named
+point of ``lxc copy`` (after the volume copy, after the snapshot records, after the
+driver's definition); the client's operation fails, and after the restart nothing of the
+copy stays (no record, volume, snapshot volume or snapshot record) and the name is free.
+Runs on the private stack of tests/test_faults.py (it kills and restarts processes).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_faults import (  # noqa: F401  (fixtures)
+    assert_clean,
+    fapi,
+    fstack,
+    kv_records,
+    restart,
+    start_again,
+    wait_dead,
+    wait_final,
+)
+from .world import make_world, wait_op
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def world(fstack, fapi, busybox_tarball):  # noqa: F811
+    with make_world(fapi, fstack, busybox_tarball, network=True, pool_driver="btrfs") as w:
+        yield w
+
+
+@pytest.mark.parametrize("point", ["copy:after_volume", "copy:after_snapshots",
+                                   "copy:after_driver"])
+def test_instance_service_killed_mid_copy(world, fstack, fapi, point):  # noqa: F811
+    w = world
+    src = w.name(f"cs{point.rsplit('_', 1)[-1][:3]}")
+    w.wait(fapi.post("/1.0/instances", json={
+        "name": src, "source": {"type": "image", "alias": w.image}, "profiles": [w.profile]}))
+    for snap in ("s0", "s1"):
+        w.wait(fapi.post(f"/1.0/instances/{src}/snapshots", json={"name": snap}))
+    target = w.name(f"cc{point.rsplit('_', 1)[-1][:3]}")
+    restart(fstack, "instance", fault=point)
+    r = fapi.post("/1.0/instances", json={"name": target,
+                                          "source": {"type": "copy", "source": src}})
+    assert r.status_code == 202, r.text
+    wait_dead(fstack, "instance")
+    op = wait_final(fapi, r.json()["operation"])
+    assert op["status"] == "Failure", op
+    start_again(fstack, "instance")
+    assert_clean(w)
+    assert fapi.get(f"/1.0/instances/{target}").status_code == 404
+    snaps_dir = fstack.dir / "storage-pools" / w.pool / "containers-snapshots" / target
+    assert not snaps_dir.exists() or not any(snaps_dir.iterdir())
+    assert not [s for s in kv_records(fstack, "instance_snapshots")
+                if s["instance"] == target]
+    # the source is whole, and the name is free again
+    assert sorted(u.rsplit("/", 1)[-1] for u in fapi.get(
+        f"/1.0/instances/{src}/snapshots").json()["metadata"]) == ["s0", "s1"]
+    wait_op(fapi, fapi.post("/1.0/instances", json={
+        "name": target, "source": {"type": "copy", "source": src}}))
+    assert len(fapi.get(f"/1.0/instances/{target}/snapshots").json()["metadata"]) == 2
+    for name in (target, src):
+        w.remove(name)
