@@ -221,11 +221,19 @@ class BtrfsDriver(Driver):
     # ---- volume primitives ---------------------------------------------------------------
 
     def _vol_create(self, path: Path) -> None:
-        run("btrfs", "subvolume", "create", path, what="create volume")
+        try:
+            bu.create_subvolume(path)
+        except OSError:  # the command says why in words
+            run("btrfs", "subvolume", "create", path, what="create volume")
 
     def _vol_copy(self, src: Path, dst: Path, readonly: bool = False) -> None:
-        args = ["-r"] if readonly else []
-        run("btrfs", "subvolume", "snapshot", *args, src, dst, what="snapshot volume")
+        try:
+            bu.snapshot(src, dst, readonly)
+        except OSError:
+            if os.path.lexists(dst):
+                raise
+            args = ["-r"] if readonly else []
+            run("btrfs", "subvolume", "snapshot", *args, src, dst, what="snapshot volume")
 
     def _import(self, src: Driver, path: Path, dest: Path, parent: Path | None,
                 src_readonly: bool, backing: Path | None, writable: bool = False) -> Path:
@@ -265,9 +273,9 @@ class BtrfsDriver(Driver):
     def _vol_delete(self, path: Path) -> None:
         if bu.is_subvolume(path):
             try:  # fast path: no nested subvolumes
-                run("btrfs", "subvolume", "delete", path)
+                bu.delete_subvolume(path)
                 return
-            except CorralError:
+            except OSError:
                 pass
         self._delete_tree(path)
 

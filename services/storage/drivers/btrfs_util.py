@@ -114,3 +114,61 @@ def referenced_bytes(path: Path) -> int | None:
 def referenced_limit(path: Path) -> int | None:
     """The qgroup limit on referenced bytes of the subvolume at ``path``; None if unset."""
     return _qgroup_value(path, "max_referenced") or None
+
+
+# Subvolume create/snapshot/delete without a process (``btrfs subvolume ...`` costs ~10 ms
+# of fork and exec, a third of LXD's whole snapshot): the ioctls btrfs-progs itself uses.
+_IOC_SUBVOL_CREATE = (1 << 30) | (4096 << 16) | (0x94 << 8) | 14   # _IOW, btrfs_ioctl_vol_args
+_IOC_SNAP_DESTROY = (1 << 30) | (4096 << 16) | (0x94 << 8) | 15    # _IOW, btrfs_ioctl_vol_args
+_IOC_SNAP_CREATE_V2 = (1 << 30) | (4096 << 16) | (0x94 << 8) | 23  # _IOW, ..._vol_args_v2
+_SUBVOL_RDONLY = 1 << 1
+_NAME_MAX = 255
+
+
+def _vol_args(name: str, fd: int = 0) -> bytearray:
+    """``struct btrfs_ioctl_vol_args``: s64 fd, char name[4088]."""
+    raw = os.fsencode(name)
+    if not raw or len(raw) > _NAME_MAX or b"/" in raw:
+        raise OSError(22, f"Invalid subvolume name {name!r}")
+    buf = bytearray(4096)
+    struct.pack_into("=q", buf, 0, fd)
+    buf[8:8 + len(raw)] = raw
+    return buf
+
+
+def _in_parent(path: Path, req: int, make_buf) -> None:
+    parent = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(parent, req, make_buf(Path(path).name))
+    finally:
+        os.close(parent)
+
+
+def create_subvolume(path: Path) -> None:
+    """``btrfs subvolume create path`` (OSError as the kernel says)."""
+    _in_parent(path, _IOC_SUBVOL_CREATE, _vol_args)
+
+
+def snapshot(src: Path, dst: Path, readonly: bool = False) -> None:
+    """``btrfs subvolume snapshot [-r] src dst``: ``btrfs_ioctl_vol_args_v2`` is s64 fd,
+    u64 transid, u64 flags, a 32-byte union, then the name at offset 56."""
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def args(name: str) -> bytearray:
+            raw = os.fsencode(name)
+            if not raw or len(raw) > _NAME_MAX or b"/" in raw:
+                raise OSError(22, f"Invalid subvolume name {name!r}")
+            buf = bytearray(4096)
+            struct.pack_into("=qQQ", buf, 0, fd, 0, _SUBVOL_RDONLY if readonly else 0)
+            buf[56:56 + len(raw)] = raw
+            return buf
+
+        _in_parent(dst, _IOC_SNAP_CREATE_V2, args)
+    finally:
+        os.close(fd)
+
+
+def delete_subvolume(path: Path) -> None:
+    """``btrfs subvolume delete path``: fails (ENOTEMPTY) when it holds nested subvolumes,
+    works on read-only ones."""
+    _in_parent(path, _IOC_SNAP_DESTROY, _vol_args)
