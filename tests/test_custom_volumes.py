@@ -539,3 +539,86 @@ async def test_lifecycle_events_and_503_when_users_cannot_be_checked(stack, aapi
     assert seen[0]["source"] == f"/1.0/storage-pools/{pool}/volumes/custom/{uid}"
     assert seen[2]["source"].endswith(f"/custom/{uid}/snapshots/s0")
     assert seen[3]["context"] == {"old_name": uid}
+
+
+# -- export and import --------------------------------------------------------------------
+
+REFERENCE = Path("/work/shared/reference/lxd-5.0/exports/lxd-export-volume-refvol.tar.gz")
+
+
+@pytest.mark.parametrize("src,dst", [("btrfs", "dir"), ("dir", "btrfs")])
+def test_export_and_import_through_the_stock_client(stack, api, pools, uid, tmp_path,
+                                                    src, dst):
+    sp, dp = pools[src], pools[dst]
+    lxc(stack, "storage", "volume", "create", sp, uid, "user.k=v")
+    (vol_path(stack, sp, uid) / "f").write_text("old")
+    os.symlink("f", vol_path(stack, sp, uid) / "link")
+    lxc(stack, "storage", "volume", "snapshot", sp, uid, "s0")
+    (vol_path(stack, sp, uid) / "f").write_text("new")
+    tarball = tmp_path / "vol.tar.gz"
+    lxc(stack, "storage", "volume", "export", sp, uid, str(tarball))
+    assert api.get(url(sp, uid) + "/backups").json()["metadata"] == []  # lxc deletes it
+    import tarfile
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+        index = yaml.safe_load(tar.extractfile("backup/index.yaml").read())
+    assert {"backup/volume/f", "backup/volume-snapshots/s0/f"} <= set(names)
+    assert index["type"] == "custom" and index["snapshots"] == ["s0"]
+    assert index["config"]["volume"]["config"] == {"user.k": "v"}
+
+    lxc(stack, "storage", "volume", "import", dp, str(tarball), f"{uid}i")
+    assert (vol_path(stack, dp, f"{uid}i") / "f").read_text() == "new"
+    assert os.readlink(vol_path(stack, dp, f"{uid}i") / "link") == "f"
+    assert (vol_path(stack, dp, f"{uid}i", "s0") / "f").read_text() == "old"
+    shown = api.get(url(dp, f"{uid}i")).json()["metadata"]
+    assert shown["config"] == {"user.k": "v"}
+    lxc(stack, "storage", "volume", "restore", dp, f"{uid}i", "s0")
+    assert (vol_path(stack, dp, f"{uid}i") / "f").read_text() == "old"
+    r = lxc(stack, "storage", "volume", "import", dp, str(tarball), f"{uid}i", check=False)
+    assert r.returncode != 0 and "already exists" in r.stderr
+    for pool, name in [(sp, uid), (dp, f"{uid}i")]:
+        lxc(stack, "storage", "volume", "delete", pool, name)
+
+
+def test_backups_api_and_lxd_reference_import(stack, api, pools, uid, tmp_path):
+    pool = pools["btrfs"]
+    r = api.post(url(pool), content=REFERENCE.read_bytes(), headers={
+        "Content-Type": "application/octet-stream", "X-LXD-name": uid})
+    wait_op(api, r)
+    shown = api.get(url(pool, uid)).json()["metadata"]
+    assert shown["config"] == {"size": "64MiB"} and shown["content_type"] == "filesystem"
+    snaps = api.get(url(pool, uid) + "/snapshots", params={"recursion": 1}).json()["metadata"]
+    assert [s["name"] for s in snaps] == ["s0"]
+    assert vol_path(stack, pool, uid, "s0").is_dir()
+
+    # a backup kept on the server: list, rename, export, delete
+    r = api.post(url(pool, uid) + "/backups", json={"name": "b0", "volume_only": True,
+                                                   "compression_algorithm": "xz"})
+    op = wait_op(api, r)
+    assert op["resources"]["backups"] == ["b0"]
+    got = api.get(url(pool, uid) + "/backups", params={"recursion": 1}).json()["metadata"]
+    assert [(b["name"], b["volume_only"]) for b in got] == [("b0", True)]
+    wait_op(api, api.post(url(pool, uid) + "/backups/b0", json={"name": "b1"}))
+    assert api.get(url(pool, uid) + "/backups/b0").status_code == 404
+    data = api.get(url(pool, uid) + "/backups/b1/export").content
+    import io
+    import tarfile
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tar:
+        assert not any(n.startswith("backup/volume-snapshots/") for n in tar.getnames())
+    assert api.post(url(pool, uid) + "/backups", json={"name": "b1"}).status_code == 409
+    assert api.post(url(pool, uid) + "/backups",
+                    json={"optimized_storage": True}).status_code == 400
+    wait_op(api, api.delete(url(pool, uid) + "/backups/b1"))
+    assert api.get(url(pool, uid) + "/backups").json()["metadata"] == []
+
+    # bad uploads: nothing made
+    for content in (b"", b"not a tarball"):
+        r = api.post(url(pool), content=content, headers={
+            "Content-Type": "application/octet-stream", "X-LXD-name": f"{uid}bad"})
+        if r.status_code == 202:
+            assert wait_op(api, r, ok=False)["status"] == "Failure"
+        else:
+            assert r.status_code == 400, r.text
+    assert api.get(url(pool, f"{uid}bad")).status_code == 404
+    assert not vol_path(stack, pool, f"{uid}bad").exists()
+    api.delete(url(pool, uid))

@@ -20,6 +20,8 @@ without ``features.storage.volumes``.
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from shared.messages.storage import (
 from shared.models import ListRequest, lxd_time
 
 from . import copies, custom_disk, snapshots
+from .backups import BACKUPS_DIR
 from .custom_config import (
     ZERO_TIME,
     check_config,
@@ -284,13 +287,18 @@ class CustomVolumes:
                 await self.volumes.store.put(k, {**current, "config": config,
                                                  "description": description})
 
-    async def delete(self, pool: str, project: str, name: str) -> None:
-        """Delete the volume and its snapshots; 400 while anything uses it (as LXD)."""
+    async def delete(self, pool: str, project: str, name: str,
+                     before: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+                     ) -> None:
+        """Delete the volume and its snapshots; 400 while anything uses it (as LXD).
+        ``before`` runs once it may go (its backups' frozen copies go first)."""
         rec = await self.record(pool, project, name)
         users = (await self.users([rec], strict=True))[(pool, project, name)]
         if users:
             raise BadRequest(f"The storage volume is still in use by {', '.join(users)}: "
                              "detach it first")
+        if before is not None:
+            await before(rec)
         await self.volumes.delete(VolumeRequest(project=project, pool=pool, kind=KIND,
                                                 name=name))
 
@@ -309,6 +317,12 @@ class CustomVolumes:
             raise Conflict("Volume by that name already exists")
         await self.volumes.rename(VolumeRenameRequest(pool=pool, kind=KIND, project=project,
                                                       name=name, new_name=new_name))
+        async with self.pools.using(pool) as drv:  # its backups' frozen copies follow
+            frozen = drv.path / BACKUPS_DIR / drv._kind_dir(KIND)
+            old, new = frozen / disk_name(project, name), frozen / disk_name(project,
+                                                                             new_name)
+            if old.is_dir() and not os.path.lexists(new):
+                os.rename(old, new)
 
     async def copy(self, pool: str, project: str, name: str, description: str | None,
                    config: dict[str, str] | None, src_pool: str, src_project: str,

@@ -20,6 +20,8 @@ from shared.models import Reply
 from shared.service import endpoint
 
 from .custom import KIND, CustomVolumes, snapshot_url
+from .custom_backups import BackupsPost, CustomBackups
+from .custom_backups import public as backup_public
 from .custom_config import (
     SnapshotPut,
     SnapshotsPost,
@@ -38,7 +40,8 @@ log = get_logger(component="storage")
 API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handling",
                   "storage_api_volume_snapshots", "storage_volume_state",
                   "custom_volume_refresh", "custom_block_volumes", "storage_api_project",
-                  "storage_volumes_all_projects", "custom_volume_snapshot_expiry"]
+                  "storage_volumes_all_projects", "custom_volume_snapshot_expiry",
+                  "custom_volume_backup", "backup_override_name", "backup_compression"]
 # Seconds between scans for expired snapshots (a look at cached records: cheap).
 PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
@@ -47,10 +50,12 @@ class CustomVolumesMixin:
     """Custom volume CRUD, snapshots, copies and moves (the service's endpoints)."""
 
     custom: CustomVolumes
+    custom_backups: CustomBackups
 
     def custom_setup(self) -> None:
         """Called from the service's setup: the logic object and the expiry pruner."""
         self.custom = CustomVolumes(self.volumes, self.pools, self.bus)  # type: ignore[attr-defined]
+        self.custom_backups = CustomBackups(self.custom, self.bus)  # type: ignore[attr-defined]
         self._custom_pruner = asyncio.create_task(self._custom_prune_loop())
 
     def custom_teardown(self) -> None:
@@ -64,6 +69,8 @@ class CustomVolumesMixin:
             try:
                 for gone in await self.custom.prune_expired():
                     log.info("expired volume snapshot removed", snapshot=gone)
+                for gone in await self.custom_backups.prune_expired():
+                    log.info("expired volume backup removed", backup=gone)
             except Exception as exc:  # never let pruning take the service down
                 log.warning("expired volume snapshots not pruned", error=str(exc))
 
@@ -211,7 +218,8 @@ class CustomVolumesMixin:
 
     @endpoint("custom_delete", CustomVolumeRequest)
     async def custom_delete(self, req: CustomVolumeRequest) -> Reply:
-        await self.custom.delete(req.pool, req.project, req.name)
+        await self.custom.delete(req.pool, req.project, req.name,
+                                 before=self.custom_backups.drop_all)
         await self._custom_event("storage-volume-deleted",
                           volume_url(req.pool, KIND, req.name, req.project), req)
         return Reply(metadata=None)
@@ -301,3 +309,94 @@ class CustomVolumesMixin:
     @endpoint("custom_snapshot_patch", CustomVolumeRequest)
     async def custom_snapshot_patch(self, req: CustomVolumeRequest) -> Reply:
         return await self._custom_snapshot_update(req, patch=True)
+
+    # -- backups (lxc storage volume export / import) ---------------------------------------
+
+    def _backup_url(self, req: CustomVolumeRequest, backup: str) -> str:
+        base = volume_url(req.pool, KIND, req.name, "default")
+        out = f"{base}/backups/{backup}"
+        return out if req.project == "default" else f"{out}?project={req.project}"
+
+    @endpoint("custom_backup_list", CustomVolumeRequest)
+    async def custom_backup_list(self, req: CustomVolumeRequest) -> Reply:
+        items = await self.custom_backups.listing(req.pool, req.project, req.name)
+        if req.recursion <= 0:
+            return Reply(metadata=[self._backup_url(req, b) for b, _m in items])
+        return Reply(metadata=[backup_public(b, m) for b, m in items])
+
+    @endpoint("custom_backup_get", CustomVolumeRequest)
+    async def custom_backup_get(self, req: CustomVolumeRequest) -> Reply:
+        meta = await self.custom_backups.get(req.pool, req.project, req.name, req.backup)
+        return Reply(metadata=backup_public(req.backup, meta))
+
+    @endpoint("custom_backup_create", CustomVolumeRequest)
+    async def custom_backup_create(self, req: CustomVolumeRequest) -> Reply:
+        body = parse_body(BackupsPost, req.body)
+        backup, meta = await self.custom_backups.prepare(req.pool, req.project, req.name,
+                                                         body)
+
+        async def run(_op: Any) -> None:
+            await self.custom_backups.create(req.pool, req.project, req.name, backup, meta)
+            await self._custom_event("storage-volume-backup-created",
+                                     self._backup_url(req, backup), req)
+
+        return await self._custom_operation("Backing up storage volume", req, run, {
+            "storage_volumes": [volume_url(req.pool, KIND, req.name, req.project)],
+            "backups": [backup]})
+
+    @endpoint("custom_backup_rename", CustomVolumeRequest)
+    async def custom_backup_rename(self, req: CustomVolumeRequest) -> Reply:
+        body = parse_body(StorageVolumePost, req.body)
+        if not body.name:
+            raise BadRequest("No name provided")
+        await self.custom_backups.get(req.pool, req.project, req.name, req.backup)
+
+        async def run(_op: Any) -> None:
+            await self.custom_backups.rename(req.pool, req.project, req.name, req.backup,
+                                             body.name or "")
+            await self._custom_event("storage-volume-backup-renamed",
+                                     self._backup_url(req, body.name or ""), req,
+                                     {"old_name": req.backup})
+
+        return await self._custom_operation("Renaming storage volume backup", req, run,
+                                            {"backups": [req.backup]})
+
+    @endpoint("custom_backup_delete", CustomVolumeRequest)
+    async def custom_backup_delete(self, req: CustomVolumeRequest) -> Reply:
+        await self.custom_backups.get(req.pool, req.project, req.name, req.backup)
+
+        async def run(_op: Any) -> None:
+            await self.custom_backups.delete(req.pool, req.project, req.name, req.backup)
+            await self._custom_event("storage-volume-backup-deleted",
+                                     self._backup_url(req, req.backup), req)
+
+        return await self._custom_operation("Deleting storage volume backup", req, run,
+                                            {"backups": [req.backup]})
+
+    @endpoint("custom_backup_export", CustomVolumeRequest)
+    async def custom_backup_export(self, req: CustomVolumeRequest) -> Reply:
+        """Start the tarball on stream ``req.stream`` (the gateway listens already)."""
+        if not req.stream:
+            raise BadRequest("No stream to send the backup on")
+        filename = await self.custom_backups.export(req.pool, req.project, req.name,
+                                                    req.backup, req.stream)
+        await self._custom_event("storage-volume-backup-retrieved",
+                                 self._backup_url(req, req.backup), req)
+        return Reply(metadata={"filename": filename})
+
+    @endpoint("custom_import", CustomVolumeRequest)
+    async def custom_import(self, req: CustomVolumeRequest) -> Reply:
+        """``lxc storage volume import``: the staged upload ``req.object`` (an operation;
+        its index is checked before it starts)."""
+        info = await self.custom_backups.read_index(req.object)
+        name = req.name or info["name"]
+        validate_name("volume", name)
+        await self.pools.get(req.pool)  # type: ignore[attr-defined]
+        url = volume_url(req.pool, KIND, name, req.project)
+
+        async def run(_op: Any) -> None:
+            await self.custom_backups.import_(req.pool, req.project, req.object, name, info)
+            await self._custom_event("storage-volume-created", url, req)
+
+        return await self._custom_operation("Importing storage volume", req, run,
+                                            {"storage_volumes": [url]})

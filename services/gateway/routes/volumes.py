@@ -10,12 +10,21 @@ and cached for ``?project=``).
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from shared import blobs, streams
+from shared.errors import BadRequest
 from shared.messages.custom_volumes import CustomVolumeRequest
 
+from ..limits import streams_body
 from ..projects import project_record
 from ..request import (
     all_projects,
@@ -25,7 +34,8 @@ from ..request import (
     recursion_of,
     requestor,
 )
-from ..routing import Ask, Build, Context, Route
+from ..routing import Ask, Build, Context, Route, render
+from .backups import ERROR_HEADER, FIRST_CHUNK_TIMEOUT
 from .storage import SLOW
 
 POOL_CUSTOM = "/1.0/storage-pools/{name}/volumes/custom"
@@ -65,6 +75,7 @@ def _builder(body: bool) -> Build:
             request_project=request.query.get("project") or "default",
             pool=name_of(request), name=request.match_info.get("volume", ""),
             snapshot=request.match_info.get("snapshot", ""),
+            backup=request.match_info.get("backup", ""),
             body=await json_object(request) if body else None, etag=etag_of(request),
             recursion=recursion_of(request) if request.method == "GET" else 0,
             all_projects=all_projects(request), requestor=requestor(request))
@@ -76,9 +87,127 @@ def custom(verb: str, *, body: bool = False, timeout: float | None = None) -> Cu
     return CustomAsk("storage", verb, _builder(body), timeout)
 
 
+_CREATE = custom("custom_create", body=True, timeout=SLOW)
+_CHUNK = 1024 * 1024
+_running: set[asyncio.Task[None]] = set()
+
+
+@streams_body
+async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResponse:
+    """``POST .../volumes/custom``: JSON is ``storage.custom_create``; an
+    ``application/octet-stream`` body is a volume backup (``lxc storage volume import``):
+    staged in the ``transfers`` object store, then ``storage.custom_import`` (an
+    operation; the staged upload is removed when it ends, or expires with the bucket's
+    TTL)."""
+    if request.content_type != "application/octet-stream":
+        return await _CREATE(ctx, request)
+    project = await storage_project(ctx, request)
+    transfers = await blobs.transfers(ctx.bus)
+    obj = await _stage(ctx, request, transfers)
+    try:
+        reply = await ctx.ask("storage", "custom_import", CustomVolumeRequest(
+            project=project, request_project=request.query.get("project") or "default",
+            pool=name_of(request), name=request.headers.get("X-LXD-name", ""), object=obj,
+            requestor=requestor(request)))
+    except BaseException:
+        await blobs.delete(transfers, obj)
+        raise
+    op_id = (reply.operation or {}).get("id")
+    if op_id:
+        task = asyncio.create_task(_forget_when_done(ctx, transfers, obj, op_id))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+    else:
+        await blobs.delete(transfers, obj)
+    return render(reply)
+
+
+async def _stage(ctx: Context, request: web.Request, transfers: Any) -> str:
+    """The request body into the object store, through a file under CORRAL_DIR/tmp."""
+    tmp_root = ctx.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="vol-import-", dir=tmp_root))
+    obj = f"vol-import-{uuid.uuid4().hex}"
+    try:
+        size = 0
+        with open(tmp / "backup", "wb") as f:
+            while chunk := await request.content.read(_CHUNK):
+                size += len(chunk)
+                await asyncio.to_thread(f.write, chunk)
+        if size == 0:
+            raise BadRequest("Empty backup: the body must be a volume backup tarball")
+        await blobs.put_file(transfers, obj, tmp / "backup")
+        return obj
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _forget_when_done(ctx: Context, transfers: Any, obj: str, op_id: str) -> None:
+    try:
+        await ctx.ops.wait(op_id, 3600.0)
+    except Exception:
+        pass
+    await blobs.delete(transfers, obj)
+
+
+async def backup_export(ctx: Context, request: web.Request) -> web.StreamResponse:
+    """``GET .../backups/<b>/export``: the tarball, streamed as the storage service makes
+    it (the same chunk-and-credit protocol as instance backups, see routes/backups.py)."""
+    sid = uuid.uuid4().hex
+    chunks: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_out(msg: Any) -> None:
+        chunks.put_nowait(msg)
+
+    sub = await ctx.bus.subscribe(streams.subject(sid, "data", "out"), on_out)
+    in_subject = streams.subject(sid, "data", "in")
+    finished = False
+    try:
+        await ctx.bus.nc.flush()
+        reply = await ctx.ask("storage", "custom_backup_export", CustomVolumeRequest(
+            project=await storage_project(ctx, request), pool=name_of(request),
+            name=request.match_info["volume"], backup=request.match_info["backup"],
+            stream=sid, requestor=requestor(request)))
+        name = (reply.metadata or {}).get("filename", "backup.tar.gz")
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"attachment;filename={name}"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        while True:
+            try:
+                msg = await asyncio.wait_for(chunks.get(), FIRST_CHUNK_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise ConnectionAbortedError("the storage service stopped sending") from None
+            hdrs = msg.headers or {}
+            if hdrs.get(ERROR_HEADER):
+                raise ConnectionAbortedError(hdrs[ERROR_HEADER])
+            if hdrs.get(streams.EOF_HEADER):
+                break
+            await resp.write(msg.data)
+            await ctx.bus.publish(in_subject, b"")  # credit for one more chunk
+        await resp.write_eof()
+        finished = True
+        return resp
+    except ConnectionAbortedError:
+        if request.transport is not None:  # a failed download, never a short file
+            request.transport.close()
+        raise
+    finally:
+        if not finished:
+            try:
+                await ctx.bus.publish(in_subject, b"", headers={streams.EOF_HEADER: "1"})
+            except Exception:
+                pass
+        await sub.unsubscribe()
+
+
+BACKUPS = VOLUME + "/backups"
+BACKUP = BACKUPS + "/{backup}"
+
 ROUTES: list[Route] = [
     Route("GET", POOL_CUSTOM, custom("custom_list")),
-    Route("POST", POOL_CUSTOM, custom("custom_create", body=True, timeout=SLOW)),
+    Route("POST", POOL_CUSTOM, create_or_import),  # storage.custom_create / custom_import
     Route("GET", VOLUME, custom("custom_get")),
     Route("PUT", VOLUME, custom("custom_update", body=True, timeout=SLOW)),
     Route("PATCH", VOLUME, custom("custom_patch", body=True, timeout=SLOW)),
@@ -92,4 +221,10 @@ ROUTES: list[Route] = [
     Route("PATCH", SNAPSHOT, custom("custom_snapshot_patch", body=True)),
     Route("POST", SNAPSHOT, custom("custom_snapshot_rename", body=True)),
     Route("DELETE", SNAPSHOT, custom("custom_snapshot_delete")),
+    Route("GET", BACKUPS, custom("custom_backup_list")),
+    Route("POST", BACKUPS, custom("custom_backup_create", body=True)),
+    Route("GET", BACKUP + "/export", backup_export),  # storage.custom_backup_export
+    Route("GET", BACKUP, custom("custom_backup_get")),
+    Route("POST", BACKUP, custom("custom_backup_rename", body=True)),
+    Route("DELETE", BACKUP, custom("custom_backup_delete")),
 ]
