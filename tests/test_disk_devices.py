@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from .stack import BIN
 from .world import lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -205,6 +207,27 @@ def test_create_with_a_missing_source_is_refused_at_once(world, stack, api, tmp_
         "devices": {"d": {"type": "disk", "source": f"{tmp_path}/gone", "path": "/mnt"}}})
     assert r.status_code == 400 and "Missing source path" in r.text, r.text
     assert api.get(f"/1.0/instances/{name}").status_code == 404
+
+
+def _corral(stack, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "corral"), *args], env=stack.env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_corral_cli_hotplugs_host_dir_and_volume(world, stack, api, running, host_dir):
+    _corral(stack, "config", "device", "add", running, "cd", "disk", f"source={host_dir}",
+            "path=/mnt/cd")
+    assert _sh(stack, running, "cat /mnt/cd/hello").stdout == "from the host\n"
+    _corral(stack, "config", "device", "remove", running, "cd")
+    assert not _mounted(stack, running, "/mnt/cd")
+    vol = f"{world.prefix}cv"
+    _custom_volume(world, vol)
+    _corral(stack, "storage", "volume", "attach", world.pool, vol, running, "/mnt/cv")
+    _sh(stack, running, "touch /mnt/cv/x")
+    _corral(stack, "storage", "volume", "detach", world.pool, vol, running)
+    assert not _mounted(stack, running, "/mnt/cv")
 
 
 def test_block_volume_on_a_container_is_refused(world, stack, api, running):
