@@ -209,7 +209,13 @@ async def test_operations_on_a_volume_being_made_are_409(stack, aapi, bus, pools
                                        kind="custom", name="dst", snapshot="s")
     assert "being copied" in await fails(409, bus, "volume_delete", pool=pool,
                                          kind="custom", name="src")
+    # another copy of the same source meanwhile is fine (copies only read it)
+    second = await ask(bus, "volume_copy", pool=pool, kind="custom", name="dst2",
+                       source_pool=pool, source_name="src")
     await copy
+    assert read(second.path) == "v0"
+    await ask(bus, "volume_snapshot_create", pool=pool, kind="custom", name="src",
+              snapshot="after")  # nothing holds the source any more
     await ask(bus, "volume_snapshot_create", pool=pool, kind="custom", name="dst",
               snapshot="s")
 

@@ -229,7 +229,7 @@ async def copy_volume(volumes: Volumes, req: VolumeCopyRequest) -> Path:
         if not src_drv.volume_path(req.kind, src_disk).is_dir():
             raise NotFound(f"{src_label} not found in pool {req.source_pool!r}")
         # The source stays put while it is read (a delete or restore of it is a 409).
-        stack.enter_context(volumes.holding(src_k, "being copied", src_label))
+        stack.enter_context(snapshots.reading(volumes, src_k, src_label))
         found = await volumes.store.get(src_k)
         src_rec = found[0] if found else None
         backing = None

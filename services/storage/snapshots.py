@@ -14,8 +14,8 @@ compares). The driver makes every change crash-safe (see ``Driver.create_snapsho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from shared.errors import BadRequest, Conflict
@@ -54,6 +54,30 @@ async def refuse_unfinished(volumes: Volumes, k: str, what: str) -> None:
     found = await volumes.store.get(k)  # the cache: no round trip
     if k in volumes._making or (found is not None and found[0].get("creating")):
         raise Conflict(f"{what} is being made; try again when its create has ended")
+
+
+_readers: dict[str, int] = {}
+READING = "being copied"
+
+
+@contextmanager
+def reading(volumes: Volumes, k: str, what: str) -> Iterator[None]:
+    """Hold volume ``k`` for reading (a copy's source): any number of copies may read it
+    at once, while a delete, restore or snapshot of it is a 409."""
+    if _readers.get(k):
+        _readers[k] += 1
+    else:
+        if k in volumes.busy:
+            raise Conflict(f"{what} is {volumes.busy[k]}; try again when that has ended")
+        volumes.busy[k] = READING
+        _readers[k] = 1
+    try:
+        yield
+    finally:
+        _readers[k] -= 1
+        if not _readers[k]:
+            del _readers[k]
+            volumes.busy.pop(k, None)
 
 
 @asynccontextmanager
