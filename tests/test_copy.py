@@ -128,8 +128,14 @@ def test_copy_with_snapshots_instance_only_and_from_a_snapshot(world, stack, api
     assert world.get(b)["devices"]["root"]["pool"] == world.other
     lxc(stack, "restore", b, "s0")
     assert sh(stack, b, "cat /root/v").strip() == "one"
-    lxc(stack, "delete", "--force", a, b, c, d)
+    # a rename (lxc move a b) carries the snapshots along
+    lxc(stack, "stop", b, "--force")
+    e = world.name("snren")
+    lxc(stack, "move", b, e)
+    assert snapshot_names(api, e) == ["s0", "s1"]
     assert api.get(f"/1.0/instances/{b}/snapshots").status_code == 404
+    lxc(stack, "delete", "--force", a, c, d, e)
+    assert api.get(f"/1.0/instances/{e}/snapshots").status_code == 404
 
 
 def test_refresh_brings_the_copy_up_to_date(world, stack, api):
@@ -213,6 +219,12 @@ def test_bad_copies_are_refused_and_leave_nothing(world, stack, api):
     r = lxc(stack, "copy", "nope", world.name("x6"), check=False)
     assert r.returncode != 0 and "not found" in r.stderr.lower()
     assert set(api.get("/1.0/instances").json()["metadata"]) == before
+    # no target name: the server picks one, named in the operation's resources
+    op = wait_op(api, post({"source": {"type": "copy", "source": a}}))
+    [picked_url] = op["resources"]["instances"]
+    picked = picked_url.rsplit("/", 1)[-1]
+    assert world.get(picked)["config"]["volatile.base_image"] == world.fingerprint
+    lxc(stack, "delete", picked)
     for tag in ("x1", "x2", "x3", "x4", "x5", "x6"):
         assert not volume(stack, world.pool, f"{world.prefix}-{tag}").exists()
     lxc(stack, "delete", a)
