@@ -111,6 +111,26 @@ def test_crud_through_the_stock_client(stack, api, pools, uid, driver):
     lxc(stack, "storage", "volume", "unset", pool, uid, "user.size")
     assert "user.size" not in api.get(url(pool, uid)).json()["metadata"]["config"]
 
+    info = lxc(stack, "storage", "volume", "info", pool, uid).stdout
+    assert f"Name: {uid}" in info and "Type: custom" in info
+    r = subprocess.run(["lxc", "storage", "volume", "edit", pool, uid],
+                       input="description: edited\nconfig:\n  user.color: red\n",
+                       env={**stack.env, "LXD_DIR": str(stack.dir)}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    shown = api.get(url(pool, uid)).json()["metadata"]
+    assert shown["description"] == "edited" and shown["config"] == {"user.color": "red"}
+    # the block volume of a VM disk says so wherever it is read (volume_get too)
+    create(api, pool, f"{uid}k", content_type="block", config={"size": "8MiB"})
+    kinds = {v["name"]: v["content_type"] for v in api.get(
+        f"/1.0/storage-pools/{pool}/volumes", params={"recursion": 1}).json()["metadata"]}
+    assert kinds[f"{uid}k"] == "block" and kinds[uid] == "filesystem"
+    lxc(stack, "storage", "volume", "delete", pool, f"{uid}k")
+
+    lxc(stack, "storage", "volume", "move", f"{pool}/{uid}", f"{pool}/{uid}m")  # a rename
+    assert vol_path(stack, pool, f"{uid}m").is_dir() and not vol_path(stack, pool,
+                                                                       uid).exists()
+    lxc(stack, "storage", "volume", "rename", pool, f"{uid}m", uid)
     lxc(stack, "storage", "volume", "rename", pool, uid, f"{uid}b")
     assert api.get(url(pool, uid)).status_code == 404
     assert not vol_path(stack, pool, uid).exists()

@@ -21,9 +21,9 @@ from .drivers.util import parse_size
 CONTENT_TYPES = ("filesystem", "block")
 BLOCK_DEFAULT_SIZE = "10GiB"  # LXD's volume.size default for block volumes
 # Keys a custom volume takes on dir and btrfs pools (LXD 5.0's common volume rules).
-KEYS = ("size", "security.shifted", "security.unmapped", "snapshots.expiry",
-        "snapshots.pattern")
-BOOL_KEYS = ("security.shifted", "security.unmapped")
+KEYS = ("size", "security.shifted", "security.unmapped", "security.shared",
+        "snapshots.expiry", "snapshots.pattern")
+BOOL_KEYS = ("security.shifted", "security.unmapped", "security.shared")
 ZERO_TIME = "0001-01-01T00:00:00Z"  # LXD's "no expiry"
 
 

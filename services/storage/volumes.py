@@ -160,7 +160,8 @@ class Volumes:
         return {"config": rec.get("config", {}), "description": rec.get("description", ""),
                 "name": rec["name"], "type": rec["kind"], "used_by": self.used_by(rec),
                 "location": "none",
-                "content_type": "block" if rec["kind"] == "virtual-machine" else "filesystem",
+                "content_type": rec.get("content_type") or (
+                    "block" if rec["kind"] == "virtual-machine" else "filesystem"),
                 "project": rec.get("project", "default")}
 
     async def listing(self, pool: str, kind: str | None, project: str | None

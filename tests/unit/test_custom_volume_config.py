@@ -24,6 +24,8 @@ def test_config_keys_per_driver_and_content_type() -> None:
                         "btrfs", "filesystem") == {"size": "1GiB", "user.x": "y",
                                                    "security.shifted": "true"}
     assert check_config({"user.gone": ""}, "btrfs", "filesystem") == {}  # "" unsets
+    assert check_config({"security.shared": "true"}, "dir", "block") == {
+        "security.shared": "true", "size": "10GiB"}
     assert check_config({}, "dir", "block") == {"size": "10GiB"}  # LXD's default
     assert check_config({"size": "64MiB"}, "dir", "block") == {"size": "64MiB"}
 
