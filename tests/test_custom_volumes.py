@@ -445,6 +445,17 @@ def test_used_by_instances_and_profiles_and_delete_refused(stack, api, pools, wo
     assert r.status_code == 400 and "in use" in r.json()["error"]
     assert vol_path(stack, pool, uid).is_dir()
 
+    # a restore waits for the instances that use the volume to stop, as LXD
+    (vol_path(stack, pool, uid) / "f").write_text("one")
+    lxc(stack, "storage", "volume", "snapshot", pool, uid, "s0")
+    (vol_path(stack, pool, uid) / "f").write_text("two")
+    lxc(stack, "storage", "volume", "restore", pool, uid, "s0")  # c1 is stopped
+    assert (vol_path(stack, pool, uid) / "f").read_text() == "one"
+    world.state(c1, "start")
+    r = lxc(stack, "storage", "volume", "restore", pool, uid, "s0", check=False)
+    assert r.returncode != 0 and "running" in r.stderr, r.stderr
+    world.state(c1, "stop", force=True)
+
     lxc(stack, "storage", "volume", "attach-profile", pool, uid, world.profile, "data",
         "/mnt/p")
     assert api.get(url(pool, uid)).json()["metadata"]["used_by"] == sorted(

@@ -104,11 +104,13 @@ class CustomVolumes:
 
     # ---- users ---------------------------------------------------------------------------
 
-    async def users(self, recs: list[dict[str, Any]], strict: bool = False
+    async def users(self, recs: list[dict[str, Any]], strict: bool = False,
+                    running: set[str] | None = None
                     ) -> dict[tuple[str, str, str], list[str]]:
         """``used_by`` of each record, keyed (pool, project, name): instances whose expanded
         devices and profiles whose devices hold a disk on the volume. ``strict``: an
-        unanswered question is a 503 (deleting must not guess), else the list lacks them."""
+        unanswered question is a 503 (deleting must not guess), else the list lacks them.
+        ``running`` is filled with the URLs of the instances that run (or are frozen)."""
         out: dict[tuple[str, str, str], list[str]] = {
             (r["pool"], r.get("project", "default"), r["name"]): [] for r in recs}
         if not recs:
@@ -150,8 +152,10 @@ class CustomVolumes:
 
         for i in inst.metadata or []:
             project = i.get("project", "default")
-            scan(i.get("expanded_devices") or i.get("devices") or {}, project,
-                 url("instances", i["name"], project))
+            where = url("instances", i["name"], project)
+            scan(i.get("expanded_devices") or i.get("devices") or {}, project, where)
+            if running is not None and i.get("status") in ("Running", "Frozen"):
+                running.add(where)
         for p in profiles:
             scan(p.get("devices") or {}, p["project"], url("profiles", p["name"],
                                                               p["project"]))
@@ -500,16 +504,17 @@ class CustomVolumes:
 
     async def restore(self, pool: str, project: str, name: str, snap: str) -> None:
         """The volume's content replaced by the snapshot's; the volume is never missing,
-        and its quota stays (the driver's restore swaps atomically). Refused while an
-        instance uses it: its mounted disk would change under it."""
+        and its quota stays (the driver's restore swaps atomically). Refused while a
+        running instance uses it (its mounted disk would change under it), as LXD."""
         rec = await self.record(pool, project, name)
         if snap not in await self.snapshot_list(rec):
             raise NotFound(f"Storage volume snapshot not found: custom/{name}/{snap}")
-        users = (await self.users([rec], strict=True))[(pool, project, name)]
-        running = [u for u in users if u.startswith("/1.0/instances/")]
-        if running:
-            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(running)}"
-                             ": detach it (or delete the instances) before restoring it")
+        up: set[str] = set()
+        users = (await self.users([rec], strict=True, running=up))[(pool, project, name)]
+        busy = [u for u in users if u in up]
+        if busy:
+            raise BadRequest(f"Storage volume custom/{name} is in use by running instances "
+                             f"{', '.join(busy)}: stop them before restoring it")
         await snapshots.restore(self.volumes, self._snap_req(pool, project, name, snap))
 
     async def prune_expired(self, now: datetime | None = None) -> list[str]:
