@@ -431,6 +431,11 @@ async def test_storage_killed_mid_copy_and_mid_restore(stack, aapi, bus, pools, 
                                                                 "cp")), point
             assert tmp_entries(stack, a) == [] and tmp_entries(stack, b) == [], point
             assert read(src) == "live" and await snaps(bus, a, "src") == ["s0", "s1", "s2"]
+        restart_storage(stack, "storage:create_done")  # an empty volume: the same journal
+        await killed_by(stack, bus, "volume_create", {"pool": b, "kind": "custom",
+                                                      "name": "new", "request_id": "op-c"})
+        assert not (pool_path(stack, b) / "custom" / "new").exists()
+        assert not await kv_has(bus, "storage_volumes", key(b, "custom", "default", "new"))
         # the same request made again now works
         cp = await ask(bus, "volume_copy", pool=b, kind="custom", name="cp", source_pool=a,
                        source_name="src", snapshots=["s0"], request_id="op-crash")
