@@ -440,6 +440,20 @@ async def test_storage_killed_mid_copy_and_mid_restore(stack, aapi, bus, pools, 
         cp = await ask(bus, "volume_copy", pool=b, kind="custom", name="cp", source_pool=a,
                        source_name="src", snapshots=["s0"], request_id="op-crash")
         assert read(cp.path) == "live"
+        # a refresh killed after its first new snapshot: that one is whole, the content
+        # is the old one, nothing else stays
+        write(cp.path, "target")
+        restart_storage(stack, "storage:copy_mid")
+        await killed_by(stack, bus, "volume_copy", {
+            "pool": b, "kind": "custom", "name": "cp", "source_pool": a,
+            "source_name": "src", "snapshots": ["s0", "s1", "s2"], "refresh": True})
+        assert read(cp.path) == "target" and await snaps(bus, b, "cp") == ["s0", "s1"]
+        s1 = (await ask(bus, "volume_path", pool=b, kind="custom", name="cp",
+                        snapshot="s1")).path
+        assert read(s1) == "v1" and tmp_entries(stack, b) == []
+        await ask(bus, "volume_copy", pool=b, kind="custom", name="cp", source_pool=a,
+                  source_name="src", snapshots=["s0", "s1", "s2"], refresh=True)
+        assert read(cp.path) == "live" and await snaps(bus, b, "cp") == ["s0", "s1", "s2"]
 
         for point in ("storage:restore_mid", "storage:restore_swapped"):
             write(src, "before-restore")
