@@ -10,7 +10,9 @@ Points: ``create:after_reserve``, ``create:after_volume``, ``create:after_driver
 (instance service, in ``create.build``), ``delete:after_driver``, ``delete:after_volume``
 (instance service, in ``update.delete``), ``storage:after_record``,
 ``storage:after_volume`` (storage service, in ``volumes.from_image``),
-``network:nic_config`` (network service, as it is asked for a NIC's configuration).
+``network:nic_config`` (network service, as it is asked for a NIC's configuration),
+``hotplug:after_attach`` (instance service, in ``disks.hotplug``, after a disk is mounted
+into a running instance and before the change is recorded).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from shared import faults
 from shared.errors import BadRequest, CorralError, NotFound
 from shared.messages.storage import VolumeGetRequest, VolumePathReply, VolumeRequest
 
@@ -274,6 +275,9 @@ async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
                    _only_limits(old[n], new[n])}
     detached: list[DiskMount] = []
     attached: list[DiskMount] = []
+    # The journal, before the instance changes: a crash from here until the record is
+    # stored leaves the entry, and reconcile() resets the disks to the record's.
+    await asyncio.to_thread(drv.disks_intent, host, [*current, *after])
     try:
         for n in sorted(gone - limits_only):
             if n in before:
@@ -283,15 +287,47 @@ async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
             if n in after_by:
                 await asyncio.to_thread(drv.disk_attach, host, after_by[n])
                 attached.append(after_by[n])
+                faults.point("hotplug:after_attach")
         if any(m.limited() for m in [*after, *before.values()]):
             await asyncio.to_thread(drv.disk_limits, host, after)
     except BaseException:
-        for m in reversed(attached):
-            await _quietly(ctx, drv.disk_detach, host, m)
-        for m in reversed(detached):
-            await _quietly(ctx, drv.disk_attach, host, m)
+        undone = [await _quietly(ctx, drv.disk_detach, host, m) for m in reversed(attached)]
+        undone += [await _quietly(ctx, drv.disk_attach, host, m) for m in reversed(detached)]
+        if all(undone):  # else left journaled: the next start resets the disks
+            await asyncio.to_thread(drv.disks_intent, host, None)
         raise
     return after
+
+
+async def done(drv: "InstanceDriver", host: str) -> None:
+    """The hot-plugged change is recorded: drop the journal entry."""
+    await asyncio.to_thread(drv.disks_intent, host, None)
+
+
+async def reconcile(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
+                    host: str) -> None:
+    """At the service's start, for a running instance whose hot-plug was interrupted (a
+    journal entry is left): unplug every disk it may have got, plug the record's."""
+    pending = await asyncio.to_thread(drv.disks_pending, host)
+    if pending is None:
+        return
+    ctx.log.warning("resetting the disks of an instance whose hot-plug was interrupted",
+                    instance=host)
+    try:
+        known = {(m.name, m.path): m for m in
+                 [*pending, *await asyncio.to_thread(drv.disks_of, host)]}
+        for m in sorted(known.values(), key=lambda m: m.path.count("/"), reverse=True):
+            await asyncio.to_thread(drv.disk_detach, host, m)
+        wanted = await resolve(ctx, rec)
+        for m in wanted:
+            await asyncio.to_thread(drv.disk_attach, host, m)
+        await asyncio.to_thread(drv.disk_limits, host, wanted)
+        await asyncio.to_thread(drv.update, host, dict(rec["expanded_config"]),
+                                dict(rec["expanded_devices"]), None, wanted)
+        await done(drv, host)
+    except CorralError as exc:  # left journaled: tried again at the next start
+        ctx.log.warning("the disks of an interrupted hot-plug could not be reset",
+                        instance=host, error=exc.message)
 
 
 async def unplug_back(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
@@ -305,13 +341,16 @@ async def unplug_back(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriv
                              rec.get("expanded_devices", {}), current=mounted)
         await asyncio.to_thread(drv.update, host, rec["expanded_config"],
                                 rec["expanded_devices"], None, back)
+        await done(drv, host)
     except CorralError as exc:
         ctx.log.warning("undoing a disk hot-plug failed", instance=host, error=str(exc))
 
 
-async def _quietly(ctx: "Context", fn: Any, host: str, m: DiskMount) -> None:
+async def _quietly(ctx: "Context", fn: Any, host: str, m: DiskMount) -> bool:
     try:
         await asyncio.to_thread(fn, host, m)
+        return True
     except CorralError as exc:
         ctx.log.warning("undoing a disk hot-plug failed", instance=host, device=m.name,
                         error=str(exc))
+        return False

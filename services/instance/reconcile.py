@@ -7,6 +7,7 @@
 - anything a driver has on the host (an LXC directory, a VM directory, even half-written)
   without a record of that type was never finished: purge it;
 - every other record takes its status from the host (running instances stay managed);
+- a running instance whose disk hot-plug was interrupted gets its record's disks back;
 - VMs likewise, with libvirt as the truth: a running VM stays running and managed across
   a restart of this service. When libvirtd does not answer, VM records and directories
   are left alone (we cannot tell what runs).
@@ -22,7 +23,7 @@ from typing import Any
 from shared.errors import CorralError, NotFound, Unavailable
 from shared.state import key, mutate
 
-from . import snapshot_ops
+from . import disks, snapshot_ops
 from .context import Context
 from .drivers.router import type_of
 from .names import host_of
@@ -72,6 +73,9 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
             status = host[host_of(rec)]
             await mutate(ctx.instances, key(rec["project"], rec["name"]),
                          lambda r, s=status: {**r, "status": s})
+        if drv is not None and rec.get("status") not in ("Creating", "Deleting") and \
+                host.get(host_of(rec)) in ("Running", "Frozen"):
+            await disks.reconcile(ctx, rec, drv, host_of(rec))  # an interrupted hot-plug
     # Snapshot records a dead process left unfinished (creating, deleting, renaming).
     tasks.extend(await snapshot_ops.reconcile(ctx))
     return tasks

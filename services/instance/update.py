@@ -143,6 +143,8 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
             if nics:
                 await apply_nic_limits(ctx, new, only=nics)
         await ctx.instances.update(key(rec["project"], name), new, rev)
+        if mounted is not None:
+            await disks.done(drv, host)
     except BaseException:
         if mounted is not None:  # the record keeps the old disks: so does the instance
             await disks.unplug_back(ctx, rec, drv, host, pdevs, mounted)

@@ -171,6 +171,16 @@ class InstanceDriver(abc.ABC):
         if any(d.limited() for d in disks):
             raise BadRequest("This instance's driver cannot change disk limits live")
 
+    def disks_intent(self, name: str, disks: list[DiskMount] | None) -> None:
+        """Journal the disks a hot-plug is about to give the running instance (None: the
+        change is whole, recorded). A service that died in between finds the entry at
+        its next start and puts the instance's disks back to its record's."""
+        return None
+
+    def disks_pending(self, name: str) -> list[DiskMount] | None:
+        """The journaled disks of a hot-plug that never finished (None: none)."""
+        return None
+
     # ---- status and state --------------------------------------------------------------
 
     @abc.abstractmethod
@@ -281,6 +291,19 @@ class SpecDir:
 
     def _save(self, name: str, data: dict) -> None:
         write_private(self._dir(name) / SPEC_FILE, json.dumps(data, indent=1))
+
+    def disks_intent(self, name: str, disks: list[DiskMount] | None) -> None:
+        data = self._load(name)
+        if disks is None:
+            if data.pop("disks_pending", None) is None:
+                return
+        else:
+            data["disks_pending"] = [d.model_dump() for d in disks]
+        self._save(name, data)
+
+    def disks_pending(self, name: str) -> list[DiskMount] | None:
+        pending = self._load(name).get("disks_pending")
+        return None if pending is None else [DiskMount.model_validate(d) for d in pending]
 
 
 # State files are root's only (LXD: /var/lib/lxd 0711, logs and state 0700): configs hold
