@@ -50,7 +50,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "image": (("instance", "profile_get"), ("storage", "image_volume_delete"),
               ("instance", "publish")),
-    "storage": (("instance", "profile_list"), ("image", "blob"), ("instance", "list")),
+    "storage": (("instance", "profile_list"), ("image", "blob"), ("instance", "list"),
+                ("instance", "patch"), ("instance", "profile_patch")),
     "network": (("instance", "profile_list"), ("instance", "network_users")),
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
