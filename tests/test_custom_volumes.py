@@ -441,9 +441,29 @@ def test_used_by_instances_and_profiles_and_delete_refused(stack, api, pools, wo
     assert r.status_code == 400 and "still in use" in r.json()["error"], r.text
     r = lxc(stack, "storage", "volume", "delete", pool, uid, check=False)
     assert r.returncode != 0 and "in use" in r.stderr
-    r = api.post(url(pool, uid), json={"name": f"{uid}r"})
-    assert r.status_code == 400 and "in use" in r.json()["error"]
     assert vol_path(stack, pool, uid).is_dir()
+
+    # a rename or a move takes the devices of stopped instances and profiles along (LXD)
+    lxc(stack, "storage", "volume", "attach-profile", pool, uid, world.profile, "pdata",
+        "/mnt/p")
+    lxc(stack, "storage", "volume", "rename", pool, uid, f"{uid}r")
+    dev = api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]["data"]
+    assert dev["source"] == f"{uid}r" and dev["pool"] == pool
+    pdev = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"]["pdata"]
+    assert pdev["source"] == f"{uid}r"
+    assert api.get(url(pool, f"{uid}r")).json()["metadata"]["used_by"] == sorted(
+        [f"/1.0/instances/{c1}", f"/1.0/profiles/{world.profile}"])
+    # (the 5.0 client moves across pools as copy + delete, which the users refuse, as
+    # LXD's; the API's move, POST {pool}, is the one that takes them along: corral's)
+    wait_op(api, api.post(url(pool, f"{uid}r"), json={"name": uid, "pool": pools["dir"]}))
+    dev = api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]["data"]
+    assert (dev["pool"], dev["source"]) == (pools["dir"], uid)
+    assert api.get(url(pool, f"{uid}r")).status_code == 404
+    r = corral(stack, "storage", "volume", "move", f"{pools['dir']}/{uid}", f"{pool}/{uid}")
+    assert r.returncode == 0, r.stderr
+    dev = api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]["data"]
+    assert (dev["pool"], dev["source"]) == (pool, uid)
+    lxc(stack, "storage", "volume", "detach-profile", pool, uid, world.profile, "pdata")
 
     # a restore waits for the instances that use the volume to stop, as LXD
     (vol_path(stack, pool, uid) / "f").write_text("one")
@@ -454,6 +474,12 @@ def test_used_by_instances_and_profiles_and_delete_refused(stack, api, pools, wo
     world.state(c1, "start")
     r = lxc(stack, "storage", "volume", "restore", pool, uid, "s0", check=False)
     assert r.returncode != 0 and "running" in r.stderr, r.stderr
+    r = api.post(url(pool, uid), json={"name": f"{uid}x"})
+    assert r.status_code == 400 and "running" in r.json()["error"], r.text
+    r = corral(stack, "storage", "volume", "move", f"{pool}/{uid}", f"{pools['dir']}/{uid}")
+    assert r.returncode != 0 and "running" in r.stderr, r.stderr
+    assert vol_path(stack, pool, uid).is_dir() and api.get(
+        url(pools["dir"], uid)).status_code == 404
     world.state(c1, "stop", force=True)
 
     lxc(stack, "storage", "volume", "attach-profile", pool, uid, world.profile, "data",

@@ -40,7 +40,7 @@ from shared.messages.storage import (
 )
 from shared.models import ListRequest, lxd_time
 
-from . import copies, custom_disk, snapshots
+from . import copies, custom_disk, custom_users, snapshots
 from .backups import BACKUPS_DIR
 from .custom_config import (
     ZERO_TIME,
@@ -308,17 +308,38 @@ class CustomVolumes:
 
     # ---- rename and move -----------------------------------------------------------------
 
+    def _projects_with(self, pool: str, name: str) -> set[str]:
+        """Projects with a custom volume ``name`` of their own in ``pool``."""
+        return {r.get("project", "default") for r in self.volumes.store.cached()
+                if r.get("kind") == KIND and r["pool"] == pool and r["name"] == name}
+
+    async def _holders(self, pool: str, project: str, name: str
+                       ) -> list[custom_users.Holder]:
+        """Who names the volume in a device; 400 while a running instance uses it."""
+        found, running = await custom_users.holders(
+            self.bus, pool, project, name, self._projects_with(pool, name) - {project})
+        if running:
+            raise BadRequest(f"Volume is still in use by running instances: "
+                             f"{', '.join(running)}; stop them first")
+        return found
+
     async def rename(self, pool: str, project: str, name: str, new_name: str) -> None:
-        """Rename in the pool (sync, as LXD); refused while instances or profiles use it
-        (their devices name it: detach, rename, attach again)."""
+        """Rename in the pool (sync, as LXD): the devices of stopped instances and of
+        profiles that name it follow; refused while a running instance uses it."""
         validate_name("volume", new_name)
-        rec = await self.record(pool, project, name)
-        users = (await self.users([rec], strict=True))[(pool, project, name)]
-        if users:
-            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(users)}:"
-                             " detach it before renaming it")
+        await self.record(pool, project, name)
         if await self.volumes.store.get(self.key(pool, project, new_name)) is not None:
             raise Conflict("Volume by that name already exists")
+        found = await self._holders(pool, project, name)
+        await self._rename_disk(pool, project, name, new_name)
+        try:
+            await custom_users.repoint(self.bus, found, pool, new_name)
+        except BaseException:
+            await self._rename_disk(pool, project, new_name, name)
+            raise
+
+    async def _rename_disk(self, pool: str, project: str, name: str, new_name: str
+                           ) -> None:
         await self.volumes.rename(VolumeRenameRequest(pool=pool, kind=KIND, project=project,
                                                       name=name, new_name=new_name))
         async with self.pools.using(pool) as drv:  # its backups' frozen copies follow
@@ -408,20 +429,24 @@ class CustomVolumes:
         return added
 
     async def move(self, pool: str, project: str, name: str, new_pool: str,
-                   new_name: str) -> None:
-        """To another pool: a copy with the snapshots, then the source goes (refused while
-        used, as a rename)."""
+                   new_name: str,
+                   before: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+                   ) -> None:
+        """To another pool: a copy with its snapshots, the devices naming it pointed at the
+        copy, then the source goes (``before`` its deletion, as :meth:`delete`). Refused
+        while a running instance uses it; any failure leaves the source as it was."""
         rec = await self.record(pool, project, name)
-        users = (await self.users([rec], strict=True))[(pool, project, name)]
-        if users:
-            raise BadRequest(f"Storage volume custom/{name} is in use by {', '.join(users)}:"
-                             " detach it before moving it")
-        new = await self.copy(new_pool, project, new_name, rec.get("description", ""),
-                              dict(rec.get("config", {})), pool, project, name, False)
+        found = await self._holders(pool, project, name)
+        await self.copy(new_pool, project, new_name, rec.get("description", ""),
+                        dict(rec.get("config", {})), pool, project, name, False)
+        changed: list[custom_users.Holder] = []
         try:
-            await self.delete(pool, project, name)
+            changed = await custom_users.repoint(self.bus, found, new_pool, new_name)
+            await self.delete(pool, project, name, before=before)
         except BaseException:
-            await self.delete(new_pool, project, new["name"])
+            await custom_users.restore(self.bus, changed)
+            await self.volumes.delete(VolumeRequest(project=project, pool=new_pool,
+                                                    kind=KIND, name=new_name))
             raise
 
     # ---- snapshots -----------------------------------------------------------------------

@@ -198,11 +198,12 @@ class CustomVolumesMixin:
         if body.pool and body.pool != req.pool:
             await self.pools.get(body.pool)  # type: ignore[attr-defined]
             await self.custom.record(req.pool, req.project, req.name)
+            await self.custom._holders(req.pool, req.project, req.name)  # 400 if running
             new_url = volume_url(body.pool, KIND, new_name, req.project)
 
             async def run(_op: Any) -> None:
                 await self.custom.move(req.pool, req.project, req.name, body.pool or "",
-                                       new_name)
+                                       new_name, before=self.custom_backups.drop_all)
                 await self._custom_event("storage-volume-created", new_url, req)
                 await self._custom_event("storage-volume-deleted", old_url, req)
 
