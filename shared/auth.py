@@ -94,7 +94,9 @@ READ_VERBS = ("list", "get", "state", "info", "leases", "resources", "alias_list
               "alias_get", "profile_list", "profile_get", "volume_list", "volume_get",
               "snapshot_list", "snapshot_get", "backup_list", "backup_get",
               "volume_snapshot_list", "network_users", "project_list", "project_get",
-              "project_state")
+              "project_state", "custom_list", "custom_get", "custom_state",
+              "custom_snapshot_list", "custom_snapshot_get", "custom_backup_list",
+              "custom_backup_get")
 
 STREAMS = f"{subjects.PREFIX}.streams"
 # A user that answers may publish to the reply subject of what it received. More than one
