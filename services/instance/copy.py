@@ -269,19 +269,19 @@ async def _write_snapshots(ctx: Context, target: dict[str, Any],
     """Write the target's snapshot records, journaled ``creating`` until the copy is whole.
     Returns their keys."""
     assert ctx.snapshots is not None or not snaps
-    keys = []
-    for snap in snaps:
-        k = snapshots.snapshot_key(target["project"], target["name"], snap["name"])
-        await ctx.snapshots.put(k, {**snapshot_record(snap, target), "creating": True})
+    keys = [snapshots.snapshot_key(target["project"], target["name"], s["name"])
+            for s in snaps]
+    for k in keys:  # undone whether or not its write below got through
         undo.append(lambda k=k: ctx.snapshots.delete(k))
-        keys.append(k)
+    await asyncio.gather(*(ctx.snapshots.put(k, {**snapshot_record(s, target),
+                                                 "creating": True})
+                           for k, s in zip(keys, snaps, strict=True)))
     return keys
 
 
 async def _settle_snapshots(ctx: Context, keys: list[str]) -> None:
-    for k in keys:
-        await mutate(ctx.snapshots, k, lambda r: {x: v for x, v in r.items()
-                                                  if x != "creating"})
+    await asyncio.gather(*(mutate(ctx.snapshots, k, lambda r: {
+        x: v for x, v in r.items() if x != "creating"}) for k in keys))
 
 
 async def build(ctx: Context, rec: dict[str, Any], plan: CopyPlan) -> dict[str, Any]:
@@ -303,16 +303,23 @@ async def build(ctx: Context, rec: dict[str, Any], plan: CopyPlan) -> dict[str, 
                 pass
 
         undo.append(drop_volume)
-        path = await volume_copy(ctx, rec, plan, [s["name"] for s in plan.snapshots])
+        # The NICs (new MACs from the network service) need no volume: asked meanwhile.
+        copied, nicked = await asyncio.gather(
+            volume_copy(ctx, rec, plan, [s["name"] for s in plan.snapshots]),
+            nic_setup(ctx, rec), return_exceptions=True)
+        for result in (copied, nicked):
+            if isinstance(result, BaseException):
+                raise result
+        assert isinstance(copied, Path) and isinstance(nicked, tuple)
+        path, (nics, vol) = copied, nicked
         faults.point("copy:after_volume")
         size = root_size(rec["expanded_devices"])
         if size and kind == "container":
             await ctx.remote.volume_quota(project, pool, name, size, kind)
-        rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
         snap_keys = await _write_snapshots(ctx, rec, plan.snapshots, undo)
         faults.point("copy:after_snapshots")
-        nics, vol = await nic_setup(ctx, rec)
-        rec = with_config(rec, {**vol, "volatile.uuid": str(uuid.uuid4())})
+        rec = with_config({**rec, "volume": str(path)},
+                          {**vol, "volatile.uuid": str(uuid.uuid4())})
         if drv.capabilities.templates:
             await asyncio.to_thread(image_templates.apply, path, "copy", rec)
         host = host_name(project, name)
