@@ -296,6 +296,24 @@ def test_restricted_project_source_may_not_escape_by_link(world, stack, api, tmp
         lxc(stack, "project", "delete", project, check=False)
 
 
+def test_a_vanished_source_does_not_block_other_disks(world, stack, api, running,
+                                                       tmp_path, host_dir):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    gone.chmod(0o755)
+    tmp_path.chmod(0o755)
+    lxc(stack, "config", "device", "add", running, "gone", "disk", f"source={gone}",
+        "path=/mnt/gone")
+    gone.rmdir()  # the host's directory goes; the container keeps its mount
+    lxc(stack, "config", "device", "add", running, "other", "disk", f"source={host_dir}",
+        "path=/mnt/other")
+    assert _sh(stack, running, "cat /mnt/other/hello").stdout == "from the host\n"
+    lxc(stack, "config", "device", "remove", running, "gone")
+    lxc(stack, "config", "device", "remove", running, "other")
+    assert not _mounted(stack, running, "/mnt/gone")
+    assert not _mounted(stack, running, "/mnt/other")
+
+
 def test_optional_missing_source_is_skipped(world, stack, api, tmp_path):
     name = world.create("opt")
     lxc(stack, "config", "device", "add", name, "o", "disk", f"source={tmp_path}/nope",

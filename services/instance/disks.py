@@ -269,7 +269,11 @@ async def hotplug(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver",
     if current is None:
         current = await asyncio.to_thread(drv.disks_of, host)
     before = {m.name: m for m in current}
-    after = await resolve(ctx, rec, new)
+    # Unchanged disks stay as they are (their source is not asked again: one that went
+    # away must not block another disk's change); added or changed ones are resolved.
+    fresh = {m.name: m for m in await resolve(ctx, rec, new, only=come)}
+    after = [fresh[n] if n in come else before[n] for n in sorted(new)
+             if is_extra_disk(new[n]) and (n in fresh or (n not in come and n in before))]
     after_by = {m.name: m for m in after}
     limits_only = {n for n in gone & come if n in before and n in after_by and
                    _only_limits(old[n], new[n])}
