@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from .stack import NatsServer, Stack
-from .world import lxc, make_world
+from .world import World, lxc, make_world
 
 pytestmark = pytest.mark.root
 if shutil.which("lxc") is None or os.geteuid() != 0:
@@ -39,9 +39,21 @@ def world(stack, api, busybox_tarball):
 
 
 @pytest.fixture(scope="module")
-def dworld(stack, api, busybox_tarball):
-    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+def dworld(world, stack, api):
+    """A dir pool and a profile on it, using ``world``'s image (one upload per stack)."""
+    w = World(api, stack, world.prefix + "d", pool=world.prefix + "dp",
+              profile=world.prefix + "dpr", image=world.image)
+    assert api.post("/1.0/storage-pools", json={"name": w.pool, "driver": "dir"}
+                    ).status_code == 200
+    assert api.post("/1.0/profiles", json={"name": w.profile, "devices": {
+        "root": {"type": "disk", "path": "/", "pool": w.pool}}}).status_code == 200
+    try:
         yield w
+    finally:
+        for n in set(w.instances):
+            w.remove(n)
+        api.delete(f"/1.0/profiles/{w.profile}")
+        api.delete(f"/1.0/storage-pools/{w.pool}")
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +233,176 @@ def test_optimized_round_trip_and_instance_only(world, stack, api, tmp_path):
     third = world.name("only")
     import_(stack, only, third, world.pool)
     assert api.get(f"/1.0/instances/{third}/snapshots").json()["metadata"] == []
+
+
+def test_dir_pool_export_and_optimized_fallback(dworld, stack, api, tmp_path):
+    """A dir pool has no send streams: --optimized-storage gives a plain tarball (as
+    LXD), and an optimized tarball is refused with the reason."""
+    world = dworld
+    name = world.create("dir")
+    lxc(stack, "snapshot", name, "s0")
+    out = tmp_path / "dir.tar.gz"
+    lxc(stack, "export", name, str(out), "--optimized-storage")
+    idx = index_of(out)
+    assert idx["optimized"] is False and idx["backend"] == "dir"
+    assert "backup/snapshots/s0/rootfs/bin/busybox" in members(out)
+    copy = world.name("dir2")
+    import_(stack, out, copy, world.pool)
+    lxc(stack, "start", copy)
+    assert world.live(copy)["status"] == "Running"
+    lxc(stack, "stop", copy, "--force")
+
+
+def test_optimized_into_a_dir_pool_is_refused(oworld, other, oapi):
+    pool = f"{oworld.prefix}d"
+    assert oapi.post("/1.0/storage-pools", json={"name": pool, "driver": "dir"}
+                     ).status_code == 200
+    try:
+        name = oworld.name("diropt")
+        r = import_(other, OPTIMIZED, name, pool, check=False)
+        assert r.returncode != 0 and "differs from the target storage pool driver" in \
+            r.stderr, r.stderr
+        assert oapi.get(f"/1.0/instances/{name}").status_code == 404
+        assert oapi.get(f"/1.0/storage-pools/{pool}/volumes/container"
+                        ).json()["metadata"] == []
+    finally:
+        assert oapi.delete(f"/1.0/storage-pools/{pool}").status_code == 200
+
+
+def test_import_into_a_second_corral(world, stack, oworld, other, oapi, tmp_path):
+    """A Corral export imports into another Corral (its own state dir and bus)."""
+    name = world.create("second")
+    lxc(stack, "start", name)
+    lxc(stack, "exec", name, "--", "sh", "-c", "echo moved > /root/where")
+    lxc(stack, "snapshot", name, "s0")
+    out = tmp_path / "second.tar.zst"
+    lxc(stack, "export", name, str(out), "--compression", "zstd")
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    lxc(stack, "stop", name, "--force")
+    target = oworld.name("second")
+    # the backup names its profile: like LXD, the target must have one of that name
+    r = import_(other, out, target, oworld.pool, check=False)
+    assert r.returncode != 0 and f"Profile {world.profile!r} not found" in r.stderr
+    assert oapi.post("/1.0/profiles", json={"name": world.profile}).status_code == 200
+    try:
+        import_(other, out, target, oworld.pool)
+        snaps = oapi.get(f"/1.0/instances/{target}/snapshots").json()["metadata"]
+        assert [s.rsplit("/", 1)[-1] for s in snaps] == ["s0"]
+        got = oapi.get(f"/1.0/instances/{target}").json()["metadata"]
+        assert got["devices"]["root"]["pool"] == oworld.pool  # the pool it went to
+        lxc(other, "start", target)
+        assert lxc(other, "exec", target, "--", "cat", "/root/where").stdout.strip() == \
+            "moved"
+        lxc(other, "stop", target, "--force")
+    finally:
+        oworld.remove(target)
+        oapi.delete(f"/1.0/profiles/{world.profile}")
+
+
+def test_backups_rest_api_and_lxc_info(world, stack, api):
+    name = world.create("rest")
+    r = api.post(f"/1.0/instances/{name}/backups", json={
+        "name": "b1", "compression_algorithm": "none", "expires_at": None})
+    op = world.wait(r)
+    assert op["resources"]["backups"] == ["/1.0/backups/b1"]
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == \
+        [f"/1.0/instances/{name}/backups/b1"]
+    full = api.get(f"/1.0/instances/{name}/backups", params={"recursion": 1}).json()
+    b = full["metadata"][0]
+    assert b["name"] == "b1" and b["instance_only"] is False
+    assert b["optimized_storage"] is False and b["expires_at"] == "0001-01-01T00:00:00Z"
+    assert api.get(f"/1.0/instances/{name}/backups/b1").json()["metadata"]["name"] == "b1"
+    assert "b1" in lxc(stack, "info", name).stdout
+    # the default name is backupN, one more than the highest
+    world.wait(api.post(f"/1.0/instances/{name}/backups", json={}))
+    names = [b["name"] for b in api.get(f"/1.0/instances/{name}/backups",
+                                        params={"recursion": 1}).json()["metadata"]]
+    assert sorted(names) == ["b1", "backup0"]
+    world.wait(api.post(f"/1.0/instances/{name}/backups/b1", json={"name": "b2"}))
+    assert api.get(f"/1.0/instances/{name}/backups/b1").status_code == 404
+    with api.stream("GET", f"/1.0/instances/{name}/backups/b2/export") as resp:
+        assert resp.status_code == 200
+        data = b"".join(resp.iter_bytes())
+    with tarfile.open(fileobj=__import__("io").BytesIO(data), mode="r:") as t:
+        first = t.next()
+        assert first is not None and first.name == "backup/index.yaml"
+        assert "backup/container/rootfs/bin/busybox" in t.getnames()
+    # bad input
+    assert api.post(f"/1.0/instances/{name}/backups", json={"name": "b2"}).status_code == 409
+    assert api.post(f"/1.0/instances/{name}/backups", json={"name": "a/b"}).status_code == 400
+    r = api.post(f"/1.0/instances/{name}/backups", json={"compression_algorithm": "lz77"})
+    assert r.status_code == 400 and "compression" in r.json()["error"]
+    assert api.get(f"/1.0/instances/{name}/backups/nope").status_code == 404
+    assert api.get(f"/1.0/instances/{name}/backups/nope/export").status_code == 404
+    assert api.get("/1.0/instances/nope-x/backups").status_code == 404
+    for b in ("b2", "backup0"):
+        world.wait(api.delete(f"/1.0/instances/{name}/backups/{b}"))
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    frozen = world.volume(name).parent.parent / ".corral-backups" / "containers" / name
+    assert not any(frozen.glob("*")) if frozen.exists() else True
+
+
+def _tarball(tmp_path: Path, name: str, entries: list[tuple[tarfile.TarInfo, bytes | None]],
+             index: dict) -> Path:
+    out = tmp_path / name
+    with tarfile.open(out, "w:gz") as t:
+        raw = yaml.safe_dump(index).encode()
+        info = tarfile.TarInfo("backup/index.yaml")
+        info.size = len(raw)
+        t.addfile(info, __import__("io").BytesIO(raw))
+        for info, data in entries:
+            t.addfile(info, __import__("io").BytesIO(data) if data is not None else None)
+    return out
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = None,
+           link: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind == tarfile.DIRTYPE:
+        info.mode = 0o755
+    if data is not None:
+        info.size = len(data)
+    info.linkname = link
+    return info, data
+
+
+def test_bad_imports_leave_nothing(world, stack, api, tmp_path):
+    pool = world.pool
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"this is not a tarball" * 100)
+    r = import_(stack, junk, world.name("junk"), pool, check=False)
+    assert r.returncode != 0 and "Invalid backup" in r.stderr
+    r = import_(stack, PLAIN, world.name("nopool"), "no-such-pool", check=False)
+    assert r.returncode != 0 and "not found" in r.stderr
+    taken = world.create("taken")
+    r = import_(stack, PLAIN, taken, pool, check=False)
+    assert r.returncode != 0 and "already exists" in r.stderr
+    # a symlink out of the volume, then a file through it: refused, nothing written
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = _tarball(tmp_path, "evil.tar.gz", [
+        _entry("backup/container", tarfile.DIRTYPE),
+        _entry("backup/container/rootfs", tarfile.DIRTYPE),
+        _entry("backup/container/rootfs/x", tarfile.SYMTYPE, link=str(outside)),
+        _entry("backup/container/rootfs/x/pwned", data=b"gotcha")],
+        {"name": "evil", "type": "container", "snapshots": [], "backend": "dir",
+         "config": {"container": {"profiles": [world.profile], "config": {},
+                                  "devices": {}}}})
+    r = import_(stack, evil, world.name("evil"), pool, check=False)
+    assert r.returncode != 0 and "leaves the volume" in r.stderr, r.stderr
+    assert not (outside / "pwned").exists()
+    # a tarball cut short mid-way (a failed upload): the half volume goes
+    whole = tmp_path / "whole.tar.gz"
+    lxc(stack, "export", taken, str(whole))
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    r = import_(stack, cut, world.name("cut"), pool, check=False)
+    assert r.returncode != 0 and "damaged" in r.stderr, r.stderr
+    for tag in ("junk", "nopool", "evil", "cut"):
+        n = f"{world.prefix}-{tag}"
+        assert api.get(f"/1.0/instances/{n}").status_code == 404
+        assert not world.volume(n).exists()
+        assert not (world.volume(n).parent.parent / "containers-snapshots" / n).exists()
+    vols = api.get(f"/1.0/storage-pools/{pool}/volumes/container").json()["metadata"]
+    assert sorted(v.rsplit("/", 1)[-1] for v in vols) == [taken]

@@ -97,6 +97,8 @@ async def prepare(ctx: Context, req: BackupImportRequest, transfers: Any
     if not isinstance(inst, dict):
         raise BadRequest("Invalid backup: index.yaml's config.container is not an object")
     name = validate.check_name(req.name or info["name"])
+    if await ctx.instances.get(key(project, name)) is not None:
+        creating.raise_duplicate(name)  # 409 before anything else, as LXD answers it
     profiles = validate.check_profiles(inst.get("profiles") if inst.get("profiles")
                                        is not None else ["default"])
     config = validate.check_config(clean_config(inst.get("config")))
@@ -129,8 +131,6 @@ async def prepare(ctx: Context, req: BackupImportRequest, transfers: Any
         devices[root_name] = {**root_dev, "pool": pool}
         pcfg, pdevs = records.expand(expanded_profiles, config, devices)
     project_checks.creating(ctx, project, name, kind, pcfg, pdevs)
-    if await ctx.instances.get(key(project, name)) is not None:
-        creating.raise_duplicate(name)
     rec = records.new_record(name, project, {"ephemeral": bool(inst.get("ephemeral")),
                                              "description": inst.get("description") or ""},
                              config, devices, profiles)
