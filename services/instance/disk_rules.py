@@ -66,6 +66,9 @@ def check_device(name: str, dev: Device) -> None:
                              "point inside the instance, e.g. /mnt/data)")
         if ".." in path.split("/") or "\0" in path:
             raise BadRequest(f"Device {name!r}: path {path!r} may not contain '..'")
+        if not path.strip("/"):
+            raise BadRequest(f"Device {name!r}: only the root disk is mounted on '/' (it "
+                             "has a pool and no source)")
     if pool:
         if dev.get("shift"):
             raise BadRequest(f'Device {name!r}: the "shift" property cannot be used with '

@@ -21,6 +21,7 @@ ROOT = {"type": "disk", "path": "/", "pool": "p"}
     ({"type": "disk", "source": "/srv", "path": "mnt"}, "must be absolute"),
     ({"type": "disk", "source": "srv", "path": "/mnt"}, "source path must be absolute"),
     ({"type": "disk", "source": "/srv", "path": "/a/../b"}, "'..'"),
+    ({"type": "disk", "source": "/srv", "path": "//"}, "only the root disk"),
     ({"type": "disk", "pool": "p", "source": "/srv", "path": "/m"}, "absolute paths"),
     ({"type": "disk", "pool": "p", "source": "../x", "path": "/m"}, "custom volume name"),
     ({"type": "disk", "pool": "p", "source": "v", "path": "/m", "shift": "true"}, "shift"),
