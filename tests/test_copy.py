@@ -270,3 +270,28 @@ def test_corral_copy_move_publish(world, stack, api):
             wait_op(api, r)
     r = corral(stack, "copy", "nope", world.name("clinope"), check=False)
     assert r.returncode != 0 and "not found" in r.stderr
+
+
+def test_copy_into_another_project(world, stack, api):
+    """``lxc copy a b --target-project p`` (container_copy_project): one request with
+    ``source.project``; the copy lives in ``p`` beside a same-named one of ``default``."""
+    proj = f"{world.prefix}pr2"
+    r = api.post("/1.0/projects", json={"name": proj, "config": {
+        "features.images": "false", "features.profiles": "false"}})
+    assert r.status_code in (200, 201), r.text
+    a = world.name("prjsrc")
+    try:
+        lxc(stack, "init", world.image, a, "-p", world.profile)
+        lxc(stack, "start", a)
+        sh(stack, a, "echo project > /root/v")
+        lxc(stack, "copy", a, a, "--target-project", proj)
+        got = api.get(f"/1.0/instances/{a}", params={"project": proj}).json()["metadata"]
+        assert got["project"] == proj and got["status"] == "Stopped"
+        lxc(stack, "start", a, "--project", proj)
+        out = lxc(stack, "exec", a, "--project", proj, "--", "cat", "/root/v").stdout
+        assert out.strip() == "project"
+        assert world.live(a)["status"] == "Running"  # the source, untouched
+    finally:
+        lxc(stack, "delete", "--force", a, "--project", proj, check=False)
+        lxc(stack, "delete", "--force", a, check=False)
+        api.delete(f"/1.0/projects/{proj}")
