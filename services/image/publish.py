@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Conflict
 from shared.messages.image import ImportRequest
 from shared.messages.publish import COMPRESSIONS, PublishReply, PublishRequest
 from shared.models import CreateRequest
 from shared.operations import OperationHandle
+from shared.state import key
 
 from . import imports
 from .aliases import Aliases
@@ -103,6 +104,9 @@ async def run(ctx: ImageContext, aliases: Aliases, req: CreateRequest, pub: Publ
               op: OperationHandle) -> dict[str, Any]:
     """The operation: pack on the instance's node, then import. Returns LXD's
     ``{"fingerprint", "size"}``."""
+    for alias in pub.aliases:  # before the packing, which a taken alias would waste
+        if await ctx.aliases.get(key(req.project, alias["name"])) is not None:
+            raise Conflict(f"Alias already exists: {alias['name']}")
     ask = PublishRequest(project=req.project, requestor=req.requestor, name=pub.name,
                          snapshot=pub.snapshot, properties=pub.properties,
                          compression=pub.compression, expires_at=pub.expires_at)
