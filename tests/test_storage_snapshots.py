@@ -365,6 +365,12 @@ async def test_copy_to_another_pool(stack, aapi, bus, pools, uid, pair):
     write(cp.path, "mine")
     if pair[1] == "btrfs":
         assert is_subvolume(cp.path)
+    if pair == ("btrfs", "btrfs"):  # send -p: the snapshots share "big", as the source's
+        out = subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw",
+                              str(pool_path(stack, b) / "custom-snapshots" / "cp")],
+                             check=True, capture_output=True, text=True).stdout
+        total, _exclusive, distinct = (int(x) for x in out.splitlines()[1].split()[:3])
+        assert total >= 3 * 4 * 2**20 and distinct < 6 * 2**20, out  # full sends: 12 MiB
 
     snap = await ask(bus, "volume_copy", **base, pool=b, name="fromsnap", source_snapshot="s1")
     assert read(snap.path) == "v1"
