@@ -406,3 +406,35 @@ def test_bad_imports_leave_nothing(world, stack, api, tmp_path):
         assert not (world.volume(n).parent.parent / "containers-snapshots" / n).exists()
     vols = api.get(f"/1.0/storage-pools/{pool}/volumes/container").json()["metadata"]
     assert sorted(v.rsplit("/", 1)[-1] for v in vols) == [taken]
+
+
+@pytest.mark.parametrize("service,point", [("storage", "import:after_volume"),
+                                           ("instance", "import:after_storage"),
+                                           ("instance", "import:before_done")])
+def test_crash_mid_import_leaves_nothing(oworld, other, oapi, service, point):
+    """The storage or the instance service killed mid-import: the client hears of it, and
+    once the service is back nothing stays (instance, volume, snapshots, KV records)."""
+    from .test_faults import assert_clean, kv_records, restart, start_again, wait_dead, \
+        wait_final
+
+    name = oworld.name(f"crash{point.split(':')[1].replace('_', '')}")
+    restart(other, service, fault=point)
+    try:
+        r = oapi.post("/1.0/instances", content=PLAIN.read_bytes(), headers={
+            "Content-Type": "application/octet-stream", "X-LXD-name": name,
+            "X-LXD-pool": oworld.pool})
+        assert r.status_code == 202, r.text
+        wait_dead(other, service)
+        op = wait_final(oapi, r.json()["operation"])
+        assert op["status"] == "Failure", op
+    finally:
+        if service not in other.procs:
+            start_again(other, service)
+        restart(other, service)  # disarmed
+    assert_clean(oworld, timeout=60)
+    snaps = oworld.volume(name).parent.parent / "containers-snapshots" / name
+    assert not snaps.exists()
+    assert not [r for r in kv_records(other, "instance_snapshots") if r["instance"] == name]
+    assert oapi.get(f"/1.0/instances/{name}").status_code == 404
+    import_(other, PLAIN, name, oworld.pool)  # the name is free again
+    oworld.remove(name)
