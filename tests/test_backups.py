@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from .stack import NatsServer, Stack
+from .stack import BIN, NatsServer, Stack
 from .world import World, lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -414,8 +415,14 @@ def test_bad_imports_leave_nothing(world, stack, api, tmp_path):
 def test_crash_mid_import_leaves_nothing(oworld, other, oapi, service, point):
     """The storage or the instance service killed mid-import: the client hears of it, and
     once the service is back nothing stays (instance, volume, snapshots, KV records)."""
-    from .test_faults import assert_clean, kv_records, restart, start_again, wait_dead, \
-        wait_final
+    from .test_faults import (
+        assert_clean,
+        kv_records,
+        restart,
+        start_again,
+        wait_dead,
+        wait_final,
+    )
 
     name = oworld.name(f"crash{point.split(':')[1].replace('_', '')}")
     restart(other, service, fault=point)
@@ -438,3 +445,38 @@ def test_crash_mid_import_leaves_nothing(oworld, other, oapi, service, point):
     assert oapi.get(f"/1.0/instances/{name}").status_code == 404
     import_(other, PLAIN, name, oworld.pool)  # the name is free again
     oworld.remove(name)
+
+
+def corral(stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "corral"), *args], env=stack.env, capture_output=True,
+                       text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_corral_export_import(world, stack, api, tmp_path):
+    name = world.create("cli")
+    lxc(stack, "snapshot", name, "s0")
+    out = tmp_path / "cli.tar.xz"
+    r = corral(stack, "export", name, str(out), "--compression", "xz")
+    assert str(out) in r.stdout and out.read_bytes()[:6] == b"\xfd7zXZ\x00"
+    assert "backup/snapshots/s0/rootfs/bin/busybox" in members(out)
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    only = tmp_path / "only.tar"
+    corral(stack, "export", name, str(only), "--instance-only", "--compression", "none",
+           "--optimized-storage")
+    assert set(members(only)) == {"backup/index.yaml", "backup/optimized_header.yaml",
+                                  "backup/container.bin"}
+    copy = world.name("cli2")
+    r = corral(stack, "import", str(out), copy, "--storage", world.pool)
+    assert copy in r.stdout
+    snaps = api.get(f"/1.0/instances/{copy}/snapshots").json()["metadata"]
+    assert [s.rsplit("/", 1)[-1] for s in snaps] == ["s0"]
+    third = world.name("cli3")
+    corral(stack, "import", str(only), third, "-s", world.pool)
+    assert api.get(f"/1.0/instances/{third}/snapshots").json()["metadata"] == []
+    r = corral(stack, "import", str(out), copy, check=False)
+    assert r.returncode != 0 and "already exists" in r.stderr
+    r = corral(stack, "export", "no-such-instance", str(tmp_path / "x"), check=False)
+    assert r.returncode != 0 and not (tmp_path / "x").exists()
