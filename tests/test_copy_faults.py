@@ -62,3 +62,41 @@ def test_instance_service_killed_mid_copy(world, fstack, fapi, point):  # noqa: 
     assert len(fapi.get(f"/1.0/instances/{target}/snapshots").json()["metadata"]) == 2
     for name in (target, src):
         w.remove(name)
+
+
+def test_instance_service_killed_mid_move(world, fstack, fapi):  # noqa: F811
+    """Killed after the volume was copied to the new pool: the instance is still whole on
+    its old pool and starts; the move tried again removes the leftover and succeeds."""
+    w = world
+    other = f"{w.prefix}mv"
+    assert fapi.post("/1.0/storage-pools", json={"name": other, "driver": "dir"}
+                     ).status_code == 200
+    name = w.name("mv")
+    try:
+        w.wait(fapi.post("/1.0/instances", json={
+            "name": name, "source": {"type": "image", "alias": w.image},
+            "profiles": [w.profile]}))
+        w.wait(fapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "s0"}))
+        restart(fstack, "instance", fault="move:after_volume")
+        r = fapi.post(f"/1.0/instances/{name}", json={"migration": True, "pool": other})
+        assert r.status_code == 202, r.text
+        wait_dead(fstack, "instance")
+        assert wait_final(fapi, r.json()["operation"])["status"] == "Failure"
+        start_again(fstack, "instance")
+        assert w.get(name)["expanded_devices"]["root"]["pool"] == w.pool
+        w.state(name, "start")
+        w.state(name, "stop", force=True)
+        leftover = fstack.dir / "storage-pools" / other / "containers" / name
+        assert leftover.exists()  # what the dead move made: removed by the next one
+        w.wait(fapi.post(f"/1.0/instances/{name}", json={"migration": True, "pool": other}))
+        got = w.get(name)
+        assert got["expanded_devices"]["root"]["pool"] == other
+        assert "moving_to" not in got
+        assert not (fstack.dir / "storage-pools" / w.pool / "containers" / name).exists()
+        assert [u.rsplit("/", 1)[-1] for u in fapi.get(
+            f"/1.0/instances/{name}/snapshots").json()["metadata"]] == ["s0"]
+        w.state(name, "start")
+        assert w.live(name)["status"] == "Running"
+    finally:
+        w.remove(name)
+        fapi.delete(f"/1.0/storage-pools/{other}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from shared import faults
 from shared.errors import BadRequest, Conflict, NotFound
-from shared.state import key
+from shared.state import key, mutate
 
 from . import lifecycle, snapshots, validate
 from .context import Context
@@ -77,7 +77,12 @@ async def move(ctx: Context, rec: dict[str, Any], new_name: str, pool: str,
               "expanded_config": pcfg, "expanded_devices": pdevs}
     nk, ok = key(project, new_name), key(project, name)
     renamed = nk != ok
-    if renamed:  # the new name is taken for the time of the move (the journal of it)
+    await _forget_interrupted(ctx, rec)
+    # The journal: the volume being made on the new pool is this instance's, so a move
+    # tried again after a crash removes what the dead one left there.
+    await mutate(ctx.instances, ok, lambda r: {**r, "moving_to": {"pool": pool,
+                                                                  "name": new_name}})
+    if renamed:  # the new name is taken for the time of the move
         await ctx.instances.create(nk, {**target, "status": "Creating"},
                                    f"Instance {new_name!r}")
     try:
@@ -87,6 +92,8 @@ async def move(ctx: Context, rec: dict[str, Any], new_name: str, pool: str,
         await _drop_volume(ctx, project, pool, new_name, kind)
         if renamed:
             await ctx.instances.delete(nk)
+        await mutate(ctx.instances, ok, lambda r: {
+            x: v for x, v in r.items() if x != "moving_to"})
         raise
     faults.point("move:after_volume")
     target["volume"] = str(path)
@@ -98,6 +105,7 @@ async def move(ctx: Context, rec: dict[str, Any], new_name: str, pool: str,
                         target["expanded_devices"], path, nics)
     made = await asyncio.to_thread(drv.create, spec)
     final = {**with_config(target, made), "status": "Stopped"}
+    final.pop("moving_to", None)
     await ctx.instances.put(nk, final)
     if renamed:
         await ctx.instances.delete(ok)
@@ -121,6 +129,16 @@ async def _move_snapshot_records(ctx: Context, old: dict[str, Any], new: dict[st
             if new_key == old_key:
                 continue
         await ctx.snapshots.delete(old_key)
+
+
+async def _forget_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
+    """Remove the volume an interrupted move of ``rec`` left on its target pool."""
+    moving = rec.get("moving_to")
+    if not isinstance(moving, dict) or not moving.get("pool"):
+        return
+    if moving["pool"] != rec["pool"]:
+        await _drop_volume(ctx, rec["project"], moving["pool"],
+                           moving.get("name") or rec["name"], type_of(rec))
 
 
 async def _drop_volume(ctx: Context, project: str, pool: str, name: str, kind: str) -> None:
