@@ -132,6 +132,16 @@ async def plan(ctx: Context, rec: dict[str, Any], snap: dict[str, Any]
             "expanded_config": pcfg, "expanded_devices": pdevs}
 
 
+def _differs(cur: dict[str, Any], target: dict[str, Any]) -> bool:
+    """Whether the driver's definition must change (``volatile.uuid.generation`` is
+    new at every restore and means nothing to a driver)."""
+    def defined(r: dict[str, Any]) -> dict[str, str]:
+        return {k: v for k, v in r["expanded_config"].items()
+                if k != "volatile.uuid.generation"}
+    return defined(cur) != defined(target) or cur["expanded_devices"] != target[
+        "expanded_devices"]
+
+
 def _journal(r: dict[str, Any], snap: str, start: bool) -> dict[str, Any]:
     return {**r, "restoring": {"snapshot": snap, "start": start}}
 
@@ -145,9 +155,10 @@ async def _write(ctx: Context, target: dict[str, Any]) -> dict[str, Any]:
     quota that differs, then KV (the instance's state fields as they are now)."""
     k = key(target["project"], target["name"])
     cur, _rev = await ctx.instances.require(k, "Instance")
-    drv = ctx.drivers.for_instance(cur)
-    await asyncio.to_thread(drv.update, host_of(cur), target["expanded_config"],
-                            target["expanded_devices"])
+    if _differs(cur, target):  # most restores bring back what the driver has already
+        drv = ctx.drivers.for_instance(cur)
+        await asyncio.to_thread(drv.update, host_of(cur), target["expanded_config"],
+                                target["expanded_devices"])
     size = root_size_change(cur["expanded_devices"], target["expanded_devices"])
     if size is not None and type_of(cur) == "container" and cur.get("pool"):
         await ctx.remote.volume_quota(cur["project"], cur["pool"], cur["name"], size)

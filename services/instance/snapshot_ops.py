@@ -176,9 +176,10 @@ async def create(ctx: Context, inst: dict[str, Any], name: str, expires_at: str,
         try:
             await volume_snapshot_delete(ctx, rec)  # a repeat of a lost answer made it
             await ctx.snapshots.delete(k)
-        except CorralError as exc:  # the reconcile removes it at next start
-            ctx.log.warning("snapshot undo incomplete", instance=inst["name"],
+        except CorralError as exc:  # the storage service is away: finished when back
+            ctx.log.warning("snapshot undo deferred", instance=inst["name"],
                             snapshot=name, error=exc.message)
+            _spawn(finish(ctx, rec))
         raise
     done = {x: v for x, v in rec.items() if x != "creating"}
     await ctx.snapshots.put(k, done)
@@ -193,7 +194,14 @@ async def delete(ctx: Context, snap: dict[str, Any]) -> None:
     k = snapshots.snapshot_key(snap["project"], snap["instance"], snap["name"])
     await mutate(ctx.snapshots, k, lambda r: {**r, "deleting": True}, "Snapshot")
     faults.point("snapshot:delete_marked")
-    await volume_snapshot_delete(ctx, snap)
+    try:
+        await volume_snapshot_delete(ctx, snap)
+    except Unavailable:  # the storage service is away: the delete ends when it is back
+        _spawn(finish(ctx, {**snap, "deleting": True}))
+        raise
+    except BaseException:  # refused (e.g. the volume is busy): the snapshot stays
+        await mutate(ctx.snapshots, k, _unflag, "Snapshot")
+        raise
     await ctx.snapshots.delete(k)
 
 
