@@ -187,6 +187,12 @@ async def test_restore_keeps_the_quota(stack, aapi, bus, pools, uid):
     await ask(bus, "volume_snapshot_create", pool=pool, kind="custom", name="q", snapshot="s")
     await ask(bus, "volume_snapshot_restore", pool=pool, kind="custom", name="q", snapshot="s")
     assert referenced_limit(path) == 64 * 2**20
+    # and so do copies, in the pool and to another btrfs pool
+    other = await make_pool(aapi, pools, uid + "b", "btrfs")
+    for to in (pool, other):
+        cp = await ask(bus, "volume_copy", pool=to, kind="custom", name="q2", source_pool=pool,
+                       source_name="q", snapshots=["s"])
+        assert referenced_limit(cp.path) == 64 * 2**20
 
 
 async def test_operations_on_a_volume_being_made_are_409(stack, aapi, bus, pools, uid):

@@ -475,6 +475,8 @@ class Driver:
                     renameat2(made, dst, RENAME_EXCHANGE)
                 else:
                     self._adopt(made, dst, readonly=False)
+            if not refresh:  # the source's quota (a snapshot does not carry a qgroup limit)
+                self._vol_restored(src.volume_path(kind, src_name), dst)
             faults.point("storage:copy_placed")
         finally:
             self._undo(work)
