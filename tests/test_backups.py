@@ -314,6 +314,20 @@ def test_backups_rest_api_and_lxc_info(world, stack, api):
     assert b["optimized_storage"] is False and b["expires_at"] == "0001-01-01T00:00:00Z"
     assert api.get(f"/1.0/instances/{name}/backups/b1").json()["metadata"]["name"] == "b1"
     assert "b1" in lxc(stack, "info", name).stdout
+    # no copy of the instance: the backup is a read-only snapshot of its volume
+    frozen = world.volume(name).parent.parent / ".corral-backups/containers" / name / "b1"
+    show = subprocess.run(["btrfs", "subvolume", "show", str(frozen / "volume")],
+                          capture_output=True, text=True, check=True).stdout
+    orig = subprocess.run(["btrfs", "subvolume", "show", str(world.volume(name))],
+                          capture_output=True, text=True, check=True).stdout
+
+    def field(text: str, key: str) -> str:
+        return next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                    if ln.strip().startswith(key + ":"))
+    assert field(show, "Parent UUID") == field(orig, "UUID")
+    assert "readonly" in field(show, "Flags")
+    assert not any((stack.dir / "tmp").glob("*backup*")) if (stack.dir / "tmp").exists() \
+        else True
     # the default name is backupN, one more than the highest
     world.wait(api.post(f"/1.0/instances/{name}/backups", json={}))
     names = [b["name"] for b in api.get(f"/1.0/instances/{name}/backups",
