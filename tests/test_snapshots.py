@@ -486,3 +486,58 @@ def test_vm_snapshot_and_restore(vmworld, sstack, sapi):
     lxc(sstack, "stop", name, "--force")
     lxc(sstack, "delete", name)
     assert not snap.exists()
+
+
+# -- projects and pylxd --------------------------------------------------------------------
+
+
+def test_snapshots_in_a_project(world, sstack, sapi):
+    """A project's instance: its snapshots are its own (same names as default's beside
+    it), listed with ?project=, on disk under <project>_<name>."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("projects do not depend on the pool")
+    proj = world.prefix + "pj"
+    lxc(sstack, "project", "create", proj, "-c", "features.images=false",
+        "-c", "features.profiles=false")
+    name = world.create("proj")
+    try:
+        lxc(sstack, "init", world.image, name, "-p", world.profile, "--project", proj)
+        take(world, name, "s0")  # the default project's instance of the same name
+        lxc(sstack, "snapshot", name, "s0", "--project", proj)
+        lxc(sstack, "snapshot", name, "s1", "--project", proj)
+        got = sapi.get(f"/1.0/instances/{name}/snapshots", params={"project": proj}).json()
+        assert got["metadata"] == [f"/1.0/instances/{name}/snapshots/s0?project={proj}",
+                                   f"/1.0/instances/{name}/snapshots/s1?project={proj}"]
+        assert snaps(world, name) == ["s0"]
+        assert snap_dir(world, f"{proj}_{name}", "s1").is_dir()
+        lxc(sstack, "restore", name, "s0", "--project", proj)
+        lxc(sstack, "delete", f"{name}/s1", "--project", proj)
+        out = lxc(sstack, "list", name, "--project", proj, "--format", "csv", "-c", "nS")
+        assert out.stdout.strip() == f"{name},1"
+        lxc(sstack, "delete", name, "--project", proj)
+        assert not snap_dir(world, f"{proj}_{name}").exists()
+        assert snaps(world, name) == ["s0"]
+    finally:
+        if sapi.get(f"/1.0/instances/{name}", params={"project": proj}).status_code == 200:
+            lxc(sstack, "delete", "--force", name, "--project", proj, check=False)
+        lxc(sstack, "project", "delete", proj, check=False)
+
+
+def test_pylxd(world, sstack, sapi):
+    pylxd = pytest.importorskip("pylxd")
+    if world.pool_driver != "btrfs":
+        pytest.skip("pylxd's calls do not depend on the pool")
+    name = world.create("pylxd")
+    client = pylxd.Client(endpoint=str(sstack.socket))
+    inst = client.instances.get(name)
+    snap = inst.snapshots.create("p0", wait=True)
+    assert [s.name for s in inst.snapshots.all()] == ["p0"]
+    assert inst.snapshots.get("p0").name == "p0"
+    (rootfs(world, name) / "root").mkdir(exist_ok=True)
+    (rootfs(world, name) / "root" / "later").write_text("x")
+    inst.restore_snapshot("p0", wait=True)
+    assert not (rootfs(world, name) / "root" / "later").exists()
+    snap.rename("p1", wait=True)
+    assert [s.name for s in inst.snapshots.all()] == ["p1"]
+    inst.snapshots.get("p1").delete(wait=True)
+    assert inst.snapshots.all() == []
