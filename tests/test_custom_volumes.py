@@ -197,6 +197,11 @@ def test_dir_refuses_size_and_btrfs_enforces_it(stack, api, pools, uid):
     lxc(stack, "storage", "volume", "set", pool, uid, "size=96MiB")
     write("big", 40)  # the new limit applies at once
     assert api.get(url(pool, uid)).json()["metadata"]["config"]["size"] == "96MiB"
+    subprocess.run(["sync"], check=True)
+    wait_for(lambda: (api.get(url(pool, uid) + "/state").json()["metadata"]["usage"]
+                      or {}).get("used", 0) >= 40 << 20, 30, what="the volume's usage")
+    assert api.get(url(pool, uid) + "/state").json()["metadata"]["usage"]["total"] == \
+        96 << 20
     lxc(stack, "storage", "volume", "delete", pool, uid)
     lxc(stack, "storage", "volume", "delete", pools["dir"], uid)
 
@@ -667,6 +672,13 @@ def test_backups_api_and_lxd_reference_import(stack, api, pools, uid, tmp_path):
                     json={"optimized_storage": True}).status_code == 400
     wait_op(api, api.delete(url(pool, uid) + "/backups/b1"))
     assert api.get(url(pool, uid) + "/backups").json()["metadata"] == []
+    # an expired backup is pruned, with its frozen copy
+    wait_op(api, api.post(url(pool, uid) + "/backups",
+                          json={"name": "old", "expires_at": "2001-01-01T00:00:00Z"}))
+    wait_for(lambda: api.get(url(pool, uid) + "/backups/old").status_code == 404, 30,
+             what="the expired backup to be pruned")
+    frozen = stack.dir / "storage-pools" / pool / ".corral-backups" / "custom" / uid
+    assert not (frozen / "old").exists()
 
     # bad uploads: nothing made
     for content in (b"", b"not a tarball"):

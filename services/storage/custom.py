@@ -552,8 +552,8 @@ class CustomVolumes:
             for snap, meta in list((rec.get("snapshots") or {}).items()):
                 try:
                     when = parse_time(meta.get("expires_at"))
-                except BadRequest:
-                    continue
+                except (BadRequest, TypeError, ValueError):
+                    continue  # not a time: never expires (nothing is deleted on a guess)
                 if when is None or when > now:
                     continue
                 try:

@@ -168,8 +168,8 @@ class CustomBackups:
             for backup, meta in list((rec.get("backups") or {}).items()):
                 try:
                     when = parse_time(meta.get("expires_at"))
-                except BadRequest:
-                    continue
+                except (BadRequest, TypeError, ValueError):
+                    continue  # not a time: never expires (nothing is deleted on a guess)
                 if when is None or when > now:
                     continue
                 try:
@@ -292,10 +292,13 @@ class CustomBackups:
                  if isinstance(s, dict)}
         rec = self.custom._new_record(pool, project, name, vol.get("description") or "",
                                       config, content)
-        rec["snapshots"] = {s: {"description": metas.get(s, {}).get("description") or "",
-                                "created_at": _lxd_or_now(metas.get(s, {}).get("created_at")),
-                                "expires_at": metas.get(s, {}).get("expires_at")
-                                or ZERO_TIME, "config": metas.get(s, {}).get("config") or {}}
+        rec["snapshots"] = {s: {"description": str(metas.get(s, {}).get("description") or ""),
+                                "created_at": _time_or(metas.get(s, {}).get("created_at"),
+                                                       lxd_time()),
+                                "expires_at": _time_or(metas.get(s, {}).get("expires_at"),
+                                                       ZERO_TIME),
+                                "config": {str(k): str(v) for k, v in (metas.get(s, {}).get(
+                                    "config") or {}).items()}}
                             for s in snaps}
         k = self.custom.key(pool, project, name)
         try:
@@ -315,10 +318,14 @@ class CustomBackups:
         return rec
 
 
-def _lxd_or_now(value: Any) -> str:
-    if isinstance(value, str) and value and not value.startswith("0001-01-01"):
-        return value
-    return lxd_time()
+def _time_or(value: Any, default: str) -> str:
+    """A time from index.yaml (YAML makes datetimes of them) in LXD's format; ``default``
+    when it is unset, zero or not a time."""
+    try:
+        ts = parse_time(value)
+    except BadRequest:
+        return default
+    return default if ts is None else format_time(ts)
 
 
 def write(emit: Any, compression: str, vol: VolumeBackupReply, info: dict[str, Any]) -> None:

@@ -148,8 +148,18 @@ def expiry_delta(value: str) -> timedelta:
     return total
 
 
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 time from a client (nanoseconds allowed); None for unset/zero."""
+def parse_time(value: str | datetime | None) -> datetime | None:
+    """An RFC 3339 time from a client (nanoseconds allowed); None for unset/zero. A
+    datetime (what YAML makes of an index.yaml's times) is taken as it is."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        if value.year <= 1:
+            return None
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(
+            timezone.utc)
+    if not isinstance(value, str):
+        raise BadRequest(f"Invalid time {value!r}: expected an RFC 3339 time")
     if not value or value.startswith("0001-01-01"):
         return None
     m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value)

@@ -69,6 +69,10 @@ def test_expiry_and_times() -> None:
                                                                tzinfo=timezone.utc)
     with pytest.raises(BadRequest):
         parse_time("next week")
+    assert parse_time(None) is None
+    # YAML makes datetimes of index.yaml's times
+    assert parse_time(datetime(1, 1, 1)) is None
+    assert parse_time(datetime(2030, 1, 1)) == datetime(2030, 1, 1, tzinfo=timezone.utc)
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert snapshot_expiry(None, {}, now).startswith("0001-01-01")
     assert snapshot_expiry(None, {"snapshots.expiry": "1d"}, now).startswith("2030-01-02T00")
