@@ -149,6 +149,8 @@ def test_custom_volume_attached_is_writable_by_container_root(world, stack, api,
     # The volume now survives a restart of the container too (mounted at start).
     lxc(stack, "restart", running, "--force")
     assert _sh(stack, running, "cat /mnt/vol/f").stdout == "data\n"
+    err = _refused(stack, "storage", "volume", "delete", world.pool, vol)  # in use
+    assert running in err or "in use" in err, err
     lxc(stack, "storage", "volume", "detach", world.pool, vol, running)
     assert not _mounted(stack, running, "/mnt/vol")
     assert vol not in _devices(api, running)
