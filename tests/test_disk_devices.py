@@ -383,6 +383,13 @@ def test_disk_limits_applied_live_or_refused(world, stack, api, running, host_di
     finally:
         lxc(stack, "config", "device", "remove", running, "lim")
     assert f"{major}:{minor}" not in _blkio(world, running, "blkio.throttle.read_bps_device")
+    # Set while stopped: applied at start.
+    name = world.create("limstart")
+    lxc(stack, "config", "device", "add", name, "lim", "disk", f"source={host_dir}",
+        "path=/mnt/lim", "limits.max=3MB")
+    lxc(stack, "start", name)
+    assert f"{major}:{minor} 3000000" in _blkio(world, name,
+                                                "blkio.throttle.write_bps_device")
     # A source on no block device (tmpfs) cannot be throttled: refused, not pretended.
     if os.path.isdir("/dev/shm"):
         err = _refused(stack, "config", "device", "add", running, "shm", "disk",
