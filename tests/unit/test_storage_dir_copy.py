@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.storage.drivers.dir import DirDriver, _vanished
+from services.storage.drivers.dir import DirDriver
+from services.storage.drivers.util import _vanished
 from shared.errors import Internal
 
 

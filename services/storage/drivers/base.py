@@ -23,7 +23,15 @@ from typing import ClassVar
 from shared import faults
 from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
-from .util import RENAME_EXCHANGE, RENAME_NOREPLACE, parse_size, renameat2, run, validate_name
+from .util import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    copy_tree,
+    parse_size,
+    renameat2,
+    run,
+    validate_name,
+)
 
 # API volume type -> directory name under the pool (LXD's names).
 KINDS: dict[str, str] = {
@@ -493,7 +501,7 @@ class Driver:
             self._vol_copy(path, dest, readonly=not writable)
             return dest
         self._vol_create(dest)
-        run("cp", "-a", "--reflink=auto", f"{path}/.", dest, what="copy volume")
+        copy_tree(f"{path}/.", dest)
         if backing is not None:
             flatten_overlay(dest, backing)
         return dest

@@ -8,18 +8,12 @@ Works on any filesystem, so it is the fallback when btrfs is unavailable. With a
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
 
 from .base import KINDS, TMP_DIR, Driver, Info, remove_tree
-from .util import is_mounted, run
-
-
-def _vanished(line: str) -> bool:
-    """A ``cp`` error about a file removed while it was being copied."""
-    return line.rstrip().endswith(": No such file or directory")
+from .util import copy_tree, is_mounted, run
 
 
 def check_source(value: str) -> str:
@@ -117,20 +111,8 @@ class DirDriver(Driver):
         path.mkdir(mode=0o711)
 
     def _vol_copy(self, src: Path, dst: Path, readonly: bool = False) -> None:
-        """``cp -a`` keeps owners, modes, xattrs, device nodes, symlinks and hard links.
-
-        A file that vanished while a running instance's volume was copied (its /run,
-        /tmp) is not a failure: the copy is what the volume held meanwhile, as LXD's
-        rsync (exit code 24) takes it."""
-        proc = subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            return
-        errors = [line for line in proc.stderr.splitlines() if line.strip()]
-        if errors and os.path.isdir(dst) and all(_vanished(line) for line in errors):
-            return
-        raise Internal(f"copy volume: 'cp -a {src} {dst}' failed: "
-                       f"{proc.stderr.strip() or f'exit code {proc.returncode}'}")
+        """``cp -a`` keeps owners, modes, xattrs, device nodes, symlinks and hard links."""
+        copy_tree(src, dst)
 
     def _vol_delete(self, path: Path) -> None:
         remove_tree(path)

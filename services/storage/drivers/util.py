@@ -121,3 +121,25 @@ def renameat2(src: Path | str, dst: Path | str, flags: int) -> None:
     if _renameat2()(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+def _vanished(line: str) -> bool:
+    """A ``cp`` error about a file removed while it was being copied."""
+    return line.rstrip().endswith(": No such file or directory")
+
+
+def copy_tree(src: Path | str, dst: Path | str) -> None:
+    """``cp -a --reflink=auto src dst`` (``src/.`` copies into an existing ``dst``).
+
+    A file that vanished while a running instance's volume was copied (its /run, /tmp)
+    is not a failure: the copy is what the volume held meanwhile, as LXD's rsync (exit
+    code 24) takes it. Any other error is Internal, with cp's words."""
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    if errors and os.path.isdir(dst) and all(_vanished(line) for line in errors):
+        return
+    raise Internal(f"copy volume: 'cp -a {src} {dst}' failed: "
+                   f"{proc.stderr.strip() or f'exit code {proc.returncode}'}")
