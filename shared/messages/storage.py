@@ -148,7 +148,8 @@ class VolumeSnapshotRenameRequest(VolumeSnapshotRequest):
 
 class VolumeSnapshotListReply(Message):
     """``volume_snapshot_list`` (a :class:`VolumeRequest`): the volume's snapshots found on
-    disk (the host is the truth; the instance service compares them with its records)."""
+    disk, sorted by name (the host is the truth; the instance service compares them with
+    its records and keeps their order and dates)."""
 
     snapshots: list[str] = Field(default_factory=list)
 
@@ -168,7 +169,13 @@ class VolumeCopyRequest(Request):
     volume's content). Another pool is allowed (btrfs send/receive where both are btrfs,
     a file copy otherwise). Made whole or not at all: no half volume or record stays.
     ``request_id`` makes a repeat (a lost answer) get the same volume. Reply:
-    :class:`VolumePathReply`."""
+    :class:`VolumePathReply`.
+
+    The copy's record keeps the source record's description, config and content type,
+    the volume its quota; a dir pool's VM overlay keeps its image in the same pool and is
+    flattened (its own ``rootfs.img``) in another. The source is held for reading: other
+    copies of it may run, a delete, restore or snapshot of it meanwhile is a 409.
+    Snapshots of the target that the source lacks are left alone by ``refresh``."""
 
     pool: str
     kind: str = "container"
