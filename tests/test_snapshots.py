@@ -541,3 +541,55 @@ def test_pylxd(world, sstack, sapi):
     assert [s.name for s in inst.snapshots.all()] == ["p1"]
     inst.snapshots.get("p1").delete(wait=True)
     assert inst.snapshots.all() == []
+
+
+def test_storage_killed_mid_restore_keeps_the_instance_whole(world, sstack, sapi):
+    """The storage service dies inside the restore (its copy made, before the swap): the
+    operation fails, the instance keeps its root volume, content and config, and a running
+    instance runs again."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("one driver is enough for the service's part")
+    name = world.create("stkill", start=True)
+    take(world, name, "s0")
+    lxc(sstack, "exec", name, "--", "sh", "-c", "echo later > /root/later")
+    lxc(sstack, "config", "set", name, "user.later", "yes")
+    restart(sstack, "storage", fault="storage:restore_mid")
+    r = sapi.put(f"/1.0/instances/{name}", json={"restore": "s0"})
+    assert r.status_code == 202, r.text
+    wait_dead(sstack, "storage")
+    op = wait_final(sapi, r.json()["operation"])
+    assert op["status"] == "Failure", op
+    start_again(sstack, "storage")
+    got = world.get(name)
+    assert got["config"].get("user.later") == "yes"
+    assert (rootfs(world, name) / "root" / "later").read_text() == "later\n"
+    rec = [x for x in kv_records(sstack, "instances") if x["name"] == name][0]
+    assert "restoring" not in rec
+    wait_for(lambda: world.live(name)["status"] == "Running", 30,
+             what="the instance to run again")
+    lxc(sstack, "restore", name, "s0")  # and the restore works once storage is back
+    r = lxc(sstack, "exec", name, "--", "test", "-e", "/root/later", check=False)
+    assert r.returncode != 0
+
+
+def test_refused_restore_changes_nothing(world, sstack, sapi):
+    """A snapshot whose profile is gone cannot be restored: 400 before any change."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("refusals do not depend on the pool")
+    extra = world.prefix + "x"
+    assert sapi.post("/1.0/profiles", json={"name": extra}).status_code == 200
+    name = world.create("refuse")
+    try:
+        lxc(sstack, "profile", "add", name, extra)
+        take(world, name, "s0")
+        lxc(sstack, "profile", "remove", name, extra)
+        assert sapi.delete(f"/1.0/profiles/{extra}").status_code == 200
+        (rootfs(world, name) / "root").mkdir(exist_ok=True)
+        (rootfs(world, name) / "root" / "later").write_text("x")
+        before = world.get(name)
+        r = sapi.put(f"/1.0/instances/{name}", json={"restore": "s0"})
+        assert r.status_code == 400 and extra in r.json()["error"], r.text
+        assert world.get(name) == before
+        assert (rootfs(world, name) / "root" / "later").exists()
+    finally:
+        sapi.delete(f"/1.0/profiles/{extra}")
