@@ -97,6 +97,26 @@ def test_limits_live_and_disk_kept_across_restart(world, vm, stack, tmp_path):
         lxc(stack, "config", "device", "remove", vm, "lim")
 
 
+def test_failed_hotplug_into_vm_leaves_it_as_it_was(world, vm, api, stack, tmp_path):
+    """The second disk cannot be opened by QEMU (the VM's own root disk, locked by it):
+    the first one, already attached, is unplugged again; the record is unchanged."""
+    good = tmp_path / "good.raw"
+    good.write_bytes(b"\0" * 2**20)
+    locked = next((stack.dir / "storage-pools" / world.pool).glob(f"*/{vm}/root.qcow2"))
+    before = api.get(f"/1.0/instances/{vm}").json()["metadata"]["devices"]
+    r = api.patch(f"/1.0/instances/{vm}", json={"devices": {
+        "a1": {"type": "disk", "source": str(good)},
+        "z9": {"type": "disk", "source": str(locked)}}})
+    if r.status_code == 202:
+        op = world.wait(r, ok=False)
+        assert op["status"] == "Failure" and "'z9'" in op["err"], op
+    else:
+        assert r.status_code == 400 and "Failed to attach disk 'z9'" in r.text, r.text
+    assert api.get(f"/1.0/instances/{vm}").json()["metadata"]["devices"] == before
+    wait_for(lambda: "a1" not in _blocks(world, vm), 60, what="the guest to lose a1")
+    assert "ua-disk-" not in _xml(world, vm)
+
+
 def test_directory_on_vm_refused_with_the_reason(world, vm, api, stack, tmp_path):
     r = lxc(stack, "config", "device", "add", vm, "dir", "disk", f"source={tmp_path}",
             "path=/mnt/d", check=False)
