@@ -391,11 +391,8 @@ def test_projects_own_their_volumes_or_use_defaults(stack, api, pools, uid):
 
 # -- crash safety -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("point", ["storage:create_done"])
-def test_storage_killed_during_create_leaves_nothing(stack, api, pools, uid, point):
-    """The storage service dies after making the volume, before its record is whole: its
-    next start removes both, and the name is free again."""
-    pool = pools["btrfs"]
+def _armed_storage(stack, point: str) -> None:
+    """Restart the storage service so that it kills itself at ``point``."""
     stack.stop("storage")
     env = stack.env
     stack.env = {**env, "CORRAL_FAULT": point}
@@ -404,22 +401,58 @@ def test_storage_killed_during_create_leaves_nothing(stack, api, pools, uid, poi
     finally:
         stack.env = env
     wait_for(stack.ready, 60, what="the storage service to answer")
+
+
+def _died_and_restarted(stack) -> None:
+    proc = stack.procs.pop("storage")
+    assert proc.wait(30) == -signal.SIGKILL
+    stack.start("storage")
+    wait_for(stack.ready, 60, what="the storage service to answer again")
+
+
+def test_storage_killed_during_create_leaves_nothing(stack, api, pools, uid):
+    """The storage service dies after making the volume, before its record is whole: its
+    next start removes both, and the name is free again."""
+    pool = pools["btrfs"]
+    _armed_storage(stack, "storage:create_done")
     try:  # the gateway waits for an answer that never comes: the client gives up first
         r = api.post(url(pool), json={"name": uid, "type": "custom"}, timeout=10)
         assert r.status_code >= 500, r.text
     except httpx.TimeoutException:
         pass
-    proc = stack.procs.pop("storage")
-    assert proc.wait(30) == -signal.SIGKILL
     assert vol_path(stack, pool, uid).is_dir()  # made, then killed before the record
-    stack.start("storage")
-    wait_for(stack.ready, 60, what="the storage service to answer again")
+    _died_and_restarted(stack)
     assert api.get(url(pool, uid)).status_code == 404
     assert not vol_path(stack, pool, uid).exists()
     assert uid not in json.dumps(api.get(f"/1.0/storage-pools/{pool}/volumes",
                                          params={"recursion": 1}).json()["metadata"])
     create(api, pool, uid)
     api.delete(url(pool, uid))
+
+
+def test_storage_killed_during_copy_keeps_the_source_whole(stack, api, pools, uid):
+    """A copy across pools dies once the data is there, before the record: the operation
+    fails, the next start removes the half copy with its snapshots, the source is intact."""
+    src, dst = pools["dir"], pools["btrfs"]
+    create(api, src, uid)
+    (vol_path(stack, src, uid) / "f").write_text("data")
+    wait_op(api, api.post(url(src, uid) + "/snapshots", json={"name": "s0"}))
+    _armed_storage(stack, "storage:copy_done")
+    r = api.post(url(dst), json={"name": uid, "source": {"type": "copy", "pool": src,
+                                                         "name": uid}})
+    assert r.status_code == 202, r.text
+    _died_and_restarted(stack)
+    op = api.get(r.json()["operation"] + "/wait", params={"timeout": 60}).json()["metadata"]
+    assert op["status"] == "Failure", op
+    assert api.get(url(dst, uid)).status_code == 404
+    assert not vol_path(stack, dst, uid).exists()
+    assert not vol_path(stack, dst, uid, "s0").exists()
+    assert (vol_path(stack, src, uid) / "f").read_text() == "data"
+    assert vol_path(stack, src, uid, "s0").is_dir()
+    wait_op(api, api.post(url(dst), json={"name": uid, "source": {
+        "type": "copy", "pool": src, "name": uid}}))  # the name is free again
+    for pool in (src, dst):
+        api.delete(url(pool, uid))
 
 
 # -- used_by ------------------------------------------------------------------------------
