@@ -80,4 +80,11 @@ def test_vm_copy_move_publish(world, stack, api):
         r = api.delete(f"/1.0/images/{fp}")
         if r.status_code == 202:
             wait_op(api, r)
+    # a VM's snapshot publishes too (its disk flattened from the snapshot's qcow2)
+    fp = lxc(stack, "publish", f"{a}/s0").stdout.strip().rsplit(" ", 1)[-1]
+    img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+    assert img["type"] == "virtual-machine" and img["size"] > 1024 * 1024
+    r = api.delete(f"/1.0/images/{fp}")
+    if r.status_code == 202:
+        wait_op(api, r)
     lxc(stack, "delete", "--force", a, b)
