@@ -9,11 +9,15 @@ second, separate Corral stack, bad input, and a crash mid-import leaving nothing
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -202,6 +206,16 @@ def test_reference_optimized_export_imports_and_starts(oworld, other, oapi):
     lxc(stack, "stop", name, "--force")
 
 
+def test_import_without_storage_takes_the_profiles_pool(oworld, other, oapi):
+    """LXD's export names pool ``default``, which this stack lacks: the root disk of the
+    backup's profiles decides, as in LXD."""
+    name = oworld.name("nopoolflag")
+    lxc(other, "import", str(PLAIN), name)
+    assert oapi.get(f"/1.0/instances/{name}").json()["metadata"]["expanded_devices"][
+        "root"]["pool"] == oworld.pool
+    assert (oworld.volume(name) / "rootfs/bin/busybox").is_file()
+
+
 def test_reference_volume_export_is_not_an_instance(oworld, other, oapi):
     r = lxc(other, "import", str(VOLUME), "--storage", oworld.pool, check=False)
     assert r.returncode != 0 and "lxc storage volume import" in r.stderr
@@ -302,6 +316,10 @@ def test_import_into_a_second_corral(world, stack, oworld, other, oapi, tmp_path
 
 def test_backups_rest_api_and_lxc_info(world, stack, api):
     name = world.create("rest")
+    monitor = subprocess.Popen(["lxc", "monitor", "--type", "lifecycle", "--format", "json"],
+                               env={**stack.env, "LXD_DIR": str(stack.dir)},
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # subscribed before the first event
     r = api.post(f"/1.0/instances/{name}/backups", json={
         "name": "b1", "compression_algorithm": "none", "expires_at": None})
     op = world.wait(r)
@@ -353,6 +371,27 @@ def test_backups_rest_api_and_lxc_info(world, stack, api):
     for b in ("b2", "backup0"):
         world.wait(api.delete(f"/1.0/instances/{name}/backups/{b}"))
     assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    # an expired backup is gone when its time comes, with its frozen copies
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    world.wait(api.post(f"/1.0/instances/{name}/backups", json={"name": "brief",
+                                                                "expires_at": soon}))
+    assert (frozen.parent / "brief").is_dir()
+    time.sleep(2.5)
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    assert api.get(f"/1.0/instances/{name}/backups/brief").status_code == 404
+    assert not (frozen.parent / "brief").exists()
+    time.sleep(0.5)
+    monitor.send_signal(signal.SIGINT)
+    events = [json.loads(line) for line in monitor.communicate(timeout=10)[0].splitlines()
+              if line.startswith("{")]
+    seen = [(e["metadata"]["action"], e["metadata"]["source"]) for e in events
+            if "backup" in e["metadata"]["action"]]
+    base = f"/1.0/instances/{name}/backups"
+    for want in [("instance-backup-created", f"{base}/b1"),
+                 ("instance-backup-renamed", f"{base}/b2"),
+                 ("instance-backup-retrieved", f"{base}/b2"),
+                 ("instance-backup-deleted", f"{base}/b2")]:
+        assert want in seen, seen
     frozen = world.volume(name).parent.parent / ".corral-backups" / "containers" / name
     assert not any(frozen.glob("*")) if frozen.exists() else True
 

@@ -84,8 +84,12 @@ class BackupsMixin:
     async def list_backups(self, req: ObjectRequest) -> Reply:
         await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
         store = await self._backup_store()
-        recs = [r for r in backups.records(store, req.project, req.name)
-                if not r.get("creating") and not backups.expired(r)]
+        recs = []
+        for r in backups.records(store, req.project, req.name):
+            if backups.expired(r):  # gone at its time, not at the next sweep
+                await backups.drop(self.ctx, store, r)
+            elif not r.get("creating"):
+                recs.append(r)
         if (req.body or {}).get("recursion", 0):
             return Reply(metadata=[backups.public(r) for r in recs])
         return Reply(metadata=[backups.backup_url(r) for r in recs])
