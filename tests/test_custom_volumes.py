@@ -724,3 +724,20 @@ def test_backups_api_and_lxd_reference_import(stack, api, pools, uid, tmp_path):
     assert api.get(url(pool, f"{uid}bad")).status_code == 404
     assert not vol_path(stack, pool, f"{uid}bad").exists()
     api.delete(url(pool, uid))
+
+
+def test_a_volume_found_on_disk_without_a_record_is_usable(stack, api, pools, uid):
+    """The host is the truth: a custom volume made by hand (or left after a KV loss) is
+    listed, shown, changed and deleted like any other."""
+    pool = pools["dir"]
+    vol_path(stack, pool, uid).mkdir(mode=0o711)
+    (vol_path(stack, pool, uid) / "f").write_text("x")
+    listed = json.loads(lxc(stack, "storage", "volume", "list", pool, "--format",
+                            "json").stdout)
+    assert uid in {v["name"] for v in listed}
+    assert api.get(url(pool, uid)).json()["metadata"]["content_type"] == "filesystem"
+    lxc(stack, "storage", "volume", "set", pool, uid, "user.found=yes")
+    assert api.get(url(pool, uid)).json()["metadata"]["config"] == {"user.found": "yes"}
+    lxc(stack, "storage", "volume", "delete", pool, uid)
+    assert not vol_path(stack, pool, uid).exists()
+    assert api.get(url(pool, uid)).status_code == 404

@@ -86,12 +86,23 @@ class CustomVolumes:
         return self.volumes.key(pool, KIND, project, name)
 
     async def record(self, pool: str, project: str, name: str) -> dict[str, Any]:
-        """The volume's record (404 when there is none, or while it is being made)."""
+        """The volume's record (404 when there is none, or while it is being made). A
+        volume on disk without a record (made by hand, or before a KV loss) is listed,
+        so it answers too, as a fresh record: the host is the truth."""
         await self.pools.get(pool)
         found = await self.volumes.store.get(self.key(pool, project, name))
-        if found is None or found[0].get("creating"):
-            raise NotFound(f"Storage volume not found: custom/{name} in pool {pool!r}")
-        return dict(found[0])
+        if found is not None and not found[0].get("creating"):
+            return dict(found[0])
+        if found is None and "/" not in name:
+            async with self.pools.using(pool) as drv:
+                path = drv.volume_path(KIND, validate_name("volume", disk_name(project,
+                                                                               name)))
+                if path.is_dir():
+                    block = (path / custom_disk.BLOCK_FILE).is_file()
+                    return self.volumes._record(
+                        pool, KIND, project, name, snapshots={},
+                        content_type="block" if block else "filesystem")
+        raise NotFound(f"Storage volume not found: custom/{name} in pool {pool!r}")
 
     async def records(self, pool: str, project: str | None) -> list[dict[str, Any]]:
         """The pool's custom volumes (of ``project``, or of all), disk-only ones included."""
