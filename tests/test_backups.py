@@ -535,3 +535,18 @@ def test_corral_export_import(world, stack, api, tmp_path):
     assert r.returncode != 0 and "already exists" in r.stderr
     r = corral(stack, "export", "no-such-instance", str(tmp_path / "x"), check=False)
     assert r.returncode != 0 and not (tmp_path / "x").exists()
+
+
+def test_backups_go_with_their_instance(world, stack, api):
+    """A deleted instance's backups are not the next same-named instance's, and their
+    frozen copies go."""
+    name = world.create("gone")
+    world.wait(api.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
+    frozen = world.volume(name).parent.parent / ".corral-backups/containers" / name / "b"
+    assert frozen.is_dir()
+    lxc(stack, "delete", name)
+    world.create("gone")
+    assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+    assert not frozen.exists()
+    world.wait(api.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
+    assert frozen.is_dir()

@@ -118,6 +118,13 @@ def _expiry(value: Any) -> str:
     return lxd_time(when)
 
 
+def stale(rec: dict[str, Any], inst: dict[str, Any]) -> bool:
+    """A backup of an earlier instance of that name (deleted, then made again): the sweep
+    had not removed it yet. It is never shown as the new instance's."""
+    mine = rec.get("instance_uuid")
+    return bool(mine) and mine != (inst.get("config") or {}).get("volatile.uuid")
+
+
 def expired(rec: dict[str, Any], now: datetime | None = None) -> bool:
     if rec.get("expires_at", NO_EXPIRY) == NO_EXPIRY:
         return False
@@ -213,6 +220,7 @@ async def create(ctx: Context, store: Store, inst: dict[str, Any], rec: dict[str
             ctx.snapshots, inst["project"], inst["name"]) if not s.get("creating")]
         rec["snapshots"] = [s["name"] for s in rec["snapshot_records"]]
     rec["instance_record"] = {k: v for k, v in inst.items() if k != "volume"}
+    rec["instance_uuid"] = (inst.get("config") or {}).get("volatile.uuid", "")
     await store.create(k, rec, f"Backup {rec['instance']}/{rec['name']}")
     try:
         faults.point("backup:after_record")
@@ -272,7 +280,7 @@ async def sweep(ctx: Context, store: Store) -> int:
     live = {key(r["project"], r["name"]): r for r in ctx.instances.cached()}
     for rec in list(store.cached()):
         inst = live.get(key(rec["project"], rec["instance"]))
-        gone = inst is None or inst.get("status") == "Deleting"
+        gone = inst is None or inst.get("status") == "Deleting" or stale(rec, inst)
         if rec.get("creating") or gone or expired(rec):
             await drop(ctx, store, rec)
             removed += 1

@@ -67,7 +67,8 @@ class BackupsMixin:
         inst = await self.require_instance(project, instance)  # type: ignore[attr-defined]
         store = await self._backup_store()
         found = await store.get(backups.backup_key(project, instance, name))
-        if found is None or found[0].get("creating") or backups.expired(found[0]):
+        if found is None or found[0].get("creating") or backups.expired(found[0]) or \
+                backups.stale(found[0], inst):
             raise NotFound("Instance backup not found")
         return inst, found[0], store
 
@@ -82,11 +83,11 @@ class BackupsMixin:
 
     @endpoint("backup_list", ObjectRequest)
     async def list_backups(self, req: ObjectRequest) -> Reply:
-        await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
         store = await self._backup_store()
         recs = []
+        inst = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
         for r in backups.records(store, req.project, req.name):
-            if backups.expired(r):  # gone at its time, not at the next sweep
+            if backups.expired(r) or backups.stale(r, inst):  # now, not at the next sweep
                 await backups.drop(self.ctx, store, r)
             elif not r.get("creating"):
                 recs.append(r)
@@ -106,6 +107,9 @@ class BackupsMixin:
             raise BadRequest("Backups of virtual machines are not supported yet: only "
                              "containers can be exported")
         store = await self._backup_store()
+        for old in backups.records(store, req.project, req.name):
+            if backups.stale(old, inst):  # an earlier instance's: its name is free
+                await backups.drop(self.ctx, store, old)
         rec = backups.prepare(store, inst, req.body or {})
 
         async def run(_op: Any) -> None:
