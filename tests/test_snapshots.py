@@ -481,9 +481,31 @@ def test_vm_snapshot_and_restore(vmworld, sstack, sapi):
         return r.status_code == 202 and wait_op(sapi, r, ok=False)["status"] == "Success"
 
     wait_for(agent, 120, interval=0.5, what="the restored VM's agent")
-    r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "mem", "stateful": True})
-    assert r.status_code == 400 and "virtual machines" in r.json()["error"], r.text
+
+    # Stateful: libvirt saves the memory into the disk; the restore resumes the guest
+    # where it was (its uptime goes on from then, no boot), the file made since is gone.
+    def uptime() -> float:
+        return float(corral(sstack, "exec", name, "--", "cat", "/proc/uptime").stdout.split()[0])
+
+    wait_for(lambda: uptime() > 25, 90, interval=2, what="the guest to be up 25 s")
+    lxc(sstack, "snapshot", name, "mem", "--stateful")
+    listed = sapi.get(f"/1.0/instances/{name}/snapshots/mem").json()["metadata"]
+    assert listed["stateful"] is True
+    assert "| YES " in lxc(sstack, "info", name).stdout
+    corral(sstack, "exec", name, "--", "touch", "/root/after")
+    time.sleep(2)
+    lxc(sstack, "restore", name, "mem", "--stateful")
+    assert w.live(name)["status"] == "Running"
+    wait_for(agent, 60, interval=0.5, what="the agent of the resumed VM")
+    assert uptime() > 25  # a fresh boot would answer after a few seconds of uptime
+    r = corral(sstack, "exec", name, "--", "test", "-e", "/root/after", check=False)
+    assert r.returncode != 0
+    r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "x", "stateful": True})
+    assert r.status_code == 202, r.text  # a running VM: accepted
+    w.wait(r)
     lxc(sstack, "stop", name, "--force")
+    r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "y", "stateful": True})
+    assert r.status_code == 400 and "isn't running" in r.json()["error"], r.text
     lxc(sstack, "delete", name)
     assert not snap.exists()
 

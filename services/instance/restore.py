@@ -30,6 +30,7 @@ from typing import Any
 
 from shared import faults
 from shared.errors import BadRequest, CorralError, NotFound
+from shared.models import lxd_time
 from shared.state import key, mutate
 
 from . import lifecycle, project_checks, snapshot_ops, snapshots, validate
@@ -97,6 +98,9 @@ async def check(ctx: Context | None, rec: dict[str, Any], body: dict[str, Any]
         raise BadRequest("Invalid stateful: expected true or false")
     if stateful and not snap.get("stateful"):
         raise BadRequest("Stateful snapshot restore requested but snapshot is stateless")
+    if stateful and ctx is not None and not ctx.drivers.for_instance(
+            rec).capabilities.stateful:
+        raise BadRequest("This instance's driver cannot restore a memory state")
     return snap
 
 
@@ -176,9 +180,11 @@ async def _write(ctx: Context, target: dict[str, Any]) -> dict[str, Any]:
     return await mutate(ctx.instances, k, put, "Instance")
 
 
-async def run(ctx: Context, rec: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+async def run(ctx: Context, rec: dict[str, Any], snap: dict[str, Any],
+              stateful: bool = False) -> dict[str, Any]:
     """Restore ``rec`` from ``snap`` (under the instance's lock); nothing changes when it
-    fails before the volume was swapped."""
+    fails before the volume was swapped. ``stateful``: the instance resumes from the
+    memory the snapshot saved (running afterwards, whatever it was before)."""
     target = await plan(ctx, rec, snap)
     status = await lifecycle.host_status(ctx, rec)
     was_running = status in RUNNING
@@ -197,9 +203,23 @@ async def run(ctx: Context, rec: dict[str, Any], snap: dict[str, Any]) -> dict[s
         raise
     faults.point("restore:after_volume")
     new = await _write(ctx, target)
+    if stateful:
+        return await _resume(ctx, new, snap)
     if was_running:
         new = await lifecycle.start(ctx, new)
     return new
+
+
+async def _resume(ctx: Context, rec: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+    """The instance runs again from the snapshot's saved memory (the driver's part)."""
+    drv = ctx.drivers.for_instance(rec)
+    await asyncio.to_thread(drv.resume_memory, host_of(rec), snapshot_ops.memory_tag(
+        snap["name"]), snap.get("memory_state") or "")
+    power = {"volatile.last_state.power": "RUNNING"}
+    return await mutate(ctx.instances, key(rec["project"], rec["name"]), lambda r: {
+        **r, "status": "Running", "last_used_at": lxd_time(),
+        "config": {**r["config"], **power},
+        "expanded_config": {**r["expanded_config"], **power}}, "Instance")
 
 
 async def _start_again(ctx: Context, k: str) -> None:
@@ -218,7 +238,7 @@ async def _start_again(ctx: Context, k: str) -> None:
 async def restore(ctx: Context, rec: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Restore ``rec`` from the snapshot ``body["restore"]``; nothing changes on failure."""
     snap = await check(ctx, rec, body)
-    return await run(ctx, rec, snap)
+    return await run(ctx, rec, snap, bool(body.get("stateful")))
 
 
 # -- after a crash -----------------------------------------------------------------------------

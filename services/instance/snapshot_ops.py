@@ -35,6 +35,7 @@ from shared.state import key, mutate
 from . import snapshots
 from .context import Context
 from .drivers.router import type_of
+from .names import host_of
 
 # A dir pool copies the whole volume: minutes for a big one; the storage process is
 # watched meanwhile (``Remote.watched``), so its death ends the wait within seconds.
@@ -114,10 +115,18 @@ def criu_problem() -> str | None:
     return None
 
 
-def check_stateful(inst: dict[str, Any], running: bool) -> None:
-    """400 with the reason when a stateful snapshot cannot be taken of ``inst``."""
+def memory_tag(snapshot: str) -> str:
+    """The name the driver keeps a stateful snapshot's memory under (in the disk)."""
+    return f"corral-{snapshot}"
+
+
+def check_stateful(inst: dict[str, Any], running: bool, capable: bool = False) -> None:
+    """400 with the reason when a stateful snapshot cannot be taken of ``inst``
+    (``capable``: its driver saves memory state, e.g. VMs through libvirt)."""
     if not running:
         raise BadRequest("Unable to create a stateful snapshot: the instance isn't running")
+    if capable:
+        return
     if type_of(inst) == "container":
         problem = criu_problem()
         if problem:
@@ -170,7 +179,10 @@ async def create(ctx: Context, inst: dict[str, Any], name: str, expires_at: str,
     await ctx.snapshots.create(k, rec, f"Snapshot \"{inst['name']}/{name}\"")
     faults.point("snapshot:after_record")
     try:
-        await volume_snapshot_create(ctx, rec)
+        if stateful:  # memory saved into the disk first, so the copy carries it
+            rec["memory_state"] = await _with_memory(ctx, inst, rec)
+        else:
+            await volume_snapshot_create(ctx, rec)
         faults.point("snapshot:after_volume")
     except BaseException:
         try:
@@ -184,6 +196,20 @@ async def create(ctx: Context, inst: dict[str, Any], name: str, expires_at: str,
     done = {x: v for x, v in rec.items() if x != "creating"}
     await ctx.snapshots.put(k, done)
     return done
+
+
+async def _with_memory(ctx: Context, inst: dict[str, Any], rec: dict[str, Any]) -> str:
+    """A stateful snapshot: the driver saves the running instance's memory into its disk
+    (``save_memory``), the volume snapshot copies the disk with it, and the live disk
+    forgets it again; returns what a stateful restore hands back to the driver."""
+    drv = ctx.drivers.for_instance(inst)
+    host, tag = host_of(inst), memory_tag(rec["name"])
+    saved = await asyncio.to_thread(drv.save_memory, host, tag)
+    try:
+        await volume_snapshot_create(ctx, rec)
+    finally:
+        await asyncio.to_thread(drv.drop_memory, host, tag)
+    return saved
 
 
 # -- delete, rename, update ------------------------------------------------------------------

@@ -15,7 +15,8 @@ Record shape (every module that copies, exports or imports snapshots reads this)
      "last_used_at": "1970-01-01T00:00:00Z", "pool": "default",
      "creating": True,                                               # only while being made
      "deleting": True,                                               # only while being removed
-     "renaming_to": "snap1"}                                         # only while being renamed
+     "renaming_to": "snap1",                                         # only while being renamed
+     "memory_state": "<driver's description>"}                       # stateful (VM) only
 
 ``creating`` is the journal of a snapshot being made (record first, then the volume
 snapshot): a record still ``creating`` at start is removed with its volume snapshot.

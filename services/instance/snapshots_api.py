@@ -113,7 +113,8 @@ class InstanceSnapshotsMixin:
         name, expires, stateful = snapshot_ops.plan_create(self.ctx, rec, req.body or {})
         if stateful:
             running = await self.instance_status(rec) in RUNNING  # type: ignore[attr-defined]
-            snapshot_ops.check_stateful(rec, running)
+            capable = self.driver_of(rec).capabilities.stateful  # type: ignore[attr-defined]
+            snapshot_ops.check_stateful(rec, running, capable)
 
         async def run(_op: Any) -> None:
             await self._take(req.project, req.name, name, expires, stateful, req.requestor)
@@ -204,9 +205,7 @@ class InstanceSnapshotsMixin:
         check_etag(req.etag, record_etag(rec))
         body = req.body or {}
         snap = await restore.check(self.ctx, rec, body)
-        if body.get("stateful"):
-            raise BadRequest("Stateful restore is not supported: Corral takes no stateful "
-                             "snapshots yet")
+        stateful = bool(body.get("stateful"))  # check() refused it for a stateless one
         await restore.plan(self.ctx, rec, snap)  # refusals before the operation
 
         async def run(_op: Any) -> None:
@@ -217,7 +216,7 @@ class InstanceSnapshotsMixin:
                                        snap["name"])
                 if fresh is None:
                     raise NotFound(f"Snapshot {req.name}/{snap['name']} does not exist")
-                await restore.run(self.ctx, current, fresh)
+                await restore.run(self.ctx, current, fresh, stateful)
             await self.events.lifecycle(
                 "instance-restored", instance_url(rec), project=req.project,
                 context={"snapshot": f"{req.name}/{snap['name']}"},

@@ -53,6 +53,9 @@ class Capabilities:
     # Disk devices (other than the root) added to or removed from a running instance
     # take effect at once (disk_attach/disk_detach); otherwise such a change is refused.
     hotplug_disks: bool = False
+    # Stateful snapshots: the running instance's memory saved with its disk
+    # (save_memory/drop_memory/resume_memory); otherwise ``stateful`` is refused.
+    stateful: bool = False
 
 
 @dataclass
@@ -170,6 +173,24 @@ class InstanceDriver(abc.ABC):
         """Apply the disks' I/O limits to the running instance now (all of them)."""
         if any(d.limited() for d in disks):
             raise BadRequest("This instance's driver cannot change disk limits live")
+
+    # ---- memory state (stateful snapshots; see capabilities.stateful) -------------------
+
+    def save_memory(self, name: str, tag: str) -> str:
+        """Save the running instance's memory and device state, kept with its root disk
+        under ``tag`` (the instance keeps running); returns an opaque description that
+        :meth:`resume_memory` needs once the disk was copied back."""
+        raise BadRequest("This instance's driver cannot save its memory state")
+
+    def drop_memory(self, name: str, tag: str) -> None:
+        """Forget the state saved under ``tag`` (from the disk and the hypervisor's
+        metadata); nothing when there is none."""
+        return None
+
+    def resume_memory(self, name: str, tag: str, saved: str) -> None:
+        """Start the stopped instance from the state saved under ``tag`` (its disk holds
+        it again), then forget that state."""
+        raise BadRequest("This instance's driver cannot restore a memory state")
 
     def disks_intent(self, name: str, disks: list[DiskMount] | None) -> None:
         """Journal the disks a hot-plug is about to give the running instance (None: the

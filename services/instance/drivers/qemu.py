@@ -19,6 +19,7 @@ import time
 import tty
 import uuid
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 import libvirt
 
@@ -59,7 +60,8 @@ class QemuDriver(SpecDir, InstanceDriver):
     capabilities = Capabilities(instance_type="virtual-machine",
                                 live_limits=frozenset({"limits.cpu", "limits.memory"}),
                                 exec=True, exec_pty=True, files=True, freeze=True,
-                                console=True, rename=False, hotplug_disks=True)
+                                console=True, rename=False, hotplug_disks=True,
+                                stateful=True)
 
     def __init__(self, vmpath: Path, uri: str = qemu_host.URI) -> None:
         self.vmpath = Path(vmpath).resolve()
@@ -239,6 +241,52 @@ class QemuDriver(SpecDir, InstanceDriver):
             if dom.isActive():
                 raise Internal(f"Failed to stop instance {name!r}: "
                                f"{e.get_error_message()}") from None
+
+    # ---- memory state: libvirt internal snapshots in root.qcow2 ---------------------------
+
+    def save_memory(self, name: str, tag: str) -> str:
+        """An internal snapshot (memory, devices and disk, inside ``root.qcow2``) of the
+        running VM, which keeps running; returns its libvirt XML (to redefine it once the
+        disk has been copied back, see :meth:`resume_memory`)."""
+        dom = self._domain(name)
+        if not dom.isActive():
+            raise BadRequest(f"Instance {name!r} isn't running: no memory state to save")
+        self.drop_memory(name, tag)  # what a killed snapshot may have left under the tag
+        try:
+            snap = dom.snapshotCreateXML(
+                f"<domainsnapshot><name>{xml_escape(tag)}</name></domainsnapshot>", 0)
+            return snap.getXMLDesc(0)
+        except libvirt.libvirtError as e:
+            raise BadRequest(f"Cannot save the memory state of {name!r}: "
+                             f"{e.get_error_message()}") from None
+
+    def drop_memory(self, name: str, tag: str) -> None:
+        dom = self._domain(name)
+        try:
+            dom.snapshotLookupByName(tag).delete(0)
+        except libvirt.libvirtError:
+            pass  # none under that tag
+
+    def resume_memory(self, name: str, tag: str, saved: str) -> None:
+        """Redefine the saved snapshot (libvirt forgot it when the disk moved), revert the
+        stopped VM to it (running), then drop it from the disk."""
+        data = self._load(name)
+        dom = self._domain(name)
+        if dom.isActive():
+            raise Conflict(f"Instance {name!r} is running; stop it first")
+        qemu_agent.forget(data["agent_socket"])
+        Path(data["agent_socket"]).unlink(missing_ok=True)
+        try:
+            try:
+                snap = dom.snapshotLookupByName(tag)
+            except libvirt.libvirtError:
+                snap = dom.snapshotCreateXML(saved,
+                                             libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+            dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
+        except libvirt.libvirtError as e:
+            raise Internal(f"Failed to resume {name!r} from its saved state: "
+                           f"{e.get_error_message()}{_qemu_log_tail(name)}") from None
+        self.drop_memory(name, tag)
 
     def freeze(self, name: str) -> None:
         dom = self._domain(name)
