@@ -538,12 +538,20 @@ def test_corral_export_import(world, stack, api, tmp_path):
 
 
 def test_backups_go_with_their_instance(world, stack, api):
-    """A deleted instance's backups are not the next same-named instance's, and their
-    frozen copies go."""
+    """A renamed instance keeps its backups; a deleted instance's are not the next
+    same-named instance's, and their frozen copies go."""
     name = world.create("gone")
     world.wait(api.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
     frozen = world.volume(name).parent.parent / ".corral-backups/containers" / name / "b"
     assert frozen.is_dir()
+    renamed = world.name("gone2")
+    lxc(stack, "move", name, renamed)  # a rename: the backup follows, as in LXD
+    assert api.get(f"/1.0/instances/{renamed}/backups").json()["metadata"] == \
+        [f"/1.0/instances/{renamed}/backups/b"]
+    moved = frozen.parent.parent / renamed / "b"
+    assert moved.is_dir() and not frozen.exists()
+    lxc(stack, "move", renamed, name)
+    assert api.get(f"/1.0/instances/{name}/backups/b").status_code == 200
     lxc(stack, "delete", name)
     world.create("gone")
     assert api.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []

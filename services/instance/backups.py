@@ -278,10 +278,48 @@ async def sweep(ctx: Context, store: Store) -> int:
     instance is gone; returns how many."""
     removed = 0
     live = {key(r["project"], r["name"]): r for r in ctx.instances.cached()}
+    by_uuid = {(r["project"], (r.get("config") or {}).get("volatile.uuid")): r
+               for r in ctx.instances.cached() if r.get("status") not in ("Creating",
+                                                                          "Deleting")}
     for rec in list(store.cached()):
         inst = live.get(key(rec["project"], rec["instance"]))
         gone = inst is None or inst.get("status") == "Deleting" or stale(rec, inst)
+        moved = by_uuid.get((rec["project"], rec.get("instance_uuid"))) \
+            if gone and rec.get("instance_uuid") else None
+        if moved is not None and not rec.get("creating") and not expired(rec):
+            try:  # the instance was renamed: its backups follow it, as in LXD
+                await follow(ctx, store, rec, moved["name"])
+                continue
+            except CorralError as exc:
+                ctx.log.warning("backup not moved to the renamed instance",
+                                backup=rec["name"], error=exc.message)
         if rec.get("creating") or gone or expired(rec):
             await drop(ctx, store, rec)
             removed += 1
     return removed
+
+
+async def adopt(ctx: Context, store: Store, inst: dict[str, Any]) -> None:
+    """Backups of this instance from before a rename, moved under its name now (not at
+    the next sweep)."""
+    mine = (inst.get("config") or {}).get("volatile.uuid")
+    if not mine:
+        return
+    for rec in list(store.cached()):
+        if rec["project"] == inst["project"] and rec["instance"] != inst["name"] and \
+                rec.get("instance_uuid") == mine and not rec.get("creating"):
+            await follow(ctx, store, rec, inst["name"])
+
+
+async def follow(ctx: Context, store: Store, rec: dict[str, Any], instance: str) -> None:
+    """Re-key a backup under its instance's new name (frozen copies moved first)."""
+    moved = {**rec, "instance": instance}
+    await store.create(backup_key(rec["project"], instance, rec["name"]), moved,
+                       f"Backup {instance}/{rec['name']}")
+    try:
+        await storage(ctx, "volume_backup_rename", VolumeBackupRenameRequest(
+            **_volume_ref(rec), new_backup=rec["name"], new_name=instance))
+    except BaseException:
+        await store.delete(backup_key(rec["project"], instance, rec["name"]))
+        raise
+    await store.delete(backup_key(rec["project"], rec["instance"], rec["name"]))

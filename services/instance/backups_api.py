@@ -66,6 +66,7 @@ class BackupsMixin:
                       ) -> tuple[dict[str, Any], dict[str, Any], Store]:
         inst = await self.require_instance(project, instance)  # type: ignore[attr-defined]
         store = await self._backup_store()
+        await backups.adopt(self.ctx, store, inst)
         found = await store.get(backups.backup_key(project, instance, name))
         if found is None or found[0].get("creating") or backups.expired(found[0]) or \
                 backups.stale(found[0], inst):
@@ -86,6 +87,7 @@ class BackupsMixin:
         store = await self._backup_store()
         recs = []
         inst = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
+        await backups.adopt(self.ctx, store, inst)
         for r in backups.records(store, req.project, req.name):
             if backups.expired(r) or backups.stale(r, inst):  # now, not at the next sweep
                 await backups.drop(self.ctx, store, r)

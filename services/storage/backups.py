@@ -161,12 +161,17 @@ async def rename(vols: Volumes, req: VolumeBackupRenameRequest) -> None:
     validate_name("backup", req.new_backup)
     async with vols.pools.using(req.pool) as drv:
         disk = disk_name(req.project, req.name)
+        new_disk = disk_name(req.project, req.new_name or req.name)
         old = backup_root(drv, req.kind, disk, req.backup)
-        new = backup_root(drv, req.kind, disk, req.new_backup)
+        new = backup_root(drv, req.kind, new_disk, req.new_backup)
         if old.is_dir():
             if os.path.lexists(new):
-                raise Conflict(f"Backup {req.name}/{req.new_backup} already exists")
+                raise Conflict(f"Backup {req.new_name or req.name}/{req.new_backup} "
+                               "already exists")
+            new.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.rename(old, new)
+            if not any(old.parent.iterdir()):
+                old.parent.rmdir()
 
 
 # ---- import -------------------------------------------------------------------------------

@@ -33,7 +33,11 @@ class VolumeBackupFreezeRequest(VolumeBackupRequest):
 
 
 class VolumeBackupRenameRequest(VolumeBackupRequest):
+    """``volume_backup_rename``: to ``new_backup``, and to the volume ``new_name`` when
+    given (the instance was renamed: its backups follow it, as in LXD)."""
+
     new_backup: str
+    new_name: str = ""
 
 
 class VolumeBackupReply(Message):
