@@ -104,6 +104,16 @@ def test_crud_through_the_stock_client(stack, api, pools, uid, driver):
     listed = json.loads(lxc(stack, "storage", "volume", "list", pool, "--format",
                             "json").stdout)
     assert [v["name"] for v in listed if v["type"] == "custom"] == [uid]
+    # lxc's filters (filter= on the listing) are applied, not ignored
+    assert lxc(stack, "storage", "volume", "list", pool, f"name={uid}", "--format", "csv",
+               "-c", "tn").stdout.strip() == f"custom,{uid}"
+    assert lxc(stack, "storage", "volume", "list", pool, "name=nothing", "--format",
+               "csv").stdout.strip() == ""
+    for path in ("volumes", "volumes/custom"):
+        r = api.get(f"/1.0/storage-pools/{pool}/{path}", params={"filter": f"name eq {uid}"})
+        assert r.json()["metadata"] == [f"/1.0/storage-pools/{pool}/volumes/custom/{uid}"]
+        r = api.get(f"/1.0/storage-pools/{pool}/{path}", params={"filter": "name eq x"})
+        assert r.json()["metadata"] == []
 
     lxc(stack, "storage", "volume", "set", pool, uid, "user.size", "big")
     assert lxc(stack, "storage", "volume", "get", pool, uid,

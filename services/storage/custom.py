@@ -29,6 +29,7 @@ from typing import Any
 from shared.api import check_etag, etag, url
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
+from shared.filters import compile_filter
 from shared.log import get_logger
 from shared.messages.storage import (
     VolumeCopyRequest,
@@ -203,11 +204,18 @@ class CustomVolumes:
     def _disk(rec: dict[str, Any]) -> str:
         return disk_name(rec.get("project", "default"), rec["name"])
 
-    async def listing(self, pool: str, project: str | None, recursion: int
-                      ) -> list[Any]:
+    async def listing(self, pool: str, project: str | None, recursion: int,
+                      filter_: str | None = None) -> list[Any]:
         """``GET .../volumes/custom``: the volumes and, as LXD, their snapshots (named
-        ``<volume>/<snapshot>``)."""
+        ``<volume>/<snapshot>``); ``filter_`` is LXD's ``filter=``."""
         recs = await self.records(pool, project)
+        if filter_:
+            match = compile_filter(filter_)
+            objs = [o for o in await self.decorate(recs) if match(o)]
+            if recursion > 0:
+                return objs
+            return [volume_url(pool, KIND, o["name"], o["project"]) for o in objs
+                    if "/" not in o["name"]]
         if recursion <= 0:
             out: list[Any] = []
             for r in recs:

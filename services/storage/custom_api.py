@@ -41,7 +41,8 @@ API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handlin
                   "storage_api_volume_snapshots", "storage_volume_state",
                   "custom_volume_refresh", "custom_block_volumes", "storage_api_project",
                   "storage_volumes_all_projects", "custom_volume_snapshot_expiry",
-                  "custom_volume_backup", "backup_override_name", "backup_compression"]
+                  "custom_volume_backup", "backup_override_name", "backup_compression",
+                  "storage_volume_state_total", "storage_volume_api_filtering"]
 # Seconds between scans for expired snapshots (a look at cached records: cheap).
 PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
@@ -92,7 +93,7 @@ class CustomVolumesMixin:
     @endpoint("custom_list", CustomVolumeRequest)
     async def custom_list(self, req: CustomVolumeRequest) -> Reply:
         return Reply(metadata=await self.custom.listing(
-            req.pool, None if req.all_projects else req.project, req.recursion))
+            req.pool, None if req.all_projects else req.project, req.recursion, req.filter))
 
     @endpoint("custom_get", CustomVolumeRequest)
     async def custom_get(self, req: CustomVolumeRequest) -> Reply:

@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.api import listing
 from shared.errors import BadRequest, Conflict
+from shared.filters import compile_filter
 from shared.messages.storage import (
     ImageVolumeDeleteReply,
     ImageVolumeDeleteRequest,
@@ -143,10 +144,14 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
     async def list_volumes(self, req: VolumeListRequest) -> Reply:
         vols = await self.volumes.listing(req.pool, req.kind,
                                           None if req.all_projects else req.project)
-        if req.recursion > 0:  # custom volumes with their users and snapshots
+        if req.recursion > 0 or req.filter:  # custom volumes with users and snapshots
+            match = compile_filter(req.filter)  # lxc storage volume list POOL type=custom
             custom = await self.custom.decorate([v for v in vols if v["kind"] == "custom"])
-            return Reply(metadata=[self.volumes.public(v) for v in vols
-                                   if v["kind"] != "custom"] + custom)
+            objs = [o for o in [self.volumes.public(v) for v in vols
+                                if v["kind"] != "custom"] + custom if match(o)]
+            if req.recursion > 0:
+                return Reply(metadata=objs)
+            vols = [{"kind": o["type"], **o} for o in objs if "/" not in o["name"]]
         return Reply(metadata=[volume_url(req.pool, v["kind"], v["name"],
                                           v.get("project", "default")) for v in vols])
 

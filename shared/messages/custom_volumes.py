@@ -26,6 +26,7 @@ class CustomVolumeRequest(Request):
     body: dict[str, Any] | None = None
     etag: str | None = None
     recursion: int = 0
+    filter: str | None = None  # LXD's filter= on custom_list
     all_projects: bool = False
     # The project the client named (``?project=``): operations and events are filed
     # under it, as LXD files them under the request's project.

@@ -19,6 +19,7 @@ SLOW = 120.0  # seconds: formatting and mounting a pool, deleting one full of vo
 async def volume_listing(request: web.Request) -> VolumeListRequest:
     return VolumeListRequest(pool=name_of(request), kind=request.match_info.get("kind"),
                              project=project_of(request), recursion=recursion_of(request),
+                             filter=request.query.get("filter") or None,
                              all_projects=all_projects(request),
                              requestor=requestor(request))
 

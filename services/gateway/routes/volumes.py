@@ -78,6 +78,7 @@ def _builder(body: bool) -> Build:
             backup=request.match_info.get("backup", ""),
             body=await json_object(request) if body else None, etag=etag_of(request),
             recursion=recursion_of(request) if request.method == "GET" else 0,
+            filter=request.query.get("filter") or None,
             all_projects=all_projects(request), requestor=requestor(request))
     return build
 
