@@ -100,3 +100,32 @@ def test_instance_service_killed_mid_move(world, fstack, fapi):  # noqa: F811
     finally:
         w.remove(name)
         fapi.delete(f"/1.0/storage-pools/{other}")
+
+
+def test_instance_service_killed_mid_publish(world, fstack, fapi):  # noqa: F811
+    """Killed while packing the image: the publish fails within seconds (the image
+    service watches the packer), no image is made, the next publish cleans the dead
+    one's work dir and succeeds."""
+    w = world
+    name = w.name("pub")
+    images = {i["fingerprint"] for i in fapi.get(
+        "/1.0/images", params={"recursion": 1}).json()["metadata"]}
+    w.wait(fapi.post("/1.0/instances", json={
+        "name": name, "source": {"type": "image", "alias": w.image}, "profiles": [w.profile]}))
+    try:
+        restart(fstack, "instance", fault="publish:after_meta")
+        r = fapi.post("/1.0/images", json={"source": {"type": "instance", "name": name}})
+        assert r.status_code == 202, r.text
+        wait_dead(fstack, "instance")
+        op = wait_final(fapi, r.json()["operation"], timeout=30)
+        assert op["status"] == "Failure" and "instance service" in op["err"], op
+        start_again(fstack, "instance")
+        assert {i["fingerprint"] for i in fapi.get(
+            "/1.0/images", params={"recursion": 1}).json()["metadata"]} == images
+        assert list((fstack.dir / "tmp").glob("publish-*"))  # what the dead one left
+        fp = wait_op(fapi, fapi.post("/1.0/images", json={
+            "source": {"type": "instance", "name": name}}))["metadata"]["fingerprint"]
+        assert not list((fstack.dir / "tmp").glob("publish-*"))
+        wait_op(fapi, fapi.delete(f"/1.0/images/{fp}"))
+    finally:
+        w.remove(name)

@@ -9,14 +9,16 @@ deletes them whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.errors import BadRequest, Conflict
+from shared import presence
+from shared.errors import BadRequest, Conflict, Unavailable
 from shared.messages.image import ImportRequest
 from shared.messages.publish import COMPRESSIONS, PublishReply, PublishRequest
-from shared.models import CreateRequest
+from shared.models import CreateRequest, Reply
 from shared.operations import OperationHandle
 from shared.state import key
 
@@ -29,6 +31,9 @@ SOURCE_TYPES = ("instance", "container", "virtual-machine", "snapshot")
 DEFAULT_COMPRESSION = "gzip"
 # Packing a large instance (and converting a VM disk) takes a while.
 PUBLISH_TIMEOUT = 3600.0
+# The packing instance service is pinged every WATCH_EVERY s, gone after WATCH_GRACE s.
+WATCH_EVERY = 1.0
+WATCH_GRACE = 4.0
 
 
 @dataclass
@@ -100,6 +105,32 @@ def check(body: dict[str, Any]) -> Publish:
                    filename=filename, expires_at=_expiry(body.get("expires_at")))
 
 
+async def _watched(ctx: ImageContext, ask: PublishRequest) -> Reply:
+    """``instance.publish`` with a long deadline, its process watched: if it dies while
+    packing, this ends within seconds with a 503 saying so, not after the deadline."""
+    service = "corral-instance"
+    callee = await presence.instance_on(ctx.bus, service, ctx.node)
+    call = asyncio.ensure_future(ctx.bus.request("instance", "publish", ask, node=ctx.node,
+                                                 timeout=PUBLISH_TIMEOUT))
+    missing = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
+            if done:
+                return call.result()
+            if callee is None or await presence.alive(ctx.bus, service, callee):
+                missing = 0.0
+                continue
+            missing += WATCH_EVERY
+            if missing >= WATCH_GRACE:
+                raise Unavailable("The instance service stopped while packing the image "
+                                  "(its process is gone)")
+    finally:
+        if not call.done():
+            call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+
+
 async def run(ctx: ImageContext, aliases: Aliases, req: CreateRequest, pub: Publish,
               op: OperationHandle) -> dict[str, Any]:
     """The operation: pack on the instance's node, then import. Returns LXD's
@@ -110,8 +141,7 @@ async def run(ctx: ImageContext, aliases: Aliases, req: CreateRequest, pub: Publ
     ask = PublishRequest(project=req.project, requestor=req.requestor, name=pub.name,
                          snapshot=pub.snapshot, properties=pub.properties,
                          compression=pub.compression, expires_at=pub.expires_at)
-    reply = await ctx.bus.request("instance", "publish", ask, node=ctx.node,
-                                  timeout=PUBLISH_TIMEOUT)
+    reply = await _watched(ctx, ask)
     packed = PublishReply.model_validate(reply.metadata)
     return await imports.run(ctx, aliases, ImportRequest(
         project=req.project, requestor=req.requestor, meta=packed.meta, rootfs=packed.rootfs,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from shared import blobs
+from shared import blobs, faults
 from shared.bus import Bus
 from shared.errors import BadRequest, Internal, NotFound
 from shared.messages.publish import PublishReply, PublishRequest
@@ -140,6 +140,17 @@ async def _put_stream(store: Any, name: str, work: Path, volume: Path, members: 
         raise Internal(f"Packing the image failed: {errs or 'tar or the compressor failed'}")
 
 
+# Work dirs of the packs this process runs: any other ``publish-*`` dir was left by a
+# process that died mid-pack (only the instance service of this node makes them).
+_ACTIVE: set[Path] = set()
+
+
+def _clean_stale(tmp_root: Path) -> None:
+    for stale in tmp_root.glob("publish-*"):
+        if stale not in _ACTIVE:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 async def pack(ctx: Context, bus: Bus, tmp_root: Path, req: PublishRequest) -> PublishReply:
     """Pack into ``transfers``; on failure nothing stays there (nor in ``tmp_root``)."""
     if req.compression not in ("none", *COMPRESSORS):
@@ -147,7 +158,9 @@ async def pack(ctx: Context, bus: Bus, tmp_root: Path, req: PublishRequest) -> P
     rec, volume = await source_volume(ctx, req)
     vm = type_of(rec) == "virtual-machine"
     tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    await asyncio.to_thread(_clean_stale, tmp_root)
     work = Path(tempfile.mkdtemp(prefix="publish-", dir=tmp_root))
+    _ACTIVE.add(work)
     store = await blobs.transfers(bus)
     base = f"publish-{uuid.uuid4().hex}"
     written: list[str] = []
@@ -157,6 +170,7 @@ async def pack(ctx: Context, bus: Bus, tmp_root: Path, req: PublishRequest) -> P
         members = await asyncio.to_thread(_members, volume, vm)
         written.append(f"{base}.meta")
         await _put_stream(store, f"{base}.meta", work, volume, members, req.compression)
+        faults.point("publish:after_meta")
         rootfs = None
         if vm:
             disk = volume / VM_DISK if (volume / VM_DISK).is_file() else volume / VM_IMAGE
@@ -175,5 +189,6 @@ async def pack(ctx: Context, bus: Bus, tmp_root: Path, req: PublishRequest) -> P
                                         (meta.get("properties") or {}).items()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        _ACTIVE.discard(work)
         for name in written:
             await blobs.delete(store, name)
