@@ -681,6 +681,19 @@ def test_export_and_import_through_the_stock_client(stack, api, pools, uid, tmp_
     assert (vol_path(stack, dp, f"{uid}i") / "f").read_text() == "old"
     r = lxc(stack, "storage", "volume", "import", dp, str(tarball), f"{uid}i", check=False)
     assert r.returncode != 0 and "already exists" in r.stderr
+    if src == "btrfs":  # btrfs send streams: into a btrfs pool only
+        opt = tmp_path / "opt.tar.gz"
+        lxc(stack, "storage", "volume", "export", sp, uid, str(opt), "--optimized-storage")
+        with tarfile.open(opt) as tar:
+            assert {"backup/volume.bin", "backup/volume-snapshots/s0.bin"} <= set(
+                tar.getnames())
+        lxc(stack, "storage", "volume", "import", sp, str(opt), f"{uid}o")
+        assert (vol_path(stack, sp, f"{uid}o") / "f").read_text() == "new"
+        assert (vol_path(stack, sp, f"{uid}o", "s0") / "f").read_text() == "old"
+        lxc(stack, "storage", "volume", "delete", sp, f"{uid}o")
+        r = lxc(stack, "storage", "volume", "import", dp, str(opt), f"{uid}o", check=False)
+        assert r.returncode != 0 and "btrfs" in r.stderr
+        assert api.get(url(dp, f"{uid}o")).status_code == 404
     for pool, name in [(sp, uid), (dp, f"{uid}i")]:
         lxc(stack, "storage", "volume", "delete", pool, name)
 
@@ -711,8 +724,13 @@ def test_backups_api_and_lxd_reference_import(stack, api, pools, uid, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tar:
         assert not any(n.startswith("backup/volume-snapshots/") for n in tar.getnames())
     assert api.post(url(pool, uid) + "/backups", json={"name": "b1"}).status_code == 409
-    assert api.post(url(pool, uid) + "/backups",
-                    json={"optimized_storage": True}).status_code == 400
+    r = api.post(url(pools["dir"]), content=REFERENCE.read_bytes(), headers={
+        "Content-Type": "application/octet-stream", "X-LXD-name": uid})
+    wait_op(api, r)  # into dir: the data and snapshot come, not the size (no quotas)
+    assert api.get(url(pools["dir"], uid)).json()["metadata"]["config"] == {}
+    r = api.post(url(pools["dir"], uid) + "/backups", json={"optimized_storage": True})
+    assert r.status_code == 400 and "btrfs" in r.json()["error"]
+    api.delete(url(pools["dir"], uid))
     wait_op(api, api.delete(url(pool, uid) + "/backups/b1"))
     assert api.get(url(pool, uid) + "/backups").json()["metadata"] == []
     # an expired backup is pruned, with its frozen copy
