@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .stack import BIN
+from .stack import BIN, wait_for
 from .world import lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -82,12 +82,18 @@ def _custom_volume(world, name: str, *args: str) -> Path:
     return path
 
 
-def test_host_dir_at_start_readonly(world, stack, api, host_dir):
+def test_host_dir_at_start_readonly(world, stack, api, host_dir, tmp_path):
     name = world.create("atstart")
     lxc(stack, "config", "device", "add", name, "share", "disk", f"source={host_dir}",
         "path=/mnt/share", "readonly=true")
+    # A boot script reads the disk: it is mounted before the container's init runs.
+    script = tmp_path / "S10disk"
+    script.write_text("#!/bin/sh\ncat /mnt/share/hello > /root/seen-at-boot\n")
+    lxc(stack, "file", "push", "--mode", "0755", str(script), f"{name}/etc/init.d/S10disk")
     lxc(stack, "start", name)
     assert _sh(stack, name, "cat /mnt/share/hello").stdout == "from the host\n"
+    wait_for(lambda: _sh(stack, name, "cat /root/seen-at-boot", check=False).stdout
+             == "from the host\n", 10, what="the boot script's copy")
     r = _sh(stack, name, "touch /mnt/share/new", check=False)
     assert r.returncode != 0 and "Read-only" in r.stderr, r
     assert not (host_dir / "new").exists()
@@ -316,6 +322,19 @@ def test_a_vanished_source_does_not_block_other_disks(world, stack, api, running
     assert not _mounted(stack, running, "/mnt/other")
 
 
+def test_disk_that_cannot_be_mounted_fails_the_start_with_the_reason(world, stack, api,
+                                                                      tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    name = world.create("badmount")
+    lxc(stack, "config", "device", "add", name, "f", "disk", f"source={f}", "path=/etc")
+    err = _refused(stack, "start", name)
+    assert "could not be mounted" in err and "/etc in the instance" in err, err
+    assert world.live(name)["status"] == "Stopped"
+    lxc(stack, "config", "device", "remove", name, "f")
+    lxc(stack, "start", name)
+
+
 def test_optional_missing_source_is_skipped(world, stack, api, tmp_path):
     name = world.create("opt")
     lxc(stack, "config", "device", "add", name, "o", "disk", f"source={tmp_path}/nope",
@@ -336,6 +355,7 @@ def test_failed_hotplug_leaves_instance_as_it_was(world, stack, api, running, ho
         "z9": {"type": "disk", "source": str(f), "path": "/etc"}}})
     assert r.status_code == 400, r.text
     assert "Failed to mount" in r.json()["error"], r.text
+    assert "/etc in the instance is not" in r.json()["error"], r.text
     assert _devices(api, running) == before
     assert not _mounted(stack, running, "/mnt/a1")
     assert _sh(stack, running, "ls /etc/passwd").returncode == 0  # /etc untouched

@@ -4,9 +4,9 @@ Why neutral: the instance service resolves a disk device (a host path, or a cust
 path asked of the storage service) into a :class:`DiskMount`; each driver renders its own
 form (``lxc.mount.entry`` lines for LXC, a libvirt ``<disk>`` for QEMU), as NICs arrive as
 :class:`Nic`. Hot-plug into a running container goes through :mod:`mount_inject`, run as
-its own process (see there why), at start too (right after LXC started the container:
-LXC's own ``lxc.mount.entry`` mounts run as the container's root in its user namespace
-and cannot reach a source below a directory closed to others).
+its own process (see there why), and at start as LXC's ``start-host`` hook, before the
+container's init runs (LXC's own ``lxc.mount.entry`` mounts run as the container's root in
+its user namespace and cannot reach a source below a directory closed to others).
 """
 
 from __future__ import annotations
@@ -67,13 +67,37 @@ def _run_inject(req: dict) -> None:
                          f"{why}")
 
 
+def _request(m: DiskMount, idmapped: bool, root_ids: tuple[int, int]) -> dict:
+    return {"source": m.source, "path": m.path, "readonly": m.readonly,
+            "recursive": m.recursive, "idmap": m.idmap and idmapped,
+            "is_dir": m.kind == "dir", "uid": root_ids[0], "gid": root_ids[1]}
+
+
 def inject(pid: int, m: DiskMount, idmapped: bool, root_ids: tuple[int, int]) -> None:
     """Mount ``m`` into the running container whose init is ``pid`` (400 when the kernel
     or the container refuses; nothing is mounted then)."""
-    _run_inject({"op": "attach", "pid": pid, "source": m.source, "path": m.path,
-                 "readonly": m.readonly, "recursive": m.recursive,
-                 "idmap": m.idmap and idmapped, "is_dir": m.kind == "dir",
-                 "uid": root_ids[0], "gid": root_ids[1]})
+    _run_inject({"op": "attach", "pid": pid, **_request(m, idmapped, root_ids)})
+
+
+def hook_command(listing: Path) -> str:
+    """The ``lxc.hook.start-host`` command mounting the disks listed in ``listing``."""
+    return f"{sys.executable} -I {INJECT} --hook {listing}"
+
+
+def write_hook_listing(listing: Path, mounts: list[DiskMount], idmapped: bool,
+                       root_ids: tuple[int, int]) -> None:
+    """What the start hook mounts (root's only: it names host paths)."""
+    from .base import write_private
+
+    Path(str(listing) + ".err").unlink(missing_ok=True)
+    write_private(listing, json.dumps([_request(m, idmapped, root_ids) for m in mounts]))
+
+
+def hook_error(listing: Path) -> str:
+    try:
+        return Path(str(listing) + ".err").read_text().strip()
+    except OSError:
+        return ""
 
 
 def eject(pid: int, path: str) -> None:

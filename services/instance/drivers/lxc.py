@@ -37,6 +37,7 @@ from .base import (
 )
 
 ROOTFS = "rootfs"  # the container's files inside its root volume (LXD's layout)
+DISKS_LISTING = "disks.json"  # what the start hook mounts (disk_mounts.hook_command)
 _STATUS = {"RUNNING": ("Running", 103), "STOPPED": ("Stopped", 102),
            "FROZEN": ("Frozen", 110), "STARTING": ("Starting", 106),
            "STOPPING": ("Stopping", 107), "FREEZING": ("Freezing", 109),
@@ -120,6 +121,9 @@ class LXCDriver(SpecDir, InstanceDriver):
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
         text = lxc_config.render(spec, self.lxcpath, Path(data["spec"]["rootfs_path"]), imap,
                                  idmapped=not data["shifted"])
+        if _disks(data["spec"]):  # mounted before init runs (see disk_mounts)
+            text += "lxc.hook.start-host = " + disk_mounts.hook_command(
+                self._dir(name) / DISKS_LISTING) + "\n"
         write_private(self._dir(name) / "config", text)
 
     def delete(self, name: str) -> None:
@@ -237,6 +241,11 @@ class LXCDriver(SpecDir, InstanceDriver):
         for key, value in items:
             if not c.set_config_item(key, value):
                 raise BadRequest(f"LXC rejected {key} = {value} for {name!r}")
+        listing = self._dir(name) / DISKS_LISTING
+        imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
+        disk_mounts.write_hook_listing(
+            listing, _disks(data["spec"]), imap is not None,
+            (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
         saved = cgroups.own_cgroups()
         try:
             ok = c.start(close_fds=True)
@@ -245,15 +254,12 @@ class LXCDriver(SpecDir, InstanceDriver):
         if ok:
             ok = _wait_for(c, "RUNNING", 10)
         if not ok or c.init_pid <= 0:
+            why = disk_mounts.hook_error(listing)
+            if why:
+                raise BadRequest(f"Failed to start instance {name!r}: a disk device could "
+                                 f"not be mounted: {why}")
             tail = self._log_since(name, offset)
             raise Internal(f"Failed to start instance {name!r}: {tail or 'no log output'}")
-        try:
-            for disk in _disks(data["spec"]):
-                self.disk_attach(name, disk)
-        except BaseException:
-            c.stop()  # all or nothing: a container without its disks does not run on
-            _wait_for(c, "STOPPED", 10)
-            raise
 
     def _log_since(self, name: str, offset: int, lines: int = 15) -> str:
         try:

@@ -15,6 +15,11 @@ interpreter (``python3 mount_inject.py '<json>'``), stdlib only, and does, as LX
    container's: paths, symlinks included, resolve inside the container only), create the
    mount point owned by the container's root, and ``move_mount`` the detached tree there.
 
+At start the same runs as LXC's ``start-host`` hook (``--hook <file>``): after the
+container is set up, before its init runs, so init finds its disks in place (LXC's own
+``lxc.mount.entry`` cannot be used: it mounts as the container's root inside its user
+namespace, which cannot reach a source below a directory closed to others).
+
 Unmounting is ``setns`` + ``umount2(MNT_DETACH)``. Every failure exits non-zero with one
 line on stderr; nothing is left half-done (a detached tree vanishes with its fd).
 """
@@ -90,6 +95,11 @@ def _make_target(path: str, is_dir: bool, uid: int, gid: int) -> None:
     finally:
         _libc.setfsuid(0)
         _libc.setfsgid(0)
+    if os.path.isdir(path) != is_dir:  # a file cannot cover a directory, nor the reverse
+        what = ("a directory", "a file") if is_dir else ("a file", "a directory")
+        raise OSError(errno.ENOTDIR if is_dir else errno.EISDIR,
+                      f"the source is {what[0]} but {path} in the instance is not "
+                      f"({'it is ' + what[1]})")
 
 
 def _make_parts(path: str, is_dir: bool) -> None:
@@ -109,19 +119,32 @@ def _make_parts(path: str, is_dir: bool) -> None:
 
 
 def attach(req: dict) -> None:
-    tree = open_tree(req["source"], bool(req.get("recursive")))
-    attrs = MOUNT_ATTR_RDONLY if req.get("readonly") else 0
+    attach_many(req["pid"], [req])
+
+
+def attach_many(pid: int, reqs: list[dict]) -> None:
+    """Every source is opened (and id-mapped) in our namespace first, then all of them
+    are moved into the container's at once: after ``setns`` host paths no longer
+    resolve."""
+    trees = []
     userns = -1
-    if req.get("idmap"):
-        userns = os.open(f"/proc/{req['pid']}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        attrs |= MOUNT_ATTR_IDMAP
-    if attrs:
-        mount_setattr(tree, attrs, max(userns, 0), bool(req.get("recursive")))
-    setns_mnt(req["pid"])
-    target = req["path"]
-    _make_target(target, bool(req.get("is_dir", True)), req.get("uid", 0), req.get("gid", 0))
-    _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(),
-                         MOVE_MOUNT_F_EMPTY_PATH), f"move_mount(-> {target})")
+    for req in reqs:
+        tree = open_tree(req["source"], bool(req.get("recursive")))
+        attrs = MOUNT_ATTR_RDONLY if req.get("readonly") else 0
+        if req.get("idmap"):
+            if userns < 0:
+                userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            attrs |= MOUNT_ATTR_IDMAP
+        if attrs:
+            mount_setattr(tree, attrs, max(userns, 0), bool(req.get("recursive")))
+        trees.append((tree, req))
+    setns_mnt(pid)
+    for tree, req in trees:
+        target = req["path"]
+        _make_target(target, bool(req.get("is_dir", True)), req.get("uid", 0),
+                     req.get("gid", 0))
+        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(),
+                             MOVE_MOUNT_F_EMPTY_PATH), f"move_mount(-> {target})")
 
 
 def detach(req: dict) -> None:
@@ -132,12 +155,39 @@ def detach(req: dict) -> None:
             raise OSError(e, f"umount({req['path']}): {os.strerror(e)}")
 
 
-def main() -> int:
-    req = json.loads(sys.argv[1])
+def hook(path: str) -> None:
+    """As LXC's ``start-host`` hook: the container is set up, its init not yet started
+    (``LXC_PID``); mount every disk listed in ``path`` so init finds them in place. The
+    reason of a failure goes to ``path`` + ".err" too (LXC logs hook output only at
+    levels Corral does not keep)."""
+    with open(path) as fh:
+        reqs = json.loads(fh.read())
+    # Opened now: after setns, host paths resolve inside the container.
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        if reqs:
+            attach_many(int(os.environ["LXC_PID"]), reqs)
+    except (OSError, KeyError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        fd = os.open(os.path.basename(path) + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                     | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(why)
+        raise
+
+
+def main() -> int:
+    try:
+        if sys.argv[1] == "--hook":
+            hook(sys.argv[2])
+            return 0
+        req = json.loads(sys.argv[1])
         (attach if req["op"] == "attach" else detach)(req)
     except OSError as exc:
         print(exc.strerror or str(exc), file=sys.stderr)
+        return 1
+    except (KeyError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
         return 1
     return 0
 
