@@ -187,7 +187,15 @@ def test_copy_and_move_to_another_pool(world, stack, api):
     r = api.post(f"/1.0/instances/{a}", json={"migration": True, "pool": world.pool,
                                                "live": False})
     assert r.status_code == 400 and "stopped" in r.json()["error"], r.text
-    lxc(stack, "delete", "--force", a)
+    # back to the first pool under a new name, in one request
+    a2 = world.name("plmv2")
+    lxc(stack, "move", a, a2, "--storage", world.pool)
+    assert api.get(f"/1.0/instances/{a}").status_code == 404
+    moved = world.get(a2)
+    assert moved["status"] == "Running" and moved["devices"]["root"]["pool"] == world.pool
+    assert sh(stack, a2, "cat /root/v").strip() == "here"
+    assert not volume(stack, world.other, a).exists() and not volume(stack, world.pool, a).exists()
+    lxc(stack, "delete", "--force", a2)
     assert not volume(stack, world.other, a).exists()
 
 
