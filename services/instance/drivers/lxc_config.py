@@ -138,7 +138,8 @@ def render(spec: InstanceSpec, lxcpath: Path, rootfs: Path, idmap: IdMap | None,
     Extra disk devices are not ``lxc.mount.entry`` lines: LXC mounts those as the
     container's root inside its user namespace, which cannot reach a source below a
     directory closed to others (Permission denied). The driver mounts them from the host
-    side right after start instead, as it hot-plugs them (see disk_mounts)."""
+    side instead, in LXC's start-host hook (before init), as it hot-plugs them (see
+    disk_mounts)."""
     d = lxcpath / spec.name
     lines = [f"lxc.include = {LXC_CONF / 'common.conf'}"]
     if idmap is not None:
