@@ -126,6 +126,27 @@ def test_host_file_hotplugged(world, stack, running, tmp_path):
     assert not _mounted(stack, running, "/etc/corral-motd")
 
 
+def test_recursive_takes_submounts_along(world, stack, running, host_dir):
+    sub = host_dir / "sub"
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(sub)],
+                   check=True)
+    try:
+        (sub / "inner").write_text("submount\n")
+        (sub / "inner").chmod(0o644)
+        lxc(stack, "config", "device", "add", running, "rec", "disk", f"source={host_dir}",
+            "path=/mnt/rec", "recursive=true")
+        lxc(stack, "config", "device", "add", running, "flat", "disk", f"source={host_dir}",
+            "path=/mnt/flat")
+        assert _sh(stack, running, "cat /mnt/rec/sub/inner").stdout == "submount\n"
+        assert _sh(stack, running, "cat /mnt/flat/sub/inner", check=False).returncode != 0
+        lxc(stack, "config", "device", "remove", running, "rec")
+        lxc(stack, "config", "device", "remove", running, "flat")
+        assert not _mounted(stack, running, "/mnt/rec/sub")
+    finally:
+        subprocess.run(["umount", "-l", str(sub)], check=False)
+
+
 def test_shift_maps_host_root_to_container_root(world, stack, running, host_dir):
     lxc(stack, "config", "device", "add", running, "sh", "disk", f"source={host_dir}",
         "path=/mnt/shifted", "shift=true")
