@@ -299,6 +299,12 @@ def test_copy_into_another_project(world, stack, api):
         out = lxc(stack, "exec", a, "--project", proj, "--", "cat", "/root/v").stdout
         assert out.strip() == "project"
         assert world.live(a)["status"] == "Running"  # the source, untouched
+        # a copy counts against the project's limits like a create
+        r = api.patch(f"/1.0/projects/{proj}", json={"config": {"limits.instances": "1"}})
+        assert r.status_code == 200, r.text
+        r = api.post("/1.0/instances", params={"project": proj}, json={
+            "name": f"{a}x", "source": {"type": "copy", "source": a, "project": "default"}})
+        assert r.status_code == 400 and "maximum number of instances" in r.json()["error"], r.text
     finally:
         lxc(stack, "delete", "--force", a, "--project", proj, check=False)
         lxc(stack, "delete", "--force", a, check=False)
