@@ -7,15 +7,19 @@ A mixin of :class:`services.instance.service.InstanceService`: the service's
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Awaitable, Callable
 
 from shared.api import url
+from shared.bus import Bus
+from shared.events import Events
 from shared.messages.publish import PublishRequest
 from shared.models import CreateRequest, ObjectRequest, Reply
 from shared.service import endpoint
-from shared.state import key
+from shared.state import Store, key
 
 from . import copy, lifecycle, move, publish
+from .context import Context
 from .records import instance_url
 
 # container_only_migration: --instance-only; container_incremental_copy: --refresh;
@@ -27,19 +31,26 @@ API_EXTENSIONS: list[str] = ["container_only_migration", "container_incremental_
 class CopyPublishMixin:
     """Copy, move and publish. Uses the service's ctx, lock, events and _start_work."""
 
-    ctx: Any
-    instances: Any
-    events: Any
+    # What the service provides (see InstanceService).
+    ctx: Context
+    instances: Store
+    events: Events
+    bus: Bus
+    config: Any
+    lock: Callable[[str, str], asyncio.Lock]
+    _admit: Callable[[], None]
+    _start_work: Callable[..., Awaitable[Any]]
+    require_instance: Callable[[str, str], Awaitable[dict[str, Any]]]
 
     async def copy_instance(self, req: CreateRequest) -> Reply:
         """``POST /1.0/instances`` with ``source.type: copy`` (``lxc copy``)."""
-        self._admit()  # type: ignore[attr-defined]
+        self._admit()
         rec, plan = await copy.prepare(self.ctx, req.body, req.project)
         start = bool(req.body.get("start")) and not plan.refresh
         event = "instance-updated" if plan.refresh else "instance-created"
 
         async def run(_op: Any) -> None:
-            async with self.lock(rec["project"], rec["name"]):  # type: ignore[attr-defined]
+            async with self.lock(rec["project"], rec["name"]):
                 made = await copy.build(self.ctx, rec, plan)
                 await self.events.lifecycle(
                     event, instance_url(made), project=made["project"],
@@ -56,7 +67,7 @@ class CopyPublishMixin:
         if rec["type"] == "container":
             resources["containers"] = [url("containers", rec["name"], rec["project"])]
         try:
-            op = await self._start_work(  # type: ignore[attr-defined]
+            op = await self._start_work(
                 "Creating instance", run, project=req.project, resources=resources)
         except BaseException:  # no operation will build or undo: free the reserved name
             if not plan.refresh:
@@ -68,21 +79,21 @@ class CopyPublishMixin:
     async def publish_instance(self, req: PublishRequest) -> Reply:
         """The instance side of ``lxc publish``: pack it into ``transfers`` (asked by the
         image service; held under the instance's lock so it cannot start meanwhile)."""
-        async with self.lock(req.project, req.name):  # type: ignore[attr-defined]
-            packed = await publish.pack(self.ctx, self.bus,  # type: ignore[attr-defined]
-                                        self.config.dir / "tmp", req)  # type: ignore
+        async with self.lock(req.project, req.name):
+            packed = await publish.pack(self.ctx, self.bus,
+                                        self.config.dir / "tmp", req)
         return Reply(metadata=packed.model_dump())
 
     async def move_to_pool(self, req: ObjectRequest) -> Reply:
         """``POST /1.0/instances/<n>`` with ``migration`` and ``pool`` (``lxc move
         --storage``), as an operation."""
-        rec = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
+        rec = await self.require_instance(req.project, req.name)
         body = req.body or {}
         new_name, pool, only, restart = await move.check(self.ctx, rec, body)
 
         async def run(_op: Any) -> None:
-            async with self.lock(req.project, req.name):  # type: ignore[attr-defined]
-                current = await self.require_instance(  # type: ignore[attr-defined]
+            async with self.lock(req.project, req.name):
+                current = await self.require_instance(
                     req.project, req.name)
                 try:
                     moved = await move.move(self.ctx, current, new_name, pool, only, restart)
@@ -98,7 +109,7 @@ class CopyPublishMixin:
                 "instance-updated", instance_url(moved), project=req.project,
                 context={"storage-pool": pool}, requestor=req.requestor)
 
-        op = await self._start_work(  # type: ignore[attr-defined]
+        op = await self._start_work(
             "Migrating instance", run, project=req.project,
             resources={"instances": [url("instances", req.name, req.project)]})
         return Reply(type="async", operation=op.lxd())
