@@ -24,7 +24,7 @@ def is_extra_disk(dev: Device) -> bool:
     return dev.get("type") == "disk" and dev.get("path") != "/"
 
 
-def _bool(name: str, dev: Device, key: str) -> bool:
+def flag(name: str, dev: Device, key: str) -> bool:
     v = dev.get(key, "")
     return bool(v) and limits.parse_bool(f"{key} of device {name!r}", v)
 
@@ -52,7 +52,7 @@ def check_device(name: str, dev: Device) -> None:
                          f"{'is' if len(unknown) == 1 else 'are'} not supported for disk "
                          f"devices (supported: {', '.join(sorted(DISK_KEYS - {'type'}))})")
     for key in BOOL_KEYS:
-        _bool(name, dev, key)
+        flag(name, dev, key)
     if dev.get("required") and dev.get("optional"):
         raise BadRequest(f'Device {name!r}: cannot use both "required" and deprecated '
                          '"optional" properties at the same time')
@@ -87,7 +87,7 @@ def check_device(name: str, dev: Device) -> None:
     elif "\0" in source or ".." in source.split("/"):
         raise BadRequest(f"Device {name!r}: source path {source!r} may not contain '..' "
                          "(name the directory itself)")
-    if _bool(name, dev, "recursive") and _bool(name, dev, "readonly"):
+    if flag(name, dev, "recursive") and flag(name, dev, "readonly"):
         raise BadRequest(f"Device {name!r}: recursive read-only bind-mounts aren't "
                          "supported (set readonly or recursive, not both)")
     for key in LIMIT_KEYS:
@@ -108,7 +108,7 @@ def check_paths(devices: Mapping[str, Device]) -> None:
         seen[p] = name
 
 
-def _rates(name: str, dev: Device) -> dict[str, int]:
+def rates(name: str, dev: Device) -> dict[str, int]:
     out = {"read_bps": 0, "write_bps": 0, "read_iops": 0, "write_iops": 0}
     for key, dirs in (("limits.max", ("read", "write")), ("limits.read", ("read",)),
                       ("limits.write", ("write",))):

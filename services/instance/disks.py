@@ -1,12 +1,14 @@
 """Disk devices other than the root: host paths and custom volumes (LXD's disk device).
 
-Why three steps: :func:`.disk_rules.check_device` is pure (keys, values, absolute paths: answered at
-once, for profiles too); :func:`resolve` needs the host and the storage service (does the
-source exist, is the volume there, is it in use elsewhere, is it a block volume) and turns
-each device into a neutral :class:`DiskMount` the driver renders; :func:`hotplug` applies
-a change to a running instance (detach, attach, limits), undoing what it did when a step
-fails, so a failed hot-plug leaves the instance and its record as they were. Everything is
-checked before anything changes: update's ``plan`` calls :func:`check_changed`.
+Why three steps: :func:`.disk_rules.check_device` is pure (keys, values, absolute paths:
+answered at once, for profiles too); :func:`resolve` needs the host and the storage
+service (does the source exist, is the volume there, is it in use elsewhere, is it a block
+volume) and turns each device into a neutral :class:`DiskMount` the driver renders;
+:func:`hotplug` applies a change to a running instance (detach, attach, limits), undoing
+what it did when a step fails, so a failed hot-plug leaves the instance and its record as
+they were. Everything is checked before anything changes: update's ``plan`` calls
+:func:`check_changed`. A hot-plug is journaled in the driver's spec until the record is
+stored; :func:`reconcile` resets an instance whose hot-plug a crash interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from shared.errors import BadRequest, CorralError, NotFound
 from shared.messages.storage import VolumeGetRequest, VolumePathReply, VolumeRequest
 
 from . import limits
-from .disk_rules import LIMIT_KEYS, Device, _bool, _rates, is_extra_disk
+from .disk_rules import LIMIT_KEYS, Device, flag, is_extra_disk, rates
 from .drivers.disk_mounts import DiskMount
 
 if TYPE_CHECKING:
@@ -119,7 +121,7 @@ def _host_kind(name: str, dev: Device) -> str | None:
     try:
         st = os.stat(source)
     except FileNotFoundError:
-        if _bool(name, dev, "optional") or dev.get("required", "") in ("false", "0", "no"):
+        if flag(name, dev, "optional") or dev.get("required", "") in ("false", "0", "no"):
             return None
         raise BadRequest(f"Missing source path {source!r} for disk {name!r}") from None
     except OSError as exc:
@@ -160,7 +162,7 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
         found = await asyncio.to_thread(_host_kind, name, dev)
         if found is None:
             return None
-        kind, source, idmap = found, dev["source"], _bool(name, dev, "shift")
+        kind, source, idmap = found, dev["source"], flag(name, dev, "shift")
         parents = _restricted_parents(ctx, rec)
         if parents is not None:
             if idmap:
@@ -174,7 +176,7 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
     if container and not dev.get("path"):
         raise BadRequest(f'Device {name!r}: disk devices of containers need a "path" '
                          "(the mount point inside the container)")
-    if _bool(name, dev, "recursive") and kind != "dir":
+    if flag(name, dev, "recursive") and kind != "dir":
         raise BadRequest(f"Device {name!r}: the recursive option is only supported for "
                          "additional bind-mounted paths (directories)")
     if not container and kind == "dir":
@@ -182,10 +184,10 @@ async def resolve_one(ctx: "Context", rec: Mapping[str, Any], name: str, dev: De
                          "supported yet (the guest image has no virtiofs or 9p driver); "
                          "attach a file or a block custom volume instead")
     mount = DiskMount(name=name, source=source, path=dev.get("path", ""), kind=kind,
-                      readonly=_bool(name, dev, "readonly"),
-                      recursive=_bool(name, dev, "recursive"),
-                      optional=_bool(name, dev, "optional"), idmap=idmap, volume=volume,
-                      **_rates(name, dev))
+                      readonly=flag(name, dev, "readonly"),
+                      recursive=flag(name, dev, "recursive"),
+                      optional=flag(name, dev, "optional"), idmap=idmap, volume=volume,
+                      **rates(name, dev))
     if mount.limited():
         await asyncio.to_thread(check_limits_possible, itype, mount)
     return mount

@@ -59,7 +59,7 @@ def test_two_disks_on_one_path_are_refused():
 def test_limits_in_bytes_or_iops():
     assert disks.parse_limit("d", "limits.read", "10MB") == (10_000_000, 0)
     assert disks.parse_limit("d", "limits.read", "150iops") == (0, 150)
-    rates = disks._rates("d", {"limits.max": "1MB", "limits.write": "20iops"})
+    rates = disks.rates("d", {"limits.max": "1MB", "limits.write": "20iops"})
     assert rates == {"read_bps": 1_000_000, "write_bps": 1_000_000, "read_iops": 0,
                      "write_iops": 20}
 

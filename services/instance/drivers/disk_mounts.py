@@ -86,11 +86,14 @@ def hook_command(listing: Path) -> str:
 
 def write_hook_listing(listing: Path, mounts: list[DiskMount], idmapped: bool,
                        root_ids: tuple[int, int]) -> None:
-    """What the start hook mounts (root's only: it names host paths)."""
-    from .base import write_private
-
+    """What the start hook mounts (root's only, 0600 from its creation: it names host
+    paths)."""
     Path(str(listing) + ".err").unlink(missing_ok=True)
-    write_private(listing, json.dumps([_request(m, idmapped, root_ids) for m in mounts]))
+    tmp = listing.with_name(listing.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps([_request(m, idmapped, root_ids) for m in mounts]))
+    os.replace(tmp, listing)
 
 
 def hook_error(listing: Path) -> str:
