@@ -558,3 +558,28 @@ def test_backups_go_with_their_instance(world, stack, api):
     assert not frozen.exists()
     world.wait(api.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
     assert frozen.is_dir()
+
+
+def test_crash_mid_backup_leaves_nothing(oworld, other, oapi):
+    """The instance service killed after the backup's record or after freezing: at its
+    next start the backup is gone, record and frozen copies."""
+    from .test_faults import kv_records, restart, start_again, wait_dead, wait_final
+
+    name = oworld.create("bkcrash")
+    frozen = oworld.volume(name).parent.parent / ".corral-backups/containers" / name
+    for point in ("backup:after_record", "backup:after_freeze"):
+        restart(other, "instance", fault=point)
+        try:
+            r = oapi.post(f"/1.0/instances/{name}/backups", json={"name": "b"})
+            assert r.status_code == 202, r.text
+            wait_dead(other, "instance")
+            assert wait_final(oapi, r.json()["operation"])["status"] == "Failure"
+        finally:
+            if "instance" not in other.procs:
+                start_again(other, "instance")
+            restart(other, "instance")
+        assert oapi.get(f"/1.0/instances/{name}/backups").json()["metadata"] == []
+        assert not [r for r in kv_records(other, "backups") if r["instance"] == name]
+        assert not (frozen / "b").exists(), point
+    oworld.wait(oapi.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
+    assert (frozen / "b").is_dir()
