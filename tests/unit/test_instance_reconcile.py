@@ -31,6 +31,9 @@ class FakeDriver:
     def purge(self, name: str) -> None:
         self.purged.append(name)
 
+    def disks_pending(self, name: str) -> None:
+        return None  # no disk hot-plug was interrupted
+
 
 class FakeRouter:
     def __init__(self, *drivers: FakeDriver) -> None:
