@@ -136,7 +136,14 @@ def attach_many(pid: int, reqs: list[dict]) -> None:
                 userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             attrs |= MOUNT_ATTR_IDMAP
         if attrs:
-            mount_setattr(tree, attrs, max(userns, 0), bool(req.get("recursive")))
+            try:
+                mount_setattr(tree, attrs, max(userns, 0), bool(req.get("recursive")))
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and attrs & MOUNT_ATTR_IDMAP:
+                    raise OSError(exc.errno, f"the file system of {req['source']} cannot "
+                                  "be id-mapped (needed for shift=true and custom volumes "
+                                  "in unprivileged containers)") from None
+                raise
         trees.append((tree, req))
     setns_mnt(pid)
     for tree, req in trees:
