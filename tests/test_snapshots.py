@@ -615,3 +615,35 @@ def test_refused_restore_changes_nothing(world, sstack, sapi):
         assert (rootfs(world, name) / "root" / "later").exists()
     finally:
         sapi.delete(f"/1.0/profiles/{extra}")
+
+
+def test_crash_mid_snapshot_delete_and_rename(world, sstack, sapi):
+    """Killed after marking a delete (the record says ``deleting``): at start the volume
+    snapshot and the record go. Killed after renaming the volume snapshot, before the
+    records: at start the record follows the disk."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("the journal does not depend on the pool")
+    name = world.create("crdel")
+    take(world, name, "gone")
+    take(world, name, "old")
+    restart(sstack, "instance", fault="snapshot:delete_marked")
+    r = sapi.delete(f"/1.0/instances/{name}/snapshots/gone")
+    assert r.status_code == 202, r.text
+    wait_dead(sstack, "instance")
+    assert snap_dir(world, name, "gone").is_dir()  # killed before the volume went
+    start_again(sstack, "instance")
+    wait_for(lambda: not snap_dir(world, name, "gone").exists() and
+             [x["name"] for x in snapshot_records(world, name)] == ["old"], 30,
+             what="the interrupted delete to be finished")
+    restart(sstack, "instance", fault="snapshot:rename_after_volume")
+    r = sapi.post(f"/1.0/instances/{name}/snapshots/old", json={"name": "new"})
+    assert r.status_code == 202, r.text
+    wait_dead(sstack, "instance")
+    assert snap_dir(world, name, "new").is_dir()
+    assert [x.get("renaming_to") for x in snapshot_records(world, name)] == ["new"]
+    start_again(sstack, "instance")
+    wait_for(lambda: [(x["name"], x.get("renaming_to")) for x in
+                      snapshot_records(world, name)] == [("new", None)], 30,
+             what="the interrupted rename to be finished")
+    assert snaps(world, name) == ["new"]
+    lxc(sstack, "restore", name, "new")
