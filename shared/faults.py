@@ -12,7 +12,10 @@ Points: ``create:after_reserve``, ``create:after_volume``, ``create:after_driver
 ``storage:after_volume`` (storage service, in ``volumes.from_image``),
 ``network:nic_config`` (network service, as it is asked for a NIC's configuration),
 ``hotplug:after_attach`` (instance service, in ``disks.hotplug``, after a disk is mounted
-into a running instance and before the change is recorded).
+into a running instance and before the change is recorded), ``snapshot:after_record``,
+``snapshot:after_volume``, ``snapshot:delete_marked``, ``snapshot:rename_after_volume``
+(instance service, in ``snapshot_ops``), ``restore:before_volume``,
+``restore:after_volume`` (instance service, in ``restore.run``).
 """
 
 from __future__ import annotations
