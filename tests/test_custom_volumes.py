@@ -293,6 +293,24 @@ def test_snapshots_restore_rename_and_expiry(stack, api, pools, uid, driver):
     assert api.get(url(pool, uid)).status_code == 404
 
 
+def test_scheduled_snapshots(stack, api, pools, uid):
+    """snapshots.schedule (cron): a snapshot each time it is due, named by
+    snapshots.pattern, expiring by snapshots.expiry; unset, no more."""
+    pool = pools["btrfs"]
+    create(api, pool, uid, config={"snapshots.schedule": "* * * * *",
+                                   "snapshots.pattern": "auto%d",
+                                   "snapshots.expiry": "1d"})
+    r = api.patch(url(pool, uid), json={"config": {"snapshots.schedule": "sometimes"}})
+    assert r.status_code == 400 and "schedule" in r.json()["error"]
+    wait_for(lambda: api.get(url(pool, uid) + "/snapshots/auto0").status_code == 200, 90,
+             what="the scheduled snapshot")
+    snap = api.get(url(pool, uid) + "/snapshots/auto0").json()["metadata"]
+    expires = datetime.fromisoformat(snap["expires_at"][:19] + "+00:00")
+    assert abs(expires - datetime.now(timezone.utc) - timedelta(days=1)) < timedelta(hours=1)
+    assert vol_path(stack, pool, uid, "auto0").is_dir()
+    api.delete(url(pool, uid))
+
+
 # -- copies and moves ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("src,dst", [("dir", "btrfs"), ("btrfs", "dir"),

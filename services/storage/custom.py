@@ -48,7 +48,10 @@ from .custom_config import (
     check_config,
     check_content_type,
     format_time,
+    next_snapshot_name,
     parse_time,
+    schedule_due,
+    snapshot_expiry,
 )
 from .drivers import Driver
 from .drivers.util import validate_name
@@ -560,6 +563,30 @@ class CustomVolumes:
             raise BadRequest(f"Storage volume custom/{name} is in use by running instances "
                              f"{', '.join(busy)}: stop them before restoring it")
         await snapshots.restore(self.volumes, self._snap_req(pool, project, name, snap))
+
+    async def scheduled(self, last: datetime, now: datetime) -> list[tuple[dict, str]]:
+        """Take the snapshots ``snapshots.schedule`` asks for in ``(last, now]``, named by
+        ``snapshots.pattern`` and expiring by ``snapshots.expiry``; returns (record,
+        snapshot) of those made (a failure is logged, the others still go)."""
+        made = []
+        for rec in list(self.volumes.store.cached()):
+            cfg = rec.get("config") or {}
+            if rec.get("kind") != KIND or rec.get("creating") or \
+                    not cfg.get("snapshots.schedule") or \
+                    not schedule_due(cfg["snapshots.schedule"], last, now):
+                continue
+            project = rec.get("project", "default")
+            try:
+                taken = set(await self.snapshot_list(rec))
+                snap = next_snapshot_name(cfg.get("snapshots.pattern", ""), taken)
+                await self.snapshot_create(rec["pool"], project, rec["name"], snap,
+                                           snapshot_expiry(None, cfg, now))
+            except CorralError as exc:
+                log.warning("scheduled volume snapshot not taken", volume=rec["name"],
+                            pool=rec["pool"], error=exc.message)
+                continue
+            made.append((rec, snap))
+        return made
 
     async def prune_expired(self, now: datetime | None = None) -> list[str]:
         """Delete snapshots whose ``expires_at`` has passed (LXD's pruning task)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import BadRequest, Conflict
@@ -42,7 +43,8 @@ API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handlin
                   "custom_volume_refresh", "custom_block_volumes", "storage_api_project",
                   "storage_volumes_all_projects", "custom_volume_snapshot_expiry",
                   "custom_volume_backup", "backup_override_name", "backup_compression",
-                  "storage_volume_state_total", "storage_volume_api_filtering"]
+                  "storage_volume_state_total", "storage_volume_api_filtering",
+                  "volume_snapshot_scheduling"]
 # Seconds between scans for expired snapshots (a look at cached records: cheap).
 PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
@@ -65,8 +67,22 @@ class CustomVolumesMixin:
             task.cancel()
 
     async def _custom_prune_loop(self) -> None:
+        """Every PRUNE_INTERVAL: scheduled snapshots due since the last pass, then
+        expired snapshots and backups go."""
+        last = datetime.now(timezone.utc)
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
+            now = datetime.now(timezone.utc)
+            try:
+                for rec, snap in await self.custom.scheduled(last, now):
+                    project = rec.get("project", "default")
+                    await self.events.lifecycle(  # type: ignore[attr-defined]
+                        "storage-volume-snapshot-created",
+                        snapshot_url(rec["pool"], rec["name"], snap, project),
+                        project=project)
+            except Exception as exc:  # never let the schedule take the service down
+                log.warning("scheduled volume snapshots not taken", error=str(exc))
+            last = now
             try:
                 for gone in await self.custom.prune_expired():
                     log.info("expired volume snapshot removed", snapshot=gone)

@@ -22,7 +22,7 @@ CONTENT_TYPES = ("filesystem", "block")
 BLOCK_DEFAULT_SIZE = "10GiB"  # LXD's volume.size default for block volumes
 # Keys a custom volume takes on dir and btrfs pools (LXD 5.0's common volume rules).
 KEYS = ("size", "security.shifted", "security.unmapped", "security.shared",
-        "snapshots.expiry", "snapshots.pattern")
+        "snapshots.expiry", "snapshots.pattern", "snapshots.schedule")
 BOOL_KEYS = ("security.shifted", "security.unmapped", "security.shared")
 ZERO_TIME = "0001-01-01T00:00:00Z"  # LXD's "no expiry"
 
@@ -94,10 +94,6 @@ def check_config(config: dict[str, str] | None, driver: str, content_type: str
         if key.startswith("block.") or key.startswith("volatile."):
             raise BadRequest(f"Invalid option for volume {key!r}: {driver} pools have no "
                              "block-backed filesystems (block.* keys are for lvm and ceph)")
-        if key == "snapshots.schedule":
-            raise BadRequest("Invalid option for volume 'snapshots.schedule': scheduled "
-                             "snapshots are not supported; take them with "
-                             "'lxc storage volume snapshot'")
         if key not in KEYS:
             raise BadRequest(f"Invalid option for volume {key!r}: valid keys are "
                              f"{', '.join(KEYS)} and user.*")
@@ -113,6 +109,8 @@ def check_config(config: dict[str, str] | None, driver: str, content_type: str
                 raise BadRequest(f"Invalid value for {key!r}: expected true or false")
         elif key == "snapshots.expiry":
             expiry_delta(value)
+        elif key == "snapshots.schedule":
+            schedules(value)
         elif key == "snapshots.pattern":
             if value.count("%d") > 1:
                 raise BadRequest("Snapshot pattern may contain '%d' only once")
@@ -127,6 +125,33 @@ def check_content_type(value: str | None) -> str:
     if value not in CONTENT_TYPES:
         raise BadRequest(f"Invalid content type {value!r}: expected filesystem or block")
     return value
+
+
+def schedules(value: str) -> list[str]:
+    """LXD's ``snapshots.schedule``: one cron expression (``<minute> <hour> <dom> <month>
+    <dow>``) or a comma-separated list of aliases (``@hourly``, ``@daily``...); 400
+    otherwise. Cron itself is croniter's."""
+    from croniter import croniter
+
+    parts = [p.strip() for p in value.split(",")] if value.strip().startswith("@") \
+        else [value.strip()]
+    for part in parts:
+        if not croniter.is_valid(part):
+            raise BadRequest(f"Invalid value {value!r} for 'snapshots.schedule': expected a "
+                             "cron expression ('0 6 * * *') or aliases ('@hourly, @daily')")
+    return parts
+
+
+def schedule_due(value: str, last: datetime, now: datetime) -> bool:
+    """Whether a scheduled time falls in ``(last, now]``: each one fires once, however
+    late or early the passes that look come."""
+    from croniter import croniter
+
+    try:
+        parts = schedules(value)
+    except BadRequest:
+        return False
+    return any(croniter(p, last).get_next(datetime) <= now for p in parts)
 
 
 _EXPIRY = re.compile(r"^(\d+)(M|H|d|w|m|y)$")

@@ -14,6 +14,7 @@ from services.storage.custom_config import (
     next_snapshot_name,
     parse_body,
     parse_time,
+    schedule_due,
     snapshot_expiry,
 )
 from shared.errors import BadRequest
@@ -35,7 +36,8 @@ def test_config_keys_per_driver_and_content_type() -> None:
     ({"size": "0"}, "btrfs", "filesystem", "more than 0"),
     ({"size": "huge"}, "btrfs", "filesystem", "size"),
     ({"block.filesystem": "ext4"}, "btrfs", "filesystem", "block"),
-    ({"snapshots.schedule": "@daily"}, "btrfs", "filesystem", "schedule"),
+    ({"snapshots.schedule": "every day"}, "btrfs", "filesystem", "schedule"),
+    ({"snapshots.schedule": "@daily, @sometimes"}, "btrfs", "filesystem", "schedule"),
     ({"snapshots.expiry": "tomorrow"}, "btrfs", "filesystem", "expiry"),
     ({"snapshots.pattern": "%d-%d"}, "btrfs", "filesystem", "once"),
     ({"security.shifted": "maybe"}, "btrfs", "filesystem", "true or false"),
@@ -78,6 +80,17 @@ def test_expiry_and_times() -> None:
     assert snapshot_expiry(None, {"snapshots.expiry": "1d"}, now).startswith("2030-01-02T00")
     assert snapshot_expiry("2031-01-01T00:00:00Z", {"snapshots.expiry": "1d"},
                            now).startswith("2031-01-01")
+
+
+def test_schedules_fire_once_in_their_window() -> None:
+    assert check_config({"snapshots.schedule": "@hourly, @daily"}, "dir", "filesystem")
+    t = datetime(2030, 1, 1, 5, 59, 30, tzinfo=timezone.utc)
+    assert schedule_due("@hourly", t, t + timedelta(seconds=40))  # 06:00 is in it
+    assert not schedule_due("@hourly", t + timedelta(seconds=40), t + timedelta(seconds=80))
+    assert schedule_due("0 6 * * *", t, t + timedelta(minutes=1))
+    assert not schedule_due("0 7 * * *", t, t + timedelta(minutes=1))
+    assert schedule_due("@daily, @hourly", t, t + timedelta(minutes=1))
+    assert not schedule_due("not cron", t, t + timedelta(days=3))
 
 
 def test_automatic_snapshot_names() -> None:
