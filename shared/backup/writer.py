@@ -14,6 +14,7 @@ import bz2
 import io
 import lzma
 import os
+import queue
 import stat
 import subprocess
 import tarfile
@@ -21,24 +22,29 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from shared.errors import Internal
 
 IdMapper = Callable[[int, int], tuple[int, int]]
 CHUNK = 256 * 1024
+GZIP_LEVEL = 1
 
 
 class _Compressor:
-    """One compression algorithm behind ``compress``/``flush`` (zstd through the zstd
-    program: the venv has no zstd module)."""
+    """One compression algorithm behind ``write``/``close``, in a thread of its own.
+
+    Why a thread (or a process): zlib and lzma release the GIL, so compressing in a worker
+    while the tar thread reads the next files uses both cores; zstd runs as the zstd
+    program (the venv has no zstd module)."""
 
     def __init__(self, algo: str, emit: Callable[[bytes], None]) -> None:
         self.emit = emit
         self.proc: subprocess.Popen[bytes] | None = None
-        self.obj: object | None = None
-        if algo == "gzip":
-            self.obj = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self.obj: Any = None
+        self.error: BaseException | None = None
+        if algo == "gzip":  # level 1: 4x faster than 6 here, 6% larger (issue 10: 300 ms)
+            self.obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         elif algo == "xz":
             self.obj = lzma.LZMACompressor(lzma.FORMAT_XZ)
         elif algo == "bzip2":
@@ -46,9 +52,33 @@ class _Compressor:
         elif algo == "zstd":
             self.proc = subprocess.Popen(["zstd", "-q", "-c", "-T0"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE)
-            self._pump = threading.Thread(target=self._read_zstd, daemon=True)
-            self._pump_error: BaseException | None = None
-            self._pump.start()
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        target = self._read_zstd if self.proc is not None else self._compress
+        self.worker = threading.Thread(target=target, daemon=True)
+        self.worker.start()
+
+    def _compress(self) -> None:
+        try:
+            while (data := self.q.get()) is not None:
+                out = self.obj.compress(data) if self.obj is not None else data
+                if out:
+                    self.emit(out)
+            if self.obj is not None:
+                out = self.obj.flush()
+                if out:
+                    self.emit(out)
+        except BaseException as exc:  # the consumer went away: the writer hears of it
+            self.error = exc
+            self._drain()
+
+    def _drain(self) -> None:
+        """Unblock a writer waiting on a full queue after the worker gave up."""
+        while True:
+            try:
+                if self.q.get(timeout=0.1) is None:
+                    return
+            except queue.Empty:
+                return
 
     def _read_zstd(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -56,39 +86,56 @@ class _Compressor:
             while data := self.proc.stdout.read(CHUNK):
                 self.emit(data)
         except BaseException as exc:  # the consumer went away: stop zstd too
-            self._pump_error = exc
+            self.error = exc
             self.proc.kill()
 
+    def _check(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, Exception):
+                raise self.error
+            raise Internal(f"Compression stopped: {self.error!r}")
+
     def write(self, data: bytes) -> None:
+        self._check()
         if self.proc is not None:
             assert self.proc.stdin is not None
             try:
                 self.proc.stdin.write(data)
             except BrokenPipeError:
-                raise Internal(f"zstd stopped: {self._pump_error}") from None
-        elif self.obj is not None:
-            out = self.obj.compress(data)  # type: ignore[attr-defined]
-            if out:
-                self.emit(out)
-        else:
-            self.emit(bytes(data))
+                self._check()
+                raise Internal("zstd stopped") from None
+            return
+        while True:
+            try:
+                self.q.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                self._check()
+                if not self.worker.is_alive():
+                    raise Internal("Compression stopped") from None
 
     def close(self) -> None:
         if self.proc is not None:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-            self._pump.join()
-            if self.proc.wait() != 0 or self._pump_error is not None:
-                raise Internal(f"zstd failed: {self._pump_error or self.proc.returncode}")
-        elif self.obj is not None:
-            out = self.obj.flush()  # type: ignore[attr-defined]
-            if out:
-                self.emit(out)
+            self.worker.join()
+            if self.proc.wait() != 0 and self.error is None:
+                raise Internal(f"zstd failed ({self.proc.returncode})")
+        else:
+            self.write(None)  # type: ignore[arg-type]
+            self.worker.join()
+        self._check()
 
     def abort(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        elif self.worker.is_alive():
+            self.error = self.error or Internal("aborted")
+            try:
+                self.q.put_nowait(None)
+            except queue.Full:
+                pass
 
 
 class _Buffered(io.RawIOBase):
