@@ -204,6 +204,16 @@ def test_rename_update_delete(world, sstack, sapi):
     wait_op(sapi, r)
     got = sapi.get(f"/1.0/instances/{name}/snapshots/s1").json()["metadata"]
     assert got["expires_at"].startswith("2099-01-02T03:04:05")
+    # lxc config edit c1/s1 with the new YAML on stdin (no terminal): a PUT
+    r = subprocess.run(["lxc", "config", "edit", f"{name}/s1"], capture_output=True,
+                       text=True, timeout=60, input="expires_at: 2098-05-06T07:08:09Z\n",
+                       env={**sstack.env, "LXD_DIR": str(sstack.dir)})
+    assert r.returncode == 0, r
+    got = sapi.get(f"/1.0/instances/{name}/snapshots/s1").json()["metadata"]
+    assert got["expires_at"].startswith("2098-05-06T07:08:09")
+    r = sapi.put(f"/1.0/instances/{name}/snapshots/s1", headers={"If-Match": "nope"},
+                 json={"expires_at": "2097-01-01T00:00:00Z"})
+    assert r.status_code == 412, r.text
     corral(sstack, "snapshot", "rename", name, "s1", "s2")
     corral(sstack, "snapshot", name, "s3")
     assert snaps(world, name) == ["s2", "s3"]
