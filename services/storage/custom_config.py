@@ -8,9 +8,10 @@ they are pure (unit-tested without a pool).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Optional
 
+from dateutil.relativedelta import relativedelta
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import BadRequest
@@ -157,19 +158,20 @@ def schedule_due(value: str, last: datetime, now: datetime) -> bool:
 _EXPIRY = re.compile(r"^(\d+)(M|H|d|w|m|y)$")
 
 
-def expiry_delta(value: str) -> timedelta:
+def expiry_delta(value: str) -> relativedelta:
     """LXD's ``snapshots.expiry`` ("1d", "2w 3H"; M minutes, H hours, d days, w weeks,
-    m months, y years) as a duration."""
-    total = timedelta()
+    m months, y years) as a duration; months and years are calendar ones (LXD's
+    ``AddDate``), hence dateutil's relativedelta."""
+    total = relativedelta()
     for part in value.split():
         m = _EXPIRY.match(part)
         if not m:
             raise BadRequest(f"Invalid value {value!r} for 'snapshots.expiry': expected "
                              "e.g. '1d', '2w' or '1y' (units M, H, d, w, m, y)")
         n, unit = int(m.group(1)), m.group(2)
-        total += {"M": timedelta(minutes=n), "H": timedelta(hours=n),
-                  "d": timedelta(days=n), "w": timedelta(weeks=n),
-                  "m": timedelta(days=30 * n), "y": timedelta(days=365 * n)}[unit]
+        total += {"M": relativedelta(minutes=n), "H": relativedelta(hours=n),
+                  "d": relativedelta(days=n), "w": relativedelta(weeks=n),
+                  "m": relativedelta(months=n), "y": relativedelta(years=n)}[unit]
     return total
 
 

@@ -62,8 +62,11 @@ def test_content_type_and_body_shapes() -> None:
 
 
 def test_expiry_and_times() -> None:
-    assert expiry_delta("1d 2H") == timedelta(days=1, hours=2)
-    assert expiry_delta("3w") == timedelta(weeks=3)
+    t = datetime(2030, 1, 31, tzinfo=timezone.utc)
+    assert t + expiry_delta("1d 2H") == t + timedelta(days=1, hours=2)
+    assert t + expiry_delta("3w") == t + timedelta(weeks=3)
+    assert t + expiry_delta("1m") == datetime(2030, 2, 28, tzinfo=timezone.utc)  # calendar
+    assert t + expiry_delta("1y") == datetime(2031, 1, 31, tzinfo=timezone.utc)
     assert parse_time("0001-01-01T00:00:00Z") is None
     assert parse_time("2030-01-02T03:04:05.123456789Z") == datetime(
         2030, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
