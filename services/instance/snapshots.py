@@ -32,7 +32,7 @@ This module is pure: names, the ``snapshots.pattern`` template, ``snapshots.expi
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -224,16 +224,6 @@ def normal_time(value: Any, what: str = "expires_at") -> str:
 def expired(rec: dict[str, Any], now: datetime) -> bool:
     ts = parse_time(rec.get("expires_at") or NO_EXPIRY)
     return ts is not None and ts <= now
-
-
-def epoch(value: str) -> float:
-    """Seconds since the epoch of an LXD time (0 for none)."""
-    ts = parse_time(value, "time")
-    return 0.0 if ts is None else ts.timestamp()
-
-
-def in_future(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)
 
 
 # -- LXD's shapes ----------------------------------------------------------------------------

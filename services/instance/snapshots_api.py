@@ -162,9 +162,8 @@ class InstanceSnapshotsMixin:
             raise BadRequest("Snapshot migration is not supported here: copy the snapshot "
                              "with 'lxc copy c1/snap0 c2'")
         new_name = snapshots.check_name(body.get("name"))
-        if snapshots.find(self.ctx.snapshots, req.project, rec["name"], new_name) or \
-                new_name in [r["name"] for r in snapshots.all_records(
-                    self.ctx.snapshots, req.project, rec["name"])]:
+        if new_name in [r["name"] for r in snapshots.all_records(
+                self.ctx.snapshots, req.project, rec["name"])]:
             raise Conflict(f"Name '{rec['name']}/{new_name}' already in use")
 
         async def run(_op: Any) -> None:
