@@ -787,3 +787,25 @@ def test_a_volume_found_on_disk_without_a_record_is_usable(stack, api, pools, ui
     lxc(stack, "storage", "volume", "delete", pool, uid)
     assert not vol_path(stack, pool, uid).exists()
     assert api.get(url(pool, uid)).status_code == 404
+
+
+def test_storage_start_sweeps_frozen_backups_no_record_names(stack, api, pools, uid):
+    """A storage service killed between freezing a backup and recording it leaves frozen
+    copies; its next start removes them (old enough not to be a backup in the making)."""
+    pool = pools["btrfs"]
+    create(api, pool, uid)
+    wait_op(api, api.post(url(pool, uid) + "/backups", json={"name": "kept"}))
+    top = stack.dir / "storage-pools" / pool / ".corral-backups" / "custom" / uid
+    stray = top / "stray"
+    (stray / "volume").mkdir(parents=True)
+    (stray / "volume" / "f").write_text("x")
+    os.utime(stray, (1, 1))
+    stack.stop("storage")
+    stack.start("storage")
+    wait_for(stack.ready, 60, what="the storage service to answer again")
+    wait_for(lambda: not stray.exists(), 30, what="the stray frozen copy to go")
+    assert (top / "kept").is_dir()
+    assert [b["name"] for b in api.get(url(pool, uid) + "/backups", params={
+        "recursion": 1}).json()["metadata"]] == ["kept"]
+    api.delete(url(pool, uid))
+    assert not top.exists() or not (top / "kept").exists()

@@ -67,9 +67,15 @@ class CustomVolumesMixin:
             task.cancel()
 
     async def _custom_prune_loop(self) -> None:
-        """Every PRUNE_INTERVAL: scheduled snapshots due since the last pass, then
-        expired snapshots and backups go."""
+        """At start, frozen copies of backups that were never recorded go; then every
+        PRUNE_INTERVAL: scheduled snapshots due since the last pass, then expired
+        snapshots and backups go."""
         last = datetime.now(timezone.utc)
+        try:
+            for gone in await self.custom_backups.sweep_frozen():
+                log.warning("removed a frozen volume backup no record names", backup=gone)
+        except Exception as exc:
+            log.warning("frozen volume backups not swept", error=str(exc))
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
             now = datetime.now(timezone.utc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +45,7 @@ from .volumes import disk_name
 FD = "data"
 WINDOW = 16  # chunks sent ahead of the gateway's credits
 CREDIT_TIMEOUT = 120.0
+SWEEP_GRACE = 60.0  # seconds: a younger unrecorded frozen copy may be a backup in the making
 ERROR_HEADER = "Corral-Error"
 log = get_logger(component="storage")
 _running: set[asyncio.Task[None]] = set()
@@ -184,6 +186,35 @@ class CustomBackups:
                                 backup=backup, error=exc.message)
                     continue
                 gone.append(f"{rec['pool']}/{rec['name']}/{backup}")
+        return gone
+
+    async def sweep_frozen(self) -> list[str]:
+        """At start: frozen copies no backup record names (a process killed between
+        freezing and recording a backup) are removed; nothing else is running then."""
+        wanted = {(r["pool"], disk_name(r.get("project", "default"), r["name"]), b)
+                  for r in self.custom.volumes.store.cached() if r.get("kind") == KIND
+                  for b in (r.get("backups") or {})}
+        gone = []
+        for prec in self.custom.pools.records():
+            if prec["name"] in self.custom.pools.unavailable:
+                continue
+            try:
+                async with self.custom.pools.using(prec["name"]) as drv:
+                    top = drv.path / backups.BACKUPS_DIR / drv._kind_dir(KIND)
+                    found = [(d.name, b.name) for d in (top.iterdir() if top.is_dir() else [])
+                             for b in d.iterdir()] if top.is_dir() else []
+                    for disk, backup in found:
+                        root = top / disk / backup
+                        if (prec["name"], disk, backup) in wanted or \
+                                time.time() - root.stat().st_mtime < SWEEP_GRACE:
+                            continue  # recorded, or maybe a backup being made right now
+                        await asyncio.to_thread(backups._drop_tree, drv, root)
+                        if not any((top / disk).iterdir()):
+                            (top / disk).rmdir()
+                        gone.append(f"{prec['name']}/{disk}/{backup}")
+            except (CorralError, OSError) as exc:
+                log.warning("frozen volume backups not swept", pool=prec["name"],
+                            error=str(exc))
         return gone
 
     # ---- export --------------------------------------------------------------------------
