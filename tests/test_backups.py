@@ -24,6 +24,8 @@ import httpx
 import pytest
 import yaml
 
+from services.storage.drivers import btrfs_util
+
 from .stack import BIN, NatsServer, Stack
 from .world import World, lxc, make_world
 
@@ -224,7 +226,8 @@ def test_reference_volume_export_is_not_an_instance(oworld, other, oapi):
 def test_optimized_round_trip_and_instance_only(world, stack, api, tmp_path):
     """--optimized-storage on btrfs: send streams and LXD's header; imported back with its
     snapshot. --instance-only: no snapshots in the tarball or the import."""
-    name = world.create("opt")
+    name = world.create("opt", devices={"root": {"type": "disk", "path": "/",
+                                                 "pool": world.pool, "size": "300MiB"}})
     lxc(stack, "snapshot", name, "s0")
     out = tmp_path / "opt.tar.gz"
     lxc(stack, "export", name, str(out), "--optimized-storage")
@@ -235,6 +238,7 @@ def test_optimized_round_trip_and_instance_only(world, stack, api, tmp_path):
     assert idx["optimized"] is True and idx["optimized_header"] is True
     copy = world.name("opt2")
     import_(stack, out, copy, world.pool)
+    assert btrfs_util.referenced_limit(world.volume(copy)) == 300 * 2**20  # root size
     snaps = api.get(f"/1.0/instances/{copy}/snapshots").json()["metadata"]
     assert [s.rsplit("/", 1)[-1] for s in snaps] == ["s0"]
     lxc(stack, "start", copy)

@@ -169,6 +169,9 @@ async def build(ctx: Context, rec: dict[str, Any], info: dict[str, Any],
             timeout=IMPORT_TIMEOUT), f"importing the volume of {name!r}")
         path = Path(VolumePathReply.model_validate(reply.metadata).path)
         faults.point("import:after_storage")
+        size = creating.root_size(rec["expanded_devices"])
+        if size and kind == "container":  # the root disk's size is the volume's quota
+            await ctx.remote.volume_quota(project, pool, name, size, kind)
         rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
         nics, vol = await creating.nic_setup(ctx, rec)
         extra = {**vol}
