@@ -657,3 +657,18 @@ def test_crash_mid_snapshot_delete_and_rename(world, sstack, sapi):
              what="the interrupted rename to be finished")
     assert snaps(world, name) == ["new"]
     lxc(sstack, "restore", name, "new")
+
+
+def test_restore_of_a_frozen_container(world, sstack, sapi):
+    """A frozen (paused) container is stopped, restored and started like a running one."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("pausing does not depend on the pool")
+    name = world.create("frozen", start=True)
+    take(world, name, "s0")
+    lxc(sstack, "exec", name, "--", "touch", "/root/later")
+    lxc(sstack, "pause", name)
+    assert world.live(name)["status"] == "Frozen"
+    lxc(sstack, "restore", name, "s0")
+    assert world.live(name)["status"] == "Running"
+    r = lxc(sstack, "exec", name, "--", "test", "-e", "/root/later", check=False)
+    assert r.returncode != 0
