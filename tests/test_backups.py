@@ -587,3 +587,34 @@ def test_crash_mid_backup_leaves_nothing(oworld, other, oapi):
         assert not (frozen / "b").exists(), point
     oworld.wait(oapi.post(f"/1.0/instances/{name}/backups", json={"name": "b"}))
     assert (frozen / "b").is_dir()
+
+
+def test_export_import_in_a_project(world, stack, api, tmp_path):
+    """A backup imports into another project beside its same-named source, and exports
+    from there (volumes are <project>_<name> on disk, as LXD's)."""
+    proj = f"{world.prefix}bp"
+    r = api.post("/1.0/projects", json={"name": proj, "config": {
+        "features.images": "false", "features.profiles": "false"}})
+    assert r.status_code in (200, 201), r.text
+    a = world.create("prj")
+    try:
+        lxc(stack, "start", a)
+        lxc(stack, "exec", a, "--", "sh", "-c", "echo project > /root/v")
+        lxc(stack, "snapshot", a, "s0")
+        out = tmp_path / "a.tar.gz"
+        lxc(stack, "export", a, str(out))
+        lxc(stack, "import", str(out), a, "--project", proj, "--storage", world.pool)
+        assert (world.volume(f"{proj}_{a}") / "rootfs/root/v").is_file()
+        snaps = api.get(f"/1.0/instances/{a}/snapshots", params={"project": proj}).json()
+        assert [s.rsplit("/", 1)[-1].split("?")[0] for s in snaps["metadata"]] == ["s0"]
+        lxc(stack, "start", a, "--project", proj)
+        got = lxc(stack, "exec", a, "--project", proj, "--", "cat", "/root/v").stdout
+        assert got.strip() == "project"
+        lxc(stack, "stop", a, "--project", proj, "--force")
+        again = tmp_path / "again.tar.gz"
+        lxc(stack, "export", a, str(again), "--project", proj)
+        assert index_of(again)["snapshots"] == ["s0"]
+    finally:
+        lxc(stack, "delete", "--force", a, "--project", proj, check=False)
+        lxc(stack, "delete", "--force", a, check=False)
+        api.delete(f"/1.0/projects/{proj}")
