@@ -390,6 +390,12 @@ def test_profile_disk_reaches_running_container(world, stack, api, running, host
     finally:
         lxc(stack, "profile", "device", "remove", world.profile, "pshare")
     assert not _mounted(stack, running, "/mnt/profile")
+    # A profile disk its instances cannot have is refused before the profile is saved.
+    before = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"]
+    err = _refused(stack, "profile", "device", "add", world.profile, "bad", "disk",
+                   f"source={host_dir}/nope", "path=/mnt/bad")
+    assert "Missing source path" in err, err
+    assert api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]["devices"] == before
 
 
 def _blkio(world, name: str, item: str) -> str:
