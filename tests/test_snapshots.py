@@ -513,6 +513,10 @@ def test_vm_snapshot_and_restore(vmworld, sstack, sapi):
     r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "x", "stateful": True})
     assert r.status_code == 202, r.text  # a running VM: accepted
     w.wait(r)
+    lxc(sstack, "restore", name, "v0")  # stateless, running: stopped, restored, booted
+    assert w.live(name)["status"] == "Running"
+    wait_for(agent, 120, interval=0.5, what="the agent of the rebooted VM")
+    assert uptime() < 25
     lxc(sstack, "stop", name, "--force")
     r = sapi.post(f"/1.0/instances/{name}/snapshots", json={"name": "y", "stateful": True})
     assert r.status_code == 400 and "isn't running" in r.json()["error"], r.text
