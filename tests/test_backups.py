@@ -618,3 +618,64 @@ def test_export_import_in_a_project(world, stack, api, tmp_path):
         lxc(stack, "delete", "--force", a, "--project", proj, check=False)
         lxc(stack, "delete", "--force", a, check=False)
         api.delete(f"/1.0/projects/{proj}")
+
+
+def test_import_into_a_full_pool_leaves_nothing(world, stack, api, tmp_path):
+    """A backup larger than the pool: the import fails saying the pool is full, and the
+    half-written volume goes (LXD users lose imports to full disks too)."""
+    import gzip
+
+    pool = f"{world.prefix}small"
+    assert api.post("/1.0/storage-pools", json={"name": pool, "driver": "btrfs",
+                                                "config": {"size": "160MiB"}}
+                    ).status_code == 200
+    try:
+        big = tmp_path / "big.tar.gz"
+        index = {"name": "big", "type": "container", "snapshots": [], "backend": "btrfs",
+                 "config": {"container": {"profiles": [world.profile], "config": {},
+                                          "devices": {}}}}
+        with gzip.open(big, "wb", compresslevel=1) as gz, \
+                tarfile.open(fileobj=gz, mode="w|") as t:
+            raw = yaml.safe_dump(index).encode()
+            info = tarfile.TarInfo("backup/index.yaml")
+            info.size = len(raw)
+            t.addfile(info, __import__("io").BytesIO(raw))
+            for d in ("backup/container", "backup/container/rootfs"):
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(info)
+            info = tarfile.TarInfo("backup/container/rootfs/zeros")
+            info.size = 400 * 2**20
+
+            class Zeros:
+                left = info.size
+
+                def read(self, n: int) -> bytes:
+                    n = min(n, self.left)
+                    self.left -= n
+                    return bytes(n)
+            t.addfile(info, Zeros())  # type: ignore[arg-type]
+        name = world.name("full")
+        r = import_(stack, big, name, pool, check=False)
+        assert r.returncode != 0 and "is full" in r.stderr, r.stderr
+        assert api.get(f"/1.0/instances/{name}").status_code == 404
+        assert api.get(f"/1.0/storage-pools/{pool}/volumes/container"
+                       ).json()["metadata"] == []
+        assert not (stack.dir / "storage-pools" / pool / "containers" / name).exists()
+    finally:
+        assert api.delete(f"/1.0/storage-pools/{pool}").status_code == 200
+
+
+def test_a_download_broken_off_stops_the_export(world, stack, api):
+    """The client goes away mid-download: the tarball stops being made, and the backup
+    can be downloaded again and deleted (nothing hangs)."""
+    name = world.create("brk")
+    world.wait(api.post(f"/1.0/instances/{name}/backups", json={
+        "name": "b", "compression_algorithm": "none"}))
+    with api.stream("GET", f"/1.0/instances/{name}/backups/b/export") as resp:
+        assert resp.status_code == 200
+        next(resp.iter_bytes())
+    with api.stream("GET", f"/1.0/instances/{name}/backups/b/export") as resp:
+        size = sum(len(c) for c in resp.iter_bytes())
+    assert size > 1_000_000
+    world.wait(api.delete(f"/1.0/instances/{name}/backups/b"))
