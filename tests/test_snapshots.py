@@ -676,3 +676,24 @@ def test_restore_of_a_frozen_container(world, sstack, sapi):
     assert world.live(name)["status"] == "Running"
     r = lxc(sstack, "exec", name, "--", "test", "-e", "/root/later", check=False)
     assert r.returncode != 0
+
+
+def test_crash_before_the_volume_of_a_running_restore(world, sstack, sapi):
+    """Killed once the running instance was stopped for a restore, before its volume was
+    touched: the next start does the restore it was asked for and starts it again."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("the journal does not depend on the pool")
+    name = world.create("crrun", start=True)
+    take(world, name, "s0")
+    lxc(sstack, "exec", name, "--", "touch", "/root/later")
+    restart(sstack, "instance", fault="restore:before_volume")
+    r = sapi.put(f"/1.0/instances/{name}", json={"restore": "s0"})
+    assert r.status_code == 202, r.text
+    wait_dead(sstack, "instance")
+    assert (rootfs(world, name) / "root" / "later").exists()  # not restored yet
+    start_again(sstack, "instance")
+    wait_for(lambda: world.live(name)["status"] == "Running" and
+             not (rootfs(world, name) / "root" / "later").exists(), 30,
+             what="the interrupted restore to be finished and the instance started")
+    rec = [x for x in kv_records(sstack, "instances") if x["name"] == name][0]
+    assert "restoring" not in rec
