@@ -136,9 +136,11 @@ async def _forget_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
     moving = rec.get("moving_to")
     if not isinstance(moving, dict) or not moving.get("pool"):
         return
-    if moving["pool"] != rec["pool"]:
-        await _drop_volume(ctx, rec["project"], moving["pool"],
-                           moving.get("name") or rec["name"], type_of(rec))
+    name = moving.get("name") or rec["name"]
+    owned = any(r["project"] == rec["project"] and r["name"] == name
+                and r.get("pool") == moving["pool"] for r in ctx.instances.cached())
+    if moving["pool"] != rec["pool"] and not owned:  # never another instance's volume
+        await _drop_volume(ctx, rec["project"], moving["pool"], name, type_of(rec))
 
 
 async def _drop_volume(ctx: Context, project: str, pool: str, name: str, kind: str) -> None:
