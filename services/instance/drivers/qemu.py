@@ -347,6 +347,9 @@ class QemuDriver(SpecDir, InstanceDriver):
                 raise BadRequest(f"The guest did not release disk {disk.name!r} within "
                                  f"{DETACH_TIMEOUT:.0f} s; stop the instance to remove it")
             time.sleep(0.2)
+        data = self._load(name)
+        _set_disks(data, [m for m, _t in _disks_with_targets(data) if m.name != disk.name])
+        self._save(name, data)
 
     def disk_limits(self, name: str, disks: list[DiskMount]) -> None:
         """``limits.*`` of attached disks through libvirt's block I/O tuning."""
