@@ -334,6 +334,9 @@ class QemuDriver(SpecDir, InstanceDriver):
         """Unplug the disk (the guest is asked to release it; waited for a while)."""
         dom = self._live_domain(name)
         alias = qemu_xml.disk_alias(disk.name)
+        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED and alias in dom.XMLDesc(0):
+            raise BadRequest(f"Disk {disk.name!r} cannot be unplugged while the VM is "
+                             "paused (its guest must release it): resume it first")
         try:
             dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
