@@ -229,19 +229,41 @@ class CustomVolumes:
     async def decorate(self, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Public objects of ``recs`` with used_by, each followed by its snapshots."""
         users = await self.users(recs)
+        snapshots_of = await self._snapshots_of(recs)
         out = []
         for r in recs:
             project = r.get("project", "default")
             obj = self.public(r, users.get((r["pool"], project, r["name"]), []))
             out.append(obj)
-            try:
-                snaps = await self.snapshot_list(r)
-            except CorralError:
-                snaps = []
-            for s in snaps:
+            for s in snapshots_of.get(self.key(r["pool"], project, r["name"]), []):
                 out.append({**obj, **self.snapshot_public(r, s), "name": f"{r['name']}/{s}",
                             "type": KIND, "used_by": [], "project": project,
                             "location": "none"})
+        return out
+
+    async def _snapshots_of(self, recs: list[dict[str, Any]]) -> dict[str, list[str]]:
+        """Every record's snapshots (oldest first), read in one thread hop per pool: a
+        listing of many volumes must not cost a hop each."""
+        out: dict[str, list[str]] = {}
+        for pool in sorted({r["pool"] for r in recs}):
+            mine = [r for r in recs if r["pool"] == pool]
+            try:
+                async with self.pools.using(pool) as drv:
+                    def read(drv: Driver = drv, mine: list = mine) -> list[list[str]]:
+                        found = []
+                        for r in mine:
+                            try:
+                                found.append(custom_disk.snapshot_names(drv, self._disk(r)))
+                            except (CorralError, OSError):
+                                found.append([])
+                        return found
+                    names = await asyncio.to_thread(read)
+            except CorralError:
+                continue  # an unavailable pool: its volumes are listed without snapshots
+            for r, snaps in zip(mine, names, strict=True):
+                meta = r.get("snapshots") or {}
+                out[self.key(pool, r.get("project", "default"), r["name"])] = sorted(
+                    snaps, key=lambda s, m=meta: (m.get(s, {}).get("created_at", "~"), s))
         return out
 
     async def get(self, pool: str, project: str, name: str) -> tuple[dict[str, Any], str]:
