@@ -117,6 +117,22 @@ def test_failed_hotplug_into_vm_leaves_it_as_it_was(world, vm, api, stack, tmp_p
     assert "ua-disk-" not in _xml(world, vm)
 
 
+def test_paused_vm_takes_a_disk_but_cannot_release_one(world, vm, api, stack, tmp_path):
+    img = tmp_path / "p.raw"
+    img.write_bytes(b"\0" * 2**20)
+    lxc(stack, "pause", vm)
+    try:
+        lxc(stack, "config", "device", "add", vm, "pz", "disk", f"source={img}")
+        r = lxc(stack, "config", "device", "remove", vm, "pz", check=False)
+        assert r.returncode != 0 and "resume it first" in r.stderr, r
+        assert "pz" in api.get(f"/1.0/instances/{vm}").json()["metadata"]["devices"]
+    finally:
+        lxc(stack, "start", vm)  # resume
+    wait_for(lambda: "pz" in _blocks(world, vm), 60, what="the disk added while paused")
+    lxc(stack, "config", "device", "remove", vm, "pz")
+    wait_for(lambda: "pz" not in _blocks(world, vm), 60, what="the guest to release pz")
+
+
 def test_directory_on_vm_refused_with_the_reason(world, vm, api, stack, tmp_path):
     r = lxc(stack, "config", "device", "add", vm, "dir", "disk", f"source={tmp_path}",
             "path=/mnt/d", check=False)
