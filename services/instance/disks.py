@@ -42,10 +42,11 @@ def _uses_volume(dev: Device, pool: str, volume: str) -> bool:
 
 async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
                          dev: Device, running: bool) -> tuple[str, str, bool]:
-    """(host path, kind, unmapped) of the custom volume a device names; 404 when it does not
-    exist; 400 when ``running`` (this instance runs or starts) and a running instance
-    elsewhere uses it and it is not shared (a stopped instance may hold it: its start
-    is refused while the other runs)."""
+    """(host path, kind, unmapped) of the custom volume a device names; 404 when it does
+    not exist; 400 when ``running`` (this instance runs or starts) and a running instance
+    elsewhere uses it (a stopped instance may hold it: its start is refused while the
+    other runs). A volume with ``security.shared=true`` may be shared (LXD after 5.0;
+    the storage service does not take that key yet)."""
     pool, vol = dev["pool"], dev["source"].removeprefix("custom/")
     project = rec.get("project", "default")
     if ctx.projects is not None:
@@ -72,8 +73,8 @@ async def _custom_volume(ctx: "Context", rec: Mapping[str, Any], name: str,
                     other.get("project", "default"), "volumes") == project):
                 raise BadRequest(f"Device {name!r}: storage volume {vol!r} in pool {pool!r} "
                                  f"is already in use by running instance "
-                                 f"{other['name']!r}; set security.shared=true on the "
-                                 "volume to share it")
+                                 f"{other['name']!r}: detach it there or stop that "
+                                 "instance first")
     reply = await bus.request("storage", "volume_path", VolumeRequest(
         project=project, pool=pool, kind="custom", name=vol), node=node,
         timeout=VOLUME_TIMEOUT)
