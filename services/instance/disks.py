@@ -315,7 +315,10 @@ async def reconcile(ctx: "Context", rec: Mapping[str, Any], drv: "InstanceDriver
                     host: str) -> None:
     """At the service's start, for a running instance whose hot-plug was interrupted (a
     journal entry is left): unplug every disk it may have got, plug the record's."""
-    pending = await asyncio.to_thread(drv.disks_pending, host)
+    try:
+        pending = await asyncio.to_thread(drv.disks_pending, host)
+    except CorralError:  # no spec to read (a half-made instance): nothing was journaled
+        return
     if pending is None:
         return
     ctx.log.warning("resetting the disks of an instance whose hot-plug was interrupted",
