@@ -156,7 +156,11 @@ def _mount_source_dev(path: str) -> int:
 
 def blkio_v1_items(mounts: list[DiskMount]) -> list[tuple[str, str]]:
     """``blkio.throttle.*_device`` items ("MAJ:MIN VALUE") for cgroup v1; several disks
-    on one device: the smallest limit wins (one cgroup file per device and direction)."""
+    on one device: the smallest limit wins (one cgroup file per device and direction).
+
+    As LXD on a v1 host: the throttle is on the whole device the source lives on, and v1
+    cannot charge page-cache writeback to the container, so buffered writes escape
+    ``limits.write`` (reads, direct and synchronous writes do not); v2's io.max does."""
     per: dict[tuple[str, str], int] = {}
     for m in mounts:
         if not m.limited():
