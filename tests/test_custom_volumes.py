@@ -410,8 +410,23 @@ def test_projects_own_their_volumes_or_use_defaults(stack, api, pools, uid):
                            text=True, timeout=60)
         assert r.stdout.strip() == f"custom,{uid}", r
         assert api.get(url(pool, "x"), params={"project": "nosuch"}).status_code == 404
+
+        # copies and moves between projects
+        r = api.post(url(pool), params={"project": own}, json={"name": f"{uid}c", "source": {
+            "type": "copy", "pool": pool, "name": uid, "project": shared_}})
+        wait_op(api, r)  # shared_ has no volumes of its own: default's is copied
+        assert vol_path(stack, pool, f"{own}_{uid}c").is_dir()
+        r = api.post(url(pool, f"{uid}c"), params={"project": own},
+                     json={"name": f"{uid}c", "project": shared_})
+        assert r.status_code == 400 and "features.storage.volumes" in r.json()["error"]
+        lxc(stack, "storage", "volume", "move", f"{pool}/{uid}c", f"{pool}/{uid}m",
+            "--project", own, "--target-project", "default")
+        assert api.get(url(pool, f"{uid}m")).json()["metadata"]["project"] == "default"
+        assert not vol_path(stack, pool, f"{own}_{uid}c").exists()
+        assert vol_path(stack, pool, f"{uid}m").is_dir()
     finally:
         api.delete(url(pool, uid), params={"project": own})
+        api.delete(url(pool, f"{uid}m"))
         api.delete(url(pool, uid))
         api.delete(f"/1.0/projects/{own}")
         api.delete(f"/1.0/projects/{shared_}")

@@ -474,14 +474,18 @@ class CustomVolumes:
 
     async def move(self, pool: str, project: str, name: str, new_pool: str,
                    new_name: str,
-                   before: Callable[[dict[str, Any]], Awaitable[None]] | None = None
-                   ) -> None:
+                   before: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                   new_project: str | None = None) -> None:
         """To another pool: a copy with its snapshots, the devices naming it pointed at the
         copy, then the source goes (``before`` its deletion, as :meth:`delete`). Refused
         while a running instance uses it; any failure leaves the source as it was."""
+        new_project = new_project or project
         rec = await self.record(pool, project, name)
         found = await self._holders(pool, project, name)
-        await self.copy(new_pool, project, new_name, rec.get("description", ""),
+        if found and new_project != project:
+            raise BadRequest(f"Storage volume custom/{name} is in use: detach it before "
+                             "moving it to another project")
+        await self.copy(new_pool, new_project, new_name, rec.get("description", ""),
                         dict(rec.get("config", {})), pool, project, name, False)
         changed: list[custom_users.Holder] = []
         try:
@@ -489,7 +493,7 @@ class CustomVolumes:
             await self.delete(pool, project, name, before=before)
         except BaseException:
             await custom_users.restore(self.bus, changed)
-            await self.volumes.delete(VolumeRequest(project=project, pool=new_pool,
+            await self.volumes.delete(VolumeRequest(project=new_project, pool=new_pool,
                                                     kind=KIND, name=new_name))
             raise
 

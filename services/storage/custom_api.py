@@ -44,7 +44,7 @@ API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handlin
                   "storage_volumes_all_projects", "custom_volume_snapshot_expiry",
                   "custom_volume_backup", "backup_override_name", "backup_compression",
                   "storage_volume_state_total", "storage_volume_api_filtering",
-                  "volume_snapshot_scheduling"]
+                  "volume_snapshot_scheduling", "storage_volume_project_move"]
 # Seconds between scans for expired snapshots (a look at cached records: cheap).
 PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
@@ -210,28 +210,41 @@ class CustomVolumesMixin:
 
     @endpoint("custom_rename", CustomVolumeRequest)
     async def custom_rename(self, req: CustomVolumeRequest) -> Reply:
-        """POST on the volume: a rename (sync), or ``{pool: other}`` a move (operation)."""
+        """POST on the volume: a rename (sync), or a move (operation) to another pool
+        (``{pool}``) or project (``{project}``, one with features.storage.volumes: the
+        gateway checked)."""
         body = parse_body(StorageVolumePost, req.body)
         if body.migration:
             raise BadRequest("Volume migration between servers is not supported")
-        if body.project and body.project != req.project:
-            raise BadRequest("Moving a volume to another project is not supported")
         new_name = body.name or req.name
+        new_pool = body.pool or req.pool
+        new_project = body.project or req.project
         old_url = volume_url(req.pool, KIND, req.name, req.project)
-        if body.pool and body.pool != req.pool:
-            await self.pools.get(body.pool)  # type: ignore[attr-defined]
+        if (new_pool, new_project) != (req.pool, req.project):
+            await self.pools.get(new_pool)  # type: ignore[attr-defined]
             await self.custom.record(req.pool, req.project, req.name)
             await self.custom._holders(req.pool, req.project, req.name)  # 400 if running
-            new_url = volume_url(body.pool, KIND, new_name, req.project)
+            if new_project != req.project:
+                users = (await self.custom.users([await self.custom.record(
+                    req.pool, req.project, req.name)], strict=True))[
+                        (req.pool, req.project, req.name)]
+                if users:
+                    raise BadRequest(f"Storage volume custom/{req.name} is in use by "
+                                     f"{', '.join(users)}: detach it before moving it to "
+                                     "another project")
+            new_url = volume_url(new_pool, KIND, new_name, new_project)
 
             async def run(_op: Any) -> None:
-                await self.custom.move(req.pool, req.project, req.name, body.pool or "",
-                                       new_name, before=self.custom_backups.drop_all)
-                await self._custom_event("storage-volume-created", new_url, req)
+                await self.custom.move(req.pool, req.project, req.name, new_pool, new_name,
+                                       before=self.custom_backups.drop_all,
+                                       new_project=new_project)
+                await self.events.lifecycle(  # type: ignore[attr-defined]
+                    "storage-volume-created", new_url, project=new_project,
+                    requestor=req.requestor)
                 await self._custom_event("storage-volume-deleted", old_url, req)
 
             return await self._custom_operation("Moving storage volume", req, run,
-                                         {"storage_volumes": [old_url]})
+                                                {"storage_volumes": [old_url]})
         if not body.name:
             raise BadRequest("No name provided")
         await self.custom.rename(req.pool, req.project, req.name, new_name)

@@ -45,14 +45,34 @@ SNAPSHOT = SNAPSHOTS + "/{snapshot}"
 FEATURE = "features.storage.volumes"
 
 
-async def storage_project(ctx: Context, request: web.Request) -> str:
-    """The project whose custom volumes the request works on."""
-    name = request.query.get("project") or "default"
+async def storage_project(ctx: Context, request: web.Request, name: str | None = None
+                          ) -> str:
+    """The project whose custom volumes the request (or the project ``name``) works on."""
+    name = name or request.query.get("project") or "default"
     if name == "default":
         return name
     record = await project_record(ctx.bus, name)  # 404 for an unknown project
     value = (record.get("config") or {}).get(FEATURE, "")
     return name if value.lower() in ("true", "1", "yes", "on") else "default"
+
+
+async def _map_body_projects(ctx: Context, request: web.Request) -> None:
+    """Projects a body names, as storage projects: a copy's ``source.project`` (a project
+    without the feature reads default's volumes), a move's target ``project`` (which
+    must have the feature: 400 with LXD's message otherwise)."""
+    if request.method != "POST" or request.content_type != "application/json":
+        return
+    body = await json_object(request)
+    source = body.get("source")
+    if isinstance(source, dict) and isinstance(source.get("project"), str) \
+            and source["project"]:
+        source["project"] = await storage_project(ctx, request, source["project"])
+    target = body.get("project")
+    if isinstance(target, str) and target and "volume" in request.match_info \
+            and "snapshot" not in request.match_info and "backup" not in request.match_info:
+        if await storage_project(ctx, request, target) != target:
+            raise BadRequest("Target project does not have features.storage.volumes "
+                             "enabled")
 
 
 _STORAGE_PROJECT = web.RequestKey("corral.storage_project", str)
@@ -65,6 +85,7 @@ class CustomAsk(Ask):
 
     async def __call__(self, ctx: Context, request: web.Request) -> web.StreamResponse:
         request[_STORAGE_PROJECT] = await storage_project(ctx, request)
+        await _map_body_projects(ctx, request)
         return await super().__call__(ctx, request)
 
 
