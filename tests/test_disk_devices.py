@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -424,6 +425,13 @@ def test_disk_limits_applied_live_or_refused(world, stack, api, running, host_di
                                                      "blkio.throttle.read_bps_device")
         assert f"{major}:{minor} 200" in _blkio(world, running,
                                                 "blkio.throttle.write_iops_device")
+        # Really throttled: 2 MB read directly (no page cache) at 1 MB/s.
+        (host_dir / "big").write_bytes(os.urandom(2 * 10**6))
+        (host_dir / "big").chmod(0o644)
+        lxc(stack, "config", "device", "set", running, "lim", "limits.read=1MB")
+        t0 = time.monotonic()
+        _sh(stack, running, "dd if=/mnt/lim/big of=/dev/null bs=64k iflag=direct")
+        assert time.monotonic() - t0 > 1.2
         lxc(stack, "config", "device", "set", running, "lim", "limits.read=5MB")
         assert f"{major}:{minor} 5000000" in _blkio(world, running,
                                                     "blkio.throttle.read_bps_device")
