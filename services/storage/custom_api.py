@@ -100,12 +100,12 @@ class CustomVolumesMixin:
     # -- helpers ----------------------------------------------------------------------------
 
     async def _custom_event(self, action: str, source: str, req: CustomVolumeRequest,
-                     context: dict[str, Any] | None = None) -> None:
+                            context: dict[str, Any] | None = None) -> None:
         await self.events.lifecycle(action, source, project=req.project,  # type: ignore[attr-defined]
                                     context=context, requestor=req.requestor)
 
     async def _custom_operation(self, description: str, req: CustomVolumeRequest, run: Any,
-                         resources: dict[str, list[str]]) -> Reply:
+                                resources: dict[str, list[str]]) -> Reply:
         op = await self.operations.start(description, run, resources=resources,  # type: ignore[attr-defined]
                                          project=req.request_project)
         return Reply(type="async", operation=op.lxd())
@@ -154,7 +154,7 @@ class CustomVolumesMixin:
                                        body.description or "", body.config,
                                        body.content_type)
         await self._custom_event("storage-volume-created",
-                          volume_url(req.pool, KIND, rec["name"], req.project), req)
+                                 volume_url(req.pool, KIND, rec["name"], req.project), req)
         return Reply(metadata=None)
 
     async def _custom_copy(self, req: CustomVolumeRequest, body: StorageVolumesPost) -> Reply:
@@ -186,7 +186,7 @@ class CustomVolumesMixin:
             await self._custom_event("storage-volume-created", target, req)
 
         return await self._custom_operation("Copying storage volume", req, run,
-                                     {"storage_volumes": [target]})
+                                            {"storage_volumes": [target]})
 
     async def _custom_update(self, req: CustomVolumeRequest, patch: bool) -> Reply:
         body = parse_body(StorageVolumePut, req.body)
@@ -195,7 +195,7 @@ class CustomVolumesMixin:
         url = volume_url(req.pool, KIND, req.name, req.project)
         if body.restore:
             await self._custom_event("storage-volume-restored", url, req,
-                              {"snapshot": body.restore})
+                                     {"snapshot": body.restore})
         if not body.restore or body.config is not None or body.description is not None:
             await self._custom_event("storage-volume-updated", url, req)
         return Reply(metadata=None)
@@ -249,8 +249,8 @@ class CustomVolumesMixin:
             raise BadRequest("No name provided")
         await self.custom.rename(req.pool, req.project, req.name, new_name)
         await self._custom_event("storage-volume-renamed",
-                          volume_url(req.pool, KIND, new_name, req.project), req,
-                          {"old_name": req.name})
+                                 volume_url(req.pool, KIND, new_name, req.project), req,
+                                 {"old_name": req.name})
         return Reply(metadata=None)
 
     @endpoint("custom_delete", CustomVolumeRequest)
@@ -258,7 +258,7 @@ class CustomVolumesMixin:
         await self.custom.delete(req.pool, req.project, req.name,
                                  before=self.custom_backups.drop_all)
         await self._custom_event("storage-volume-deleted",
-                          volume_url(req.pool, KIND, req.name, req.project), req)
+                                 volume_url(req.pool, KIND, req.name, req.project), req)
         return Reply(metadata=None)
 
     # -- snapshots --------------------------------------------------------------------------
@@ -309,7 +309,7 @@ class CustomVolumesMixin:
             await self._custom_event("storage-volume-snapshot-deleted", url, req)
 
         return await self._custom_operation("Deleting storage volume snapshot", req, run,
-                                     {"storage_volume_snapshots": [url]})
+                                            {"storage_volume_snapshots": [url]})
 
     @endpoint("custom_snapshot_rename", CustomVolumeRequest)
     async def custom_snapshot_rename(self, req: CustomVolumeRequest) -> Reply:
@@ -324,7 +324,7 @@ class CustomVolumesMixin:
             await self.custom.snapshot_rename(req.pool, req.project, req.name, req.snapshot,
                                               body.name or "")
             await self._custom_event("storage-volume-snapshot-renamed", url, req,
-                              {"old_name": req.snapshot})
+                                     {"old_name": req.snapshot})
 
         return await self._custom_operation("Renaming storage volume snapshot", req, run, {
             "storage_volume_snapshots": [snapshot_url(req.pool, req.name, req.snapshot,
@@ -336,7 +336,7 @@ class CustomVolumesMixin:
                                           body.model_dump(exclude_unset=True), req.etag,
                                           patch)
         await self._custom_event("storage-volume-snapshot-updated",
-                          snapshot_url(req.pool, req.name, req.snapshot, req.project), req)
+                                 snapshot_url(req.pool, req.name, req.snapshot, req.project), req)
         return Reply(metadata=None)
 
     @endpoint("custom_snapshot_update", CustomVolumeRequest)
