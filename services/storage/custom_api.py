@@ -1,9 +1,12 @@
 """Custom storage volumes: ``/1.0/storage-pools/<pool>/volumes/custom`` (the gateway's
-cluster-scoped verbs), their snapshots, copies, moves and attachments' bookkeeping.
+cluster-scoped verbs), their snapshots, copies, moves, backups (export/import) and the
+background pass that takes scheduled snapshots and prunes expired ones.
 
 A mixin of :class:`services.storage.service.StorageService`. Sync or async as LXD 5.0
 answers each (the stock client waits only where it expects an operation): create,
-update, rename and delete are sync; copy, move and the snapshot verbs are operations.
+update, rename and delete are sync; copy, move, import and the snapshot and backup verbs
+are operations. The logic is in :mod:`.custom` (volumes, snapshots, users),
+:mod:`.custom_backups`, :mod:`.custom_users` and :mod:`.custom_config` (request checks).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ API_EXTENSIONS = ["storage_api_volume_rename", "storage_api_local_volume_handlin
                   "custom_volume_backup", "backup_override_name", "backup_compression",
                   "storage_volume_state_total", "storage_volume_api_filtering",
                   "volume_snapshot_scheduling", "storage_volume_project_move"]
-# Seconds between scans for expired snapshots (a look at cached records: cheap).
+# Seconds between passes for scheduled and expired snapshots and backups (a look at
+# cached records: cheap).
 PRUNE_INTERVAL = float(os.environ.get("CORRAL_SNAPSHOT_PRUNE_INTERVAL") or 10.0)
 
 
@@ -56,7 +60,7 @@ class CustomVolumesMixin:
     custom_backups: CustomBackups
 
     def custom_setup(self) -> None:
-        """Called from the service's setup: the logic object and the expiry pruner."""
+        """Called from the service's setup: the logic objects and the background pass."""
         self.custom = CustomVolumes(self.volumes, self.pools, self.bus)  # type: ignore[attr-defined]
         self.custom_backups = CustomBackups(self.custom, self.bus)  # type: ignore[attr-defined]
         self._custom_pruner = asyncio.create_task(self._custom_prune_loop())
