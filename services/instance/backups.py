@@ -44,6 +44,8 @@ from .records import public as instance_public
 
 NO_EXPIRY = "0001-01-01T00:00:00Z"
 STORAGE_TIMEOUT = 120.0
+# Backups this process is making: their "creating" records are not a crash's leftovers.
+_making: set[str] = set()
 _NAME = re.compile(r"^backup(\d+)$")
 
 
@@ -222,6 +224,7 @@ async def create(ctx: Context, store: Store, inst: dict[str, Any], rec: dict[str
     rec["instance_record"] = {k: v for k, v in inst.items() if k != "volume"}
     rec["instance_uuid"] = (inst.get("config") or {}).get("volatile.uuid", "")
     await store.create(k, rec, f"Backup {rec['instance']}/{rec['name']}")
+    _making.add(k)
     try:
         faults.point("backup:after_record")
         ref = _volume_ref(rec)
@@ -239,6 +242,8 @@ async def create(ctx: Context, store: Store, inst: dict[str, Any], rec: dict[str
     except BaseException:
         await asyncio.shield(drop(ctx, store, rec))
         raise
+    finally:
+        _making.discard(k)
 
 
 async def drop(ctx: Context, store: Store, rec: dict[str, Any]) -> None:
@@ -293,6 +298,9 @@ async def sweep(ctx: Context, store: Store) -> int:
             except CorralError as exc:
                 ctx.log.warning("backup not moved to the renamed instance",
                                 backup=rec["name"], error=exc.message)
+        if rec.get("creating") and backup_key(rec["project"], rec["instance"],
+                                              rec["name"]) in _making:
+            continue  # being made right now, by us
         if rec.get("creating") or gone or expired(rec):
             await drop(ctx, store, rec)
             removed += 1
