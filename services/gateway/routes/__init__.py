@@ -65,7 +65,6 @@ INSTANCES = [
     Route("POST", INSTANCE, ask("instance", "rename", item)),
     Route("GET", INSTANCE + "/state", ask("instance", "state", instances.named)),
     Route("PUT", INSTANCE + "/state", ask("instance", "state_put", instances.state_put)),
-    Route("GET", INSTANCE + "/backups", ask("instance", "backup_list", instances.named)),
     Route("POST", INSTANCE + "/exec", ask("instance", "exec", instance_io.exec_request)),
     Route("GET", INSTANCE + "/files", ask("instance", "file_get", instance_io.file_request,
                                           respond=instance_io.file_contents)),
