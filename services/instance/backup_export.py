@@ -111,15 +111,15 @@ def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str
     try:
         tar.add_bytes(layout.INDEX, layout.dump(info))
         kind = rec["type"]
-        vdir = layout.volume_dir(kind)
+        vdir, sdir = layout.volume_dir(kind), layout.snapshots_dir(kind)
         snaps = info["snapshots"]
         mapper = _unshift(idmap)
         if info["optimized"]:
-            _write_optimized(tar, vol, snaps, vdir)
+            _write_optimized(tar, vol, snaps, vdir, sdir)
         else:
             conf = layout.dump(info["config"])
             for s in snaps:
-                tar.add_tree(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/snapshots/{s}",
+                tar.add_tree(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}",
                              mapper, skip=frozenset({layout.BACKUP_YAML}))
             tar.add_tree(Path(vol.path), f"{layout.PREFIX}/{vdir}", mapper,
                          skip=frozenset({layout.BACKUP_YAML}))
@@ -131,7 +131,7 @@ def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str
 
 
 def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str],
-                     vdir: str) -> None:
+                     vdir: str, sdir: str) -> None:
     """btrfs send streams: each snapshot against the one before, the volume against the
     last snapshot (sent twice each: once to learn its size for the tar header)."""
     header = {"subvolumes": []}  # type: dict[str, Any]
@@ -141,7 +141,7 @@ def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str],
     header["subvolumes"].append({"path": "/", "snapshot": "", "readonly": False, "uuid": ""})
     tar.add_bytes(layout.OPTIMIZED_HEADER, layout.dump(header))
     parent: Path | None = None
-    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/snapshots/{s}.bin")
+    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}.bin")
              for s in snaps]
     parts.append((Path(vol.path), f"{layout.PREFIX}/{vdir}.bin"))
     for path, name in parts:

@@ -26,7 +26,9 @@ def volume_dir(kind: str) -> str:
 
 
 def snapshots_dir(kind: str) -> str:
-    return "volume-snapshots" if kind == "custom" else "snapshots"
+    """LXD's snapshot directory of each volume kind (generic_vfs.go)."""
+    return {"container": "snapshots", "virtual-machine": "virtual-machine-snapshots",
+            "custom": "volume-snapshots"}[kind]
 
 
 def check_compression(value: str | None) -> str:

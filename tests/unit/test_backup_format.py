@@ -42,6 +42,9 @@ def test_member_targets():
     assert t("backup/snapshots/s0.bin", "container", ["s0"]) == ("bin", "s0")
     assert t("backup/container.bin", "container", []) == ("bin", "")
     assert t("backup/volume/x", "custom", []) == ("volume", "x")
+    assert t("backup/volume-snapshots/s0/x", "custom", ["s0"]) == ("snapshot:s0", "x")
+    assert t("backup/virtual-machine-snapshots/s0.bin", "virtual-machine", ["s0"]) == \
+        ("bin", "s0")
     for bad in ("backup/container/../../etc/passwd", "/etc/passwd", "other/x",
                 "backup/snapshots/zz/rootfs", "backup/what"):
         with pytest.raises(BadRequest):
