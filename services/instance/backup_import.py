@@ -38,7 +38,7 @@ from . import create as creating
 from . import image_templates, project_checks, records, validate
 from .context import Context
 from .drivers.base import InstanceSpec
-from .drivers.router import CONTAINER, TYPES
+from .drivers.router import TYPES
 from .names import host_name
 from .snapshots import NO_EXPIRY, snapshot_key
 
@@ -247,6 +247,3 @@ async def discard(transfers: Any, obj: str) -> None:
         await blobs.delete(transfers, obj)
     except Exception:
         pass
-
-
-__all__ = ["CONTAINER", "build", "discard", "prepare"]

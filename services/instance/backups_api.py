@@ -18,6 +18,7 @@ from shared.service import endpoint
 from shared.state import Store
 
 from . import backup_export, backup_import, backups
+from .names import host_of
 from .records import instance_url
 
 # container_backup itself is in the service's own list (``lxc info`` needs it).
@@ -166,7 +167,7 @@ class BackupsMixin:
         idmap = None
         owner = getattr(drv, "root_owner", None)
         if owner is not None and inst["type"] == "container":
-            host = self._host_of(inst)
+            host = host_of(inst)
             uid, _gid = await asyncio.to_thread(owner, host)
             if uid:  # a shifted tree: its ids go back to the container's
                 idmap = await asyncio.to_thread(drv.idmap, host)
@@ -175,11 +176,6 @@ class BackupsMixin:
         await self.events.lifecycle("instance-backup-retrieved", backups.backup_url(rec),
                                     project=req.project, requestor=req.requestor)
         return Reply(metadata={"filename": backup_export.filename(rec)})
-
-    @staticmethod
-    def _host_of(inst: dict[str, Any]) -> str:
-        from .names import host_of
-        return host_of(inst)
 
     @endpoint("backup_import", BackupImportRequest)
     async def import_backup(self, req: BackupImportRequest) -> Reply:
