@@ -148,7 +148,38 @@ def info(args: Namespace) -> None:
                          "IP addresses": [f"{a['family']} {a['address']}/{a['netmask']}"
                                           for a in data.get("addresses", [])]}
         doc["Network usage"] = nets
+    doc.update(_snapshots_and_backups(c, args.name))
     print_yaml(doc)
+
+
+def _when(value: str | None) -> str:
+    """A date of the API, "" for LXD's zero date (no expiry)."""
+    return "" if not value or value.startswith("0001-01-01") else value
+
+
+def _snapshots_and_backups(c: Client, name: str) -> dict[str, Any]:
+    """``Snapshots`` and ``Backups`` as ``lxc info`` shows them (each only when there is
+    one; backups only where the server answers for them)."""
+    out: dict[str, Any] = {}
+    snaps = c.get(ipath(name, "/snapshots"), recursion=1)
+    if snaps:
+        out["Snapshots"] = [{"Name": s["name"], "Taken at": s.get("created_at", ""),
+                             "Expires at": _when(s.get("expires_at")),
+                             "Stateful": "YES" if s.get("stateful") else "NO"}
+                            for s in snaps]
+    try:
+        backups = c.get(ipath(name, "/backups"), recursion=1)
+    except APIError as exc:
+        if exc.code not in (404, 501):
+            raise
+        backups = []
+    if backups:
+        out["Backups"] = [{"Name": b["name"], "Taken at": b.get("created_at", ""),
+                           "Expires at": _when(b.get("expires_at")),
+                           "Instance only": "YES" if b.get("instance_only") else "NO",
+                           "Optimized storage": "YES" if b.get("optimized_storage") else "NO"}
+                          for b in backups]
+    return out
 
 
 def start(args: Namespace) -> None:
@@ -199,7 +230,7 @@ def register(sub: Any) -> None:
     p.add_argument("--vm", action="store_true", help="a virtual machine")
 
     p = command(sub, "info", info, description="Show the server, or one instance: status, "
-                "processes, memory, addresses.")
+                "processes, memory, addresses, snapshots, backups.")
     p.add_argument("name", nargs="?")
     p.add_argument("--resources", action="store_true",
                    help="the host's hardware: CPUs, memory, disks, NICs")
