@@ -697,3 +697,68 @@ def test_crash_before_the_volume_of_a_running_restore(world, sstack, sapi):
              what="the interrupted restore to be finished and the instance started")
     rec = [x for x in kv_records(sstack, "instances") if x["name"] == name][0]
     assert "restoring" not in rec
+
+
+def test_restricted_project_blocks_snapshots(world, sstack, sapi):
+    """``restricted.snapshots`` (LXD): a restricted project takes no snapshots unless it is
+    set to ``allow`` (``block`` by default); an unrestricted project ignores it; other
+    values are refused."""
+    if world.pool_driver != "btrfs":
+        pytest.skip("projects do not depend on the pool")
+    proj = world.prefix + "rs"
+    lxc(sstack, "project", "create", proj, "-c", "features.images=false",
+        "-c", "restricted=true")
+    name = world.name("rsnap")
+    try:
+        lxc(sstack, "init", world.image, name, "--project", proj, "-s", world.pool)
+        r = lxc(sstack, "snapshot", name, "s0", "--project", proj, check=False)
+        assert r.returncode != 0
+        assert f'Project "{proj}" does not allow snapshots' in r.stderr, r.stderr
+        assert "restricted.snapshots=allow" in r.stderr
+        r = sapi.post(f"/1.0/instances/{name}/snapshots", params={"project": proj},
+                      json={"name": "s0"})
+        assert r.status_code == 400, r.text
+        assert sapi.get(f"/1.0/instances/{name}/snapshots",
+                        params={"project": proj}).json()["metadata"] == []
+        assert not snap_dir(world, f"{proj}_{name}", "s0").exists()
+        r = lxc(sstack, "project", "set", proj, "restricted.snapshots=maybe", check=False)
+        assert r.returncode != 0 and "restricted.snapshots" in r.stderr
+        lxc(sstack, "project", "set", proj, "restricted.snapshots=allow")
+        lxc(sstack, "snapshot", name, "s0", "--project", proj)
+        lxc(sstack, "project", "set", proj, "restricted.snapshots=block")
+        r = lxc(sstack, "snapshot", name, "s1", "--project", proj, check=False)
+        assert r.returncode != 0 and "does not allow snapshots" in r.stderr
+        lxc(sstack, "project", "set", proj, "restricted=false")  # the key then means nothing
+        lxc(sstack, "snapshot", name, "s1", "--project", proj)
+        got = sapi.get(f"/1.0/instances/{name}/snapshots", params={"project": proj}).json()
+        assert [u.split("?")[0].rsplit("/", 1)[-1] for u in got["metadata"]] == ["s0", "s1"]
+    finally:
+        if sapi.get(f"/1.0/instances/{name}", params={"project": proj}).status_code == 200:
+            lxc(sstack, "delete", "--force", name, "--project", proj, check=False)
+        lxc(sstack, "project", "delete", proj, check=False)
+
+
+def test_corral_info_lists_snapshots_and_backups(world, sstack, sapi):
+    """``corral info c1``: the instance's snapshots (name, taken, expiry, stateful) and
+    backups, as ``lxc info`` lists them; neither section without one."""
+    import yaml
+
+    if world.pool_driver != "btrfs":
+        pytest.skip("the listing does not depend on the pool")
+    name = world.create("cinfo")
+    doc = yaml.safe_load(corral(sstack, "info", name).stdout)
+    assert "Snapshots" not in doc and "Backups" not in doc
+    take(world, name, "s0")
+    take(world, name, "s1", expires_at="2099-01-02T03:04:05Z")
+    world.wait(sapi.post(f"/1.0/instances/{name}/backups", json={"name": "b0"}))
+    doc = yaml.safe_load(corral(sstack, "info", name).stdout)
+    got = {s["Name"]: s for s in doc["Snapshots"]}
+    assert list(got) == ["s0", "s1"]
+    assert got["s0"]["Expires at"] == "" and got["s0"]["Stateful"] == "NO"
+    assert str(got["s1"]["Expires at"]).startswith("2099-01-02")
+    assert got["s0"]["Taken at"]
+    assert [b["Name"] for b in doc["Backups"]] == ["b0"]
+    assert doc["Backups"][0]["Instance only"] == "NO"
+    lxc_out = lxc(sstack, "info", name).stdout  # the stock client lists the same
+    assert "| s0 " in lxc_out and "| s1 " in lxc_out and "| b0 " in lxc_out
+    world.remove(name)

@@ -63,3 +63,12 @@ def updating(ctx: "Context", rec: Mapping[str, Any], config: Mapping[str, str],
                                 Instance(rec["name"], rec.get("type") or "container",
                                          config, devices),
                                 _members(ctx, project))
+
+
+def snapshot_creation(ctx: "Context", project: str) -> None:
+    """400 when ``project`` is restricted and does not allow snapshots
+    (``restricted.snapshots``): for instance snapshots, taken by hand or on schedule."""
+    if ctx.projects is None:
+        return
+    p = ctx.projects.require(project)
+    project_limits.check_snapshot_creation(project, p.get("config", {}))

@@ -14,7 +14,8 @@ instances and profiles, so it is the one place that sees every change.
   profile (``size`` of the root disk for ``limits.disk``), and the sum may not exceed it.
 - ``restricted=true`` turns on the ``restricted.*`` keys, each with LXD's default
   (privileged containers, nesting, low-level keys and disks not backed by a pool are
-  refused unless the project allows them).
+  refused unless the project allows them); ``restricted.snapshots`` (``block`` by
+  default) refuses instance and volume snapshots (:func:`check_snapshot_creation`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ RESTRICTION_DEFAULTS = {
     "restricted.virtual-machines.lowlevel": "block",
     "restricted.devices.disk": "managed",
     "restricted.devices.disk.paths": "",
+    "restricted.snapshots": "block",
 }
 CONTAINER_LOWLEVEL = frozenset({
     "boot.host_shutdown_timeout", "linux.kernel_modules", "raw.apparmor", "raw.idmap",
@@ -169,6 +171,16 @@ def _disk_allowed(config: Mapping[str, str], source: str) -> bool:
     paths = [p.strip() for p in _restriction(config, "restricted.devices.disk.paths").split(",")
              if p.strip()]
     return any(source == p or source.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+def check_snapshot_creation(project: str, config: Mapping[str, str]) -> None:
+    """LXD's AllowSnapshotCreation: a restricted project takes no instance or custom volume
+    snapshots unless ``restricted.snapshots=allow`` (``block`` by default)."""
+    if _true(config.get("restricted")) and \
+            _restriction(config, "restricted.snapshots") != "allow":
+        raise BadRequest(f'Project "{project}" does not allow snapshots '
+                         "(restricted.snapshots is block): set restricted.snapshots=allow "
+                         "on the project to take them")
 
 
 def check_restrictions(project: str, config: Mapping[str, str], inst: Instance) -> None:

@@ -73,6 +73,7 @@ KEYS: dict[str, Callable[[str], bool]] = {
     "restricted.containers.privilege": _one_of("allow", "unprivileged", "isolated"),
     "restricted.virtual-machines.lowlevel": _ALLOW_BLOCK,
     "restricted.devices.disk": _one_of("allow", "block", "managed"),
+    "restricted.snapshots": _ALLOW_BLOCK,
     "restricted.devices.disk.paths": lambda v: all(
         p.strip().startswith("/") for p in v.split(",") if p.strip()),
 }

@@ -32,7 +32,7 @@ from shared.messages.storage import (
 from shared.models import Reply
 from shared.state import key, mutate
 
-from . import snapshots
+from . import project_checks, snapshots
 from .context import Context
 from .drivers.router import type_of
 from .names import host_of
@@ -148,6 +148,7 @@ def plan_create(ctx: Context, inst: dict[str, Any], body: dict[str, Any],
     before any change)."""
     assert ctx.snapshots is not None
     now = now or datetime.now(timezone.utc)
+    project_checks.snapshot_creation(ctx, inst["project"])  # restricted.snapshots
     if not isinstance(body, dict):
         raise BadRequest("Invalid snapshot request: expected a JSON object")
     name = body.get("name")
