@@ -536,7 +536,7 @@ class QemuDriver(SpecDir, InstanceDriver):
 # ---- helpers ------------------------------------------------------------------------
 
 
-DETACH_TIMEOUT = 20.0
+DETACH_TIMEOUT = 45.0  # s: a TCG guest on a busy host is slow to take an ACPI eject
 
 
 def _set_disks(data: dict, disks: list[DiskMount]) -> None:
