@@ -58,10 +58,10 @@ def test_block_volume_hotplugged_into_running_vm_and_removed(world, vm, api, sta
     world.custom.append(vol)
     lxc(stack, "storage", "volume", "create", world.pool, vol, "--type=block", "size=8MiB")
     lxc(stack, "storage", "volume", "attach", world.pool, vol, vm)
-    wait_for(lambda: _blocks(world, vm).get(vol[:20]) == str(8 * 2**20 // 512), 60,
+    wait_for(lambda: _blocks(world, vm).get(vol[:20]) == str(8 * 2**20 // 512), 120,
              what="the guest to see the hot-plugged disk")
     lxc(stack, "config", "device", "remove", vm, vol)
-    wait_for(lambda: vol[:20] not in _blocks(world, vm), 60,
+    wait_for(lambda: vol[:20] not in _blocks(world, vm), 120,
              what="the guest to lose the unplugged disk")
     assert "ua-disk-" not in _xml(world, vm)
 
@@ -72,7 +72,7 @@ def test_host_file_disk_readonly_at_next_start(world, vm, stack, tmp_path):
     lxc(stack, "config", "device", "add", vm, "raw", "disk", f"source={img}",
         "readonly=true")
     try:
-        wait_for(lambda: "raw" in _blocks(world, vm), 60, what="the hot-plugged file")
+        wait_for(lambda: "raw" in _blocks(world, vm), 120, what="the hot-plugged file")
         code, out, _ = run(world, vm, ["cat", "/sys/block/vdb/ro"])
         assert out.strip() == "1" or "<readonly/>" in _xml(world, vm)
     finally:
@@ -85,7 +85,7 @@ def test_limits_live_and_disk_kept_across_restart(world, vm, stack, tmp_path):
     lxc(stack, "config", "device", "add", vm, "lim", "disk", f"source={img}",
         "limits.read=1MB")
     try:
-        wait_for(lambda: "lim" in _blocks(world, vm), 60, what="the hot-plugged file")
+        wait_for(lambda: "lim" in _blocks(world, vm), 120, what="the hot-plugged file")
         assert "<read_bytes_sec>1000000</read_bytes_sec>" in _xml(world, vm)
         lxc(stack, "config", "device", "set", vm, "lim", "limits.read=2MB")
         assert "<read_bytes_sec>2000000</read_bytes_sec>" in _xml(world, vm)
@@ -113,7 +113,7 @@ def test_failed_hotplug_into_vm_leaves_it_as_it_was(world, vm, api, stack, tmp_p
     else:
         assert r.status_code == 400 and "Failed to attach disk 'z9'" in r.text, r.text
     assert api.get(f"/1.0/instances/{vm}").json()["metadata"]["devices"] == before
-    wait_for(lambda: "a1" not in _blocks(world, vm), 60, what="the guest to lose a1")
+    wait_for(lambda: "a1" not in _blocks(world, vm), 120, what="the guest to lose a1")
     assert "ua-disk-" not in _xml(world, vm)
 
 
@@ -128,9 +128,9 @@ def test_paused_vm_takes_a_disk_but_cannot_release_one(world, vm, api, stack, tm
         assert "pz" in api.get(f"/1.0/instances/{vm}").json()["metadata"]["devices"]
     finally:
         lxc(stack, "start", vm)  # resume
-    wait_for(lambda: "pz" in _blocks(world, vm), 60, what="the disk added while paused")
+    wait_for(lambda: "pz" in _blocks(world, vm), 120, what="the disk added while paused")
     lxc(stack, "config", "device", "remove", vm, "pz")
-    wait_for(lambda: "pz" not in _blocks(world, vm), 60, what="the guest to release pz")
+    wait_for(lambda: "pz" not in _blocks(world, vm), 120, what="the guest to release pz")
 
 
 def test_directory_on_vm_refused_with_the_reason(world, vm, api, stack, tmp_path):
