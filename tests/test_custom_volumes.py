@@ -115,6 +115,8 @@ def test_crud_through_the_stock_client(stack, api, pools, uid, driver):
         r = api.get(f"/1.0/storage-pools/{pool}/{path}", params={"filter": "name eq x"})
         assert r.json()["metadata"] == []
 
+    used = api.get(f"/1.0/storage-pools/{pool}").json()["metadata"]["used_by"]
+    assert f"/1.0/storage-pools/{pool}/volumes/custom/{uid}" in used  # as LXD's
     lxc(stack, "storage", "volume", "set", pool, uid, "user.size", "big")
     assert lxc(stack, "storage", "volume", "get", pool, uid,
                "user.size").stdout.strip() == "big"

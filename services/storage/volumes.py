@@ -148,17 +148,21 @@ class Volumes:
                 "description": "", "config": {}, "created_at": lxd_time(), **extra}
 
     def used_by(self, rec: dict[str, Any]) -> list[str]:
-        """What uses a volume: its instance, its image (custom volumes: not tracked yet)."""
+        """What a volume stands for in its pool's ``used_by``: its instance, its image, a
+        custom volume itself (as LXD). A custom volume's own users are asked of the
+        instance service (``custom.CustomVolumes.users``)."""
         if rec["kind"] in INSTANCE_KINDS:
             return [url("instances", rec["name"], rec.get("project", "default"))]
         if rec["kind"] == "image":
             return [url("images", rec["name"])]
-        return []
+        return [volume_url(rec["pool"], rec["kind"], rec["name"],
+                           rec.get("project", "default"))]
 
     def public(self, rec: dict[str, Any]) -> dict[str, Any]:
         """LXD's StorageVolume object."""
         return {"config": rec.get("config", {}), "description": rec.get("description", ""),
-                "name": rec["name"], "type": rec["kind"], "used_by": self.used_by(rec),
+                "name": rec["name"], "type": rec["kind"],
+                "used_by": [] if rec["kind"] == "custom" else self.used_by(rec),
                 "location": "none",
                 "content_type": rec.get("content_type") or (
                     "block" if rec["kind"] == "virtual-machine" else "filesystem"),
