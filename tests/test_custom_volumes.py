@@ -826,3 +826,25 @@ def test_storage_start_sweeps_frozen_backups_no_record_names(stack, api, pools, 
         "recursion": 1}).json()["metadata"]] == ["kept"]
     api.delete(url(pool, uid))
     assert not top.exists() or not (top / "kept").exists()
+
+
+async def test_concurrent_snapshots_keep_every_record(stack, aapi, pools, uid):
+    """Snapshots taken at once on one volume are all made and all described (the record
+    is rewritten by one writer at a time: no lost update)."""
+    pool = pools["btrfs"]
+    r = await aapi.post(url(pool), json={"name": uid})
+    assert r.status_code == 200, r.text
+    names = [f"c{i}" for i in range(6)]
+    ops = await asyncio.gather(*(aapi.post(url(pool, uid) + "/snapshots",
+                                           json={"name": n, "expires_at":
+                                                 "2040-01-01T00:00:00Z"}) for n in names))
+    for r in ops:
+        assert r.status_code == 202, r.text
+        op = (await aapi.get(r.json()["operation"] + "/wait",
+                             params={"timeout": 60})).json()["metadata"]
+        assert op["status"] == "Success", op
+    snaps = (await aapi.get(url(pool, uid) + "/snapshots",
+                            params={"recursion": 1})).json()["metadata"]
+    assert sorted(s["name"] for s in snaps) == names
+    assert {s["expires_at"][:10] for s in snaps} == {"2040-01-01"}
+    assert (await aapi.delete(url(pool, uid))).status_code == 200
