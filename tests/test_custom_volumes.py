@@ -628,6 +628,17 @@ def test_corral_storage_volume_commands(stack, api, pools, world, uid):
     ok("detach", bp, uid, c1)
     assert uid not in api.get(f"/1.0/instances/{c1}").json()["metadata"]["devices"]
 
+    tarball = stack.dir / f"{uid}.tar.xz"
+    try:
+        ok("export", bp, uid, str(tarball), "--compression", "xz")
+        ok("import", dp, str(tarball), f"{uid}i")
+    finally:
+        tarball.unlink(missing_ok=True)
+    assert (vol_path(stack, dp, f"{uid}i") / "f").read_text() == "one"
+    assert (vol_path(stack, dp, f"{uid}i", "s1") / "f").read_text() == "one"
+    assert api.get(url(bp, uid) + "/backups").json()["metadata"] == []
+    ok("delete", dp, f"{uid}i")
+
     ok("delete", bp, f"{uid}/s1")
     assert not vol_path(stack, bp, uid, "s1").exists()
     for name in (uid, f"{uid}n"):

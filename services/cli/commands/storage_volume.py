@@ -275,6 +275,51 @@ def detach(args: Namespace) -> None:
     wait(c, envelope(resp, ipath), "Detaching")
 
 
+def export(args: Namespace) -> None:
+    """As ``lxc storage volume export``: a backup made on the server, downloaded, then
+    deleted there."""
+    from datetime import datetime, timedelta, timezone
+
+    c = from_args(args)
+    expires = (datetime.now(timezone.utc) + timedelta(days=1)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    env = c.request("POST", vpath(args.pool, args.volume) + "/backups", {
+        "name": "", "expires_at": expires, "volume_only": args.volume_only,
+        "optimized_storage": args.optimized_storage,
+        "compression_algorithm": args.compression or None})
+    op = c.wait(env.get("operation") or "")
+    backup = ((op.get("resources") or {}).get("backups") or [""])[0]
+    path = f"{vpath(args.pool, args.volume)}/backups/{quote(backup, safe='')}"
+    try:
+        resp = c.raw("GET", path + "/export")
+        if resp.status_code != 200:
+            envelope(resp, path)
+        with open(args.file, "wb") as fh:
+            fh.write(resp.content)
+    finally:
+        try:
+            c.wait(c.request("DELETE", path).get("operation") or "")
+        except APIError:
+            pass
+    print("Backup exported successfully!")
+
+
+def import_(args: Namespace) -> None:
+    """As ``lxc storage volume import``: the tarball streamed to the server."""
+    c = from_args(args)
+
+    def chunks() -> Any:
+        with open(args.file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    headers = {"Content-Type": "application/octet-stream"}
+    if args.name:
+        headers["X-LXD-name"] = args.name
+    resp = c.raw("POST", vpath(args.pool), content=chunks(), headers=headers)
+    wait(c, envelope(resp, vpath(args.pool)), "Importing")
+
+
 def register(volume: Any) -> None:
     """The ``corral storage volume`` subcommands (``volume`` is its subparsers)."""
     p = command(volume, "list", list_, "List the volumes of a pool (custom volumes, their "
@@ -340,6 +385,19 @@ def register(volume: Any) -> None:
     p.add_argument("volume")
     p.add_argument("instance")
     p.add_argument("rest", nargs="*", metavar="[DEVICE] [PATH]")
+    p = command(volume, "export", export, "Export a volume (and its snapshots) as a "
+                "backup tarball in LXD's format.")
+    p.add_argument("pool")
+    p.add_argument("volume")
+    p.add_argument("file", nargs="?", default="backup.tar.gz")
+    p.add_argument("--volume-only", action="store_true", help="without the snapshots")
+    p.add_argument("--optimized-storage", action="store_true",
+                   help="btrfs send streams (btrfs pools)")
+    p.add_argument("--compression", default="", help="gzip (default), bzip2, xz, zstd, none")
+    p = command(volume, "import", import_, "Import a volume backup tarball (LXD's too).")
+    p.add_argument("pool")
+    p.add_argument("file")
+    p.add_argument("name", nargs="?", default="")
     p = command(volume, "detach", detach, "Detach a volume from an instance.")
     p.add_argument("pool")
     p.add_argument("volume")
