@@ -26,7 +26,7 @@ import yaml
 
 from services.storage.drivers import btrfs_util
 
-from .stack import BIN, NatsServer, Stack
+from .stack import BIN, SERVICES, NatsServer, Stack, wait_for
 from .world import World, lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -72,7 +72,9 @@ def other(request):
     server.start()
     s = Stack(base / "corral", server)
     try:
-        s.start_all()
+        for name in (*SERVICES, "gateway"):  # start_all, with more patience: a second
+            s.start(name)                    # stack starts beside the session's, loaded
+        wait_for(s.ready, 180, what="the second stack's gateway to answer GET /1.0")
         yield s
     finally:
         s.stop_all()
