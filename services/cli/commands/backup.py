@@ -8,7 +8,6 @@ with ``X-LXD-name`` / ``X-LXD-pool``), so both clients exercise the same server 
 
 from __future__ import annotations
 
-import asyncio
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ def export(args: Namespace) -> None:
     target = Path(args.target) if args.target else \
         Path(args.instance + EXTENSIONS.get(args.compression or "gzip", ".tar.gz"))
     try:
+        import asyncio  # here: `corral --help` and the parser stay light
         asyncio.run(_download(c, f"/1.0/instances/{inst}/backups/{quote(backup, safe='')}"
                                  "/export", target))
     except BaseException as exc:
