@@ -15,7 +15,9 @@ Points: ``create:after_reserve``, ``create:after_volume``, ``create:after_driver
 into a running instance and before the change is recorded), ``snapshot:after_record``,
 ``snapshot:after_volume``, ``snapshot:delete_marked``, ``snapshot:rename_after_volume``
 (instance service, in ``snapshot_ops``), ``restore:before_volume``,
-``restore:after_volume`` (instance service, in ``restore.run``).
+``restore:after_volume`` (instance service, in ``restore.run``), ``move:after_volume``,
+``move:after_purge``, ``move:before_record``, ``move:after_records`` (instance service,
+in ``move``: ``lxc move --storage``).
 """
 
 from __future__ import annotations

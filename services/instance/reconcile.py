@@ -8,6 +8,9 @@
   without a record of that type was never finished: purge it;
 - every other record takes its status from the host (running instances stay managed);
 - a running instance whose disk hot-plug was interrupted gets its record's disks back;
+- a move to another pool that died half-way (records with ``moving_to``/``moving_from``)
+  is left alone here: ``move.resume_all`` finishes or undoes it, under the instance's
+  lock, once the service answers (it needs the storage and network services);
 - VMs likewise, with libvirt as the truth: a running VM stays running and managed across
   a restart of this service. When libvirtd does not answer, VM records and directories
   are left alone (we cannot tell what runs).
@@ -59,8 +62,13 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
                                 type=kind)
                 await asyncio.to_thread(drv.purge, name)
     tasks = []
+    # the records of a move that died half-way (see move.py's journal): move.resume_all()
+    moving = {key(r["project"], r["name"]) for r in records
+              if r.get("moving_to") or r.get("moving_from")}
     for rec in records:
         drv = drivers.get(type_of(rec))
+        if key(rec["project"], rec["name"]) in moving:
+            continue
         if rec.get("status") in ("Creating", "Deleting"):
             if drv is None:
                 continue  # cannot tell what the create left; try at next start

@@ -22,7 +22,7 @@ from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.models import ObjectRequest, Reply, Requestor
 from shared.service import endpoint
 
-from . import lifecycle, restore, snapshot_ops, snapshot_schedule, snapshots
+from . import lifecycle, move, restore, snapshot_ops, snapshot_schedule, snapshots
 from .records import instance_url, record_etag
 
 API_EXTENSIONS: list[str] = ["snapshot_scheduling", "snapshot_schedule_aliases",
@@ -229,10 +229,12 @@ class InstanceSnapshotsMixin:
     # -- schedules and expiry ----------------------------------------------------------------
 
     async def snapshot_setup(self) -> list[asyncio.Task[Any]]:
-        """At start (after the reconcile): finish interrupted restores, then run the
+        """At start (after the reconcile): finish interrupted restores and moves, then run the
         schedule/expiry task. Returns the tasks (cancelled at teardown)."""
         tasks: list[asyncio.Task[Any]] = restore.reconcile(
             self.ctx, self.lock)  # type: ignore[attr-defined]
+        # and the moves to another pool (reconcile.py leaves their records to this)
+        tasks.append(move.resume_all(self.ctx, self.lock))  # type: ignore[attr-defined]
         tasks.append(asyncio.create_task(self.snapshot_tasks()))
         return tasks
 
