@@ -19,7 +19,7 @@ from typing import Any
 
 from shared import streams
 from shared.backup import btrfs as btrfs_send
-from shared.backup import layout
+from shared.backup import layout, vmdisk
 from shared.backup.writer import TarStream
 from shared.bus import Bus
 from shared.errors import CorralError
@@ -116,6 +116,8 @@ def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str
         mapper = _unshift(idmap)
         if info["optimized"]:
             _write_optimized(tar, vol, snaps, vdir, sdir)
+        elif kind == "virtual-machine":
+            _write_vm(tar, vol, snaps, vdir, sdir, layout.dump(info["config"]))
         else:
             conf = layout.dump(info["config"])
             for s in snaps:
@@ -128,6 +130,25 @@ def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str
     except BaseException:
         tar.abort()
         raise
+
+
+def _write_vm(tar: TarStream, vol: VolumeBackupReply, snaps: list[str], vdir: str,
+              sdir: str, conf: bytes) -> None:
+    """LXD's VM layout: per snapshot (oldest first) then the volume, the config
+    filesystem part as a tree (``<prefix>/``: metadata.yaml, boot/, templates...) and the
+    disk as a raw ``<prefix>.img`` read straight from the qcow2 chain."""
+    skip = frozenset({layout.BACKUP_YAML, *vmdisk.DISK_FILES})
+    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}") for s in snaps]
+    parts.append((Path(vol.path), f"{layout.PREFIX}/{vdir}"))
+    for path, prefix in parts:
+        tar.add_tree(path, prefix, None, skip=skip)
+        if path == Path(vol.path):
+            tar.add_bytes(f"{prefix}/{layout.BACKUP_YAML}", conf, 0o400)
+        raw = vmdisk.RawReader(vmdisk.disk_of(path))
+        try:
+            tar.add_reader(f"{prefix}.img", raw.size, raw.read)
+        finally:
+            raw.close()
 
 
 def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str],

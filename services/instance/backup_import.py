@@ -89,9 +89,9 @@ async def prepare(ctx: Context, req: BackupImportRequest, transfers: Any
         raise BadRequest("This is a custom volume backup: import it with "
                          "'lxc storage volume import'")
     kind = info["type"]
-    if kind == "virtual-machine":
-        raise BadRequest("Importing virtual machine backups is not supported yet: only "
-                         "containers")
+    if kind == "virtual-machine" and info["optimized"]:
+        raise BadRequest("Optimized (btrfs send) backups of virtual machines cannot be "
+                         "imported here: export the VM again without --optimized-storage")
     if kind not in TYPES:
         raise BadRequest(f"Invalid backup: unknown instance type {kind!r}")
     await asyncio.to_thread(ctx.drivers.for_type, kind)  # 400 when libvirtd is not up

@@ -173,6 +173,10 @@ async def index(ctx: Context, inst: dict[str, Any], rec: dict[str, Any],
                 vol: VolumeBackupReply) -> dict[str, Any]:
     """``backup/index.yaml`` as LXD writes it (and ``backup.yaml``: its ``config``)."""
     snaps = [] if rec["instance_only"] else rec.get("snapshot_records") or []
+    vm = inst["type"] == "virtual-machine"
+    # A VM's disk is a qcow2 file, not a subvolume: its backups are plain (raw .img)
+    # whatever was asked, as LXD falls back where a driver cannot optimize.
+    optimized = rec["optimized_storage"] and vol.driver == "btrfs" and not vm
     profiles = []
     for p in inst.get("profiles") or []:
         try:
@@ -189,13 +193,12 @@ async def index(ctx: Context, inst: dict[str, Any], rec: dict[str, Any],
         "volume": vol.volume,
         "volume_snapshots": [{"description": "", "expires_at": s.get("expires_at", NO_EXPIRY),
                               "name": s["name"], "config": {},
-                              "content_type": "filesystem",
+                              "content_type": "block" if vm else "filesystem",
                               "created_at": s.get("created_at", NO_EXPIRY)} for s in snaps],
     }
     return {"name": inst["name"], "backend": vol.driver, "pool": inst["pool"],
             "snapshots": [s["name"] for s in snaps],
-            "optimized": rec["optimized_storage"] and vol.driver == "btrfs",
-            "optimized_header": rec["optimized_storage"] and vol.driver == "btrfs",
+            "optimized": optimized, "optimized_header": optimized,
             "type": inst["type"], "config": cfg}
 
 

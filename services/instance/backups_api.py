@@ -106,9 +106,6 @@ class BackupsMixin:
     @endpoint("backup_create", BackupRequest)
     async def create_backup(self, req: BackupRequest) -> Reply:
         inst = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
-        if inst["type"] != "container":  # LXD's VM layout (a raw disk image) is not made yet
-            raise BadRequest("Backups of virtual machines are not supported yet: only "
-                             "containers can be exported")
         store = await self._backup_store()
         for old in backups.records(store, req.project, req.name):
             if backups.stale(old, inst):  # an earlier instance's: its name is free

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from shared import blobs, faults
 from shared.backup import btrfs as btrfs_send
-from shared.backup import layout, reader
+from shared.backup import layout, reader, vmdisk
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
@@ -67,7 +67,8 @@ async def _reply(vols: Volumes, drv: Driver, req: VolumeBackupRequest, frozen: b
         snaps = {s: str(drv.snapshot_path(req.kind, disk, s)) for s in req.snapshots}
     rec, _rev = await vols.pools.get(req.pool)
     vol = {"config": {}, "description": "", "name": req.name, "type": req.kind,
-           "used_by": [], "location": "none", "content_type": "filesystem",
+           "used_by": [], "location": "none",
+           "content_type": "block" if req.kind == "virtual-machine" else "filesystem",
            "project": req.project, "created_at": "0001-01-01T00:00:00Z"}
     found = await vols.store.get(vols.key(req.pool, req.kind, req.project, req.name))
     if found:
@@ -238,6 +239,7 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
     snap_root = drv._snap_root(req.kind, disk)
     tmp = drv._tmp_path() if req.optimized else None
     made: set[str] = set()  # "" for the volume, else the snapshot's name
+    disks: set[str] = set()  # VMs: those whose raw disk was read
     vdir = layout.volume_dir(req.kind)
     sdir = layout.snapshots_dir(req.kind)
     current: str | None = None
@@ -276,10 +278,14 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
                 if req.optimized:
                     raise BadRequest(f"Invalid backup: {member.name[:200]!r} in an "
                                      "optimized backup")
-                which = "" if part == "volume" else part.split(":", 1)[1]
+                which = rel if part == "img" else "" if part == "volume" else \
+                    part.split(":", 1)[1]
                 if which != current:
                     seal(current)
                     current = which
+                if part == "img":  # a VM's raw disk: its qcow2, after its tree
+                    _vm_disk(tar, member, ensure(which), disks, which)
+                    continue
                 if which == "" and rel == layout.BACKUP_YAML:
                     continue  # LXD's own record of the instance: ours is in KV
                 dest = ensure(which)
@@ -287,6 +293,8 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
                     f"{layout.PREFIX}/{sdir}/{which}"
                 if which and rel == layout.BACKUP_YAML:
                     continue
+                if req.kind == "virtual-machine" and rel.split("/")[0] in vmdisk.DISK_FILES:
+                    continue  # the disk comes from the .img member only (never a link)
                 reader.extract(tar, member, dest, rel, dest, prefix)
             seal(current)
         except (tarfile.TarError, EOFError, reader.zlib_error()) as exc:
@@ -298,6 +306,12 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
         missing = [s for s in req.snapshots if s not in made]
         if "" not in made:
             raise BadRequest(f"Invalid backup: no backup/{vdir} in the tarball")
+        if req.kind == "virtual-machine":
+            missing += [f"{vdir}.img" if s == "" else f"{sdir}/{s}.img"
+                        for s in ["", *req.snapshots] if s not in disks]
+            if missing:
+                raise BadRequest(f"Invalid backup: no disk image {', '.join(missing)} in "
+                                 "the tarball")
         if missing:
             raise BadRequest(f"Invalid backup: snapshots {', '.join(missing)} are in "
                              "index.yaml but not in the tarball")
@@ -307,6 +321,17 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
         raise
     if tmp is not None and tmp.exists():
         _drop_scratch(drv, tmp)
+
+
+def _vm_disk(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, disks: set[str],
+             which: str) -> None:
+    """LXD's raw ``.img`` of a VM volume or snapshot, as the ``root.qcow2`` the QEMU
+    driver expects (standalone: no backing file)."""
+    f = tar.extractfile(member)
+    if f is None or which in disks:
+        raise BadRequest(f"Invalid backup: {member.name[:200]!r} is not a single file")
+    vmdisk.write_qcow2(f.read, member.size, dest)
+    disks.add(which)
 
 
 def _receive(drv: Driver, tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path | None,

@@ -69,7 +69,8 @@ def parse_index(raw: bytes) -> dict[str, Any]:
 
 def member_target(name: str, kind: str, snapshots: list[str]) -> tuple[str, str] | None:
     """Where a tar member belongs: ``("volume", rel)`` or ``("snapshot:<s>", rel)`` for
-    tree members, ``("bin", "<s>"|"")`` for a send stream, None for index/header files.
+    tree members, ``("bin", "<s>"|"")`` for a send stream, ``("img", "<s>"|"")`` for a
+    VM's raw disk, None for index/header files.
     Anything else (``..``, absolute paths, unknown tops) is a 400: an import writes only
     inside the volume it makes."""
     parts = name.strip("/").split("/")
@@ -85,11 +86,16 @@ def member_target(name: str, kind: str, snapshots: list[str]) -> tuple[str, str]
         return "volume", "/".join(rest[1:])
     if rest == [f"{vdir}.bin"]:
         return "bin", ""
+    if kind == "virtual-machine" and rest == [f"{vdir}.img"]:
+        return "img", ""
     if rest[0] == sdir:
         if len(rest) == 1:
             return None
         if len(rest) == 2 and rest[1].endswith(".bin") and rest[1][:-4] in snapshots:
             return "bin", rest[1][:-4]
+        if kind == "virtual-machine" and len(rest) == 2 and rest[1].endswith(".img") \
+                and rest[1][:-4] in snapshots:
+            return "img", rest[1][:-4]
         if rest[1] in snapshots:
             return f"snapshot:{rest[1]}", "/".join(rest[2:])
         raise BadRequest(f"Invalid backup: {name[:200]!r} is not a snapshot in index.yaml")
