@@ -251,7 +251,7 @@ async def copy_volume(volumes: Volumes, req: VolumeCopyRequest) -> Path:
             with volumes.holding(k, "being refreshed", f"Storage volume {req.kind}/"
                                                        f"{req.name}"):
                 path = await asyncio.to_thread(make, True)
-            volumes._usage_cache.pop((req.pool, req.kind, disk), None)
+            volumes._usage_cache.pop((req.pool, req.kind, disk, ""), None)
             return path
         rec = volumes._record(req.pool, req.kind, req.project, req.name,
                               request_id=req.request_id,

@@ -121,7 +121,7 @@ async def restore(volumes: Volumes, req: VolumeSnapshotRequest) -> Path:
     check_snapshot_name(req.snapshot)
     async with held(volumes, req, "being restored") as (drv, disk):
         await asyncio.to_thread(drv.restore_snapshot, req.kind, disk, req.snapshot)
-        volumes._usage_cache.pop((req.pool, req.kind, disk), None)
+        volumes._usage_cache.pop((req.pool, req.kind, disk, ""), None)
         return drv.volume_path(req.kind, disk)
 
 

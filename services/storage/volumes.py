@@ -115,7 +115,8 @@ class Volumes:
         # Instance volumes being made by this process: a repeat of the request awaits the
         # first one's outcome instead of polling a record the first may fail to clear.
         self._making: dict[str, asyncio.Future[Path]] = {}
-        self._usage_cache: dict[tuple[str, str, str], tuple[float, int | None]] = {}
+        # (pool, kind, disk name, snapshot or "") -> (when read, bytes)
+        self._usage_cache: dict[tuple[str, str, str, str], tuple[float, int | None]] = {}
         # Volumes an operation holds right now (key -> "being deleted", "being restored"...):
         # a delete, rename, snapshot, restore or copy of a held volume is a 409, so none of
         # them sees another's half-done state (see :meth:`holding`).
@@ -354,10 +355,10 @@ class Volumes:
         None, not an error: a listing must not fail because one instance is half-made."""
         now = time.monotonic()
         out: list[int | None] = [None] * len(refs)
-        todo: list[tuple[int, Driver, str, tuple[str, str, str]]] = []
+        todo: list[tuple[int, Driver, str, tuple[str, str, str, str]]] = []
         pools = {r["name"]: r for r in self.pools.records()}
         for i, ref in enumerate(refs):
-            k = (ref.pool, ref.kind, disk_name(ref.project, ref.name))
+            k = (ref.pool, ref.kind, disk_name(ref.project, ref.name), ref.snapshot or "")
             hit = self._usage_cache.get(k)
             if hit is not None and now - hit[0] < USAGE_TTL:
                 out[i] = hit[1]
@@ -375,7 +376,7 @@ class Volumes:
             found = []
             for _i, drv, kind, k in todo:
                 try:
-                    found.append(drv.volume_usage(kind, k[2]))
+                    found.append(drv.volume_usage(kind, k[2], k[3] or None))
                 except (CorralError, OSError):
                     found.append(None)
             return found

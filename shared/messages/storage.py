@@ -109,6 +109,7 @@ class VolumeRef(Message):
     pool: str
     kind: str = "container"
     name: str
+    snapshot: str | None = None  # that snapshot of the volume (its exclusive bytes)
 
 
 class VolumeUsageRequest(Request):

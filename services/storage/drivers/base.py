@@ -309,8 +309,11 @@ class Driver:
             os.rename(self._snap_root(kind, old), self._snap_root(kind, new))
         return dst
 
-    def volume_usage(self, kind: str, name: str) -> int | None:
-        """Bytes used, or None when the backend cannot tell cheaply (no walk, no process)."""
+    def volume_usage(self, kind: str, name: str, snapshot: str | None = None) -> int | None:
+        """Bytes used (of the volume, or of its ``snapshot``: what only it holds), or None
+        when the backend cannot tell cheaply (no walk, no process)."""
+        if snapshot:
+            return self._vol_usage(self._existing_snapshot(kind, name, snapshot))
         return self._vol_usage(self._existing(kind, name))
 
     def set_quota(self, kind: str, name: str, size: str | None) -> None:
