@@ -762,3 +762,31 @@ def test_corral_info_lists_snapshots_and_backups(world, sstack, sapi):
     lxc_out = lxc(sstack, "info", name).stdout  # the stock client lists the same
     assert "| s0 " in lxc_out and "| s1 " in lxc_out and "| b0 " in lxc_out
     world.remove(name)
+
+
+def test_snapshot_size(world, sstack, sapi):
+    """A snapshot's ``size`` is what only it holds: on btrfs its qgroup's exclusive bytes
+    (a file deleted from the instance since is counted), -1 on dir (LXD: the pool cannot
+    tell); the same through the list (recursion), the object and ``lxc query``."""
+    name = world.create("size")
+    data = os.urandom(3 * 2**20)
+    (rootfs(world, name) / "big.bin").write_bytes(data)
+    take(world, name, "s0")
+    (rootfs(world, name) / "big.bin").unlink()
+    subprocess.run(["sync"], check=True)
+
+    def size() -> int:
+        one = sapi.get(f"/1.0/instances/{name}/snapshots/s0").json()["metadata"]["size"]
+        listed = sapi.get(f"/1.0/instances/{name}/snapshots",
+                          params={"recursion": 1}).json()["metadata"][0]["size"]
+        assert isinstance(one, int) and isinstance(listed, int)
+        return min(one, listed)
+
+    if world.pool_driver == "dir":
+        assert size() == -1
+    else:
+        wait_for(lambda: size() >= len(data), 30, what="the snapshot's exclusive bytes")
+        assert size() < 2 * len(data)
+        got = lxc(sstack, "query", f"/1.0/instances/{name}/snapshots/s0").stdout
+        assert '"size": ' in got and '"size": -1' not in got and '"size": 0,' not in got
+    world.remove(name)

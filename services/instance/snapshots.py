@@ -233,8 +233,9 @@ def snapshot_url(project: str, instance: str, name: str) -> str:
     return out if project == "default" else f"{out}?project={quote(project, safe='')}"
 
 
-def public(rec: dict[str, Any], size: int = 0) -> dict[str, Any]:
-    """LXD 5.0's InstanceSnapshot (``name`` is the short name), plus ``description``."""
+def public(rec: dict[str, Any], size: int = -1) -> dict[str, Any]:
+    """LXD 5.0's InstanceSnapshot (``name`` is the short name), plus ``description``;
+    ``size`` from snapshot_usage (-1, LXD's "cannot tell", where not read)."""
     return {
         "architecture": rec["architecture"], "config": rec["config"],
         "created_at": rec["created_at"], "devices": rec["devices"],

@@ -22,7 +22,15 @@ from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.models import ObjectRequest, Reply, Requestor
 from shared.service import endpoint
 
-from . import lifecycle, move, restore, snapshot_ops, snapshot_schedule, snapshots
+from . import (
+    lifecycle,
+    move,
+    restore,
+    snapshot_ops,
+    snapshot_schedule,
+    snapshot_usage,
+    snapshots,
+)
 from .records import instance_url, record_etag
 
 API_EXTENSIONS: list[str] = ["snapshot_scheduling", "snapshot_schedule_aliases",
@@ -85,10 +93,12 @@ class InstanceSnapshotsMixin:
     @endpoint("snapshot_list", ObjectRequest)
     async def list_snapshots(self, req: ObjectRequest) -> Reply:
         """Snapshot URLs, or (recursion) LXD's snapshot objects, oldest first."""
-        await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
+        rec = await self.require_instance(req.project, req.name)  # type: ignore[attr-defined]
         recs = snapshots.records(self.ctx.snapshots, req.project, req.name)
         if (req.body or {}).get("recursion", 0) >= 1:
-            return Reply(metadata=[snapshots.public(r) for r in recs])
+            sizes = await self._sizes(rec, recs)
+            return Reply(metadata=[snapshots.public(r, n) for r, n in zip(recs, sizes,
+                                                                           strict=True)])
         return Reply(metadata=[snapshots.snapshot_url(req.project, req.name, r["name"])
                                for r in recs])
 
@@ -99,8 +109,14 @@ class InstanceSnapshotsMixin:
 
     @endpoint("snapshot_get", ObjectRequest)
     async def get_snapshot(self, req: ObjectRequest) -> Reply:
-        _rec, snap = await self._snapshot_of(req.project, req.name)
-        return Reply(metadata=snapshots.public(snap), etag=snapshot_ops.etag(snap))
+        rec, snap = await self._snapshot_of(req.project, req.name)
+        size, = await self._sizes(rec, [snap])
+        return Reply(metadata=snapshots.public(snap, size), etag=snapshot_ops.etag(snap))
+
+    async def _sizes(self, rec: dict[str, Any], snaps: list[dict[str, Any]]) -> list[int]:
+        """The snapshots' ``size`` as their pool tells it (-1 where it cannot)."""
+        return await snapshot_usage.sizes(self.ctx.remote.bus, self.ctx.remote.node, rec,
+                                          snaps)
 
     # -- create ----------------------------------------------------------------------------
 

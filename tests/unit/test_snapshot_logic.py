@@ -145,7 +145,7 @@ def test_public_shape() -> None:
     rec = snapshots.new_record(inst, "s0", snapshots.NO_EXPIRY, False, NOW)
     assert rec["creating"] and rec["instance"] == "c1" and rec["pool"] == "p"
     pub = snapshots.public(rec)
-    assert pub["name"] == "s0" and pub["size"] == 0 and "creating" not in pub
+    assert pub["name"] == "s0" and pub["size"] == -1 and "creating" not in pub
     assert set(pub) >= {"architecture", "config", "created_at", "devices", "ephemeral",
                         "expanded_config", "expanded_devices", "expires_at", "last_used_at",
                         "name", "profiles", "stateful", "size"}
