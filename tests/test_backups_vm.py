@@ -196,3 +196,20 @@ def test_compressed_qcow2_raw_stream_matches_qemu_img(tmp_path):
     assert sorted(p.name for p in back.iterdir()) == ["root.qcow2"]
     assert subprocess.run(["qemu-img", "compare", "-q", str(top), str(back / "root.qcow2")]
                           ).returncode == 0
+
+
+def test_vm_disk_members():
+    """The raw disks' tar members (LXD's names) map to their volume or snapshot; a
+    container backup holding a .img is refused."""
+    from shared.backup import layout
+    from shared.errors import BadRequest
+
+    t = layout.member_target
+    vm = "virtual-machine"
+    assert t("backup/virtual-machine.img", vm, []) == ("img", "")
+    assert t("backup/virtual-machine-snapshots/s0.img", vm, ["s0"]) == ("img", "s0")
+    assert t("backup/virtual-machine/metadata.yaml", vm, []) == ("volume", "metadata.yaml")
+    for name, kind in (("backup/virtual-machine-snapshots/zz.img", vm),
+                       ("backup/container.img", "container")):
+        with pytest.raises(BadRequest):
+            t(name, kind, ["s0"])
