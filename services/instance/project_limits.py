@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import restrictions
 from shared.errors import BadRequest
 
 CONTAINER = "container"
@@ -175,12 +176,8 @@ def _disk_allowed(config: Mapping[str, str], source: str) -> bool:
 
 def check_snapshot_creation(project: str, config: Mapping[str, str]) -> None:
     """LXD's AllowSnapshotCreation: a restricted project takes no instance or custom volume
-    snapshots unless ``restricted.snapshots=allow`` (``block`` by default)."""
-    if _true(config.get("restricted")) and \
-            _restriction(config, "restricted.snapshots") != "allow":
-        raise BadRequest(f'Project "{project}" does not allow snapshots '
-                         "(restricted.snapshots is block): set restricted.snapshots=allow "
-                         "on the project to take them")
+    snapshots unless ``restricted.snapshots=allow`` (one rule: shared/restrictions.py)."""
+    restrictions.check_snapshot_creation(project, config)
 
 
 def check_restrictions(project: str, config: Mapping[str, str], inst: Instance) -> None:
