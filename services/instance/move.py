@@ -243,8 +243,9 @@ async def resume(ctx: Context, project: str, name: str) -> dict[str, Any] | None
 def resume_all(ctx: Context, lock: Any) -> asyncio.Task[None]:
     """Finish or undo, one after the other, the moves a dead process left (``lock(project,
     name)``: the instance's lock, held for each). Retried while the storage or network
-    service does not answer yet; a move that fails otherwise keeps its journal for the
-    next start."""
+    service does not answer yet, or the storage service still holds the volume (the copy
+    the dead process asked for may still run); a move that fails otherwise keeps its
+    journal for the next start."""
     async def run() -> None:
         for rec in interrupted(list(ctx.instances.cached())):
             for _ in range(reconcile.RETRIES):
@@ -255,8 +256,8 @@ def resume_all(ctx: Context, lock: Any) -> asyncio.Task[None]:
                         ctx.log.info("interrupted move resumed", instance=done["name"],
                                      pool=done.get("pool"))
                     break
-                except Unavailable:
-                    await asyncio.sleep(reconcile.RETRY_DELAY)
+                except (Unavailable, Conflict):  # a service away, a volume held (a copy
+                    await asyncio.sleep(reconcile.RETRY_DELAY)  # the dead one began)
                 except CorralError as exc:
                     ctx.log.error("interrupted move not resumed", instance=rec["name"],
                                   error=exc.message)
