@@ -790,3 +790,27 @@ def test_snapshot_size(world, sstack, sapi):
         got = lxc(sstack, "query", f"/1.0/instances/{name}/snapshots/s0").stdout
         assert '"size": ' in got and '"size": -1' not in got and '"size": 0,' not in got
     world.remove(name)
+
+
+def test_snapshot_size_in_the_instance_object(world, sstack, sapi):
+    """The instance's full object (GET ?recursion=1, lists with recursion=2) carries its
+    snapshots with the same size as the snapshot object, as LXD's RenderFull."""
+    name = world.create("fsize")
+    (rootfs(world, name) / "big.bin").write_bytes(os.urandom(2**20))
+    take(world, name, "s0")
+    (rootfs(world, name) / "big.bin").unlink()
+    subprocess.run(["sync"], check=True)
+
+    def sizes() -> tuple[int, int, int]:
+        own = sapi.get(f"/1.0/instances/{name}/snapshots/s0").json()["metadata"]["size"]
+        full = sapi.get(f"/1.0/instances/{name}", params={"recursion": 1}).json()
+        listed = [o for o in sapi.get("/1.0/instances", params={"recursion": 2}).json()[
+            "metadata"] if o["name"] == name]
+        return (own, full["metadata"]["snapshots"][0]["size"],
+                listed[0]["snapshots"][0]["size"])
+
+    if world.pool_driver == "dir":
+        assert sizes() == (-1, -1, -1)
+    else:
+        wait_for(lambda: min(sizes()) >= 2**20, 30, what="the snapshot's size everywhere")
+    world.remove(name)

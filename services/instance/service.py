@@ -202,9 +202,10 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             shown_recs = [r for r in recs if host_of(r) in shown]
             states = await asyncio.to_thread(self.drivers.state_many, shown_recs)
             await disk_usage.fill(self.bus, self.config.node, shown_recs, states)
-            for o in objs:
-                o.update(state=states.get(host_of(o)), backups=None,
-                         snapshots=self.snapshots_of(o["project"], o["name"]) or None)
+            by_key = {key(r["project"], r["name"]): r for r in recs}
+            mine = [by_key[key(o["project"], o["name"])] for o in objs]
+            for o, snaps in zip(objs, await self.snapshots_of(mine), strict=True):
+                o.update(state=states.get(host_of(o)), backups=None, snapshots=snaps or None)
         return Reply(metadata=objs)
 
     @endpoint("get", ObjectRequest)
@@ -212,8 +213,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         rec = await self.require_instance(req.project, req.name)
         obj = public(rec, await self.instance_status(rec))
         if (req.body or {}).get("recursion", 0) >= 1:
-            obj.update(state=await self._state(rec), backups=None,
-                       snapshots=self.snapshots_of(rec["project"], rec["name"]) or None)
+            snaps, = await self.snapshots_of([rec])
+            obj.update(state=await self._state(rec), backups=None, snapshots=snaps or None)
         return Reply(metadata=obj, etag=record_etag(rec))
 
     @endpoint("state", ObjectRequest)

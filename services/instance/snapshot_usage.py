@@ -29,19 +29,27 @@ log = get_logger(component="instance")
 async def sizes(bus: Bus, node: str, inst: Mapping[str, Any],
                 snaps: Sequence[Mapping[str, Any]]) -> list[int]:
     """``size`` of each of ``snaps`` (records of instance ``inst``), in one request."""
-    if not snaps:
+    return await sizes_many(bus, node, [(inst, s) for s in snaps])
+
+
+async def sizes_many(bus: Bus, node: str,
+                     pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+                     ) -> list[int]:
+    """``size`` of each (instance record, snapshot record), in one request (a listing of
+    many instances with their snapshots)."""
+    if not pairs:
         return []
     req = VolumeUsageRequest(volumes=[
         VolumeRef(project=inst.get("project", "default"), pool=s.get("pool") or inst["pool"],
                   kind=type_of(inst), name=inst["name"], snapshot=s["name"])
-        for s in snaps])
+        for inst, s in pairs])
     try:
         reply = await bus.request("storage", "volume_usage", req, node=node,
                                   timeout=USAGE_TIMEOUT)
     except (CorralError, TimeoutError) as exc:
         log.debug("snapshot sizes not included", error=str(exc))
-        return [UNKNOWN] * len(snaps)
+        return [UNKNOWN] * len(pairs)
     usage = VolumeUsageReply.model_validate(reply.metadata).usage
-    if len(usage) != len(snaps):
-        return [UNKNOWN] * len(snaps)
+    if len(usage) != len(pairs):
+        return [UNKNOWN] * len(pairs)
     return [UNKNOWN if u is None else u for u in usage]

@@ -102,10 +102,15 @@ class InstanceSnapshotsMixin:
         return Reply(metadata=[snapshots.snapshot_url(req.project, req.name, r["name"])
                                for r in recs])
 
-    def snapshots_of(self, project: str, instance: str) -> list[dict[str, Any]]:
-        """LXD's snapshot objects of an instance (for ``GET`` with recursion and lists)."""
-        return [snapshots.public(r) for r in
-                snapshots.records(self.ctx.snapshots, project, instance)]
+    async def snapshots_of(self, recs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """LXD's snapshot objects of each instance of ``recs``, with their sizes (for
+        ``GET`` with recursion and lists, as LXD's RenderFull): one storage request for
+        all of them."""
+        per = [snapshots.records(self.ctx.snapshots, r["project"], r["name"]) for r in recs]
+        pairs = [(r, s) for r, snaps in zip(recs, per, strict=True) for s in snaps]
+        sizes = iter(await snapshot_usage.sizes_many(self.ctx.remote.bus,
+                                                     self.ctx.remote.node, pairs))
+        return [[snapshots.public(s, next(sizes)) for s in snaps] for snaps in per]
 
     @endpoint("snapshot_get", ObjectRequest)
     async def get_snapshot(self, req: ObjectRequest) -> Reply:
