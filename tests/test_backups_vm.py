@@ -110,6 +110,14 @@ def test_vm_export_delete_import_boots_with_its_snapshot(world, stack, api, tmp_
     wait_agent(w, name)
     assert lxc(stack, "exec", name, "--", "true").returncode == 0
     assert cat(w, name, "/root/v") == "two\n"
+    # a running VM exports too (its frozen copy is read); optimized gives a plain backup
+    running = tmp_path / "running.tar.gz"
+    lxc(stack, "export", name, str(running), "--optimized-storage", "--instance-only")
+    with tarfile.open(running) as t:
+        names = t.getnames()
+        idx = yaml.safe_load(t.extractfile("backup/index.yaml").read())  # type: ignore[union-attr]
+    assert idx["optimized"] is False and idx["snapshots"] == []
+    assert "backup/virtual-machine.img" in names and not [n for n in names if ".bin" in n]
     lxc(stack, "stop", name, "--force")
     lxc(stack, "restore", name, "s0")
     lxc(stack, "start", name)
