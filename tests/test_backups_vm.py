@@ -178,6 +178,7 @@ def test_compressed_qcow2_raw_stream_matches_qemu_img(tmp_path):
     """The export's raw reader on a chain with compressed clusters (LXD images are often
     compressed qcow2): byte for byte what ``qemu-img convert -O raw`` makes."""
     from shared.backup import vmdisk
+    from shared.errors import BadRequest
 
     base, top, comp = tmp_path / "base.qcow2", tmp_path / "top.qcow2", tmp_path / "c.qcow2"
     sh = ["qemu-img", "create", "-q", "-f", "qcow2"]
@@ -197,13 +198,22 @@ def test_compressed_qcow2_raw_stream_matches_qemu_img(tmp_path):
         got.write(data)
     reader.close()
     assert reader.size == 40 * 2**20 and got.getvalue() == ref.read_bytes()
-    back = tmp_path / "back"
-    back.mkdir()
-    got.seek(0)
-    vmdisk.write_qcow2(got.read, reader.size, back)
-    assert sorted(p.name for p in back.iterdir()) == ["root.qcow2"]
-    assert subprocess.run(["qemu-img", "compare", "-q", str(top), str(back / "root.qcow2")]
-                          ).returncode == 0
+    # back to a standalone qcow2: through qemu-nbd, and staged (without qemu-nbd)
+    for write in (vmdisk.write_qcow2, vmdisk.write_staged):
+        back = tmp_path / write.__name__
+        back.mkdir()
+        got.seek(0)
+        write(got.read, reader.size, back)
+        assert sorted(p.name for p in back.iterdir()) == ["root.qcow2"]
+        assert subprocess.run(["qemu-img", "compare", "-q", str(top),
+                               str(back / "root.qcow2")]).returncode == 0
+        info = subprocess.run(["qemu-img", "info", "--output=json", str(back / "root.qcow2")],
+                              capture_output=True, text=True, check=True).stdout
+        assert not yaml.safe_load(info).get("backing-filename")
+        # a member shorter than its header says: a 400, nothing left
+        with pytest.raises(BadRequest, match="ends early"):
+            write(io.BytesIO(b"x" * 100).read, 2 << 20, back / "..")
+        assert not (tmp_path / "root.qcow2").exists()
 
 
 def test_vm_disk_members():

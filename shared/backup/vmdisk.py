@@ -16,15 +16,18 @@ disk-sized file on the server, so the export reads the chain directly:
 
 ``-U`` (force share) everywhere: a running VM's QEMU holds the write lock of its disk.
 
-The import goes the other way: the raw member is written sparse (zero blocks become
-holes) beside the disk, then ``qemu-img convert`` makes the standalone ``root.qcow2`` the
-QEMU driver expects (qemu-img cannot read a pipe: it needs the size and to seek).
+The import goes the other way: the raw member's non-zero blocks are written through
+``qemu-nbd`` into a new standalone ``root.qcow2`` (the form the QEMU driver expects), as
+the tarball is read; without qemu-nbd the member is staged sparse beside the disk and
+converted by ``qemu-img convert`` (which cannot read a pipe: it needs the size and to
+seek).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.errors import BadRequest, CorralError, Internal
+
+from . import nbd
 
 DISK = "root.qcow2"    # the VM driver's disk (services/instance/drivers/qemu.py)
 IMAGE = "rootfs.img"   # the image disk it may back onto, inside the volume
@@ -175,10 +180,24 @@ class RawReader:
 def write_qcow2(read: Callable[[int], bytes], size: int, dest: Path) -> None:
     """A raw disk of ``size`` bytes from ``read`` as ``dest/root.qcow2`` (standalone).
 
-    Staged sparse beside it (all-zero blocks are holes), converted, then removed; an
-    incomplete member is a 400, a full pool a 507."""
-    staged = dest / STAGING
+    Written through qemu-nbd straight into the new qcow2 (:mod:`shared.backup.nbd`);
+    without qemu-nbd, staged sparse beside it (all-zero blocks are holes), converted,
+    then removed. An incomplete member is a 400, a full pool a 507."""
     target = dest / DISK
+    if shutil.which("qemu-nbd"):
+        try:
+            nbd.write_qcow2(read, size, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return
+    write_staged(read, size, dest)
+
+
+def write_staged(read: Callable[[int], bytes], size: int, dest: Path) -> None:
+    """The fallback of :func:`write_qcow2`: a sparse raw file beside the disk, converted."""
+    target = dest / DISK
+    staged = dest / STAGING
     try:
         with open(staged, "wb") as f:
             left = size
