@@ -84,12 +84,11 @@ async def move(ctx: Context, rec: dict[str, Any], new_name: str, pool: str,
     project, name, kind = rec["project"], rec["name"], type_of(rec)
     if restart:
         rec = await lifecycle.stop(ctx, rec, -1, False)
-    rec = {k: v for k, v in rec.items() if k not in JOURNAL_KEYS}
+    rec = await _forget_interrupted(ctx, rec)
     snaps = [] if instance_only else _live_snapshots(ctx, project, name)
     target = await _target(ctx, rec, pool, new_name)
     nk, ok = key(project, new_name), key(project, name)
     renamed = nk != ok
-    await _forget_interrupted(ctx, rec)
     # The journal (see resume): the volume being made on the new pool is this instance's,
     # so a crash from here on is undone, or finished once the copy is whole.
     journal = {"pool": pool, "name": new_name, "from_pool": rec["pool"], "from_name": name,
@@ -281,16 +280,16 @@ async def _undo(ctx: Context, rec: dict[str, Any], journal: dict[str, Any]
     return await mutate(ctx.instances, key(project, rec["name"]), _without_journal)
 
 
-async def _forget_interrupted(ctx: Context, rec: dict[str, Any]) -> None:
-    """Remove the volume an interrupted move of ``rec`` left on its target pool."""
-    moving = rec.get("moving_to")
-    if not isinstance(moving, dict) or not moving.get("pool"):
-        return
-    name = moving.get("name") or rec["name"]
-    owned = any(r["project"] == rec["project"] and r["name"] == name
-                and r.get("pool") == moving["pool"] for r in ctx.instances.cached())
-    if moving["pool"] != rec["pool"] and not owned:  # never another instance's volume
-        await _drop_volume(ctx, rec["project"], moving["pool"], name, type_of(rec))
+async def _forget_interrupted(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """The record without the journal of a dead move :func:`resume` could not deal with
+    at start: its cleanup finished (``moving_from``: the instance is whole on its new
+    pool), or its copy undone (``moving_to``: the old volume is still whole, and this move
+    copies from it again)."""
+    if rec.get("moving_from") and rec.get("status") != "Creating":
+        return await _finish(ctx, rec)
+    if isinstance(rec.get("moving_to"), dict) and rec["moving_to"].get("pool"):
+        return await _undo(ctx, rec, rec["moving_to"])
+    return rec
 
 
 async def _drop_volume(ctx: Context, project: str, pool: str, name: str, kind: str) -> None:
