@@ -25,8 +25,9 @@ def snapshots_allowed(config: Mapping[str, str]) -> bool:
 
 
 def check_snapshot_creation(project: str, config: Mapping[str, str]) -> None:
-    """400, saying how to allow them, when ``project`` takes no snapshots."""
+    """400 with LXD's message (and how to allow them) when ``project`` takes no
+    snapshots (LXD answers a 500; it is the request that cannot be served here)."""
     if not snapshots_allowed(config):
-        raise BadRequest(f'Project "{project}" does not allow snapshots '
+        raise BadRequest(f'Project "{project}" doesn\'t allow for snapshot creation '
                          "(restricted.snapshots is block): set restricted.snapshots=allow "
                          "on the project to take them")

@@ -17,6 +17,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from shared import restrictions
 from shared.api import check_etag, url
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.models import ObjectRequest, Reply, Requestor
@@ -280,7 +281,7 @@ class InstanceSnapshotsMixin:
             if rec.get("status") in ("Creating", "Deleting") or rec.get("restoring"):
                 continue
             sched = (rec.get("expanded_config") or {}).get("snapshots.schedule", "")
-            if sched:
+            if sched and self._project_takes_snapshots(rec["project"]):
                 try:
                     await self._scheduled(rec, sched, last, now)
                 except CorralError as exc:
@@ -297,6 +298,12 @@ class InstanceSnapshotsMixin:
                     self.ctx.log.warning("expired snapshot not removed",
                                          instance=snap["instance"], snapshot=snap["name"],
                                          error=exc.message)
+
+    def _project_takes_snapshots(self, project: str) -> bool:
+        """As LXD's schedule task: instances of projects whose restricted.snapshots blocks
+        them are skipped quietly (an explicit request is refused with the reason)."""
+        found = self.ctx.projects.find(project) if self.ctx.projects is not None else None
+        return found is None or restrictions.snapshots_allowed(found.get("config") or {})
 
     async def _scheduled(self, rec: dict[str, Any], sched: str, last: datetime,
                          now: datetime) -> None:
