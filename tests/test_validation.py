@@ -121,18 +121,26 @@ def test_a_config_lxc_cannot_load_breaks_only_its_own_instance(world, api):
     assert not world.lxc_dir(name).exists()
 
 
-def test_profile_with_host_path_disk_is_refused(world, api, tmp_path):
-    """The issue's row: accepted, then silently not applied. Now a 400 naming the device,
-    at create and at update, and the profile is left as it was."""
-    body = {"name": f"{world.prefix}-hp", "devices": {
+def test_profile_disk_devices_are_checked_like_an_instance_s(world, api, tmp_path):
+    """A host-path disk in a profile is a real device now (applied to the profile's
+    instances); a bad one is a 400 naming the device, at create and at update, and the
+    profile is left as it was."""
+    good = {"name": f"{world.prefix}-hp", "devices": {
         "data": {"type": "disk", "source": str(tmp_path), "path": "/mnt/data"}}}
-    r = api.post("/1.0/profiles", json=body)
-    assert r.status_code == 400 and "'data'" in r.json()["error"], r.text
-    assert api.get(f"/1.0/profiles/{body['name']}").status_code == 404
+    r = api.post("/1.0/profiles", json=good)
+    assert r.status_code == 200, r.text
+    assert api.get(f"/1.0/profiles/{good['name']}").json()["metadata"]["devices"] == \
+        good["devices"]
+    assert api.delete(f"/1.0/profiles/{good['name']}").status_code == 200
+
+    bad = {"data": {"type": "disk", "source": str(tmp_path), "path": "mnt/data"}}
+    r = api.post("/1.0/profiles", json={"name": f"{world.prefix}-hp2", "devices": bad})
+    assert r.status_code == 400 and "data" in r.json()["error"], r.text
+    assert api.get(f"/1.0/profiles/{world.prefix}-hp2").status_code == 404
 
     before = api.get(f"/1.0/profiles/{world.profile}").json()["metadata"]
-    r = api.patch(f"/1.0/profiles/{world.profile}", json={"devices": body["devices"]})
-    assert r.status_code == 400 and "'data'" in r.json()["error"], r.text
+    r = api.patch(f"/1.0/profiles/{world.profile}", json={"devices": bad})
+    assert r.status_code == 400 and "data" in r.json()["error"], r.text
     assert api.get(f"/1.0/profiles/{world.profile}").json()["metadata"] == before
 
 
