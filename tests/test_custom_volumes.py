@@ -434,6 +434,42 @@ def test_projects_own_their_volumes_or_use_defaults(stack, api, pools, uid):
         api.delete(f"/1.0/projects/{shared_}")
 
 
+def test_restricted_project_blocks_volume_snapshots(stack, api, pools, uid):
+    """``restricted.snapshots`` covers custom volumes too (LXD checks the volume's
+    project): blocked by default once the project is restricted, with LXD's message,
+    through lxc and REST; nothing is made; ``allow`` lets them through."""
+    pool, proj = pools["btrfs"], f"{uid}rs"
+    assert api.post("/1.0/projects", json={"name": proj, "config": {
+        "features.storage.volumes": "true", "restricted": "true"}}).status_code in (200, 201)
+    try:
+        r = api.post(url(pool), params={"project": proj}, json={"name": uid})
+        assert r.status_code == 200, r.text
+        env = {**stack.env, "LXD_DIR": str(stack.dir)}
+        r = subprocess.run(["lxc", "storage", "volume", "snapshot", pool, uid, "s0",
+                            "--project", proj], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0, r
+        assert f'Project "{proj}" doesn\'t allow for snapshot creation' in r.stderr, r.stderr
+        r = api.post(url(pool, uid) + "/snapshots", params={"project": proj},
+                     json={"name": "s0"})
+        assert r.status_code == 400 and "restricted.snapshots=allow" in r.json()["error"]
+        assert api.get(url(pool, uid) + "/snapshots",
+                       params={"project": proj}).json()["metadata"] == []
+        assert api.patch(f"/1.0/projects/{proj}", json={"config": {
+            "restricted.snapshots": "allow"}}).status_code == 200
+        r = api.post(url(pool, uid) + "/snapshots", params={"project": proj},
+                     json={"name": "s0"})
+        wait_op(api, r)
+        assert len(api.get(url(pool, uid) + "/snapshots",
+                           params={"project": proj}).json()["metadata"]) == 1
+    finally:
+        r = api.delete(url(pool, uid) + "/snapshots/s0", params={"project": proj})
+        if r.status_code == 202:
+            wait_op(api, r)
+        api.delete(url(pool, uid), params={"project": proj})
+        api.delete(f"/1.0/projects/{proj}")
+
+
 # -- crash safety -------------------------------------------------------------------------
 
 def _armed_storage(stack, point: str) -> None:

@@ -39,7 +39,8 @@ from shared.messages.storage import (
     VolumeSnapshotRenameRequest,
     VolumeSnapshotRequest,
 )
-from shared.models import ListRequest, lxd_time
+from shared.models import ListRequest, ObjectRequest, lxd_time
+from shared.restrictions import check_snapshot_creation, snapshots_allowed
 
 from . import copies, custom_disk, custom_users, snapshots
 from .backups import BACKUPS_DIR
@@ -590,6 +591,19 @@ class CustomVolumes:
                              f"{', '.join(busy)}: stop them before restoring it")
         await snapshots.restore(self.volumes, self._snap_req(pool, project, name, snap))
 
+    async def project_config(self, project: str) -> dict[str, str]:
+        """The project's config, asked of the instance service that owns projects (the
+        ``restricted.*`` keys a custom volume snapshot obeys); ``default`` has none."""
+        if project == "default":
+            return {}
+        reply = await self.bus.request("instance", "project_get",
+                                       ObjectRequest(project=project, name=project))
+        return (reply.metadata or {}).get("config") or {}
+
+    async def check_snapshot_allowed(self, project: str) -> None:
+        """400 with LXD's message when the project blocks snapshots (``restricted``)."""
+        check_snapshot_creation(project, await self.project_config(project))
+
     async def scheduled(self, last: datetime, now: datetime) -> list[tuple[dict, str]]:
         """Take the snapshots ``snapshots.schedule`` asks for in ``(last, now]``, named by
         ``snapshots.pattern`` and expiring by ``snapshots.expiry``; returns (record,
@@ -603,6 +617,8 @@ class CustomVolumes:
                 continue
             project = rec.get("project", "default")
             try:
+                if not snapshots_allowed(await self.project_config(project)):
+                    continue  # restricted.snapshots=block: skipped quietly, as LXD's task
                 taken = set(await self.snapshot_list(rec))
                 snap = next_snapshot_name(cfg.get("snapshots.pattern", ""), taken)
                 await self.snapshot_create(rec["pool"], project, rec["name"], snap,

@@ -286,6 +286,7 @@ class CustomVolumesMixin:
     async def custom_snapshot_create(self, req: CustomVolumeRequest) -> Reply:
         body = parse_body(SnapshotsPost, req.body)
         rec = await self.custom.record(req.pool, req.project, req.name)
+        await self.custom.check_snapshot_allowed(req.project)
         taken = set(await self.custom.snapshot_list(rec))
         snap = body.name or next_snapshot_name(rec.get("config", {}).get(
             "snapshots.pattern", ""), taken)
