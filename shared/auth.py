@@ -66,7 +66,7 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("image", "import"), ("storage", "volume_get"), ("storage", "volume_list"),
                  ("storage", "volume_backup_freeze"), ("storage", "volume_backup_get"),
                  ("storage", "volume_backup_delete"), ("storage", "volume_backup_rename"),
-                 ("storage", "volume_backup_import")),
+                 ("storage", "volume_backup_import"), ("storage", "list")),
     "migration": (),
 }
 

@@ -470,6 +470,27 @@ def test_restricted_project_blocks_volume_snapshots(stack, api, pools, uid):
         api.delete(f"/1.0/projects/{proj}")
 
 
+def test_project_holding_volumes_lists_them_and_cannot_be_deleted(stack, api, pools, uid):
+    """A project's custom volumes are in its ``used_by`` and keep it from being deleted
+    (LXD: "Only empty projects can be removed"), so no volume is left without a project."""
+    pool, proj = pools["dir"], f"{uid}pv"
+    assert api.post("/1.0/projects", json={"name": proj, "config": {
+        "features.storage.volumes": "true"}}).status_code in (200, 201)
+    try:
+        r = api.post(url(pool), params={"project": proj}, json={"name": uid})
+        assert r.status_code == 200, r.text
+        used = api.get(f"/1.0/projects/{proj}").json()["metadata"]["used_by"]
+        assert f"{url(pool, uid)}?project={proj}" in used, used
+        r = api.delete(f"/1.0/projects/{proj}")
+        assert r.status_code == 400 and "empty" in r.json()["error"], r.text
+        assert api.get(url(pool, uid), params={"project": proj}).status_code == 200
+        assert api.delete(url(pool, uid), params={"project": proj}).status_code == 200
+        assert api.delete(f"/1.0/projects/{proj}").status_code == 200
+    finally:
+        api.delete(url(pool, uid), params={"project": proj})
+        api.delete(f"/1.0/projects/{proj}")
+
+
 # -- crash safety -------------------------------------------------------------------------
 
 def _armed_storage(stack, point: str) -> None:

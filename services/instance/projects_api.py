@@ -44,13 +44,34 @@ class ProjectsMixin:
             return []
         return [str(u) for u in reply.metadata or []]
 
+    async def project_volumes(self, name: str, strict: bool) -> list[str]:
+        """URLs of the project's own custom volumes (with ``features.storage.volumes``),
+        read from the pools' ``used_by`` in one request to the storage service; when it
+        does not answer, none unless ``strict`` (then 503: a delete must not orphan them)."""
+        p = self.projects.find(name)
+        if name == DEFAULT or p is None or \
+                not true(p["config"].get("features.storage.volumes")):
+            return []
+        try:
+            reply = await self.bus.request("storage", "list",
+                                           ListRequest(project=name, recursion=1))
+        except CorralError:
+            if strict:
+                raise
+            return []
+        suffix = f"?project={name}"
+        return sorted({u for pool in reply.metadata or [] for u in pool.get("used_by", [])
+                       if "/volumes/custom/" in u and u.endswith(suffix)})
+
     async def project_used_by(self, name: str, strict: bool = False) -> list[str]:
-        """LXD's ``used_by``: the project's instances, images and profiles."""
+        """LXD's ``used_by``: the project's instances, images, profiles and custom
+        volumes."""
         insts = [url("instances", r["name"], name) for r in self.instances.cached()
                  if r.get("project", DEFAULT) == name]
         profs = [url("profiles", p["name"], name) for p in self.profiles.store.cached()
                  if p.get("project", DEFAULT) == name]
-        return sorted(insts) + sorted(await self.project_images(name, strict)) + sorted(profs)
+        return (sorted(insts) + sorted(await self.project_images(name, strict))
+                + sorted(profs) + await self.project_volumes(name, strict))
 
     async def _project_in_use(self, name: str) -> bool:
         return any(u for u in await self.project_used_by(name, strict=True)
