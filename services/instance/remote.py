@@ -34,6 +34,10 @@ NIC_TIMEOUT = 30.0
 WATCH_AFTER = 2.0
 WATCH_EVERY = 1.0
 WATCH_GRACE = 4.0
+# An idempotent request still unanswered after this many seconds, while its callee
+# answers pings, is sent again: its answer may have been lost (a reply the server refused
+# after a restart, for want of the response permission it had given the first delivery).
+RESEND_AFTER = 10.0
 
 
 class Remote:
@@ -66,7 +70,9 @@ class Remote:
         started meanwhile), this ends with a 503 saying so instead of waiting out the
         deadline. If our bus connection came back (a nats-server restart) while waiting,
         the answer may have been lost with the server: the request is sent again (the
-        callee answers a repeat with the same result).
+        callee answers a repeat with the same result), and again every RESEND_AFTER
+        seconds without an answer from a callee that is alive (a reply can also be lost
+        after the reconnect: a repeat is cheap, it waits on the same work).
         """
         service = f"corral-{svc}"
         nc = self.bus.nc
@@ -80,18 +86,21 @@ class Remote:
             if done:
                 return call.result()
             missing = 0.0
+            waited = WATCH_AFTER
             while True:
                 done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
                 if done:
                     return call.result()
+                waited += WATCH_EVERY
                 now = nc.stats["reconnects"] if nc is not None else 0
-                if now != reconnects and nc is not None and nc.is_connected:
+                if nc is not None and nc.is_connected and (
+                        now != reconnects or waited >= RESEND_AFTER):
                     reconnects = now
                     call.cancel()
                     await asyncio.gather(call, return_exceptions=True)
                     callee = await presence.instance_on(self.bus, service, self.node)
                     call = asyncio.ensure_future(send())
-                    missing = 0.0
+                    missing, waited = 0.0, 0.0
                     continue
                 if callee is None or await presence.alive(self.bus, service, callee):
                     missing = 0.0
