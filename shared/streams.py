@@ -124,3 +124,74 @@ class ServiceStreams:
             except Exception:
                 pass
         self._subs.clear()
+
+
+# ---- downloads made while they are sent (backup exports) ------------------------------------
+#
+# A service writes a file (a backup tarball) in a worker thread; each chunk goes out on
+# ``<stream>.data.out`` as soon as it is made, and the gateway answers every chunk it has
+# written to its client with a credit on ``<stream>.data.in``. The producer stays at most
+# DOWNLOAD_WINDOW chunks ahead, so a slow client slows the writer down and nothing piles
+# up anywhere; an EOF on ``.in`` means the client went away. A failure after the first
+# byte is an empty message with DOWNLOAD_ERROR_HEADER, on which the gateway breaks the
+# connection off: the client sees a failed download, never a short file that looks whole.
+
+DOWNLOAD_FD = "data"
+DOWNLOAD_ERROR_HEADER = "Corral-Error"
+DOWNLOAD_WINDOW = 16  # chunks sent ahead of the gateway's credits
+DOWNLOAD_CREDIT_TIMEOUT = 120.0  # no credit for this long: the download is gone
+
+
+_downloads: set[asyncio.Task[None]] = set()
+
+
+async def start_download(bus: Bus, stream_id: str, write: Any, log: Any, what: str) -> None:
+    """Open the stream (before the caller answers the request that asked for it, so no
+    credit is missed), then run the blocking ``write(emit)`` in a worker thread as a task
+    of this process, sending what it emits with credit-based flow control (see above).
+    ``log``/``what`` name a failure in the service's log (a bound structlog logger)."""
+    chan = await ServiceStreams(bus, stream_id, [DOWNLOAD_FD]).open()
+    task = asyncio.create_task(_produce_download(chan, write, log, what))
+    _downloads.add(task)
+    task.add_done_callback(_downloads.discard)
+
+
+async def _produce_download(chan: ServiceStreams, write: Any, log: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    credit = asyncio.Semaphore(DOWNLOAD_WINDOW)
+    gone = asyncio.Event()
+
+    async def credits() -> None:
+        while True:
+            if await chan.inbox[DOWNLOAD_FD].get() is None:  # the client went away
+                gone.set()
+                return
+            credit.release()
+
+    async def send(data: bytes) -> None:
+        if gone.is_set():
+            raise CorralError("The client stopped the download", 400)
+        try:
+            await asyncio.wait_for(credit.acquire(), DOWNLOAD_CREDIT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise CorralError("The download stalled", 400) from None
+        await chan.send(DOWNLOAD_FD, data)
+
+    def emit(data: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(send(data), loop).result()
+
+    listener = asyncio.create_task(credits())
+    try:
+        await asyncio.to_thread(write, emit)
+        await chan.eof(DOWNLOAD_FD)
+    except BaseException as exc:  # noqa: BLE001 - the gateway must hear of it
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        log.warning(f"{what} failed", error=msg)
+        try:
+            await chan.bus.publish(subject(chan.op_id, DOWNLOAD_FD, "out"), b"",
+                                   headers={DOWNLOAD_ERROR_HEADER: msg[:500]})
+        except Exception:
+            pass
+    finally:
+        listener.cancel()
+        await chan.close()

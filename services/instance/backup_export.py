@@ -3,7 +3,8 @@
 The gateway subscribes to ``corral.streams.<id>.data.out`` and asks ``backup_export``;
 we answer at once (404s first), then a task writes the tarball in a worker thread
 (:class:`shared.backup.writer.TarStream`) from the trees the storage service froze, and
-publishes its chunks. Flow control: at most ``WINDOW`` chunks are sent ahead of the
+publishes its chunks (:func:`shared.streams.start_download`). Flow control: at most
+``DOWNLOAD_WINDOW`` chunks are sent ahead of the
 gateway's credits (one message on ``.in`` per chunk it wrote to the client), so a slow
 client slows the tarball down and nothing piles up in memory or on disk. The end is an
 EOF message; a failure mid-way is a message with a ``Corral-Error`` header, which the
@@ -12,8 +13,6 @@ gateway turns into a broken download (never a short file that looks whole).
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,11 @@ from shared.backup import btrfs as btrfs_send
 from shared.backup import layout, vmdisk
 from shared.backup.writer import TarStream
 from shared.bus import Bus
-from shared.errors import CorralError
 from shared.messages.backup import VolumeBackupReply, VolumeBackupRequest
 
 from . import backups
 from .context import Context
 from .idmap import IdMap
-
-WINDOW = 16
-CREDIT_TIMEOUT = 120.0  # no credit for this long: the download is gone
-ERROR_HEADER = "Corral-Error"
-FD = "data"
-_running: set[asyncio.Task[None]] = set()
 
 
 async def prepare(ctx: Context, rec: dict[str, Any]) -> VolumeBackupReply:
@@ -52,55 +44,9 @@ async def start(ctx: Context, bus: Bus, stream_id: str, inst: dict[str, Any],
                 idmap: IdMap | None) -> None:
     """Start the producer task (the caller has answered the request)."""
     info = await backups.index(ctx, inst, rec, vol)
-    chan = await streams.ServiceStreams(bus, stream_id, [FD]).open()
-    task = asyncio.create_task(_produce(ctx, chan, rec, vol, info, idmap))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
-
-
-async def _produce(ctx: Context, chan: streams.ServiceStreams, rec: dict[str, Any],
-                   vol: VolumeBackupReply, info: dict[str, Any], idmap: IdMap | None
-                   ) -> None:
-    loop = asyncio.get_running_loop()
-    credit = asyncio.Semaphore(WINDOW)
-    gone = threading.Event()
-
-    async def credits() -> None:
-        while True:
-            item = await chan.inbox[FD].get()
-            if item is None:  # the client went away
-                gone.set()
-                return
-            credit.release()
-
-    async def send(data: bytes) -> None:
-        if gone.is_set():
-            raise CorralError("The client stopped the download", 400)
-        try:
-            await asyncio.wait_for(credit.acquire(), CREDIT_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise CorralError("The download stalled", 400) from None
-        await chan.send(FD, data)
-
-    def emit(data: bytes) -> None:
-        asyncio.run_coroutine_threadsafe(send(data), loop).result()
-
-    reader = asyncio.create_task(credits())
-    try:
-        await asyncio.to_thread(write, emit, rec, vol, info, idmap)
-        await chan.eof(FD)
-    except BaseException as exc:  # noqa: BLE001 - the gateway must hear of it
-        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        ctx.log.warning("backup export failed", backup=rec["name"],
-                        instance=rec["instance"], error=msg)
-        try:
-            await chan.bus.publish(streams.subject(chan.op_id, FD, "out"), b"",
-                                   headers={ERROR_HEADER: msg[:500]})
-        except Exception:
-            pass
-    finally:
-        reader.cancel()
-        await chan.close()
+    await streams.start_download(
+        bus, stream_id, lambda emit: write(emit, rec, vol, info, idmap),
+        ctx.log.bind(backup=rec["name"], instance=rec["instance"]), "backup export")
 
 
 def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str, Any],

@@ -13,7 +13,6 @@ lives in its volume's record (``backups: {name: {...}}``), as its snapshots do.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,13 +41,8 @@ from .custom_config import ZERO_TIME, check_config, format_time, parse_time
 from .drivers.util import validate_name
 from .volumes import disk_name
 
-FD = "data"
-WINDOW = 16  # chunks sent ahead of the gateway's credits
-CREDIT_TIMEOUT = 120.0
 SWEEP_GRACE = 60.0  # seconds: a younger unrecorded frozen copy may be a backup in the making
-ERROR_HEADER = "Corral-Error"
 log = get_logger(component="storage")
-_running: set[asyncio.Task[None]] = set()
 
 
 class BackupsPost(LxdBody):
@@ -227,10 +221,9 @@ class CustomBackups:
         snaps = meta.get("snapshots") or []
         vol = await backups.get(self.custom.volumes, self._req(rec, backup, snaps))
         info = self.index(rec, vol, snaps, bool(meta.get("optimized_storage")))
-        chan = await streams.ServiceStreams(self.bus, sid, [FD]).open()
-        task = asyncio.create_task(self._produce(chan, meta, vol, info))
-        _running.add(task)
-        task.add_done_callback(_running.discard)
+        await streams.start_download(
+            self.bus, sid, lambda emit: write(emit, meta["compression_algorithm"], vol, info),
+            log.bind(volume=info["name"]), "volume backup export")
         return f"backup{layout.COMPRESSIONS[meta['compression_algorithm']]}"
 
     def index(self, rec: dict[str, Any], vol: VolumeBackupReply, snaps: list[str],
@@ -245,48 +238,6 @@ class CustomBackups:
                 "config": {"volume": volume,
                            "volume_snapshots": [self.custom.snapshot_public(rec, s)
                                                 for s in snaps]}}
-
-    async def _produce(self, chan: streams.ServiceStreams, meta: dict[str, Any],
-                       vol: VolumeBackupReply, info: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        credit = asyncio.Semaphore(WINDOW)
-        gone = threading.Event()
-
-        async def credits() -> None:
-            while True:
-                item = await chan.inbox[FD].get()
-                if item is None:  # the client went away
-                    gone.set()
-                    return
-                credit.release()
-
-        async def send(data: bytes) -> None:
-            if gone.is_set():
-                raise CorralError("The client stopped the download", 400)
-            try:
-                await asyncio.wait_for(credit.acquire(), CREDIT_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise CorralError("The download stalled", 400) from None
-            await chan.send(FD, data)
-
-        def emit(data: bytes) -> None:
-            asyncio.run_coroutine_threadsafe(send(data), loop).result()
-
-        listener = asyncio.create_task(credits())
-        try:
-            await asyncio.to_thread(write, emit, meta["compression_algorithm"], vol, info)
-            await chan.eof(FD)
-        except BaseException as exc:  # noqa: BLE001 - the gateway must hear of it
-            msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            log.warning("volume backup export failed", volume=info["name"], error=msg)
-            try:
-                await chan.bus.publish(streams.subject(chan.op_id, FD, "out"), b"",
-                                       headers={ERROR_HEADER: msg[:500]})
-            except Exception:
-                pass
-        finally:
-            listener.cancel()
-            await chan.close()
 
     # ---- import --------------------------------------------------------------------------
 

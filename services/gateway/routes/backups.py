@@ -17,11 +17,10 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from shared import blobs, streams
+from shared import blobs
 from shared.errors import BadRequest
 from shared.messages.backup import BackupExportRequest, BackupImportRequest, BackupRequest
 from shared.models import ObjectRequest
@@ -29,11 +28,10 @@ from shared.models import ObjectRequest
 from ..limits import streams_body
 from ..request import json_object, name_of, project_of, recursion_of, requestor
 from ..routing import Context, Route, ask, creation, render
+from . import downloads
 
 INSTANCE = "/1.0/instances/{name}"
 BACKUP = INSTANCE + "/backups/{backup}"
-ERROR_HEADER = "Corral-Error"
-FIRST_CHUNK_TIMEOUT = 120.0
 _CHUNK = 1024 * 1024
 
 
@@ -58,61 +56,10 @@ async def creating(request: web.Request) -> BackupRequest:
 
 async def export(ctx: Context, request: web.Request) -> web.StreamResponse:
     """``GET .../backups/<b>/export``: the tarball, streamed as it is made."""
-    sid = uuid.uuid4().hex
-    chunks: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_out(msg: Any) -> None:
-        chunks.put_nowait(msg)
-
-    sub = await ctx.bus.subscribe(streams.subject(sid, "data", "out"), on_out)
-    in_subject = streams.subject(sid, "data", "in")
-    finished = False
-    try:
-        await ctx.bus.nc.flush()
-        reply = await ctx.ask("instance", "backup_export", BackupExportRequest(
+    return await downloads.relay(ctx, request, "instance", lambda sid: ctx.ask(
+        "instance", "backup_export", BackupExportRequest(
             project=project_of(request), name=name_of(request),
-            backup=request.match_info["backup"], stream=sid, requestor=requestor(request)))
-        name = (reply.metadata or {}).get("filename", "backup.tar.gz")
-        resp = web.StreamResponse(headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": f"attachment;filename={name}"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        while True:
-            try:
-                msg = await asyncio.wait_for(chunks.get(), FIRST_CHUNK_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise ConnectionAbortedError("the instance service stopped sending") from None
-            hdrs = msg.headers or {}
-            if hdrs.get(ERROR_HEADER):
-                ctx_log(request, hdrs[ERROR_HEADER])
-                raise ConnectionAbortedError(hdrs[ERROR_HEADER])
-            if hdrs.get(streams.EOF_HEADER):
-                break
-            await resp.write(msg.data)
-            await ctx.bus.publish(in_subject, b"")  # credit for one more chunk
-        await resp.write_eof()
-        finished = True
-        return resp
-    except ConnectionAbortedError:
-        # headers are out: break the connection so the client sees a failed download
-        if request.transport is not None:
-            request.transport.close()
-        raise
-    finally:
-        if not finished:  # the client went away or we failed: the producer stops
-            try:
-                await ctx.bus.publish(in_subject, b"", headers={streams.EOF_HEADER: "1"})
-            except Exception:
-                pass
-        await sub.unsubscribe()
-
-
-def ctx_log(request: web.Request, message: str) -> None:
-    from shared.log import get_logger
-
-    get_logger(component="gateway").warning("backup export failed", path=request.path,
-                                            error=message)
+            backup=request.match_info["backup"], stream=sid, requestor=requestor(request))))
 
 
 @streams_body

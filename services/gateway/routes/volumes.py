@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shared import blobs, streams
+from shared import blobs
 from shared.errors import BadRequest
 from shared.messages.custom_volumes import CustomVolumeRequest
 
@@ -35,7 +35,7 @@ from ..request import (
     requestor,
 )
 from ..routing import Ask, Build, Context, Route, render
-from .backups import ERROR_HEADER, FIRST_CHUNK_TIMEOUT
+from . import downloads
 from .storage import SLOW
 
 POOL_CUSTOM = "/1.0/storage-pools/{name}/volumes/custom"
@@ -174,54 +174,12 @@ async def _forget_when_done(ctx: Context, transfers: Any, obj: str, op_id: str) 
 
 async def backup_export(ctx: Context, request: web.Request) -> web.StreamResponse:
     """``GET .../backups/<b>/export``: the tarball, streamed as the storage service makes
-    it (the same chunk-and-credit protocol as instance backups, see routes/backups.py)."""
-    sid = uuid.uuid4().hex
-    chunks: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_out(msg: Any) -> None:
-        chunks.put_nowait(msg)
-
-    sub = await ctx.bus.subscribe(streams.subject(sid, "data", "out"), on_out)
-    in_subject = streams.subject(sid, "data", "in")
-    finished = False
-    try:
-        await ctx.bus.nc.flush()
-        reply = await ctx.ask("storage", "custom_backup_export", CustomVolumeRequest(
-            project=await storage_project(ctx, request), pool=name_of(request),
-            name=request.match_info["volume"], backup=request.match_info["backup"],
-            stream=sid, requestor=requestor(request)))
-        name = (reply.metadata or {}).get("filename", "backup.tar.gz")
-        resp = web.StreamResponse(headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": f"attachment;filename={name}"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        while True:
-            try:
-                msg = await asyncio.wait_for(chunks.get(), FIRST_CHUNK_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise ConnectionAbortedError("the storage service stopped sending") from None
-            hdrs = msg.headers or {}
-            if hdrs.get(ERROR_HEADER):
-                raise ConnectionAbortedError(hdrs[ERROR_HEADER])
-            if hdrs.get(streams.EOF_HEADER):
-                break
-            await resp.write(msg.data)
-            await ctx.bus.publish(in_subject, b"")  # credit for one more chunk
-        await resp.write_eof()
-        finished = True
-        return resp
-    except ConnectionAbortedError:
-        if request.transport is not None:  # a failed download, never a short file
-            request.transport.close()
-        raise
-    finally:
-        if not finished:
-            try:
-                await ctx.bus.publish(in_subject, b"", headers={streams.EOF_HEADER: "1"})
-            except Exception:
-                pass
-        await sub.unsubscribe()
+    it (:mod:`.downloads`, as instance backups)."""
+    project = await storage_project(ctx, request)
+    return await downloads.relay(ctx, request, "storage", lambda sid: ctx.ask(
+        "storage", "custom_backup_export", CustomVolumeRequest(
+            project=project, pool=name_of(request), name=request.match_info["volume"],
+            backup=request.match_info["backup"], stream=sid, requestor=requestor(request))))
 
 
 BACKUPS = VOLUME + "/backups"
