@@ -12,27 +12,19 @@ broken off, so the client sees a failed download, never a short file that looks 
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
-import uuid
-from pathlib import Path
-
 from aiohttp import web
 
 from shared import blobs
-from shared.errors import BadRequest
 from shared.messages.backup import BackupExportRequest, BackupImportRequest, BackupRequest
 from shared.models import ObjectRequest
 
 from ..limits import streams_body
 from ..request import json_object, name_of, project_of, recursion_of, requestor
 from ..routing import Context, Route, ask, creation, render
-from . import downloads
+from . import backup_streams
 
 INSTANCE = "/1.0/instances/{name}"
 BACKUP = INSTANCE + "/backups/{backup}"
-_CHUNK = 1024 * 1024
 
 
 async def listing(request: web.Request) -> ObjectRequest:
@@ -56,7 +48,7 @@ async def creating(request: web.Request) -> BackupRequest:
 
 async def export(ctx: Context, request: web.Request) -> web.StreamResponse:
     """``GET .../backups/<b>/export``: the tarball, streamed as it is made."""
-    return await downloads.relay(ctx, request, "instance", lambda sid: ctx.ask(
+    return await backup_streams.relay(ctx, request, "instance", lambda sid: ctx.ask(
         "instance", "backup_export", BackupExportRequest(
             project=project_of(request), name=name_of(request),
             backup=request.match_info["backup"], stream=sid, requestor=requestor(request))))
@@ -68,33 +60,18 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
     body is a backup tarball (``lxc import``): staged, then ``instance.backup_import``."""
     if request.content_type != "application/octet-stream":
         return render(await ctx.ask("instance", "create", await creation(request)))
-    tmp_root = ctx.config.dir / "tmp"
-    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=tmp_root))
     transfers = await blobs.transfers(ctx.bus)
-    obj = f"import-{uuid.uuid4().hex}"
-    staged = False
+    obj = await backup_streams.stage_upload(ctx, request, transfers, "import",
+                                            "a backup tarball")
     try:
-        size = 0
-        with open(tmp / "backup", "wb") as f:
-            while chunk := await request.content.read(_CHUNK):
-                size += len(chunk)
-                await asyncio.to_thread(f.write, chunk)
-        if size == 0:
-            raise BadRequest("Empty backup: the body must be a backup tarball")
-        await blobs.put_file(transfers, obj, tmp / "backup")
-        staged = True
-        shutil.rmtree(tmp, ignore_errors=True)  # one copy (in the store) is enough
         req = BackupImportRequest(project=project_of(request), requestor=requestor(request),
                                   object=obj, name=request.headers.get("X-LXD-name", ""),
                                   pool=request.headers.get("X-LXD-pool", ""))
         reply = await ctx.ask("instance", "backup_import", req)
-        staged = False  # the instance service deletes it when the import ends
-        return render(reply)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if staged:
-            await blobs.delete(transfers, obj)
+    except BaseException:  # the instance service deletes it once it has the request
+        await blobs.delete(transfers, obj)
+        raise
+    return render(reply)
 
 
 ROUTES: list[Route] = [

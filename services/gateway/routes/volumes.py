@@ -11,11 +11,7 @@ and cached for ``?project=``).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +31,7 @@ from ..request import (
     requestor,
 )
 from ..routing import Ask, Build, Context, Route, render
-from . import downloads
+from . import backup_streams
 from .storage import SLOW
 
 POOL_CUSTOM = "/1.0/storage-pools/{name}/volumes/custom"
@@ -110,7 +106,6 @@ def custom(verb: str, *, body: bool = False, timeout: float | None = None) -> Cu
 
 
 _CREATE = custom("custom_create", body=True, timeout=SLOW)
-_CHUNK = 1024 * 1024
 _running: set[asyncio.Task[None]] = set()
 
 
@@ -125,7 +120,8 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
         return await _CREATE(ctx, request)
     project = await storage_project(ctx, request)
     transfers = await blobs.transfers(ctx.bus)
-    obj = await _stage(ctx, request, transfers)
+    obj = await backup_streams.stage_upload(ctx, request, transfers, "vol-import",
+                                            "a volume backup tarball")
     try:
         reply = await ctx.ask("storage", "custom_import", CustomVolumeRequest(
             project=project, request_project=request.query.get("project") or "default",
@@ -144,26 +140,6 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
     return render(reply)
 
 
-async def _stage(ctx: Context, request: web.Request, transfers: Any) -> str:
-    """The request body into the object store, through a file under CORRAL_DIR/tmp."""
-    tmp_root = ctx.config.dir / "tmp"
-    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="vol-import-", dir=tmp_root))
-    obj = f"vol-import-{uuid.uuid4().hex}"
-    try:
-        size = 0
-        with open(tmp / "backup", "wb") as f:
-            while chunk := await request.content.read(_CHUNK):
-                size += len(chunk)
-                await asyncio.to_thread(f.write, chunk)
-        if size == 0:
-            raise BadRequest("Empty backup: the body must be a volume backup tarball")
-        await blobs.put_file(transfers, obj, tmp / "backup")
-        return obj
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 async def _forget_when_done(ctx: Context, transfers: Any, obj: str, op_id: str) -> None:
     try:
         await ctx.ops.wait(op_id, 3600.0)
@@ -176,7 +152,7 @@ async def backup_export(ctx: Context, request: web.Request) -> web.StreamRespons
     """``GET .../backups/<b>/export``: the tarball, streamed as the storage service makes
     it (:mod:`.downloads`, as instance backups)."""
     project = await storage_project(ctx, request)
-    return await downloads.relay(ctx, request, "storage", lambda sid: ctx.ask(
+    return await backup_streams.relay(ctx, request, "storage", lambda sid: ctx.ask(
         "storage", "custom_backup_export", CustomVolumeRequest(
             project=project, pool=name_of(request), name=request.match_info["volume"],
             backup=request.match_info["backup"], stream=sid, requestor=requestor(request))))

@@ -1,5 +1,11 @@
-"""A download a service makes while it is sent (backup exports of instances and custom
-volumes): the gateway's end of :func:`shared.streams.start_download`.
+"""Backup tarballs through the gateway, both ways, for instances and custom volumes.
+
+:func:`stage_upload`: an import's body (``lxc import``, ``lxc storage volume import``)
+into the ``transfers`` object store, through a file under ``CORRAL_DIR/tmp`` (the
+service reads it from the store, whatever node it runs on).
+
+:func:`relay`: a download a service makes while it is sent (exports), the gateway's end
+of :func:`shared.streams.start_download`.
 
 The gateway subscribes to the stream first, then asks the service to start (the reply
 names the file); each chunk is written to the client and answered with one credit, so the
@@ -11,12 +17,16 @@ client that goes away tells the service with an EOF, so it stops writing.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from shared import streams
+from shared import blobs, streams
+from shared.errors import BadRequest
 from shared.log import get_logger
 from shared.models import Reply
 
@@ -24,6 +34,29 @@ from ..routing import Context
 
 # Seconds without a chunk before the download is given up (the producer is gone).
 CHUNK_TIMEOUT = 120.0
+_CHUNK = 1024 * 1024
+
+
+async def stage_upload(ctx: Context, request: web.Request, transfers: Any, prefix: str,
+                       what: str) -> str:
+    """The request body into the object store as a new object (its name is returned);
+    an empty body is a 400 naming ``what`` it should have been."""
+    tmp_root = ctx.config.dir / "tmp"
+    tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=tmp_root))
+    obj = f"{prefix}-{uuid.uuid4().hex}"
+    try:
+        size = 0
+        with open(tmp / "backup", "wb") as f:
+            while chunk := await request.content.read(_CHUNK):
+                size += len(chunk)
+                await asyncio.to_thread(f.write, chunk)
+        if size == 0:
+            raise BadRequest(f"Empty backup: the body must be {what}")
+        await blobs.put_file(transfers, obj, tmp / "backup")
+        return obj
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def relay(ctx: Context, request: web.Request, service: str,
