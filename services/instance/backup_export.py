@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import streams
-from shared.backup import btrfs as btrfs_send
-from shared.backup import layout, vmdisk
+from shared.backup import layout, optimized, vmdisk
 from shared.backup.writer import TarStream
 from shared.bus import Bus
 from shared.messages.backup import VolumeBackupReply, VolumeBackupRequest
@@ -61,7 +60,8 @@ def write(emit: Any, rec: dict[str, Any], vol: VolumeBackupReply, info: dict[str
         snaps = info["snapshots"]
         mapper = _unshift(idmap)
         if info["optimized"]:
-            _write_optimized(tar, vol, snaps, vdir, sdir)
+            optimized.write(tar, Path(vol.path), [(s, Path(vol.snapshot_paths[s])) for s in snaps],
+                            vdir, sdir)
         elif kind == "virtual-machine":
             _write_vm(tar, vol, snaps, vdir, sdir, layout.dump(info["config"]))
         else:
@@ -95,32 +95,6 @@ def _write_vm(tar: TarStream, vol: VolumeBackupReply, snaps: list[str], vdir: st
             tar.add_reader(f"{prefix}.img", raw.size, raw.read)
         finally:
             raw.close()
-
-
-def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str],
-                     vdir: str, sdir: str) -> None:
-    """btrfs send streams: each snapshot against the one before, the volume against the
-    last snapshot (sent twice each: once to learn its size for the tar header)."""
-    header = {"subvolumes": []}  # type: dict[str, Any]
-    for s in snaps:
-        header["subvolumes"].append({"path": "/", "snapshot": s, "readonly": True,
-                                     "uuid": ""})
-    header["subvolumes"].append({"path": "/", "snapshot": "", "readonly": False, "uuid": ""})
-    tar.add_bytes(layout.OPTIMIZED_HEADER, layout.dump(header))
-    parent: Path | None = None
-    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}.bin")
-             for s in snaps]
-    parts.append((Path(vol.path), f"{layout.PREFIX}/{vdir}.bin"))
-    for path, name in parts:
-        size = btrfs_send.send_size(path, parent)
-        send = btrfs_send.Send(path, parent)
-        try:
-            tar.add_reader(name, size, send.read)
-            send.close()
-        except BaseException:
-            send.kill()
-            raise
-        parent = path
 
 
 def _unshift(idmap: IdMap | None) -> Any:

@@ -630,28 +630,35 @@ class CustomVolumes:
             made.append((rec, snap))
         return made
 
-    async def prune_expired(self, now: datetime | None = None) -> list[str]:
-        """Delete snapshots whose ``expires_at`` has passed (LXD's pruning task)."""
-        now = now or datetime.now(timezone.utc)
-        gone = []
+    def expired(self, field: str, now: datetime) -> list[tuple[dict[str, Any], str]]:
+        """(record, name) of each custom volume's ``field`` entry (``snapshots`` or
+        ``backups``) whose ``expires_at`` has passed; an entry whose time does not parse
+        never expires (nothing is deleted on a guess)."""
+        out = []
         for rec in list(self.volumes.store.cached()):
             if rec.get("kind") != KIND or rec.get("creating"):
                 continue
-            for snap, meta in list((rec.get("snapshots") or {}).items()):
+            for name, meta in list((rec.get(field) or {}).items()):
                 try:
                     when = parse_time(meta.get("expires_at"))
                 except (BadRequest, TypeError, ValueError):
-                    continue  # not a time: never expires (nothing is deleted on a guess)
-                if when is None or when > now:
                     continue
-                try:
-                    await self.snapshot_delete(rec["pool"], rec.get("project", "default"),
-                                               rec["name"], snap)
-                except CorralError as exc:
-                    log.warning("expired snapshot not removed", volume=rec["name"],
-                                snapshot=snap, error=exc.message)
-                    continue
-                gone.append(f"{rec['pool']}/{rec['name']}/{snap}")
+                if when is not None and when <= now:
+                    out.append((rec, name))
+        return out
+
+    async def prune_expired(self, now: datetime | None = None) -> list[str]:
+        """Delete snapshots whose ``expires_at`` has passed (LXD's pruning task)."""
+        gone = []
+        for rec, snap in self.expired("snapshots", now or datetime.now(timezone.utc)):
+            try:
+                await self.snapshot_delete(rec["pool"], rec.get("project", "default"),
+                                           rec["name"], snap)
+            except CorralError as exc:
+                log.warning("expired snapshot not removed", volume=rec["name"],
+                            snapshot=snap, error=exc.message)
+                continue
+            gone.append(f"{rec['pool']}/{rec['name']}/{snap}")
         return gone
 
     def path(self, drv: Driver, rec: dict[str, Any]) -> Path:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shared import blobs, streams
-from shared.backup import btrfs as btrfs_send
-from shared.backup import layout, reader
+from shared.backup import layout, optimized, reader
 from shared.backup.writer import TarStream
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
@@ -160,26 +159,17 @@ class CustomBackups:
                                                                                  meta)))
 
     async def prune_expired(self, now: datetime | None = None) -> list[str]:
-        now = now or datetime.now(timezone.utc)
+        """Delete backups whose ``expires_at`` has passed."""
         gone = []
-        for rec in list(self.custom.volumes.store.cached()):
-            if rec.get("kind") != KIND or rec.get("creating"):
+        for rec, backup in self.custom.expired("backups", now or datetime.now(timezone.utc)):
+            try:
+                await self.delete(rec["pool"], rec.get("project", "default"), rec["name"],
+                                  backup)
+            except CorralError as exc:
+                log.warning("expired volume backup not removed", volume=rec["name"],
+                            backup=backup, error=exc.message)
                 continue
-            for backup, meta in list((rec.get("backups") or {}).items()):
-                try:
-                    when = parse_time(meta.get("expires_at"))
-                except (BadRequest, TypeError, ValueError):
-                    continue  # not a time: never expires (nothing is deleted on a guess)
-                if when is None or when > now:
-                    continue
-                try:
-                    await self.delete(rec["pool"], rec.get("project", "default"),
-                                      rec["name"], backup)
-                except CorralError as exc:
-                    log.warning("expired volume backup not removed", volume=rec["name"],
-                                backup=backup, error=exc.message)
-                    continue
-                gone.append(f"{rec['pool']}/{rec['name']}/{backup}")
+            gone.append(f"{rec['pool']}/{rec['name']}/{backup}")
         return gone
 
     async def sweep_frozen(self) -> list[str]:
@@ -324,7 +314,9 @@ def write(emit: Any, compression: str, vol: VolumeBackupReply, info: dict[str, A
         tar.add_bytes(layout.INDEX, layout.dump(info))
         sdir = layout.snapshots_dir(KIND)
         if info["optimized"]:
-            _write_optimized(tar, vol, info["snapshots"])
+            optimized.write(tar, Path(vol.path), [(s, Path(vol.snapshot_paths[s]))
+                                                   for s in info["snapshots"]],
+                            layout.volume_dir(KIND), layout.snapshots_dir(KIND))
         else:
             for s in info["snapshots"]:
                 tar.add_tree(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}")
@@ -336,24 +328,3 @@ def write(emit: Any, compression: str, vol: VolumeBackupReply, info: dict[str, A
 
 
 
-def _write_optimized(tar: TarStream, vol: VolumeBackupReply, snaps: list[str]) -> None:
-    """btrfs send streams of the frozen copies (``volume-snapshots/<s>.bin`` each against
-    the one before, ``volume.bin`` against the last), sent twice each: once to learn the
-    size a tar header needs."""
-    subvolumes = [{"path": "/", "snapshot": s, "readonly": True, "uuid": ""} for s in snaps]
-    subvolumes.append({"path": "/", "snapshot": "", "readonly": False, "uuid": ""})
-    tar.add_bytes(layout.OPTIMIZED_HEADER, layout.dump({"subvolumes": subvolumes}))
-    sdir = layout.snapshots_dir(KIND)
-    parts = [(Path(vol.snapshot_paths[s]), f"{layout.PREFIX}/{sdir}/{s}.bin") for s in snaps]
-    parts.append((Path(vol.path), f"{layout.PREFIX}/{layout.volume_dir(KIND)}.bin"))
-    parent: Path | None = None
-    for path, name in parts:
-        size = btrfs_send.send_size(path, parent)
-        send = btrfs_send.Send(path, parent)
-        try:
-            tar.add_reader(name, size, send.read)
-            send.close()
-        except BaseException:
-            send.kill()
-            raise
-        parent = path
