@@ -42,44 +42,6 @@ log = get_logger(component="storage")
 # ---- the journal ---------------------------------------------------------------------------
 
 
-async def forget_half_made(volumes: Volumes, drv: Driver, k: str, kind: str, disk: str
-                           ) -> None:
-    """Remove whatever exists of a volume whose making failed (its snapshots too), then
-    its record; best effort: what stays is removed at the next start."""
-    try:
-        await asyncio.to_thread(drv.drop_volume, kind, disk)
-    except Exception as exc:
-        log.warning("could not remove a half-made volume", volume=disk, error=str(exc))
-    try:
-        await volumes.store.delete(k)
-    except Exception as exc:  # the bus went away: the record says "creating" still
-        log.warning("could not forget a half-made volume", volume=disk, error=str(exc))
-
-
-async def same_request(volumes: Volumes, drv: Driver, k: str, req: Any, disk: str,
-                       wait: float = 600.0) -> Path:
-    """A create or copy sent again (its answer was lost): the same volume once the first
-    has made it, or the error it ended with; 409 when the name is another request's."""
-    what = f"Storage volume {req.kind}/{req.name}"
-    first = volumes._making.get(k)
-    if first is not None:
-        return await asyncio.shield(first)
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        found = await volumes.store.get(k)
-        if found is None or found[0].get("request_id") != req.request_id:
-            raise Conflict(f"{what} already exists in pool {req.pool!r}")
-        if not found[0].get("creating"):
-            return drv.volume_path(req.kind, disk)
-        if k not in volumes._making:
-            await forget_half_made(volumes, drv, k, req.kind, disk)
-            raise Unavailable(f"Making {what} was interrupted (the message bus restarted); "
-                              "try again")
-        if asyncio.get_running_loop().time() > deadline:
-            raise Conflict(f"{what} is still being made")
-        await asyncio.sleep(0.1)
-
-
 async def journaled(volumes: Volumes, drv: Driver, req: Any, rec: dict[str, Any],
                     journal: str, make: Callable[[], Path]) -> Path:
     """Reserve the name with a ``creating`` record, run ``make`` in a thread, then write
@@ -89,7 +51,7 @@ async def journaled(volumes: Volumes, drv: Driver, req: Any, rec: dict[str, Any]
     what = f"Storage volume {req.kind}/{req.name}"
     if k in volumes._making:
         if req.request_id:
-            return await same_request(volumes, drv, k, req, disk)
+            return await volumes.same_request(drv, k, req, disk)
         raise Conflict(f"{what} is being made")
     making = asyncio.get_running_loop().create_future()
     volumes._making[k] = making
@@ -100,7 +62,7 @@ async def journaled(volumes: Volumes, drv: Driver, req: Any, rec: dict[str, Any]
         volumes._making.pop(k, None)
         making.cancel()
         if isinstance(exc, Conflict) and req.request_id:
-            return await same_request(volumes, drv, k, req, disk)
+            return await volumes.same_request(drv, k, req, disk)
         if isinstance(exc, Conflict):
             raise Conflict(f"{what} already exists in pool {req.pool!r}") from None
         raise
@@ -119,7 +81,7 @@ async def journaled(volumes: Volumes, drv: Driver, req: Any, rec: dict[str, Any]
         making.set_exception(exc if isinstance(exc, Exception) else
                              Unavailable("The storage service is stopping"))
         making.exception()  # read here: a repeat may never come to read it
-        await forget_half_made(volumes, drv, k, req.kind, disk)
+        await volumes.forget_half_made(drv, k, req.kind, disk)
         raise
     finally:
         volumes._making.pop(k, None)

@@ -234,7 +234,7 @@ class Volumes:
                                request_id=req.request_id)
             if k in self._making:  # being made here right now: a repeat, or a duplicate
                 if req.request_id:
-                    return await self._same_request(drv, k, req, disk)
+                    return await self.same_request(drv, k, req, disk)
                 raise Conflict(f"Storage volume {req.kind}/{req.name} is being made")
             # Registered before the record exists, so a repeat never takes a record that
             # this process is making for a stale one.
@@ -248,7 +248,7 @@ class Volumes:
                 self._making.pop(k, None)
                 making.cancel()
                 if isinstance(exc, Conflict) and req.request_id:  # made before: a repeat
-                    return await self._same_request(drv, k, req, disk)
+                    return await self.same_request(drv, k, req, disk)
                 raise
             faults.point("storage:after_record")
             try:
@@ -267,31 +267,33 @@ class Volumes:
                 making.set_exception(exc if isinstance(exc, Exception) else
                                      Unavailable("The storage service is stopping"))
                 making.exception()  # read here: a repeat may never come to read it
-                await self._forget_half_made(drv, k, req.kind, disk)
+                await self.forget_half_made(drv, k, req.kind, disk)
                 raise
             finally:
                 self._making.pop(k, None)
 
-    async def _forget_half_made(self, drv: Driver, k: str, kind: str, disk: str) -> None:
-        """Remove a volume whose making failed, and its record (best effort: what stays is
-        removed by the next repeat of the request or by the sweep at start)."""
-        if os.path.lexists(drv.volume_path(kind, disk)):
-            try:
-                await asyncio.to_thread(drv.delete_volume, kind, disk)
-            except Exception as exc:
-                log.warning("could not remove a half-made volume", volume=disk, error=str(exc))
+    async def forget_half_made(self, drv: Driver, k: str, kind: str, disk: str) -> None:
+        """Remove whatever exists of a volume whose making failed (its snapshots too),
+        then its record (best effort: what stays is removed by the next repeat of the
+        request or by the sweep at start)."""
+        try:
+            await asyncio.to_thread(drv.drop_volume, kind, disk)
+        except Exception as exc:
+            log.warning("could not remove a half-made volume", volume=disk, error=str(exc))
         try:
             await self.store.delete(k)
         except Exception as exc:  # the bus went away: the record says "creating" still
             log.warning("could not forget a half-made volume", volume=disk, error=str(exc))
 
-    async def _same_request(self, drv: Driver, k: str, req: VolumeFromImageRequest,
-                            disk: str, wait: float = 600.0) -> Path:
-        """A ``volume_from_image`` sent again (its answer was lost): the same volume, once
-        the first request has made it, or the error it ended with; 409 if the name is
-        another request's. A record still "creating" that no task of this process makes
-        was left by a making that failed while the bus was away: it is removed, and the
-        repeat answers 503 (the caller undoes its create; the name is free again)."""
+    async def same_request(self, drv: Driver, k: str, req: Any, disk: str,
+                           wait: float = 600.0) -> Path:
+        """A make (``volume_from_image``, a copy, a create) sent again because its answer
+        was lost: the same volume, once the first request has made it, or the error it
+        ended with; 409 if the name is another request's. A record still "creating" that
+        no task of this process makes was left by a making that failed while the bus was
+        away: it is removed, and the repeat answers 503 (the caller undoes its part; the
+        name is free again). ``req`` has ``pool``, ``kind``, ``name``, ``request_id``."""
+        what = f"Storage volume {req.kind}/{req.name}"
         first = self._making.get(k)
         if first is not None:
             return await asyncio.shield(first)
@@ -299,16 +301,15 @@ class Volumes:
         while True:
             found = await self.store.get(k)
             if found is None or found[0].get("request_id") != req.request_id:
-                raise Conflict(f"Storage volume {req.kind}/{req.name} already exists in pool "
-                               f"{req.pool!r}")
+                raise Conflict(f"{what} already exists in pool {req.pool!r}")
             if not found[0].get("creating"):
                 return drv.volume_path(req.kind, disk)
             if k not in self._making:
-                await self._forget_half_made(drv, k, req.kind, disk)
-                raise Unavailable(f"Making storage volume {req.kind}/{req.name} was "
-                                  "interrupted (the message bus restarted); try again")
+                await self.forget_half_made(drv, k, req.kind, disk)
+                raise Unavailable(f"Making {what} was interrupted (the message bus "
+                                  "restarted); try again")
             if asyncio.get_running_loop().time() > deadline:
-                raise Conflict(f"Storage volume {req.kind}/{req.name} is still being made")
+                raise Conflict(f"{what} is still being made")
             await asyncio.sleep(0.1)
 
     async def delete_image(self, fingerprint: str) -> list[str]:
