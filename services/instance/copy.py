@@ -30,10 +30,11 @@ from shared.messages.storage import (
 )
 from shared.state import key, mutate
 
-from . import image_templates, project_checks, records, snapshots, validate
+from . import project_checks, records, snapshots, validate
 from .context import Context
 from .create import (
     Undo,
+    define,
     expand_profiles,
     nic_setup,
     pick_name,
@@ -42,10 +43,8 @@ from .create import (
     undo_all,
     with_config,
 )
-from .drivers.base import InstanceSpec
 from .drivers.router import TYPES, type_of
 from .lifecycle import host_status
-from .names import host_name
 from .records import expand
 
 # A copy of a large volume between pools (a file copy or btrfs send) takes a while; the
@@ -320,16 +319,7 @@ async def build(ctx: Context, rec: dict[str, Any], plan: CopyPlan) -> dict[str, 
         faults.point("copy:after_snapshots")
         rec = with_config({**rec, "volume": str(path)},
                           {**vol, "volatile.uuid": str(uuid.uuid4())})
-        if drv.capabilities.templates:
-            await asyncio.to_thread(image_templates.apply, path, "copy", rec)
-        host = host_name(project, name)
-        spec = InstanceSpec(host, rec["expanded_config"], rec["expanded_devices"], path, nics)
-        undo.append(lambda: asyncio.to_thread(drv.purge, host))
-        made = await asyncio.to_thread(drv.create, spec)
-        faults.point("copy:after_driver")
-        made["volatile.last_state.power"] = "STOPPED"
-        final = {**with_config(rec, made), "status": "Stopped"}
-        await mutate(ctx.instances, k, lambda _r: final)
+        final = await define(ctx, drv, rec, path, nics, undo, "copy")
         await _settle_snapshots(ctx, snap_keys)
         return final
     except BaseException:

@@ -164,20 +164,28 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
         rec = with_config(rec, {**props, **vol, "volatile.base_image": image["fingerprint"],
                                 "volatile.uuid": str(uuid.uuid4())})
-        if drv.capabilities.templates:
-            await asyncio.to_thread(image_templates.apply, path, "create", rec)
-        host = host_name(project, name)
-        spec = InstanceSpec(host, rec["expanded_config"], rec["expanded_devices"], path, nics)
-        undo.append(lambda: asyncio.to_thread(drv.purge, host))
-        made = await asyncio.to_thread(drv.create, spec)
-        faults.point("create:after_driver")
-        made["volatile.last_state.power"] = "STOPPED"
-        final = {**with_config(rec, made), "status": "Stopped"}
-        await mutate(ctx.instances, k, lambda _r: final)
-        return final
+        return await define(ctx, drv, rec, path, nics, undo, "create")
     except BaseException:
         await undo_all(ctx, undo, k, rec)
         raise
+
+
+async def define(ctx: Context, drv: Any, rec: dict[str, Any], path: Path, nics: list[Nic],
+                 undo: list[Undo], when: str) -> dict[str, Any]:
+    """The last steps of a create or a copy (``when``): the image templates for ``when``,
+    the driver's definition (its purge pushed on ``undo``), and the record, Stopped.
+    Fault point ``<when>:after_driver``."""
+    if drv.capabilities.templates:
+        await asyncio.to_thread(image_templates.apply, path, when, rec)
+    host = host_name(rec["project"], rec["name"])
+    spec = InstanceSpec(host, rec["expanded_config"], rec["expanded_devices"], path, nics)
+    undo.append(lambda: asyncio.to_thread(drv.purge, host))
+    made = await asyncio.to_thread(drv.create, spec)
+    faults.point(f"{when}:after_driver")
+    made["volatile.last_state.power"] = "STOPPED"
+    final = {**with_config(rec, made), "status": "Stopped"}
+    await mutate(ctx.instances, key(rec["project"], rec["name"]), lambda _r: final)
+    return final
 
 
 async def _ignore_missing(call: Awaitable[Any]) -> None:
