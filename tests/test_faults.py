@@ -125,17 +125,20 @@ def wait_final(api: httpx.Client, op_url: str, timeout: float = WAIT) -> dict:
 async def _kv(url: str, creds: dict[str, str], bucket: str) -> list[dict]:
     nc = await nats.connect(url, **creds)
     try:
-        kv = await nc.jetstream().key_value(bucket)
-        try:
-            keys = await kv.keys()
-        except Exception:  # no keys
-            return []
+        js = nc.jetstream()
+        kv = await js.key_value(bucket)
+        # The exact key list from the stream's state: nats-py's kv.keys() watches the
+        # bucket and may stop before a key that is being rewritten meanwhile (a record
+        # written just as the inventory was read went missing from it).
+        prefix = f"$KV.{bucket}."
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         out = []
-        for k in keys:
+        for subject in info.state.subjects or {}:
             try:
-                out.append(codec.decode((await kv.get(k)).value))
-            except Exception:
-                pass
+                entry = await kv.get(subject[len(prefix):])
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue  # deleted (its marker is still a message)
+            out.append(codec.decode(entry.value))
         return out
     finally:
         await nc.close()
