@@ -19,7 +19,9 @@ PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base nftables btrfs-progs busybox-stati
           lxd-client iproute2 uidmap xz-utils zstd bzip2 squashfs-tools curl make
           # VMs: QEMU (TCG here), qcow2 tools, ext4 tools and a static libc for the agent
           qemu-system-x86 qemu-utils e2fsprogs libc6-dev
-          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+          # OCI images: copy and unpack them; a real registry for the tests
+          skopeo umoci docker-registry)
 SUBID_DEFAULT="root:1000000:1000000000"  # LXD's default range for root
 STAMP="$VENV/.corral-pyproject.sha256"
 
@@ -48,7 +50,15 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
     if [[ "${CORRAL_APT_UPDATED:-0}" != 1 ]]; then
         apt-get update
     fi
-    apt-get install -y "${missing[@]}"
+    # Packages with a daemon (docker-registry) must not start it: no invoke-rc.d start
+    # while we install (a policy-rc.d of our own, only when the host has none).
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && ours=1
+    fi
+    apt-get install -y "${missing[@]}" || { [[ $ours == 1 ]] && rm -f "$policy"; return 1; }
+    [[ $ours == 1 ]] && rm -f "$policy"
+    return 0
 }
 
 need_subids() {

@@ -66,7 +66,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("image", "import"), ("storage", "volume_get"), ("storage", "volume_list"),
                  ("storage", "volume_backup_freeze"), ("storage", "volume_backup_get"),
                  ("storage", "volume_backup_delete"), ("storage", "volume_backup_rename"),
-                 ("storage", "volume_backup_import"), ("storage", "list")),
+                 ("storage", "volume_backup_import"), ("storage", "list"),
+                 ("image", "pull")),
     "migration": (),
 }
 
@@ -77,7 +78,8 @@ OPERATIONS = ("operations", "kv", True)
 WARNINGS = ("warnings", "kv", True)
 BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "image": (("images", "kv", True), ("image_aliases", "kv", True), ("images", "obj", True),
-              ("transfers", "obj", True), OPERATIONS, WARNINGS),
+              ("transfers", "obj", True), ("server_config", "kv", False), OPERATIONS,
+              WARNINGS),
     "storage": (("storage_pools", "kv", True), ("storage_volumes", "kv", True),
                 ("images", "obj", False), ("transfers", "obj", False), OPERATIONS, WARNINGS),
     "network": (("networks", "kv", True), OPERATIONS, WARNINGS),

@@ -27,6 +27,12 @@ from . import imports, publish, records
 from .aliases import Aliases
 from .context import ImageContext
 from .images import Images
+from .lifecycle_api import API_EXTENSIONS as LIFECYCLE_EXTENSIONS
+from .lifecycle_api import LifecycleMixin
+from .pull_api import API_EXTENSIONS as PULL_EXTENSIONS
+from .pull_api import PullMixin
+from .serve_api import API_EXTENSIONS as SERVE_EXTENSIONS
+from .serve_api import ServeMixin
 
 # Only what is really implemented: the type field and VM uploads, expiry, profiles, and
 # aliases applied by the import itself.
@@ -35,7 +41,7 @@ API_EXTENSIONS = ["image_types", "images_expiry", "image_profiles", "image_creat
 REMOTE_SOURCES = ("image", "url")
 
 
-class ImageService(Service):
+class ImageService(PullMixin, ServeMixin, LifecycleMixin, Service):
     name = "image"
     description = "Corral images and image aliases"
 
@@ -51,9 +57,13 @@ class ImageService(Service):
                                 tmp_dir=self.config.dir / "tmp")
         self.alias_logic = Aliases(self.ctx)
         self.image_logic = Images(self.ctx, self.alias_logic)
+        await self.setup_pull()
+        await self.setup_serve()
+        await self.setup_lifecycle()
 
     def server_info(self) -> ServerInfoReply:
-        return ServerInfoReply(api_extensions=API_EXTENSIONS)
+        return ServerInfoReply(api_extensions=[*API_EXTENSIONS, *PULL_EXTENSIONS,
+                                               *SERVE_EXTENSIONS, *LIFECYCLE_EXTENSIONS])
 
     # -- images ---------------------------------------------------------------------------
 
@@ -96,9 +106,11 @@ class ImageService(Service):
         if not isinstance(source, dict):
             raise BadRequest("Invalid images JSON: expected a source, or upload an image file")
         kind = source.get("type", "")
-        if kind in REMOTE_SOURCES or source.get("mode") == "push":
-            raise BadRequest("remote image sources are not supported yet: download the image "
-                             "and import the file (lxc image import FILE)")
+        if source.get("mode") == "push":
+            raise BadRequest("Push mode is not supported: pull the image from its server "
+                             "(source.mode pull) or import the file (lxc image import FILE)")
+        if kind in REMOTE_SOURCES:
+            return await self.create_from_source(req)
         if kind in publish.SOURCE_TYPES:  # lxc publish
             pub = publish.check(req.body)
 

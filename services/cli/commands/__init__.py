@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("copy", "Make an image from an instance or one of its snapshots."),
     "export": ("backup", "Export an instance as a backup file (LXD's format)."),
     "import": ("backup", "Import an instance from a backup file (LXD's or Corral's)."),
+    "remote": ("remote", "Manage image servers and remote servers (simplestreams, lxd, oci)."),
 }
 
 

@@ -18,6 +18,8 @@ from . import (
     backups,
     events,
     host,
+    image_refresh,
+    image_serve,
     images,
     instance_io,
     instances,
@@ -181,6 +183,8 @@ ROUTES: list[Route] = [
              "/1.0/containers"),
     *crud("/1.0/profiles", "instance", "profile_"),
     *PROJECTS,
+    *image_serve.ROUTES,  # secret, simplestreams tree: before IMAGES' {name} rows
+    *image_refresh.ROUTES,
     *IMAGES,
     *NETWORKS,
     *volumes.ROUTES,  # custom volumes: before STORAGE's generic {kind} rows
