@@ -23,11 +23,12 @@ import secrets
 from typing import Any, Callable
 
 from shared.errors import BadRequest
+from shared.image import settings as image_settings
 
 from . import tls
 
-BUCKET = "server_config"
-ENTRY = "config"
+BUCKET = image_settings.BUCKET  # "server_config" (the image service reads it too)
+ENTRY = image_settings.ENTRY
 HIDDEN = ("core.trust_password",)
 
 
@@ -77,12 +78,21 @@ def _any(value: str) -> str:
     return value
 
 
+def _image_count(key: str) -> Callable[[str], str]:
+    return lambda value: image_settings.check_count(key, value)
+
+
 # key -> validator (returns the value to store; raises BadRequest)
 KEYS: dict[str, Callable[[str], str]] = {
     "core.https_address": _https_address,
     "core.trust_password": _any,  # hashed by `apply_changes`
     "core.remote_token_expiry": _expiry,
     "core.socket_group": _socket_group,  # Corral's: the group let into the unix socket
+    # pulled images' life, read by the image service (shared/image/settings.py)
+    image_settings.REMOTE_CACHE_EXPIRY: _image_count(image_settings.REMOTE_CACHE_EXPIRY),
+    image_settings.AUTO_UPDATE_INTERVAL: _image_count(image_settings.AUTO_UPDATE_INTERVAL),
+    image_settings.AUTO_UPDATE_CACHED: lambda v: image_settings.check_bool(
+        image_settings.AUTO_UPDATE_CACHED, v),
 }
 
 # Keys LXD 5.0 has that Corral does not implement: refused with a message saying so.
@@ -94,9 +104,8 @@ LXD_ONLY = (
     "core.dns_address", "core.https_allowed_credentials", "core.https_allowed_headers",
     "core.https_allowed_methods", "core.https_allowed_origin", "core.https_trusted_proxy",
     "core.metrics_address", "core.proxy_http", "core.proxy_https", "core.proxy_ignore_hosts",
-    "core.shutdown_timeout", "core.trust_ca_certificates", "images.auto_update_cached",
-    "images.auto_update_interval", "images.compression_algorithm",
-    "images.default_architecture", "images.remote_cache_expiry", "maas.api.key",
+    "core.shutdown_timeout", "core.trust_ca_certificates", "images.compression_algorithm",
+    "images.default_architecture", "maas.api.key",
     "maas.api.url", "maas.machine", "network.ovn.integration_bridge",
     "network.ovn.northbound_connection", "rbac.agent.private_key", "rbac.agent.public_key",
     "rbac.agent.url", "rbac.agent.username", "rbac.api.expiry", "rbac.api.key",

@@ -29,8 +29,9 @@ def test_patch_merges_put_replaces_and_empty_unsets():
 def test_unknown_and_lxd_only_keys_are_named():
     with pytest.raises(BadRequest, match="'core.nope'.*unknown"):
         sc.apply_changes({}, {"config": {"core.nope": "1"}}, replace=False)
-    with pytest.raises(BadRequest, match="'images.auto_update_interval'.*not supported"):
-        sc.apply_changes({}, {"config": {"images.auto_update_interval": "6"}}, replace=False)
+    with pytest.raises(BadRequest, match="'images.compression_algorithm'.*not supported"):
+        sc.apply_changes({}, {"config": {"images.compression_algorithm": "xz"}},
+                         replace=False)
     with pytest.raises(BadRequest, match="expected an object"):
         sc.apply_changes({}, {"config": ["x"]}, replace=False)
     with pytest.raises(BadRequest, match="expected a string"):
