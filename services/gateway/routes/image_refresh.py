@@ -5,6 +5,20 @@ Rows of the gateway's route table, before IMAGES' rows.
 
 from __future__ import annotations
 
-from ..routing import Route
+from aiohttp import web
 
-ROUTES: list[Route] = []
+from shared.messages.image import RefreshRequest
+
+from ..request import name_of, project_of, requestor
+from ..routing import Route, ask
+
+
+async def _refresh(request: web.Request) -> RefreshRequest:
+    """The image by fingerprint (prefix); LXD's refresh takes no body."""
+    return RefreshRequest(project=project_of(request), fingerprint=name_of(request),
+                          requestor=requestor(request))
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/1.0/images/{name}/refresh", ask("image", "refresh", _refresh)),
+]
