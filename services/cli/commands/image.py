@@ -136,8 +136,50 @@ async def _export(socket: Path, fingerprint: str, target: Path) -> list[Path]:
     return written
 
 
+def _remote_images(remote: Any) -> list[dict[str, Any]]:
+    """The images a remote offers, as LXD objects: a simplestreams tree read with the
+    pull's own parser, a Corral/LXD's public images; an OCI registry has no listing."""
+    import json
+
+    from .. import remotes as rm
+
+    if remote.protocol == "oci":
+        raise APIError(f"Cannot list images of remote {remote.name!r}: an OCI registry has "
+                       "no image listing; launch NAME:TAG from it directly "
+                       f"(corral launch {remote.name}:alpine:3.20)")
+    if remote.protocol == "lxd":
+        env = json.loads(rm.http_get(remote, "/1.0/images?recursion=1"))
+        return list(env.get("metadata") or [])
+    import os
+
+    from shared.errors import CorralError
+    from shared.image import simplestreams as ss
+    from shared.image.format import normalize_architecture
+
+    try:
+        index = ss.loads(rm.http_get(remote, "/streams/v1/index.json"), "index.json")
+        docs = [ss.loads(rm.http_get(remote, "/" + path.lstrip("/")), path)
+                for path in ss.product_paths(index)]
+        catalog = ss.Catalog.from_documents(docs,
+                                            normalize_architecture(os.uname().machine))
+    except CorralError as exc:
+        raise APIError(f"Remote {remote.name!r}: {exc.message}", exc.code) from None
+    return [img.lxd() for img in catalog.images]
+
+
 def list_(args: Namespace) -> None:
-    images = from_args(args).get("/1.0/images", recursion=1)
+    target = getattr(args, "remote", None) or ""
+    if target:
+        from .. import remotes as rm
+
+        remote, rest = rm.split(target if ":" in target else target + ":")
+        if rest:
+            raise APIError(f"Give the remote as {target.split(':')[0]}: (filters are not "
+                           "supported)")
+        images = (_remote_images(remote) if remote is not None
+                  else from_args(args).get("/1.0/images", recursion=1))
+    else:
+        images = from_args(args).get("/1.0/images", recursion=1)
     rows = [{"alias": ", ".join(a["name"] for a in i.get("aliases") or []),
              "fingerprint": i["fingerprint"][:12], "public": "yes" if i["public"] else "no",
              "description": (i.get("properties") or {}).get("description", ""),
@@ -170,6 +212,45 @@ def export(args: Namespace) -> None:
     args.target.mkdir(parents=True, exist_ok=True)
     for path in asyncio.run(_export(c.socket, fp, args.target)):
         print(path)
+
+
+def copy(args: Namespace) -> None:
+    from .. import remotes as rm
+    from ..progress import wait_download
+
+    if args.target not in ("local:", "local"):
+        raise APIError(f"Cannot copy to {args.target!r}: images are copied to this server "
+                       "(local:)")
+    remote, name = rm.split(args.source)
+    if remote is None or not name:
+        raise APIError(f"Give the source as REMOTE:ALIAS (got {args.source!r})")
+    c = from_args(args)
+    body = {"source": remote.source(name, "virtual-machine" if args.vm else ""),
+            "auto_update": args.auto_update, "public": args.public,
+            "aliases": [{"name": a} for a in args.aliases]}
+    env = c.request("POST", "/1.0/images", body)
+    op = wait_download(c, env, "Copying the image")
+    fp = (op.get("metadata") or {}).get("fingerprint", "")
+    if args.aliases and fp:  # servers without image_create_aliases: make them here
+        have = {a["name"] for a in c.get(f"/1.0/images/{fp}").get("aliases") or []}
+        missing = [a for a in args.aliases if a not in have]
+        if missing:
+            ensure_aliases(c, missing, fp)
+    print(f"Image copied successfully! (fingerprint: {fp})")
+
+
+def refresh(args: Namespace) -> None:
+    c = from_args(args)
+    for name in args.names:
+        fp = _fingerprint(c, name)
+        env = c.request("POST", f"/1.0/images/{quote(fp, safe='')}/refresh")
+        from ..progress import wait_download
+
+        op = wait_download(c, env, f"Refreshing {name}")
+        if (op.get("metadata") or {}).get("refreshed"):
+            print(f"Image {name} refreshed successfully!")
+        else:
+            print(f"Image {name} already up to date.")
 
 
 def delete(args: Namespace) -> None:
@@ -235,8 +316,23 @@ def build_busybox(args: Namespace) -> None:
 
 def register(sub: Any) -> None:
     image = group(sub, "image")
-    p = command(image, "list", list_, "List images.")
+    p = command(image, "list", list_, "List images (here, or of a remote: REMOTE:).")
+    p.add_argument("remote", nargs="?", help="REMOTE: (see corral remote list)")
     add_format(p)
+    p = command(image, "copy", copy, "Copy an image from a remote here (REMOTE:ALIAS "
+                "local:).", "Pull an image from a remote (simplestreams, lxd or oci) into "
+                "this server, showing the download's progress.")
+    p.add_argument("source", help="REMOTE:ALIAS or REMOTE:FINGERPRINT")
+    p.add_argument("target", nargs="?", default="local:", help="local: (the default)")
+    p.add_argument("--alias", dest="aliases", action="append", default=[],
+                   help="may repeat")
+    p.add_argument("--auto-update", action="store_true",
+                   help="refresh it from its source every images.auto_update_interval")
+    p.add_argument("--public", action="store_true")
+    p.add_argument("--vm", action="store_true", help="the virtual-machine image")
+    p = command(image, "refresh", refresh, "Take the newer version of pulled images "
+                "(by alias, fingerprint or prefix) from their source.")
+    p.add_argument("names", nargs="+", metavar="NAME")
     p = command(image, "show", show, "Show an image (by alias, fingerprint or unique prefix).")
     p.add_argument("name")
     p = command(image, "import", import_, "Import an image file (unified), or a metadata "

@@ -90,12 +90,26 @@ def launch(args: Namespace) -> None:
         devices["root"] = {"type": "disk", "path": "/", "pool": args.storage}
     if args.network:
         devices["eth0"] = {"type": "nic", "network": args.network, "name": "eth0"}
-    body = {"name": name, "source": {"type": "image", "alias": args.image},
+    kind = "virtual-machine" if args.vm else "container"
+    source: dict[str, Any] = {"type": "image", "alias": args.image}
+    remote = None
+    if ":" in args.image:  # REMOTE:ALIAS (an oci REMOTE:name:tag), or local:ALIAS
+        from .. import remotes
+
+        remote, alias = remotes.split(args.image)
+        source = remote.source(alias) if remote is not None else {"type": "image",
+                                                                  "alias": alias}
+    body = {"name": name, "source": source,
             "profiles": list(args.profile) if args.profile else ["default"],
-            "config": parse_pairs(args.config), "devices": devices,
-            "type": "virtual-machine" if args.vm else "container"}
+            "config": parse_pairs(args.config), "devices": devices, "type": kind}
     print(f"Creating {name}", flush=True)
-    wait_op(c, c.request("POST", "/1.0/instances", body), f"Creating {name}")
+    env = c.request("POST", "/1.0/instances", body)
+    if remote is not None:  # a pull: its download's progress
+        from ..progress import wait_download
+
+        wait_download(c, env, "Retrieving image")
+    else:
+        wait_op(c, env, f"Creating {name}")
     print(f"Starting {name}", flush=True)
     set_state(c, name, "start", f"Starting {name}")
 
@@ -221,7 +235,8 @@ def register(sub: Any) -> None:
 
     p = command(sub, "launch", launch, description="Create an instance (a container, or "
                 "with --vm a VM) from an image and start it.")
-    p.add_argument("image")
+    p.add_argument("image", help="ALIAS or FINGERPRINT here, or REMOTE:ALIAS (corral "
+                   "remote list; an oci remote: REMOTE:NAME:TAG)")
     p.add_argument("name", nargs="?")
     p.add_argument("--profile", "-p", action="append", help="may repeat (default: default)")
     p.add_argument("--config", "-c", action="append", metavar="KEY=VALUE", help="may repeat")
