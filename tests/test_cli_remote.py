@@ -1,0 +1,195 @@
+"""``corral remote``, ``corral image list|copy|refresh`` and ``corral launch REMOTE:ALIAS``
+through the real ``corral`` CLI, against the session's stack and a simplestreams tree
+served over HTTPS on loopback (tests/simplestreams.py, a self-signed certificate).
+
+Each test has its own CORRAL_CONF (the remotes file), so nothing leaks between tests or
+into the user's ~/.config/corral.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .simplestreams import StreamServer, make_cert
+from .stack import BIN
+from .world import make_world
+
+pytestmark = pytest.mark.root
+if os.geteuid() != 0 or shutil.which("mksquashfs") is None:
+    pytest.skip("needs root and squashfs-tools", allow_module_level=True)
+
+V1, V2 = "20260101_0000", "20260102_0000"
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory, busybox_tarball):
+    srv = StreamServer(tmp_path_factory.mktemp("cli-streams") / "tree", busybox_tarball,
+                       os_name="clibox")
+    srv.add_version(V1, rootfs=("squashfs",))
+    with srv:
+        yield srv
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    return tmp_path / "corral-conf"
+
+
+def corral(stack, conf: Path, *args: str, timeout: float = 300, stdin: str | None = None
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "corral"), *args],
+                          env={**stack.env, "CORRAL_CONF": str(conf)}, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, (r.args, r.stdout, r.stderr)
+    return r
+
+
+def add_remote(stack, conf: Path, streams: StreamServer, name: str = "ss") -> None:
+    ok(corral(stack, conf, "remote", "add", name, streams.url, "--protocol",
+              "simplestreams", "--accept-certificate"))
+
+
+# -- remotes -----------------------------------------------------------------------------
+
+
+def test_remote_add_pins_the_certificate_only_when_accepted(stack, conf, streams):
+    from services.cli.remotes import fingerprint
+
+    r = corral(stack, conf, "remote", "add", "ss", streams.url, "--protocol",
+               "simplestreams")
+    assert r.returncode == 2, r.stderr
+    assert fingerprint(streams.cert_pem) in r.stderr and "--accept-certificate" in r.stderr
+    assert not (conf / "remotes.json").exists()  # nothing kept
+
+    r = ok(corral(stack, conf, "remote", "add", "ss", streams.url, "--protocol",
+                  "simplestreams", "--accept-certificate"))
+    assert fingerprint(streams.cert_pem) in r.stdout
+    f = conf / "remotes.json"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    saved = json.loads(f.read_text())["remotes"]["ss"]
+    assert saved["url"] == streams.url and saved["protocol"] == "simplestreams"
+    assert fingerprint(saved["certificate"]) == fingerprint(streams.cert_pem)
+
+    listed = json.loads(ok(corral(stack, conf, "remote", "list", "--format",
+                                  "json")).stdout)
+    assert [x["name"] for x in listed] == ["local", "ss"]
+    assert listed[1]["certificate_fingerprint"] == fingerprint(streams.cert_pem)
+
+    r = corral(stack, conf, "remote", "add", "ss", streams.url, "--protocol",
+               "simplestreams", "--accept-certificate")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    ok(corral(stack, conf, "remote", "rename", "ss", "ss2"))
+    ok(corral(stack, conf, "remote", "remove", "ss2"))
+    assert json.loads(ok(corral(stack, conf, "remote", "list", "--format",
+                                "json")).stdout) == [{"name": "local", "url": "unix://",
+                                                      "protocol": "lxd"}]
+    r = corral(stack, conf, "remote", "remove", "local")
+    assert r.returncode == 2 and "cannot be removed" in r.stderr
+
+
+def test_remote_add_bad_input(stack, conf):
+    r = corral(stack, conf, "remote", "add", "x", "http://192.0.2.1", "--protocol",
+               "simplestreams")
+    assert r.returncode == 2 and "https" in r.stderr
+    r = corral(stack, conf, "remote", "add", "x", "https://127.0.0.1:1", "--protocol",
+               "docker")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = corral(stack, conf, "remote", "add", "x", "https://127.0.0.1:1", "--protocol",
+               "simplestreams", "--accept-certificate")
+    assert r.returncode == 1 and "Cannot reach" in r.stderr
+    assert not (conf / "remotes.json").exists()
+
+
+def test_image_list_of_a_simplestreams_remote(stack, conf, streams):
+    add_remote(stack, conf, streams)
+    images = json.loads(ok(corral(stack, conf, "image", "list", "ss:", "--format",
+                                  "json")).stdout)
+    assert {i["fingerprint"] for i in images} == {streams.fingerprints[V1]["squashfs"]}
+    assert "clibox/1.36" in {a["name"] for a in images[0]["aliases"]}
+    rows = ok(corral(stack, conf, "image", "list", "ss:", "--format", "csv")).stdout
+    assert streams.fingerprints[V1]["squashfs"][:12] in rows
+
+
+def test_a_changed_certificate_is_refused(stack, conf, streams, tmp_path):
+    add_remote(stack, conf, streams)
+    f = conf / "remotes.json"
+    doc = json.loads(f.read_text())
+    doc["remotes"]["ss"]["certificate"] = make_cert(tmp_path / "other")[2]
+    f.write_text(json.dumps(doc))
+    r = corral(stack, conf, "image", "list", "ss:")
+    assert r.returncode == 1 and "not the one pinned" in r.stderr
+
+
+def test_oci_remote_cannot_list_and_unknown_remote_is_named(stack, conf):
+    ok(corral(stack, conf, "remote", "add", "hub", "http://127.0.0.1:5999", "--protocol",
+              "oci", "--user", "u", "--password", "p"))
+    assert json.loads((conf / "remotes.json").read_text())["remotes"]["hub"][
+        "credentials"] == "u:p"
+    r = corral(stack, conf, "image", "list", "hub:")
+    assert r.returncode == 1 and "no image listing" in r.stderr
+    r = corral(stack, conf, "launch", "nowhere:busybox")
+    assert r.returncode == 2 and "Unknown remote 'nowhere'" in r.stderr
+
+
+# -- pulls (the image service's pull core) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(api, stack, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        yield w
+
+
+def _images(api) -> dict[str, dict]:
+    return {i["fingerprint"]: i for i in api.get("/1.0/images",
+                                                 params={"recursion": 1}).json()["metadata"]}
+
+
+def _delete_image(api, fp: str) -> None:
+    r = api.delete(f"/1.0/images/{fp}")
+    if r.status_code == 202:
+        api.get(f"{r.json()['operation']}/wait", params={"timeout": 60})
+
+
+def test_image_copy_with_alias_auto_update_and_progress(stack, conf, streams, api, uid):
+    add_remote(stack, conf, streams)
+    fp = streams.fingerprints[V1]["squashfs"]
+    _delete_image(api, fp)
+    try:
+        r = ok(corral(stack, conf, "image", "copy", "ss:clibox/1.36", "local:", "--alias",
+                      uid, "--auto-update"))
+        assert fp in r.stdout
+        # not a tty: plain progress lines from download_progress
+        assert "Copying the image:" in r.stderr and "%" in r.stderr, r.stderr
+        img = _images(api)[fp]
+        assert img["auto_update"] is True and img["cached"] is False
+        assert [a["name"] for a in img["aliases"]] == [uid]
+        assert img["update_source"]["server"] == streams.url
+        assert img["update_source"]["alias"] == "clibox/1.36"
+        r = ok(corral(stack, conf, "image", "refresh", uid))
+        assert "already up to date" in r.stdout
+    finally:
+        _delete_image(api, fp)
+
+
+def test_launch_from_a_remote_alias(stack, conf, streams, api, world):
+    add_remote(stack, conf, streams)
+    fp = streams.fingerprints[V1]["squashfs"]
+    name = world.name("cli-pull")
+    ok(corral(stack, conf, "launch", "ss:clibox/1.36", name, "-p", world.profile))
+    inst = world.get(name)
+    assert inst["status"] == "Running"
+    assert inst["config"]["volatile.base_image"] == fp
+    assert _images(api)[fp]["cached"] is True
+    world.remove(name)
+    _delete_image(api, fp)
