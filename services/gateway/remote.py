@@ -24,9 +24,10 @@ from aiohttp import web
 
 from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.log import get_logger
+from shared.messages.image import SecretRequest
 from shared.models import ObjectRequest
 
-from . import responses, server_config, tls, trust
+from . import projects, responses, server_config, tls, trust
 from .kvmirror import KVMirror
 from .request import all_projects, project_of, read_json
 from .routing import listing
@@ -168,6 +169,12 @@ class RemoteAPI:
         route = resource.canonical if resource else request.path
         trust.check_access(who, request.method, route, project_of(request),
                            all_projects(request))
+        if route in trust.PUBLIC_IMAGE_ROUTES and request.query.get("secret"):
+            # LXD spends a presented secret whoever holds it (a trusted puller too)
+            if await self._secret_opens(request, trust.PUBLIC_IMAGE_ROUTES[route]) \
+                    or who.trusted:
+                return await handler(request)
+            raise NotFound("Image not found")
         if not who.trusted and route == "/1.0/images":
             return await self._public_images(request)
         if not who.trusted and route == "/1.0/images/aliases/{name}":
@@ -175,6 +182,15 @@ class RemoteAPI:
         elif not who.trusted and route in trust.PUBLIC_IMAGE_ROUTES:
             await self._require_public_image(request)
         return await handler(request)
+
+    async def _secret_opens(self, request: web.Request, use: str) -> bool:
+        """Whether the image's secret (``?secret=``, from ``POST /1.0/images/<fp>/secret``)
+        lets this request read it; the image service spends the read if so."""
+        await projects.resolve(self.ctx.bus, request)  # the project the secret was made in
+        req = SecretRequest(project=project_of(request), fingerprint=request.match_info[
+            "name"], secret=request.query.get("secret", ""), check=True, use=use)
+        reply = await self.ctx.ask("image", "secret", req)
+        return bool((reply.metadata or {}).get("valid"))
 
     async def _public_images(self, request: web.Request) -> web.Response:
         """``GET /1.0/images`` for an untrusted client: the public images only (LXD)."""
@@ -201,8 +217,10 @@ class RemoteAPI:
             raise NotFound("Image alias not found")
 
     async def _require_public_image(self, request: web.Request) -> None:
-        """An untrusted client sees an image only if it is public (404 otherwise, so it
-        learns nothing about private ones)."""
+        """An untrusted client sees an image only if it is public and of the default
+        project (LXD; 404 otherwise, so it learns nothing about private ones)."""
+        if project_of(request) != "default":
+            raise NotFound("Image not found")
         req = ObjectRequest(project=project_of(request), name=request.match_info["name"])
         try:
             reply = await self.ctx.ask("image", "get", req)

@@ -75,8 +75,14 @@ ROOT = Identity(protocol="unix", trusted=True, name="root")
 UNTRUSTED = {("GET", "/"), ("GET", "/1.0"), ("GET", "/1.0/"), ("HEAD", "/1.0"),
              ("POST", "/1.0/certificates"), ("GET", "/1.0/images/{name}"),
              ("HEAD", "/1.0/images/{name}"), ("GET", "/1.0/images/{name}/export"),
-             ("GET", "/1.0/images"), ("GET", "/1.0/images/aliases/{name}")}
-PUBLIC_IMAGE_ROUTES = ("/1.0/images/{name}", "/1.0/images/{name}/export")
+             ("GET", "/1.0/images"), ("GET", "/1.0/images/aliases/{name}"),
+             # the simplestreams tree of the public images (routes/image_serve.py)
+             ("GET", "/streams/v1/index.json"), ("HEAD", "/streams/v1/index.json"),
+             ("GET", "/streams/v1/images.json"), ("HEAD", "/streams/v1/images.json"),
+             ("GET", "/images/{fingerprint}/{file}"), ("HEAD", "/images/{fingerprint}/{file}")}
+# Image reads an untrusted client may make of a public image, or of a private one with its
+# secret (``?secret=``): the read each route is, as the image service counts a secret's uses.
+PUBLIC_IMAGE_ROUTES = {"/1.0/images/{name}": "info", "/1.0/images/{name}/export": "export"}
 
 
 def check_access(identity: Identity, method: str, route: str, project: str,

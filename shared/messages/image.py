@@ -118,11 +118,13 @@ class SecretRequest(Request):
     """``image.secret`` (``POST /1.0/images/<fp>/secret``): an operation holding a
     one-time secret that lets an untrusted client read this (private) image once.
     ``check`` set: the gateway asks whether ``secret`` is valid for ``fingerprint``
-    (reply metadata ``{"valid": bool}``)."""
+    (reply metadata ``{"valid": bool}``) for the read ``use``: ``info`` (``GET
+    /1.0/images/<fp>``) or ``export``; a valid answer spends that read."""
 
     fingerprint: str
     secret: str = ""
     check: bool = False
+    use: str = "info"
 
 
 class StreamsRequest(Request):
