@@ -15,6 +15,7 @@ from shared.errors import BadRequest
 
 from . import disk_rules, limits, snapshot_schedule
 from .drivers.lxc_config import check_raw_lxc_values, parse_raw_lxc
+from .drivers.oci_app import check_keys as check_oci_keys
 from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
 
 # Plain keys we implement; the prefixes below take any suffix.
@@ -48,7 +49,10 @@ def check_config(config: Any) -> dict[str, str]:
             elif k in INT_KEYS and v and not v.lstrip("-").isdigit():
                 raise BadRequest(f"Invalid value {v!r} for {k}: expected an integer")
             continue
+        if k.startswith("oci."):
+            continue  # checked together below
         raise BadRequest(f"Unknown configuration key: {k}")
+    check_oci_keys(cfg)
     limits.validate_limits(cfg)
     snapshot_schedule.check_config(cfg)
     return cfg
@@ -126,6 +130,10 @@ async def check_for_type(instance_type: str, config: dict[str, str]) -> None:
             if config.get(k):
                 raise BadRequest(f"Invalid config: {k} applies to containers only, not to "
                                  f"a {instance_type}")
+        oci = sorted(k for k, v in config.items() if k.startswith("oci.") and v)
+        if oci:
+            raise BadRequest(f"Invalid config: {', '.join(oci)} applies to application "
+                             f"containers only, not to a {instance_type}")
         return
     raw = config.get("raw.lxc", "")
     if raw:

@@ -20,7 +20,7 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal
 
 from .. import idmap as idmaps
 from .. import limits
-from . import cgroups, disk_mounts, files, lxc_config, lxc_exec, netstate
+from . import cgroups, disk_mounts, files, lxc_config, lxc_exec, netstate, oci_app
 from .base import (
     PRIVATE_FILE,
     SPEC_FILE,
@@ -119,8 +119,13 @@ class LXCDriver(SpecDir, InstanceDriver):
     def _write_config(self, name: str, data: dict) -> None:
         spec = _spec(data)
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
-        text = lxc_config.render(spec, self.lxcpath, Path(data["spec"]["rootfs_path"]), imap,
-                                 idmapped=not data["shifted"])
+        rootfs = Path(data["spec"]["rootfs_path"])
+        text = lxc_config.render(spec, self.lxcpath, rootfs, imap, idmapped=not data["shifted"])
+        if oci_app.is_app(rootfs):  # an application container (see oci_app)
+            text += "\n".join(oci_app.config_lines(oci_app.process(rootfs, spec.config),
+                                                   spec.nics)) + "\n"
+        else:
+            oci_app.refuse_on_system(spec.config)
         if _disks(data["spec"]):  # mounted before init runs (see disk_mounts)
             text += "lxc.hook.start-host = " + disk_mounts.hook_command(
                 self._dir(name) / DISKS_LISTING) + "\n"
@@ -246,13 +251,21 @@ class LXCDriver(SpecDir, InstanceDriver):
         disk_mounts.write_hook_listing(
             listing, _disks(data["spec"]), imap is not None,
             (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
-        saved = cgroups.own_cgroups()
-        try:
-            ok = c.start(close_fds=True)
-        finally:
-            cgroups.return_to(saved)
-        if ok:
-            ok = _wait_for(c, "RUNNING", 10)
+        rootfs = Path(data["spec"]["rootfs_path"])
+        if oci_app.is_app(rootfs):
+            oci_app.start(self.lxcpath, name, oci_app.process(rootfs, data["spec"]["config"]),
+                          items)
+            ok = oci_app.wait_started(c, self.lxcpath, name, 10)
+            if ok:
+                return  # running, or already exited (its status is kept)
+        else:
+            saved = cgroups.own_cgroups()
+            try:
+                ok = c.start(close_fds=True)
+            finally:
+                cgroups.return_to(saved)
+            if ok:
+                ok = _wait_for(c, "RUNNING", 10)
         if not ok or c.init_pid <= 0:
             why = disk_mounts.hook_error(listing)
             if why:
@@ -319,6 +332,9 @@ class LXCDriver(SpecDir, InstanceDriver):
                "cpu": {"usage": 0},
                "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
                "network": None, "disk": {}}
+        last = oci_app.exit_code(self.lxcpath, name)  # an application that ended
+        if last is not None and code == 102:
+            out["exit_code"] = last
         pid = c.init_pid if c is not None and code not in (102, 112) else -1
         if pid > 0:
             out["pid"] = pid

@@ -1,0 +1,206 @@
+"""Application containers: an instance made from an OCI image runs the image's process.
+
+Why a separate module: the LXC driver treats every container alike; only the start
+differs. An instance is an application container when its volume holds the OCI runtime
+``config.json`` beside ``rootfs/`` (what the OCI fetcher puts in the image's metadata
+tarball, Incus's layout); nothing else marks it, so copies, moves and backups of the
+volume stay application containers.
+
+How it runs: ``lxc-execute`` (LXC's application-container mode: LXC's static
+``init.lxc`` is PID 1, forwards signals and reaps, and the container stops when the
+process exits) started detached from the service, in a session of its own, with the
+process's stdout/stderr appended to the console log (``lxc console --show-log``). A
+shell around it writes the exit status to ``oci-exit-code`` in the container's dir:
+LXC's daemonized start loses it. The command, cwd, uid/gid and environment come from
+the image (``process`` of config.json), ``oci.entrypoint``/``oci.cwd``/``oci.uid``/
+``oci.gid`` override them, ``environment.*`` keys add to the environment.
+
+Networking: an application has no DHCP client, so each NIC on a host bridge gets a
+static IPv4 address chosen here from local facts only: the bridge's own address and
+prefix (the gateway) and the NIC's MAC, hashed into the subnet's upper half (dnsmasq
+pings an address before it leases it, so a collision is avoided on its side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BadRequest
+
+from .base import Nic
+
+CONFIG = "config.json"  # the OCI runtime config, at the root of the instance's volume
+EXIT_CODE = "oci-exit-code"
+KEYS = ("oci.entrypoint", "oci.cwd", "oci.uid", "oci.gid")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def is_app(rootfs: Path) -> bool:
+    """Whether the container whose root is ``rootfs`` came from an OCI image."""
+    return (Path(rootfs).parent / CONFIG).is_file()
+
+
+def check_keys(config: dict[str, str]) -> None:
+    """400 for a bad ``oci.*`` value (no host access: the create/update checks)."""
+    for k, v in config.items():
+        if not k.startswith("oci.") or v == "":
+            continue
+        if k not in KEYS:
+            raise BadRequest(f"Unknown configuration key: {k} (OCI keys: {', '.join(KEYS)})")
+        if k in ("oci.uid", "oci.gid") and not (v.isdigit() and int(v) < 2**32 - 1):
+            raise BadRequest(f"Invalid value {v!r} for {k}: expected a numeric id")
+        if k == "oci.cwd" and not v.startswith("/"):
+            raise BadRequest(f"Invalid value {v!r} for oci.cwd: expected an absolute path")
+        if k == "oci.entrypoint":
+            try:
+                if not shlex.split(v):
+                    raise ValueError("empty")
+            except ValueError as e:
+                raise BadRequest(f"Invalid value for oci.entrypoint: {e} (a command line "
+                                 "quoted as a shell would)") from None
+        if "\n" in v or "\0" in v:
+            raise BadRequest(f"Invalid value for {k}: no newlines")
+
+
+def process(rootfs: Path, config: dict[str, str]) -> dict[str, Any]:
+    """The process to run: the image's, with the instance's overrides applied."""
+    try:
+        doc = json.loads((Path(rootfs).parent / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise BadRequest(f"The application container's OCI config is unreadable: {e}") \
+            from None
+    proc = doc.get("process") or {}
+    user = proc.get("user") or {}
+    out: dict[str, Any] = {
+        "args": [str(a) for a in proc.get("args") or []],
+        "cwd": str(proc.get("cwd") or "/"), "uid": int(user.get("uid") or 0),
+        "gid": int(user.get("gid") or 0),
+        "env": dict(str(e).split("=", 1) for e in proc.get("env") or [] if "=" in str(e))}
+    if config.get("oci.entrypoint"):
+        out["args"] = shlex.split(config["oci.entrypoint"])
+    if config.get("oci.cwd"):
+        out["cwd"] = config["oci.cwd"]
+    if config.get("oci.uid"):
+        out["uid"] = int(config["oci.uid"])
+    if config.get("oci.gid"):
+        out["gid"] = int(config["oci.gid"])
+    out["env"].setdefault("PATH", DEFAULT_PATH)
+    out["env"].update({k.removeprefix("environment."): v for k, v in config.items()
+                       if k.startswith("environment.")})
+    if not out["args"]:
+        raise BadRequest("The OCI image has no entrypoint or command: set oci.entrypoint")
+    return out
+
+
+def config_lines(proc: dict[str, Any], nics: list[Nic]) -> list[str]:
+    """LXC config lines of an application container (appended to the rendered config)."""
+    lines = [f"lxc.init.cwd = {proc['cwd']}", f"lxc.init.uid = {proc['uid']}",
+             f"lxc.init.gid = {proc['gid']}",
+             # A plain app binds low ports as any user, as in Incus.
+             "lxc.sysctl.net.ipv4.ip_unprivileged_port_start = 0",
+             # No init mounts /run: an empty tmpfs, as a runtime gives it.
+             "lxc.mount.entry = none run tmpfs rw,nosuid,nodev,mode=755,create=dir,optional"]
+    for k, v in proc["env"].items():
+        if "\n" in k + v or "=" in k or not k:
+            raise BadRequest(f"Invalid environment variable {k!r} for the application")
+        lines.append(f"lxc.environment = {k}={v}")
+    for i, nic in enumerate(nics):
+        addr = static_address(nic)
+        if addr:
+            lines += [f"lxc.net.{i}.ipv4.address = {addr[0]}",
+                      f"lxc.net.{i}.ipv4.gateway = {addr[1]}"]
+    return lines
+
+
+def bridge_ipv4(bridge: str) -> ipaddress.IPv4Interface | None:
+    """The bridge's first IPv4 address with its prefix, from the host (None: none)."""
+    try:
+        res = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", bridge],
+                             capture_output=True, text=True, timeout=5)
+        for link in json.loads(res.stdout or "[]"):
+            for a in link.get("addr_info") or []:
+                return ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return None
+    return None
+
+
+def static_address(nic: Nic) -> tuple[str, str] | None:
+    """("address/prefix", "gateway") for a NIC on a bridge with IPv4, else None."""
+    bridge = nic.bridge or (nic.parent if nic.nictype == "bridged" else "")
+    if not bridge or not nic.hwaddr:
+        return None
+    gw = bridge_ipv4(bridge)
+    if gw is None or gw.network.num_addresses < 8:
+        return None
+    net = gw.network
+    half = net.num_addresses // 2
+    h = int.from_bytes(hashlib.sha256(nic.hwaddr.lower().encode()).digest()[:8], "big")
+    for step in range(half - 1):
+        cand = net.network_address + half + (h + step) % (half - 1)
+        if cand != gw.ip and cand != net.broadcast_address:
+            return f"{cand}/{net.prefixlen}", str(gw.ip)
+    return None
+
+
+def start(lxcpath: Path, name: str, proc: dict[str, Any],
+          items: list[tuple[str, str]]) -> None:
+    """Run the application detached (see the module doc); returns once launched. The
+    caller waits for RUNNING and reads the log on failure. ``items``: config items for
+    this start only (limits), passed as ``--define``."""
+    d = Path(lxcpath) / name
+    (d / EXIT_CODE).unlink(missing_ok=True)
+    defines = [a for k, v in items for a in ("-s", f"{k}={v}")]
+    argv = ["lxc-execute", "-n", name, "-P", str(lxcpath), "-o", str(d / "lxc.log"),
+            "-l", "WARN", *defines, "--", *proc["args"]]
+    # "$1": where the status goes; the rest is lxc-execute's argv, never re-parsed.
+    script = 'out=$1; shift; "$@"; echo $? > "$out.tmp" && mv "$out.tmp" "$out"'
+    log = os.open(d / "console.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                  0o600)
+    try:
+        child = subprocess.Popen(["/bin/sh", "-c", script, "sh", str(d / EXIT_CODE), *argv],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True, close_fds=True)
+    finally:
+        os.close(log)
+    # Reap it when it ends (the container may outlive this service: it is then init's).
+    threading.Thread(target=child.wait, daemon=True, name=f"oci-{name}").start()
+
+
+def exit_code(lxcpath: Path, name: str) -> int | None:
+    """The application's last exit status (None: never exited since its last start)."""
+    try:
+        return int((Path(lxcpath) / name / EXIT_CODE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_started(c: Any, lxcpath: Path, name: str, timeout: float) -> bool:
+    """Until the container runs, or its application already ended (a short-lived
+    command is a successful start too); False when neither happened in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.state == "RUNNING" and c.init_pid > 0:
+            return True
+        if exit_code(lxcpath, name) is not None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def refuse_on_system(config: dict[str, str]) -> None:
+    """``oci.*`` keys mean nothing to a system container: a 400 (Incus refuses them at
+    start), never stored unused."""
+    keys = sorted(k for k, v in config.items() if k.startswith("oci.") and v)
+    if keys:
+        raise BadRequest(f"{', '.join(keys)}: only for application containers (instances "
+                         "made from an OCI image)")

@@ -1,0 +1,275 @@
+"""OCI application containers: images from a real registry on loopback, run as apps.
+
+The registry is Debian's docker-registry with TLS (a self-signed certificate the test
+passes as ``source.certificate``) and basic auth; the images are built here from
+busybox with umoci and pushed with skopeo (tests/oci_registry.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from services.image.fetch_oci import FETCHER
+from shared.messages.image import PullSource
+
+from .oci_registry import build_busybox_image, free_port, start_registry
+from .stack import wait_for
+from .world import make_world, wait_op
+
+pytestmark = pytest.mark.root
+for tool in ("skopeo", "umoci", "docker-registry", "lxc-execute"):
+    if shutil.which(tool) is None:
+        pytest.skip(f"needs {tool}", allow_module_level=True)
+
+USER, PASSWORD = "corral", "s3cret-pw"
+ECHO = ("echo hello-$FOO from $(pwd) as $(id -u):$(id -g); cat /etc/motd; "
+        "ls /etc/gone 2>/dev/null || echo gone-is-gone; exit 3")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A TLS + basic-auth registry with an echoing app (exits 3) and a sleeper."""
+    d = tmp_path_factory.mktemp("oci")
+    reg = start_registry(d / "registry", USER, PASSWORD)
+    try:
+        work = d / "build"
+        work.mkdir()
+        lay = build_busybox_image(work, "echo", entrypoint=["/bin/sh", "-c"], cmd=[ECHO],
+                                  env=["FOO=bar", "PATH=/bin"], workdir="/srv/app")
+        reg.push(lay, "echo", "corral/echo:v1")
+        build_busybox_image(work, "sleep", entrypoint=["/bin/sleep"], cmd=["600"],
+                            env=["PATH=/bin"], workdir="/srv/app", user="1000:1000")
+        reg.push(lay, "sleep", "corral/sleep:v1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="btrfs") as w:
+        yield w
+
+
+def source(reg, alias: str, **kw) -> PullSource:
+    base = {"server": reg.server, "protocol": "oci", "alias": alias,
+            "certificate": reg.certificate, "credentials": reg.credentials}
+    return PullSource(**{**base, **kw})
+
+
+async def _noprogress(part: str, done: int, total: int) -> None:
+    pass
+
+
+def fetch(src: PullSource, work: Path):
+    async def go():
+        remote = await FETCHER.resolve(src, "container")
+        return remote, await FETCHER.download(src, remote, work, _noprogress)
+    return asyncio.run(go())
+
+
+def fetch_error(src: PullSource, instance_type: str = "container"):
+    async def go():
+        try:
+            await FETCHER.resolve(src, instance_type)
+        except Exception as e:  # noqa: BLE001 - the error is what is tested
+            return e
+        raise AssertionError("resolve did not fail")
+    return asyncio.run(go())
+
+
+def import_by_hand(api, world, src: PullSource, work: Path) -> str:
+    """The fetcher's files uploaded as a split image (the pull path does this itself)."""
+    work.mkdir(parents=True, exist_ok=True)
+    _remote, got = fetch(src, work)
+    with open(got.meta, "rb") as m, open(got.rootfs, "rb") as rf:
+        r = api.post("/1.0/images", files={"metadata": (got.meta.name, m),
+                                           "rootfs": (got.rootfs.name, rf)})
+    op = wait_op(api, r)
+    assert op["status"] == "Success", op["err"]
+    return op["metadata"]["fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def images(api, world, registry, tmp_path_factory):
+    d = tmp_path_factory.mktemp("oci-import")
+    fps = {"echo": import_by_hand(api, world, source(registry, "corral/echo:v1"), d / "e"),
+           "sleep": import_by_hand(api, world, source(registry, "corral/sleep:v1"), d / "s")}
+    yield fps
+    for fp in fps.values():
+        api.delete(f"/1.0/images/{fp}")
+
+
+def create(world, tag: str, fp: str, **config: str) -> str:
+    return world.create(tag, source={"type": "image", "fingerprint": fp},
+                        profiles=[world.profile], config=config)
+
+
+def console_log(api, name: str) -> str:
+    r = api.get(f"/1.0/instances/{name}/console")
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+# ---- the fetcher ----------------------------------------------------------------------
+
+def test_fetcher_makes_a_split_image(registry, tmp_path):
+    remote, got = fetch(source(registry, "corral/echo:v1"), tmp_path)
+    assert remote.fingerprint == registry.pushed["corral/echo:v1"].split(":")[1]
+    assert remote.type == "container" and remote.properties["type"] == "oci"
+    assert got.fingerprint_is_content is False and got.rootfs_part == "rootfs"
+    with tarfile.open(got.meta) as tf:
+        assert sorted(tf.getnames()) == ["config.json", "metadata.yaml"]
+        cfg = json.load(tf.extractfile("config.json"))
+    assert cfg["process"]["args"] == ["/bin/sh", "-c", ECHO]
+    assert cfg["process"]["cwd"] == "/srv/app" and "FOO=bar" in cfg["process"]["env"]
+    listing = subprocess.run(["unsquashfs", "-lln", str(got.rootfs)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "/etc/motd" in listing and "/bin/busybox" in listing
+    assert "/etc/gone" not in listing  # the later layer's whiteout was applied
+    assert any(ln.split()[1] == "1000/1000" and ln.endswith("/srv/app")
+               for ln in listing.splitlines())
+    # Pinned by digest: the same image, the same fingerprint.
+    by_digest = fetch_error_free(source(registry, "corral/echo@"
+                                        + registry.pushed["corral/echo:v1"]))
+    assert by_digest.fingerprint == remote.fingerprint
+
+
+def fetch_error_free(src: PullSource):
+    return asyncio.run(FETCHER.resolve(src, "container"))
+
+
+def test_fetcher_errors(registry, tmp_path):
+    e = fetch_error(source(registry, "corral/echo:nope"))
+    assert e.code == 404 and "not found" in e.message
+    assert fetch_error(source(registry, "corral/absent:v1")).code == 404
+    e = fetch_error(source(registry, "corral/echo:v1", credentials=f"{USER}:wrong"))
+    assert e.code == 403 and "credentials" in e.message
+    assert fetch_error(source(registry, "corral/echo:v1", credentials="")).code == 403
+    e = fetch_error(source(registry, "corral/echo:v1", certificate=""))
+    assert e.code == 503 and "source.certificate" in e.message
+    e = fetch_error(source(registry, "corral/echo:v1", server=f"https://127.0.0.1:{free_port()}"))
+    assert e.code == 503 and "cannot be reached" in e.message
+    assert fetch_error(source(registry, "Bad Name:v1")).code == 400
+    assert fetch_error(source(registry, "corral/echo@sha256:1234")).code == 400
+    e = fetch_error(source(registry, "corral/echo@sha256:" + "0" * 64))
+    assert e.code == 404
+    assert fetch_error(source(registry, "corral/echo:v1"), "virtual-machine").code == 400
+
+
+def test_registry_down_after_resolve(tmp_path):
+    """The registry stops between resolve and download: a 503, and no files left."""
+    reg = start_registry(tmp_path / "r2")
+    try:
+        lay = build_busybox_image(tmp_path / "b", "x", entrypoint=["/bin/true"])
+        reg.push(lay, "x", "corral/x:v1")
+        src = PullSource(server=reg.server, protocol="oci", alias="corral/x:v1",
+                         certificate=reg.certificate)
+        remote = asyncio.run(FETCHER.resolve(src, "container"))
+        assert remote.fingerprint == reg.pushed["corral/x:v1"].split(":")[1]
+    finally:
+        reg.stop()
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(Exception) as exc:
+        asyncio.run(FETCHER.download(src, remote, work, _noprogress))
+    assert getattr(exc.value, "code", None) == 503
+
+
+# ---- the runtime ----------------------------------------------------------------------
+
+def test_app_runs_logs_and_keeps_its_exit_code(world, api, images):
+    name = create(world, "echo", images["echo"])
+    cfg = world.get(name)["config"]
+    assert cfg["image.type"] == "oci"
+    world.state(name, "start")
+    wait_for(lambda: world.live(name)["status"] == "Stopped", 30)
+    assert world.live(name).get("exit_code") == 3
+    log = console_log(api, name)
+    assert "hello-bar from /srv/app as 0:0" in log
+    assert "oci image echo" in log and "gone-is-gone" in log
+    # Again, with the overrides: the entrypoint, cwd, ids and an environment key.
+    r = api.patch(f"/1.0/instances/{name}", json={"config": {
+        "oci.entrypoint": "/bin/sh -c 'echo again-$FOO-$EXTRA in $(pwd) as $(id -u):$(id -g)'",
+        "oci.cwd": "/etc", "oci.uid": "1000", "oci.gid": "1000",
+        "environment.EXTRA": "x y"}})
+    assert wait_op(api, r)["status"] == "Success"
+    world.state(name, "start")
+    wait_for(lambda: "again-" in console_log(api, name), 30)
+    wait_for(lambda: world.live(name)["status"] == "Stopped", 30)
+    assert "again-bar-x y in /etc as 1000:1000" in console_log(api, name)
+    assert world.live(name).get("exit_code") == 0
+    world.remove(name)
+
+
+def test_running_app_exec_files_network_stop_delete(world, api, stack, images):
+    name = create(world, "sleep", images["sleep"])
+    world.state(name, "start")
+    live = world.live(name)
+    assert live["status"] == "Running"
+    r = api.post(f"/1.0/instances/{name}/exec", json={
+        "command": ["/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; id -u; "
+                    "cat /srv/app/hello.txt; ip -4 addr show eth0"],
+        "wait-for-websocket": False, "record-output": True, "interactive": False})
+    op = wait_op(api, r)
+    assert op["metadata"]["return"] == 0, op
+    out = api.get(op["metadata"]["output"]["1"]).text
+    assert "hello from the image" in out and "inet " in out  # a static address
+    # The app itself runs under LXC's init, as the image's user.
+    ps = api.post(f"/1.0/instances/{name}/exec", json={
+        "command": ["/bin/sh", "-c", "for p in /proc/[0-9]*; do "
+                    "[ \"$(cat $p/comm)\" = sleep ] && stat -c %u $p; done"],
+        "wait-for-websocket": False, "record-output": True, "interactive": False})
+    op = wait_op(api, ps)
+    assert api.get(op["metadata"]["output"]["1"]).text.split() == ["1000"]
+    # Files both ways.
+    r = api.post(f"/1.0/instances/{name}/files", params={"path": "/srv/put.txt"},
+                 content=b"pushed", headers={"X-LXD-type": "file"})
+    assert r.status_code == 200, r.text
+    assert api.get(f"/1.0/instances/{name}/files",
+                   params={"path": "/srv/put.txt"}).content == b"pushed"
+    # The gateway answers ping at the static address: the NIC works.
+    addr = next(a["address"] for a in live["network"]["eth0"]["addresses"]
+                if a["family"] == "inet")
+    ping = api.post(f"/1.0/instances/{name}/exec", json={
+        "command": ["/bin/sh", "-c", "ip -4 route | grep default"],
+        "wait-for-websocket": False, "record-output": True, "interactive": False})
+    op = wait_op(api, ping)
+    assert "default via" in api.get(op["metadata"]["output"]["1"]).text, addr
+    t = time.monotonic()
+    world.state(name, "stop", timeout=20)
+    assert time.monotonic() - t < 15  # init.lxc forwards the stop signal to the app
+    assert world.live(name)["status"] == "Stopped"
+    world.remove(name)
+    assert not world.lxc_dir(name).exists()
+
+
+def test_oci_keys_are_checked(world, api, images):
+    for key, value in (("oci.uid", "root"), ("oci.cwd", "relative"),
+                       ("oci.entrypoint", "'unbalanced"), ("oci.nope", "1")):
+        r = api.post("/1.0/instances", json={
+            "name": world.name("bad"), "profiles": [world.profile],
+            "source": {"type": "image", "fingerprint": images["sleep"]},
+            "config": {key: value}})
+        assert r.status_code == 400 and key in r.text, (key, r.text)
+    # On a system container the keys mean nothing: refused, nothing left behind.
+    bad = world.name("sys")
+    r = api.post("/1.0/instances", json={
+        "name": bad, "profiles": [world.profile],
+        "source": {"type": "image", "alias": world.image},
+        "config": {"oci.entrypoint": "/bin/true"}})
+    if r.status_code == 202:
+        op = wait_op(api, r, ok=False)
+        assert op["status"] == "Failure" and "application containers" in op["err"]
+    else:
+        assert r.status_code == 400 and "application containers" in r.text
+    assert api.get(f"/1.0/instances/{bad}").status_code == 404
+    assert not world.lxc_dir(bad).exists()
