@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -22,6 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from services.image import streams_tree
+from shared.image.format import normalize_architecture
+from shared.image.simplestreams import Catalog
 
 from .stack import wait_for
 from .test_https import free_port, https, make_client_cert
@@ -190,6 +195,12 @@ def test_tree_shapes_and_files_match_their_checksums(api, served):
         assert entry["datatype"] == "image-downloads" and entry["format"] == "products:1.0"
         products = c.get("/" + entry["path"]).json()
         assert products["format"] == "products:1.0"
+        # the pull side's parser (LXD's rules) reads each alias as the image it names here
+        catalog = Catalog.from_documents([c.get("/" + entry["path"]).json()],
+                                         normalize_architecture(os.uname().machine))
+        for kind in ("unified", "squashfs", "targz", "vm"):
+            assert catalog.find(alias=served.aliases[kind]).fingerprint == served.fps[kind]
+        assert catalog.find(fingerprint=served.fps["newer"]).type == "container"
         assert set(entry["products"]) == set(products["products"])
         seen: dict[str, dict[str, Any]] = {}
         for pname, product in products["products"].items():
@@ -345,3 +356,44 @@ def test_secret_opens_a_private_image_once(api, served, tmp_path):
         assert c.get(f"/1.0/images/{fp}/export",
                      params={"secret": op2["metadata"]["secret"]}).status_code == 404
     assert api.post("/1.0/images/0123456789ab/secret").status_code == 404
+
+
+# -- the tree's rules (pure) --------------------------------------------------------------
+
+def _rec(fp: str, uploaded: str, *, os_: str = "busybox", aliases: int = 0,
+         kind: str = "container", rootfs: str | None = None) -> dict[str, Any]:
+    return {"fingerprint": fp, "architecture": "x86_64", "type": kind,
+            "uploaded_at": uploaded, "properties": {"os": os_, "release": "1"} if os_ else {},
+            "_blob": {"meta": f"{fp}.meta", "meta_ext": ".tar.xz",
+                      "rootfs": f"{fp}.rootfs" if rootfs else None, "rootfs_ext": rootfs}}
+
+
+def test_tree_rules_products_versions_and_aliases():
+    fps = {n: n * 64 for n in "abcdef"}
+    recs = [_rec(fps["a"], "2026-01-01T00:00:00Z"),  # older, own alias: own product
+            _rec(fps["b"], "2026-01-02T00:00:00Z"),  # older, no alias: a version
+            _rec(fps["c"], "2026-01-03T00:00:00Z", rootfs=".squashfs"),  # newest: product
+            _rec(fps["d"], "2026-01-03T00:00:00Z", os_=""),  # no os: a product of its own
+            _rec(fps["e"], "2026-01-01T00:00:00Z", kind="virtual-machine"),  # unified VM
+            _rec(fps["f"], "2026-01-01T00:00:00Z", kind="virtual-machine", rootfs=".qcow2")]
+    aliases = [{"name": "old", "target": fps["a"]}, {"name": "cur", "target": fps["c"]},
+               {"name": "x,y", "target": fps["c"]}, {"name": "vm", "target": fps["f"]}]
+    info = {o: streams_tree.FileInfo("0" * 64, 1) for r in recs
+            for o in (r["_blob"]["meta"], r["_blob"]["rootfs"]) if o}
+    tree = streams_tree.build(recs, aliases, info)
+    products = tree.products["products"]
+    main = products["busybox:1:amd64:default"]
+    assert main["aliases"] == "cur"  # a name with a comma cannot be a product alias
+    assert sorted(main["versions"]) == ["20260102_000000", "20260103_000000"]
+    newest = main["versions"]["20260103_000000"]["items"]
+    assert newest["lxd.tar.xz"]["combined_squashfs_sha256"] == fps["c"]
+    assert newest["squashfs"]["path"] == f"images/{fps['c']}/root.squashfs"
+    assert products[f"busybox:1:amd64:default:{fps['a'][:12]}"]["aliases"] == "old"
+    assert f"image:{fps['d'][:12]}:amd64" in products
+    vm = products["busybox:1:amd64:default:vm"]
+    assert vm["aliases"] == "vm" and len(vm["versions"]) == 1  # the unified VM is left out
+    item = next(iter(vm["versions"].values()))["items"]
+    assert item["lxd.tar.xz"]["combined_disk-kvm-img_sha256"] == fps["f"]
+    assert fps["e"] not in json.dumps(tree.products)
+    assert set(tree.index["index"]["images"]["products"]) == set(products)
+    assert tree.files[f"images/{fps['b']}/lxd_combined.tar.xz"].object == f"{fps['b']}.meta"
