@@ -36,12 +36,21 @@ from shared.state import Store, key, mutate
 
 from .aliases import Aliases, in_project
 from .context import ImageContext
+from .fetchers import Remote
 from .images import Images
 from .protocols import fetcher
 
 CHECKED = "_update_checked_at"
-# pull(request, operation or None) -> {"fingerprint": fp, ...}: the pull core's entry.
-Puller = Callable[[PullRequest, Any], Awaitable[dict[str, Any]]]
+# pull(request, resolved remote, operation) -> {"fingerprint": fp, ...}: the pull core's
+# download-and-import of an image already resolved (the refresh resolved it to compare).
+Puller = Callable[[PullRequest, Remote, Any], Awaitable[dict[str, Any]]]
+
+
+class _NoOperation:
+    """Where a periodic refresh's progress goes: nowhere (no client waits for it)."""
+
+    async def set_metadata(self, **_metadata: Any) -> None:
+        return None
 
 
 # -- pure rules ---------------------------------------------------------------------------
@@ -143,7 +152,7 @@ class Lifecycle:
                 request_id=f"refresh-{project}-{fp}-{remote.fingerprint}",
                 cached=bool(old.get("cached")), instance_type=old["type"],
                 auto_update=bool(old.get("auto_update")), public=bool(old.get("public")),
-                profiles=old.get("profiles")), op)
+                profiles=old.get("profiles")), remote, op or _NoOperation())
             new_fp = done["fingerprint"]
             if new_fp == fp:
                 return False

@@ -19,6 +19,7 @@ from shared.models import Reply
 from shared.service import endpoint
 
 from . import records
+from .fetchers import Remote
 from .lifecycle import Lifecycle
 
 # LXD's extension for what is implemented here: POST /1.0/images/<fp>/refresh (the
@@ -52,11 +53,12 @@ class LifecycleMixin:
                                    self._pull_for_refresh)
         self._image_task = asyncio.create_task(self._image_task_loop())
 
-    async def _pull_for_refresh(self, req: PullRequest, op: Any) -> dict[str, Any]:
-        """The pull core's entry, for a refresh (the new version of an image)."""
-        from . import pull
-
-        return await pull.run(self.ctx, self.alias_logic, req, op)
+    async def _pull_for_refresh(self, req: PullRequest, remote: Remote, op: Any
+                                ) -> dict[str, Any]:
+        """The pull core's download-and-import (``pull.Pulls``, see pull_api.py) of the
+        version the refresh resolved, inside the refresh's own operation: one download
+        lock per fingerprint with any other pull of it, progress as download_progress."""
+        return await self.pulls._run(req, remote, op)  # type: ignore[attr-defined]
 
     async def _image_task_loop(self) -> None:
         interval = task_interval()
