@@ -193,3 +193,34 @@ def test_launch_from_a_remote_alias(stack, conf, streams, api, world):
     assert _images(api)[fp]["cached"] is True
     world.remove(name)
     _delete_image(api, fp)
+
+
+def test_image_list_of_a_corral_over_lxd_and_its_simplestreams_tree(stack, conf, api,
+                                                                    world):
+    """This Corral's HTTPS listener as a remote (its self-signed leaf certificate pinned):
+    over the lxd protocol an untrusted client sees public images only; its served
+    simplestreams tree lists the same."""
+    from .simplestreams import free_port
+
+    before = api.get("/1.0").json()["metadata"]["config"].get("core.https_address", "")
+    port = free_port()
+    assert api.patch("/1.0", json={"config": {"core.https_address": f"127.0.0.1:{port}"}}
+                     ).status_code == 200
+    try:
+        url = f"https://127.0.0.1:{port}"
+        ok(corral(stack, conf, "remote", "add", "me", url, "--accept-certificate"))
+        ok(corral(stack, conf, "remote", "add", "mess", url, "--protocol", "simplestreams",
+                  "--accept-certificate"))
+
+        def listed(remote: str) -> set[str]:
+            out = ok(corral(stack, conf, "image", "list", f"{remote}:", "--format", "json"))
+            return {i["fingerprint"] for i in json.loads(out.stdout)}
+
+        assert world.fingerprint not in listed("me")  # private
+        assert api.patch(f"/1.0/images/{world.fingerprint}", json={"public": True}
+                         ).status_code == 200
+        assert world.fingerprint in listed("me")
+        assert world.fingerprint in listed("mess")
+    finally:
+        api.patch(f"/1.0/images/{world.fingerprint}", json={"public": False})
+        api.patch("/1.0", json={"config": {"core.https_address": before}})
