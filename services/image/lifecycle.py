@@ -207,6 +207,11 @@ class Lifecycle:
             project, fp = rec.get("project", "default"), rec["fingerprint"]
             try:
                 async with self._locks.setdefault(key(project, fp), asyncio.Lock()):
+                    # a launch may have used it since the list was taken: look again
+                    found = await self.ctx.images.get(key(project, fp))
+                    if found is None or not cache_expired(
+                            found[0], now, settings.remote_cache_expiry_days):
+                        continue
                     await self.images.delete(project, fp, None)
             except CorralError as exc:  # 409 from a pool, 503: kept, next pass again
                 self.ctx.log.warning("expired cached image kept", fingerprint=fp,
