@@ -214,6 +214,25 @@ def test_refresh_of_an_image_without_source_or_unknown(lapi, world):
     assert r.status_code == 404, r.text
 
 
+def test_refresh_from_an_unreachable_server_fails_and_keeps_the_image(
+        lapi, lstack, busybox_tarball, tmp_path):
+    srv = StreamServer(tmp_path / "gone", busybox_tarball, os_name="gonebox").start()
+    env = {**lstack.env, "LXD_DIR": str(lstack.dir),
+           **lxc_remote_env(tmp_path / "conf", "gone", srv)}
+    try:
+        fp = srv.add_version(V1, rootfs=("squashfs",))["squashfs"]
+        lxc(env, "image", "copy", "gone:gonebox/1.36", "local:", "--alias", "life-gone",
+            "--auto-update")
+    finally:
+        srv.stop()
+    try:
+        r = lxc(env, "image", "refresh", "life-gone", check=False)
+        assert r.returncode != 0 and srv.url.split("//")[1] in r.stderr, r.stderr
+        assert alias_target(lapi, "life-gone") == fp and fp in images(lapi)
+    finally:
+        delete_image(lapi, fp)
+
+
 def test_periodic_auto_update_without_a_command(lapi, lstack, lxc_env, streams):
     old = fp_of(streams, V1, "auto")
     lxc(lxc_env, "image", "copy", f"ss:{PRODUCT}/auto", "local:", "--alias", "life-auto",
