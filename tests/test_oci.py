@@ -273,3 +273,42 @@ def test_oci_keys_are_checked(world, api, images):
         assert r.status_code == 400 and "application containers" in r.text
     assert api.get(f"/1.0/instances/{bad}").status_code == 404
     assert not world.lxc_dir(bad).exists()
+
+
+def test_app_outlives_a_service_restart_and_its_code_is_kept(world, api, stack, images):
+    """The app is not a child the service must keep: it runs on while the instance
+    service is down, and its exit status is there when the service is back."""
+    name = create(world, "restart", images["sleep"],
+                  **{"oci.entrypoint": "/bin/sh -c 'sleep 4; echo done; exit 7'"})
+    world.state(name, "start")
+    stack.stop("instance")
+    try:
+        time.sleep(1)
+        assert subprocess.run(["lxc-info", "-n", name, "-P", str(stack.dir / "lxc"), "-s"],
+                              capture_output=True, text=True).stdout.split()[-1] == "RUNNING"
+    finally:
+        stack.start("instance")
+    wait_for(lambda: world.live(name)["status"] == "Stopped", 30)
+    assert world.live(name).get("exit_code") == 7
+    assert "done" in console_log(api, name)
+    world.state(name, "start")  # started again: the old status is gone until it ends
+    assert "exit_code" not in world.live(name)
+    world.remove(name)
+
+
+def test_oci_keys_on_a_system_container_update(world, api):
+    name = world.create("sysupd")
+    r = api.patch(f"/1.0/instances/{name}", json={"config": {"oci.cwd": "/"}})
+    if r.status_code == 202:
+        op = wait_op(api, r, ok=False)
+        assert op["status"] == "Failure" and "application containers" in op["err"], op
+    else:
+        assert r.status_code == 400 and "application containers" in r.text
+    assert "oci.cwd" not in world.get(name)["config"]
+    spec = json.loads((world.lxc_dir(name) / "corral.json").read_text())
+    assert "oci.cwd" not in spec["spec"]["config"]  # the driver stored nothing either
+    r = api.patch(f"/1.0/instances/{name}", json={"config": {"user.x": "1"}})
+    assert wait_op(api, r)["status"] == "Success"
+    world.state(name, "start")
+    assert world.live(name)["status"] == "Running"
+    world.remove(name)

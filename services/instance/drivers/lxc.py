@@ -152,6 +152,8 @@ class LXCDriver(SpecDir, InstanceDriver):
         """Store new expanded config/devices; takes effect at next start (limits: live)."""
         limits.validate_limits(config)
         data = self._load(name)
+        if not oci_app.is_app(Path(data["spec"]["rootfs_path"])):
+            oci_app.refuse_on_system(config)  # before anything is stored
         data["spec"].update(config=dict(config), devices=dict(devices))
         if nics is not None:
             data["spec"]["nics"] = [n.model_dump() for n in nics]
