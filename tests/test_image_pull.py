@@ -9,12 +9,14 @@ import os
 import ssl
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from shared.image import simplestreams as ss
 
 from .simplestreams import StreamServer, lxc_remote_env  # noqa: F401
+from .world import wait_op
 
 # the stream_server fixture
 pytest_plugins = ["tests.simplestreams"]
@@ -66,3 +68,254 @@ def test_fixture_tree_reads_the_same_in_lxc_and_in_our_parser(stream_server, tmp
     bare = lxc_remote_env(tmp_path / "bare", "ss", stream_server, pin=False)
     r = stock(bare, "image", "list", "ss:", check=False)
     assert r.returncode != 0 and "certificate" in r.stderr
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def images_by_fp(api) -> dict[str, dict]:
+    return {i["fingerprint"]: i for i in
+            api.get("/1.0/images", params={"recursion": 1}).json()["metadata"]}
+
+
+def delete_image(api, fp: str) -> None:
+    r = api.delete(f"/1.0/images/{fp}")
+    if r.status_code == 202:
+        wait_op(api, r)
+
+
+def image_objects(stack) -> set[str]:
+    """Names in the ``images`` object store (``<fp>.meta``, ``<fp>.rootfs``)."""
+    import asyncio
+
+    import nats
+
+    async def names() -> set[str]:
+        creds = stack.nats.connect_options() if hasattr(stack.nats, "connect_options") \
+            else {}
+        nc = await nats.connect(stack.nats.url, **creds)
+        try:
+            store = await nc.jetstream().object_store("images")
+            try:
+                return {o.name for o in await store.list()}
+            except Exception:  # nats-py raises when the store is empty
+                return set()
+        finally:
+            await nc.close()
+
+    return asyncio.run(names())
+
+
+def pull_temp_dirs(stack) -> list[Path]:
+    return sorted((stack.dir / "tmp").glob("image-pull-*"))
+
+
+def pull_body(srv: StreamServer, **source) -> dict:
+    return {"source": {"type": "image", "mode": "pull", "server": srv.url,
+                       "protocol": "simplestreams", "certificate": srv.cert_pem, **source}}
+
+
+@pytest.fixture
+def ss_env(stack, stream_server, tmp_path) -> dict[str, str]:
+    """The stock client with the test stack as local: and the tree as ``ss:``."""
+    return {**stack.env, "LXD_DIR": str(stack.dir),
+            **lxc_remote_env(tmp_path / "conf", "ss", stream_server)}
+
+
+# -- lxc image copy -------------------------------------------------------------------------
+
+
+def test_image_copy_squashfs_with_alias_and_auto_update(api, stack, stream_server, ss_env,
+                                                        uid):
+    fps = stream_server.fingerprints
+    want = fps["20260102_0000"]["squashfs"]
+    r = stock(ss_env, "image", "copy", "ss:busybox/1.36", "local:", "--alias", f"{uid}-bb",
+              "--auto-update")
+    try:
+        img = images_by_fp(api)[want]
+        assert img["cached"] is False and img["auto_update"] is True
+        assert img["update_source"] == {
+            "alias": "busybox/1.36", "certificate": stream_server.cert_pem,
+            "protocol": "simplestreams", "server": stream_server.url, "image_type": ""}
+        assert img["type"] == "container" and img["architecture"] == os.uname().machine
+        assert img["properties"]["os"] == "busybox"
+        assert img["properties"]["serial"] == "20260102_0000"
+        assert [a["name"] for a in img["aliases"]] == [f"{uid}-bb"]
+        assert {f"{want}.meta", f"{want}.rootfs"} <= image_objects(stack)
+        assert "Image copied successfully" in r.stdout
+        assert not pull_temp_dirs(stack)
+        # a second copy of the same image downloads nothing and adds its alias
+        before = dict(stream_server.hits)
+        stock(ss_env, "image", "copy", "ss:busybox/1.36", "local:", "--alias", f"{uid}-b2")
+        assert {k: v for k, v in stream_server.hits.items() if not k.endswith(".json")} == \
+            {k: v for k, v in before.items() if not k.endswith(".json")}
+        assert sorted(a["name"] for a in images_by_fp(api)[want]["aliases"]) == \
+            [f"{uid}-b2", f"{uid}-bb"]
+    finally:
+        delete_image(api, want)
+
+
+def test_image_copy_root_tar_xz_and_older_version_by_fingerprint(api, stream_server,
+                                                                  ss_env, uid):
+    fps = stream_server.fingerprints
+    txz = fps["tarxz/20260101_0000"]["root.tar.xz"]
+    old = fps["20260101_0000"]["squashfs"]
+    try:
+        stock(ss_env, "image", "copy", "ss:busybox/1.36/tarxz", "local:")
+        stock(ss_env, "image", "copy", f"ss:{old[:12]}", "local:")
+        have = images_by_fp(api)
+        assert have[txz]["properties"]["type"] == "root.tar.xz"
+        assert have[txz]["size"] == sum(
+            stream_server.item_path("20260101_0000", t, "tarxz").stat().st_size
+            for t in ("lxd.tar.xz", "root.tar.xz"))
+        assert have[old]["properties"]["serial"] == "20260101_0000"
+        assert have[old]["update_source"]["alias"] == old[:12]
+    finally:
+        delete_image(api, txz)
+        delete_image(api, old)
+
+
+# -- progress and shared downloads -----------------------------------------------------------
+
+
+def test_progress_in_operation_and_in_lxc_output(api, stack, stream_server, ss_env):
+    """The operation carries LXD's ``download_progress`` text while it downloads, and the
+    stock client prints it."""
+    import re
+    import threading
+    import time
+
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    stream_server.throttle = 400_000  # ~1 MB rootfs: a few seconds
+    seen: list[str] = []
+    try:
+        r = api.post("/1.0/images", json=pull_body(stream_server, alias="busybox/1.36"))
+        assert r.status_code == 202, r.text
+        op_url = r.json()["operation"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            op = api.get(op_url).json()["metadata"]
+            text = (op.get("metadata") or {}).get("download_progress")
+            if text and text not in seen:
+                seen.append(text)
+            if op["status"] != "Running":
+                break
+            time.sleep(0.1)
+        assert op["status"] == "Success", op
+        assert op["metadata"]["fingerprint"] == fp
+        assert any(re.fullmatch(r"rootfs: \d+% \(\d+(\.\d\d)?[kMG]?B/s\)", t) for t in seen), seen
+        delete_image(api, fp)
+        # the stock client shows it (its progress line goes to stdout)
+        out: dict[str, str] = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", stock(
+            ss_env, "image", "copy", "ss:busybox/1.36", "local:").stdout))
+        t.start()
+        t.join(120)
+        assert "rootfs: " in out["r"] and "%" in out["r"], out
+    finally:
+        stream_server.throttle = 0
+        delete_image(api, fp)
+
+
+def test_concurrent_pulls_share_one_download(api, stream_server, uid):
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    root = str(stream_server.item_path("20260102_0000", "squashfs")
+               .relative_to(stream_server.root))
+    stream_server.throttle = 500_000
+    try:
+        rs = [api.post("/1.0/images", json={
+            **pull_body(stream_server, fingerprint="busybox/1.36"),
+            "aliases": [{"name": f"{uid}-{i}"}]}) for i in range(3)]
+        ops = [wait_op(api, r) for r in rs]
+        assert {o["metadata"]["fingerprint"] for o in ops} == {fp}
+        assert stream_server.hits[root] == 1
+        assert sorted(a["name"] for a in images_by_fp(api)[fp]["aliases"]) == \
+            [f"{uid}-0", f"{uid}-1", f"{uid}-2"]
+    finally:
+        stream_server.throttle = 0
+        delete_image(api, fp)
+
+
+# -- failures leave nothing behind ------------------------------------------------------
+
+
+def assert_nothing_left(api, stack, fp: str | None = None) -> None:
+    if fp:
+        assert fp not in images_by_fp(api)
+        assert not {n for n in image_objects(stack) if n.startswith(fp)}
+    assert not pull_temp_dirs(stack)
+
+
+def error(r) -> tuple[int, str]:
+    body = r.json()
+    return body["error_code"], body["error"]
+
+
+def test_unknown_alias_and_server_path_are_404(api, stack, stream_server):
+    r = api.post("/1.0/images", json=pull_body(stream_server, alias="nosuch/1.0"))
+    code, msg = error(r)
+    assert r.status_code == 404 and code == 404
+    assert "nosuch/1.0" in msg and stream_server.url in msg
+    srv = pull_body(stream_server, alias="busybox/1.36")
+    srv["source"]["server"] = stream_server.url + "/not/a/tree"
+    r = api.post("/1.0/images", json=srv)
+    assert r.status_code == 404, r.text
+    assert "index.json" in error(r)[1]
+    assert_nothing_left(api, stack)
+
+
+@pytest.mark.parametrize("keep_size", [True, False], ids=["checksum", "size"])
+def test_damaged_file_fails_and_leaves_nothing(api, stack, stream_server, keep_size):
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    stream_server.corrupt("20260102_0000", "squashfs", keep_size=keep_size)
+    op = wait_op(api, api.post("/1.0/images", json=pull_body(
+        stream_server, alias="busybox/1.36")), ok=False)
+    assert op["status"] == "Failure"
+    assert ("Checksum mismatch" if keep_size else "Size mismatch") in op["err"], op
+    assert "rootfs.squashfs" in op["err"]
+    assert_nothing_left(api, stack, fp)
+    # the other root type of the same version is intact and still pulls
+    other = stream_server.fingerprints["20260102_0000"]["root.tar.xz"]
+    try:
+        wait_op(api, api.post("/1.0/images", json=pull_body(stream_server,
+                                                            fingerprint=other)))
+    finally:
+        delete_image(api, other)
+
+
+def test_index_fingerprint_that_files_do_not_match(api, stack, stream_server):
+    """Each file matches its own sha256 but the combined fingerprint is wrong: refused."""
+    product = stream_server.products[stream_server.product_name()]
+    meta = product["versions"]["20260102_0000"]["items"]["lxd.tar.xz"]
+    bogus = "f" * 64
+    meta["combined_squashfs_sha256"] = bogus
+    stream_server.write()
+    op = wait_op(api, api.post("/1.0/images", json=pull_body(
+        stream_server, fingerprint=bogus)), ok=False)
+    assert "Fingerprints do not match" in op["err"] and bogus in op["err"]
+    assert_nothing_left(api, stack, bogus)
+
+
+def test_tls_failures_and_unreachable_server(api, stack, stream_server, tmp_path):
+    from .simplestreams import free_port, make_cert
+
+    _c, _k, other_pem = make_cert(tmp_path / "other")
+    body = pull_body(stream_server, alias="busybox/1.36", certificate=other_pem)
+    r = api.post("/1.0/images", json=body)
+    assert r.status_code == 400, r.text
+    assert "not the pinned one" in error(r)[1]
+    body["source"]["certificate"] = ""
+    r = api.post("/1.0/images", json=body)
+    assert r.status_code == 400, r.text
+    assert "self-signed" in error(r)[1] and "source.certificate" in error(r)[1]
+    body["source"]["certificate"] = "not a certificate"
+    r = api.post("/1.0/images", json=body)
+    assert r.status_code == 400 and "certificate" in error(r)[1]
+    body["source"].update(server=f"https://127.0.0.1:{free_port()}",
+                          certificate=stream_server.cert_pem)
+    r = api.post("/1.0/images", json=body)
+    assert r.status_code == 503, r.text
+    assert "unreachable" in error(r)[1]
+    r = api.post("/1.0/images", json={"source": {**body["source"], "protocol": "ftp"}})
+    assert r.status_code == 400 and "protocol" in error(r)[1]
+    assert_nothing_left(api, stack)

@@ -349,10 +349,12 @@ def test_duplicate_import_and_json_sources(api, cleanup, uid):
     op = upload(api, data)
     assert op["status"] == "Failure"
     assert op["err"] == "Image with same fingerprint already exists"
-    r = api.post("/1.0/images", json={"source": {"type": "image", "server": "https://x",
-                                                 "alias": "a"}})
-    assert r.status_code == 400 and "remote image sources are not supported yet" in \
-        r.json()["error"]
+    # (pulls from image servers: tests/test_image_pull.py)
+    r = api.post("/1.0/images", json={"source": {"type": "image", "mode": "push",
+                                                 "server": "https://x", "alias": "a"}})
+    assert r.status_code == 400 and "Push mode is not supported" in r.json()["error"]
+    r = api.post("/1.0/images", json={"source": {"type": "url", "url": "https://x/i"}})
+    assert r.status_code == 400 and "URL" in r.json()["error"]
 
 
 def test_split_image_multipart(api, stack, cleanup, uid, tmp_path):

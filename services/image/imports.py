@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,62 @@ def _inspect(meta: Path, rootfs: Path | None, rootfs_part: str | None
     return info, exts
 
 
+@dataclass
+class Incoming:
+    """Image files in a private temp dir, and what to record with them: an upload's
+    (``run``) or a pull's (``pull.py``). ``fingerprint`` is what the client or the server
+    said the image is; ``fingerprint_is_content`` False (OCI) takes it as the fingerprint
+    instead of the content's sha256. ``record`` adds fields (a pull's ``cached``,
+    ``auto_update``, ``update_source``)."""
+
+    project: str
+    meta: Path
+    rootfs: Path | None = None
+    rootfs_part: str | None = None
+    filename: str = ""
+    public: bool = False
+    properties: dict[str, str] = field(default_factory=dict)
+    profiles: list[str] | None = None
+    aliases: list[dict[str, str]] = field(default_factory=list)
+    requestor: Any = None
+    fingerprint: str | None = None
+    fingerprint_is_content: bool = True
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+async def store(ctx: ImageContext, aliases: Aliases, inc: Incoming, op: OperationHandle
+                ) -> dict[str, Any]:
+    """Inspect, check, store and record ``inc``; LXD's final operation metadata
+    ``{"fingerprint", "size"}``. Nothing is left behind on failure (the caller removes
+    its temp dir)."""
+    info, exts = await asyncio.to_thread(_inspect, inc.meta, inc.rootfs, inc.rootfs_part)
+    if inc.fingerprint and not inc.fingerprint_is_content:
+        info = info.model_copy(update={"fingerprint": inc.fingerprint.lower()})
+    fp = info.fingerprint
+    await op.set_metadata(fingerprint=fp, size=str(info.size))
+    if inc.fingerprint and inc.fingerprint.lower() != fp:
+        raise BadRequest(f"Fingerprints do not match, got {fp} expected {inc.fingerprint}")
+    if await ctx.images.get(key(inc.project, fp)) is not None:
+        raise Conflict("Image with same fingerprint already exists")
+    for alias in inc.aliases:  # checked first so a taken name leaves no image behind
+        if await ctx.aliases.get(key(inc.project, alias.get("name", ""))) is not None:
+            raise Conflict(f"Alias already exists: {alias.get('name')}")
+    await check_profiles(ctx, inc.project, inc.profiles)
+    rec = records.new_record(info, inc.project, filename=inc.filename, public=inc.public,
+                             properties=inc.properties, profiles=inc.profiles, exts=exts)
+    rec.update(inc.record)
+    await _store(ctx, rec, inc.meta, inc.rootfs)
+    for alias in inc.aliases:
+        await aliases.create(inc.project, {**alias, "target": fp}, inc.requestor)
+    await ctx.events.lifecycle("image-created", records_url(fp, inc.project),
+                               project=inc.project, context={"type": info.type},
+                               requestor=inc.requestor)
+    return {"fingerprint": fp, "size": str(info.size)}
+
+
 async def run(ctx: ImageContext, aliases: Aliases, req: ImportRequest,
               op: OperationHandle) -> dict[str, Any]:
-    """Import; returns LXD's final operation metadata ``{"fingerprint", "size"}``."""
+    """Import an upload; returns LXD's final operation metadata ``{"fingerprint", "size"}``."""
     tmp_root = ctx.tmp_dir
     tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="image-import-", dir=tmp_root))
@@ -66,26 +120,11 @@ async def run(ctx: ImageContext, aliases: Aliases, req: ImportRequest,
         if req.rootfs:
             rootfs = tmp / "rootfs"
             await blobs.get_file(transfers, req.rootfs, rootfs)
-        info, exts = await asyncio.to_thread(_inspect, meta, rootfs, req.rootfs_part)
-        fp = info.fingerprint
-        await op.set_metadata(fingerprint=fp, size=str(info.size))
-        if req.fingerprint and req.fingerprint.lower() != fp:
-            raise BadRequest(f"Fingerprints do not match, got {fp} expected {req.fingerprint}")
-        if await ctx.images.get(key(req.project, fp)) is not None:
-            raise Conflict("Image with same fingerprint already exists")
-        for alias in req.aliases:  # checked first so a taken name leaves no image behind
-            if await ctx.aliases.get(key(req.project, alias.get("name", ""))) is not None:
-                raise Conflict(f"Alias already exists: {alias.get('name')}")
-        await check_profiles(ctx, req.project, req.profiles)
-        rec = records.new_record(info, req.project, filename=req.filename, public=req.public,
-                                 properties=req.properties, profiles=req.profiles, exts=exts)
-        await _store(ctx, rec, meta, rootfs)
-        for alias in req.aliases:
-            await aliases.create(req.project, {**alias, "target": fp}, req.requestor)
-        await ctx.events.lifecycle("image-created", records_url(fp, req.project),
-                                   project=req.project, context={"type": info.type},
-                                   requestor=req.requestor)
-        return {"fingerprint": fp, "size": str(info.size)}
+        return await store(ctx, aliases, Incoming(
+            project=req.project, meta=meta, rootfs=rootfs, rootfs_part=req.rootfs_part,
+            filename=req.filename, public=req.public, properties=req.properties,
+            profiles=req.profiles, aliases=req.aliases, requestor=req.requestor,
+            fingerprint=req.fingerprint), op)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         for name in (req.meta, req.rootfs):

@@ -8,6 +8,7 @@ and the protocol fetchers (``fetchers.py``).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from shared.errors import BadRequest
@@ -15,7 +16,10 @@ from shared.messages.image import PullRequest
 from shared.models import CreateRequest, Reply
 from shared.service import endpoint
 
-# LXD's extensions for what is implemented here (added as it lands).
+from . import pull
+
+# LXD's extensions for what is implemented here ("image_types", used by the source's
+# image_type, is the service's own list already).
 API_EXTENSIONS: list[str] = []
 
 
@@ -27,14 +31,22 @@ class PullMixin:
     operations: Any
 
     async def setup_pull(self) -> None:
-        """Called from ImageService.setup (after ctx exists): resume or clean pulls that
-        a crash interrupted."""
+        """Called from ImageService.setup (after ctx exists): remove the temp dirs of pulls
+        a crash interrupted (nothing was recorded for them: see pull.py)."""
+        pull.cleanup(self.ctx.tmp_dir)
+        self.pulls = pull.Pulls(self.ctx, self.alias_logic, self.operations)
 
     async def create_from_source(self, req: CreateRequest) -> Reply:
-        """``POST /1.0/images`` with ``source.mode: pull`` (or type ``url``)."""
-        raise BadRequest("remote image sources are not supported yet: download the image "
-                         "and import the file (lxc image import FILE)")
+        """``POST /1.0/images`` with ``source.mode: pull`` (``lxc image copy``)."""
+        source = req.body.get("source") or {}
+        if source.get("type") == "url":
+            raise BadRequest("Images from a URL (source.type url) are not supported: use an "
+                             "image server (simplestreams or lxd protocol)")
+        if source.get("mode", "pull") != "pull":
+            raise BadRequest(f"Invalid source mode {source.get('mode')!r}: use pull")
+        preq = pull.request_from_body(req.body, req.project, req.requestor, uuid.uuid4().hex)
+        return await self.pulls.start(preq)
 
     @endpoint("pull", PullRequest)
     async def pull(self, req: PullRequest) -> Reply:
-        raise BadRequest("Pulling images from image servers is not implemented yet")
+        return await self.pulls.start(req)
