@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +29,7 @@ from services.image import streams_tree
 from shared.image.format import normalize_architecture
 from shared.image.simplestreams import Catalog
 
-from .stack import wait_for
+from .stack import SERVICES, NatsServer, Stack, wait_for
 from .test_https import free_port, https, make_client_cert
 from .world import wait_op
 
@@ -308,8 +309,9 @@ def test_untrusted_client_reads_public_images_only(api, stack, served, tmp_path)
         assert r.status_code == 200 and sha256(r.content) == served.fps["unified"]
         assert r.headers["Content-Disposition"] == \
             f"inline;filename={served.fps['unified']}.tar.xz"
-        assert c.get(f"/1.0/images/{served.fps['squashfs']}/export").headers[
-            "Content-Type"].startswith("multipart/form-data")
+        r = c.get(f"/1.0/images/{served.fps['squashfs']}/export")
+        assert r.headers["Content-Type"].startswith("multipart/form-data")
+        assert sha256(*_parts(r.content, r.headers["Content-Type"])) == served.fps["squashfs"]
         # public images of other projects are not for untrusted clients
         assert c.get(f"/1.0/images/{served.fps['unified']}?project=nope").status_code == 404
         assert c.post(f"/1.0/images/{served.fps['unified']}/secret").status_code == 403
@@ -356,6 +358,90 @@ def test_secret_opens_a_private_image_once(api, served, tmp_path):
         assert c.get(f"/1.0/images/{fp}/export",
                      params={"secret": op2["metadata"]["secret"]}).status_code == 404
     assert api.post("/1.0/images/0123456789ab/secret").status_code == 404
+
+
+# -- a second Corral pulls from this one ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other(request):
+    """A second, separate Corral (its own nats-server and state dir): the puller."""
+    tmp = tempfile.TemporaryDirectory(prefix="corral-serve-")
+    base = Path(tmp.name)
+    server = NatsServer(base / "nats", base / "corral")
+    server.start()
+    s = Stack(base / "corral", server)
+    try:
+        for name in (*SERVICES, "gateway"):  # start_all, with the patience of a second
+            s.start(name)                    # stack started beside the session's
+        wait_for(s.ready, 180, what="the second stack's gateway to answer GET /1.0")
+        yield s
+    finally:
+        s.stop_all()
+        server.stop()
+        if request.session.testsfailed:
+            keep = Path(tempfile.mkdtemp(prefix="corral-serve-logs-"))
+            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
+            print(f"\ncorral: the second stack's logs kept in {keep}")
+        tmp.cleanup()
+
+
+@pytest.fixture(scope="module")
+def oapi(other):
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(other.socket)),
+                      base_url="http://corral", timeout=60) as client:
+        yield client
+
+
+def _parts(body: bytes, ctype: str) -> list[bytes]:
+    """The bodies of a multipart export (metadata, then rootfs)."""
+    boundary = b"--" + ctype.split("boundary=", 1)[1].strip('"').encode()
+    return [chunk.partition(b"\r\n\r\n")[2][:-2]
+            for chunk in body.split(boundary)[1:-1]]
+
+
+def _pulled(oapi: httpx.Client, fp: str) -> dict[str, Any]:
+    r = oapi.get(f"/1.0/images/{fp}")
+    assert r.status_code == 200, r.text
+    blob = oapi.get(f"/1.0/images/{fp}/export")
+    assert blob.status_code == 200
+    ctype = blob.headers["Content-Type"]
+    data = b"".join(_parts(blob.content, ctype)) if ctype.startswith("multipart/") \
+        else blob.content
+    assert sha256(data) == fp
+    return r.json()["metadata"]
+
+
+def test_second_corral_pulls_from_the_served_tree(api, stack, served, other, oapi,
+                                                  tmp_path):
+    """The second Corral copies from the first's simplestreams tree: split (squashfs and
+    tar.gz rootfs), unified, and a VM image; through ``lxc`` and through the API."""
+    env = client_env(stack, tmp_path, "twoss")
+    lxc(env, "remote", "add", "dst", f"unix://{other.socket}")
+    add_simplestreams_remote(env, "corral", served.url, server_cert(api))
+    try:
+        for kind in ("squashfs", "targz", "unified"):
+            lxc(env, "image", "copy", f"corral:{served.aliases[kind]}", "dst:",
+                "--alias", f"ss-{kind}")
+            rec = _pulled(oapi, served.fps[kind])
+            assert rec["aliases"] == [{"name": f"ss-{kind}", "description": ""}]
+            assert rec["type"] == "container"
+        r = oapi.post("/1.0/images", json={"source": {
+            "type": "image", "mode": "pull", "protocol": "simplestreams",
+            "server": served.url, "certificate": server_cert(api),
+            "alias": served.aliases["vm"], "image_type": "virtual-machine"}})
+        assert wait_op(oapi, r)["metadata"]["fingerprint"] == served.fps["vm"]
+        assert _pulled(oapi, served.fps["vm"])["type"] == "virtual-machine"
+        r = oapi.post("/1.0/images", json={"source": {
+            "type": "image", "mode": "pull", "protocol": "simplestreams",
+            "server": served.url, "certificate": server_cert(api),
+            "alias": served.aliases["private"]}})
+        assert r.status_code != 202 or wait_op(oapi, r, ok=False)["status"] == "Failure"
+        assert oapi.get(f"/1.0/images/{served.fps['private']}").status_code == 404
+    finally:
+        for fp in served.fps.values():
+            r = oapi.delete(f"/1.0/images/{fp}")
+            if r.status_code == 202:
+                wait_op(oapi, r, ok=False)
 
 
 # -- the tree's rules (pure) --------------------------------------------------------------
