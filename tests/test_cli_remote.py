@@ -114,8 +114,12 @@ def test_image_list_of_a_simplestreams_remote(stack, conf, streams):
     add_remote(stack, conf, streams)
     images = json.loads(ok(corral(stack, conf, "image", "list", "ss:", "--format",
                                   "json")).stdout)
-    assert {i["fingerprint"] for i in images} == {streams.fingerprints[V1]["squashfs"]}
-    assert "clibox/1.36" in {a["name"] for a in images[0]["aliases"]}
+    by_fp = {i["fingerprint"]: i for i in images}
+    served = {fp for fps in streams.fingerprints.values() for k, fp in fps.items()
+              if k != "meta"}
+    assert set(by_fp) == served
+    fp = streams.fingerprints[V1]["squashfs"]
+    assert "clibox/1.36" in {a["name"] for a in by_fp[fp]["aliases"]}
     rows = ok(corral(stack, conf, "image", "list", "ss:", "--format", "csv")).stdout
     assert streams.fingerprints[V1]["squashfs"][:12] in rows
 
@@ -180,6 +184,26 @@ def test_image_copy_with_alias_auto_update_and_progress(stack, conf, streams, ap
         assert "already up to date" in r.stdout
     finally:
         _delete_image(api, fp)
+
+
+def test_image_refresh_takes_a_newer_version(stack, conf, streams, api, uid):
+    add_remote(stack, conf, streams)
+    old = streams.add_version(V1, variant="upd", rootfs=("squashfs",))["squashfs"]
+    new = ""
+    try:
+        ok(corral(stack, conf, "image", "copy", "ss:clibox/1.36/upd", "--alias", uid,
+                  "--auto-update"))
+        new = streams.add_version(V2, variant="upd", rootfs=("squashfs",))["squashfs"]
+        r = ok(corral(stack, conf, "image", "refresh", uid))
+        assert "refreshed successfully" in r.stdout
+        now = _images(api)
+        assert old not in now and [a["name"] for a in now[new]["aliases"]] == [uid]
+        r = corral(stack, conf, "image", "refresh", "nosuchimage")
+        assert r.returncode == 1 and "not found" in r.stderr.lower()
+    finally:
+        for fp in (old, new):
+            if fp:
+                _delete_image(api, fp)
 
 
 def test_launch_from_a_remote_alias(stack, conf, streams, api, world):
