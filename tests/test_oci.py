@@ -312,3 +312,75 @@ def test_oci_keys_on_a_system_container_update(world, api):
     world.state(name, "start")
     assert world.live(name)["status"] == "Running"
     world.remove(name)
+
+
+# ---- through the pull path (POST /1.0/images with a pull source) -----------------------
+
+@pytest.fixture(scope="module")
+def anon_registry(tmp_path_factory):
+    """A TLS registry without auth holding the echoing app."""
+    d = tmp_path_factory.mktemp("oci-anon")
+    reg = start_registry(d / "registry")
+    try:
+        lay = build_busybox_image(d, "echo", entrypoint=["/bin/sh", "-c"], cmd=[ECHO],
+                                  env=["FOO=bar", "PATH=/bin"], workdir="/srv/app")
+        reg.push(lay, "echo", "corral/echo:v1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+def pull_body(reg, alias: str, **kw) -> dict:
+    return {"source": {"type": "image", "mode": "pull", "protocol": "oci",
+                       "server": reg.server, "alias": alias, "certificate": reg.certificate,
+                       **kw}}
+
+
+def image_fps(api) -> set[str]:
+    return {u.rsplit("/", 1)[-1] for u in api.get("/1.0/images").json()["metadata"]}
+
+
+def tmp_pulls(stack) -> list[Path]:
+    return list((stack.dir / "tmp").glob("image-pull-*"))
+
+
+def test_pull_from_a_registry_and_launch(world, api, stack, anon_registry):
+    alias = world.prefix + "-oci-echo"
+    before = image_fps(api)
+    r = api.post("/1.0/images", json={**pull_body(anon_registry, "corral/echo:v1"),
+                                      "aliases": [{"name": alias}]})
+    op = wait_op(api, r)
+    assert op["status"] == "Success", op["err"]
+    fp = op["metadata"]["fingerprint"]
+    try:
+        assert fp == anon_registry.pushed["corral/echo:v1"].split(":")[1]
+        img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+        assert img["properties"]["type"] == "oci" and img["type"] == "container"
+        assert img["update_source"]["protocol"] == "oci"
+        assert img["update_source"]["alias"] == "corral/echo:v1"
+        name = world.create("pulled", source={"type": "image", "alias": alias})
+        world.state(name, "start")
+        wait_for(lambda: world.live(name)["status"] == "Stopped", 30)
+        assert world.live(name).get("exit_code") == 3
+        assert "hello-bar from /srv/app as 0:0" in console_log(api, name)
+        world.remove(name)
+    finally:
+        api.delete(f"/1.0/images/{fp}")
+    assert image_fps(api) == before
+
+
+def test_pull_errors_leave_nothing(world, api, stack, anon_registry, registry):
+    before = image_fps(api)
+    cases = [
+        (pull_body(anon_registry, "corral/echo:nope"), 404, "not found"),
+        (pull_body(anon_registry, "corral/echo:v1", certificate=""), 503, "certificate"),
+        (pull_body(registry, "corral/echo:v1"), 403, "credentials"),
+        ({"source": {**pull_body(anon_registry, "x:v1")["source"],
+                     "server": f"https://127.0.0.1:{free_port()}"}}, 503, "cannot be reached"),
+        (pull_body(anon_registry, "Bad:Name"), 400, "Invalid OCI"),
+    ]
+    for body, code, text in cases:
+        r = api.post("/1.0/images", json=body)  # resolved before any operation
+        assert r.status_code == code and text in r.json()["error"], (body, r.text)
+    assert image_fps(api) == before
+    assert tmp_pulls(stack) == []
