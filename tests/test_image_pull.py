@@ -319,3 +319,51 @@ def test_tls_failures_and_unreachable_server(api, stack, stream_server, tmp_path
     r = api.post("/1.0/images", json={"source": {**body["source"], "protocol": "ftp"}})
     assert r.status_code == 400 and "protocol" in error(r)[1]
     assert_nothing_left(api, stack)
+
+
+# -- a crash mid-download ---------------------------------------------------------------
+
+
+def _restart_image(stack, fault: str | None = None) -> None:
+    """Stop the image service (by PID) and start it again, armed with ``fault``."""
+    from .stack import wait_for
+
+    stack.stop("image")
+    env = stack.env
+    stack.env = {**env, **({"CORRAL_FAULT": fault} if fault else {})}
+    try:
+        stack.start("image")
+    finally:
+        stack.env = env
+    wait_for(stack.ready, 60, what="the image service to answer")
+
+
+def test_image_service_killed_mid_download(api, stack, stream_server):
+    """Killed (SIGKILL) while the rootfs downloads: the operation fails within seconds,
+    nothing is stored, the temp dir goes at the next start, and a new pull works."""
+    import signal
+
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    stream_server.throttle = 300_000
+    _restart_image(stack, "pull:downloading")
+    try:
+        r = api.post("/1.0/images", json=pull_body(stream_server, alias="busybox/1.36"))
+        assert r.status_code == 202, r.text
+        proc = stack.procs["image"]
+        proc.wait(60)
+        assert proc.returncode == -signal.SIGKILL
+        stack.procs.pop("image")
+        assert pull_temp_dirs(stack), "the killed pull left no temp dir: fault point missed?"
+    finally:
+        stream_server.throttle = 0
+        _restart_image(stack)
+    op = api.get(f"{r.json()['operation']}/wait", params={"timeout": 60},
+                 timeout=70).json()["metadata"]
+    assert op["status"] == "Failure", op
+    assert_nothing_left(api, stack, fp)
+    try:
+        op = wait_op(api, api.post("/1.0/images", json=pull_body(
+            stream_server, alias="busybox/1.36")))
+        assert op["metadata"]["fingerprint"] == fp
+    finally:
+        delete_image(api, fp)

@@ -16,7 +16,9 @@ its result (its own aliases and fields added), so an image is downloaded once.
 
 Crash safety: nothing is recorded before the files are whole and checked; a process killed
 mid-download leaves only its ``image-pull-*`` temp dir, removed at the next start
-(``cleanup``), and its operation is failed by the operations' owner check.
+(``cleanup``), and its operation is failed by the operations' owner check. Fault points
+(``shared/faults.py``): ``pull:downloading`` (a file partly downloaded),
+``pull:after_download`` (all files checked, nothing stored yet).
 """
 
 from __future__ import annotations
@@ -134,11 +136,11 @@ class Pulls:
         rates: dict[str, Rate] = {}
 
         async def progress(part: str, done: int, total: int) -> None:
+            if 0 < done < total:
+                faults.point("pull:downloading")
             text = rates.setdefault(part, Rate(part)).text(done, total)
             if text is not None:
                 await op.set_metadata(download_progress=text)
-                if done and total and done < total:
-                    faults.point("pull:downloading")
 
         try:
             fetched = await fetcher.download(req.source, remote, tmp, progress)

@@ -27,7 +27,7 @@ CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 60.0  # between two chunks: a stalled server is an error, a slow one is not
 MAX_DOCUMENT = 64 * 1024 * 1024  # images.json of images.linuxcontainers.org is ~10 MB
 USER_AGENT = "Corral (LXD-compatible)"
-_CHUNK = 1024 * 1024
+_CHUNK = 64 * 1024
 
 
 def ssl_context(certificate: str = "") -> ssl.SSLContext:
