@@ -182,6 +182,7 @@ def test_registry_down_after_resolve(tmp_path):
     with pytest.raises(Exception) as exc:
         asyncio.run(FETCHER.download(src, remote, work, _noprogress))
     assert getattr(exc.value, "code", None) == 503
+    assert list(work.iterdir()) == []
 
 
 # ---- the runtime ----------------------------------------------------------------------
@@ -384,3 +385,33 @@ def test_pull_errors_leave_nothing(world, api, stack, anon_registry, registry):
         assert r.status_code == code and text in r.json()["error"], (body, r.text)
     assert image_fps(api) == before
     assert tmp_pulls(stack) == []
+
+
+def test_corrupt_layer_is_refused(tmp_path):
+    """A registry serving a layer whose bytes do not match its digest: the download
+    fails (skopeo checks every blob) and leaves no files."""
+    reg = start_registry(tmp_path / "r3")
+    try:
+        lay = build_busybox_image(tmp_path / "b", "x", entrypoint=["/bin/true"])
+        reg.push(lay, "x", "corral/bad:v1")
+        src = PullSource(server=reg.server, protocol="oci", alias="corral/bad:v1",
+                         certificate=reg.certificate)
+        remote = asyncio.run(FETCHER.resolve(src, "container"))
+        manifest = json.loads(subprocess.run(
+            ["skopeo", "inspect", "--raw", "--cert-dir", str(reg.dir / "certs.d"),
+             f"docker://{reg.host}/corral/bad:v1"], capture_output=True, check=True).stdout)
+        big = max(manifest["layers"], key=lambda layer: layer["size"])["digest"]
+        blob = (reg.dir / "data/docker/registry/v2/blobs/sha256" / big[7:9] / big[7:]
+                / "data")
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        work = tmp_path / "w"
+        work.mkdir()
+        with pytest.raises(Exception) as exc:
+            asyncio.run(FETCHER.download(src, remote, work, _noprogress))
+        assert getattr(exc.value, "code", None) == 400, exc.value
+        assert "digest" in exc.value.message
+        assert list(work.iterdir()) == []
+    finally:
+        reg.stop()

@@ -138,6 +138,21 @@ class Fetcher:
         ref = oci.parse_reference(source.server, source.alias or source.fingerprint or "")
         digest = remote.private.get("digest") or f"sha256:{remote.fingerprint}"
         layout, bundle = workdir / "oci-layout", workdir / "oci-bundle"
+        try:
+            return await self._download(source, ref, remote, digest, layout, bundle,
+                                        workdir, progress)
+        except BaseException:  # nothing half made stays in the caller's work dir
+            for part in (layout, bundle, workdir / "oci-meta", workdir / "meta.tar",
+                         workdir / "rootfs.squashfs"):
+                if part.is_dir():
+                    shutil.rmtree(part, ignore_errors=True)
+                else:
+                    part.unlink(missing_ok=True)
+            raise
+
+    async def _download(self, source: PullSource, ref: oci.Reference, remote: Remote,
+                        digest: str, layout: Path, bundle: Path, workdir: Path,
+                        progress: Progress) -> Fetched:
         total = int(remote.size or 0)
         async with _session(source, ref) as opts:
             copy = ["skopeo", "copy", "--quiet", "--retry-times", "2",

@@ -136,6 +136,9 @@ def skopeo_error(stderr: str, ref: Reference) -> CorralError:
     msg = re.sub(r'^Error parsing image name "[^"]*": ', "", msg)
     low = msg.lower()
     where = f"{ref.name} on {ref.host}"
+    if "digest" in low and ("mismatch" in low or "not match" in low):
+        return BadRequest(f"OCI image {where}: the registry sent content that does not "
+                          f"match its digest: {msg}")
     if "manifest unknown" in low or "name unknown" in low or "not found" in low:
         return NotFound(f"OCI image {where} not found: {msg}")
     if "unauthorized" in low or "authentication required" in low or "denied" in low:
@@ -144,8 +147,6 @@ def skopeo_error(stderr: str, ref: Reference) -> CorralError:
     if "x509" in low or "certificate" in low or "tls" in low:
         return Unavailable(f"TLS verification of the OCI registry {ref.host} failed: "
                            f"{msg} (pass its certificate as source.certificate)")
-    if "digest" in low and ("mismatch" in low or "does not match" in low):
-        return BadRequest(f"OCI image {where}: content does not match its digest: {msg}")
     return Unavailable(f"The OCI registry {ref.host} cannot be reached or failed: {msg}")
 
 

@@ -57,7 +57,8 @@ def test_pick_manifest():
     ("unauthorized: authentication required", 403),
     ("x509: certificate signed by unknown authority", 503),
     ("dial tcp 127.0.0.1:1: connect: connection refused", 503),
-    ("Digest did not match, expected sha256:aa, got sha256:bb: digest mismatch", 400),
+    ("writing blob: happened during read: Digest did not match, expected sha256:aa, "
+     "got sha256:bb", 400),
 ])
 def test_skopeo_errors(stderr, code):
     err = oci.skopeo_error(stderr, oci.parse_reference("https://r", "x:v"))
