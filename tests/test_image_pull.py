@@ -367,3 +367,82 @@ def test_image_service_killed_mid_download(api, stack, stream_server):
         assert op["metadata"]["fingerprint"] == fp
     finally:
         delete_image(api, fp)
+
+
+# -- lxc launch from an image server --------------------------------------------------------
+
+
+@pytest.fixture
+def world(api, stack, busybox_tarball):
+    from .world import make_world
+
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        yield w
+
+
+def test_launch_pulls_a_cached_image_and_shows_progress(api, stack, stream_server, ss_env,
+                                                        world):
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    name = world.name("c1")
+    stream_server.throttle = 400_000
+    try:
+        r = stock(ss_env, "launch", "ss:busybox/1.36", name, "-p", world.profile)
+        stream_server.throttle = 0
+        assert "Retrieving image: rootfs: " in r.stdout, r.stdout
+        img = images_by_fp(api)[fp]
+        assert img["cached"] is True and img["auto_update"] is False
+        assert img["update_source"]["alias"] == "busybox/1.36"
+        assert img["update_source"]["protocol"] == "simplestreams"
+        inst = world.get(name)
+        assert inst["status"] == "Running"
+        assert inst["config"]["volatile.base_image"] == fp
+        assert inst["config"]["image.serial"] == "20260102_0000"
+        out = stock(ss_env, "exec", name, "--", "cat", "/etc/image-serial").stdout
+        assert out.strip() == "default 20260102_0000"
+        # a second launch uses the local copy: no image file fetched again
+        files = {k: v for k, v in stream_server.hits.items() if not k.endswith(".json")}
+        name2 = world.name("c2")
+        stock(ss_env, "init", "ss:busybox/1.36", name2, "-p", world.profile)
+        assert {k: v for k, v in stream_server.hits.items() if not k.endswith(".json")} \
+            == files
+        assert world.get(name2)["config"]["volatile.base_image"] == fp
+    finally:
+        stream_server.throttle = 0
+        for n in list(world.instances):
+            world.remove(n)
+        delete_image(api, fp)
+
+
+def instance_left(api, stack, world, name: str) -> list[str]:
+    left = []
+    if api.get(f"/1.0/instances/{name}").status_code != 404:
+        left.append("instance record")
+    if world.volume(name).exists():
+        left.append("volume")
+    if world.lxc_dir(name).exists():
+        left.append("lxc dir")
+    return left
+
+
+def test_failed_pull_for_launch_leaves_no_instance(api, stack, stream_server, world):
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    body = {"name": world.name("bad"), "profiles": [world.profile],
+            **pull_body(stream_server, alias="nosuch/1.0")}
+    op = wait_op(api, api.post("/1.0/instances", json=body), ok=False)
+    assert op["status"] == "Failure" and "nosuch/1.0" in op["err"], op
+    assert instance_left(api, stack, world, body["name"]) == []
+    stream_server.corrupt("20260102_0000", "squashfs")
+    body["source"]["alias"] = "busybox/1.36"
+    op = wait_op(api, api.post("/1.0/instances", json=body), ok=False)
+    assert "Checksum mismatch" in op["err"], op
+    assert instance_left(api, stack, world, body["name"]) == []
+    assert_nothing_left(api, stack, fp)
+    # an intact image of the same product: the name is free again and the launch works
+    body["source"]["alias"] = "busybox/1.36/tarxz"
+    try:
+        wait_op(api, api.post("/1.0/instances", json=body))
+        img = world.get(body["name"])["config"]["volatile.base_image"]
+        assert img == stream_server.fingerprints["tarxz/20260101_0000"]["root.tar.xz"]
+    finally:
+        world.remove(body["name"])
+        delete_image(api, stream_server.fingerprints["tarxz/20260101_0000"]["root.tar.xz"])

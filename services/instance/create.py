@@ -19,7 +19,7 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages.network import Nic
 from shared.state import key, mutate
 
-from . import disks, image_templates, project_checks, reconcile, records, validate
+from . import disks, image_pull, image_templates, project_checks, reconcile, records, validate
 from .context import Context
 from .drivers.base import InstanceSpec
 from .drivers.router import CONTAINER, TYPES, type_of
@@ -74,8 +74,9 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
         raise BadRequest("Invalid source: expected an object")
     if source.get("type", "image") != "image":
         raise BadRequest(f"Unsupported source type {source.get('type')!r}: image or copy")
-    if source.get("server") or source.get("mode") == "pull":
-        raise BadRequest("Remote image servers are not supported: import the image first")
+    pulled = image_pull.is_pull(source)
+    if pulled:  # from an image server: pulled in the operation (build)
+        image_pull.check(source)
     if not (source.get("alias") or source.get("fingerprint")):
         raise BadRequest("No image given: set source.alias or source.fingerprint")
     config = validate.check_config(body.get("config"))
@@ -95,8 +96,11 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
     await validate.check_for_type(kind, pcfg)  # LXC's own verdict on raw.lxc, before any work
     await disks.resolve(ctx, {"name": name, "project": project, "type": kind,  # sources,
                               "expanded_config": pcfg}, pdevs, running=False)  # volumes
-    image = await ctx.remote.resolve_image(project_checks.effective(ctx, project, "images"),
-                                           source, kind)
+    if pulled:
+        image = {"pull": source, "fingerprint": "(pull)"}
+    else:
+        image = await ctx.remote.resolve_image(
+            project_checks.effective(ctx, project, "images"), source, kind)
     if not image.get("fingerprint"):
         raise NotFound("Image not found")
     rec = records.new_record(name, project, body, config, devices, profiles)
@@ -150,6 +154,10 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
     kind = type_of(rec)
     try:
         faults.point("create:after_reserve")
+        if "pull" in image:  # nothing to undo yet: a failed pull drops the record only
+            image = await image_pull.pull(ctx, project_checks.effective(ctx, project,
+                                                                        "images"),
+                                          image["pull"], kind)
         drv = ctx.drivers.for_type(kind)
         undo.append(lambda: _ignore_missing(ctx.remote.volume_delete(project, pool, name,
                                                                      kind)))
