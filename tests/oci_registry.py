@@ -26,7 +26,7 @@ from pathlib import Path
 REGISTRY_BIN = "/usr/bin/docker-registry"
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "echo", "sleep", "cat", "ls", "pwd", "id", "env", "printenv", "true",
-           "false", "touch", "mkdir", "rm", "ip", "hostname")
+           "false", "touch", "mkdir", "rm", "ip", "hostname", "ping", "stat", "tr", "grep", "cut")
 
 
 def free_port() -> int:

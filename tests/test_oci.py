@@ -241,10 +241,11 @@ def test_running_app_exec_files_network_stop_delete(world, api, stack, images):
     addr = next(a["address"] for a in live["network"]["eth0"]["addresses"]
                 if a["family"] == "inet")
     ping = api.post(f"/1.0/instances/{name}/exec", json={
-        "command": ["/bin/sh", "-c", "ip -4 route | grep default"],
+        "command": ["/bin/sh", "-c", "gw=$(ip -4 route | grep default | cut -d' ' -f3); "
+                    "ping -c1 -W3 $gw"],
         "wait-for-websocket": False, "record-output": True, "interactive": False})
     op = wait_op(api, ping)
-    assert "default via" in api.get(op["metadata"]["output"]["1"]).text, addr
+    assert op["metadata"]["return"] == 0, (addr, api.get(op["metadata"]["output"]["1"]).text)
     t = time.monotonic()
     world.state(name, "stop", timeout=20)
     assert time.monotonic() - t < 15  # init.lxc forwards the stop signal to the app

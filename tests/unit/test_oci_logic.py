@@ -121,6 +121,7 @@ def test_oci_keys_accepted_and_refused_on_system():
 def test_static_address_is_stable_and_in_the_upper_half(monkeypatch):
     gw = ipaddress.IPv4Interface("10.9.8.1/24")
     monkeypatch.setattr(oci_app, "bridge_ipv4", lambda _b: gw)
+    monkeypatch.setattr(oci_app, "bridge_neighbours", lambda _b: set())
     nic = Nic(name="eth0", bridge="br0", hwaddr="00:16:3e:aa:bb:cc")
     addr, via = oci_app.static_address(nic)
     assert via == "10.9.8.1" and addr == oci_app.static_address(nic)[0]
@@ -130,3 +131,22 @@ def test_static_address_is_stable_and_in_the_upper_half(monkeypatch):
     other = oci_app.static_address(Nic(name="eth0", bridge="br0", hwaddr="00:16:3e:00:00:01"))
     assert other[0] != addr
     assert oci_app.static_address(Nic(name="eth0", nictype="macvlan", parent="x")) is None
+
+
+def test_static_address_skips_used_and_takes_the_device_address(monkeypatch):
+    gw = ipaddress.IPv4Interface("10.9.8.1/24")
+    monkeypatch.setattr(oci_app, "bridge_ipv4", lambda _b: gw)
+    nic = Nic(name="eth0", bridge="br0", hwaddr="00:16:3e:aa:bb:cc")
+    monkeypatch.setattr(oci_app, "bridge_neighbours", lambda _b: set())
+    first = oci_app.static_address(nic)[0].split("/")[0]
+    monkeypatch.setattr(oci_app, "bridge_neighbours", lambda _b: {first})
+    assert oci_app.static_address(nic)[0].split("/")[0] != first
+    assert oci_app.static_address(nic, "10.9.8.20") == ("10.9.8.20/24", "10.9.8.1")
+    for bad in ("10.9.9.20", "10.9.8.1", "nonsense"):
+        with pytest.raises(BadRequest):
+            oci_app.static_address(nic, bad)
+    lines = oci_app.config_lines({"args": ["/x"], "cwd": "/", "uid": 0, "gid": 0, "env": {}},
+                                 [nic], {"eth0": {"type": "nic", "ipv4.address": "10.9.8.30"},
+                                         "root": {"type": "disk"}})
+    assert "lxc.net.0.ipv4.address = 10.9.8.30/24" in lines
+    assert "lxc.net.0.ipv4.gateway = 10.9.8.1" in lines

@@ -16,9 +16,12 @@ the image (``process`` of config.json), ``oci.entrypoint``/``oci.cwd``/``oci.uid
 ``oci.gid`` override them, ``environment.*`` keys add to the environment.
 
 Networking: an application has no DHCP client, so each NIC on a host bridge gets a
-static IPv4 address chosen here from local facts only: the bridge's own address and
-prefix (the gateway) and the NIC's MAC, hashed into the subnet's upper half (dnsmasq
-pings an address before it leases it, so a collision is avoided on its side).
+static IPv4 address set by LXC, with the bridge's address as gateway. The NIC device's
+``ipv4.address`` (LXD's static lease: dnsmasq reserves it for this MAC) is taken when
+set; otherwise one is chosen from local facts only: the NIC's MAC hashed into the upper
+half of the bridge's subnet, skipping the bridge's own address and any address the
+host's neighbour table shows in use on that bridge. (dnsmasq does not know that choice:
+set ``ipv4.address`` on the NIC for an address no lease can ever take.)
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def process(rootfs: Path, config: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def config_lines(proc: dict[str, Any], nics: list[Nic]) -> list[str]:
+def config_lines(proc: dict[str, Any], nics: list[Nic],
+                 devices: dict[str, dict[str, str]] | None = None) -> list[str]:
     """LXC config lines of an application container (appended to the rendered config)."""
     lines = [f"lxc.init.cwd = {proc['cwd']}", f"lxc.init.uid = {proc['uid']}",
              f"lxc.init.gid = {proc['gid']}",
@@ -113,8 +117,10 @@ def config_lines(proc: dict[str, Any], nics: list[Nic]) -> list[str]:
         if "\n" in k + v or "=" in k or not k:
             raise BadRequest(f"Invalid environment variable {k!r} for the application")
         lines.append(f"lxc.environment = {k}={v}")
+    nic_devs = [d for _n, d in sorted((devices or {}).items()) if d.get("type") == "nic"]
     for i, nic in enumerate(nics):
-        addr = static_address(nic)
+        wanted = nic_devs[i].get("ipv4.address", "") if i < len(nic_devs) else ""
+        addr = static_address(nic, wanted)
         if addr:
             lines += [f"lxc.net.{i}.ipv4.address = {addr[0]}",
                       f"lxc.net.{i}.ipv4.gateway = {addr[1]}"]
@@ -134,8 +140,19 @@ def bridge_ipv4(bridge: str) -> ipaddress.IPv4Interface | None:
     return None
 
 
-def static_address(nic: Nic) -> tuple[str, str] | None:
-    """("address/prefix", "gateway") for a NIC on a bridge with IPv4, else None."""
+def bridge_neighbours(bridge: str) -> set[str]:
+    """IPv4 addresses the host's neighbour table has seen on ``bridge`` (in use)."""
+    try:
+        res = subprocess.run(["ip", "-j", "-4", "neigh", "show", "dev", bridge],
+                             capture_output=True, text=True, timeout=5)
+        return {str(n["dst"]) for n in json.loads(res.stdout or "[]") if n.get("dst")}
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return set()
+
+
+def static_address(nic: Nic, wanted: str = "") -> tuple[str, str] | None:
+    """("address/prefix", "gateway") for a NIC on a bridge with IPv4, else None;
+    ``wanted``: the NIC device's ``ipv4.address`` (used when inside the subnet)."""
     bridge = nic.bridge or (nic.parent if nic.nictype == "bridged" else "")
     if not bridge or not nic.hwaddr:
         return None
@@ -143,11 +160,21 @@ def static_address(nic: Nic) -> tuple[str, str] | None:
     if gw is None or gw.network.num_addresses < 8:
         return None
     net = gw.network
+    if wanted and wanted != "none":
+        try:
+            ip = ipaddress.IPv4Address(wanted.split("/")[0])
+        except ValueError:
+            raise BadRequest(f"Invalid ipv4.address {wanted!r} on NIC {nic.name}") from None
+        if ip not in net or ip in (gw.ip, net.network_address, net.broadcast_address):
+            raise BadRequest(f"ipv4.address {wanted} of NIC {nic.name} is not a free host "
+                             f"address of {bridge}'s subnet {net}")
+        return f"{ip}/{net.prefixlen}", str(gw.ip)
     half = net.num_addresses // 2
+    used = bridge_neighbours(bridge)
     h = int.from_bytes(hashlib.sha256(nic.hwaddr.lower().encode()).digest()[:8], "big")
     for step in range(half - 1):
         cand = net.network_address + half + (h + step) % (half - 1)
-        if cand != gw.ip and cand != net.broadcast_address:
+        if cand not in (gw.ip, net.broadcast_address) and str(cand) not in used:
             return f"{cand}/{net.prefixlen}", str(gw.ip)
     return None
 
