@@ -233,6 +233,36 @@ def test_refresh_from_an_unreachable_server_fails_and_keeps_the_image(
         delete_image(lapi, fp)
 
 
+@pytest.mark.parametrize("fault", ["refresh:after_pull", "refresh:after_alias"])
+def test_refresh_killed_midway_is_finished_by_the_next(lapi, lstack, lxc_env, streams,
+                                                        fault):
+    from .test_faults import start_again, wait_dead, wait_final
+
+    variant = "crash" + fault.rsplit("_", 1)[1]
+    old = streams.add_version(V1, variant=variant, rootfs=("squashfs",))["squashfs"]
+    lxc(lxc_env, "image", "copy", f"ss:{PRODUCT}/{variant}", "local:", "--alias",
+        f"{variant}-1", "--alias", f"{variant}-2", "--auto-update")
+    new = streams.add_version(V2, variant=variant, rootfs=("squashfs",))["squashfs"]
+    restart(lstack, "image", fault=fault)
+    r = lapi.post(f"/1.0/images/{old}/refresh")
+    assert r.status_code == 202, r.text
+    wait_dead(lstack, "image")
+    start_again(lstack, "image")
+    op = wait_final(lapi, r.json()["operation"], 60)
+    assert op["status"] == "Failure"
+    assert {old, new} <= set(images(lapi))  # both versions: nothing was undone
+    # after_pull: the alias still names the old version, which is refreshed; after_alias:
+    # it names the new one (up to date), and the old one left behind is finished too
+    r = lxc(lxc_env, "image", "refresh", f"{variant}-1")
+    want = "refreshed successfully" if fault.endswith("pull") else "already up to date"
+    assert want in r.stdout.lower(), r.stdout
+    now = images(lapi)
+    assert old not in now
+    assert sorted(a["name"] for a in now[new]["aliases"]) == [f"{variant}-1", f"{variant}-2"]
+    assert now[new]["auto_update"] is True and now[new]["cached"] is False
+    delete_image(lapi, new)
+
+
 def test_periodic_auto_update_without_a_command(lapi, lstack, lxc_env, streams):
     old = fp_of(streams, V1, "auto")
     lxc(lxc_env, "image", "copy", f"ss:{PRODUCT}/auto", "local:", "--alias", "life-auto",

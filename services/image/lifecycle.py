@@ -13,6 +13,11 @@ LXD's rules (lxd/images.go: pruneExpiredImages, autoUpdateImage, imageRefresh):
   to it and deletes the old image; ``image-refreshed`` (with the old fingerprint, as LXD)
   is sent. The operation's metadata says ``{"refreshed": bool}``.
 
+Crash safety: nothing is undone. A refresh killed after the pull (``refresh:after_pull``)
+or between two alias moves (``refresh:after_alias``) leaves both versions, the aliases on
+either; the next refresh of either version (by hand, or the task once a check is due)
+finds the new version local, moves what is left to it and deletes the old one.
+
 Where Corral differs: LXD checks every ``auto_update`` image when the hours since the
 daemon started are a multiple of ``images.auto_update_interval``, so a restart moves the
 schedule and a daemon restarted more often than that never checks. Here each image keeps
@@ -26,6 +31,7 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
+from shared import faults
 from shared.api import url
 from shared.errors import BadRequest, CorralError, NotFound
 from shared.image.settings import BUCKET, ENTRY, ImageSettings
@@ -144,6 +150,7 @@ class Lifecycle:
             await self._checked(project, fp)
             if remote.fingerprint == fp:
                 self.ctx.log.info("image up to date", fingerprint=fp, server=source.server)
+                await self._absorb_leftovers(project, old, requestor)
                 return False
             self.ctx.log.info("image refresh", fingerprint=fp, new=remote.fingerprint,
                               server=source.server, alias=source.alias)
@@ -156,21 +163,55 @@ class Lifecycle:
             new_fp = done["fingerprint"]
             if new_fp == fp:
                 return False
+            faults.point("refresh:after_pull")
             await self._inherit(project, old, new_fp)
-            for alias in in_project(self.ctx.aliases, project):
-                if alias.get("target") == fp:
-                    await self.aliases.update(project, alias["name"], {"target": new_fp},
-                                              None, requestor, replace=False)
-            try:
-                await self.images.delete(project, fp, requestor)
-            except CorralError as exc:  # 409: a pool still needs its volume
-                self.ctx.log.warning("refreshed image's old version kept", fingerprint=fp,
-                                     new=new_fp, error=exc.message)
-                await mutate(self.ctx.images, key(project, fp),
-                             lambda r: {**r, "auto_update": False}, "Image")
+            await self._replace(project, fp, new_fp, requestor)
             await self.ctx.events.lifecycle("image-refreshed", url("images", fp, project),
                                             project=project, requestor=requestor)
             return True
+
+    async def _replace(self, project: str, fp: str, new_fp: str,
+                       requestor: Requestor | None) -> None:
+        """Aliases of ``fp`` move to ``new_fp``, then ``fp`` is deleted; a pool that still
+        needs its volume (409) keeps it, without auto_update (never refreshed again)."""
+        for alias in in_project(self.ctx.aliases, project):
+            if alias.get("target") == fp:
+                await self.aliases.update(project, alias["name"], {"target": new_fp},
+                                          None, requestor, replace=False)
+                faults.point("refresh:after_alias")
+        try:
+            await self.images.delete(project, fp, requestor)
+        except CorralError as exc:
+            self.ctx.log.warning("refreshed image's old version kept", fingerprint=fp,
+                                 new=new_fp, error=exc.message)
+            await mutate(self.ctx.images, key(project, fp),
+                         lambda r: {**r, "auto_update": False}, "Image")
+
+    async def _absorb_leftovers(self, project: str, current: dict[str, Any],
+                                requestor: Requestor | None) -> None:
+        """Older ``auto_update`` versions of the same source still here (a refresh that
+        died before it deleted them, some aliases moved, some not) are finished now, as
+        their own next check would: aliases to the current version, then deleted."""
+        def where(rec: dict[str, Any]) -> tuple[str, ...] | None:
+            src = _source(rec)
+            return None if src is None else (
+                src.get("server") or "", src.get("protocol") or "lxd",
+                src.get("alias") or "", src.get("image_type") or rec.get("type", ""))
+
+        mine = where(current)
+        for rec in list(self.ctx.images.cached()):
+            if (rec.get("project", "default") != project
+                    or rec["fingerprint"] == current["fingerprint"]
+                    or not rec.get("auto_update") or where(rec) != mine):
+                continue
+            self.ctx.log.info("older version of a refreshed image replaced",
+                              fingerprint=rec["fingerprint"], new=current["fingerprint"])
+            try:
+                await self._replace(project, rec["fingerprint"], current["fingerprint"],
+                                    requestor)
+            except (CorralError, NotFound) as exc:
+                self.ctx.log.warning("older image version not replaced",
+                                     fingerprint=rec["fingerprint"], error=str(exc))
 
     async def _inherit(self, project: str, old: dict[str, Any], new_fp: str) -> None:
         """The new version keeps what the user set on the old one (LXD: cached and
