@@ -416,3 +416,37 @@ def test_corrupt_layer_is_refused(tmp_path):
         assert list(work.iterdir()) == []
     finally:
         reg.stop()
+
+
+def test_launch_from_a_registry(world, api, stack, anon_registry):
+    """POST /1.0/instances with an oci pull source: pulled (cached), created, started."""
+    name = world.name("launch")
+    r = api.post("/1.0/instances", json={
+        "name": name, "profiles": [world.profile], "start": True,
+        "config": {"oci.entrypoint": "/bin/sh -c 'echo launched-$FOO; exit 5'"},
+        **pull_body(anon_registry, "corral/echo:v1")})
+    op = wait_op(api, r)
+    assert op["status"] == "Success", op["err"]
+    fp = anon_registry.pushed["corral/echo:v1"].split(":")[1]
+    try:
+        img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+        assert img["cached"] is True and img["properties"]["type"] == "oci"
+        assert world.get(name)["config"]["volatile.base_image"] == fp
+        wait_for(lambda: world.live(name)["status"] == "Stopped", 30)
+        assert world.live(name).get("exit_code") == 5
+        assert "launched-bar" in console_log(api, name)
+        world.remove(name)
+        # A bad tag: the create fails, nothing is left.
+        bad = world.name("badtag")
+        r = api.post("/1.0/instances", json={
+            "name": bad, "profiles": [world.profile],
+            **pull_body(anon_registry, "corral/echo:nope")})
+        if r.status_code == 202:
+            op = wait_op(api, r, ok=False)
+            assert op["status"] == "Failure" and "not found" in op["err"], op
+        else:
+            assert r.status_code == 404 and "not found" in r.text, r.text
+        assert api.get(f"/1.0/instances/{bad}").status_code == 404
+        assert not world.lxc_dir(bad).exists()
+    finally:
+        api.delete(f"/1.0/images/{fp}")
