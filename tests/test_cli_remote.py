@@ -210,7 +210,12 @@ def test_launch_from_a_remote_alias(stack, conf, streams, api, world):
     add_remote(stack, conf, streams)
     fp = streams.fingerprints[V1]["squashfs"]
     name = world.name("cli-pull")
-    ok(corral(stack, conf, "launch", "ss:clibox/1.36", name, "-p", world.profile))
+    streams.throttle = 400 * 1024  # ~3 s: the CLI sees the download under way
+    try:
+        r = ok(corral(stack, conf, "launch", "ss:clibox/1.36", name, "-p", world.profile))
+    finally:
+        streams.throttle = 0
+    assert "Retrieving image: rootfs:" in r.stderr and "%" in r.stderr, r.stderr
     inst = world.get(name)
     assert inst["status"] == "Running"
     assert inst["config"]["volatile.base_image"] == fp
