@@ -107,6 +107,7 @@ def main() -> None:
                         ("launch", f"{tag}ss", name, "-p", tag)))
                 drop(name)
             samples[cached] = []
+            api_fig = "POST /1.0/instances, pull source (cached), start"
             samples["lxc launch (a locally imported image, reference)"] = []
             for i in range(args.runs):  # the image stays from the last run: cached
                 name = f"{tag}c{i}"
@@ -117,6 +118,19 @@ def main() -> None:
                 samples["lxc launch (a locally imported image, reference)"].append(
                     timed(("launch", f"{tag}img", name, "-p", tag)))
                 drop(name)
+            if direct:  # the server's share: the same launch through the API, no lxc
+                samples[api_fig] = []
+                for i in range(args.runs):
+                    name = f"{tag}a{i}"
+                    t0 = time.perf_counter()
+                    api.call("POST", "/1.0/instances", {
+                        "name": name, "profiles": [tag], "start": True, "source": {
+                            "type": "image", "mode": "pull", "server": srv.url,
+                            "protocol": "simplestreams", "alias": f"{srv.os}/{srv.release}",
+                            "certificate": srv.cert_pem}},
+                             headers={"Content-Type": "application/json"})
+                    samples[api_fig].append((time.perf_counter() - t0) * 1000)
+                    drop(name)
             size = sum(p.stat().st_size for p in (srv.item_path(SERIAL, "lxd.tar.xz"),
                                                   srv.item_path(SERIAL, "squashfs")))
             table(f"Corral launches from a simplestreams remote (busybox split image, "
