@@ -333,3 +333,30 @@ def test_expiry_zero_keeps_cached_images(lapi, lstack, lxc_env, streams, world):
     finally:
         lxc(lxc_env, "config", "unset", "images.remote_cache_expiry")
         delete_image(lapi, fp)
+
+
+@pytest.fixture(scope="module")
+def bworld(lstack, lapi, busybox_tarball):
+    with make_world(lapi, lstack, busybox_tarball, network=False, pool_driver="btrfs") as w:
+        yield w
+
+
+def test_expired_image_of_a_running_instance_on_btrfs(lapi, lstack, lxc_env, streams,
+                                                      bworld):
+    """btrfs instance volumes are snapshots that stand alone (as LXD): the expired image
+    and its image subvolume go, the instance keeps running and starts again."""
+    fp = streams.add_version(V1, variant="bt", rootfs=("squashfs",))["squashfs"]
+    name = bworld.name("bt")
+    lxc(lxc_env, "launch", f"ss:{PRODUCT}/bt", name, "-p", bworld.profile)
+    vols = lapi.get(f"/1.0/storage-pools/{bworld.pool}/volumes/image").json()["metadata"]
+    assert any(v.endswith(fp) for v in vols), vols
+    change_image_record(lstack, fp, last_used_at="2020-01-01T00:00:00.000000000Z")
+    restart(lstack, "image")
+    wait_for(lambda: fp not in images(lapi), 60, what="the expired cached image to go")
+    vols = lapi.get(f"/1.0/storage-pools/{bworld.pool}/volumes/image").json()["metadata"]
+    assert not any(v.endswith(fp) for v in vols), vols
+    assert bworld.live(name)["status"] == "Running"
+    bworld.state(name, "stop", force=True)
+    bworld.state(name, "start")
+    assert "bt " + V1 in lxc(lxc_env, "exec", name, "--", "cat", "/etc/image-serial").stdout
+    bworld.remove(name)
