@@ -551,3 +551,30 @@ def test_lxd_protocol_pulls_public_images_unified_and_split(api, stack, stream_s
         **src, "alias": world.image, "certificate": stream_server.cert_pem}})
     assert r.status_code == 400 and "not the pinned one" in error(r)[1], r.text
     assert_nothing_left(api, stack)
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_file(stream_server, tmp_path):
+    """A full temp dir (a 256 KiB tmpfs here: the stack's own dir is left alone) while a
+    ~1 MB rootfs arrives: a 503 that says what to do, and no partial file."""
+    import asyncio
+
+    from shared.errors import Unavailable
+    from shared.image import download
+
+    item = stream_server.products[stream_server.product_name()]["versions"][
+        "20260102_0000"]["items"]["root.squashfs"]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                   check=True)
+    try:
+        with pytest.raises(Unavailable) as e:
+            asyncio.run(download.fetch_file(
+                download.join(stream_server.url, item["path"]), small / "root",
+                sha256=item["sha256"], size=item["size"],
+                certificate=stream_server.cert_pem))
+        assert "No space left on device" in e.value.message
+        assert "free some space" in e.value.message
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

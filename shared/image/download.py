@@ -10,6 +10,7 @@ checksum, wrong size: 400; not there: 404).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ssl
 import time
@@ -28,6 +29,7 @@ READ_TIMEOUT = 60.0  # between two chunks: a stalled server is an error, a slow 
 MAX_DOCUMENT = 64 * 1024 * 1024  # images.json of images.linuxcontainers.org is ~10 MB
 USER_AGENT = "Corral (LXD-compatible)"
 _CHUNK = 64 * 1024
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def ssl_context(certificate: str = "") -> ssl.SSLContext:
@@ -157,10 +159,10 @@ async def fetch_file(url: str, dest: Path, *, sha256: str | None, size: int | No
         dest.unlink(missing_ok=True)
         if not isinstance(e, Exception):
             raise
-        if isinstance(e, OSError) and not isinstance(e, (httpx.HTTPError, ssl.SSLError)) \
-                and e.filename is not None:
+        if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) \
+                and e.errno in _DISK_ERRORS:
             raise Unavailable(f"Cannot write the download of {url} to {dest.parent}: "
-                              f"{e.strerror}") from e
+                              f"{e.strerror} (free some space there and try again)") from e
         raise explain(e, url, certificate) from e
 
 
