@@ -206,6 +206,28 @@ def test_image_refresh_takes_a_newer_version(stack, conf, streams, api, uid):
                 _delete_image(api, fp)
 
 
+def test_progress_bar_on_a_terminal(stack, conf, streams, api, uid):
+    """On a tty the download is a rich progress bar (a pty made by script(1))."""
+    import shlex
+
+    add_remote(stack, conf, streams)
+    fp = streams.fingerprints[V1]["squashfs"]
+    _delete_image(api, fp)
+    cmd = shlex.join([str(BIN / "corral"), "image", "copy", "ss:clibox/1.36", "local:"])
+    streams.throttle = 400 * 1024
+    try:
+        r = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True,
+                           env={**stack.env, "CORRAL_CONF": str(conf), "COLUMNS": "100",
+                                "TERM": "xterm"}, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        streams.throttle = 0
+        _delete_image(api, fp)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, out
+    assert "Copying the image" in out and "\u2501" in out and "rootfs:" in out, out
+    assert "Copying the image: rootfs" not in out  # not the plain lines of a pipe
+
+
 def test_launch_from_a_remote_alias(stack, conf, streams, api, world):
     add_remote(stack, conf, streams)
     fp = streams.fingerprints[V1]["squashfs"]
