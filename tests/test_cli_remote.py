@@ -97,6 +97,25 @@ def test_remote_add_pins_the_certificate_only_when_accepted(stack, conf, streams
     assert r.returncode == 2 and "cannot be removed" in r.stderr
 
 
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_remote_add_asks_on_a_terminal(stack, conf, streams, answer):
+    import shlex
+
+    from services.cli.remotes import fingerprint
+
+    cmd = shlex.join([str(BIN / "corral"), "remote", "add", "ss", streams.url,
+                      "--protocol", "simplestreams"])
+    r = subprocess.run(["script", "-qefc", cmd, "/dev/null"], input=f"{answer}\n",
+                       capture_output=True, text=True, timeout=60,
+                       env={**stack.env, "CORRAL_CONF": str(conf)})
+    assert fingerprint(streams.cert_pem) in r.stdout and "ok (y/n)?" in r.stdout
+    saved = (conf / "remotes.json").exists()
+    if answer == "y":
+        assert r.returncode == 0 and saved, r.stdout
+    else:
+        assert r.returncode == 2 and "NACKed" in r.stdout and not saved, r.stdout
+
+
 def test_remote_add_bad_input(stack, conf):
     r = corral(stack, conf, "remote", "add", "x", "http://192.0.2.1", "--protocol",
                "simplestreams")
