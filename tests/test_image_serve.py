@@ -411,6 +411,55 @@ def _pulled(oapi: httpx.Client, fp: str) -> dict[str, Any]:
     return r.json()["metadata"]
 
 
+def _tokens(api: httpx.Client, fp: str) -> set[str]:
+    """Ids of the used (cancelled) secrets of image ``fp``."""
+    ops = api.get("/1.0/operations?recursion=1").json()["metadata"].get("cancelled") or []
+    return {o["id"] for o in ops if o["class"] == "token"
+            and (o.get("metadata") or {}).get("fingerprint") == fp}
+
+
+def test_second_corral_pulls_over_the_lxd_protocol(api, stack, served, other, oapi,
+                                                   tmp_path):
+    """``lxc image copy`` between two Corrals: a public image from an untrusted (public)
+    remote, and a private one from a remote the client is trusted on (the 5.0 client asks
+    the source for a secret and tells the target to pull with it)."""
+    env = client_env(stack, tmp_path, "two")  # untrusted on the source
+    lxc(env, "remote", "add", "dst", f"unix://{other.socket}")
+    lxc(env, "remote", "add", "pub", served.url, "--public", "--accept-certificate")
+    trusted = client_env(stack, tmp_path, "two-trusted")  # a client certificate of its own
+    lxc(trusted, "remote", "add", "dst", f"unix://{other.socket}")
+    token = lxc({**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "adm")},
+                "config", "trust", "add", "--name", f"{served.prefix}-two"
+                ).stdout.strip().splitlines()[-1]
+    lxc(trusted, "remote", "add", "src", token)
+    try:
+        lxc(env, "image", "copy", f"pub:{served.aliases['squashfs']}", "dst:",
+            "--alias", "sq")
+        assert _pulled(oapi, served.fps["squashfs"])["aliases"] == [
+            {"name": "sq", "description": ""}]
+        lxc(env, "image", "copy", f"pub:{served.aliases['unified']}", "dst:")
+        _pulled(oapi, served.fps["unified"])
+        for name in (served.aliases["private"], served.fps["private"]):
+            r = lxc(env, "image", "copy", f"pub:{name}", "dst:", check=False)
+            assert r.returncode != 0  # not public: an untrusted client does not see it
+        assert oapi.get(f"/1.0/images/{served.fps['private']}").status_code == 404
+        before = _tokens(api, served.fps["private"])
+        lxc(trusted, "image", "copy", f"src:{served.aliases['private']}", "dst:",
+            "--alias", "priv")
+        rec = _pulled(oapi, served.fps["private"])
+        assert rec["public"] is False
+        assert _tokens(api, served.fps["private"]) - before, \
+            "the copy spent a secret of the source"
+    finally:
+        for fp in served.fps.values():
+            r = oapi.delete(f"/1.0/images/{fp}")
+            if r.status_code == 202:
+                wait_op(oapi, r, ok=False)
+        for c in api.get("/1.0/certificates?recursion=1").json()["metadata"]:
+            if c["name"] == f"{served.prefix}-two":
+                api.delete(f"/1.0/certificates/{c['fingerprint']}")
+
+
 def test_second_corral_pulls_from_the_served_tree(api, stack, served, other, oapi,
                                                   tmp_path):
     """The second Corral copies from the first's simplestreams tree: split (squashfs and
