@@ -97,7 +97,7 @@ def image_objects(stack) -> set[str]:
         try:
             store = await nc.jetstream().object_store("images")
             try:
-                return {o.name for o in await store.list()}
+                return {o.name for o in await store.list(ignore_deletes=True)}
             except Exception:  # nats-py raises when the store is empty
                 return set()
         finally:
@@ -578,3 +578,31 @@ def test_full_disk_is_a_clear_error_and_leaves_no_file(stream_server, tmp_path):
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_image_service_killed_between_objects_and_record(api, stack, stream_server):
+    """Killed after the files went into the ``images`` store but before the record: the
+    next start removes those objects (the pull's journal), and a new pull works."""
+    import signal
+
+    fp = stream_server.fingerprints["20260102_0000"]["root.tar.xz"]
+    _restart_image(stack, "image:after_blobs")
+    try:
+        r = api.post("/1.0/images", json=pull_body(stream_server, fingerprint=fp))
+        assert r.status_code == 202, r.text
+        proc = stack.procs["image"]
+        proc.wait(60)
+        assert proc.returncode == -signal.SIGKILL
+        stack.procs.pop("image")
+        assert {f"{fp}.meta", f"{fp}.rootfs"} <= image_objects(stack)
+    finally:
+        _restart_image(stack)
+    op = api.get(f"{r.json()['operation']}/wait", params={"timeout": 60},
+                 timeout=70).json()["metadata"]
+    assert op["status"] == "Failure", op
+    assert_nothing_left(api, stack, fp)
+    try:
+        wait_op(api, api.post("/1.0/images", json=pull_body(stream_server, fingerprint=fp)))
+        assert {f"{fp}.meta", f"{fp}.rootfs"} <= image_objects(stack)
+    finally:
+        delete_image(api, fp)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared import blobs
+from shared import blobs, faults
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.image import format as fmt
 from shared.messages.image import ImportRequest
@@ -152,6 +152,7 @@ async def _store(ctx: ImageContext, rec: dict[str, Any], meta: Path, rootfs: Pat
             if rootfs is not None:
                 await blobs.put_file(store, blob["rootfs"], rootfs)
                 written.append(blob["rootfs"])
+        faults.point("image:after_blobs")
         await ctx.images.create(key(rec["project"], fp), rec, "Image")
     except BaseException as exc:
         for name in written:

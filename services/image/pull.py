@@ -16,20 +16,23 @@ its result (its own aliases and fields added), so an image is downloaded once.
 
 Crash safety: nothing is recorded before the files are whole and checked; a process killed
 mid-download leaves only its ``image-pull-*`` temp dir, removed at the next start
-(``cleanup``), and its operation is failed by the operations' owner check. Fault points
-(``shared/faults.py``): ``pull:downloading`` (a file partly downloaded),
-``pull:after_download`` (all files checked, nothing stored yet).
+(``recover``; one killed while storing also left a journal naming the objects it may
+have written without a record, removed then too), and its operation is failed by the
+operations' owner check. Fault points (``shared/faults.py``): ``pull:downloading`` (a
+file partly downloaded), ``pull:after_download`` (all files checked, nothing stored
+yet), ``image:after_blobs`` (``imports._store``: objects written, no record yet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared import faults
+from shared import blobs, faults
 from shared.errors import BadRequest, Conflict
 from shared.image.download import Rate
 from shared.messages.image import PullRequest
@@ -45,10 +48,25 @@ from .fetchers import Remote
 TMP_PREFIX = "image-pull-"
 
 
-def cleanup(tmp_dir: Path) -> int:
-    """Remove the temp dirs of pulls a crash interrupted; how many."""
+JOURNAL = "journal.json"
+
+
+async def recover(ctx: ImageContext) -> int:
+    """Undo the pulls a crash interrupted (at the service's start, before any pull runs);
+    how many. A temp dir with a journal died while storing: the objects it may have
+    written go unless a record holds that fingerprint. Then the temp dir goes."""
     n = 0
-    for stale in tmp_dir.glob(TMP_PREFIX + "*"):
+    for stale in ctx.tmp_dir.glob(TMP_PREFIX + "*"):
+        journal = stale / JOURNAL
+        try:
+            fp = json.loads(journal.read_text())["fingerprint"] if journal.exists() else None
+        except (OSError, ValueError, KeyError):
+            fp = None
+        if fp and not any(r["fingerprint"] == fp for r in ctx.images.cached()):
+            store = await blobs.bucket(ctx.bus, records.BUCKET)
+            for name in records.object_names(fp, True).values():
+                if name:
+                    await blobs.delete(store, name)
         shutil.rmtree(stale, ignore_errors=True)
         n += 1
     return n
@@ -145,6 +163,10 @@ class Pulls:
         try:
             fetched = await fetcher.download(req.source, remote, tmp, progress)
             faults.point("pull:after_download")
+            # from here objects may be written before the record: say which, for recover()
+            # (named after the server's fingerprint: the import refuses any other)
+            (tmp / JOURNAL).write_text(json.dumps({"fingerprint": remote.fingerprint.lower(),
+                                                   "project": req.project}))
             props = {**remote.properties, **req.properties}
             return await imports.store(self.ctx, self.aliases, imports.Incoming(
                 project=req.project, meta=fetched.meta, rootfs=fetched.rootfs,
@@ -252,4 +274,4 @@ def request_from_body(body: dict[str, Any], project: str, requestor: Any,
         raise BadRequest(f"Invalid image source: {e.errors()[0].get('msg')}") from None
 
 
-__all__ = ["Pulls", "cleanup", "request_from_body"]
+__all__ = ["Pulls", "recover", "request_from_body"]

@@ -33,7 +33,7 @@ class PullMixin:
     async def setup_pull(self) -> None:
         """Called from ImageService.setup (after ctx exists): remove the temp dirs of pulls
         a crash interrupted (nothing was recorded for them: see pull.py)."""
-        pull.cleanup(self.ctx.tmp_dir)
+        await pull.recover(self.ctx)
         self.pulls = pull.Pulls(self.ctx, self.alias_logic, self.operations)
 
     async def create_from_source(self, req: CreateRequest) -> Reply:
