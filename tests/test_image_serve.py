@@ -31,7 +31,7 @@ from shared.image.simplestreams import Catalog
 
 from .stack import SERVICES, NatsServer, Stack, wait_for
 from .test_https import free_port, https, make_client_cert
-from .world import wait_op
+from .world import make_world, wait_op
 
 pytestmark = pytest.mark.root
 
@@ -489,6 +489,30 @@ def test_second_corral_pulls_from_the_served_tree(api, stack, served, other, oap
     finally:
         for fp in served.fps.values():
             r = oapi.delete(f"/1.0/images/{fp}")
+            if r.status_code == 202:
+                wait_op(oapi, r, ok=False)
+
+
+def test_second_corral_launches_from_the_served_tree(api, stack, served, other, oapi,
+                                                     busybox_tarball, tmp_path):
+    """``lxc launch corral:ALIAS dst:NAME``: the second Corral pulls the squashfs image
+    from the first's tree (a cached image) and runs it."""
+    env = client_env(stack, tmp_path, "launch")
+    lxc(env, "remote", "add", "dst", f"unix://{other.socket}")
+    add_simplestreams_remote(env, "corral", served.url, server_cert(api))
+    with make_world(oapi, other, busybox_tarball, network=False, pool_driver="dir") as w:
+        name = w.name("ss")
+        try:
+            lxc(env, "launch", f"corral:{served.aliases['squashfs']}", f"dst:{name}",
+                "-p", w.profile)
+            assert lxc(env, "exec", f"dst:{name}", "--", "echo", "hi").stdout.strip() == "hi"
+            rec = _pulled(oapi, served.fps["squashfs"])
+            assert rec["cached"] is True
+            assert oapi.get(f"/1.0/instances/{name}").json()["metadata"]["config"][
+                "volatile.base_image"] == served.fps["squashfs"]
+        finally:
+            w.remove(name)
+            r = oapi.delete(f"/1.0/images/{served.fps['squashfs']}")
             if r.status_code == 202:
                 wait_op(oapi, r, ok=False)
 
