@@ -169,7 +169,9 @@ class StreamServer:
                     rootfs: tuple[str, ...] = ("squashfs", "root.tar.xz"),
                     aliases: str | None = None) -> dict[str, str]:
         """Build one version of product ``os:release:arch:variant`` (its files, and its
-        entry in images.json, written at once). Returns {ftype: fingerprint}."""
+        entry in images.json, written at once). ``rootfs``: any of ``squashfs``,
+        ``root.tar.xz`` (containers), ``disk-kvm.img`` (a VM: an empty qcow2 disk).
+        Returns {ftype: fingerprint, "meta": sha256 of lxd.tar.xz}."""
         name = self.product_name(variant)
         base = f"{self.os}/{self.release}/{variant}"
         rel_dir = f"images/{self.os}/{self.release}/{HOST_ARCH}/{variant}/{serial}"
@@ -210,6 +212,15 @@ class StreamServer:
             combined = _sha256(meta, txz)
             meta_item["combined_sha256"] = meta_item["combined_rootxz_sha256"] = combined
             fps["root.tar.xz"] = combined
+        if "disk-kvm.img" in rootfs:  # a VM image: an empty qcow2 disk is enough to pull
+            disk = out / "disk.qcow2"
+            disk.unlink(missing_ok=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"],
+                           check=True)
+            items["disk.qcow2"] = {"ftype": "disk-kvm.img", "path": f"{rel_dir}/disk.qcow2",
+                                   "sha256": _sha256(disk), "size": disk.stat().st_size}
+            meta_item["combined_disk-kvm-img_sha256"] = fps["disk-kvm.img"] = \
+                _sha256(meta, disk)
         items["lxd.tar.xz"] = meta_item
         product = self.products.setdefault(name, {
             "aliases": aliases if aliases is not None else (

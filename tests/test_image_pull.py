@@ -606,3 +606,29 @@ def test_image_service_killed_between_objects_and_record(api, stack, stream_serv
         assert {f"{fp}.meta", f"{fp}.rootfs"} <= image_objects(stack)
     finally:
         delete_image(api, fp)
+
+
+def test_vm_image_copy_picks_the_vm_item(api, stream_server, ss_env, uid):
+    """A version with container and VM items: ``lxc image copy --vm`` sends image_type
+    virtual-machine and gets the disk-kvm.img image; without it, the container one."""
+    fps = stream_server.add_version("20260103_0000", variant="mixed",
+                                    rootfs=("squashfs", "disk-kvm.img"))
+    vm, ct = fps["disk-kvm.img"], fps["squashfs"]
+    try:
+        stock(ss_env, "image", "copy", "ss:busybox/1.36/mixed", "local:", "--vm")
+        img = images_by_fp(api)[vm]
+        assert img["type"] == "virtual-machine"
+        assert img["update_source"]["image_type"] == "virtual-machine"
+        assert img["properties"]["type"] == "disk-kvm.img"
+        stock(ss_env, "image", "copy", "ss:busybox/1.36/mixed", "local:")
+        assert images_by_fp(api)[ct]["type"] == "container"
+        # an instance create asks for its own type: a container from a VM-only alias is a
+        # clear error, no instance left
+        stream_server.add_version("20260103_0000", variant="vmonly", rootfs=("disk-kvm.img",))
+        r = api.post("/1.0/images", json={
+            **pull_body(stream_server, alias="busybox/1.36/vmonly",
+                        image_type="container")})
+        assert r.status_code == 404, r.text
+    finally:
+        delete_image(api, vm)
+        delete_image(api, ct)
