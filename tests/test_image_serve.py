@@ -517,6 +517,37 @@ def test_second_corral_launches_from_the_served_tree(api, stack, served, other, 
                 wait_op(oapi, r, ok=False)
 
 
+def test_second_corral_refreshes_when_the_alias_moves(api, stack, served, other, oapi,
+                                                      tmp_path):
+    """An image copied with --auto-update follows its alias on the served tree: moved to
+    a newer upload of the same system, ``lxc image refresh`` takes that one."""
+    env = client_env(stack, tmp_path, "refresh")
+    lxc(env, "remote", "add", "dst", f"unix://{other.socket}")
+    add_simplestreams_remote(env, "corral", served.url, server_cert(api))
+    moving = f"{served.prefix}-moving"
+    assert api.post("/1.0/images/aliases", json={"name": moving, "target":
+                                                 served.fps["unified"]}).status_code == 200
+    try:
+        lxc(env, "image", "copy", f"corral:{moving}", "dst:", "--alias", "mv",
+            "--auto-update")
+        rec = _pulled(oapi, served.fps["unified"])
+        assert rec["auto_update"] is True
+        assert rec["update_source"]["alias"] == moving
+        assert api.patch(f"/1.0/images/aliases/{moving}", json={
+            "target": served.fps["newer"]}).status_code == 200
+        lxc(env, "image", "refresh", "dst:mv")
+        assert oapi.get("/1.0/images/aliases/mv").json()["metadata"]["target"] == \
+            served.fps["newer"]
+        _pulled(oapi, served.fps["newer"])
+        assert oapi.get(f"/1.0/images/{served.fps['unified']}").status_code == 404
+    finally:
+        api.delete(f"/1.0/images/aliases/{moving}")
+        for fp in served.fps.values():
+            r = oapi.delete(f"/1.0/images/{fp}")
+            if r.status_code == 202:
+                wait_op(oapi, r, ok=False)
+
+
 # -- the tree's rules (pure) --------------------------------------------------------------
 
 def _rec(fp: str, uploaded: str, *, os_: str = "busybox", aliases: int = 0,
