@@ -335,28 +335,42 @@ def test_expiry_zero_keeps_cached_images(lapi, lstack, lxc_env, streams, world):
         delete_image(lapi, fp)
 
 
-@pytest.fixture(scope="module")
-def bworld(lstack, lapi, busybox_tarball):
-    with make_world(lapi, lstack, busybox_tarball, network=False, pool_driver="btrfs") as w:
-        yield w
+@pytest.fixture
+def bpool(lapi, world):
+    """A btrfs pool and a profile on it, beside the world (whose image is on dir)."""
+    pool, profile = world.prefix + "bt", world.prefix + "btpr"
+    r = lapi.post("/1.0/storage-pools", json={"name": pool, "driver": "btrfs",
+                                              "config": {"size": "768MiB"}})
+    assert r.status_code == 200, r.text
+    r = lapi.post("/1.0/profiles", json={"name": profile, "devices": {
+        "root": {"type": "disk", "path": "/", "pool": pool}}})
+    assert r.status_code == 200, r.text
+    yield pool, profile
+    lapi.delete(f"/1.0/profiles/{profile}")
+    r = lapi.delete(f"/1.0/storage-pools/{pool}")
+    assert r.status_code in (200, 404), r.text
 
 
 def test_expired_image_of_a_running_instance_on_btrfs(lapi, lstack, lxc_env, streams,
-                                                      bworld):
+                                                      world, bpool):
     """btrfs instance volumes are snapshots that stand alone (as LXD): the expired image
     and its image subvolume go, the instance keeps running and starts again."""
     fp = streams.add_version(V1, variant="bt", rootfs=("squashfs",))["squashfs"]
-    name = bworld.name("bt")
-    lxc(lxc_env, "launch", f"ss:{PRODUCT}/bt", name, "-p", bworld.profile)
-    vols = lapi.get(f"/1.0/storage-pools/{bworld.pool}/volumes/image").json()["metadata"]
-    assert any(v.endswith(fp) for v in vols), vols
-    change_image_record(lstack, fp, last_used_at="2020-01-01T00:00:00.000000000Z")
-    restart(lstack, "image")
-    wait_for(lambda: fp not in images(lapi), 60, what="the expired cached image to go")
-    vols = lapi.get(f"/1.0/storage-pools/{bworld.pool}/volumes/image").json()["metadata"]
-    assert not any(v.endswith(fp) for v in vols), vols
-    assert bworld.live(name)["status"] == "Running"
-    bworld.state(name, "stop", force=True)
-    bworld.state(name, "start")
-    assert "bt " + V1 in lxc(lxc_env, "exec", name, "--", "cat", "/etc/image-serial").stdout
-    bworld.remove(name)
+    pool, profile = bpool
+    name = world.name("bt")
+    try:
+        lxc(lxc_env, "launch", f"ss:{PRODUCT}/bt", name, "-p", profile)
+        vols = lapi.get(f"/1.0/storage-pools/{pool}/volumes/image").json()["metadata"]
+        assert any(v.endswith(fp) for v in vols), vols
+        change_image_record(lstack, fp, last_used_at="2020-01-01T00:00:00.000000000Z")
+        restart(lstack, "image")
+        wait_for(lambda: fp not in images(lapi), 60, what="the expired cached image to go")
+        vols = lapi.get(f"/1.0/storage-pools/{pool}/volumes/image").json()["metadata"]
+        assert not any(v.endswith(fp) for v in vols), vols
+        assert world.live(name)["status"] == "Running"
+        world.state(name, "stop", force=True)
+        world.state(name, "start")
+        assert "bt " + V1 in lxc(lxc_env, "exec", name, "--", "cat", "/etc/image-serial").stdout
+    finally:
+        world.remove(name)
+        delete_image(lapi, fp)
