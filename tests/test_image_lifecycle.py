@@ -184,8 +184,23 @@ def test_lxc_image_refresh_takes_the_newer_version(lapi, lxc_env, streams, world
 
     streams.add_version(V2, rootfs=("squashfs",))
     new = fp_of(streams, V2)
-    r = lxc(lxc_env, "image", "refresh", "life-a")
+    import subprocess
+    import time
+
+    monitor = subprocess.Popen(["lxc", "monitor", "--type", "lifecycle", "--format",
+                                "json"], env=lxc_env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # subscribed before the first event
+        r = lxc(lxc_env, "image", "refresh", "life-a")
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()  # our own lxc monitor, by its PID
+        out = monitor.communicate(timeout=10)[0]
     assert "refreshed successfully" in r.stdout.lower(), r.stdout
+    actions = [(e["metadata"]["action"], e["metadata"]["source"])
+               for e in map(json.loads, filter(None, out.splitlines()))]
+    assert ("image-refreshed", f"/1.0/images/{old}") in actions, actions  # LXD: old fp
+    assert ("image-deleted", f"/1.0/images/{old}") in actions, actions
     now = images(lapi)
     assert old not in now and new in now
     assert now[new]["auto_update"] is True and now[new]["public"] is True
