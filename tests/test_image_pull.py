@@ -632,3 +632,26 @@ def test_vm_image_copy_picks_the_vm_item(api, stream_server, ss_env, uid):
     finally:
         delete_image(api, vm)
         delete_image(api, ct)
+
+
+def test_cancelled_pull_leaves_nothing(api, stack, stream_server):
+    """LXD's download operation may be cancelled (``lxc operation delete``): it ends
+    Cancelled and nothing stays."""
+    import time
+
+    fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
+    stream_server.throttle = 100_000
+    try:
+        r = api.post("/1.0/images", json=pull_body(stream_server, alias="busybox/1.36"))
+        assert r.status_code == 202, r.text
+        op_url = r.json()["operation"]
+        assert r.json()["metadata"]["may_cancel"] is True
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not pull_temp_dirs(stack):
+            time.sleep(0.1)
+        assert api.delete(op_url).status_code == 200
+        op = api.get(f"{op_url}/wait", params={"timeout": 30}).json()["metadata"]
+        assert op["status"] == "Cancelled", op
+    finally:
+        stream_server.throttle = 0
+    assert_nothing_left(api, stack, fp)

@@ -114,7 +114,7 @@ class Pulls:
                 self._by_request.pop(req.request_id, None)
 
         op = await self.operations.start(
-            "Downloading image", run, project=req.project,
+            "Downloading image", run, project=req.project, may_cancel=True,
             resources={"images": [f"/1.0/images/{remote.fingerprint}"]})
         lxd = op.lxd()
         if req.request_id:
