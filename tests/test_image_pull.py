@@ -384,13 +384,15 @@ def test_launch_pulls_a_cached_image_and_shows_progress(api, stack, stream_serve
                                                         world):
     fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
     name = world.name("c1")
+    config_before = api.get("/1.0").json()["metadata"]["config"]
     stream_server.throttle = 400_000
     try:
         r = stock(ss_env, "launch", "ss:busybox/1.36", name, "-p", world.profile)
         stream_server.throttle = 0
         assert "Retrieving image: rootfs: " in r.stdout, r.stdout
         img = images_by_fp(api)[fp]
-        assert img["cached"] is True and img["auto_update"] is False
+        # images.auto_update_cached (default true): a cached image follows its source
+        assert img["cached"] is True and img["auto_update"] is True
         assert img["update_source"]["alias"] == "busybox/1.36"
         assert img["update_source"]["protocol"] == "simplestreams"
         inst = world.get(name)
@@ -406,11 +408,27 @@ def test_launch_pulls_a_cached_image_and_shows_progress(api, stack, stream_serve
         assert {k: v for k, v in stream_server.hits.items() if not k.endswith(".json")} \
             == files
         assert world.get(name2)["config"]["volatile.base_image"] == fp
+        # a newer version on the server: a launch by alias still takes the cached,
+        # auto-updated image (LXD's PreferCached; its refresh brings the new one)
+        newer = stream_server.add_version("20260104_0000")["squashfs"]
+        name3 = world.name("c3")
+        stock(ss_env, "init", "ss:busybox/1.36", name3, "-p", world.profile)
+        assert world.get(name3)["config"]["volatile.base_image"] == fp
+        assert newer not in images_by_fp(api)
+        # ... unless auto-updates are off (images.auto_update_interval 0): the new version
+        assert api.patch("/1.0", json={"config": {"images.auto_update_interval": "0"}}
+                         ).status_code == 200
+        name4 = world.name("c4")
+        stock(ss_env, "init", "ss:busybox/1.36", name4, "-p", world.profile)
+        assert world.get(name4)["config"]["volatile.base_image"] == newer
     finally:
+        api.put("/1.0", json={"config": config_before})
         stream_server.throttle = 0
         for n in list(world.instances):
             world.remove(n)
         delete_image(api, fp)
+        delete_image(api, stream_server.fingerprints.get("20260104_0000", {}).get(
+            "squashfs", "0" * 64))
 
 
 def instance_left(api, stack, world, name: str) -> list[str]:

@@ -29,6 +29,7 @@ import asyncio
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from . import imports, protocols, records
 from .aliases import Aliases
 from .context import ImageContext
 from .fetchers import Remote
+from .lifecycle import read_settings
 
 TMP_PREFIX = "image-pull-"
 
@@ -96,6 +98,12 @@ class Pulls:
                              "virtual-machine")
         fetcher = protocols.fetcher(src.protocol)
         remote = await fetcher.resolve(src, req.instance_type)
+        if req.cached:  # for an instance: LXD's images.auto_update_cached and PreferCached
+            settings = await read_settings(self.ctx)
+            if settings.auto_update_cached and not req.auto_update:
+                req = req.model_copy(update={"auto_update": True})
+            if settings.auto_update_interval_hours > 0:
+                remote = self._prefer_cached(req, remote)
         if req.instance_type and remote.type != req.instance_type:
             raise BadRequest(f"Image {src.alias or src.fingerprint!r} on {src.server} is a "
                              f"{remote.type} image, not for a {req.instance_type}")
@@ -120,6 +128,24 @@ class Pulls:
         if req.request_id:
             self._by_request[req.request_id] = lxd
         return Reply(type="async", operation=lxd)
+
+    def _prefer_cached(self, req: PullRequest, remote: Remote) -> Remote:
+        """An instance launched by alias uses the local auto-updated image pulled from the
+        same server, protocol and alias (its periodic refresh keeps it current) rather
+        than downloading the version the server names now; as LXD (``PreferCached``).
+        This project's copy first, then the newest of another project's."""
+        alias = remote.update_source.get("alias", "")
+        if not alias or remote.fingerprint.startswith(alias.lower()):
+            return remote  # asked by fingerprint: that exact image
+        want = {k: remote.update_source.get(k, "") for k in ("server", "protocol", "alias")}
+        found = [r for r in self.ctx.images.cached() if r.get("auto_update")
+                 and r.get("type") == remote.type
+                 and r.get("architecture") == remote.architecture
+                 and {k: (r.get("update_source") or {}).get(k, "") for k in want} == want]
+        if not found:
+            return remote
+        found.sort(key=lambda r: (r.get("project") == req.project, r.get("created_at", "")))
+        return replace(remote, fingerprint=found[-1]["fingerprint"])
 
     async def _run(self, req: PullRequest, remote: Remote, op: OperationHandle
                    ) -> dict[str, Any]:
@@ -186,19 +212,20 @@ class Pulls:
 
     async def _reuse(self, req: PullRequest, rec: dict[str, Any], op: OperationHandle
                      ) -> dict[str, Any]:
-        """The image is in the project already: LXD uses it; a copy (not cached) makes a
-        cached image a kept one, and the request's aliases, auto_update, public and
-        properties are applied."""
+        """The image is in the project already: LXD uses it as it is for an instance; an
+        explicit copy (not cached) makes a cached image a kept one and applies its
+        auto_update, public and properties. The request's aliases are added."""
         fp = rec["fingerprint"]
         changes: dict[str, Any] = {}
-        if not req.cached and rec.get("cached"):
-            changes["cached"] = False
-        if req.auto_update and not rec.get("auto_update"):
-            changes["auto_update"] = True
-        if req.public and not rec.get("public"):
-            changes["public"] = True
-        if req.properties:
-            changes["properties"] = {**rec.get("properties", {}), **req.properties}
+        if not req.cached:
+            if rec.get("cached"):
+                changes["cached"] = False
+            if req.auto_update and not rec.get("auto_update"):
+                changes["auto_update"] = True
+            if req.public and not rec.get("public"):
+                changes["public"] = True
+            if req.properties:
+                changes["properties"] = {**rec.get("properties", {}), **req.properties}
         if changes:
             await mutate(self.ctx.images, key(req.project, fp), lambda r: {**r, **changes},
                          "Image")
