@@ -22,7 +22,7 @@ from shared.messages.image import PullSource
 
 from .oci_registry import build_busybox_image, free_port, start_registry
 from .stack import wait_for
-from .world import make_world, wait_op
+from .world import lxc, make_world, wait_op
 
 pytestmark = pytest.mark.root
 for tool in ("skopeo", "umoci", "docker-registry", "lxc-execute"):
@@ -194,13 +194,14 @@ def test_registry_down_after_resolve(tmp_path):
 
 # ---- the runtime ----------------------------------------------------------------------
 
-def test_app_runs_logs_and_keeps_its_exit_code(world, api, images):
+def test_app_runs_logs_and_keeps_its_exit_code(world, api, stack, images):
     name = create(world, "echo", images["echo"])
     cfg = world.get(name)["config"]
     assert cfg["image.type"] == "oci"
     world.state(name, "start")
     assert exit_code(world, name) == 3
     log = console_log(api, name)
+    assert "hello-bar" in lxc(stack, "console", name, "--show-log").stdout  # stock client
     assert "hello-bar from /srv/app as 0:0" in log
     assert "oci image echo" in log and "gone-is-gone" in log
     # Again, with the overrides: the entrypoint, cwd, ids and an environment key.
@@ -217,10 +218,14 @@ def test_app_runs_logs_and_keeps_its_exit_code(world, api, images):
 
 
 def test_running_app_exec_files_network_stop_delete(world, api, stack, images):
-    name = create(world, "sleep", images["sleep"])
+    name = create(world, "sleep", images["sleep"], **{"limits.memory": "64MiB"})
     world.state(name, "start")
     live = world.live(name)
     assert live["status"] == "Running"
+    cg = [ln.split(":")[2] for ln in open(f"/proc/{live['pid']}/cgroup").read().splitlines()
+          if ln.split(":")[1] == "memory"][0]
+    limit = Path(f"/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes").read_text()
+    assert int(limit) == 64 * 2**20  # the instance's limits apply to the app
     r = api.post(f"/1.0/instances/{name}/exec", json={
         "command": ["/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; id -u; "
                     "cat /srv/app/hello.txt; ip -4 addr show eth0"],
