@@ -256,6 +256,16 @@ def test_running_app_exec_files_network_stop_delete(world, api, stack, images):
         "wait-for-websocket": False, "record-output": True, "interactive": False})
     op = wait_op(api, ping)
     assert op["metadata"]["return"] == 0, (addr, api.get(op["metadata"]["output"]["1"]).text)
+    # DNS, hosts and hostname as a runtime gives them: the bridge's dnsmasq is the server.
+    etc = api.post(f"/1.0/instances/{name}/exec", json={
+        "command": ["/bin/sh", "-c", "cat /etc/resolv.conf /etc/hosts /etc/hostname; "
+                    "ip -4 route | grep default"],
+        "wait-for-websocket": False, "record-output": True, "interactive": False})
+    op = wait_op(api, etc)
+    text = api.get(op["metadata"]["output"]["1"]).text
+    gw = text.split("default via ")[1].split()[0]
+    assert f"nameserver {gw}" in text and "localhost" in text, text
+    assert text.count(name) >= 2, text  # in hosts and hostname
     t = time.monotonic()
     world.state(name, "stop", timeout=20)
     assert time.monotonic() - t < 15  # init.lxc forwards the stop signal to the app

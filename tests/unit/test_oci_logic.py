@@ -150,3 +150,20 @@ def test_static_address_skips_used_and_takes_the_device_address(monkeypatch):
                                          "root": {"type": "disk"}})
     assert "lxc.net.0.ipv4.address = 10.9.8.30/24" in lines
     assert "lxc.net.0.ipv4.gateway = 10.9.8.1" in lines
+
+
+def test_network_files_and_one_default_route(monkeypatch, tmp_path):
+    gw = ipaddress.IPv4Interface("10.9.8.1/24")
+    monkeypatch.setattr(oci_app, "bridge_ipv4", lambda _b: gw)
+    monkeypatch.setattr(oci_app, "bridge_neighbours", lambda _b: set())
+    nics = [Nic(name="eth0", bridge="br0", hwaddr="00:16:3e:00:00:01"),
+            Nic(name="eth1", bridge="br0", hwaddr="00:16:3e:00:00:02")]
+    proc = {"args": ["/x"], "cwd": "/", "uid": 0, "gid": 0, "env": {}}
+    lines = oci_app.config_lines(proc, nics, {}, tmp_path, "p1_web")
+    assert [ln for ln in lines if ".ipv4.gateway" in ln] == ["lxc.net.0.ipv4.gateway = 10.9.8.1"]
+    d = tmp_path / oci_app.NET_DIR
+    assert (d / "resolv.conf").read_text().startswith("nameserver 10.9.8.1\n")
+    assert (d / "hostname").read_text() == "web\n"  # the project prefix is not the name
+    assert "web" in (d / "hosts").read_text()
+    assert f"lxc.mount.entry = {d / 'resolv.conf'} etc/resolv.conf none " \
+           "bind,ro,create=file,optional 0 0" in lines

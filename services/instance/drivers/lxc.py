@@ -123,7 +123,8 @@ class LXCDriver(SpecDir, InstanceDriver):
         text = lxc_config.render(spec, self.lxcpath, rootfs, imap, idmapped=not data["shifted"])
         if oci_app.is_app(rootfs):  # an application container (see oci_app)
             text += "\n".join(oci_app.config_lines(oci_app.process(rootfs, spec.config),
-                                                   spec.nics, spec.devices)) + "\n"
+                                                   spec.nics, spec.devices, rootfs.parent,
+                                                   spec.name)) + "\n"
         else:
             oci_app.refuse_on_system(spec.config)
         if _disks(data["spec"]):  # mounted before init runs (see disk_mounts)

@@ -39,6 +39,7 @@ from typing import Any
 
 from shared.errors import BadRequest
 
+from ..names import split_host_name
 from .base import Nic
 
 CONFIG = "config.json"  # the OCI runtime config, at the root of the instance's volume
@@ -105,8 +106,11 @@ def process(rootfs: Path, config: dict[str, str]) -> dict[str, Any]:
 
 
 def config_lines(proc: dict[str, Any], nics: list[Nic],
-                 devices: dict[str, dict[str, str]] | None = None) -> list[str]:
-    """LXC config lines of an application container (appended to the rendered config)."""
+                 devices: dict[str, dict[str, str]] | None = None,
+                 volume: Path | None = None, name: str = "") -> list[str]:
+    """LXC config lines of an application container (appended to the rendered config).
+    With ``volume``: its /etc/hosts, /etc/hostname and /etc/resolv.conf too (see
+    :func:`network_files`)."""
     lines = [f"lxc.init.cwd = {proc['cwd']}", f"lxc.init.uid = {proc['uid']}",
              f"lxc.init.gid = {proc['gid']}",
              # A plain app binds low ports as any user, as in Incus.
@@ -118,12 +122,46 @@ def config_lines(proc: dict[str, Any], nics: list[Nic],
             raise BadRequest(f"Invalid environment variable {k!r} for the application")
         lines.append(f"lxc.environment = {k}={v}")
     nic_devs = [d for _n, d in sorted((devices or {}).items()) if d.get("type") == "nic"]
+    gateway = ""
     for i, nic in enumerate(nics):
         wanted = nic_devs[i].get("ipv4.address", "") if i < len(nic_devs) else ""
         addr = static_address(nic, wanted)
         if addr:
-            lines += [f"lxc.net.{i}.ipv4.address = {addr[0]}",
-                      f"lxc.net.{i}.ipv4.gateway = {addr[1]}"]
+            lines.append(f"lxc.net.{i}.ipv4.address = {addr[0]}")
+            if not gateway:  # one default route: through the first NIC with an address
+                gateway = addr[1]
+                lines.append(f"lxc.net.{i}.ipv4.gateway = {gateway}")
+    if volume is not None:
+        lines += network_files(Path(volume), split_host_name(name)[1] if name else "",
+                               gateway)
+    return lines
+
+
+NET_DIR = "oci-network"  # in the volume, beside config.json: never inside the rootfs
+
+
+def network_files(volume: Path, hostname: str, nameserver: str) -> list[str]:
+    """Write the app's hosts, hostname and resolv.conf (the bridge's dnsmasq as its DNS
+    server) beside its rootfs, and bind them over the image's, as a container runtime
+    does: the image's own files stay untouched. Lines for the LXC config."""
+    d = volume / NET_DIR
+    d.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(d, 0o755)  # the container's root (an unmapped id) must read them
+    files = {"hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                      + (f"127.0.1.1\t{hostname}\n" if hostname else ""),
+             "hostname": f"{hostname}\n" if hostname else "",
+             "resolv.conf": (f"nameserver {nameserver}\n" if nameserver else "")
+                            + "options edns0\n"}
+    lines = []
+    for fname, text in files.items():
+        if not text:
+            continue
+        tmp = d / f".{fname}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, d / fname)
+        lines.append(f"lxc.mount.entry = {d / fname} etc/{fname} none "
+                     "bind,ro,create=file,optional 0 0")
     return lines
 
 
