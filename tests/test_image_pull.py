@@ -228,6 +228,9 @@ def test_concurrent_pulls_share_one_download(api, stream_server, uid):
             "aliases": [{"name": f"{uid}-{i}"}]}) for i in range(3)]
         ops = [wait_op(api, r) for r in rs]
         assert {o["metadata"]["fingerprint"] for o in ops} == {fp}
+        # the pulls that waited were shown the download's progress too
+        assert all(o["metadata"].get("download_progress", "").startswith("rootfs: ")
+                   for o in ops), ops
         assert stream_server.hits[root] == 1
         assert sorted(a["name"] for a in images_by_fp(api)[fp]["aliases"]) == \
             [f"{uid}-0", f"{uid}-1", f"{uid}-2"]

@@ -83,6 +83,7 @@ class Pulls:
         self.operations = operations
         self._by_request: dict[str, dict[str, Any]] = {}  # request_id -> operation (lxd)
         self._locks: dict[str, asyncio.Lock] = {}  # remote fingerprint -> download lock
+        self._waiting: dict[str, list[Any]] = {}  # fingerprint -> operations waiting for it
 
     async def start(self, req: PullRequest) -> Reply:
         """Resolve now (errors as envelopes), then the operation."""
@@ -151,8 +152,11 @@ class Pulls:
                    ) -> dict[str, Any]:
         fp = remote.fingerprint
         lock = self._locks.setdefault(fp, asyncio.Lock())
+        waiting = self._waiting.setdefault(fp, [])
+        waiting.append(op)  # shown the running download's progress while it waits
         try:
             async with lock:  # a second pull of the same image waits for the first
+                waiting.remove(op)
                 local = await self.ctx.images.get(key(req.project, fp))
                 if local is not None:
                     return await self._reuse(req, local[0], op)
@@ -162,8 +166,11 @@ class Pulls:
                     return await self._share(req, remote, other, op)
                 return await self._download(req, remote, op)
         finally:
+            if op in waiting:
+                waiting.remove(op)
             if not lock.locked() and self._locks.get(fp) is lock:
                 self._locks.pop(fp, None)
+                self._waiting.pop(fp, None)
 
     def _fields(self, req: PullRequest, remote: Remote) -> dict[str, Any]:
         return {"cached": req.cached, "auto_update": req.auto_update,
@@ -184,7 +191,8 @@ class Pulls:
                 faults.point("pull:downloading")
             text = rates.setdefault(part, Rate(part)).text(done, total)
             if text is not None:
-                await op.set_metadata(download_progress=text)
+                for each in [op, *self._waiting.get(remote.fingerprint, [])]:
+                    await each.set_metadata(download_progress=text)
 
         try:
             fetched = await fetcher.download(req.source, remote, tmp, progress)
