@@ -475,3 +475,20 @@ def test_launch_from_a_registry(world, api, stack, anon_registry):
         assert not world.lxc_dir(bad).exists()
     finally:
         delete_image(api, fp)
+
+
+def test_app_on_a_dir_pool(stack, api, busybox_tarball, anon_registry):
+    """The same app on a dir pool (config.json beside a plain directory rootfs)."""
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="dir") as w:
+        name = w.name("dirapp")
+        r = api.post("/1.0/instances", json={
+            "name": name, "profiles": [w.profile], "start": True,
+            **pull_body(anon_registry, "corral/echo:v1")})
+        assert wait_op(api, r)["status"] == "Success"
+        try:
+            assert exit_code(w, name) == 3
+            assert "hello-bar from /srv/app as 0:0" in console_log(api, name)
+            assert (w.volume(name) / "config.json").is_file()
+            w.remove(name)
+        finally:
+            delete_image(api, anon_registry.pushed["corral/echo:v1"].split(":")[1])
