@@ -375,11 +375,12 @@ def test_image_service_killed_mid_download(api, stack, stream_server):
 # -- lxc launch from an image server --------------------------------------------------------
 
 
-@pytest.fixture
-def world(api, stack, busybox_tarball):
+@pytest.fixture(params=["dir", "btrfs"])
+def world(request, api, stack, busybox_tarball):
     from .world import make_world
 
-    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+    with make_world(api, stack, busybox_tarball, network=False,
+                    pool_driver=request.param) as w:
         yield w
 
 
