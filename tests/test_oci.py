@@ -477,18 +477,26 @@ def test_launch_from_a_registry(world, api, stack, anon_registry):
         delete_image(api, fp)
 
 
-def test_app_on_a_dir_pool(stack, api, busybox_tarball, anon_registry):
-    """The same app on a dir pool (config.json beside a plain directory rootfs)."""
-    with make_world(api, stack, busybox_tarball, network=True, pool_driver="dir") as w:
-        name = w.name("dirapp")
+def test_app_on_a_dir_pool(world, api, anon_registry):
+    """The same app with its root on a dir pool (config.json beside a plain directory
+    rootfs); the module's world holds btrfs."""
+    pool = world.prefix + "dirp"
+    r = api.post("/1.0/storage-pools", json={"name": pool, "driver": "dir"})
+    assert r.status_code == 200, r.text
+    name = world.name("dirapp")
+    try:
         r = api.post("/1.0/instances", json={
-            "name": name, "profiles": [w.profile], "start": True,
+            "name": name, "profiles": [world.profile], "start": True,
+            "devices": {"root": {"type": "disk", "path": "/", "pool": pool}},
             **pull_body(anon_registry, "corral/echo:v1")})
         assert wait_op(api, r)["status"] == "Success"
-        try:
-            assert exit_code(w, name) == 3
-            assert "hello-bar from /srv/app as 0:0" in console_log(api, name)
-            assert (w.volume(name) / "config.json").is_file()
-            w.remove(name)
-        finally:
-            delete_image(api, anon_registry.pushed["corral/echo:v1"].split(":")[1])
+        assert exit_code(world, name) == 3
+        assert "hello-bar from /srv/app as 0:0" in console_log(api, name)
+        vol = world.stack.dir / "storage-pools" / pool / "containers" / name
+        assert (vol / "config.json").is_file() and (vol / "rootfs/etc/motd").is_file()
+        world.remove(name)
+    finally:
+        world.remove(name)
+        delete_image(api, anon_registry.pushed["corral/echo:v1"].split(":")[1])
+        api.delete(f"/1.0/storage-pools/{pool}")
+    assert api.get(f"/1.0/storage-pools/{pool}").status_code == 404  # nothing left
