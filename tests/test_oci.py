@@ -500,3 +500,17 @@ def test_app_on_a_dir_pool(world, api, anon_registry):
         delete_image(api, anon_registry.pushed["corral/echo:v1"].split(":")[1])
         api.delete(f"/1.0/storage-pools/{pool}")
     assert api.get(f"/1.0/storage-pools/{pool}").status_code == 404  # nothing left
+
+
+def test_missing_entrypoint_is_refused_at_start(world, api, images):
+    """LXC's init would report a failed exec nowhere the user looks: the start is a 400
+    naming the command, and the instance stays stopped and startable."""
+    name = create(world, "noexec", images["sleep"], **{"oci.entrypoint": "/no/such/app"})
+    op = world.state(name, "start", ok=False)
+    assert op["status"] == "Failure" and "/no/such/app" in op["err"], op
+    assert world.live(name)["status"] == "Stopped"
+    r = api.patch(f"/1.0/instances/{name}", json={"config": {"oci.entrypoint": "sleep 30"}})
+    assert wait_op(api, r)["status"] == "Success"
+    world.state(name, "start")  # found in the image's PATH, through busybox's symlink
+    assert world.live(name)["status"] == "Running"
+    world.remove(name)

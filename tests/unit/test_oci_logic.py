@@ -167,3 +167,24 @@ def test_network_files_and_one_default_route(monkeypatch, tmp_path):
     assert "web" in (d / "hosts").read_text()
     assert f"lxc.mount.entry = {d / 'resolv.conf'} etc/resolv.conf none " \
            "bind,ro,create=file,optional 0 0" in lines
+
+
+def test_find_command_resolves_inside_the_rootfs(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "bin/busybox").write_text("x")
+    (root / "bin/busybox").chmod(0o755)
+    (root / "bin/sh").symlink_to("busybox")
+    (root / "usr/local/bin/tool").symlink_to("/bin/busybox")  # absolute: inside root
+    (root / "bin/env").symlink_to("/usr/bin/env")  # exists on the host, not in root
+    (root / "bin/data").write_text("not executable")
+    (root / "loop").symlink_to("loop")
+    assert oci_app.find_command(root, "/bin/sh", "")
+    assert oci_app.find_command(root, "sh", "/usr/bin:/bin")
+    assert oci_app.find_command(root, "tool", "/usr/local/bin")
+    assert oci_app.find_command(root, "/usr/local/bin/../../../bin/sh", "")
+    assert not oci_app.find_command(root, "/bin/env", "")
+    assert not oci_app.find_command(root, "/bin/data", "")
+    assert not oci_app.find_command(root, "sh", "/usr/bin")
+    assert not oci_app.find_command(root, "/loop", "")

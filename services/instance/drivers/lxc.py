@@ -257,7 +257,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         rootfs = Path(data["spec"]["rootfs_path"])
         if oci_app.is_app(rootfs):
             oci_app.start(self.lxcpath, name, oci_app.process(rootfs, data["spec"]["config"]),
-                          items)
+                          items, rootfs)
             ok = oci_app.wait_started(c, self.lxcpath, name, 10)
             if ok:
                 return  # running, or already exited (its status is kept)

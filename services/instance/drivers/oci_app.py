@@ -217,12 +217,56 @@ def static_address(nic: Nic, wanted: str = "") -> tuple[str, str] | None:
     return None
 
 
+def _resolve_in(root: Path, path: str, hops: int = 40) -> Path | None:
+    """``path`` inside ``root`` as the container will see it: every symlink, absolute or
+    not, resolved against ``root`` (never the host's tree); None when it does not exist."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    cur: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            cur = cur[:-1]
+            continue
+        here = root.joinpath(*cur, part)
+        if here.is_symlink():
+            hops -= 1
+            if hops < 0:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                cur = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        if not os.path.lexists(here):
+            return None
+        cur.append(part)
+    return root.joinpath(*cur)
+
+
+def find_command(rootfs: Path, argv0: str, path_env: str) -> bool:
+    """Whether the app's command exists as an executable file in its rootfs (searched
+    in its PATH when it has no slash), as execvp will look for it."""
+    cands = [argv0] if "/" in argv0 else [f"{d or '.'}/{argv0}" for d in
+                                          path_env.split(":")]
+    for c in cands:
+        found = _resolve_in(Path(rootfs), c if c.startswith("/") else "/" + c)
+        if found is not None and found.is_file() and os.stat(found).st_mode & 0o111:
+            return True
+    return False
+
+
 def start(lxcpath: Path, name: str, proc: dict[str, Any],
-          items: list[tuple[str, str]]) -> None:
+          items: list[tuple[str, str]], rootfs: Path | None = None) -> None:
     """Run the application detached (see the module doc); returns once launched. The
     caller waits for RUNNING and reads the log on failure. ``items``: config items for
     this start only (limits), passed as ``--define``."""
     d = Path(lxcpath) / name
+    if rootfs is not None and not find_command(rootfs, proc["args"][0],
+                                               proc["env"].get("PATH", DEFAULT_PATH)):
+        # LXC's init reports a failed exec nowhere the user looks: say it now.
+        raise BadRequest(f"The application's command {proc['args'][0]!r} is not an "
+                         "executable file in the container (PATH "
+                         f"{proc['env'].get('PATH', DEFAULT_PATH)}): fix oci.entrypoint")
     (d / EXIT_CODE).unlink(missing_ok=True)
     defines = [a for k, v in items for a in ("-s", f"{k}={v}")]
     argv = ["lxc-execute", "-n", name, "-P", str(lxcpath), "-o", str(d / "lxc.log"),
