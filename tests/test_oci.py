@@ -514,3 +514,14 @@ def test_missing_entrypoint_is_refused_at_start(world, api, images):
     world.state(name, "start")  # found in the image's PATH, through busybox's symlink
     assert world.live(name)["status"] == "Running"
     world.remove(name)
+
+
+def test_a_copy_of_an_app_is_an_app(world, api, stack, images):
+    name = create(world, "orig", images["echo"], **{"oci.cwd": "/etc"})
+    copy = world.name("copy")
+    lxc(stack, "copy", name, copy)
+    world.state(copy, "start")
+    assert exit_code(world, copy) == 3
+    assert "hello-bar from /etc as 0:0" in console_log(api, copy)  # its config came too
+    world.remove(copy)
+    world.remove(name)
