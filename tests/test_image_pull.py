@@ -697,3 +697,33 @@ def test_cancelled_pull_leaves_nothing(api, stack, stream_server):
     finally:
         stream_server.throttle = 0
     assert_nothing_left(api, stack, fp)
+
+
+def test_lxc_launch_from_a_public_lxd_remote(api, stack, https_port, world, tmp_path):
+    """``lxc remote add self https://... --public`` (the stack's own listener) and ``lxc
+    launch self:<alias>``: the create pulls over the lxd protocol as an untrusted client."""
+    conf = tmp_path / "conf"
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(conf)}
+    assert api.patch(f"/1.0/images/{world.fingerprint}", json={"public": True}
+                     ).status_code == 200
+    try:
+        stock(env, "remote", "add", "self", f"https://127.0.0.1:{https_port}", "--public",
+              "--accept-certificate")
+        name = world.name("lxd")
+        stock(env, "init", f"self:{world.image}", name, "-p", world.profile)
+        inst = world.get(name)
+        assert inst["config"]["volatile.base_image"] == world.fingerprint
+        # a private image: the untrusted pull does not see it
+        api.patch(f"/1.0/images/{world.fingerprint}", json={"public": False})
+        bad = world.name("lxd2")
+        r = api.post("/1.0/instances", json={
+            "name": bad, "profiles": [world.profile], "source": {
+                "type": "image", "mode": "pull", "protocol": "lxd",
+                "server": f"https://127.0.0.1:{https_port}", "alias": world.image,
+                "certificate": api.get("/1.0").json()["metadata"]["environment"][
+                    "certificate"]}})
+        op = wait_op(api, r, ok=False)
+        assert op["status"] == "Failure" and "not found" in op["err"], op
+        assert api.get(f"/1.0/instances/{bad}").status_code == 404
+    finally:
+        api.patch(f"/1.0/images/{world.fingerprint}", json={"public": False})
