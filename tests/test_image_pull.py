@@ -727,3 +727,31 @@ def test_lxc_launch_from_a_public_lxd_remote(api, stack, https_port, world, tmp_
         assert api.get(f"/1.0/instances/{bad}").status_code == 404
     finally:
         api.patch(f"/1.0/images/{world.fingerprint}", json={"public": False})
+
+
+def test_bad_pull_bodies_are_400(api, stream_server, uid):
+    base = pull_body(stream_server, alias="busybox/1.36")
+    for body, words in (
+            ({**base, "aliases": "x"}, "aliases"),
+            ({**base, "properties": ["x"]}, "properties"),
+            ({**base, "profiles": "default"}, "profiles"),
+            ({"source": {**base["source"], "server": ""}}, "server"),
+            ({"source": {**base["source"], "alias": "", "fingerprint": ""}}, "alias"),
+            ({"source": {**base["source"], "image_type": "vm"}}, "image_type"),
+            ({"source": {**base["source"], "mode": "relay"}}, "mode")):
+        r = api.post("/1.0/images", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert words in error(r)[1], (body, r.text)
+    # an alias taken by another image: 409 before any download
+    other = stream_server.fingerprints["tarxz/20260101_0000"]["root.tar.xz"]
+    wait_op(api, api.post("/1.0/images", json={**pull_body(stream_server, fingerprint=other),
+                                               "aliases": [{"name": f"{uid}-taken"}]}))
+    try:
+        hits = sum(stream_server.hits.values())
+        r = api.post("/1.0/images", json={**base, "aliases": [{"name": f"{uid}-taken"}]})
+        assert r.status_code == 409 and f"{uid}-taken" in error(r)[1], r.text
+        assert not [k for k in stream_server.hits if not k.endswith(".json")
+                    and "tarxz" not in k]
+        assert sum(stream_server.hits.values()) - hits == 2  # index.json, images.json
+    finally:
+        delete_image(api, other)

@@ -33,11 +33,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared import blobs, faults
 from shared.errors import BadRequest, Conflict
 from shared.image.download import Rate
-from shared.messages.image import PullRequest
-from shared.models import Reply
+from shared.messages.image import PullRequest, PullSource
+from shared.models import Reply, lxd_time
 from shared.operations import OperationHandle
 from shared.state import key, mutate
 
@@ -116,17 +118,21 @@ class Pulls:
             if held is not None and held[0].get("target") != remote.fingerprint:
                 raise Conflict(f"Alias already exists: {name}")
 
+        ended = False
+
         async def run(op: OperationHandle) -> dict[str, Any]:
+            nonlocal ended
             try:
                 return await self._run(req, remote, op)
             finally:
+                ended = True
                 self._by_request.pop(req.request_id, None)
 
         op = await self.operations.start(
             "Downloading image", run, project=req.project, may_cancel=True,
             resources={"images": [f"/1.0/images/{remote.fingerprint}"]})
         lxd = op.lxd()
-        if req.request_id:
+        if req.request_id and not ended:  # a resend joins it while it runs
             self._by_request[req.request_id] = lxd
         return Reply(type="async", operation=lxd)
 
@@ -250,8 +256,6 @@ class Pulls:
                      op: OperationHandle) -> dict[str, Any]:
         """Another project holds the image: a record of its own here, the files shared
         (LXD does the same), nothing downloaded."""
-        from shared.models import lxd_time
-
         fp = other["fingerprint"]
         for alias in req.aliases:
             if await self.ctx.aliases.get(key(req.project, alias["name"])) is not None:
@@ -279,10 +283,6 @@ def request_from_body(body: dict[str, Any], project: str, requestor: Any,
                       request_id: str) -> PullRequest:
     """``POST /1.0/images`` with ``source.mode: pull`` as a ``PullRequest`` (``lxc image
     copy``: cached false, as LXD)."""
-    from pydantic import ValidationError
-
-    from shared.messages.image import PullSource
-
     source = dict(body.get("source") or {})
     try:
         src = PullSource(project=project, server=source.get("server") or "",
@@ -293,6 +293,8 @@ def request_from_body(body: dict[str, Any], project: str, requestor: Any,
                          secret=source.get("secret") or "",
                          image_type=source.get("image_type") or "")
         aliases = body.get("aliases") or []
+        if not isinstance(body.get("properties") or {}, dict):
+            raise BadRequest("Invalid properties: expected an object of strings")
         if not isinstance(aliases, list) or not all(isinstance(a, dict) for a in aliases):
             raise BadRequest("Invalid aliases: expected a list of {\"name\", \"description\"}")
         return PullRequest(project=project, requestor=requestor, source=src,
