@@ -114,10 +114,12 @@ def create(world, tag: str, fp: str, **config: str) -> str:
 
 
 def exit_code(world, name: str) -> int:
-    """The app's exit status once it stopped (written just after LXC reports Stopped)."""
-    wait_for(lambda: "exit_code" in world.live(name), 30, what=f"{name} exited")
-    assert world.live(name)["status"] == "Stopped"
-    return world.live(name)["exit_code"]
+    """The app's exit status: in the state as soon as it says Stopped."""
+    states: list[dict] = []
+    wait_for(lambda: states.append(world.live(name)) or states[-1]["status"] == "Stopped",
+             30, what=f"{name} exited")
+    assert "exit_code" in states[-1], states[-1]
+    return states[-1]["exit_code"]
 
 
 def console_log(api, name: str) -> str:

@@ -188,3 +188,19 @@ def test_find_command_resolves_inside_the_rootfs(tmp_path):
     assert not oci_app.find_command(root, "/bin/data", "")
     assert not oci_app.find_command(root, "sh", "/usr/bin")
     assert not oci_app.find_command(root, "/loop", "")
+
+
+def test_exit_code_waits_for_a_live_wrapper(tmp_path):
+    import subprocess
+    import time
+
+    d = tmp_path / "c1"
+    d.mkdir()
+    assert oci_app.exit_code(tmp_path, "c1", settle=1.0) is None  # no wrapper: at once
+    out = d / oci_app.EXIT_CODE
+    sh = subprocess.Popen(["/bin/sh", "-c", 'sleep 0.3; echo 4 > "$1"', "sh", str(out)])
+    (d / oci_app.WRAPPER_PID).write_text(str(sh.pid))
+    t = time.monotonic()
+    assert oci_app.exit_code(tmp_path, "c1", settle=5.0) == 4
+    assert time.monotonic() - t < 3
+    sh.wait()

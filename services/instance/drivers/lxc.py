@@ -335,9 +335,10 @@ class LXCDriver(SpecDir, InstanceDriver):
                "cpu": {"usage": 0},
                "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
                "network": None, "disk": {}}
-        last = oci_app.exit_code(self.lxcpath, name)  # an application that ended
-        if last is not None and code == 102:
-            out["exit_code"] = last
+        if code == 102:  # an application that ended: its status
+            last = oci_app.exit_code(self.lxcpath, name, settle=2.0)
+            if last is not None:
+                out["exit_code"] = last
         pid = c.init_pid if c is not None and code not in (102, 112) else -1
         if pid > 0:
             out["pid"] = pid

@@ -44,6 +44,7 @@ from .base import Nic
 
 CONFIG = "config.json"  # the OCI runtime config, at the root of the instance's volume
 EXIT_CODE = "oci-exit-code"
+WRAPPER_PID = "oci-wrapper.pid"
 KEYS = ("oci.entrypoint", "oci.cwd", "oci.uid", "oci.gid")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -281,16 +282,37 @@ def start(lxcpath: Path, name: str, proc: dict[str, Any],
                                  start_new_session=True, close_fds=True)
     finally:
         os.close(log)
+    (d / WRAPPER_PID).write_text(str(child.pid))
     # Reap it when it ends (the container may outlive this service: it is then init's).
     threading.Thread(target=child.wait, daemon=True, name=f"oci-{name}").start()
 
 
-def exit_code(lxcpath: Path, name: str) -> int | None:
-    """The application's last exit status (None: never exited since its last start)."""
+def exit_code(lxcpath: Path, name: str, settle: float = 0.0) -> int | None:
+    """The application's last exit status (None: never exited since its last start).
+
+    ``settle``: LXC says Stopped a moment before the wrapper has written the status;
+    while that wrapper still lives, wait up to this long for it, so a caller that saw
+    Stopped also sees the status."""
+    d = Path(lxcpath) / name
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            return int((d / EXIT_CODE).read_text().strip())
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline or not _wrapper_alive(d):
+            return None
+        time.sleep(0.02)
+
+
+def _wrapper_alive(d: Path) -> bool:
+    """Whether the shell that will write ``d``'s exit status still runs (checked by
+    its command line, so a reused PID is not taken for it)."""
     try:
-        return int((Path(lxcpath) / name / EXIT_CODE).read_text().strip())
+        pid = int((d / WRAPPER_PID).read_text())
+        return str(d / EXIT_CODE).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return None
+        return False
 
 
 def wait_started(c: Any, lxcpath: Path, name: str, timeout: float) -> bool:
