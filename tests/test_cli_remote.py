@@ -341,9 +341,6 @@ def test_launch_from_an_oci_remote(stack, conf, api, world, registries):
         _delete_image(api, fp)
 
 
-@pytest.mark.xfail(strict=True, reason="source.credentials of POST /1.0/images is not "
-                   "passed on to the pull yet (services/image/pull.py request_from_body, "
-                   "services/instance/image_pull.py): remove this mark once it is")
 def test_image_copy_from_an_oci_remote_with_basic_auth(stack, conf, api, registries):
     auth = registries[1]
     ok(corral(stack, conf, "remote", "add", "priv", auth.server, "--protocol", "oci",

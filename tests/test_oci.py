@@ -416,6 +416,45 @@ def test_pull_errors_leave_nothing(world, api, stack, anon_registry, registry):
     assert tmp_pulls(stack) == []
 
 
+def test_pull_with_basic_auth(world, api, stack, registry):
+    """source.credentials ("user:password", as Incus's oci remotes send) reaches the
+    registry: the pull works; wrong credentials are a 403 with nothing left. The
+    credentials are kept nowhere: not in the image's update_source, not in any log."""
+    before = image_fps(api)
+    fp = registry.pushed["corral/echo:v1"].split(":")[1]
+    r = api.post("/1.0/images", json=pull_body(registry, "corral/echo:v1",
+                                               credentials=f"{USER}:{PASSWORD}"))
+    op = wait_op(api, r)
+    assert op["status"] == "Success", op["err"]
+    try:
+        assert op["metadata"]["fingerprint"] == fp
+        img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+        assert img["properties"]["type"] == "oci"
+        assert "credentials" not in img["update_source"]
+        assert PASSWORD not in json.dumps(img)
+        assert PASSWORD not in json.dumps(op)
+    finally:
+        delete_image(api, fp)
+    assert image_fps(api) == before
+    for creds in (f"{USER}:wrong-pw", f"nobody:{PASSWORD}"):
+        r = api.post("/1.0/images", json=pull_body(registry, "corral/echo:v1",
+                                                   credentials=creds))
+        if r.status_code == 202:
+            op = wait_op(api, r, ok=False)
+            code, err = op["status_code"], op["err"]
+        else:
+            code, err = r.status_code, r.json()["error"]
+        assert code == 403 and "credentials" in err, (creds, code, err)
+        assert PASSWORD not in err and "wrong-pw" not in err
+    r = api.post("/1.0/images", json=pull_body(registry, "corral/echo:v1",
+                                               credentials="no-colon"))
+    assert r.status_code == 400 and "user:password" in r.json()["error"], r.text
+    assert image_fps(api) == before
+    assert tmp_pulls(stack) == []
+    for log in (stack.dir / "logs").glob("*.log"):
+        assert PASSWORD not in log.read_text(errors="replace"), log
+
+
 def test_corrupt_layer_is_refused(tmp_path):
     """A registry serving a layer whose bytes do not match its digest: the download
     fails (skopeo checks every blob) and leaves no files."""

@@ -291,7 +291,8 @@ def request_from_body(body: dict[str, Any], project: str, requestor: Any,
                          fingerprint=source.get("fingerprint") or None,
                          certificate=source.get("certificate") or "",
                          secret=source.get("secret") or "",
-                         image_type=source.get("image_type") or "")
+                         image_type=source.get("image_type") or "",
+                         credentials=source.get("credentials") or "")
         aliases = body.get("aliases") or []
         if not isinstance(body.get("properties") or {}, dict):
             raise BadRequest("Invalid properties: expected an object of strings")

@@ -19,8 +19,9 @@ from shared.service import endpoint
 from . import pull
 
 # LXD's extensions for what is implemented here ("image_types", used by the source's
-# image_type, is the service's own list already).
-API_EXTENSIONS: list[str] = []
+# image_type, is the service's own list already). "instance_oci" is Incus's: pulls from
+# OCI registries (protocol oci) run as application containers.
+API_EXTENSIONS: list[str] = ["instance_oci"]
 
 
 class PullMixin:
