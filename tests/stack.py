@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -149,10 +153,10 @@ class Stack:
         if proc:
             stop_pid(proc)
 
-    def start_all(self) -> None:
+    def start_all(self, timeout: float = 60) -> None:
         for name in (*SERVICES, "gateway"):
             self.start(name)
-        wait_for(self.ready, 60, what="the gateway to answer GET /1.0")
+        wait_for(self.ready, timeout, what="the gateway to answer GET /1.0")
 
     def ready(self) -> bool:
         """Every service answers (each list path is a different service)."""
@@ -164,3 +168,38 @@ class Stack:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+
+@contextlib.contextmanager
+def private_stack(request, name: str, ready_timeout: float = 180, **env: str
+                  ) -> Iterator[Stack]:
+    """A separate Corral for one test module: its own nats-server (users and credentials
+    in its own CORRAL_DIR, as `make up` does) and state dir under a ``corral-<name>-``
+    temp dir, ended by PID and removed at the end, also on failure. ``env`` goes to its
+    processes (e.g. a short task interval). Started beside the session's stack, which may
+    be busy: it gets ``ready_timeout`` seconds to answer. When the session has failures,
+    the services' logs are kept and their place printed."""
+    tmp = tempfile.TemporaryDirectory(prefix=f"corral-{name}-")
+    base = Path(tmp.name)
+    server = NatsServer(base / "nats", base / "corral")
+    server.start()
+    s = Stack(base / "corral", server, **env)
+    try:
+        s.start_all(ready_timeout)
+        yield s
+    finally:
+        s.stop_all()
+        server.stop()
+        if request.session.testsfailed:
+            keep = Path(tempfile.mkdtemp(prefix=f"corral-{name}-logs-"))
+            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
+            print(f"\ncorral: the {name} stack's service logs kept in {keep}")
+        tmp.cleanup()
+
+
+@contextlib.contextmanager
+def socket_client(stack: Stack, timeout: float = 30) -> Iterator[httpx.Client]:
+    """An HTTP client of ``stack``'s API on its unix socket."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(stack.socket)),
+                      base_url="http://corral", timeout=timeout) as client:
+        yield client

@@ -15,18 +15,16 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from services.storage.drivers import btrfs_util
 
-from .stack import BIN, SERVICES, NatsServer, Stack, wait_for
+from .stack import BIN, private_stack, socket_client
 from .world import World, lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -66,30 +64,13 @@ def dworld(world, stack, api):
 @pytest.fixture(scope="module")
 def other(request):
     """A second, separate Corral (its own nats-server and state dir): where exports go."""
-    tmp = tempfile.TemporaryDirectory(prefix="corral-backups-")
-    base = Path(tmp.name)
-    server = NatsServer(base / "nats", base / "corral")
-    server.start()
-    s = Stack(base / "corral", server)
-    try:
-        for name in (*SERVICES, "gateway"):  # start_all, with more patience: a second
-            s.start(name)                    # stack starts beside the session's, loaded
-        wait_for(s.ready, 180, what="the second stack's gateway to answer GET /1.0")
+    with private_stack(request, "backups") as s:
         yield s
-    finally:
-        s.stop_all()
-        server.stop()
-        if request.session.testsfailed:
-            keep = Path(tempfile.mkdtemp(prefix="corral-backups-logs-"))
-            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
-            print(f"\ncorral: the second stack's logs kept in {keep}")
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")
 def oapi(other):
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(other.socket)),
-                      base_url="http://corral", timeout=30) as client:
+    with socket_client(other) as client:
         yield client
 
 

@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,7 @@ import pytest
 
 from shared import codec
 
-from .stack import NatsServer, Stack, wait_for
+from .stack import Stack, private_stack, socket_client, wait_for
 from .world import World, make_world
 
 pytestmark = pytest.mark.root
@@ -45,31 +44,13 @@ WAIT = 60  # seconds a client may wait for a crashed operation to end (the issue
 
 @pytest.fixture(scope="module")
 def fstack(request):
-    tmp = tempfile.TemporaryDirectory(prefix="corral-faults-")
-    base = Path(tmp.name)
-    try:  # its users and credentials in the stack's CORRAL_DIR, as `make up` does
-        server = NatsServer(base / "nats", base / "corral")
-    except TypeError:  # a stack without bus authentication
-        server = NatsServer(base / "nats")
-    server.start()
-    s = Stack(base / "corral", server)
-    try:
-        s.start_all()
+    with private_stack(request, "faults") as s:
         yield s
-    finally:
-        s.stop_all()
-        server.stop()
-        if request.session.testsfailed:  # keep the services' logs to read
-            keep = Path(tempfile.mkdtemp(prefix="corral-faults-logs-"))
-            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
-            print(f"\ncorral: fault tests' service logs kept in {keep}")
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")
 def fapi(fstack):
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(fstack.socket)),
-                      base_url="http://corral", timeout=30) as client:
+    with socket_client(fstack) as client:
         yield client
 
 

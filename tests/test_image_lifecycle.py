@@ -15,8 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import httpx
@@ -27,7 +25,7 @@ from shared import codec
 from shared.state import key
 
 from .simplestreams import StreamServer, lxc_remote_env
-from .stack import NatsServer, Stack, wait_for
+from .stack import Stack, private_stack, socket_client, wait_for
 from .test_faults import restart
 from .world import make_world, wait_op
 
@@ -41,28 +39,13 @@ PRODUCT = "lifebox/1.36"
 
 @pytest.fixture(scope="module")
 def lstack(request):
-    tmp = tempfile.TemporaryDirectory(prefix="corral-imagelife-")
-    base = Path(tmp.name)
-    server = NatsServer(base / "nats", base / "corral")
-    server.start()
-    s = Stack(base / "corral", server, CORRAL_IMAGE_TASK_INTERVAL="1")
-    try:
-        s.start_all()
+    with private_stack(request, "imagelife", CORRAL_IMAGE_TASK_INTERVAL="1") as s:
         yield s
-    finally:
-        s.stop_all()
-        server.stop()
-        if request.session.testsfailed:
-            keep = Path(tempfile.mkdtemp(prefix="corral-imagelife-logs-"))
-            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
-            print(f"\ncorral: image lifecycle tests' service logs kept in {keep}")
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")
 def lapi(lstack):
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(lstack.socket)),
-                      base_url="http://corral", timeout=60) as client:
+    with socket_client(lstack, timeout=60) as client:
         yield client
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +28,7 @@ from services.image import streams_tree
 from shared.image.format import normalize_architecture
 from shared.image.simplestreams import Catalog
 
-from .stack import SERVICES, NatsServer, Stack, wait_for
+from .stack import private_stack, socket_client, wait_for
 from .test_https import free_port, https, make_client_cert
 from .world import make_world, wait_op
 
@@ -365,30 +364,13 @@ def test_secret_opens_a_private_image_once(api, served, tmp_path):
 @pytest.fixture(scope="module")
 def other(request):
     """A second, separate Corral (its own nats-server and state dir): the puller."""
-    tmp = tempfile.TemporaryDirectory(prefix="corral-serve-")
-    base = Path(tmp.name)
-    server = NatsServer(base / "nats", base / "corral")
-    server.start()
-    s = Stack(base / "corral", server)
-    try:
-        for name in (*SERVICES, "gateway"):  # start_all, with the patience of a second
-            s.start(name)                    # stack started beside the session's
-        wait_for(s.ready, 180, what="the second stack's gateway to answer GET /1.0")
+    with private_stack(request, "serve") as s:
         yield s
-    finally:
-        s.stop_all()
-        server.stop()
-        if request.session.testsfailed:
-            keep = Path(tempfile.mkdtemp(prefix="corral-serve-logs-"))
-            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
-            print(f"\ncorral: the second stack's logs kept in {keep}")
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")
 def oapi(other):
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(other.socket)),
-                      base_url="http://corral", timeout=60) as client:
+    with socket_client(other, timeout=60) as client:
         yield client
 
 

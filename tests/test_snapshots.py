@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 
-from .stack import BIN, NatsServer, Stack, wait_for
+from .stack import BIN, Stack, private_stack, socket_client, wait_for
 from .test_faults import kv_records, restart, start_again, wait_dead, wait_final
 from .world import World, lxc, make_world, wait_op
 
@@ -35,28 +33,13 @@ SNAPSHOT_KEYS = {"architecture", "config", "created_at", "devices", "ephemeral",
 
 @pytest.fixture(scope="module")
 def sstack(request):
-    tmp = tempfile.TemporaryDirectory(prefix="corral-snapshots-")
-    base = Path(tmp.name)
-    server = NatsServer(base / "nats", base / "corral")
-    server.start()
-    s = Stack(base / "corral", server, CORRAL_SNAPSHOT_INTERVAL="1")
-    try:
-        s.start_all()
+    with private_stack(request, "snapshots", CORRAL_SNAPSHOT_INTERVAL="1") as s:
         yield s
-    finally:
-        s.stop_all()
-        server.stop()
-        if request.session.testsfailed:
-            keep = Path(tempfile.mkdtemp(prefix="corral-snapshots-logs-"))
-            shutil.copytree(base / "corral" / "logs", keep, dirs_exist_ok=True)
-            print(f"\ncorral: snapshot tests' service logs kept in {keep}")
-        tmp.cleanup()
 
 
 @pytest.fixture(scope="module")
 def sapi(sstack):
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sstack.socket)),
-                      base_url="http://corral", timeout=30) as client:
+    with socket_client(sstack) as client:
         yield client
 
 
