@@ -155,10 +155,6 @@ def test_image_copy_squashfs_with_alias_and_auto_update(api, stack, stream_serve
         delete_image(api, want)
 
 
-@pytest.mark.xfail(strict=True, reason="image alias names with slashes (LXD allows them: "
-                   "ubuntu/22.04) are refused by services/image/aliases.py "
-                   "(validate_object_name) and need a gateway route taking the rest of the "
-                   "path: outside the pull")
 def test_image_copy_copy_aliases(api, stream_server, ss_env):
     """``--copy-aliases``: the server's aliases of that image become local aliases."""
     fp = stream_server.fingerprints["20260102_0000"]["squashfs"]

@@ -317,6 +317,54 @@ def test_alias_crud_and_errors(api, cleanup, uid):
     assert api.delete(f"/1.0/images/aliases/{other}").status_code == 404
 
 
+def test_alias_names_with_slashes(stack, api, cleanup, uid, tmp_path):
+    """Image servers name images ``busybox/1.36`` (LXD takes any non-empty name; its client
+    sends the slash as %2F): create, get, list, rename and delete one with the stock client
+    and the REST API (raw slashes too); names no URL or CLI could reach are a 400."""
+    op = upload(api, small_image(uid + "slash"))
+    fp = op["metadata"]["fingerprint"]
+    cleanup["images"].append(fp)
+    name, new = f"{uid}/1.36", f"{uid}/1.36/default"
+    cleanup["aliases"] += [name, new]
+    r = lxc(stack, tmp_path, "image", "alias", "create", name, fp[:12])
+    assert r.returncode == 0, r.stderr
+    r = lxc(stack, tmp_path, "image", "alias", "list", "--format", "csv")
+    assert r.returncode == 0 and f"{name},{fp[:12]}" in r.stdout, (r.stdout, r.stderr)
+    r = lxc(stack, tmp_path, "image", "info", name)  # the client's alias lookup: %2F
+    assert r.returncode == 0 and f"Fingerprint: {fp}" in r.stdout, (r.stdout, r.stderr)
+    for path in (f"/1.0/images/aliases/{name}",
+                 f"/1.0/images/aliases/{name.replace('/', '%2F')}"):
+        got = api.get(path)
+        assert got.status_code == 200, (path, got.text)
+        assert got.json()["metadata"]["name"] == name and \
+            got.json()["metadata"]["target"] == fp
+    listed = api.get("/1.0/images/aliases").json()["metadata"]
+    assert f"/1.0/images/aliases/{uid}%2F1.36" in listed  # escaped, as LXD's URLs
+    assert api.get(f"/1.0/images/{fp}").json()["metadata"]["aliases"] == [
+        {"name": name, "description": ""}]
+    r = lxc(stack, tmp_path, "image", "alias", "rename", name, new)
+    assert r.returncode == 0, r.stderr
+    assert api.get(f"/1.0/images/aliases/{name}").status_code == 404
+    assert api.get(f"/1.0/images/aliases/{new}").json()["metadata"]["target"] == fp
+    # a name that only extends another's path is its own alias, not a sub-resource
+    assert api.get(f"/1.0/images/aliases/{new}/amd64").status_code == 404
+    for bad in (f"/{uid}", f"{uid}/", f"{uid}//x", f"{uid}/../x", f"{uid}/./x",
+                f"{uid} x", f"{uid}/\tx", "x" * 256):
+        r = api.post("/1.0/images/aliases", json={"name": bad, "target": fp})
+        assert r.status_code == 400 and "Invalid alias name" in r.json()["error"], (bad,
+                                                                                   r.text)
+        r = api.post(f"/1.0/images/aliases/{new}", json={"name": bad})
+        assert r.status_code == 400 and "Invalid alias name" in r.json()["error"], (bad,
+                                                                                   r.text)
+    r = api.post(f"/1.0/images/aliases/{new}", json={"name": ""})
+    assert r.status_code == 400 and "No alias name" in r.json()["error"], r.text
+    assert api.get(f"/1.0/images/aliases/{new}").status_code == 200  # unchanged
+    r = lxc(stack, tmp_path, "image", "alias", "delete", new)
+    assert r.returncode == 0, r.stderr
+    assert api.get(f"/1.0/images/aliases/{new}").status_code == 404
+    assert api.get(f"/1.0/images/{fp}").json()["metadata"]["aliases"] == []
+
+
 def test_bad_uploads_leave_nothing(api, busybox):
     path, fp = busybox
     cases = [

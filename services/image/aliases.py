@@ -6,9 +6,10 @@ An alias record is LXD's ``ImageAliasesEntry`` (name, description, target, type)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from shared.api import check_etag, etag, listing, url, validate_object_name
+from shared.api import check_etag, etag, listing, url
 from shared.errors import BadRequest, Conflict
 from shared.models import Reply, Requestor
 from shared.state import Store, key, mutate
@@ -24,6 +25,31 @@ def _str(body: dict[str, Any], field: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"Invalid {field}: expected a string")
     return value
+
+
+# Whitespace and control characters: no client can type them in an alias.
+_ALIAS_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+ALIAS_MAX = 255
+
+
+def validate_alias_name(name: str) -> str:
+    """An alias name as LXD 5.0 takes it, slashes included (image servers name images
+    ``debian/12``, ``busybox/1.36/default``; LXD's route is ``aliases/{name:.*}``).
+
+    LXD 5.0 refuses only an empty name. We also refuse what would make the alias
+    unreachable by its URL or the CLI: whitespace or control characters, an empty path
+    segment (leading, trailing or doubled ``/``) or a ``.``/``..`` segment (a client or
+    proxy normalises those away), and names longer than 255 characters."""
+    if not name:
+        raise BadRequest("No alias name provided")
+    segments = name.split("/")
+    if _ALIAS_BAD.search(name) or len(name) > ALIAS_MAX \
+            or any(seg in ("", ".", "..") for seg in segments):
+        raise BadRequest(f"Invalid alias name {name!r}: names may contain slashes between "
+                         "non-empty parts (debian/12), but no spaces or control characters, "
+                         "no '.' or '..' part, and are at most "
+                         f"{ALIAS_MAX} characters")
+    return name
 
 
 def in_project(aliases: Store, project: str) -> list[dict[str, Any]]:
@@ -71,7 +97,7 @@ class Aliases:
         name, target = _str(body, "name"), _str(body, "target")
         if not name or not target:
             raise BadRequest("name and target are required")
-        validate_object_name("alias", name)
+        validate_alias_name(name)
         _k, image = records.find(self.ctx.images, project, target)
         alias = {"name": name, "description": _str(body, "description"),
                  "target": image["fingerprint"], "type": image["type"], "project": project}
@@ -105,7 +131,7 @@ class Aliases:
     async def rename(self, project: str, name: str, body: dict[str, Any],
                      requestor: Requestor | None) -> None:
         new = _str(body, "name")
-        validate_object_name("alias", new)
+        validate_alias_name(new)
         old_key = key(project, name)
         current, _rev = await self.store.require(old_key, f"Image alias {name!r}")
         if await self.store.get(key(project, new)) is not None:

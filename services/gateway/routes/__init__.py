@@ -41,10 +41,12 @@ CERT = "/1.0/certificates/{fingerprint}"
 
 
 
-def crud(path: str, service: str, prefix: str = "") -> list[Route]:
+def crud(path: str, service: str, prefix: str = "", item_name: str = "{name}"
+         ) -> list[Route]:
     """LXD's CRUD shape, one bus verb per method: ``<prefix>list``, ``create``, ``get``,
-    ``update`` (PUT), ``patch``, ``delete``, ``rename`` (POST on the object)."""
-    item_path = path + "/{name}"
+    ``update`` (PUT), ``patch``, ``delete``, ``rename`` (POST on the object).
+    ``item_name``: the object's path segment (``{name:.+}`` for names with slashes)."""
+    item_path = path + "/" + item_name
     return [
         Route("GET", path, ask(service, prefix + "list", listing)),
         Route("POST", path, ask(service, prefix + "create", creation)),
@@ -101,7 +103,8 @@ INSTANCES = [
 ]
 
 IMAGES = [
-    *crud("/1.0/images/aliases", "image", "alias_"),
+    # alias names may hold slashes (debian/12): sent raw or as %2F (the lxc client)
+    *crud("/1.0/images/aliases", "image", "alias_", item_name="{name:.+}"),
     Route("GET", "/1.0/images", ask("image", "list", listing)),
     Route("POST", "/1.0/images", images.create),  # image.create (JSON) or image.import
     Route("GET", "/1.0/images/{name}/export", images.export),  # image.export, then the bytes
