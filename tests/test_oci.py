@@ -8,6 +8,7 @@ busybox with umoci and pushed with skopeo (tests/oci_registry.py).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import subprocess
@@ -566,3 +567,43 @@ def test_a_copy_of_an_app_is_an_app(world, api, stack, images):
     assert "hello-bar from /etc as 0:0" in console_log(api, copy)  # its config came too
     world.remove(copy)
     world.remove(name)
+
+
+def test_a_published_app_is_an_app(world, api, stack, images):
+    """lxc publish of an app keeps its runtime config.json (beside metadata.yaml in the
+    tarball) and the type: oci property, also when the properties are replaced: a launch
+    from the published image runs the app and keeps its exit code."""
+    name = create(world, "pub", images["echo"], **{"oci.cwd": "/etc"})
+    world.state(name, "start")
+    assert exit_code(world, name) == 3  # it ran: its start wrote beside config.json
+    alias = world.prefix + "-published-app"
+    before = image_fps(api)
+    lxc(stack, "publish", name, "--alias", alias, "note=mine")
+    fp = api.get(f"/1.0/images/aliases/{alias}").json()["metadata"]["target"]
+    try:
+        img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+        assert img["properties"] == {"type": "oci", "note": "mine"}, img["properties"]
+        assert img["type"] == "container"
+        r = api.get(f"/1.0/images/{fp}/export")
+        assert r.status_code == 200, r.text
+        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:*") as tf:
+            names = set(tf.getnames())
+            config = json.load(tf.extractfile("config.json"))  # type: ignore[arg-type]
+        assert {"metadata.yaml", "config.json", "rootfs/etc/motd"} <= names
+        assert not any(n.startswith("oci-network") for n in names), names
+        assert config["process"]["cwd"] == "/srv/app"  # the image's, not the instance's
+        launched = world.create("frompub", source={"type": "image", "alias": alias},
+                                profiles=[world.profile])
+        world.state(launched, "start")
+        assert exit_code(world, launched) == 3
+        assert "hello-bar from /srv/app as 0:0" in console_log(api, launched)
+        world.remove(launched)
+        # published again without properties: the instance's metadata.yaml ones (oci)
+        lxc(stack, "publish", name, "--alias", alias + "-2")
+        fp2 = api.get(f"/1.0/images/aliases/{alias}-2").json()["metadata"]["target"]
+        assert fp2 in image_fps(api)
+        delete_image(api, fp2)
+    finally:
+        world.remove(name)
+        delete_image(api, fp)
+    assert image_fps(api) == before

@@ -11,6 +11,12 @@ removed as soon as it is stored).
 ``metadata.yaml`` is the instance's own (from its image, as ``lxc config metadata``
 edits it) with a new ``creation_date``, the request's properties when given (LXD replaces
 them whole) and ``expiry_date``; an instance without one gets a fresh minimal one.
+
+An OCI application container (its volume holds the runtime ``config.json`` beside
+``rootfs/``: drivers/oci_app.py) keeps that file in the tarball, next to
+``metadata.yaml`` as the OCI fetcher lays out its metadata tarball, and its ``type: oci``
+property even when the request replaces the properties: without them an image of an
+app would boot as a system container.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from shared.state import key
 from . import snapshots
 from .context import Context
 from .drivers import qemu_host
+from .drivers.oci_app import CONFIG as OCI_CONFIG
 from .drivers.router import type_of
 from .lifecycle import host_status
 
@@ -82,6 +89,8 @@ def metadata(volume: Path, rec: dict[str, Any], req: PublishRequest) -> dict[str
     if req.properties is not None:
         meta["properties"] = dict(req.properties)
     meta.setdefault("properties", {})
+    if _is_app(volume):
+        meta["properties"].setdefault("type", "oci")
     if req.expires_at:
         meta["expiry_date"] = req.expires_at
     else:
@@ -89,10 +98,19 @@ def metadata(volume: Path, rec: dict[str, Any], req: PublishRequest) -> dict[str
     return meta
 
 
+def _is_app(volume: Path) -> bool:
+    """Whether the volume is an OCI application container's (a regular config.json
+    beside rootfs/; what an app's start writes beside it, oci-network/, is the
+    instance's, not the image's)."""
+    config = volume / OCI_CONFIG
+    return config.is_file() and not config.is_symlink()
+
+
 def _members(volume: Path, vm: bool) -> list[str]:
     """What of the volume goes into the (metadata) tarball besides metadata.yaml."""
     if not vm:
-        return [m for m in ("templates", "rootfs") if (volume / m).exists()]
+        app = [OCI_CONFIG] if _is_app(volume) else []
+        return app + [m for m in ("templates", "rootfs") if (volume / m).exists()]
     return sorted(p.name for p in volume.iterdir()
                   if p.name not in ("metadata.yaml", VM_IMAGE, VM_DISK))
 
