@@ -751,3 +751,71 @@ def test_bad_pull_bodies_are_400(api, stream_server, uid):
         assert sum(stream_server.hits.values()) - hits == 2  # index.json, images.json
     finally:
         delete_image(api, other)
+
+
+# -- the simplestreams index cache (a launch from a cached remote image) ---------------------
+
+
+@pytest.fixture
+def btrfs_world(api, stack, busybox_tarball):
+    from .world import make_world
+
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="btrfs") as w:
+        yield w
+
+
+def _index_hits(srv: StreamServer) -> int:
+    return sum(v for k, v in srv.hits.items() if k.endswith(".json"))
+
+
+def _launch_body(srv: StreamServer, name: str, profile: str, alias: str) -> dict:
+    return {"name": name, "profiles": [profile], **pull_body(srv, alias=alias)}
+
+
+def test_cached_launch_reads_no_index_and_refresh_still_sees_new_versions(
+        api, stack, stream_server, ss_env, btrfs_world, uid):
+    """The image service keeps a server's parsed index (LXD: an hour): a second launch from
+    the cached image asks the server nothing. A refresh and a name the cached index does
+    not know still ask it, so a newer version or a new alias is seen at once."""
+    world, srv = btrfs_world, stream_server
+    fp = srv.fingerprints["20260102_0000"]["squashfs"]
+    newer = None
+    try:
+        c1 = world.name("c1")
+        stock(ss_env, "init", "ss:busybox/1.36", c1, "-p", world.profile)
+        assert world.get(c1)["config"]["volatile.base_image"] == fp
+        before, files = _index_hits(srv), sum(srv.hits.values()) - _index_hits(srv)
+        # the second launch (through the API: the stock client reads the index itself)
+        c2 = world.name("c2")
+        wait_op(api, api.post("/1.0/instances", json=_launch_body(
+            srv, c2, world.profile, "busybox/1.36")))
+        assert world.get(c2)["config"]["volatile.base_image"] == fp
+        assert _index_hits(srv) == before, srv.hits  # no index.json, no images.json
+        assert sum(srv.hits.values()) - _index_hits(srv) == files  # no image file either
+        # a newer version meanwhile: the refresh (warm cache) reads the server and takes it
+        newer = srv.add_version("20260105_0000")["squashfs"]
+        wait_op(api, api.post(f"/1.0/images/{fp}/refresh"))
+        assert _index_hits(srv) > before
+        have = images_by_fp(api)
+        assert newer in have and fp not in have, sorted(have)
+        # ... and the next launch by alias uses it (the refreshed image, from the cache)
+        seen = _index_hits(srv)
+        c3 = world.name("c3")
+        wait_op(api, api.post("/1.0/instances", json=_launch_body(
+            srv, c3, world.profile, "busybox/1.36")))
+        assert world.get(c3)["config"]["volatile.base_image"] == newer
+        assert _index_hits(srv) == seen
+        # an alias added on the server after the index was cached is not a 404
+        srv.add_version("20260105_0000", variant=f"v{uid}", rootfs=("squashfs",))
+        c4 = world.name("c4")
+        wait_op(api, api.post("/1.0/instances", json=_launch_body(
+            srv, c4, world.profile, f"busybox/1.36/v{uid}")))
+        got = world.get(c4)["config"]["volatile.base_image"]
+        assert got == srv.fingerprints[f"v{uid}/20260105_0000"]["squashfs"]
+    finally:
+        for n in list(world.instances):
+            world.remove(n)
+        for f in (fp, newer, srv.fingerprints.get(f"v{uid}/20260105_0000", {}).get(
+                "squashfs")):
+            if f:
+                delete_image(api, f)
