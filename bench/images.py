@@ -119,18 +119,23 @@ def main() -> None:
                     timed(("launch", f"{tag}img", name, "-p", tag)))
                 drop(name)
             if direct:  # the server's share: the same launch through the API, no lxc
+                api_local = "POST /1.0/instances, local image, start (reference)"
                 samples[api_fig] = []
-                for i in range(args.runs):
-                    name = f"{tag}a{i}"
-                    t0 = time.perf_counter()
-                    api.call("POST", "/1.0/instances", {
-                        "name": name, "profiles": [tag], "start": True, "source": {
-                            "type": "image", "mode": "pull", "server": srv.url,
-                            "protocol": "simplestreams", "alias": f"{srv.os}/{srv.release}",
-                            "certificate": srv.cert_pem}},
-                             headers={"Content-Type": "application/json"})
-                    samples[api_fig].append((time.perf_counter() - t0) * 1000)
-                    drop(name)
+                samples[api_local] = []
+                pulled = {"type": "image", "mode": "pull", "server": srv.url,
+                          "protocol": "simplestreams", "alias": f"{srv.os}/{srv.release}",
+                          "certificate": srv.cert_pem}
+                for i in range(args.runs):  # interleaved: the same load on both
+                    for fig, name, source in (
+                            (api_fig, f"{tag}a{i}", pulled),
+                            (api_local, f"{tag}r{i}", {"type": "image",
+                                                       "alias": f"{tag}img"})):
+                        t0 = time.perf_counter()
+                        api.call("POST", "/1.0/instances", {
+                            "name": name, "profiles": [tag], "start": True,
+                            "source": source}, headers={"Content-Type": "application/json"})
+                        samples[fig].append((time.perf_counter() - t0) * 1000)
+                        drop(name)
             size = sum(p.stat().st_size for p in (srv.item_path(SERIAL, "lxd.tar.xz"),
                                                   srv.item_path(SERIAL, "squashfs")))
             table(f"Corral launches from a simplestreams remote (busybox split image, "
