@@ -819,3 +819,44 @@ def test_cached_launch_reads_no_index_and_refresh_still_sees_new_versions(
                 "squashfs")):
             if f:
                 delete_image(api, f)
+
+
+def test_launch_from_a_registry_with_basic_auth_passes_the_credentials(
+        api, stack, btrfs_world, tmp_path):
+    """source.credentials of POST /1.0/instances reaches the image service's pull (an OCI
+    registry's basic auth), and is neither stored nor logged."""
+    from .oci_registry import build_busybox_image, start_registry
+
+    user, password = "puller", f"pw-{os.urandom(6).hex()}"
+    reg = start_registry(tmp_path / "registry", user, password)
+    world = btrfs_world
+    fp = None
+    try:
+        lay = build_busybox_image(tmp_path / "build", "echo", entrypoint=["/bin/sh", "-c"],
+                                  cmd=["echo hi"], env=["PATH=/bin"])
+        fp = reg.push(lay, "echo", "corral/auth:v1").split(":")[1]
+        source = {"type": "image", "mode": "pull", "server": reg.server, "protocol": "oci",
+                  "alias": "corral/auth:v1", "certificate": reg.certificate}
+        # without them: the registry refuses, no instance left
+        bad = world.name("noauth")
+        op = wait_op(api, api.post("/1.0/instances", json={
+            "name": bad, "profiles": [world.profile], "source": source}), ok=False)
+        assert op["status"] == "Failure" and "credentials" in op["err"].lower(), op
+        assert api.get(f"/1.0/instances/{bad}").status_code == 404
+        # with them: pulled (cached) and created
+        name = world.name("auth")
+        wait_op(api, api.post("/1.0/instances", json={
+            "name": name, "profiles": [world.profile],
+            "source": {**source, "credentials": reg.credentials}}))
+        assert world.get(name)["config"]["volatile.base_image"] == fp
+        img = api.get(f"/1.0/images/{fp}").json()["metadata"]
+        assert img["cached"] is True
+        assert password not in json.dumps(img)
+        for log in (stack.dir / "logs").glob("*.log"):
+            assert password not in log.read_text(errors="replace"), log
+    finally:
+        for n in list(world.instances):
+            world.remove(n)
+        if fp:
+            delete_image(api, fp)
+        reg.stop()
