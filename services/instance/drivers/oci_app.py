@@ -296,13 +296,23 @@ def exit_code(lxcpath: Path, name: str, settle: float = 0.0) -> int | None:
     d = Path(lxcpath) / name
     deadline = time.monotonic() + settle
     while True:
-        try:
-            return int((d / EXIT_CODE).read_text().strip())
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() >= deadline or not _wrapper_alive(d):
+        code = _read_exit_code(d)
+        if code is not None:
+            return code
+        if time.monotonic() >= deadline:
             return None
+        if not _wrapper_alive(d):
+            # It may have written the status and exited since the read above (the file
+            # was seen created but still empty): read once more after its death.
+            return _read_exit_code(d)
         time.sleep(0.02)
+
+
+def _read_exit_code(d: Path) -> int | None:
+    try:
+        return int((d / EXIT_CODE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _wrapper_alive(d: Path) -> bool:
@@ -310,8 +320,14 @@ def _wrapper_alive(d: Path) -> bool:
     its command line, so a reused PID is not taken for it)."""
     try:
         pid = int((d / WRAPPER_PID).read_text())
-        return str(d / EXIT_CODE).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if cmdline:
+            return str(d / EXIT_CODE).encode() in cmdline
+        # Empty: a zombie, or a process still inside execve (its new arguments are not
+        # mapped yet; Popen may return then): alive unless its state says it ended.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
         return False
 
 
