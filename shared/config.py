@@ -91,3 +91,14 @@ def load_config(**overrides: object) -> Config:
 @lru_cache(maxsize=1)
 def get_config() -> Config:
     return load_config()
+
+
+def env_seconds(name: str, default: float, minimum: float) -> float:
+    """A period in seconds from the environment variable ``name`` (tests make periodic
+    work fast with it): ``default`` when unset or not a number, never below ``minimum``."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = default
+    return max(minimum, value)

@@ -11,9 +11,9 @@ restarted more often than that still expires and refreshes.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
+from shared.config import env_seconds
 from shared.messages.image import PullRequest, RefreshRequest
 from shared.models import Reply
 from shared.service import endpoint
@@ -32,12 +32,7 @@ FIRST_PASS_DELAY = 10.0
 
 
 def task_interval() -> float:
-    raw = os.environ.get(ENV_INTERVAL, "")
-    try:
-        value = float(raw) if raw else DEFAULT_INTERVAL
-    except ValueError:
-        value = DEFAULT_INTERVAL
-    return max(0.5, value)
+    return env_seconds(ENV_INTERVAL, DEFAULT_INTERVAL, 0.5)
 
 
 class LifecycleMixin:

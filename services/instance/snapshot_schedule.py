@@ -13,11 +13,11 @@ never twice, however the passes fall.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 from croniter import croniter
 
+from shared.config import env_seconds
 from shared.errors import BadRequest
 
 from . import snapshots
@@ -33,12 +33,7 @@ STARTUP = "@startup"
 def interval() -> float:
     """Seconds between two passes of the schedule/expiry task (``CORRAL_SNAPSHOT_INTERVAL``,
     default 60, as LXD's once a minute)."""
-    raw = os.environ.get(ENV_INTERVAL, "")
-    try:
-        value = float(raw) if raw else DEFAULT_INTERVAL
-    except ValueError:
-        value = DEFAULT_INTERVAL
-    return max(0.2, value)
+    return env_seconds(ENV_INTERVAL, DEFAULT_INTERVAL, 0.2)
 
 
 def parse(expr: str) -> tuple[list[str], bool]:
