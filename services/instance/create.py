@@ -58,7 +58,7 @@ async def prepare(ctx: Context, body: dict[str, Any], project: str
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate, resolve the image, reserve the record. Returns (record, image)."""
     project_checks.effective(ctx, project, "images")  # 404 for an unknown project
-    async with project_checks.lock(project):  # the project's limits hold until reserved
+    async with project_checks.guard(ctx, project):  # its limits hold until reserved
         return await _prepare(ctx, body, project)
 
 

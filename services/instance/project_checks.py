@@ -4,12 +4,16 @@ Why a lock per project: a limit such as ``limits.instances=1`` is a fact about a
 the project's instances, so the check and the reservation of the new record must not
 interleave with another create in the same project (LXD does both in one database
 transaction). The lock covers one service process; the instance service runs as one
-replica per cluster for now.
+replica per cluster for now. A project without ``limits.*`` keys has no such fact to
+protect: its creates do not take the lock (``guard``), so fifty launches at once are
+checked side by side instead of one after another (the last of them waited for every
+other's image lookup and record write, and timed out under load).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,18 @@ _locks: dict[str, asyncio.Lock] = {}
 
 def lock(project: str) -> asyncio.Lock:
     return _locks.setdefault(project, asyncio.Lock())
+
+
+def guard(ctx: "Context", project: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What a create holds from its checks to the reservation of its record: the
+    project's lock when the project has limits that count its instances, else nothing
+    (the record's create in KV is what refuses a duplicate name)."""
+    if ctx.projects is None:
+        return contextlib.nullcontext()
+    config = ctx.projects.require(project).get("config", {})
+    if any(k.startswith("limits.") and v != "" for k, v in config.items()):
+        return lock(project)
+    return contextlib.nullcontext()
 
 
 def effective(ctx: "Context", project: str, kind: str) -> str:
