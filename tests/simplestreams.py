@@ -95,6 +95,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Without TCP_NODELAY each response stalls ~40 ms on the client's delayed ACK.
     disable_nagle_algorithm = True
+    # A client that went away (a cancelled pull) must not hold a handler forever.
+    timeout = 30
+
+    def setup(self) -> None:
+        # The TLS handshake happens here, in the request's own thread: done in accept()
+        # (the serve_forever thread), one stalled client blocked the whole server and
+        # its shutdown at teardown (seen once: a cancelled pull's connection).
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()
+        super().setup()
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -131,6 +141,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     owner: "StreamServer"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up or failed its handshake: nothing to report
 
 
 class StreamServer:
@@ -284,7 +297,8 @@ class StreamServer:
         ctx.load_cert_chain(str(self.crt), str(self.key))
         httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         httpd.owner = self
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True,
+                                       do_handshake_on_connect=False)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="simplestreams",
