@@ -195,6 +195,22 @@ def test_create_without_a_name_picks_a_free_random_one(world, api):
         world.remove(name)
 
 
+def test_json_create_without_a_content_type_is_a_create(world, api):
+    """LXD reads a POST /1.0/instances body as a backup only when it says
+    application/octet-stream; a JSON body sent with no Content-Type header is a create.
+    (aiohttp reports octet-stream for a missing header: this was read as a bad backup.)"""
+    import json as _json
+
+    name = world.name("noct")
+    body = {"name": name, "source": {"type": "image", "alias": world.image},
+            "profiles": [world.profile]}
+    r = api.post("/1.0/instances", content=_json.dumps(body).encode())  # no header
+    assert "content-type" not in r.request.headers
+    assert r.status_code == 202, r.text
+    world.wait(r)
+    assert world.get(name)["status"] == "Stopped"
+
+
 def test_list_recursion_filter_and_users(world, api):
     a = world.create("la", start=True)
     b = world.create("lb")

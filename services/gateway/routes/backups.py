@@ -57,8 +57,11 @@ async def export(ctx: Context, request: web.Request) -> web.StreamResponse:
 @streams_body
 async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResponse:
     """``POST /1.0/instances``: JSON is ``instance.create``; an ``application/octet-stream``
-    body is a backup tarball (``lxc import``): staged, then ``instance.backup_import``."""
-    if request.content_type != "application/octet-stream":
+    body is a backup tarball (``lxc import``): staged, then ``instance.backup_import``.
+    The header itself is read, as LXD does: aiohttp's ``content_type`` says octet-stream
+    when there is no header at all, and a JSON body sent without one is still a create."""
+    kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind != "application/octet-stream":
         return render(await ctx.ask("instance", "create", await creation(request)))
     transfers = await blobs.transfers(ctx.bus)
     obj = await backup_streams.stage_upload(ctx, request, transfers, "import",
