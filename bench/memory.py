@@ -1,0 +1,239 @@
+"""Memory of a Corral stack: RSS and PSS of each process, idle and with running containers.
+
+RSS counts every page a process maps, shared library pages included, so summing RSS over
+six Python processes counts libpython, libc, liblxc... six times. PSS divides each shared
+page among the processes mapping it, so PSS sums to what the stack really costs the host.
+Both are reported (``/proc/PID/smaps_rollup``); goals are read on the PSS total and the
+RSS total is shown beside it, as LXD's own figure is one process's RSS.
+
+Use from another bench (``make bench``):
+
+    from bench.memory import stack_pids, measure_pids, monitors, report
+    snap = measure_pids(stack_pids(stack, nats))           # {name: Usage}
+    mons = monitors(stack.dir / "lxc")                     # {container: Usage}
+    print(report("after the benchmark", snap, mons))
+
+or standalone: ``.venv/bin/python -m bench.memory [--containers 10] [--mode both]``, which
+brings up its own stack (separate processes, then ``corral-all``), measures it idle, with
+N running busybox containers (dir pool, bridge + DHCP), and after they are deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOALS_MIB = {"separate": 200, "single": 100}
+
+
+@dataclass(frozen=True)
+class Usage:
+    rss_kib: int
+    pss_kib: int
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.rss_kib + other.rss_kib, self.pss_kib + other.pss_kib)
+
+
+ZERO = Usage(0, 0)
+
+
+def usage(pid: int) -> Usage:
+    """RSS and PSS of one process (zero when it is gone)."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return Usage(rss, pss)
+
+
+def descendants(pid: int) -> list[int]:
+    """Children of ``pid``, recursively (helpers a service forked: dnsmasq, forkers...)."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], list(kids.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def stack_pids(stack, nats=None) -> dict[str, int]:
+    """``{name: pid}`` of a tests.stack.Stack's processes (and its NatsServer)."""
+    pids = {name: p.pid for name, p in stack.procs.items() if p.poll() is None}
+    if nats is not None and nats.proc is not None:
+        pids["nats-server"] = nats.proc.pid
+    return pids
+
+
+def measure_pids(pids: dict[str, int], helpers: bool = True) -> dict[str, Usage]:
+    """Usage of each named process; with ``helpers`` the sum of each one's descendants
+    is reported as ``<name>+children`` (not counted in the stack's own total)."""
+    out = {name: usage(pid) for name, pid in pids.items()}
+    if helpers:
+        for name, pid in pids.items():
+            kids = descendants(pid)
+            if kids:
+                out[f"{name}+children"] = sum((usage(k) for k in kids), ZERO)
+    return out
+
+
+def monitors(lxcpath: Path) -> dict[str, Usage]:
+    """Each running container's ``[lxc monitor] <lxcpath> <name>`` process under ``lxcpath``."""
+    prefix = f"[lxc monitor] {lxcpath} "
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith(prefix):
+            out[cmd[len(prefix):].strip()] = usage(int(d.name))
+    return out
+
+
+def total(snap: dict[str, Usage]) -> Usage:
+    """The stack's own processes (not ``+children`` helper sums)."""
+    return sum((u for n, u in snap.items() if not n.endswith("+children")), ZERO)
+
+
+def report(title: str, snap: dict[str, Usage], mons: dict[str, Usage] | None = None) -> str:
+    lines = [f"{title}", f"  {'process':<26} {'RSS MiB':>9} {'PSS MiB':>9}"]
+    for name, u in sorted(snap.items()):
+        lines.append(f"  {name:<26} {u.rss_kib / 1024:>9.1f} {u.pss_kib / 1024:>9.1f}")
+    t = total(snap)
+    lines.append(f"  {'total (stack)':<26} {t.rss_kib / 1024:>9.1f} {t.pss_kib / 1024:>9.1f}")
+    if mons:
+        m = sum(mons.values(), ZERO)
+        n = len(mons)
+        lines.append(f"  {'lxc monitors (%d)' % n:<26} {m.rss_kib / 1024:>9.1f} "
+                     f"{m.pss_kib / 1024:>9.1f}   per container: RSS "
+                     f"{m.rss_kib / 1024 / n:.1f}, PSS {m.pss_kib / 1024 / n:.1f} MiB")
+    return "\n".join(lines)
+
+
+def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usage, str]]:
+    """Bring up a stack in ``mode``, measure idle / running / after; tear it down."""
+    from bench.common import get
+    from bench.instances import API
+    from tests.stack import NatsServer, Stack, wait_for
+
+    tag = "m" + uuid.uuid4().hex[:5]
+    nats = NatsServer(workdir / "nats")
+    nats.start()
+    stack = Stack(workdir / "corral", nats, CORRAL_LOG_LEVEL="warning")
+    rows: list[tuple[str, Usage, str]] = []
+    api = None
+    try:
+        if mode == "single":
+            stack.start("all")
+            wait_for(stack.ready, 90, what="corral-all")
+        else:
+            stack.start_all(90)
+        api = API(stack.socket)
+        time.sleep(1)
+        snap = measure_pids(stack_pids(stack, nats))
+        print(report(f"{mode}: idle", snap))
+        rows.append(("idle", total(snap), ""))
+        _setup(api, tag, workdir)
+        names = [f"{tag}c{i}" for i in range(containers)]
+        for n in names:
+            api.call("POST", "/1.0/instances", {"name": n, "profiles": [tag], "source": {
+                "type": "image", "alias": f"{tag}img"}})
+            api.call("PUT", f"/1.0/instances/{n}/state", {"action": "start"})
+        for _ in range(50):  # what a client does with them: lists, states
+            get(api.conn, "/1.0/instances?recursion=2")
+        time.sleep(1)
+        snap = measure_pids(stack_pids(stack, nats))
+        mons = monitors(stack.dir / "lxc")
+        print(report(f"{mode}: {containers} containers running", snap, mons))
+        m = sum(mons.values(), ZERO)
+        rows.append((f"{containers} running", total(snap),
+                     f"monitors/container RSS {m.rss_kib / 1024 / max(1, len(mons)):.1f} "
+                     f"PSS {m.pss_kib / 1024 / max(1, len(mons)):.1f} MiB"))
+        for n in names:
+            api.call("PUT", f"/1.0/instances/{n}/state", {"action": "stop", "force": True})
+            api.call("DELETE", f"/1.0/instances/{n}")
+        time.sleep(1)
+        snap = measure_pids(stack_pids(stack, nats))
+        print(report(f"{mode}: after (containers deleted)", snap))
+        rows.append(("after", total(snap), ""))
+    finally:
+        if api is not None:
+            _teardown(api, tag)
+        stack.stop_all()
+        nats.stop()
+    return rows
+
+
+def _setup(api, tag: str, workdir: Path) -> None:
+    from bench.common import get
+    from shared.image.build import build_busybox
+
+    api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "dir"})
+    api.call("POST", "/1.0/networks", {"name": f"{tag}br", "type": "bridge",
+                                       "config": {"ipv4.address": "auto"}})
+    api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
+        "root": {"type": "disk", "path": "/", "pool": tag},
+        "eth0": {"type": "nic", "name": "eth0", "network": f"{tag}br"}}})
+    tarball = build_busybox(workdir / "image")
+    api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
+             headers={"Content-Type": "application/octet-stream",
+                      "X-LXD-filename": tarball.name})
+    fp = next(i["fingerprint"] for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
+    api.call("POST", "/1.0/images/aliases", {"name": f"{tag}img", "target": fp})
+
+
+def _teardown(api, tag: str) -> None:
+    from bench.instances import teardown
+    teardown(api, tag)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--containers", type=int, default=10)
+    ap.add_argument("--mode", choices=("separate", "single", "both"), default="both")
+    args = ap.parse_args()
+    modes = ("separate", "single") if args.mode == "both" else (args.mode,)
+    results = {}
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix=f"corral-mem-{mode}-") as d:
+            os.chmod(d, 0o755)
+            results[mode] = _run_mode(mode, args.containers, Path(d))
+    print("\nCorral memory (MiB, stack = Python services + gateway + nats-server; "
+          "lxc monitors apart)")
+    print(f"{'mode':<10} {'when':<14} {'RSS':>8} {'PSS':>8} {'goal (PSS)':>11}  note")
+    for mode, rows in results.items():
+        for when, u, note in rows:
+            print(f"{mode:<10} {when:<14} {u.rss_kib / 1024:>8.1f} {u.pss_kib / 1024:>8.1f} "
+                  f"{GOALS_MIB[mode]:>11}  {note}")
+    print("LXD 5.0 here: 57 MiB idle, 96 MiB after the benchmark (one process, RSS); "
+          "lxc monitor 11-15 MiB per container.")
+
+
+if __name__ == "__main__":
+    main()
