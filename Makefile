@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test unit bench image lint
+.PHONY: install up down test unit bench bench-all image lint
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -22,9 +22,12 @@ test: install  ## the whole suite, tests/unit included; pytest's own exit code (
 unit:  ## unit tests of pure logic: no root, no services, seconds
 	$(VENV)/bin/pytest -q tests/unit
 
-bench: install  ## every bench/*.py, stopping at the first failure
-	@if [ -z "$(BENCHES)" ]; then echo "no bench/*.py yet"; fi
-	@set -e; for b in $(BENCHES); do echo "== $$b"; $(VENV)/bin/python "$$b"; done
+bench: install  ## the speed and footprint table (bench/speed.py); LXD_SOCK=... measures LXD too
+	$(VENV)/bin/python -m bench.speed $(BENCH_ARGS)
+
+bench-all: install  ## every bench/*.py, stopping at the first failure
+	@set -e; for b in $(filter-out bench/common.py bench/__init__.py,$(BENCHES)); do \
+		echo "== $$b"; $(VENV)/bin/python -m bench.$$(basename $$b .py); done
 
 image:  ## the busybox image the tests and docs use
 	$(VENV)/bin/corral image build busybox --alias busybox

@@ -1,0 +1,456 @@
+"""`make bench`: every speed and footprint figure of Corral in one table, beside its goal
+and LXD 5.0's figure.
+
+One run brings up its own stack (nats-server + services + gateway in a temporary
+CORRAL_DIR, with a btrfs loop pool, a bridge and a profile carrying a unique prefix), then
+measures through the stock `lxc` client and the unix socket:
+
+- container lifecycle: launch, exec, stop --force, start, delete (stopped), snapshot, copy;
+- lists: ``GET /1.0/instances?recursion=1`` with 10 and ``--many`` (1000) instance records,
+  ``recursion=2`` with 10 running;
+- memory: the stack idle, with 10 running containers and after the benchmark (RSS and PSS;
+  PSS shares the pages of shared libraries fairly between processes), the lxc monitor of
+  one running container; then the same in single mode (``corral-all``);
+- VMs under TCG (unless ``--no-vm``): launch to the first successful exec, exec true.
+
+LXD's column is the figure measured beside Corral on this machine kind (issue 12), unless
+an LXD daemon is reachable through ``LXD_SOCK`` (its unix socket): then the same figures are
+measured against it in this run, with the same image and the same client.
+
+Run: `make bench` or `.venv/bin/python -m bench.speed [--runs 10] [--many 1000] [--no-vm]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import UnixHTTPConnection, get, measure, pct  # noqa: E402
+from bench.instances import API, setup, teardown, timed  # noqa: E402
+from tests.stack import NatsServer, Stack, wait_for  # noqa: E402
+
+
+@dataclass
+class Figure:
+    """One row: what, Corral's samples (ms) or value (MiB), the goal, LXD's figure."""
+
+    name: str
+    goal: float | None
+    lxd_ref: str = ""
+    unit: str = "ms"
+    samples: list[float] = field(default_factory=list)
+    lxd: list[float] = field(default_factory=list)
+
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+
+# name -> (goal, LXD 5.0 here as issue 12 measured it)
+FIGURES: list[tuple[str, float | None, str, str]] = [
+    ("lxc launch busybox", 70, "296", "ms"),
+    ("lxc exec c -- true", 20, "39", "ms"),
+    ("lxc stop --force", 65, "679", "ms"),
+    ("lxc start (stopped)", 60, "186", "ms"),
+    ("lxc delete (stopped)", 25, "37", "ms"),
+    ("lxc snapshot (running)", 30, "48", "ms"),
+    ("lxc copy (stopped)", 40, "54", "ms"),
+    ("GET recursion=1, 10 instances", 2, "4.3", "ms"),
+    ("GET recursion=1, MANY instances", 50, "", "ms"),
+    ("GET recursion=2, 10 running", 10, "44", "ms"),
+    ("memory: stack idle (RSS)", None, "57", "MiB"),
+    ("memory: stack idle (PSS)", None, "", "MiB"),
+    ("memory: stack, 10 running (RSS)", None, "", "MiB"),
+    ("memory: stack after the bench (RSS)", 200, "96", "MiB"),
+    ("memory: stack after the bench (PSS)", 200, "", "MiB"),
+    ("memory: lxc monitor per container (RSS)", 8, "11-15", "MiB"),
+    ("memory: lxc monitor per container (PSS)", 8, "", "MiB"),
+    ("single mode: lxc start (stopped)", 60, "186", "ms"),
+    ("single mode: lxc delete (stopped)", 25, "37", "ms"),
+    ("single mode: memory idle (RSS)", None, "57", "MiB"),
+    ("single mode: memory, 10 running (RSS)", None, "", "MiB"),
+    ("single mode: memory after the bench (RSS)", 100, "96", "MiB"),
+    ("single mode: memory after the bench (PSS)", 100, "", "MiB"),
+    ("VM: launch to first exec (TCG)", 4000, "cannot run", "ms"),
+    ("VM: lxc exec v -- true", 25, "-", "ms"),
+]
+
+
+# ---------------------------------------------------------------- memory of processes
+
+def _status_kib(pid: int, key: str, path: str = "status") -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mib(pids: list[int]) -> float:
+    return sum(_status_kib(p, "VmRSS") for p in pids) / 1024
+
+
+def pss_mib(pids: list[int]) -> float:
+    return sum(_status_kib(p, "Pss", "smaps_rollup") for p in pids) / 1024
+
+
+def children(pid: int) -> list[int]:
+    """The process and its descendants (helpers a service runs count as the service's)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                kids = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+                todo.extend(int(k) for k in kids)
+        except OSError:
+            pass
+    return out
+
+
+def monitors(lxc_path: Path) -> list[int]:
+    """The `[lxc monitor] <lxcpath> <name>` processes of containers under ``lxc_path``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if cmd.startswith(b"[lxc monitor]") and str(lxc_path).encode() in cmd:
+                found.append(int(entry))
+    return found
+
+
+def stack_pids(stack: Stack, nats: NatsServer, lxc_path: Path) -> list[int]:
+    """nats-server, every service and the gateway, and what they run (dnsmasq, helpers),
+    but not the containers' monitors (counted per container) nor their payloads."""
+    inside = {p for m in monitors(lxc_path) for p in children(m)}
+    pids = [p for proc in [*stack.procs.values(), nats.proc] for p in children(proc.pid)]
+    return [p for p in pids if p not in inside]
+
+
+def lxd_pid(sock: Path) -> int | None:
+    """The daemon listening on ``sock`` (to read its memory), found by the socket inode."""
+    inodes = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 8 and parts[7] == str(sock):
+            inodes.add(parts[6])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------- the runs
+
+class Client:
+    """The stock `lxc` client against one daemon (Corral's or LXD's socket directory)."""
+
+    def __init__(self, lxd_dir: Path) -> None:
+        self.env = {**os.environ, "LXD_DIR": str(lxd_dir)}
+
+    def __call__(self, *args: str) -> None:
+        r = subprocess.run(["lxc", *args], env=self.env, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"lxc {' '.join(args)}: {r.stderr.strip()}")
+
+
+def lifecycle(lx: Client, conn: UnixHTTPConnection, image: str, profile: list[str],
+              names: list[str]) -> dict[str, list[float]]:
+    """The container figures on one daemon; leaves ``names`` running."""
+    out: dict[str, list[float]] = {}
+    out["lxc launch busybox"] = timed(lambda n: lx("launch", image, n, *profile), names)
+    out["lxc exec c -- true"] = timed(lambda n: lx("exec", n, "--", "true"), names * 3)
+    out["lxc stop --force"] = timed(lambda n: lx("stop", "--force", n), names)
+    out["lxc start (stopped)"] = timed(lambda n: lx("start", n), names)
+    out["lxc snapshot (running)"] = timed(lambda n: lx("snapshot", n, "s0"), names)
+    out["GET recursion=1, 10 instances"] = measure(
+        lambda: get(conn, "/1.0/instances?recursion=1"), 200)
+    out["GET recursion=2, 10 running"] = measure(
+        lambda: get(conn, "/1.0/instances?recursion=2"), 50, warmup=5)
+    return out
+
+
+def stopped_figures(lx: Client, names: list[str]) -> dict[str, list[float]]:
+    """Copy and delete of stopped containers; removes ``names`` and their copies."""
+    for n in names:
+        lx("stop", "--force", n)
+    out = {"lxc copy (stopped)": timed(lambda n: lx("copy", n, n + "c", "--instance-only"),
+                                       names)}
+    for n in names:
+        lx("delete", f"{n}/s0")
+    out["lxc delete (stopped)"] = timed(lambda n: lx("delete", n), names)
+    for n in names:
+        lx("delete", n + "c")
+    return out
+
+
+def many_records(api_sock: Path, names: list[str], image: str, profile: str) -> None:
+    """Create ``names`` as stopped instances, eight at a time over their own connections."""
+    def make(chunk: list[str]) -> None:
+        api = API(api_sock)
+        for n in chunk:
+            api.call("POST", "/1.0/instances", {"name": n, "profiles": [profile],
+                                                "source": {"type": "image", "alias": image}})
+    chunks = [names[i::8] for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(make, chunks))
+
+
+def delete_many(api_sock: Path, names: list[str]) -> None:
+    def drop(chunk: list[str]) -> None:
+        api = API(api_sock)
+        for n in chunk:
+            api.call("DELETE", f"/1.0/instances/{n}")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(drop, [names[i::8] for i in range(8)]))
+
+
+def start_stack(base: Path, single: bool) -> tuple[NatsServer, Stack]:
+    nats = NatsServer(base / "nats")
+    nats.start()
+    stack = Stack(base / "corral", nats, CORRAL_LOG_LEVEL="warning")
+    if single:
+        stack.start("all")
+        wait_for(stack.ready, 60, what="corral-all to answer")
+    else:
+        stack.start_all()
+    return nats, stack
+
+
+def run_corral(args: argparse.Namespace, figs: dict[str, Figure], base: Path) -> None:
+    tag = "q" + uuid.uuid4().hex[:5]
+    nats, stack = start_stack(base / "separate", single=False)
+    api = None
+    lxc_path = stack.dir / "lxc"
+    try:
+        api = API(stack.socket)
+        setup(api, tag, base)
+        time.sleep(2)  # let the services settle before the idle figure
+        pids = stack_pids(stack, nats, lxc_path)
+        figs["memory: stack idle (RSS)"].samples = [rss_mib(pids)]
+        figs["memory: stack idle (PSS)"].samples = [pss_mib(pids)]
+        lx = Client(stack.dir)
+        names = [f"{tag}c{i}" for i in range(args.runs)]
+        for k, v in lifecycle(lx, api.conn, f"{tag}img", ["-p", tag], names).items():
+            figs[k].samples = v
+        pids = stack_pids(stack, nats, lxc_path)
+        figs["memory: stack, 10 running (RSS)"].samples = [rss_mib(pids)]
+        mons = monitors(lxc_path)
+        if mons:
+            figs["memory: lxc monitor per container (RSS)"].samples = [
+                rss_mib([m]) for m in mons]
+            figs["memory: lxc monitor per container (PSS)"].samples = [
+                pss_mib([m]) for m in mons]
+        for k, v in stopped_figures(lx, names).items():
+            figs[k].samples = v
+        many = [f"{tag}m{i}" for i in range(args.many)]
+        many_records(stack.socket, many, f"{tag}img", tag)
+        figs["GET recursion=1, MANY instances"].samples = measure(
+            lambda: get(api.conn, "/1.0/instances?recursion=1"), 50, warmup=3)
+        delete_many(stack.socket, many)
+        pids = stack_pids(stack, nats, lxc_path)
+        figs["memory: stack after the bench (RSS)"].samples = [rss_mib(pids)]
+        figs["memory: stack after the bench (PSS)"].samples = [pss_mib(pids)]
+    finally:
+        if api is not None:
+            teardown(api, tag)
+        stack.stop_all()
+        nats.stop()
+
+
+def run_single(args: argparse.Namespace, figs: dict[str, Figure], base: Path) -> None:
+    tag = "r" + uuid.uuid4().hex[:5]
+    nats, stack = start_stack(base / "single", single=True)
+    api = None
+    lxc_path = stack.dir / "lxc"
+    try:
+        api = API(stack.socket)
+        setup(api, tag, base)
+        time.sleep(2)
+        figs["single mode: memory idle (RSS)"].samples = [
+            rss_mib(stack_pids(stack, nats, lxc_path))]
+        lx = Client(stack.dir)
+        names = [f"{tag}c{i}" for i in range(args.runs)]
+        for n in names:
+            lx("launch", f"{tag}img", n, "-p", tag)
+        figs["single mode: memory, 10 running (RSS)"].samples = [
+            rss_mib(stack_pids(stack, nats, lxc_path))]
+        for n in names:
+            lx("stop", "--force", n)
+        figs["single mode: lxc start (stopped)"].samples = timed(lambda n: lx("start", n),
+                                                                 names)
+        for n in names:
+            lx("stop", "--force", n)
+        figs["single mode: lxc delete (stopped)"].samples = timed(lambda n: lx("delete", n),
+                                                                  names)
+        pids = stack_pids(stack, nats, lxc_path)
+        figs["single mode: memory after the bench (RSS)"].samples = [rss_mib(pids)]
+        figs["single mode: memory after the bench (PSS)"].samples = [pss_mib(pids)]
+    finally:
+        if api is not None:
+            teardown(api, tag)
+        stack.stop_all()
+        nats.stop()
+
+
+def run_vm(args: argparse.Namespace, figs: dict[str, Figure], base: Path) -> None:
+    from bench import vms
+
+    tag = "v" + uuid.uuid4().hex[:5]
+    nats, stack = start_stack(base / "vm", single=False)
+    env = {**os.environ, "CORRAL_DIR": str(stack.dir), "CORRAL_APT_UPDATED": "1"}
+    subprocess.run([str(ROOT / "deploy/libvirt.sh"), "up"], env=env, check=True,
+                   capture_output=True)
+    api = None
+    try:
+        api = API(stack.socket)
+        wait_for(lambda: "qemu" in get(api.conn, "/1.0")["metadata"]["environment"]["driver"],
+                 30, what="the instance service to see libvirtd")
+        vms.setup(api, tag, base)
+        lx = Client(stack.dir)
+        names = [f"{tag}v{i}" for i in range(args.vm_runs)]
+
+        def launch(name: str) -> None:
+            api.call("POST", "/1.0/instances", {
+                "name": name, "source": {"type": "image", "alias": f"{tag}img"},
+                "profiles": [tag], "start": True, "type": "virtual-machine",
+                "config": {"limits.cpu": "1", "limits.memory": "256MiB"}})
+            vms.agent_ready(api, name)
+
+        figs["VM: launch to first exec (TCG)"].samples = timed(launch, names)
+        figs["VM: lxc exec v -- true"].samples = timed(lambda n: lx("exec", n, "--", "true"),
+                                                       names * 4)
+    finally:
+        if api is not None:
+            teardown(api, tag)
+        stack.stop_all()
+        nats.stop()
+        subprocess.run([str(ROOT / "deploy/libvirt.sh"), "down"], env=env, check=False,
+                       capture_output=True)
+
+
+def run_lxd(args: argparse.Namespace, figs: dict[str, Figure], sock: Path, base: Path
+            ) -> None:
+    """The same container figures against the LXD daemon at ``sock``, in this run."""
+    from shared.image.build import build_busybox
+
+    tag = "x" + uuid.uuid4().hex[:5]
+    lx = Client(sock.parent)
+    tarball = build_busybox(base / "lxd-image")
+    lx("image", "import", str(tarball), "--alias", f"{tag}img")
+    names = [f"{tag}c{i}" for i in range(args.runs)]
+    conn = UnixHTTPConnection(str(sock))
+    pid = lxd_pid(sock)
+    try:
+        if pid:
+            figs["memory: stack idle (RSS)"].lxd = [rss_mib([pid])]
+            figs["memory: stack idle (PSS)"].lxd = [pss_mib([pid])]
+        for k, v in lifecycle(lx, conn, f"{tag}img", [], names).items():
+            figs[k].lxd = v
+        mons = [p for p in monitors(Path("/var/lib/lxd/containers"))]
+        mons = [p for p in mons if any(n.encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+                                       for n in names)] if mons else []
+        if mons:
+            figs["memory: lxc monitor per container (RSS)"].lxd = [rss_mib([m]) for m in mons]
+            figs["memory: lxc monitor per container (PSS)"].lxd = [pss_mib([m]) for m in mons]
+        for k, v in stopped_figures(lx, names).items():
+            figs[k].lxd = v
+        if pid:
+            figs["memory: stack after the bench (RSS)"].lxd = [rss_mib([pid])]
+            figs["memory: stack after the bench (PSS)"].lxd = [pss_mib([pid])]
+    finally:
+        for n in names:
+            for a in (("stop", "--force", n), ("delete", n), ("delete", n + "c")):
+                try:
+                    lx(*a)
+                except RuntimeError:
+                    pass
+        try:
+            lx("image", "delete", f"{tag}img")
+        except RuntimeError:
+            pass
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if unit == "MiB" or v < 10 else f"{v:.0f}"
+
+
+def print_table(figs: list[Figure], many: int, lxd_live: bool) -> None:
+    head = (f"{'figure':<50} {'Corral':>8} {'p95':>7} {'goal':>7} "
+            f"{'LXD ' + ('(this run)' if lxd_live else '(issue 12)'):>16}  verdict")
+    print("\nCorral speed and footprint (busybox, btrfs loop pool, bridge + DHCP, stock lxc "
+          "client; the client itself costs about 11 ms a call)")
+    print(head)
+    print("-" * len(head))
+    for f in figs:
+        name = f.name.replace("MANY", str(many))
+        med = f.median()
+        p95 = pct(f.samples, 95) if len(f.samples) > 1 else None
+        if f.lxd:
+            lxd = fmt(statistics.median(f.lxd), f.unit)
+        else:
+            lxd = f.lxd_ref or "-"
+        if med is None:
+            verdict = "not measured"
+        elif f.goal is None:
+            verdict = ""
+        elif med <= f.goal:
+            verdict = "met"
+        else:
+            verdict = f"missed by {fmt(med - f.goal, f.unit)} {f.unit}"
+        goal = f"≤{fmt(f.goal, f.unit)}" if f.goal is not None else ""
+        print(f"{name + ' (' + f.unit + ')':<50} {fmt(med, f.unit):>8} {fmt(p95, f.unit):>7} "
+              f"{goal:>7} {lxd:>16}  {verdict}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=10, help="containers per figure")
+    ap.add_argument("--many", type=int, default=1000, help="records for the big list")
+    ap.add_argument("--vm-runs", type=int, default=3)
+    ap.add_argument("--no-vm", action="store_true", help="skip the VM figures (TCG is slow)")
+    ap.add_argument("--no-single", action="store_true", help="skip single mode")
+    args = ap.parse_args()
+    figs = {name: Figure(name, goal, ref, unit) for name, goal, ref, unit in FIGURES}
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as d:
+        os.chmod(d, 0o755)
+        base = Path(d)
+        run_corral(args, figs, base)
+        if not args.no_single:
+            run_single(args, figs, base)
+        if not args.no_vm:
+            run_vm(args, figs, base)
+        sock = os.environ.get("LXD_SOCK")
+        if sock and Path(sock).is_socket():
+            run_lxd(args, figs, Path(sock), base)
+    print_table(list(figs.values()), args.many, bool(os.environ.get("LXD_SOCK")))
+
+
+if __name__ == "__main__":
+    main()
