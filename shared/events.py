@@ -4,19 +4,45 @@ Events are JSON (not msgpack) because they are LXD's event objects, passed throu
 ``/1.0/events`` websockets byte for byte and readable by any NATS tool. The
 ``CORRAL_EVENTS`` stream keeps them (age and size limits from config) so a consumer that
 was away can replay what it missed; plain subscribers see them live.
+
+Events keep their promise: each is published into the stream with JetStream's
+acknowledgement, and one the server did not acknowledge (nats-server down or restarting)
+waits in this process's outbox and is sent again, in order, once the bus is back.
+
+Every event has a stable id, carried in the ``Nats-Msg-Id`` header (:data:`ID_HEADER`),
+not in the JSON: the frame stays exactly LXD's (stock clients and pylxd see what LXD
+sends), and JetStream drops a second copy of the same id within its duplicate window, so
+a resend after a lost acknowledgement is stored once. Consumers read the id from the
+header (``shared.client`` exposes it as ``Event.id``) to drop duplicates of an
+at-least-once delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+import weakref
+from collections import deque
 from typing import Any
 
 import nats.js.errors as jse
+from nats.errors import Error as NatsError
 from nats.js import api
 
 from . import subjects
 from .bus import Bus
+from .log import get_logger
 from .models import Event, Requestor
+
+ID_HEADER = "Nats-Msg-Id"
+# Events a process keeps while the server does not acknowledge them; past this the oldest
+# go (a bounded memory beats a service that dies of a long outage).
+OUTBOX_LIMIT = 10_000
+# How long one acknowledgement may take before the event waits in the outbox instead.
+ACK_TIMEOUT = 2.0
+
+log = get_logger(component="events")
 
 
 async def ensure_stream(bus: Bus) -> api.StreamInfo:
@@ -38,6 +64,97 @@ async def ensure_stream(bus: Bus) -> api.StreamInfo:
         return await bus.js.add_stream(cfg)
 
 
+class Outbox:
+    """One process's events on their way into the stream, in the order they happened.
+
+    While nothing waits, an event goes straight to the stream and its acknowledgement is
+    awaited. Once one fails, it and every later event queue here (so order holds) and a
+    single task resends them, oldest first, until the server acknowledges each.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.pending: deque[tuple[str, bytes, str]] = deque()
+        self.dropped = 0
+        self._lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def send(self, subject: str, data: bytes, event_id: str) -> None:
+        if not self.pending and self._connected():
+            async with self._lock:
+                if not self.pending:
+                    try:
+                        await self._publish(subject, data, event_id)
+                        return
+                    except (NatsError, jse.Error, asyncio.TimeoutError, OSError):
+                        pass
+        self._queue(subject, data, event_id)
+
+    def _connected(self) -> bool:
+        nc = self.bus.nc
+        return nc is not None and nc.is_connected
+
+    async def _publish(self, subject: str, data: bytes, event_id: str) -> None:
+        await self.bus.js.publish(subject, data, timeout=ACK_TIMEOUT,
+                                  headers={ID_HEADER: event_id})
+
+    def _queue(self, subject: str, data: bytes, event_id: str) -> None:
+        if len(self.pending) >= OUTBOX_LIMIT:
+            self.pending.popleft()
+            self.dropped += 1
+        self.pending.append((subject, data, event_id))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        delay = 0.1
+        while self.pending:
+            nc = self.bus.nc
+            if nc is None or nc.is_closed:
+                return  # the process is stopping: nothing will carry them any more
+            if not nc.is_connected:
+                await asyncio.sleep(0.1)
+                continue
+            subject, data, event_id = self.pending[0]
+            try:
+                async with self._lock:
+                    await self._publish(subject, data, event_id)
+            except (NatsError, jse.Error, asyncio.TimeoutError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            self.pending.popleft()
+        if self.dropped:
+            log.warning("events dropped: the outbox was full while nats-server was away",
+                        dropped=self.dropped)
+            self.dropped = 0
+
+    async def drain(self, timeout: float = 5.0) -> int:
+        """Wait (at most ``timeout``) for the queued events to go; how many are left."""
+        if self._flusher is not None and not self._flusher.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flusher), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return len(self.pending)
+
+
+_outboxes: "weakref.WeakKeyDictionary[Bus, Outbox]" = weakref.WeakKeyDictionary()
+
+
+def outbox(bus: Bus) -> Outbox:
+    """The outbox of ``bus``'s process (one per connection, shared by every Events)."""
+    box = _outboxes.get(bus)
+    if box is None:
+        box = _outboxes[bus] = Outbox(bus)
+    return box
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
 class Events:
     def __init__(self, bus: Bus, location: str = "none") -> None:
         self.bus = bus
@@ -47,8 +164,12 @@ class Events:
                       entity: str = "server") -> Event:
         event = Event(type=type_, metadata=metadata, project=project, location=self.location)
         data = json.dumps(event.model_dump(), separators=(",", ":")).encode()
-        await self.bus.publish(subjects.event(type_, project, entity), data)
+        await outbox(self.bus).send(subjects.event(type_, project, entity), data, new_id())
         return event
+
+    async def drain(self, timeout: float = 5.0) -> int:
+        """Before the bus closes: let events still in the outbox go; how many are left."""
+        return await outbox(self.bus).drain(timeout)
 
     async def lifecycle(self, action: str, source: str, *, project: str = "default",
                         context: dict[str, Any] | None = None,

@@ -171,6 +171,7 @@ class Service:
             await asyncio.wait(self._inflight, timeout=30)
         await self.operations.shutdown()  # running operations undo and end as failed
         await self.teardown()
+        await self.events.drain()  # events nats-server has not acknowledged yet
         if self._own_bus:
             await self.bus.close()
         self._stopped.set()
@@ -307,6 +308,7 @@ async def run_services(
         await stopper()
     for svc in reversed(services):
         await svc.stop()
+    await Events(bus).drain()
     await bus.close()
 
 
@@ -319,8 +321,8 @@ def _logging_events(events: Events, service: str) -> Callable[[dict[str, Any]], 
         context["service"] = str(record.get("component") or service)
         coro = events.logging(str(record.get("event", "")), str(record.get("level")),
                               context, service=context["service"])
-        if events.bus.nc is None or not events.bus.nc.is_connected:
-            coro.close()
+        if events.bus.nc is None or events.bus.nc.is_closed:
+            coro.close()  # while it reconnects, the outbox keeps them (shared/events.py)
             return
         loop.create_task(coro)
 

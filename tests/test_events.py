@@ -98,3 +98,75 @@ async def test_service_logs_become_logging_events(stack, bus):
     started = [e for e in seen if e["metadata"]["message"] == "service started"]
     assert started and started[0]["type"] == "logging"
     assert started[0]["metadata"]["level"] == "info"
+
+
+async def _stream_events(bus, subject: str, timeout: float = 5.0) -> list:
+    """Every message of the events stream on ``subject``, from the start."""
+    out = []
+    psub = await bus.js.subscribe(subject, stream=subjects.EVENTS_STREAM, ordered_consumer=True,
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    try:
+        while True:
+            try:
+                out.append(await psub.next_msg(timeout=timeout))
+            except Exception:
+                return out
+            timeout = 0.5
+    finally:
+        await psub.unsubscribe()
+
+
+async def test_an_event_published_while_nats_is_down_is_not_lost(
+        stack, api, nats_server, bus_config, uid):
+    """The outbox keeps what nats-server did not acknowledge and sends it once it is back,
+    in order, each event with its id in ``Nats-Msg-Id``; services' own events too."""
+    from shared.bus import Bus
+    from shared.events import ID_HEADER, Events
+    from tests.stack import wait_for
+
+    own = await Bus(bus_config, "tests-outbox").connect()
+    events = Events(own)
+    try:
+        await events.publish("lifecycle", {"action": "test-before", "source": uid},
+                             entity="outboxtest")
+        await asyncio.to_thread(nats_server.stop)
+        for _ in range(100):
+            if not own.nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not own.nc.is_connected
+        for n in range(3):  # returns at once: nothing waits for the server
+            await asyncio.wait_for(events.publish(
+                "lifecycle", {"action": f"test-down-{n}", "source": uid},
+                entity="outboxtest"), 1)
+        await asyncio.to_thread(nats_server.start)
+        assert await asyncio.wait_for(events.drain(30), 35) == 0
+        msgs = await _stream_events(own, "corral.events.lifecycle.default.outboxtest")
+        mine = [m for m in msgs if json.loads(m.data)["metadata"]["source"] == uid]
+        assert [json.loads(m.data)["metadata"]["action"] for m in mine] == \
+            ["test-before", "test-down-0", "test-down-1", "test-down-2"]
+        ids = [m.headers[ID_HEADER] for m in mine]
+        assert len(set(ids)) == 4 and all(len(i) == 36 for i in ids)
+        # The instance service said it lost the bus: a logging event made while it was
+        # away, in the stream now.
+        logs = await _stream_events(own, "corral.events.logging.default.instance")
+        assert any(json.loads(m.data)["metadata"]["message"] == "nats disconnected"
+                   for m in logs)
+    finally:
+        await own.close()
+        # The next tests share this stack: leave it only when a KV write works again.
+        wait_for(lambda: api.post("/1.0/profiles", json={"name": uid}).status_code == 200,
+                 60, what="KV writes to work after the nats-server restart")
+        api.delete(f"/1.0/profiles/{uid}")
+
+
+async def test_the_same_event_id_is_stored_once(bus, uid):
+    """A resend after a lost acknowledgement (same id) does not make a second event."""
+    from shared.events import ID_HEADER, outbox
+
+    box = outbox(bus)
+    data = json.dumps({"type": "lifecycle", "metadata": {"source": uid}}).encode()
+    for _ in range(2):
+        await box._publish("corral.events.lifecycle.default.dedupetest", data, uid)
+    msgs = await _stream_events(bus, "corral.events.lifecycle.default.dedupetest")
+    assert [m.headers[ID_HEADER] for m in msgs].count(uid) == 1
