@@ -1,11 +1,24 @@
-"""msgpack on the wire for requests and replies (compact, fast, binary-safe)."""
+"""Requests and replies on the wire: msgpack between services, JSON for everyone else.
+
+msgpack is the default (compact, fast, binary-safe). A request whose ``Content-Type``
+header says ``application/json`` (or that has no such header and whose body is a JSON
+object: a request is always a map, and a msgpack map never starts with ``{``) is read as
+JSON and answered in JSON, so ``nats req corral.instance.list '{"project":"default"}'``
+works from the NATS CLI or any language. Bytes in a JSON reply travel as base64 strings.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import json
+from typing import Any, Mapping
 
 import msgpack
 from pydantic import BaseModel
+
+CONTENT_TYPE = "Content-Type"
+MSGPACK = "application/msgpack"
+JSON = "application/json"
 
 
 def encode(value: Any) -> bytes:
@@ -20,6 +33,34 @@ def decode(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+def encode_json(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+
+
+def decode_json(data: bytes) -> Any:
+    if not data or not data.strip():
+        return None
+    return json.loads(data)
+
+
+def content_type(headers: Mapping[str, str] | None, data: bytes) -> str:
+    """The format of a request: its ``Content-Type`` header, else JSON when it looks so."""
+    value = (headers or {}).get(CONTENT_TYPE)
+    if value:
+        return JSON if value.split(";")[0].strip().lower() == JSON else MSGPACK
+    return JSON if data.lstrip()[:1] == b"{" else MSGPACK
+
+
+def decode_as(kind: str, data: bytes) -> Any:
+    return decode_json(data) if kind == JSON else decode(data)
+
+
+def encode_as(kind: str, value: Any) -> bytes:
+    return encode_json(value) if kind == JSON else encode(value)
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
         return obj.model_dump(mode="python")
@@ -30,3 +71,9 @@ def _default(obj: Any) -> Any:
     if hasattr(obj, "__fspath__"):
         return str(obj)
     raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode()
+    return _default(obj)

@@ -22,7 +22,7 @@ from nats.micro.service import EndpointStats
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
-from . import codec, subjects, tracing
+from . import codec, metrics, subjects, tracing
 from .bus import Bus, bus_error
 from .config import Config, get_config
 from .errors import BadRequest, CorralError, Forbidden
@@ -131,6 +131,16 @@ class Service:
     async def _info(self, _req: ServerInfoRequest) -> Reply:
         return Reply(metadata=self.server_info().model_dump())
 
+    async def metrics_text(self) -> str:
+        """What this service measures beyond the process's registry (Prometheus text)."""
+        return ""
+
+    @endpoint("metrics", Message)
+    async def _metrics(self, _req: Message) -> Reply:
+        """This process's metrics (``shared/metrics.py``) and the service's own, as
+        Prometheus text: the gateway merges every service's into ``GET /1.0/metrics``."""
+        return Reply(metadata={"text": metrics.exposition() + await self.metrics_text()})
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -155,12 +165,13 @@ class Service:
                 queue_group=f"corral-{self.name}" if spec.scope == "cluster" else None,
                 handler=self._wrap(spec),
             )
-            if spec.scope == "cluster" and spec.verb != "info":
+            if spec.scope == "cluster" and spec.verb not in ("info", "metrics"):
                 # The same verb for credentials limited to one project (see subjects).
                 await self._micro.add_endpoint(
                     name=f"{spec.verb}-in-project",
                     subject=subjects.project_service("*", self.name, spec.verb),
                     queue_group=f"corral-{self.name}", handler=self._wrap(spec, True))
+        metrics.service_started(self.name, self.config.node, time.time())
         self.log.info("service started", endpoints=len(self.endpoints()))
 
     async def stop(self) -> None:
@@ -184,6 +195,8 @@ class Service:
 
         figures = self._figures.setdefault(
             f"{spec.verb}-in-project" if in_project else spec.verb, EndpointFigures())
+        subject = (subjects.project_service("*", self.name, spec.verb) if in_project
+                   else self.subject_for(spec))
 
         async def handle(req: MicroRequest) -> None:
             # NATS delivers one subscription's messages one at a time: run each request in
@@ -193,6 +206,7 @@ class Service:
                 message = (f"The {self.name} service is busy: {len(self._inflight)} "
                            "requests in flight, try again")
                 figures.done(0, f"503: {message}")
+                metrics.observe_request(self.name, subject, 503, 0.0)
                 await req.respond_error("503", message)
                 return
             task = asyncio.create_task(run(req))
@@ -205,16 +219,27 @@ class Service:
             try:
                 error = await serve(req)
             finally:
-                figures.done(time.perf_counter_ns() - started, error)
+                elapsed = time.perf_counter_ns() - started
+                figures.done(elapsed, error)
+                metrics.observe_request(self.name, subject,
+                                        int(error.partition(":")[0]) if error else 200,
+                                        elapsed / 1e9)
 
         async def serve(req: MicroRequest) -> str | None:
             """Answer one request; returns the error it answered with, if any."""
             ctx = tracing.extract(req.headers)
+            kind = codec.content_type(req.headers, req.data)  # msgpack, or JSON for others
+
+            async def fail(code: int, message: str) -> str:
+                await _respond_error(req, kind, code, message)
+                return f"{code}: {message}"
+
             with tracer.start_as_current_span(span_name, context=ctx, kind=SpanKind.SERVER
                                               ) as span:
                 try:
                     try:
-                        body = spec.request.model_validate(codec.decode(req.data) or {})
+                        body = spec.request.model_validate(codec.decode_as(kind, req.data)
+                                                           or {})
                     except (ValidationError, ValueError) as exc:
                         raise BadRequest(f"Invalid {spec.verb} request: {_brief(exc)}") from exc
                     if in_project:
@@ -223,26 +248,23 @@ class Service:
                     result = await handler(body)
                     if not isinstance(result, Reply):
                         result = Reply(metadata=result)
-                    await req.respond(codec.encode(result))
+                    await req.respond(codec.encode_as(kind, result), headers=(
+                        {codec.CONTENT_TYPE: codec.JSON} if kind == codec.JSON else None))
                     return None
                 except CorralError as exc:
                     span.set_status(Status(StatusCode.ERROR, exc.message))
                     self.log.debug("request failed", verb=spec.verb, code=exc.code,
                                    error=exc.message)
-                    await req.respond_error(str(exc.code), exc.message)
-                    return f"{exc.code}: {exc.message}"
+                    return await fail(exc.code, exc.message)
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
                     err = bus_error(exc)
                     if isinstance(err, CorralError):  # the bus went away under the request
                         self.log.warning("request failed: bus", verb=spec.verb, error=str(exc))
-                        await req.respond_error(str(err.code), err.message)
-                        return f"{err.code}: {err.message}"
+                        return await fail(err.code, err.message)
                     self.log.exception("request crashed", verb=spec.verb)
-                    message = f"Internal error in the {self.name} service: {exc}"
-                    await req.respond_error("500", message)
-                    return f"500: {message}"
+                    return await fail(500, f"Internal error in the {self.name} service: {exc}")
 
         return handle
 
@@ -264,6 +286,16 @@ class Service:
         stats.processing_time = figures.processing_ns
         stats.average_processing_time = figures.processing_ns // max(1, figures.completed)
         return {"in_flight": figures.in_flight, "completed": figures.completed}
+
+
+async def _respond_error(req: MicroRequest, kind: str, code: int, message: str) -> None:
+    """An error reply: the micro error headers, and for a JSON caller LXD's error body."""
+    if kind != codec.JSON:
+        await req.respond_error(str(code), message)
+        return
+    body = codec.encode_json({"type": "error", "error": message, "error_code": code})
+    await req.respond_error(str(code), message, data=body,
+                            headers={codec.CONTENT_TYPE: codec.JSON})
 
 
 def _brief(exc: Exception) -> str:
@@ -310,6 +342,7 @@ async def run_services(
         await svc.stop()
     await Events(bus).drain()
     await bus.close()
+    tracing.shutdown()  # the spans still batched
 
 
 def _logging_events(events: Events, service: str) -> Callable[[dict[str, Any]], None]:
