@@ -57,7 +57,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
                  ("network", "nic_config"), ("network", "nic_limits"),
-                 ("network", "nic_release"), ("image", "list"),
+                 ("network", "nic_release"), ("network", "lease_set"),
+                 ("network", "lease_clear"), ("image", "list"),
                  ("storage", "volume_usage"), ("storage", "volume_quota"),
                  ("storage", "volume_path"), ("storage", "volume_create"),
                  ("storage", "volume_copy"), ("storage", "volume_snapshot_create"),
@@ -82,7 +83,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
               WARNINGS),
     "storage": (("storage_pools", "kv", True), ("storage_volumes", "kv", True),
                 ("images", "obj", False), ("transfers", "obj", False), OPERATIONS, WARNINGS),
-    "network": (("networks", "kv", True), OPERATIONS, WARNINGS),
+    "network": (("networks", "kv", True), ("network_acls", "kv", True),
+                ("network_forwards", "kv", True), OPERATIONS, WARNINGS),
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
@@ -93,7 +95,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
 # Not file_get, log_get, console_get, blob or volume_path: those hand out contents.
-READ_VERBS = ("list", "get", "state", "info", "leases", "resources", "alias_list",
+READ_VERBS = ("list", "get", "state", "info", "leases", "acl_list", "acl_get",
+              "forward_list", "forward_get", "resources", "alias_list",
               "alias_get", "profile_list", "profile_get", "volume_list", "volume_get",
               "snapshot_list", "snapshot_get", "backup_list", "backup_get",
               "volume_snapshot_list", "network_users", "project_list", "project_get",
