@@ -20,6 +20,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import errors as jse
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import codec, subjects, tracing
 from .config import Config
@@ -155,6 +156,22 @@ class Bus:
         self, subject: str, payload: Any, *, timeout: float | None = None,
         service: str | None = None, headers: dict[str, str] | None = None,
     ) -> Msg:
+        assert self.nc is not None
+        # A client span per request: the answering service's server span is its child,
+        # so one trace links every process a request reaches (shared/tracing.py).
+        with tracing.tracer("corral.bus").start_as_current_span(
+                subject, kind=SpanKind.CLIENT,
+                attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                            "corral.caller": self.name}) as span:
+            try:
+                return await self._request(subject, payload, timeout, service, headers)
+            except CorralError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                span.set_attribute("corral.error_code", exc.code)
+                raise
+
+    async def _request(self, subject: str, payload: Any, timeout: float | None,
+                       service: str | None, headers: dict[str, str] | None) -> Msg:
         assert self.nc is not None
         timeout = self.config.request_timeout if timeout is None else timeout
         hdrs = tracing.inject(dict(headers or {}))

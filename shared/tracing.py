@@ -1,21 +1,97 @@
 """OpenTelemetry set-up and W3C trace-context propagation through NATS headers.
 
-The SDK provider is always installed so spans carry real ids (and logs can show them); the
-exporter is off by default, ``console`` or ``otlp`` by config.
+One trace follows a request from the gateway's HTTP server span through a client span per
+bus request (``shared/bus.py``) and the answering service's server span
+(``shared/service.py``), into whatever that service asks next: the parent travels as
+``traceparent`` in the NATS headers, so the spans of every process form one tree.
+
+The SDK provider is always installed so spans carry real ids (and logs can show them).
+Where finished spans go:
+
+- ``CORRAL_OTLP_ENDPOINT`` set (or ``tracing: otlp``): OTLP over HTTP, batched. The exporter
+  (and protobuf under it) is imported only then: a process that exports nothing does not
+  carry it in memory.
+- ``CORRAL_TRACE_FILE``: each finished span as one JSON line appended to that file, written
+  at once (tests read the spans of every process of a stack from it; lines under
+  PIPE_BUF are appended whole even with several writers).
+- ``tracing: console``: the SDK's console exporter (debugging).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import json
+import os
+import threading
+from typing import Mapping, Sequence
 
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+TRACE_FILE_ENV = "CORRAL_TRACE_FILE"
+OTLP_ENDPOINT_ENV = "CORRAL_OTLP_ENDPOINT"
 
 _propagator = TraceContextTextMapPropagator()
 _installed = False
+
+
+class JsonLinesExporter(SpanExporter):
+    """Finished spans as JSON lines in a file: name, kind, ids, parent, service, status.
+
+    Why not the SDK's in-memory exporter: the spans of one request are made in six
+    processes; a file they all append to is what a test (or a person) can read whole.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_record(s), separators=(",", ":")) + "\n"
+                        for s in spans)
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as f:
+                f.write(lines)
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def span_record(span: ReadableSpan) -> dict[str, object]:
+    """One span as a flat dict (ids in hex as W3C writes them)."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    return {
+        "name": span.name,
+        "kind": span.kind.name if span.kind is not None else "",
+        "trace_id": format(ctx.trace_id, "032x") if ctx else "",
+        "span_id": format(ctx.span_id, "016x") if ctx else "",
+        "parent_id": format(parent.span_id, "016x") if parent else None,
+        "service": str(span.resource.attributes.get("service.name", "")),
+        "start": span.start_time,
+        "end": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": {k: v for k, v in (span.attributes or {}).items()
+                       if isinstance(v, (str, int, float, bool))},
+    }
+
+
+def exporter_mode(mode: str, endpoint: str) -> str:
+    """``otlp`` when an endpoint was given in the environment, else the configured mode."""
+    if mode in ("off", "") and os.environ.get(OTLP_ENDPOINT_ENV):
+        return "otlp"
+    return mode
 
 
 def setup_tracing(service: str, node: str, mode: str = "off", endpoint: str = "") -> None:
@@ -25,18 +101,37 @@ def setup_tracing(service: str, node: str, mode: str = "off", endpoint: str = ""
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"corral-{service}", "host.name": node})
     )
+    mode = exporter_mode(mode, endpoint)
     if mode == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif mode == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:  # optional extra: pip install 'corral[otlp]'
-            raise RuntimeError(
-                "tracing=otlp needs the OTLP exporter: pip install 'corral[otlp]'"
-            ) from exc
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+    trace_file = os.environ.get(TRACE_FILE_ENV)
+    if trace_file:
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(trace_file)))
     trace.set_tracer_provider(provider)
     _installed = True
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    """The OTLP/HTTP exporter, imported here only (protobuf and requests weigh ~15 MB)."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise RuntimeError(
+            "tracing over OTLP needs opentelemetry-exporter-otlp-proto-http "
+            "(a dependency of corral: pip install -e .)") from exc
+    endpoint = endpoint or "http://127.0.0.1:4318/v1/traces"
+    if not endpoint.rstrip("/").endswith("/v1/traces"):  # a collector's base URL
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint)
+
+
+def shutdown() -> None:
+    """Flush what is batched (a stopping process must not drop its last spans)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
 
 
 def tracer(name: str = "corral") -> trace.Tracer:
