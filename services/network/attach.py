@@ -13,11 +13,20 @@ import asyncio
 import re
 
 from shared.errors import BadRequest, NotFound
-from shared.messages.network import NicConfigReply, NicConfigRequest, NicLimitsRequest
+from shared.messages.network import (
+    NicConfigReply,
+    NicConfigRequest,
+    NicLeaseRequest,
+    NicLimitsRequest,
+)
 
-from . import host, nic
+from . import host, leases, nic, routed
 from .drivers import validate_network_name
 from .networks import Networks
+
+# One static-lease change at a time per network: the uniqueness check and the write of
+# the host entry must not interleave with another NIC's.
+_LEASE_LOCKS: dict[str, asyncio.Lock] = {}
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.I)
 
@@ -68,7 +77,57 @@ async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigRepl
     hwaddr = dev.get("hwaddr") or req.hwaddr or nic.random_hwaddr()
     if not _MAC.match(hwaddr):
         raise BadRequest(f"Invalid NIC MAC address {hwaddr!r} (like 00:16:3e:12:34:56)")
-    return nic.neutral_nic(req.index, device, host_name, hwaddr, network)
+    out = nic.neutral_nic(req.index, device, host_name, hwaddr, network)
+    if network and dev["nictype"] == "bridged":
+        # The NIC's static lease follows its device: set, changed, or gone.
+        await lease_set(networks, NicLeaseRequest(
+            project=req.project, network=network, hwaddr=out.hwaddr, instance=req.instance,
+            ipv4_address=dev.get("ipv4.address", ""),
+            ipv6_address=dev.get("ipv6.address", "")), drop_dynamic=False)
+    elif dev.get("security.acls"):
+        raise BadRequest("NIC 'security.acls' needs a NIC on a managed bridge network "
+                         "(network=...)")
+    if dev["nictype"] == "routed":
+        await asyncio.to_thread(routed.prepare, out)
+    return out
+
+
+async def lease_set(networks: Networks, req: NicLeaseRequest,
+                    drop_dynamic: bool = True) -> dict[str, str]:
+    """Make the static lease of ``req.hwaddr`` on ``req.network`` say what ``req`` says
+    (both addresses empty: none). ``drop_dynamic``: a running guest's dynamic lease of
+    another address is forgotten, so its next DHCP request is answered with the new one."""
+    rec = networks.find(req.network)
+    if rec is None:
+        raise NotFound(f"Network {req.network!r} not found")
+    if rec["type"] != "bridge":
+        raise BadRequest(f"Network {req.network!r} is a {rec['type']} network: static "
+                         "DHCP leases are for bridge networks")
+    ipv4, ipv6 = leases.check_addresses(req.network, rec["config"], req.ipv4_address,
+                                        req.ipv6_address)
+    drv = networks.driver(rec)
+    lock = _LEASE_LOCKS.setdefault(req.network, asyncio.Lock())
+    async with lock:
+        changed = await asyncio.to_thread(leases.write, drv.state_dir, req.hwaddr,
+                                          req.instance, ipv4, ipv6)
+        if changed and drop_dynamic and (ipv4 or ipv6):
+            stale = [lease for lease in drv.leases()
+                     if lease["hwaddr"] == req.hwaddr.lower()
+                     and lease["address"] not in (ipv4, ipv6)]
+            if stale:
+                await asyncio.to_thread(drv.release_leases, {req.hwaddr.lower()})
+    return {"ipv4.address": ipv4, "ipv6.address": ipv6}
+
+
+async def lease_clear(networks: Networks, req: NicLeaseRequest) -> None:
+    """Forget the static lease of ``req.hwaddr`` (a NIC lost its address or went)."""
+    rec = networks.find(req.network)
+    if rec is None:
+        return
+    drv = networks.driver(rec)
+    lock = _LEASE_LOCKS.setdefault(req.network, asyncio.Lock())
+    async with lock:
+        await asyncio.to_thread(leases.remove, drv.state_dir, {req.hwaddr})
 
 
 async def nic_limits(req: NicLimitsRequest) -> None:

@@ -13,6 +13,7 @@ qdisc.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import random
 import re
 import subprocess
@@ -26,8 +27,15 @@ from .drivers.base import validate_network_name
 
 TC = "/usr/sbin/tc"
 NIC_KEYS = {"type", "nictype", "network", "parent", "name", "hwaddr", "mtu", "host_name",
-            "limits.ingress", "limits.egress", "limits.max"}
-NICTYPES = {"bridged", "macvlan", "p2p"}
+            "limits.ingress", "limits.egress", "limits.max", "ipv4.address", "ipv6.address",
+            "ipv4.gateway", "ipv6.gateway", "security.acls"}
+NICTYPES = {"bridged", "macvlan", "p2p", "routed"}
+# Which nictypes take which of the newer keys (LXD 5.0's nic_*.go validation).
+_ONLY_FOR = {"ipv4.address": {"bridged", "routed"}, "ipv6.address": {"bridged", "routed"},
+             "ipv4.gateway": {"routed"}, "ipv6.gateway": {"routed"},
+             "security.acls": {"bridged"}}
+# LXD's routed NIC: the instance routes through link-local gateways the host side answers.
+ROUTED_GW4, ROUTED_GW6 = "169.254.0.1", "fe80::1"
 _BIT_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "Mbit": 10**6, "Gbit": 10**9, "Tbit": 10**12,
               "Pbit": 10**15, "Ebit": 10**18, "Kibit": 2**10, "Mibit": 2**20,
               "Gibit": 2**30, "Tibit": 2**40, "Pibit": 2**50, "Eibit": 2**60}
@@ -88,7 +96,18 @@ def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
     if nictype not in NICTYPES:
         raise BadRequest(f"Invalid NIC 'nictype' {nictype!r} (supported: "
                          f"{', '.join(sorted(NICTYPES))}; or set 'network')")
-    if nictype != "p2p":
+    for k, types in _ONLY_FOR.items():
+        if out.get(k) and nictype not in types:
+            raise BadRequest(f"NIC key {k!r} is not valid for nictype {nictype!r} (only "
+                             f"{', '.join(sorted(types))})")
+    if nictype == "routed":
+        routed_addresses(out)  # 400s
+        for k in ("ipv4.gateway", "ipv6.gateway"):
+            if out.get(k, "auto") not in ("auto", "none"):
+                raise BadRequest(f"Invalid NIC {k!r}: {out[k]!r} (auto or none)")
+        if out.get("parent"):
+            validate_network_name(out["parent"])
+    elif nictype != "p2p":
         if not out.get("parent"):
             raise BadRequest(f"A {nictype} NIC needs 'parent' (the host interface)")
         validate_network_name(out["parent"])
@@ -99,6 +118,31 @@ def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
     for key in ("limits.ingress", "limits.egress", "limits.max"):
         if out.get(key):
             parse_bit_rate(key, out[key])
+    return out
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def routed_addresses(device: dict[str, str]) -> tuple[list[str], list[str]]:
+    """A routed NIC's addresses as host routes (``a/32``, ``b/128``); 400 for a bad one
+    or for none at all (a routed NIC is reachable only at the addresses it is given)."""
+    out: tuple[list[str], list[str]] = ([], [])
+    for key, version, plen in (("ipv4.address", 4, 32), ("ipv6.address", 6, 128)):
+        for value in _split(device.get(key, "")):
+            try:
+                addr = ipaddress.ip_address(value)
+            except ValueError:
+                raise BadRequest(f"Invalid NIC {key!r}: {value!r} is not an IPv{version} "
+                                 "address") from None
+            if addr.version != version:
+                raise BadRequest(f"Invalid NIC {key!r}: {value!r} is not an IPv{version} "
+                                 "address")
+            out[version // 6].append(f"{addr}/{plen}")
+    if not out[0] and not out[1]:
+        raise BadRequest("A routed NIC needs 'ipv4.address' and/or 'ipv6.address' (the "
+                         "addresses the host routes to it)")
     return out
 
 
@@ -113,13 +157,21 @@ def neutral_nic(index: int, device: dict[str, str], host_name: str, hwaddr: str,
     dev = validate_nic_device(device)
     ingress, egress = limits_of(dev)
     nictype = dev["nictype"]
+    v4: list[str] = []
+    v6: list[str] = []
+    gw4 = gw6 = ""
+    if nictype == "routed":
+        v4, v6 = routed_addresses(dev)
+        gw4 = ROUTED_GW4 if v4 and dev.get("ipv4.gateway", "auto") == "auto" else ""
+        gw6 = ROUTED_GW6 if v6 and dev.get("ipv6.gateway", "auto") == "auto" else ""
     return NicConfigReply(
         name=dev.get("name") or f"eth{index}", nictype=nictype,
         parent=dev.get("parent", ""), bridge=dev["parent"] if nictype == "bridged" else "",
         host_name="" if nictype == "macvlan" else dev.get("host_name") or host_name,
         hwaddr=(dev.get("hwaddr") or hwaddr).lower(),
         mtu=int(dev["mtu"]) if dev.get("mtu") else None, network=network,
-        limits_ingress=ingress, limits_egress=egress)
+        limits_ingress=ingress, limits_egress=egress, ipv4_addresses=v4, ipv6_addresses=v6,
+        ipv4_gateway=gw4, ipv6_gateway=gw6)
 
 
 def limits_of(device: dict[str, str]) -> tuple[str | None, str | None]:

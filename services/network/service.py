@@ -10,7 +10,12 @@ import asyncio
 from shared import faults
 from shared.api import listing
 from shared.errors import BadRequest
-from shared.messages.network import NicConfigRequest, NicLimitsRequest, NicReleaseRequest
+from shared.messages.network import (
+    NicConfigRequest,
+    NicLeaseRequest,
+    NicLimitsRequest,
+    NicReleaseRequest,
+)
 from shared.models import (
     CreateRequest,
     ListRequest,
@@ -21,7 +26,7 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
-from . import attach, host, nic, usage
+from . import attach, host, leases, nic, usage
 from .networks import Networks, network_etag, public, unmanaged
 
 # The stock client checks these before `lxc network ...` (client/lxd_networks.go).
@@ -148,9 +153,21 @@ class NetworkService(Service):
             return Reply(metadata={"released": 0})
         lock = self._release_locks.setdefault(req.network, asyncio.Lock())
         async with lock:
+            await asyncio.to_thread(leases.remove, self.networks.driver(rec).state_dir,
+                                    set(req.hwaddrs))
             n = await asyncio.to_thread(self.networks.driver(rec).release_leases,
                                         set(req.hwaddrs))
         return Reply(metadata={"released": n})
+
+    @endpoint("lease_set", NicLeaseRequest, scope="node")
+    async def lease_set(self, req: NicLeaseRequest) -> Reply:
+        """A running NIC's new ``ipv4.address``/``ipv6.address`` (static DHCP lease)."""
+        return Reply(metadata=await attach.lease_set(self.networks, req))
+
+    @endpoint("lease_clear", NicLeaseRequest, scope="node")
+    async def lease_clear(self, req: NicLeaseRequest) -> Reply:
+        await attach.lease_clear(self.networks, req)
+        return Reply(metadata={})
 
     @endpoint("nic_limits", NicLimitsRequest, scope="node")
     async def nic_limits(self, req: NicLimitsRequest) -> Reply:

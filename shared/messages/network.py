@@ -16,7 +16,7 @@ from pydantic import Field
 
 from shared.models import Message, Request
 
-NicType = Literal["bridged", "macvlan", "p2p"]
+NicType = Literal["bridged", "macvlan", "p2p", "routed"]
 
 
 class NicConfigRequest(Request):
@@ -50,6 +50,14 @@ class Nic(Message):
     network: str = ""  # the managed network, "" when the parent is not one
     limits_ingress: str | None = None  # what the instance receives, e.g. "10Mbit"
     limits_egress: str | None = None  # what the instance sends
+    # Addresses the instance itself sets (routed NICs: no DHCP on a routed link), each
+    # "address/prefixlen", and the gateway it routes through ("" none). A routed NIC's
+    # host side gets a route to each address through its veth and answers ARP/NDP for
+    # the gateway (LXD: 169.254.0.1 and fe80::1).
+    ipv4_addresses: list[str] = Field(default_factory=list)
+    ipv6_addresses: list[str] = Field(default_factory=list)
+    ipv4_gateway: str = ""
+    ipv6_gateway: str = ""
 
 
 class NicConfigReply(Nic):
@@ -80,3 +88,21 @@ class NetworkUsersRequest(Request):
     """
 
     name: str
+
+
+class NicLeaseRequest(Request):
+    """``corral.network.lease_set`` / ``lease_clear`` (node scope): the static DHCP lease of
+    one bridged NIC, as LXD's ``ipv4.address``/``ipv6.address`` on a NIC of a managed
+    bridge: a dnsmasq host entry for ``hwaddr`` on ``network`` (dnsmasq reloaded with
+    SIGHUP). ``lease_set`` with both addresses empty is ``lease_clear``. The addresses are
+    checked (inside the network's subnet, not its gateway, not another NIC's); a changed
+    address also drops the MAC's dynamic lease so the guest's next DHCP request gets it.
+
+    Answered with ``Reply(metadata={"ipv4.address": ..., "ipv6.address": ...})``.
+    """
+
+    network: str
+    hwaddr: str
+    instance: str = ""  # the DNS name dnsmasq gives the address
+    ipv4_address: str = ""
+    ipv6_address: str = ""

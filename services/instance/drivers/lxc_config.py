@@ -123,6 +123,14 @@ def nic_lines(index: int, nic: Nic) -> list[str]:
             out.append(f"{p}.veth.pair = {nic.host_name}")
         if nic.nictype == "bridged":
             out.append(f"{p}.link = {nic.bridge or nic.parent}")
+        elif nic.nictype == "routed":  # LXC routes the addresses to the veth, proxies the gw
+            out.append(f"{p}.veth.mode = router")
+            out += [f"{p}.ipv4.address = {a}" for a in nic.ipv4_addresses]
+            out += [f"{p}.ipv6.address = {a}" for a in nic.ipv6_addresses]
+            if nic.ipv4_gateway:
+                out.append(f"{p}.ipv4.gateway = {nic.ipv4_gateway}")
+            if nic.ipv6_gateway:
+                out.append(f"{p}.ipv6.gateway = {nic.ipv6_gateway}")
     out += [f"{p}.flags = up", f"{p}.name = {nic.name}"]
     if nic.hwaddr:
         out.append(f"{p}.hwaddr = {nic.hwaddr}")

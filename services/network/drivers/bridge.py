@@ -253,7 +253,18 @@ class BridgeDriver(NetworkDriver):
                               self.state_dir)
 
     def leases(self, location: str = "none") -> list[dict]:
-        """LXD's ``/1.0/networks/<name>/leases`` from dnsmasq's lease file."""
-        return [{"hostname": lease["hostname"], "hwaddr": lease["hwaddr"],
-                 "address": lease["address"], "type": "dynamic", "location": location}
-                for lease in dnsmasq.read_leases(self.state_dir)]
+        """LXD's ``/1.0/networks/<name>/leases``: the static ones (NICs' ``ipv4.address``,
+        dnsmasq host entries) first, then dnsmasq's lease file, a static one's lease not
+        listed twice."""
+        out, seen = [], set()
+        for entry in dnsmasq.read_hosts(self.state_dir):
+            for address in (entry["ipv4"], entry["ipv6"]):
+                if address:
+                    seen.add((entry["hwaddr"], address))
+                    out.append({"hostname": entry["hostname"], "hwaddr": entry["hwaddr"],
+                                "address": address, "type": "static", "location": location})
+        return out + [
+            {"hostname": lease["hostname"], "hwaddr": lease["hwaddr"],
+             "address": lease["address"], "type": "dynamic", "location": location}
+            for lease in dnsmasq.read_leases(self.state_dir)
+            if (lease["hwaddr"], lease["address"]) not in seen]

@@ -14,9 +14,11 @@ It never asks an upstream server (``--no-resolv``, no ``--server``), reads neith
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
+from ipaddress import IPv6Address
 from pathlib import Path
 
 from shared.errors import Internal
@@ -30,6 +32,7 @@ HOSTS_DIR = "dnsmasq.hosts"
 LOG_FILE = "dnsmasq.log"
 ERR_FILE = "dnsmasq.stderr"
 RAW_FILE = "dnsmasq.raw"
+_HOST_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RA_INTERVAL = 600  # seconds between unsolicited RAs (dnsmasq's default)
 
 # dnsmasq processes this process started, so their exit status gets collected.
@@ -265,4 +268,32 @@ def read_leases(state_dir: Path) -> list[dict[str, str]]:
         out.append({"expiry": fields[0], "hwaddr": "" if v6 and not hwaddr else hwaddr,
                     "address": fields[2], "hostname": "" if fields[3] == "*" else fields[3],
                     "family": "inet6" if v6 else "inet"})
+    return out
+
+
+def read_hosts(state_dir: Path) -> list[dict[str, str]]:
+    """The host entries (static leases) in ``--dhcp-hostsdir``, one file per MAC:
+    ``{hwaddr, ipv4, ipv6, hostname}``."""
+    out = []
+    try:
+        files = sorted((state_dir / HOSTS_DIR).iterdir())
+    except OSError:
+        return []
+    for path in files:
+        try:
+            line = path.read_text().strip()
+        except OSError:
+            continue
+        parts = line.split(",")
+        if not parts or not _HOST_MAC.match(parts[0].lower()):
+            continue
+        entry = {"hwaddr": parts[0].lower(), "ipv4": "", "ipv6": "", "hostname": ""}
+        for part in parts[1:]:
+            if part.startswith("[") and part.endswith("]"):
+                entry["ipv6"] = str(IPv6Address(part[1:-1]))
+            elif re.fullmatch(r"\d+\.\d+\.\d+\.\d+", part):
+                entry["ipv4"] = part
+            else:
+                entry["hostname"] = part
+        out.append(entry)
     return out

@@ -1,0 +1,110 @@
+"""Static DHCP leases: ``ipv4.address`` on a NIC of a managed bridge, through the stock client.
+
+A container whose NIC asks for an address gets exactly that one from dnsmasq (its busybox
+init runs udhcpc), ``lxc network list-leases`` marks it STATIC, an address outside the
+subnet is a 400 and one another NIC holds a 409, and the bus call ``network.lease_set``
+moves a NIC's static address (dnsmasq reloaded). The network has no NAT and no
+default route leaves it: nothing goes off the machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from ipaddress import IPv4Interface
+
+import pytest
+
+from services.network.drivers import dnsmasq
+from shared.errors import CorralError
+from shared.messages.network import NicLeaseRequest
+
+from .stack import wait_for
+from .world import lxc, make_world
+
+pytestmark = pytest.mark.root
+if shutil.which("lxc") is None:
+    pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="dir") as w:
+        yield w
+
+
+def subnet(api, net: str) -> IPv4Interface:
+    return IPv4Interface(api.get(f"/1.0/networks/{net}").json()["metadata"]["config"][
+        "ipv4.address"])
+
+
+def inet(world, name: str) -> list[str]:
+    eth0 = (world.live(name).get("network") or {}).get("eth0") or {}
+    return [a["address"] for a in eth0.get("addresses", []) if a["family"] == "inet"]
+
+
+def test_static_lease_through_lxc(world, api, stack):
+    gw = subnet(api, world.net)
+    want = str(gw.network.network_address + 77)
+    c1 = world.name("st1")
+    lxc(stack, "init", world.image, c1, "-p", world.profile)
+    lxc(stack, "config", "device", "override", c1, "eth0", f"ipv4.address={want}")
+    lxc(stack, "start", c1)
+    wait_for(lambda: inet(world, c1) == [want], 30)
+
+    out = lxc(stack, "network", "list-leases", world.net, "--format", "csv").stdout
+    rows = [line.split(",") for line in out.splitlines()]
+    static = [r for r in rows if r[2] == want]
+    assert static and static[0][3] == "STATIC", out
+    assert not [r for r in rows if r[2] == want and r[3] == "DYNAMIC"], out
+    hwaddr = world.get(c1)["config"]["volatile.eth0.hwaddr"]
+    assert static[0][1] == hwaddr
+
+    # Another NIC may not take the same address; the failed start leaves it stopped.
+    c2 = world.name("st2")
+    lxc(stack, "init", world.image, c2, "-p", world.profile)
+    lxc(stack, "config", "device", "override", c2, "eth0", f"ipv4.address={want}")
+    r = lxc(stack, "start", c2, check=False)
+    assert r.returncode != 0 and "already the static address" in r.stderr, r.stderr
+    assert world.live(c2)["status"] == "Stopped"
+    # Outside the subnet, or the gateway: 400 with the reason.
+    lxc(stack, "config", "device", "set", c2, "eth0", "ipv4.address=192.0.2.9")
+    r = lxc(stack, "start", c2, check=False)
+    assert r.returncode != 0 and "not inside the subnet" in r.stderr, r.stderr
+    lxc(stack, "config", "device", "set", c2, "eth0", f"ipv4.address={gw.ip}")
+    r = lxc(stack, "start", c2, check=False)
+    assert r.returncode != 0 and "gateway address" in r.stderr, r.stderr
+
+    # Deleting the instance forgets its static lease.
+    world.remove(c1)
+    out = lxc(stack, "network", "list-leases", world.net, "--format", "csv").stdout
+    assert want not in out, out
+
+
+async def test_lease_set_and_clear_over_the_bus(world, api, stack, bus, bus_config):
+    """What the live-device side calls when a running NIC's ``ipv4.address`` changes."""
+    gw = subnet(api, world.net)
+    first, second = (str(gw.network.network_address + n) for n in (81, 82))
+    mac = "00:16:3e:aa:bb:01"
+    state_dir = stack.dir / "networks" / world.net
+
+    async def ask(verb: str, **kw: str):
+        req = NicLeaseRequest(network=world.net, hwaddr=mac, instance="busbox", **kw)
+        return await bus.request("network", verb, req, node=bus_config.node, timeout=30)
+
+    pid = dnsmasq.running_pid(state_dir)
+    reply = await ask("lease_set", ipv4_address=first)
+    assert reply.metadata == {"ipv4.address": first, "ipv6.address": ""}
+    assert {"hwaddr": mac, "ipv4": first, "ipv6": "", "hostname": "busbox"} in \
+        dnsmasq.read_hosts(state_dir)
+    await ask("lease_set", ipv4_address=second)
+    assert [e["ipv4"] for e in dnsmasq.read_hosts(state_dir) if e["hwaddr"] == mac] == \
+        [second]
+    assert dnsmasq.running_pid(state_dir) == pid  # reloaded (SIGHUP), never restarted
+    leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
+    assert {"hostname": "busbox", "hwaddr": mac, "address": second, "type": "static",
+            "location": "none"} in leases
+    with pytest.raises(CorralError) as err:
+        await ask("lease_set", ipv4_address="10.255.255.300")
+    assert err.value.code == 400
+    await ask("lease_clear")
+    assert not [e for e in dnsmasq.read_hosts(state_dir) if e["hwaddr"] == mac]
