@@ -70,6 +70,7 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("storage", "volume_backup_import"), ("storage", "list"),
                  ("image", "pull")),
     "migration": (),
+    "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
 # JetStream buckets each user opens: name -> "kv"/"obj", and whether it writes.
@@ -89,6 +90,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
     "migration": (OPERATIONS, WARNINGS),
+    "hooks": (("hooks", "kv", True), ("hook_logs", "kv", True), OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
               ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS),
 }
@@ -186,6 +188,8 @@ def service_permissions(svc: str) -> Permissions:
     if svc in ("instance", "storage"):  # the service end of exec/console websockets and
         pub.append(f"{STREAMS}.*.*.out")  # of backup downloads (custom volumes: storage)
         sub += [f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
+    if svc == "hooks":  # dead letters of deliveries that ran out of retries
+        pub.append(f"{subjects.PREFIX}.hooks.dead.*")
     return Permissions(tuple(pub), tuple(sub), responses=True)
 
 
@@ -209,7 +213,8 @@ def all_permissions() -> Permissions:
     return Permissions(tuple(pub), tuple(sub + [f"{inbox_prefix(ALL)}.>"]), responses=True)
 
 
-def role_permissions(user: str, role: str, project: str | None = None) -> Permissions:
+def role_permissions(user: str, role: str, project: str | None = None,
+                     publish: tuple[str, ...] = ()) -> Permissions:
     """An integration: ``events`` < ``reader`` < ``operator``; never the byte streams.
 
     With ``project`` the credential reaches that project only: its requests go to
@@ -220,8 +225,9 @@ def role_permissions(user: str, role: str, project: str | None = None) -> Permis
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     if project:
-        return _project_role_permissions(user, role, project)
-    pub = ["$JS.API.INFO", *_stream_read(subjects.EVENTS_STREAM)]
+        perms = _project_role_permissions(user, role, project)
+        return Permissions(perms.publish + publish, perms.subscribe, deny=perms.deny)
+    pub = ["$JS.API.INFO", *_stream_read(subjects.EVENTS_STREAM), *publish]
     sub = [EVENTS, f"{inbox_prefix(user)}.>"]
     if role in ("reader", "operator"):
         pub += ["$SRV.>", *bucket_subjects("operations", "kv", False),
@@ -259,7 +265,8 @@ def permissions_of(user: str, entry: dict[str, Any]) -> Permissions:
         return all_permissions()
     if user == ADMIN:
         return admin_permissions()
-    return role_permissions(user, entry["role"], entry.get("project") or None)
+    return role_permissions(user, entry["role"], entry.get("project") or None,
+                            tuple(entry.get("publish") or ()))
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -382,8 +389,10 @@ def init(corral_dir: Path) -> list[str]:
     return added
 
 
-def create(corral_dir: Path, name: str, role: str, project: str | None = None) -> Path:
-    """A new integration credential; returns its file."""
+def create(corral_dir: Path, name: str, role: str, project: str | None = None,
+           publish: tuple[str, ...] = ()) -> Path:
+    """A new integration credential; returns its file. ``publish``: literal subjects it
+    may publish to beyond its role (a publish hook's subject)."""
     if not NAME_RE.match(name):
         raise AuthError(f"Invalid credential name {name!r}: use 1-63 lowercase letters, "
                         "digits, '-' or '_', starting with a letter or digit")
@@ -400,6 +409,8 @@ def create(corral_dir: Path, name: str, role: str, project: str | None = None) -
     users[name] = {"password": secrets.token_urlsafe(32), "role": role}
     if project:
         users[name]["project"] = project
+    if publish:
+        users[name]["publish"] = list(publish)
     _save(paths, users)
     return _write_credentials(paths, name, users[name])
 
