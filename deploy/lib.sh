@@ -15,7 +15,7 @@ RUN_DIR="$CORRAL_DIR/run"
 LOG_DIR="$CORRAL_DIR/logs"
 
 # Services in start order; the gateway comes last, nats first (see up.sh).
-SERVICES=(image storage network instance migration)
+SERVICES=(image storage network instance migration hooks)
 
 say() { printf 'corral: %s\n' "$*"; }
 die() { printf 'corral: error: %s\n' "$*" >&2; exit 1; }

@@ -11,13 +11,15 @@ import asyncio
 from shared.service import run_services
 
 from .gateway.main import gateway_factory, start_http
+from .hooks.service import HooksService
 from .image.service import ImageService
 from .instance.service import InstanceService
 from .migration.service import MigrationService
 from .network.service import NetworkService
 from .storage.service import StorageService
 
-SERVICES = [ImageService, StorageService, NetworkService, InstanceService, MigrationService]
+SERVICES = [ImageService, StorageService, NetworkService, InstanceService, MigrationService,
+            HooksService]
 
 
 def main() -> None:

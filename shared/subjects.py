@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 PREFIX = "corral"
-SERVICES = ("image", "instance", "storage", "network", "migration")
+SERVICES = ("image", "instance", "storage", "network", "migration", "hooks")
 EVENTS_STREAM = "CORRAL_EVENTS"
 EVENTS_ALL = f"{PREFIX}.events.>"
 

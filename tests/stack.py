@@ -22,7 +22,7 @@ from shared import auth
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("image", "instance", "storage", "network", "migration")
+SERVICES = ("image", "instance", "storage", "network", "migration", "hooks")
 
 
 def free_port() -> int:

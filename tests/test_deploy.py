@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 NATS_BIN = Path(sys.executable).parent / "nats-server"
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-SERVICES = ["image", "storage", "network", "instance", "migration"]
+SERVICES = ["image", "storage", "network", "instance", "migration", "hooks"]
 HOST_SERVICES = {"storage", "network", "instance"}
 
 

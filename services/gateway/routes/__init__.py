@@ -17,6 +17,7 @@ from ..routing import Route, aliased, ask, creation, item, listing
 from . import (
     backups,
     events,
+    hooks,
     host,
     image_refresh,
     image_serve,
@@ -192,4 +193,5 @@ ROUTES: list[Route] = [
     *NETWORKS,
     *volumes.ROUTES,  # custom volumes: before STORAGE's generic {kind} rows
     *STORAGE,
+    *hooks.ROUTES,  # the hooks service (corral_hooks)
 ]
