@@ -30,6 +30,7 @@ from . import (
     disk_usage,
     ephemeral,
     host_checks,
+    hotplug,
     lifecycle,
     reconcile,
     resources,
@@ -94,6 +95,7 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                            projects=self.projects, snapshots=self.snapshots)
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
+        await hotplug.adopt(self.ctx)  # proxy forwarders that outlived the last run
         self._snapshot_tasks = await self.snapshot_setup()  # snapshots_api
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
         self._host_checks = asyncio.create_task(
