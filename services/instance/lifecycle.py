@@ -16,7 +16,7 @@ from shared.messages.instance import StatePutRequest
 from shared.models import lxd_time
 from shared.state import key, mutate
 
-from . import disks, image_templates, workers
+from . import disks, hotplug, image_templates, workers
 from .context import Context
 from .create import nic_setup, with_config
 from .names import host_of
@@ -78,7 +78,13 @@ async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.to_thread(image_templates.apply, Path(rec["volume"]), "start", rec,
                                 uid, gid)
     await asyncio.to_thread(drv.start, name)
-    await apply_nic_limits(ctx, rec)
+    try:
+        await apply_nic_limits(ctx, rec)
+        await hotplug.started(ctx, rec)  # unix devices, proxy forwarders
+    except BaseException:
+        await workers.STOPS.run(drv.stop, name, 0, True)
+        await hotplug.stopped(ctx, rec)
+        raise
     changed = {k: v for k, v in rec["config"].items() if k.startswith("volatile.")}
     return await _save(ctx, rec, status="Running", last_used_at=lxd_time(),
                        config=changed, expanded_config=changed)
@@ -101,6 +107,7 @@ async def stop(ctx: Context, rec: dict[str, Any], timeout: float,
     drv = ctx.drivers.for_instance(rec)
     # A clean stop sleeps up to ``t``: on its own threads, never the shared pool's.
     await workers.STOPS.run(drv.stop, host_of(rec), t, force)
+    await hotplug.stopped(ctx, rec)  # proxy forwarders
     power = {"volatile.last_state.power": "STOPPED"}
     return await _save(ctx, rec, status="Stopped", config=power, expanded_config=power)
 

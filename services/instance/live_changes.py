@@ -1,14 +1,15 @@
 """Which device changes a running instance can take, decided before anything is stored.
 
 Why: an update that stores a change the running instance never sees answers 200 with
-nothing changed; the user finds out at the next restart, or never. LXD 5.0 hot-plugs
-NICs and disks; Corral hot-plugs disks (other than the root: see :mod:`..disks`, applied
-by update) but not NICs yet, so a NIC change to a running (or frozen) instance is
-refused with a 400 naming the device and saying to stop the instance first. What is
-applied live: a NIC's ``limits.*`` (tc on the host side), extra disks (mounted or
-attached at once, or refused by the driver with the reason) and, for a container, the
-root disk's ``size`` (a storage quota, which the pool applies at once). The root disk's pool
-cannot change at all: the volume lives in the pool it was made in (LXD refuses too).
+nothing changed; the user finds out at the next restart, or never. What is applied live:
+extra disks (see :mod:`.disks`), NICs (plugged, unplugged or re-plugged; containers and
+VMs), ``proxy`` and ``unix-char``/``unix-block`` devices (containers), all through
+:mod:`.hotplug`; a NIC's ``limits.*`` (tc on the host side) and ``ipv4.address``/
+``ipv6.address`` (its static DHCP lease) without re-plugging it; for a container, the root
+disk's ``size`` (a storage quota, which the pool applies at once). Any other device
+change to a running (or frozen) instance is refused with a 400 naming the device and
+saying to stop it first. The root disk's pool cannot change at all: the volume lives in
+the pool it was made in (LXD refuses too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from shared.errors import BadRequest
 
 Devices = Mapping[str, Mapping[str, str]]
 RUNNING = ("Running", "Frozen")
+# Device types hot-plugged into a running instance of each type (see hotplug).
+HOTPLUG_TYPES = {"container": frozenset({"nic", "proxy", "unix-char", "unix-block"}),
+                 "virtual-machine": frozenset({"nic"})}
+# NIC keys whose change needs no re-plug (applied on the host side / by the network).
+SOFT_NIC_KEYS = ("limits.", "ipv4.address", "ipv6.address")
 # Container keys LXC reads only when it starts the container (its config file); LXD stores
 # them for the next start without a word, which is the silent no-op this module is for.
 START_ONLY = ("raw.lxc", "security.nesting")
@@ -34,10 +40,6 @@ def _root(devs: Devices) -> tuple[str, Mapping[str, str]] | None:
         if dev.get("type") == "disk" and dev.get("path") == "/":
             return name, dev
     return None
-
-
-def _without_limits(dev: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in dev.items() if not k.startswith("limits.")}
 
 
 def root_size_change(old: Devices, new: Devices) -> str | None:
@@ -72,9 +74,9 @@ def check(instance_type: str, status: str, old: Devices, new: Devices) -> None:
         if dev_type == "disk" and (before or {}).get("type", "disk") == "disk" and \
                 (after or {}).get("type", "disk") == "disk":
             continue  # an extra disk: hot-plugged by update (disks.hotplug)
-        if before and after and dev_type == "nic" and before.get("type") == "nic" and \
-                _without_limits(before) == _without_limits(after):
-            continue  # only limits.*: applied live
+        types = {d.get("type") for d in (before, after) if d}
+        if types <= HOTPLUG_TYPES.get(instance_type, frozenset()):
+            continue  # plugged, unplugged or re-plugged by update (hotplug.apply)
         action = "added to" if before is None else "removed from" if after is None \
             else "changed on"
         raise BadRequest(f"Device {name!r} ({dev_type}) cannot be {action} a running "

@@ -20,6 +20,7 @@ from shared.state import key, mutate
 
 from . import (
     disks,
+    hotplug,
     limits,
     live_changes,
     project_checks,
@@ -136,7 +137,15 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
     mounted = await disks.hotplug(ctx, rec, drv, host, pdevs) \
         if status in ("Running", "Frozen") else None
     try:
-        await asyncio.to_thread(drv.update, host, pcfg, pdevs, None, mounted)
+        live = await hotplug.apply(ctx, rec, drv, host, old_devs, pdevs, status)
+    except BaseException:
+        if mounted is not None:
+            await disks.unplug_back(ctx, rec, drv, host, pdevs, mounted)
+        raise
+    new = live.record(new)
+    try:
+        await asyncio.to_thread(drv.update, host, new["expanded_config"], pdevs, live.nics,
+                                mounted)
         if status in ("Running", "Frozen"):
             nics = {d for d in nic_names(pdevs) if d in old_devs and _limits(pdevs[d]) !=
                     _limits(old_devs[d])}
@@ -146,6 +155,7 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
         if mounted is not None:
             await disks.done(drv, host)
     except BaseException:
+        await live.rollback(ctx)
         if mounted is not None:  # the record keeps the old disks: so does the instance
             await disks.unplug_back(ctx, rec, drv, host, pdevs, mounted)
         raise

@@ -1,0 +1,365 @@
+"""NIC, proxy and unix-char/unix-block changes applied to a RUNNING instance.
+
+Why one place: update (``lxc config device add/remove/set``) and profile changes reach a
+running instance through :func:`apply`, which does removals then additions and, when a
+step fails, undoes the steps already done in reverse, so a failed hot-plug leaves the
+instance as it was and the record unchanged (update stores only after this returned).
+Everything that can be checked without changing the host is checked first
+(:func:`check`). Start and stop call :func:`started`/:func:`stopped` (proxies run while
+the container runs; unix devices are made in its fresh ``/dev``), and the service's
+setup calls :func:`adopt` so the forwarders that outlived a restart are kept (or
+replaced when stale).
+
+NICs of containers are veth pairs made on the host and moved into the container
+(:mod:`.drivers.lxc_hotplug`); of VMs, libvirt live attach (:mod:`.drivers.qemu_hotplug`).
+A NIC whose ``ipv4.address``/``ipv6.address`` (or ``limits.*``) alone changed is not
+re-plugged: the network service is asked for the NIC again (``nic_config``), which applies
+the static DHCP lease of its MAC; the guest sees it at its next DHCP renewal, as in LXD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BadRequest, NotFound
+from shared.messages.network import Nic
+
+from . import proxy
+from .context import Context
+from .create import nic_setup
+from .drivers import lxc_hotplug, qemu_hotplug
+from .drivers.router import type_of
+from .live_changes import HOTPLUG_TYPES, RUNNING, SOFT_NIC_KEYS
+from .names import host_of
+from .proxy_rules import check_proxy, check_unix
+from .records import nic_names
+
+Device = Mapping[str, str]
+Devices = Mapping[str, Device]
+UNIX = ("unix-char", "unix-block")
+
+
+def soft_nic_change(before: Device, after: Device) -> bool:
+    """Only keys applied without re-plugging the NIC differ."""
+    keys = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    return all(k.startswith(SOFT_NIC_KEYS) for k in keys)
+
+
+def changes(old: Devices, new: Devices, types: frozenset[str]
+            ) -> tuple[list[str], list[str], list[str]]:
+    """(removed, added, soft-changed NICs) among devices of ``types``; a device changed
+    otherwise is both removed and added."""
+    def of(devs: Devices) -> dict[str, Device]:
+        return {n: d for n, d in devs.items() if d.get("type") in types}
+    a, b = of(old), of(new)
+    removed, added, soft = [], [], []
+    for name in sorted(set(a) | set(b)):
+        before, after = a.get(name), b.get(name)
+        if before == after:
+            continue
+        if before and after and before.get("type") == after.get("type") == "nic" and \
+                soft_nic_change(before, after):
+            soft.append(name)
+            continue
+        if before:
+            removed.append(name)
+        if after:
+            added.append(name)
+    return removed, added, soft
+
+
+@dataclass
+class Applied:
+    """What :func:`apply` did: the NIC list for the driver's spec, volatile key changes
+    for the record (None: remove the key), and how to undo it all."""
+
+    nics: list[Nic] | None = None
+    volatile: dict[str, str | None] = field(default_factory=dict)
+    undo: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def rollback(self, ctx: Context) -> None:
+        for step in reversed(self.undo):
+            try:
+                await step()
+            except Exception as exc:  # keep undoing the rest; the error is logged
+                ctx.log.warning("hotplug undo step failed", error=str(exc))
+        self.undo.clear()
+
+    def record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """``rec`` with the volatile changes in its config and expanded config."""
+        out = dict(rec)
+        for part in ("config", "expanded_config"):
+            cfg = dict(rec[part])
+            for k, v in self.volatile.items():
+                if v is None:
+                    cfg.pop(k, None)
+                else:
+                    cfg[k] = v
+            out[part] = cfg
+        return out
+
+
+# ---- host facts -------------------------------------------------------------------------
+
+def _init_pid(drv: Any, host: str) -> int:
+    return drv._running_pid(host)
+
+
+def _ids(drv: Any, host: str) -> Callable[[int, int], tuple[int, int]]:
+    imap = drv.idmap(host)
+    if imap is None:
+        return lambda u, g: (u, g)
+    return lambda u, g: (imap.uid_to_host(u), imap.gid_to_host(g))
+
+
+def _run_dir(drv: Any, host: str) -> Path:
+    return Path(drv.spec_root) / host
+
+
+def unix_node(name: str, dev: Device) -> tuple[int, int] | None:
+    """(major, minor) of a unix device: its keys, else its host ``source``'s; None for a
+    ``required=false`` device whose source is absent. 400 for a source of the wrong kind."""
+    check_unix(name, dev)
+    if dev.get("major"):
+        return int(dev["major"]), int(dev["minor"])
+    try:
+        st = os.stat(dev["source"])
+    except FileNotFoundError:
+        if dev.get("required", "true").lower() in ("false", "0", "no", "off"):
+            return None
+        raise NotFound(f"Device {name!r}: source {dev['source']!r} does not exist on the "
+                       "host") from None
+    want = stat.S_ISCHR if dev["type"] == "unix-char" else stat.S_ISBLK
+    if not want(st.st_mode):
+        kind = "character" if dev["type"] == "unix-char" else "block"
+        raise BadRequest(f"Device {name!r}: source {dev['source']!r} is not a {kind} device")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def _current_nics(drv: Any, host: str, kind: str) -> list[Nic]:
+    data = drv._load(host)
+    raw = data["spec"].get("nics", []) if kind == "container" else data.get("nics", [])
+    return [Nic.model_validate({**n, "mtu": n.get("mtu") or None}) for n in raw]
+
+
+# ---- checks -------------------------------------------------------------------------------
+
+def check(kind: str, new: Devices, added: list[str]) -> dict[str, tuple[int, int] | None]:
+    """Host checks of the devices to add, before anything changes; returns the unix
+    devices' (major, minor)."""
+    nodes: dict[str, tuple[int, int] | None] = {}
+    for name in added:
+        dev = new[name]
+        if dev["type"] == "proxy":
+            check_proxy(name, dev)
+            if kind != "container":
+                raise BadRequest(f"Device {name!r}: proxy devices of virtual machines need "
+                                 "nat=true, which Corral does not offer for VMs yet")
+        elif dev["type"] in UNIX:
+            nodes[name] = unix_node(name, dev)
+    return nodes
+
+
+# ---- apply --------------------------------------------------------------------------------
+
+async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Devices,
+                new: Devices, status: str) -> Applied:
+    """Hot-plug the NIC/proxy/unix differences between ``old`` and ``new`` into the
+    running instance; all or nothing (see the module's docstring)."""
+    done = Applied()
+    if status not in RUNNING:
+        return done
+    kind = type_of(rec)
+    removed, added, soft = changes(old, new, HOTPLUG_TYPES.get(kind, frozenset()))
+    if not (removed or added or soft):
+        return done
+    nodes = await asyncio.to_thread(check, kind, new, added)
+    try:
+        nic_changes = [n for n in removed + added + soft
+                       if (new.get(n) or old.get(n) or {}).get("type") == "nic"]
+        if nic_changes:
+            await _nics(ctx, rec, drv, host, kind, old, new, removed, added, done)
+        for name in removed:
+            dev = old[name]
+            if dev["type"] == "proxy":
+                await asyncio.to_thread(proxy.stop, _run_dir(drv, host), name)
+                done.undo.append(_later(proxy.start, _run_dir(drv, host), name, dev,
+                                        _init_pid(drv, host), _ids(drv, host)))
+            elif dev["type"] in UNIX:
+                node = await asyncio.to_thread(unix_node_or_none, name, dev)
+                if node:
+                    await asyncio.to_thread(_unix_detach, drv, host, name, dev, node)
+                    done.undo.append(_later(_unix_attach, drv, host, name, dev, node))
+        for name in added:
+            dev = new[name]
+            if dev["type"] == "proxy":
+                await asyncio.to_thread(proxy.start, _run_dir(drv, host), name, dev,
+                                        _init_pid(drv, host), _ids(drv, host))
+                done.undo.append(_later(proxy.stop, _run_dir(drv, host), name))
+            elif dev["type"] in UNIX and nodes.get(name):
+                node = nodes[name]
+                await asyncio.to_thread(_unix_attach, drv, host, name, dev, node)
+                done.undo.append(_later(_unix_detach, drv, host, name, dev, node))
+    except BaseException:
+        await done.rollback(ctx)
+        raise
+    return done
+
+
+def unix_node_or_none(name: str, dev: Device) -> tuple[int, int] | None:
+    try:
+        return unix_node(name, dev)
+    except (BadRequest, NotFound):
+        return None
+
+
+def _later(fn: Callable[..., Any], *args: Any) -> Callable[[], Awaitable[None]]:
+    async def step() -> None:
+        await asyncio.to_thread(fn, *args)
+    return step
+
+
+def _unix_path(dev: Device) -> str:
+    return dev.get("path") or dev["source"]
+
+
+def _unix_attach(drv: Any, host: str, name: str, dev: Device, node: tuple[int, int]
+                 ) -> None:
+    uid, gid = _ids(drv, host)(int(dev.get("uid") or 0), int(dev.get("gid") or 0))
+    mode = int(dev.get("mode") or "0660", 8)
+    lxc_hotplug.unix_attach(drv._container(host), _init_pid(drv, host),
+                            _run_dir(drv, host) / "devices", name, _unix_path(dev),
+                            dev["type"], node[0], node[1], uid, gid, mode)
+
+
+def _unix_detach(drv: Any, host: str, name: str, dev: Device, node: tuple[int, int]
+                 ) -> None:
+    lxc_hotplug.unix_detach(drv._container(host), _init_pid(drv, host),
+                            _run_dir(drv, host) / "devices", name, _unix_path(dev),
+                            dev["type"], node[0], node[1])
+
+
+async def _nics(ctx: Context, rec: dict[str, Any], drv: Any, host: str, kind: str,
+                old: Devices, new: Devices, removed: list[str], added: list[str],
+                done: Applied) -> None:
+    """Resolve the new NIC list (the network service applies static leases and starts
+    networks), unplug removed NICs, plug added ones, shape their limits."""
+    cfg = dict(rec["expanded_config"])
+    for name in removed:  # a re-plugged device keeps its MAC and host-side name
+        if name not in new:
+            cfg.pop(f"volatile.{name}.hwaddr", None)
+            cfg.pop(f"volatile.{name}.host_name", None)
+    resolved, vol = await nic_setup(ctx, {**rec, "expanded_config": cfg,
+                                          "expanded_devices": dict(new)})
+    current = await asyncio.to_thread(_current_nics, drv, host, kind)
+    by_mac = {n.hwaddr: n for n in current}
+    order = nic_names(new)
+    final: list[Nic] = []
+    for i, name in enumerate(order):
+        mac = rec["expanded_config"].get(f"volatile.{name}.hwaddr", "")
+        keep = name not in added and mac in by_mac
+        final.append(by_mac[mac] if keep else resolved[i])
+    # A hot-plugged NIC without a 'name' takes the first ethN no other NIC uses (its
+    # index-based default may be taken by a NIC that started before it).
+    for i, name in enumerate(order):
+        if name in added and not new[name].get("name"):
+            taken = {n.name for j, n in enumerate(final) if j != i}
+            if final[i].name in taken:
+                free = next(f"eth{k}" for k in range(len(final) + 1)
+                            if f"eth{k}" not in taken)
+                final[i] = final[i].model_copy(update={"name": free})
+    old_macs = {name: rec["expanded_config"].get(f"volatile.{name}.hwaddr", "")
+                for name in removed if old[name].get("type") == "nic"}
+    for name in removed:
+        if old[name].get("type") != "nic":
+            continue
+        nic = by_mac.get(old_macs[name])
+        if nic is None:
+            continue
+        await asyncio.to_thread(_nic_detach, drv, host, kind, nic)
+        done.undo.append(_later(_nic_attach, drv, host, kind, nic))
+        if name not in new:
+            done.volatile.update({f"volatile.{name}.hwaddr": None,
+                                  f"volatile.{name}.host_name": None})
+    for i, name in enumerate(order):
+        if name not in added:
+            continue
+        nic = final[i]
+        await asyncio.to_thread(_nic_attach, drv, host, kind, nic)
+        done.undo.append(_later(_nic_detach, drv, host, kind, nic))
+        if nic.host_name and any(k.startswith("limits.") for k in new[name]):
+            await ctx.remote.nic_limits(rec["project"], nic.host_name, dict(new[name]))
+        done.volatile[f"volatile.{name}.hwaddr"] = vol[f"volatile.{name}.hwaddr"]
+        if nic.host_name:
+            done.volatile[f"volatile.{name}.host_name"] = nic.host_name
+    done.nics = final
+
+
+def _nic_attach(drv: Any, host: str, kind: str, nic: Nic) -> None:
+    if kind == "container":
+        lxc_hotplug.nic_attach(_init_pid(drv, host), nic)
+    else:
+        qemu_hotplug.nic_attach(drv, host, nic)
+
+
+def _nic_detach(drv: Any, host: str, kind: str, nic: Nic) -> None:
+    if kind == "container":
+        lxc_hotplug.nic_detach(nic.host_name)
+    else:
+        qemu_hotplug.nic_detach(drv, host, nic)
+
+
+# ---- start, stop, service start -------------------------------------------------------------
+
+def _sync(drv: Any, host: str, devices: Devices, running: bool) -> None:
+    pid = _init_pid(drv, host) if running else None
+    proxy.sync(_run_dir(drv, host), pid, devices, _ids(drv, host))
+
+
+async def started(ctx: Context, rec: dict[str, Any]) -> None:
+    """After a container started: its unix devices and proxies. A failure stops nothing
+    here; the caller (start) reports it and the instance is stopped by its undo."""
+    if type_of(rec) != "container":
+        return
+    drv, host, devs = ctx.drivers.for_instance(rec), host_of(rec), rec["expanded_devices"]
+    for name, dev in sorted(devs.items()):
+        if dev.get("type") in UNIX:
+            node = await asyncio.to_thread(unix_node, name, dev)
+            if node:
+                await asyncio.to_thread(_unix_attach, drv, host, name, dev, node)
+    await asyncio.to_thread(_sync, drv, host, devs, True)
+
+
+async def stopped(ctx: Context, rec: dict[str, Any]) -> None:
+    """After a container stopped: its forwarders go (they also exit on their own when
+    its init is gone)."""
+    if type_of(rec) != "container":
+        return
+    drv = ctx.drivers.for_instance(rec)
+    await asyncio.to_thread(_sync, drv, host_of(rec), {}, False)
+
+
+async def adopt(ctx: Context) -> None:
+    """At service start: keep the forwarders of running containers that are still right,
+    start missing or stale ones, end those of stopped containers."""
+    for rec in list(ctx.instances.cached()):
+        if type_of(rec) != "container" or rec.get("status") in ("Creating", "Deleting"):
+            continue
+        proxies = {n: d for n, d in rec.get("expanded_devices", {}).items()
+                   if d.get("type") == "proxy"}
+        try:
+            drv = ctx.drivers.for_instance(rec)
+            host = host_of(rec)
+            if not proxies and not proxy.names(_run_dir(drv, host)):
+                continue
+            running = await asyncio.to_thread(ctx.drivers.host_status, rec) in RUNNING
+            await asyncio.to_thread(_sync, drv, host, proxies, running)
+        except Exception as exc:  # one instance's proxy must not stop the service
+            ctx.log.warning("proxy adoption failed", instance=rec.get("name"),
+                            error=str(exc))

@@ -1,0 +1,353 @@
+"""Devices changed on RUNNING containers: NIC hot-plug and unplug, proxy devices (their
+forwarders outlive an instance service restart), unix-char/unix-block nodes, refusals.
+
+Through the stock ``lxc`` client (and the REST API where a status code matters); every
+check looks inside the container, on the host, or through the proxied port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from pyroute2 import IPRoute
+
+from .stack import BIN, wait_for
+from .world import lxc, make_world
+
+pytestmark = pytest.mark.root
+if shutil.which("lxc") is None:
+    pytest.skip("needs Debian's lxd-client", allow_module_level=True)
+
+DHCP = "udhcpc -i {dev} -q -n -t 5 -T 2 -s /usr/share/udhcpc/default.script"
+
+
+@pytest.fixture(scope="module")
+def world(stack, api, busybox_tarball):
+    with make_world(api, stack, busybox_tarball, network=True, pool_driver="dir") as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def pair(world):
+    """Two running containers on the world's bridge (eth0 each)."""
+    return world.create("a", start=True), world.create("b", start=True)
+
+
+def sh(stack, name: str, script: str, check: bool = True) -> subprocess.CompletedProcess:
+    return lxc(stack, "exec", name, "--", "sh", "-c", script, check=check)
+
+
+def corral(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "corral"), *args], env=stack.env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def inet(stack, name: str, dev: str) -> str | None:
+    out = sh(stack, name, f"ip -4 -o addr show dev {dev}", check=False).stdout.split()
+    return out[out.index("inet") + 1].split("/")[0] if "inet" in out else None
+
+
+def host_link(ifname: str) -> dict | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        master = link.get_attr("IFLA_MASTER")
+        return {"master": ipr.get_links(master)[0].get_attr("IFLA_IFNAME") if master else None}
+
+
+def host_veths() -> set[str]:
+    with IPRoute() as ipr:
+        return {lk.get_attr("IFLA_IFNAME") for lk in ipr.get_links()
+                if lk.get_attr("IFLA_IFNAME", "").startswith(("veth", "hpveth"))}
+
+
+def record(api, name: str) -> dict:
+    return api.get(f"/1.0/instances/{name}").json()["metadata"]
+
+
+def patch_devices(api, name: str, devices: dict) -> httpx.Response:
+    return api.patch(f"/1.0/instances/{name}", json={"devices": devices})
+
+
+# -- NICs --------------------------------------------------------------------------------------
+
+def test_nic_hotplug_gets_a_lease_answers_ping_and_unplugs(world, pair, stack, api):
+    a, b = pair
+    lxc(stack, "config", "device", "add", a, "eth1", "nic", f"network={world.net}",
+        "name=eth1")
+    cfg = record(api, a)["config"]
+    veth = cfg["volatile.eth1.host_name"]
+    assert cfg["volatile.eth1.hwaddr"].startswith("00:16:3e:")
+    assert host_link(veth) == {"master": world.net}  # host side on the bridge
+    link = sh(stack, a, "ip -o link show eth1").stdout
+    assert cfg["volatile.eth1.hwaddr"] in link and "UP" in link
+    sh(stack, a, DHCP.format(dev="eth1"))
+    addr = inet(stack, a, "eth1")
+    assert addr and addr != inet(stack, a, "eth0")
+    net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"]["ipv4.address"]
+    assert ipaddress.ip_address(addr) in ipaddress.ip_interface(net).network
+    sh(stack, b, f"ping -c1 -W5 {addr}")  # the sibling reaches the new NIC
+    leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
+    assert any(le["hwaddr"] == cfg["volatile.eth1.hwaddr"] for le in leases)
+    # The state API sees it, with its host-side name.
+    state = world.live(a)["network"]
+    assert state["eth1"]["host_name"] == veth
+
+    lxc(stack, "config", "device", "remove", a, "eth1")
+    assert sh(stack, a, "ip link show eth1", check=False).returncode != 0
+    assert host_link(veth) is None
+    cfg = record(api, a)["config"]
+    assert not [k for k in cfg if k.startswith("volatile.eth1.")]
+    assert sh(stack, b, f"ping -c1 -W2 {addr}", check=False).returncode != 0
+
+
+def test_nic_hotplug_through_corral_and_back_after_restart(world, pair, stack, api):
+    a, _b = pair
+    r = corral(stack, "config", "device", "add", a, "net2", "nic", f"network={world.net}")
+    if r.returncode != 0 and "invalid choice" in r.stderr:
+        pytest.skip("corral has no 'config device add'")
+    assert r.returncode == 0, r.stderr
+    try:
+        names = sh(stack, a, "ls /sys/class/net").stdout.split()
+        assert "eth1" in names  # the first free ethN: eth0 is taken
+        world.state(a, "restart", force=True)
+        names = sh(stack, a, "ls /sys/class/net").stdout.split()
+        assert len([n for n in names if n.startswith("eth")]) == 2
+    finally:
+        corral(stack, "config", "device", "remove", a, "net2")
+    assert "net2" not in record(api, a)["devices"]
+
+
+def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, api):
+    a, _b = pair
+    before, veths = record(api, a), host_veths()
+    links = sh(stack, a, "ls /sys/class/net").stdout
+    # The name of an interface the container already has: 409, nothing made.
+    r = patch_devices(api, a, {"dup": {"type": "nic", "network": world.net, "name": "eth0"}})
+    assert r.status_code in (400, 409), r.text
+    assert "eth0" in r.json()["error"]
+    # A network that does not exist: 404.
+    r = patch_devices(api, a, {"nowhere": {"type": "nic", "network": "nosuchnet0"}})
+    assert r.status_code == 404, r.text
+    after = record(api, a)
+    assert after["devices"] == before["devices"] and after["config"] == before["config"]
+    assert host_veths() == veths
+    assert sh(stack, a, "ls /sys/class/net").stdout == links
+    # The stock client's own check: a device name already in use.
+    r = lxc(stack, "config", "device", "add", a, "eth0", "nic", f"network={world.net}",
+            check=False)
+    assert r.returncode != 0 and "already exists" in r.stderr
+
+
+# -- proxy devices --------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+
+
+def _forwarder(world, name: str, dev: str) -> int:
+    data = json.loads((world.lxc_dir(name) / "proxy" / f"{dev}.json").read_text())
+    return data["pid"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_proxy_serves_a_container_port_and_survives_a_service_restart(world, pair, stack,
+                                                                      api):
+    a, _b = pair
+    sh(stack, a, "mkdir -p /www && echo hello-from-inside > /www/index.html && "
+                 "httpd -p 127.0.0.1:8081 -h /www")
+    port = _free_port()
+    lxc(stack, "config", "device", "add", a, "web", "proxy",
+        f"listen=tcp:127.0.0.1:{port}", "connect=tcp:127.0.0.1:8081")
+    try:
+        assert _get(port).strip() == "hello-from-inside"
+        pid = _forwarder(world, a, "web")
+        stack.stop("instance")
+        try:
+            assert _get(port).strip() == "hello-from-inside"  # nobody needed meanwhile
+        finally:
+            stack.start("instance")
+        wait_for(lambda: api.get(f"/1.0/instances/{a}").status_code == 200, 60,
+                 what="the instance service back")
+        assert _forwarder(world, a, "web") == pid  # adopted, not replaced
+        assert _get(port).strip() == "hello-from-inside"
+        # Stopping the container ends the forwarder; starting it brings one back.
+        world.state(a, "stop", force=True)
+        wait_for(lambda: not _alive(pid), 10, what="the forwarder to end")
+        world.state(a, "start")
+        sh(stack, a, "mkdir -p /www && echo again > /www/index.html && "
+                     "httpd -p 127.0.0.1:8081 -h /www")
+        wait_for(lambda: _get(port).strip() == "again", 10, what="the proxy after start")
+        pid = _forwarder(world, a, "web")
+    finally:
+        lxc(stack, "config", "device", "remove", a, "web", check=False)
+    assert not _alive(pid)
+    assert not (world.lxc_dir(a) / "proxy" / "web.json").exists()
+    with pytest.raises(httpx.HTTPError):
+        _get(port)
+
+
+def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
+    a, _b = pair
+    # UDP: a busybox echo (nc -u -l answers one datagram's sender with what it reads).
+    port = _free_port()
+    sh(stack, a, "(nc -u -l -p 5353 -e cat &) ; sleep 0.2")
+    lxc(stack, "config", "device", "add", a, "dns", "proxy",
+        f"listen=udp:127.0.0.1:{port}", "connect=udp:127.0.0.1:5353")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"ping\n", ("127.0.0.1", port))
+            assert s.recv(100) == b"ping\n"
+    finally:
+        lxc(stack, "config", "device", "remove", a, "dns")
+    # bind=instance: a unix socket inside the container reaching a host TCP port.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    hport = srv.getsockname()[1]
+    lxc(stack, "config", "device", "add", a, "up", "proxy", "bind=instance",
+        "listen=unix:/run/host.sock", f"connect=tcp:127.0.0.1:{hport}", "mode=0666")
+    try:
+        sock = sh(stack, a, "ls -l /run/host.sock").stdout
+        assert sock.startswith("s")
+        proc = subprocess.Popen(["lxc", "exec", a, "--", "sh", "-c",
+                                 "echo from-guest | nc local:/run/host.sock"],
+                                env={**stack.env, "LXD_DIR": str(stack.dir)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        srv.settimeout(15)
+        conn, _ = srv.accept()
+        conn.settimeout(5)
+        assert conn.recv(100) == b"from-guest\n"
+        conn.close()
+        proc.wait(30)
+    finally:
+        srv.close()
+        lxc(stack, "config", "device", "remove", a, "up")
+    assert sh(stack, a, "test -e /run/host.sock", check=False).returncode != 0
+
+
+@pytest.mark.parametrize("dev, words", [
+    ({"listen": "tcp:127.0.0.1", "connect": "tcp:127.0.0.1:80"}, "missing port"),
+    ({"listen": "tcp:nothere:80", "connect": "tcp:127.0.0.1:80"}, "not an IP address"),
+    ({"listen": "sctp:127.0.0.1:80", "connect": "tcp:127.0.0.1:80"}, "expected tcp"),
+    ({"listen": "tcp:127.0.0.1:99999", "connect": "tcp:127.0.0.1:80"}, "1 to 65535"),
+    ({"listen": "udp:127.0.0.1:80", "connect": "tcp:127.0.0.1:80"}, "udp"),
+    ({"connect": "tcp:127.0.0.1:80"}, "listen"),
+    ({"listen": "tcp:127.0.0.1:80", "connect": "tcp:127.0.0.1:80", "bind": "x"}, "bind"),
+    ({"listen": "tcp:127.0.0.1:80", "connect": "tcp:127.0.0.1:80", "foo": "1"}, "foo"),
+    ({"listen": "unix:/a", "connect": "tcp:127.0.0.1:80", "nat": "true"}, "nat"),
+])
+def test_bad_proxy_devices_are_400(world, pair, api, dev, words):
+    a, _b = pair
+    before = record(api, a)["devices"]
+    r = patch_devices(api, a, {"p": {"type": "proxy", **dev}})
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]
+    assert record(api, a)["devices"] == before
+
+
+def test_proxy_that_cannot_listen_is_refused_and_leaves_nothing(world, pair, stack, api):
+    a, _b = pair
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = lxc(stack, "config", "device", "add", a, "busy", "proxy",
+                f"listen=tcp:127.0.0.1:{port}", "connect=tcp:127.0.0.1:80", check=False)
+        assert r.returncode != 0 and "in use" in r.stderr.lower(), r.stderr
+    assert "busy" not in record(api, a)["devices"]
+    assert not (world.lxc_dir(a) / "proxy" / "busy.json").exists()
+
+
+# -- unix devices, refused types ----------------------------------------------------------------
+
+@pytest.fixture
+def loop_dev(tmp_path):
+    img = tmp_path / "blk.img"
+    img.write_bytes(b"HELLO-BLOCK" + b"\0" * (1024 * 1024))
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_unix_block_hotplug_reads_the_device_and_unplugs(world, pair, stack, api, loop_dev):
+    a, _b = pair
+    read = "head -c 11 /dev/xdisk"
+    assert sh(stack, a, read, check=False).returncode != 0
+    lxc(stack, "config", "device", "add", a, "xd", "unix-block", f"source={loop_dev}",
+        "path=/dev/xdisk", "mode=0640")
+    try:
+        assert sh(stack, a, read).stdout == "HELLO-BLOCK"
+        ls = sh(stack, a, "ls -ln /dev/xdisk").stdout.split()
+        assert ls[0] == "brw-r-----" and ls[2] == "0"  # root's in the container
+    finally:
+        lxc(stack, "config", "device", "remove", a, "xd")
+    assert sh(stack, a, "test -e /dev/xdisk", check=False).returncode != 0
+    assert not (world.lxc_dir(a) / "devices" / "unix.xd").exists()
+
+
+def test_unix_char_by_number_and_missing_source(world, pair, stack, api):
+    a, _b = pair
+    lxc(stack, "config", "device", "add", a, "z", "unix-char", "path=/dev/myzero",
+        "major=1", "minor=5", "mode=0666")
+    try:
+        assert sh(stack, a, "head -c 4 /dev/myzero | od -An -tx1").stdout.split() == \
+            ["00"] * 4
+    finally:
+        lxc(stack, "config", "device", "remove", a, "z")
+    r = patch_devices(api, a, {"m": {"type": "unix-char", "source": "/dev/nosuchdev"}})
+    assert r.status_code == 404 and "does not exist" in r.json()["error"], r.text
+    r = patch_devices(api, a, {"m": {"type": "unix-char", "source": "/dev/loop0"}})
+    assert r.status_code == 400 and "not a character device" in r.json()["error"], r.text
+    assert "m" not in record(api, a)["devices"]
+
+
+@pytest.mark.parametrize("kind", ["gpu", "usb"])
+def test_gpu_and_usb_are_refused_with_the_reason(world, pair, stack, kind):
+    a, _b = pair
+    r = lxc(stack, "config", "device", "add", a, "x", kind, check=False)
+    assert r.returncode != 0 and "this host has no" in r.stderr, r.stderr
+
+
+def test_devices_are_made_again_at_start(world, stack, api):
+    """A stopped container with a unix-char device and a proxy gets both when it starts."""
+    port = _free_port()
+    name = world.create("cold", devices={
+        "z": {"type": "unix-char", "path": "/dev/myzero", "major": "1", "minor": "5"},
+        "p": {"type": "proxy", "listen": f"tcp:127.0.0.1:{port}",
+              "connect": "tcp:127.0.0.1:8082"}})
+    world.state(name, "start")
+    try:
+        assert sh(stack, name, "test -c /dev/myzero").returncode == 0
+        sh(stack, name, "mkdir -p /w && echo cold > /w/index.html && "
+                        "httpd -p 127.0.0.1:8082 -h /w")
+        wait_for(lambda: _get(port).strip() == "cold", 10, what="the proxy")
+    finally:
+        world.remove(name)
+    assert not Path(world.lxc_dir(name)).exists()
