@@ -13,7 +13,7 @@ from shared.api import description as check_description  # noqa: F401
 from shared.api import devices_map, string_map
 from shared.errors import BadRequest
 
-from . import disk_rules, limits, snapshot_schedule
+from . import disk_rules, limits, proxy_rules, snapshot_schedule
 from .drivers.lxc_config import check_raw_lxc_values, parse_raw_lxc
 from .drivers.oci_app import check_keys as check_oci_keys
 from .names import check_name  # noqa: F401  (the one rule, re-exported for callers)
@@ -27,6 +27,7 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
+DEVICE_TYPES = ("nic", "disk", "proxy", "unix-char", "unix-block", "none")
 # What Corral applies of a root disk device (LXD has more: refused by name, not ignored).
 ROOT_DISK_KEYS = frozenset({"type", "path", "pool", "size"})
 # LXD's other raw.* keys: refused by name until Corral applies them, never stored unused.
@@ -61,9 +62,14 @@ def check_config(config: Any) -> dict[str, str]:
 def check_devices(devices: Any) -> dict[str, dict[str, str]]:
     devs = devices_map(devices)
     for name, dev in devs.items():
-        if dev["type"] not in ("nic", "disk", "none"):
+        proxy_rules.check_type(name, dev["type"])  # gpu, usb...: 400 with the reason
+        if dev["type"] not in DEVICE_TYPES:
             raise BadRequest(f"Device {name!r}: type {dev['type']!r} is not supported "
-                             "(use nic, disk or none)")
+                             f"(use {', '.join(DEVICE_TYPES)})")
+        if dev["type"] == "proxy":
+            proxy_rules.check_proxy(name, dev)
+        elif dev["type"] in ("unix-char", "unix-block"):
+            proxy_rules.check_unix(name, dev)
         if dev["type"] == "disk" and dev.get("path") != "/":
             disk_rules.check_device(name, dev)  # host paths, custom volumes
         elif dev["type"] == "disk":
@@ -79,7 +85,25 @@ def check_devices(devices: Any) -> dict[str, dict[str, str]]:
                                          or dev.get("nictype") in ("p2p", "routed")):
             raise BadRequest(f"Device {name!r}: a nic needs 'network' or 'parent'")
     disk_rules.check_paths(devs)
+    _check_unique(devs)
     return devs
+
+
+def _check_unique(devs: dict[str, dict[str, str]]) -> None:
+    """Two devices that would make the same thing in the instance: a NIC name, a unix
+    device path, a proxy's listen address (LXD: one fails at start; here: before)."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, dev in sorted(devs.items()):
+        t = dev["type"]
+        what = (dev.get("name") if t == "nic" else dev.get("listen") if t == "proxy"
+                else (dev.get("path") or dev.get("source")) if t.startswith("unix-")
+                else None)
+        if not what:
+            continue
+        k = ("unix" if t.startswith("unix-") else t, what)
+        if k in seen:
+            raise BadRequest(f"Devices {seen[k]!r} and {name!r} both use {what!r}")
+        seen[k] = name
 
 
 def root_device(devices: dict[str, dict[str, str]]) -> tuple[str, dict[str, str]]:
