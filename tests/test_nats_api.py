@@ -11,8 +11,6 @@ from pathlib import Path
 import nats
 import pytest
 
-from shared import auth
-
 from .stack import BIN, ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,3 +94,44 @@ async def test_msgpack_stays_the_default(bus):
     msg = await bus.request_raw("corral.instance.profile_list", {"project": "default"})
     assert not (msg.headers or {}).get("Content-Type")
     assert codec.decode(msg.data)["type"] == "sync"
+
+
+def test_docs_nats_api_md_is_generated_from_the_catalogue():
+    """docs/nats-api.md is `corral bus schema --markdown`: a stale copy fails here."""
+    from services import catalog
+
+    fresh = catalog.to_markdown(catalog.build())
+    doc = ROOT / "docs" / "nats-api.md"
+    assert doc.read_text() == fresh, (
+        "docs/nats-api.md is stale: run `corral bus schema --markdown > docs/nats-api.md`")
+
+
+def test_corral_bus_schema_prints_every_subject_with_schemas_roles_and_examples():
+    """Without NATS (no server in its environment): the catalogue comes from the
+    services' endpoint registrations."""
+    out = subprocess.run([str(BIN / "corral"), "bus", "schema"], capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
+                                                     "CORRAL_NATS_URL": "nats://127.0.0.1:1"})
+    assert out.returncode == 0, out.stderr
+    _check_catalogue(out.stdout)
+
+
+def _check_catalogue(out: str) -> None:
+    cat = json.loads(out)
+    by_subject = {e["subject"]: e for e in cat["subjects"]}
+    listing = by_subject["corral.instance.list"]
+    assert {"reader", "operator", "reader --project"} <= set(listing["roles"])
+    assert listing["project_subject"] == "corral.project.<project>.instance.list"
+    assert "storage" in listing["callers"]
+    # exec hands out a shell: never a reader's; node verbs have no project form
+    assert "reader" not in by_subject["corral.instance.exec"]["roles"]
+    node = by_subject["corral.node.<node>.storage.volume_create"]
+    assert node["project_subject"] is None and node["roles"] == ["operator"]
+    for e in cat["subjects"]:
+        name = e["request"]["$ref"].rsplit("/", 1)[-1]
+        schema = cat["schemas"][name]
+        assert set(e["example"]) <= set(schema["properties"]), e["subject"]
+        assert set(schema.get("required", [])) <= set(e["example"]), e["subject"]
+    assert cat["schemas"]["Reply"]["properties"]["type"]["enum"] == ["sync", "async"]
+    assert cat["events"]["stream"] == "CORRAL_EVENTS"
+    assert cat["events"]["id_header"] == "Nats-Msg-Id"

@@ -72,8 +72,28 @@ def revoke(args: Namespace) -> None:
     _reload(corral_dir)
 
 
+def schema(args: Namespace) -> None:
+    """The subject catalogue, built from the services' request models (no NATS needed).
+
+    It runs as its own program (``python -m services.catalog``), beside services/all.py:
+    building it imports every service, which the CLI's process must not
+    (tests/unit/test_imports.py), and the CLI stays fast for everything else.
+    """
+    import sys
+
+    argv = [sys.executable, "-m", "services.catalog"] + (["--markdown"] if args.markdown
+                                                          else [])
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
 def register(sub: Any) -> None:
     bus = group(sub, "bus")
+    p = command(bus, "schema", schema, "Print the NATS API: every subject, its request and "
+                "reply as JSON Schema, the roles allowed and an example.",
+                description="Built from the services' request models without connecting to "
+                "NATS; docs/nats-api.md is its --markdown form.")
+    p.add_argument("--markdown", action="store_true", help="markdown instead of JSON")
     creds = group(bus, "credentials", "NATS credentials for integrations (root only).")
     common = {"type": Path, "default": None,
               "help": "the Corral directory (default $CORRAL_DIR, else ./var)"}
