@@ -142,10 +142,20 @@ def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, ap
     assert after["devices"] == before["devices"] and after["config"] == before["config"]
     assert host_veths() == veths
     assert sh(stack, a, "ls /sys/class/net").stdout == links
-    # The stock client's own check: a device name already in use.
-    r = lxc(stack, "config", "device", "add", a, "eth0", "nic", f"network={world.net}",
-            check=False)
-    assert r.returncode != 0 and "already exists" in r.stderr
+    # The stock client's own check: a device name the instance already has.
+    lxc(stack, "config", "device", "add", a, "n1", "unix-char", "path=/dev/n1", "major=1",
+        "minor=3")
+    try:
+        r = lxc(stack, "config", "device", "add", a, "n1", "nic", f"network={world.net}",
+                check=False)
+        assert r.returncode != 0 and "already exists" in r.stderr
+    finally:
+        lxc(stack, "config", "device", "remove", a, "n1")
+    # Two NICs of one instance may not take the same name inside it (400 before anything).
+    r = patch_devices(api, a, {"x": {"type": "nic", "network": world.net, "name": "eth5"},
+                               "y": {"type": "nic", "network": world.net, "name": "eth5"}})
+    assert r.status_code == 400 and "eth5" in r.json()["error"], r.text
+    assert host_veths() == veths
 
 
 # -- proxy devices --------------------------------------------------------------------------
@@ -213,7 +223,8 @@ def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
     a, _b = pair
     # UDP: a busybox echo (nc -u -l answers one datagram's sender with what it reads).
     port = _free_port()
-    sh(stack, a, "(nc -u -l -p 5353 -e cat &) ; sleep 0.2")
+    sh(stack, a, "start-stop-daemon -S -b -x /bin/nc -- -u -l -p 5353 -e /bin/cat; "
+                 "sleep 0.3")
     lxc(stack, "config", "device", "add", a, "dns", "proxy",
         f"listen=udp:127.0.0.1:{port}", "connect=udp:127.0.0.1:5353")
     try:
