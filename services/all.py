@@ -4,7 +4,12 @@ For small hosts. It is the same service classes as the separate processes run; o
 process boundary differs.
 """
 
+# ruff: noqa: E402  (lean.prepare() runs before the other imports)
 from __future__ import annotations
+
+from shared import lean
+
+lean.prepare()  # before the bus and structlog are imported (see shared/lean.py)
 
 import asyncio
 

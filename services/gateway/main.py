@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Awaitable, Callable
+from shared import lean
 
-from shared.bus import Bus
-from shared.config import Config
-from shared.models import ServerInfoReply
-from shared.service import Service, run_services
+lean.prepare()  # before the bus and structlog are imported (see shared/lean.py)
 
-from .app import VERSION, Gateway
+import asyncio  # noqa: E402
+from typing import Awaitable, Callable  # noqa: E402
+
+from shared.bus import Bus  # noqa: E402
+from shared.config import Config  # noqa: E402
+from shared.models import ServerInfoReply  # noqa: E402
+from shared.service import Service, run_services  # noqa: E402
+
+from .app import VERSION, Gateway  # noqa: E402
 
 
 class GatewayService(Service):
