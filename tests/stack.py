@@ -22,6 +22,8 @@ from shared import auth
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+# nats-server's soft memory limit (Go runtime): see deploy/up.sh.
+NATS_GOMEMLIMIT = "24MiB"
 SERVICES = ("image", "instance", "storage", "network", "migration", "hooks")
 
 
@@ -90,7 +92,9 @@ class NatsServer:
         conf = auth.link_config(self.corral_dir, ROOT / "deploy" / "nats" / "single.conf")
         log = open(self.workdir / "nats-server.log", "ab")
         env = {**os.environ, "CORRAL_NATS_PORT": str(self.port),
-               "CORRAL_NATS_STORE_DIR": str(self.workdir / "jetstream")}
+               "CORRAL_NATS_STORE_DIR": str(self.workdir / "jetstream"),
+               # as deploy/up.sh: Go's GC keeps the heap near this instead of doubling it
+               "GOMEMLIMIT": os.environ.get("CORRAL_NATS_GOMEMLIMIT", NATS_GOMEMLIMIT)}
         self.proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(conf)], env=env,
                                      stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
