@@ -135,3 +135,90 @@ def _check_catalogue(out: str) -> None:
     assert cat["schemas"]["Reply"]["properties"]["type"]["enum"] == ["sync", "async"]
     assert cat["events"]["stream"] == "CORRAL_EVENTS"
     assert cat["events"]["id_header"] == "Nats-Msg-Id"
+
+
+def test_the_client_and_its_methods_are_generated_and_import_without_the_services():
+    """shared/client/api.py is `python -m services.catalog --client`; importing the client
+    loads nothing from services/ (nor the services' tracing and logging)."""
+    import sys
+
+    from services import catalog
+
+    api = ROOT / "shared" / "client" / "api.py"
+    assert api.read_text() == catalog.client_module(), (
+        "shared/client/api.py is stale: run `python -m services.catalog --client > "
+        "shared/client/api.py`")
+    probe = ("import sys, shared.client; "
+             "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    top = set(eval(out.stdout))
+    assert "services" not in top and "opentelemetry" not in top and "structlog" not in top
+    assert {"shared", "nats"} <= top
+
+
+async def test_client_requests_events_replay_and_operation_watch(
+        stack, nats_server, bus, credential, uid):
+    """Requests by method, the events iterator (live ids, replay from a sequence and from
+    a time), and an operation watched to its end, with an operator credential."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from shared.client import Client, CorralError
+    from shared.client.client import ID_HEADER as CLIENT_ID_HEADER
+    from shared.events import ID_HEADER, Events
+    from shared.operations import Operations
+
+    assert CLIENT_ID_HEADER == ID_HEADER
+    path = credential("operator")
+    await connect_as(nats_server.url, path)  # waits until the server has reloaded its users
+    name = f"{uid}-c"
+    started = datetime.now(timezone.utc)
+    async with await Client.connect(path, nats_server.url) as c:
+        first_seq = (await c.nc.jetstream().stream_info("CORRAL_EVENTS")).state.last_seq + 1
+        await c.instances.profile_create(body={"name": name, "description": "by client"})
+        reply = await c.instances.profile_get(name=name)
+        assert reply.metadata["description"] == "by client"
+        names = (await c.instances.profile_list(project="default")).metadata
+        assert any(name in str(n) for n in names)
+        with pytest.raises(CorralError) as err:
+            await c.instances.get(name=f"{uid}-none")
+        assert err.value.code == 404
+        with pytest.raises(TypeError, match="unknown field"):
+            await c.instances.get(nmae="c1")
+
+        async def created(**since):
+            async for ev in c.events(types=["lifecycle"], **since):
+                if ev.metadata.get("source") == f"/1.0/profiles/{name}":
+                    return ev
+
+        by_seq = await asyncio.wait_for(created(since_seq=first_seq), 10)
+        assert by_seq.metadata["action"] == "profile-created"
+        assert by_seq.metadata["requestor"]["username"] == path.stem
+        assert len(by_seq.id) == 36 and by_seq.seq >= first_seq
+        by_time = await asyncio.wait_for(created(since_time=started), 10)
+        assert (by_time.id, by_time.seq) == (by_seq.id, by_seq.seq)
+
+        # An operation watched from its start to its end.
+        ops = await Operations(bus, Events(bus)).open()
+        go = asyncio.Event()
+
+        async def work(handle):
+            await go.wait()
+            await handle.progress("stage", 50)
+
+        op = await ops.start("Watched", work)
+        states = []
+
+        async def watch():
+            async for state in c.watch_operation(op.id):
+                states.append(state["status"])
+                if len(states) == 1:
+                    go.set()
+
+        await asyncio.wait_for(watch(), 10)
+        assert states[0] in ("Pending", "Running") and states[-1] == "Success"
+        final = await asyncio.wait_for(c.wait_operation(op.id), 5)  # ended: answers at once
+        assert final["status"] == "Success" and final["id"] == op.id
+        await c.instances.profile_delete(name=name)
