@@ -57,6 +57,7 @@ class Identity:
     restricted: bool = False
     projects: tuple[str, ...] = field(default_factory=tuple)
     address: str = "@"
+    metrics: bool = False  # a certificate of type "metrics": GET /1.0/metrics only
 
     @property
     def admin(self) -> bool:
@@ -95,6 +96,8 @@ def check_access(identity: Identity, method: str, route: str, project: str,
     if identity.admin:
         return
     if not identity.trusted:
+        if identity.metrics and (method, route) == ("GET", "/1.0/metrics"):
+            return  # its projects are filtered there (routes/metrics.py)
         if (method, route) not in UNTRUSTED:
             raise Forbidden(NOT_AUTHORIZED)
         return
@@ -213,6 +216,11 @@ class TrustStore:
             return Identity(protocol="tls", trusted=False, address=address)
         fp = tls.fingerprint(der)
         rec = self.certs.get(fp)
+        if rec is not None and rec.get("type") == "metrics":
+            return Identity(protocol="tls", trusted=False, fingerprint=fp, name=rec["name"],
+                            restricted=bool(rec.get("restricted")),
+                            projects=tuple(rec.get("projects") or ()), address=address,
+                            metrics=True)
         if rec is None or rec.get("type", "client") != "client":
             return Identity(protocol="tls", trusted=False, fingerprint=fp, address=address)
         return Identity(protocol="tls", trusted=True, fingerprint=fp, name=rec["name"],

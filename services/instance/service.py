@@ -49,6 +49,7 @@ from .exec_api import ExecFilesConsoleMixin
 from .idmap import ensure_subids
 from .metadata_api import API_EXTENSIONS as METADATA_EXTENSIONS
 from .metadata_api import MetadataMixin
+from .metrics_api import MetricsMixin
 from .names import host_of
 from .profiles import Profiles, profile_etag
 from .projects import Projects
@@ -77,7 +78,7 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
 
 
 class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, ProjectsMixin,
-                      ExecFilesConsoleMixin, MetadataMixin, Service):
+                      ExecFilesConsoleMixin, MetadataMixin, MetricsMixin, Service):
     name = "instance"
     description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 

@@ -25,6 +25,7 @@ from . import (
     instance_io,
     instances,
     metadata,
+    metrics,
     networks,
     operations,
     projects,
@@ -171,6 +172,7 @@ ROUTES: list[Route] = [
     Route("PATCH", CERT, trust.certificate_patch),
     Route("DELETE", CERT, trust.certificate_delete),
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
+    Route("GET", "/1.0/metrics", metrics.get),  # every service's metrics, merged
     Route("GET", "/1.0/resources", host.resources),  # node-bound: instance.resources
     Route("GET", "/1.0/warnings", warnings.list_),  # the shared warnings bucket
     Route("GET", "/1.0/warnings/{uuid}", warnings.get),
