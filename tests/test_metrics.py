@@ -51,6 +51,7 @@ def test_running_container_has_lxd_series_and_corral_its_own(world, stack, api):
         "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
         "ping -c 2 -W 1 $(ip route | awk '/default/ {print $3}') || true")
 
+    assert "metrics" in api.get("/1.0").json()["metadata"]["api_extensions"]
     r = api.get("/1.0/metrics")
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/plain")

@@ -12,6 +12,7 @@ from .. import host_features, responses
 from ..remote import EXTENSIONS
 from ..request import project_of
 from ..routing import Context
+from .metrics import API_EXTENSIONS as METRICS_EXTENSIONS
 from .warnings import API_EXTENSIONS as WARNING_EXTENSIONS
 
 VERSION = "0.1.0"
@@ -28,7 +29,8 @@ async def server(ctx: Context, request: web.Request) -> web.Response:
     authenticate) and nothing about the host; the config only shows to unrestricted
     clients, with hidden keys as ``true``."""
     env, extensions = await ctx.info.get()
-    extensions = [*extensions, *(e for e in (*EXTENSIONS, *WARNING_EXTENSIONS)
+    extensions = [*extensions, *(e for e in (*EXTENSIONS, *WARNING_EXTENSIONS,
+                                                      *METRICS_EXTENSIONS)
                                  if e not in extensions)]
     view = ctx.remote.server_view(request)
     untrusted = {
