@@ -188,8 +188,9 @@ def service_permissions(svc: str) -> Permissions:
     if svc in ("instance", "storage"):  # the service end of exec/console websockets and
         pub.append(f"{STREAMS}.*.*.out")  # of backup downloads (custom volumes: storage)
         sub += [f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
-    if svc == "hooks":  # dead letters of deliveries that ran out of retries
-        pub.append(f"{subjects.PREFIX}.hooks.dead.*")
+    if svc == "hooks":  # dead letters of deliveries that ran out of retries; the sweep of
+        pub += [f"{subjects.PREFIX}.hooks.dead.*",  # consumers whose hook is gone
+                f"$JS.API.CONSUMER.LIST.{subjects.EVENTS_STREAM}"]
     return Permissions(tuple(pub), tuple(sub), responses=True)
 
 
