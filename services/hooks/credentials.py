@@ -37,7 +37,8 @@ def needed(hook: dict[str, Any]) -> tuple[str, str | None, tuple[str, ...]] | No
 
 
 def _apply(corral_dir: Path, hook_name: str, spec: tuple[str, str | None, tuple[str, ...]]
-           | None) -> None:
+           | None) -> bool:
+    """Write the registry and files; True when nats-server must reload them."""
     name = name_of(hook_name)
     existing = {i["name"] for i in auth.integrations(corral_dir)}
     if name in existing:
@@ -45,14 +46,25 @@ def _apply(corral_dir: Path, hook_name: str, spec: tuple[str, str | None, tuple[
     if spec is not None:
         role, project, publish = spec
         auth.create(corral_dir, name, role, project, publish)
-    auth.reload_server(corral_dir)
+    return name in existing or spec is not None
+
+
+def reload_soon(corral_dir: Path, delay: float = 0.2) -> None:
+    """Signal nats-server a moment from now, after our reply has left: a reload drops the
+    permission a connection has to answer the requests it holds (seen on 2.10: the reply
+    to the very request that made the credential was refused). A run or publish attempt
+    before then fails and is retried with the backoff."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(delay, lambda: loop.run_in_executor(None, auth.reload_server,
+                                                        corral_dir))
 
 
 async def ensure(corral_dir: Path, hook: dict[str, Any]) -> Path | None:
     """Make (or remake) the hook's credential; its file, or None for a webhook."""
     spec = needed(hook)
     try:
-        await asyncio.to_thread(_apply, corral_dir, hook["name"], spec)
+        if await asyncio.to_thread(_apply, corral_dir, hook["name"], spec):
+            reload_soon(corral_dir)
     except auth.AuthError as exc:
         raise (Conflict(exc.message) if exc.code == 409 else CorralError(exc.message, exc.code)
                ) from None
@@ -60,7 +72,8 @@ async def ensure(corral_dir: Path, hook: dict[str, Any]) -> Path | None:
 
 
 async def remove(corral_dir: Path, hook_name: str) -> None:
-    await asyncio.to_thread(_apply, corral_dir, hook_name, None)
+    if await asyncio.to_thread(_apply, corral_dir, hook_name, None):
+        reload_soon(corral_dir)
 
 
 def path(corral_dir: Path, hook_name: str) -> Path:

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("init", "Create the default storage pool, bridge network and profile "
                      "(idempotent)."),
     "project": ("project", "Manage projects (--project NAME works with every command)."),
+    "hook": ("hook", "Manage automation hooks (webhooks, NATS publishes, commands on events)."),
     "bus": ("bus", "Manage NATS credentials for integrations (root only)."),
     "snapshot": ("snapshot", "Snapshot an instance (its disk and config), or list, rename "
                              "and delete its snapshots."),
