@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from shared.api import check_etag, description, etag, string_map, url
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
@@ -56,6 +56,12 @@ class Networks:
         self.store = store
         self.corral_dir = corral_dir
         self.lock = asyncio.Lock()
+        # What lives beside a network's own objects (ACL and forward tables): the service
+        # sets these; ``check`` refuses a config (400), ``up`` rebuilds them after the
+        # network is built or changed, ``gone`` removes them with the network.
+        self.check: Callable[[dict[str, str]], None] = lambda config: None
+        self.up: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self.gone: Callable[[str], Awaitable[None]] | None = None
 
     def driver(self, rec: dict[str, Any], name: str | None = None) -> NetworkDriver:
         return load(name or rec["name"], rec["type"], rec["config"], self.corral_dir)
@@ -95,6 +101,7 @@ class Networks:
                "status": "Created"}
         drv = self.driver(rec)  # 400 for an unknown type
         drv.validate_config(rec["config"])  # 400 before anything is built
+        self.check(rec["config"])
         async with self.lock:
             if self.find(name) is not None:
                 raise Conflict(f"Network {name!r} already exists")
@@ -103,6 +110,15 @@ class Networks:
                 await self.store.create(key(name), rec, f"Network {name!r}")
             except BaseException:
                 await asyncio.to_thread(drv.delete)
+                raise
+            try:
+                if self.up is not None:
+                    await self.up(rec)
+            except BaseException:
+                if self.gone is not None:
+                    await self.gone(name)
+                await asyncio.to_thread(drv.delete)
+                await self.store.delete(key(name))
                 raise
         return rec
 
@@ -121,10 +137,19 @@ class Networks:
                 new["config"] = config
                 new["description"] = description(body.get("description"))
             if new["config"] != current["config"]:
+                self.check(new["config"])
                 drv = self.driver(current)
                 new["config"] = await asyncio.to_thread(drv.update, new["config"],
                                                         self.taken(exclude=name))
                 new.update(status="Created", status_reason="")
+                if self.up is not None:
+                    try:
+                        await self.up(new)
+                    except BaseException:
+                        await asyncio.to_thread(self.driver(new).update, current["config"],
+                                                self.taken(exclude=name))
+                        await self.up(current)
+                        raise
             await self.store.update(key(name), new, rev)
             return new
 
@@ -151,6 +176,10 @@ class Networks:
                 await asyncio.to_thread(self._move, new, old)
                 raise
             await self.store.delete(key(name))
+            if self.gone is not None:
+                await self.gone(name)
+            if self.up is not None:
+                await self.up(renamed)
             return renamed
 
     @staticmethod
@@ -173,6 +202,8 @@ class Networks:
             if users:
                 raise Conflict(f"Network {name!r} is in use by {', '.join(users)}")
             await asyncio.to_thread(self.driver(rec).delete)
+            if self.gone is not None:
+                await self.gone(name)
             await self.store.delete(key(name))
 
     # -- keeping networks up ------------------------------------------------------------
@@ -182,6 +213,8 @@ class Networks:
         status, reason = "Created", ""
         try:
             await asyncio.to_thread(drv.start)
+            if self.up is not None:
+                await self.up(rec)
         except Exception as exc:
             status, reason = "Errored", getattr(exc, "message", str(exc))
             log.error("network failed to start", network=rec["name"], error=reason)

@@ -9,8 +9,9 @@ import asyncio
 
 from shared import faults
 from shared.api import listing
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound
 from shared.messages.network import (
+    ForwardRequest,
     NicConfigRequest,
     NicLeaseRequest,
     NicLimitsRequest,
@@ -26,11 +27,15 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
-from . import attach, host, leases, nic, usage
+from . import acls as acl_mod
+from . import attach, firewall, forwards, host, leases, nic, usage
+from .acls import Acls
+from .forwards import Forwards
 from .networks import Networks, network_etag, public, unmanaged
 
 # The stock client checks these before `lxc network ...` (client/lxd_networks.go).
-API_EXTENSIONS = ["network", "network_leases", "network_state", "network_state_bond_bridge"]
+API_EXTENSIONS = ["network", "network_leases", "network_state", "network_state_bond_bridge",
+                  "network_acl", "network_forward"]
 
 
 class NetworkService(Service):
@@ -40,8 +45,25 @@ class NetworkService(Service):
     async def setup(self) -> None:
         store = await Store(self.bus, "networks", cache=True).open()
         self.networks = Networks(store, self.config.dir)
+        self.acls = Acls(await Store(self.bus, "network_acls", cache=True).open())
+        self.forwards = Forwards(await Store(self.bus, "network_forwards", cache=True).open())
+        self.networks.check = lambda config: self.acls.check_names(
+            acl_mod.acl_names(config.get("security.acls", "")), "network config")
+        self.networks.up = self._firewall_up
+        self.networks.gone = self._firewall_gone
         self._release_locks: dict[str, asyncio.Lock] = {}
+        self._fw_lock = asyncio.Lock()
         await self.networks.reconcile()
+
+    async def _firewall_up(self, rec: dict) -> None:
+        """Rebuild network ``rec``'s ACL and forward tables from the records."""
+        await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records())
+        await asyncio.to_thread(firewall.apply_forwards, rec, self.forwards.records())
+
+    async def _firewall_gone(self, name: str) -> None:
+        await asyncio.to_thread(firewall.remove, name)
+        for fwd in self.forwards.records(name):
+            await self.forwards.delete(name, fwd["listen_address"])
 
     def server_info(self) -> ServerInfoReply:
         return ServerInfoReply(api_extensions=API_EXTENSIONS)
@@ -134,6 +156,149 @@ class NetworkService(Service):
                              "DHCP leases")
         leases = await asyncio.to_thread(self.networks.driver(rec).leases)
         return Reply(metadata=leases)
+
+    # -- LXD's /1.0/network-acls ---------------------------------------------------------
+    def _acl_users(self, name: str) -> list[str]:
+        return [self.networks.url(r["name"]) for r in self.networks.records()
+                if name in acl_mod.acl_names(r["config"].get("security.acls", ""))]
+
+    async def _acl_lifecycle(self, action: str, name: str, req, context=None) -> None:
+        await self.events.lifecycle(action, acl_mod.acl_url(name), context=context,
+                                    requestor=req.requestor)
+
+    async def _reapply_acl_users(self, name: str) -> None:
+        for rec in self.networks.records():
+            if name in acl_mod.acl_names(rec["config"].get("security.acls", "")):
+                await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records())
+
+    @endpoint("acl_list", ListRequest)
+    async def acl_list(self, req: ListRequest) -> Reply:
+        items = [(r["name"], acl_mod.public(r, self._acl_users(r["name"])))
+                 for r in self.acls.records()]
+        return Reply(metadata=listing("network-acls", items, req.recursion))
+
+    @endpoint("acl_get", ObjectRequest)
+    async def acl_get(self, req: ObjectRequest) -> Reply:
+        rec, _ = await self.acls.get(req.name)
+        return Reply(metadata=acl_mod.public(rec, self._acl_users(req.name)),
+                     etag=acl_mod.acl_etag(rec))
+
+    @endpoint("acl_create", CreateRequest)
+    async def acl_create(self, req: CreateRequest) -> Reply:
+        rec = await self.acls.create(req.body)
+        await self._acl_lifecycle("network-acl-created", rec["name"], req)
+        return Reply(metadata={})
+
+    async def _acl_update(self, req: ObjectRequest, patch: bool) -> Reply:
+        async with self._fw_lock:
+            old, _new = await self.acls.update(req.name, req.body or {}, req.etag, patch)
+            try:
+                await self._reapply_acl_users(req.name)
+            except BaseException:
+                await self.acls.restore(old)
+                await self._reapply_acl_users(req.name)
+                raise
+        await self._acl_lifecycle("network-acl-updated", req.name, req)
+        return Reply(metadata={})
+
+    @endpoint("acl_update", ObjectRequest)
+    async def acl_update(self, req: ObjectRequest) -> Reply:
+        return await self._acl_update(req, patch=False)
+
+    @endpoint("acl_patch", ObjectRequest)
+    async def acl_patch(self, req: ObjectRequest) -> Reply:
+        return await self._acl_update(req, patch=True)
+
+    @endpoint("acl_rename", ObjectRequest)
+    async def acl_rename(self, req: ObjectRequest) -> Reply:
+        new = await self.acls.rename(req.name, (req.body or {}).get("name"),
+                                     self._acl_users(req.name))
+        await self._acl_lifecycle("network-acl-renamed", new["name"], req,
+                                  context={"old_name": req.name})
+        return Reply(metadata={})
+
+    @endpoint("acl_delete", ObjectRequest)
+    async def acl_delete(self, req: ObjectRequest) -> Reply:
+        await self.acls.delete(req.name, self._acl_users(req.name))
+        await self._acl_lifecycle("network-acl-deleted", req.name, req)
+        return Reply(metadata={})
+
+    # -- LXD's /1.0/networks/<n>/forwards ------------------------------------------------
+    def _bridge(self, network: str) -> dict:
+        rec = self.networks.find(network)
+        if rec is None:
+            raise NotFound(f"Network {network!r} not found")
+        if rec["type"] != "bridge":
+            raise BadRequest(f"Network {network!r} is a {rec['type']} network: forwards "
+                             "are for bridge networks")
+        return rec
+
+    async def _fwd_lifecycle(self, action: str, req: ForwardRequest, address: str) -> None:
+        await self.events.lifecycle(action, forwards.forward_url(req.network, address),
+                                    requestor=req.requestor)
+
+    @endpoint("forward_list", ForwardRequest)
+    async def forward_list(self, req: ForwardRequest) -> Reply:
+        self._bridge(req.network)
+        recs = self.forwards.records(req.network)
+        if req.recursion <= 0:
+            return Reply(metadata=[forwards.forward_url(req.network, r["listen_address"])
+                                   for r in recs])
+        return Reply(metadata=[forwards.public(r) for r in recs])
+
+    @endpoint("forward_get", ForwardRequest)
+    async def forward_get(self, req: ForwardRequest) -> Reply:
+        self._bridge(req.network)
+        rec, _ = await self.forwards.get(req.network, req.listen_address)
+        return Reply(metadata=forwards.public(rec), etag=forwards.forward_etag(rec))
+
+    @endpoint("forward_create", ForwardRequest)
+    async def forward_create(self, req: ForwardRequest) -> Reply:
+        net = self._bridge(req.network)
+        async with self._fw_lock:
+            rec = await self.forwards.create(req.network, net["config"], req.body or {})
+            try:
+                await asyncio.to_thread(firewall.apply_forwards, net, self.forwards.records())
+            except BaseException:
+                await self.forwards.delete(req.network, rec["listen_address"])
+                raise
+        await self._fwd_lifecycle("network-forward-created", req, rec["listen_address"])
+        return Reply(metadata={})
+
+    async def _forward_update(self, req: ForwardRequest, patch: bool) -> Reply:
+        net = self._bridge(req.network)
+        async with self._fw_lock:
+            old, _new = await self.forwards.update(req.network, net["config"],
+                                                   req.listen_address, req.body or {},
+                                                   req.etag, patch)
+            try:
+                await asyncio.to_thread(firewall.apply_forwards, net, self.forwards.records())
+            except BaseException:
+                await self.forwards.put_back(old)
+                raise
+        await self._fwd_lifecycle("network-forward-updated", req, req.listen_address)
+        return Reply(metadata={})
+
+    @endpoint("forward_update", ForwardRequest)
+    async def forward_update(self, req: ForwardRequest) -> Reply:
+        return await self._forward_update(req, patch=False)
+
+    @endpoint("forward_patch", ForwardRequest)
+    async def forward_patch(self, req: ForwardRequest) -> Reply:
+        return await self._forward_update(req, patch=True)
+
+    @endpoint("forward_delete", ForwardRequest)
+    async def forward_delete(self, req: ForwardRequest) -> Reply:
+        net = self._bridge(req.network)
+        async with self._fw_lock:
+            old = await self.forwards.delete(req.network, req.listen_address)
+            try:
+                await asyncio.to_thread(firewall.apply_forwards, net, self.forwards.records())
+            except BaseException:
+                await self.forwards.put_back(old)
+                raise
+        await self._fwd_lifecycle("network-forward-deleted", req, req.listen_address)
+        return Reply(metadata={})
 
     # -- NICs, for the instance service on this node ----------------------------------
     @endpoint("nic_config", NicConfigRequest, scope="node")

@@ -10,7 +10,7 @@ network before it deletes or renames it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -106,3 +106,15 @@ class NicLeaseRequest(Request):
     instance: str = ""  # the DNS name dnsmasq gives the address
     ipv4_address: str = ""
     ipv6_address: str = ""
+
+
+class ForwardRequest(Request):
+    """``/1.0/networks/<network>/forwards[/<listen_address>]``: one verb per method
+    (``forward_list``, ``forward_create``, ``forward_get``, ``forward_update`` (PUT),
+    ``forward_patch``, ``forward_delete``); ``body`` is LXD's JSON as sent."""
+
+    network: str
+    listen_address: str = ""
+    recursion: int = 0
+    body: dict[str, Any] | None = None
+    etag: str | None = None  # the client's If-Match, without quotes

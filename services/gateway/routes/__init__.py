@@ -26,6 +26,7 @@ from . import (
     instances,
     metadata,
     metrics,
+    network_forwards,
     networks,
     operations,
     projects,
@@ -40,6 +41,7 @@ from .streams import websocket
 INSTANCE = "/1.0/instances/{name}"
 POOL = "/1.0/storage-pools/{name}"
 CERT = "/1.0/certificates/{fingerprint}"
+FORWARDS = "/1.0/networks/{name}/forwards"
 
 
 
@@ -127,6 +129,15 @@ NETWORKS = [
     Route("POST", "/1.0/networks/{name}", ask("network", "rename", item)),
     Route("GET", "/1.0/networks/{name}/state", ask("network", "state", item)),
     Route("GET", "/1.0/networks/{name}/leases", ask("network", "leases", item)),
+    Route("GET", FORWARDS, ask("network", "forward_list", network_forwards.forward_request)),
+    Route("POST", FORWARDS, ask("network", "forward_create",
+                                network_forwards.forward_request,
+                                respond=network_forwards.created)),
+    *(Route(method, FORWARDS + "/{address}",
+            ask("network", verb, network_forwards.forward_request))
+      for method, verb in (("GET", "forward_get"), ("PUT", "forward_update"),
+                           ("PATCH", "forward_patch"), ("DELETE", "forward_delete"))),
+    *crud("/1.0/network-acls", "network", prefix="acl_"),
 ]
 
 STORAGE = [

@@ -282,11 +282,11 @@ KEYS: dict[str, Key] = {
     "maas.subnet.ipv4": Key(any_value, NO),
     "maas.subnet.ipv6": Key(any_value, NO),
     "raw.dnsmasq": Key(any_value),
-    "security.acls": Key(any_value, NO),
-    "security.acls.default.egress.action": Key(ACL_ACTION, NO),
-    "security.acls.default.egress.logged": Key(boolean, NO),
-    "security.acls.default.ingress.action": Key(ACL_ACTION, NO),
-    "security.acls.default.ingress.logged": Key(boolean, NO),
+    "security.acls": Key(any_value),  # names checked against the ACLs by the service
+    "security.acls.default.egress.action": Key(ACL_ACTION),
+    "security.acls.default.egress.logged": Key(boolean),
+    "security.acls.default.ingress.action": Key(ACL_ACTION),
+    "security.acls.default.ingress.logged": Key(boolean),
 }
 
 # Keys with a user-chosen NAME in the middle: (pattern, {last part: Key}).

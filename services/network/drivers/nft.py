@@ -117,3 +117,100 @@ def delete_table(network: str) -> None:
     if res.returncode != 0 and table_exists(network):
         raise Internal(f"Failed to delete nftables table {table_name(network)}: "
                        f"{res.stderr.strip()}")
+
+
+# -- network ACLs: a table of their own per bridge -------------------------------------------
+
+def acl_table_name(network: str) -> str:
+    return f"corral-acl-{network}"
+
+
+def acl_ruleset(network: str, bridge: str, ingress: list[str], egress: list[str]) -> str:
+    """The ACL table of a bridge: ``egress`` statements for what comes from the bridge
+    (into the host or forwarded), ``ingress`` for what goes to it (from the host or
+    forwarded). Established flows and the host's DHCP/DNS/NDP service always pass.
+    Priority 1: after the bridge table's own accept rules, which cannot override a drop
+    here (every base chain at a hook gets its say)."""
+    t = acl_table_name(network)
+    br = f'"{bridge}"'
+
+    def chain(name: str, stmts: list[str]) -> str:
+        return f"  chain {name} {{\n" + "".join(f"    {s}\n" for s in stmts) + "  }\n"
+
+    return (
+        f"table inet {t} {{}}\n"
+        f"delete table inet {t}\n"
+        f"table inet {t} {{\n"
+        + chain("acl_ingress", ingress)
+        + chain("acl_egress", egress)
+        + chain("forward", [
+            "type filter hook forward priority 1; policy accept;",
+            f"iifname {br} ct state established,related accept",
+            f"oifname {br} ct state established,related accept",
+            f"iifname {br} jump acl_egress",
+            f"oifname {br} jump acl_ingress"])
+        + chain("input", [
+            "type filter hook input priority 1; policy accept;",
+            f"iifname {br} ct state established,related accept",
+            f"iifname {br} udp dport {{ 53, 67, 547 }} accept",
+            f"iifname {br} tcp dport 53 accept",
+            f"iifname {br} icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, "
+            "nd-neighbor-advert } accept",
+            f"iifname {br} jump acl_egress"])
+        + chain("output", [
+            "type filter hook output priority 1; policy accept;",
+            f"oifname {br} ct state established,related accept",
+            f"oifname {br} udp sport {{ 53, 67, 547 }} accept",
+            f"oifname {br} icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, "
+            "nd-neighbor-advert } accept",
+            f"oifname {br} jump acl_ingress"])
+        + "}\n")
+
+
+def apply_acl_table(network: str, bridge: str, ingress: list[str], egress: list[str]
+                    ) -> None:
+    res = _run(["-f", "-"], acl_ruleset(network, bridge, ingress, egress))
+    if res.returncode != 0:
+        raise Internal(f"Failed to load the ACL rules of network {network!r}: "
+                       f"{res.stderr.strip()}")
+
+
+def delete_named_table(table: str) -> None:
+    """Remove ``inet <table>`` if it exists."""
+    if _run(["list", "table", "inet", table]).returncode != 0:
+        return
+    res = _run(["delete", "table", "inet", table])
+    if res.returncode != 0 and _run(["list", "table", "inet", table]).returncode == 0:
+        raise Internal(f"Failed to delete nftables table {table}: {res.stderr.strip()}")
+
+
+# -- network forwards: DNAT from a listen address to instances -------------------------------
+
+def forward_table_name(network: str) -> str:
+    return f"corral-fwd-{network}"
+
+
+def forward_ruleset(network: str, dnat: list[str]) -> str:
+    """``dnat``: statements like ``ip daddr L tcp dport 80 dnat ip to T:8080``, applied to
+    packets arriving from elsewhere (prerouting) and to the host's own (output)."""
+    t = forward_table_name(network)
+    body = "".join(f"    {s}\n" for s in dnat)
+    return (
+        f"table inet {t} {{}}\n"
+        f"delete table inet {t}\n"
+        f"table inet {t} {{\n"
+        f"  chain prerouting {{\n"
+        f"    type nat hook prerouting priority -100; policy accept;\n{body}  }}\n"
+        f"  chain output {{\n"
+        f"    type nat hook output priority -100; policy accept;\n{body}  }}\n"
+        f"}}\n")
+
+
+def apply_forward_table(network: str, dnat: list[str]) -> None:
+    if not dnat:
+        delete_named_table(forward_table_name(network))
+        return
+    res = _run(["-f", "-"], forward_ruleset(network, dnat))
+    if res.returncode != 0:
+        raise Internal(f"Failed to load the forwards of network {network!r}: "
+                       f"{res.stderr.strip()}")
