@@ -248,8 +248,11 @@ class Service:
                     result = await handler(body)
                     if not isinstance(result, Reply):
                         result = Reply(metadata=result)
-                    await req.respond(codec.encode_as(kind, result), headers=(
-                        {codec.CONTENT_TYPE: codec.JSON} if kind == codec.JSON else None))
+                    if kind == codec.JSON:
+                        await req.respond(codec.encode_json(result),
+                                          headers={codec.CONTENT_TYPE: codec.JSON})
+                    else:
+                        await req.respond(codec.encode(result))
                     return None
                 except CorralError as exc:
                     span.set_status(Status(StatusCode.ERROR, exc.message))
