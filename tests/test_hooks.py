@@ -23,7 +23,7 @@ import pytest
 
 from services.hooks import rules
 
-from .stack import BIN, free_port, wait_for
+from .stack import BIN, free_port, private_stack, socket_client, wait_for
 from .world import make_world
 
 ROOT_OK = os.geteuid() == 0 and Path("/bin/busybox").exists() and shutil.which("lxc")
@@ -377,11 +377,53 @@ def test_failed_delivery_goes_to_dead_letter_and_log(api, hooks, profiles, recei
     assert log[-1]["status"] == "failed" and log[-1]["attempts"] == 3
 
 
-def test_hook_created_event(api, hooks, uid, receiver):
+def test_hook_events_created_and_deleted(api, hooks, uid, receiver, nats_server):
     name = f"ev{uid}"
-    add_hook(api, hooks, {"name": name, "type": "lifecycle", "webhook": {"url": receiver.url}})
-    r = api.get("/1.0/hooks", params={"recursion": 1})
-    assert name in [h["name"] for h in r.json()["metadata"]]
-    assert f"/1.0/hooks/{name}" in api.get("/1.0/hooks").json()["metadata"]
+
+    async def watch() -> list[dict]:
+        nc = await nats.connect(nats_server.url, **nats_server.connect_options())
+        sub = await nc.subscribe("corral.events.lifecycle.default.hook")
+        await nc.flush()
+        add_hook(api, hooks, {"name": name, "type": "lifecycle",
+                              "webhook": {"url": receiver.url}})
+        assert api.delete(f"/1.0/hooks/{name}").status_code == 200
+        hooks.remove(name)
+        seen = []
+        while len(seen) < 2:
+            e = json.loads((await sub.next_msg(timeout=10)).data)
+            if e["metadata"]["source"] == f"/1.0/hooks/{name}":
+                seen.append(e)
+        await nc.close()
+        return seen
+
+    seen = asyncio.run(watch())
+    assert [e["metadata"]["action"] for e in seen] == ["hook-created", "hook-deleted"]
+    assert api.get(f"/1.0/hooks/{name}").status_code == 404
 
 
+@pytest.fixture(scope="module")
+def hstack(request):
+    with private_stack(request, "hooks") as s:
+        yield s
+
+
+def test_nats_server_restart_loses_nothing(hstack, receiver):
+    """Deliveries pending while nats-server restarts (the receiver away too) all arrive,
+    in order, after it is back: the durable consumer and its position are on disk."""
+    with socket_client(hstack) as api:
+        made: list[str] = []
+        add_hook(api, [], {"name": "nr", "type": "lifecycle", "action": "profile-created",
+                           "match": {"name": "nr-*"}, "webhook": {"url": receiver.url}})
+        names = make_profiles(api, made, "nr-a", 3)
+        wait_for(lambda: len(receiver.got) >= 3, 30, what="the first deliveries")
+        receiver.stop()
+        names += make_profiles(api, made, "nr-b", 3)
+        hstack.nats.stop()
+        time.sleep(1)
+        hstack.nats.start()
+        receiver.start()
+        wait_for(lambda: hstack.ready(), 60, what="the stack after the restart")
+        names += make_profiles(api, made, "nr-c", 3)
+        want = [f"/1.0/profiles/{n}" for n in names]
+        wait_for(lambda: set(receiver.sources()) >= set(want), 90, what="every event")
+        assert list(dict.fromkeys(receiver.sources())) == want
