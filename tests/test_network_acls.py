@@ -40,7 +40,10 @@ def reachable(address: str, port: int) -> bool:
     try:
         with socket.create_connection((address, port), timeout=3) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            return b"hello" in s.recv(4096)
+            data = b""
+            while chunk := s.recv(4096):  # headers and body may come apart
+                data += chunk
+            return b"hello" in data
     except OSError:
         return False
 
