@@ -156,3 +156,38 @@ def test_a_metrics_certificate_reads_metrics_and_nothing_else(api, port, tmp_pat
         text = c.get("/1.0/metrics").text
         assert not [s for ss in parse(text).values() for s in ss
                     if s.labels.get("project") == "default" and "name" in s.labels]
+
+
+def test_single_process_mode_counts_each_request_once(tmp_path):
+    """corral-all: every service answers its metrics verb from the one process registry;
+    the gateway keeps each series once, so counts are not multiplied by six."""
+    import os
+    import subprocess
+
+    from .stack import BIN, NatsServer, stop_pid, wait_for
+
+    nats = NatsServer(tmp_path / "nats")
+    nats.start()
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path / "corral"), "CORRAL_NATS_URL": nats.url,
+           "CORRAL_NATS_CREDENTIALS": str(nats.credentials("all"))}
+    proc = subprocess.Popen([str(BIN / "corral-all")], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sock = tmp_path / "corral" / "unix.socket"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                          base_url="http://corral", timeout=30) as api:
+            wait_for(lambda: api.get("/1.0").status_code == 200, 60, what="corral-all")
+            for _ in range(3):
+                assert api.get("/1.0/instances").status_code == 200
+            text = api.get("/1.0/metrics").text
+        m = parse(text)
+        listed = of(m, "corral_bus_requests_total", service="instance",
+                    subject="corral.instance.list", code="200")
+        assert [s.value for s in listed] == [3.0]
+        up = {s.labels["service"]: s.value for s in m["corral_service_up"]}
+        assert all(v == 1.0 for v in up.values()) and "instance" in up, up
+        keys = [(n, tuple(sorted(s.labels.items()))) for n, ss in m.items() for s in ss]
+        assert len(keys) == len(set(keys))
+    finally:
+        stop_pid(proc)
+        nats.stop()
