@@ -219,22 +219,40 @@ def test_proxy_serves_a_container_port_and_survives_a_service_restart(world, pai
         _get(port)
 
 
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("up", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(data.upper(), peer)
+"""
+
+
 def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
     a, _b = pair
-    # UDP: a busybox echo (nc -u -l answers one datagram's sender with what it reads).
-    port = _free_port()
-    sh(stack, a, "start-stop-daemon -S -b -x /bin/nc -- -u -l -p 5353 -e /bin/cat; "
-                 "sleep 0.3")
-    lxc(stack, "config", "device", "add", a, "dns", "proxy",
-        f"listen=udp:127.0.0.1:{port}", "connect=udp:127.0.0.1:5353")
+    pid = world.live(a)["pid"]
+    # UDP: an echo server in the container's network namespace (busybox nc has no -u).
+    echo = subprocess.Popen(["nsenter", f"--target={pid}", "--net", "python3", "-c",
+                             UDP_ECHO, "5353"], stdout=subprocess.PIPE)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(5)
-            s.sendto(b"ping\n", ("127.0.0.1", port))
-            assert s.recv(100) == b"ping\n"
+        assert echo.stdout.readline() == b"up\n"
+        port = _free_port()
+        lxc(stack, "config", "device", "add", a, "dns", "proxy",
+            f"listen=udp:127.0.0.1:{port}", "connect=udp:127.0.0.1:5353")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                for word in (b"ping", b"pong"):
+                    s.sendto(word, ("127.0.0.1", port))
+                    assert s.recv(100) == word.upper()
+        finally:
+            lxc(stack, "config", "device", "remove", a, "dns")
     finally:
-        lxc(stack, "config", "device", "remove", a, "dns")
-    # bind=instance: a unix socket inside the container reaching a host TCP port.
+        echo.kill()
+        echo.wait()
+    # bind=instance: a unix socket in the container's /run reaching a host TCP port.
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -242,18 +260,19 @@ def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
     lxc(stack, "config", "device", "add", a, "up", "proxy", "bind=instance",
         "listen=unix:/run/host.sock", f"connect=tcp:127.0.0.1:{hport}", "mode=0666")
     try:
-        sock = sh(stack, a, "ls -l /run/host.sock").stdout
-        assert sock.startswith("s")
-        proc = subprocess.Popen(["lxc", "exec", a, "--", "sh", "-c",
-                                 "echo from-guest | nc local:/run/host.sock"],
-                                env={**stack.env, "LXD_DIR": str(stack.dir)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        srv.settimeout(15)
-        conn, _ = srv.accept()
-        conn.settimeout(5)
-        assert conn.recv(100) == b"from-guest\n"
-        conn.close()
-        proc.wait(30)
+        ls = sh(stack, a, "ls -ln /run/host.sock").stdout.split()
+        assert ls[0] == "srw-rw-rw-" and ls[2] == "0", ls  # the container's root's
+        with socket.socket(socket.AF_UNIX) as c:  # the container's file, reached from here
+            c.connect(f"/proc/{pid}/root/run/host.sock")
+            c.sendall(b"from-guest\n")
+            srv.settimeout(15)
+            conn, _ = srv.accept()
+            conn.settimeout(5)
+            assert conn.recv(100) == b"from-guest\n"
+            conn.sendall(b"back\n")
+            c.settimeout(5)
+            assert c.recv(100) == b"back\n"
+            conn.close()
     finally:
         srv.close()
         lxc(stack, "config", "device", "remove", a, "up")

@@ -96,10 +96,28 @@ def make_listener(sides: Sides, addr: Address, uid: int, gid: int, mode: int
     where = _sockaddr(sides, addr, sides.listen_in_instance)
     if addr.proto == "unix" and not addr.path.startswith("@") and os.path.exists(where):
         os.unlink(where)  # a socket left by an earlier forwarder of this device
-    s.bind(where)
-    if addr.proto == "unix" and not addr.path.startswith("@"):
+    if addr.proto == "unix" and not addr.path.startswith("@") and \
+            not sides.listen_in_instance:
+        s.bind(where)
         os.chown(where, uid, gid)
         os.chmod(where, mode)
+    elif addr.proto == "unix" and not addr.path.startswith("@"):
+        # The socket file is made as its owner: in the container's file systems host root
+        # is no id at all (EOVERFLOW), the owner (mapped to host ids) is.
+        # The directory is opened as root (reaching /proc/<pid>/root needs root's ptrace
+        # right), then bound through our own fd, which needs none.
+        dfd = os.open(os.path.dirname(where), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.setegid(gid)
+        os.seteuid(uid)
+        try:
+            s.bind(f"/proc/self/fd/{dfd}/{os.path.basename(where)}")
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+            os.close(dfd)
+        os.chmod(where, mode)
+    else:
+        s.bind(where)
     if kind == socket.SOCK_STREAM:
         s.listen(128)
     s.setblocking(False)
