@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test unit bench bench-all image lint
+.PHONY: install up down test unit bench bench-all image lint nats-api
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -34,3 +34,7 @@ image:  ## the busybox image the tests and docs use
 
 lint:
 	$(VENV)/bin/ruff check .
+
+nats-api:  ## after adding or changing a bus verb: docs/nats-api.md and shared/client/api.py from the catalogue
+	$(VENV)/bin/python -m services.catalog --markdown > docs/nats-api.md
+	$(VENV)/bin/python -m services.catalog --client > shared/client/api.py

@@ -103,7 +103,7 @@ def test_docs_nats_api_md_is_generated_from_the_catalogue():
     fresh = catalog.to_markdown(catalog.build())
     doc = ROOT / "docs" / "nats-api.md"
     assert doc.read_text() == fresh, (
-        "docs/nats-api.md is stale: run `corral bus schema --markdown > docs/nats-api.md`")
+        "docs/nats-api.md is stale: run `make nats-api` (a bus verb was added or changed)")
 
 
 def test_corral_bus_schema_prints_every_subject_with_schemas_roles_and_examples():
@@ -146,8 +146,7 @@ def test_the_client_and_its_methods_are_generated_and_import_without_the_service
 
     api = ROOT / "shared" / "client" / "api.py"
     assert api.read_text() == catalog.client_module(), (
-        "shared/client/api.py is stale: run `python -m services.catalog --client > "
-        "shared/client/api.py`")
+        "shared/client/api.py is stale: run `make nats-api` (a bus verb was added or changed)")
     probe = ("import sys, shared.client; "
              "print(sorted({m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
@@ -222,3 +221,20 @@ async def test_client_requests_events_replay_and_operation_watch(
         final = await asyncio.wait_for(c.wait_operation(op.id), 5)  # ended: answers at once
         assert final["status"] == "Success" and final["id"] == op.id
         await c.instances.profile_delete(name=name)
+
+
+async def test_json_request_with_a_project_credential_stays_in_its_project(
+        nats_server, credential):
+    """A credential limited to a project calls the corral.project.<p> form; the body's
+    project must be that project (403 in JSON otherwise)."""
+    nc = await connect_as(nats_server.url, credential("reader", project="default"))
+    try:
+        msg = await nc.request("corral.project.default.instance.list",
+                               b'{"project":"default"}', timeout=10)
+        assert json.loads(msg.data)["type"] == "sync"
+        msg = await nc.request("corral.project.default.instance.list",
+                               b'{"project":"other"}', timeout=10)
+        err = json.loads(msg.data)
+        assert err["error_code"] == 403 and "limited to project" in err["error"]
+    finally:
+        await nc.close()
