@@ -4,15 +4,12 @@ nothing else."""
 
 from __future__ import annotations
 
-import base64
 import shutil
 import ssl
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from services.gateway import tls
 
 from .test_https import clean_server, make_client_cert, port  # noqa: F401  (fixtures)
 from .world import lxc, make_world
@@ -126,12 +123,12 @@ def test_running_container_has_lxd_series_and_corral_its_own(world, stack, api):
     assert not of(m3, "lxd_cpu_seconds_total", name=running)
 
 
-def test_a_metrics_certificate_reads_metrics_and_nothing_else(api, port, tmp_path):  # noqa: F811
+def test_a_metrics_certificate_reads_metrics_and_nothing_else(api, stack, port,  # noqa: F811
+                                                              tmp_path):
     crt, key, fp = make_client_cert(tmp_path / "m", "scraper")
-    der = tls.pem_to_der(crt.read_text())
-    r = api.post("/1.0/certificates", json={
-        "type": "metrics", "name": "scraper", "certificate": base64.b64encode(der).decode()})
-    assert r.status_code in (200, 201), r.text
+    lxc(stack, "config", "trust", "add", str(crt), "--type", "metrics", "--name", "scraper")
+    shown = api.get(f"/1.0/certificates/{fp}").json()["metadata"]
+    assert shown["type"] == "metrics" and shown["name"] == "scraper"
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.load_cert_chain(str(crt), str(key))
