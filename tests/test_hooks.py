@@ -340,8 +340,11 @@ def test_instance_started_webhook_and_snapshot_command(stack, api, hooks, receiv
         wait_for(lambda: snapshots(), 60, what="the hook's snapshot")
         [snap] = snapshots()
         assert snap.startswith("auto-")
-        log = api.get(f"/1.0/hooks/{w.prefix}r/log").json()["metadata"]
-        assert log[-1]["status"] == "delivered", log
+        def log() -> list[dict]:
+            return api.get(f"/1.0/hooks/{w.prefix}r/log").json()["metadata"]
+        wait_for(log, 30, what="the run hook's log")
+        assert log()[-1]["status"] == "delivered", log()
+        assert log()[-1]["result"].endswith("Success"), log()  # it waited for the snapshot
         w.state(name, "stop", force=True)
 
 
@@ -427,3 +430,69 @@ def test_nats_server_restart_loses_nothing(hstack, receiver):
         want = [f"/1.0/profiles/{n}" for n in names]
         wait_for(lambda: set(receiver.sources()) >= set(want), 90, what="every event")
         assert list(dict.fromkeys(receiver.sources())) == want
+
+
+# -- the examples ---------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_example_webhook_receiver(stack, api, hooks, uid):
+    import hashlib
+    import hmac
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "python"), str(EXAMPLES / "webhook_receiver.py"),
+                             str(port)], env={**os.environ, "CORRAL_HOOK_SECRET": "s3cret"},
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("listening")
+        name = f"ex{uid}"
+        add_hook(api, hooks, {"name": name, "type": "lifecycle", "action": "instance-started",
+                              "webhook": {"url": f"http://127.0.0.1:{port}/",
+                                          "secret": "s3cret"}})
+        r = corral(stack, "hook", "test", name)
+        assert r.returncode == 0, r.stderr
+        line = proc.stdout.readline()
+        assert "instance-started" in line and f"/1.0/hooks/{name}" in line
+        body = b'{"type":"lifecycle","timestamp":"t","metadata":{"action":"x"}}'
+        sig = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.post(url, content=body, headers={"X-Corral-Signature": "sha256=00"}
+                          ).status_code == 401
+        for _ in range(2):  # a repeat of the same id is answered, not printed again
+            assert httpx.post(url, content=body, headers={
+                "X-Corral-Signature": sig, "X-Corral-Event-Id": "same"}).status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert out.count("id=same") == 1
+
+
+@pytest.mark.skipif(not ROOT_OK, reason="needs root, busybox-static and lxc")
+def test_example_snapshot_before_config(stack, api, busybox_tarball, uid):
+    cred = f"ops{uid}"
+    r = corral(stack, "bus", "credentials", "create", cred, "--role", "operator",
+               "--dir", str(stack.dir))
+    assert r.returncode == 0, r.stderr
+    try:
+        with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+            names = [w.create("a"), w.create("b")]
+            time.sleep(1)  # the credential's reload
+            r = subprocess.run(
+                [str(BIN / "python"), str(EXAMPLES / "snapshot_before_config.py"),
+                 str(stack.nats.credentials(cred)), "user.note=changed", *names],
+                env={**os.environ, "CORRAL_NATS_URL": stack.nats.url,
+                     "PYTHONPATH": str(EXAMPLES.parent)},
+                capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            for name in names:
+                snaps = api.get(f"/1.0/instances/{name}/snapshots", params={"recursion": 1}
+                                ).json()["metadata"]
+                assert [s["name"].startswith("pre-config-") for s in snaps] == [True]
+                assert "user.note" not in snaps[0]["config"]  # taken before the change
+                assert w.get(name)["config"]["user.note"] == "changed"
+    finally:
+        corral(stack, "bus", "credentials", "revoke", cred, "--dir", str(stack.dir))

@@ -9,6 +9,7 @@ neither.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,44 @@ async def run(conn: HookConnection, hook: dict[str, Any], event: dict[str, Any],
     if msg.headers and ERROR_CODE_HEADER in msg.headers:
         err = CorralError.from_code(int(msg.headers[ERROR_CODE_HEADER]),
                                     msg.headers.get(ERROR_HEADER, "error"))
+        if err.code == 409 and attempt > 1:  # what the earlier attempt made is there
+            return f"{hook['run']['verb']}: already done (409 on attempt {attempt}: {err})"
         raise DeliveryError(f"{hook['run']['verb']}: {err.code} {err}")
     reply = codec.decode(msg.data) or {}
     op = reply.get("operation") if isinstance(reply, dict) else None
-    return f"{hook['run']['verb']}: " + (f"operation {op.get('id')}" if isinstance(op, dict)
-                                         else "done")
+    if not isinstance(op, dict) or not op.get("id"):
+        return f"{hook['run']['verb']}: done"
+    if hook.get("project"):  # a project's credential may not read the operations bucket
+        return f"{hook['run']['verb']}: operation {op['id']} started"
+    final = await operation_end(nc, str(op["id"]), OPERATION_TIMEOUT)
+    if final.get("status") != "Success":
+        raise DeliveryError(f"{hook['run']['verb']}: operation {op['id']} "
+                            f"{final.get('status', 'unknown')}: {final.get('err', '')}")
+    return f"{hook['run']['verb']}: operation {op['id']} Success"
+
+
+FINAL = ("Success", "Failure", "Cancelled")
+OPERATION_TIMEOUT = 300.0
+
+
+async def operation_end(nc: Client, op_id: str, timeout: float) -> dict[str, Any]:
+    """The operation's last state, read from the ``operations`` bucket (which an operator
+    credential may read) until it ends or ``timeout`` passes (then a DeliveryError: the
+    attempt is retried, and the verb's request_id-less retry makes another one, which is
+    what an operator would do by hand)."""
+    kv = await nc.jetstream().key_value("operations")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.05
+    while True:
+        try:
+            entry = await kv.get(op_id)
+            record = codec.decode(entry.value) if entry.value else {}
+        except Exception:
+            record = {}
+        if record.get("status") in FINAL:
+            return record
+        if loop.time() > deadline:
+            raise DeliveryError(f"operation {op_id} did not end within {timeout:g}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
