@@ -158,6 +158,33 @@ def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, ap
     assert host_veths() == veths
 
 
+def test_static_address_of_a_running_nic_applies_as_a_lease(world, pair, stack, api):
+    a, b = pair
+    net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"]["ipv4.address"]
+    iface = ipaddress.ip_interface(net)
+    want = str(iface.network.network_address + 200)
+    mac = record(api, a)["config"]["volatile.eth0.hwaddr"]
+    before = record(api, a)
+    # Outside the subnet: 400, nothing stored.
+    r = lxc(stack, "config", "device", "override", a, "eth0", "ipv4.address=192.0.2.7",
+            check=False)
+    assert r.returncode != 0, r.stdout
+    assert record(api, a)["devices"] == before["devices"]
+    lxc(stack, "config", "device", "override", a, "eth0", f"ipv4.address={want}")
+    try:
+        leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
+        assert any(le["hwaddr"] == mac and le["address"] == want and le["type"] == "static"
+                   for le in leases), leases
+        assert sh(stack, a, "ip link show eth0").returncode == 0  # not re-plugged
+        sh(stack, a, "ip -4 addr flush dev eth0; " + DHCP.format(dev="eth0"))
+        assert inet(stack, a, "eth0") == want
+        sh(stack, b, f"ping -c1 -W5 {want}")
+    finally:
+        lxc(stack, "config", "device", "remove", a, "eth0")  # back to the profile's
+    leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
+    assert not any(le["hwaddr"] == mac and le.get("type") == "static" for le in leases)
+
+
 # -- proxy devices --------------------------------------------------------------------------
 
 def _free_port() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import BadRequest, NotFound
-from shared.messages.network import Nic
+from shared.messages.network import Nic, NicLeaseRequest
 
 from . import proxy
 from .context import Context
@@ -43,6 +43,7 @@ from .records import nic_names
 Device = Mapping[str, str]
 Devices = Mapping[str, Device]
 UNIX = ("unix-char", "unix-block")
+LEASE_TIMEOUT = 30.0
 
 
 def soft_nic_change(before: Device, after: Device) -> bool:
@@ -82,6 +83,7 @@ class Applied:
     nics: list[Nic] | None = None
     volatile: dict[str, str | None] = field(default_factory=dict)
     undo: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def rollback(self, ctx: Context) -> None:
         for step in reversed(self.undo):
@@ -184,7 +186,7 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
         nic_changes = [n for n in removed + added + soft
                        if (new.get(n) or old.get(n) or {}).get("type") == "nic"]
         if nic_changes:
-            await _nics(ctx, rec, drv, host, kind, old, new, removed, added, done)
+            await _nics(ctx, rec, drv, host, kind, old, new, removed, added, soft, done)
         for name in removed:
             dev = old[name]
             if dev["type"] == "proxy":
@@ -209,6 +211,11 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
     except BaseException:
         await done.rollback(ctx)
         raise
+    for step in done.after:
+        try:
+            await step()
+        except Exception as exc:  # a lease left behind is harmless; the NIC is gone
+            ctx.log.warning("releasing an unplugged NIC's leases failed", error=str(exc))
     return done
 
 
@@ -245,12 +252,39 @@ def _unix_detach(drv: Any, host: str, name: str, dev: Device, node: tuple[int, i
                             dev["type"], node[0], node[1])
 
 
+ADDRESS_KEYS = ("ipv4.address", "ipv6.address")
+
+
+async def _lease_set(ctx: Context, rec: dict[str, Any], network: str, hwaddr: str,
+                     dev: Device) -> None:
+    await ctx.remote.bus.request("network", "lease_set", NicLeaseRequest(
+        project=rec["project"], network=network, hwaddr=hwaddr, instance=rec["name"],
+        ipv4_address=dev.get("ipv4.address", ""), ipv6_address=dev.get("ipv6.address", "")),
+        node=ctx.remote.node, timeout=LEASE_TIMEOUT)
+
+
+async def _lease(ctx: Context, rec: dict[str, Any], name: str, before: Device,
+                 after: Device, done: Applied) -> None:
+    """A running NIC's changed ``ipv4.address``/``ipv6.address``: its static DHCP lease
+    (the network service checks the address and drops the MAC's dynamic lease of another
+    one, so the guest's next DHCP request gets it); undone with the old addresses."""
+    network = after.get("network")
+    hwaddr = rec["expanded_config"].get(f"volatile.{name}.hwaddr", "")
+    if not network or not hwaddr or \
+            all(before.get(k, "") == after.get(k, "") for k in ADDRESS_KEYS):
+        return
+    await _lease_set(ctx, rec, network, hwaddr, after)
+    done.undo.append(lambda: _lease_set(ctx, rec, network, hwaddr, before))
+
+
 async def _nics(ctx: Context, rec: dict[str, Any], drv: Any, host: str, kind: str,
                 old: Devices, new: Devices, removed: list[str], added: list[str],
-                done: Applied) -> None:
+                soft: list[str], done: Applied) -> None:
     """Resolve the new NIC list (the network service applies static leases and starts
     networks), unplug removed NICs, plug added ones, shape their limits."""
     cfg = dict(rec["expanded_config"])
+    for name in soft:  # a new static address: before nic_config would write it quietly
+        await _lease(ctx, rec, name, old[name], new[name], done)
     for name in removed:  # a re-plugged device keeps its MAC and host-side name
         if name not in new:
             cfg.pop(f"volatile.{name}.hwaddr", None)
@@ -287,6 +321,10 @@ async def _nics(ctx: Context, rec: dict[str, Any], drv: Any, host: str, kind: st
         if name not in new:
             done.volatile.update({f"volatile.{name}.hwaddr": None,
                                   f"volatile.{name}.host_name": None})
+            if nic.network:  # its leases (static, dynamic) and ifb go once all went well
+                done.after.append(lambda nic=nic: ctx.remote.nic_release(
+                    rec["project"], nic.network, [nic.hwaddr],
+                    [nic.host_name] if nic.host_name else []))
     for i, name in enumerate(order):
         if name not in added:
             continue
