@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, ip_address
 from typing import Any
+from urllib.parse import quote
 
 from shared.api import check_etag, description, etag, string_map, url
 from shared.errors import BadRequest, Conflict, NotFound
@@ -26,7 +27,7 @@ MAX_PORTS = 1024  # expanded one-to-one mappings in one entry
 
 
 def forward_url(network: str, address: str) -> str:
-    return url("networks", network, "forwards", address)
+    return f"{url('networks', network)}/forwards/{quote(address, safe='')}"
 
 
 def forward_etag(rec: dict[str, Any]) -> str:
