@@ -306,6 +306,42 @@ def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
     assert sh(stack, a, "test -e /run/host.sock", check=False).returncode != 0
 
 
+def test_proxy_nat_through_nftables(world, pair, stack, api):
+    a, _b = pair
+    net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"]["ipv4.address"]
+    iface = ipaddress.ip_interface(net)
+    gw, static = str(iface.ip), str(iface.network.network_address + 201)
+    port = _free_port()
+    # Not a static address of the instance (yet): refused, with the reason.
+    r = lxc(stack, "config", "device", "add", a, "natp", "proxy", "nat=true",
+            f"listen=tcp:{gw}:{port}", f"connect=tcp:{static}:8083", check=False)
+    assert r.returncode != 0 and "static" in r.stderr, r.stderr
+    r = lxc(stack, "config", "device", "add", a, "natp", "proxy", "nat=true",
+            f"listen=tcp:127.0.0.1:{port}", f"connect=tcp:{static}:8083", check=False)
+    assert r.returncode != 0 and "loopback" in r.stderr, r.stderr
+    lxc(stack, "config", "device", "override", a, "eth0", f"ipv4.address={static}")
+    try:
+        sh(stack, a, "ip -4 addr flush dev eth0; " + DHCP.format(dev="eth0"))
+        assert inet(stack, a, "eth0") == static
+        sh(stack, a, "mkdir -p /n && echo natted > /n/index.html && httpd -p 8083 -h /n")
+        lxc(stack, "config", "device", "add", a, "natp", "proxy", "nat=true",
+            f"listen=tcp:{gw}:{port}", f"connect=tcp:{static}:8083")
+        table = subprocess.run(["nft", "list", "ruleset"], capture_output=True,
+                               text=True).stdout
+        assert f"dport {port} dnat ip to {static}:8083" in table
+        assert not (world.lxc_dir(a) / "proxy" / "natp.json").exists()  # no forwarder
+        assert httpx.get(f"http://{gw}:{port}/", timeout=5).text.strip() == "natted"
+        lxc(stack, "config", "device", "remove", a, "natp")
+        table = subprocess.run(["nft", "list", "ruleset"], capture_output=True,
+                               text=True).stdout
+        assert f"dport {port} dnat" not in table
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{gw}:{port}/", timeout=3)
+    finally:
+        lxc(stack, "config", "device", "remove", a, "natp", check=False)
+        lxc(stack, "config", "device", "remove", a, "eth0")
+
+
 @pytest.mark.parametrize("dev, words", [
     ({"listen": "tcp:127.0.0.1", "connect": "tcp:127.0.0.1:80"}, "missing port"),
     ({"listen": "tcp:nothere:80", "connect": "tcp:127.0.0.1:80"}, "not an IP address"),

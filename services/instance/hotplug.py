@@ -30,7 +30,7 @@ from typing import Any
 from shared.errors import BadRequest, NotFound
 from shared.messages.network import Nic, NicLeaseRequest
 
-from . import proxy
+from . import proxy, proxy_nat
 from .context import Context
 from .create import nic_setup
 from .drivers import lxc_hotplug, qemu_hotplug
@@ -152,6 +152,11 @@ def _current_nics(drv: Any, host: str, kind: str) -> list[Nic]:
 
 # ---- checks -------------------------------------------------------------------------------
 
+def is_nat(dev: Device) -> bool:
+    return dev.get("type") == "proxy" and \
+        (dev.get("nat") or "").lower() in ("true", "1", "yes", "on")
+
+
 def check(kind: str, new: Devices, added: list[str]) -> dict[str, tuple[int, int] | None]:
     """Host checks of the devices to add, before anything changes; returns the unix
     devices' (major, minor)."""
@@ -160,7 +165,9 @@ def check(kind: str, new: Devices, added: list[str]) -> dict[str, tuple[int, int
         dev = new[name]
         if dev["type"] == "proxy":
             check_proxy(name, dev)
-            if kind != "container":
+            if is_nat(dev):
+                proxy_nat.check(name, dev, new)
+            elif kind != "container":
                 raise BadRequest(f"Device {name!r}: proxy devices of virtual machines need "
                                  "nat=true, which Corral does not offer for VMs yet")
         elif dev["type"] in UNIX:
@@ -189,7 +196,10 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
             await _nics(ctx, rec, drv, host, kind, old, new, removed, added, soft, done)
         for name in removed:
             dev = old[name]
-            if dev["type"] == "proxy":
+            if is_nat(dev):
+                await asyncio.to_thread(proxy_nat.remove, host, name)
+                done.undo.append(_later(_nat_apply, host, name, dev, old))
+            elif dev["type"] == "proxy":
                 await asyncio.to_thread(proxy.stop, _run_dir(drv, host), name)
                 done.undo.append(_later(proxy.start, _run_dir(drv, host), name, dev,
                                         _init_pid(drv, host), _ids(drv, host)))
@@ -200,7 +210,10 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
                     done.undo.append(_later(_unix_attach, drv, host, name, dev, node))
         for name in added:
             dev = new[name]
-            if dev["type"] == "proxy":
+            if is_nat(dev):
+                await asyncio.to_thread(_nat_apply, host, name, dev, new)
+                done.undo.append(_later(proxy_nat.remove, host, name))
+            elif dev["type"] == "proxy":
                 await asyncio.to_thread(proxy.start, _run_dir(drv, host), name, dev,
                                         _init_pid(drv, host), _ids(drv, host))
                 done.undo.append(_later(proxy.stop, _run_dir(drv, host), name))
@@ -217,6 +230,11 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
         except Exception as exc:  # a lease left behind is harmless; the NIC is gone
             ctx.log.warning("releasing an unplugged NIC's leases failed", error=str(exc))
     return done
+
+
+def _nat_apply(host: str, name: str, dev: Device, devices: Devices) -> None:
+    listen, connect = proxy_nat.check(name, dev, devices)
+    proxy_nat.apply(host, name, listen, connect)
 
 
 def unix_node_or_none(name: str, dev: Device) -> tuple[int, int] | None:
@@ -356,8 +374,16 @@ def _nic_detach(drv: Any, host: str, kind: str, nic: Nic) -> None:
 # ---- start, stop, service start -------------------------------------------------------------
 
 def _sync(drv: Any, host: str, devices: Devices, running: bool) -> None:
+    """Forwarders and NAT rules exactly as ``devices`` say (none when not running)."""
     pid = _init_pid(drv, host) if running else None
-    proxy.sync(_run_dir(drv, host), pid, devices, _ids(drv, host))
+    proxy.sync(_run_dir(drv, host), pid,
+               {n: d for n, d in devices.items() if not is_nat(d)}, _ids(drv, host))
+    for name, dev in sorted(devices.items()):
+        if is_nat(dev):
+            if running:
+                _nat_apply(host, name, dev, devices)
+            else:
+                proxy_nat.remove(host, name)
 
 
 async def started(ctx: Context, rec: dict[str, Any]) -> None:
@@ -380,7 +406,8 @@ async def stopped(ctx: Context, rec: dict[str, Any]) -> None:
     if type_of(rec) != "container":
         return
     drv = ctx.drivers.for_instance(rec)
-    await asyncio.to_thread(_sync, drv, host_of(rec), {}, False)
+    nat = {n: d for n, d in rec["expanded_devices"].items() if is_nat(d)}
+    await asyncio.to_thread(_sync, drv, host_of(rec), nat, False)
 
 
 async def adopt(ctx: Context) -> None:

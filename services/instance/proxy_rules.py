@@ -132,6 +132,11 @@ def check_proxy(name: str, dev: Mapping[str, str]) -> tuple[Address, Address]:
         if listen.proto != connect.proto:
             raise BadRequest(f"Device {name!r}: nat=true needs the same protocol on both "
                              "sides")
+        if listen.host in ("0.0.0.0", "::") or \
+                ipaddress.ip_address(connect.host).is_unspecified:
+            if ipaddress.ip_address(connect.host).is_unspecified:
+                raise BadRequest(f"Device {name!r}: nat=true needs a connect address "
+                                 "(the instance's static address), not a wildcard")
     return listen, connect
 
 
