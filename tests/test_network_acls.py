@@ -15,7 +15,7 @@ from ipaddress import IPv4Interface
 
 import pytest
 
-from .stack import wait_for
+from .stack import BIN, wait_for
 from .world import lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -149,3 +149,49 @@ def test_acl_rename_edit_and_events(world, api, stack):
     ip = IPv4Interface(api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"][
         "ipv4.address"])
     assert ip.network.prefixlen  # the world's network is untouched
+
+
+def corral(stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "corral"), *args], env={**stack.env},
+                       capture_output=True, text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def test_corral_cli_acl_and_forward(world, api, stack, server):
+    acl = f"{world.prefix}cli"
+    corral(stack, "network", "acl", "create", acl, "--description", "from corral")
+    corral(stack, "network", "acl", "rule", "add", acl, "ingress", "action=allow",
+           "protocol=tcp", "destination_port=81")
+    assert acl in corral(stack, "network", "acl", "list", "--format", "csv").stdout
+    assert "destination_port" in corral(stack, "network", "acl", "show", acl).stdout
+    corral(stack, "network", "set", world.net, f"security.acls={acl}")
+    try:
+        assert reachable(server, 81) and not reachable(server, 80)
+        r = corral(stack, "network", "acl", "rule", "add", acl, "egress", "action=nope",
+                   check=False)
+        assert r.returncode != 0 and "Action must be one of" in r.stderr, r.stderr
+        corral(stack, "network", "acl", "rule", "remove", acl, "ingress",
+               "destination_port=81")
+        assert not reachable(server, 81)
+    finally:
+        corral(stack, "network", "unset", world.net, "security.acls")
+    assert reachable(server, 80) and reachable(server, 81)
+    corral(stack, "network", "acl", "delete", acl)
+
+    listen = "198.51.100.77"  # a host-local DNAT from the host's own output
+    corral(stack, "network", "forward", "create", world.net, listen)
+    try:
+        corral(stack, "network", "forward", "port", "add", world.net, listen, "tcp", "80",
+               server)
+        out = corral(stack, "network", "forward", "list", world.net, "--format", "csv").stdout
+        assert listen in out, out
+        assert "target_address: " + server in corral(
+            stack, "network", "forward", "show", world.net, listen).stdout
+        corral(stack, "network", "forward", "port", "remove", world.net, listen, "tcp", "80")
+        assert api.get(f"/1.0/networks/{world.net}/forwards/{listen}").json()[
+            "metadata"]["ports"] == []
+    finally:
+        corral(stack, "network", "forward", "delete", world.net, listen)
+    assert api.get(f"/1.0/networks/{world.net}/forwards").json()["metadata"] == []

@@ -1,4 +1,5 @@
-"""``corral network list|show|create|delete|list-leases|info``: a client of /1.0/networks."""
+"""``corral network list|show|create|delete|set|unset|list-leases|info`` (and ``acl ...``,
+``forward ...``): a client of /1.0/networks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from urllib.parse import quote
 from ..client import from_args
 from ..output import add_format, emit, print_yaml
 from ..parsing import command, group
+from . import network_acl, network_forward
 from .instances import parse_pairs
 
 
@@ -52,6 +54,14 @@ def list_leases(args: Namespace) -> None:
     emit(leases, ["hostname", "hwaddr", "address", "type"], args.fmt, raw=leases)
 
 
+def set_(args: Namespace) -> None:
+    from_args(args).request("PATCH", _path(args.name), {"config": parse_pairs(args.config)})
+
+
+def unset(args: Namespace) -> None:
+    from_args(args).request("PATCH", _path(args.name), {"config": {args.key: ""}})
+
+
 def info(args: Namespace) -> None:
     print_yaml(from_args(args).get(_path(args.name, "/state")))
 
@@ -74,6 +84,15 @@ def register(sub: Any) -> None:
     p = command(net, "list-leases", list_leases, "List the DHCP leases of a managed network.")
     p.add_argument("name")
     add_format(p)
+    p = command(net, "set", set_, "Set network config keys (`corral network set br0 "
+                "security.acls=web`).")
+    p.add_argument("name")
+    p.add_argument("config", nargs="+", metavar="KEY=VALUE")
+    p = command(net, "unset", unset, "Unset a network config key.")
+    p.add_argument("name")
+    p.add_argument("key")
+    network_acl.register(net)
+    network_forward.register(net)
     p = command(net, "info", info, "Show a network's live state: addresses, counters, bridge "
                 "ports.")
     p.add_argument("name")
