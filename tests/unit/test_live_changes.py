@@ -19,15 +19,24 @@ def _refused(status: str, new: dict, kind: str = "container") -> str:
 
 
 @pytest.mark.parametrize("status", ["Running", "Frozen"])
-def test_nic_add_remove_change_refused_while_running(status):
-    assert "eth1" in _refused(status, {**BASE, "eth1": NIC})
-    assert "removed" in _refused(status, {"root": ROOT})
-    assert "removed" in _refused(status, {**BASE, "eth0": {"type": "none"}})  # masked
-    msg = _refused(status, {**BASE, "eth0": {**NIC, "hwaddr": "00:16:3e:00:00:01"}})
-    assert "'eth0'" in msg and "stop the instance first" in msg
+@pytest.mark.parametrize("kind", ["container", "virtual-machine"])
+def test_nic_add_remove_change_pass_to_hotplug_while_running(status, kind):
+    for new in ({**BASE, "eth1": NIC}, {"root": ROOT}, {**BASE, "eth0": {"type": "none"}},
+                {**BASE, "eth0": {**NIC, "hwaddr": "00:16:3e:00:00:01"}}):
+        check(kind, status, BASE, new)  # hotplug.apply plugs, unplugs or re-plugs
     # Extra disks are hot-plugged (disks.hotplug), not refused here.
-    check("container", status, BASE, {**BASE, "data": {"type": "disk", "source": "/x",
-                                                       "path": "/mnt"}})
+    check(kind, status, BASE, {**BASE, "data": {"type": "disk", "source": "/x",
+                                                "path": "/mnt"}})
+
+
+@pytest.mark.parametrize("dev", [
+    {"type": "proxy", "listen": "tcp:127.0.0.1:1", "connect": "tcp:127.0.0.1:2"},
+    {"type": "unix-char", "path": "/dev/z", "major": "1", "minor": "5"}])
+def test_proxy_and_unix_live_on_containers_refused_on_running_vms(dev):
+    check("container", "Running", BASE, {**BASE, "x": dev})
+    msg = _refused("Running", {**BASE, "x": dev}, "virtual-machine")
+    assert "'x'" in msg and "stop the instance first" in msg
+    check("virtual-machine", "Stopped", BASE, {**BASE, "x": dev})
 
 
 def test_nic_limits_and_container_root_size_are_live():
