@@ -249,17 +249,23 @@ class Operations:
         op = Operation(id=str(uuid.uuid4()), **{"class": cls}, description=description,
                        resources=resources, may_cancel=may_cancel, location=self.location,
                        metadata=metadata)
+        created = op.lxd()  # the "created" event says Pending, as LXD's
+        op.status, op.status_code = OperationStatus.RUNNING
+        # The record is written once, already Running (the caller learns the id only when
+        # we return), then both events: three round trips instead of four. The events
+        # come after the record, so whoever reads one can GET the operation.
         try:
             await self.store.create(op.id, self._record(op, project), "Operation")
         except Exception as exc:
             raise bus_error(exc) from exc
         cancel_sub = None
         try:
-            await self._event(op, project)
+            await self.events.publish("operation", created, project=project,
+                                      entity="operation")
             if may_cancel:
                 cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
                                                       self._on_cancel)
-            await self._set(op, OperationStatus.RUNNING, project)
+            await self._event(op, project)
         except BaseException as exc:  # no task will end it: end it now (best effort)
             if cancel_sub is not None:
                 await _quietly(cancel_sub.unsubscribe())

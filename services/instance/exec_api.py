@@ -15,6 +15,7 @@ stdin empty and its output recorded to log files (``record-output``) or discarde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -27,17 +28,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared import streams
 from shared.api import string_map, url
 from shared.errors import BadRequest
+from shared.log import get_logger
 from shared.messages.exec import ExecRequest
 from shared.models import Reply
 from shared.service import endpoint
 
 from .console_api import ConsoleMixin, log_dir
 from .console_attach import ConsoleAttachMixin
+from .drivers import lxc_exec
 from .drivers.base import ExecProcess, InstanceDriver
 from .files_api import FilesMixin
 from .names import host_name, host_of
 from .pumps import Sink, pump_in, pump_out
 
+log = get_logger()
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WS_TIMEOUT = 30.0  # seconds the client has to connect every websocket
 # The API extensions these mixins implement (the service adds them to GET /1.0).
@@ -151,30 +155,37 @@ class ExecMixin:
             raise BadRequest("Instance is frozen")
         if status != "Running":
             raise BadRequest("Instance is not running")
-        await asyncio.to_thread(drv.exec_ready, host_of(inst))  # VMs: 503 while the agent is down
+        if type(drv).exec_ready is not InstanceDriver.exec_ready:  # no thread hop for nothing
+            await asyncio.to_thread(drv.exec_ready, host_of(inst))  # VMs: 503, agent down
         env = exec_environment(inst.get("expanded_config") or {}, post)
         source = url("instances", req.name, req.project)
         resources = {"instances": [source]}
         if inst.get("type", "container") == "container":
             resources["containers"] = [source]
-        await self.events.lifecycle("instance-exec", source, project=req.project,
-                                    context={"command": post.command},
-                                    requestor=req.requestor)
-        if post.wait_for_websocket:
-            return await self._exec_with_websockets(drv, req, post, env, resources)
-        out_dir = log_dir(self.config, req.project, req.name)
+        # The lifecycle event's round trip overlaps the operation's record (the events
+        # keep their order: one outbox, the lifecycle event is queued first).
+        lifecycle = asyncio.ensure_future(self.events.lifecycle(
+            "instance-exec", source, project=req.project, context={"command": post.command},
+            requestor=req.requestor))
+        try:
+            if post.wait_for_websocket:
+                return await self._exec_with_websockets(drv, req, post, env, resources,
+                                                        inst.get("type", "container"))
+            out_dir = log_dir(self.config, req.project, req.name)
 
-        async def run(handle: Any) -> dict[str, Any]:
-            return await self._exec_recorded(drv, handle.id, req, post, env, out_dir)
+            async def run(handle: Any) -> dict[str, Any]:
+                return await self._exec_recorded(drv, handle.id, req, post, env, out_dir)
 
-        op = await self.operations.start("Executing command", run, resources=resources,
-                                         project=req.project)
-        return Reply(type="async", operation=op.lxd())
+            op = await self.operations.start("Executing command", run, resources=resources,
+                                             project=req.project)
+            return Reply(type="async", operation=op.lxd())
+        finally:
+            await lifecycle
 
     async def _exec_with_websockets(self, drv: InstanceDriver, req: ExecRequest,
                                     post: ExecPost,
-                                    env: dict[str, str], resources: dict[str, list[str]]
-                                    ) -> Reply:
+                                    env: dict[str, str], resources: dict[str, list[str]],
+                                    inst_type: str) -> Reply:
         names = ["0", "control"] if post.interactive else ["0", "1", "2", "control"]
         fds = streams.new_fds(names)
         meta = {"fds": fds, "command": post.command, "environment": env,
@@ -189,14 +200,29 @@ class ExecMixin:
                 ready.set_exception(exc)
                 raise
             ready.set_result(None)
+            # The slow part of starting (the attach) runs while the client connects its
+            # websockets; a driver that can hold the command keeps it from exec until
+            # they are all there, so no output is lost (LXD starts it only then).
+            hold = inst_type == "container"  # LXC can hold a command before exec
+
+            def start() -> asyncio.Future[ExecProcess]:
+                return asyncio.ensure_future(
+                    self._start(drv, host_name(req.project, req.name), post, env, hold))
+
+            starting = start() if hold else None
             try:
                 # control is optional, as in LXD (pylxd never opens it)
                 await ss.wait_attached(WS_TIMEOUT, [n for n in names if n != "control"])
-                return await self._exec_streams(drv, ss, host_name(req.project, req.name),
-                                                 post, env)
+                starting = starting or start()
+                proc = await asyncio.shield(starting)
+            except BaseException:
+                if starting is not None:
+                    await _abandon(starting)
+                raise
+            try:
+                return await self._exec_streams(ss, proc, post)
             finally:
                 await ss.close()
-                await self.bus.nc.flush()
 
         op = await self.operations.start("Executing command", run, resources=resources,
                                          cls="websocket", project=req.project, metadata=meta)
@@ -204,14 +230,20 @@ class ExecMixin:
         return Reply(type="async", operation=op.lxd())
 
     async def _start(self, drv: InstanceDriver, name: str, post: ExecPost,
-                     env: dict[str, str]) -> ExecProcess:
-        return await asyncio.to_thread(
-            drv.exec_start, name, post.command, env, post.cwd or None, post.user,
-            post.group, post.interactive, post.width or 80, post.height or 24)
+                     env: dict[str, str], hold: bool = False) -> ExecProcess:
+        def start() -> ExecProcess:
+            with lxc_exec.holding() if hold else contextlib.nullcontext():
+                proc = drv.exec_start(name, post.command, env, post.cwd or None, post.user,
+                                      post.group, post.interactive, post.width or 80,
+                                      post.height or 24)
+            if hold and not hasattr(proc, "release"):  # a driver that cannot hold
+                log.warning("exec started before its websockets connected", instance=name)
+            return proc
 
-    async def _exec_streams(self, drv: InstanceDriver, ss: streams.ServiceStreams, name: str,
-                            post: ExecPost, env: dict[str, str]) -> dict[str, Any]:
-        proc = await self._start(drv, name, post, env)
+        return await asyncio.to_thread(start)
+
+    async def _exec_streams(self, ss: streams.ServiceStreams, proc: ExecProcess,
+                            post: ExecPost) -> dict[str, Any]:
         exited = asyncio.Event()
         if post.interactive:
             outs = [(proc.pty_fd, "0")]
@@ -232,11 +264,13 @@ class ExecMixin:
         pumps: list[asyncio.Future[None]] = []
         try:
             pumps = [asyncio.ensure_future(pump_out(fd, sink(n), exited)) for fd, n in outs]
+            _release(proc)
             code = await _wait_exit(proc, exited)
             await asyncio.gather(*pumps)
-            for _fd, fd_name in outs:  # all output sent: now say EOF, then Success
+            # All output sent: now EOF, then (the operation's record) Success. One
+            # connection keeps that order on the bus: no flush round trip needed.
+            for _fd, fd_name in outs:
                 await ss.eof(fd_name)
-            await self.bus.nc.flush()
             return {"return": code}
         finally:
             if not exited.is_set():
@@ -304,6 +338,37 @@ async def _wait_exit(proc: Any, exited: asyncio.Event) -> int:
     finally:
         if done.done():
             exited.set()
+
+
+def _release(proc: ExecProcess) -> None:
+    release = getattr(proc, "release", None)
+    if release is not None:
+        release()
+
+
+async def _abandon(starting: asyncio.Future[ExecProcess]) -> None:
+    """The exec will not run (websockets never came, or it was cancelled): a held command
+    exits without running, one already running is killed; its fds are closed."""
+    try:
+        await asyncio.shield(starting)
+    except BaseException:
+        if not starting.done():  # we are cancelled: undo once it has started
+            starting.add_done_callback(_discard_started)
+            return
+    _discard_started(starting)
+
+
+def _discard_started(fut: asyncio.Future[ExecProcess]) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    proc = fut.result()
+    abandon = getattr(proc, "abandon", None)
+    if abandon is not None:
+        abandon()
+    else:
+        proc.signal(signal.SIGKILL)
+    _close_all({fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
+                if fd is not None})
 
 
 async def _cancel(tasks: list[asyncio.Future[Any]]) -> None:

@@ -29,8 +29,9 @@ async def websocket(gw: Context, request: web.Request) -> web.StreamResponse:
         out.put_nowait(msg)
 
     sub = await gw.bus.subscribe(streams.subject(op_id, fd, "out"), on_out)
-    await gw.bus.nc.flush()
-    # Tell the service (request/reply, so we know it heard) that this fd is connected.
+    # Tell the service (request/reply, so we know it heard) that this fd is connected. No
+    # flush first: the server takes our SUB before this request (one connection, in
+    # order), so nothing the service sends once it heard can miss the subscription.
     try:
         await gw.bus.nc.request(streams.subject(op_id, fd, "attached"), b"", timeout=5)
     except Exception:

@@ -2,10 +2,12 @@
 
 Why: LXD's exec streams stdin/stdout/stderr over websockets; an async caller needs plain
 fds it can register with its loop, a pid, and a blocking ``wait`` it can run in a thread.
-``Container.attach`` forks the attached process as our direct child (LXC clones it with
-CLONE_PARENT) and returns its pid at once. All fds we create are close-on-exec, so a
-concurrently attached command never inherits another command's pipe ends (which would
-delay EOF); LXC's dup2 onto 0/1/2 clears the flag for the chosen ones only.
+The attach itself happens in a helper process (:mod:`.lxc_attach_helper`: python-lxc holds
+the GIL for the whole attach, which froze the service's event loop); we hand it the
+command's ends of the pipes (or the pty's slave) and get the pid and a pidfd back, then
+its exit code when it ends. All fds we create are close-on-exec, so a concurrently
+attached command never inherits another command's pipe ends (which would delay EOF);
+LXC's dup2 onto 0/1/2 clears the flag for the chosen ones only.
 
 The command gets exactly fds 0-2: the attached child marks every other fd close-on-exec
 just before exec, so nothing the service holds (or inherited from whoever started it)
@@ -15,15 +17,24 @@ so ``tty``, ``sudo`` and ``ssh-keygen`` can name the terminal inside the contain
 
 from __future__ import annotations
 
+import array
+import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
+import signal
+import socket
 import stat
 import struct
+import subprocess
+import sys
 import termios
 import threading
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, Iterator
 
 import lxc
 
@@ -32,13 +43,12 @@ from shared.errors import BadRequest, Internal
 from .base import ExecProcess
 
 _libc = ctypes.CDLL(None, use_errno=True)
-SYS_CLOSE_RANGE = 436  # same number on every architecture (Linux >= 5.9)
-CLOSE_RANGE_CLOEXEC = 1 << 2
 TIOCGPTPEER = 0x5441  # open the peer of a pty master without a path (Linux >= 4.13)
 TIOCSPTLCK = 0x40045431
 SYS_OPENAT2 = 437  # Linux >= 5.6
 RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
 PTMX_RDEV = os.makedev(5, 2)
+HELPER = Path(__file__).with_name("lxc_attach_helper.py")
 
 
 class _OpenHow(ctypes.Structure):
@@ -62,84 +72,201 @@ def _open_in_root(root: str, path: str, flags: int) -> int:
         os.close(root_fd)
 
 
-def _cloexec_above_stderr() -> None:
-    """Mark every fd above 2 close-on-exec (marking, not closing: LXC may still use its
-    own until the exec). Falls back to a loop where close_range is missing."""
-    if _libc.syscall(SYS_CLOSE_RANGE, 3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC) == 0:
-        return
-    for fd in range(3, os.sysconf("SC_OPEN_MAX")):
-        try:
-            os.set_inheritable(fd, False)
-        except OSError:
-            pass
-
-
-def _payload(arg: tuple[list[str], bool]) -> int:
-    """Runs in the attached child, inside the container, just before exec.
-
-    For a pty it makes the command a session leader with the pty as its controlling
-    terminal, so ^C on the master and job control reach it. Only already-imported
-    modules are used: the container's root is now the filesystem root.
-    """
-    cmd, tty = arg
-    _cloexec_above_stderr()
-    if tty:
-        try:
-            os.setsid()
-        except OSError:
-            pass
-        try:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        except OSError:
-            pass
-    return lxc.attach_run_command(cmd)
-
-
 class LXCExecProcess(ExecProcess):
-    """A command attached into a container; see :class:`ExecProcess`."""
+    """A command attached into a container; see :class:`ExecProcess`.
 
-    def __init__(self, pid: int, **fds: int | None) -> None:
+    Its exit code comes from the helper (the command is the helper's child); signals go
+    through a pidfd, so one sent after the command ended never reaches a reused pid.
+    ``hold_fd`` (when attached with ``hold``): the command waits before exec until
+    :meth:`release`; :meth:`abandon` makes it exit without running.
+    """
+
+    def __init__(self, pid: int, pidfd: int, hold_fd: int | None = None,
+                 **fds: int | None) -> None:
         self.pid = pid
+        self._pidfd: int | None = pidfd
+        self._hold_fd = hold_fd
         for k, v in fds.items():
             setattr(self, k, v)
         self._lock = threading.Lock()
+        self._done = threading.Event()
         self._status: int | None = None
+        self._error: str | None = None
+
+    def _ended(self, code: int | None, error: str | None = None) -> None:
+        """From the helper's reader: the exit code (or why there will be none)."""
+        with self._lock:
+            self._status, self._error = code, error
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._close_hold()
+        self._done.set()
 
     def wait(self) -> int:
-        with self._lock:
-            if self._status is None:
-                _, status = os.waitpid(self.pid, 0)
-                self._status = (128 + os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                                else os.WEXITSTATUS(status))
-            return self._status
+        self._done.wait()
+        if self._status is None:
+            raise Internal(self._error or "The command's exit code was lost")
+        return self._status
 
     def poll(self) -> int | None:
         """Exit code if the command has ended, else None (never blocks)."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if self._status is None:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid == 0:
-                    return None
-                self._status = (128 + os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                                else os.WEXITSTATUS(status))
-            return self._status
-        finally:
-            self._lock.release()
+        return self._status if self._done.is_set() else None
 
     def signal(self, signum: int) -> None:
-        # Until reaped the pid cannot be reused, so this never hits a stranger.
-        if self._status is None:
+        with self._lock:
+            if self._pidfd is None:
+                return
             try:
-                os.kill(self.pid, signum)
+                signal.pidfd_send_signal(self._pidfd, signum)
             except ProcessLookupError:
                 pass
+
+    def release(self) -> None:
+        """Let a held command exec (see the class docstring)."""
+        with self._lock:
+            if self._hold_fd is not None:
+                try:
+                    os.write(self._hold_fd, b"1")
+                except OSError:  # it is gone already: its exit code tells
+                    pass
+                self._close_hold()
+
+    def abandon(self) -> None:
+        """A held command exits (255) without running."""
+        with self._lock:
+            self._close_hold()
+
+    def _close_hold(self) -> None:
+        if self._hold_fd is not None:
+            os.close(self._hold_fd)
+            self._hold_fd = None
 
     def resize(self, width: int, height: int) -> None:
         if self.pty_fd is None:
             raise BadRequest("Window size can only be set for an interactive exec")
         set_winsize(self.pty_fd, width, height)
+
+
+class AttachHelper:
+    """The service's end of :mod:`.lxc_attach_helper`: started on first use (again if it
+    died), one reader thread that routes its replies and exit codes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._next = 0
+        self._replies: dict[int, Future[dict[str, Any]]] = {}
+        self._procs: dict[int, LXCExecProcess] = {}
+        self._early: dict[int, int] = {}  # exit codes that came before track()
+
+    def _ensure(self) -> socket.socket:
+        with self._lock:
+            if self._sock is not None:
+                return self._sock
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # -I: the helper's own directory must not shadow python-lxc (drivers/lxc.py)
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", str(HELPER), str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    close_fds=True)
+            finally:
+                theirs.close()
+            self._sock = ours
+            threading.Thread(target=self._read, args=(ours, self._proc),
+                             name="lxc-attach-reader", daemon=True).start()
+            return ours
+
+    def attach(self, req: dict[str, Any], fds: list[int]) -> tuple[int, int, int]:
+        """Send one attach; returns (request id, pid, pidfd). Raises Internal."""
+        sock = self._ensure()
+        fut: Future[dict[str, Any]] = Future()
+        with self._lock:
+            self._next += 1
+            req_id = self._next
+            self._replies[req_id] = fut
+        try:
+            sock.sendmsg([json.dumps({**req, "id": req_id}).encode()],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        except OSError as exc:
+            with self._lock:
+                self._replies.pop(req_id, None)
+            raise Internal(f"The attach helper is gone: {exc}") from None
+        reply = fut.result()
+        if "error" in reply:
+            raise Internal(reply["error"])
+        return req_id, reply["pid"], reply["pidfd"]
+
+    def track(self, req_id: int, proc: LXCExecProcess) -> None:
+        """Route ``req_id``'s exit code to ``proc`` (it may have come already)."""
+        with self._lock:
+            if req_id not in self._early:
+                self._procs[req_id] = proc
+                return
+            code = self._early.pop(req_id)
+        proc._ended(code)
+
+    def _read(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        while True:
+            try:
+                data, anc, _f, _a = sock.recvmsg(65536, socket.CMSG_SPACE(4))
+            except OSError:
+                data, anc = b"", []
+            if not data:
+                break
+            msg = json.loads(data)
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    msg["pidfd"] = array.array("i", raw[:4])[0]
+            self._route(msg)
+        with self._lock:  # the helper died: no reply or exit code will come
+            if self._sock is sock:
+                self._sock = None
+            replies, self._replies = self._replies, {}
+            procs, self._procs = self._procs, {}
+            self._early.clear()
+        sock.close()
+        proc.wait()
+        for fut in replies.values():
+            fut.set_result({"error": "The attach helper exited"})
+        for p in procs.values():
+            p._ended(None, "The attach helper exited before the command ended")
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        req_id = msg["id"]
+        with self._lock:
+            if "exit" not in msg:
+                fut = self._replies.pop(req_id, None)
+            else:
+                fut = None
+                target = self._procs.pop(req_id, None)
+                if target is None:  # the exit came before track(): keep it for track()
+                    self._early[req_id] = msg["exit"]
+                    return
+        if fut is not None:
+            fut.set_result(msg)
+        else:
+            target._ended(msg["exit"])
+
+
+_helper = AttachHelper()
+_holding = threading.local()
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[None]:
+    """Commands this thread attaches meanwhile wait before exec until ``release()``.
+
+    Why a context rather than an argument: the driver interface's ``exec_start`` is the
+    same for every driver; the exec endpoint asks the container driver to hold this way.
+    """
+    _holding.on = True
+    try:
+        yield
+    finally:
+        _holding.on = False
 
 
 def set_winsize(fd: int, width: int, height: int) -> None:
@@ -203,41 +330,42 @@ def _pty_for(container: lxc.Container, uid: int, gid: int) -> tuple[int, int]:
 
 
 def attach(container: lxc.Container, command: list[str], env: dict[str, str], cwd: str,
-           uid: int, gid: int, interactive: bool, width: int, height: int) -> LXCExecProcess:
-    """Start ``command`` in ``container``; returns at once with the parent's fds."""
-    opts = dict(env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-                extra_env_vars=tuple(f"{k}={v}" for k, v in env.items()),
-                initial_cwd=cwd, uid=uid, gid=gid)
-    if interactive:
-        master, slave = _pty_for(container, uid, gid)
-        try:
-            set_winsize(master, width, height)
-            pid = container.attach(_payload, (command, True), stdin=slave, stdout=slave,
-                                   stderr=slave, **opts)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        if pid <= 0:
-            os.close(master)
-            raise Internal(f"Failed to attach to container {container.name}")
-        return LXCExecProcess(pid, pty_fd=master)
-    ends = [os.pipe() for _ in range(3)]  # (r, w) each; Python makes them O_CLOEXEC
-    child = (ends[0][0], ends[1][1], ends[2][1])
-    parent = {"stdin_fd": ends[0][1], "stdout_fd": ends[1][0], "stderr_fd": ends[2][0]}
+           uid: int, gid: int, interactive: bool, width: int, height: int,
+           hold: bool = False) -> LXCExecProcess:
+    """Start ``command`` in ``container``; returns at once with the parent's fds.
+
+    ``hold`` (or :func:`holding`): the command waits before exec until ``release()``.
+    """
+    hold = hold or getattr(_holding, "on", False)
+    req = {"name": container.name, "lxcpath": container.get_config_path(),
+           "command": list(command), "env": [f"{k}={v}" for k, v in env.items()],
+           "cwd": cwd, "uid": uid, "gid": gid, "tty": interactive}
+    parent: dict[str, int] = {}
+    child: list[int] = []
+    hold_fd: int | None = None
     try:
-        pid = container.attach(_payload, (command, False), stdin=child[0], stdout=child[1],
-                               stderr=child[2], **opts)
+        if interactive:
+            master, slave = _pty_for(container, uid, gid)
+            parent["pty_fd"] = master
+            child = [slave, slave, slave]
+            set_winsize(master, width, height)
+        else:
+            ends = [os.pipe() for _ in range(3)]  # (r, w) each; Python makes them O_CLOEXEC
+            child = [ends[0][0], ends[1][1], ends[2][1]]
+            parent.update(stdin_fd=ends[0][1], stdout_fd=ends[1][0], stderr_fd=ends[2][0])
+        if hold:
+            hold_r, hold_fd = os.pipe()
+            child.append(hold_r)
+        req_id, pid, pidfd = _helper.attach(req, child)
     except BaseException:
         for fd in parent.values():
             os.close(fd)
+        if hold_fd is not None:
+            os.close(hold_fd)
         raise
     finally:
-        for fd in child:
+        for fd in set(child):
             os.close(fd)
-    if pid <= 0:
-        for fd in parent.values():
-            os.close(fd)
-        raise Internal(f"Failed to attach to container {container.name}")
-    return LXCExecProcess(pid, **parent)
+    proc = LXCExecProcess(pid, pidfd, hold_fd, **parent)
+    _helper.track(req_id, proc)
+    return proc
