@@ -58,9 +58,18 @@ async def _parent(networks: Networks, parent: str, nictype: str) -> str:
 
 async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigReply:
     device = dict(req.device)
+    rec = networks.find(device["network"]) if device.get("network") else None
+    if rec is not None and rec["type"] == "macvlan":
+        # A NIC on a managed macvlan network is a macvlan NIC on the network's parent.
+        device = {k: v for k, v in device.items() if k != "network"}
+        device.update(nictype="macvlan", parent=rec["config"]["parent"])
+        if rec["config"].get("mtu") and "mtu" not in device:
+            device["mtu"] = rec["config"]["mtu"]
     dev = nic.validate_nic_device(device)  # 400 for a bad device
-    if "network" in device:
-        rec = networks.find(device["network"])
+    if rec is not None and rec["type"] == "macvlan":
+        await networks.ensure_started(rec)
+        network = rec["name"]
+    elif "network" in device:
         if rec is None:
             raise NotFound(f"Network {device['network']!r} not found (NIC of instance "
                            f"{req.instance!r})")
@@ -78,15 +87,13 @@ async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigRepl
     if not _MAC.match(hwaddr):
         raise BadRequest(f"Invalid NIC MAC address {hwaddr!r} (like 00:16:3e:12:34:56)")
     out = nic.neutral_nic(req.index, device, host_name, hwaddr, network)
-    if network and dev["nictype"] == "bridged":
+    if network and dev["nictype"] == "bridged" and \
+            (networks.find(network) or {}).get("type") == "bridge":
         # The NIC's static lease follows its device: set, changed, or gone.
         await lease_set(networks, NicLeaseRequest(
             project=req.project, network=network, hwaddr=out.hwaddr, instance=req.instance,
             ipv4_address=dev.get("ipv4.address", ""),
             ipv6_address=dev.get("ipv6.address", "")), drop_dynamic=False)
-    elif dev.get("security.acls"):
-        raise BadRequest("NIC 'security.acls' needs a NIC on a managed bridge network "
-                         "(network=...)")
     if dev["nictype"] == "routed":
         await asyncio.to_thread(routed.prepare, out)
     return out

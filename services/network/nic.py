@@ -100,6 +100,10 @@ def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
         if out.get(k) and nictype not in types:
             raise BadRequest(f"NIC key {k!r} is not valid for nictype {nictype!r} (only "
                              f"{', '.join(sorted(types))})")
+    if out.get("security.acls"):  # never stored and silently ignored
+        raise BadRequest("NIC 'security.acls' is not supported by Corral yet: set it on the "
+                         "bridge network instead (lxc network set <network> "
+                         "security.acls=<acl>)")
     if nictype == "routed":
         routed_addresses(out)  # 400s
         for k in ("ipv4.gateway", "ipv6.gateway"):

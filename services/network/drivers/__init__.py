@@ -8,8 +8,9 @@ from shared.errors import BadRequest
 
 from .base import NetworkDriver, validate_network_name
 from .bridge import BridgeDriver
+from .macvlan import MacvlanDriver
 
-DRIVERS: dict[str, type[NetworkDriver]] = {"bridge": BridgeDriver}
+DRIVERS: dict[str, type[NetworkDriver]] = {"bridge": BridgeDriver, "macvlan": MacvlanDriver}
 
 
 def load(name: str, type: str, config: dict[str, str], corral_dir: str | Path) -> NetworkDriver:
@@ -21,4 +22,5 @@ def load(name: str, type: str, config: dict[str, str], corral_dir: str | Path) -
     return cls(name, config, corral_dir)
 
 
-__all__ = ["DRIVERS", "NetworkDriver", "BridgeDriver", "load", "validate_network_name"]
+__all__ = ["DRIVERS", "NetworkDriver", "BridgeDriver", "MacvlanDriver", "load",
+           "validate_network_name"]
