@@ -238,3 +238,29 @@ async def test_json_request_with_a_project_credential_stays_in_its_project(
         assert err["error_code"] == 403 and "limited to project" in err["error"]
     finally:
         await nc.close()
+
+
+async def test_an_events_credential_replays_the_stream_with_the_client(
+        nats_server, api, credential, uid):
+    """The `events` role (no requests) reads the stream from a sequence: what a hooks-like
+    integration does."""
+    import asyncio
+
+    from shared.client import Client
+
+    path = credential("events")
+    await (await connect_as(nats_server.url, path)).close()
+    async with await Client.connect(path, nats_server.url) as c:
+        start = (await c.nc.jetstream().stream_info("CORRAL_EVENTS")).state.last_seq + 1
+        assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
+        try:
+            async def first():
+                async for ev in c.events(types=["lifecycle"], project="default",
+                                         since_seq=start):
+                    if ev.metadata.get("source") == f"/1.0/profiles/{uid}":
+                        return ev
+
+            ev = await asyncio.wait_for(first(), 10)
+            assert ev.metadata["action"] == "profile-created" and ev.id and ev.seq >= start
+        finally:
+            api.delete(f"/1.0/profiles/{uid}")

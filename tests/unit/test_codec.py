@@ -1,0 +1,29 @@
+"""The wire format of a request: msgpack by default, JSON by header or by its first byte."""
+
+from __future__ import annotations
+
+import json
+
+from shared import codec
+from shared.models import Reply
+
+
+def test_content_type_header_wins_then_the_body_is_sniffed():
+    body = json.dumps({"project": "default"}).encode()
+    assert codec.content_type({"Content-Type": "application/json"}, b"") == codec.JSON
+    assert codec.content_type({"Content-Type": "application/json; charset=utf-8"},
+                              b"") == codec.JSON
+    assert codec.content_type({"Content-Type": "application/msgpack"}, body) == codec.MSGPACK
+    assert codec.content_type(None, body) == codec.JSON  # what `nats req` sends
+    assert codec.content_type({}, b'  \n{"a": 1}') == codec.JSON
+    packed = codec.encode({"project": "default"})
+    assert codec.content_type(None, packed) == codec.MSGPACK  # a msgpack map is not '{'
+    assert codec.content_type(None, b"") == codec.MSGPACK
+
+
+def test_json_round_trip_of_a_reply_with_bytes_and_sets():
+    reply = Reply(metadata={"data": b"\x00\xff", "tags": {"a"}})
+    out = json.loads(codec.encode_as(codec.JSON, reply))
+    assert out["type"] == "sync" and out["metadata"] == {"data": "AP8=", "tags": ["a"]}
+    assert codec.decode_as(codec.JSON, b" ") is None
+    assert codec.decode_as(codec.MSGPACK, codec.encode({"x": 1})) == {"x": 1}
