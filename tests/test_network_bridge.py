@@ -161,6 +161,7 @@ def netns(prefix, links):
     ({"bridge.hwaddr": "01:16:3e:00:00:01"}, "unicast MAC"),
     ({"bridge.driver": "openvswitch"}, "'bridge.driver=openvswitch' is valid in LXD but not "
                                        "supported by Corral yet"),
+    ({"bridge.driver": "openvswitch"}, "use bridge.driver=native"),  # and says why
     ({"ipv6.address": "fd00::1"}, "needs a prefix"),
     ({"ipv4.nat": True}, "must be strings"),
 ])

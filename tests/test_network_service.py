@@ -515,7 +515,7 @@ def test_ipv6_keys_lxd_accepts_are_accepted(stack, api, uid, nets):
 @pytest.mark.parametrize("key, value", [
     ("bridge.driver", "openvswitch"), ("fan.type", "vxlan"), ("tunnel.t1.protocol", "vxlan"),
     ("ipv4.ovn.ranges", "10.1.2.10-10.1.2.20"), ("dns.zone.forward", "z.example"),
-    ("bgp.peers.p1.asn", "65000"), ("security.acls", "web"), ("maas.subnet.ipv6", "m6"),
+    ("bgp.peers.p1.asn", "65000"), ("maas.subnet.ipv6", "m6"),
 ])
 def test_keys_not_supported_yet_are_400_naming_them(stack, api, uid, nets, key, value):
     name = f"{uid}n"

@@ -59,7 +59,7 @@ VALID = {
     "tunnel.x.remote": "10.0.0.2", "tunnel.x.ttl": "64",
 }
 NOT_YET = {k for k in LXD_50_KEYS if k.split(".")[0] in ("bgp", "fan", "tunnel", "maas")
-           or k.startswith(("dns.zone.", "security.acls"))
+           or k.startswith("dns.zone.")
            or k in ("ipv4.ovn.ranges", "ipv6.ovn.ranges")}
 
 

@@ -14,6 +14,7 @@ stricter where LXD accepts anything but dnsmasq or the kernel would then fail la
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
@@ -25,6 +26,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
+from pathlib import Path
 from typing import Callable
 
 from shared.errors import BadRequest
@@ -332,5 +334,18 @@ def check_key(key: str, value: str) -> None:
     entry.check(key, value)
     if not entry.applies(value):
         shown = key if entry.implemented is NO else f"{key}={value}"
+        why = f" on this host: {ovs_missing()}" if shown == "bridge.driver=openvswitch" else ""
         raise BadRequest(f"Config key {shown!r} is valid in LXD but not supported by "
-                         "Corral yet")
+                         f"Corral yet{why}")
+
+
+def ovs_missing() -> str:
+    """Why Open vSwitch bridges cannot be made here (checked, not assumed)."""
+    if shutil.which("ovs-vsctl") is None:
+        return ("Open vSwitch is not installed (no ovs-vsctl), and this kernel cannot load "
+                "the openvswitch module (the userspace datapath would need ovs-vswitchd "
+                "with datapath_type=netdev); use bridge.driver=native")
+    if not Path("/sys/module/openvswitch").exists():
+        return ("this kernel has no openvswitch module and cannot load one; Corral does not "
+                "drive the userspace (netdev) datapath; use bridge.driver=native")
+    return "Corral does not drive Open vSwitch bridges yet; use bridge.driver=native"
