@@ -64,10 +64,14 @@ def host_link(ifname: str) -> dict | None:
         return {"master": ipr.get_links(master)[0].get_attr("IFLA_IFNAME") if master else None}
 
 
-def host_veths() -> set[str]:
+def bridge_ports(bridge: str) -> set[str]:
+    """The interfaces on the world's bridge (only this module's containers use it), and
+    any temporary peer name of a hot-plug (none may stay)."""
     with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=bridge)[0]
         return {lk.get_attr("IFLA_IFNAME") for lk in ipr.get_links()
-                if lk.get_attr("IFLA_IFNAME", "").startswith(("veth", "hpveth"))}
+                if lk.get_attr("IFLA_MASTER") == idx or
+                lk.get_attr("IFLA_IFNAME", "").startswith("hpveth")}
 
 
 def record(api, name: str) -> dict:
@@ -129,7 +133,7 @@ def test_nic_hotplug_through_corral_and_back_after_restart(world, pair, stack, a
 
 def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, api):
     a, _b = pair
-    before, veths = record(api, a), host_veths()
+    before, veths = record(api, a), bridge_ports(world.net)
     links = sh(stack, a, "ls /sys/class/net").stdout
     # The name of an interface the container already has: 409, nothing made.
     r = patch_devices(api, a, {"dup": {"type": "nic", "network": world.net, "name": "eth0"}})
@@ -140,7 +144,7 @@ def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, ap
     assert r.status_code == 404, r.text
     after = record(api, a)
     assert after["devices"] == before["devices"] and after["config"] == before["config"]
-    assert host_veths() == veths
+    assert bridge_ports(world.net) == veths
     assert sh(stack, a, "ls /sys/class/net").stdout == links
     # The stock client's own check: a device name the instance already has.
     lxc(stack, "config", "device", "add", a, "n1", "unix-char", "path=/dev/n1", "major=1",
@@ -155,7 +159,7 @@ def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, ap
     r = patch_devices(api, a, {"x": {"type": "nic", "network": world.net, "name": "eth5"},
                                "y": {"type": "nic", "network": world.net, "name": "eth5"}})
     assert r.status_code == 400 and "eth5" in r.json()["error"], r.text
-    assert host_veths() == veths
+    assert bridge_ports(world.net) == veths
 
 
 def test_static_address_of_a_running_nic_applies_as_a_lease(world, pair, stack, api):

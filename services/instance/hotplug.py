@@ -20,6 +20,7 @@ the static DHCP lease of its MAC; the guest sees it at its next DHCP renewal, as
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import BadRequest, NotFound
+from shared import faults
+from shared.errors import BadRequest, CorralError, NotFound
 from shared.messages.network import Nic, NicLeaseRequest
 
 from . import proxy, proxy_nat
@@ -44,6 +46,7 @@ Device = Mapping[str, str]
 Devices = Mapping[str, Device]
 UNIX = ("unix-char", "unix-block")
 LEASE_TIMEOUT = 30.0
+JOURNAL = "hotplug.json"  # in the instance's directory, while a hot-plug is under way
 
 
 def soft_nic_change(before: Device, after: Device) -> bool:
@@ -84,6 +87,24 @@ class Applied:
     volatile: dict[str, str | None] = field(default_factory=dict)
     undo: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    journal: Path | None = None  # containers: the intent file (see recover)
+    entries: list[list[Any]] = field(default_factory=list)
+
+    def note(self, *entry: Any) -> None:
+        """Journal a step before it is taken: a crash from here until the record is
+        stored leaves the file, and :func:`recover` puts the instance back to its record
+        at the service's next start."""
+        if self.journal is None:
+            return
+        self.entries.append(list(entry))
+        tmp = self.journal.with_name(self.journal.name + ".tmp")
+        tmp.write_text(json.dumps(self.entries))
+        tmp.replace(self.journal)
+
+    def finish(self) -> None:
+        """The record says what the instance has: the journal goes."""
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
 
     async def rollback(self, ctx: Context) -> None:
         for step in reversed(self.undo):
@@ -92,6 +113,7 @@ class Applied:
             except Exception as exc:  # keep undoing the rest; the error is logged
                 ctx.log.warning("hotplug undo step failed", error=str(exc))
         self.undo.clear()
+        self.finish()
 
     def record(self, rec: dict[str, Any]) -> dict[str, Any]:
         """``rec`` with the volatile changes in its config and expanded config."""
@@ -189,6 +211,8 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
     if not (removed or added or soft):
         return done
     nodes = await asyncio.to_thread(check, kind, new, added)
+    if kind == "container":
+        done.journal = _run_dir(drv, host) / JOURNAL
     try:
         nic_changes = [n for n in removed + added + soft
                        if (new.get(n) or old.get(n) or {}).get("type") == "nic"]
@@ -206,11 +230,13 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
             elif dev["type"] in UNIX:
                 node = await asyncio.to_thread(unix_node_or_none, name, dev)
                 if node:
+                    done.note("unix-", name, dict(dev), list(node))
                     await asyncio.to_thread(_unix_detach, drv, host, name, dev, node)
                     done.undo.append(_later(_unix_attach, drv, host, name, dev, node))
         for name in added:
             dev = new[name]
             if is_nat(dev):
+                done.note("nat+", name)
                 await asyncio.to_thread(_nat_apply, host, name, dev, new)
                 done.undo.append(_later(proxy_nat.remove, host, name))
             elif dev["type"] == "proxy":
@@ -219,8 +245,10 @@ async def apply(ctx: Context, rec: dict[str, Any], drv: Any, host: str, old: Dev
                 done.undo.append(_later(proxy.stop, _run_dir(drv, host), name))
             elif dev["type"] in UNIX and nodes.get(name):
                 node = nodes[name]
+                done.note("unix+", name, dict(dev), list(node))
                 await asyncio.to_thread(_unix_attach, drv, host, name, dev, node)
                 done.undo.append(_later(_unix_detach, drv, host, name, dev, node))
+        faults.point("hotplug:after_devices")
     except BaseException:
         await done.rollback(ctx)
         raise
@@ -334,6 +362,7 @@ async def _nics(ctx: Context, rec: dict[str, Any], drv: Any, host: str, kind: st
         nic = by_mac.get(old_macs[name])
         if nic is None:
             continue
+        done.note("nic-", nic.model_dump())
         await asyncio.to_thread(_nic_detach, drv, host, kind, nic)
         done.undo.append(_later(_nic_attach, drv, host, kind, nic))
         if name not in new:
@@ -347,6 +376,7 @@ async def _nics(ctx: Context, rec: dict[str, Any], drv: Any, host: str, kind: st
         if name not in added:
             continue
         nic = final[i]
+        done.note("nic+", nic.model_dump())
         await asyncio.to_thread(_nic_attach, drv, host, kind, nic)
         done.undo.append(_later(_nic_detach, drv, host, kind, nic))
         if nic.host_name and any(k.startswith("limits.") for k in new[name]):
@@ -410,9 +440,51 @@ async def stopped(ctx: Context, rec: dict[str, Any]) -> None:
     await asyncio.to_thread(_sync, drv, host_of(rec), nat, False)
 
 
+def recover(drv: Any, host: str, rec: dict[str, Any], running: bool) -> list[str]:
+    """Put a container whose hot-plug a crash interrupted back to its record: what was
+    being added and is not recorded goes, what was being removed and is still recorded
+    comes back. Returns the errors met (each step is tried)."""
+    path = _run_dir(drv, host) / JOURNAL
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    devs, cfg = rec.get("expanded_devices", {}), rec.get("expanded_config", {})
+    macs = {cfg.get(f"volatile.{n}.hwaddr") for n in nic_names(devs)}
+    errors = []
+    for kind, *data in reversed(entries):
+        try:
+            if kind in ("nic+", "nic-"):
+                nic = Nic.model_validate(data[0])
+                if kind == "nic+" and nic.hwaddr not in macs:
+                    lxc_hotplug.nic_detach(nic.host_name)
+                elif kind == "nic-" and nic.hwaddr in macs and running:
+                    try:
+                        lxc_hotplug.nic_attach(_init_pid(drv, host), nic)
+                    except CorralError:
+                        pass  # still there: the unplug never happened
+            elif kind in ("unix+", "unix-"):
+                name, dev, node = data[0], data[1], tuple(data[2])
+                recorded = devs.get(name) == dev
+                node_file = lxc_hotplug.host_node(_run_dir(drv, host) / "devices", name)
+                if kind == "unix+" and not recorded:
+                    if running:
+                        _unix_detach(drv, host, name, dev, node)
+                    node_file.unlink(missing_ok=True)
+                elif kind == "unix-" and recorded and running and not node_file.exists():
+                    _unix_attach(drv, host, name, dev, node)
+            elif kind == "nat+" and not is_nat(devs.get(data[0]) or {}):
+                proxy_nat.remove(host, data[0])
+        except Exception as exc:  # one step must not keep the others from running
+            errors.append(f"{kind} {data!r}: {exc}")
+    path.unlink(missing_ok=True)
+    return errors
+
+
 async def adopt(ctx: Context) -> None:
-    """At service start: keep the forwarders of running containers that are still right,
-    start missing or stale ones, end those of stopped containers."""
+    """At service start: undo interrupted hot-plugs (see :func:`recover`); keep the
+    forwarders of running containers that are still right, start missing or stale ones,
+    end those of stopped containers; NAT rules likewise."""
     for rec in list(ctx.instances.cached()):
         if type_of(rec) != "container" or rec.get("status") in ("Creating", "Deleting"):
             continue
@@ -421,10 +493,16 @@ async def adopt(ctx: Context) -> None:
         try:
             drv = ctx.drivers.for_instance(rec)
             host = host_of(rec)
-            if not proxies and not proxy.names(_run_dir(drv, host)):
+            run_dir = _run_dir(drv, host)
+            journal = (run_dir / JOURNAL).exists()
+            if not proxies and not journal and not proxy.names(run_dir):
                 continue
             running = await asyncio.to_thread(ctx.drivers.host_status, rec) in RUNNING
+            if journal:
+                errors = await asyncio.to_thread(recover, drv, host, rec, running)
+                ctx.log.info("interrupted hot-plug undone", instance=rec.get("name"),
+                             errors=errors)
             await asyncio.to_thread(_sync, drv, host, proxies, running)
-        except Exception as exc:  # one instance's proxy must not stop the service
-            ctx.log.warning("proxy adoption failed", instance=rec.get("name"),
+        except Exception as exc:  # one instance's devices must not stop the service
+            ctx.log.warning("device adoption failed", instance=rec.get("name"),
                             error=str(exc))

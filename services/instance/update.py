@@ -152,6 +152,7 @@ async def apply(ctx: Context, rec: dict[str, Any], rev: int,
             if nics:
                 await apply_nic_limits(ctx, new, only=nics)
         await ctx.instances.update(key(rec["project"], name), new, rev)
+        live.finish()  # hot-plug journal: the record now says what the instance has
         if mounted is not None:
             await disks.done(drv, host)
     except BaseException:
