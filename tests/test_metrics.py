@@ -188,3 +188,42 @@ def test_single_process_mode_counts_each_request_once(tmp_path):
     finally:
         stop_pid(proc)
         nats.stop()
+
+
+def test_hook_deliveries_are_counted(api, uid):
+    """A hook's test delivery to a receiver that refuses and to one that answers: both
+    attempts appear in corral_hook_deliveries_total, by result."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_a: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    name = f"m{uid}"
+    hook = {"name": name, "type": "lifecycle", "action": "profile-created",
+            "webhook": {"url": "http://127.0.0.1:9/"}}  # discard: nothing listens
+    try:
+        assert api.post("/1.0/hooks", json=hook).status_code == 200
+        assert api.post(f"/1.0/hooks/{name}/test", json={}).status_code == 200
+        r = api.put(f"/1.0/hooks/{name}", json={
+            **hook, "webhook": {"url": f"http://127.0.0.1:{server.server_address[1]}/"}})
+        assert r.status_code == 200, r.text
+        assert api.post(f"/1.0/hooks/{name}/test", json={}).status_code == 200
+        m = parse(api.get("/1.0/metrics").text)
+        for result in ("failure", "success"):
+            got = of(m, "corral_hook_deliveries_total", hook=name, kind="webhook",
+                     result=result)
+            assert [s.value for s in got] == [1.0], (result, got)
+        assert of(m, "corral_hook_delivery_duration_seconds_count", kind="webhook")
+    finally:
+        api.delete(f"/1.0/hooks/{name}")
+        server.shutdown()
+        server.server_close()
