@@ -322,3 +322,46 @@ def test_chown_fallback_when_idmapped_mounts_unavailable(env):
             c.wait("STOPPED", 10)
         if (drv.lxcpath / name).exists():
             drv.delete(name)
+
+
+def test_forced_stop_and_start_leave_other_threads_running(env):
+    """python-lxc keeps the GIL for all of ``start`` and ``stop`` (50-200 ms each), which
+    froze the whole instance service; the driver's start (lxc-start) and forced stop
+    (a pidfd SIGKILL, then waiting for the monitor in select) must not."""
+    drv, new, _ = env
+    name, _ = new(start=False)
+
+    def longest_gap(fn) -> tuple[float, float]:
+        gaps: list[float] = []
+        done = threading.Event()
+
+        def tick():
+            last = time.perf_counter()
+            while not done.is_set():
+                time.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.02)
+        t0 = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t0
+        done.set()
+        t.join()
+        return took, max(gaps)
+
+    took, gap = longest_gap(lambda: drv.start(name))
+    assert gap < 0.6 * took, (took, gap)
+    pid = drv.state(name)["pid"]
+    took, gap = longest_gap(lambda: drv.stop(name, force=True))
+    assert gap < 0.6 * took, (took, gap)
+    assert drv.state(name)["status"] == "Stopped"
+    assert not Path(f"/proc/{pid}").exists()
+    assert name not in lxc.list_containers(active=True, defined=False,
+                                           config_path=str(drv.lxcpath))
+    drv.start(name)  # nothing left behind that blocks the next start
+    drv.stop(name, force=True)
+    drv.delete(name)
