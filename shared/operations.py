@@ -104,6 +104,7 @@ class Operations:
         self.owner: dict[str, str] | None = None
         self._stopping: str | None = None
         self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
+        self._finished: set[str] = set()  # op ids read finished by fail_orphans
         self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> "Operations":
@@ -186,9 +187,7 @@ class Operations:
         now = time.monotonic()
         failed = 0
         seen = set()
-        for op_id, rec in (await self.store.items()).items():
-            if rec.get("status") in OperationStatus.FINAL:
-                continue
+        for op_id, rec in (await self._unfinished()).items():
             seen.add(op_id)
             owner = rec.get("owner")
             if not owner:
@@ -212,6 +211,28 @@ class Operations:
         for op_id in set(self._missing) - seen:
             self._missing.pop(op_id, None)
         return failed
+
+    async def _unfinished(self) -> dict[str, dict[str, Any]]:
+        """The unfinished operations, reading only records not seen finished before.
+
+        Why: this runs every 2 s and finished operations stay for the retention (600 s):
+        reading every record each round cost a KV round trip per operation (thousands
+        after a burst of execs, most of the gateway's CPU). A finished operation never
+        changes again (ids are never reused), so it is read once.
+        """
+        keys = await self.store._all_keys()
+        self._finished.intersection_update(keys)
+        todo = [k for k in keys if k not in self._finished]
+        found = await asyncio.gather(*(self.store.get(k) for k in todo))
+        out: dict[str, dict[str, Any]] = {}
+        for op_id, entry in zip(todo, found, strict=True):
+            if entry is None:
+                continue
+            if entry[0].get("status") in OperationStatus.FINAL:
+                self._finished.add(op_id)
+            else:
+                out[op_id] = entry[0]
+        return out
 
     async def owner_alive(self, owner: dict[str, str]) -> bool:
         """Whether the owner's micro instance answers (unknown counts as alive)."""

@@ -56,7 +56,8 @@ class ServiceStreams:
                                                        self._on_in(fd)))
             self._subs.append(await self.bus.subscribe(subject(self.op_id, fd, "attached"),
                                                        self._on_attached(fd)))
-        await self.bus.nc.flush()
+        # No flush round trip: whoever learns the operation does so from our reply (or a
+        # later message) on this same connection, which the server takes after the SUBs.
         return self
 
     def _on_in(self, fd: str):

@@ -26,11 +26,16 @@ from shared.operations import Operations
 class FakeStore:
     def __init__(self) -> None:
         self.data: dict[str, tuple[dict[str, Any], int]] = {}
+        self.reads: list[str] = []
 
     async def items(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, (v, _r) in self.data.items()}
 
+    async def _all_keys(self) -> list[str]:
+        return list(self.data)
+
     async def get(self, k: str):
+        self.reads.append(k)
         return self.data.get(k)
 
     async def put(self, k: str, v: dict[str, Any]) -> int:
@@ -176,3 +181,24 @@ def test_reading_an_operation_while_the_bus_restarts_is_a_503() -> None:
     ops.store.get = broken  # type: ignore[method-assign]
     with pytest.raises(Unavailable, match="message bus"):
         run(ops.get("0b5b3c4e-8f0e-4d7b-9a53-1d2f3e4a5b6c"))
+
+
+def test_the_orphan_sweep_reads_a_finished_operation_once():
+    """Every 2 s the gateway sweeps; finished operations stay for the retention, and
+    reading each of them every round cost a KV round trip apiece (most of the gateway's
+    CPU after a burst of execs). A finished record never changes: read once."""
+    ops = make()
+    for i in range(50):
+        ops.store.data[f"done{i}"] = (record(f"done{i}", OLD, "Success"), 1)
+    ops.store.data["run"] = (record("run", OLD), 1)
+
+    async def sweep_twice() -> list[str]:
+        await ops.fail_orphans()
+        ops.store.reads.clear()
+        await ops.fail_orphans()
+        return list(ops.store.reads)
+
+    assert asyncio.run(sweep_twice()) == ["run"]  # the running one only, each round
+    del ops.store.data["done0"]  # expired and deleted: forgotten here too
+    asyncio.run(ops.fail_orphans())
+    assert "done0" not in ops._finished

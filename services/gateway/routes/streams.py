@@ -3,21 +3,80 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from shared import streams
+from shared import streams, subjects
 from shared.errors import Forbidden
+from shared.models import OperationStatus
 
 from ..routing import Context
 
 
+class Secrets:
+    """The websocket secrets (``fds``) of running operations, from their events.
+
+    Why: each websocket of an exec read the operation's record from the KV first (a
+    JetStream round trip each, four per ``lxc exec``). The service publishes the
+    operation's "created" event before it answers the request, so by the time a client
+    connects, this gateway has usually seen the secrets; a miss (the first exec after a
+    start, another gateway's operation, an event not handled yet) reads the record as
+    before. A finished operation is forgotten here, so it is checked against its record.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._fds: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._sub: Any = None
+        self._lock = asyncio.Lock()
+
+    async def watch(self, bus: Any) -> None:
+        if self._sub is not None:
+            return
+        async with self._lock:
+            if self._sub is None:
+                self._sub = await bus.subscribe(
+                    f"{subjects.PREFIX}.events.operation.*.operation", self._on_event)
+
+    async def _on_event(self, msg: Any) -> None:
+        if b'"fds"' not in msg.data:
+            return
+        try:
+            op = json.loads(msg.data)["metadata"]
+            op_id, fds = op["id"], (op.get("metadata") or {}).get("fds")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if op.get("status") in OperationStatus.FINAL or not isinstance(fds, dict):
+            self._fds.pop(op_id, None)
+            return
+        self._fds[op_id] = fds
+        while len(self._fds) > self.LIMIT:
+            self._fds.popitem(last=False)
+
+    def get(self, op_id: str) -> dict[str, str] | None:
+        return self._fds.get(op_id)
+
+
+_secrets = Secrets()
+
+
+async def _fds_of(gw: Context, op_id: str) -> dict[str, Any]:
+    await _secrets.watch(gw.bus)
+    fds = _secrets.get(op_id)
+    if fds is None:
+        op = await gw.ops.get(op_id)
+        fds = (op.get("metadata") or {}).get("fds") or {}
+    return fds
+
+
 async def websocket(gw: Context, request: web.Request) -> web.StreamResponse:
     op_id = request.match_info["id"]
-    op = await gw.ops.get(op_id)
+    fds = await _fds_of(gw, op_id)
     secret = request.query.get("secret", "")
-    fds = ((op.get("metadata") or {}).get("fds") or {})
     fd = next((name for name, s in fds.items() if secret and s == secret), None)
     if fd is None:
         raise Forbidden("Wrong or missing websocket secret for this operation")
