@@ -195,3 +195,43 @@ def test_corral_cli_acl_and_forward(world, api, stack, server):
     finally:
         corral(stack, "network", "forward", "delete", world.net, listen)
     assert api.get(f"/1.0/networks/{world.net}/forwards").json()["metadata"] == []
+
+
+def test_nic_acl_filters_only_its_nic(world, api, stack, server):
+    """A NIC's own security.acls (with its static address): only that instance is
+    filtered; the ACL lists the instance in used_by and cannot go while it is used."""
+    acl = f"{world.prefix}nic"
+    lxc(stack, "network", "acl", "create", acl)
+    lxc(stack, "network", "acl", "rule", "add", acl, "ingress", "action=allow",
+        "protocol=tcp", "destination_port=81")
+    gw = IPv4Interface(api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"][
+        "ipv4.address"])
+    static = str(gw.network.network_address + 91)
+    c = world.name("nacl")
+    lxc(stack, "init", world.image, c, "-p", world.profile)
+    r = lxc(stack, "config", "device", "override", c, "eth0", f"security.acls={acl}",
+            check=False)
+    if r.returncode == 0:  # refused at start without a static address
+        r = lxc(stack, "start", c, check=False)
+        assert r.returncode != 0 and "needs 'ipv4.address'" in r.stderr, r.stderr
+    lxc(stack, "config", "device", "set", c, "eth0", f"ipv4.address={static}",
+        f"security.acls={acl}")
+    lxc(stack, "start", c)
+    wait_for(lambda: inet(world, c) == [static], 30)
+    lxc(stack, "exec", c, "--", "sh", "-c",
+        "mkdir -p /www && echo hello > /www/index.html && "
+        "httpd -p 80 -h /www && httpd -p 81 -h /www")
+    wait_for(lambda: reachable(static, 81), 15)
+    assert not reachable(static, 80)
+    assert reachable(server, 80) and reachable(server, 81)  # the other NIC: untouched
+    used = api.get(f"/1.0/network-acls/{acl}").json()["metadata"]["used_by"]
+    assert used == [f"/1.0/instances/{c}"], used
+    r = lxc(stack, "network", "acl", "delete", acl, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr, r.stderr
+    # A rule change reaches the NIC's chains live.
+    lxc(stack, "network", "acl", "rule", "add", acl, "ingress", "action=allow",
+        "protocol=tcp", "destination_port=80")
+    assert reachable(static, 80)
+    world.remove(c)
+    assert not nft_has(f"corral-acl-{world.net}")
+    lxc(stack, "network", "acl", "delete", acl)

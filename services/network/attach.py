@@ -20,7 +20,8 @@ from shared.messages.network import (
     NicLimitsRequest,
 )
 
-from . import host, leases, nic, routed
+from . import host, leases, nic, nic_acls, routed
+from .acls import acl_names
 from .drivers import validate_network_name
 from .networks import Networks
 
@@ -90,13 +91,35 @@ async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigRepl
     if network and dev["nictype"] == "bridged" and \
             (networks.find(network) or {}).get("type") == "bridge":
         # The NIC's static lease follows its device: set, changed, or gone.
-        await lease_set(networks, NicLeaseRequest(
+        static = await lease_set(networks, NicLeaseRequest(
             project=req.project, network=network, hwaddr=out.hwaddr, instance=req.instance,
             ipv4_address=dev.get("ipv4.address", ""),
             ipv6_address=dev.get("ipv6.address", "")), drop_dynamic=False)
+        await _nic_acls(networks, network, req, dev, out.hwaddr, static)
     if dev["nictype"] == "routed":
         await asyncio.to_thread(routed.prepare, out)
     return out
+
+
+async def _nic_acls(networks: Networks, network: str, req: NicConfigRequest,
+                    dev: dict[str, str], hwaddr: str, static: dict[str, str]) -> None:
+    """Record the NIC's own ``security.acls`` (or that it has none) and rebuild the
+    network's ACL table when that changed."""
+    names = acl_names(dev.get("security.acls", ""))
+    networks.acl_check(names, f"NIC 'security.acls' of instance {req.instance!r}")
+    entry = None
+    if names:
+        entry = {"hwaddr": hwaddr.lower(), "acls": names, "instance": req.instance,
+                 "project": req.project,
+                 "addresses": [a for a in static.values() if a],
+                 "config": {k: v for k, v in dev.items()
+                            if k.startswith("security.acls.default.")}}
+    rec = networks.find(network)
+    if rec is None:
+        return
+    state_dir = networks.driver(rec).state_dir
+    if await asyncio.to_thread(nic_acls.write, state_dir, entry, hwaddr) and networks.up:
+        await networks.up(rec)
 
 
 async def lease_set(networks: Networks, req: NicLeaseRequest,

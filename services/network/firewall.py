@@ -17,24 +17,38 @@ from .drivers.bridge_config import gateway, gateway6
 from .forwards import dnat_statements
 
 
-def apply_acls(rec: dict[str, Any], acl_records: list[dict[str, Any]]) -> None:
-    """The ACL table of network ``rec`` (none when it names no ACL)."""
-    name, cfg = rec["name"], rec["config"]
-    names = acl_names(cfg.get("security.acls", ""))
-    if rec.get("type", "bridge") != "bridge" or not names:
-        nft.delete_named_table(nft.acl_table_name(name))
-        return
-    by_name = {a["name"]: a for a in acl_records}
-    acls = [by_name[n] for n in names if n in by_name]
-    gw, gw6 = gateway(cfg), gateway6(cfg)
-    subnets = {4: str(gw.network) if gw else None, 6: str(gw6.network) if gw6 else None}
+def _chains(acls: list[dict[str, Any]], cfg: dict[str, str], subnets: dict[int, str | None]
+            ) -> dict[str, list[str]]:
     chains = {}
     for direction in ("ingress", "egress"):
         prefix = f"security.acls.default.{direction}"
         chains[direction] = chain_statements(
             acls, direction, cfg.get(f"{prefix}.action") or "reject",
             parse_bool(f"{prefix}.logged", cfg.get(f"{prefix}.logged") or "false"), subnets)
-    nft.apply_acl_table(name, name, chains["ingress"], chains["egress"])
+    return chains
+
+
+def apply_acls(rec: dict[str, Any], acl_records: list[dict[str, Any]],
+               nics: list[dict[str, Any]] | None = None) -> None:
+    """The ACL table of network ``rec``: its own ``security.acls`` and those of its NICs
+    (``nic_acls`` entries); none when neither names an ACL."""
+    name, cfg = rec["name"], rec["config"]
+    names = acl_names(cfg.get("security.acls", ""))
+    nics = [n for n in nics or [] if n.get("acls")]
+    if rec.get("type", "bridge") != "bridge" or not (names or nics):
+        nft.delete_named_table(nft.acl_table_name(name))
+        return
+    by_name = {a["name"]: a for a in acl_records}
+    gw, gw6 = gateway(cfg), gateway6(cfg)
+    subnets = {4: str(gw.network) if gw else None, 6: str(gw6.network) if gw6 else None}
+    own = _chains([by_name[n] for n in names if n in by_name], cfg, subnets) if names else {}
+    nic_acls = []
+    for n in nics:
+        chains = _chains([by_name[a] for a in n["acls"] if a in by_name], n.get("config", {}),
+                         subnets)
+        nic_acls.append(nft.NicAcl(n["hwaddr"], tuple(n.get("addresses", [])),
+                                   tuple(chains["ingress"]), tuple(chains["egress"])))
+    nft.apply_acl_table(name, name, own.get("ingress"), own.get("egress"), nic_acls)
 
 
 def apply_forwards(rec: dict[str, Any], forward_records: list[dict[str, Any]]) -> None:

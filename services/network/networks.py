@@ -62,6 +62,8 @@ class Networks:
         self.check: Callable[[dict[str, str]], None] = lambda config: None
         self.up: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.gone: Callable[[str], Awaitable[None]] | None = None
+        # 400 unless every named network ACL exists (a NIC's security.acls).
+        self.acl_check: Callable[[list[str], str], None] = lambda names, where: None
 
     def driver(self, rec: dict[str, Any], name: str | None = None) -> NetworkDriver:
         return load(name or rec["name"], rec["type"], rec["config"], self.corral_dir)

@@ -23,17 +23,21 @@ from pyroute2 import IPRoute
 from shared.errors import BadRequest, Internal, NotFound
 from shared.messages.network import NicConfigReply
 
-from .drivers.base import validate_network_name
+from .drivers.base import parse_bool, validate_network_name
 
 TC = "/usr/sbin/tc"
 NIC_KEYS = {"type", "nictype", "network", "parent", "name", "hwaddr", "mtu", "host_name",
             "limits.ingress", "limits.egress", "limits.max", "ipv4.address", "ipv6.address",
-            "ipv4.gateway", "ipv6.gateway", "security.acls"}
+            "ipv4.gateway", "ipv6.gateway", "security.acls",
+            "security.acls.default.ingress.action", "security.acls.default.egress.action",
+            "security.acls.default.ingress.logged", "security.acls.default.egress.logged"}
 NICTYPES = {"bridged", "macvlan", "p2p", "routed"}
 # Which nictypes take which of the newer keys (LXD 5.0's nic_*.go validation).
 _ONLY_FOR = {"ipv4.address": {"bridged", "routed"}, "ipv6.address": {"bridged", "routed"},
              "ipv4.gateway": {"routed"}, "ipv6.gateway": {"routed"},
-             "security.acls": {"bridged"}}
+             "security.acls": {"bridged"},
+             **{f"security.acls.default.{d}.{w}": {"bridged"}
+                for d in ("ingress", "egress") for w in ("action", "logged")}}
 # LXD's routed NIC: the instance routes through link-local gateways the host side answers.
 ROUTED_GW4, ROUTED_GW6 = "169.254.0.1", "fe80::1"
 _BIT_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "Mbit": 10**6, "Gbit": 10**9, "Tbit": 10**12,
@@ -100,10 +104,18 @@ def validate_nic_device(device: dict[str, str]) -> dict[str, str]:
         if out.get(k) and nictype not in types:
             raise BadRequest(f"NIC key {k!r} is not valid for nictype {nictype!r} (only "
                              f"{', '.join(sorted(types))})")
-    if out.get("security.acls"):  # never stored and silently ignored
-        raise BadRequest("NIC 'security.acls' is not supported by Corral yet: set it on the "
-                         "bridge network instead (lxc network set <network> "
-                         "security.acls=<acl>)")
+    for d in ("ingress", "egress"):
+        action = out.get(f"security.acls.default.{d}.action")
+        if action and action not in ("allow", "reject", "drop"):
+            raise BadRequest(f"Invalid NIC 'security.acls.default.{d}.action': {action!r} "
+                             "(allow, reject or drop)")
+        if out.get(f"security.acls.default.{d}.logged"):
+            parse_bool(f"security.acls.default.{d}.logged",
+                       out[f"security.acls.default.{d}.logged"])
+    if out.get("security.acls") and not (out.get("ipv4.address") or out.get("ipv6.address")):
+        raise BadRequest("NIC 'security.acls' needs 'ipv4.address' and/or 'ipv6.address' "
+                         "(the static addresses its ingress rules match), or set "
+                         "security.acls on the bridge network instead")
     if nictype == "routed":
         routed_addresses(out)  # 400s
         for k in ("ipv4.gateway", "ipv6.gateway"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from shared import faults
-from shared.api import listing
+from shared.api import listing, url
 from shared.errors import BadRequest, NotFound
 from shared.messages.network import (
     ForwardRequest,
@@ -28,7 +28,7 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
 from . import acls as acl_mod
-from . import attach, firewall, forwards, host, leases, nic, usage
+from . import attach, firewall, forwards, host, leases, nic, nic_acls, usage
 from .acls import Acls
 from .forwards import Forwards
 from .networks import Networks, network_etag, public, unmanaged
@@ -51,14 +51,21 @@ class NetworkService(Service):
             acl_mod.acl_names(config.get("security.acls", "")), "network config")
         self.networks.up = self._firewall_up
         self.networks.gone = self._firewall_gone
+        self.networks.acl_check = self.acls.check_names
         self._release_locks: dict[str, asyncio.Lock] = {}
         self._fw_lock = asyncio.Lock()
         await self.networks.reconcile()
 
     async def _firewall_up(self, rec: dict) -> None:
         """Rebuild network ``rec``'s ACL and forward tables from the records."""
-        await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records())
+        await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records(),
+                                self._nic_acls(rec))
         await asyncio.to_thread(firewall.apply_forwards, rec, self.forwards.records())
+
+    def _nic_acls(self, rec: dict) -> list[dict]:
+        if rec.get("type") != "bridge":
+            return []
+        return nic_acls.read_all(self.networks.driver(rec).state_dir)
 
     async def _firewall_gone(self, name: str) -> None:
         await asyncio.to_thread(firewall.remove, name)
@@ -159,8 +166,13 @@ class NetworkService(Service):
 
     # -- LXD's /1.0/network-acls ---------------------------------------------------------
     def _acl_users(self, name: str) -> list[str]:
-        return [self.networks.url(r["name"]) for r in self.networks.records()
+        """Networks naming the ACL, then instances whose NICs name it."""
+        nets = [self.networks.url(r["name"]) for r in self.networks.records()
                 if name in acl_mod.acl_names(r["config"].get("security.acls", ""))]
+        insts = sorted({url("instances", n["instance"], n.get("project", "default"))
+                        for r in self.networks.records() for n in self._nic_acls(r)
+                        if name in n.get("acls", [])})
+        return nets + insts
 
     async def _acl_lifecycle(self, action: str, name: str, req, context=None) -> None:
         await self.events.lifecycle(action, acl_mod.acl_url(name), context=context,
@@ -168,8 +180,10 @@ class NetworkService(Service):
 
     async def _reapply_acl_users(self, name: str) -> None:
         for rec in self.networks.records():
-            if name in acl_mod.acl_names(rec["config"].get("security.acls", "")):
-                await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records())
+            if name in acl_mod.acl_names(rec["config"].get("security.acls", "")) or any(
+                    name in n.get("acls", []) for n in self._nic_acls(rec)):
+                await asyncio.to_thread(firewall.apply_acls, rec, self.acls.records(),
+                                        self._nic_acls(rec))
 
     @endpoint("acl_list", ListRequest)
     async def acl_list(self, req: ListRequest) -> Reply:
@@ -318,8 +332,10 @@ class NetworkService(Service):
             return Reply(metadata={"released": 0})
         lock = self._release_locks.setdefault(req.network, asyncio.Lock())
         async with lock:
-            await asyncio.to_thread(leases.remove, self.networks.driver(rec).state_dir,
-                                    set(req.hwaddrs))
+            state_dir = self.networks.driver(rec).state_dir
+            await asyncio.to_thread(leases.remove, state_dir, set(req.hwaddrs))
+            if await asyncio.to_thread(nic_acls.remove, state_dir, set(req.hwaddrs)):
+                await self._firewall_up(rec)
             n = await asyncio.to_thread(self.networks.driver(rec).release_leases,
                                         set(req.hwaddrs))
         return Reply(metadata={"released": n})

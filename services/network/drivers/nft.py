@@ -125,7 +125,19 @@ def acl_table_name(network: str) -> str:
     return f"corral-acl-{network}"
 
 
-def acl_ruleset(network: str, bridge: str, ingress: list[str], egress: list[str]) -> str:
+@dataclass(frozen=True)
+class NicAcl:
+    """One NIC's own ACL chains: what it sends is known by its MAC, what reaches it by
+    its (static) addresses."""
+
+    hwaddr: str
+    addresses: tuple[str, ...]
+    ingress: tuple[str, ...]
+    egress: tuple[str, ...]
+
+
+def acl_ruleset(network: str, bridge: str, ingress: list[str] | None,
+                egress: list[str] | None, nics: list[NicAcl] | None = None) -> str:
     """The ACL table of a bridge: ``egress`` statements for what comes from the bridge
     (into the host or forwarded), ``ingress`` for what goes to it (from the host or
     forwarded). Established flows and the host's DHCP/DNS/NDP service always pass.
@@ -137,18 +149,29 @@ def acl_ruleset(network: str, bridge: str, ingress: list[str], egress: list[str]
     def chain(name: str, stmts: list[str]) -> str:
         return f"  chain {name} {{\n" + "".join(f"    {s}\n" for s in stmts) + "  }\n"
 
+    chains, to_nic, from_nic = [], [], []
+    for i, n in enumerate(nics or []):  # a NIC's own ACLs come before the network's
+        chains += [chain(f"nic{i}_ingress", list(n.ingress)),
+                   chain(f"nic{i}_egress", list(n.egress))]
+        from_nic.append(f"iifname {br} ether saddr {n.hwaddr} jump nic{i}_egress")
+        for addr in n.addresses:
+            ipv = "ip6" if ":" in addr else "ip"
+            to_nic.append(f"oifname {br} {ipv} daddr {addr} jump nic{i}_ingress")
+    own = ingress is not None and egress is not None
+    if own:
+        chains += [chain("acl_ingress", ingress or []), chain("acl_egress", egress or [])]
+    fwd_in = [f"iifname {br} jump acl_egress"] if own else []
+    fwd_out = [f"oifname {br} jump acl_ingress"] if own else []
     return (
         f"table inet {t} {{}}\n"
         f"delete table inet {t}\n"
         f"table inet {t} {{\n"
-        + chain("acl_ingress", ingress)
-        + chain("acl_egress", egress)
+        + "".join(chains)
         + chain("forward", [
             "type filter hook forward priority 1; policy accept;",
             f"iifname {br} ct state established,related accept",
             f"oifname {br} ct state established,related accept",
-            f"iifname {br} jump acl_egress",
-            f"oifname {br} jump acl_ingress"])
+            *from_nic, *to_nic, *fwd_in, *fwd_out])
         + chain("input", [
             "type filter hook input priority 1; policy accept;",
             f"iifname {br} ct state established,related accept",
@@ -156,20 +179,21 @@ def acl_ruleset(network: str, bridge: str, ingress: list[str], egress: list[str]
             f"iifname {br} tcp dport 53 accept",
             f"iifname {br} icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, "
             "nd-neighbor-advert } accept",
-            f"iifname {br} jump acl_egress"])
+            *from_nic, *fwd_in])
         + chain("output", [
             "type filter hook output priority 1; policy accept;",
             f"oifname {br} ct state established,related accept",
             f"oifname {br} udp sport {{ 53, 67, 547 }} accept",
             f"oifname {br} icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, "
             "nd-neighbor-advert } accept",
-            f"oifname {br} jump acl_ingress"])
+            *to_nic, *fwd_out])
         + "}\n")
 
 
-def apply_acl_table(network: str, bridge: str, ingress: list[str], egress: list[str]
-                    ) -> None:
-    res = _run(["-f", "-"], acl_ruleset(network, bridge, ingress, egress))
+def apply_acl_table(network: str, bridge: str, ingress: list[str] | None,
+                    egress: list[str] | None, nics: list[NicAcl] | None = None) -> None:
+    """Load the table (``ingress``/``egress`` None: the network itself has no ACLs)."""
+    res = _run(["-f", "-"], acl_ruleset(network, bridge, ingress, egress, nics))
     if res.returncode != 0:
         raise Internal(f"Failed to load the ACL rules of network {network!r}: "
                        f"{res.stderr.strip()}")
