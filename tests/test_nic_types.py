@@ -124,7 +124,7 @@ def test_routed_nic_reaches_a_peer(world, api, stack, peer):
     address = f"198.19.{n}.10"
     c = bare(world, stack, "rt")
     lxc(stack, "config", "device", "add", c, "r0", "nic", "nictype=routed",
-        f"ipv4.address={address}", "name=eth1")
+        f"ipv4.address={address}", "name=eth1", f"parent={host_end}")
     lxc(stack, "start", c)
     addrs = lxc(stack, "exec", c, "--", "ip", "-4", "addr", "show", "eth1").stdout
     assert f"{address}/32" in addrs, addrs
@@ -137,8 +137,11 @@ def test_routed_nic_reaches_a_peer(world, api, stack, peer):
     r = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", address,
            check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+    # The parent answers ARP for the instance's address (its segment reaches it).
+    assert address in sh("ip", "neigh", "show", "proxy", "dev", host_end).stdout
     world.remove(c)
     assert not sh("ip", "-4", "route", "show", address).stdout.strip()
+    assert address not in sh("ip", "neigh", "show", "proxy", "dev", host_end).stdout
 
     # A routed NIC without an address, or with a bad one, is refused before it starts.
     c2 = bare(world, stack, "rt2")

@@ -97,7 +97,7 @@ async def nic_config(networks: Networks, req: NicConfigRequest) -> NicConfigRepl
             ipv6_address=dev.get("ipv6.address", "")), drop_dynamic=False)
         await _nic_acls(networks, network, req, dev, out.hwaddr, static)
     if dev["nictype"] == "routed":
-        await asyncio.to_thread(routed.prepare, out)
+        await asyncio.to_thread(routed.prepare, out, networks.corral_dir)
     return out
 
 

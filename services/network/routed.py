@@ -10,7 +10,9 @@ instance as if it sat there, as LXD's routed NIC.
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -23,8 +25,18 @@ from .drivers import sysctl
 NTF_PROXY = 0x08
 
 
-def prepare(nic: Nic) -> None:
+def _record(corral_dir: Path, hwaddr: str) -> Path:
+    """Which proxy entries a routed NIC made on its parent, so they go with the instance
+    (``release``) even though no managed network remembers the NIC."""
+    return corral_dir / "networks" / ".routed" / hwaddr.lower().replace(":", "-")
+
+
+def prepare(nic: Nic, corral_dir: Path | None = None) -> None:
     """Forwarding on; proxy ARP/NDP entries on the parent for each address (idempotent)."""
+    if corral_dir is not None and nic.parent:
+        path = _record(corral_dir, nic.hwaddr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(nic.model_dump_json())
     if nic.ipv4_addresses:
         sysctl.enable_ipv4_forwarding()
     if nic.ipv6_addresses:
@@ -66,3 +78,18 @@ def release(nic: Nic) -> None:
                               family=family, flags=NTF_PROXY)
                 except NetlinkError:
                     pass
+
+
+def release_recorded(corral_dir: Path, hwaddrs: set[str]) -> int:
+    """Remove the proxy entries of these MACs' routed NICs (a deleted instance's)."""
+    n = 0
+    for mac in hwaddrs:
+        path = _record(corral_dir, mac)
+        try:
+            nic = Nic.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+        release(nic)
+        path.unlink(missing_ok=True)
+        n += 1
+    return n

@@ -28,7 +28,7 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
 from . import acls as acl_mod
-from . import attach, firewall, forwards, host, leases, nic, nic_acls, usage
+from . import attach, firewall, forwards, host, leases, nic, nic_acls, routed, usage
 from .acls import Acls
 from .forwards import Forwards
 from .networks import Networks, network_etag, public, unmanaged
@@ -327,6 +327,8 @@ class NetworkService(Service):
         restart its dnsmasq). An unmanaged or unknown network has none: nothing to do."""
         for host_name in req.host_names:  # the veth went with the instance; its ifb not
             await asyncio.to_thread(nic.clear_limits, host_name)
+        await asyncio.to_thread(routed.release_recorded, self.networks.corral_dir,
+                                set(req.hwaddrs))
         rec = self.networks.find(req.network)
         if rec is None or not req.hwaddrs:
             return Reply(metadata={"released": 0})
