@@ -227,3 +227,25 @@ def test_hook_deliveries_are_counted(api, uid):
         api.delete(f"/1.0/hooks/{name}")
         server.shutdown()
         server.server_close()
+
+
+def test_a_stopped_service_is_reported_down_and_the_rest_still_served(api, stack):
+    from .stack import wait_for
+
+    stack.stop("migration")
+    try:
+        r = api.get("/1.0/metrics")
+        assert r.status_code == 200, r.text
+        m = parse(r.text)
+        up = {s.labels["service"]: s.value for s in m["corral_service_up"]}
+        assert up["migration"] == 0.0 and up["instance"] == 1.0, up
+        assert not of(m, "corral_service_start_time_seconds", service="migration")
+        assert of(m, "corral_service_start_time_seconds", service="instance")
+    finally:
+        stack.start("migration")
+
+    def back() -> bool:
+        m = parse(api.get("/1.0/metrics").text)
+        return of(m, "corral_service_up", service="migration")[0].value == 1.0
+
+    wait_for(back, 30, what="the migration service to be reported up again")
