@@ -448,3 +448,10 @@ def test_devices_are_made_again_at_start(world, stack, api):
     finally:
         world.remove(name)
     assert not Path(world.lxc_dir(name)).exists()
+    # A source that went away: the start is refused before the container runs.
+    name = world.create("nosrc", devices={
+        "m": {"type": "unix-char", "source": "/dev/corral-no-such-dev"}})
+    op = world.state(name, "start", ok=False)
+    assert op["status"] == "Failure" and "does not exist" in op["err"], op
+    assert world.live(name)["status"] == "Stopped"
+    world.remove(name)

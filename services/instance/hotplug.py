@@ -193,6 +193,10 @@ def check(kind: str, new: Devices, added: list[str]) -> dict[str, tuple[int, int
                 raise BadRequest(f"Device {name!r}: proxy devices of virtual machines need "
                                  "nat=true, which Corral does not offer for VMs yet")
         elif dev["type"] in UNIX:
+            if kind != "container":
+                raise BadRequest(f"Device {name!r}: {dev['type']} devices are for "
+                                 "containers only (a virtual machine has its own kernel "
+                                 "and device nodes)")
             nodes[name] = unix_node(name, dev)
     return nodes
 
@@ -416,6 +420,14 @@ def _sync(drv: Any, host: str, devices: Devices, running: bool) -> None:
                 proxy_nat.remove(host, name)
 
 
+async def check_start(ctx: Context, rec: dict[str, Any]) -> None:
+    """What :func:`started` will need, checked before the instance starts (400/404)."""
+    devs = rec["expanded_devices"]
+    await asyncio.to_thread(check, type_of(rec), devs,
+                            sorted(n for n, d in devs.items()
+                                   if d.get("type") in ("proxy", *UNIX)))
+
+
 async def started(ctx: Context, rec: dict[str, Any]) -> None:
     """After a container started: its unix devices and proxies. A failure stops nothing
     here; the caller (start) reports it and the instance is stopped by its undo."""
@@ -479,6 +491,14 @@ def recover(drv: Any, host: str, rec: dict[str, Any], running: bool) -> list[str
             errors.append(f"{kind} {data!r}: {exc}")
     path.unlink(missing_ok=True)
     return errors
+
+
+async def deleted(rec: dict[str, Any]) -> None:
+    """After a container's definition went: the NAT rules of one stopped from inside
+    (its forwarders ended with its init; their files went with its directory)."""
+    for name, dev in rec.get("expanded_devices", {}).items():
+        if is_nat(dev):
+            await asyncio.to_thread(proxy_nat.remove, host_of(rec), name)
 
 
 async def adopt(ctx: Context) -> None:

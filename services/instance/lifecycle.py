@@ -71,6 +71,7 @@ async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     nics, vol = await nic_setup(ctx, rec)
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
     extra = await disks.resolve(ctx, rec)  # 400 for a missing source, before starting
+    await hotplug.check_start(ctx, rec)  # unix sources, NAT addresses: 400 before starting
     await asyncio.to_thread(drv.update, name, rec["expanded_config"],
                             rec["expanded_devices"], nics, extra)
     if rec.get("volume") and drv.capabilities.templates:

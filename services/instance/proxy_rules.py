@@ -8,7 +8,9 @@ needs the host (does the source exist, is the instance's netns there) is checked
 
 from __future__ import annotations
 
+import glob
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -20,7 +22,7 @@ UNIX_KEYS = {"type", "path", "source", "major", "minor", "uid", "gid", "mode", "
 # LXD device types the host cannot offer here, with the reason given instead.
 REFUSED_TYPES = {
     "gpu": "this host has no GPU (no /dev/dri or /dev/nvidia* device)",
-    "usb": "this host has no USB bus (/sys/bus/usb/devices is empty)",
+    "usb": "this host has no USB device (/sys/bus/usb/devices is empty)",
     "infiniband": "this host has no InfiniBand device",
     "tpm": "TPM devices are not supported by Corral yet",
     "pci": "PCI passthrough needs KVM and IOMMU, which this host lacks",
@@ -166,7 +168,18 @@ def check_unix(name: str, dev: Mapping[str, str]) -> None:
     flag(name, "required", dev.get("required", "true"))
 
 
+def _host_has(dev_type: str) -> bool:
+    """Whether the host has what a gpu/usb device would pass through (then the refusal
+    says Corral does not pass it through yet, not that the host lacks it)."""
+    if dev_type == "gpu":
+        return os.path.isdir("/dev/dri") or bool(glob.glob("/dev/nvidia[0-9]*"))
+    if dev_type == "usb":
+        return bool(glob.glob("/sys/bus/usb/devices/*"))
+    return False
+
+
 def check_type(name: str, dev_type: str) -> None:
     if dev_type in REFUSED_TYPES:
-        raise BadRequest(f"Device {name!r}: {dev_type} devices cannot be used here: "
-                         f"{REFUSED_TYPES[dev_type]}")
+        why = f"Corral does not pass {dev_type} devices through yet" \
+            if _host_has(dev_type) else REFUSED_TYPES[dev_type]
+        raise BadRequest(f"Device {name!r}: {dev_type} devices cannot be used here: {why}")

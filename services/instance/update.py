@@ -217,6 +217,7 @@ async def delete(ctx: Context, rec: dict[str, Any]) -> None:
         await mutate(ctx.instances, key(project, name), lambda r: {**r, "status": before})
         raise BadRequest("The instance is currently running, stop it first") from exc
     faults.point("delete:after_driver")
+    await hotplug.deleted(rec)  # NAT rules of a container stopped from inside
     if rec.get("pool"):
         try:
             await ctx.remote.volume_delete(project, rec["pool"], name, type_of(rec))
