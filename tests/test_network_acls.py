@@ -8,12 +8,16 @@ the test's own bridge (no NAT, nothing leaves the machine).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import socket
 import subprocess
 from ipaddress import IPv4Interface
 
 import pytest
+
+from shared import subjects
 
 from .stack import BIN, wait_for
 from .world import lxc, make_world
@@ -235,3 +239,39 @@ def test_nic_acl_filters_only_its_nic(world, api, stack, server):
     world.remove(c)
     assert not nft_has(f"corral-acl-{world.net}")
     lxc(stack, "network", "acl", "delete", acl)
+
+
+async def test_acl_and_forward_lifecycle_events(world, api, bus):
+    acl, new = f"{world.prefix}ev", f"{world.prefix}ev2"
+    listen = "198.51.100.88"
+    seen: list[dict] = []
+
+    async def on_event(msg):
+        seen.append(json.loads(msg.data)["metadata"])
+
+    subs = [await bus.subscribe(subjects.event("lifecycle", "default", entity), on_event)
+            for entity in ("network-acl", "network-forward")]  # the action's entity
+    try:
+        for method, url, body in (
+                ("POST", "/1.0/network-acls", {"name": acl}),
+                ("PATCH", f"/1.0/network-acls/{acl}", {"description": "x"}),
+                ("POST", f"/1.0/network-acls/{acl}", {"name": new}),
+                ("DELETE", f"/1.0/network-acls/{new}", None),
+                ("POST", f"/1.0/networks/{world.net}/forwards", {"listen_address": listen}),
+                ("DELETE", f"/1.0/networks/{world.net}/forwards/{listen}", None)):
+            r = await asyncio.to_thread(api.request, method, url, json=body)
+            assert r.status_code in (200, 201), (url, r.text)
+        for _ in range(100):
+            if len(seen) >= 6:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    got = [(e["action"], e["source"]) for e in seen]
+    fwd = f"/1.0/networks/{world.net}/forwards/{listen}"
+    assert got == [("network-acl-created", f"/1.0/network-acls/{acl}"),
+                   ("network-acl-updated", f"/1.0/network-acls/{acl}"),
+                   ("network-acl-renamed", f"/1.0/network-acls/{new}"),
+                   ("network-acl-deleted", f"/1.0/network-acls/{new}"),
+                   ("network-forward-created", fwd), ("network-forward-deleted", fwd)], got
