@@ -161,14 +161,24 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         drv = ctx.drivers.for_type(kind)
         undo.append(lambda: _ignore_missing(ctx.remote.volume_delete(project, pool, name,
                                                                      kind)))
-        path = Path(await ctx.remote.volume_from_image(project, pool, name,
-                                                       image["fingerprint"], kind))
-        faults.point("create:after_volume")
-        size = root_size(rec["expanded_devices"])
-        if size and kind == "container":  # a VM's disk takes it in its driver's create
-            await ctx.remote.volume_quota(project, pool, name, size, kind)
-        rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
-        nics, vol = await nic_setup(ctx, rec)
+        # The NICs (network service) do not depend on the volume (storage service): ask
+        # both at once. Resolving a NIC makes nothing that would need undoing.
+        nic_task = asyncio.ensure_future(nic_setup(ctx, rec))
+        try:
+            path = Path(await ctx.remote.volume_from_image(project, pool, name,
+                                                           image["fingerprint"], kind))
+            faults.point("create:after_volume")
+            size = root_size(rec["expanded_devices"])
+            if size and kind == "container":  # a VM's disk takes it in its driver's create
+                await ctx.remote.volume_quota(project, pool, name, size, kind)
+            rec = await mutate(ctx.instances, k, lambda r: {**r, "volume": str(path)})
+            nics, vol = await nic_task
+        finally:
+            if not nic_task.done():
+                nic_task.cancel()
+                await asyncio.gather(nic_task, return_exceptions=True)
+            elif not nic_task.cancelled():
+                nic_task.exception()  # retrieved: a failed volume reports, not this
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
         rec = with_config(rec, {**props, **vol, "volatile.base_image": image["fingerprint"],
                                 "volatile.uuid": str(uuid.uuid4())})
