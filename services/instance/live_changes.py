@@ -76,6 +76,12 @@ def check(instance_type: str, status: str, old: Devices, new: Devices) -> None:
             continue  # an extra disk: hot-plugged by update (disks.hotplug)
         types = {d.get("type") for d in (before, after) if d}
         if types <= HOTPLUG_TYPES.get(instance_type, frozenset()):
+            nictype = (after or {}).get("nictype", "bridged")
+            if (after or {}).get("type") == "nic" and not after.get("network") and \
+                    nictype != "bridged":
+                raise BadRequest(f"Device {name!r}: a {nictype} NIC cannot be hot-plugged "
+                                 f"into a running {kind} yet (bridged NICs can): stop the "
+                                 "instance first")
             continue  # plugged, unplugged or re-plugged by update (hotplug.apply)
         action = "added to" if before is None else "removed from" if after is None \
             else "changed on"

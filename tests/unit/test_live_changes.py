@@ -29,6 +29,12 @@ def test_nic_add_remove_change_pass_to_hotplug_while_running(status, kind):
                                                 "path": "/mnt"}})
 
 
+def test_macvlan_nic_not_hotplugged_yet():
+    mac = {"type": "nic", "nictype": "macvlan", "parent": "eth0"}
+    assert "stop the instance first" in _refused("Running", {**BASE, "m": mac})
+    check("container", "Stopped", BASE, {**BASE, "m": mac})
+
+
 @pytest.mark.parametrize("dev", [
     {"type": "proxy", "listen": "tcp:127.0.0.1:1", "connect": "tcp:127.0.0.1:2"},
     {"type": "unix-char", "path": "/dev/z", "major": "1", "minor": "5"}])
