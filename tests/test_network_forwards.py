@@ -163,3 +163,35 @@ def test_forward_reaches_an_instance(world, api, stack, server, client):
     assert not nft_has(f"corral-fwd-{net}")
     assert fetch_from_ns(ns, listen, 9001) == ""
     assert api.get(f"/1.0/networks/{net}/forwards").json()["metadata"] == []
+
+
+def test_tables_come_back_after_a_reboot(world, api, stack, server, client):
+    """What a reboot (or a flush by hand) loses, the network service's next start rebuilds
+    from the records: the forward's DNAT and the network's ACL table."""
+    ns, listen = client
+    net, acl = world.net, f"{world.prefix}rb"
+    lxc(stack, "network", "forward", "create", net, listen, f"target_address={server}")
+    lxc(stack, "network", "acl", "create", acl)
+    lxc(stack, "network", "acl", "rule", "add", acl, "ingress", "action=drop",
+        "protocol=tcp", "destination_port=81")
+    lxc(stack, "network", "set", net, f"security.acls={acl}",
+        "security.acls.default.ingress.action=allow")
+    try:
+        assert fetch_from_ns(ns, listen, 80) == "hello"
+        assert fetch_from_ns(ns, listen, 81) == ""
+        sh("nft", "delete", "table", "inet", f"corral-fwd-{net}")
+        sh("nft", "delete", "table", "inet", f"corral-acl-{net}")
+        assert fetch_from_ns(ns, listen, 80) == ""
+        stack.stop("network")
+        stack.start("network")
+        wait_for(lambda: api.get(f"/1.0/networks/{net}/forwards").status_code == 200, 30)
+        assert nft_has(f"corral-fwd-{net}") and nft_has(f"corral-acl-{net}")
+        assert fetch_from_ns(ns, listen, 80) == "hello"
+        assert fetch_from_ns(ns, listen, 81) == ""
+    finally:
+        lxc(stack, "network", "unset", net, "security.acls", check=False)
+        lxc(stack, "network", "unset", net, "security.acls.default.ingress.action",
+            check=False)
+        lxc(stack, "network", "acl", "delete", acl, check=False)
+        lxc(stack, "network", "forward", "delete", net, listen, check=False)
+    assert not nft_has(f"corral-acl-{net}") and not nft_has(f"corral-fwd-{net}")
