@@ -5,12 +5,15 @@ Why these consumer settings:
 - durable, file-backed, explicit acks: the position survives the hooks service, a
   restart of nats-server and a receiver that is down; an event is acked only after it was
   delivered (or dead-lettered), so it is delivered at least once;
-- ``max_ack_pending=1`` and one message per fetch: a redelivery can never be overtaken by a
-  later event, so every receiver sees events in stream order (and so in order per
-  instance), the retries of one event holding back the next ones;
-- ``ack_wait`` short (10 s) with an ``in_progress`` every few seconds while an event is
-  being worked on: a long retry keeps its claim, and after a crash the next incarnation
-  gets the unacked event back within seconds.
+- one batch of up to ``BATCH`` events fetched at a time (``max_ack_pending`` the same),
+  delivered one after another, each acked before the next is tried: receivers see the
+  stream's order (so, per instance, the order things happened), and the retries of one
+  event hold back the ones after it. The events of a batch are kept claimed (an
+  ``in_progress`` every few seconds) while an earlier one is retried, so none is handed
+  out again behind our back; and a runner that starts while events are still out (its
+  process died, or the hook changed, mid-batch) first moves the consumer back to the
+  first unacked event (``reset``), so a redelivery is never overtaken by a later event;
+- ``ack_wait`` short (10 s): after a crash the unacked events come back within seconds.
 
 After ``retries`` failed attempts (exponential backoff) the event goes to the dead-letter
 subject ``corral.hooks.dead.<hook>`` with the error, to the hook's log, and a
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import httpx
+import aiohttp
 import nats.errors
 import nats.js.errors as jse
 from nats.aio.msg import Msg
@@ -42,6 +45,7 @@ from shared.state import Store
 from . import actions, credentials, rules
 
 ACK_WAIT = 10.0
+BATCH = 1
 KEEPALIVE = 3.0
 LOG_KEEP = 100
 DEAD_LETTER = f"{subjects.PREFIX}.hooks.dead"
@@ -60,7 +64,7 @@ def consumer_config(hook: dict[str, Any], start_seq: int | None = None) -> api.C
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if by_seq else api.DeliverPolicy.NEW,
         opt_start_seq=start_seq if by_seq else None,
         ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=-1,
-        max_ack_pending=1, replay_policy=api.ReplayPolicy.INSTANT,
+        max_ack_pending=BATCH, replay_policy=api.ReplayPolicy.INSTANT,
         num_replicas=0, mem_storage=False)
 
 
@@ -84,7 +88,7 @@ class Context:
     logs: Store
     corral_dir: Path
     log: Any
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
 
 
 class HookLog:
@@ -143,19 +147,34 @@ class HookRunner:
         await self.log.close()
         await self.conn.close()
 
+    async def reset(self) -> None:
+        """Events still out (a dead process, a cancelled runner) would come back only
+        after ``ack_wait``, and later ones could pass them: move the consumer back to the
+        first unacked event (same name, same filter) instead."""
+        js, durable = self.ctx.bus.js, durable_name(self.hook["name"])
+        info = await js.consumer_info(subjects.EVENTS_STREAM, durable)
+        if not info.num_ack_pending:
+            return
+        start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        await js.delete_consumer(subjects.EVENTS_STREAM, durable)
+        await js.add_consumer(subjects.EVENTS_STREAM, consumer_config(self.hook, start))
+
     async def _loop(self) -> None:
         name = durable_name(self.hook["name"])
+        reset = True
         while True:
             try:
+                if reset:
+                    await self.reset()
+                    reset = False
                 sub = await self.ctx.bus.js.pull_subscribe_bind(
                     durable=name, stream=subjects.EVENTS_STREAM)
                 while True:
                     try:
-                        msgs = await sub.fetch(1, timeout=5)
+                        msgs = await sub.fetch(BATCH, timeout=5)
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         continue
-                    for msg in msgs:
-                        await self.handle(msg)
+                    await self.handle_batch(msgs)
             except asyncio.CancelledError:
                 raise
             except (jse.NotFoundError, jse.ServiceUnavailableError) as exc:
@@ -165,7 +184,18 @@ class HookRunner:
             except Exception as exc:  # the bus went away: the durable consumer waits
                 self.ctx.log.warning("hook delivery loop", hook=self.hook["name"],
                                      error=f"{type(exc).__name__}: {exc}")
+                reset = True  # what this loop held may be out: start from the ack floor
                 await asyncio.sleep(1)
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        out = list(msgs)
+        keepalive = asyncio.create_task(self._keepalive(out))
+        try:
+            while out:
+                await self.handle(out[0])
+                out.pop(0)
+        finally:
+            keepalive.cancel()
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -173,21 +203,16 @@ class HookRunner:
         except ValueError:
             await msg.ack()
             return
-        if not isinstance(event, dict) or not rules.matches(self.hook, event):
-            await msg.ack()
-            return
-        keepalive = asyncio.create_task(self._keepalive(msg))
-        try:
+        if isinstance(event, dict) and rules.matches(self.hook, event):
             await self.deliver(msg.data, event, event_id(msg, event))
-        finally:
-            keepalive.cancel()
         await msg.ack()
 
-    async def _keepalive(self, msg: Msg) -> None:
+    async def _keepalive(self, out: list[Msg]) -> None:
         while True:
             await asyncio.sleep(KEEPALIVE)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for msg in list(out):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def attempt(self, body: bytes, event: dict[str, Any], eid: str, n: int) -> str:
         kind = rules.kind(self.hook)

@@ -16,7 +16,7 @@ import json
 import uuid
 from typing import Any
 
-import httpx
+import aiohttp
 import nats.js.errors as jse
 
 from shared import subjects
@@ -47,7 +47,8 @@ class HooksService(Service):
                                  description="corral automation hooks").open()
         self.logs = await Store(self.bus, "hook_logs", history=1,
                                 description="corral hooks' recent deliveries").open()
-        self.http = httpx.AsyncClient()
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit_per_host=8, enable_cleanup_closed=True))
         self.ctx = Context(self.bus, self.events, self.logs, self.config.dir, self.log,
                            self.http)
         self.runners: dict[str, HookRunner] = {}
@@ -60,7 +61,7 @@ class HooksService(Service):
     async def teardown(self) -> None:
         for runner in list(self.runners.values()):
             await runner.stop()
-        await self.http.aclose()
+        await self.http.close()
 
     def server_info(self) -> ServerInfoReply:
         return ServerInfoReply(api_extensions=API_EXTENSIONS)
