@@ -106,8 +106,15 @@ def _ports(field: str, value: str) -> list[str]:
 
 def check_rule(direction: str, index: int, rule: Any) -> dict[str, str]:
     """LXD's rule validation (``validateRule``), as a 400 naming the rule."""
+    try:
+        return _check_rule(rule)
+    except BadRequest as exc:
+        raise BadRequest(f"Invalid {direction} rule {index}: {exc.message}") from None
+
+
+def _check_rule(rule: Any) -> dict[str, str]:
     def bad(why: str) -> BadRequest:
-        return BadRequest(f"Invalid {direction} rule {index}: {why}")
+        return BadRequest(why)
 
     if not isinstance(rule, dict):
         raise bad("a rule is an object")
