@@ -9,6 +9,7 @@ default route leaves it: nothing goes off the machine.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from ipaddress import IPv4Interface
 
@@ -108,3 +109,30 @@ async def test_lease_set_and_clear_over_the_bus(world, api, stack, bus, bus_conf
     assert err.value.code == 400
     await ask("lease_clear")
     assert not [e for e in dnsmasq.read_hosts(state_dir) if e["hwaddr"] == mac]
+
+
+async def test_lease_set_moves_a_running_guest(world, api, stack, bus, bus_config):
+    """The live path: a running container's static address changes with lease_set; at its
+    next DHCP renewal the guest has the new one (its old lease is forgotten, so dnsmasq
+    refuses the old address and offers the new)."""
+    gw = subnet(api, world.net)
+    first, second = (str(gw.network.network_address + n) for n in (101, 102))
+    c = world.name("live")
+    await asyncio.to_thread(lxc, stack, "init", world.image, c, "-p", world.profile)
+    await asyncio.to_thread(lxc, stack, "config", "device", "override", c, "eth0",
+                            f"ipv4.address={first}")
+    await asyncio.to_thread(lxc, stack, "start", c)
+    await asyncio.to_thread(wait_for, lambda: inet(world, c) == [first], 30)
+    mac = world.get(c)["config"]["volatile.eth0.hwaddr"]
+    req = NicLeaseRequest(network=world.net, hwaddr=mac, instance=c, ipv4_address=second)
+    await bus.request("network", "lease_set", req, node=bus_config.node, timeout=30)
+
+    def renewed() -> bool:
+        lxc(stack, "exec", c, "--", "sh", "-c", "kill -USR1 $(cat /run/udhcpc.eth0.pid)")
+        return inet(world, c) == [second]
+
+    await asyncio.to_thread(wait_for, renewed, 30, 1.0)
+    leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
+    mine = [(entry["address"], entry["type"]) for entry in leases if entry["hwaddr"] == mac]
+    assert (second, "static") in mine and all(a != first for a, _ in mine), mine
+    await asyncio.to_thread(world.remove, c)
