@@ -23,7 +23,9 @@ JSON = "application/json"
 
 def encode(value: Any) -> bytes:
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="python")
+        # Shallow: msgpack walks the values itself (nested models through _default).
+        # model_dump first copied the whole tree: ~30 ms of a 1000-instance list reply.
+        value = dict(value)
     return msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
 
 

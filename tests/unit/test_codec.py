@@ -27,3 +27,13 @@ def test_json_round_trip_of_a_reply_with_bytes_and_sets():
     assert out["type"] == "sync" and out["metadata"] == {"data": "AP8=", "tags": ["a"]}
     assert codec.decode_as(codec.JSON, b" ") is None
     assert codec.decode_as(codec.MSGPACK, codec.encode({"x": 1})) == {"x": 1}
+
+
+def test_a_model_encodes_as_its_dump_nested_models_included():
+    from shared.models import ListRequest, Reply
+
+    inner = ListRequest(project="p", recursion=2)
+    reply = Reply(metadata=[{"name": "a", "inner": inner}], etag="e")
+    assert codec.decode(codec.encode(reply)) == {
+        **reply.model_dump(mode="python"),
+        "metadata": [{"name": "a", "inner": inner.model_dump(mode="python")}]}
