@@ -47,6 +47,7 @@ class ServiceStreams:
         self.inbox: dict[str, asyncio.Queue[bytes | str | None]] = {
             fd: asyncio.Queue() for fd in fds}
         self._attached: set[str] = set()
+        self._ended: set[str] = set()  # fds whose EOF was sent
         self._changed = asyncio.Event()
         self._subs: list[Any] = []
 
@@ -112,9 +113,12 @@ class ServiceStreams:
 
     async def eof(self, fd: str) -> None:
         await self.bus.publish(subject(self.op_id, fd, "out"), b"", headers={EOF_HEADER: "1"})
+        self._ended.add(fd)
 
     async def close(self) -> None:
         for fd in self.fds:
+            if fd in self._ended:
+                continue
             try:
                 await self.eof(fd)
             except Exception:

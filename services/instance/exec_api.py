@@ -319,10 +319,22 @@ class ExecMixin:
 
 
 async def _wait_exit(proc: Any, exited: asyncio.Event) -> int:
-    """The exit code, waited for in a thread of its own (not the shared pool: a long
-    command must not hold one of the few workers ``to_thread`` has)."""
+    """The exit code: told by the driver when it can (``on_exit``), else waited for in a
+    thread of its own (not the shared pool: a long command must not hold one of the few
+    workers ``to_thread`` has)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
+    on_exit = getattr(proc, "on_exit", None)
+    if on_exit is not None:  # the driver tells us: no thread blocked in wait()
+        def ended() -> None:
+            loop.call_soon_threadsafe(_settle, done, proc)
+
+        on_exit(ended)
+        try:
+            return await asyncio.shield(done)
+        finally:
+            if done.done():
+                exited.set()
 
     def wait() -> None:
         try:
@@ -369,6 +381,15 @@ def _discard_started(fut: asyncio.Future[ExecProcess]) -> None:
         proc.signal(signal.SIGKILL)
     _close_all({fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
                 if fd is not None})
+
+
+def _settle(done: asyncio.Future[int], proc: ExecProcess) -> None:
+    if done.done():
+        return
+    try:
+        done.set_result(proc.wait())  # ended: does not block
+    except Exception as exc:
+        done.set_exception(exc)
 
 
 async def _cancel(tasks: list[asyncio.Future[Any]]) -> None:

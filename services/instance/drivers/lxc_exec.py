@@ -34,7 +34,7 @@ import termios
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lxc
 
@@ -92,6 +92,7 @@ class LXCExecProcess(ExecProcess):
         self._done = threading.Event()
         self._status: int | None = None
         self._error: str | None = None
+        self._callbacks: list[Callable[[], None]] = []
 
     def _ended(self, code: int | None, error: str | None = None) -> None:
         """From the helper's reader: the exit code (or why there will be none)."""
@@ -101,7 +102,20 @@ class LXCExecProcess(ExecProcess):
                 os.close(self._pidfd)
                 self._pidfd = None
             self._close_hold()
-        self._done.set()
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            _call_quietly(cb)
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from another thread) once :meth:`wait` would not block; at
+        once if the command has ended. Lets an event loop learn the exit without a thread
+        blocked in ``wait`` per command."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def wait(self) -> int:
         self._done.wait()
@@ -146,6 +160,14 @@ class LXCExecProcess(ExecProcess):
         if self.pty_fd is None:
             raise BadRequest("Window size can only be set for an interactive exec")
         set_winsize(self.pty_fd, width, height)
+
+
+def _call_quietly(cb: Callable[[], None]) -> None:
+    """A waiter's callback must not kill the helper's reader (e.g. its loop is closed)."""
+    try:
+        cb()
+    except Exception:
+        pass
 
 
 class AttachHelper:
