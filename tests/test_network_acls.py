@@ -275,3 +275,29 @@ async def test_acl_and_forward_lifecycle_events(world, api, bus):
                    ("network-acl-renamed", f"/1.0/network-acls/{new}"),
                    ("network-acl-deleted", f"/1.0/network-acls/{new}"),
                    ("network-forward-created", fwd), ("network-forward-deleted", fwd)], got
+
+
+def test_lxc_acl_edit_from_stdin(world, api, stack):
+    acl = f"{world.prefix}ed"
+    lxc(stack, "network", "acl", "create", acl)
+    try:
+        yaml = ("description: edited\ningress:\n- action: drop\n  state: enabled\n"
+                "  protocol: udp\n  destination_port: \"53\"\negress: []\nconfig:\n"
+                "  user.k: v\n")
+        r = subprocess.run(["lxc", "network", "acl", "edit", acl], input=yaml, text=True,
+                           capture_output=True, env={**stack.env, "LXD_DIR": str(stack.dir)},
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        got = api.get(f"/1.0/network-acls/{acl}").json()["metadata"]
+        assert got["description"] == "edited" and got["config"] == {"user.k": "v"}
+        assert got["ingress"] == [{"action": "drop", "state": "enabled", "protocol": "udp",
+                                   "destination_port": "53"}]
+        r = subprocess.run(["lxc", "network", "acl", "edit", acl],
+                           input="ingress:\n- action: maybe\n  state: enabled\n", text=True,
+                           capture_output=True, env={**stack.env, "LXD_DIR": str(stack.dir)},
+                           timeout=60)
+        assert r.returncode != 0 and "Action must be one of" in r.stderr, r.stderr
+        assert api.get(f"/1.0/network-acls/{acl}").json()["metadata"]["description"] == \
+            "edited"  # a refused edit changes nothing
+    finally:
+        lxc(stack, "network", "acl", "delete", acl)
