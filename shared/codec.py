@@ -37,7 +37,7 @@ def decode(data: bytes) -> Any:
 
 def encode_json(value: Any) -> bytes:
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="python")
+        value = dict(value)  # shallow, as encode(): nested models through the default hook
     return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
 
 

@@ -37,3 +37,16 @@ def test_a_model_encodes_as_its_dump_nested_models_included():
     assert codec.decode(codec.encode(reply)) == {
         **reply.model_dump(mode="python"),
         "metadata": [{"name": "a", "inner": inner.model_dump(mode="python")}]}
+
+
+def test_a_model_encodes_as_json_as_its_dump_nested_models_included():
+    from shared.models import ListRequest, Reply
+
+    inner = ListRequest(project="p", recursion=2)
+    reply = Reply(metadata=[{"name": "a", "inner": inner}])
+    assert json.loads(codec.encode_json(reply)) == {
+        **reply.model_dump(mode="json"),
+        "metadata": [{"name": "a", "inner": inner.model_dump(mode="json")}]}
+    # the gateway's instance list frames this reply by its head and tail
+    assert codec.encode_json(Reply(metadata=[1])) == (
+        b'{"v":1,"type":"sync","metadata":[1],"etag":null,"operation":null}')
