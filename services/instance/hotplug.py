@@ -423,17 +423,19 @@ def _sync(drv: Any, host: str, devices: Devices, running: bool) -> None:
 async def check_start(ctx: Context, rec: dict[str, Any]) -> None:
     """What :func:`started` will need, checked before the instance starts (400/404)."""
     devs = rec["expanded_devices"]
-    await asyncio.to_thread(check, type_of(rec), devs,
-                            sorted(n for n, d in devs.items()
-                                   if d.get("type") in ("proxy", *UNIX)))
+    names = sorted(n for n, d in devs.items() if d.get("type") in ("proxy", *UNIX))
+    if names:  # most instances have none: no thread hop on their start
+        await asyncio.to_thread(check, type_of(rec), devs, names)
 
 
 async def started(ctx: Context, rec: dict[str, Any]) -> None:
     """After a container started: its unix devices and proxies. A failure stops nothing
     here; the caller (start) reports it and the instance is stopped by its undo."""
-    if type_of(rec) != "container":
+    devs = rec["expanded_devices"]
+    if type_of(rec) != "container" or not any(d.get("type") in ("proxy", *UNIX)
+                                              for d in devs.values()):
         return
-    drv, host, devs = ctx.drivers.for_instance(rec), host_of(rec), rec["expanded_devices"]
+    drv, host = ctx.drivers.for_instance(rec), host_of(rec)
     for name, dev in sorted(devs.items()):
         if dev.get("type") in UNIX:
             node = await asyncio.to_thread(unix_node, name, dev)
@@ -445,7 +447,8 @@ async def started(ctx: Context, rec: dict[str, Any]) -> None:
 async def stopped(ctx: Context, rec: dict[str, Any]) -> None:
     """After a container stopped: its forwarders go (they also exit on their own when
     its init is gone)."""
-    if type_of(rec) != "container":
+    if type_of(rec) != "container" or not any(d.get("type") == "proxy"
+                                              for d in rec["expanded_devices"].values()):
         return
     drv = ctx.drivers.for_instance(rec)
     nat = {n: d for n, d in rec["expanded_devices"].items() if is_nat(d)}
