@@ -124,6 +124,15 @@ def test_forward_reaches_an_instance(world, api, stack, server, client):
         assert nft_has(f"corral-fwd-{net}")
         assert fetch_from_ns(ns, listen, 8080) == "hello"
         assert fetch_from_host(listen, 8080) == "hello"
+        # A sibling on the same bridge reaches it through the forward too (hairpin).
+        sibling = world.name("sib")
+        lxc(stack, "launch", world.image, sibling, "-p", world.profile)
+        wait_for(lambda: inet(world, sibling), 30)
+        r = lxc(stack, "exec", sibling, "--", "sh", "-c",  # busybox wget crashes here
+                f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {listen} 8080",
+                check=False)
+        assert r.stdout.rstrip().endswith("hello"), (r.stdout, r.stderr)
+        world.remove(sibling)
         out = lxc(stack, "network", "forward", "list", net, "--format", "csv").stdout
         assert listen in out, out
         shown = lxc(stack, "network", "forward", "show", net, listen).stdout

@@ -53,7 +53,9 @@ def apply_acls(rec: dict[str, Any], acl_records: list[dict[str, Any]],
 
 def apply_forwards(rec: dict[str, Any], forward_records: list[dict[str, Any]]) -> None:
     mine = [f for f in forward_records if f["network"] == rec["name"]]
-    nft.apply_forward_table(rec["name"], [s for f in mine for s in dnat_statements(f)])
+    gws = (gateway(rec["config"]), gateway6(rec["config"]))
+    nft.apply_forward_table(rec["name"], [s for f in mine for s in dnat_statements(f)],
+                            rec["name"], tuple(str(g.network) for g in gws if g))
 
 
 def remove(name: str) -> None:

@@ -214,11 +214,20 @@ def forward_table_name(network: str) -> str:
     return f"corral-fwd-{network}"
 
 
-def forward_ruleset(network: str, dnat: list[str]) -> str:
+def forward_ruleset(network: str, dnat: list[str], bridge: str = "",
+                    subnets: tuple[str, ...] = ()) -> str:
     """``dnat``: statements like ``ip daddr L tcp dport 80 dnat ip to T:8080``, applied to
-    packets arriving from elsewhere (prerouting) and to the host's own (output)."""
+    packets arriving from elsewhere (prerouting) and to the host's own (output).
+
+    Hairpin: an instance on the bridge that uses a forward to reach a sibling would get
+    the sibling's answer straight over the bridge, from an address it never talked to;
+    such flows (from a ``subnets`` address, forwarded back into ``bridge``) are
+    masqueraded to the host, as LXD does."""
     t = forward_table_name(network)
     body = "".join(f"    {s}\n" for s in dnat)
+    hairpin = "".join(
+        f'    {"ip6" if ":" in net else "ip"} saddr {net} oifname "{bridge}" '
+        f"ct status dnat masquerade\n" for net in subnets) if bridge else ""
     return (
         f"table inet {t} {{}}\n"
         f"delete table inet {t}\n"
@@ -227,14 +236,17 @@ def forward_ruleset(network: str, dnat: list[str]) -> str:
         f"    type nat hook prerouting priority -100; policy accept;\n{body}  }}\n"
         f"  chain output {{\n"
         f"    type nat hook output priority -100; policy accept;\n{body}  }}\n"
+        f"  chain postrouting {{\n"
+        f"    type nat hook postrouting priority 100; policy accept;\n{hairpin}  }}\n"
         f"}}\n")
 
 
-def apply_forward_table(network: str, dnat: list[str]) -> None:
+def apply_forward_table(network: str, dnat: list[str], bridge: str = "",
+                        subnets: tuple[str, ...] = ()) -> None:
     if not dnat:
         delete_named_table(forward_table_name(network))
         return
-    res = _run(["-f", "-"], forward_ruleset(network, dnat))
+    res = _run(["-f", "-"], forward_ruleset(network, dnat, bridge, subnets))
     if res.returncode != 0:
         raise Internal(f"Failed to load the forwards of network {network!r}: "
                        f"{res.stderr.strip()}")
