@@ -177,8 +177,10 @@ class Bus:
         hdrs = tracing.inject(dict(headers or {}))
         who = service or subject
         try:
-            msg = await self.nc.request(subject, codec.encode(payload), timeout=timeout,
-                                        headers=hdrs)
+            # Bytes are an encoded body already (JSON with its Content-Type header, as the
+            # gateway's instance list sends): they go as they are.
+            data = payload if isinstance(payload, bytes) else codec.encode(payload)
+            msg = await self.nc.request(subject, data, timeout=timeout, headers=hdrs)
         except NoRespondersError as exc:
             raise Unavailable(
                 f"The {who} service is not running (no responder on {subject})"
