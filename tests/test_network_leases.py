@@ -95,8 +95,8 @@ async def test_lease_set_and_clear_over_the_bus(world, api, stack, bus, bus_conf
     pid = dnsmasq.running_pid(state_dir)
     reply = await ask("lease_set", ipv4_address=first)
     assert reply.metadata == {"ipv4.address": first, "ipv6.address": ""}
-    assert {"hwaddr": mac, "ipv4": first, "ipv6": "", "hostname": "busbox"} in \
-        dnsmasq.read_hosts(state_dir)
+    assert {"hwaddr": mac, "ipv4": first, "ipv6": "", "hostname": "busbox",
+            "owner": "default/busbox"} in dnsmasq.read_hosts(state_dir)
     await ask("lease_set", ipv4_address=second)
     assert [e["ipv4"] for e in dnsmasq.read_hosts(state_dir) if e["hwaddr"] == mac] == \
         [second]
@@ -104,6 +104,20 @@ async def test_lease_set_and_clear_over_the_bus(world, api, stack, bus, bus_conf
     leases = api.get(f"/1.0/networks/{world.net}/leases").json()["metadata"]
     assert {"hostname": "busbox", "hwaddr": mac, "address": second, "type": "static",
             "location": "none"} in leases
+    # The same instance under a new MAC (a leftover of a failed create) takes it over;
+    # another instance cannot.
+    other = NicLeaseRequest(network=world.net, hwaddr="00:16:3e:aa:bb:02",
+                            instance="busbox", ipv4_address=second)
+    await bus.request("network", "lease_set", other, node=bus_config.node, timeout=30)
+    assert [e["hwaddr"] for e in dnsmasq.read_hosts(state_dir) if e["ipv4"] == second] == \
+        ["00:16:3e:aa:bb:02"]
+    thief = NicLeaseRequest(network=world.net, hwaddr=mac, instance="other",
+                            ipv4_address=second)
+    with pytest.raises(CorralError) as err:
+        await bus.request("network", "lease_set", thief, node=bus_config.node, timeout=30)
+    assert err.value.code == 409
+    await bus.request("network", "lease_clear", other, node=bus_config.node, timeout=30)
+    await ask("lease_set", ipv4_address=second)
     with pytest.raises(CorralError) as err:
         await ask("lease_set", ipv4_address="10.255.255.300")
     assert err.value.code == 400

@@ -139,7 +139,8 @@ async def lease_set(networks: Networks, req: NicLeaseRequest,
     lock = _LEASE_LOCKS.setdefault(req.network, asyncio.Lock())
     async with lock:
         changed = await asyncio.to_thread(leases.write, drv.state_dir, req.hwaddr,
-                                          req.instance, ipv4, ipv6)
+                                          req.instance, ipv4, ipv6,
+                                          f"{req.project}/{req.instance}")
         if changed and drop_dynamic and (ipv4 or ipv6):
             stale = [lease for lease in drv.leases()
                      if lease["hwaddr"] == req.hwaddr.lower()

@@ -83,9 +83,14 @@ def current(state_dir: Path, hwaddr: str) -> dict[str, str] | None:
     return next((e for e in entries(state_dir) if e["hwaddr"] == hwaddr.lower()), None)
 
 
-def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str) -> bool:
+def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str,
+          owner: str = "") -> bool:
     """Make ``hwaddr``'s entry say these addresses (both empty: remove it); 409 when
-    another NIC has one of them. Returns whether anything changed (then dnsmasq reloads)."""
+    another NIC has one of them. Returns whether anything changed (then dnsmasq reloads).
+
+    ``owner`` (``project/instance``) is kept in the entry: an entry of the same owner
+    under another MAC is one this instance left behind (a create that failed after its
+    NICs were resolved, a NIC given a new MAC) and is replaced, never a conflict."""
     hwaddr = hwaddr.lower()
     if not _MAC.match(hwaddr):
         raise BadRequest(f"Invalid NIC MAC address {hwaddr!r}")
@@ -94,7 +99,9 @@ def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str) -> 
             continue
         for key, mine, theirs in (("ipv4.address", ipv4, other["ipv4"]),
                                   ("ipv6.address", ipv6, other["ipv6"])):
-            if mine and mine == theirs:
+            if mine and mine == theirs and owner and other.get("owner") == owner:
+                _file(state_dir, other["hwaddr"]).unlink(missing_ok=True)
+            elif mine and mine == theirs:
                 who = f" ({other['hostname']})" if other["hostname"] else ""
                 raise Conflict(f"NIC {key!r} {mine} is already the static address of "
                                f"another NIC{who} (MAC {other['hwaddr']})")
@@ -108,7 +115,7 @@ def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str) -> 
     parts = [hwaddr] + ([ipv4] if ipv4 else []) + ([f"[{ipv6}]"] if ipv6 else [])
     if hostname and _HOSTNAME.match(hostname):
         parts.append(hostname)
-    text = ",".join(parts) + "\n"
+    text = (f"{dnsmasq.OWNER}{owner}\n" if owner else "") + ",".join(parts) + "\n"
     try:
         if path.read_text() == text:
             return False

@@ -33,6 +33,7 @@ LOG_FILE = "dnsmasq.log"
 ERR_FILE = "dnsmasq.stderr"
 RAW_FILE = "dnsmasq.raw"
 _HOST_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+OWNER = "# corral owner: "  # a host entry's first line: "<project>/<instance>"
 RA_INTERVAL = 600  # seconds between unsolicited RAs (dnsmasq's default)
 
 # dnsmasq processes this process started, so their exit status gets collected.
@@ -281,13 +282,17 @@ def read_hosts(state_dir: Path) -> list[dict[str, str]]:
         return []
     for path in files:
         try:
-            line = path.read_text().strip()
+            lines = path.read_text().splitlines()
         except OSError:
             continue
+        owner = next((ln[len(OWNER):].strip() for ln in lines if ln.startswith(OWNER)), "")
+        line = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")), "")
         parts = line.split(",")
         if not parts or not _HOST_MAC.match(parts[0].lower()):
             continue
         entry = {"hwaddr": parts[0].lower(), "ipv4": "", "ipv6": "", "hostname": ""}
+        if owner:
+            entry["owner"] = owner
         for part in parts[1:]:
             if part.startswith("[") and part.endswith("]"):
                 entry["ipv6"] = str(IPv6Address(part[1:-1]))
