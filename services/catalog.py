@@ -144,8 +144,25 @@ def _doc(fn: Any) -> str:
     return " ".join(text.split("\n\n")[0].split())
 
 
+def lxd_routes() -> dict[tuple[str, str], list[str]]:
+    """(service, verb) -> the LXD REST routes the gateway answers with exactly that request
+    (its route table's ``ask`` rows): what a verb does, in LXD's words."""
+    from services.gateway.routes import ROUTES
+    from services.gateway.routing import Ask
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for route in ROUTES:
+        if isinstance(route.handler, Ask):
+            key = (route.handler.service, route.handler.verb)
+            text = f"{route.method} {route.path}"
+            if text not in out.setdefault(key, []):
+                out[key].append(text)
+    return out
+
+
 def build() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Reply": Reply.model_json_schema()}
+    routes = lxd_routes()
     entries = []
     for cls in service_classes():
         for spec in cls.endpoints():
@@ -165,6 +182,7 @@ def build() -> dict[str, Any]:
                 "scope": spec.scope,
                 "project_subject": project_subject,
                 "description": _doc(getattr(cls, spec.attr)),
+                "lxd_routes": routes.get((cls.name, spec.verb), []),
                 "request": {"$ref": f"#/schemas/{spec.request.__name__}"},
                 "reply": {"$ref": "#/schemas/Reply"},
                 "roles": roles_for(check, project_subject and subjects.project_service(
@@ -244,7 +262,8 @@ def to_markdown(catalogue: dict[str, Any]) -> str:
         model = e["request"]["$ref"].rsplit("/", 1)[-1]
         roles = ", ".join(e["roles"]) or "(Corral only)"
         callers = f"; called by {', '.join(e['callers'])}" if e["callers"] else ""
-        desc = e["description"].replace("|", "\\|")
+        lxd = ", ".join(f"`{r}`" for r in e["lxd_routes"])
+        desc = " ".join(x for x in (lxd, e["description"]) if x).replace("|", "\\|")
         ex = json.dumps(e["example"], separators=(",", ":")).replace("|", "\\|")
         out.append(f"| `{e['subject']}` | [{model}](#{model.lower()}) | {roles}{callers} "
                    f"| {desc} | `{ex}` |")

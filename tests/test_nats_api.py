@@ -123,6 +123,8 @@ def _check_catalogue(out: str) -> None:
     assert {"reader", "operator", "reader --project"} <= set(listing["roles"])
     assert listing["project_subject"] == "corral.project.<project>.instance.list"
     assert "storage" in listing["callers"]
+    assert "PUT /1.0/instances/{name}/state" in by_subject["corral.instance.state_put"][
+        "lxd_routes"]
     # exec hands out a shell: never a reader's; node verbs have no project form
     assert "reader" not in by_subject["corral.instance.exec"]["roles"]
     node = by_subject["corral.node.<node>.storage.volume_create"]
