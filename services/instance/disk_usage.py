@@ -52,9 +52,20 @@ async def fill(bus: Bus, node: str, recs: Iterable[Mapping[str, Any]],
                states: Mapping[str, dict[str, Any] | None]) -> None:
     """Ask the storage service of ``node`` once for the root volumes of ``recs`` and add
     the figures to ``states`` (host name -> state, updated in place)."""
-    wanted = [r for r in recs if r.get("pool") and states.get(host_of(r)) is not None]
+    wanted = [r for r in recs if states.get(host_of(r)) is not None]
+    fetched = await fetch(bus, node, wanted)
+    if fetched is not None:
+        merge(states, *fetched)
+
+
+async def fetch(bus: Bus, node: str, recs: Iterable[Mapping[str, Any]]
+                ) -> tuple[list[Mapping[str, Any]], list[int | None]] | None:
+    """The root volume usage of ``recs`` (those with a pool): ``(recs, usage)`` to
+    ``merge`` once the states are known, or None. Separate from ``fill`` so a list asks
+    the storage service while it reads the states, not after."""
+    wanted = [r for r in recs if r.get("pool")]
     if not wanted:
-        return
+        return None
     req = VolumeUsageRequest(volumes=[
         VolumeRef(project=r.get("project", "default"), pool=r["pool"], kind=type_of(r),
                   name=r["name"]) for r in wanted])
@@ -63,7 +74,6 @@ async def fill(bus: Bus, node: str, recs: Iterable[Mapping[str, Any]],
                                   timeout=USAGE_TIMEOUT)
     except (CorralError, TimeoutError) as exc:
         log.debug("disk usage not included", error=str(exc))
-        return
+        return None
     usage = VolumeUsageReply.model_validate(reply.metadata).usage
-    if len(usage) == len(wanted):
-        merge(states, wanted, usage)
+    return (wanted, usage) if len(usage) == len(wanted) else None

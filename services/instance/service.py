@@ -203,11 +203,16 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         if req.recursion >= 2:
             shown = {host_of(o) for o in objs if host_of(o) in host}
             shown_recs = [r for r in recs if host_of(r) in shown]
-            states = await asyncio.to_thread(self.drivers.state_many, shown_recs)
-            await disk_usage.fill(self.bus, self.config.node, shown_recs, states)
             by_key = {key(r["project"], r["name"]): r for r in recs}
             mine = [by_key[key(o["project"], o["name"])] for o in objs]
-            for o, snaps in zip(objs, await self.snapshots_of(mine), strict=True):
+            # the host reads and the two storage requests at once (disk_usage.fetch)
+            states, usage, all_snaps = await asyncio.gather(
+                asyncio.to_thread(self.drivers.state_many, shown_recs),
+                disk_usage.fetch(self.bus, self.config.node, shown_recs),
+                self.snapshots_of(mine))
+            if usage is not None:
+                disk_usage.merge(states, *usage)
+            for o, snaps in zip(objs, all_snaps, strict=True):
                 o.update(state=states.get(host_of(o)), backups=None, snapshots=snaps or None)
         return Reply(metadata=objs)
 
