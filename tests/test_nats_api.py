@@ -266,3 +266,37 @@ async def test_an_events_credential_replays_the_stream_with_the_client(
             assert ev.metadata["action"] == "profile-created" and ev.id and ev.seq >= start
         finally:
             api.delete(f"/1.0/profiles/{uid}")
+
+
+async def test_the_client_with_a_project_credential_uses_the_project_subjects(
+        nats_server, api, credential, uid):
+    """Limited to a project: requests go to corral.project.<p>.<svc>.<verb> with that
+    project filled in, and events come live from that project's subjects."""
+    import asyncio
+
+    from shared.client import Client, CorralError
+
+    path = credential("operator", project="default")
+    await (await connect_as(nats_server.url, path)).close()
+    async with await Client.connect(path, nats_server.url) as c:
+        assert c.project == "default"
+        assert c.subject("instance", "list") == "corral.project.default.instance.list"
+
+        async def created():
+            async for ev in c.events(types=["lifecycle"]):
+                if ev.metadata.get("source") == f"/1.0/profiles/{uid}":
+                    return ev
+
+        watcher = asyncio.ensure_future(created())
+        await asyncio.sleep(0.3)  # the live subscription is in place
+        await c.instances.profile_create(body={"name": uid})
+        try:
+            ev = await asyncio.wait_for(watcher, 10)
+            assert ev.project == "default" and ev.seq is None and ev.id
+            names = (await c.instances.profile_list()).metadata
+            assert any(uid in str(n) for n in names)
+            with pytest.raises(CorralError) as err:
+                await c.instances.profile_list(project="other")
+            assert err.value.code == 403
+        finally:
+            api.delete(f"/1.0/profiles/{uid}")
