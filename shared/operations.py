@@ -48,6 +48,7 @@ OWNER_GRACE = 6.0
 # Unfinished operations without an owner were made before owners were recorded: no process
 # can be running them once every service has restarted with this code.
 UNOWNED_GRACE = 30.0
+FINAL_SEEN_LIMIT = 4096  # finished operations a process keeps from their events
 log = get_logger()
 
 
@@ -105,6 +106,8 @@ class Operations:
         self._stopping: str | None = None
         self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
         self._finished: set[str] = set()  # op ids read finished by fail_orphans
+        # Finished operations as their last event showed them (see remember_final).
+        self._final_seen: dict[str, dict[str, Any]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> "Operations":
@@ -383,7 +386,26 @@ class Operations:
 
     # -- reading (any process, e.g. the gateway) -----------------------------------------
 
+    def remember_final(self, op: dict[str, Any]) -> None:
+        """Keep a finished operation as its final event showed it; ``get`` answers from it.
+
+        Why it is exact: the event is published after the record's final write and has
+        the same fields as the public record, and a finished record never changes (only
+        expiry removes it, which ``get`` checks). A gateway feeds this from the events it
+        already receives, so ``lxc exec``'s read of the exit code costs no KV round trip.
+        """
+        if op.get("status") not in OperationStatus.FINAL or not _valid_id(op.get("id", "")):
+            return
+        self._final_seen[op["id"]] = op
+        while len(self._final_seen) > FINAL_SEEN_LIMIT:
+            self._final_seen.pop(next(iter(self._final_seen)))
+
     async def get(self, op_id: str) -> dict[str, Any]:
+        seen = self._final_seen.get(op_id)
+        if seen is not None:
+            if not is_expired(seen, self.retention):
+                return dict(seen)
+            self._final_seen.pop(op_id, None)
         try:
             found = await self.store.get(op_id) if _valid_id(op_id) else None
         except CorralError:

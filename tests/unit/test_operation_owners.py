@@ -202,3 +202,24 @@ def test_the_orphan_sweep_reads_a_finished_operation_once():
     del ops.store.data["done0"]  # expired and deleted: forgotten here too
     asyncio.run(ops.fail_orphans())
     assert "done0" not in ops._finished
+
+
+def test_a_finished_operation_seen_in_its_event_is_read_from_memory():
+    """The gateway feeds final events to remember_final: lxc exec's read of the exit code
+    then needs no KV round trip; an unfinished or expired one still reads the record."""
+    ops = make()
+    op_id = "6f1c0c8e-1c1e-4d8a-9a59-6f1a8f0d2b11"
+    ops.store.data[op_id] = (record(op_id, OLD, "Success"), 1)
+    ops.remember_final({**record(op_id, None, "Running"), "owner": None})
+    asyncio.run(ops.get(op_id))
+    assert ops.store.reads == [op_id]  # a Running event is not remembered
+    final = {k: v for k, v in record(op_id, None, "Success").items()
+             if k not in ("project", "owner")}
+    ops.remember_final({**final, "metadata": {"return": 3}})
+    ops.store.reads.clear()
+    got = asyncio.run(ops.get(op_id))
+    assert got["metadata"] == {"return": 3} and ops.store.reads == []
+    ops.retention = 3600  # expired: forgotten, and the record decides (here: still there)
+    ops.remember_final({**final, "updated_at": "2000-01-01T00:00:00Z"})
+    asyncio.run(ops.get(op_id))
+    assert ops.store.reads == [op_id] and op_id not in ops._final_seen

@@ -24,7 +24,8 @@ class Secrets:
     operation's "created" event before it answers the request, so by the time a client
     connects, this gateway has usually seen the secrets; a miss (the first exec after a
     start, another gateway's operation, an event not handled yet) reads the record as
-    before. A finished operation is forgotten here, so it is checked against its record.
+    before. A finished operation is forgotten here, so it is checked against its record;
+    its final event goes to ``Operations.remember_final`` (the exit code read next).
     """
 
     LIMIT = 4096
@@ -32,24 +33,30 @@ class Secrets:
     def __init__(self) -> None:
         self._fds: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._sub: Any = None
+        self._ops: Any = None
         self._lock = asyncio.Lock()
 
-    async def watch(self, bus: Any) -> None:
+    async def watch(self, gw: Context) -> None:
         if self._sub is not None:
             return
         async with self._lock:
             if self._sub is None:
-                self._sub = await bus.subscribe(
+                self._ops = gw.ops
+                self._sub = await gw.bus.subscribe(
                     f"{subjects.PREFIX}.events.operation.*.operation", self._on_event)
 
     async def _on_event(self, msg: Any) -> None:
-        if b'"fds"' not in msg.data:
+        final = any(s in msg.data for s in FINAL_MARKS)
+        if not final and b'"fds"' not in msg.data:
             return
         try:
             op = json.loads(msg.data)["metadata"]
             op_id, fds = op["id"], (op.get("metadata") or {}).get("fds")
         except (ValueError, KeyError, TypeError, AttributeError):
             return
+        if op.get("status") in OperationStatus.FINAL:
+            # Its exit code is read next (lxc exec): answer that from memory too.
+            self._ops.remember_final(op)
         if op.get("status") in OperationStatus.FINAL or not isinstance(fds, dict):
             self._fds.pop(op_id, None)
             return
@@ -61,11 +68,12 @@ class Secrets:
         return self._fds.get(op_id)
 
 
+FINAL_MARKS = tuple(f'"status":"{s}"'.encode() for s in OperationStatus.FINAL)
 _secrets = Secrets()
 
 
 async def _fds_of(gw: Context, op_id: str) -> dict[str, Any]:
-    await _secrets.watch(gw.bus)
+    await _secrets.watch(gw)
     fds = _secrets.get(op_id)
     if fds is None:
         op = await gw.ops.get(op_id)
