@@ -139,6 +139,10 @@ def test_failed_nic_hotplug_leaves_the_instance_as_it_was(world, pair, stack, ap
     r = patch_devices(api, a, {"dup": {"type": "nic", "network": world.net, "name": "eth0"}})
     assert r.status_code in (400, 409), r.text
     assert "eth0" in r.json()["error"]
+    # An interface the container has that is no device of it (lo): 409 from the
+    # hot-plug itself, after the NIC was resolved; nothing stays on the host.
+    r = patch_devices(api, a, {"x": {"type": "nic", "network": world.net, "name": "lo"}})
+    assert r.status_code == 409 and "'lo'" in r.json()["error"], r.text
     # A network that does not exist: 404.
     r = patch_devices(api, a, {"nowhere": {"type": "nic", "network": "nosuchnet0"}})
     assert r.status_code == 404, r.text
