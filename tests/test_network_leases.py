@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from ipaddress import IPv4Interface
+import sys
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 
 import pytest
 
+from services.network import leases
 from services.network.drivers import dnsmasq
 from shared.errors import CorralError
 from shared.messages.network import NicLeaseRequest
 
 from .stack import wait_for
+from .test_network_bridge import (  # noqa: F401  (fixtures)
+    DHCP6_CLIENT,
+    corral_dir,
+    links,
+    netns,
+    networks,
+    ns_mac,
+    prefix,
+)
+from .test_network_bridge import sh as bridge_sh
 from .world import lxc, make_world
 
 pytestmark = pytest.mark.root
@@ -150,3 +162,23 @@ async def test_lease_set_moves_a_running_guest(world, api, stack, bus, bus_confi
     mine = [(entry["address"], entry["type"]) for entry in leases if entry["hwaddr"] == mac]
     assert (second, "static") in mine and all(a != first for a, _ in mine), mine
     await asyncio.to_thread(world.remove, c)
+
+
+def test_static_ipv6_lease_over_dhcpv6(networks, netns, prefix):  # noqa: F811
+    """An ``ipv6.address`` static lease on a stateful DHCPv6 bridge: dnsmasq matches the
+    client by the MAC inside its DUID-LL and hands exactly that address."""
+    net = networks(f"{prefix}8", {"ipv4.address": "none", "ipv6.address": "auto",
+                                  "ipv6.dhcp.stateful": "true", "ipv6.routing": "false"})
+    config = net.create()
+    gw6 = IPv6Interface(config["ipv6.address"])
+    ns, _host = netns("s", net.name)
+    bridge_sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    mac = ns_mac(ns)
+    want = str(gw6.network.network_address + 0x99)
+    v4, v6 = leases.check_addresses(net.name, config, "", want)
+    assert leases.write(net.state_dir, mac, f"{prefix}-s6", v4, v6, "default/s6")
+    r = bridge_sh("ip", "netns", "exec", ns, sys.executable, str(DHCP6_CLIENT), "eth0", mac,
+                  f"{prefix}-s6", timeout=60)
+    assert IPv6Address(r.stdout.strip()) == IPv6Address(want)
+    assert {"hostname": f"{prefix}-s6", "hwaddr": mac, "address": want, "type": "static",
+            "location": "none"} in net.leases()
