@@ -300,3 +300,23 @@ async def test_the_client_with_a_project_credential_uses_the_project_subjects(
             assert err.value.code == 403
         finally:
             api.delete(f"/1.0/profiles/{uid}")
+
+
+def test_corral_bus_events_replays_through_the_client(stack, nats_server, api, credential,
+                                                      uid):
+    path = credential("events")
+    assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
+    try:
+        out = subprocess.run(
+            [str(BIN / "corral"), "bus", "events", "--credentials", str(path),
+             "--url", nats_server.url, "--since-seq", "1", "--type", "lifecycle",
+             "--project", "default", "--count", "2"],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(lines) == 2 and all(e["type"] == "lifecycle" for e in lines)
+        assert lines[0]["seq"] < lines[1]["seq"] and len(lines[0]["id"]) == 36
+        bad = corral(stack, "bus", "events", "--credentials", str(path), "--since", "later")
+        assert bad.returncode != 0 and "ISO 8601" in bad.stderr
+    finally:
+        api.delete(f"/1.0/profiles/{uid}")

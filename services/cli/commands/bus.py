@@ -87,8 +87,65 @@ def schema(args: Namespace) -> None:
     os.execv(sys.executable, argv)
 
 
+def events(args: Namespace) -> None:
+    """Print events as JSON lines (with their id and stream sequence) through
+    shared.client, as an integration would read them; replays with --since-seq/--since."""
+    import asyncio
+    import json
+    from datetime import datetime, timezone
+
+    from shared.client import Client
+
+    from ..client import UsageError
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"--since {args.since!r}: use an ISO 8601 time such as "
+                             "2026-01-02T03:04:05Z") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+    creds = args.credentials or _dir(args) / "credentials" / "admin.json"
+    url = args.url or os.environ.get("CORRAL_NATS_URL") or "nats://127.0.0.1:4222"
+
+    async def run() -> None:
+        async with await Client.connect(creds, url, allow_reconnect=False) as c:
+            seen = 0
+            async for ev in c.events(types=args.type or None, project=args.project,
+                                     since_seq=args.since_seq, since_time=since):
+                print(json.dumps({"id": ev.id, "seq": ev.seq, "type": ev.type,
+                                  "project": ev.project, "timestamp": ev.timestamp,
+                                  "metadata": ev.metadata}), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
 def register(sub: Any) -> None:
     bus = group(sub, "bus")
+    p = command(bus, "events", events, "Print the bus's events as JSON lines, live or "
+                "replayed from the CORRAL_EVENTS stream.",
+                description="Through the NATS API (shared.client) with a credentials file "
+                "(default $CORRAL_DIR/credentials/admin.json): each line has the event's "
+                "id (Nats-Msg-Id), its stream sequence and LXD's event.")
+    p.add_argument("--credentials", type=Path, default=None)
+    p.add_argument("--url", default=None, help="NATS URL (default $CORRAL_NATS_URL)")
+    p.add_argument("--type", action="append", help="lifecycle, operation or logging "
+                   "(repeatable)")
+    p.add_argument("--project", default=None)
+    p.add_argument("--since-seq", type=int, default=None,
+                   help="replay from this stream sequence")
+    p.add_argument("--since", default=None, help="replay from this time (ISO 8601)")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="the Corral directory (default $CORRAL_DIR, else ./var)")
     p = command(bus, "schema", schema, "Print the NATS API: every subject, its request and "
                 "reply as JSON Schema, the roles allowed and an example.",
                 description="Built from the services' request models without connecting to "
