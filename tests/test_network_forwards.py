@@ -167,6 +167,8 @@ def test_forward_reaches_an_instance(world, api, stack, server, client):
         r = api.post(f"/1.0/networks/{net}/forwards", json={"listen_address": "nope"})
         assert r.status_code == 400, r.text
         assert api.get(f"/1.0/networks/{net}/forwards/192.0.2.99").status_code == 404
+        r = api.post(f"/1.0/networks/{net}", json={"name": f"{net}x"})
+        assert r.status_code == 409 and "has forwards" in r.text, r.text
     finally:
         lxc(stack, "network", "forward", "delete", net, listen, check=False)
     assert not nft_has(f"corral-fwd-{net}")

@@ -9,7 +9,7 @@ import asyncio
 
 from shared import faults
 from shared.api import listing, url
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, Conflict, NotFound
 from shared.messages.network import (
     ForwardRequest,
     NicConfigRequest,
@@ -129,6 +129,9 @@ class NetworkService(Service):
     @endpoint("rename", ObjectRequest)
     async def rename_network(self, req: ObjectRequest) -> Reply:
         await self.networks.get(req.name)
+        if self.forwards.records(req.name):  # their URLs and records name the network
+            raise Conflict(f"Network {req.name!r} has forwards; delete them before "
+                           "renaming it")
         users = await usage.used_by(self.bus, req.project, [req.name], {req.name}, strict=True)
         new = await self.networks.rename(req.name, (req.body or {}).get("name"),
                                          users[req.name])
