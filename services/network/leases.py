@@ -94,7 +94,7 @@ def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str,
     hwaddr = hwaddr.lower()
     if not _MAC.match(hwaddr):
         raise BadRequest(f"Invalid NIC MAC address {hwaddr!r}")
-    for other in entries(state_dir):
+    for other in entries(state_dir) if ipv4 or ipv6 else []:  # most NICs have none
         if other["hwaddr"] == hwaddr:
             continue
         for key, mine, theirs in (("ipv4.address", ipv4, other["ipv4"]),
