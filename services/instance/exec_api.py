@@ -162,6 +162,13 @@ class ExecMixin:
         resources = {"instances": [source]}
         if inst.get("type", "container") == "container":
             resources["containers"] = [source]
+        # The slow part of starting, the attach (in its helper process), begins now,
+        # beside the lifecycle event, the operation's record and the client connecting
+        # its websockets; LXC holds the command before exec until the operation runs it
+        # (with websockets: once they are all connected, as LXD starts it).
+        early = (_Early(asyncio.ensure_future(self._start(
+            drv, host_name(req.project, req.name), post, env, hold=True)))
+            if inst.get("type", "container") == "container" else None)
         # The lifecycle event's round trip overlaps the operation's record (the events
         # keep their order: one outbox, the lifecycle event is queued first).
         lifecycle = asyncio.ensure_future(self.events.lifecycle(
@@ -170,14 +177,19 @@ class ExecMixin:
         try:
             if post.wait_for_websocket:
                 return await self._exec_with_websockets(drv, req, post, env, resources,
-                                                        inst.get("type", "container"))
+                                                        early)
             out_dir = log_dir(self.config, req.project, req.name)
 
             async def run(handle: Any) -> dict[str, Any]:
-                return await self._exec_recorded(drv, handle.id, req, post, env, out_dir)
+                return await self._exec_recorded(drv, handle.id, req, post, env, out_dir,
+                                                 early)
 
-            op = await self.operations.start("Executing command", run, resources=resources,
-                                             project=req.project)
+            try:
+                op = await self.operations.start("Executing command", run,
+                                                 resources=resources, project=req.project)
+            except BaseException:
+                await _abandon_unless_taken(early)
+                raise
             return Reply(type="async", operation=op.lxd())
         finally:
             await lifecycle
@@ -185,7 +197,7 @@ class ExecMixin:
     async def _exec_with_websockets(self, drv: InstanceDriver, req: ExecRequest,
                                     post: ExecPost,
                                     env: dict[str, str], resources: dict[str, list[str]],
-                                    inst_type: str) -> Reply:
+                                    early: _Early | None) -> Reply:
         names = ["0", "control"] if post.interactive else ["0", "1", "2", "control"]
         fds = streams.new_fds(names)
         meta = {"fds": fds, "command": post.command, "environment": env,
@@ -193,27 +205,19 @@ class ExecMixin:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def run(handle: Any) -> dict[str, Any]:
+            starting = early.take() if early is not None else None
             ss = streams.ServiceStreams(self.bus, handle.id, names)
             try:
-                await ss.open()
-            except BaseException as exc:
-                ready.set_exception(exc)
-                raise
-            ready.set_result(None)
-            # The slow part of starting (the attach) runs while the client connects its
-            # websockets; a driver that can hold the command keeps it from exec until
-            # they are all there, so no output is lost (LXD starts it only then).
-            hold = inst_type == "container"  # LXC can hold a command before exec
-
-            def start() -> asyncio.Future[ExecProcess]:
-                return asyncio.ensure_future(
-                    self._start(drv, host_name(req.project, req.name), post, env, hold))
-
-            starting = start() if hold else None
-            try:
+                try:
+                    await ss.open()
+                except BaseException as exc:
+                    ready.set_exception(exc)
+                    raise
+                ready.set_result(None)
                 # control is optional, as in LXD (pylxd never opens it)
                 await ss.wait_attached(WS_TIMEOUT, [n for n in names if n != "control"])
-                starting = starting or start()
+                starting = starting or asyncio.ensure_future(
+                    self._start(drv, host_name(req.project, req.name), post, env))
                 proc = await asyncio.shield(starting)
             except BaseException:
                 if starting is not None:
@@ -224,8 +228,13 @@ class ExecMixin:
             finally:
                 await ss.close()
 
-        op = await self.operations.start("Executing command", run, resources=resources,
-                                         cls="websocket", project=req.project, metadata=meta)
+        try:
+            op = await self.operations.start("Executing command", run, resources=resources,
+                                             cls="websocket", project=req.project,
+                                             metadata=meta)
+        except BaseException:
+            await _abandon_unless_taken(early)
+            raise
         await ready  # the streams listen before the client can learn the secrets
         return Reply(type="async", operation=op.lxd())
 
@@ -279,9 +288,17 @@ class ExecMixin:
             _close_all(own)
 
     async def _exec_recorded(self, drv: InstanceDriver, op_id: str, req: ExecRequest,
-                             post: ExecPost, env: dict[str, str], out_dir: Path
-                             ) -> dict[str, Any]:
-        proc = await self._start(drv, host_name(req.project, req.name), post, env)
+                             post: ExecPost, env: dict[str, str], out_dir: Path,
+                             early: _Early | None) -> dict[str, Any]:
+        if early is None:
+            proc = await self._start(drv, host_name(req.project, req.name), post, env)
+        else:
+            starting = early.take()
+            try:
+                proc = await asyncio.shield(starting)
+            except BaseException:
+                await _abandon(starting)
+                raise
         own = {fd for fd in (proc.pty_fd, proc.stdin_fd, proc.stdout_fd, proc.stderr_fd)
                if fd is not None}
         exited = asyncio.Event()
@@ -306,6 +323,7 @@ class ExecMixin:
                                     "2": f"{base}/logs/{files[1]}"}
             pumps = [asyncio.ensure_future(pump_out(fd, sinks[i], exited))
                      for i, fd in enumerate(outs)]
+            _release(proc)
             result["return"] = await _wait_exit(proc, exited)
             await asyncio.gather(*pumps)
             return result
@@ -350,6 +368,26 @@ async def _wait_exit(proc: Any, exited: asyncio.Event) -> int:
     finally:
         if done.done():
             exited.set()
+
+
+class _Early:
+    """An attach begun before its operation exists (held before exec). Whoever runs the
+    operation takes it; if the operation never starts, the endpoint abandons it. Exactly
+    one of the two ends it: its fds must be closed once."""
+
+    def __init__(self, fut: asyncio.Future[ExecProcess]) -> None:
+        self.fut = fut
+        self.taken = False
+
+    def take(self) -> asyncio.Future[ExecProcess]:
+        self.taken = True
+        return self.fut
+
+
+async def _abandon_unless_taken(early: _Early | None) -> None:
+    if early is not None and not early.taken:
+        early.taken = True
+        await _abandon(early.fut)
 
 
 def _release(proc: ExecProcess) -> None:
