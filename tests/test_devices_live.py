@@ -383,6 +383,35 @@ def test_proxy_that_cannot_listen_is_refused_and_leaves_nothing(world, pair, sta
     assert not (world.lxc_dir(a) / "proxy" / "busy.json").exists()
 
 
+def test_a_change_failing_half_way_is_undone_whole(world, pair, stack, api):
+    """A NIC, a unix node and a forwarder are made, then a proxy cannot listen: the
+    three are undone and nothing is stored."""
+    a, _b = pair
+    before, ports = record(api, a), bridge_ports(world.net)
+    free = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        r = patch_devices(api, a, {
+            "eth7": {"type": "nic", "network": world.net, "name": "eth7"},
+            "n7": {"type": "unix-char", "path": "/dev/n7", "major": "1", "minor": "5"},
+            "p1": {"type": "proxy", "listen": f"tcp:127.0.0.1:{free}",
+                   "connect": "tcp:127.0.0.1:80"},
+            "p2": {"type": "proxy", "listen": f"tcp:127.0.0.1:{busy}",
+                   "connect": "tcp:127.0.0.1:80"}})
+    assert r.status_code == 400 and "in use" in r.json()["error"], r.text
+    after = record(api, a)
+    assert after["devices"] == before["devices"] and after["config"] == before["config"]
+    assert bridge_ports(world.net) == ports
+    assert sh(stack, a, "ip link show eth7", check=False).returncode != 0
+    assert sh(stack, a, "test -e /dev/n7", check=False).returncode != 0
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", free)) != 0  # p1's forwarder went
+    assert not list((world.lxc_dir(a) / "proxy").glob("*.json"))
+    assert not (world.lxc_dir(a) / "hotplug.json").exists()
+
+
 # -- unix devices, refused types ----------------------------------------------------------------
 
 @pytest.fixture
