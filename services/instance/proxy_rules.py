@@ -114,6 +114,11 @@ def check_proxy(name: str, dev: Mapping[str, str]) -> tuple[Address, Address]:
         raise BadRequest(f"Device {name!r}: cannot proxy between udp and "
                          f"{connect.proto if listen.proto == 'udp' else listen.proto}: "
                          "either both sides are udp or neither")
+    if any(dev.get(k) for k in ("uid", "gid", "mode")) and \
+            (listen.proto != "unix" or listen.path.startswith("@")):
+        raise BadRequest(f"Device {name!r}: only proxy devices listening on a non-abstract "
+                         "unix socket can carry uid, gid or mode (they are its owner and "
+                         "permissions)")
     for key in ("uid", "gid", "security.uid", "security.gid"):
         if dev.get(key):
             _int(name, key, dev[key])

@@ -41,9 +41,11 @@ def test_bad_addresses(value, words):
 @pytest.mark.parametrize("extra, words", [
     ({"bind": "guest"}, "bind"), ({"listen": "udp:127.0.0.1:1"}, "udp"),
     ({"nat": "maybe"}, "nat"), ({"nat": "true", "bind": "instance"}, "bind=host"),
-    ({"nat": "true", "connect": "unix:/x"}, "tcp and udp"), ({"mode": "999"}, "mode"),
+    ({"nat": "true", "connect": "unix:/x"}, "tcp and udp"),
+    ({"mode": "999", "listen": "unix:/x"}, "mode"),
     ({"proxy_protocol": "true"}, "proxy_protocol"), ({"security.uid": "1000"}, "security"),
-    ({"uid": "-1"}, "uid"), ({"colour": "red"}, "colour"),
+    ({"uid": "-1", "listen": "unix:/x"}, "uid"), ({"colour": "red"}, "colour"),
+    ({"mode": "0600"}, "non-abstract unix"), ({"uid": "5", "listen": "unix:@a"}, "unix"),
 ])
 def test_bad_proxy_devices(extra, words):
     with pytest.raises(BadRequest) as exc:
