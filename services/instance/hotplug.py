@@ -187,11 +187,12 @@ def check(kind: str, new: Devices, added: list[str]) -> dict[str, tuple[int, int
         dev = new[name]
         if dev["type"] == "proxy":
             check_proxy(name, dev)
+            if kind != "container":  # never stored to do nothing at start
+                raise BadRequest(f"Device {name!r}: proxy devices of virtual machines need "
+                                 "nat=true (LXD's rule), which Corral does not offer for "
+                                 "VMs yet")
             if is_nat(dev):
                 proxy_nat.check(name, dev, new)
-            elif kind != "container":
-                raise BadRequest(f"Device {name!r}: proxy devices of virtual machines need "
-                                 "nat=true, which Corral does not offer for VMs yet")
         elif dev["type"] in UNIX:
             if kind != "container":
                 raise BadRequest(f"Device {name!r}: {dev['type']} devices are for "
