@@ -131,8 +131,11 @@ class Outbox:
             self.dropped = 0
 
     async def drain(self, timeout: float = 5.0) -> int:
-        """Wait (at most ``timeout``) for the queued events to go; how many are left."""
-        if self._flusher is not None and not self._flusher.done():
+        """Wait (at most ``timeout``) for the queued events to go; how many are left.
+
+        Not while the bus is away: a process stopping during a nats-server outage should
+        not linger for events it cannot send."""
+        if self._flusher is not None and not self._flusher.done() and self._connected():
             try:
                 await asyncio.wait_for(asyncio.shield(self._flusher), timeout)
             except asyncio.TimeoutError:
