@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
-import nats.errors
-import nats.js.errors as jse
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -45,7 +43,9 @@ from shared.state import Store
 from . import actions, credentials, rules
 
 ACK_WAIT = 10.0
-BATCH = 1
+BATCH = 64
+PULL_EXPIRES = 30.0
+HEARTBEAT = 5.0
 KEEPALIVE = 3.0
 LOG_KEEP = 100
 DEAD_LETTER = f"{subjects.PREFIX}.hooks.dead"
@@ -160,42 +160,68 @@ class HookRunner:
         await js.add_consumer(subjects.EVENTS_STREAM, consumer_config(self.hook, start))
 
     async def _loop(self) -> None:
-        name = durable_name(self.hook["name"])
         reset = True
         while True:
             try:
                 if reset:
                     await self.reset()
-                    reset = False
-                sub = await self.ctx.bus.js.pull_subscribe_bind(
-                    durable=name, stream=subjects.EVENTS_STREAM)
-                while True:
-                    try:
-                        msgs = await sub.fetch(BATCH, timeout=5)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                        continue
-                    await self.handle_batch(msgs)
+                await self._consume()
             except asyncio.CancelledError:
                 raise
-            except (jse.NotFoundError, jse.ServiceUnavailableError) as exc:
-                self.ctx.log.warning("hook consumer unavailable", hook=self.hook["name"],
-                                     error=str(exc))
-                await asyncio.sleep(1)
             except Exception as exc:  # the bus went away: the durable consumer waits
                 self.ctx.log.warning("hook delivery loop", hook=self.hook["name"],
                                      error=f"{type(exc).__name__}: {exc}")
-                reset = True  # what this loop held may be out: start from the ack floor
                 await asyncio.sleep(1)
+            reset = True  # what this loop held may be out: start from the ack floor
 
-    async def handle_batch(self, msgs: list[Msg]) -> None:
-        out = list(msgs)
-        keepalive = asyncio.create_task(self._keepalive(out))
+    async def _consume(self) -> None:
+        """Pull ``BATCH`` events per request over our own inbox and deliver them one by
+        one as they arrive. Not nats-py's ``fetch``: it returns a batch only when it is
+        full or its request expires (seconds for a quiet hook), and one event per fetch
+        costs a round trip per event; here the next request goes as soon as the last one
+        is answered, and an idle heartbeat tells a live consumer from a lost one."""
+        nc = self.ctx.bus.nc
+        assert nc is not None
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        subject = (f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}."
+                   f"{durable_name(self.hook['name'])}")
+        request = json.dumps({"batch": BATCH, "expires": int(PULL_EXPIRES * 1e9),
+                              "idle_heartbeat": int(HEARTBEAT * 1e9)}).encode()
+        held: list[Msg] = []
+        keepalive = asyncio.create_task(self._keepalive(held))
         try:
-            while out:
-                await self.handle(out[0])
-                out.pop(0)
+            await nc.publish(subject, request, reply=inbox)
+            got = 0
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 2 * HEARTBEAT + 1)
+                except asyncio.TimeoutError:
+                    raise ConnectionError("the consumer went quiet (no heartbeat)") from None
+                status = msg.headers.get("Status") if msg.headers and not msg.data else None
+                if status == "100":  # idle heartbeat: the consumer is alive
+                    continue
+                if status is not None and status not in ("408", "404"):
+                    # 409: consumer deleted, leadership change...: start again from the floor
+                    raise ConnectionError(f"consumer: {status} "
+                                          f"{msg.headers.get('Description', '')}")
+                if status is None:
+                    got += 1
+                    held.append(msg)
+                    await self.handle(msg)
+                    held.remove(msg)
+                if status is not None or got >= BATCH:  # this request is done: the next
+                    got = 0
+                    await nc.publish(subject, request, reply=inbox)
         finally:
             keepalive.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
         try:
