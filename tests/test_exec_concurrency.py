@@ -155,3 +155,29 @@ def _ppid(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def test_a_held_command_whose_websockets_never_come_never_runs(world, api, stack):
+    """The attach begins before the client connects; if it never does, the operation
+    fails after the websocket timeout (30 s) and the held command exits unrun."""
+    marker = f"/tmp/never-{os.getpid()}"
+    r = api.post(f"/1.0/instances/{world.run}/exec", json={
+        "command": ["sh", "-c", f"echo ran > {marker}"],
+        "wait-for-websocket": True, "interactive": False})
+    assert r.status_code == 202, r.text
+    op = api.get(f"{r.json()['operation']}/wait", params={"timeout": 60}).json()["metadata"]
+    assert op["status"] == "Failure" and "websockets" in op["err"], op
+    root = Path(f"/proc/{world.live(world.run)['pid']}/root")
+    assert not (root / marker.lstrip("/")).exists()
+    service = stack.procs["instance"].pid
+    helpers = [p for p in _children(service)
+               if b"lxc_attach_helper" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert helpers, "no attach helper under the instance service"
+    deadline = time.monotonic() + 10
+    while _children(helpers[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children(helpers[0]), "the held command is still there"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == pid]
