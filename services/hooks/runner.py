@@ -144,6 +144,8 @@ class HookRunner:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(Exception):  # our last acks reach the server before a
+            await self.ctx.bus.nc.flush(timeout=1)  # new runner reads the ack floor
         await self.log.close()
         await self.conn.close()
 
