@@ -496,3 +496,36 @@ def test_example_snapshot_before_config(stack, api, busybox_tarball, uid):
                 assert w.get(name)["config"]["user.note"] == "changed"
     finally:
         corral(stack, "bus", "credentials", "revoke", cred, "--dir", str(stack.dir))
+
+
+def test_crash_mid_create_leaves_nothing(stack, api, nats_server, uid):
+    """Killed after the consumer and the credential, before the record: the next start
+    removes both, and the name is free again."""
+    name = f"cr{uid}"
+    body = {"name": name, "type": "lifecycle", "publish": {"subject": f"crash.{uid}"}}
+    env = dict(stack.env)
+    stack.stop("hooks")
+    stack.env = {**env, "CORRAL_FAULT": "hooks:after_consumer"}
+    try:
+        stack.start("hooks")
+        wait_for(lambda: api.get("/1.0/hooks").status_code == 200, 60, what="hooks")
+        assert api.post("/1.0/hooks", json=body).status_code == 503
+        stack.procs["hooks"].wait(10)
+        assert nats_server.credentials(f"hook-{name}").exists()  # the crash left it
+    finally:
+        stack.env = env
+        stack.stop("hooks")
+        stack.start("hooks")
+    wait_for(lambda: api.get("/1.0/hooks").status_code == 200, 60, what="hooks again")
+    assert api.get(f"/1.0/hooks/{name}").status_code == 404
+    assert not nats_server.credentials(f"hook-{name}").exists()
+
+    async def consumers() -> list[str]:
+        nc = await nats.connect(nats_server.url, **nats_server.connect_options())
+        names = [c.name for c in await nc.jetstream().consumers_info("CORRAL_EVENTS")]
+        await nc.close()
+        return names
+    assert f"hook-{name}" not in asyncio.run(consumers())
+    r = api.post("/1.0/hooks", json=body)
+    assert r.status_code == 200, r.text
+    api.delete(f"/1.0/hooks/{name}")

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import nats.js.errors as jse
 
-from shared import subjects
+from shared import faults, subjects
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import (
     CreateRequest,
@@ -153,6 +153,7 @@ class HooksService(Service):
                 await credentials.ensure(self.config.dir, hook)
                 await self._ensure_consumer(hook)
                 made_consumer = True
+                faults.point("hooks:after_consumer")  # crash tests: swept at the next start
                 await self.hooks.create(hook["name"], hook, "Hook")
             except BaseException:
                 if made_consumer:
