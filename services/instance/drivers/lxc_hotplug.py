@@ -20,9 +20,11 @@ change it, so a live allow is refused there with the reason).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
-import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -33,8 +35,8 @@ from . import disk_mounts
 from .base import Nic
 from .disk_mounts import DiskMount
 
-NSENTER = "/usr/bin/nsenter"
-IP = "/usr/sbin/ip"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _peer_name(host_name: str) -> str:
@@ -42,18 +44,39 @@ def _peer_name(host_name: str) -> str:
     return ("hp" + host_name)[:15]
 
 
-def _in_netns(pid: int, *args: str) -> None:
-    res = subprocess.run([NSENTER, f"--target={pid}", "--net", IP, *args],
-                         capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        raise Internal(f"ip {' '.join(args)} in the container failed: {res.stderr.strip()}")
+@contextmanager
+def _netns(pid: int) -> Iterator[None]:
+    """This thread in the network namespace of ``pid`` (setns is per thread for
+    CLONE_NEWNET), and back to its own afterwards, whatever happened: a netlink socket
+    opened inside stays bound to that namespace. No process is spawned for it."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise Internal(f"Cannot enter the network namespace of pid {pid}: "
+                           f"{os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:  # never leave a pool thread moved
+                os.abort()
+    finally:
+        os.close(target)
+        os.close(own)
 
 
 def container_links(pid: int) -> set[str]:
-    res = subprocess.run([NSENTER, f"--target={pid}", "--net", IP, "-o", "link", "show"],
-                         capture_output=True, text=True, timeout=30)
-    return {line.split(":")[1].strip().split("@")[0] for line in res.stdout.splitlines()
-            if line.count(":") >= 2}
+    with _netns(pid), IPRoute() as ipr:
+        return {lk.get_attr("IFLA_IFNAME") for lk in ipr.get_links()}
+
+
+def _rename_up(pid: int, old: str, new: str) -> None:
+    with _netns(pid), IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=old)
+        if not found:
+            raise Internal(f"The new interface {old!r} did not reach the container")
+        ipr.link("set", index=found[0], ifname=new)
+        ipr.link("set", index=found[0], state="up")
 
 
 def nic_attach(pid: int, nic: Nic) -> None:
@@ -83,8 +106,7 @@ def nic_attach(pid: int, nic: Nic) -> None:
             ipr.link("set", index=host_idx, master=bridge[0], state="up", **extra)
             peer_idx = ipr.link_lookup(ifname=peer)[0]
             ipr.link("set", index=peer_idx, net_ns_pid=pid)
-            _in_netns(pid, "link", "set", "dev", peer, "name", nic.name)
-            _in_netns(pid, "link", "set", "dev", nic.name, "up")
+            _rename_up(pid, peer, nic.name)
         except BaseException:
             nic_detach(nic.host_name)
             raise
