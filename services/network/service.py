@@ -209,6 +209,7 @@ class NetworkService(Service):
     async def _acl_update(self, req: ObjectRequest, patch: bool) -> Reply:
         async with self._fw_lock:
             old, _new = await self.acls.update(req.name, req.body or {}, req.etag, patch)
+            faults.point("network:acl_stored")
             try:
                 await self._reapply_acl_users(req.name)
             except BaseException:
@@ -274,6 +275,7 @@ class NetworkService(Service):
         net = self._bridge(req.network)
         async with self._fw_lock:
             rec = await self.forwards.create(req.network, net["config"], req.body or {})
+            faults.point("network:forward_stored")  # the record is the truth: start rebuilds
             try:
                 await asyncio.to_thread(firewall.apply_forwards, net, self.forwards.records())
             except BaseException:
