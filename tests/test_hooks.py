@@ -529,3 +529,30 @@ def test_crash_mid_create_leaves_nothing(stack, api, nats_server, uid):
     r = api.post("/1.0/hooks", json=body)
     assert r.status_code == 200, r.text
     api.delete(f"/1.0/hooks/{name}")
+
+
+def test_patch_changes_the_action_and_its_credential(api, hooks, nats_server, receiver, uid):
+    name = f"pa{uid}"
+    add_hook(api, hooks, {"name": name, "type": "lifecycle", "action": "profile-created",
+                          "webhook": {"url": receiver.url, "secret": "s"}})
+    cred = nats_server.credentials(f"hook-{name}")
+    assert not cred.exists()  # a webhook needs no bus credential
+    r = api.patch(f"/1.0/hooks/{name}", json={"action": "profile-*", "retries": 2})
+    assert r.status_code == 200, r.text
+    hook = api.get(f"/1.0/hooks/{name}").json()["metadata"]
+    assert hook["action"] == "profile-*" and hook["webhook"]["secret"] == "(set)"
+    assert set(hook["status"]) == {"pending", "in_flight", "delivered_seq"}
+    r = api.patch(f"/1.0/hooks/{name}", json={"publish": {"subject": f"p.{uid}"}})
+    assert r.status_code == 200, r.text
+    assert "webhook" not in api.get(f"/1.0/hooks/{name}").json()["metadata"]
+    assert json.loads(cred.read_text())["user"] == f"hook-{name}"
+    r = api.patch(f"/1.0/hooks/{name}", json={"publish": {"subject": "corral.x"}})
+    assert r.status_code == 400  # refused whole: the publish hook stays as it was
+    assert api.get(f"/1.0/hooks/{name}").json()["metadata"]["publish"] == {
+        "subject": f"p.{uid}"}
+    r = api.patch(f"/1.0/hooks/{name}", json={"name": "other"})
+    assert r.status_code == 400 and "cannot be renamed" in r.json()["error"]
+    r = api.put(f"/1.0/hooks/{name}", json={"type": "lifecycle",
+                                            "webhook": {"url": receiver.url}})
+    assert r.status_code == 200, r.text
+    assert not cred.exists()  # back to a webhook: the credential is revoked

@@ -190,9 +190,10 @@ class HooksService(Service):
                     for k in ("webhook", "publish", "run"):
                         base.pop(k, None)
                 body = {**base, **body}
-            if (body.get("webhook") or {}).get("secret") in ("(set)", None) and \
-                    old.get("webhook"):
-                body["webhook"] = {**body["webhook"], "secret": old["webhook"].get("secret", "")}
+            new_hook = body.get("webhook")
+            if isinstance(new_hook, dict) and new_hook.get("secret") in ("(set)", None) \
+                    and old.get("webhook"):  # GET shows "(set)": keep the secret
+                body["webhook"] = {**new_hook, "secret": old["webhook"].get("secret", "")}
             hook = rules.check(body, req.name)
             hook["created_at"] = old.get("created_at", _now())
             if credentials.needed(hook) != credentials.needed(old):
