@@ -265,6 +265,25 @@ while True:
 """
 
 
+def test_proxy_through_corral(world, pair, stack, api):
+    a, _b = pair
+    sh(stack, a, "mkdir -p /c && echo via-corral > /c/index.html && "
+                 "httpd -p 127.0.0.1:8084 -h /c")
+    port = _free_port()
+    r = corral(stack, "config", "device", "add", a, "cweb", "proxy",
+               f"listen=tcp:127.0.0.1:{port}", "connect=tcp:127.0.0.1:8084")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert _get(port).strip() == "via-corral"
+        r = corral(stack, "config", "device", "add", a, "cbad", "proxy",
+                   "listen=tcp:127.0.0.1:http", "connect=tcp:127.0.0.1:8084")
+        assert r.returncode != 0 and "port" in r.stderr, r.stderr
+    finally:
+        assert corral(stack, "config", "device", "remove", a, "cweb").returncode == 0
+    with pytest.raises(httpx.HTTPError):
+        _get(port)
+
+
 def test_proxy_udp_and_unix_bind_instance(world, pair, stack, api):
     a, _b = pair
     pid = world.live(a)["pid"]
