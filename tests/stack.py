@@ -23,7 +23,8 @@ from shared import auth
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # nats-server's soft memory limit (Go runtime): see deploy/up.sh.
-NATS_GOMEMLIMIT = "24MiB"
+NATS_GOMEMLIMIT = "64MiB"
+NATS_GOGC = "50"
 SERVICES = ("image", "instance", "storage", "network", "migration", "hooks")
 
 
@@ -94,7 +95,8 @@ class NatsServer:
         env = {**os.environ, "CORRAL_NATS_PORT": str(self.port),
                "CORRAL_NATS_STORE_DIR": str(self.workdir / "jetstream"),
                # as deploy/up.sh: Go's GC keeps the heap near this instead of doubling it
-               "GOMEMLIMIT": os.environ.get("CORRAL_NATS_GOMEMLIMIT", NATS_GOMEMLIMIT)}
+               "GOMEMLIMIT": os.environ.get("CORRAL_NATS_GOMEMLIMIT", NATS_GOMEMLIMIT),
+               "GOGC": os.environ.get("CORRAL_NATS_GOGC", NATS_GOGC)}
         self.proc = subprocess.Popen([str(BIN / "nats-server"), "-c", str(conf)], env=env,
                                      stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
