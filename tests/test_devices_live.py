@@ -369,6 +369,31 @@ def test_proxy_nat_through_nftables(world, pair, stack, api):
         lxc(stack, "config", "device", "remove", a, "eth0")
 
 
+def test_proxy_unix_path_cannot_leave_the_container(world, pair, stack, tmp_path):
+    """A symbolic link in the container pointing at a host path does not lead the
+    forwarder (host root) to a host socket: container paths resolve inside its root."""
+    a, _b = pair
+    tmp_path.chmod(0o755)
+    host_sock = tmp_path / "s.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(host_sock))
+    srv.listen(1)
+    srv.settimeout(2)
+    sh(stack, a, f"mkdir -p /run && ln -sfn {tmp_path} /run/evil")
+    port = _free_port()
+    lxc(stack, "config", "device", "add", a, "esc", "proxy", f"listen=tcp:127.0.0.1:{port}",
+        "connect=unix:/run/evil/s.sock")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"x")
+            with pytest.raises(TimeoutError):
+                srv.accept()  # the host socket is never reached
+    finally:
+        srv.close()
+        lxc(stack, "config", "device", "remove", a, "esc")
+        sh(stack, a, "rm -f /run/evil")
+
+
 @pytest.mark.parametrize("dev, words", [
     ({"listen": "tcp:127.0.0.1", "connect": "tcp:127.0.0.1:80"}, "missing port"),
     ({"listen": "tcp:nothere:80", "connect": "tcp:127.0.0.1:80"}, "not an IP address"),

@@ -55,6 +55,9 @@ class Sides:
         self.listen_ns = self.host_ns if bind == "host" else self.inst_ns
         self.connect_ns = self.inst_ns if bind == "host" else self.host_ns
         self.listen_in_instance = bind == "instance"
+        # The container's root, opened once as root (ptrace right on its init needed).
+        self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.listen_dir: tuple[int, str] | None = None
 
     @contextmanager
     def inside(self, ns: int) -> Iterator[None]:
@@ -64,10 +67,22 @@ class Sides:
         finally:
             _setns(self.host_ns)
 
-    def path(self, addr: Address, in_instance: bool) -> str:
+    def path(self, addr: Address) -> str:
+        """A host path or an abstract name (paths in the container: see connect_path)."""
+        return "\0" + addr.path[1:] if addr.path.startswith("@") else addr.path
+
+    def connect_path(self, addr: Address) -> tuple[str, int | None]:
+        """(address, fd to close after the connect) of a socket in the container: its
+        path resolved inside its root (see :func:`open_in_root`), reached through our fd."""
         if addr.path.startswith("@"):
-            return "\0" + addr.path[1:]
-        return f"/proc/{self.pid}/root{addr.path}" if in_instance else addr.path
+            return self.path(addr), None
+        fd = open_in_root(self.root, addr.path, os.O_PATH)
+        return f"/proc/self/fd/{fd}", fd
+
+    def directory(self, path: str) -> tuple[int, str]:
+        """(fd of the parent directory inside the container, last component)."""
+        parent, base = os.path.split(os.path.normpath(path))
+        return open_in_root(self.root, parent, os.O_PATH | os.O_DIRECTORY), base
 
     def alive(self) -> bool:
         try:
@@ -76,14 +91,39 @@ class Sides:
             return False
 
 
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+SYS_OPENAT2 = 437  # the same on x86_64 and aarch64
+RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
+
+
+def open_in_root(root: int, path: str, flags: int) -> int:
+    """Open ``path`` as if ``root`` were ``/`` (openat2 RESOLVE_IN_ROOT): a symbolic link
+    in the container, absolute or with .., cannot lead the forwarder (host root) to a
+    host file or socket, as a walk through /proc/<pid>/root would."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    rel = path.lstrip("/") or "."
+    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(root),
+                       ctypes.c_char_p(rel.encode()), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{path}: {os.strerror(err)}")
+    return fd
+
+
 def _family(addr: Address) -> int:
     if addr.proto == "unix":
         return socket.AF_UNIX
     return socket.AF_INET6 if ":" in addr.host else socket.AF_INET
 
 
-def _sockaddr(sides: Sides, addr: Address, in_instance: bool):
-    return sides.path(addr, in_instance) if addr.proto == "unix" else (addr.host, addr.port)
+def _sockaddr(sides: Sides, addr: Address):
+    """Where to bind or connect on the host side (or an abstract unix name)."""
+    return sides.path(addr) if addr.proto == "unix" else (addr.host, addr.port)
 
 
 def make_listener(sides: Sides, addr: Address, uid: int, gid: int, mode: int
@@ -93,31 +133,33 @@ def make_listener(sides: Sides, addr: Address, uid: int, gid: int, mode: int
         s = socket.socket(_family(addr), kind)
     if addr.proto != "unix":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    where = _sockaddr(sides, addr, sides.listen_in_instance)
-    if addr.proto == "unix" and not addr.path.startswith("@") and os.path.exists(where):
-        os.unlink(where)  # a socket left by an earlier forwarder of this device
     if addr.proto == "unix" and not addr.path.startswith("@") and \
             not sides.listen_in_instance:
-        s.bind(where)
-        os.chown(where, uid, gid)
-        os.chmod(where, mode)
+        if os.path.exists(addr.path):
+            os.unlink(addr.path)  # a socket left by an earlier forwarder of this device
+        s.bind(addr.path)
+        os.chown(addr.path, uid, gid)
+        os.chmod(addr.path, mode)
     elif addr.proto == "unix" and not addr.path.startswith("@"):
-        # The socket file is made as its owner: in the container's file systems host root
-        # is no id at all (EOVERFLOW), the owner (mapped to host ids) is.
-        # The directory is opened as root (reaching /proc/<pid>/root needs root's ptrace
-        # right), then bound through our own fd, which needs none.
-        dfd = os.open(os.path.dirname(where), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # In the container: its directory resolved inside its root; the socket file made
+        # as its owner (in the container's file systems host root is no id at all:
+        # EOVERFLOW; the owner, mapped to host ids, is), through our own fd.
+        dfd, base = sides.directory(addr.path)
+        sides.listen_dir = (dfd, base)
+        try:
+            os.unlink(base, dir_fd=dfd)  # left by an earlier forwarder of this device
+        except FileNotFoundError:
+            pass
         os.setegid(gid)
         os.seteuid(uid)
         try:
-            s.bind(f"/proc/self/fd/{dfd}/{os.path.basename(where)}")
+            s.bind(f"/proc/self/fd/{dfd}/{base}")
         finally:
             os.seteuid(0)
             os.setegid(0)
-            os.close(dfd)
-        os.chmod(where, mode)
+        os.chmod(f"/proc/self/fd/{dfd}/{base}", mode)
     else:
-        s.bind(where)
+        s.bind(_sockaddr(sides, addr))
     if kind == socket.SOCK_STREAM:
         s.listen(128)
     s.setblocking(False)
@@ -143,8 +185,16 @@ async def serve_stream(sides: Sides, listener: socket.socket, connect: Address) 
             out = socket.socket(_family(connect), socket.SOCK_STREAM)
         out.setblocking(False)
         try:
-            await loop.sock_connect(out, _sockaddr(sides, connect,
-                                                   not sides.listen_in_instance))
+            fd = None
+            if connect.proto == "unix" and not sides.listen_in_instance:
+                where, fd = sides.connect_path(connect)
+            else:
+                where = _sockaddr(sides, connect)
+            try:
+                await loop.sock_connect(out, where)
+            finally:
+                if fd is not None:
+                    os.close(fd)
             r2, w2 = await asyncio.open_connection(sock=out)
         except OSError:
             out.close()
@@ -235,7 +285,10 @@ async def main_async(args: argparse.Namespace) -> int:
         t.cancel()
     if listen.proto == "unix" and not listen.path.startswith("@"):
         try:
-            os.unlink(sides.path(listen, sides.listen_in_instance))
+            if sides.listen_dir:
+                os.unlink(sides.listen_dir[1], dir_fd=sides.listen_dir[0])
+            else:
+                os.unlink(listen.path)
         except OSError:
             pass
     for t in done:
