@@ -68,6 +68,8 @@ class QemuDriver(SpecDir, InstanceDriver):
         self.vmpath.mkdir(parents=True, exist_ok=True)
         make_private(self.vmpath)
         self.uri = uri
+        # name -> (when, link) that exec_ready checked, for the exec_start that follows
+        self._ready_links: dict[str, tuple[float, qemu_agent.AgentLink]] = {}
 
     @staticmethod
     def accel() -> str:
@@ -510,16 +512,22 @@ class QemuDriver(SpecDir, InstanceDriver):
         return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"])
 
     def exec_ready(self, name: str) -> None:
-        """503 "VM agent isn't currently running" at once unless the guest's agent is up."""
-        self._agent(name)
+        """503 "VM agent isn't currently running" at once unless the guest's agent is up.
+
+        The link it checked is kept for the ``exec_start`` that follows (the exec endpoint
+        calls both within milliseconds): checking libvirt again there cost three more
+        round trips to libvirtd per exec."""
+        self._ready_links[name] = (time.monotonic(), self._agent(name))
 
     def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
                    cwd: str | None = None, uid: int = 0, gid: int = 0,
                    interactive: bool = False, width: int = 80,
                    height: int = 24) -> ExecProcess:
         check_command(command)
-        return self._agent(name).exec_start(command, env or {}, cwd, uid, gid, interactive,
-                                            width, height)
+        checked, link = self._ready_links.pop(name, (0.0, None))
+        if link is None or time.monotonic() - checked > READY_FOR:
+            link = self._agent(name)
+        return link.exec_start(command, env or {}, cwd, uid, gid, interactive, width, height)
 
     def file_get(self, name: str, path: str) -> tuple[bytes | list[str], int, int, int, str]:
         return self._agent(name).file_get(path)
@@ -536,6 +544,7 @@ class QemuDriver(SpecDir, InstanceDriver):
 # ---- helpers ------------------------------------------------------------------------
 
 
+READY_FOR = 2.0  # s: an agent link exec_ready checked is trusted this long by exec_start
 DETACH_TIMEOUT = 45.0  # s: a TCG guest on a busy host is slow to take an ACPI eject
 
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -68,9 +69,13 @@ class AgentLink:
     @classmethod
     def for_domain(cls, name: str, dom: libvirt.virDomain, socket_path: str) -> "AgentLink":
         """The link when the guest's agent has the port open, else Unavailable at once."""
-        if not dom.isActive():
+        # One state() answers both (a stopped domain is SHUTOFF): each libvirt call is a
+        # round trip to libvirtd, 2-4 ms on a busy host, and exec pays them all.
+        state = dom.state()[0]
+        if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED,
+                     libvirt.VIR_DOMAIN_NOSTATE):
             raise Conflict(f"Instance {name!r} is stopped; start it first")
-        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+        if state != libvirt.VIR_DOMAIN_RUNNING:
             raise Conflict(f"Instance {name!r} is frozen; unfreeze it first")
         if qemu_xml.channel_state(dom.XMLDesc(0)) != "connected":
             raise Unavailable(AGENT_DOWN)
@@ -132,58 +137,121 @@ class AgentLink:
 
 
 class _Exec(ExecProcess):
-    """An agent exec seen through fds: pipes, or one socket end standing in for a pty."""
+    """An agent exec seen through fds: pipes, or one socket end standing in for a pty.
+
+    Why on the agent loop: the streams are pumped between the agent client and the fds by
+    tasks of the loop that owns the client (non-blocking fds), not by a thread per stream
+    hopping to that loop for every read; the exit code reaches the caller through
+    ``on_exit`` (no thread blocked in ``wait``). Together that was three threads started
+    and a dozen cross-thread hops per exec.
+    """
 
     def __init__(self, proc: AgentExec, interactive: bool) -> None:
         self.proc, self.pid = proc, proc.pid
-        self._threads: list[threading.Thread] = []
+        self._code: int | None = None
+        self._error: BaseException | None = None
+        self._ended = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._cb_lock = threading.Lock()
         if interactive:
             mine, theirs = socket.socketpair()
             self.pty_fd = theirs.detach()
             fd = mine.detach()
-            self._pump_out(proc.stdout, os.dup(fd))
-            self._pump_in(fd)
+            outs, in_fd = [(proc.stdout, os.dup(fd))], fd
         else:
             in_r, self.stdin_fd = os.pipe()
             self.stdout_fd, out_w = os.pipe()
             self.stderr_fd, err_w = os.pipe()
-            self._pump_out(proc.stdout, out_w)
-            self._pump_out(proc.stderr, err_w)
-            self._pump_in(in_r)
+            outs, in_fd = [(proc.stdout, out_w), (proc.stderr, err_w)], in_r
+        assert _loop is not None  # the exec itself was started on it
+        asyncio.run_coroutine_threadsafe(self._run(outs, in_fd), _loop)
 
-    def _pump_out(self, reader: asyncio.StreamReader, fd: int) -> None:
-        def run() -> None:
+    async def _run(self, outs: list[tuple[asyncio.StreamReader, int]], in_fd: int) -> None:
+        feeding = asyncio.ensure_future(_pump_in(self.proc, in_fd))
+        try:
+            pumps = [asyncio.ensure_future(_pump_out(r, fd)) for r, fd in outs]
             try:
-                while data := _run(reader.read(65536), None):
-                    os.write(fd, data)
-            except (OSError, CorralError):
-                pass
-            finally:
-                os.close(fd)
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        self._threads.append(t)
+                self._code = await self.proc.wait()
+            except BaseException as exc:  # the agent went away: Unavailable to the waiter
+                self._error = exc
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            self._ended.set()
+            with self._cb_lock:
+                callbacks, self._callbacks = self._callbacks, []
+            for cb in callbacks:
+                cb()
+        if self._error is not None:  # nobody will write stdin to a lost agent
+            feeding.cancel()
 
-    def _pump_in(self, fd: int) -> None:
-        def run() -> None:
-            try:
-                while data := os.read(fd, 65536):
-                    _run(self.proc.write_stdin(data))
-                _run(self.proc.close_stdin())
-            except (OSError, CorralError):
-                pass
-            finally:
-                os.close(fd)
-        threading.Thread(target=run, daemon=True).start()
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the agent loop thread) once the command ended and its
+        output was written to the fds; ``wait`` then returns at once."""
+        with self._cb_lock:
+            if not self._ended.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def wait(self) -> int:
-        code = _run(self.proc.wait(), None)
-        for t in self._threads:
-            t.join()
-        return code
+        self._ended.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._code is not None
+        return self._code
 
     def signal(self, signum: int) -> None:
         _run(self.proc.signal(signum))
 
     def resize(self, width: int, height: int) -> None:
         _run(self.proc.resize(width, height))
+
+
+async def _wait_fd(fd: int, write: bool) -> None:
+    """Until ``fd`` is readable (or writable): the loop's selector watches it meanwhile."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    add, remove = ((loop.add_writer, loop.remove_writer) if write
+                   else (loop.add_reader, loop.remove_reader))
+    add(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+async def _pump_out(reader: asyncio.StreamReader, fd: int) -> None:
+    """The command's output from the agent into ``fd`` (closed at the end: EOF)."""
+    try:
+        os.set_blocking(fd, False)
+        while data := await reader.read(65536):
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    await _wait_fd(fd, write=True)
+    except (OSError, CorralError):
+        pass  # the reader went away: the rest of the output has nowhere to go
+    finally:
+        os.close(fd)
+
+
+async def _pump_in(proc: AgentExec, fd: int) -> None:
+    """The caller's input from ``fd`` to the command's stdin; EOF closes it."""
+    try:
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                await _wait_fd(fd, write=False)
+                continue
+            if not data:
+                break
+            await proc.write_stdin(data)
+        await proc.close_stdin()
+    except (OSError, CorralError):
+        pass
+    finally:
+        os.close(fd)
