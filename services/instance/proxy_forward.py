@@ -26,6 +26,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from .proxy_fs import open_in_root
 from .proxy_rules import Address, parse_address
 
 CLONE_NEWNET = 0x40000000
@@ -89,30 +90,6 @@ class Sides:
             return _start_time(self.pid) == self.start
         except (OSError, IndexError):
             return False
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-SYS_OPENAT2 = 437  # the same on x86_64 and aarch64
-RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
-
-
-def open_in_root(root: int, path: str, flags: int) -> int:
-    """Open ``path`` as if ``root`` were ``/`` (openat2 RESOLVE_IN_ROOT): a symbolic link
-    in the container, absolute or with .., cannot lead the forwarder (host root) to a
-    host file or socket, as a walk through /proc/<pid>/root would."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    rel = path.lstrip("/") or "."
-    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(root),
-                       ctypes.c_char_p(rel.encode()), ctypes.byref(how),
-                       ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{path}: {os.strerror(err)}")
-    return fd
 
 
 def _family(addr: Address) -> int:

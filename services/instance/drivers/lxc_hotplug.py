@@ -31,6 +31,7 @@ from pyroute2 import IPRoute
 
 from shared.errors import BadRequest, Conflict, Internal, NotFound
 
+from ..proxy_fs import open_container_root, open_in_root
 from . import disk_mounts
 from .base import Nic
 from .disk_mounts import DiskMount
@@ -178,10 +179,20 @@ def unix_detach(container, pid: int, devices_dir: Path, name: str, path: str, ki
 
 
 def _remove_mount_point(pid: int, path: str) -> None:
-    """The empty file the bind mount was made on (the container's, through its root)."""
-    target = Path(f"/proc/{pid}/root") / os.path.normpath("/" + path).lstrip("/")
+    """The empty file the bind mount was made on, resolved inside the container's root
+    (a link made in the container must not lead here to a host file)."""
+    parent, base = os.path.split(os.path.normpath("/" + path))
     try:
-        if target.is_file() and not target.is_symlink() and target.stat().st_size == 0:
-            target.unlink()
+        root = open_container_root(pid)
+        try:
+            dfd = open_in_root(root, parent, os.O_PATH | os.O_DIRECTORY)
+        finally:
+            os.close(root)
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(base, dir_fd=dfd)
+        finally:
+            os.close(dfd)
     except OSError:
         pass
