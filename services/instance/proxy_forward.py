@@ -129,12 +129,12 @@ def make_listener(sides: Sides, addr: Address, uid: int, gid: int, mode: int
             pass
         os.setegid(gid)
         os.seteuid(uid)
-        try:
+        try:  # chmod as the owner too: never as root on a name the container controls
             s.bind(f"/proc/self/fd/{dfd}/{base}")
+            os.chmod(f"/proc/self/fd/{dfd}/{base}", mode)
         finally:
             os.seteuid(0)
             os.setegid(0)
-        os.chmod(f"/proc/self/fd/{dfd}/{base}", mode)
     else:
         s.bind(_sockaddr(sides, addr))
     if kind == socket.SOCK_STREAM:
