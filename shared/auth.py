@@ -185,6 +185,13 @@ def service_permissions(svc: str) -> Permissions:
         pub += _call_subjects(callee, verb)
     for bucket in BUCKETS[svc]:
         pub += bucket_subjects(*bucket)
+    # Replies to the gateway and to the services that call this one, by name rather than
+    # only through allow_responses: nats-server forgets the replies a connection owes when
+    # it reloads its config (each `corral bus credentials create/revoke`, each publish or
+    # run hook added or removed), and every request in flight then timed out as a 503.
+    # Integrations' inboxes stay reachable only through allow_responses.
+    callers = {GATEWAY} | {c for c, calls in CALLS.items() if any(t == svc for t, _ in calls)}
+    pub += [f"{inbox_prefix(c)}.>" for c in sorted(callers)]
     if svc in ("instance", "storage"):  # the service end of exec/console websockets and
         pub.append(f"{STREAMS}.*.*.out")  # of backup downloads (custom volumes: storage)
         sub += [f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
@@ -208,7 +215,7 @@ def gateway_permissions(user: str = GATEWAY) -> Permissions:
 def all_permissions() -> Permissions:
     """``corral-all``: every service and the gateway on one connection."""
     parts = [service_permissions(s) for s in SERVICES] + [gateway_permissions(ALL)]
-    pub = [p for part in parts for p in part.publish]
+    pub = [p for part in parts for p in part.publish] + [f"{inbox_prefix(ALL)}.>"]
     sub = [s for part in parts for s in part.subscribe
            if not any(s.startswith(inbox_prefix(x) + ".") for x in (*SERVICES, GATEWAY))]
     return Permissions(tuple(pub), tuple(sub + [f"{inbox_prefix(ALL)}.>"]), responses=True)
