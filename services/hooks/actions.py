@@ -26,7 +26,13 @@ from . import rules
 
 
 class DeliveryError(Exception):
-    """One failed attempt; the message says what the receiver or the bus answered."""
+    """One failed attempt; the message says what the receiver or the bus answered.
+    ``permanent``: another attempt cannot succeed (a run hook's request refused as bad
+    input), so it goes to the dead letters at once."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class HookConnection:
@@ -140,7 +146,8 @@ async def run(conn: HookConnection, hook: dict[str, Any], event: dict[str, Any],
                                     msg.headers.get(ERROR_HEADER, "error"))
         if err.code == 409 and attempt > 1:  # what the earlier attempt made is there
             return f"{hook['run']['verb']}: already done (409 on attempt {attempt}: {err})"
-        raise DeliveryError(f"{hook['run']['verb']}: {err.code} {err}")
+        raise DeliveryError(f"{hook['run']['verb']}: {err.code} {err}",
+                            permanent=err.code in (400, 403, 404))
     reply = codec.decode(msg.data) or {}
     op = reply.get("operation") if isinstance(reply, dict) else None
     if not isinstance(op, dict) or not op.get("id"):

@@ -260,19 +260,19 @@ class HookRunner:
         n, error, result = 0, "", ""
         while True:
             n += 1
-            tried, error = time.monotonic(), "interrupted"
+            tried, error, permanent = time.monotonic(), "interrupted", False
             try:
                 result = await self.attempt(body, event, eid, n)
                 error = ""
                 break
             except actions.DeliveryError as exc:
-                error = str(exc)
+                error, permanent = str(exc), exc.permanent
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             finally:  # /1.0/metrics: corral_hook_deliveries_total (shared/metrics.py)
                 metrics.hook_delivery(self.hook["name"], rules.kind(self.hook), not error,
                                       time.monotonic() - tried)
-            if n > retries:
+            if permanent or n > retries:
                 break
             if rules.kind(self.hook) != "webhook":
                 await self.conn.close()  # reconnect afresh (a credential just reloaded)

@@ -112,3 +112,30 @@ def test_cli_body_of_the_issue_form():
     assert body["action"] == "*"
     assert body["run"] == {"verb": "instance.snapshot_create",
                            "body": {"name": "pre-{timestamp}"}}
+
+
+async def test_a_refused_run_is_not_retried():
+    """A 400 from the verb is permanent: one attempt, then the dead letters."""
+    from services.hooks import actions, runner
+
+    calls = []
+
+    class Fake(runner.HookRunner):
+        def __init__(self, hook):
+            self.hook = hook
+            self.log = type("L", (), {"add": lambda self, e: None})()
+            self.dead = []
+
+        async def attempt(self, body, event, eid, n):
+            calls.append(n)
+            raise actions.DeliveryError("instance.snapshot_create: 400 bad", permanent=True)
+
+        async def dead_letter(self, body, eid, error, attempts):
+            self.dead.append(attempts)
+
+    r = Fake(rules.check({"name": "h", "run": {"verb": "instance.snapshot_create"}}))
+
+    async def no_sleep(_s):
+        raise AssertionError("slept before a retry")
+    entry = await r.deliver(b"{}", EVENT, "id", sleep=no_sleep)
+    assert calls == [1] and r.dead == [1] and entry["status"] == "failed"
