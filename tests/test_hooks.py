@@ -556,3 +556,31 @@ def test_patch_changes_the_action_and_its_credential(api, hooks, nats_server, re
                                             "webhook": {"url": receiver.url}})
     assert r.status_code == 200, r.text
     assert not cred.exists()  # back to a webhook: the credential is revoked
+
+
+def test_run_hook_of_a_project_acts_under_a_project_credential(api, hooks, nats_server, uid):
+    project, name = f"hp{uid[1:6]}", f"pr{uid}"
+    assert api.post("/1.0/projects", json={"name": project}).status_code == 200
+    try:
+        add_hook(api, hooks, {"name": name, "type": "lifecycle", "action": "profile-created",
+                              "project": project,
+                              "run": {"verb": "instance.profile_patch",
+                                      "body": {"description": "seen by {event_id}"}}})
+        creds = json.loads(nats_server.credentials(f"hook-{name}").read_text())
+        assert creds["role"] == "operator" and creds["project"] == project
+        q = {"project": project}
+        assert api.post("/1.0/profiles", params=q, json={"name": "p1"}).status_code == 200
+        assert api.post("/1.0/profiles", json={"name": f"{name}x"}).status_code == 200
+
+        def described() -> str:
+            return api.get("/1.0/profiles/p1", params=q).json()["metadata"]["description"]
+        wait_for(lambda: described().startswith("seen by "), 30, what="the hook's patch")
+        time.sleep(1)  # the default project's profile is not the hook's
+        assert api.get(f"/1.0/profiles/{name}x").json()["metadata"]["description"] == ""
+        log = api.get(f"/1.0/hooks/{name}/log").json()["metadata"]
+        assert [e["status"] for e in log] == ["delivered"]
+    finally:
+        api.delete(f"/1.0/profiles/{name}x")
+        api.delete("/1.0/profiles/p1", params={"project": project})
+        api.delete(f"/1.0/hooks/{name}")
+        api.delete(f"/1.0/projects/{project}")
