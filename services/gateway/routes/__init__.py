@@ -45,18 +45,22 @@ FORWARDS = "/1.0/networks/{name}/forwards"
 
 
 
-def crud(path: str, service: str, prefix: str = "", item_name: str = "{name}"
-         ) -> list[Route]:
+def crud(path: str, service: str, prefix: str = "", item_name: str = "{name}",
+         change_timeout: float | None = None) -> list[Route]:
     """LXD's CRUD shape, one bus verb per method: ``<prefix>list``, ``create``, ``get``,
     ``update`` (PUT), ``patch``, ``delete``, ``rename`` (POST on the object).
-    ``item_name``: the object's path segment (``{name:.+}`` for names with slashes)."""
+    ``item_name``: the object's path segment (``{name:.+}`` for names with slashes).
+    ``change_timeout``: a longer deadline for PUT and PATCH (a profile change reaches
+    every running instance using it)."""
     item_path = path + "/" + item_name
     return [
         Route("GET", path, ask(service, prefix + "list", listing)),
         Route("POST", path, ask(service, prefix + "create", creation)),
         Route("GET", item_path, ask(service, prefix + "get", item)),
-        Route("PUT", item_path, ask(service, prefix + "update", item)),
-        Route("PATCH", item_path, ask(service, prefix + "patch", item)),
+        Route("PUT", item_path, ask(service, prefix + "update", item,
+                                    timeout=change_timeout)),
+        Route("PATCH", item_path, ask(service, prefix + "patch", item,
+                                      timeout=change_timeout)),
         Route("DELETE", item_path, ask(service, prefix + "delete", item)),
         Route("POST", item_path, ask(service, prefix + "rename", item)),
     ]
@@ -68,7 +72,7 @@ INSTANCES = [
     Route("POST", "/1.0/instances", backups.create_or_import),
     Route("GET", INSTANCE, ask("instance", "get", instances.instance_get)),
     # PUT INSTANCE: snapshots.instance_put (instance.update, or snapshot_restore)
-    Route("PATCH", INSTANCE, ask("instance", "patch", item)),
+    Route("PATCH", INSTANCE, ask("instance", "patch", item, timeout=snapshots.LIVE_CHANGE)),
     Route("DELETE", INSTANCE, ask("instance", "delete", item)),
     Route("POST", INSTANCE, ask("instance", "rename", item)),
     Route("GET", INSTANCE + "/state", ask("instance", "state", instances.named)),
@@ -198,7 +202,7 @@ ROUTES: list[Route] = [
     # Snapshot and backup rows first: their literal segments beat INSTANCES' {name} rows.
     *aliased([*snapshots.ROUTES, *backups.ROUTES, *INSTANCES], "/1.0/instances",
              "/1.0/containers"),
-    *crud("/1.0/profiles", "instance", "profile_"),
+    *crud("/1.0/profiles", "instance", "profile_", change_timeout=snapshots.LIVE_CHANGE),
     *PROJECTS,
     *image_serve.ROUTES,  # secret, simplestreams tree: before IMAGES' {name} rows
     *image_refresh.ROUTES,

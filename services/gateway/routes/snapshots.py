@@ -64,7 +64,10 @@ class RestoreOrUpdate(Ask):
         return render(await ctx.ask("instance", "snapshot_restore", req))
 
 
-instance_put = RestoreOrUpdate("instance", "update", item)
+# A config change applies devices live (hot-plug, a VM's detach waits for the guest).
+LIVE_CHANGE = 60.0  # seconds
+
+instance_put = RestoreOrUpdate("instance", "update", item, timeout=LIVE_CHANGE)
 
 
 ROUTES: list[Route] = [
