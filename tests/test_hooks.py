@@ -584,3 +584,21 @@ def test_run_hook_of_a_project_acts_under_a_project_credential(api, hooks, nats_
         api.delete("/1.0/profiles/p1", params={"project": project})
         api.delete(f"/1.0/hooks/{name}")
         api.delete(f"/1.0/projects/{project}")
+
+
+def test_an_edit_keeps_the_order(api, hooks, profiles, receiver, uid):
+    """A changed hook gets a new runner: the old one's pull request, still waiting on the
+    server, must not take the next events away (they would come back late, out of
+    order)."""
+    prefix = f"ed{uid}"
+    add_hook(api, hooks, {"name": prefix, "type": "lifecycle", "action": "profile-created",
+                          "match": {"name": f"{prefix}-*"}, "webhook": {"url": receiver.url}})
+    names = make_profiles(api, profiles, prefix + "-a", 3)
+    wait_for(lambda: len(receiver.got) >= 3, 30, what="the first deliveries")
+    assert api.patch(f"/1.0/hooks/{prefix}", json={"retries": 3}).status_code == 200
+    names += make_profiles(api, profiles, prefix + "-b", 5)
+    want = [f"/1.0/profiles/{n}" for n in names]
+    started = time.monotonic()
+    wait_for(lambda: set(receiver.sources()) >= set(want), 30, what="every event")
+    assert time.monotonic() - started < 8  # not after an ack_wait (10 s)
+    assert list(dict.fromkeys(receiver.sources())) == want

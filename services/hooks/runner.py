@@ -151,11 +151,14 @@ class HookRunner:
 
     async def reset(self) -> None:
         """Events still out (a dead process, a cancelled runner) would come back only
-        after ``ack_wait``, and later ones could pass them: move the consumer back to the
-        first unacked event (same name, same filter) instead."""
+        after ``ack_wait``, and later ones could pass them; a pull request of an earlier
+        runner still waiting on the server (for up to ``PULL_EXPIRES``) would take the
+        next events to an inbox nobody reads. Either way: move the consumer back to the
+        first unacked event (same name, same filter; the ack floor starts where the
+        consumer was made, so nothing older comes back)."""
         js, durable = self.ctx.bus.js, durable_name(self.hook["name"])
         info = await js.consumer_info(subjects.EVENTS_STREAM, durable)
-        if not info.num_ack_pending:
+        if not info.num_ack_pending and not info.num_waiting:
             return
         start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
         await js.delete_consumer(subjects.EVENTS_STREAM, durable)
