@@ -17,7 +17,7 @@ from shared.service import Service, endpoint
 from .stack import wait_for
 
 ALL = {"corral-image", "corral-instance", "corral-storage", "corral-network",
-       "corral-migration", "corral-gateway"}
+       "corral-migration", "corral-hooks", "corral-gateway"}
 
 
 async def gather_replies(bus: Bus, subject: str, wait: float = 0.5) -> list[dict]:
