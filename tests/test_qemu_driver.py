@@ -10,6 +10,7 @@ when a test fails. NICs only join a bridge the test creates.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -331,7 +332,10 @@ def test_bad_input(env):
 
 # ---- the real Corral VM image (shared/image/build_vm.py) with its in-guest agent ------
 
-IMAGE_CACHE = Path("/var/cache/corral-test/vm-image")
+# Keyed by the builder's source: a change to the image (initramfs, cmdline...) rebuilds it.
+IMAGE_CACHE = Path("/var/cache/corral-test/vm-image") / hashlib.sha256(
+    (Path(__file__).resolve().parents[1] / "shared/image/build_vm.py").read_bytes()
+).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")
