@@ -27,14 +27,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from shared.errors import BadRequest, Conflict, Internal, NotFound
 
 from ..proxy_fs import open_container_root, open_in_root
 from . import disk_mounts
 from .base import Nic
 from .disk_mounts import DiskMount
+
+
+def IPRoute():  # noqa: N802 - pyroute2's class, imported when a NIC is hot-plugged
+    """pyroute2 costs the instance service ~4 MiB (it pulls unittest and argparse in):
+    only a hot-plug needs it, so it is imported then."""
+    from pyroute2 import IPRoute as _IPRoute
+
+    return _IPRoute()
+
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
