@@ -365,3 +365,60 @@ def test_forced_stop_and_start_leave_other_threads_running(env):
     drv.start(name)  # nothing left behind that blocks the next start
     drv.stop(name, force=True)
     drv.delete(name)
+
+
+def _wait_lxc(drv, name, state, timeout=15):
+    c = lxc.Container(name, str(drv.lxcpath))
+    assert c.wait(state, timeout), f"{name} not {state}: {c.state}"
+    return c
+
+
+def test_state_many_follows_changes_made_behind_the_driver(env):
+    """A list's states (one list_containers pass, cached handles and init pids) show what
+    happened outside the driver at once: a stop from inside, a restart (a new init pid,
+    never the cached one), lxc-freeze, a forced stop, a config LXC cannot load."""
+    drv, new, _ = env
+    name, _ = new()
+    missing = _uid()
+    s = drv.state_many([name, missing])
+    assert missing not in s
+    pid = lxc.Container(name, str(drv.lxcpath)).init_pid
+    assert (s[name]["status"], s[name]["status_code"], s[name]["pid"]) == ("Running", 103, pid)
+    assert s[name]["pid"] == drv.state(name)["pid"] == drv.state_many([name])[name]["pid"]
+
+    drv.exec_start(name, ["poweroff"]).wait()  # from inside: busybox init shuts down
+    _wait_lxc(drv, name, "STOPPED")
+    s = drv.state_many([name])[name]
+    assert (s["status"], s["status_code"], s["pid"]) == ("Stopped", 102, 0)
+    assert drv.list_host()[name] == "Stopped" and drv.state(name)["status"] == "Stopped"
+
+    drv.start(name)
+    new_pid = lxc.Container(name, str(drv.lxcpath)).init_pid
+    assert new_pid != pid
+    assert drv.state_many([name])[name]["pid"] == new_pid == drv.state(name)["pid"]
+
+    c = lxc.Container(name, str(drv.lxcpath))
+    assert c.freeze()  # as lxc-freeze, not through the driver
+    s = drv.state_many([name])[name]
+    assert (s["status"], s["status_code"]) == ("Frozen", 110)
+    assert drv.list_host()[name] == "Frozen"
+    assert c.unfreeze()
+    assert drv.state_many([name])[name]["status"] == "Running"
+
+    assert c.stop()  # as lxc-stop --kill
+    _wait_lxc(drv, name, "STOPPED")
+    assert drv.state_many([name])[name]["status"] == "Stopped"
+
+    config = drv.lxcpath / name / "config"
+    good = config.read_text()
+    config.write_text(good + "lxc.tty.max = many\n")
+    try:
+        s = drv.state_many([name])[name]
+        assert (s["status"], s["status_code"]) == ("Error", 112)
+        assert drv.state(name)["status"] == "Error" and drv.host_status(name) == "Error"
+    finally:
+        config.write_text(good)
+    assert drv.state_many([name])[name]["status"] == "Stopped"
+    assert drv.host_status(name) == "Stopped"
+    drv.delete(name)
+    assert drv.state_many([name]) == {}

@@ -15,12 +15,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import lxc
 
-from shared.errors import BadRequest, Conflict, CorralError, Internal
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import idmap as idmaps
 from .. import limits
@@ -62,6 +63,10 @@ class LXCDriver(SpecDir, InstanceDriver):
         self.lxcpath.mkdir(parents=True, exist_ok=True)
         make_private(self.lxcpath)
         self._idmapped = idmapped_mounts  # None: try idmapped, fall back to chown once
+        # read-only handles for state reads, keyed by the config file's stat (_reader)
+        self._readers: dict[str, tuple[tuple[int, int, int], lxc.Container | None]] = {}
+        self._inits: dict[str, tuple[int, bytes]] = {}  # name -> (init pid, its start time)
+        self._readers_lock = threading.Lock()
 
     # ---- definition -------------------------------------------------------------------
 
@@ -151,6 +156,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         if root.is_relative_to(d.resolve()):
             raise Internal(f"Refusing to delete {d}: it contains the root volume {root}")
         shutil.rmtree(d)
+        self._forget(name)
         cgroups.remove_leftovers(name, wait=2.0)
 
     def update(self, name: str, config: dict[str, str], devices: dict[str, dict[str, str]],
@@ -178,6 +184,8 @@ class LXCDriver(SpecDir, InstanceDriver):
         if new_dir.exists():
             raise Conflict(f"Instance {new_name!r} already exists in {self.lxcpath}")
         os.rename(self._dir(name), new_dir)
+        self._forget(name)
+        self._forget(new_name)
         data = self._load(new_name)
         data["spec"]["name"] = new_name
         if volume:
@@ -209,6 +217,7 @@ class LXCDriver(SpecDir, InstanceDriver):
             except CorralError:
                 pass
         shutil.rmtree(d, ignore_errors=True)
+        self._forget(name)
         cgroups.remove_leftovers(name)
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -317,22 +326,117 @@ class LXCDriver(SpecDir, InstanceDriver):
 
     # ---- state ------------------------------------------------------------------------
 
+    def _forget(self, name: str) -> None:
+        """Drop the cached state handle and init pid of a deleted or renamed container."""
+        with self._readers_lock:
+            self._readers.pop(name, None)
+            self._inits.pop(name, None)
+
+    def _reader(self, name: str, keep: bool = True) -> lxc.Container | None:
+        """liblxc's handle for state reads only, kept while ``config`` is unchanged.
+
+        Why: building one parses the config (~0.33 ms) and a list asks for every
+        container. Only state and init_pid are asked of it (answered by the monitor, never
+        from the parsed config), so a handle may serve any number of reads; lifecycle
+        calls build their own (start sets items on its handle). ``keep=False`` (a stopped
+        container) only remembers that the config loads, not the handle (its memory).
+        Raises Internal as ``_lxc`` when the config does not load; None when not kept.
+        """
+        try:
+            st = os.stat(self._dir(name) / "config")
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        with self._readers_lock:
+            hit = self._readers.get(name)
+        if hit is not None and hit[0] == stamp and (hit[1] is not None or not keep):
+            if hit[1] is _BROKEN:
+                raise Internal(f"LXC cannot load the configuration of {name!r} "
+                               f"({self._dir(name) / 'config'}): fix or remove its raw.lxc "
+                               "and set it again")
+            return hit[1] if keep else None
+        try:
+            c = self._lxc(name)
+        except Internal:
+            with self._readers_lock:
+                self._readers[name] = (stamp, _BROKEN)
+            raise
+        with self._readers_lock:
+            self._readers[name] = (stamp, c if keep else None)
+        return c if keep else None
+
+    def _init_pid(self, name: str, c: lxc.Container) -> int:
+        """The container's init pid: the monitor is asked once per boot, not per read.
+
+        The cached pid stands while /proc/<pid>/stat shows the same start time (a pid
+        reused by another process starts later), and only for a container found active.
+        """
+        with self._readers_lock:
+            hit = self._inits.get(name)
+        if hit is not None and _start_time(hit[0]) == hit[1]:
+            return hit[0]
+        pid = c.init_pid
+        started = _start_time(pid) if pid > 0 else None
+        with self._readers_lock:
+            if started is not None:
+                self._inits[name] = (pid, started)
+            else:
+                self._inits.pop(name, None)
+        return pid
+
     def host_status(self, name: str) -> str:
         """From LXC's monitor (no process is spawned); "Stopped" when not defined."""
         try:
-            c = lxc.Container(name, str(self._dir(name).parent))
-        except RuntimeError:  # its config does not load (see _lxc): this one only
+            c = self._reader(name)
+        except Internal:  # its config does not load (see _lxc): this one only
             return "Error"
-        if not c.defined:
+        if c is None or not c.defined:
             return "Stopped"
         return _STATUS.get(c.state, ("Error", 112))[0]
 
     def state(self, name: str) -> dict:
+        return self._state(name, None)
+
+    def state_many(self, names: list[str]) -> dict[str, dict]:
+        """States for a list (``recursion=2``): one pass for every status, as list_host.
+
+        The active containers come from one ``list_containers`` (no monitor asked), the
+        frozen ones from their freezer cgroup, the init pid from a cache checked against
+        /proc: a list of running containers asks no monitor in the steady state.
+        """
+        active = set(lxc.list_containers(active=True, defined=False,
+                                         config_path=str(self.lxcpath)))
+        out = {}
+        for n in names:
+            try:
+                out[n] = self._state(n, active)
+            except NotFound:
+                continue
+        return out
+
+    def _status_of(self, name: str, active: set[str] | None
+                   ) -> tuple[lxc.Container | None, str, int]:
+        """(handle, status, code): from the monitor, or from ``active`` + the freezer."""
         try:
-            c = self._container(name)
-            status, code = _STATUS.get(c.state, ("Error", 112))
+            if active is None:
+                c = self._reader(name)
+                assert c is not None
+                return (c, *_STATUS.get(c.state, ("Error", 112)))
+            if name not in active:
+                self._reader(name, keep=False)  # a config that does not load: "Error"
+                return (None, "Stopped", 102)
+            c = self._reader(name)
+            assert c is not None
+            frozen = cgroups.is_frozen(name)
+            if frozen is None:  # no freezer to read: the monitor knows
+                return (c, *_STATUS.get(c.state, ("Error", 112)))
+            return (c, *(_STATUS["FROZEN"] if frozen else _STATUS["RUNNING"]))
         except Internal:  # its config does not load (see _lxc): "Error", not a failed list
-            c, status, code = None, "Error", 112
+            return (None, "Error", 112)
+
+    def _state(self, name: str, active: set[str] | None) -> dict:
+        data = self._load(name)  # NotFound when it is gone
+        c, status, code = self._status_of(name, active)
         out = {"status": status, "status_code": code, "pid": 0, "processes": 0,
                "cpu": {"usage": 0},
                "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
@@ -341,7 +445,7 @@ class LXCDriver(SpecDir, InstanceDriver):
             last = oci_app.exit_code(self.lxcpath, name, settle=2.0)
             if last is not None:
                 out["exit_code"] = last
-        pid = c.init_pid if c is not None and code not in (102, 112) else -1
+        pid = self._init_pid(name, c) if c is not None and code not in (102, 112) else -1
         if pid > 0:
             out["pid"] = pid
             try:
@@ -349,7 +453,7 @@ class LXCDriver(SpecDir, InstanceDriver):
                 net = netstate.network_state(pid)
             except (FileNotFoundError, ProcessLookupError):
                 return out  # it stopped while we looked
-            for nic in _nics(self._load(name)["spec"]):
+            for nic in _nics(data["spec"]):
                 if nic.name in net and nic.host_name:
                     net[nic.name]["host_name"] = nic.host_name
             out["network"] = net
@@ -369,8 +473,9 @@ class LXCDriver(SpecDir, InstanceDriver):
             names = os.listdir(self.lxcpath)
         except FileNotFoundError:
             return out
+        root = str(self.lxcpath)
         for n in names:
-            if not (self.lxcpath / n / SPEC_FILE).exists():
+            if not os.path.exists(f"{root}/{n}/{SPEC_FILE}"):  # os.path: 1000s per list
                 continue
             if n not in active:
                 out[n] = "Stopped"
@@ -378,8 +483,9 @@ class LXCDriver(SpecDir, InstanceDriver):
             frozen = cgroups.is_frozen(n)
             if frozen is None:
                 try:
-                    frozen_state = lxc.Container(n, str(self.lxcpath)).state
-                except RuntimeError:  # its config does not load (see _lxc)
+                    c = self._reader(n)
+                    frozen_state = c.state if c is not None else "ERROR"
+                except Internal:  # its config does not load (see _lxc)
                     frozen_state = "ERROR"
                 out[n] = _STATUS.get(frozen_state, ("Error", 112))[0]
             else:
@@ -576,6 +682,19 @@ def _lxc_start(lxcpath: Path, name: str, items: list[tuple[str, str]]) -> tuple[
         out.seek(0)
         said = out.read(8192).decode(errors="replace").strip()
     return res.returncode == 0, said
+
+
+_BROKEN: lxc.Container | None = object()  # type: ignore[assignment]  # config won't load
+
+
+def _start_time(pid: int) -> bytes | None:
+    """Field 22 of /proc/<pid>/stat (start time in ticks); None when the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rindex(b")") + 2:].split(b" ", 20)[19]
 
 
 def _wait_for(c: lxc.Container, state: str, timeout: float) -> bool:
