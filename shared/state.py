@@ -136,6 +136,11 @@ class Store:
         assert self._use_cache, f"store {self.bucket} keeps no cache"
         return [v for v, _rev in self._cache.values()]
 
+    def cached_revision(self, key: str) -> int | None:
+        """The revision of a cached value (a reply cache keys on it), None when absent."""
+        hit = self._cache.get(key)
+        return None if hit is None else hit[1]
+
     async def _all_keys(self) -> list[str]:
         """Every key that has (or had) a value.
 

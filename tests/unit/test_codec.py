@@ -50,3 +50,13 @@ def test_a_model_encodes_as_json_as_its_dump_nested_models_included():
     # the gateway's instance list frames this reply by its head and tail
     assert codec.encode_json(Reply(metadata=[1])) == (
         b'{"v":1,"type":"sync","metadata":[1],"etag":null,"operation":null}')
+
+
+def test_raw_json_metadata_is_spliced_into_json_and_decoded_for_msgpack():
+    items = [{"name": "a", "config": {"k": "v"}}, {"name": "b", "status": "Stopped"}]
+    raw = codec.RawJSON(codec.encode_json(items))
+    reply = Reply(metadata=raw)
+    assert codec.encode_json(reply) == codec.encode_json(Reply(metadata=items))
+    assert codec.decode(codec.encode(reply))["metadata"] == items
+    assert json.loads(codec.encode_json({"metadata": raw, "etag": "x"})) == {
+        "metadata": items, "etag": "x"}
