@@ -18,7 +18,7 @@ import pytest
 from shared.bus import Bus
 
 from .stack import BIN, wait_for
-from .world import World, make_world
+from .world import World, lxc, make_world
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not Path("/bin/busybox").exists():
@@ -232,6 +232,46 @@ def test_list_recursion_filter_and_users(world, api):
     assert api.delete(f"/1.0/profiles/{world.profile}").status_code == 409
     net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]
     assert f"/1.0/instances/{a}" in net["used_by"]
+
+
+def test_list_recursion1_shows_every_change_at_once(world, api, stack):
+    """recursion=1 joins per-instance JSON cached by (KV revision, status): an edit, a
+    start, a stop from inside the container, a freeze behind the service's back and a
+    rename all show in the very next list, and each object is the one GET returns."""
+    import lxc as pylxc
+
+    name = world.create("lc")
+
+    def listed() -> dict[str, dict]:
+        r = api.get("/1.0/instances?recursion=1")
+        assert r.status_code == 200 and r.json()["status_code"] == 200
+        return {i["name"]: i for i in r.json()["metadata"]}
+
+    first = listed()
+    assert first[name] == world.get(name) and first[name]["status"] == "Stopped"
+    assert listed() == first  # served from the cache: the same objects
+    world.wait(api.patch(f"/1.0/instances/{name}", json={"description": "edited"}))
+    assert listed()[name]["description"] == "edited" == world.get(name)["description"]
+    world.state(name, "start")
+    assert listed()[name]["status"] == "Running"
+    c = pylxc.Container(name, str(stack.dir / "lxc"))
+    assert c.freeze()  # as lxc-freeze, not through the service
+    try:
+        assert (listed()[name]["status"], listed()[name]["status_code"]) == ("Frozen", 110)
+    finally:
+        assert c.unfreeze()
+    assert listed()[name]["status"] == "Running"
+    exec_in(stack, name, ["poweroff"])  # from inside: busybox init shuts down
+    assert c.wait("STOPPED", 15)
+    assert listed()[name]["status"] == "Stopped"
+    out = lxc(stack, "list", name, "--format", "csv", "-c", "ns").stdout
+    assert out.strip() == f"{name},STOPPED"
+    new = world.name("lc2")
+    world.wait(api.post(f"/1.0/instances/{name}", json={"name": new}))
+    after = listed()
+    assert name not in after and after[new] == world.get(new)
+    world.wait(api.delete(f"/1.0/instances/{new}"))
+    assert new not in listed()
 
 
 def test_rename_and_put_with_etag(world, api):

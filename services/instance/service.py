@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared import filters
+from shared import codec, filters
 from shared.api import listing, url
 from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.messages.instance import NetworkUsersRequest, StatePutRequest
@@ -88,6 +88,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                                     self.config.dir / "virtual-machines")
         self.remote = Remote(self.bus, self.config.node)
         self.instances = await Store(self.bus, "instances", cache=True).open()
+        # key -> (revision, status, record, its JSON): see _listed_json
+        self._list_json: dict[str, tuple[int | None, str | None, dict[str, Any], bytes]] = {}
         self.profiles = Profiles(await Store(self.bus, "profiles", cache=True).open())
         self.projects = Projects(await Store(self.bus, "projects", cache=True).open())
         self.snapshots = await Store(self.bus, "instance_snapshots", cache=True).open()
@@ -194,6 +196,8 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         if req.recursion <= 0 and not req.filter:
             return Reply(metadata=[instance_url(r) for r in recs])
         host = await asyncio.to_thread(self.drivers.list_host)
+        if req.recursion == 1 and not req.filter:
+            return Reply(metadata=self._listed_json(recs, host))
         objs = [public(r, host.get(host_of(r), r.get("status"))) for r in recs]
         if req.filter:
             groups = filters.parse(req.filter)
@@ -215,6 +219,33 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             for o, snaps in zip(objs, all_snaps, strict=True):
                 o.update(state=states.get(host_of(o)), backups=None, snapshots=snaps or None)
         return Reply(metadata=objs)
+
+    def _listed_json(self, recs: list[dict[str, Any]], host: dict[str, str]
+                     ) -> codec.RawJSON:
+        """``recursion=1`` as JSON bytes, each instance encoded once per (KV revision,
+        status) and the pieces joined.
+
+        Why: 1000 instances are ~2.3 MB of JSON, and encoding it again for every list was
+        most of the request's CPU. The record object itself is part of the key too, so a
+        record replaced in the cache without a new revision is encoded again.
+        """
+        cache = self._list_json
+        parts = []
+        for r in recs:
+            k = key(r["project"], r["name"])
+            status = host.get(host_of(r), r.get("status"))
+            rev = self.instances.cached_revision(k)
+            hit = cache.get(k)
+            if hit is None or hit[0] != rev or hit[1] != status or hit[2] is not r:
+                hit = (rev, status, r, codec.encode_json(public(r, status)))
+                cache[k] = hit
+            parts.append(hit[3])
+        every = self.instances.cached()
+        if len(cache) > len(every):  # drop deleted instances
+            live = {key(r["project"], r["name"]) for r in every}
+            for k in [k for k in cache if k not in live]:
+                del cache[k]
+        return codec.RawJSON(b"[" + b",".join(parts) + b"]")
 
     @endpoint("get", ObjectRequest)
     async def get_instance(self, req: ObjectRequest) -> Reply:
