@@ -264,3 +264,69 @@ async def test_agent_absent_is_unavailable(agent_bin: Path, tmp_path: Path) -> N
                 os.kill(running.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+async def test_exec_without_waiting_for_the_start(agent: AgentClient) -> None:
+    """The driver's pipelined start: input sent before the agent answered still reaches
+    the command, the pid arrives with the answer, and a refusal comes out of wait()."""
+    proc = await agent.exec(["sh", "-c", "cat; exit 6"], env=ENV, wait_started=False)
+    assert proc.pid == 0
+    await proc.write_stdin(b"early\n")
+    await proc.close_stdin()
+    assert await proc.stdout.read() == b"early\n"
+    assert await proc.wait() == 6 and proc.pid > 0
+    held = [await agent.exec(["sleep", "30"], env=ENV) for _ in range(128)]  # MAX_SESS
+    try:
+        refused = await agent.exec(["true"], env=ENV, wait_started=False)
+        with pytest.raises(Conflict, match="too many concurrent"):
+            await refused.wait(5)
+        assert await refused.stdout.read() == b""
+    finally:
+        for p in held:
+            await p.signal(signal.SIGKILL)
+        await asyncio.gather(*(p.wait(10) for p in held))
+    assert await agent.ping() >= 0
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 65536):
+        out += chunk
+    return out
+
+
+def test_driver_exec_fds_stdin_exit_and_pty(agent_sock: Path) -> None:
+    """The VM driver's exec as the instance service sees it: fds pumped by the agent
+    loop, the exit code told through on_exit, pipes and the pty stand-in."""
+    from services.instance.drivers import qemu_agent
+
+    link = qemu_agent.AgentLink("vm", str(agent_sock))
+    try:
+        proc = link.exec_start(["sh", "-c", "cat; echo oops >&2; exit 3"], ENV, None, 0, 0,
+                               False, 80, 24)
+        told = []
+        proc.on_exit(lambda: told.append(proc.wait()))
+        os.write(proc.stdin_fd, b"x" * 200000)  # more than a pipe holds
+        os.close(proc.stdin_fd)
+        out, err = _read_all(proc.stdout_fd), _read_all(proc.stderr_fd)
+        assert (out, err) == (b"x" * 200000, b"oops\n")
+        assert proc.wait() == 3 and proc.pid > 0
+        deadline = time.monotonic() + 5
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert told == [3]
+        late = []
+        proc.on_exit(lambda: late.append(1))  # registered after the end: called at once
+        assert late == [1]
+        os.close(proc.stdout_fd)
+        os.close(proc.stderr_fd)
+
+        pty = link.exec_start(["sh", "-c", "read x; echo got $x; exit 4"], ENV, None, 0, 0,
+                              True, 80, 24)
+        assert pty.stdin_fd is None and pty.stdout_fd is None
+        os.write(pty.pty_fd, b"hi\n")
+        seen = _read_all(pty.pty_fd)
+        assert b"got hi" in seen and pty.wait() == 4
+        os.close(pty.pty_fd)
+    finally:
+        qemu_agent.forget(str(agent_sock))

@@ -101,8 +101,10 @@ class AgentLink:
         full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root" if uid == 0 else "/", "LANG": "C.UTF-8",
                 **({"TERM": "xterm"} if interactive else {}), **env}
+        # Not waiting for the agent's answer: the guest forks while we set up the streams
+        # (a refusal comes out of wait(), inside the exec operation as before).
         proc = self._call(AgentClient.exec, command, full, cwd or "", uid, gid, interactive,
-                          width, height)
+                          width, height, wait_started=False)
         return _Exec(proc, interactive)
 
     def file_get(self, path: str) -> tuple[bytes | list[str], int, int, int, str]:
@@ -147,7 +149,7 @@ class _Exec(ExecProcess):
     """
 
     def __init__(self, proc: AgentExec, interactive: bool) -> None:
-        self.proc, self.pid = proc, proc.pid
+        self.proc = proc
         self._code: int | None = None
         self._error: BaseException | None = None
         self._ended = threading.Event()
@@ -175,6 +177,9 @@ class _Exec(ExecProcess):
             except BaseException as exc:  # the agent went away: Unavailable to the waiter
                 self._error = exc
             await asyncio.gather(*pumps, return_exceptions=True)
+            if self.pty_fd is not None:  # as a pty master: EOF once the command ended
+                feeding.cancel()
+                await asyncio.gather(feeding, return_exceptions=True)
         finally:
             self._ended.set()
             with self._cb_lock:
@@ -183,6 +188,11 @@ class _Exec(ExecProcess):
                 cb()
         if self._error is not None:  # nobody will write stdin to a lost agent
             feeding.cancel()
+
+    @property
+    def pid(self) -> int:  # type: ignore[override]
+        """The command's pid in the guest; 0 until the agent said it started."""
+        return self.proc.pid
 
     def on_exit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the agent loop thread) once the command ended and its

@@ -95,10 +95,13 @@ class AgentExec:
         if not self._started.done():
             if kind == P.R_OK and len(payload) == 4:
                 self._started.set_result(struct.unpack(">I", payload)[0])
-            else:
-                self._started.set_exception(_error(payload) if kind == P.R_ERROR else
-                                            Internal(f"VM agent answered exec with {kind:#x}"))
-                self.client._chans.pop(self.channel, None)
+            else:  # refused: whoever waits for the start or the exit hears why
+                exc = (_error(payload) if kind == P.R_ERROR else
+                       Internal(f"VM agent answered exec with {kind:#x}"))
+                for fut in (self._started, self._exit):
+                    fut.set_exception(exc)
+                self._exit.exception()  # a caller waiting for the start only: no warning
+                self._finish()
             return
         if kind == P.R_STDOUT:
             self.stdout.feed_data(payload)
@@ -107,6 +110,10 @@ class AgentExec:
         elif kind == P.R_EXIT and not self._exit.done():
             self._finish()
             self._exit.set_result(struct.unpack(">i", payload[:4])[0])
+
+    def _set_pid(self, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.pid = fut.result()
 
     def lost(self, exc: BaseException) -> None:
         for fut in (self._started, self._exit):
@@ -285,8 +292,14 @@ class AgentClient:
 
     async def exec(self, argv: list[str], env: dict[str, str] | None = None, cwd: str = "",
                    uid: int = 0, gid: int = 0, interactive: bool = False, width: int = 80,
-                   height: int = 24) -> AgentExec:
-        """Start ``argv`` in the guest; returns once it runs (exit 127: not found)."""
+                   height: int = 24, wait_started: bool = True) -> AgentExec:
+        """Start ``argv`` in the guest; returns once it runs (exit 127: not found).
+
+        ``wait_started=False`` returns as soon as the request is sent (``pid`` stays 0
+        until the agent answers): the round trip through the guest overlaps the caller's
+        own setup, and a refusal reaches the caller from ``wait`` instead. Input, signals
+        and resizes sent meanwhile follow the request on the stream, so the agent sees
+        them after it started the command."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise BadRequest("exec needs a command: a non-empty list of strings")
         if not (0 <= uid < P.UNSET and 0 <= gid < P.UNSET):
@@ -301,6 +314,9 @@ class AgentClient:
         chan, proc = self._open(lambda c: AgentExec(self, c, interactive))
         assert isinstance(proc, AgentExec)
         await self._send(P.EXEC, chan, body)
+        if not wait_started:
+            proc._started.add_done_callback(proc._set_pid)
+            return proc
         try:
             proc.pid = await asyncio.wait_for(asyncio.shield(proc._started), self.reply_timeout)
         except asyncio.TimeoutError:
