@@ -506,18 +506,19 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     # ---- exec and files: through the in-guest agent ------------------------------------
 
-    def _agent(self, name: str) -> qemu_agent.AgentLink:
+    def _agent(self, name: str, running: bool = False) -> qemu_agent.AgentLink:
         data = self._load(name)
         dom = self._domain(name)
-        return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"])
+        return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"], running)
 
     def exec_ready(self, name: str) -> None:
         """503 "VM agent isn't currently running" at once unless the guest's agent is up.
 
-        The link it checked is kept for the ``exec_start`` that follows (the exec endpoint
-        calls both within milliseconds): checking libvirt again there cost three more
-        round trips to libvirtd per exec."""
-        self._ready_links[name] = (time.monotonic(), self._agent(name))
+        Called by the exec endpoint right after it saw the instance Running, so only the
+        agent's channel is checked. The link is kept for the ``exec_start`` that follows
+        within milliseconds: checking libvirt again there cost three more round trips to
+        libvirtd per exec."""
+        self._ready_links[name] = (time.monotonic(), self._agent(name, running=True))
 
     def exec_start(self, name: str, command: list[str], env: dict[str, str] | None = None,
                    cwd: str | None = None, uid: int = 0, gid: int = 0,

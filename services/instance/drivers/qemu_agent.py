@@ -67,8 +67,15 @@ class AgentLink:
     socket_path: str
 
     @classmethod
-    def for_domain(cls, name: str, dom: libvirt.virDomain, socket_path: str) -> "AgentLink":
-        """The link when the guest's agent has the port open, else Unavailable at once."""
+    def for_domain(cls, name: str, dom: libvirt.virDomain, socket_path: str,
+                   running: bool = False) -> "AgentLink":
+        """The link when the guest's agent has the port open, else Unavailable at once.
+
+        ``running``: the caller has just seen the domain running (the exec endpoint
+        checks the status first), so only the channel is asked about; the run state is
+        asked only to word a refusal."""
+        if running and qemu_xml.channel_state(dom.XMLDesc(0)) == "connected":
+            return cls(name, socket_path)
         # One state() answers both (a stopped domain is SHUTOFF): each libvirt call is a
         # round trip to libvirtd, 2-4 ms on a busy host, and exec pays them all.
         state = dom.state()[0]
