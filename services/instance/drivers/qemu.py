@@ -70,6 +70,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         self.uri = uri
         # name -> (when, link) that exec_ready checked, for the exec_start that follows
         self._ready_links: dict[str, tuple[float, qemu_agent.AgentLink]] = {}
+        self._exec_doms: dict[str, libvirt.virDomain] = {}  # name -> handle, for exec_ready
 
     @staticmethod
     def accel() -> str:
@@ -191,6 +192,7 @@ class QemuDriver(SpecDir, InstanceDriver):
             shutil.rmtree(d, ignore_errors=True)
 
     def delete(self, name: str) -> None:
+        self._exec_doms.pop(name, None)
         dom = self._domain_or_none(name)
         if dom is not None:
             if dom.isActive():
@@ -508,7 +510,17 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     def _agent(self, name: str, running: bool = False) -> qemu_agent.AgentLink:
         data = self._load(name)
+        if running:  # the exec path: the domain handle of the last exec saves a lookup
+            dom = self._exec_doms.get(name)
+            if dom is not None:
+                try:
+                    return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"],
+                                                           running)
+                except libvirt.libvirtError:  # undefined since: look it up again
+                    self._exec_doms.pop(name, None)
         dom = self._domain(name)
+        if running:
+            self._exec_doms[name] = dom
         return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"], running)
 
     def exec_ready(self, name: str) -> None:
