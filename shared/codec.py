@@ -21,9 +21,15 @@ MSGPACK = "application/msgpack"
 JSON = "application/json"
 
 
-class RawJSON(bytes):
+class RawJSON:
     """A reply's ``metadata`` already encoded as JSON (the instance list's per-instance
-    cache): spliced as is into a JSON reply, decoded once for a msgpack one."""
+    cache): spliced as is into a JSON reply, decoded once for a msgpack one. A wrapper,
+    not a bytes subclass: making one of those copies the bytes (~2 MB for a big list)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 _RAW_MARK = "\x00corral-raw-json\x00"  # no JSON value a service sends contains NUL
@@ -43,7 +49,7 @@ def encode(value: Any) -> bytes:
         value = dict(value)
     raw = _raw_metadata(value)
     if raw is not None:
-        value = {**value, "metadata": json.loads(raw)}
+        value = {**value, "metadata": json.loads(raw.data)}
     return msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
 
 
@@ -62,7 +68,7 @@ def encode_json(value: Any) -> bytes:
     out = json.dumps(value, separators=(",", ":"), default=_json_default).encode()
     if raw is not None:
         head, tail = out.split(_RAW_MARK_JSON, 1)
-        out = b"".join((head, raw, tail))
+        out = b"".join((head, raw.data, tail))
     return out
 
 

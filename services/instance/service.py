@@ -245,7 +245,11 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             live = {key(r["project"], r["name"]) for r in every}
             for k in [k for k in cache if k not in live]:
                 del cache[k]
-        return codec.RawJSON(b"[" + b",".join(parts) + b"]")
+        if not parts:
+            return codec.RawJSON(b"[]")
+        parts[0] = b"[" + parts[0]  # small copies, so the join is the one copy of the whole
+        parts[-1] += b"]"
+        return codec.RawJSON(b",".join(parts))
 
     @endpoint("get", ObjectRequest)
     async def get_instance(self, req: ObjectRequest) -> Reply:

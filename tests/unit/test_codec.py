@@ -60,3 +60,5 @@ def test_raw_json_metadata_is_spliced_into_json_and_decoded_for_msgpack():
     assert codec.decode(codec.encode(reply))["metadata"] == items
     assert json.loads(codec.encode_json({"metadata": raw, "etag": "x"})) == {
         "metadata": items, "etag": "x"}
+    assert codec.encode_json(Reply(metadata=codec.RawJSON(b"[]"))) == codec.encode_json(
+        Reply(metadata=[]))
