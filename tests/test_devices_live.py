@@ -26,6 +26,11 @@ if shutil.which("lxc") is None:
     pytest.skip("needs Debian's lxd-client", allow_module_level=True)
 
 DHCP = "udhcpc -i {dev} -q -n -t 5 -T 2 -s /usr/share/udhcpc/default.script"
+# What a fresh DHCP request on eth0 gets. The image's background udhcpc goes first: it
+# still holds the old lease and may put that address back at any moment (a race the
+# suite lost under load).
+FRESH_LEASE = ("kill $(cat /run/udhcpc.eth0.pid) 2>/dev/null; sleep 0.2; "
+               "ip -4 addr flush dev eth0; " + DHCP.format(dev="eth0"))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +189,7 @@ def test_static_address_of_a_running_nic_applies_as_a_lease(world, pair, stack, 
         assert any(le["hwaddr"] == mac and le["address"] == want and le["type"] == "static"
                    for le in leases), leases
         assert sh(stack, a, "ip link show eth0").returncode == 0  # not re-plugged
-        sh(stack, a, "ip -4 addr flush dev eth0; " + DHCP.format(dev="eth0"))
+        sh(stack, a, FRESH_LEASE)
         assert inet(stack, a, "eth0") == want
         sh(stack, b, f"ping -c1 -W5 {want}")
     finally:
@@ -348,7 +353,7 @@ def test_proxy_nat_through_nftables(world, pair, stack, api):
     assert r.returncode != 0 and "loopback" in r.stderr, r.stderr
     lxc(stack, "config", "device", "override", a, "eth0", f"ipv4.address={static}")
     try:
-        sh(stack, a, "ip -4 addr flush dev eth0; " + DHCP.format(dev="eth0"))
+        sh(stack, a, FRESH_LEASE)
         assert inet(stack, a, "eth0") == static
         sh(stack, a, "mkdir -p /n && echo natted > /n/index.html && httpd -p 8083 -h /n")
         lxc(stack, "config", "device", "add", a, "natp", "proxy", "nat=true",
