@@ -144,6 +144,16 @@ def stack_pids(stack: Stack, nats: NatsServer, lxc_path: Path) -> list[int]:
     return [p for p in pids if p not in inside]
 
 
+def per_process(stack: Stack, nats: NatsServer, lxc_path: Path) -> str:
+    """RSS/PSS of each process of the stack (with its helpers), to see which one grew."""
+    inside = {p for m in monitors(lxc_path) for p in children(m)}
+    parts = []
+    for name, proc in [*stack.procs.items(), ("nats-server", nats.proc)]:
+        pids = [p for p in children(proc.pid) if p not in inside]
+        parts.append(f"{name} {rss_mib(pids):.0f}/{pss_mib(pids):.0f}")
+    return ", ".join(parts)
+
+
 def lxd_pid(sock: Path) -> int | None:
     """The daemon listening on ``sock`` (to read its memory), found by the socket inode."""
     inodes = set()
@@ -241,6 +251,9 @@ def start_stack(base: Path, single: bool) -> tuple[NatsServer, Stack]:
     return nats, stack
 
 
+details: list[str] = []  # per-process memory (MiB RSS/PSS), printed under the table
+
+
 def run_corral(args: argparse.Namespace, figs: dict[str, Figure], base: Path) -> None:
     tag = "q" + uuid.uuid4().hex[:5]
     nats, stack = start_stack(base / "separate", single=False)
@@ -253,12 +266,14 @@ def run_corral(args: argparse.Namespace, figs: dict[str, Figure], base: Path) ->
         pids = stack_pids(stack, nats, lxc_path)
         figs["memory: stack idle (RSS)"].samples = [rss_mib(pids)]
         figs["memory: stack idle (PSS)"].samples = [pss_mib(pids)]
+        details.append("idle: " + per_process(stack, nats, lxc_path))
         lx = Client(stack.dir)
         names = [f"{tag}c{i}" for i in range(args.runs)]
         for k, v in lifecycle(lx, api.conn, f"{tag}img", ["-p", tag], names).items():
             figs[k].samples = v
         pids = stack_pids(stack, nats, lxc_path)
         figs["memory: stack, 10 running (RSS)"].samples = [rss_mib(pids)]
+        details.append(f"{args.runs} running: " + per_process(stack, nats, lxc_path))
         mons = monitors(lxc_path)
         if mons:
             figs["memory: lxc monitor per container (RSS)"].samples = [
@@ -273,6 +288,7 @@ def run_corral(args: argparse.Namespace, figs: dict[str, Figure], base: Path) ->
             lambda: get(api.conn, "/1.0/instances?recursion=1"), 50, warmup=3)
         delete_many(stack.socket, many)
         pids = stack_pids(stack, nats, lxc_path)
+        details.append("after the bench: " + per_process(stack, nats, lxc_path))
         figs["memory: stack after the bench (RSS)"].samples = [rss_mib(pids)]
         figs["memory: stack after the bench (PSS)"].samples = [pss_mib(pids)]
     finally:
@@ -450,6 +466,9 @@ def main() -> None:
         if sock and Path(sock).is_socket():
             run_lxd(args, figs, Path(sock), base)
     print_table(list(figs.values()), args.many, bool(os.environ.get("LXD_SOCK")))
+    print("\nMemory per process, MiB RSS/PSS (separate mode):")
+    for line in details:
+        print("  " + line)
 
 
 if __name__ == "__main__":
