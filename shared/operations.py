@@ -49,6 +49,10 @@ OWNER_GRACE = 6.0
 # can be running them once every service has restarted with this code.
 UNOWNED_GRACE = 30.0
 FINAL_SEEN_LIMIT = 4096  # finished operations a process keeps from their events
+# ... and for how long (seconds): the read that follows a final event at once (lxc exec's
+# exit code) is what it is for; after that the shared record is read again, so a record
+# another replica deleted (its own retention, a sweep) is gone for this reader too.
+FINAL_SEEN_TTL = 5.0
 log = get_logger()
 
 
@@ -107,7 +111,7 @@ class Operations:
         self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
         self._finished: set[str] = set()  # op ids read finished by fail_orphans
         # Finished operations as their last event showed them (see remember_final).
-        self._final_seen: dict[str, dict[str, Any]] = {}
+        self._final_seen: dict[str, tuple[float, dict[str, Any]]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> "Operations":
@@ -396,15 +400,16 @@ class Operations:
         """
         if op.get("status") not in OperationStatus.FINAL or not _valid_id(op.get("id", "")):
             return
-        self._final_seen[op["id"]] = op
+        self._final_seen[op["id"]] = (time.monotonic(), op)
         while len(self._final_seen) > FINAL_SEEN_LIMIT:
             self._final_seen.pop(next(iter(self._final_seen)))
 
     async def get(self, op_id: str) -> dict[str, Any]:
         seen = self._final_seen.get(op_id)
         if seen is not None:
-            if not is_expired(seen, self.retention):
-                return dict(seen)
+            at, op = seen
+            if time.monotonic() - at < FINAL_SEEN_TTL and not is_expired(op, self.retention):
+                return dict(op)
             self._final_seen.pop(op_id, None)
         try:
             found = await self.store.get(op_id) if _valid_id(op_id) else None

@@ -223,3 +223,12 @@ def test_a_finished_operation_seen_in_its_event_is_read_from_memory():
     ops.remember_final({**final, "updated_at": "2000-01-01T00:00:00Z"})
     asyncio.run(ops.get(op_id))
     assert ops.store.reads == [op_id] and op_id not in ops._final_seen
+    # Remembered a while ago: the shared record decides again (another replica may have
+    # deleted it), so every reader sees the same.
+    ops.retention = 10**9  # not expired: only FINAL_SEEN_TTL matters below
+    ops.remember_final({**final, "metadata": {"return": 4}})
+    at, op = ops._final_seen[op_id]
+    ops._final_seen[op_id] = (at - operations.FINAL_SEEN_TTL - 1, op)
+    ops.store.reads.clear()
+    asyncio.run(ops.get(op_id))
+    assert ops.store.reads == [op_id] and op_id not in ops._final_seen
