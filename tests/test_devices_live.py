@@ -54,6 +54,18 @@ def corral(stack, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def unleased(api, net: str, iface, start: int) -> str:
+    """An address of the network from ``start`` up that no NIC holds now: dnsmasq will not
+    give a static address another MAC leases dynamically (it hands out another one), and
+    the world's other containers took addresses anywhere in the range."""
+    taken = {le["address"] for le in api.get(f"/1.0/networks/{net}/leases").json()["metadata"]}
+    for n in range(start, 250):
+        address = str(iface.network.network_address + n)
+        if address not in taken:
+            return address
+    raise AssertionError(f"no free address in {iface.network}")
+
+
 def inet(stack, name: str, dev: str) -> str | None:
     out = sh(stack, name, f"ip -4 -o addr show dev {dev}", check=False).stdout.split()
     return out[out.index("inet") + 1].split("/")[0] if "inet" in out else None
@@ -175,7 +187,7 @@ def test_static_address_of_a_running_nic_applies_as_a_lease(world, pair, stack, 
     a, b = pair
     net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"]["ipv4.address"]
     iface = ipaddress.ip_interface(net)
-    want = str(iface.network.network_address + 200)
+    want = unleased(api, world.net, iface, 200)
     mac = record(api, a)["config"]["volatile.eth0.hwaddr"]
     before = record(api, a)
     # Outside the subnet: 400, nothing stored.
@@ -342,7 +354,7 @@ def test_proxy_nat_through_nftables(world, pair, stack, api):
     a, _b = pair
     net = api.get(f"/1.0/networks/{world.net}").json()["metadata"]["config"]["ipv4.address"]
     iface = ipaddress.ip_interface(net)
-    gw, static = str(iface.ip), str(iface.network.network_address + 201)
+    gw, static = str(iface.ip), unleased(api, world.net, iface, 201)
     port = _free_port()
     # Not a static address of the instance (yet): refused, with the reason.
     r = lxc(stack, "config", "device", "add", a, "natp", "proxy", "nat=true",
