@@ -100,8 +100,8 @@ def measure_pids(pids: dict[str, int], helpers: bool = True) -> dict[str, Usage]
     return out
 
 
-def monitors(lxcpath: Path) -> dict[str, Usage]:
-    """Each running container's ``[lxc monitor] <lxcpath> <name>`` process under ``lxcpath``."""
+def monitor_pids(lxcpath: Path) -> dict[str, int]:
+    """``{container: pid}`` of each ``[lxc monitor] <lxcpath> <name>`` under ``lxcpath``."""
     prefix = f"[lxc monitor] {lxcpath} "
     out = {}
     for d in Path("/proc").iterdir():
@@ -112,8 +112,13 @@ def monitors(lxcpath: Path) -> dict[str, Usage]:
         except OSError:
             continue
         if cmd.startswith(prefix):
-            out[cmd[len(prefix):].strip()] = usage(int(d.name))
+            out[cmd[len(prefix):].strip()] = int(d.name)
     return out
+
+
+def monitors(lxcpath: Path) -> dict[str, Usage]:
+    """Each running container's ``[lxc monitor]`` process under ``lxcpath``."""
+    return {name: usage(pid) for name, pid in monitor_pids(lxcpath).items()}
 
 
 def total(snap: dict[str, Usage]) -> Usage:

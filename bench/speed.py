@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import UnixHTTPConnection, get, measure, pct  # noqa: E402
 from bench.instances import API, setup, teardown, timed  # noqa: E402
+from bench.memory import descendants, monitor_pids, usage  # noqa: E402
+from bench.memory import stack_pids as named_pids  # noqa: E402
 from tests.stack import NatsServer, Stack, wait_for  # noqa: E402
 
 
@@ -89,69 +91,31 @@ FIGURES: list[tuple[str, float | None, str, str]] = [
 
 # ---------------------------------------------------------------- memory of processes
 
-def _status_kib(pid: int, key: str, path: str = "status") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def rss_mib(pids: list[int]) -> float:
-    return sum(_status_kib(p, "VmRSS") for p in pids) / 1024
+    return sum(usage(p).rss_kib for p in pids) / 1024
 
 
 def pss_mib(pids: list[int]) -> float:
-    return sum(_status_kib(p, "Pss", "smaps_rollup") for p in pids) / 1024
+    return sum(usage(p).pss_kib for p in pids) / 1024
 
 
-def children(pid: int) -> list[int]:
-    """The process and its descendants (helpers a service runs count as the service's)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                kids = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
-                todo.extend(int(k) for k in kids)
-        except OSError:
-            pass
-    return out
-
-
-def monitors(lxc_path: Path) -> list[int]:
-    """The `[lxc monitor] <lxcpath> <name>` processes of containers under ``lxc_path``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if cmd.startswith(b"[lxc monitor]") and str(lxc_path).encode() in cmd:
-                found.append(int(entry))
-    return found
+def processes(stack: Stack, nats: NatsServer, lxc_path: Path) -> dict[str, list[int]]:
+    """Each process of the stack (nats-server, every service, the gateway) with what it
+    runs (dnsmasq, helpers), but not the containers' monitors (counted per container) nor
+    their payloads."""
+    inside = {p for m in monitor_pids(lxc_path).values() for p in (m, *descendants(m))}
+    return {name: [p for p in (pid, *descendants(pid)) if p not in inside]
+            for name, pid in named_pids(stack, nats).items()}
 
 
 def stack_pids(stack: Stack, nats: NatsServer, lxc_path: Path) -> list[int]:
-    """nats-server, every service and the gateway, and what they run (dnsmasq, helpers),
-    but not the containers' monitors (counted per container) nor their payloads."""
-    inside = {p for m in monitors(lxc_path) for p in children(m)}
-    pids = [p for proc in [*stack.procs.values(), nats.proc] for p in children(proc.pid)]
-    return [p for p in pids if p not in inside]
+    return [p for pids in processes(stack, nats, lxc_path).values() for p in pids]
 
 
 def per_process(stack: Stack, nats: NatsServer, lxc_path: Path) -> str:
     """RSS/PSS of each process of the stack (with its helpers), to see which one grew."""
-    inside = {p for m in monitors(lxc_path) for p in children(m)}
-    parts = []
-    for name, proc in [*stack.procs.items(), ("nats-server", nats.proc)]:
-        pids = [p for p in children(proc.pid) if p not in inside]
-        parts.append(f"{name} {rss_mib(pids):.0f}/{pss_mib(pids):.0f}")
-    return ", ".join(parts)
+    return ", ".join(f"{name} {rss_mib(pids):.0f}/{pss_mib(pids):.0f}"
+                     for name, pids in processes(stack, nats, lxc_path).items())
 
 
 def lxd_pid(sock: Path) -> int | None:
@@ -274,7 +238,7 @@ def run_corral(args: argparse.Namespace, figs: dict[str, Figure], base: Path) ->
         pids = stack_pids(stack, nats, lxc_path)
         figs["memory: stack, 10 running (RSS)"].samples = [rss_mib(pids)]
         details.append(f"{args.runs} running: " + per_process(stack, nats, lxc_path))
-        mons = monitors(lxc_path)
+        mons = list(monitor_pids(lxc_path).values())
         if mons:
             figs["memory: lxc monitor per container (RSS)"].samples = [
                 rss_mib([m]) for m in mons]
@@ -387,9 +351,8 @@ def run_lxd(args: argparse.Namespace, figs: dict[str, Figure], sock: Path, base:
             figs["memory: stack idle (PSS)"].lxd = [pss_mib([pid])]
         for k, v in lifecycle(lx, conn, f"{tag}img", [], names).items():
             figs[k].lxd = v
-        mons = [p for p in monitors(Path("/var/lib/lxd/containers"))]
-        mons = [p for p in mons if any(n.encode() in Path(f"/proc/{p}/cmdline").read_bytes()
-                                       for n in names)] if mons else []
+        mons = [pid for name, pid in monitor_pids(Path("/var/lib/lxd/containers")).items()
+                if name in names]
         if mons:
             figs["memory: lxc monitor per container (RSS)"].lxd = [rss_mib([m]) for m in mons]
             figs["memory: lxc monitor per container (PSS)"].lxd = [pss_mib([m]) for m in mons]
