@@ -158,7 +158,11 @@ def served(api, stack, busybox_tarball, tmp_path_factory):
 
 
 def client_env(stack, tmp_path: Path, name: str) -> dict[str, str]:
-    env = {**stack.env, "LXD_CONF": str(tmp_path / name)}
+    conf = tmp_path / name
+    # lxc makes its config directory only on some first runs (not for every remote add):
+    # the test does not depend on which
+    conf.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = {**stack.env, "LXD_CONF": str(conf)}
     env.pop("LXD_DIR", None)
     return env
 
