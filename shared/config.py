@@ -28,6 +28,7 @@ ENV = {
     "CORRAL_OTLP_ENDPOINT": "otlp_endpoint",
     "CORRAL_LOG_LEVEL": "log_level",
     "CORRAL_KV_REPLICAS": "kv_replicas",
+    "CORRAL_CLUSTER": "cluster",
 }
 
 
@@ -54,6 +55,11 @@ class Config(BaseModel):
     log_level: str = "info"
     # JetStream replicas for KV buckets and streams (1 on one node, 3 in a cluster).
     kv_replicas: int = 1
+    # This node is a member of a cluster (`make cluster-up`, docs/cluster.md): the services
+    # bound to a host (instance, storage, network) answer ``corral.node.<node>.*`` for the
+    # instances, volumes and bridges located here, and records carry their location. Off:
+    # a standalone server, where LXD says location "none".
+    cluster: bool = False
 
     @property
     def socket_path(self) -> Path:
