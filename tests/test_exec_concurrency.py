@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .world import make_world, wait_op
+from .world import lxc_conf, make_world, wait_op
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or shutil.which("lxc") is None or not Path("/bin/busybox").exists():
@@ -38,7 +38,7 @@ def world(stack, api, busybox_tarball):
 @pytest.fixture(scope="module")
 def lxc_env(stack, tmp_path_factory):
     conf = tmp_path_factory.mktemp("lxcconf")
-    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(conf / "lxc")}
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(conf / "lxc")}
     subprocess.run(["lxc", "list", "--format", "csv"], env=env, capture_output=True,
                    timeout=60)  # the client's first-run greeting goes here
     return env

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .stack import BIN, wait_for
-from .world import make_world
+from .world import lxc_conf, make_world
 
 pytestmark = pytest.mark.root
 if (os.geteuid() != 0 or shutil.which("lxc") is None or shutil.which("script") is None
@@ -62,7 +62,7 @@ def world(stack, api, busybox_tarball, leaked_fd):
 @pytest.fixture(scope="module")
 def lxc(stack, tmp_path_factory):
     conf = tmp_path_factory.mktemp("lxcconf")
-    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(conf / "lxc")}
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(conf / "lxc")}
 
     def run(*args: str, check: bool = True, input: str | None = None
             ) -> subprocess.CompletedProcess:

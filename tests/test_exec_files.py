@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from .stack import BIN, wait_for
-from .world import make_world
+from .world import lxc_conf, make_world
 
 pytestmark = pytest.mark.root
 if os.geteuid() != 0 or not Path("/bin/busybox").exists():
@@ -263,7 +263,7 @@ def test_cli_exec_and_files(env, stack, tmp_path):
 # -- the stock lxc client ------------------------------------------------------------------
 
 def lxc_env(stack, tmp_path) -> dict[str, str]:
-    return {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "lxcconf")}
+    return {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(tmp_path / "lxcconf")}
 
 
 def test_stock_lxc_exec_and_files(env, stack, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from services.gateway import tls
 
 from .stack import wait_for
-from .world import make_world
+from .world import lxc_conf, make_world
 
 pytestmark = pytest.mark.root
 
@@ -115,7 +115,7 @@ def lxc(env: dict, *args: str, check: bool = True, stdin: str | None = None
 @pytest.fixture
 def local_env(stack, tmp_path):
     """The stock client on the unix socket, with a config dir of its own."""
-    return {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "local")}
+    return {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(tmp_path / "local")}
 
 
 # -- server config --------------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_token_with_the_stock_client(api, stack, port, local_env, tmp_path, worl
                for o in ops)
     assert "t" in lxc(local_env, "config", "trust", "list-tokens").stdout
 
-    remote_env = {**stack.env, "LXD_CONF": str(tmp_path / "remote")}
+    remote_env = {**stack.env, "LXD_CONF": lxc_conf(tmp_path / "remote")}
     remote_env.pop("LXD_DIR", None)
     lxc(remote_env, "remote", "add", "c", token)
     name = world.name("rmt")
@@ -334,11 +334,11 @@ def test_token_with_the_stock_client(api, stack, port, local_env, tmp_path, worl
     certs = api.get("/1.0/certificates?recursion=1").json()["metadata"]
     assert any(c["name"] == "t" for c in certs)
     # single use: a second client cannot use it again
-    again = {**stack.env, "LXD_CONF": str(tmp_path / "again")}
+    again = {**stack.env, "LXD_CONF": lxc_conf(tmp_path / "again")}
     r = lxc(again, "remote", "add", "c", token, check=False)
     assert r.returncode != 0
     # and a client nobody trusted gets 403 from the same server
-    stranger = {**stack.env, "LXD_CONF": str(tmp_path / "stranger")}
+    stranger = {**stack.env, "LXD_CONF": lxc_conf(tmp_path / "stranger")}
     lxc(stranger, "remote", "add", "c", f"https://127.0.0.1:{port}", "--accept-certificate",
         "--password", "nope", check=False)
     r = lxc(stranger, "list", "c:", check=False)
@@ -347,7 +347,7 @@ def test_token_with_the_stock_client(api, stack, port, local_env, tmp_path, worl
 
 def test_trust_password_with_the_stock_client(api, stack, port, tmp_path):
     patch(api, {"core.trust_password": "letmein"})
-    env = {**stack.env, "LXD_CONF": str(tmp_path / "pw")}
+    env = {**stack.env, "LXD_CONF": lxc_conf(tmp_path / "pw")}
     lxc(env, "remote", "add", "c", f"https://127.0.0.1:{port}", "--accept-certificate",
         "--password", "letmein")
     assert lxc(env, "info", "c:").returncode == 0

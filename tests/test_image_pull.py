@@ -16,7 +16,7 @@ import pytest
 from shared.image import simplestreams as ss
 
 from .simplestreams import StreamServer, lxc_remote_env  # noqa: F401
-from .world import wait_op
+from .world import lxc_conf, wait_op
 
 # the stream_server fixture
 pytest_plugins = ["tests.simplestreams"]
@@ -699,7 +699,7 @@ def test_lxc_launch_from_a_public_lxd_remote(api, stack, https_port, world, tmp_
     """``lxc remote add self https://... --public`` (the stack's own listener) and ``lxc
     launch self:<alias>``: the create pulls over the lxd protocol as an untrusted client."""
     conf = tmp_path / "conf"
-    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(conf)}
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(conf)}
     assert api.patch(f"/1.0/images/{world.fingerprint}", json={"public": True}
                      ).status_code == 200
     try:

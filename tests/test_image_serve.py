@@ -30,7 +30,7 @@ from shared.image.simplestreams import Catalog
 
 from .stack import private_stack, socket_client, wait_for
 from .test_https import free_port, https, make_client_cert
-from .world import make_world, wait_op
+from .world import lxc_conf, make_world, wait_op
 
 pytestmark = pytest.mark.root
 
@@ -414,7 +414,7 @@ def test_second_corral_pulls_over_the_lxd_protocol(api, stack, served, other, oa
     lxc(env, "remote", "add", "pub", served.url, "--public", "--accept-certificate")
     trusted = client_env(stack, tmp_path, "two-trusted")  # a client certificate of its own
     lxc(trusted, "remote", "add", "dst", f"unix://{other.socket}")
-    token = lxc({**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "adm")},
+    token = lxc({**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(tmp_path / "adm")},
                 "config", "trust", "add", "--name", f"{served.prefix}-two"
                 ).stdout.strip().splitlines()[-1]
     lxc(trusted, "remote", "add", "src", token)

@@ -25,7 +25,7 @@ from shared.image.format import inspect_split, inspect_unified
 from shared.messages.image import BlobRequest, ResolveRequest
 
 from .stack import BIN, wait_for
-from .world import make_world
+from .world import lxc_conf, make_world
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -75,7 +75,7 @@ def corral(stack, *args: str, cwd: Path | None = None) -> subprocess.CompletedPr
 
 
 def lxc(stack, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "lxcconf")}
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(tmp_path / "lxcconf")}
     return subprocess.run(["lxc", *args], env=env, capture_output=True, text=True, timeout=60)
 
 

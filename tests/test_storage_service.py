@@ -27,6 +27,7 @@ from shared.models import Reply
 from shared.state import key
 
 from .stack import BIN, wait_for
+from .world import lxc_conf
 
 pytestmark = [
     pytest.mark.root,
@@ -82,7 +83,7 @@ def corral(stack, *args):
 
 
 def lxc(stack, tmp_path, *args):
-    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": str(tmp_path / "lxc-conf")}
+    env = {**stack.env, "LXD_DIR": str(stack.dir), "LXD_CONF": lxc_conf(tmp_path / "lxc-conf")}
     return subprocess.run(["lxc", *args], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -30,6 +30,16 @@ def lxc(stack: Stack, *args: str, check: bool = True,
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r
 
+
+def lxc_conf(path: Path) -> str:
+    """``path`` made as a private LXD_CONF for the stock client, as a string for its env.
+
+    The stock ``lxc`` makes its config directory only on some first runs (not for a unix
+    ``remote add``, nor when /var/lib/lxd is absent): a test does not depend on which."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(path)
+
+
 OP_TIMEOUT = 120
 
 
