@@ -92,7 +92,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "migration": (OPERATIONS, WARNINGS),
     "hooks": (("hooks", "kv", True), ("hook_logs", "kv", True), OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
-              ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS),
+              ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS,
+              ("members", "kv", True)),  # cluster heartbeats (shared/cluster.py)
 }
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
