@@ -93,7 +93,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "hooks": (("hooks", "kv", True), ("hook_logs", "kv", True), OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
               ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS,
-              ("members", "kv", True)),  # cluster heartbeats (shared/cluster.py)
+              ("members", "kv", True),  # cluster heartbeats (shared/cluster.py)
+              ("instances", "kv", False)),  # where an instance is located (placement.py)
 }
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
