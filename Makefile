@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test unit bench bench-all image lint nats-api
+.PHONY: install up down test unit bench bench-all image lint nats-api cluster-up cluster-down cluster-kill
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -38,3 +38,14 @@ lint:
 nats-api:  ## after adding or changing a bus verb: docs/nats-api.md and shared/client/api.py from the catalogue
 	$(VENV)/bin/python -m services.catalog --markdown > docs/nats-api.md
 	$(VENV)/bin/python -m services.catalog --client > shared/client/api.py
+
+# A cluster of N nodes on this machine, each in its own network namespace (docs/cluster.md).
+# CORRAL_CLUSTER_PREFIX names the namespaces (default corral).
+cluster-up:  ## N nodes (default 3): namespaces, a NATS cluster, services + gateway per node
+	N=$(N) deploy/cluster-up.sh
+
+cluster-kill:  ## SIGKILL every process of node NODE=K (cluster-up brings it back)
+	NODE=$(NODE) deploy/cluster-kill.sh
+
+cluster-down:  ## stop every node, remove the namespaces, veths and hub (data kept)
+	deploy/cluster-down.sh

@@ -26,6 +26,7 @@ from shared.operations import Operations
 from . import responses
 from .info import ServerInfo
 from .limits import body_limit, max_body_size
+from .membership import Membership
 from .remote import RemoteAPI
 from .routes import ROUTES
 from .routes.server import VERSION
@@ -44,6 +45,7 @@ class Gateway:
         self.tracer = tracing.tracer("corral.gateway")
         self._expiry_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self.membership = Membership(config, bus)  # cluster heartbeats (cluster mode only)
 
     def app(self) -> web.Application:
         limit = max_body_size()
@@ -99,11 +101,13 @@ class Gateway:
         os.chmod(path, 0o660)
         await self.ctx.remote.start(self._runner)  # socket group, the HTTPS site if set
         self._expiry_task = asyncio.create_task(self._expire_loop())
+        await self.membership.start()
         log.info("gateway listening", socket=str(path))
 
     async def stop(self) -> None:
         if self._expiry_task:
             self._expiry_task.cancel()
+        await self.membership.stop()
         await self.ctx.remote.stop()
         if self._runner:
             await self._runner.cleanup()

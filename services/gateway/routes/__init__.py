@@ -16,6 +16,7 @@ from .. import remote, trust
 from ..routing import Route, aliased, ask, creation, item, listing
 from . import (
     backups,
+    cluster,
     events,
     hooks,
     host,
@@ -186,6 +187,9 @@ ROUTES: list[Route] = [
     Route("PUT", CERT, trust.certificate_put),
     Route("PATCH", CERT, trust.certificate_patch),
     Route("DELETE", CERT, trust.certificate_delete),
+    Route("GET", "/1.0/cluster", cluster.cluster_get),  # the members bucket (heartbeats)
+    Route("GET", "/1.0/cluster/members", cluster.members_list),
+    Route("GET", "/1.0/cluster/members/{name}", cluster.member_get),
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
     Route("GET", "/1.0/metrics", metrics.get),  # every service's metrics, merged
     Route("GET", "/1.0/resources", host.resources),  # node-bound: instance.resources

@@ -12,6 +12,7 @@ from .. import host_features, responses
 from ..remote import EXTENSIONS
 from ..request import project_of
 from ..routing import Context
+from .cluster import API_EXTENSIONS as CLUSTER_EXTENSIONS
 from .metrics import API_EXTENSIONS as METRICS_EXTENSIONS
 from .warnings import API_EXTENSIONS as WARNING_EXTENSIONS
 
@@ -30,7 +31,7 @@ async def server(ctx: Context, request: web.Request) -> web.Response:
     clients, with hidden keys as ``true``."""
     env, extensions = await ctx.info.get()
     extensions = [*extensions, *(e for e in (*EXTENSIONS, *WARNING_EXTENSIONS,
-                                                      *METRICS_EXTENSIONS)
+                                                      *METRICS_EXTENSIONS, *CLUSTER_EXTENSIONS)
                                  if e not in extensions)]
     view = ctx.remote.server_view(request)
     untrusted = {
@@ -61,7 +62,7 @@ async def server(ctx: Context, request: web.Request) -> web.Response:
         "os_version": _os_release().get("VERSION_ID", ""),
         "project": project_of(request),
         "server": "corral",
-        "server_clustered": False,
+        "server_clustered": ctx.config.cluster,  # server_name: the member's name
         "server_event_mode": "full-mesh",
         "server_name": ctx.config.node,
         "server_pid": os.getpid(),
