@@ -2,9 +2,11 @@
 
 A container whose NIC asks for an address gets exactly that one from dnsmasq (its busybox
 init runs udhcpc), ``lxc network list-leases`` marks it STATIC, an address outside the
-subnet is a 400 and one another NIC holds a 409, and the bus call ``network.lease_set``
-moves a NIC's static address (dnsmasq reloaded). The network has no NAT and no
-default route leaves it: nothing goes off the machine.
+subnet is a 400 and one another NIC holds a 409 (statically, or dynamically while that
+guest is running; a stopped guest's dynamic lease is released to the NIC), the bus call
+``network.lease_set`` moves a NIC's static address (dnsmasq reloaded), and a deleted
+instance's lease is released with dnsmasq running on (its address is the next guest's).
+The network has no NAT and no default route leaves it: nothing goes off the machine.
 """
 
 from __future__ import annotations
@@ -182,3 +184,95 @@ def test_static_ipv6_lease_over_dhcpv6(networks, netns, prefix):  # noqa: F811
     assert IPv6Address(r.stdout.strip()) == IPv6Address(want)
     assert {"hostname": f"{prefix}-s6", "hwaddr": mac, "address": want, "type": "static",
             "location": "none"} in net.leases()
+
+
+def leases_csv(stack, net: str) -> list[list[str]]:
+    out = lxc(stack, "network", "list-leases", net, "--format", "csv").stdout
+    return [line.split(",") for line in out.splitlines()]
+
+
+def test_static_address_held_dynamically_by_another(world, api, stack):
+    """c1 holds .X as a dynamic lease; c2 asks for .X statically. While c1 runs: a 409
+    naming c1, nothing written for c2. Once c1 is stopped (its lease is still in
+    dnsmasq's file): c1's lease is released and c2 gets exactly .X; c1 comes back with
+    another address."""
+    state_dir = stack.dir / "networks" / world.net
+    c1, c2 = world.name("dyn1"), world.name("dyn2")
+    lxc(stack, "launch", world.image, c1, "-p", world.profile)
+    wait_for(lambda: inet(world, c1), 30)
+    [held] = inet(world, c1)
+    mac1 = world.get(c1)["config"]["volatile.eth0.hwaddr"]
+    assert [mac1, held, "DYNAMIC"] in [r[1:4] for r in leases_csv(stack, world.net)]
+
+    lxc(stack, "init", world.image, c2, "-p", world.profile)
+    lxc(stack, "config", "device", "override", c2, "eth0", f"ipv4.address={held}")
+    r = lxc(stack, "start", c2, check=False)
+    assert r.returncode != 0, r.stdout
+    assert f"{held} is in use" in r.stderr and repr(c1) in r.stderr, r.stderr
+    assert world.live(c2)["status"] == "Stopped"
+    mac2 = world.get(c2)["config"]["volatile.eth0.hwaddr"]
+    assert not [e for e in dnsmasq.read_hosts(state_dir) if e["hwaddr"] == mac2]
+    # The same through the REST API: a 409 with the reason.
+    r = api.put(f"/1.0/instances/{c2}/state", json={"action": "start"})
+    op = world.wait(r, ok=False)
+    assert op["status"] == "Failure" and "is in use" in op["err"], op
+
+    lxc(stack, "stop", "--force", c1)
+    assert (mac1, held) in {(lease["hwaddr"], lease["address"])
+                            for lease in dnsmasq.read_leases(state_dir)}  # still held
+    pid = dnsmasq.running_pid(state_dir)
+    lxc(stack, "start", c2)
+    wait_for(lambda: inet(world, c2) == [held], 30)
+    rows = leases_csv(stack, world.net)
+    assert [mac2, held, "STATIC"] in [r[1:4] for r in rows], rows
+    assert not [r for r in rows if r[1] == mac1], rows
+    assert dnsmasq.running_pid(state_dir) == pid  # released, never restarted
+
+    lxc(stack, "start", c1)
+    wait_for(lambda: len(inet(world, c1)) == 1, 30)
+    assert inet(world, c1) != [held]
+    world.remove(c1)
+    world.remove(c2)
+
+
+def test_deleted_instance_lease_is_released_live(world, api, stack):
+    """A network with a one-address DHCP range: c1 takes the address; the delete releases
+    it in the running dnsmasq (same PID, the lease gone from its file and from its memory),
+    so c2, launched next, gets that very address."""
+    net = f"{world.prefix}r"
+    r = api.post("/1.0/networks", json={"name": net, "config": {
+        "ipv4.address": "auto", "ipv4.nat": "false", "ipv6.address": "none"}})
+    assert r.status_code == 201, r.text
+    try:
+        gw = subnet(api, net)
+        only = str(gw.network.network_address + 50)
+        lxc(stack, "network", "set", net, "ipv4.dhcp.ranges", f"{only}-{only}")
+        state_dir = stack.dir / "networks" / net
+        c1, c2 = world.name("rel1"), world.name("rel2")
+        for c in (c1, c2):
+            lxc(stack, "init", world.image, c, "-p", world.profile)
+            lxc(stack, "config", "device", "override", c, "eth0", f"network={net}")
+        lxc(stack, "start", c1)
+        wait_for(lambda: inet(world, c1) == [only], 30)
+        mac1 = world.get(c1)["config"]["volatile.eth0.hwaddr"]
+        assert [lease["hwaddr"] for lease in dnsmasq.read_leases(state_dir)] == [mac1]
+        pid = dnsmasq.running_pid(state_dir)
+        lxc(stack, "stop", "--force", c1)
+        lxc(stack, "delete", c1)
+        # Gone at once from the file and from list-leases, dnsmasq never restarted.
+        assert dnsmasq.read_leases(state_dir) == []
+        assert not leases_csv(stack, net)
+        assert dnsmasq.running_pid(state_dir) == pid
+        # ... and from dnsmasq's memory: the only address goes to the next guest.
+        lxc(stack, "start", c2)
+        wait_for(lambda: inet(world, c2) == [only], 30)
+        mac2 = world.get(c2)["config"]["volatile.eth0.hwaddr"]
+        assert [(lease["hwaddr"], lease["address"])
+                for lease in dnsmasq.read_leases(state_dir)] == [(mac2, only)]
+        assert dnsmasq.running_pid(state_dir) == pid
+        world.remove(c2)
+    finally:
+        for c in list(world.instances):
+            if c.endswith(("-rel1", "-rel2")):
+                world.remove(c)
+        api.delete(f"/1.0/networks/{net}")

@@ -138,9 +138,14 @@ async def lease_set(networks: Networks, req: NicLeaseRequest,
     drv = networks.driver(rec)
     lock = _LEASE_LOCKS.setdefault(req.network, asyncio.Lock())
     async with lock:
+        # Another guest's dynamic lease of the address: 409 while in use, else released.
+        holders = await asyncio.to_thread(leases.dynamic_holders, drv.state_dir, drv.name,
+                                          req.hwaddr, ipv4, ipv6)
         changed = await asyncio.to_thread(leases.write, drv.state_dir, req.hwaddr,
                                           req.instance, ipv4, ipv6,
                                           f"{req.project}/{req.instance}")
+        if holders:
+            await asyncio.to_thread(drv.release_leases, holders)
         if changed and drop_dynamic and (ipv4 or ipv6):
             stale = [lease for lease in drv.leases()
                      if lease["hwaddr"] == req.hwaddr.lower()

@@ -6,8 +6,14 @@ itself (inotify) but forgets a changed or removed entry only on SIGHUP, so every
 is followed by one. The files are also the record of which address belongs to which NIC:
 uniqueness is checked against them, and ``lxc network list-leases`` marks them STATIC.
 
-Blocking functions (file IO, signals): the service runs them in a thread, under the
-network's lock so two NICs cannot both take one address.
+An address may also be held by another guest's dynamic lease (dnsmasq's lease file).
+dnsmasq would then quietly hand the NIC some other address, so ``dynamic_holders`` looks
+first: a holder that still answers on the bridge is a 409 naming it, one that does not
+(a stopped instance, a leftover) has its lease released so the address goes where asked.
+LXD 5.0 checks only other NICs' static addresses and leaves the guest with a surprise.
+
+Blocking functions (file IO, signals, a neighbour probe): the service runs them in a
+thread, under the network's lock so two NICs cannot both take one address.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from shared.errors import BadRequest, Conflict
 
 from .drivers import bridge_config as bc
-from .drivers import dnsmasq
+from .drivers import dnsmasq, neigh
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
@@ -81,6 +87,43 @@ def entries(state_dir: Path) -> list[dict[str, str]]:
 
 def current(state_dir: Path, hwaddr: str) -> dict[str, str] | None:
     return next((e for e in entries(state_dir) if e["hwaddr"] == hwaddr.lower()), None)
+
+
+def dynamic_holders(state_dir: Path, bridge: str, hwaddr: str, ipv4: str, ipv6: str
+                    ) -> set[str]:
+    """The MACs whose dynamic leases hold ``ipv4``/``ipv6`` but are stale (nobody answers
+    for the address on the bridge): release them once the static entry is written. A
+    holder still in use is a 409 naming it (its lease hostname is the instance name)."""
+    wanted = {ip_address(a): key for key, a in (("ipv4.address", ipv4),
+                                                ("ipv6.address", ipv6)) if a}
+    stale: set[str] = set()
+    if not wanted:
+        return stale
+    static = {(e["hwaddr"], ip_address(a)) for e in entries(state_dir)
+              for a in (e["ipv4"], e["ipv6"]) if a}
+    for lease in dnsmasq.read_leases(state_dir):
+        try:
+            addr = ip_address(lease["address"])
+        except ValueError:
+            continue
+        if addr not in wanted or lease["hwaddr"] == hwaddr.lower() or \
+                (lease["hwaddr"], addr) in static:  # a static lease: write() says 409
+            continue
+        holder = (f"instance {lease['hostname']!r} (MAC {lease['hwaddr']})"
+                  if lease["hostname"] else f"the NIC with MAC {lease['hwaddr']}")
+        if not lease["hwaddr"]:
+            raise Conflict(f"NIC {wanted[addr]!r} {addr} is held by a DHCPv6 lease of a "
+                           "client Corral cannot release (its DUID has no MAC); choose "
+                           "another address")
+        answer = neigh.answering_mac(bridge, str(addr))
+        if answer is not None:
+            also = "" if answer == lease["hwaddr"] else f" (MAC {answer} answers for it)"
+            raise Conflict(f"NIC {wanted[addr]!r} {addr} is in use on network {bridge!r}: "
+                           f"{holder} holds it as a dynamic DHCP lease{also}; choose "
+                           "another address, or stop that instance first (its lease then "
+                           "goes to this NIC)")
+        stale.add(lease["hwaddr"])
+    return stale
 
 
 def write(state_dir: Path, hwaddr: str, hostname: str, ipv4: str, ipv6: str,

@@ -20,7 +20,7 @@ from shared.errors import Conflict, CorralError, Internal, NotFound
 from .. import host
 from . import bridge_config as bc
 from . import bridge_links as links
-from . import dnsmasq, nft, sysctl
+from . import dhcp_release, dnsmasq, nft, sysctl
 from .base import AnyNetwork, NetworkDriver
 
 IFF_UP = 0x1
@@ -238,12 +238,18 @@ class BridgeDriver(NetworkDriver):
         return host.interface_state(self.name)
 
     def release_leases(self, hwaddrs: set[str]) -> int:
-        """LXD's way: dnsmasq keeps leases in memory, so it is stopped, the lease lines of
-        these MACs are removed from its file, and it is started again (only when there is
-        a lease to forget: a restart is a short DNS/DHCP gap on the bridge)."""
+        """Forget these MACs' leases. dnsmasq keeps leases in memory, so as LXD 5.0 does
+        it is sent a DHCPRELEASE per lease on the client's behalf and keeps running (a
+        restart cost most of an ``lxc delete`` and left the bridge without DNS/DHCP for
+        a moment). Only when that cannot be done (dnsmasq-utils missing, a lease not
+        dropped in time) is it stopped, the lines removed from its file, and restarted."""
         if not dnsmasq.has_leases(self.state_dir, hwaddrs):
             return 0
         running = dnsmasq.running_pid(self.state_dir) is not None
+        if running:
+            released = dhcp_release.release(self.state_dir, self.name, hwaddrs)
+            if released is not None:
+                return released
         dnsmasq.stop(self.state_dir)
         try:
             return dnsmasq.remove_leases(self.state_dir, hwaddrs)
