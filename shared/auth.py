@@ -69,7 +69,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("storage", "volume_backup_delete"), ("storage", "volume_backup_rename"),
                  ("storage", "volume_backup_import"), ("storage", "list"),
                  ("image", "pull")),
-    "migration": (),
+    "migration": (("instance", "get"), ("instance", "snapshot_list"),
+                  ("storage", "volume_path"), ("instance", "backup_import")),
     "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
@@ -89,7 +90,7 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
-    "migration": (OPERATIONS, WARNINGS),
+    "migration": (("transfers", "obj", True), OPERATIONS, WARNINGS),
     "hooks": (("hooks", "kv", True), ("hook_logs", "kv", True), OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
               ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS,
@@ -194,7 +195,8 @@ def service_permissions(svc: str) -> Permissions:
     # Integrations' inboxes stay reachable only through allow_responses.
     callers = {GATEWAY} | {c for c, calls in CALLS.items() if any(t == svc for t, _ in calls)}
     pub += [f"{inbox_prefix(c)}.>" for c in sorted(callers)]
-    if svc in ("instance", "storage"):  # the service end of exec/console websockets and
+    if svc in ("instance", "storage", "migration"):  # the service end of exec/console/
+        # migration websockets and
         pub.append(f"{STREAMS}.*.*.out")  # of backup downloads (custom volumes: storage)
         sub += [f"{STREAMS}.*.*.in", f"{STREAMS}.*.*.attached"]
     if svc == "hooks":  # dead letters of deliveries that ran out of retries; the sweep of
