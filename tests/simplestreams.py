@@ -130,8 +130,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rate = owner.throttle if not rel.endswith(".json") else 0
         try:
             with open(path, "rb") as f:
+                first = True
                 while chunk := f.read(64 * 1024 if not rate else max(1, rate // 10)):
                     self.wfile.write(chunk)
+                    if first and not rel.endswith(".json"):
+                        # held after the first chunk: the client has started, cannot end
+                        owner.flowing.wait(self.timeout)
+                        first = False
                     if rate:
                         time.sleep(0.1)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
@@ -162,6 +167,10 @@ class StreamServer:
         self.hits: Counter[str] = Counter()
         self.missing: set[str] = set()  # paths answered 404 although present
         self.throttle = 0  # bytes/s for image files (0: full speed)
+        # Cleared, every image file download stops after its first chunk until it is set
+        # again (a test that must act while a download is under way, with no race).
+        self.flowing = threading.Event()
+        self.flowing.set()
         self._unified = self.work / "unified"
         self._unified.mkdir(exist_ok=True)
         subprocess.run(["tar", "-xJf", str(busybox_tarball), "-C", str(self._unified)],

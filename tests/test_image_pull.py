@@ -678,7 +678,9 @@ def test_cancelled_pull_leaves_nothing(api, stack, stream_server):
     import time
 
     fp = stream_server.fingerprints["20260102_0000"]["squashfs"]
-    stream_server.throttle = 100_000
+    # The server holds every image file after its first chunk until the cancel was sent:
+    # the pull cannot finish first (it did on a quiet machine, when only throttled).
+    stream_server.flowing.clear()
     try:
         r = api.post("/1.0/images", json=pull_body(stream_server, alias="busybox/1.36"))
         assert r.status_code == 202, r.text
@@ -687,11 +689,12 @@ def test_cancelled_pull_leaves_nothing(api, stack, stream_server):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not pull_temp_dirs(stack):
             time.sleep(0.1)
+        assert pull_temp_dirs(stack), "the pull never started downloading"
         assert api.delete(op_url).status_code == 200
-        op = api.get(f"{op_url}/wait", params={"timeout": 30}).json()["metadata"]
-        assert op["status"] == "Cancelled", op
     finally:
-        stream_server.throttle = 0
+        stream_server.flowing.set()
+    op = api.get(f"{op_url}/wait", params={"timeout": 30}).json()["metadata"]
+    assert op["status"] == "Cancelled", op
     assert_nothing_left(api, stack, fp)
 
 

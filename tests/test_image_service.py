@@ -123,7 +123,8 @@ def test_import_raw_http_list_show_delete(api, bus, busybox, cleanup):
     assert op["description"] == "Downloading image"
     assert op["metadata"]["fingerprint"] == fp
     assert op["metadata"]["size"] == str(path.stat().st_size)
-    assert api.get("/1.0/images").json()["metadata"] == [f"/1.0/images/{fp}"]
+    # the session's store may hold other modules' images: this test checks its own
+    assert f"/1.0/images/{fp}" in api.get("/1.0/images").json()["metadata"]
     r = api.get(f"/1.0/images/{fp[:10]}")
     assert r.status_code == 200 and r.headers.get("ETag")
     img = r.json()["metadata"]
@@ -134,9 +135,11 @@ def test_import_raw_http_list_show_delete(api, bus, busybox, cleanup):
     assert img["type"] == "container" and img["architecture"] == "x86_64"
     assert img["properties"]["extra"] == "yes" and img["profiles"] == ["default"]
     found = api.get("/1.0/images", params={"recursion": 1, "filter": "type eq container"})
-    assert [i["fingerprint"] for i in found.json()["metadata"]] == [fp]
+    assert fp in [i["fingerprint"] for i in found.json()["metadata"]]
+    assert {i["type"] for i in found.json()["metadata"]} == {"container"}
     none = api.get("/1.0/images", params={"recursion": 1, "filter": "type eq virtual-machine"})
-    assert none.json()["metadata"] == []
+    assert fp not in [i["fingerprint"] for i in none.json()["metadata"]]
+    assert {i["type"] for i in none.json()["metadata"]} <= {"virtual-machine"}
     # Edit: PATCH merges properties, PUT replaces; a stale ETag is refused.
     etag = r.headers["ETag"]
     assert api.patch(f"/1.0/images/{fp}", json={"properties": {"k": "v"}}).status_code == 200
@@ -179,8 +182,8 @@ def test_cli_import_export_alias(stack, api, busybox, cleanup, uid, tmp_path):
     assert fp in r.stdout
     r = corral(stack, "image", "list", "--format", "json")
     assert r.returncode == 0, r.stderr
-    listed = json.loads(r.stdout)
-    assert [i["fingerprint"] for i in listed] == [fp]
+    listed = [i for i in json.loads(r.stdout) if i["fingerprint"] == fp]  # others' too
+    assert len(listed) == 1
     assert listed[0]["aliases"] == [{"name": uid, "description": ""}]
     r = corral(stack, "image", "show", uid)
     assert r.returncode == 0 and yaml.safe_load(r.stdout)["fingerprint"] == fp
