@@ -307,12 +307,15 @@ def test_corral_bus_events_replays_through_the_client(stack, nats_server, api, c
     path = credential("events")
     assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
     try:
+        t0 = time.monotonic()
         out = subprocess.run(
             [str(BIN / "corral"), "bus", "events", "--credentials", str(path),
              "--url", nats_server.url, "--since-seq", "1", "--type", "lifecycle",
              "--project", "default", "--count", "2"],
             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
+        # it ends once it has its events (it waited out nats-py's 30 s drain timeout)
+        assert time.monotonic() - t0 < 20, out.stderr
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(lines) == 2 and all(e["type"] == "lifecycle" for e in lines)
         assert lines[0]["seq"] < lines[1]["seq"] and len(lines[0]["id"]) == 36

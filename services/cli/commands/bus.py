@@ -91,6 +91,7 @@ def events(args: Namespace) -> None:
     """Print events as JSON lines (with their id and stream sequence) through
     shared.client, as an integration would read them; replays with --since-seq/--since."""
     import asyncio
+    import contextlib
     import json
     from datetime import datetime, timezone
 
@@ -113,14 +114,18 @@ def events(args: Namespace) -> None:
     async def run() -> None:
         async with await Client.connect(creds, url, allow_reconnect=False) as c:
             seen = 0
-            async for ev in c.events(types=args.type or None, project=args.project,
-                                     since_seq=args.since_seq, since_time=since):
-                print(json.dumps({"id": ev.id, "seq": ev.seq, "type": ev.type,
-                                  "project": ev.project, "timestamp": ev.timestamp,
-                                  "metadata": ev.metadata}), flush=True)
-                seen += 1
-                if args.count and seen >= args.count:
-                    return
+            # closed before the client: left open, its subscription held the client's
+            # drain for nats-py's drain timeout (30 s) after --count was reached
+            async with contextlib.aclosing(c.events(
+                    types=args.type or None, project=args.project,
+                    since_seq=args.since_seq, since_time=since)) as stream:
+                async for ev in stream:
+                    print(json.dumps({"id": ev.id, "seq": ev.seq, "type": ev.type,
+                                      "project": ev.project, "timestamp": ev.timestamp,
+                                      "metadata": ev.metadata}), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return
 
     try:
         asyncio.run(run())
