@@ -182,14 +182,17 @@ in_node 1 env -u CORRAL_NATS_CREDENTIALS -u CORRAL_CONFIG \
     CORRAL_NATS_URL="nats://127.0.0.1:$NATS_PORT" CORRAL_KV_REPLICAS="$REPLICAS" \
     "$VENV/bin/python" "$REPO/deploy/cluster_helper.py" wait-js "$CLUSTER_DIR" "$TIMEOUT"
 
-for k in $(seq 1 "$NODES"); do
-    use_node "$k"
-    for name in "${APPS[@]}"; do
-        if [[ -n "$(running_pid "$name")" ]]; then continue; fi
-        APP_CMD=("$VENV/bin/$(program_of "$name")")
-        start_in_node "$k" "$name"
+start_apps_of() {
+    local k name
+    for k in "$@"; do
+        use_node "$k"
+        for name in "${APPS[@]}"; do
+            if [[ -n "$(running_pid "$name")" ]]; then continue; fi
+            APP_CMD=("$VENV/bin/$(program_of "$name")")
+            start_in_node "$k" "$name"
+        done
     done
-done
+}
 
 api_ready() {
     local socket="$1" path
@@ -199,16 +202,37 @@ api_ready() {
             return 1
     done
 }
+
+wait_nodes() {
+    local k
+    for k in "$@"; do
+        until api_ready "$(node_dir "$k")/unix.socket"; do
+            check_alive_node "$k" nats "${APPS[@]}"
+            ((SECONDS < deadline)) ||
+                die "node$k did not answer on $(node_dir "$k")/unix.socket within" \
+                    "$TIMEOUT s; see $(node_dir "$k")/logs"
+            sleep 0.2
+        done
+    done
+}
+
+# The first node that has to start makes the buckets, streams and object stores alone:
+# three nodes making the same R3 streams at once on a small host timed out JetStream's
+# API (5 s) and a service died at start. The others follow once it answers.
 deadline=$((SECONDS + TIMEOUT))
+MISSING=()
 for k in $(seq 1 "$NODES"); do
-    until api_ready "$(node_dir "$k")/unix.socket"; do
-        check_alive_node "$k" nats "${APPS[@]}"
-        ((SECONDS < deadline)) ||
-            die "node$k did not answer on $(node_dir "$k")/unix.socket within $TIMEOUT s;" \
-                "see $(node_dir "$k")/logs"
-        sleep 0.2
+    use_node "$k"
+    for name in "${APPS[@]}"; do
+        if [[ -z "$(running_pid "$name")" ]]; then MISSING+=("$k"); break; fi
     done
 done
+if ((${#MISSING[@]} > 0)); then
+    start_apps_of "${MISSING[0]}"
+    wait_nodes "${MISSING[0]}"
+    start_apps_of "${MISSING[@]:1}"
+fi
+wait_nodes $(seq 1 "$NODES")
 STARTED=()
 say "cluster up: $NODES nodes ($MODE mode), namespaces $PREFIX-node1..$NODES"
 say "try: LXD_DIR=$(node_dir 1) lxc cluster list"
