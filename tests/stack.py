@@ -136,7 +136,10 @@ class Stack:
         self.nats = nats
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "CORRAL_DIR": str(corral_dir), "CORRAL_NATS_URL": nats.url,
-                    "CORRAL_LOG_LEVEL": "debug", "CORRAL_REQUEST_TIMEOUT": "2", **env}
+                    "CORRAL_LOG_LEVEL": "debug", "CORRAL_REQUEST_TIMEOUT": "2",
+                    # an exec whose client never connects fails in 10 s, not 30: the tests
+                    # of it wait less (a client that does connect takes milliseconds)
+                    "CORRAL_WS_TIMEOUT": "10", **env}
         (corral_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     @property

@@ -10,10 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from .test_faults import fapi, fstack, restart, start_again, wait_dead  # noqa: F401
+from .stack import private_stack
+from .test_faults import fapi, restart, start_again, wait_dead  # noqa: F401
 from .test_faults import world as fworld  # noqa: F401
 
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def fstack(request):
+    """The fault tests' private stack, its gateway giving up on a live change in 15 s
+    (CORRAL_LIVE_CHANGE_TIMEOUT) instead of 60: the PATCH the crash cuts waits that out,
+    and the change that follows takes a second or two."""
+    with private_stack(request, "faults", CORRAL_LIVE_CHANGE_TIMEOUT="15") as s:
+        yield s
 
 
 def _mounted(world, name: str, path: str) -> bool:

@@ -159,7 +159,8 @@ def _ppid(pid: int) -> int | None:
 
 def test_a_held_command_whose_websockets_never_come_never_runs(world, api, stack):
     """The attach begins before the client connects; if it never does, the operation
-    fails after the websocket timeout (30 s) and the held command exits unrun."""
+    fails after the websocket timeout (CORRAL_WS_TIMEOUT: 10 s in the test stack, 30 s by
+    default) and the held command exits unrun."""
     marker = f"/tmp/never-{os.getpid()}"
     r = api.post(f"/1.0/instances/{world.run}/exec", json={
         "command": ["sh", "-c", f"echo ran > {marker}"],

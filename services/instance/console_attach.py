@@ -16,6 +16,7 @@ from typing import Any
 
 from shared import streams
 from shared.api import url
+from shared.config import env_seconds
 from shared.errors import BadRequest
 from shared.messages.exec import ExecRequest
 from shared.models import Reply
@@ -24,7 +25,7 @@ from shared.service import endpoint
 from .names import host_of
 from .pumps import pump_in, pump_out
 
-WS_TIMEOUT = 30.0
+WS_TIMEOUT = env_seconds("CORRAL_WS_TIMEOUT", 30.0, 1.0)  # as exec's
 
 
 class ConsoleAttachMixin:

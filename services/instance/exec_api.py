@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared import streams
 from shared.api import string_map, url
+from shared.config import env_seconds
 from shared.errors import BadRequest
 from shared.log import get_logger
 from shared.messages.exec import ExecRequest
@@ -43,7 +44,9 @@ from .pumps import Sink, pump_in, pump_out
 
 log = get_logger()
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-WS_TIMEOUT = 30.0  # seconds the client has to connect every websocket
+# Seconds the client has to connect every websocket (CORRAL_WS_TIMEOUT: the test stack
+# waits out a client that never comes in less).
+WS_TIMEOUT = env_seconds("CORRAL_WS_TIMEOUT", 30.0, 1.0)
 # The API extensions these mixins implement (the service adds them to GET /1.0).
 API_EXTENSIONS = ["container_exec_recording", "container_exec_user_group_cwd",
                   "container_exec_signal_handling", "exec_control_sigterm", "console",
