@@ -33,6 +33,10 @@ ERROR_HEADER = "Nats-Service-Error"
 
 log = get_logger()
 
+# Services bound to a host: in a cluster each node's answer for its own instances, volumes
+# and bridges, on ``corral.node.<node>.<svc>.<verb>`` (see ``Bus.request``).
+HOST_BOUND = ("instance", "storage", "network")
+
 
 class Bus:
     """One NATS connection per process, shared by everything in it."""
@@ -203,7 +207,13 @@ class Bus:
         self, svc: str, verb: str, request: Message | dict[str, Any], *,
         node: str | None = None, timeout: float | None = None,
     ) -> Reply:
-        """Ask ``svc`` to do ``verb``; cluster-wide unless ``node`` names a host."""
+        """Ask ``svc`` to do ``verb``; cluster-wide unless ``node`` names a host.
+
+        In a cluster a host-bound service is asked on this process's own node unless
+        ``node`` names another: a volume or a bridge is made where its instance runs, and
+        the gateway names the node of the instance a request is about (placement.py)."""
+        if node is None and self.config.cluster and svc in HOST_BOUND:
+            node = self.config.node
         subject = subjects.node(node, svc, verb) if node else subjects.service(svc, verb)
         msg = await self.request_raw(subject, request, timeout=timeout, service=svc)
         return Reply.model_validate(codec.decode(msg.data) or {})

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from . import codec, metrics, subjects, tracing
-from .bus import Bus, bus_error
+from .bus import HOST_BOUND, Bus, bus_error
 from .config import Config, get_config
 from .errors import BadRequest, CorralError, Forbidden
 from .events import Events, ensure_stream
@@ -110,8 +110,13 @@ class Service:
                 specs.append(EndpointSpec(verb, request, scope, attr))
         return sorted(specs, key=lambda s: s.verb)
 
+    def on_node(self, spec: EndpointSpec) -> bool:
+        """Answered on this node's subject: a node-scoped verb, or in a cluster every verb
+        of a host-bound service (instances, volumes, bridges live on one node)."""
+        return spec.scope == "node" or (self.config.cluster and self.name in HOST_BOUND)
+
     def subject_for(self, spec: EndpointSpec) -> str:
-        if spec.scope == "node":
+        if self.on_node(spec):
             return subjects.node(self.config.node, self.name, spec.verb)
         return subjects.service(self.name, spec.verb)
 
@@ -162,9 +167,15 @@ class Service:
         for spec in self.endpoints():
             await self._micro.add_endpoint(
                 name=spec.verb, subject=self.subject_for(spec),
-                queue_group=f"corral-{self.name}" if spec.scope == "cluster" else None,
+                queue_group=None if self.on_node(spec) else f"corral-{self.name}",
                 handler=self._wrap(spec),
             )
+            if spec.scope == "cluster" and self.on_node(spec):
+                # A cluster node still answers the cluster-wide subject (any node, queue
+                # group) for clients that name no node (the corral CLI, run hooks).
+                await self._micro.add_endpoint(
+                    name=f"{spec.verb}-any-node", subject=subjects.service(self.name, spec.verb),
+                    queue_group=f"corral-{self.name}", handler=self._wrap(spec))
             if spec.scope == "cluster" and spec.verb not in ("info", "metrics"):
                 # The same verb for credentials limited to one project (see subjects).
                 await self._micro.add_endpoint(

@@ -23,6 +23,7 @@ from shared.models import CreateRequest, ListRequest, Message, ObjectRequest, Re
 from shared.operations import Operations
 
 from . import projects, responses
+from .placement import Placement
 from .request import (
     all_projects,
     etag_of,
@@ -46,17 +47,27 @@ class Context:
     ops: Operations
     info: "ServerInfo"
     remote: Any = None  # the RemoteAPI (server config, trust store), set by the Gateway
+    placement: Placement | None = None  # in a cluster: which node answers (placement.py)
 
-    async def ask(self, svc: str, verb: str, req: Message, timeout: float | None = None
-                  ) -> Reply:
+    async def ask(self, svc: str, verb: str, req: Message, timeout: float | None = None,
+                  target: str | None = None) -> Reply:
         """Send ``req`` to ``corral.<svc>.<verb>``; a JSON body it carries is checked
         against LXD's shape for that verb first (``shared.messages.lxd``): every route's
         body passes here, so a new route is checked without a line of its own."""
         body = getattr(req, "body", None)
         if isinstance(body, dict):
             req.body = check_body(svc, verb, body)  # type: ignore[attr-defined]
+        node = None
+        if svc == "instance" and self.config.cluster:  # its node, wherever it arrived
+            if self.placement is None:
+                self.placement = Placement(self.bus, self.config)
+            node = await self.placement.node_for(verb, req, target)
         try:
-            return await self.bus.request(svc, verb, req, timeout=timeout)
+            return await self.bus.request(svc, verb, req, node=node, timeout=timeout)
+        except CorralError as exc:
+            if node is None or self.placement is None:
+                raise
+            raise self.placement.unreachable(node, exc) from None
         except nats.errors.MaxPayloadError:
             limit = self.bus.nc.max_payload if self.bus.nc else 0
             raise CorralError(f"Request too large: a {svc} request carries at most {limit} "

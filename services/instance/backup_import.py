@@ -137,7 +137,8 @@ async def prepare(ctx: Context, req: BackupImportRequest, transfers: Any
     rec = records.new_record(name, project, {"ephemeral": bool(inst.get("ephemeral")),
                                              "description": inst.get("description") or ""},
                              config, devices, profiles)
-    rec.update(type=kind, expanded_config=pcfg, expanded_devices=pdevs, pool=pool,
+    rec.update(type=kind, location=ctx.location,
+               expanded_config=pcfg, expanded_devices=pdevs, pool=pool,
                architecture=inst.get("architecture") or rec["architecture"])
     if isinstance(inst.get("created_at"), str) and inst["created_at"]:
         rec["created_at"] = inst["created_at"]

@@ -28,3 +28,19 @@ class Context:
     log: Any  # the service's structlog logger
     projects: Projects | None = None  # limits, restrictions, effective project (None: only default)
     snapshots: Store | None = None  # KV instance_snapshots (see snapshots.py); None in unit fakes
+    # This node's name in a cluster; "" standalone, where every record is this host's.
+    node: str = ""
+
+    @property
+    def location(self) -> str:
+        """What a record made here says of its place (LXD: "none" standalone)."""
+        return self.node or "none"
+
+    def is_local(self, rec: dict[str, Any]) -> bool:
+        """The record's instance lives on this host. Why it matters: cluster nodes share
+        the KV buckets, and a node must never start, purge or repair another's instance."""
+        return not self.node or rec.get("location") == self.node
+
+    def local(self) -> list[dict[str, Any]]:
+        """The cached records of the instances located on this host (all, standalone)."""
+        return [r for r in self.instances.cached() if self.is_local(r)]

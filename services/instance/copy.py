@@ -195,7 +195,8 @@ async def _reserve(ctx: Context, body: dict[str, Any], project: str, name: str, 
     _root, root_dev = validate.root_device(pdevs)
     await validate.check_for_type(kind, pcfg)
     rec = records.new_record(name, project, body, config, devices, profiles)
-    rec.update(type=kind, architecture=origin.get("architecture") or rec["architecture"],
+    rec.update(type=kind, location=ctx.location,
+               architecture=origin.get("architecture") or rec["architecture"],
                expanded_config=pcfg, expanded_devices=pdevs, pool=root_dev["pool"])
     try:
         await ctx.instances.create(key(project, name), rec, f"Instance {name!r}")

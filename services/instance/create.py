@@ -105,6 +105,7 @@ async def _prepare(ctx: Context, body: dict[str, Any], project: str
         raise NotFound("Image not found")
     rec = records.new_record(name, project, body, config, devices, profiles)
     rec["type"] = kind
+    rec["location"] = ctx.location
     rec.update(expanded_config=pcfg, expanded_devices=pdevs, pool=root_dev["pool"])
     try:
         await ctx.instances.create(key(project, name), rec, f"Instance {name!r}")

@@ -41,7 +41,7 @@ def left_running(rec: dict[str, Any]) -> bool:
 async def sweep(ctx: Context, lock: Locker, deleted: Deleted) -> list[str]:
     """Delete every ephemeral instance that stopped without the API; their names."""
     gone = []
-    for rec in [r for r in ctx.instances.cached() if left_running(r)]:
+    for rec in [r for r in ctx.local() if left_running(r)]:
         if await asyncio.to_thread(ctx.drivers.host_status, rec) != "Stopped":
             continue
         async with lock(rec["project"], rec["name"]):

@@ -509,7 +509,7 @@ async def adopt(ctx: Context) -> None:
     """At service start: undo interrupted hot-plugs (see :func:`recover`); keep the
     forwarders of running containers that are still right, start missing or stale ones,
     end those of stopped containers; NAT rules likewise."""
-    for rec in list(ctx.instances.cached()):
+    for rec in ctx.local():
         if type_of(rec) != "container" or rec.get("status") in ("Creating", "Deleting"):
             continue
         proxies = {n: d for n, d in rec.get("expanded_devices", {}).items()

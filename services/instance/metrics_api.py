@@ -80,7 +80,7 @@ class MetricsMixin:
     """``metrics_text``: the hook ``shared.service.Service``'s ``metrics`` verb calls."""
 
     async def metrics_text(self) -> str:
-        recs: list[dict[str, Any]] = list(self.instances.cached())  # type: ignore[attr-defined]
+        recs: list[dict[str, Any]] = self.ctx.local()  # type: ignore[attr-defined]
         drivers = self.drivers  # type: ignore[attr-defined]
         host = await asyncio.to_thread(drivers.list_host)
         running = [r for r in recs if host.get(host_of(r)) in ("Running", "Frozen")]

@@ -246,7 +246,7 @@ def resume_all(ctx: Context, lock: Any) -> asyncio.Task[None]:
     the dead process asked for may still run); a move that fails otherwise keeps its
     journal for the next start."""
     async def run() -> None:
-        for rec in interrupted(list(ctx.instances.cached())):
+        for rec in interrupted(ctx.local()):
             for _ in range(reconcile.RETRIES):
                 try:
                     async with lock(rec["project"], rec["name"]):

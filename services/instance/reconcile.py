@@ -48,7 +48,7 @@ def retry_later(ctx: Context, rec: dict[str, Any]) -> asyncio.Task[None]:
 
 
 async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
-    records = list(ctx.instances.cached())
+    records = ctx.local()  # another node's instances are its own to repair
     host: dict[str, str] = {}
     drivers = {}
     for drv in await asyncio.to_thread(ctx.drivers.all_available):

@@ -58,8 +58,8 @@ def public(r: dict[str, Any], status: str | None = None) -> dict[str, Any]:
         "description": r["description"], "created_at": r["created_at"],
         "expanded_config": r["expanded_config"], "expanded_devices": r["expanded_devices"],
         "name": r["name"], "status": status, "status_code": STATUS_CODES.get(status, 112),
-        "last_used_at": r["last_used_at"], "location": "none", "type": r["type"],
-        "project": r["project"],
+        "last_used_at": r["last_used_at"], "location": r.get("location") or "none",
+        "type": r["type"], "project": r["project"],
     }
 
 

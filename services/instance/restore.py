@@ -292,5 +292,5 @@ def reconcile(ctx: Context, lock: Any) -> list[asyncio.Task[None]]:
             if found is not None and found[0].get("restoring"):
                 await finish(ctx, found[0])
 
-    return [asyncio.create_task(one(r)) for r in ctx.instances.cached()
+    return [asyncio.create_task(one(r)) for r in ctx.local()
             if r.get("restoring") and r.get("status") not in ("Creating", "Deleting")]

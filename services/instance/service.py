@@ -12,8 +12,12 @@ from typing import Any
 
 from shared import codec, filters
 from shared.api import listing, url
-from shared.errors import BadRequest, CorralError, NotFound, Unavailable
-from shared.messages.instance import NetworkUsersRequest, StatePutRequest
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
+from shared.messages.instance import (
+    InstanceListRequest,
+    NetworkUsersRequest,
+    StatePutRequest,
+)
 from shared.models import (
     CreateRequest,
     ListRequest,
@@ -95,7 +99,10 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         self.snapshots = await Store(self.bus, "instance_snapshots", cache=True).open()
         self.ctx = Context(instances=self.instances, profiles=self.profiles,
                            remote=self.remote, drivers=self.drivers, log=self.log,
-                           projects=self.projects, snapshots=self.snapshots)
+                           projects=self.projects, snapshots=self.snapshots,
+                           node=self.config.node if self.config.cluster else "")
+        # The bucket read afresh (no cache): the records other nodes wrote since we started.
+        self.shared_instances = await Store(self.bus, "instances").open()
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
         await hotplug.adopt(self.ctx)  # proxy forwarders that outlived the last run
@@ -170,6 +177,9 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         found = await self.instances.get(key(project, name))
         if found is None or found[0].get("status") == "Creating":
             raise NotFound("Instance not found")
+        if not self.ctx.is_local(found[0]):
+            raise Conflict(f"Instance {name!r} is located on {found[0].get('location')!r}, "
+                           f"not on this node ({self.config.node}): ask its node")
         return found[0]
 
     async def instance_status(self, rec: dict[str, Any]) -> str:
@@ -185,14 +195,18 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
     # -- instances ------------------------------------------------------------------------
 
-    def _records(self, project: str, all_projects: bool = False) -> list[dict[str, Any]]:
-        return sorted((r for r in self.instances.cached()
+    def _records(self, project: str, all_projects: bool = False,
+                 every: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        return sorted((r for r in (self.instances.cached() if every is None else every)
                        if all_projects or r.get("project", "default") == project),
                       key=lambda r: r["name"])
 
-    @endpoint("list", ListRequest)
-    async def list_instances(self, req: ListRequest) -> Reply:
-        recs = self._records(req.project, req.all_projects)
+    @endpoint("list", InstanceListRequest)
+    async def list_instances(self, req: InstanceListRequest) -> Reply:
+        if req.target and req.target != self.ctx.node:
+            return await self._list_elsewhere(req)
+        recs = self._records(req.project, req.all_projects,
+                             self.ctx.local() if req.target else None)
         if req.recursion <= 0 and not req.filter:
             return Reply(metadata=[instance_url(r) for r in recs])
         host = await asyncio.to_thread(self.drivers.list_host)
@@ -218,6 +232,23 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                 disk_usage.merge(states, *usage)
             for o, snaps in zip(objs, all_snaps, strict=True):
                 o.update(state=states.get(host_of(o)), backups=None, snapshots=snaps or None)
+        return Reply(metadata=objs)
+
+    async def _list_elsewhere(self, req: InstanceListRequest) -> Reply:
+        """The instances located on ``req.target``, a node that did not answer: read
+        afresh from the bucket, with status Error as LXD lists an offline member's."""
+        every = [r for r in (await self.shared_instances.items()).values()
+                 if r.get("location") == req.target and r.get("status") != "Creating"]
+        recs = self._records(req.project, req.all_projects, every)
+        objs = [public(r, "Error") for r in recs]
+        if req.filter:
+            groups = filters.parse(req.filter)
+            objs = [o for o in objs if filters.matches(o, groups)]
+        if req.recursion <= 0:
+            return Reply(metadata=[url("instances", o["name"], o["project"]) for o in objs])
+        if req.recursion >= 2:
+            for o in objs:
+                o.update(state=None, backups=None, snapshots=None)
         return Reply(metadata=objs)
 
     def _listed_json(self, recs: list[dict[str, Any]], host: dict[str, str]

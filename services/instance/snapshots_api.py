@@ -277,7 +277,7 @@ class InstanceSnapshotsMixin:
             await asyncio.sleep(every)
 
     async def snapshot_pass(self, last: datetime, now: datetime) -> None:
-        for rec in list(self.ctx.instances.cached()):
+        for rec in self.ctx.local():
             if rec.get("status") in ("Creating", "Deleting") or rec.get("restoring"):
                 continue
             sched = (rec.get("expanded_config") or {}).get("snapshots.schedule", "")

@@ -31,7 +31,7 @@ from ..messages.image import (
     SecretRequest,
     StreamsRequest,
 )
-from ..messages.instance import StatePutRequest
+from ..messages.instance import InstanceListRequest, StatePutRequest
 from ..messages.metadata import TemplateRequest
 from ..messages.network import (
     ForwardRequest,
@@ -463,11 +463,11 @@ class InstancesAPI(_Service):
             "info", ServerInfoRequest, request, fields)
 
     async def list(
-            self, request: ListRequest | None = None, /,
+            self, request: InstanceListRequest | None = None, /,
             **fields: Any) -> Reply:
-        """``corral.instance.list`` (ListRequest)."""
+        """``corral.instance.list`` (InstanceListRequest)."""
         return await self._call(
-            "list", ListRequest, request, fields)
+            "list", InstanceListRequest, request, fields)
 
     async def log_delete(
             self, request: LogRequest | None = None, /,
@@ -762,6 +762,13 @@ class MigrationAPI(_Service):
 
     service = "migration"
 
+    async def create(
+            self, request: CreateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.migration.create`` (CreateRequest)."""
+        return await self._call(
+            "create", CreateRequest, request, fields)
+
     async def info(
             self, request: ServerInfoRequest | None = None, /,
             **fields: Any) -> Reply:
@@ -782,6 +789,13 @@ class MigrationAPI(_Service):
         """``corral.migration.metrics`` (Message)."""
         return await self._call(
             "metrics", Message, request, fields)
+
+    async def source(
+            self, request: ObjectRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.migration.source`` (ObjectRequest)."""
+        return await self._call(
+            "source", ObjectRequest, request, fields)
 
 
 class NetworksAPI(_Service):

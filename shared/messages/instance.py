@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from shared.messages.network import NetworkUsersRequest
-from shared.models import Request
+from shared.models import ListRequest, Request
 
 StateAction = Literal["start", "stop", "restart", "freeze", "unfreeze"]
 
@@ -32,3 +32,11 @@ class StatePutRequest(Request):
 
 
 __all__ = ["NetworkUsersRequest", "StateAction", "StatePutRequest"]
+
+
+class InstanceListRequest(ListRequest):
+    """``GET /1.0/instances`` asked of one node. ``target`` (a cluster's member, as LXD's
+    ``?target=``): only the instances located there; asked of another node than the
+    target, they are listed with status Error (their own node did not answer)."""
+
+    target: str = ""

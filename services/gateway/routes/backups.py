@@ -21,7 +21,7 @@ from shared.models import ObjectRequest
 from ..limits import streams_body
 from ..request import json_object, name_of, project_of, recursion_of, requestor
 from ..routing import Context, Route, ask, creation, render
-from . import backup_streams
+from . import backup_streams, migration
 
 INSTANCE = "/1.0/instances/{name}"
 BACKUP = INSTANCE + "/backups/{backup}"
@@ -62,7 +62,11 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
     when there is no header at all, and a JSON body sent without one is still a create."""
     kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if kind != "application/octet-stream":
-        return render(await ctx.ask("instance", "create", await creation(request)))
+        req = await creation(request)
+        if migration.is_target(req.body):  # LXD's migration target: the migration service
+            return render(await ctx.ask("migration", "create", req))
+        return render(await ctx.ask("instance", "create", req,
+                                    target=request.query.get("target")))
     transfers = await blobs.transfers(ctx.bus)
     obj = await backup_streams.stage_upload(ctx, request, transfers, "import",
                                             "a backup tarball")
@@ -70,7 +74,8 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
         req = BackupImportRequest(project=project_of(request), requestor=requestor(request),
                                   object=obj, name=request.headers.get("X-LXD-name", ""),
                                   pool=request.headers.get("X-LXD-pool", ""))
-        reply = await ctx.ask("instance", "backup_import", req)
+        reply = await ctx.ask("instance", "backup_import", req,
+                              target=request.query.get("target"))
     except BaseException:  # the instance service deletes it once it has the request
         await blobs.delete(transfers, obj)
         raise

@@ -3,17 +3,20 @@ ones: a GET with its recursion, and the state change with its checked fields."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 import nats.errors
 from aiohttp import web
 from pydantic import ValidationError
 
-from shared import codec, subjects
-from shared.errors import BadRequest, CorralError
-from shared.messages.instance import StatePutRequest
+from shared import cluster, codec, subjects
+from shared.errors import BadRequest, CorralError, Unavailable
+from shared.messages.instance import InstanceListRequest, StatePutRequest
 from shared.models import ObjectRequest, Reply
 
+from ..placement import Placement
 from ..request import json_object, name_of, project_of, recursion_of, requestor
 from ..routing import Context, listing, render
 
@@ -64,16 +67,61 @@ async def instance_list(ctx: Context, request: web.Request) -> web.StreamRespons
     another shape (never expected) is decoded and rendered as before.
     """
     req = await listing(request)
-    try:
-        msg = await ctx.bus.request_raw(subjects.service("instance", "list"),
-                                        codec.encode_json(req), service="instance",
-                                        headers={codec.CONTENT_TYPE: codec.JSON})
-    except nats.errors.MaxPayloadError:
-        raise CorralError("The instance list is larger than the bus carries (NATS "
-                          "max_payload); filter it or raise max_payload", 503) from None
-    data = msg.data
+    if ctx.config.cluster:
+        return await cluster_list(ctx, req)
+    data = await _ask_list(ctx, subjects.service("instance", "list"), req)
     head = _REPLY_HEAD.match(data)
     if head is not None and data.endswith(_REPLY_TAIL):
         body = _SYNC_HEAD + data[head.end():len(data) - len(_REPLY_TAIL)] + b"}"
         return web.Response(body=body, content_type="application/json")
     return render(Reply.model_validate(codec.decode_json(data) or {}))
+
+
+async def _ask_list(ctx: Context, subject: str, req: object) -> bytes:
+    """One instance service's list, as its JSON reply's bytes."""
+    try:
+        msg = await ctx.bus.request_raw(subject, codec.encode_json(req), service="instance",
+                                        headers={codec.CONTENT_TYPE: codec.JSON})
+    except nats.errors.MaxPayloadError:
+        raise CorralError("The instance list is larger than the bus carries (NATS "
+                          "max_payload); filter it or raise max_payload", 503) from None
+    return msg.data
+
+
+def _items(data: bytes) -> bytes:
+    """The JSON array of a list reply, without its brackets (b"" when empty)."""
+    head = _REPLY_HEAD.match(data)
+    if head is not None and data.endswith(_REPLY_TAIL):
+        array = data[head.end():len(data) - len(_REPLY_TAIL)].strip()
+    else:
+        array = codec.encode_json(Reply.model_validate(codec.decode_json(data) or {}
+                                                       ).metadata or [])
+    return array[1:-1].strip()
+
+
+async def cluster_list(ctx: Context, req: object) -> web.Response:
+    """``GET /1.0/instances`` in a cluster: every member lists the instances located on
+    it, all asked at once; a member that is offline or does not answer has its
+    instances listed by this node with status Error (as LXD lists an offline member's),
+    rather than the whole list failing."""
+    if ctx.placement is None:
+        ctx.placement = Placement(ctx.bus, ctx.config)
+    now = time.time()
+    members = await ctx.placement.members()
+    nodes = {m.name: cluster.is_online(m, now) for m in members}
+    nodes.setdefault(ctx.config.node, True)
+    base = req.model_dump()  # type: ignore[attr-defined]
+
+    async def one(node: str, online: bool) -> bytes:
+        ask = InstanceListRequest(**base, target=node)
+        if online:
+            try:
+                return await _ask_list(ctx, subjects.node(node, "instance", "list"), ask)
+            except Unavailable:
+                if node == ctx.config.node:
+                    raise
+        return await _ask_list(ctx, subjects.node(ctx.config.node, "instance", "list"), ask)
+
+    parts = await asyncio.gather(*(one(n, up) for n, up in sorted(nodes.items())))
+    body = b"[" + b",".join(p for p in map(_items, parts) if p) + b"]"
+    return web.Response(body=_SYNC_HEAD + body + b"}", content_type="application/json")

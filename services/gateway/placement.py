@@ -1,0 +1,142 @@
+"""Where a request about instances goes in a cluster: the node the instance is located on.
+
+Why in the gateway: every node's gateway is "one API" (LXD forwards a request to the
+member that holds the instance, wherever the client connected). The instance services
+answer only for the instances located on their node (``corral.node.<node>.instance.*``),
+so the gateway names that node: for a request about one instance, the ``location`` of
+its record in the shared ``instances`` bucket; for a create, ``?target=`` (checked
+against the ``members`` bucket) or the online member with the most room. Standalone
+(``config.cluster`` off) nothing here runs: every request goes where it always went.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from shared import cluster
+from shared.bus import Bus
+from shared.config import Config
+from shared.errors import BadRequest, Unavailable
+from shared.models import Message
+from shared.state import Store, key
+
+# Instance verbs that are not about one existing instance: they go to the gateway's own
+# node (profiles and projects are the same shared records on every node), except a create
+# (target or placement, see ``node_for``).
+UNLOCATED = {"list", "create", "backup_import", "resources", "network_users", "info",
+             "metrics", "publish"}
+UNLOCATED_PREFIXES = ("profile_", "project_")
+# Seconds at most a create placed here counts against its node before its record shows.
+RECENT = 30.0
+
+
+def located(verb: str) -> bool:
+    """``verb`` is about one existing instance (its ``name``): its node must answer."""
+    return verb not in UNLOCATED and not verb.startswith(UNLOCATED_PREFIXES)
+
+
+class Placement:
+    def __init__(self, bus: Bus, config: Config) -> None:
+        self.bus = bus
+        self.config = config
+        self._instances: Store | None = None
+        self._members: Store | None = None
+        # (when, node, record key) of the creates placed here, until their record shows
+        self._recent: list[tuple[float, str, str]] = []
+
+    async def _open(self) -> tuple[Store, Store]:
+        """The buckets, opened on first use (the instance service may make its bucket
+        after this gateway started; the gateway may only read it)."""
+        if self._instances is None:
+            try:
+                self._instances = await Store(self.bus, "instances").open()
+            except Exception as exc:
+                raise Unavailable(f"The instances bucket is not readable yet: {exc}") from exc
+        if self._members is None:
+            self._members = await cluster.open_members(self.bus)
+        return self._instances, self._members
+
+    async def location(self, project: str, name: str) -> str | None:
+        """The node instance ``name`` of ``project`` is located on; None when unknown
+        (no such instance: its own node's 404 answers)."""
+        instances, _ = await self._open()
+        found = await instances.get(key(project, name.split("/", 1)[0]))
+        if found is None:
+            return None
+        return found[0].get("location") or None
+
+    async def members(self) -> list[cluster.Member]:
+        _, members = await self._open()
+        return await cluster.read_members(members)
+
+    async def node_for(self, verb: str, req: Message, target: str | None = None
+                       ) -> str | None:
+        """The node that must answer instance ``verb`` for ``req``; None: this one."""
+        if not self.config.cluster:
+            return None
+        project = getattr(req, "project", "default")
+        if verb in ("create", "backup_import"):
+            if target:
+                return await self.check_target(target)
+            body = getattr(req, "body", None) or {}
+            source = body.get("source") if isinstance(body, dict) else None
+            if isinstance(source, dict) and source.get("type") == "copy" \
+                    and isinstance(source.get("source"), str):
+                # a local copy is made where its source's volume is
+                where = await self.location(project, source["source"])
+                if where:
+                    return where
+            return await self.choose(project, getattr(req, "body", None) or {})
+        if located(verb) and getattr(req, "name", None):
+            return await self.location(project, req.name)  # type: ignore[attr-defined]
+        return None
+
+    async def check_target(self, target: str) -> str:
+        """``?target=``: a member that is online (LXD refuses others the same way)."""
+        members = {m.name: m for m in await self.members()}
+        member = members.get(target)
+        if member is None:
+            known = ", ".join(sorted(members)) or "none"
+            raise BadRequest(f"Target member {target!r} is not a member of the cluster "
+                             f"(members: {known})")
+        if not cluster.is_online(member):
+            _status, why = cluster.status_of(member)
+            raise Unavailable(f"Target member {target!r} is offline ({why}): choose another "
+                              "or bring it back")
+        return target
+
+    async def choose(self, project: str = "default", body: dict[str, Any] | None = None
+                     ) -> str:
+        """The online member with the fewest instances, then the most free memory, then
+        the most CPUs (LXD's scheduler weighs the same); this node when none is known.
+
+        The instances are counted from their records (exact, where a heartbeat's count is
+        seconds old), plus the creates placed here whose record is not written yet (a
+        burst of launches must spread, not pile up on the first choice)."""
+        now = time.time()
+        online = [m for m in await self.members() if cluster.is_online(m, now)]
+        if not online:
+            return self.config.node
+        instances, _ = await self._open()
+        records = await instances.items()
+        counts = Counter(r.get("location") for r in records.values())
+        self._recent = [p for p in self._recent if now - p[0] < RECENT and p[2] not in records]
+        counts.update(n for _t, n, _k in self._recent)
+
+        def score(m: cluster.Member) -> tuple[Any, ...]:
+            return (counts[m.name], -m.resources.memory_free, -m.resources.cpus, m.name)
+
+        best = min(online, key=score).name
+        name = (body or {}).get("name")
+        if isinstance(name, str) and name:
+            self._recent.append((now, best, key(project, name)))
+        return best
+
+    def unreachable(self, node: str, exc: Exception) -> Exception:
+        """A clearer error for a request whose node did not answer."""
+        if isinstance(exc, Unavailable) and node != self.config.node:
+            return Unavailable(f"Cluster member {node!r}, where the instance is located, is "
+                               f"not answering: {exc}")
+        return exc

@@ -1,0 +1,149 @@
+"""Several Corral "nodes" on one nats-server, for tests of routing and placement.
+
+Each node is a :class:`~tests.stack.Stack` (every service and a gateway) with its own
+``CORRAL_DIR`` and ``CORRAL_NODE``, all with ``CORRAL_CLUSTER=1`` and sharing ONE
+nats-server, so they share the KV buckets as the nodes of a NATS cluster do. No network
+namespaces: what this tests is which node answers (the namespaced cluster of ``make
+cluster-up`` has its own tests). Member records (``members`` bucket, shared/cluster.py)
+are written by :class:`Heartbeats`, the way each node's gateway beats, so a test decides
+who is online and what room each member reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared import cluster
+from shared.bus import Bus
+from shared.config import load_config
+from shared.state import Store
+
+from .stack import SERVICES, NatsServer, Stack, wait_for
+
+# The services every node runs; the cluster-wide ones (image, migration, hooks) run on
+# node1 only. Why: their KV caches follow only their own writes, so two replicas that
+# both write (an upload on one, an alias on the other) disagree until restarted.
+HOST_BOUND = ("instance", "storage", "network")
+
+
+class Heartbeats:
+    """A thread that keeps chosen member records fresh in the ``members`` bucket."""
+
+    def __init__(self, nats: NatsServer, corral_dir: Path, interval: float = 0.5) -> None:
+        self.config = load_config(dir=corral_dir, nats_url=nats.url, request_timeout=5.0,
+                                  nats_credentials=nats.admin)
+        self.interval = interval
+        self.beating: dict[str, dict[str, Any]] = {}  # node -> resources
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def beat(self, node: str, **resources: Any) -> None:
+        """Keep ``node`` online, reporting ``resources`` (cpus, memory_free, instances...)."""
+        self.beating[node] = {"cpus": 2, "memory_total": 4 << 30, "memory_free": 2 << 30,
+                              **resources}
+
+    def silence(self, node: str) -> None:
+        """No more heartbeats for ``node``: OFFLINE once its last one is old enough."""
+        self.beating.pop(node, None)
+
+    def _run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        bus = Bus(self.config, "tests-heartbeats")
+        await bus.connect()
+        store: Store = await cluster.open_members(bus)
+        try:
+            while not self._stop.is_set():
+                for node, res in list(self.beating.items()):
+                    member = cluster.Member(name=node, url=f"https://{node}:8443",
+                                            heartbeat=time.time(),
+                                            resources=cluster.Resources(**res))
+                    await store.put(node, member.model_dump())
+                await asyncio.sleep(self.interval)
+        finally:
+            await bus.close()
+
+
+class Node:
+    """One node: its stack, an HTTP client on its socket."""
+
+    def __init__(self, name: str, stack: Stack) -> None:
+        self.name = name
+        self.stack = stack
+        self.api = httpx.Client(transport=httpx.HTTPTransport(uds=str(stack.socket)),
+                                base_url="http://corral", timeout=60)
+
+    def close(self) -> None:
+        self.api.close()
+
+
+@contextlib.contextmanager
+def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[Node],
+                                                                           Heartbeats]]:
+    """``count`` nodes ``node1``.. on one nats-server (the cluster-wide services on
+    ``node1`` only, see HOST_BOUND), heartbeats beating for all; ended
+    by PID and their temp dir removed at the end (logs kept when the session failed)."""
+    tmp = tempfile.TemporaryDirectory(prefix="corral-placement-")
+    base = Path(tmp.name)
+    server = NatsServer(base / "nats", base / "node1")
+    server.start()
+    beats = Heartbeats(server, base / "node1")
+    nodes: list[Node] = []
+    try:
+        beats.start()
+        for i in range(1, count + 1):
+            name = f"node{i}"
+            beats.beat(name)
+            s = Stack(base / name, server, CORRAL_CLUSTER="1", CORRAL_NODE=name,
+                      CORRAL_CLUSTER_OFFLINE_THRESHOLD="3", **env)
+            for d in (s.dir.parent, s.dir):  # unprivileged roots traverse their parents
+                d.mkdir(parents=True, exist_ok=True)
+                d.chmod(d.stat().st_mode | 0o011)
+            for svc in (*(SERVICES if i == 1 else HOST_BOUND), "gateway"):
+                s.start(svc)
+            nodes.append(Node(name, s))
+        for n in nodes:
+            wait_for(n.stack.ready, 180, what=f"{n.name} to answer")
+        yield nodes, beats
+    finally:
+        beats.stop()
+        for n in nodes:
+            n.close()
+            n.stack.stop_all()
+        server.stop()
+        _unmount_under(base)
+        if request.session.testsfailed:
+            keep = Path(tempfile.mkdtemp(prefix="corral-placement-logs-"))
+            for log in base.glob("*/logs"):
+                shutil.copytree(log, keep / log.parent.name, dirs_exist_ok=True)
+            print(f"\ncorral: placement stacks' logs kept in {keep}")
+        tmp.cleanup()
+
+
+def _unmount_under(base: Path) -> None:
+    """Unmount what the nodes left mounted under ``base`` (a node mounts the pools it
+    knows, also those another node made and deleted), deepest first."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    prefix = str(base) + "/"
+    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)

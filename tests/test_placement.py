@@ -1,0 +1,229 @@
+"""One API from any node: instances located on nodes, requests routed to them (issue 13).
+
+Two nodes (``node1``, ``node2``: every service and a gateway each, their own CORRAL_DIR,
+CORRAL_CLUSTER=1) share one nats-server, so they share the KV buckets as the nodes of a
+NATS cluster do; tests/cluster_stack.py writes their member records (heartbeats). Through
+the stock ``lxc`` of either node: ``--target``, LOCATION in lists, exec/stop/delete of
+another node's instance, placement by room, bad targets, and a dead node's instances
+listed as Error by the other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from shared.bus import Bus
+from shared.config import load_config
+from shared.errors import CorralError
+
+from .cluster_stack import HOST_BOUND, cluster_stacks
+from .stack import wait_for
+from .world import lxc, make_world, wait_op
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    with cluster_stacks(request, 2) as (nodes, beats):
+        yield nodes, beats
+
+
+@pytest.fixture(scope="module")
+def world(cluster, busybox_tarball):
+    (n1, n2), _beats = cluster
+    with make_world(n1.api, n1.stack, busybox_tarball, network=False,
+                    pool_driver="dir") as w:
+        # The pool, profile and image were made by node1's services (its gateway asks its
+        # own node); node2's services load what they know when they start (their caches
+        # follow only their own writes) and its storage mounts the pools it knows then.
+        for svc in ("storage", "instance"):
+            n2.stack.stop(svc)
+            n2.stack.start(svc)
+        wait_for(n2.stack.ready, 60, what="node2's services")
+        yield w
+
+
+def create_on(world, node, tag: str, target: str | None = None, **body) -> str:
+    """``POST /1.0/instances[?target=]`` through ``node``'s socket; the instance's name."""
+    name = world.name(tag)
+    wait_op(node.api, node.api.post(
+        "/1.0/instances", params={"target": target} if target else None, json={
+            "name": name, "source": {"type": "image", "alias": world.image},
+            "profiles": [world.profile], **body}))
+    return name
+
+
+def listing(node, **params) -> list[dict]:
+    r = node.api.get("/1.0/instances", params={"recursion": 1, **params})
+    assert r.status_code == 200, r.text
+    return r.json()["metadata"]
+
+
+def located(node, name: str) -> str:
+    return {i["name"]: i["location"] for i in listing(node)}[name]
+
+
+def test_launch_with_target_through_the_other_node(cluster, world):
+    (n1, n2), _ = cluster
+    name = world.name("tgt")
+    lxc(n1.stack, "launch", world.image, name, "-p", world.profile, "--target", "node2")
+    # made on node2: its LXC directory, not node1's
+    assert (n2.stack.dir / "lxc" / name).is_dir()
+    assert not (n1.stack.dir / "lxc" / name).exists()
+    for node in (n1, n2):  # the same list, with its location, from either node
+        rows = json.loads(lxc(node.stack, "list", name, "--format", "json").stdout)
+        assert [(r["name"], r["location"], r["status"]) for r in rows] == [
+            (name, "node2", "Running")]
+        table = lxc(node.stack, "list", name, "-c", "nsL", "--format", "csv").stdout
+        assert table.strip() == f"{name},RUNNING,node2"
+    # a request about it is served by node2 wherever it arrives
+    out = lxc(n1.stack, "exec", name, "--", "cat", "/proc/self/cgroup").stdout
+    assert out
+    r = n1.api.get(f"/1.0/instances/{name}", params={"recursion": 1})
+    assert r.json()["metadata"]["location"] == "node2"
+    assert r.json()["metadata"]["state"]["pid"] > 0
+    lxc(n1.stack, "stop", name, "--force")
+    assert n2.api.get(f"/1.0/instances/{name}").json()["metadata"]["status"] == "Stopped"
+    lxc(n1.stack, "delete", name)
+    assert n2.api.get(f"/1.0/instances/{name}").status_code == 404
+    assert not (n2.stack.dir / "lxc" / name).exists()
+
+
+async def test_node_never_serves_another_nodes_instance(cluster, world):
+    """node1's instance service refuses a request about an instance located on node2
+    (one sent there by mistake must not start or purge it on the wrong host); a node's
+    list with a target lists only what is located there."""
+    (n1, n2), _ = cluster
+    name = create_on(world, n1, "own", "node2")
+    bus = Bus(load_config(dir=n1.stack.dir, nats_url=n1.stack.nats.url,
+                          nats_credentials=n1.stack.nats.admin), "tests")
+    await bus.connect()
+    try:
+        # node1's service loads records at its start: restart it to make it know this one
+        n1.stack.stop("instance")
+        n1.stack.start("instance")
+        wait_for(n1.stack.ready, 60, what="node1's instance service")
+        with pytest.raises(CorralError) as err:
+            await bus.request("instance", "state_put", {"name": name, "action": "start"},
+                              node="node1")
+        assert err.value.code == 409 and "located on 'node2'" in err.value.message
+        ours = await bus.request("instance", "list", {"target": "node1"}, node="node1")
+        theirs = await bus.request("instance", "list", {"target": "node2"}, node="node2")
+        assert f"/1.0/instances/{name}" not in ours.metadata
+        assert f"/1.0/instances/{name}" in theirs.metadata
+    finally:
+        await bus.close()
+    assert n1.api.get(f"/1.0/instances/{name}").json()["metadata"]["status"] == "Stopped"
+
+
+def counts(node) -> dict[str, int]:
+    out = {"node1": 0, "node2": 0}
+    for i in listing(node, **{"all-projects": "true"}):
+        out[i["location"]] += 1
+    return out
+
+
+def test_placement_spreads_and_prefers_room(cluster, world):
+    (n1, n2), beats = cluster
+    beats.beat("node1", memory_free=1 << 30)
+    beats.beat("node2", memory_free=1 << 30)
+    time.sleep(1.5)  # a heartbeat or two
+    # fewer instances first: even them out with --target, then one more on node2
+    c = counts(n1)
+    for _ in range(abs(c["node1"] - c["node2"])):
+        create_on(world, n1, "ev", "node1" if c["node1"] < c["node2"] else "node2")
+    create_on(world, n1, "more", "node2")
+    a = world.name("pa")
+    lxc(n1.stack, "init", world.image, a, "-p", world.profile)
+    assert located(n1, a) == "node1"
+    # equal counts: the most free memory
+    beats.beat("node1", memory_free=1 << 30)
+    beats.beat("node2", memory_free=3 << 30)
+    time.sleep(1.5)
+    b = world.name("pb")
+    lxc(n2.stack, "init", world.image, b, "-p", world.profile)
+    assert located(n2, b) == "node2"
+    # launches one after the other spread (each placed instance counts at once)
+    burst = [world.name(f"pc{i}") for i in range(2)]
+    r = [n1.api.post("/1.0/instances", json={
+        "name": n, "source": {"type": "image", "alias": world.image},
+        "profiles": [world.profile]}) for n in burst]
+    for resp in r:
+        wait_op(n1.api, resp)
+    assert sorted(located(n1, n) for n in burst) == ["node1", "node2"]
+    for n in (a, b, *burst):
+        assert (world.stack.dir.parent / located(n1, n) / "lxc" / n).is_dir()
+
+
+def test_bad_target(cluster, world):
+    (n1, _n2), beats = cluster
+    name = world.name("bad")
+    r = n1.api.post("/1.0/instances", params={"target": "node9"}, json={
+        "name": name, "source": {"type": "image", "alias": world.image},
+        "profiles": [world.profile]})
+    assert r.status_code == 400, r.text
+    assert "node9" in r.json()["error"] and "not a member" in r.json()["error"]
+    # through the stock client too
+    out = lxc(n1.stack, "init", world.image, name, "-p", world.profile, "--target",
+              "node9", check=False)
+    assert out.returncode != 0 and "not a member" in out.stderr
+    # an offline member: 503, and nothing made
+    beats.beat("node3")
+    time.sleep(1)
+    beats.silence("node3")
+    wait_for(lambda: n1.api.post("/1.0/instances", params={"target": "node3"}, json={
+        "name": name, "source": {"type": "image", "alias": world.image},
+        "profiles": [world.profile]}).status_code == 503, 15, what="node3 offline")
+    r = n1.api.post("/1.0/instances", params={"target": "node3"}, json={
+        "name": name, "source": {"type": "image", "alias": world.image},
+        "profiles": [world.profile]})
+    assert "offline" in r.json()["error"]
+    assert n1.api.get(f"/1.0/instances/{name}").status_code == 404
+
+
+def test_list_every_recursion_from_any_node(cluster, world):
+    """recursion=0 and =2 from a cluster node: every instance, state from its node."""
+    (n1, n2), _ = cluster
+    a = create_on(world, n1, "r1", "node1", start=True)
+    b = create_on(world, n1, "r2", "node2", start=True)
+    urls = n2.api.get("/1.0/instances").json()["metadata"]
+    assert f"/1.0/instances/{a}" in urls and f"/1.0/instances/{b}" in urls
+    full = {i["name"]: i for i in listing(n1, recursion=2)}
+    assert full[a]["location"] == "node1" and full[b]["location"] == "node2"
+    assert full[a]["state"]["pid"] > 0 and full[b]["state"]["pid"] > 0
+    for n in (a, b):
+        wait_op(n1.api, n1.api.put(f"/1.0/instances/{n}/state",
+                                   json={"action": "stop", "force": True}))
+
+
+def test_dead_node_instances_listed_as_error(cluster, world):
+    """Last: node2's processes are killed; node1 lists node2's instances with status
+    Error and location node2 (not a 503 for the whole list), its own as usual."""
+    (n1, n2), beats = cluster
+    mine = create_on(world, n2, "alive", "node1")
+    theirs = create_on(world, n1, "dead", "node2")
+    for proc in n2.stack.procs.values():
+        proc.kill()
+    for proc in n2.stack.procs.values():
+        proc.wait(10)
+    n2.stack.procs.clear()
+    beats.silence("node2")
+    rows = {i["name"]: i for i in listing(n1)}
+    assert rows[theirs]["status"] == "Error" and rows[theirs]["location"] == "node2"
+    assert rows[mine]["status"] == "Stopped" and rows[mine]["location"] == "node1"
+    time.sleep(3.5)  # past the offline threshold: not even asked
+    rows = {i["name"]: i for i in listing(n1)}
+    assert rows[theirs]["status"] == "Error"
+    table = lxc(n1.stack, "list", theirs, "-c", "nsL", "--format", "csv").stdout
+    assert table.strip() == f"{theirs},ERROR,node2"
+    # a request about it says where it is and that that node does not answer
+    r = n1.api.get(f"/1.0/instances/{theirs}")
+    assert r.status_code == 503 and "node2" in r.json()["error"]
+    # bring node2 back for the world's cleanup
+    beats.beat("node2")
+    for svc in (*HOST_BOUND, "gateway"):
+        n2.stack.start(svc)
+    wait_for(n2.stack.ready, 60, what="node2 back")
+    assert located(n1, theirs) == "node2"
