@@ -222,3 +222,14 @@ def test_a_killed_node_goes_offline_and_comes_back(cluster: Cluster) -> None:
     for k in (1, 2, 3):
         wait_states(cluster, k, online, timeout=30)
 
+
+
+def test_a_standalone_server_is_not_clustered(api) -> None:  # type: ignore[no-untyped-def]
+    """Without CORRAL_CLUSTER (the session's stack) the answers are a standalone LXD's."""
+    r = api.get("/1.0/cluster")
+    assert r.status_code == 200
+    assert r.json()["metadata"] == {"server_name": "", "enabled": False, "member_config": []}
+    assert api.get("/1.0").json()["metadata"]["environment"]["server_clustered"] is False
+    r = api.get("/1.0/cluster/members")
+    assert r.status_code == 400 and "isn't part of a cluster" in r.json()["error"]
+    assert "clustering" in api.get("/1.0").json()["metadata"]["api_extensions"]
