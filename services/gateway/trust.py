@@ -75,6 +75,8 @@ ROOT = Identity(protocol="unix", trusted=True, name="root")
 # What an untrusted client may reach: (method, route as the table names it).
 UNTRUSTED = {("GET", "/"), ("GET", "/1.0"), ("GET", "/1.0/"), ("HEAD", "/1.0"),
              ("POST", "/1.0/certificates"), ("GET", "/1.0/images/{name}"),
+             # a websocket's secret is its credential, as LXD's (another server's migration)
+             ("GET", "/1.0/operations/{id}/websocket"),
              ("HEAD", "/1.0/images/{name}"), ("GET", "/1.0/images/{name}/export"),
              ("GET", "/1.0/images"), ("GET", "/1.0/images/aliases/{name}"),
              # the simplestreams tree of the public images (routes/image_serve.py)

@@ -27,6 +27,7 @@ from . import (
     instances,
     metadata,
     metrics,
+    migration,
     network_forwards,
     networks,
     operations,
@@ -75,7 +76,7 @@ INSTANCES = [
     # PUT INSTANCE: snapshots.instance_put (instance.update, or snapshot_restore)
     Route("PATCH", INSTANCE, ask("instance", "patch", item, timeout=snapshots.LIVE_CHANGE)),
     Route("DELETE", INSTANCE, ask("instance", "delete", item)),
-    Route("POST", INSTANCE, ask("instance", "rename", item)),
+    Route("POST", INSTANCE, migration.instance_post),  # instance.rename, migration.source
     Route("GET", INSTANCE + "/state", ask("instance", "state", instances.named)),
     Route("PUT", INSTANCE + "/state", ask("instance", "state_put", instances.state_put)),
     Route("POST", INSTANCE + "/exec", ask("instance", "exec", instance_io.exec_request)),

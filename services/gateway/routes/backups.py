@@ -21,7 +21,7 @@ from shared.models import ObjectRequest
 from ..limits import streams_body
 from ..request import json_object, name_of, project_of, recursion_of, requestor
 from ..routing import Context, Route, ask, creation, render
-from . import backup_streams
+from . import backup_streams, migration
 
 INSTANCE = "/1.0/instances/{name}"
 BACKUP = INSTANCE + "/backups/{backup}"
@@ -62,7 +62,10 @@ async def create_or_import(ctx: Context, request: web.Request) -> web.StreamResp
     when there is no header at all, and a JSON body sent without one is still a create."""
     kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if kind != "application/octet-stream":
-        return render(await ctx.ask("instance", "create", await creation(request),
+        req = await creation(request)
+        if migration.is_target(req.body):  # LXD's migration target: the migration service
+            return render(await ctx.ask("migration", "create", req))
+        return render(await ctx.ask("instance", "create", req,
                                     target=request.query.get("target")))
     transfers = await blobs.transfers(ctx.bus)
     obj = await backup_streams.stage_upload(ctx, request, transfers, "import",

@@ -14,6 +14,7 @@ from shared.errors import Forbidden
 from shared.models import OperationStatus
 
 from ..routing import Context
+from .migration import secrets_of
 
 
 class Secrets:
@@ -77,7 +78,7 @@ async def _fds_of(gw: Context, op_id: str) -> dict[str, Any]:
     fds = _secrets.get(op_id)
     if fds is None:
         op = await gw.ops.get(op_id)
-        fds = (op.get("metadata") or {}).get("fds") or {}
+        fds = (op.get("metadata") or {}).get("fds") or secrets_of(op.get("metadata"))
     return fds
 
 

@@ -1,0 +1,232 @@
+"""The target of a migration: ``POST /1.0/instances`` with ``source.type: migration``.
+
+As LXD's migrationSink (driver_lxc.go MigrateReceive): read the source's offer header,
+answer rsync (the features both have, no index header), receive each snapshot and then the
+instance with ``rsync --server``, and tell the source the result on ``control``.
+
+What is received goes to a staging directory (``$CORRAL_DIR/migration/<operation>``), laid
+out as LXD's backup tarball (``backup/snapshots/<s>/``, ``backup/container/``) with an
+``index.yaml`` made from the create request and the offer's snapshots. The instance is then
+made by the instance service's ``backup_import`` (the same code as ``lxc import``: volume
+with its snapshots, NICs, driver definition, records, "Creating" until whole and undone on
+failure or at the next start). So nothing exists on the target before the transfer is
+complete: a failed or killed migration leaves only the staging directory, which the
+operation removes, or the next start of this service if it was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from shared import blobs, faults
+from shared.api import url
+from shared.backup import layout
+from shared.bus import Bus
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.log import get_logger
+from shared.messages.backup import BackupImportRequest
+from shared.models import CreateRequest, OperationStatus, Reply
+
+from . import channels, common, rsync, wire
+from .channels import Channel
+
+log = get_logger()
+HEADER_TIMEOUT = 30.0
+IMPORT_TIMEOUT = 3600.0
+OUR_FEATURES = {"xattrs", "delete", "compress", "bidirectional"}
+
+
+def staging_root(config: Any) -> Path:
+    return Path(config.dir) / "migration"
+
+
+def check(body: dict[str, Any]) -> dict[str, Any]:
+    """The source object of a migration create, checked (400 with what is missing)."""
+    src = body.get("source") or {}
+    mode = src.get("mode") or "pull"
+    if mode not in ("pull", "push"):
+        raise BadRequest(f"Invalid migration mode {mode!r}: pull or push")
+    if mode == "pull":
+        secrets = src.get("secrets") or {}
+        if not isinstance(secrets, dict) or not all(secrets.get(n) for n in common.SECRETS):
+            raise BadRequest("Migration source secrets missing: source.secrets needs "
+                             "control and fs")
+        if not str(src.get("operation") or "").startswith(("https://", "http://")):
+            raise BadRequest("Migration source operation missing: source.operation must be "
+                             "the source's operation URL")
+    if src.get("live"):
+        raise BadRequest("Live migration needs CRIU, which does not work on this host")
+    if (body.get("type") or "container") != "container":
+        raise BadRequest("Only containers migrate between servers for now")
+    if not body.get("name"):
+        raise BadRequest("An instance name is required for a migration")
+    return src
+
+
+async def start(svc: Any, req: CreateRequest) -> Reply:
+    body = req.body
+    src = check(body)
+    name = str(body["name"])
+    bus: Bus = svc.bus
+    try:
+        await common.instance(bus, req.project, name)
+        raise Conflict(f"Instance {name!r} already exists")
+    except NotFound:
+        pass
+    push = (src.get("mode") or "pull") == "push"
+    target_url = url("instances", name, req.project)
+    fds = None
+    ss = None
+    if push:
+        from shared import streams
+        fds = streams.new_fds(common.SECRETS)
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def run(handle: Any) -> dict[str, Any]:
+        nonlocal ss
+        chans: dict[str, Channel] = {}
+        stage = staging_root(svc.config) / handle.id
+        try:
+            try:
+                if push:
+                    from shared import streams
+                    ss = await streams.ServiceStreams(bus, handle.id, common.SECRETS).open()
+                ready.set_result(None)
+            except BaseException as exc:
+                ready.set_exception(exc)
+                raise
+            if ss is not None:
+                await ss.wait_attached(HEADER_TIMEOUT)
+                chans = {n: channels.BusChannel(ss, n) for n in common.SECRETS}
+            else:
+                for n in common.SECRETS:
+                    chans[n] = await channels.dial(src["operation"], src["secrets"][n], n,
+                                                   *svc.server_cert(),
+                                                   src.get("certificate") or "")
+            await receive_instance(svc, req.project, body, chans, stage, handle)
+            return {}
+        except BaseException as exc:
+            log.warning("migration target failed", op=handle.id,
+                        error=getattr(exc, "message", None) or repr(exc))
+            raise
+        finally:
+            for c in chans.values():
+                try:
+                    await c.close()
+                except Exception:
+                    pass
+            if ss is not None:
+                await ss.close()
+            await asyncio.to_thread(shutil.rmtree, stage, True)
+
+    op = await svc.operations.start(
+        "Creating instance", run, cls="websocket" if push else "task",
+        resources={"instances": [target_url], "containers": [target_url]},
+        project=req.project, metadata=dict(fds) if fds else None)
+    await ready
+    return Reply(type="async", operation=op.lxd())
+
+
+def answer(offer: dict[str, Any], instance_only: bool) -> dict[str, Any]:
+    feats = set(wire.rsync_features(offer)) & OUR_FEATURES
+    names = [] if instance_only else list(offer.get("snapshotNames") or [])
+    snaps = [] if instance_only else list(offer.get("snapshots") or [])
+    return {"fs": wire.RSYNC, "rsyncFeatures": {f: True for f in sorted(feats)},
+            "snapshotNames": names, "snapshots": snaps, "predump": False,
+            "refresh": False, "indexHeaderVersion": 0}
+
+
+async def receive_instance(svc: Any, project: str, body: dict[str, Any],
+                           chans: dict[str, Channel], stage: Path, handle: Any) -> None:
+    control, fs = chans[common.CONTROL], chans[common.FS]
+    src = body.get("source") or {}
+    try:
+        offer = wire.header(await control.recv_message(HEADER_TIMEOUT))
+        if offer.get("fs", wire.RSYNC) not in (wire.RSYNC, wire.BTRFS, wire.ZFS):
+            raise CorralError("The source offers no filesystem transfer this server takes "
+                              f"({wire.FS_NAMES.get(offer['fs'], offer['fs'])})", 400)
+        if offer.get("idmap"):
+            raise CorralError("The source sends a shifted (idmapped) tree: migrations from "
+                              "LXD are not supported yet", 400)
+        resp = answer(offer, bool(src.get("instance_only")))
+        await control.send(wire.encode("MigrationHeader", resp))
+        features = wire.rsync_features(resp)
+        progress = common.Progress(handle)
+        base = stage / layout.PREFIX
+        for name in resp["snapshotNames"]:
+            await rsync.receive(base / layout.snapshots_dir("container") / name, fs,
+                                features, progress.on(name))
+            faults.point("migration:sink_after_snapshot")
+        await rsync.receive(base / layout.volume_dir("container"), fs, features,
+                            progress.on(str(body["name"])))
+        faults.point("migration:sink_after_volume")
+        await import_instance(svc, project, body, resp, stage, handle)
+    except BaseException as exc:
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        try:
+            await asyncio.wait_for(control.send(wire.control(False, msg)), 5)
+        except BaseException:
+            pass
+        raise
+    await control.send(wire.control(True))
+
+
+def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
+    """backup/index.yaml for ``backup_import``: the instance as the client asked for it
+    (its config, devices, profiles), the snapshots as the source described them."""
+    snaps = []
+    for s in resp["snapshots"]:
+        snaps.append({"name": s.get("name"), "config": wire.config_dict(s["localConfig"]),
+                      "devices": wire.device_dict(s["localDevices"]),
+                      "profiles": s["profiles"], "ephemeral": bool(s.get("ephemeral")),
+                      "architecture": common.ARCH_NAMES.get(s.get("architecture") or 0, ""),
+                      "stateful": False,
+                      "created_at": common.lxd_time(s.get("creation_date")),
+                      "last_used_at": common.lxd_time(s.get("last_used_date")),
+                      "expires_at": common.lxd_time(s.get("expiry_date"))})
+    container = {"name": body["name"], "type": "container",
+                 "architecture": body.get("architecture") or "",
+                 "config": body.get("config") or {}, "devices": body.get("devices") or {},
+                 "ephemeral": bool(body.get("ephemeral")),
+                 "profiles": body.get("profiles") if body.get("profiles") is not None
+                 else ["default"],
+                 "description": body.get("description") or ""}
+    return {"name": body["name"], "backend": "dir", "type": "container", "optimized": False,
+            "snapshots": [s["name"] for s in snaps],
+            "config": {"container": container, "snapshots": snaps}}
+
+
+def _tar(stage: Path, out: Path) -> None:
+    with tarfile.open(out, "w") as tar:
+        tar.add(stage / layout.PREFIX, arcname=layout.PREFIX)
+
+
+async def import_instance(svc: Any, project: str, body: dict[str, Any],
+                          resp: dict[str, Any], stage: Path, handle: Any) -> None:
+    """The received trees become the instance (``instance.backup_import``), whole or not
+    at all; we wait for its operation."""
+    await handle.set_metadata(fs_progress="importing")
+    (stage / layout.INDEX).write_bytes(layout.dump(index(body, resp)))
+    tarball = stage / "migration.tar"
+    await asyncio.to_thread(_tar, stage, tarball)
+    transfers = await blobs.transfers(svc.bus)
+    obj = f"migration-{handle.id}"
+    await blobs.put_file(transfers, obj, tarball)
+    tarball.unlink()
+    try:
+        reply = await svc.bus.request("instance", "backup_import", BackupImportRequest(
+            project=project, object=obj, name=str(body["name"])), timeout=60)
+    except BaseException:
+        await blobs.delete(transfers, obj)
+        raise
+    op_id = (reply.operation or {}).get("id")
+    if not op_id:
+        return
+    done = await svc.operations.wait(op_id, IMPORT_TIMEOUT)
+    if done.get("status") != OperationStatus.SUCCESS[0]:
+        raise CorralError(f"Creating the instance failed: {done.get('err') or done['status']}",
+                          500)

@@ -1,0 +1,180 @@
+"""The source of a migration: ``POST /1.0/instances/<name>`` with ``{"migration": true}``.
+
+As LXD's migrationSourceWs (lxd/migrate_instance.go, driver_lxc.go MigrateSend): an
+operation of class ``websocket`` whose metadata is the secrets (``control``, ``fs``); once
+both websockets are connected we send the offer header (rsync with its features, the
+snapshots with their configuration), read the target's answer, rsync each snapshot and
+then the instance over ``fs``, and wait for the target's ``MigrationControl``: the
+operation succeeds only when the target says it has the instance whole. The source is
+never changed: a move deletes it afterwards (the client does, once the copy succeeded).
+
+Pull mode: the client gives the secrets to the target, which dials our gateway (the
+websockets reach us over the bus, shared/streams.py). Push mode (``target`` in the body):
+we dial the target's operation with its secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared import faults, streams
+from shared.api import url
+from shared.bus import Bus
+from shared.errors import BadRequest, CorralError
+from shared.log import get_logger
+from shared.models import ObjectRequest, Reply
+
+from . import channels, common, rsync, wire
+from .channels import Channel
+
+log = get_logger()
+WS_TIMEOUT = 30.0  # the target has this long to connect both websockets
+RESULT_TIMEOUT = 3600.0  # the target's verdict (it imports what it received first)
+FEATURES = ["xattrs", "delete", "compress", "bidirectional"]
+
+
+def offer(inst: dict[str, Any], snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The MigrationHeader we offer (stopped container: no CRIU, rsync)."""
+    return {
+        "fs": wire.RSYNC, "predump": False,
+        "rsyncFeatures": {f: True for f in FEATURES},
+        "snapshotNames": [s["name"].split("/")[-1] for s in snaps],
+        "snapshots": [snapshot_message(s) for s in snaps],
+    }
+
+
+def snapshot_message(s: dict[str, Any]) -> dict[str, Any]:
+    return {"name": s["name"].split("/")[-1],
+            "localConfig": wire.config_list(s.get("config") or {}),
+            "profiles": list(s.get("profiles") or []),
+            "ephemeral": bool(s.get("ephemeral")),
+            "localDevices": wire.device_list(s.get("devices") or {}),
+            "architecture": common.ARCHES.get(s.get("architecture") or "", 0),
+            "stateful": False,
+            "creation_date": common.unix_time(s.get("created_at")),
+            "last_used_date": common.unix_time(s.get("last_used_at")),
+            "expiry_date": common.unix_time(s.get("expires_at"))}
+
+
+async def start(svc: Any, req: ObjectRequest) -> Reply:
+    body = req.body or {}
+    bus: Bus = svc.bus
+    inst = await common.instance(bus, req.project, req.name)  # 404 as the instance service
+    if inst.get("type", "container") != "container":
+        raise BadRequest("Only containers migrate between servers for now")
+    if body.get("live"):
+        raise BadRequest("Live migration needs CRIU, which does not work on this host: "
+                         "stop the instance first")
+    if inst.get("status") != "Stopped":
+        raise BadRequest(f"Instance {req.name!r} is {inst.get('status')}: stop it before "
+                         "copying or moving it to another server")
+    snaps: list[dict[str, Any]] = []
+    if not body.get("instance_only"):
+        reply = await bus.request("instance", "snapshot_list", ObjectRequest(
+            project=req.project, name=req.name, body={"recursion": 1}), timeout=30)
+        snaps = list(reply.metadata or [])
+    target = body.get("target") if isinstance(body.get("target"), dict) else None
+    if target is not None:
+        secrets = target.get("secrets") or target.get("websockets") or {}
+        if not target.get("operation") or not all(secrets.get(n) for n in common.SECRETS):
+            raise BadRequest("Push migration needs target.operation and target.secrets "
+                             "(control, fs)")
+    fds = streams.new_fds(common.SECRETS)
+    ready: asyncio.Future[streams.ServiceStreams | None] = \
+        asyncio.get_running_loop().create_future()
+    source_url = url("instances", req.name, req.project)
+
+    async def run(handle: Any) -> dict[str, Any]:
+        chans: dict[str, Channel] = {}
+        ss: streams.ServiceStreams | None = None
+        try:
+            try:
+                if target is None:
+                    ss = await streams.ServiceStreams(bus, handle.id, common.SECRETS).open()
+                ready.set_result(ss)
+            except BaseException as exc:
+                ready.set_exception(exc)
+                raise
+            if ss is not None:
+                await ss.wait_attached(WS_TIMEOUT)
+                chans = {n: channels.BusChannel(ss, n) for n in common.SECRETS}
+            else:
+                assert target is not None
+                secrets = target.get("secrets") or target.get("websockets") or {}
+                for n in common.SECRETS:
+                    chans[n] = await channels.dial(
+                        target["operation"], secrets[n], n, *svc.server_cert(),
+                        target.get("certificate") or "")
+            await send_instance(bus, req.project, inst, snaps, chans, handle)
+            return {}
+        except BaseException as exc:
+            log.warning("migration source failed", op=handle.id,
+                        error=getattr(exc, "message", None) or repr(exc))
+            raise
+        finally:
+            for c in chans.values():
+                try:
+                    await c.close()
+                except Exception:
+                    pass
+            if ss is not None:
+                await ss.close()
+
+    op = await svc.operations.start(
+        "Migrating instance", run, cls="websocket" if target is None else "task",
+        resources={"instances": [source_url], "containers": [source_url]},
+        project=req.project, metadata=dict(fds) if target is None else None)
+    await ready  # the streams listen before the client can learn the secrets
+    return Reply(type="async", operation=op.lxd())
+
+
+async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
+                        snaps: list[dict[str, Any]], chans: dict[str, Channel],
+                        handle: Any) -> None:
+    control, fs = chans[common.CONTROL], chans[common.FS]
+    hdr = offer(inst, snaps)
+    await control.send(wire.encode("MigrationHeader", hdr))
+    resp = wire.header(await control.recv_message(WS_TIMEOUT))
+    if resp.get("fs", wire.RSYNC) != wire.RSYNC:
+        raise CorralError(f"The target chose {wire.FS_NAMES.get(resp['fs'], resp['fs'])}: "
+                          "only rsync is offered", 500)
+    features = wire.rsync_features(resp) if resp.get("rsyncFeatures") else \
+        ["xattrs", "delete", "compress"]  # LXD 3.7's set when none is said
+    names = resp.get("snapshotNames") or []
+    wanted = [n for n in hdr["snapshotNames"] if n in names] if resp.get("refresh") \
+        else hdr["snapshotNames"]
+    verdict = asyncio.create_task(control.recv_message(None))
+    progress = common.Progress(handle)
+    try:
+        for name in wanted:
+            path = await common.volume_path(bus, project, inst, name)
+            await _send_or_verdict(rsync.send(path, fs, features, progress.on(name)),
+                                   verdict)
+            faults.point("migration:source_after_snapshot")
+        path = await common.volume_path(bus, project, inst)
+        await _send_or_verdict(rsync.send(path, fs, features, progress.on(inst["name"])),
+                               verdict)
+        faults.point("migration:source_after_volume")
+        result = wire.decode("MigrationControl",
+                             await asyncio.wait_for(asyncio.shield(verdict), RESULT_TIMEOUT))
+    finally:
+        if not verdict.done():
+            verdict.cancel()
+    if not result.get("success"):
+        raise CorralError(f"Error from migration target: {result.get('message') or 'failed'}",
+                          500)
+    log.info("migration sent", instance=inst["name"], snapshots=len(wanted))
+
+
+async def _send_or_verdict(sending: Any, verdict: asyncio.Task) -> None:
+    """Run one rsync; a verdict (a failure) or a closed control socket meanwhile ends it."""
+    task = asyncio.ensure_future(sending)
+    done, _ = await asyncio.wait({task, verdict}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    msg = wire.decode("MigrationControl", verdict.result())  # raises if the socket closed
+    raise CorralError(f"Error from migration target: {msg.get('message') or 'failed'}", 500)

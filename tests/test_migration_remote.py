@@ -1,0 +1,260 @@
+"""LXD's migration API between two separate Corral installations (issue 13, "Migration
+service"): ``lxc copy`` and ``lxc move`` with the stock client, pull mode (its default).
+
+The session's stack is the source (listening on HTTPS: the client gives the target the
+source's operation URL); a private stack (its own nats-server and CORRAL_DIR) is the
+target, which dials the source's ``/1.0/operations/<id>/websocket`` with its own server
+certificate. Content is checked inside the copy once started, snapshots on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stack import free_port, private_stack, socket_client, wait_for
+from tests.world import make_world, wait_op
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def other(request):
+    """The target: a second, separate Corral."""
+    with private_stack(request, "migrate") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def oapi(other):
+    with socket_client(other, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def https(api):
+    """The source listens on HTTPS for the time of the module."""
+    before = api.get("/1.0").json()["metadata"]["config"].get("core.https_address", "")
+    address = f"127.0.0.1:{free_port()}"
+    r = api.patch("/1.0", json={"config": {"core.https_address": address}})
+    assert r.status_code == 200, r.text
+    yield address
+    api.patch("/1.0", json={"config": {"core.https_address": before}})
+
+
+@pytest.fixture(scope="module")
+def worlds(api, stack, oapi, other, busybox_tarball, https):
+    """A world on the source (pool, profile, image) and the same pool and profile names on
+    the target (the copy keeps its profiles, as LXD's, so they must exist there)."""
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
+        for d in (other.dir.parent, other.dir):  # unprivileged roots traverse these
+            d.chmod(d.stat().st_mode | 0o011)
+        r = oapi.post("/1.0/storage-pools", json={"name": w.pool, "driver": "dir"})
+        assert r.status_code == 200, r.text
+        r = oapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
+            "root": {"type": "disk", "path": "/", "pool": w.pool}}})
+        assert r.status_code == 200, r.text
+        try:
+            yield w
+        finally:
+            for inst in oapi.get("/1.0/instances").json()["metadata"]:
+                name = inst.rsplit("/", 1)[-1]
+                if name.startswith(w.prefix):
+                    r = oapi.put(f"/1.0/instances/{name}/state",
+                                 json={"action": "stop", "force": True})
+                    if r.status_code == 202:
+                        wait_op(oapi, r, ok=False)
+                    r = oapi.delete(f"/1.0/instances/{name}")
+                    if r.status_code == 202:
+                        wait_op(oapi, r, ok=False)
+            oapi.delete(f"/1.0/profiles/{w.profile}")
+            oapi.delete(f"/1.0/storage-pools/{w.pool}")
+
+
+@pytest.fixture
+def client(stack, other, tmp_path) -> dict[str, str]:
+    """The stock client with two unix remotes: ``src`` (this stack), ``dst`` (the other)."""
+    conf = tmp_path / "lxc"
+    conf.mkdir(mode=0o700)
+    env = {**stack.env, "LXD_CONF": str(conf)}
+    env.pop("LXD_DIR", None)
+    lxc(env, "remote", "add", "src", f"unix://{stack.socket}")
+    lxc(env, "remote", "add", "dst", f"unix://{other.socket}")
+    return env
+
+
+def lxc(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["lxc", *args], env=env, capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        print(r.stderr)
+        raise AssertionError(f"lxc {' '.join(args)} failed: {r.stderr}")
+    return r
+
+
+def write_marker(w: Any, name: str, text: str) -> None:
+    (w.volume(name) / "rootfs" / "root").mkdir(exist_ok=True)
+    (w.volume(name) / "rootfs" / "root" / "marker").write_text(text)
+
+
+def snapshot(w: Any, name: str, snap: str) -> None:
+    w.wait(w.api.post(f"/1.0/instances/{name}/snapshots", json={"name": snap}))
+
+
+def target_paths(other: Any, pool: str, name: str) -> list[Path]:
+    """Everything of instance ``name`` under the target's pool (volume and snapshots)."""
+    root = other.dir / "storage-pools" / pool
+    return sorted(p for p in root.glob(f"*/{name}*"))
+
+
+def inventory(oapi: httpx.Client, other: Any, pool: str, name: str) -> dict[str, Any]:
+    return {"instance": oapi.get(f"/1.0/instances/{name}").status_code,
+            "paths": target_paths(other, pool, name),
+            "staging": sorted((other.dir / "migration").glob("*"))
+            if (other.dir / "migration").is_dir() else []}
+
+
+CLEAN = {"instance": 404, "paths": [], "staging": []}
+
+
+def test_copy_with_snapshots_then_move(api, stack, oapi, other, worlds, client):
+    w = worlds
+    c1 = w.create("c1")
+    write_marker(w, c1, "first")
+    snapshot(w, c1, "s1")
+    write_marker(w, c1, "second")
+    snapshot(w, c1, "s2")
+    write_marker(w, c1, "now")
+
+    lxc(client, "copy", f"src:{c1}", f"dst:{c1}")
+    inst = oapi.get(f"/1.0/instances/{c1}").json()["metadata"]
+    assert inst["status"] == "Stopped" and inst["profiles"] == [w.profile]
+    snaps = oapi.get(f"/1.0/instances/{c1}/snapshots?recursion=1").json()["metadata"]
+    assert [s["name"] for s in snaps] == ["s1", "s2"]
+    src_snaps = api.get(f"/1.0/instances/{c1}/snapshots?recursion=1").json()["metadata"]
+    # LXD's Snapshot message carries seconds
+    assert [s["created_at"][:19] for s in snaps] == [s["created_at"][:19] for s in src_snaps]
+    for snap, text in (("s1", "first"), ("s2", "second")):
+        found = [p for p in target_paths(other, w.pool, c1) if p.name == snap] or \
+            list((other.dir / "storage-pools" / w.pool).glob(f"**/{c1}/{snap}"))
+        assert found, target_paths(other, w.pool, c1)
+        assert (found[0] / "rootfs" / "root" / "marker").read_text() == text
+    # the copy runs, and holds the source's content
+    lxc(client, "start", f"dst:{c1}")
+    try:
+        out = lxc(client, "exec", f"dst:{c1}", "--", "cat", "/root/marker").stdout
+        assert out.strip() == "now"
+    finally:
+        lxc(client, "stop", "--force", f"dst:{c1}")
+    assert api.get(f"/1.0/instances/{c1}").status_code == 200  # the source stays
+
+    # progress was in the source operation's metadata
+    ops = api.get("/1.0/operations?recursion=1").json()["metadata"]
+    done = [o for o in ops.get("success") or []
+            if f"/1.0/instances/{c1}" in (o.get("resources") or {}).get("instances", [])
+            and "fs_progress" in (o.get("metadata") or {})]
+    assert done, ops
+
+    # move: the source goes once the target has it
+    c2 = w.create("c2")
+    write_marker(w, c2, "moved")
+    snapshot(w, c2, "m1")
+    lxc(client, "move", f"src:{c2}", f"dst:{c2}")
+    assert api.get(f"/1.0/instances/{c2}").status_code == 404
+    assert oapi.get(f"/1.0/instances/{c2}").status_code == 200
+    assert [s["name"] for s in oapi.get(f"/1.0/instances/{c2}/snapshots?recursion=1")
+            .json()["metadata"]] == ["m1"]
+    vol = other.dir / "storage-pools" / w.pool / "containers" / c2
+    assert (vol / "rootfs" / "root" / "marker").read_text() == "moved"
+
+
+def test_name_taken_on_target_is_409(api, oapi, other, worlds, client):
+    w = worlds
+    c = w.create("dup")
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)
+    assert r.returncode != 0 and "already exists" in r.stderr, r.stderr
+    r = oapi.post("/1.0/instances", json={"name": c, "source": {
+        "type": "migration", "mode": "pull", "operation": "https://127.0.0.1:1/1.0/operations/x",
+        "secrets": {"control": "a", "fs": "b"}}})
+    assert r.status_code == 409, r.text
+
+
+def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
+    w = worlds
+    name = f"{w.prefix}-bad"
+    base = {"name": name, "profiles": [w.profile]}
+    # secrets missing: 400 at once
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x"}})
+    assert r.status_code == 400 and "secrets" in r.json()["error"], r.text
+    # an operation the source does not have (or that vanished): the operation fails
+    cert = api.get("/1.0").json()["metadata"]["environment"]["certificate"]
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "certificate": cert,
+        "operation": f"https://{https}/1.0/operations/00000000-0000-0000-0000-000000000000",
+        "secrets": {"control": "a" * 64, "fs": "b" * 64}}})
+    assert r.status_code == 202, r.text
+    op = wait_op(oapi, r, ok=False)
+    assert op["status"] == "Failure" and "refused" in op["err"], op
+    assert inventory(oapi, other, w.pool, name) == CLEAN
+    # a real source operation, a wrong secret
+    src = w.create("src")
+    r = api.post(f"/1.0/instances/{src}", json={"migration": True, "live": False})
+    assert r.status_code == 202, r.text
+    sop = r.json()["metadata"]
+    assert set(sop["metadata"]) == {"control", "fs"}
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "certificate": cert,
+        "operation": f"https://{https}/1.0/operations/{sop['id']}",
+        "secrets": {"control": "c" * 64, "fs": sop["metadata"]["fs"]}}})
+    op = wait_op(oapi, r, ok=False)
+    assert op["status"] == "Failure", op
+    assert inventory(oapi, other, w.pool, name) == CLEAN
+    # the source operation gives up when nobody connects; the source is whole
+    r = api.delete(f"/1.0/operations/{sop['id']}")
+    assert api.get(f"/1.0/instances/{src}").status_code == 200
+    # a source instance that does not exist: 404 from the source
+    r = api.post(f"/1.0/instances/{w.prefix}-nothere", json={"migration": True})
+    assert r.status_code == 404, r.text
+
+
+def _restart_migration(other: Any, oapi: httpx.Client, fault: str | None) -> None:
+    other.stop("migration")
+    if fault:
+        other.env["CORRAL_FAULT"] = fault
+    else:
+        other.env.pop("CORRAL_FAULT", None)
+    other.start("migration")
+
+    def answers() -> bool:  # a 400 (not a 503) means the service took the request
+        r = oapi.post("/1.0/instances", json={"name": "x", "source": {"type": "migration"}})
+        return r.status_code == 400
+    wait_for(answers, 60, what="the migration service to answer")
+
+
+@pytest.mark.parametrize("point", ["migration:sink_after_snapshot"])
+def test_target_killed_mid_transfer_leaves_nothing(api, oapi, other, worlds, client, point):
+    w = worlds
+    c = w.create("fault")
+    write_marker(w, c, "whole")
+    snapshot(w, c, "f1")
+    _restart_migration(other, oapi, point)
+    try:
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)
+        assert r.returncode != 0
+        assert oapi.get(f"/1.0/instances/{c}").status_code == 404
+        assert target_paths(other, w.pool, c) == []
+        assert list((other.dir / "migration").glob("*")), "the kill left its staging"
+    finally:
+        _restart_migration(other, oapi, None)
+    assert inventory(oapi, other, w.pool, c) == CLEAN  # the next start cleaned it
+    # the source is whole and still copies
+    assert [s["name"] for s in api.get(f"/1.0/instances/{c}/snapshots?recursion=1")
+            .json()["metadata"]] == ["f1"]
+    assert (w.volume(c) / "rootfs" / "root" / "marker").read_text() == "whole"
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    assert oapi.get(f"/1.0/instances/{c}").status_code == 200
