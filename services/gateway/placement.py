@@ -37,6 +37,12 @@ def located(verb: str) -> bool:
     return verb not in UNLOCATED and not verb.startswith(UNLOCATED_PREFIXES)
 
 
+def rank(online: list[cluster.Member], counts: Counter[Any]) -> list[cluster.Member]:
+    """Members best first: fewest instances, then most free memory, then most CPUs."""
+    return sorted(online, key=lambda m: (counts[m.name], -m.resources.memory_free,
+                                         -m.resources.cpus, m.name))
+
+
 class Placement:
     def __init__(self, bus: Bus, config: Config) -> None:
         self.bus = bus
@@ -124,19 +130,16 @@ class Placement:
         counts = Counter(r.get("location") for r in records.values())
         self._recent = [p for p in self._recent if now - p[0] < RECENT and p[2] not in records]
         counts.update(n for _t, n, _k in self._recent)
-
-        def score(m: cluster.Member) -> tuple[Any, ...]:
-            return (counts[m.name], -m.resources.memory_free, -m.resources.cpus, m.name)
-
-        best = min(online, key=score).name
+        best = rank(online, counts)[0].name
         name = (body or {}).get("name")
         if isinstance(name, str) and name:
             self._recent.append((now, best, key(project, name)))
         return best
 
-    def unreachable(self, node: str, exc: Exception) -> Exception:
+    def unreachable(self, node: str, verb: str, exc: Exception) -> Exception:
         """A clearer error for a request whose node did not answer."""
         if isinstance(exc, Unavailable) and node != self.config.node:
-            return Unavailable(f"Cluster member {node!r}, where the instance is located, is "
-                               f"not answering: {exc}")
+            role = "chosen for the instance" if verb in ("create", "backup_import") else \
+                "where the instance is located"
+            return Unavailable(f"Cluster member {node!r}, {role}, is not answering: {exc}")
         return exc

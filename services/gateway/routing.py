@@ -67,7 +67,7 @@ class Context:
         except CorralError as exc:
             if node is None or self.placement is None:
                 raise
-            raise self.placement.unreachable(node, exc) from None
+            raise self.placement.unreachable(node, verb, exc) from None
         except nats.errors.MaxPayloadError:
             limit = self.bus.nc.max_payload if self.bus.nc else 0
             raise CorralError(f"Request too large: a {svc} request carries at most {limit} "
