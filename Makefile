@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test unit bench bench-all image lint nats-api cluster-up cluster-down cluster-kill
+.PHONY: install up down test unit bench bench-all image lint nats-api cluster-up cluster-down cluster-kill cluster-join
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -46,6 +46,9 @@ cluster-up:  ## N nodes (default 3): namespaces, a NATS cluster, services + gate
 
 cluster-kill:  ## SIGKILL every process of node NODE=K (cluster-up brings it back)
 	NODE=$(NODE) deploy/cluster-kill.sh
+
+cluster-join:  ## a node joins with the token of `lxc cluster add nodeK` (TOKEN=...)
+	TOKEN=$(TOKEN) deploy/cluster-join.sh
 
 cluster-down:  ## stop every node, remove the namespaces, veths and hub (data kept)
 	deploy/cluster-down.sh

@@ -113,6 +113,8 @@ async def read_members(source: "Bus | Store") -> list[Member]:
     items: dict[str, dict[str, Any]] = await store.items()  # type: ignore[union-attr]
     members = []
     for value in items.values():
+        if value.get("removed"):  # a tombstone of `lxc cluster remove`: not a member
+            continue
         try:
             members.append(Member.model_validate(value))
         except ValueError:  # a record from another version: skip rather than fail lists

@@ -73,6 +73,7 @@ class Membership:
         self.bus = bus
         self.store: Store | None = None
         self._task: asyncio.Task[None] | None = None
+        self._removed_logged = False
 
     async def start(self) -> None:
         if not self.config.cluster:
@@ -90,10 +91,25 @@ class Membership:
             self.store = await open_members(self.bus)
         return self.store
 
-    async def beat(self) -> None:
+    async def beat(self) -> bool:
+        """Write the record; False (nothing written) when `lxc cluster remove` left a
+        tombstone for this node: it is no member until it joins again with a token."""
         store = await self.members_store()
         member = describe(self.config)
-        await store.put(member.name, member.model_dump())
+        found = await store.get(member.name)
+        if found is not None and found[0].get("removed"):
+            if not self._removed_logged:
+                log.error("this node was removed from the cluster; join again with a token",
+                          node=member.name)
+                self._removed_logged = True
+            return False
+        self._removed_logged = False
+        # Compare-and-set: a tombstone written since the read is never overwritten.
+        if found is None:
+            await store.create(member.name, member.model_dump(), what="Member")
+        else:
+            await store.update(member.name, member.model_dump(), found[1])
+        return True
 
     async def _loop(self) -> None:
         while True:

@@ -190,7 +190,10 @@ ROUTES: list[Route] = [
     Route("DELETE", CERT, trust.certificate_delete),
     Route("GET", "/1.0/cluster", cluster.cluster_get),  # the members bucket (heartbeats)
     Route("GET", "/1.0/cluster/members", cluster.members_list),
+    Route("POST", "/1.0/cluster/members", cluster.member_add),  # a join token
     Route("GET", "/1.0/cluster/members/{name}", cluster.member_get),
+    Route("DELETE", "/1.0/cluster/members/{name}", cluster.member_remove),
+    Route("POST", "/internal/cluster/accept", cluster.member_accept),  # a token redeemed
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
     Route("GET", "/1.0/metrics", metrics.get),  # every service's metrics, merged
     Route("GET", "/1.0/resources", host.resources),  # node-bound: instance.resources

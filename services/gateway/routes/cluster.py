@@ -8,29 +8,47 @@ without having said goodbye. A standalone server answers ``enabled: false`` as L
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import re
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlparse
+
 from aiohttp import web
 
-from shared.cluster import Member, open_members, read_members, status_of
-from shared.errors import BadRequest, NotFound
+from shared.cluster import Member, is_online, open_members, read_members, status_of
+from shared.errors import BadRequest, Conflict, CorralError, Forbidden, NotFound
 from shared.state import Store
 
 from .. import responses
-from ..request import recursion_of
+from ..request import json_object, recursion_of
 from ..routing import Context
 
 # What LXD 5.0 advertises for the parts of clustering served here (lxc checks them).
 API_EXTENSIONS = ["clustering", "clustering_roles", "clustering_architecture",
                   "clustering_failure_domains", "clustering_description",
-                  "clustering_sizing", "clustering_server_address"]
+                  "clustering_sizing", "clustering_server_address", "clustering_join_token"]
+
+# LXD's cluster.join_token_expiry default (3H): a join token unused for this long expires.
+JOIN_TOKEN_EXPIRY = 3 * 3600.0
+JOIN_DESCRIPTION = "Requesting to join the cluster"  # LXD's, which `list-tokens` shows
+NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")  # a host name
 
 _stores: dict[int, Store] = {}
 
 
-async def _members(ctx: Context) -> list[Member]:
+async def _store(ctx: Context) -> Store:
     store = _stores.get(id(ctx.bus))
     if store is None:
         store = _stores[id(ctx.bus)] = await open_members(ctx.bus)
-    return await read_members(store)
+    return store
+
+
+async def _members(ctx: Context) -> list[Member]:
+    return await read_members(await _store(ctx))
 
 
 def _require_cluster(ctx: Context) -> None:
@@ -82,3 +100,101 @@ async def member_get(ctx: Context, request: web.Request) -> web.Response:
         if member.name == name:
             return responses.sync(render(member))
     raise NotFound("Cluster member not found")
+
+
+# -- joining and leaving --------------------------------------------------------------------
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def _expired(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    head = value.rstrip("Z").partition(".")[0]
+    try:
+        ts = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return ts.timestamp() < time.time()
+
+
+async def _join_tokens(ctx: Context) -> list[dict[str, Any]]:
+    """The running join-token operations (single use: a used one is cancelled)."""
+    return [op for op in await ctx.ops.list(None)
+            if op.get("class") == "token" and op.get("status") == "Running"
+            and isinstance((op.get("metadata") or {}).get("serverName"), str)]
+
+
+async def member_add(ctx: Context, request: web.Request) -> web.Response:
+    """``POST /1.0/cluster/members`` (``lxc cluster add NAME``): a join token for NAME, as
+    LXD's running operation of class ``token`` whose metadata the client turns into the
+    token (base64 JSON: server_name, fingerprint, addresses, secret, expires_at)."""
+    _require_cluster(ctx)
+    body = await json_object(request)
+    name = body.get("server_name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest(f"Invalid member name {str(name)[:70]!r}: use a host name (letters, "
+                         "digits and '-', at most 63 characters)")
+    members = await _members(ctx)
+    if any(m.name == name for m in members):
+        raise Conflict(f"The cluster already has a member with name: {name}")
+    if any(op["metadata"]["serverName"] == name for op in await _join_tokens(ctx)):
+        raise Conflict(f"A cluster join token for server {name!r} already exists "
+                       f"(`lxc cluster revoke-token {name}` first)")
+    addresses = [urlparse(m.url).netloc for m in members if m.url and is_online(m)]
+    meta = {"serverName": name, "secret": secrets.token_hex(32),
+            "fingerprint": ctx.remote.server_fingerprint, "addresses": addresses,
+            "expiresAt": _rfc3339(time.time() + JOIN_TOKEN_EXPIRY)}
+
+    async def pending(_handle: Any) -> None:
+        await asyncio.sleep(JOIN_TOKEN_EXPIRY)
+        raise CorralError("Token has expired", 403)
+
+    op = await ctx.ops.start(JOIN_DESCRIPTION, pending, cls="token", may_cancel=True,
+                             metadata=meta)
+    return responses.async_(op.lxd())
+
+
+async def member_accept(ctx: Context, request: web.Request) -> web.Response:
+    """``POST /internal/cluster/accept`` ``{"name", "secret"}``: a joining node redeems its
+    token (once: the operation is cancelled). deploy/cluster-join.sh calls it before it
+    starts the node; a member removed before may come back this way."""
+    _require_cluster(ctx)
+    body = await json_object(request)
+    name, secret = body.get("name"), body.get("secret")
+    if not isinstance(name, str) or not isinstance(secret, str) or not secret:
+        raise BadRequest("A join needs the member's name and the token's secret")
+    for op in await _join_tokens(ctx):
+        md = op["metadata"]
+        if md["serverName"] != name or not isinstance(md.get("secret"), str) or \
+                not hmac.compare_digest(md["secret"].encode(), secret.encode()):
+            continue
+        try:
+            await ctx.ops.cancel(op["id"])
+        except CorralError:  # used a moment ago by someone else
+            break
+        if _expired(md.get("expiresAt")):
+            raise Forbidden("Token has expired")
+        await (await _store(ctx)).delete(name)  # a removed member's tombstone, if any
+        return responses.sync({"server_name": name})
+    raise Forbidden("No matching cluster join operation found")
+
+
+async def member_remove(ctx: Context, request: web.Request) -> web.Response:
+    """``DELETE /1.0/cluster/members/<name>`` (``lxc cluster remove``): forget an OFFLINE
+    member. Its record becomes a tombstone its gateway honours if the node comes back (it
+    stops heartbeating until it joins again with a token). A member that is still online
+    is refused: stop it first, its instances would otherwise keep running unseen."""
+    _require_cluster(ctx)
+    name = request.match_info["name"]
+    member = next((m for m in await _members(ctx) if m.name == name), None)
+    if member is None:
+        raise NotFound("Cluster member not found")
+    if is_online(member):
+        raise BadRequest(f"Member {name} is online: stop its processes first (`make "
+                         f"cluster-kill NODE={name.removeprefix('node')}` here, or its "
+                         "units on a real host), then remove it once it shows OFFLINE")
+    await (await _store(ctx)).put(name, {**member.model_dump(), "removed": True,
+                                         "removed_at": time.time()})
+    return responses.sync({})
