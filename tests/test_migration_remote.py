@@ -171,6 +171,35 @@ def test_copy_with_snapshots_then_move(api, stack, oapi, other, worlds, client):
     assert (vol / "rootfs" / "root" / "marker").read_text() == "moved"
 
 
+@pytest.fixture(scope="module")
+def other_https(oapi):
+    """The target listens on HTTPS too (push mode: the source dials the target)."""
+    address = f"127.0.0.1:{free_port()}"
+    r = oapi.patch("/1.0", json={"config": {"core.https_address": address}})
+    assert r.status_code == 200, r.text
+    yield address
+    oapi.patch("/1.0", json={"config": {"core.https_address": ""}})
+
+
+@pytest.mark.parametrize("mode", ["push", "relay"])
+def test_copy_in_push_and_relay_modes(api, oapi, other, worlds, client, other_https, mode):
+    """``--mode push``: the source dials the target's operation; ``--mode relay``: the
+    client dials both and relays the messages (barriers included)."""
+    w = worlds
+    c = w.create(mode)
+    write_marker(w, c, "before")
+    snapshot(w, c, "p1")
+    write_marker(w, c, mode)
+    lxc(client, "copy", "--mode", mode, f"src:{c}", f"dst:{c}")
+    assert [s["name"] for s in oapi.get(f"/1.0/instances/{c}/snapshots?recursion=1")
+            .json()["metadata"]] == ["p1"]
+    vol = other.dir / "storage-pools" / w.pool / "containers" / c
+    assert (vol / "rootfs" / "root" / "marker").read_text() == mode
+    snap = list((other.dir / "storage-pools" / w.pool).glob(f"**/{c}/p1"))
+    assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "before"
+    assert api.get(f"/1.0/instances/{c}").status_code == 200
+
+
 def test_name_taken_on_target_is_409(api, oapi, other, worlds, client):
     w = worlds
     c = w.create("dup")

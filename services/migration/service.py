@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from shared.log import get_logger
-from shared.models import CreateRequest, ListRequest, ObjectRequest, Reply
+from shared.models import CreateRequest, ListRequest, ObjectRequest, Reply, ServerInfoReply
 from shared.service import Service, endpoint, main_for
 
 from . import sink, source
@@ -45,6 +45,12 @@ class MigrationService(Service):
             raise Unavailable("This server has no certificate yet (the gateway makes it): "
                               "start the gateway first")
         return crt, key
+
+    def server_info(self) -> ServerInfoReply:
+        """The migration API extensions the stock client checks before push and relay
+        copies, and before ``--instance-only``."""
+        return ServerInfoReply(api_extensions=["container_push", "container_push_target",
+                                               "container_only_migration"])
 
     @endpoint("list", ListRequest)
     async def list_migrations(self, req: ListRequest) -> Reply:

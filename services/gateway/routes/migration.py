@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..routing import Context, item, render
+from ..routing import Ask, Context, item, render
 
 # The secrets a migration operation's metadata holds (LXD's api.SecretName*).
 SECRET_NAMES = ("control", "fs", "criu")
@@ -25,12 +25,28 @@ def is_target(body: dict[str, Any]) -> bool:
     return isinstance(src, dict) and src.get("type") == "migration"
 
 
+def is_source(body: dict[str, Any] | None, request: web.Request) -> bool:
+    """A migration to another server: ``migration`` without ``pool`` (``lxc move
+    --storage``), ``project`` (a project move) or ``?target=`` (a cluster move), which
+    stay on this server and are the instance service's, as LXD's instancePost tells."""
+    body = body or {}
+    return bool(body.get("migration")) and not body.get("pool") \
+        and not body.get("project") and not request.query.get("target")
+
+
 async def instance_post(ctx: Context, request: web.Request) -> web.StreamResponse:
-    """``POST /1.0/instances/<name>``: a migration source or a rename."""
+    """``POST /1.0/instances/<name>``: a migration source, else the instance service's
+    (rename, pool or project move)."""
     req = await item(request)
-    if (req.body or {}).get("migration"):
+    if is_source(req.body, request):
         return render(await ctx.ask("migration", "source", req))
-    return render(await ctx.ask("instance", "rename", req))
+    return await Ask("instance", "rename", _built(req))(ctx, request)
+
+
+def _built(req: Any) -> Any:
+    async def build(_request: web.Request) -> Any:
+        return req
+    return build
 
 
 def secrets_of(metadata: dict[str, Any] | None) -> dict[str, str]:
