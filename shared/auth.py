@@ -194,6 +194,9 @@ def service_permissions(svc: str) -> Permissions:
     # run hook added or removed), and every request in flight then timed out as a 503.
     # Integrations' inboxes stay reachable only through allow_responses.
     callers = {GATEWAY} | {c for c, calls in CALLS.items() if any(t == svc for t, _ in calls)}
+    if svc == "instance":  # forwards a request to the node its instance is located on
+        pub.append(subjects.node("*", svc, "*"))  # (shared/service.py, Service.node_of)
+        callers.add(svc)
     pub += [f"{inbox_prefix(c)}.>" for c in sorted(callers)]
     if svc in ("instance", "storage", "migration"):  # the service end of exec/console/
         # migration websockets and
