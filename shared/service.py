@@ -79,6 +79,11 @@ def endpoint(verb: str, request: type[Message], scope: str = "cluster"
 MAX_IN_FLIGHT = 256
 # Threads of each process's default pool (asyncio.to_thread); see run_services.
 DEFAULT_WORKERS = 32
+# Header of a request one cluster node forwarded to another (see ``Service.node_of``):
+# forwarded once at most, so two nodes that disagree cannot bounce it between them.
+FORWARDED = "Corral-Forwarded-By"
+# Seconds a forwarded request may take on the node that answers it.
+FORWARD_TIMEOUT = 60.0
 
 
 class Service:
@@ -127,6 +132,13 @@ class Service:
 
     async def teardown(self) -> None:
         """Release what setup took (not the host objects: those outlive the process)."""
+
+    async def node_of(self, verb: str, body: Any) -> str | None:
+        """In a cluster: the node that must answer this request when it is not this one
+        (the instance service names the node an instance is located on); it is forwarded
+        there. Why: a client naming no node (the corral CLI, a run hook, another service)
+        reaches any node, and the request must still be served where its object is."""
+        return None
 
     def server_info(self) -> ServerInfoReply:
         """What this service adds to ``GET /1.0`` (drivers, storage, extensions)."""
@@ -255,6 +267,11 @@ class Service:
                         raise BadRequest(f"Invalid {spec.verb} request: {_brief(exc)}") from exc
                     if in_project:
                         check_project_claim(req.subject, spec.verb, body)
+                    if self.config.cluster and not (req.headers or {}).get(FORWARDED):
+                        node = await self.node_of(spec.verb, body)
+                        if node and node != self.config.node:
+                            await self._forward(req, node, spec.verb)
+                            return None
                     self.log.debug("request", verb=spec.verb)
                     result = await handler(body)
                     if not isinstance(result, Reply):
@@ -281,6 +298,16 @@ class Service:
                     return await fail(500, f"Internal error in the {self.name} service: {exc}")
 
         return handle
+
+    async def _forward(self, req: MicroRequest, node: str, verb: str) -> None:
+        """Ask ``node``'s service the same request and answer with its reply (an error
+        reply comes back as its CorralError and is answered by the caller)."""
+        self.log.debug("request forwarded", verb=verb, to=node)
+        msg = await self.bus.request_raw(
+            subjects.node(node, self.name, verb), req.data, service=f"{self.name}@{node}",
+            timeout=max(FORWARD_TIMEOUT, self.config.request_timeout),
+            headers={**(req.headers or {}), FORWARDED: self.config.node})
+        await req.respond(msg.data, headers=msg.headers)
 
     def _stats(self, stats: EndpointStats) -> dict[str, int]:
         """nats.micro's ``stats_handler``: our figures for one endpoint in ``$SRV.STATS``.

@@ -15,9 +15,11 @@ import time
 
 import pytest
 
+from shared import subjects
 from shared.bus import Bus
 from shared.config import load_config
 from shared.errors import CorralError
+from shared.service import FORWARDED
 
 from .cluster_stack import HOST_BOUND, cluster_stacks
 from .stack import wait_for
@@ -90,28 +92,41 @@ def test_launch_with_target_through_the_other_node(cluster, world):
     assert not (n2.stack.dir / "lxc" / name).exists()
 
 
-async def test_node_never_serves_another_nodes_instance(cluster, world):
-    """node1's instance service refuses a request about an instance located on node2
-    (one sent there by mistake must not start or purge it on the wrong host); a node's
-    list with a target lists only what is located there."""
+async def test_a_request_reaching_another_node_is_forwarded(cluster, world):
+    """A client naming no node (the corral CLI, a hook) or the wrong one reaches node1's
+    instance service: it forwards the request to node2, where the instance is; a request
+    forwarded once is not forwarded again but refused (409), so a node never starts or
+    purges another's instance. A node's list with a target is what is located there."""
     (n1, n2), _ = cluster
     name = create_on(world, n1, "own", "node2")
     bus = Bus(load_config(dir=n1.stack.dir, nats_url=n1.stack.nats.url,
                           nats_credentials=n1.stack.nats.admin), "tests")
     await bus.connect()
     try:
-        # node1's service knows the record (other nodes' writes reach its cache)
         with pytest.raises(CorralError) as err:
-            await bus.request("instance", "state_put", {"name": name, "action": "start"},
-                              node="node1")
+            await bus.request_raw(
+                subjects.node("node1", "instance", "state_put"),
+                {"name": name, "action": "start"}, headers={FORWARDED: "node9"})
         assert err.value.code == 409 and "located on 'node2'" in err.value.message
+        for node in ("node1", None):  # node1's subject, then the cluster subject
+            reply = await bus.request("instance", "get", {"name": name}, node=node)
+            assert reply.metadata["location"] == "node2"
+        reply = await bus.request("instance", "state_put", {"name": name, "action": "start"},
+                                  node="node1")
+        op = n1.api.get(f"/1.0/operations/{reply.operation['id']}/wait",
+                        params={"timeout": 60}).json()["metadata"]
+        assert op["status"] == "Success", op
         ours = await bus.request("instance", "list", {"target": "node1"}, node="node1")
         theirs = await bus.request("instance", "list", {"target": "node2"}, node="node2")
         assert f"/1.0/instances/{name}" not in ours.metadata
         assert f"/1.0/instances/{name}" in theirs.metadata
     finally:
         await bus.close()
-    assert n1.api.get(f"/1.0/instances/{name}").json()["metadata"]["status"] == "Stopped"
+    wait_for(lambda: n2.api.get(f"/1.0/instances/{name}").json()["metadata"]["status"]
+             == "Running", 30, what="started on node2")
+    assert (n2.stack.dir / "lxc" / name).is_dir() and not (n1.stack.dir / "lxc" / name).exists()
+    wait_op(n1.api, n1.api.put(f"/1.0/instances/{name}/state",
+                               json={"action": "stop", "force": True}))
 
 
 def counts(node) -> dict[str, int]:

@@ -19,22 +19,19 @@ from shared import cluster
 from shared.bus import Bus
 from shared.config import Config
 from shared.errors import BadRequest, Unavailable
+from shared.messages.instance import about_one_instance
 from shared.models import Message
 from shared.state import Store, key
 
-# Instance verbs that are not about one existing instance: they go to the gateway's own
-# node (profiles and projects are the same shared records on every node), except a create
-# (target or placement, see ``node_for``).
-UNLOCATED = {"list", "create", "backup_import", "resources", "network_users", "info",
-             "metrics", "publish"}
-UNLOCATED_PREFIXES = ("profile_", "project_")
 # Seconds at most a create placed here counts against its node before its record shows.
 RECENT = 30.0
 
 
 def located(verb: str) -> bool:
-    """``verb`` is about one existing instance (its ``name``): its node must answer."""
-    return verb not in UNLOCATED and not verb.startswith(UNLOCATED_PREFIXES)
+    """``verb`` is about one existing instance (its ``name``): its node must answer;
+    the others go to the gateway's own node (profiles and projects are the same shared
+    records on every node), except a create (target or placement, see ``node_for``)."""
+    return about_one_instance(verb)
 
 
 def rank(online: list[cluster.Member], counts: Counter[Any]) -> list[cluster.Member]:

@@ -17,6 +17,7 @@ from shared.messages.instance import (
     InstanceListRequest,
     NetworkUsersRequest,
     StatePutRequest,
+    about_one_instance,
 )
 from shared.models import (
     CreateRequest,
@@ -179,6 +180,15 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             raise
 
     # -- what the exec/files/console mixin needs ----------------------------------------
+
+    async def node_of(self, verb: str, body: Any) -> str | None:
+        """The node a request about one instance goes to: where it is located."""
+        name = getattr(body, "name", None)
+        if not isinstance(name, str) or not name or not about_one_instance(verb):
+            return None
+        found = await self.instances.get(key(getattr(body, "project", "default"),
+                                             name.split("/", 1)[0]))
+        return (found[0].get("location") or None) if found is not None else None
 
     async def require_instance(self, project: str, name: str) -> dict[str, Any]:
         found = await self.instances.get(key(project, name))

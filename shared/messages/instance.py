@@ -40,3 +40,17 @@ class InstanceListRequest(ListRequest):
     target, they are listed with status Error (their own node did not answer)."""
 
     target: str = ""
+
+
+# Instance verbs not about one existing instance (lists, creates, profiles, projects,
+# the host's resources): any node answers them; every other verb names an instance
+# (``name``) and, in a cluster, is answered by the node it is located on.
+UNLOCATED_VERBS = frozenset({"list", "create", "backup_import", "resources",
+                             "network_users", "info", "metrics"})
+UNLOCATED_PREFIXES = ("profile_", "project_")
+
+
+def about_one_instance(verb: str) -> bool:
+    """``verb`` is about one existing instance: its node must answer (placement.py,
+    cluster forwarding in shared/service.py)."""
+    return verb not in UNLOCATED_VERBS and not verb.startswith(UNLOCATED_PREFIXES)
