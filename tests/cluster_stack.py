@@ -4,9 +4,9 @@ Each node is a :class:`~tests.stack.Stack` (every service and a gateway) with it
 ``CORRAL_DIR`` and ``CORRAL_NODE``, all with ``CORRAL_CLUSTER=1`` and sharing ONE
 nats-server, so they share the KV buckets as the nodes of a NATS cluster do. No network
 namespaces: what this tests is which node answers (the namespaced cluster of ``make
-cluster-up`` has its own tests). Member records (``members`` bucket, shared/cluster.py)
-are written by :class:`Heartbeats`, the way each node's gateway beats, so a test decides
-who is online and what room each member reports.
+cluster-up`` has its own tests). Each node's gateway writes its member record (``members``
+bucket, shared/cluster.py); :class:`Heartbeats` writes those of members that run nothing
+(an online member whose services do not answer, one that goes offline).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Node:
 def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[Node],
                                                                            Heartbeats]]:
     """``count`` nodes ``node1``.. on one nats-server (the cluster-wide services on
-    ``node1`` only, see HOST_BOUND), heartbeats beating for all; ended
+    ``node1`` only, see HOST_BOUND), and a :class:`Heartbeats` for made-up members; ended
     by PID and their temp dir removed at the end (logs kept when the session failed)."""
     tmp = tempfile.TemporaryDirectory(prefix="corral-placement-")
     base = Path(tmp.name)
@@ -112,7 +112,6 @@ def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[N
         beats.start()
         for i in range(1, count + 1):
             name = f"node{i}"
-            beats.beat(name)
             s = Stack(base / name, server, CORRAL_CLUSTER="1", CORRAL_NODE=name,
                       CORRAL_CLUSTER_OFFLINE_THRESHOLD="3", **env)
             for d in (s.dir.parent, s.dir):  # unprivileged roots traverse their parents

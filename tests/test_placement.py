@@ -2,7 +2,7 @@
 
 Two nodes (``node1``, ``node2``: every service and a gateway each, their own CORRAL_DIR,
 CORRAL_CLUSTER=1) share one nats-server, so they share the KV buckets as the nodes of a
-NATS cluster do; tests/cluster_stack.py writes their member records (heartbeats). Through
+NATS cluster do; their gateways write their member records (heartbeats). Through
 the stock ``lxc`` of either node: ``--target``, LOCATION in lists, exec/stop/delete of
 another node's instance, placement by room, bad targets, and a dead node's instances
 listed as Error by the other.
@@ -212,29 +212,34 @@ def test_list_every_recursion_from_any_node(cluster, world):
 def test_dead_node_instances_listed_as_error(cluster, world):
     """Last: node2's processes are killed; node1 lists node2's instances with status
     Error and location node2 (not a 503 for the whole list), its own as usual."""
-    (n1, n2), beats = cluster
+    (n1, n2), _ = cluster
     mine = create_on(world, n2, "alive", "node1")
     theirs = create_on(world, n1, "dead", "node2")
+    c = counts(n1)
+    for i in range(c["node2"] - c["node1"] + 1):  # node1 has more: placement wants node2
+        create_on(world, n1, f"fill{i}", "node1")
     for proc in n2.stack.procs.values():
         proc.kill()
     for proc in n2.stack.procs.values():
         proc.wait(10)
     n2.stack.procs.clear()
-    beats.silence("node2")
     rows = {i["name"]: i for i in listing(n1)}
     assert rows[theirs]["status"] == "Error" and rows[theirs]["location"] == "node2"
     assert rows[mine]["status"] == "Stopped" and rows[mine]["location"] == "node1"
     time.sleep(3.5)  # past the offline threshold: not even asked
     rows = {i["name"]: i for i in listing(n1)}
     assert rows[theirs]["status"] == "Error"
+    # placement skips an offline member, though it has fewer instances
+    assert located(n1, create_on(world, n1, "while")) == "node1"
     table = lxc(n1.stack, "list", theirs, "-c", "nsL", "--format", "csv").stdout
     assert table.strip() == f"{theirs},ERROR,node2"
     # a request about it says where it is and that that node does not answer
     r = n1.api.get(f"/1.0/instances/{theirs}")
     assert r.status_code == 503 and "node2" in r.json()["error"]
     # bring node2 back for the world's cleanup
-    beats.beat("node2")
     for svc in (*HOST_BOUND, "gateway"):
         n2.stack.start(svc)
     wait_for(n2.stack.ready, 60, what="node2 back")
+    wait_for(lambda: {i["name"]: i["status"] for i in listing(n1)}[theirs] == "Stopped", 30,
+             what="node2's instance listed as Stopped again")
     assert located(n1, theirs) == "node2"
