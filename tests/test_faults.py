@@ -327,9 +327,9 @@ def test_instance_service_killed_during_delete(world, fstack, fapi, point):
     r = fapi.delete(f"/1.0/instances/{name}")
     assert r.status_code == 202, r.text
     wait_dead(fstack, "instance")
+    start_again(fstack, "instance")  # its start fails the operation (the sweep: above)
     op = wait_final(fapi, r.json()["operation"])
     assert op["status"] == "Failure", op
-    start_again(fstack, "instance")
     assert_clean(world)
     assert fapi.get(f"/1.0/instances/{name}").status_code == 404
 
