@@ -287,3 +287,89 @@ def test_target_killed_mid_transfer_leaves_nothing(api, oapi, other, worlds, cli
     assert (w.volume(c) / "rootfs" / "root" / "marker").read_text() == "whole"
     lxc(client, "copy", f"src:{c}", f"dst:{c}")
     assert oapi.get(f"/1.0/instances/{c}").status_code == 200
+
+
+# -- from a real LXD 5.0 ---------------------------------------------------------------------
+
+LXD_EXPORT = Path("/work/shared/reference/lxd-5.0/exports/lxd-export-refc.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def lxd():
+    """A private LXD 5.0 daemon (its own LXD_DIR, bridge 10.251.77.1/24, a dir pool) holding
+    ``refc`` (imported from the reference export, one snapshot), started once so that its
+    tree is shifted on disk, with a marker file; listening on HTTPS on loopback."""
+    import shutil
+    import signal
+    import time
+
+    if not shutil.which("lxd") or not LXD_EXPORT.exists():
+        pytest.skip("no LXD 5.0 daemon or reference export on this host")
+    import tempfile
+
+    # not under pytest's 0700 tmp: the container's unprivileged root traverses the path
+    base = Path(tempfile.mkdtemp(prefix="corral-lxd-"))
+    base.chmod(0o711)
+    env = {**__import__("os").environ, "LXD_DIR": str(base / "dir"),
+           "LXD_CONF": str(base / "conf")}
+    (base / "dir").mkdir()
+    port = free_port()
+    proc = subprocess.Popen(["lxd", "--group", "root", "--logfile", str(base / "lxd.log")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        subprocess.run(["lxd", "waitready", "--timeout", "60"], env=env, check=True)
+        preseed = f"""config:
+  core.https_address: 127.0.0.1:{port}
+networks:
+- name: lxdmigt0
+  type: bridge
+  config: {{ipv4.address: 10.251.77.1/24, ipv4.nat: "false", ipv6.address: none}}
+storage_pools:
+- name: default
+  driver: dir
+profiles:
+- name: default
+  devices:
+    root: {{path: /, pool: default, type: disk}}
+"""
+        subprocess.run(["lxd", "init", "--preseed"], input=preseed, text=True, env=env,
+                       check=True)
+        lxc(env, "import", str(LXD_EXPORT))
+        lxc(env, "start", "refc")
+        lxc(env, "exec", "refc", "--", "sh", "-c", "echo from-lxd > /root/marker")
+        lxc(env, "stop", "-f", "refc")
+        yield env
+    finally:
+        subprocess.run(["lxd", "shutdown", "--timeout", "30"], env=env, capture_output=True)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        time.sleep(0.5)
+        subprocess.run(["umount", "-l", str(base / "dir" / "shmounts")], capture_output=True)
+        subprocess.run(["umount", "-l", str(base / "dir" / "devlxd")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_copy_from_lxd(lxd, oapi, other, worlds, client):
+    """``lxc copy lxd:refc dst:`` from a real LXD 5.0: its snapshot follows, its shifted
+    tree comes back to the container's own ids, and the copy runs here."""
+    w = worlds
+    name = f"{w.prefix}-fromlxd"
+    lxc(client, "remote", "add", "lxd", f"unix://{lxd['LXD_DIR']}/unix.socket")
+    if oapi.get("/1.0/profiles/default").status_code == 404:  # LXD's instance names it
+        assert oapi.post("/1.0/profiles", json={"name": "default"}).status_code == 200
+    lxc(client, "copy", "lxd:refc", f"dst:{name}", "--storage", w.pool)
+    assert [s["name"] for s in oapi.get(f"/1.0/instances/{name}/snapshots?recursion=1")
+            .json()["metadata"]] == ["snap0"]
+    vol = other.dir / "storage-pools" / w.pool / "containers" / name
+    assert (vol / "rootfs" / "root" / "marker").stat().st_uid == 0
+    assert (vol / "rootfs" / "bin").stat().st_uid == 0
+    lxc(client, "start", f"dst:{name}")
+    try:
+        out = lxc(client, "exec", f"dst:{name}", "--", "cat", "/root/marker").stdout
+        assert out.strip() == "from-lxd"
+    finally:
+        lxc(client, "stop", "--force", f"dst:{name}")

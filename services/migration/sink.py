@@ -31,7 +31,7 @@ from shared.log import get_logger
 from shared.messages.backup import BackupImportRequest
 from shared.models import CreateRequest, OperationStatus, Reply
 
-from . import channels, common, rsync, wire
+from . import channels, common, idmap, rsync, wire
 from .channels import Channel
 
 log = get_logger()
@@ -149,9 +149,6 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
         if offer.get("fs", wire.RSYNC) not in (wire.RSYNC, wire.BTRFS, wire.ZFS):
             raise CorralError("The source offers no filesystem transfer this server takes "
                               f"({wire.FS_NAMES.get(offer['fs'], offer['fs'])})", 400)
-        if offer.get("idmap"):
-            raise CorralError("The source sends a shifted (idmapped) tree: migrations from "
-                              "LXD are not supported yet", 400)
         resp = answer(offer, bool(src.get("instance_only")))
         await control.send(wire.encode("MigrationHeader", resp))
         features = wire.rsync_features(resp)
@@ -164,6 +161,8 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
         await rsync.receive(base / layout.volume_dir("container"), fs, features,
                             progress.on(str(body["name"])))
         faults.point("migration:sink_after_volume")
+        if offer.get("idmap"):  # LXD's tree is shifted on disk: ours is not
+            await asyncio.to_thread(idmap.unshift, base, offer["idmap"])
         await import_instance(svc, project, body, resp, stage, handle)
     except BaseException as exc:
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
