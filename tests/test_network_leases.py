@@ -276,3 +276,24 @@ def test_deleted_instance_lease_is_released_live(world, api, stack):
             if c.endswith(("-rel1", "-rel2")):
                 world.remove(c)
         api.delete(f"/1.0/networks/{net}")
+
+
+def test_dhcpv6_lease_released_live(networks, netns, prefix):  # noqa: F811
+    """A dynamic DHCPv6 lease goes with a DHCPv6 Release on the client's behalf
+    (dhcp_release6: the client's DUID and IAID, the server's DUID from the lease file):
+    gone from dnsmasq's file, dnsmasq never restarted."""
+    net = networks(f"{prefix}9", {"ipv4.address": "none", "ipv6.address": "auto",
+                                  "ipv6.dhcp.stateful": "true", "ipv6.routing": "false"})
+    net.create()
+    ns, _host = netns("r", net.name)
+    bridge_sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    mac = ns_mac(ns)
+    r = bridge_sh("ip", "netns", "exec", ns, sys.executable, str(DHCP6_CLIENT), "eth0", mac,
+                  f"{prefix}-r6", timeout=60)
+    leased = str(IPv6Address(r.stdout.strip()))
+    assert [(lease["hwaddr"], lease["address"])
+            for lease in dnsmasq.read_leases(net.state_dir)] == [(mac, leased)]
+    pid = dnsmasq.running_pid(net.state_dir)
+    assert net.release_leases({mac}) == 1
+    assert dnsmasq.read_leases(net.state_dir) == []
+    assert dnsmasq.running_pid(net.state_dir) == pid
