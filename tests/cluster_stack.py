@@ -45,6 +45,7 @@ class Heartbeats:
                                   nats_credentials=nats.admin)
         self.interval = interval
         self.beating: dict[str, dict[str, Any]] = {}  # node -> resources
+        self.extra: dict[str, dict[str, Any]] = {}  # node -> config, groups
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,10 +56,14 @@ class Heartbeats:
         self._stop.set()
         self._thread.join(10)
 
-    def beat(self, node: str, **resources: Any) -> None:
-        """Keep ``node`` online, reporting ``resources`` (cpus, memory_free, instances...)."""
+    def beat(self, node: str, config: dict[str, str] | None = None,
+             groups: list[str] | None = None, **resources: Any) -> None:
+        """Keep ``node`` online, reporting ``resources`` (cpus, memory_free, instances...)
+        and LXD's member ``config`` and ``groups`` when given."""
         self.beating[node] = {"cpus": 2, "memory_total": 4 << 30, "memory_free": 2 << 30,
                               **resources}
+        self.extra[node] = {k: v for k, v in (("config", config), ("groups", groups))
+                            if v is not None}
 
     def silence(self, node: str) -> None:
         """No more heartbeats for ``node``: OFFLINE once its last one is old enough."""
@@ -77,7 +82,8 @@ class Heartbeats:
                     member = cluster.Member(name=node, url=f"https://{node}:8443",
                                             heartbeat=time.time(),
                                             resources=cluster.Resources(**res))
-                    await store.put(node, member.model_dump())
+                    await store.put(node, {**member.model_dump(),
+                                           **self.extra.get(node, {})})
                 await asyncio.sleep(self.interval)
         finally:
             await bus.close()

@@ -194,6 +194,50 @@ def test_bad_target(cluster, world):
     assert n1.api.get(f"/1.0/instances/{name}").status_code == 404
 
 
+def test_scheduler_instance_and_group_targets(cluster, world):
+    """LXD's ``scheduler.instance``: a ``manual`` or ``group`` member is never chosen by
+    placement though it has the fewest instances; ``--target @group`` chooses within the
+    group (node3 here runs nothing, so being chosen shows as its 503)."""
+    (n1, _n2), beats = cluster
+
+    tags = iter(range(100))
+
+    def launch(target: str | None = None):
+        name = world.name(f"sch{next(tags)}")
+        return name, n1.api.post("/1.0/instances", params={"target": target} if target
+                                 else None, json={
+                                     "name": name, "profiles": [world.profile],
+                                     "source": {"type": "image", "alias": world.image}})
+
+    try:
+        for mode in ("manual", "group"):
+            beats.beat("node3", config={"scheduler.instance": mode}, groups=["g3"])
+            time.sleep(1)
+            name, r = launch()
+            wait_op(n1.api, r)
+            assert located(n1, name) in ("node1", "node2")
+        name, r = launch("@g3")  # the group's only member: chosen (and it runs nothing)
+        assert r.status_code == 503 and "'node3', chosen for the instance" in \
+            r.json()["error"], r.text
+        assert n1.api.get(f"/1.0/instances/{name}").status_code == 404
+        _name, r = launch("@nogroup")
+        assert r.status_code == 400 and "'nogroup' has no member" in r.json()["error"]
+        beats.beat("node3", config={"scheduler.instance": "manual"}, groups=["g3"])
+        time.sleep(1)
+        _name, r = launch("@g3")  # manual: not even within its group
+        assert r.status_code == 503 and "No cluster member in cluster group 'g3'" in \
+            r.json()["error"], r.text
+        # a made-up member with room and the default scheduler is chosen (proof the
+        # two above were skipped for their scheduler, not for being made up)
+        beats.beat("node3")
+        time.sleep(1)
+        _name, r = launch()
+        assert r.status_code == 503 and "'node3', chosen" in r.json()["error"], r.text
+    finally:
+        beats.silence("node3")
+        time.sleep(3.5)  # offline again for the tests after this one
+
+
 def test_list_every_recursion_from_any_node(cluster, world):
     """recursion=0 and =2 from a cluster node: every instance, state from its node."""
     (n1, n2), _ = cluster

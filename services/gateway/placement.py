@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import cluster
@@ -32,6 +33,37 @@ def located(verb: str) -> bool:
     the others go to the gateway's own node (profiles and projects are the same shared
     records on every node), except a create (target or placement, see ``node_for``)."""
     return about_one_instance(verb)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A member as placement sees it: its record, and LXD's member config and groups when
+    the record carries them (``scheduler.instance``; ``groups``, default ``default``)."""
+
+    member: cluster.Member
+    config: dict[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = ("default",)
+
+    @property
+    def scheduler(self) -> str:
+        return self.config.get("scheduler.instance") or "all"
+
+
+def eligible(candidates: list[Candidate], group: str | None, now: float | None = None
+             ) -> list[cluster.Member]:
+    """The online members placement may choose, as LXD's ``scheduler.instance`` says:
+    ``all`` always, ``group`` only when the launch names one of its groups
+    (``--target @group``), ``manual`` never (only by ``--target`` naming it)."""
+    out = []
+    for c in candidates:
+        if not cluster.is_online(c.member, now) or c.scheduler == "manual":
+            continue
+        if group is None and c.scheduler == "group":
+            continue
+        if group is not None and group not in c.groups:
+            continue
+        out.append(c.member)
+    return out
 
 
 def rank(online: list[cluster.Member], counts: Counter[Any]) -> list[cluster.Member]:
@@ -70,9 +102,25 @@ class Placement:
             return None
         return found[0].get("location") or None
 
-    async def members(self) -> list[cluster.Member]:
+    async def candidates(self) -> list[Candidate]:
+        """Every member record but those ``lxc cluster remove`` left as tombstones."""
         _, members = await self._open()
-        return await cluster.read_members(members)
+        out = []
+        for value in (await members.items()).values():
+            if value.get("removed"):
+                continue
+            try:
+                member = cluster.Member.model_validate(value)
+            except ValueError:
+                continue
+            config = value.get("config") if isinstance(value.get("config"), dict) else {}
+            groups = tuple(value.get("groups") or ("default",))
+            out.append(Candidate(member, {str(k): str(v) for k, v in config.items()},
+                                 groups))
+        return sorted(out, key=lambda c: c.member.name)
+
+    async def members(self) -> list[cluster.Member]:
+        return [c.member for c in await self.candidates()]
 
     async def node_for(self, verb: str, req: Message, target: str | None = None
                        ) -> str | None:
@@ -81,6 +129,9 @@ class Placement:
             return None
         project = getattr(req, "project", "default")
         if verb in ("create", "backup_import"):
+            if target and target.startswith("@"):  # a cluster group: placement within it
+                return await self.choose(project, getattr(req, "body", None) or {},
+                                         group=target[1:])
             if target:
                 return await self.check_target(target)
             body = getattr(req, "body", None) or {}
@@ -110,8 +161,8 @@ class Placement:
                               "or bring it back")
         return target
 
-    async def choose(self, project: str = "default", body: dict[str, Any] | None = None
-                     ) -> str:
+    async def choose(self, project: str = "default", body: dict[str, Any] | None = None,
+                     group: str | None = None) -> str:
         """The online member with the fewest instances, then the most free memory, then
         the most CPUs (LXD's scheduler weighs the same); this node when none is known.
 
@@ -119,9 +170,17 @@ class Placement:
         seconds old), plus the creates placed here whose record is not written yet (a
         burst of launches must spread, not pile up on the first choice)."""
         now = time.time()
-        online = [m for m in await self.members() if cluster.is_online(m, now)]
-        if not online:
+        candidates = await self.candidates()
+        if group is not None and not any(group in c.groups for c in candidates):
+            raise BadRequest(f"Cluster group {group!r} has no member (target @{group})")
+        if not candidates:  # no member record at all (yet): this node
             return self.config.node
+        online = eligible(candidates, group, now)
+        if not online:
+            where = f"in cluster group {group!r}" if group is not None else "in the cluster"
+            raise Unavailable(f"No cluster member {where} can take the instance: none is "
+                              "online with scheduler.instance allowing it; name one with "
+                              "--target")
         instances, _ = await self._open()
         records = await instances.items()
         counts = Counter(r.get("location") for r in records.values())

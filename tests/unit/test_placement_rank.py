@@ -37,3 +37,21 @@ def test_verbs_about_one_instance_are_located():
     for verb in ("list", "create", "backup_import", "profile_get", "project_list",
                  "resources", "network_users"):
         assert not located(verb), verb
+
+
+def test_scheduler_instance_as_lxd():
+    import time
+
+    from services.gateway.placement import Candidate, eligible
+
+    now = time.time()
+
+    def cand(name: str, mode: str | None = None, groups=("default",), beat: float = now):
+        m = Member(name=name, heartbeat=beat)
+        return Candidate(m, {"scheduler.instance": mode} if mode else {}, tuple(groups))
+
+    cands = [cand("a"), cand("b", "manual"), cand("c", "group", ("gpu",)),
+             cand("d", groups=("gpu",)), cand("e", beat=now - 3600)]
+    assert [m.name for m in eligible(cands, None, now)] == ["a", "d"]
+    assert [m.name for m in eligible(cands, "gpu", now)] == ["c", "d"]
+    assert eligible(cands, "none", now) == []
