@@ -373,3 +373,27 @@ def test_copy_from_lxd(lxd, oapi, other, worlds, client):
         assert out.strip() == "from-lxd"
     finally:
         lxc(client, "stop", "--force", f"dst:{name}")
+
+
+def test_copy_to_lxd(lxd, api, worlds, client):
+    """The other way: ``lxc copy src:c lxd:c`` into the real LXD 5.0, which dials our
+    source operation; the copy starts there and holds our content and snapshot."""
+    w = worlds
+    c = w.create("tolxd")
+    write_marker(w, c, "to-lxd")
+    snapshot(w, c, "l1")
+    lxc(client, "remote", "add", "lxd", f"unix://{lxd['LXD_DIR']}/unix.socket")
+    # the copy and its snapshots keep their profiles, as between two LXDs: LXD needs it
+    lxc(client, "profile", "create", f"lxd:{w.profile}")
+    lxc(client, "profile", "device", "add", f"lxd:{w.profile}", "root", "disk", "path=/",
+        "pool=default")
+    try:
+        lxc(client, "copy", f"src:{c}", f"lxd:{c}")
+        info = lxc(client, "info", f"lxd:{c}").stdout
+        assert "l1" in info, info
+        lxc(client, "start", f"lxd:{c}")
+        out = lxc(client, "exec", f"lxd:{c}", "--", "cat", "/root/marker").stdout
+        assert out.strip() == "to-lxd"
+    finally:
+        lxc(client, "delete", "--force", f"lxd:{c}", check=False)
+        lxc(client, "profile", "delete", f"lxd:{w.profile}", check=False)
