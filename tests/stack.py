@@ -139,7 +139,9 @@ class Stack:
                     "CORRAL_LOG_LEVEL": "debug", "CORRAL_REQUEST_TIMEOUT": "2",
                     # an exec whose client never connects fails in 10 s, not 30: the tests
                     # of it wait less (a client that does connect takes milliseconds)
-                    "CORRAL_WS_TIMEOUT": "10", **env}
+                    "CORRAL_WS_TIMEOUT": "10",
+                    # the gateway stops in ~2 s even with a client's websocket open (not 10 s)
+                    "CORRAL_SHUTDOWN_TIMEOUT": "1", **env}
         (corral_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     @property

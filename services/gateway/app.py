@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import tracing
 from shared.bus import Bus
-from shared.config import Config
+from shared.config import Config, env_seconds
 from shared.errors import CorralError
 from shared.log import get_logger
 from shared.operations import Operations
@@ -94,7 +94,12 @@ class Gateway:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
             path.unlink()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # At stop, requests and websockets still open (an `lxc monitor`, an exec) get this
+        # long to end before they are cut (aiohttp's 60 s by default; the test stacks,
+        # which stop the gateway often, 1 s: a test's open monitor held each stop 10 s)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False,
+            shutdown_timeout=env_seconds("CORRAL_SHUTDOWN_TIMEOUT", 60.0, 0.1))
         await self._runner.setup()
         site = web.UnixSite(self._runner, str(path))
         await site.start()
