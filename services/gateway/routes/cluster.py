@@ -17,10 +17,18 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
+import nats.errors
 from aiohttp import web
 
 from shared.cluster import Member, is_online, open_members, read_members, status_of
-from shared.errors import BadRequest, Conflict, CorralError, Forbidden, NotFound
+from shared.errors import (
+    BadRequest,
+    Conflict,
+    CorralError,
+    Forbidden,
+    NotFound,
+    Unavailable,
+)
 from shared.state import Store
 
 from .. import responses
@@ -47,8 +55,25 @@ async def _store(ctx: Context) -> Store:
     return store
 
 
+# The last list read per gateway: served while the bucket cannot answer. When a node dies,
+# each stream it led elects a new leader (~4-12 s) and reads time out meanwhile; the
+# heartbeats in the last list still age, so a dead member still turns OFFLINE.
+_last: dict[int, list[Member]] = {}
+READ_TIMEOUT = 3.0
+
+
 async def _members(ctx: Context) -> list[Member]:
-    return await read_members(await _store(ctx))
+    try:
+        members = await asyncio.wait_for(read_members(await _store(ctx)), READ_TIMEOUT)
+    except (nats.errors.Error, TimeoutError, CorralError) as exc:
+        cached = _last.get(id(ctx.bus))
+        if cached is None:
+            raise Unavailable(f"The cluster members cannot be read now ({exc or 'timeout'}): "
+                              "JetStream may be electing a leader after losing a node; "
+                              "retry in a few seconds") from exc
+        return cached
+    _last[id(ctx.bus)] = members
+    return members
 
 
 def _require_cluster(ctx: Context) -> None:
@@ -185,13 +210,14 @@ async def member_remove(ctx: Context, request: web.Request) -> web.Response:
     """``DELETE /1.0/cluster/members/<name>`` (``lxc cluster remove``): forget an OFFLINE
     member. Its record becomes a tombstone its gateway honours if the node comes back (it
     stops heartbeating until it joins again with a token). A member that is still online
-    is refused: stop it first, its instances would otherwise keep running unseen."""
+    is refused unless ``force=1`` (``--force``): its gateway then sees the tombstone at
+    its next heartbeat and stops counting itself a member."""
     _require_cluster(ctx)
     name = request.match_info["name"]
     member = next((m for m in await _members(ctx) if m.name == name), None)
     if member is None:
         raise NotFound("Cluster member not found")
-    if is_online(member):
+    if is_online(member) and request.query.get("force") not in ("1", "true"):
         raise BadRequest(f"Member {name} is online: stop its processes first (`make "
                          f"cluster-kill NODE={name.removeprefix('node')}` here, or its "
                          "units on a real host), then remove it once it shows OFFLINE")
