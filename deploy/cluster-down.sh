@@ -7,14 +7,21 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 
-for k in $(known_nodes); do
-    [[ -d "$(node_dir "$k")/run" ]] || continue
-    use_node "$k"
-    say "node$k: stopping"
+# The nodes stop side by side (each in order: API, services, NATS), not one after another.
+stop_node() {
+    use_node "$1"
+    say "node$1: stopping"
     stop_components gateway all
     stop_components "${SERVICES[@]}"
     stop_components nats
+}
+pids=()
+for k in $(known_nodes); do
+    [[ -d "$(node_dir "$k")/run" ]] || continue
+    stop_node "$k" &
+    pids+=("$!")
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 for k in $(known_nodes); do
     ns="$(node_ns "$k")"
     ns_exists "$ns" || continue
