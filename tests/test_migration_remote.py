@@ -397,3 +397,26 @@ def test_copy_to_lxd(lxd, api, worlds, client):
     finally:
         lxc(client, "delete", "--force", f"lxd:{c}", check=False)
         lxc(client, "profile", "delete", f"lxd:{w.profile}", check=False)
+
+
+def test_source_killed_mid_transfer_leaves_nothing(api, stack, oapi, other, worlds, client):
+    """The source's migration service dies after the first snapshot: its operation fails
+    (the gateway sees its owner gone), the gateway closes the websockets, the target gives
+    up and removes what it received; the source is whole."""
+    w = worlds
+    c = w.create("srcfault")
+    write_marker(w, c, "kept")
+    snapshot(w, c, "k1")
+    _restart_migration(stack, api, "migration:source_after_snapshot")
+    try:
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)
+        assert r.returncode != 0
+        wait_for(lambda: inventory(oapi, other, w.pool, c) == CLEAN, 60,
+                 what="the target to drop what it received")
+    finally:
+        _restart_migration(stack, api, None)
+    assert [s["name"] for s in api.get(f"/1.0/instances/{c}/snapshots?recursion=1")
+            .json()["metadata"]] == ["k1"]
+    assert (w.volume(c) / "rootfs" / "root" / "marker").read_text() == "kept"
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    assert oapi.get(f"/1.0/instances/{c}").status_code == 200

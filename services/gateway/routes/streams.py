@@ -33,6 +33,9 @@ class Secrets:
 
     def __init__(self) -> None:
         self._fds: OrderedDict[str, dict[str, str]] = OrderedDict()
+        # Websockets to close when their operation ends (migrations: a killed service
+        # never sends EOF, and the peer server must not wait on the socket for ever).
+        self.closers: dict[str, set[Any]] = {}
         self._sub: Any = None
         self._ops: Any = None
         self._lock = asyncio.Lock()
@@ -58,6 +61,8 @@ class Secrets:
         if op.get("status") in OperationStatus.FINAL:
             # Its exit code is read next (lxc exec): answer that from memory too.
             self._ops.remember_final(op)
+            for close in list(self.closers.get(op_id, ())):
+                close()
         if op.get("status") in OperationStatus.FINAL or not isinstance(fds, dict):
             self._fds.pop(op_id, None)
             return
@@ -91,6 +96,12 @@ async def websocket(gw: Context, request: web.Request) -> web.StreamResponse:
         raise Forbidden("Wrong or missing websocket secret for this operation")
     ws = web.WebSocketResponse(max_msg_size=0)
     await ws.prepare(request)
+    closer = None
+    if "fs" in fds:  # a migration's (exec's are numbers and control): it ends with its
+        # operation (see Secrets)
+        def closer() -> None:
+            asyncio.ensure_future(ws.close())
+        _secrets.closers.setdefault(op_id, set()).add(closer)
     out: asyncio.Queue[Any] = asyncio.Queue()
 
     async def on_out(msg: Any) -> None:
@@ -138,5 +149,9 @@ async def websocket(gw: Context, request: web.Request) -> web.StreamResponse:
         except (asyncio.TimeoutError, Exception):
             pumper.cancel()
         await sub.unsubscribe()
+        if closer is not None:
+            _secrets.closers.get(op_id, set()).discard(closer)
+            if not _secrets.closers.get(op_id, True):
+                _secrets.closers.pop(op_id, None)
     return ws
 
