@@ -19,19 +19,21 @@ from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 import pytest
 
 from services.network import leases
-from services.network.drivers import dnsmasq
+from services.network.drivers import dhcp_release, dnsmasq
 from shared.errors import CorralError
 from shared.messages.network import NicLeaseRequest
 
 from .stack import wait_for
 from .test_network_bridge import (  # noqa: F401  (fixtures)
     DHCP6_CLIENT,
+    UDHCPC_SCRIPT,
     corral_dir,
     links,
     netns,
     networks,
     ns_mac,
     prefix,
+    udhcpc,
 )
 from .test_network_bridge import sh as bridge_sh
 from .world import lxc, make_world
@@ -297,3 +299,30 @@ def test_dhcpv6_lease_released_live(networks, netns, prefix):  # noqa: F811
     assert net.release_leases({mac}) == 1
     assert dnsmasq.read_leases(net.state_dir) == []
     assert dnsmasq.running_pid(net.state_dir) == pid
+
+
+def test_release_falls_back_to_a_restart(networks, netns, prefix, corral_dir,  # noqa: F811
+                                         monkeypatch):
+    """Two guests' leases: one released live (the other's lease and dnsmasq stay); then,
+    dhcp_release missing (dnsmasq-utils not installed), the other's goes by a restart."""
+    net = networks(f"{prefix}f", {"ipv4.address": "auto", "ipv4.nat": "false",
+                                  "ipv6.address": "none"})
+    net.create()
+    script = corral_dir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    macs = []
+    for tag in ("a", "b"):
+        ns, _host = netns(tag, net.name)
+        udhcpc(ns, f"{prefix}-{tag}", script)
+        macs.append(ns_mac(ns))
+    assert sorted(lease["hwaddr"] for lease in dnsmasq.read_leases(net.state_dir)) == \
+        sorted(macs)
+    pid = dnsmasq.running_pid(net.state_dir)
+    assert net.release_leases({macs[0]}) == 1
+    assert [lease["hwaddr"] for lease in dnsmasq.read_leases(net.state_dir)] == [macs[1]]
+    assert dnsmasq.running_pid(net.state_dir) == pid
+    monkeypatch.setattr(dhcp_release, "DHCP_RELEASE", "corral-no-such-dhcp_release")
+    assert net.release_leases({macs[1]}) == 1
+    assert dnsmasq.read_leases(net.state_dir) == []
+    assert dnsmasq.running_pid(net.state_dir) not in (None, pid)

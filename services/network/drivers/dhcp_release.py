@@ -70,6 +70,7 @@ def release(state_dir: Path, bridge: str, hwaddrs: set[str],
     its lease file shows none; how many were released, or None when the caller must fall
     back to a restart."""
     macs = {m.lower() for m in hwaddrs}
+    others = {lease["hwaddr"] for lease in dnsmasq.read_leases(state_dir)} - macs - {""}
     commands = _commands(state_dir, bridge, macs)
     if commands is None:
         return None
@@ -84,8 +85,16 @@ def release(state_dir: Path, bridge: str, hwaddrs: set[str],
         if r.returncode != 0:
             return None
     deadline = time.monotonic() + timeout
-    while dnsmasq.has_leases(state_dir, macs):  # dnsmasq answers the datagram, then writes
+    while not _written(state_dir, macs, others):
         if time.monotonic() > deadline:
             return None
         time.sleep(0.002)
     return len(commands)
+
+
+def _written(state_dir: Path, gone: set[str], kept: set[str]) -> bool:
+    """dnsmasq has written its leases back without ``gone``. It rewrites the file in
+    place (truncate, then write), so a file merely lacking ``gone`` may be one caught
+    half-written: the other guests' leases must all be back too."""
+    now = {lease["hwaddr"] for lease in dnsmasq.read_leases(state_dir)}
+    return not now & gone and kept <= now
