@@ -26,6 +26,8 @@ pytestmark = pytest.mark.timeout(600)
 def other(request):
     """The target: a second, separate Corral."""
     with private_stack(request, "migrate") as s:
+        for d in (s.dir.parent, s.dir):  # unprivileged roots traverse these
+            d.chmod(d.stat().st_mode | 0o011)
         yield s
 
 
@@ -51,8 +53,6 @@ def worlds(api, stack, oapi, other, busybox_tarball, https):
     """A world on the source (pool, profile, image) and the same pool and profile names on
     the target (the copy keeps its profiles, as LXD's, so they must exist there)."""
     with make_world(api, stack, busybox_tarball, network=False, pool_driver="dir") as w:
-        for d in (other.dir.parent, other.dir):  # unprivileged roots traverse these
-            d.chmod(d.stat().st_mode | 0o011)
         r = oapi.post("/1.0/storage-pools", json={"name": w.pool, "driver": "dir"})
         assert r.status_code == 200, r.text
         r = oapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
@@ -420,3 +420,34 @@ def test_source_killed_mid_transfer_leaves_nothing(api, stack, oapi, other, worl
     assert (w.volume(c) / "rootfs" / "root" / "marker").read_text() == "kept"
     lxc(client, "copy", f"src:{c}", f"dst:{c}")
     assert oapi.get(f"/1.0/instances/{c}").status_code == 200
+
+
+def test_copy_between_btrfs_pools(api, stack, oapi, other, busybox_tarball, client, https):
+    """Both pools btrfs (volumes and snapshots are subvolumes): rsync between them, the
+    target's snapshot a subvolume with the snapshot's content."""
+    with make_world(api, stack, busybox_tarball, network=False, pool_driver="btrfs") as w:
+        r = oapi.post("/1.0/storage-pools", json={"name": w.pool, "driver": "btrfs",
+                                                  "config": {"size": "768MiB"}})
+        assert r.status_code == 200, r.text
+        r = oapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
+            "root": {"type": "disk", "path": "/", "pool": w.pool}}})
+        assert r.status_code == 200, r.text
+        c = w.create("b")
+        try:
+            write_marker(w, c, "old")
+            snapshot(w, c, "b1")
+            write_marker(w, c, "new")
+            lxc(client, "copy", f"src:{c}", f"dst:{c}")
+            snap = list((other.dir / "storage-pools" / w.pool).glob(f"**/{c}/b1"))
+            assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
+            probe = subprocess.run(["btrfs", "subvolume", "show", str(snap[0])],
+                                   capture_output=True, text=True)
+            assert probe.returncode == 0, probe.stderr
+            vol = other.dir / "storage-pools" / w.pool / "containers" / c
+            assert (vol / "rootfs" / "root" / "marker").read_text() == "new"
+        finally:
+            r = oapi.delete(f"/1.0/instances/{c}")
+            if r.status_code == 202:
+                wait_op(oapi, r, ok=False)
+            oapi.delete(f"/1.0/profiles/{w.profile}")
+            oapi.delete(f"/1.0/storage-pools/{w.pool}")
