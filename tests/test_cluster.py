@@ -275,3 +275,29 @@ def test_remove_a_member_then_it_joins_again(cluster: Cluster) -> None:
     token = cluster.lxc(3, "cluster", "add", "node4").stdout.strip().splitlines()[-1]
     cluster.make("cluster-join", f"TOKEN={token}")
     wait_states(cluster, 1, {**three, "node4": "ONLINE"}, timeout=20)
+
+
+def test_the_cluster_bus_is_closed(cluster: Cluster) -> None:
+    """One set of users for every node, root-only; no anonymous client on any server."""
+    root = cluster.base / "cluster"
+    for path in (root / "credentials", root / "nats"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    for path in (root / "credentials" / "admin.json", root / "nats" / "route-auth.conf",
+                 root / "nats" / "auth.conf"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    anonymous = """
+import asyncio, nats
+async def main():
+    try:
+        nc = await nats.connect("nats://127.0.0.1:4222", allow_reconnect=False,
+                                max_reconnect_attempts=0, connect_timeout=3)
+    except Exception as exc:
+        print("refused", exc)
+        return
+    await nc.close()
+    print("admitted")
+asyncio.run(main())
+"""
+    for k in (1, 2):
+        r = cluster.in_node(k, anonymous)
+        assert r.stdout.startswith("refused") and "uthorization" in r.stdout, (r.stdout, r.stderr)
