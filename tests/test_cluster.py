@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from tests.world import lxc_conf
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = REPO / ".venv" / "bin" / "python"
+PYTHON = Path(sys.executable)  # the venv running the tests (a worktree has none)
 THRESHOLD = 14
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
