@@ -451,3 +451,28 @@ def test_copy_between_btrfs_pools(api, stack, oapi, other, busybox_tarball, clie
                 wait_op(oapi, r, ok=False)
             oapi.delete(f"/1.0/profiles/{w.profile}")
             oapi.delete(f"/1.0/storage-pools/{w.pool}")
+
+
+def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worlds,
+                                                          client):
+    """A running container: the client asks a live copy (CRIU), refused with the reason
+    as LXD without CRIU; ``--stateless`` copies as LXD's (the volume, then a final sync),
+    the copy stopped, the source still running. A live move is refused; the source stays."""
+    w = worlds
+    c = w.create("run", start=True)
+    try:
+        lxc(client, "exec", f"src:{c}", "--", "sh", "-c", "echo live > /root/marker")
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)  # live, as LXD's
+        assert r.returncode != 0 and "--stateless" in r.stderr, r.stderr
+        assert oapi.get(f"/1.0/instances/{c}").status_code == 404
+        lxc(client, "copy", "--stateless", f"src:{c}", f"dst:{c}")
+        assert oapi.get(f"/1.0/instances/{c}").json()["metadata"]["status"] == "Stopped"
+        vol = other.dir / "storage-pools" / w.pool / "containers" / c
+        assert (vol / "rootfs" / "root" / "marker").read_text() == "live\n"
+        assert api.get(f"/1.0/instances/{c}").json()["metadata"]["status"] == "Running"
+        r = lxc(client, "move", f"src:{c}", f"dst:{c}-moved", check=False)
+        assert r.returncode != 0 and "CRIU" in r.stderr, r.stderr
+        assert api.get(f"/1.0/instances/{c}").json()["metadata"]["status"] == "Running"
+        assert oapi.get(f"/1.0/instances/{c}-moved").status_code == 404
+    finally:
+        w.remove(c)

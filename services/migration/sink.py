@@ -136,6 +136,8 @@ def answer(offer: dict[str, Any], instance_only: bool) -> dict[str, Any]:
     names = [] if instance_only else list(offer.get("snapshotNames") or [])
     snaps = [] if instance_only else list(offer.get("snapshots") or [])
     return {"fs": wire.RSYNC, "rsyncFeatures": {f: True for f in sorted(feats)},
+            # a running source (stateless): the volume comes twice, the final sync last
+            "criu": wire.CRIU_NONE if offer.get("criu") == wire.CRIU_NONE else None,
             "snapshotNames": names, "snapshots": snaps, "predump": False,
             "refresh": False, "indexHeaderVersion": 0}
 
@@ -160,6 +162,9 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
             faults.point("migration:sink_after_snapshot")
         await rsync.receive(base / layout.volume_dir("container"), fs, features,
                             progress.on(str(body["name"])))
+        if resp["criu"] == wire.CRIU_NONE:
+            await rsync.receive(base / layout.volume_dir("container"), fs, features,
+                                progress.on(str(body["name"])))
         faults.point("migration:sink_after_volume")
         if offer.get("idmap"):  # LXD's tree is shifted on disk: ours is not
             await asyncio.to_thread(idmap.unshift, base, offer["idmap"])

@@ -35,9 +35,11 @@ FEATURES = ["xattrs", "delete", "compress", "bidirectional"]
 
 
 def offer(inst: dict[str, Any], snaps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The MigrationHeader we offer (stopped container: no CRIU, rsync)."""
+    """The MigrationHeader we offer: rsync; a running container says ``criu: NONE`` (as
+    LXD's stateless copy: the target then expects a final sync of the volume)."""
     return {
         "fs": wire.RSYNC, "predump": False,
+        "criu": wire.CRIU_NONE if inst.get("status") == "Running" else None,
         "rsyncFeatures": {f: True for f in FEATURES},
         "snapshotNames": [s["name"].split("/")[-1] for s in snaps],
         "snapshots": [snapshot_message(s) for s in snaps],
@@ -65,10 +67,10 @@ async def start(svc: Any, req: ObjectRequest) -> Reply:
         raise BadRequest("Only containers migrate between servers for now")
     if body.get("live"):
         raise BadRequest("Live migration needs CRIU, which does not work on this host: "
-                         "stop the instance first")
-    if inst.get("status") != "Stopped":
-        raise BadRequest(f"Instance {req.name!r} is {inst.get('status')}: stop it before "
-                         "copying or moving it to another server")
+                         "stop the instance first, or copy it with --stateless")
+    if inst.get("status") not in ("Stopped", "Running"):
+        raise BadRequest(f"Instance {req.name!r} is {inst.get('status')}: stop or start it "
+                         "before copying or moving it to another server")
     snaps: list[dict[str, Any]] = []
     if not body.get("instance_only"):
         reply = await bus.request("instance", "snapshot_list", ObjectRequest(
@@ -156,6 +158,9 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
         await _send_or_verdict(rsync.send(path, fs, features, progress.on(inst["name"])),
                                verdict)
         faults.point("migration:source_after_volume")
+        if resp.get("criu") == wire.CRIU_NONE:  # running: LXD's MultiSync, a final pass
+            await _send_or_verdict(rsync.send(path, fs, features, progress.on(inst["name"])),
+                                   verdict)
         result = wire.decode("MigrationControl",
                              await asyncio.wait_for(asyncio.shield(verdict), RESULT_TIMEOUT))
     finally:
