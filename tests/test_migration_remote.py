@@ -220,6 +220,11 @@ def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
     r = oapi.post("/1.0/instances", json={**base, "source": {
         "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x"}})
     assert r.status_code == 400 and "secrets" in r.json()["error"], r.text
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "refresh": True,
+        "operation": f"https://{https}/1.0/operations/x",
+        "secrets": {"control": "a", "fs": "b"}}})
+    assert r.status_code == 400 and "--refresh" in r.json()["error"], r.text
     # an operation the source does not have (or that vanished): the operation fails
     cert = api.get("/1.0").json()["metadata"]["environment"]["certificate"]
     r = oapi.post("/1.0/instances", json={**base, "source": {

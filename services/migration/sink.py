@@ -58,6 +58,9 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
         if not str(src.get("operation") or "").startswith(("https://", "http://")):
             raise BadRequest("Migration source operation missing: source.operation must be "
                              "the source's operation URL")
+    if src.get("refresh"):
+        raise BadRequest("Refreshing a copy from another server (--refresh) is not "
+                         "supported yet: delete the copy and copy it again")
     if src.get("live"):
         raise BadRequest("Live migration needs CRIU, which does not work on this host")
     if (body.get("type") or "container") != "container":
