@@ -96,9 +96,10 @@ class Service:
         self._own_bus = bus is None
         self.bus = bus or Bus(self.config, self.name)
         self.log = get_logger(component=self.name)
-        # LXD says "none" for the location of a standalone server; a cluster will name nodes.
-        self.events = Events(self.bus, location="none")
-        self.operations = Operations(self.bus, self.events, location="none")
+        # LXD says "none" for the location of a standalone server; a cluster names nodes.
+        location = self.config.node if self.config.cluster else "none"
+        self.events = Events(self.bus, location=location)
+        self.operations = Operations(self.bus, self.events, location=location)
         self._micro: micro.Service | None = None
         self._stopped = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -366,7 +367,8 @@ async def run_services(
         ThreadPoolExecutor(DEFAULT_WORKERS, thread_name_prefix=f"{name}-worker"))
     bus = Bus(config, name)
     await bus.connect()
-    set_event_sink(_logging_events(Events(bus, location="none"), name))
+    set_event_sink(_logging_events(Events(bus, location=config.node if config.cluster
+                                          else "none"), name))
     services = [f(config, bus) for f in factories]
     for svc in services:
         await svc.start()

@@ -49,10 +49,12 @@ def world(cluster, busybox_tarball):
 def create_on(world, node, tag: str, target: str | None = None, **body) -> str:
     """``POST /1.0/instances[?target=]`` through ``node``'s socket; the instance's name."""
     name = world.name(tag)
-    wait_op(node.api, node.api.post(
+    op = wait_op(node.api, node.api.post(
         "/1.0/instances", params={"target": target} if target else None, json={
             "name": name, "source": {"type": "image", "alias": world.image},
             "profiles": [world.profile], **body}))
+    if target:  # the operation ran there, and says so (LXD's operation location)
+        assert op["location"] == target, op
     return name
 
 
@@ -115,7 +117,7 @@ async def test_a_request_reaching_another_node_is_forwarded(cluster, world):
                                   node="node1")
         op = n1.api.get(f"/1.0/operations/{reply.operation['id']}/wait",
                         params={"timeout": 60}).json()["metadata"]
-        assert op["status"] == "Success", op
+        assert op["status"] == "Success" and op["location"] == "node2", op
         ours = await bus.request("instance", "list", {"target": "node1"}, node="node1")
         theirs = await bus.request("instance", "list", {"target": "node2"}, node="node2")
         assert f"/1.0/instances/{name}" not in ours.metadata
