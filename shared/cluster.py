@@ -54,6 +54,10 @@ class Member(BaseModel):
     description: str = ""
     heartbeat: float = 0.0  # unix time of the last heartbeat
     resources: Resources = Field(default_factory=Resources)
+    # Set through the API (`lxc cluster set/edit`), kept by the heartbeats: LXD's member
+    # config (``scheduler.instance``, ``user.*``) and cluster groups.
+    config: dict[str, str] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=lambda: ["default"])
 
     @property
     def database(self) -> bool:

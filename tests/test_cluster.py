@@ -172,6 +172,29 @@ def test_cluster_list_from_every_node(cluster: Cluster) -> None:
     assert missing.returncode != 0 and "not found" in missing.stderr
 
 
+def test_member_config_is_kept_by_the_heartbeats(cluster: Cluster) -> None:
+    """`lxc cluster set/edit` as LXD (placement reads scheduler.instance and groups)."""
+    cluster.lxc(1, "cluster", "set", "node2", "scheduler.instance", "manual")
+    bad = cluster.lxc(1, "cluster", "set", "node2", "scheduler.instance", "nope", check=False)
+    assert bad.returncode != 0 and "Invalid value 'nope'" in bad.stderr
+    bad = cluster.lxc(1, "cluster", "set", "node2", "bogus.key", "1", check=False)
+    assert bad.returncode != 0 and "Invalid member config key" in bad.stderr
+    edit = ("description: rack seven\nfailure_domain: rack7\nconfig: {}\n"
+            "groups:\n- default\n- fast\n")
+    r = subprocess.run(["lxc", "cluster", "edit", "node3"], input=edit, text=True,
+                       capture_output=True, env={**cluster.env,
+                                                 "LXD_DIR": str(cluster.node_dir(1))})
+    assert r.returncode == 0, r.stderr
+    time.sleep(2.5)  # two heartbeats of node2 and node3 later
+    assert cluster.lxc(3, "cluster", "get", "node2", "scheduler.instance").stdout.strip() \
+        == "manual"
+    shown = cluster.lxc(2, "cluster", "show", "node3").stdout
+    assert "failure_domain: rack7" in shown and "- fast" in shown and "rack seven" in shown
+    cluster.lxc(1, "cluster", "unset", "node2", "scheduler.instance")
+    assert "scheduler.instance" not in cluster.lxc(1, "cluster", "show", "node2").stdout
+    assert cluster.lxc(1, "cluster", "set", "node9", "user.x", "1", check=False).returncode
+
+
 def test_members_carry_resources_for_placement(cluster: Cluster) -> None:
     code = CONNECT + """
 from shared import codec

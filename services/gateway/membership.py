@@ -24,6 +24,10 @@ from shared.state import Store
 
 log = get_logger(component="membership")
 
+# Fields of the record the API edits (PUT /1.0/cluster/members/<name>); a heartbeat keeps
+# them and refreshes the rest.
+EDITABLE = ("description", "failure_domain", "config", "groups")
+
 
 def _meminfo() -> tuple[int, int]:
     """MemTotal and MemAvailable in bytes."""
@@ -104,7 +108,12 @@ class Membership:
                 self._removed_logged = True
             return False
         self._removed_logged = False
-        # Compare-and-set: a tombstone written since the read is never overwritten.
+        if found is not None:  # what the API set stays (lxc cluster set/edit)
+            for field in EDITABLE:
+                if field in found[0]:
+                    setattr(member, field, found[0][field])
+            member = Member.model_validate(member.model_dump())
+        # Compare-and-set: a tombstone or an edit written since the read is never lost.
         if found is None:
             await store.create(member.name, member.model_dump(), what="Member")
         else:

@@ -192,6 +192,8 @@ ROUTES: list[Route] = [
     Route("GET", "/1.0/cluster/members", cluster.members_list),
     Route("POST", "/1.0/cluster/members", cluster.member_add),  # a join token
     Route("GET", "/1.0/cluster/members/{name}", cluster.member_get),
+    Route("PUT", "/1.0/cluster/members/{name}", cluster.member_put),  # lxc cluster set/edit
+    Route("PATCH", "/1.0/cluster/members/{name}", cluster.member_patch),
     Route("DELETE", "/1.0/cluster/members/{name}", cluster.member_remove),
     Route("POST", "/internal/cluster/accept", cluster.member_accept),  # a token redeemed
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>

@@ -38,7 +38,8 @@ from ..routing import Context
 # What LXD 5.0 advertises for the parts of clustering served here (lxc checks them).
 API_EXTENSIONS = ["clustering", "clustering_roles", "clustering_architecture",
                   "clustering_failure_domains", "clustering_description",
-                  "clustering_sizing", "clustering_server_address", "clustering_join_token"]
+                  "clustering_sizing", "clustering_server_address", "clustering_join_token",
+                  "clustering_edit_roles", "clustering_config"]
 
 # LXD's cluster.join_token_expiry default (3H): a join token unused for this long expires.
 JOIN_TOKEN_EXPIRY = 3 * 3600.0
@@ -82,6 +83,78 @@ def _require_cluster(ctx: Context) -> None:
                          "with `make cluster-up`, see docs/cluster.md)")
 
 
+# Member config keys LXD 5.0 has (user.* aside) and the values each takes.
+MEMBER_CONFIG = {"scheduler.instance": ("all", "manual", "group")}
+
+
+def _edited(body: dict[str, Any], current: dict[str, Any], replace: bool) -> dict[str, Any]:
+    """The record with the body's editable fields (PUT replaces ``config``; PATCH merges)."""
+    new = dict(current)
+    if "description" in body:
+        if not isinstance(body["description"], str):
+            raise BadRequest("Invalid description: expected a string")
+        new["description"] = body["description"]
+    if "failure_domain" in body:
+        domain = body["failure_domain"] or "default"
+        if not isinstance(domain, str) or not NAME_RE.match(domain):
+            raise BadRequest(f"Invalid failure domain {str(domain)[:70]!r}: use a name of "
+                             "letters, digits and '-'")
+        new["failure_domain"] = domain
+    if "config" in body or replace:
+        config = body.get("config") or {}
+        if not isinstance(config, dict):
+            raise BadRequest("Invalid config: expected a mapping of keys to strings")
+        merged = {} if replace else dict(current.get("config") or {})
+        for key, value in config.items():
+            value = "" if value is None else str(value)
+            if not key.startswith("user.") and key not in MEMBER_CONFIG:
+                raise BadRequest(f"Invalid member config key {key!r}: use "
+                                 f"{', '.join(MEMBER_CONFIG)} or user.*")
+            if key in MEMBER_CONFIG and value and value not in MEMBER_CONFIG[key]:
+                raise BadRequest(f"Invalid value {value!r} for {key}: use one of "
+                                 f"{', '.join(MEMBER_CONFIG[key])}")
+            if value:
+                merged[key] = value
+            else:
+                merged.pop(key, None)
+        new["config"] = merged
+    if "groups" in body:
+        groups = body["groups"] or ["default"]
+        if not isinstance(groups, list) or not all(
+                isinstance(g, str) and NAME_RE.match(g) for g in groups):
+            raise BadRequest("Invalid groups: expected a list of group names")
+        new["groups"] = list(dict.fromkeys(groups))
+    return Member.model_validate(new).model_dump()
+
+
+async def _member_edit(ctx: Context, request: web.Request, replace: bool) -> web.Response:
+    _require_cluster(ctx)
+    name = request.match_info["name"]
+    body = await json_object(request)
+    store = await _store(ctx)
+    for _ in range(20):  # the member's own heartbeat writes the same key every few s
+        found = await store.get(name)
+        if found is None or found[0].get("removed"):
+            raise NotFound("Cluster member not found")
+        try:
+            await store.update(name, _edited(body, found[0], replace), found[1])
+            return responses.sync({})
+        except Conflict:
+            await asyncio.sleep(0.05)
+    raise Conflict("The member's record kept changing; retry")
+
+
+async def member_put(ctx: Context, request: web.Request) -> web.Response:
+    """``PUT /1.0/cluster/members/<name>`` (``lxc cluster set/edit``): description,
+    failure domain, config (``scheduler.instance``, ``user.*``) and groups, which the
+    member's heartbeats keep and placement reads."""
+    return await _member_edit(ctx, request, replace=True)
+
+
+async def member_patch(ctx: Context, request: web.Request) -> web.Response:
+    return await _member_edit(ctx, request, replace=False)
+
+
 def render(member: Member) -> dict[str, object]:
     """One member in LXD 5.0's ``ClusterMember`` shape."""
     status, message = status_of(member)
@@ -95,8 +168,8 @@ def render(member: Member) -> dict[str, object]:
         "failure_domain": member.failure_domain,
         "description": member.description,
         "roles": member.roles,
-        "config": {},
-        "groups": ["default"],
+        "config": member.config,
+        "groups": member.groups,
     }
 
 
