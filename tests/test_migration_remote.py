@@ -158,6 +158,12 @@ def test_copy_with_snapshots_then_move(api, stack, oapi, other, worlds, client):
             and "fs_progress" in (o.get("metadata") or {})]
     assert done, ops
 
+    # --instance-only: no snapshots follow
+    lxc(client, "copy", "--instance-only", f"src:{c1}", f"dst:{c1}-only")
+    assert oapi.get(f"/1.0/instances/{c1}-only/snapshots").json()["metadata"] == []
+    vol = other.dir / "storage-pools" / w.pool / "containers" / f"{c1}-only"
+    assert (vol / "rootfs" / "root" / "marker").read_text() == "now"
+
     # move: the source goes once the target has it
     c2 = w.create("c2")
     write_marker(w, c2, "moved")
