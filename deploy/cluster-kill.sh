@@ -20,9 +20,12 @@ for file in "$RUN_DIR"/*.pid; do
     kill -KILL "$pid" 2>/dev/null && killed+=("$name:$pid")
 done
 # SIGKILL is not instant: wait until the processes are gone (a test then sees them dead).
+# A zombie (parent not reaping yet) counts as gone; 10 s at most.
+gone() { [[ ! -e "/proc/$1" || "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == Z ]]; }
+deadline=$((SECONDS + 10))
 for entry in "${killed[@]}"; do
     pid="${entry#*:}"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    until gone "$pid" || ((SECONDS >= deadline)); do sleep 0.05; done
 done
 for entry in "${killed[@]}"; do rm -f "$RUN_DIR/${entry%%:*}.pid"; done
 say "node$K killed: ${killed[*]:-nothing was running}"
