@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import pty
+import select
 import shutil
 import subprocess
 import tempfile
@@ -290,6 +291,25 @@ def test_stock_lxc_exec_and_files(env, stack, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def _read_until(fd: int, token: bytes, send: bytes, timeout: float = 30) -> bytes:
+    """Write ``send`` to the terminal ``fd``, then read until ``token`` was output."""
+    if send:
+        os.write(fd, send)
+    out, deadline = b"", time.monotonic() + timeout
+    while token not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    assert token in out, out
+    return out
+
+
 @pytest.mark.parametrize("client", ["lxc", "corral"])
 def test_interactive_shell_in_a_pty_with_ctrl_c(env, stack, tmp_path, client):
     e = lxc_env(stack, tmp_path)
@@ -300,8 +320,13 @@ def test_interactive_shell_in_a_pty_with_ctrl_c(env, stack, tmp_path, client):
         os.execvpe(argv[0], argv, e)
     out = b""
     try:
-        os.write(fd, b"sleep 100\n")
-        time.sleep(1.5)
+        # the remote shell's prompt first, then its answer (no fixed wait: a client slow
+        # to start under load took the ^C on its own terminal, before it was raw, and
+        # died of it; a line typed before the prompt is eaten by ash's line editor)
+        out = _read_until(fd, b"# ", b"")
+        out += _read_until(fd, b"ready2", b"echo ready$((1+1))\n")
+        out += _read_until(fd, b"sleep 100", b"sleep 100\n")
+        time.sleep(0.5)
         os.write(fd, b"\x03")  # ^C reaches sleep through the container's pty
         time.sleep(0.5)
         os.write(fd, b"echo $((6*7))x; exit 4\n")
