@@ -352,6 +352,10 @@ profiles:
         lxc(env, "stop", "-f", "refc")
         yield env
     finally:
+        log = base / "lxd.log"
+        if log.exists():  # shown on failures: what the reference daemon said
+            print("\n--- lxd.log (tail) ---\n" + "\n".join(
+                log.read_text(errors="replace").splitlines()[-30:]))
         subprocess.run(["lxd", "shutdown", "--timeout", "30"], env=env, capture_output=True)
         try:
             proc.wait(40)
@@ -364,15 +368,17 @@ profiles:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_copy_from_lxd(lxd, oapi, other, worlds, client):
-    """``lxc copy lxd:refc dst:`` from a real LXD 5.0: its snapshot follows, its shifted
-    tree comes back to the container's own ids, and the copy runs here."""
+@pytest.mark.parametrize("mode", ["pull", "push", "relay"])
+def test_copy_from_lxd(lxd, oapi, other, worlds, client, other_https, mode):
+    """``lxc copy lxd:refc dst:`` from a real LXD 5.0, in each mode (push: LXD dials our
+    target operation): its snapshot follows, its shifted tree comes back to the
+    container's own ids, and the copy runs here."""
     w = worlds
-    name = f"{w.prefix}-fromlxd"
+    name = f"{w.prefix}-fromlxd-{mode}"
     lxc(client, "remote", "add", "lxd", f"unix://{lxd['LXD_DIR']}/unix.socket")
     if oapi.get("/1.0/profiles/default").status_code == 404:  # LXD's instance names it
         assert oapi.post("/1.0/profiles", json={"name": "default"}).status_code == 200
-    lxc(client, "copy", "lxd:refc", f"dst:{name}", "--storage", w.pool)
+    lxc(client, "copy", "--mode", mode, "lxd:refc", f"dst:{name}", "--storage", w.pool)
     assert [s["name"] for s in oapi.get(f"/1.0/instances/{name}/snapshots?recursion=1")
             .json()["metadata"]] == ["snap0"]
     vol = other.dir / "storage-pools" / w.pool / "containers" / name
@@ -386,11 +392,13 @@ def test_copy_from_lxd(lxd, oapi, other, worlds, client):
         lxc(client, "stop", "--force", f"dst:{name}")
 
 
-def test_copy_to_lxd(lxd, api, worlds, client):
-    """The other way: ``lxc copy src:c lxd:c`` into the real LXD 5.0, which dials our
-    source operation; the copy starts there and holds our content and snapshot."""
+@pytest.mark.parametrize("mode", ["pull", "push", "relay"])
+def test_copy_to_lxd(lxd, api, worlds, client, mode):
+    """The other way: ``lxc copy src:c lxd:c`` into the real LXD 5.0, in each mode (pull:
+    LXD dials our source operation; push: we dial LXD's target operation); the copy
+    starts there and holds our content and snapshot."""
     w = worlds
-    c = w.create("tolxd")
+    c = w.create(f"tolxd-{mode}")
     write_marker(w, c, "to-lxd")
     snapshot(w, c, "l1")
     lxc(client, "remote", "add", "lxd", f"unix://{lxd['LXD_DIR']}/unix.socket")
@@ -399,7 +407,7 @@ def test_copy_to_lxd(lxd, api, worlds, client):
     lxc(client, "profile", "device", "add", f"lxd:{w.profile}", "root", "disk", "path=/",
         "pool=default")
     try:
-        lxc(client, "copy", f"src:{c}", f"lxd:{c}")
+        lxc(client, "copy", "--mode", mode, f"src:{c}", f"lxd:{c}")
         info = lxc(client, "info", f"lxd:{c}").stdout
         assert "l1" in info, info
         lxc(client, "start", f"lxd:{c}")

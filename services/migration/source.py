@@ -150,6 +150,8 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
     progress = common.Progress(handle)
     try:
         for name in wanted:
+            if verdict.done():
+                break  # the target answered already (a failure is raised below)
             path = await common.volume_path(bus, project, inst, name)
             await _send_or_verdict(rsync.send(path, fs, features, progress.on(name)),
                                    verdict)
@@ -173,13 +175,22 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
 
 
 async def _send_or_verdict(sending: Any, verdict: asyncio.Task) -> None:
-    """Run one rsync; a verdict (a failure) or a closed control socket meanwhile ends it."""
+    """Run one rsync; a verdict meanwhile ends it. A failure (or a closed control socket)
+    is raised. A success is LXD's target done with the last stream before our rsync saw
+    the end of it (it answers as soon as its receiver exits, then disconnects): the
+    sender's own ending no longer matters."""
     task = asyncio.ensure_future(sending)
     done, _ = await asyncio.wait({task, verdict}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
         return
+    msg = wire.decode("MigrationControl", verdict.result())  # raises if the socket closed
+    if msg.get("success"):
+        try:
+            await asyncio.wait_for(task, rsync.DRAIN_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the target has it all: only say so
+            log.debug("rsync sender ended after the target's success", error=str(exc))
+        return
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    msg = wire.decode("MigrationControl", verdict.result())  # raises if the socket closed
     raise CorralError(f"Error from migration target: {msg.get('message') or 'failed'}", 500)
