@@ -34,6 +34,7 @@ class Store:
         self._kv: KeyValue | None = None
         self._use_cache = cache
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}
+        self._follower: asyncio.Task[None] | None = None
 
     async def open(self) -> "Store":
         js = self.bus.js
@@ -49,6 +50,11 @@ class Store:
             )
         if self._use_cache:
             self._cache = {k: v for k, v in (await self._load_all()).items()}
+            if self.bus.config.cluster and self._follower is None:
+                # other nodes write this bucket too: follow their writes (kv_follow.py)
+                from .kv_follow import follow
+
+                self._follower = asyncio.create_task(follow(self))
         return self
 
     @property

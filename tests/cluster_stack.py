@@ -31,11 +31,6 @@ from shared.state import Store
 
 from .stack import SERVICES, NatsServer, Stack, wait_for
 
-# The services every node runs; the cluster-wide ones (image, migration, hooks) run on
-# node1 only. Why: their KV caches follow only their own writes, so two replicas that
-# both write (an upload on one, an alias on the other) disagree until restarted.
-HOST_BOUND = ("instance", "storage", "network")
-
 
 class Heartbeats:
     """A thread that keeps chosen member records fresh in the ``members`` bucket."""
@@ -105,8 +100,8 @@ class Node:
 @contextlib.contextmanager
 def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[Node],
                                                                            Heartbeats]]:
-    """``count`` nodes ``node1``.. on one nats-server (the cluster-wide services on
-    ``node1`` only, see HOST_BOUND), and a :class:`Heartbeats` for made-up members; ended
+    """``count`` nodes ``node1``.. on one nats-server, each running every service and a
+    gateway, and a :class:`Heartbeats` for made-up members; ended
     by PID and their temp dir removed at the end (logs kept when the session failed)."""
     tmp = tempfile.TemporaryDirectory(prefix="corral-placement-")
     base = Path(tmp.name)
@@ -123,7 +118,7 @@ def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[N
             for d in (s.dir.parent, s.dir):  # unprivileged roots traverse their parents
                 d.mkdir(parents=True, exist_ok=True)
                 d.chmod(d.stat().st_mode | 0o011)
-            for svc in (*(SERVICES if i == 1 else HOST_BOUND), "gateway"):
+            for svc in (*SERVICES, "gateway"):
                 s.start(svc)
             nodes.append(Node(name, s))
         for n in nodes:

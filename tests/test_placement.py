@@ -21,8 +21,8 @@ from shared.config import load_config
 from shared.errors import CorralError
 from shared.service import FORWARDED
 
-from .cluster_stack import HOST_BOUND, cluster_stacks
-from .stack import wait_for
+from .cluster_stack import cluster_stacks
+from .stack import SERVICES, wait_for
 from .world import lxc, make_world, wait_op
 
 
@@ -70,6 +70,11 @@ def located(node, name: str) -> str:
 
 def test_launch_with_target_through_the_other_node(cluster, world):
     (n1, n2), _ = cluster
+    # the image was uploaded through node1 to either node's image service: every image
+    # service knows it (their caches follow each other's writes, shared/kv_follow.py)
+    for _ in range(6):
+        assert n2.api.get(f"/1.0/images/{world.fingerprint}").status_code == 200
+        assert n2.api.get(f"/1.0/images/aliases/{world.image}").status_code == 200
     name = world.name("tgt")
     lxc(n1.stack, "launch", world.image, name, "-p", world.profile, "--target", "node2")
     # made on node2: its LXC directory, not node1's
@@ -283,7 +288,7 @@ def test_dead_node_instances_listed_as_error(cluster, world):
     r = n1.api.get(f"/1.0/instances/{theirs}")
     assert r.status_code == 503 and "node2" in r.json()["error"]
     # bring node2 back for the world's cleanup
-    for svc in (*HOST_BOUND, "gateway"):
+    for svc in (*SERVICES, "gateway"):
         n2.stack.start(svc)
     wait_for(n2.stack.ready, 60, what="node2 back")
     wait_for(lambda: {i["name"]: i["status"] for i in listing(n1)}[theirs] == "Stopped", 30,

@@ -31,7 +31,6 @@ from shared.state import Store, key
 from shared.warnings import Warnings
 
 from . import (
-    cluster_sync,
     create,
     disk_usage,
     ephemeral,
@@ -107,10 +106,6 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         self.shared_instances = await Store(self.bus, "instances").open()
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
-        # other nodes' records into our cache as they change (cluster_sync.py)
-        self._sync = [asyncio.create_task(cluster_sync.follow(store, self.log)) for store in (
-            self.instances, self.profiles.store, self.projects.store, self.snapshots)
-        ] if self.config.cluster else []
         await hotplug.adopt(self.ctx)  # proxy forwarders that outlived the last run
         self._snapshot_tasks = await self.snapshot_setup()  # snapshots_api
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()
@@ -122,8 +117,6 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
     async def teardown(self) -> None:
         self._ephemeral.cancel()
-        for task in self._sync:
-            task.cancel()
         for task in self._snapshot_tasks:
             task.cancel()
 

@@ -1,13 +1,13 @@
-"""In a cluster: other nodes' records (instances, profiles, projects, snapshots) reach
-this node's caches as they change.
+"""In a cluster: a cached store follows the other nodes' writes to its bucket.
 
-Why: the instance service keeps its buckets in read caches fed by its own writes
-(``Store(cache=True)``, made for a single writer). In a cluster every node writes the
-records of the instances located on it, and any node a profile or project, so without
-this a node would go on seeing another's instance that was deleted (a profile "in use"
-by it) and never see one made since it started (names, project limits, ``used_by``,
-profiles). A KV watch applies the other nodes' writes (and a record another node takes
-over, a move's).
+Why: a service keeps its buckets in read caches fed by its own writes
+(``Store(cache=True)``, made for a single writer). In a cluster every node's replica of a
+service writes the same buckets: the instance service the records of the instances
+located on its node, any node's image service an image or an alias, any node a profile,
+a network or a pool. Without this a node goes on seeing what another deleted (a profile
+"in use" by a deleted instance) and never sees what another made since it started (an
+image uploaded through another node is "not found" here). A KV watch applies the other
+writers' changes; standalone (one writer) nothing runs.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from typing import Any
 
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from shared import codec
-from shared.state import Store
+from . import codec
+from .log import get_logger
+
+log = get_logger()
 
 
-def apply(store: Store, key: str, value: dict[str, Any] | None, revision: int) -> None:
+def apply(store: Any, key: str, value: dict[str, Any] | None, revision: int) -> None:
     """One change seen by the watch, applied when newer than what the cache holds (our
     own writes are there already at their revision; the watch delivers in order, so a
     stale echo is followed by what came after it)."""
@@ -35,8 +37,9 @@ def apply(store: Store, key: str, value: dict[str, Any] | None, revision: int) -
         store._remember(key, value, revision)  # noqa: SLF001
 
 
-async def follow(store: Store, log: Any) -> None:
-    """Watch the bucket for ever (restarted when the watch breaks, e.g. a NATS restart)."""
+async def follow(store: Any) -> None:
+    """Watch ``store``'s bucket for ever (restarted when the watch breaks, e.g. a NATS
+    restart). ``store``: a ``shared.state.Store`` (not imported: it imports this)."""
     while True:
         watcher = None
         try:
