@@ -26,13 +26,16 @@ DHCP_RELEASE = "dhcp_release"
 DHCP_RELEASE6 = "dhcp_release6"
 
 
-def _commands(state_dir: Path, bridge: str, macs: set[str]) -> list[list[str]] | None:
-    """One release command per lease of these MACs; None when one cannot be released
-    this way (no tool, an IPv6 lease without the server's DUID)."""
+def _commands(state_dir: Path, bridge: str, macs: set[str]
+              ) -> tuple[list[list[str]] | None, set[str]]:
+    """One release command per lease of these MACs (None when one cannot be released
+    this way: no tool, an IPv6 lease without the server's DUID), and the MACs of the
+    other leases, from one read of the lease file."""
     try:
         lines = (state_dir / dnsmasq.LEASES_FILE).read_text().splitlines()
     except OSError:
-        return []
+        return [], set()
+    others = {lease["hwaddr"] for lease in dnsmasq.parse_leases(lines)} - macs - {""}
     server_duid = ""
     out: list[list[str]] = []
     for line in lines:
@@ -48,7 +51,7 @@ def _commands(state_dir: Path, bridge: str, macs: set[str]) -> list[list[str]] |
                 continue
             tool = shutil.which(DHCP_RELEASE)
             if tool is None:
-                return None
+                return None, others
             cmd = [tool, bridge, address, iaid_or_mac.lower()]
             if client_id != "*":
                 cmd.append(client_id)  # dnsmasq matches a lease by client-id first
@@ -58,10 +61,10 @@ def _commands(state_dir: Path, bridge: str, macs: set[str]) -> list[list[str]] |
                 continue
             tool = shutil.which(DHCP_RELEASE6)
             if tool is None or not server_duid:
-                return None
+                return None, others
             out.append([tool, "--iface", bridge, "--ip", address, "--iaid", iaid_or_mac,
                         "--client-id", client_id, "--server-id", server_duid])
-    return out
+    return out, others
 
 
 def release(state_dir: Path, bridge: str, hwaddrs: set[str],
@@ -70,12 +73,15 @@ def release(state_dir: Path, bridge: str, hwaddrs: set[str],
     its lease file shows none; how many were released, or None when the caller must fall
     back to a restart."""
     macs = {m.lower() for m in hwaddrs}
-    others = {lease["hwaddr"] for lease in dnsmasq.read_leases(state_dir)} - macs - {""}
-    commands = _commands(state_dir, bridge, macs)
-    if commands is None:
-        return None
-    if not commands:
-        return 0
+    for _ in range(20):  # a file caught mid-rewrite reads empty: look again
+        commands, others = _commands(state_dir, bridge, macs)
+        if commands is None:
+            return None
+        if commands:
+            break
+        time.sleep(0.001)
+    else:
+        return 0  # gone meanwhile (expired, released by the guest)
     for cmd in commands:
         try:
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,

@@ -259,6 +259,11 @@ def read_leases(state_dir: Path) -> list[dict[str, str]]:
         lines = (state_dir / LEASES_FILE).read_text().splitlines()
     except OSError:
         return []
+    return parse_leases(lines)
+
+
+def parse_leases(lines: list[str]) -> list[dict[str, str]]:
+    """The leases in these lines of a lease file (see ``read_leases``)."""
     out = []
     for line in lines:
         fields = line.split()
