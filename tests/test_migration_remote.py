@@ -441,35 +441,47 @@ def test_source_killed_mid_transfer_leaves_nothing(api, stack, oapi, other, worl
     assert oapi.get(f"/1.0/instances/{c}").status_code == 200
 
 
-def test_copy_between_btrfs_pools(api, stack, oapi, other, busybox_tarball, client, https):
+def test_copy_between_btrfs_pools(api, stack, oapi, other, worlds, client):
     """Both pools btrfs (volumes and snapshots are subvolumes): rsync between them, the
     target's snapshot a subvolume with the snapshot's content."""
-    with make_world(api, stack, busybox_tarball, network=False, pool_driver="btrfs") as w:
-        r = oapi.post("/1.0/storage-pools", json={"name": w.pool, "driver": "btrfs",
-                                                  "config": {"size": "768MiB"}})
-        assert r.status_code == 200, r.text
-        r = oapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
-            "root": {"type": "disk", "path": "/", "pool": w.pool}}})
-        assert r.status_code == 200, r.text
-        c = w.create("b")
-        try:
-            write_marker(w, c, "old")
-            snapshot(w, c, "b1")
-            write_marker(w, c, "new")
-            lxc(client, "copy", f"src:{c}", f"dst:{c}")
-            snap = list((other.dir / "storage-pools" / w.pool).glob(f"**/{c}/b1"))
-            assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
-            probe = subprocess.run(["btrfs", "subvolume", "show", str(snap[0])],
-                                   capture_output=True, text=True)
-            assert probe.returncode == 0, probe.stderr
-            vol = other.dir / "storage-pools" / w.pool / "containers" / c
-            assert (vol / "rootfs" / "root" / "marker").read_text() == "new"
-        finally:
-            r = oapi.delete(f"/1.0/instances/{c}")
+    w = worlds
+    pool, profile = f"{w.prefix}b", f"{w.prefix}bpr"
+    made: list[tuple[httpx.Client, str]] = []
+    try:
+        for side in (api, oapi):
+            r = side.post("/1.0/storage-pools", json={"name": pool, "driver": "btrfs",
+                                                      "config": {"size": "768MiB"}})
+            assert r.status_code == 200, r.text
+            made.append((side, f"/1.0/storage-pools/{pool}"))
+            r = side.post("/1.0/profiles", json={"name": profile, "devices": {
+                "root": {"type": "disk", "path": "/", "pool": pool}}})
+            assert r.status_code == 200, r.text
+            made.append((side, f"/1.0/profiles/{profile}"))
+        c = w.name("b")
+        w.wait(api.post("/1.0/instances", json={
+            "name": c, "source": {"type": "image", "alias": w.image}, "profiles": [profile]}))
+        made.append((api, f"/1.0/instances/{c}"))
+        made.append((oapi, f"/1.0/instances/{c}"))
+        vol = stack.dir / "storage-pools" / pool / "containers" / c
+        (vol / "rootfs" / "root").mkdir(exist_ok=True)
+        (vol / "rootfs" / "root" / "marker").write_text("old")
+        snapshot(w, c, "b1")
+        (vol / "rootfs" / "root" / "marker").write_text("new")
+        lxc(client, "copy", f"src:{c}", f"dst:{c}")
+        snap = list((other.dir / "storage-pools" / pool).glob(f"**/{c}/b1"))
+        assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
+        probe = subprocess.run(["btrfs", "subvolume", "show", str(snap[0])],
+                               capture_output=True, text=True)
+        assert probe.returncode == 0, probe.stderr
+        target = other.dir / "storage-pools" / pool / "containers" / c
+        assert (target / "rootfs" / "root" / "marker").read_text() == "new"
+    finally:
+        for side, path in reversed(made):
+            r = side.delete(path)
             if r.status_code == 202:
-                wait_op(oapi, r, ok=False)
-            oapi.delete(f"/1.0/profiles/{w.profile}")
-            oapi.delete(f"/1.0/storage-pools/{w.pool}")
+                wait_op(side, r, ok=False)
+
+
 
 
 def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worlds,

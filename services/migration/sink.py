@@ -22,7 +22,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from shared import blobs, faults
+from shared import blobs, faults, streams
 from shared.api import url
 from shared.backup import layout
 from shared.bus import Bus
@@ -85,7 +85,6 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
     fds = None
     ss = None
     if push:
-        from shared import streams
         fds = streams.new_fds(common.SECRETS)
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -96,7 +95,6 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
         try:
             try:
                 if push:
-                    from shared import streams
                     ss = await streams.ServiceStreams(bus, handle.id, common.SECRETS).open()
                 ready.set_result(None)
             except BaseException as exc:
@@ -220,6 +218,7 @@ async def import_instance(svc: Any, project: str, body: dict[str, Any],
     (stage / layout.INDEX).write_bytes(layout.dump(index(body, resp)))
     tarball = stage / "migration.tar"
     await asyncio.to_thread(_tar, stage, tarball)
+    await asyncio.to_thread(shutil.rmtree, stage / layout.PREFIX)  # the tarball has it all
     transfers = await blobs.transfers(svc.bus)
     obj = f"migration-{handle.id}"
     await blobs.put_file(transfers, obj, tarball)
