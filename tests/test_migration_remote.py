@@ -488,7 +488,8 @@ def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worl
                                                           client):
     """A running container: the client asks a live copy (CRIU), refused with the reason
     as LXD without CRIU; ``--stateless`` copies as LXD's (the volume, then a final sync),
-    the copy stopped, the source still running. A live move is refused; the source stays."""
+    the copy stopped, the source still running. A live move is refused; the source stays;
+    ``move --stateless`` stops, moves and starts it again."""
     w = worlds
     c = w.create("run", start=True)
     try:
@@ -505,5 +506,12 @@ def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worl
         assert r.returncode != 0 and "CRIU" in r.stderr, r.stderr
         assert api.get(f"/1.0/instances/{c}").json()["metadata"]["status"] == "Running"
         assert oapi.get(f"/1.0/instances/{c}-moved").status_code == 404
+        # --stateless: the client stops it, moves it (a stopped copy), deletes the source
+        # and starts the copy, as with LXD
+        lxc(client, "move", "--stateless", f"src:{c}", f"dst:{c}-moved")
+        assert api.get(f"/1.0/instances/{c}").status_code == 404
+        assert oapi.get(f"/1.0/instances/{c}-moved").json()["metadata"]["status"] == "Running"
+        out = lxc(client, "exec", f"dst:{c}-moved", "--", "cat", "/root/marker").stdout
+        assert out.strip() == "live"
     finally:
         w.remove(c)
