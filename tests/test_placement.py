@@ -243,6 +243,22 @@ def test_scheduler_instance_and_group_targets(cluster, world):
     finally:
         beats.silence("node3")
         time.sleep(3.5)  # offline again for the tests after this one
+    # a real member set to manual with the stock client (`lxc cluster set`, kept in its
+    # member record): launches without a target all go to the other one, though it has
+    # more instances
+    c = counts(n1)
+    for i in range(c["node2"] - c["node1"] + 3):
+        create_on(world, n1, f"heavy{i}", "node1")
+    lxc(n1.stack, "cluster", "set", "node2", "scheduler.instance", "manual")
+    try:
+        wait_for(lambda: lxc(n1.stack, "cluster", "get", "node2", "scheduler.instance")
+                 .stdout.strip() == "manual", 15, what="node2 manual")
+        for _ in range(2):
+            name, r = launch()
+            wait_op(n1.api, r)
+            assert located(n1, name) == "node1"
+    finally:
+        lxc(n1.stack, "cluster", "unset", "node2", "scheduler.instance")
 
 
 def test_list_every_recursion_from_any_node(cluster, world):
