@@ -70,7 +70,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("storage", "volume_backup_import"), ("storage", "list"),
                  ("image", "pull")),
     "migration": (("instance", "get"), ("instance", "snapshot_list"),
-                  ("storage", "volume_path"), ("instance", "backup_import")),
+                  ("storage", "volume_path"), ("instance", "backup_import"),
+                  ("instance", "profile_get")),
     "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
