@@ -231,6 +231,11 @@ def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
         "operation": f"https://{https}/1.0/operations/x",
         "secrets": {"control": "a", "fs": "b"}}})
     assert r.status_code == 400 and "--refresh" in r.json()["error"], r.text
+    # a profile the target lacks: 404 before any transfer (the copy keeps its profiles)
+    r = oapi.post("/1.0/instances", json={**base, "profiles": [f"{w.prefix}-nope"], "source": {
+        "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x",
+        "secrets": {"control": "a", "fs": "b"}}})
+    assert r.status_code == 404 and "-nope' not found" in r.json()["error"], r.text
     # an operation the source does not have (or that vanished): the operation fails
     cert = api.get("/1.0").json()["metadata"]["environment"]["certificate"]
     r = oapi.post("/1.0/instances", json={**base, "source": {

@@ -29,7 +29,7 @@ from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.messages.backup import BackupImportRequest
-from shared.models import CreateRequest, OperationStatus, Reply
+from shared.models import CreateRequest, ObjectRequest, OperationStatus, Reply
 
 from . import channels, common, idmap, rsync, wire
 from .channels import Channel
@@ -80,6 +80,7 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
         raise Conflict(f"Instance {name!r} already exists")
     except NotFound:
         pass
+    await check_profiles(bus, req.project, body)
     push = (src.get("mode") or "pull") == "push"
     target_url = url("instances", name, req.project)
     fds = None
@@ -130,6 +131,19 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
         project=req.project, metadata=dict(fds) if fds else None)
     await ready
     return Reply(type="async", operation=op.lxd())
+
+
+async def check_profiles(bus: Bus, project: str, body: dict[str, Any]) -> None:
+    """The copy keeps its profiles (as LXD's): say a missing one now, before any data
+    moves, rather than once everything is received (the import would refuse it then)."""
+    profiles = body.get("profiles")
+    for name in (["default"] if profiles is None else profiles):
+        try:
+            await bus.request("instance", "profile_get",
+                              ObjectRequest(project=project, name=str(name)), timeout=30)
+        except NotFound:
+            raise NotFound(f"Profile {name!r} not found: create it on this server first, "
+                           "or copy with --profile or --no-profiles") from None
 
 
 def answer(offer: dict[str, Any], instance_only: bool) -> dict[str, Any]:
