@@ -520,3 +520,25 @@ def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worl
         assert out.strip() == "live"
     finally:
         w.remove(c)
+
+
+def test_copy_into_another_project(api, oapi, other, worlds, client):
+    """``--target-project``: the copy lands in the target's project, with its snapshot."""
+    w = worlds
+    proj = f"{w.prefix}pj"
+    r = oapi.post("/1.0/projects", json={"name": proj, "config": {
+        "features.profiles": "false", "features.images": "false",
+        "features.storage.volumes": "false"}})
+    assert r.status_code == 200, r.text
+    c = w.create("proj")
+    snapshot(w, c, "j1")
+    try:
+        lxc(client, "copy", f"src:{c}", f"dst:{c}", "--target-project", proj)
+        assert oapi.get(f"/1.0/instances/{c}").status_code == 404  # not in default
+        r = oapi.get(f"/1.0/instances/{c}/snapshots?project={proj}")
+        assert r.status_code == 200 and len(r.json()["metadata"]) == 1, r.text
+    finally:
+        r = oapi.delete(f"/1.0/instances/{c}?project={proj}")
+        if r.status_code == 202:
+            wait_op(oapi, r, ok=False)
+        oapi.delete(f"/1.0/projects/{proj}")

@@ -138,12 +138,22 @@ async def check_profiles(bus: Bus, project: str, body: dict[str, Any]) -> None:
     moves, rather than once everything is received (the import would refuse it then)."""
     profiles = body.get("profiles")
     for name in (["default"] if profiles is None else profiles):
-        try:
-            await bus.request("instance", "profile_get",
-                              ObjectRequest(project=project, name=str(name)), timeout=30)
-        except NotFound:
+        if await _profile_exists(bus, project, str(name)):
+            continue
+        # a project without features.profiles uses the default project's: the import
+        # decides then; only a profile found nowhere is sure to fail
+        if project == "default" or not await _profile_exists(bus, "default", str(name)):
             raise NotFound(f"Profile {name!r} not found: create it on this server first, "
                            "or copy with --profile or --no-profiles") from None
+
+
+async def _profile_exists(bus: Bus, project: str, name: str) -> bool:
+    try:
+        await bus.request("instance", "profile_get", ObjectRequest(project=project, name=name),
+                          timeout=30)
+        return True
+    except NotFound:
+        return False
 
 
 def answer(offer: dict[str, Any], instance_only: bool) -> dict[str, Any]:
