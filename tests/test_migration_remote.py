@@ -157,6 +157,10 @@ def test_copy_with_snapshots_then_move(api, stack, oapi, other, worlds, client):
             if f"/1.0/instances/{c1}" in (o.get("resources") or {}).get("instances", [])
             and "fs_progress" in (o.get("metadata") or {})]
     assert done, ops
+    tops = oapi.get("/1.0/operations?recursion=1").json()["metadata"]
+    assert [o for o in tops.get("success") or []
+            if f"/1.0/instances/{c1}" in (o.get("resources") or {}).get("instances", [])
+            and "fs_progress" in (o.get("metadata") or {})], tops  # and the target's
 
     # --instance-only: no snapshots follow
     lxc(client, "copy", "--instance-only", f"src:{c1}", f"dst:{c1}-only")
