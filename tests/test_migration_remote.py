@@ -218,7 +218,7 @@ def test_name_taken_on_target_is_409(api, oapi, other, worlds, client):
     assert r.returncode != 0 and "already exists" in r.stderr, r.stderr
     r = oapi.post("/1.0/instances", json={"name": c, "source": {
         "type": "migration", "mode": "pull", "operation": "https://127.0.0.1:1/1.0/operations/x",
-        "secrets": {"control": "a", "fs": "b"}}})
+        "certificate": "x", "secrets": {"control": "a", "fs": "b"}}})
     assert r.status_code == 409, r.text
 
 
@@ -238,7 +238,7 @@ def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
     # a profile the target lacks: 404 before any transfer (the copy keeps its profiles)
     r = oapi.post("/1.0/instances", json={**base, "profiles": [f"{w.prefix}-nope"], "source": {
         "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x",
-        "secrets": {"control": "a", "fs": "b"}}})
+        "certificate": "x", "secrets": {"control": "a", "fs": "b"}}})
     assert r.status_code == 404 and "-nope' not found" in r.json()["error"], r.text
     # an operation the source does not have (or that vanished): the operation fails
     cert = api.get("/1.0").json()["metadata"]["environment"]["certificate"]
@@ -249,6 +249,21 @@ def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
     assert r.status_code == 202, r.text
     op = wait_op(oapi, r, ok=False)
     assert op["status"] == "Failure" and "refused" in op["err"], op
+    assert inventory(oapi, other, w.pool, name) == CLEAN
+    # no certificate to pin: 400; a certificate that is not the source's: it fails
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "secrets": {"control": "a", "fs": "b"},
+        "operation": f"https://{https}/1.0/operations/x"}})
+    assert r.status_code == 400 and "certificate" in r.json()["error"], r.text
+    wrong = oapi.get("/1.0").json()["metadata"]["environment"]["certificate"]
+    src0 = w.create("pin")
+    sop = api.post(f"/1.0/instances/{src0}", json={"migration": True}).json()["metadata"]
+    r = oapi.post("/1.0/instances", json={**base, "source": {
+        "type": "migration", "mode": "pull", "certificate": wrong,
+        "operation": f"https://{https}/1.0/operations/{sop['id']}",
+        "secrets": sop["metadata"]}})
+    op = wait_op(oapi, r, ok=False)
+    assert op["status"] == "Failure" and "certificate" in op["err"], op
     assert inventory(oapi, other, w.pool, name) == CLEAN
     # a real source operation, a wrong secret
     src = w.create("src")

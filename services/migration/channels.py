@@ -120,7 +120,11 @@ def pem_digest(pem: str) -> str:
 def check_peer(ws: aiohttp.ClientWebSocketResponse, expected_pem: str) -> None:
     obj: Any = ws.get_extra_info("ssl_object")
     der = obj.getpeercert(binary_form=True) if obj is not None else None
-    if not der or hashlib.sha256(der).hexdigest() != pem_digest(expected_pem):
+    try:
+        expected = pem_digest(expected_pem)
+    except (ValueError, TypeError):
+        raise CorralError("Invalid peer certificate: not a PEM certificate", 400) from None
+    if not der or hashlib.sha256(der).hexdigest() != expected:
         raise CorralError("The migration peer's certificate is not the one given in "
                           "source.certificate", 403)
 
@@ -140,7 +144,7 @@ async def dial(op_url: str, secret: str, name: str, cert: Path, key: Path,
             f"{url}/websocket", params={"secret": secret}, max_msg_size=0,
             ssl=client_context(cert, key) if url.startswith("wss://") else False,
             autoping=True), CONNECT_TIMEOUT)
-        if url.startswith("wss://") and peer_cert:
+        if url.startswith("wss://"):
             check_peer(ws, peer_cert)
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()

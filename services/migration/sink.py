@@ -47,6 +47,9 @@ def staging_root(config: Any) -> Path:
 def check(body: dict[str, Any]) -> dict[str, Any]:
     """The source object of a migration create, checked (400 with what is missing)."""
     src = body.get("source") or {}
+    if src.get("refresh"):
+        raise BadRequest("Refreshing a copy from another server (--refresh) is not "
+                         "supported yet: delete the copy and copy it again")
     mode = src.get("mode") or "pull"
     if mode not in ("pull", "push"):
         raise BadRequest(f"Invalid migration mode {mode!r}: pull or push")
@@ -58,9 +61,9 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
         if not str(src.get("operation") or "").startswith(("https://", "http://")):
             raise BadRequest("Migration source operation missing: source.operation must be "
                              "the source's operation URL")
-    if src.get("refresh"):
-        raise BadRequest("Refreshing a copy from another server (--refresh) is not "
-                         "supported yet: delete the copy and copy it again")
+        if str(src["operation"]).startswith("https://") and not src.get("certificate"):
+            raise BadRequest("Migration source certificate missing: source.certificate "
+                             "must be the source server's certificate (it is pinned)")
     if src.get("live"):
         raise BadRequest("Live migration needs CRIU, which does not work on this host")
     if (body.get("type") or "container") != "container":

@@ -79,9 +79,10 @@ async def start(svc: Any, req: ObjectRequest) -> Reply:
     target = body.get("target") if isinstance(body.get("target"), dict) else None
     if target is not None:
         secrets = target.get("secrets") or target.get("websockets") or {}
-        if not target.get("operation") or not all(secrets.get(n) for n in common.SECRETS):
-            raise BadRequest("Push migration needs target.operation and target.secrets "
-                             "(control, fs)")
+        if not target.get("operation") or not all(secrets.get(n) for n in common.SECRETS) \
+                or not target.get("certificate"):
+            raise BadRequest("Push migration needs target.operation, target.certificate "
+                             "(pinned) and target.secrets (control, fs)")
     fds = streams.new_fds(common.SECRETS)
     ready: asyncio.Future[streams.ServiceStreams | None] = \
         asyncio.get_running_loop().create_future()
