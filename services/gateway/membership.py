@@ -26,7 +26,8 @@ log = get_logger(component="membership")
 
 # Fields of the record the API edits (PUT /1.0/cluster/members/<name>); a heartbeat keeps
 # them and refreshes the rest.
-EDITABLE = ("description", "failure_domain", "config", "groups")
+EDITABLE = ("description", "failure_domain", "config", "groups", "evacuated",
+            "evacuated_instances")  # evacuate.py
 
 
 def _meminfo() -> tuple[int, int]:

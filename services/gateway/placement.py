@@ -53,10 +53,12 @@ def eligible(candidates: list[Candidate], group: str | None, now: float | None =
              ) -> list[cluster.Member]:
     """The online members placement may choose, as LXD's ``scheduler.instance`` says:
     ``all`` always, ``group`` only when the launch names one of its groups
-    (``--target @group``), ``manual`` never (only by ``--target`` naming it)."""
+    (``--target @group``), ``manual`` never (only by ``--target`` naming it); an
+    evacuated member never."""
     out = []
     for c in candidates:
-        if not cluster.is_online(c.member, now) or c.scheduler == "manual":
+        if not cluster.is_online(c.member, now) or c.scheduler == "manual" \
+                or c.member.evacuated:  # `lxc cluster evacuate`: nothing new lands there
             continue
         if group is None and c.scheduler == "group":
             continue
@@ -155,6 +157,9 @@ class Placement:
             known = ", ".join(sorted(members)) or "none"
             raise BadRequest(f"Target member {target!r} is not a member of the cluster "
                              f"(members: {known})")
+        if member.evacuated:
+            raise BadRequest(f"Target member {target!r} is evacuated: choose another, or "
+                             f"bring it back with `lxc cluster restore {target}`")
         if not cluster.is_online(member):
             _status, why = cluster.status_of(member)
             raise Unavailable(f"Target member {target!r} is offline ({why}): choose another "

@@ -195,6 +195,7 @@ ROUTES: list[Route] = [
     Route("PUT", "/1.0/cluster/members/{name}", cluster.member_put),  # lxc cluster set/edit
     Route("PATCH", "/1.0/cluster/members/{name}", cluster.member_patch),
     Route("DELETE", "/1.0/cluster/members/{name}", cluster.member_remove),
+    Route("POST", "/1.0/cluster/members/{name}/state", cluster.member_state),  # evacuate
     Route("POST", "/internal/cluster/accept", cluster.member_accept),  # a token redeemed
     Route("GET", "/1.0/events", events.events),  # websocket of corral.events.>
     Route("GET", "/1.0/metrics", metrics.get),  # every service's metrics, merged

@@ -32,6 +32,8 @@ from shared.errors import (
 from shared.state import Store
 
 from .. import responses
+from ..evacuate import Evacuation, check_mode, edit_member
+from ..placement import Placement
 from ..request import json_object, recursion_of
 from ..routing import Context
 
@@ -39,7 +41,7 @@ from ..routing import Context
 API_EXTENSIONS = ["clustering", "clustering_roles", "clustering_architecture",
                   "clustering_failure_domains", "clustering_description",
                   "clustering_sizing", "clustering_server_address", "clustering_join_token",
-                  "clustering_edit_roles", "clustering_config"]
+                  "clustering_edit_roles", "clustering_config", "clustering_evacuation"]
 
 # LXD's cluster.join_token_expiry default (3H): a join token unused for this long expires.
 JOIN_TOKEN_EXPIRY = 3 * 3600.0
@@ -297,3 +299,62 @@ async def member_remove(ctx: Context, request: web.Request) -> web.Response:
     await (await _store(ctx)).put(name, {**member.model_dump(), "removed": True,
                                          "removed_at": time.time()})
     return responses.sync({})
+
+
+# -- evacuate and restore (services/gateway/evacuate.py) -----------------------------------
+
+async def member_state(ctx: Context, request: web.Request) -> web.Response:
+    """``POST /1.0/cluster/members/<name>/state`` ``{"action": "evacuate"|"restore",
+    "mode"}`` (``lxc cluster evacuate/restore``): an operation. The member's state is set
+    before the operation starts (LXD sets it first thing in it), so a launch right after
+    the answer already goes elsewhere and a second evacuate is refused at once."""
+    _require_cluster(ctx)
+    name = request.match_info["name"]
+    body = await json_object(request)
+    action = body.get("action")
+    if action not in ("evacuate", "restore"):
+        raise BadRequest(f"Unknown action {str(action)[:40]!r}: use evacuate or restore")
+    mode = check_mode(body.get("mode"))
+    members = await _store(ctx)
+    if ctx.placement is None:
+        ctx.placement = Placement(ctx.bus, ctx.config)
+    instances, _ = await ctx.placement._open()
+    evacuation = Evacuation(ctx.bus, ctx.ops, members, instances, name)
+    before: dict[str, Any] = {}
+
+    def mark(record: dict[str, Any]) -> dict[str, Any]:
+        before.clear()
+        before.update(record)
+        if action == "evacuate" and record.get("evacuated"):
+            raise BadRequest("Cluster member is already evacuated")
+        if action == "restore" and not record.get("evacuated"):
+            raise BadRequest("Cluster member is already restored")
+        if action == "evacuate":
+            return {**record, "evacuated": True, "evacuated_instances": []}
+        return {**record, "evacuated": False}
+
+    await edit_member(members, name, mark)
+    resources = {"cluster_members": [f"/1.0/cluster/members/{name}"]}
+    try:
+        if action == "evacuate":
+            async def run(handle: Any) -> dict[str, Any]:
+                return await evacuation.evacuate(handle, mode)
+
+            op = await ctx.ops.start("Evacuating cluster member", run, resources=resources)
+        else:
+            remembered = list(before.get("evacuated_instances") or [])
+
+            async def run(handle: Any) -> dict[str, Any]:
+                try:
+                    return await evacuation.restore(handle, remembered)
+                finally:
+                    await edit_member(members, name,
+                                      lambda m: {**m, "evacuated_instances": []})
+
+            op = await ctx.ops.start("Restoring cluster member", run, resources=resources)
+    except BaseException:  # no operation: the state goes back as it was
+        await edit_member(members, name, lambda m: {
+            **m, "evacuated": before.get("evacuated", False),
+            "evacuated_instances": before.get("evacuated_instances") or []})
+        raise
+    return responses.async_(op.lxd())

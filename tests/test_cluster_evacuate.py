@@ -1,0 +1,140 @@
+"""``lxc cluster evacuate`` / ``lxc cluster restore`` with the stock client (issue 13).
+
+Two nodes on one nats-server (tests/cluster_stack.py), each running every service and a
+gateway. node2 holds a running and a stopped instance: evacuating it (through node1's
+socket) marks it EVACUATED, stops the running one and keeps launches off it; restoring it
+brings it back ONLINE and starts only what the evacuation stopped. LXD's errors for an
+unknown member, an evacuate of an evacuated member and a restore of one not evacuated.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .cluster_stack import cluster_stacks
+from .stack import wait_for
+from .world import lxc, make_world, wait_op
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    with cluster_stacks(request, 2) as (nodes, beats):
+        yield nodes, beats
+
+
+@pytest.fixture(scope="module")
+def world(cluster, busybox_tarball):
+    (n1, n2), _beats = cluster
+    with make_world(n1.api, n1.stack, busybox_tarball, network=False,
+                    pool_driver="dir") as w:
+        # node2's storage service mounts the pools it knows when it starts (as
+        # tests/test_placement.py does)
+        n2.stack.stop("storage")
+        n2.stack.start("storage")
+        wait_for(n2.stack.ready, 60, what="node2's storage service")
+        yield w
+
+
+def members(node) -> dict[str, str]:
+    rows = json.loads(lxc(node.stack, "cluster", "list", "--format", "json").stdout)
+    return {r["server_name"]: r["status"] for r in rows}
+
+
+def status(node, name: str) -> tuple[str, str]:
+    rows = json.loads(lxc(node.stack, "list", name, "--format", "json").stdout)
+    assert len(rows) == 1, rows
+    return rows[0]["status"], rows[0]["location"]
+
+
+def test_evacuate_then_restore(cluster, world):
+    (n1, n2), _ = cluster
+    running, stopped = world.name("run"), world.name("stp")
+    for name, verb in ((running, "launch"), (stopped, "init")):
+        # a short clean-shutdown window: busybox's init may ignore the request
+        lxc(n1.stack, verb, world.image, name, "-p", world.profile, "--target", "node2",
+            "-c", "boot.host_shutdown_timeout=3")
+    assert status(n1, running) == ("Running", "node2")
+    assert status(n1, stopped) == ("Stopped", "node2")
+    # node1 holds more instances than node2: placement would choose node2 but for the
+    # evacuation
+    for i in range(3):
+        lxc(n1.stack, "init", world.image, world.name(f"fill{i}"), "-p", world.profile,
+            "--target", "node1")
+
+    out = lxc(n1.stack, "cluster", "evacuate", "node2", "--force")
+    assert out.returncode == 0, out.stderr
+    for node in (n1, n2):  # the same state from either node, LXD's shape
+        assert members(node) == {"node1": "Online", "node2": "Evacuated"}
+        show = lxc(node.stack, "cluster", "show", "node2").stdout
+        assert "Unavailable due to maintenance" in show
+    table = lxc(n1.stack, "cluster", "list", "--format", "csv").stdout
+    assert "node2" in table and "EVACUATED" in table, table
+    assert status(n2, running) == ("Stopped", "node2")  # stopped, still there
+    assert status(n2, stopped) == ("Stopped", "node2")
+    assert (n2.stack.dir / "lxc" / running).is_dir()
+
+    # a launch without a target goes elsewhere, through either node; --target refused
+    for node in (n1, n2):
+        other = world.name(f"else{node.name}")
+        lxc(node.stack, "init", world.image, other, "-p", world.profile)
+        assert status(n1, other) == ("Stopped", "node1")
+    refused = lxc(n1.stack, "init", world.image, world.name("tg"), "-p", world.profile,
+                  "--target", "node2", check=False)
+    assert refused.returncode != 0 and "evacuated" in refused.stderr, refused.stderr
+
+    again = lxc(n1.stack, "cluster", "evacuate", "node2", "--force", check=False)
+    assert again.returncode != 0 and "already evacuated" in again.stderr, again.stderr
+
+    out = lxc(n2.stack, "cluster", "restore", "node2", "--force")
+    assert members(n1) == {"node1": "Online", "node2": "Online"}
+    assert status(n1, running) == ("Running", "node2")
+    assert status(n1, stopped) == ("Stopped", "node2")  # the user stopped it: stays so
+    again = lxc(n1.stack, "cluster", "restore", "node2", "--force", check=False)
+    assert again.returncode != 0 and "already restored" in again.stderr, again.stderr
+    # placement may choose node2 again: --target is accepted
+    back = world.name("back")
+    lxc(n1.stack, "init", world.image, back, "-p", world.profile, "--target", "node2")
+    assert status(n1, back) == ("Stopped", "node2")
+    lxc(n1.stack, "stop", running, "--force")
+
+
+def test_operation_says_what_was_stopped(cluster, world):
+    """The REST operation: LXD's description and ``evacuation_progress``, plus which
+    instances it stopped; with ``mode: migrate`` each is named as not moved (no move
+    between members yet: stopped in place, as LXD does when no member can take it)."""
+    (n1, n2), _ = cluster
+    name = world.name("op")
+    lxc(n1.stack, "launch", world.image, name, "-p", world.profile, "--target", "node2",
+        "-c", "boot.host_shutdown_timeout=3")
+    r = n1.api.post("/1.0/cluster/members/node2/state",
+                    json={"action": "evacuate", "mode": "migrate"})
+    op = wait_op(n1.api, r)
+    assert op["description"] == "Evacuating cluster member"
+    md = op["metadata"]
+    assert md["evacuation_stopped"] == [f"default/{name}"], md
+    assert "not built yet" in md["evacuation_not_moved"][f"default/{name}"], md
+    assert status(n2, name) == ("Stopped", "node2")
+    op = wait_op(n2.api, n2.api.post("/1.0/cluster/members/node2/state",
+                                     json={"action": "restore"}))
+    assert op["description"] == "Restoring cluster member"
+    assert op["metadata"]["evacuation_started"] == [f"default/{name}"], op
+    assert status(n1, name) == ("Running", "node2")
+    lxc(n1.stack, "stop", name, "--force")
+
+
+def test_bad_input(cluster, world):
+    (n1, _n2), _ = cluster
+    for action in ("evacuate", "restore"):
+        out = lxc(n1.stack, "cluster", action, "node9", "--force", check=False)
+        assert out.returncode != 0 and "Cluster member not found" in out.stderr, out.stderr
+    r = n1.api.post("/1.0/cluster/members/node2/state", json={"action": "drain"})
+    assert r.status_code == 400 and "Unknown action" in r.json()["error"], r.text
+    r = n1.api.post("/1.0/cluster/members/node2/state",
+                    json={"action": "evacuate", "mode": "teleport"})
+    assert r.status_code == 400 and "Invalid evacuation mode" in r.json()["error"], r.text
+    r = n1.api.post("/1.0/cluster/members/node9/state", json={"action": "evacuate"})
+    assert r.status_code == 404, r.text
+    # nothing of it left the member evacuated
+    assert members(n1) == {"node1": "Online", "node2": "Online"}
