@@ -13,6 +13,10 @@ import json
 
 import pytest
 
+from shared.bus import Bus
+from shared.config import load_config
+from shared.state import Store, key
+
 from .cluster_stack import cluster_stacks
 from .stack import wait_for
 from .world import lxc, make_world, wait_op
@@ -138,3 +142,37 @@ def test_bad_input(cluster, world):
     assert r.status_code == 404, r.text
     # nothing of it left the member evacuated
     assert members(n1) == {"node1": "Online", "node2": "Online"}
+
+
+async def test_an_instance_failing_to_stop_does_not_stop_the_others(cluster, world):
+    """A VM record located on node2, said Running, where node2 runs no libvirtd (a copy
+    of a real record under another name and type) fails to stop; the real instance after it
+    is still stopped, the operation fails naming the ghost, the member stays evacuated
+    and restore starts the one that was stopped."""
+    (n1, n2), _ = cluster
+    real = world.name("zreal")
+    lxc(n1.stack, "launch", world.image, real, "-p", world.profile, "--target", "node2",
+        "-c", "boot.host_shutdown_timeout=3")
+    ghost = world.name("aghost")  # sorts first: its failure comes before the real stop
+    bus = Bus(load_config(dir=n1.stack.dir, nats_url=n1.stack.nats.url,
+                          nats_credentials=n1.stack.nats.admin), "tests")
+    await bus.connect()
+    store = await Store(bus, "instances").open()
+    try:
+        rec, _rev = await store.require(key("default", real), "Instance")
+        await store.put(key("default", ghost), {**rec, "name": ghost, "status": "Running",
+                                                 "type": "virtual-machine"})
+        r = n1.api.post("/1.0/cluster/members/node2/state", json={"action": "evacuate"})
+        op = wait_op(n1.api, r, ok=False)
+    finally:
+        await store.delete(key("default", ghost))
+        await bus.close()
+    assert op["status"] == "Failure", op
+    assert f"default/{ghost}" in op["err"] and "Failed to stop 1 instance" in op["err"], op
+    assert list(op["metadata"]["evacuation_failed"]) == [f"default/{ghost}"], op
+    assert op["metadata"]["evacuation_stopped"] == [f"default/{real}"], op
+    assert status(n1, real) == ("Stopped", "node2")
+    assert members(n1)["node2"] == "Evacuated"
+    lxc(n1.stack, "cluster", "restore", "node2", "--force")
+    assert status(n1, real) == ("Running", "node2")
+    lxc(n1.stack, "stop", real, "--force")
