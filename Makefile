@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BENCHES := $(wildcard bench/*.py)
 
-.PHONY: install up down test unit bench bench-all image lint nats-api cluster-up cluster-down cluster-kill cluster-join
+.PHONY: install up down test unit bench bench-all bench-cluster image lint nats-api cluster-up cluster-down cluster-kill cluster-join
 
 install:  ## Debian packages, subuid/subgid, venv and pip (only what is missing)
 	deploy/install.sh
@@ -24,6 +24,9 @@ unit:  ## unit tests of pure logic: no root, no services, seconds
 
 bench: install  ## the speed and footprint table (bench/speed.py); LXD_SOCK=... measures LXD too
 	$(VENV)/bin/python -m bench.speed $(BENCH_ARGS)
+
+bench-cluster: install  ## issue 13's cluster figures (bench/cluster.py): lxc list of 1000 records over 3 nodes
+	$(VENV)/bin/python -m bench.cluster $(BENCH_ARGS)
 
 bench-all: install  ## every bench/*.py, stopping at the first failure
 	@set -e; for b in $(filter-out bench/common.py bench/__init__.py,$(BENCHES)); do \
