@@ -31,5 +31,10 @@ for k in $(known_nodes); do
     [[ -z "$left" ]] || say "WARNING: processes still in $ns: $left(ip netns pids $ns)"
     ip netns del "$ns"
 done
+for k in $(known_nodes); do  # the nodes' mount namespaces (cluster-up's prepare_node)
+    f="$(node_mntns "$k")"
+    if mountpoint -q "$f" 2>/dev/null; then umount "$f"; fi
+    rm -f "$f"
+done
 if ns_exists "$HUB_NS"; then ip netns del "$HUB_NS"; fi
 say "cluster stopped; namespaces $PREFIX-* removed; data kept in $CLUSTER_DIR"

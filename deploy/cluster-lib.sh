@@ -25,6 +25,9 @@ NATS_ROUTE_PORT=6222
 
 node_ns() { echo "$PREFIX-node$1"; }
 node_dir() { echo "$CLUSTER_DIR/node$1"; }
+# Node K's mount namespace, kept by a bind mount of its ns file (deploy/cluster-sysfs.sh):
+# its pools stay mounted while its processes restart, as on a host of its own.
+node_mntns() { echo "$CLUSTER_DIR/mntns/node$1"; }
 
 # Point lib.sh's per-directory bookkeeping (pid files, logs) at node K.
 use_node() {

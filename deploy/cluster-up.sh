@@ -119,6 +119,16 @@ prepare_node() {
     for f in cluster.conf cluster-node.conf; do
         ln -sfn "$REPO/deploy/nats/$f" "$CORRAL_DIR/nats/$f"
     done
+    # The node's own mount namespace (a slave of the host's, /sys of its own network
+    # namespace): every process of the node shares it (deploy/cluster-sysfs.sh says why).
+    f="$(node_mntns "$k")"
+    if ! mountpoint -q "$f" 2>/dev/null; then
+        mkdir -p "$(dirname "$f")"
+        touch "$f"
+        nsenter --net="/run/netns/$(node_ns "$k")" -- unshare --mount="$f" \
+            --propagation slave -- "$REPO/deploy/cluster-sysfs.sh" true ||
+            die "node$k: cannot make its mount namespace"
+    fi
 }
 
 # The environment every process of node K starts with (CORRAL_DIR makes it "ours").
@@ -135,9 +145,10 @@ start_in_node() {
     local k="$1" name="$2"; shift 2
     use_node "$k"
     say "node$k: starting $name"
+    # Its network namespace and its own mount namespace (prepare_node).
     # shellcheck disable=SC2046
     env -u CORRAL_NATS_CREDENTIALS -u CORRAL_CONFIG $(node_env "$k") "$@" \
-        nsenter --net="/run/netns/$(node_ns "$k")" -- \
+        nsenter --net="/run/netns/$(node_ns "$k")" --mount="$(node_mntns "$k")" -- \
         setsid nohup "${APP_CMD[@]}" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo "$!" > "$(pid_file "$name")"
     STARTED+=("$k $name")
@@ -234,5 +245,36 @@ if ((${#MISSING[@]} > 0)); then
 fi
 wait_nodes $(seq 1 "$NODES")
 STARTED=()
+
+# --- defaults (cluster-net): as `make up`'s bootstrap, once for the whole cluster ---------
+# Through node1's API once every member is ONLINE: the `default` pool is then made by each
+# member on its own disk (services/storage/pool_members.py), the bridge is defined once and
+# each node's network service brings up its own (its own namespace, dnsmasq and leases),
+# the `default` profile and the busybox image are shared records. Idempotent (corral init
+# creates what is absent); CORRAL_BOOTSTRAP=0 skips it.
+cluster_defaults() {
+    local sock online
+    sock="$(node_dir 1)/unix.socket"
+    until online="$(curl -sf --max-time 2 --unix-socket "$sock" \
+            'http://corral/1.0/cluster/members?recursion=1' |
+            "$VENV/bin/python" -c 'import json,sys
+print(sum(m["status"] == "Online" for m in json.load(sys.stdin)["metadata"]))')" &&
+            ((online >= NODES)); do
+        ((SECONDS < deadline)) || die "defaults: not every member ONLINE within $TIMEOUT s"
+        sleep 0.5
+    done
+    CORRAL_DIR="$(node_dir 1)" "$VENV/bin/corral" init --auto \
+        --network "${CORRAL_DEFAULT_NETWORK:-corralbr0}" \
+        --pool-size "${CORRAL_CLUSTER_POOL_SIZE:-4GiB}" || die "defaults: corral init failed"
+    if ! CORRAL_DIR="$(node_dir 1)" "$VENV/bin/corral" image show busybox >/dev/null 2>&1; then
+        say "defaults: importing the busybox image (alias busybox) once for the cluster"
+        CORRAL_DIR="$(node_dir 1)" "$VENV/bin/corral" image build busybox --alias busybox ||
+            say "defaults: WARNING: could not import the busybox image"
+    fi
+}
+if [[ "${CORRAL_BOOTSTRAP:-1}" != 0 ]]; then
+    deadline=$((SECONDS + TIMEOUT))
+    cluster_defaults
+fi
 say "cluster up: $NODES nodes ($MODE mode), namespaces $PREFIX-node1..$NODES"
 say "try: LXD_DIR=$(node_dir 1) lxc cluster list"

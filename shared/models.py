@@ -125,6 +125,8 @@ class CreateRequest(Request):
     """``POST /1.0/<collection>``: the JSON body as the client sent it."""
 
     body: dict[str, Any] = Field(default_factory=dict)
+    # LXD's ``?target=<member>`` (a pool or network defined on one member: Pending).
+    target: str | None = None
 
 
 class ObjectRequest(Request):
@@ -134,3 +136,5 @@ class ObjectRequest(Request):
     body: dict[str, Any] | None = None
     # The client's If-Match (without quotes), checked against the object's current ETag.
     etag: str | None = None
+    # LXD's ``?target=<member>``: that member's view of a pool or network.
+    target: str | None = None

@@ -40,6 +40,7 @@ class Cluster:
                     "CORRAL_MODE": "single", "CORRAL_SKIP_INSTALL": "1",
                     "CORRAL_CLUSTER_OFFLINE_THRESHOLD": str(THRESHOLD),
                     "CORRAL_CLUSTER_HEARTBEAT": "1", "CORRAL_UP_TIMEOUT": "90",
+                    "CORRAL_BOOTSTRAP": "0",  # no default pool/bridge/image: membership only
                     "LXD_CONF": lxc_conf(base / "lxc-conf")}
         for var in ("CORRAL_NATS_URL", "CORRAL_NATS_CREDENTIALS", "CORRAL_CONFIG",
                     "CORRAL_NODE", "CORRAL_CLUSTER", "CORRAL_KV_REPLICAS"):

@@ -165,6 +165,7 @@ async def listing(request: web.Request) -> ListRequest:
 async def creation(request: web.Request) -> CreateRequest:
     """``POST /1.0/<collection>``: the JSON object as the client sent it."""
     return CreateRequest(project=project_of(request), body=await json_object(request),
+                         target=request.query.get("target") or None,
                          requestor=requestor(request))
 
 
@@ -172,4 +173,5 @@ async def item(request: web.Request) -> ObjectRequest:
     """One named object; PUT, PATCH and POST (rename) carry a JSON object, and If-Match."""
     body = await json_object(request) if request.method in ("PUT", "PATCH", "POST") else None
     return ObjectRequest(project=project_of(request), name=name_of(request), body=body,
-                         etag=etag_of(request), requestor=requestor(request))
+                         etag=etag_of(request), target=request.query.get("target") or None,
+                         requestor=requestor(request))

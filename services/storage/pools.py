@@ -20,7 +20,7 @@ from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailab
 from shared.log import get_logger
 from shared.state import Store, key
 
-from . import pool_update
+from . import pool_members, pool_update
 from .drivers import DRIVERS, Driver, load_driver
 from .drivers.util import validate_name
 
@@ -47,9 +47,12 @@ def trusted_driver(rec: dict[str, Any], corral_dir: Path) -> Driver:
 
 
 class Pools:
-    def __init__(self, store: Store, corral_dir: Path) -> None:
+    def __init__(self, store: Store, corral_dir: Path, node: str | None = None,
+                 bus: Any = None) -> None:
         self.store = store
         self.dir = corral_dir
+        self.node = node  # in a cluster: this member (pools are per member, pool_members)
+        self.bus = bus
         self.unavailable: dict[str, str] = {}  # pool -> why it cannot be mounted
         self._busy: dict[str, int] = {}        # pool -> volume operations running
         self._deleting: set[str] = set()
@@ -71,11 +74,19 @@ class Pools:
             return UNAVAILABLE
         return rec.get("status", CREATED)
 
-    def public(self, rec: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
+    def view(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record as this node uses it (in a cluster: its own member entry)."""
+        return pool_members.local_view(rec, self.node) if self.node else rec
+
+    def public(self, rec: dict[str, Any], used_by: list[str],
+               target: str | None = None) -> dict[str, Any]:
         """LXD's StoragePool object."""
-        return {"config": rec.get("config", {}), "description": rec.get("description", ""),
-                "name": rec["name"], "driver": rec["driver"], "used_by": used_by,
-                "status": self.status(rec), "locations": ["none"]}
+        out = {"config": rec.get("config", {}), "description": rec.get("description", ""),
+               "name": rec["name"], "driver": rec["driver"], "used_by": used_by,
+               "status": self.status(rec), "locations": ["none"]}
+        if self.node:
+            out.update(pool_members.public_fields(rec, self.node, target))
+        return out
 
     @staticmethod
     def url(name: str) -> str:
@@ -88,10 +99,14 @@ class Pools:
 
     async def available(self, rec: dict[str, Any]) -> Driver:
         """The pool's driver, mounting the pool first if it was unavailable."""
+        rec = self.view(rec)
         drv = trusted_driver(rec, self.dir)
         if rec.get("status", CREATED) != CREATED:
+            why = (f"not created on member {self.node!r} (lxc storage create "
+                   f"{rec['name']} {rec['driver']})" if self.node and
+                   pool_members.clustered(rec) else "being created")
             raise Unavailable(f"Storage pool {rec['name']!r} is not ready: "
-                              f"{self.unavailable.get(rec['name'], 'being created')}")
+                              f"{self.unavailable.get(rec['name'], why)}")
         if rec["name"] in self.unavailable:
             try:
                 await asyncio.to_thread(drv.mount)
@@ -134,9 +149,12 @@ class Pools:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, body: dict[str, Any], target: str | None = None
+                     ) -> dict[str, Any]:
         """Validate everything first (400, nothing made), reserve the name in KV (409),
         then make the pool on disk; a failure there drops the reservation again."""
+        if self.node:
+            return await self.create_in_cluster(body, target)
         name = validate_name("storage pool", validate_object_name("storage pool",
                                                                    body.get("name")))
         driver_name = body.get("driver")
@@ -185,6 +203,11 @@ class Pools:
 
     async def delete(self, rec: dict[str, Any]) -> None:
         """Remove the pool from disk and KV; the caller holds ``exclusive`` and checked use."""
+        if self.node and pool_members.clustered(rec):
+            await pool_members.forget_everywhere(self.bus, rec, self.member_delete)
+            await self.store.delete(key(rec["name"]))
+            self.unavailable.pop(rec["name"], None)
+            return
         drv = trusted_driver(rec, self.dir)
         await asyncio.to_thread(drv.delete)
         await self.store.delete(key(rec["name"]))
@@ -199,6 +222,10 @@ class Pools:
         """On start: mount every known pool; failures mark the pool Unavailable."""
         for rec in self.records():
             name = rec["name"]
+            if self.node and pool_members.clustered(rec):
+                rec = self.view(rec)  # never another member's source
+                if rec["status"] != CREATED:
+                    continue  # not made on this member (yet): nothing to mount
             if rec.get("status", CREATED) != CREATED:
                 self.unavailable[name] = ("its creation was interrupted; delete the pool "
                                           "and create it again")
@@ -213,3 +240,77 @@ class Pools:
                 reason = getattr(exc, "message", str(exc))
                 self.unavailable[name] = reason
                 log.warning("storage pool unavailable", pool=name, reason=reason)
+
+    # ---- in a cluster (pool_members) -------------------------------------------------------
+
+    async def create_in_cluster(self, body: dict[str, Any], target: str | None
+                                ) -> dict[str, Any]:
+        """``--target M``: record M's own keys, Pending; without: every member makes its
+        own pool, and the record says per member Created or Errored (see pool_members)."""
+        name = validate_name("storage pool", validate_object_name("storage pool",
+                                                                   body.get("name")))
+        driver_name = body.get("driver")
+        if not driver_name:
+            raise BadRequest(f"No storage driver given: set 'driver' to one of "
+                             f"{', '.join(sorted(DRIVERS))}")
+        cls = load_driver(driver_name)
+        config = string_map("config", body.get("config"))
+        description = check_description(body.get("description"))
+        async with self._lock(name):
+            found = await self.store.get(key(name))
+            if found is not None and not pool_members.clustered(found[0]):
+                raise Conflict(f"Storage pool {name!r} already exists")
+            if found is not None and found[0]["driver"] != cls.name:
+                raise BadRequest(f"Storage pool {name!r} is defined with driver "
+                                 f"{found[0]['driver']!r}, not {cls.name!r}")
+            if target is not None:
+                await pool_members.check_member(self.bus, target)
+                entry = pool_members.member_entry(config)
+                cls(name, entry["config"], self.dir)  # the keys' values checked (400)
+                if found is None:
+                    rec = {"name": name, "driver": cls.name, "description": description,
+                           "config": {}, "status": PENDING, "members": {target: entry}}
+                    await self.store.create(key(name), rec, f"Storage pool {name!r}")
+                    return rec
+                rec, rev = found
+                if rec["members"].get(target, {}).get("status") == CREATED:
+                    raise Conflict(f"Storage pool {name!r} is already created on member "
+                                   f"{target!r}")
+                rec = {**rec, "members": {**rec["members"], target: entry}}
+                await self.store.update(key(name), rec, rev)
+                return rec
+            pool_members.check_global(config)
+            cls(name, config, self.dir)
+            if found is None:
+                rec = {"name": name, "driver": cls.name, "description": description,
+                       "config": config, "status": PENDING, "members": {}}
+                await self.store.create(key(name), rec, f"Storage pool {name!r}")
+            else:
+                rec = found[0]
+                if rec.get("status") == CREATED:
+                    raise pool_members.already_created(name)
+                rec = {**rec, "config": config, "description": description or
+                       rec.get("description", "")}
+            entries = await pool_members.realise_everywhere(self.bus, rec, self.member_create)
+            ok = all(e["status"] == CREATED for e in entries.values())
+            rec = {**rec, "members": entries, "status": CREATED if ok else "Errored"}
+            await self.store.put(key(name), rec)
+            self.unavailable.pop(name, None)
+        pool_members.outcome(name, entries)
+        return rec
+
+    async def member_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Make this member's own pool (its loop file and mount under its own CORRAL_DIR);
+        returns the config as made (``source`` filled in). Asked by the member that
+        coordinates a cluster-wide create (``pool_member_create``)."""
+        drv = load_driver(body["driver"])(body["name"], body.get("config") or {}, self.dir)
+        async with self._lock(f"member:{body['name']}"):
+            return await asyncio.to_thread(drv.create)
+
+    async def member_delete(self, body: dict[str, Any]) -> None:
+        """Unmount and remove this member's own pool (its part of a cluster-wide delete)."""
+        rec = {"name": body["name"], "driver": body["driver"],
+               "config": body.get("config") or {}}
+        async with self._lock(f"member:{body['name']}"):
+            await asyncio.to_thread(trusted_driver(rec, self.dir).delete)
+        self.unavailable.pop(body["name"], None)

@@ -56,7 +56,8 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
 
     async def setup(self) -> None:
         self.pools = Pools(await Store(self.bus, "storage_pools", cache=True).open(),
-                           self.config.dir)
+                           self.config.dir,
+                           self.config.node if self.config.cluster else None, self.bus)
         self.volumes = Volumes(await Store(self.bus, "storage_volumes", cache=True).open(),
                                self.pools, self.bus, self.config.dir)
         self._drivers = await asyncio.to_thread(_supported_drivers)
@@ -101,11 +102,12 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
     async def get_pool(self, req: ObjectRequest) -> Reply:
         rec, _rev = await self.pools.get(req.name)
         used = await usage.used_by_all(self.bus, self.volumes, [req.name])
-        return Reply(metadata=self.pools.public(rec, used[req.name]), etag=pool_etag(rec))
+        return Reply(metadata=self.pools.public(rec, used[req.name], req.target),
+                     etag=pool_etag(rec))
 
     @endpoint("create", CreateRequest)
     async def create_pool(self, req: CreateRequest) -> Reply:
-        rec = await self.pools.create(req.body)
+        rec = await self.pools.create(req.body, req.target)
         await self.events.lifecycle("storage-pool-created", self.pools.url(rec["name"]),
                                     requestor=req.requestor)
         return Reply(metadata=None)
@@ -132,6 +134,17 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
             await self.volumes.forget_pool(req.name)
         await self.events.lifecycle("storage-pool-deleted", self.pools.url(req.name),
                                     requestor=req.requestor)
+        return Reply(metadata=None)
+
+    @endpoint("pool_member_create", CreateRequest, scope="node")
+    async def pool_member_create(self, req: CreateRequest) -> Reply:
+        """In a cluster: make this member's own pool (pool_members.realise_everywhere)."""
+        return Reply(metadata=await self.pools.member_create(req.body))
+
+    @endpoint("pool_member_delete", CreateRequest, scope="node")
+    async def pool_member_delete(self, req: CreateRequest) -> Reply:
+        """In a cluster: remove this member's own pool (pool_members.forget_everywhere)."""
+        await self.pools.member_delete(req.body)
         return Reply(metadata=None)
 
     @endpoint("resources", ObjectRequest)

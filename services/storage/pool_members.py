@@ -1,0 +1,161 @@
+"""Storage pools in a cluster: defined per member, then made on every member (LXD's way).
+
+``lxc storage create p btrfs size=2GiB --target node2`` records what is particular to
+node2 (its ``source``, its ``size``) with the member in state Pending; nothing touches a
+disk. ``lxc storage create p btrfs`` then asks every member's storage service
+(``corral.node.<member>.storage.pool_member_create``) to make *its own* pool: its loop
+file under its own ``CORRAL_DIR``, its own mount. Each answer lands in the record under
+``members``: Created, or Errored with the reason; the pool is Created when every member
+is, else Errored, and the same command again retries the members that failed.
+
+Why per member: a node shares the ``storage_pools`` bucket with the others, and a pool
+made by one node and mounted by all from the same record would mount one loop image
+twice, or bind-mount another host's directory. A node uses only its own member entry
+(:func:`local_view`) and never mounts a pool it has no Created entry for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared import cluster
+from shared.bus import Bus
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.models import CreateRequest
+
+CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
+# Keys that name something on one host: given per member (--target), never cluster-wide.
+MEMBER_ONLY = ("source",)
+# Keys a member may set for itself besides those (its own loop file's size).
+MEMBER_KEYS = (*MEMBER_ONLY, "size")
+# Seconds a member may take to format and mount its pool.
+MEMBER_TIMEOUT = 120.0
+
+
+def clustered(rec: dict[str, Any]) -> bool:
+    """A record made through the cluster path (it has per-member entries)."""
+    return isinstance(rec.get("members"), dict)
+
+
+def local_view(rec: dict[str, Any], node: str) -> dict[str, Any]:
+    """The pool as member ``node`` sees it: the cluster-wide config with the member's own
+    keys over it, and the member's status. A member with no entry has the pool Pending."""
+    if not clustered(rec):
+        return rec
+    mine = rec["members"].get(node) or {}
+    return {**rec, "config": {**rec.get("config", {}), **mine.get("config", {})},
+            "status": mine.get("status", PENDING)}
+
+
+def public_fields(rec: dict[str, Any], node: str, target: str | None) -> dict[str, Any]:
+    """``locations``, and for ``?target=`` that member's config and status (LXD)."""
+    if not clustered(rec):
+        return {}
+    if target is None:
+        return {"locations": sorted(rec["members"])}
+    if target not in rec["members"]:
+        raise NotFound(f"Storage pool {rec['name']!r} is not defined on member {target!r}")
+    view = local_view(rec, target)
+    return {"locations": [target], "config": view["config"], "status": view["status"]}
+
+
+def member_entry(config: dict[str, str]) -> dict[str, Any]:
+    """A member's own keys from a config given with ``--target`` (400 for any other)."""
+    other = sorted(k for k in config if k not in MEMBER_KEYS)
+    if other:
+        raise BadRequest(f"Config key {other[0]!r} may not be used as member-specific key: "
+                         f"only {', '.join(MEMBER_KEYS)} are given per member")
+    return {"status": PENDING, "config": dict(config)}
+
+
+def check_global(config: dict[str, str]) -> None:
+    for k in MEMBER_ONLY:
+        if k in config:
+            raise BadRequest(f"Config key {k!r} is cluster member specific: give it per "
+                             f"member first (lxc storage create POOL DRIVER {k}=... "
+                             "--target MEMBER)")
+
+
+async def check_member(bus: Bus, target: str) -> None:
+    names = [m.name for m in await cluster.read_members(bus)]
+    if target not in names:
+        raise BadRequest(f"Invalid target {target!r}: not a cluster member "
+                         f"(members: {', '.join(names) or 'none'})")
+
+
+async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
+                             ) -> dict[str, dict[str, Any]]:
+    """Ask every member to make its own pool (``local`` makes this node's without the bus);
+    return the new member entries. A member already Created is left alone."""
+    members = await cluster.read_members(bus)
+    online = {m.name for m in members if cluster.is_online(m)}
+    entries: dict[str, dict[str, Any]] = {n: dict(e) for n, e in rec["members"].items()}
+
+    async def one(name: str) -> None:
+        entry = entries.get(name) or {"status": PENDING, "config": {}}
+        if entry.get("status") == CREATED:
+            return
+        config = {**rec.get("config", {}), **entry.get("config", {})}
+        body = {"name": rec["name"], "driver": rec["driver"], "config": config}
+        try:
+            if name not in online:
+                raise CorralError(f"member {name!r} is offline", 503)
+            if name == bus.config.node:
+                made = await local(body)
+            else:
+                reply = await bus.request("storage", "pool_member_create",
+                                          CreateRequest(body=body), node=name,
+                                          timeout=MEMBER_TIMEOUT)
+                made = reply.metadata or {}
+            own = {k: v for k, v in made.items() if rec.get("config", {}).get(k) != v}
+            entries[name] = {"status": CREATED, "config": own}
+        except CorralError as exc:
+            entries[name] = {**entry, "status": ERRORED, "reason": exc.message,
+                             "code": exc.code}
+
+    await asyncio.gather(*(one(m.name) for m in members))
+    return entries
+
+
+async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
+    """Delete every member's own pool; a member that cannot is a 503 and the record is
+    kept (the delete is retried whole, members already done skip theirs: see the drivers'
+    delete, which tolerates a pool already gone)."""
+    online = {m.name for m in await cluster.read_members(bus) if cluster.is_online(m)}
+    failed: list[str] = []
+    for name, entry in sorted(rec["members"].items()):
+        if entry.get("status") != CREATED:
+            continue  # a failed create undid its own steps (the drivers' undo)
+        body = {"name": rec["name"], "driver": rec["driver"],
+                "config": local_view(rec, name)["config"]}
+        try:
+            if name == bus.config.node:
+                await local(body)
+            elif name not in online:
+                raise CorralError(f"member {name!r} is offline", 503)
+            else:
+                await bus.request("storage", "pool_member_delete", CreateRequest(body=body),
+                                  node=name, timeout=MEMBER_TIMEOUT)
+        except CorralError as exc:
+            failed.append(f"{name}: {exc.message}")
+    if failed:
+        raise CorralError(f"Storage pool {rec['name']!r} could not be deleted on every "
+                          f"member ({'; '.join(failed)}); try again once they are online",
+                          503)
+
+
+def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:
+    """Raise the members' failures (their own code when they agree, else 500)."""
+    bad = {n: e for n, e in sorted(entries.items()) if e.get("status") != CREATED}
+    if not bad:
+        return
+    codes = {e.get("code", 500) for e in bad.values()}
+    why = "; ".join(f"{n}: {e.get('reason', 'not created')}" for n, e in bad.items())
+    raise CorralError(f"Failed to create storage pool {name!r} on member(s) {why} "
+                      "(fix it and run the same create again: only those members retry)",
+                      codes.pop() if len(codes) == 1 else 500)
+
+
+def already_created(name: str) -> Conflict:
+    return Conflict(f"Storage pool {name!r} already exists (Created on every member)")

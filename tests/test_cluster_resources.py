@@ -1,0 +1,145 @@
+"""Storage pools per member on a 3-node cluster (``make cluster-up``), with the stock client.
+
+The cluster comes up through the Makefile as in tests/test_cluster.py (network namespaces
+with a unique prefix), this time WITH its defaults: the ``default`` btrfs pool made by
+every member on its own loop file, the bridge, the profile and the busybox image once.
+Removed at the end also when a step fails: instances, processes left in the namespaces
+(dnsmasq), mounts under the directory, the namespaces and the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.test_cluster import Cluster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    base = Path(tempfile.mkdtemp(prefix="corral-clres-"))
+    c = Cluster(base, "cr" + secrets.token_hex(3))
+    c.env.pop("CORRAL_BOOTSTRAP", None)  # the defaults are what this module tests
+    c.env["CORRAL_CLUSTER_POOL_SIZE"] = "1GiB"
+    try:
+        c.make("cluster-up", "N=3")
+        yield c
+    finally:
+        for k in (1, 2, 3):  # our instances first, while the services still run
+            out = c.lxc(k, "list", "-c", "nL", "-f", "csv", check=False).stdout
+            for row in out.splitlines():
+                if row.endswith(f",node{k}"):
+                    c.lxc(k, "delete", "--force", row.split(",")[0], check=False)
+        down = c.make("cluster-down", check=False)
+        _end_leftovers(c)
+        left = c.namespaces()
+        shutil.rmtree(base, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert not left, f"namespaces left behind: {left}"
+
+
+def _end_leftovers(c: Cluster) -> None:
+    """dnsmasq the nodes' network services started stays in its namespace (cluster-down
+    says so and leaves it): end those by PID (the nodes' mounts go with their mount
+    namespaces), then unmount anything left under the directory."""
+    for k in (1, 2, 3):
+        pids = subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
+                              capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 15)
+            except OSError:
+                pass
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(str(c.base) + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def query(c: Cluster, k: int, path: str) -> dict:
+    return json.loads(c.lxc(k, "query", path).stdout)
+
+
+def mounts(c: Cluster, k: int) -> dict[str, str]:
+    """Node k's mounts (its processes have a mount namespace of their own, as a host of its
+    own would): mount point -> source device."""
+    pid = c.pids(k)[0]
+    with open(f"/proc/{pid}/mounts") as f:
+        return {line.split()[1]: line.split()[0] for line in f}
+
+
+def test_default_pool_made_by_every_member_on_its_own_disk(cluster: Cluster) -> None:
+    pool = query(cluster, 2, "/1.0/storage-pools/default")
+    assert pool["status"] == "Created" and pool["driver"] == "btrfs"
+    assert pool["locations"] == ["node1", "node2", "node3"]
+    assert "source" not in pool["config"]  # member-specific: shown with ?target=
+    devices = set()
+    for k in (1, 2, 3):
+        mine = query(cluster, 1, f"/1.0/storage-pools/default?target=node{k}")
+        assert mine["status"] == "Created" and mine["locations"] == [f"node{k}"]
+        src = Path(mine["config"]["source"])
+        assert src == cluster.node_dir(k) / "disks" / "default.img" and src.is_file()
+        point = str(cluster.node_dir(k) / "storage-pools" / "default")
+        mine_mounts = mounts(cluster, k)
+        assert point in mine_mounts, f"node{k}'s pool not mounted at {point}"
+        devices.add(mine_mounts[point])
+        others = [p for p in mine_mounts if "/storage-pools/" in p and f"/node{k}/" not in p]
+        assert not others, f"node{k} mounts another member's pool: {others}"
+    assert len(devices) == 3, f"the members share a device: {devices}"
+    bad = cluster.lxc(1, "query", "/1.0/storage-pools/default?target=node9", check=False)
+    assert bad.returncode != 0 and "not defined on member 'node9'" in bad.stderr
+
+
+def test_launch_on_another_member(cluster: Cluster) -> None:
+    cluster.lxc(1, "launch", "busybox", "cr-c1", "--target", "node2")
+    assert cluster.lxc(3, "list", "cr-c1", "-c", "L", "-f", "csv").stdout.strip() == "node2"
+    root = cluster.node_dir(2) / "storage-pools" / "default" / "containers" / "cr-c1"
+    assert root.is_dir() and not (cluster.node_dir(1) / "storage-pools" / "default" /
+                                  "containers" / "cr-c1").exists()
+    out = cluster.lxc(1, "exec", "cr-c1", "--", "cat", "/etc/hostname").stdout
+    assert out.strip() == "cr-c1"
+    cluster.lxc(1, "delete", "--force", "cr-c1")
+
+
+def test_pending_per_member_then_created_everywhere(cluster: Cluster) -> None:
+    for k, size in ((1, "1GiB"), (2, "2GiB")):
+        cluster.lxc(1, "storage", "create", "crp", "btrfs", f"size={size}",
+                    "--target", f"node{k}")
+    assert query(cluster, 3, "/1.0/storage-pools/crp")["status"] == "Pending"
+    assert not (cluster.node_dir(1) / "disks" / "crp.img").exists()  # nothing made yet
+    bad = cluster.lxc(1, "storage", "create", "crp", "btrfs", "--target", "node9",
+                      check=False)
+    assert bad.returncode != 0 and "not a cluster member" in bad.stderr
+    bad = cluster.lxc(1, "storage", "create", "crp", "btrfs", "source=/srv/x", check=False)
+    assert bad.returncode != 0 and "cluster member specific" in bad.stderr
+    # node3 cannot make its own (a loop file already there): Errored with the reason
+    stray = cluster.node_dir(3) / "disks" / "crp.img"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"")
+    failed = cluster.lxc(2, "storage", "create", "crp", "btrfs", check=False)
+    assert failed.returncode != 0 and "node3" in failed.stderr \
+        and "already exists" in failed.stderr
+    assert query(cluster, 1, "/1.0/storage-pools/crp")["status"] == "Errored"
+    assert query(cluster, 1, "/1.0/storage-pools/crp?target=node3")["status"] == "Errored"
+    assert query(cluster, 1, "/1.0/storage-pools/crp?target=node1")["status"] == "Created"
+    stray.unlink()
+    cluster.lxc(2, "storage", "create", "crp", "btrfs")  # only node3 retries
+    assert query(cluster, 3, "/1.0/storage-pools/crp")["status"] == "Created"
+    sizes = {k: os.stat(cluster.node_dir(k) / "disks" / "crp.img").st_size for k in (1, 2)}
+    assert sizes == {1: 1 << 30, 2: 2 << 30}
+    again = cluster.lxc(1, "storage", "create", "crp", "btrfs", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    cluster.lxc(3, "storage", "delete", "crp")
+    for k in (1, 2, 3):
+        assert not (cluster.node_dir(k) / "disks" / "crp.img").exists()
+        assert str(cluster.node_dir(k) / "storage-pools" / "crp") not in mounts(cluster, k)
