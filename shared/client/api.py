@@ -1222,6 +1222,20 @@ class StorageAPI(_Service):
         return await self._call(
             "patch", ObjectRequest, request, fields)
 
+    async def pool_member_create(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.storage.pool_member_create`` (CreateRequest)."""
+        return await self._call(
+            "pool_member_create", CreateRequest, request, fields, node)
+
+    async def pool_member_delete(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.storage.pool_member_delete`` (CreateRequest)."""
+        return await self._call(
+            "pool_member_delete", CreateRequest, request, fields, node)
+
     async def resources(
             self, request: ObjectRequest | None = None, /,
             **fields: Any) -> Reply:
