@@ -94,6 +94,8 @@ def spread_records(sock: Path, names: list[str], tag: str) -> None:
                      {"name": n, "profiles": [tag],
                       "source": {"type": "image", "alias": f"{tag}img"}})
     items = list(enumerate(names))
+    make(items[:NODES])  # one on each node first: its image volume is made once, alone
+    items = items[NODES:]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(make, [items[i::8] for i in range(8)]))
 
