@@ -54,7 +54,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                 ("instance", "patch"), ("instance", "profile_patch"),
                 ("instance", "project_get"), ("storage", "pool_member_create"),
                 ("storage", "pool_member_delete")),
-    "network": (("instance", "profile_list"), ("instance", "network_users")),
+    "network": (("instance", "profile_list"), ("instance", "network_users"),
+                ("network", "network_member_create"), ("network", "network_member_delete")),
     "instance": (("image", "resolve"), ("storage", "volume_from_image"),
                  ("storage", "volume_delete"), ("storage", "volume_rename"),
                  ("network", "nic_config"), ("network", "nic_limits"),
@@ -89,7 +90,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                 ("images", "obj", False), ("transfers", "obj", False), OPERATIONS, WARNINGS,
                 ("members", "kv", False)),  # a pool is made on every member (pool_members)
     "network": (("networks", "kv", True), ("network_acls", "kv", True),
-                ("network_forwards", "kv", True), OPERATIONS, WARNINGS),
+                ("network_forwards", "kv", True), OPERATIONS, WARNINGS,
+                ("members", "kv", False)),  # a network is made on every member
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
                  ("transfers", "obj", True), OPERATIONS, WARNINGS),
