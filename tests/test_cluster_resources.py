@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -66,6 +67,11 @@ def _end_leftovers(c: Cluster) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+def seen_by(c: Cluster, k: int, path: Path) -> Path:
+    """``path`` as node k's processes see it (through its mount namespace)."""
+    return Path(f"/proc/{c.pids(k)[0]}/root") / path.relative_to("/")
+
+
 def query(c: Cluster, k: int, path: str) -> dict:
     return json.loads(c.lxc(k, "query", path).stdout)
 
@@ -93,7 +99,8 @@ def test_default_pool_made_by_every_member_on_its_own_disk(cluster: Cluster) -> 
         mine_mounts = mounts(cluster, k)
         assert point in mine_mounts, f"node{k}'s pool not mounted at {point}"
         devices.add(mine_mounts[point])
-        others = [p for p in mine_mounts if "/storage-pools/" in p and f"/node{k}/" not in p]
+        others = [p for p in mine_mounts if p.startswith(str(cluster.base) + "/")
+                  and "/storage-pools/" in p and f"/node{k}/" not in p]
         assert not others, f"node{k} mounts another member's pool: {others}"
     assert len(devices) == 3, f"the members share a device: {devices}"
     bad = cluster.lxc(1, "query", "/1.0/storage-pools/default?target=node9", check=False)
@@ -103,12 +110,45 @@ def test_default_pool_made_by_every_member_on_its_own_disk(cluster: Cluster) -> 
 def test_launch_on_another_member(cluster: Cluster) -> None:
     cluster.lxc(1, "launch", "busybox", "cr-c1", "--target", "node2")
     assert cluster.lxc(3, "list", "cr-c1", "-c", "L", "-f", "csv").stdout.strip() == "node2"
-    root = cluster.node_dir(2) / "storage-pools" / "default" / "containers" / "cr-c1"
-    assert root.is_dir() and not (cluster.node_dir(1) / "storage-pools" / "default" /
-                                  "containers" / "cr-c1").exists()
+    root = Path("storage-pools") / "default" / "containers" / "cr-c1"
+    assert seen_by(cluster, 2, cluster.node_dir(2) / root).is_dir()
+    assert not seen_by(cluster, 1, cluster.node_dir(1) / root).exists()
     out = cluster.lxc(1, "exec", "cr-c1", "--", "cat", "/etc/hostname").stdout
     assert out.strip() == "cr-c1"
-    cluster.lxc(1, "delete", "--force", "cr-c1")
+
+
+def test_default_network_on_every_member_with_its_own_dhcp_slice(cluster: Cluster) -> None:
+    net = query(cluster, 3, "/1.0/networks/corralbr0")
+    assert net["status"] == "Created" and net["locations"] == ["node1", "node2", "node3"]
+    slices = set()
+    for k in (1, 2, 3):
+        mine = query(cluster, 1, f"/1.0/networks/corralbr0?target=node{k}")
+        assert mine["status"] == "Created"
+        assert mine["config"]["ipv4.address"] == net["config"]["ipv4.address"]
+        slices.add(mine["config"]["ipv4.dhcp.ranges"])
+        links = subprocess.run(["ip", "-n", f"{cluster.prefix}-node{k}", "-br", "link"],
+                               capture_output=True, text=True).stdout
+        assert "corralbr0" in links and "cvx" in links, links
+    assert len(slices) == 3, slices
+
+
+def test_overlay_joins_containers_on_different_members(cluster: Cluster) -> None:
+    """cr-c1 (node2, test_launch_on_another_member) pings cr-c2 (node3) over the VXLAN."""
+    cluster.lxc(1, "launch", "busybox", "cr-c2", "--target", "node3")
+    addr = ""
+    for _ in range(40):
+        rows = json.loads(cluster.lxc(1, "list", "cr-c2", "-f", "json").stdout)
+        nets = (rows[0].get("state") or {}).get("network") or {}
+        addr = next((a["address"] for a in nets.get("eth0", {}).get("addresses", [])
+                     if a["family"] == "inet"), "")
+        if addr:
+            break
+        time.sleep(0.5)
+    assert addr, "cr-c2 got no IPv4 address from node3's dnsmasq"
+    r = cluster.lxc(2, "exec", "cr-c1", "--", "ping", "-c", "2", "-W", "3", addr,
+                    check=False)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    cluster.lxc(1, "delete", "--force", "cr-c1", "cr-c2")
 
 
 def test_pending_per_member_then_created_everywhere(cluster: Cluster) -> None:

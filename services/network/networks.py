@@ -21,7 +21,7 @@ from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.state import Store, key
 
-from . import host
+from . import host, network_members, overlay
 from .drivers import NetworkDriver, load, validate_network_name
 from .drivers.base import AnyNetwork
 from .drivers.bridge_config import gateway, gateway6
@@ -52,9 +52,12 @@ def unmanaged(name: str, type_: str, used_by: list[str]) -> dict[str, Any]:
 
 
 class Networks:
-    def __init__(self, store: Store, corral_dir: Path) -> None:
+    def __init__(self, store: Store, corral_dir: Path, node: str | None = None,
+                 bus: Any = None) -> None:
         self.store = store
         self.corral_dir = corral_dir
+        self.node = node  # in a cluster: this member (network_members, overlay)
+        self.bus = bus
         self.lock = asyncio.Lock()
         # What lives beside a network's own objects (ACL and forward tables): the service
         # sets these; ``check`` refuses a config (400), ``up`` rebuilds them after the
@@ -65,8 +68,13 @@ class Networks:
         # 400 unless every named network ACL exists (a NIC's security.acls).
         self.acl_check: Callable[[list[str], str], None] = lambda names, where: None
 
+    def view(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record as this member builds it (in a cluster: with its own keys)."""
+        return network_members.local_view(rec, self.node) if self.node else rec
+
     def driver(self, rec: dict[str, Any], name: str | None = None) -> NetworkDriver:
-        return load(name or rec["name"], rec["type"], rec["config"], self.corral_dir)
+        return load(name or rec["name"], rec["type"], self.view(rec)["config"],
+                    self.corral_dir)
 
     def records(self) -> list[dict[str, Any]]:
         return sorted(self.store.cached(), key=lambda r: r["name"])
@@ -92,7 +100,10 @@ class Networks:
         return out
 
     # -- changes ------------------------------------------------------------------------
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, body: dict[str, Any], target: str | None = None
+                     ) -> dict[str, Any]:
+        if self.node:
+            return await self.create_in_cluster(body, target)
         name = body.get("name")
         if not name:
             raise BadRequest("No network name provided")
@@ -203,6 +214,10 @@ class Networks:
             rec, _rev = await self.get(name)
             if users:
                 raise Conflict(f"Network {name!r} is in use by {', '.join(users)}")
+            if self.node and network_members.clustered(rec):
+                await network_members.forget_everywhere(self.bus, rec, self.member_delete)
+                await self.store.delete(key(name))
+                return
             await asyncio.to_thread(self.driver(rec).delete)
             if self.gone is not None:
                 await self.gone(name)
@@ -217,9 +232,12 @@ class Networks:
             await asyncio.to_thread(drv.start)
             if self.up is not None:
                 await self.up(rec)
+            await self._overlay(rec)
         except Exception as exc:
             status, reason = "Errored", getattr(exc, "message", str(exc))
             log.error("network failed to start", network=rec["name"], error=reason)
+        if self.node and network_members.clustered(rec):
+            return await self._member_status(rec, status, reason)
         if (rec.get("status"), rec.get("status_reason", "")) != (status, reason):
             found = await self.store.get(key(rec["name"]))
             if found is not None:
@@ -232,15 +250,19 @@ class Networks:
         # Side by side: each network is its own bridge, nft table and dnsmasq, and one that
         # is slow to fail must not hold the service's start for the sum of every timeout.
         async with self.lock:
-            await asyncio.gather(*(self.start(rec) for rec in self.records()))
+            await asyncio.gather(*(self.start(rec) for rec in self.records()
+                                   if self.view(rec).get("status") != "Pending"))
 
     async def ensure_started(self, rec: dict[str, Any]) -> None:
         """Before a NIC joins: (re)start a network that is down; 503 if it cannot run."""
-        if rec.get("status") == "Created" and await asyncio.to_thread(
+        if self.view(rec).get("status") == "Pending":
+            raise CorralError(f"Network {rec['name']!r} is not created on member "
+                              f"{self.node!r} (lxc network create {rec['name']})", 503)
+        if self.view(rec).get("status") == "Created" and await asyncio.to_thread(
                 self.driver(rec).is_running):
             return
         async with self.lock:
-            rec = await self.start(rec)
+            rec = self.view(await self.start(rec))
         if rec["status"] != "Created":
             raise CorralError(f"Network {rec['name']!r} cannot be started: "
                               f"{rec['status_reason']}", 503)
@@ -248,3 +270,110 @@ class Networks:
     @staticmethod
     def url(name: str) -> str:
         return url("networks", name)
+
+    # -- in a cluster (network_members, overlay) -------------------------------------------
+    async def create_in_cluster(self, body: dict[str, Any], target: str | None
+                                ) -> dict[str, Any]:
+        """``--target M``: M's own keys, Pending; without: every member builds its own
+        bridge (this one first: it resolves ``auto`` once for all of them)."""
+        name = body.get("name")
+        if not name:
+            raise BadRequest("No network name provided")
+        validate_network_name(name)
+        type_ = body.get("type") or "bridge"
+        config = string_map("config", body.get("config"))
+        found = await self.store.get(key(name))
+        if found is not None and (not network_members.clustered(found[0])
+                                  or found[0].get("status") == "Created"):
+            raise Conflict(f"Network {name!r} already exists")
+        if found is not None and found[0]["type"] != type_:
+            raise BadRequest(f"Network {name!r} is defined with type {found[0]['type']!r}")
+        if target is not None:
+            await network_members.check_member(self.bus, target)
+            entry = network_members.member_entry(config)
+            if found is None:
+                rec = {"name": name, "type": type_, "description": description(
+                    body.get("description")), "config": {}, "project": "default",
+                    "status": "Pending", "members": {target: entry}}
+                await self.store.create(key(name), rec, f"Network {name!r}")
+                return rec
+            rec, rev = found
+            rec = {**rec, "members": {**rec["members"], target: entry}}
+            await self.store.update(key(name), rec, rev)
+            return rec
+        network_members.check_global(config)
+        rec = found[0] if found else {
+            "name": name, "type": type_, "description": description(body.get("description")),
+            "config": {}, "project": "default", "status": "Pending", "members": {}}
+        if not rec["config"]:  # resolve auto addresses once, here, for every member
+            drv = load(name, type_, config, self.corral_dir)  # 400 for an unknown type
+            drv.validate_config(config)
+            self.check(config)
+            if type_ == "bridge":
+                from .drivers.bridge_config import resolve_auto
+                config = await asyncio.to_thread(resolve_auto, config, self.taken(name))
+            rec = {**rec, "config": config}
+        if found is None:
+            await self.store.create(key(name), rec, f"Network {name!r}")
+        else:
+            await self.store.put(key(name), rec)
+        entries = await network_members.realise_everywhere(self.bus, rec, self.member_create)
+        ok = all(e["status"] == "Created" for e in entries.values())
+        rec = {**rec, "members": entries, "status": "Created" if ok else "Errored"}
+        await self.store.put(key(name), rec)
+        network_members.outcome(name, entries)
+        return rec
+
+    async def member_create(self, body: dict[str, Any]) -> None:
+        """Build this member's own bridge, NAT, dnsmasq (its DHCP slice) and overlay port."""
+        rec = {"name": body["name"], "type": body["type"], "config": body["config"]}
+        drv = load(rec["name"], rec["type"], rec["config"], self.corral_dir)
+        async with self.lock:
+            if await asyncio.to_thread(drv.exists):
+                await asyncio.to_thread(drv.start)
+            else:
+                await asyncio.to_thread(drv.create, self.taken(rec["name"]))
+            if self.up is not None:
+                await self.up(rec)
+            await self._overlay(rec)
+
+    async def member_delete(self, body: dict[str, Any]) -> None:
+        drv = load(body["name"], body["type"], body["config"], self.corral_dir)
+        async with self.lock:
+            await asyncio.to_thread(overlay.detach, body["name"])
+            if self.gone is not None:
+                await self.gone(body["name"])
+            await asyncio.to_thread(drv.delete)
+
+    async def _overlay(self, rec: dict[str, Any]) -> None:
+        """In a cluster, a bridge's VXLAN port to the other members (overlay.py)."""
+        if not self.node or rec.get("type") != "bridge" or self.bus is None:
+            return
+        local = overlay.local_address()
+        if local is None:
+            log.warning("no overlay: CORRAL_CLUSTER_ADDRESS is not an IP address",
+                        network=rec["name"])
+            return
+        from shared import cluster
+        peers = [p for m in await cluster.read_members(self.bus) if m.name != self.node
+                 and (p := overlay.peer_address(m.url))]
+        gw = gateway(self.view(rec)["config"])
+        await asyncio.to_thread(overlay.attach, rec["name"], rec["name"], local, peers,
+                                str(gw.ip) if gw is not None else None)
+
+    async def _member_status(self, rec: dict[str, Any], status: str, reason: str
+                             ) -> dict[str, Any]:
+        found = await self.store.get(key(rec["name"]))
+        if found is None:
+            return rec
+        cur, rev = found
+        mine = cur["members"].get(self.node) or {}
+        if (mine.get("status"), mine.get("reason", "")) == (status, reason):
+            return cur
+        entry = {**mine, "status": status, "reason": reason}
+        cur = {**cur, "members": {**cur["members"], self.node: entry}}
+        try:
+            await self.store.update(key(rec["name"]), cur, rev)
+        except CorralError:
+            pass  # another member wrote meanwhile: its status stays, ours is logged
+        return cur

@@ -28,7 +28,18 @@ from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
 from . import acls as acl_mod
-from . import attach, firewall, forwards, host, leases, nic, nic_acls, routed, usage
+from . import (
+    attach,
+    firewall,
+    forwards,
+    host,
+    leases,
+    network_members,
+    nic,
+    nic_acls,
+    routed,
+    usage,
+)
 from .acls import Acls
 from .forwards import Forwards
 from .networks import Networks, network_etag, public, unmanaged
@@ -44,7 +55,8 @@ class NetworkService(Service):
 
     async def setup(self) -> None:
         store = await Store(self.bus, "networks", cache=True).open()
-        self.networks = Networks(store, self.config.dir)
+        self.networks = Networks(store, self.config.dir,
+                                 self.config.node if self.config.cluster else None, self.bus)
         self.acls = Acls(await Store(self.bus, "network_acls", cache=True).open())
         self.forwards = Forwards(await Store(self.bus, "network_forwards", cache=True).open())
         self.networks.check = lambda config: self.acls.check_names(
@@ -91,7 +103,7 @@ class NetworkService(Service):
         if req.recursion <= 0:
             return Reply(metadata=listing("networks", [(n, {}) for n in names], 0))
         users = await usage.used_by(self.bus, req.project, names, set(managed))
-        items = [(n, public(managed[n], users[n]) if n in managed
+        items = [(n, self._public(managed[n], users[n]) if n in managed
                   else unmanaged(n, others[n], users[n])) for n in names]
         return Reply(metadata=listing("networks", items, req.recursion))
 
@@ -105,11 +117,19 @@ class NetworkService(Service):
             users = await usage.used_by(self.bus, req.project, [req.name], set())
             return Reply(metadata=unmanaged(req.name, kind, users[req.name]))
         users = await usage.used_by(self.bus, req.project, [req.name], {req.name})
-        return Reply(metadata=public(rec, users[req.name]), etag=network_etag(rec))
+        return Reply(metadata=self._public(rec, users[req.name], req.target),
+                     etag=network_etag(rec))
+
+    def _public(self, rec: dict, users: list[str], target: str | None = None) -> dict:
+        """LXD's network object; in a cluster with ``locations`` (network_members)."""
+        out = public(rec, users)
+        if self.networks.node:
+            out.update(network_members.public_fields(rec, target))
+        return out
 
     @endpoint("create", CreateRequest)
     async def create_network(self, req: CreateRequest) -> Reply:
-        rec = await self.networks.create(req.body)
+        rec = await self.networks.create(req.body, req.target)
         await self._lifecycle("network-created", rec["name"], req)
         return Reply(metadata={})
 
@@ -145,6 +165,18 @@ class NetworkService(Service):
         users = await usage.used_by(self.bus, req.project, [req.name], {req.name}, strict=True)
         await self.networks.delete(req.name, users[req.name])
         await self._lifecycle("network-deleted", req.name, req)
+        return Reply(metadata={})
+
+    @endpoint("network_member_create", CreateRequest, scope="node")
+    async def network_member_create(self, req: CreateRequest) -> Reply:
+        """In a cluster: build this member's own network (network_members)."""
+        await self.networks.member_create(req.body)
+        return Reply(metadata={})
+
+    @endpoint("network_member_delete", CreateRequest, scope="node")
+    async def network_member_delete(self, req: CreateRequest) -> Reply:
+        """In a cluster: remove this member's own network (network_members)."""
+        await self.networks.member_delete(req.body)
         return Reply(metadata={})
 
     @endpoint("state", ObjectRequest)

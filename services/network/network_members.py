@@ -1,0 +1,161 @@
+"""Networks in a cluster: defined per member, then made on every member (LXD's way).
+
+``lxc network create n --target node2 bridge.external_interfaces=eth1`` records what is
+particular to node2, Pending, and builds nothing. ``lxc network create n`` then makes the
+network on the member that was asked (``auto`` addresses resolved there, once: every
+member's bridge has the same subnet and gateway address, one L2 segment with the overlay)
+and asks every other member (``corral.node.<m>.network.network_member_create``) to build
+its own bridge, NAT and dnsmasq. Each answer lands in the record's ``members``: Created,
+or Errored with the reason; the same create again retries the members that failed.
+
+DHCP: each member's dnsmasq serves its own slice of the range (its own lease file), so
+two members never hand out the same address on the shared segment without having to
+share lease state (a slice per member in name order, written in the member's config as
+``ipv4.dhcp.ranges``). A range set cluster-wide by the user is taken as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+from shared import cluster
+from shared.bus import Bus
+from shared.errors import BadRequest, CorralError, NotFound
+from shared.models import CreateRequest
+
+CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
+MEMBER_KEYS = ("bridge.external_interfaces",)
+MEMBER_TIMEOUT = 60.0
+
+
+def clustered(rec: dict[str, Any]) -> bool:
+    return isinstance(rec.get("members"), dict)
+
+
+def local_view(rec: dict[str, Any], node: str) -> dict[str, Any]:
+    """The network as member ``node`` builds it: cluster-wide config, its own keys over."""
+    if not clustered(rec):
+        return rec
+    mine = rec["members"].get(node) or {}
+    return {**rec, "config": {**rec.get("config", {}), **mine.get("config", {})},
+            "status": mine.get("status", PENDING),
+            "status_reason": mine.get("reason", "")}
+
+
+def public_fields(rec: dict[str, Any], target: str | None) -> dict[str, Any]:
+    if not clustered(rec):
+        return {}
+    if target is None:
+        return {"locations": sorted(rec["members"])}
+    if target not in rec["members"]:
+        raise NotFound(f"Network {rec['name']!r} is not defined on member {target!r}")
+    view = local_view(rec, target)
+    return {"locations": [target], "config": view["config"], "status": view["status"]}
+
+
+def member_entry(config: dict[str, str]) -> dict[str, Any]:
+    other = sorted(k for k in config if k not in MEMBER_KEYS)
+    if other:
+        raise BadRequest(f"Config key {other[0]!r} may not be used as member-specific key: "
+                         f"only {', '.join(MEMBER_KEYS)} are given per member")
+    return {"status": PENDING, "config": dict(config)}
+
+
+def check_global(config: dict[str, str]) -> None:
+    for k in MEMBER_KEYS:
+        if k in config:
+            raise BadRequest(f"Config key {k!r} is cluster member specific: give it per "
+                             f"member first (lxc network create NAME {k}=... --target "
+                             "MEMBER)")
+
+
+async def check_member(bus: Bus, target: str) -> None:
+    names = [m.name for m in await cluster.read_members(bus)]
+    if target not in names:
+        raise BadRequest(f"Invalid target {target!r}: not a cluster member "
+                         f"(members: {', '.join(names) or 'none'})")
+
+
+def dhcp_slice(config: dict[str, str], index: int, count: int) -> dict[str, str]:
+    """Member ``index`` of ``count``'s part of the default DHCP range (LXD's default: the
+    2nd to the last-but-one address), as ``ipv4.dhcp.ranges``; {} when the user set one."""
+    addr = config.get("ipv4.address", "")
+    if "ipv4.dhcp.ranges" in config or "/" not in addr or count < 2:
+        return {}
+    net = ipaddress.ip_interface(addr).network
+    first, last = int(net.network_address) + 2, int(net.broadcast_address) - 1
+    size = (last - first + 1) // count
+    if size < 1:
+        return {}
+    lo = first + index * size
+    hi = last if index == count - 1 else lo + size - 1
+    return {"ipv4.dhcp.ranges": f"{ipaddress.IPv4Address(lo)}-{ipaddress.IPv4Address(hi)}"}
+
+
+async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
+                             ) -> dict[str, dict[str, Any]]:
+    """Every member not yet Created builds its own network (``local`` for this one)."""
+    members = await cluster.read_members(bus)
+    online = {m.name for m in members if cluster.is_online(m)}
+    names = sorted(m.name for m in members)
+    entries = {n: dict(e) for n, e in rec["members"].items()}
+
+    async def one(name: str) -> None:
+        entry = entries.get(name) or {"status": PENDING, "config": {}}
+        if entry.get("status") == CREATED:
+            return
+        own = {**entry.get("config", {}),
+               **dhcp_slice(rec["config"], names.index(name), len(names))}
+        body = {"name": rec["name"], "type": rec["type"],
+                "config": {**rec["config"], **own}}
+        try:
+            if name not in online:
+                raise CorralError(f"member {name!r} is offline", 503)
+            if name == bus.config.node:
+                await local(body)
+            else:
+                await bus.request("network", "network_member_create",
+                                  CreateRequest(body=body), node=name, timeout=MEMBER_TIMEOUT)
+            entries[name] = {"status": CREATED, "config": own}
+        except CorralError as exc:
+            entries[name] = {**entry, "status": ERRORED, "reason": exc.message,
+                             "code": exc.code}
+
+    await asyncio.gather(*(one(n) for n in names))
+    return entries
+
+
+async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
+    online = {m.name for m in await cluster.read_members(bus) if cluster.is_online(m)}
+    failed = []
+    for name, entry in sorted(rec["members"].items()):
+        if entry.get("status") == PENDING:
+            continue
+        body = {"name": rec["name"], "type": rec["type"],
+                "config": local_view(rec, name)["config"]}
+        try:
+            if name == bus.config.node:
+                await local(body)
+            elif name not in online:
+                raise CorralError(f"member {name!r} is offline", 503)
+            else:
+                await bus.request("network", "network_member_delete",
+                                  CreateRequest(body=body), node=name, timeout=MEMBER_TIMEOUT)
+        except CorralError as exc:
+            failed.append(f"{name}: {exc.message}")
+    if failed:
+        raise CorralError(f"Network {rec['name']!r} could not be deleted on every member "
+                          f"({'; '.join(failed)}); try again once they are online", 503)
+
+
+def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:
+    bad = {n: e for n, e in sorted(entries.items()) if e.get("status") != CREATED}
+    if not bad:
+        return
+    codes = {e.get("code", 500) for e in bad.values()}
+    why = "; ".join(f"{n}: {e.get('reason', 'not created')}" for n, e in bad.items())
+    raise CorralError(f"Failed to create network {name!r} on member(s) {why} (fix it and "
+                      "run the same create again: only those members retry)",
+                      codes.pop() if len(codes) == 1 else 500)
