@@ -957,6 +957,20 @@ class NetworksAPI(_Service):
         return await self._call(
             "metrics", Message, request, fields)
 
+    async def network_member_create(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.network.network_member_create`` (CreateRequest)."""
+        return await self._call(
+            "network_member_create", CreateRequest, request, fields, node)
+
+    async def network_member_delete(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.network.network_member_delete`` (CreateRequest)."""
+        return await self._call(
+            "network_member_delete", CreateRequest, request, fields, node)
+
     async def nic_config(
             self, request: NicConfigRequest | None = None, /, *, node: str,
             **fields: Any) -> Reply:
