@@ -41,30 +41,48 @@ def cluster() -> Iterator[Cluster]:
             for row in out.splitlines():
                 if row.endswith(f",node{k}"):
                     c.lxc(k, "delete", "--force", row.split(",")[0], check=False)
+        leftovers = _leftovers(c)
         down = c.make("cluster-down", check=False)
-        _end_leftovers(c)
+        _end(leftovers)
         left = c.namespaces()
+        loops = ""
+        for _ in range(20):  # the loop devices go with the last process of a node
+            loops = subprocess.run(["losetup", "-a"], capture_output=True,
+                                   text=True).stdout
+            if str(base) not in loops:
+                break
+            time.sleep(0.5)
         shutil.rmtree(base, ignore_errors=True)
         assert down.returncode == 0, down.stderr
         assert not left, f"namespaces left behind: {left}"
+        assert str(base) not in loops, f"loop devices left behind: {loops}"
 
 
-def _end_leftovers(c: Cluster) -> None:
-    """dnsmasq the nodes' network services started stays in its namespace (cluster-down
-    says so and leaves it): end those by PID (the nodes' mounts go with their mount
-    namespaces), then unmount anything left under the directory."""
+def _leftovers(c: Cluster) -> list[int]:
+    """The dnsmasq processes the nodes' network services started (cluster-down leaves
+    them, saying so): found in the nodes' namespaces before those are deleted."""
+    found = []
     for k in (1, 2, 3):
         pids = subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
                               capture_output=True, text=True).stdout.split()
-        for pid in pids:
+        for pid in map(int, pids):
             try:
-                os.kill(int(pid), 15)
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
-                pass
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
-    for point in sorted((p for p in points if p.startswith(str(c.base) + "/")), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
+                continue
+            if "dnsmasq" in cmd and str(c.base) in cmd:
+                found.append(pid)
+    return found
+
+
+def _end(pids: list[int]) -> None:
+    """End them by PID (the nodes' mounts go with their mount namespaces, the loop
+    devices with the mounts)."""
+    for pid in pids:
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
 
 
 def seen_by(c: Cluster, k: int, path: Path) -> Path:
