@@ -201,3 +201,48 @@ def test_pending_per_member_then_created_everywhere(cluster: Cluster) -> None:
     for k in (1, 2, 3):
         assert not (cluster.node_dir(k) / "disks" / "crp.img").exists()
         assert str(cluster.node_dir(k) / "storage-pools" / "crp") not in mounts(cluster, k)
+
+
+def test_dir_pool_per_member(cluster: Cluster) -> None:
+    cluster.lxc(2, "storage", "create", "crd", "dir")
+    for k in (1, 2, 3):
+        mine = query(cluster, 3, f"/1.0/storage-pools/crd?target=node{k}")
+        own = cluster.node_dir(k) / "storage-pools" / "crd"
+        assert mine["status"] == "Created" and mine["config"]["source"] == str(own)
+        assert seen_by(cluster, k, own).is_dir()
+    cluster.lxc(1, "storage", "delete", "crd")
+    for k in (1, 2, 3):
+        assert not seen_by(cluster, k, cluster.node_dir(k) / "storage-pools" / "crd").exists()
+    gone = cluster.lxc(1, "storage", "show", "crd", check=False)
+    assert gone.returncode != 0 and "not found" in gone.stderr
+
+
+def links(c: Cluster, k: int) -> str:
+    return subprocess.run(["ip", "-n", f"{c.prefix}-node{k}", "-br", "link"],
+                          capture_output=True, text=True).stdout
+
+
+def test_network_pending_per_member_then_created_and_deleted_everywhere(
+        cluster: Cluster) -> None:
+    for k in (1, 2):
+        cluster.lxc(1, "network", "create", "crn", "--target", f"node{k}")
+    assert query(cluster, 2, "/1.0/networks/crn")["status"] == "Pending"
+    assert "crn " not in links(cluster, 1)  # nothing built yet
+    bad = cluster.lxc(1, "network", "create", "crn", "--target", "node9", check=False)
+    assert bad.returncode != 0 and "not a cluster member" in bad.stderr
+    bad = cluster.lxc(1, "network", "create", "crn", "ipv4.nat=false", "--target", "node2",
+                      check=False)
+    assert bad.returncode != 0 and "member-specific" in bad.stderr
+    bad = cluster.lxc(1, "network", "create", "crn2", "bridge.external_interfaces=eth9",
+                      check=False)
+    assert bad.returncode != 0 and "cluster member specific" in bad.stderr
+    cluster.lxc(3, "network", "create", "crn", "ipv4.nat=false")
+    net = query(cluster, 1, "/1.0/networks/crn")
+    assert net["status"] == "Created" and net["locations"] == ["node1", "node2", "node3"]
+    for k in (1, 2, 3):
+        assert "crn " in links(cluster, k) + " "
+    again = cluster.lxc(1, "network", "create", "crn", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    cluster.lxc(2, "network", "delete", "crn")
+    for k in (1, 2, 3):
+        assert "crn " not in links(cluster, k), links(cluster, k)

@@ -210,14 +210,18 @@ class Networks:
             raise
 
     async def delete(self, name: str, users: list[str]) -> None:
+        rec, _rev = await self.get(name)
+        if self.node and network_members.clustered(rec):
+            if users:
+                raise Conflict(f"Network {name!r} is in use by {', '.join(users)}")
+            # each member (this one too: member_delete) takes its own lock
+            await network_members.forget_everywhere(self.bus, rec, self.member_delete)
+            await self.store.delete(key(name))
+            return
         async with self.lock:
             rec, _rev = await self.get(name)
             if users:
                 raise Conflict(f"Network {name!r} is in use by {', '.join(users)}")
-            if self.node and network_members.clustered(rec):
-                await network_members.forget_everywhere(self.bus, rec, self.member_delete)
-                await self.store.delete(key(name))
-                return
             await asyncio.to_thread(self.driver(rec).delete)
             if self.gone is not None:
                 await self.gone(name)
