@@ -126,12 +126,14 @@ IMAGES = [
 
 NETWORKS = [
     Route("GET", "/1.0/networks", ask("network", "list", listing)),
-    Route("POST", "/1.0/networks", ask("network", "create", creation,
+    # SLOW: in a cluster every member builds its own bridge and dnsmasq (network_members)
+    Route("POST", "/1.0/networks", ask("network", "create", creation, timeout=storage.SLOW,
                                        respond=networks.created)),
     Route("GET", "/1.0/networks/{name}", ask("network", "get", item)),
     Route("PUT", "/1.0/networks/{name}", ask("network", "update", item)),
     Route("PATCH", "/1.0/networks/{name}", ask("network", "patch", item)),
-    Route("DELETE", "/1.0/networks/{name}", ask("network", "delete", item)),
+    Route("DELETE", "/1.0/networks/{name}", ask("network", "delete", item,
+                                                timeout=storage.SLOW)),
     Route("POST", "/1.0/networks/{name}", ask("network", "rename", item)),
     Route("GET", "/1.0/networks/{name}/state", ask("network", "state", item)),
     Route("GET", "/1.0/networks/{name}/leases", ask("network", "leases", item)),
