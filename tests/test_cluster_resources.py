@@ -246,3 +246,22 @@ def test_network_pending_per_member_then_created_and_deleted_everywhere(
     cluster.lxc(2, "network", "delete", "crn")
     for k in (1, 2, 3):
         assert "crn " not in links(cluster, k), links(cluster, k)
+
+
+def test_errored_pool_deleted_keeps_what_was_not_ours(cluster: Cluster) -> None:
+    """A pool Errored on one member is deleted on the others; the member's file that made
+    it fail (not made by us) is left alone."""
+    stray = cluster.node_dir(2) / "disks" / "crq.img"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"not ours")
+    failed = cluster.lxc(1, "storage", "create", "crq", "btrfs", "size=1GiB", check=False)
+    assert failed.returncode != 0 and "node2" in failed.stderr
+    assert (cluster.node_dir(1) / "disks" / "crq.img").exists()
+    cluster.lxc(3, "storage", "delete", "crq")
+    assert stray.read_bytes() == b"not ours"
+    for k in (1, 3):
+        assert not (cluster.node_dir(k) / "disks" / "crq.img").exists()
+        assert str(cluster.node_dir(k) / "storage-pools" / "crq") not in mounts(cluster, k)
+    gone = cluster.lxc(1, "storage", "show", "crq", check=False)
+    assert gone.returncode != 0 and "not found" in gone.stderr
+    stray.unlink()

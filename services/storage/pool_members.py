@@ -119,16 +119,17 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
 
 
 async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
-    """Delete every member's own pool; a member that cannot is a 503 and the record is
-    kept (the delete is retried whole, members already done skip theirs: see the drivers'
-    delete, which tolerates a pool already gone)."""
+    """Delete every member's own pool; a Created member that cannot is a 503 and the
+    record is kept (the delete is retried whole: the drivers' delete tolerates a pool
+    already gone). A member not Created is asked too, best effort: a create cut short
+    (the coordinating member died before recording the answers) may have left its loop
+    file and mount there."""
     online = {m.name for m in await cluster.read_members(bus) if cluster.is_online(m)}
     failed: list[str] = []
     for name, entry in sorted(rec["members"].items()):
-        if entry.get("status") != CREATED:
-            continue  # a failed create undid its own steps (the drivers' undo)
+        made = entry.get("status") == CREATED
         body = {"name": rec["name"], "driver": rec["driver"],
-                "config": local_view(rec, name)["config"]}
+                "config": local_view(rec, name)["config"], "if_made": not made}
         try:
             if name == bus.config.node:
                 await local(body)
@@ -138,7 +139,8 @@ async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
                 await bus.request("storage", "pool_member_delete", CreateRequest(body=body),
                                   node=name, timeout=MEMBER_TIMEOUT)
         except CorralError as exc:
-            failed.append(f"{name}: {exc.message}")
+            if made:
+                failed.append(f"{name}: {exc.message}")
     if failed:
         raise CorralError(f"Storage pool {rec['name']!r} could not be deleted on every "
                           f"member ({'; '.join(failed)}); try again once they are online",

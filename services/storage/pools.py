@@ -311,6 +311,9 @@ class Pools:
         """Unmount and remove this member's own pool (its part of a cluster-wide delete)."""
         rec = {"name": body["name"], "driver": body["driver"],
                "config": body.get("config") or {}}
+        drv = trusted_driver(rec, self.dir)
+        if body.get("if_made") and not drv.path.exists():
+            return  # never made here (a failed create undoes itself): touch nothing
         async with self._lock(f"member:{body['name']}"):
-            await asyncio.to_thread(trusted_driver(rec, self.dir).delete)
+            await asyncio.to_thread(drv.delete)
         self.unavailable.pop(body["name"], None)
