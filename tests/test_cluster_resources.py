@@ -36,7 +36,9 @@ def cluster() -> Iterator[Cluster]:
         c.make("cluster-up", "N=3")
         yield c
     finally:
-        for k in (1, 2, 3):  # our instances first, while the services still run
+        for k in (1, 2, 3, 4):  # our instances first, while the services still run
+            if not c.node_dir(k).exists():
+                continue
             out = c.lxc(k, "list", "-c", "nL", "-f", "csv", check=False).stdout
             for row in out.splitlines():
                 if row.endswith(f",node{k}"):
@@ -62,7 +64,7 @@ def _leftovers(c: Cluster) -> list[int]:
     """The dnsmasq processes the nodes' network services started (cluster-down leaves
     them, saying so): found in the nodes' namespaces before those are deleted."""
     found = []
-    for k in (1, 2, 3):
+    for k in (1, 2, 3, 4):
         pids = subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
                               capture_output=True, text=True).stdout.split()
         for pid in map(int, pids):
@@ -265,3 +267,37 @@ def test_errored_pool_deleted_keeps_what_was_not_ours(cluster: Cluster) -> None:
     gone = cluster.lxc(1, "storage", "show", "crq", check=False)
     assert gone.returncode != 0 and "not found" in gone.stderr
     stray.unlink()
+
+
+def test_a_member_joining_later_makes_its_own_pool_and_bridge(cluster: Cluster) -> None:
+    """node4 joins after the defaults: its storage and network services make its own pool
+    (its loop file) and bridge (a free DHCP slice) at their start; a container on node4
+    reaches one on node2 over the overlay."""
+    token = cluster.lxc(1, "cluster", "add", "node4").stdout.strip().splitlines()[-1]
+    cluster.make("cluster-join", f"TOKEN={token}")
+    pool = query(cluster, 1, "/1.0/storage-pools/default?target=node4")
+    assert pool["status"] == "Created"
+    assert pool["config"]["source"] == str(cluster.node_dir(4) / "disks" / "default.img")
+    slices = {query(cluster, 1, f"/1.0/networks/corralbr0?target=node{k}")["config"][
+        "ipv4.dhcp.ranges"] for k in (1, 2, 3, 4)}
+    assert len(slices) == 4, slices
+    assert "cvx" in links(cluster, 4)
+    cluster.lxc(1, "launch", "busybox", "cr-j2", "--target", "node2")
+    cluster.lxc(1, "launch", "busybox", "cr-j4", "--target", "node4")
+    addr = wait_address(cluster, "cr-j2")
+    r = cluster.lxc(1, "exec", "cr-j4", "--", "ping", "-c", "2", "-W", "3", addr,
+                    check=False)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    cluster.lxc(1, "delete", "--force", "cr-j2", "cr-j4")
+
+
+def wait_address(c: Cluster, name: str) -> str:
+    for _ in range(40):
+        rows = json.loads(c.lxc(1, "list", name, "-f", "json").stdout)
+        nets = (rows[0].get("state") or {}).get("network") or {}
+        addr = next((a["address"] for a in nets.get("eth0", {}).get("addresses", [])
+                     if a["family"] == "inet"), "")
+        if addr:
+            return addr
+        time.sleep(0.5)
+    raise AssertionError(f"{name} got no IPv4 address")

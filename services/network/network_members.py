@@ -10,8 +10,9 @@ or Errored with the reason; the same create again retries the members that faile
 
 DHCP: each member's dnsmasq serves its own slice of the range (its own lease file), so
 two members never hand out the same address on the shared segment without having to
-share lease state (a slice per member in name order, written in the member's config as
-``ipv4.dhcp.ranges``). A range set cluster-wide by the user is taken as given.
+share lease state (the range cut in ``SLICES`` or more, a slice per member in name
+order, written in the member's config as ``ipv4.dhcp.ranges``; a member joining later
+takes a free one at its start). A range set cluster-wide by the user is taken as given.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from shared.models import CreateRequest
 
 CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
 MEMBER_KEYS = ("bridge.external_interfaces",)
+# The DHCP range is cut in at least this many slices, so members that join later find
+# free ones (a /24: 31 addresses a member); more members than this: one slice each.
+SLICES = 8
 MEMBER_TIMEOUT = 60.0
 
 
@@ -78,6 +82,12 @@ async def check_member(bus: Bus, target: str) -> None:
                          f"(members: {', '.join(names) or 'none'})")
 
 
+def free_slice(rec: dict[str, Any]) -> int:
+    """The first slice no member holds (for a member joining after the create)."""
+    used = {e.get("slice") for e in rec["members"].values()}
+    return next(i for i in range(len(used) + 1 + SLICES) if i not in used)
+
+
 def dhcp_slice(config: dict[str, str], index: int, count: int) -> dict[str, str]:
     """Member ``index`` of ``count``'s part of the default DHCP range (LXD's default: the
     2nd to the last-but-one address), as ``ipv4.dhcp.ranges``; {} when the user set one."""
@@ -101,13 +111,14 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
     online = {m.name for m in members if cluster.is_online(m)}
     names = sorted(m.name for m in members)
     entries = {n: dict(e) for n, e in rec["members"].items()}
+    count = max(len(names), SLICES)
 
     async def one(name: str) -> None:
         entry = entries.get(name) or {"status": PENDING, "config": {}}
         if entry.get("status") == CREATED:
             return
-        own = {**entry.get("config", {}),
-               **dhcp_slice(rec["config"], names.index(name), len(names))}
+        index = names.index(name)
+        own = {**entry.get("config", {}), **dhcp_slice(rec["config"], index, count)}
         body = {"name": rec["name"], "type": rec["type"],
                 "config": {**rec["config"], **own}}
         try:
@@ -118,7 +129,7 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
             else:
                 await bus.request("network", "network_member_create",
                                   CreateRequest(body=body), node=name, timeout=MEMBER_TIMEOUT)
-            entries[name] = {"status": CREATED, "config": own}
+            entries[name] = {"status": CREATED, "config": own, "slice": index}
         except CorralError as exc:
             entries[name] = {**entry, "status": ERRORED, "reason": exc.message,
                              "code": exc.code}

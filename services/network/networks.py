@@ -253,6 +253,11 @@ class Networks:
         """At service start the host is the truth: recreate what a reboot or crash lost."""
         # Side by side: each network is its own bridge, nft table and dnsmasq, and one that
         # is slow to fail must not hold the service's start for the sum of every timeout.
+        if self.node:
+            for rec in self.records():
+                if network_members.clustered(rec) and rec.get("status") == "Created" \
+                        and self.node not in rec["members"]:
+                    await self.join(rec)  # a member that joined after the create
         async with self.lock:
             await asyncio.gather(*(self.start(rec) for rec in self.records()
                                    if self.view(rec).get("status") != "Pending"))
@@ -381,3 +386,24 @@ class Networks:
         except CorralError:
             pass  # another member wrote meanwhile: its status stays, ours is logged
         return cur
+
+    async def join(self, rec: dict[str, Any]) -> None:
+        """A member that joined after the network was created: its entry with a free DHCP
+        slice, written compare-and-set; ``reconcile`` then builds it like any other."""
+        name = rec["name"]
+        for _ in range(10):
+            found = await self.store.get(key(name))
+            if found is None or self.node in found[0].get("members", {}):
+                return
+            cur, rev = found
+            index = network_members.free_slice(cur)
+            own = network_members.dhcp_slice(cur["config"], index, max(
+                len(cur["members"]) + 1, network_members.SLICES))
+            entry = {"status": "Created", "config": own, "slice": index}
+            try:
+                await self.store.update(key(name), {
+                    **cur, "members": {**cur["members"], self.node: entry}}, rev)
+                log.info("network joined by this member", network=name, slice=index)
+                return
+            except Conflict:
+                continue

@@ -223,6 +223,8 @@ class Pools:
         for rec in self.records():
             name = rec["name"]
             if self.node and pool_members.clustered(rec):
+                if rec.get("status") == CREATED and self.node not in rec["members"]:
+                    rec = await self.join(rec)  # a member that joined after the create
                 rec = self.view(rec)  # never another member's source
                 if rec["status"] != CREATED:
                     continue  # not made on this member (yet): nothing to mount
@@ -317,3 +319,34 @@ class Pools:
         async with self._lock(f"member:{body['name']}"):
             await asyncio.to_thread(drv.delete)
         self.unavailable.pop(body["name"], None)
+
+    async def join(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A member that joined after the pool was created makes its own at its start, with
+        the cluster-wide config (its loop file under its own CORRAL_DIR), and records its
+        entry (compare-and-set: other members write theirs meanwhile)."""
+        name = rec["name"]
+        try:
+            made = await self.member_create({"name": name, "driver": rec["driver"],
+                                             "config": dict(rec.get("config", {}))})
+            entry: dict[str, Any] = {"status": CREATED, "config": {
+                k: v for k, v in made.items() if rec.get("config", {}).get(k) != v}}
+            log.info("storage pool made on this member (joined after its create)", pool=name)
+        except (CorralError, OSError) as exc:
+            entry = {"status": "Errored", "config": {},
+                     "reason": getattr(exc, "message", str(exc))}
+            log.warning("storage pool not made on this member", pool=name,
+                        reason=entry["reason"])
+        for _ in range(10):
+            found = await self.store.get(key(name))
+            if found is None:
+                return rec
+            cur, rev = found
+            cur = {**cur, "members": {**cur["members"], self.node: entry}}
+            if entry["status"] != CREATED:
+                cur["status"] = "Errored"
+            try:
+                await self.store.update(key(name), cur, rev)
+                return cur
+            except Conflict:
+                continue
+        return rec
