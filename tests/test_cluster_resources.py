@@ -245,6 +245,8 @@ def test_network_pending_per_member_then_created_and_deleted_everywhere(
         assert "crn " in links(cluster, k) + " "
     again = cluster.lxc(1, "network", "create", "crn", check=False)
     assert again.returncode != 0 and "already exists" in again.stderr
+    renamed = cluster.lxc(1, "network", "rename", "crn", "crn9", check=False)
+    assert renamed.returncode != 0 and "not supported" in renamed.stderr
     cluster.lxc(2, "network", "delete", "crn")
     for k in (1, 2, 3):
         assert "crn " not in links(cluster, k), links(cluster, k)

@@ -171,6 +171,9 @@ class Networks:
         if not isinstance(new_name, str) or not new_name:
             raise BadRequest("No new network name provided")
         validate_network_name(new_name)
+        if self.node and network_members.clustered((await self.get(name))[0]):
+            raise BadRequest("Renaming a clustered network is not supported (as in LXD): "
+                             "every member's bridge has its name")
         async with self.lock:
             rec, _rev = await self.get(name)
             if users:
