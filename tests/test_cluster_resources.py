@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.test_cluster import Cluster
+from tests.test_cluster import Cluster, wait_states
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 
@@ -303,3 +303,21 @@ def wait_address(c: Cluster, name: str) -> str:
             return addr
         time.sleep(0.5)
     raise AssertionError(f"{name} got no IPv4 address")
+
+
+def test_a_killed_member_comes_back_with_its_pool_mounted_once(cluster: Cluster) -> None:
+    """The node's mount namespace outlives its processes (cluster-kill, then cluster-up):
+    the pool is found mounted, not mounted a second time, and used again."""
+    cluster.make("cluster-kill", "NODE=2")
+    # as tests/test_cluster.py: back once the others see it OFFLINE (a restart at once
+    # raced JetStream's new leaders: the service's first stream request timed out)
+    wait_states(cluster, 1, {"node1": "ONLINE", "node2": "OFFLINE", "node3": "ONLINE",
+                             "node4": "ONLINE"}, timeout=45)
+    cluster.make("cluster-up", "N=4")  # node4 joined (test above)
+    point = str(cluster.node_dir(2) / "storage-pools" / "default")
+    with open(f"/proc/{cluster.pids(2)[0]}/mounts") as f:
+        assert [line.split()[1] for line in f].count(point) == 1
+    assert query(cluster, 1, "/1.0/storage-pools/default?target=node2")["status"] == "Created"
+    cluster.lxc(1, "launch", "busybox", "cr-k2", "--target", "node2")
+    assert cluster.lxc(1, "exec", "cr-k2", "--", "true").returncode == 0
+    cluster.lxc(1, "delete", "--force", "cr-k2")
