@@ -331,7 +331,7 @@ LXD_EXPORT = Path("/work/shared/reference/lxd-5.0/exports/lxd-export-refc.tar.gz
 
 @pytest.fixture(scope="module")
 def lxd():
-    """A private LXD 5.0 daemon (its own LXD_DIR, bridge 10.251.77.1/24, a dir pool) holding
+    """A private LXD 5.0 daemon (its own LXD_DIR, a bridge of its own, a dir pool) holding
     ``refc`` (imported from the reference export, one snapshot), started once so that its
     tree is shifted on disk, with a marker file; listening on HTTPS on loopback."""
     import shutil
@@ -340,7 +340,19 @@ def lxd():
 
     if not shutil.which("lxd") or not LXD_EXPORT.exists():
         pytest.skip("no LXD 5.0 daemon or reference export on this host")
+    if Path("/var/lib/lxd/unix.socket").exists():
+        # LXD daemons share one nftables table (inet lxd): a private one beside the host's
+        # would add to it and leave it behind
+        pytest.skip("an LXD daemon runs on this host: no private one beside it")
     import tempfile
+    import uuid
+
+    from services.network.subnet import pick_free_ipv4_subnet
+
+    had_table = subprocess.run(["nft", "list", "table", "inet", "lxd"],
+                               capture_output=True).returncode == 0
+    bridge = f"lxm{uuid.uuid4().hex[:8]}"  # LXD leaves its bridges behind at shutdown
+    gateway = next(pick_free_ipv4_subnet([]).hosts())  # from local facts, never a probe
 
     # not under pytest's 0700 tmp: the container's unprivileged root traverses the path
     base = Path(tempfile.mkdtemp(prefix="corral-lxd-"))
@@ -357,9 +369,9 @@ def lxd():
         preseed = f"""config:
   core.https_address: 127.0.0.1:{port}
 networks:
-- name: lxdmigt0
+- name: {bridge}
   type: bridge
-  config: {{ipv4.address: 10.251.77.1/24, ipv4.nat: "false", ipv6.address: none}}
+  config: {{ipv4.address: {gateway}/24, ipv4.nat: "false", ipv6.address: none}}
 storage_pools:
 - name: default
   driver: dir
@@ -389,6 +401,9 @@ profiles:
         time.sleep(0.5)
         subprocess.run(["umount", "-l", str(base / "dir" / "shmounts")], capture_output=True)
         subprocess.run(["umount", "-l", str(base / "dir" / "devlxd")], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        if not had_table:
+            subprocess.run(["nft", "delete", "table", "inet", "lxd"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
