@@ -22,11 +22,39 @@ for k in $(known_nodes); do
     pids+=("$!")
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
+# What the node's services started lives in its namespace, which goes now: its containers
+# (their host-side veths are in it) and its dnsmasq. Unlike `make down`, which leaves them
+# to the next `make up`, they are stopped: each container through liblxc in the node's
+# namespaces (its command socket is there), each dnsmasq by the PID its own pid file names
+# when /proc says that dnsmasq was started with that very pid file.
+stop_node_objects() {
+    local k="$1" dir lxcpath name pidf pid
+    dir="$(node_dir "$k")"
+    lxcpath="$dir/lxc"
+    if [[ -d "$lxcpath" ]] && [[ -e "$(node_mntns "$k")" ]]; then
+        for name in $(nsenter --net="/run/netns/$(node_ns "$k")" --mount="$(node_mntns "$k")" \
+                          -- lxc-ls -P "$lxcpath" --running 2>/dev/null); do
+            say "node$k: stopping container $name"
+            nsenter --net="/run/netns/$(node_ns "$k")" --mount="$(node_mntns "$k")" \
+                -- lxc-stop -P "$lxcpath" -n "$name" -k || true
+        done
+    fi
+    while IFS= read -r -d '' pidf; do
+        pid="$(cat "$pidf" 2>/dev/null || true)"
+        [[ "$pid" =~ ^[0-9]+$ ]] || continue
+        if tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "--pid-file=$pidf"; then
+            say "node$k: stopping dnsmasq $pid"
+            kill "$pid" 2>/dev/null || true
+        fi
+    done < <(find "$dir" -name dnsmasq.pid -print0 2>/dev/null)
+}
 for k in $(known_nodes); do
     ns="$(node_ns "$k")"
     ns_exists "$ns" || continue
-    # Processes the services left in the namespace (containers, dnsmasq) would keep it
-    # alive unnamed: say so rather than kill what this script did not start.
+    stop_node_objects "$k"
+    sleep 0.2
+    # Anything else still there would keep the namespace alive unnamed: say so rather
+    # than kill what neither this script nor the node's services started.
     left="$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
     [[ -z "$left" ]] || say "WARNING: processes still in $ns: $left(ip netns pids $ns)"
     ip netns del "$ns"

@@ -45,7 +45,8 @@ def cluster() -> Iterator[Cluster]:
                     c.lxc(k, "delete", "--force", row.split(",")[0], check=False)
         leftovers = _leftovers(c)
         down = c.make("cluster-down", check=False)
-        _end(leftovers)
+        survivors = _alive(leftovers)  # cluster-down stops the nodes' dnsmasq
+        _end(survivors)
         left = c.namespaces()
         loops = ""
         for _ in range(20):  # the loop devices go with the last process of a node
@@ -56,13 +57,14 @@ def cluster() -> Iterator[Cluster]:
             time.sleep(0.5)
         shutil.rmtree(base, ignore_errors=True)
         assert down.returncode == 0, down.stderr
+        assert not survivors, f"cluster-down left the nodes' dnsmasq running: {survivors}"
         assert not left, f"namespaces left behind: {left}"
         assert str(base) not in loops, f"loop devices left behind: {loops}"
 
 
 def _leftovers(c: Cluster) -> list[int]:
-    """The dnsmasq processes the nodes' network services started (cluster-down leaves
-    them, saying so): found in the nodes' namespaces before those are deleted."""
+    """The dnsmasq processes the nodes' network services started: found in the nodes'
+    namespaces before cluster-down deletes those (and stops them)."""
     found = []
     for k in (1, 2, 3, 4):
         pids = subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
@@ -75,6 +77,22 @@ def _leftovers(c: Cluster) -> list[int]:
             if "dnsmasq" in cmd and str(c.base) in cmd:
                 found.append(pid)
     return found
+
+
+def _alive(pids: list[int], wait: float = 5.0) -> list[int]:
+    """Those of ``pids`` still running after ``wait`` seconds."""
+    def running(pid: int) -> bool:
+        try:
+            return b"dnsmasq" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + wait
+    while True:
+        alive = [p for p in pids if running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def _end(pids: list[int]) -> None:
