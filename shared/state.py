@@ -15,6 +15,7 @@ import random
 import re
 from typing import Any
 
+import nats.errors as nats_errors
 import nats.js.errors as jse
 from nats.js import api
 from nats.js.kv import KeyValue
@@ -22,6 +23,9 @@ from nats.js.kv import KeyValue
 from . import codec
 from .bus import Bus
 from .errors import Conflict, CorralError, NotFound, Unavailable
+
+# Seconds a Store.open waits for JetStream's API to answer (see Store.open).
+OPEN_PATIENCE = 30.0
 
 
 class Store:
@@ -37,17 +41,21 @@ class Store:
         self._follower: asyncio.Task[None] | None = None
 
     async def open(self) -> "Store":
-        js = self.bus.js
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except jse.BucketNotFoundError:
-            self._kv = await js.create_key_value(
-                bucket=self.bucket,
-                history=self.history,
-                storage=api.StorageType.FILE,
-                replicas=self.bus.config.kv_replicas,
-                description=self.description or f"corral {self.bucket}",
-            )
+        # JetStream's API may not answer for a while: a cluster electing stream leaders
+        # after a node came back, a nats-server just restarted. A service starting then
+        # waits (bounded) instead of dying on its first timeout.
+        deadline = asyncio.get_running_loop().time() + OPEN_PATIENCE
+        delay = 0.25
+        while True:
+            try:
+                self._kv = await self._open_bucket()
+                break
+            except (TimeoutError, nats_errors.TimeoutError, jse.ServiceUnavailableError,
+                    nats_errors.NoRespondersError):
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         if self._use_cache:
             self._cache = {k: v for k, v in (await self._load_all()).items()}
             if self.bus.config.cluster and self._follower is None:
@@ -56,6 +64,19 @@ class Store:
 
                 self._follower = asyncio.create_task(follow(self))
         return self
+
+    async def _open_bucket(self) -> KeyValue:
+        js = self.bus.js
+        try:
+            return await js.key_value(self.bucket)
+        except jse.BucketNotFoundError:
+            return await js.create_key_value(
+                bucket=self.bucket,
+                history=self.history,
+                storage=api.StorageType.FILE,
+                replicas=self.bus.config.kv_replicas,
+                description=self.description or f"corral {self.bucket}",
+            )
 
     @property
     def kv(self) -> KeyValue:
