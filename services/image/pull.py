@@ -29,9 +29,10 @@ import asyncio
 import json
 import shutil
 import tempfile
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -201,7 +202,8 @@ class Pulls:
                     await each.set_metadata(download_progress=text)
 
         try:
-            fetched = await fetcher.download(req.source, remote, tmp, progress)
+            fetched = await _cancel_promptly(fetcher.download(req.source, remote, tmp,
+                                                              progress))
             faults.point("pull:after_download")
             # from here objects may be written before the record: say which, for recover()
             # (named after the server's fingerprint: the import refuses any other)
@@ -313,3 +315,27 @@ def request_from_body(body: dict[str, Any], project: str, requestor: Any,
 
 
 __all__ = ["Pulls", "recover", "request_from_body"]
+
+
+T = TypeVar("T")
+
+# Seconds a cancelled download may take to let go of its connection before the operation
+# ends Cancelled anyway (it goes on closing in the background).
+CANCEL_GRACE = 2.0
+
+
+async def _cancel_promptly(download: Awaitable[T]) -> T:
+    """Await ``download``; cancelled, end within ``CANCEL_GRACE`` seconds.
+
+    Closing an HTTPS response cut short waits for the server's TLS close_notify: a server
+    that stalls mid-file (the reason a user cancels) held ``lxc operation delete`` and the
+    operation until it timed out, and the download then finished as a Success."""
+    task = asyncio.ensure_future(download)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, always
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_GRACE)
+        raise
+
