@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -306,7 +306,15 @@ def test_backups_rest_api_and_lxc_info(world, stack, api):
     monitor = subprocess.Popen(["lxc", "monitor", "--type", "lifecycle", "--format", "json"],
                                env={**stack.env, "LXD_DIR": str(stack.dir)},
                                stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # subscribed before the first event
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(monitor.stdout), daemon=True)
+    reader.start()
+    # subscribed before the first backup event: an update of the instance shows up
+    deadline = time.monotonic() + 30
+    while not any('"instance-updated"' in line for line in list(lines)):
+        assert time.monotonic() < deadline, "lxc monitor saw no event in 30 s"
+        api.patch(f"/1.0/instances/{name}", json={"description": "probe"})
+        time.sleep(0.3)
     r = api.post(f"/1.0/instances/{name}/backups", json={
         "name": "b1", "compression_algorithm": "none", "expires_at": None})
     op = world.wait(r)
@@ -368,9 +376,11 @@ def test_backups_rest_api_and_lxc_info(world, stack, api):
     assert api.get(f"/1.0/instances/{name}/backups/brief").status_code == 404
     assert not (frozen.parent / "brief").exists()
     time.sleep(0.5)
-    monitor.send_signal(signal.SIGINT)
-    events = [json.loads(line) for line in monitor.communicate(timeout=10)[0].splitlines()
-              if line.startswith("{")]
+    # SIGTERM: a test run as a background job inherits SIGINT ignored, and so would lxc
+    monitor.terminate()
+    monitor.wait(timeout=10)
+    reader.join(timeout=10)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
     seen = [(e["metadata"]["action"], e["metadata"]["source"]) for e in events
             if "backup" in e["metadata"]["action"]]
     base = f"/1.0/instances/{name}/backups"
