@@ -15,7 +15,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${CORRAL_PYTHON:-python3.11}"
-PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base dnsmasq-utils nftables btrfs-progs busybox-static
+PACKAGES=(lxc lxc-dev pkg-config dnsmasq-base dnsmasq-utils nftables btrfs-progs busybox-static rsync
           lxd-client iproute2 uidmap xz-utils zstd bzip2 squashfs-tools curl make
           # VMs: QEMU (TCG here), qcow2 tools, ext4 tools and a static libc for the agent
           qemu-system-x86 qemu-utils e2fsprogs libc6-dev
