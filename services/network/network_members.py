@@ -21,12 +21,18 @@ import asyncio
 import ipaddress
 from typing import Any
 
-from shared import cluster
+from shared import cluster, member_config
 from shared.bus import Bus
-from shared.errors import BadRequest, CorralError, NotFound
+from shared.errors import BadRequest, CorralError
+from shared.member_config import (  # noqa: F401 (this module's API, as the service uses it)
+    CREATED,
+    ERRORED,
+    PENDING,
+    check_member,
+    clustered,
+)
 from shared.models import CreateRequest
 
-CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
 MEMBER_KEYS = ("bridge.external_interfaces",)
 # The DHCP range is cut in at least this many slices, so members that join later find
 # free ones (a /24: 31 addresses a member); more members than this: one slice each.
@@ -34,37 +40,20 @@ SLICES = 8
 MEMBER_TIMEOUT = 60.0
 
 
-def clustered(rec: dict[str, Any]) -> bool:
-    return isinstance(rec.get("members"), dict)
-
-
 def local_view(rec: dict[str, Any], node: str) -> dict[str, Any]:
-    """The network as member ``node`` builds it: cluster-wide config, its own keys over."""
-    if not clustered(rec):
-        return rec
-    mine = rec["members"].get(node) or {}
-    return {**rec, "config": {**rec.get("config", {}), **mine.get("config", {})},
-            "status": mine.get("status", PENDING),
-            "status_reason": mine.get("reason", "")}
+    """The network as member ``node`` builds it, with why it is not Created."""
+    view = member_config.local_view(rec, node)
+    if view is not rec:
+        view["status_reason"] = (rec["members"].get(node) or {}).get("reason", "")
+    return view
 
 
 def public_fields(rec: dict[str, Any], target: str | None) -> dict[str, Any]:
-    if not clustered(rec):
-        return {}
-    if target is None:
-        return {"locations": sorted(rec["members"])}
-    if target not in rec["members"]:
-        raise NotFound(f"Network {rec['name']!r} is not defined on member {target!r}")
-    view = local_view(rec, target)
-    return {"locations": [target], "config": view["config"], "status": view["status"]}
+    return member_config.public_fields(rec, target, "Network")
 
 
 def member_entry(config: dict[str, str]) -> dict[str, Any]:
-    other = sorted(k for k in config if k not in MEMBER_KEYS)
-    if other:
-        raise BadRequest(f"Config key {other[0]!r} may not be used as member-specific key: "
-                         f"only {', '.join(MEMBER_KEYS)} are given per member")
-    return {"status": PENDING, "config": dict(config)}
+    return member_config.member_entry(config, MEMBER_KEYS)
 
 
 def check_global(config: dict[str, str]) -> None:
@@ -73,13 +62,6 @@ def check_global(config: dict[str, str]) -> None:
             raise BadRequest(f"Config key {k!r} is cluster member specific: give it per "
                              f"member first (lxc network create NAME {k}=... --target "
                              "MEMBER)")
-
-
-async def check_member(bus: Bus, target: str) -> None:
-    names = [m.name for m in await cluster.read_members(bus)]
-    if target not in names:
-        raise BadRequest(f"Invalid target {target!r}: not a cluster member "
-                         f"(members: {', '.join(names) or 'none'})")
 
 
 def free_slice(rec: dict[str, Any]) -> int:
@@ -162,11 +144,4 @@ async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
 
 
 def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:
-    bad = {n: e for n, e in sorted(entries.items()) if e.get("status") != CREATED}
-    if not bad:
-        return
-    codes = {e.get("code", 500) for e in bad.values()}
-    why = "; ".join(f"{n}: {e.get('reason', 'not created')}" for n, e in bad.items())
-    raise CorralError(f"Failed to create network {name!r} on member(s) {why} (fix it and "
-                      "run the same create again: only those members retry)",
-                      codes.pop() if len(codes) == 1 else 500)
+    member_config.outcome("network", name, entries)

@@ -19,12 +19,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared import cluster
+from shared import cluster, member_config
 from shared.bus import Bus
-from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.errors import BadRequest, Conflict, CorralError
+from shared.member_config import (  # noqa: F401 (this module's API, as the service uses it)
+    CREATED,
+    ERRORED,
+    PENDING,
+    check_member,
+    clustered,
+    local_view,
+)
 from shared.models import CreateRequest
 
-CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
 # Keys that name something on one host: given per member (--target), never cluster-wide.
 MEMBER_ONLY = ("source",)
 # Keys a member may set for itself besides those (its own loop file's size).
@@ -33,40 +40,12 @@ MEMBER_KEYS = (*MEMBER_ONLY, "size")
 MEMBER_TIMEOUT = 120.0
 
 
-def clustered(rec: dict[str, Any]) -> bool:
-    """A record made through the cluster path (it has per-member entries)."""
-    return isinstance(rec.get("members"), dict)
-
-
-def local_view(rec: dict[str, Any], node: str) -> dict[str, Any]:
-    """The pool as member ``node`` sees it: the cluster-wide config with the member's own
-    keys over it, and the member's status. A member with no entry has the pool Pending."""
-    if not clustered(rec):
-        return rec
-    mine = rec["members"].get(node) or {}
-    return {**rec, "config": {**rec.get("config", {}), **mine.get("config", {})},
-            "status": mine.get("status", PENDING)}
-
-
-def public_fields(rec: dict[str, Any], node: str, target: str | None) -> dict[str, Any]:
-    """``locations``, and for ``?target=`` that member's config and status (LXD)."""
-    if not clustered(rec):
-        return {}
-    if target is None:
-        return {"locations": sorted(rec["members"])}
-    if target not in rec["members"]:
-        raise NotFound(f"Storage pool {rec['name']!r} is not defined on member {target!r}")
-    view = local_view(rec, target)
-    return {"locations": [target], "config": view["config"], "status": view["status"]}
+def public_fields(rec: dict[str, Any], target: str | None) -> dict[str, Any]:
+    return member_config.public_fields(rec, target, "Storage pool")
 
 
 def member_entry(config: dict[str, str]) -> dict[str, Any]:
-    """A member's own keys from a config given with ``--target`` (400 for any other)."""
-    other = sorted(k for k in config if k not in MEMBER_KEYS)
-    if other:
-        raise BadRequest(f"Config key {other[0]!r} may not be used as member-specific key: "
-                         f"only {', '.join(MEMBER_KEYS)} are given per member")
-    return {"status": PENDING, "config": dict(config)}
+    return member_config.member_entry(config, MEMBER_KEYS)
 
 
 def check_global(config: dict[str, str]) -> None:
@@ -75,13 +54,6 @@ def check_global(config: dict[str, str]) -> None:
             raise BadRequest(f"Config key {k!r} is cluster member specific: give it per "
                              f"member first (lxc storage create POOL DRIVER {k}=... "
                              "--target MEMBER)")
-
-
-async def check_member(bus: Bus, target: str) -> None:
-    names = [m.name for m in await cluster.read_members(bus)]
-    if target not in names:
-        raise BadRequest(f"Invalid target {target!r}: not a cluster member "
-                         f"(members: {', '.join(names) or 'none'})")
 
 
 async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
@@ -148,15 +120,7 @@ async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
 
 
 def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:
-    """Raise the members' failures (their own code when they agree, else 500)."""
-    bad = {n: e for n, e in sorted(entries.items()) if e.get("status") != CREATED}
-    if not bad:
-        return
-    codes = {e.get("code", 500) for e in bad.values()}
-    why = "; ".join(f"{n}: {e.get('reason', 'not created')}" for n, e in bad.items())
-    raise CorralError(f"Failed to create storage pool {name!r} on member(s) {why} "
-                      "(fix it and run the same create again: only those members retry)",
-                      codes.pop() if len(codes) == 1 else 500)
+    member_config.outcome("storage pool", name, entries)
 
 
 def already_created(name: str) -> Conflict:

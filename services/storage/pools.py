@@ -85,7 +85,7 @@ class Pools:
                "name": rec["name"], "driver": rec["driver"], "used_by": used_by,
                "status": self.status(rec), "locations": ["none"]}
         if self.node:
-            out.update(pool_members.public_fields(rec, self.node, target))
+            out.update(pool_members.public_fields(rec, target))
         return out
 
     @staticmethod

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from services.network import network_members as nm
+from shared.errors import BadRequest, NotFound
 
 
 def test_slices_cover_the_default_range_without_overlap() -> None:
@@ -36,9 +37,9 @@ def test_member_view_and_keys() -> None:
     assert mine["status"] == "Created" and mine["config"]["ipv4.dhcp.ranges"].startswith("10.")
     assert nm.local_view(rec, "node3")["status"] == "Pending"
     assert nm.public_fields(rec, None) == {"locations": ["node2"]}
-    with pytest.raises(nm.NotFound):
+    with pytest.raises(NotFound):
         nm.public_fields(rec, "node9")
-    with pytest.raises(nm.BadRequest):
+    with pytest.raises(BadRequest):
         nm.member_entry({"ipv4.address": "10.0.0.1/24"})
-    with pytest.raises(nm.BadRequest):
+    with pytest.raises(BadRequest):
         nm.check_global({"bridge.external_interfaces": "eth1"})
