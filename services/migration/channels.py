@@ -16,8 +16,10 @@ of each snapshot and then of the instance, one after the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,32 @@ async def dial(op_url: str, secret: str, name: str, cert: Path, key: Path,
         await session.close()
         raise
     return WsChannel(session, ws, name)
+
+
+@contextlib.asynccontextmanager
+async def opened(names: list[str], ss: streams.ServiceStreams | None, timeout: float,
+                 peer: dict[str, Any], secrets: dict[str, str], cert: tuple[Path, Path]
+                 ) -> AsyncIterator[dict[str, Any]]:
+    """A migration's channels by name, closed at the end (with ``ss``): the websockets the
+    peer attaches to this operation (``ss``, within ``timeout`` s), or, without ``ss``,
+    ones dialled to the peer's operation (``peer["operation"]``, its pinned
+    ``peer["certificate"]``) with ``secrets`` and this server's ``cert``."""
+    chans: dict[str, Any] = {}
+    try:
+        if ss is not None:
+            await ss.wait_attached(timeout)
+            chans = {n: BusChannel(ss, n) for n in names}
+        else:
+            for n in names:
+                chans[n] = await dial(peer["operation"], secrets[n], n, *cert,
+                                      peer.get("certificate") or "")
+        yield chans
+    finally:
+        for c in chans.values():
+            try:
+                await c.close()
+            except Exception:
+                pass
+        if ss is not None:
+            await ss.close()
+

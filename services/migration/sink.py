@@ -94,7 +94,6 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
 
     async def run(handle: Any) -> dict[str, Any]:
         nonlocal ss
-        chans: dict[str, Channel] = {}
         stage = staging_root(svc.config) / handle.id
         try:
             try:
@@ -104,28 +103,15 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
             except BaseException as exc:
                 ready.set_exception(exc)
                 raise
-            if ss is not None:
-                await ss.wait_attached(HEADER_TIMEOUT)
-                chans = {n: channels.BusChannel(ss, n) for n in common.SECRETS}
-            else:
-                for n in common.SECRETS:
-                    chans[n] = await channels.dial(src["operation"], src["secrets"][n], n,
-                                                   *svc.server_cert(),
-                                                   src.get("certificate") or "")
-            await receive_instance(svc, req.project, body, chans, stage, handle)
+            async with channels.opened(common.SECRETS, ss, HEADER_TIMEOUT, src,
+                                       src.get("secrets") or {}, svc.server_cert()) as chans:
+                await receive_instance(svc, req.project, body, chans, stage, handle)
             return {}
         except BaseException as exc:
             log.warning("migration target failed", op=handle.id,
                         error=getattr(exc, "message", None) or repr(exc))
             raise
         finally:
-            for c in chans.values():
-                try:
-                    await c.close()
-                except Exception:
-                    pass
-            if ss is not None:
-                await ss.close()
             await asyncio.to_thread(shutil.rmtree, stage, True)
 
     op = await svc.operations.start(

@@ -77,8 +77,8 @@ async def start(svc: Any, req: ObjectRequest) -> Reply:
             project=req.project, name=req.name, body={"recursion": 1}), timeout=30)
         snaps = list(reply.metadata or [])
     target = body.get("target") if isinstance(body.get("target"), dict) else None
+    secrets = (target.get("secrets") or target.get("websockets") or {}) if target else {}
     if target is not None:
-        secrets = target.get("secrets") or target.get("websockets") or {}
         if not target.get("operation") or not all(secrets.get(n) for n in common.SECRETS) \
                 or not target.get("certificate"):
             raise BadRequest("Push migration needs target.operation, target.certificate "
@@ -89,7 +89,6 @@ async def start(svc: Any, req: ObjectRequest) -> Reply:
     source_url = url("instances", req.name, req.project)
 
     async def run(handle: Any) -> dict[str, Any]:
-        chans: dict[str, Channel] = {}
         ss: streams.ServiceStreams | None = None
         try:
             try:
@@ -99,30 +98,14 @@ async def start(svc: Any, req: ObjectRequest) -> Reply:
             except BaseException as exc:
                 ready.set_exception(exc)
                 raise
-            if ss is not None:
-                await ss.wait_attached(WS_TIMEOUT)
-                chans = {n: channels.BusChannel(ss, n) for n in common.SECRETS}
-            else:
-                assert target is not None
-                secrets = target.get("secrets") or target.get("websockets") or {}
-                for n in common.SECRETS:
-                    chans[n] = await channels.dial(
-                        target["operation"], secrets[n], n, *svc.server_cert(),
-                        target.get("certificate") or "")
-            await send_instance(bus, req.project, inst, snaps, chans, handle)
+            async with channels.opened(common.SECRETS, ss, WS_TIMEOUT, target or {}, secrets,
+                                       svc.server_cert()) as chans:
+                await send_instance(bus, req.project, inst, snaps, chans, handle)
             return {}
         except BaseException as exc:
             log.warning("migration source failed", op=handle.id,
                         error=getattr(exc, "message", None) or repr(exc))
             raise
-        finally:
-            for c in chans.values():
-                try:
-                    await c.close()
-                except Exception:
-                    pass
-            if ss is not None:
-                await ss.close()
 
     op = await svc.operations.start(
         "Migrating instance", run, cls="websocket" if target is None else "task",
