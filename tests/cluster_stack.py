@@ -30,6 +30,7 @@ from shared.config import load_config
 from shared.state import Store
 
 from .stack import SERVICES, NatsServer, Stack, wait_for
+from .world import World, make_world
 
 
 class Heartbeats:
@@ -137,6 +138,22 @@ def cluster_stacks(request, count: int = 2, **env: str) -> Iterator[tuple[list[N
                 shutil.copytree(log, keep / log.parent.name, dirs_exist_ok=True)
             print(f"\ncorral: placement stacks' logs kept in {keep}")
         tmp.cleanup()
+
+
+@contextlib.contextmanager
+def node_world(nodes: list[Node], busybox_tarball: Path) -> Iterator[World]:
+    """A world (a dir pool, no network) made through node1. Its pool is made by node1's
+    storage service (its gateway asks its own node); the other nodes' storage services
+    mount the pools they know when they start, so they are started again. (The profile
+    reaches the other nodes' instance services by itself: shared/kv_follow.py.)"""
+    first = nodes[0]
+    with make_world(first.api, first.stack, busybox_tarball, network=False,
+                    pool_driver="dir") as w:
+        for node in nodes[1:]:
+            node.stack.stop("storage")
+            node.stack.start("storage")
+            wait_for(node.stack.ready, 60, what=f"{node.name}'s storage service")
+        yield w
 
 
 def _unmount_under(base: Path) -> None:

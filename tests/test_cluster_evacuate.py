@@ -17,9 +17,8 @@ from shared.bus import Bus
 from shared.config import load_config
 from shared.state import Store, key
 
-from .cluster_stack import cluster_stacks
-from .stack import wait_for
-from .world import lxc, make_world, wait_op
+from .cluster_stack import cluster_stacks, node_world
+from .world import lxc, wait_op
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +29,8 @@ def cluster(request):
 
 @pytest.fixture(scope="module")
 def world(cluster, busybox_tarball):
-    (n1, n2), _beats = cluster
-    with make_world(n1.api, n1.stack, busybox_tarball, network=False,
-                    pool_driver="dir") as w:
-        # node2's storage service mounts the pools it knows when it starts (as
-        # tests/test_placement.py does)
-        n2.stack.stop("storage")
-        n2.stack.start("storage")
-        wait_for(n2.stack.ready, 60, what="node2's storage service")
+    nodes, _beats = cluster
+    with node_world(nodes, busybox_tarball) as w:
         yield w
 
 

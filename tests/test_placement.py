@@ -21,9 +21,9 @@ from shared.config import load_config
 from shared.errors import CorralError
 from shared.service import FORWARDED
 
-from .cluster_stack import cluster_stacks
+from .cluster_stack import cluster_stacks, node_world
 from .stack import SERVICES, wait_for
-from .world import lxc, make_world, wait_op
+from .world import lxc, wait_op
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +34,8 @@ def cluster(request):
 
 @pytest.fixture(scope="module")
 def world(cluster, busybox_tarball):
-    (n1, n2), _beats = cluster
-    with make_world(n1.api, n1.stack, busybox_tarball, network=False,
-                    pool_driver="dir") as w:
-        # The pool was made by node1's storage service (its gateway asks its own node);
-        # node2's mounts the pools it knows when it starts. (The profile made on node1
-        # reaches node2's instance service by itself: cluster_sync.py.)
-        n2.stack.stop("storage")
-        n2.stack.start("storage")
-        wait_for(n2.stack.ready, 60, what="node2's storage service")
+    nodes, _beats = cluster
+    with node_world(nodes, busybox_tarball) as w:
         yield w
 
 
