@@ -155,15 +155,7 @@ class Pools:
         then make the pool on disk; a failure there drops the reservation again."""
         if self.node:
             return await self.create_in_cluster(body, target)
-        name = validate_name("storage pool", validate_object_name("storage pool",
-                                                                   body.get("name")))
-        driver_name = body.get("driver")
-        if not driver_name:
-            raise BadRequest(f"No storage driver given: set 'driver' to one of "
-                             f"{', '.join(sorted(DRIVERS))}")
-        cls = load_driver(driver_name)
-        config = string_map("config", body.get("config"))
-        description = check_description(body.get("description"))
+        name, cls, config, description = _create_body(body)
         await asyncio.to_thread(cls.check_host)
         drv = cls(name, config, self.dir)
         rec = {"name": name, "driver": cls.name, "description": description,
@@ -249,15 +241,7 @@ class Pools:
                                 ) -> dict[str, Any]:
         """``--target M``: record M's own keys, Pending; without: every member makes its
         own pool, and the record says per member Created or Errored (see pool_members)."""
-        name = validate_name("storage pool", validate_object_name("storage pool",
-                                                                   body.get("name")))
-        driver_name = body.get("driver")
-        if not driver_name:
-            raise BadRequest(f"No storage driver given: set 'driver' to one of "
-                             f"{', '.join(sorted(DRIVERS))}")
-        cls = load_driver(driver_name)
-        config = string_map("config", body.get("config"))
-        description = check_description(body.get("description"))
+        name, cls, config, description = _create_body(body)
         async with self._lock(name):
             found = await self.store.get(key(name))
             if found is not None and not pool_members.clustered(found[0]):
@@ -350,3 +334,17 @@ class Pools:
             except Conflict:
                 continue
         return rec
+
+
+def _create_body(body: dict[str, Any]) -> tuple[str, Any, dict[str, str], str]:
+    """A create's name, driver class, config and description, checked (400s)."""
+    name = validate_name("storage pool", validate_object_name("storage pool",
+                                                               body.get("name")))
+    driver_name = body.get("driver")
+    if not driver_name:
+        raise BadRequest(f"No storage driver given: set 'driver' to one of "
+                         f"{', '.join(sorted(DRIVERS))}")
+    cls = load_driver(driver_name)
+    return (name, cls, string_map("config", body.get("config")),
+            check_description(body.get("description")))
+
