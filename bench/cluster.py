@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import UnixHTTPConnection, get, measure, table  # noqa: E402
-from bench.instances import API  # noqa: E402
+from bench.instances import API, import_busybox  # noqa: E402
 from tests.cluster_stack import _unmount_under  # noqa: E402
 from tests.stack import NatsServer, Stack, wait_for  # noqa: E402
 
@@ -71,18 +71,10 @@ def make_pool(api: API, tag: str) -> None:
 
 def setup(api: API, tag: str, workdir: Path) -> None:
     """A dir pool, a profile with its root disk, the busybox image under an alias."""
-    from shared.image.build import build_busybox
-
     make_pool(api, tag)
     api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
         "root": {"type": "disk", "path": "/", "pool": tag}}})
-    tarball = build_busybox(workdir / "image")
-    api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
-             headers={"Content-Type": "application/octet-stream",
-                      "X-LXD-filename": tarball.name})
-    fp = next(i["fingerprint"] for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
-    api.call("POST", "/1.0/images/aliases", {"name": f"{tag}img", "target": fp})
-    shutil.rmtree(workdir / "image", ignore_errors=True)
+    import_busybox(api, workdir, alias=f"{tag}img")
 
 
 def spread_records(sock: Path, names: list[str], tag: str) -> None:

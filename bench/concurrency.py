@@ -30,8 +30,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import get, pct  # noqa: E402
-from bench.instances import API, teardown  # noqa: E402
+from bench.common import pct  # noqa: E402
+from bench.instances import API, import_busybox, teardown  # noqa: E402
 from tests.stack import NatsServer, Stack  # noqa: E402
 
 
@@ -106,18 +106,11 @@ def print_table(rows: list[tuple]) -> None:
 
 def setup(api: API, tag: str, workdir: Path) -> None:
     """A btrfs pool, a profile with only a root disk, the busybox image as ``<tag>img``."""
-    from shared.image.build import build_busybox
-
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "btrfs",
                                             "config": {"size": "4GiB"}})
     api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
         "root": {"type": "disk", "path": "/", "pool": tag}}})
-    tarball = build_busybox(workdir / "image")
-    api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
-             headers={"Content-Type": "application/octet-stream",
-                      "X-LXD-filename": tarball.name})
-    fp = next(i["fingerprint"] for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
-    api.call("POST", "/1.0/images/aliases", {"name": f"{tag}img", "target": fp})
+    import_busybox(api, workdir, alias=f"{tag}img")
 
 
 def _nats(d: Path) -> NatsServer:

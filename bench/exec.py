@@ -24,20 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import measure, table  # noqa: E402
-from bench.instances import API  # noqa: E402
+from bench.instances import API, import_busybox  # noqa: E402
 from tests.stack import NatsServer, Stack  # noqa: E402
 
 
 def setup(api: API, tag: str, workdir: Path) -> None:
-    from shared.image.build import build_busybox
-
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "dir"})
     api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
         "root": {"type": "disk", "path": "/", "pool": tag}}})
-    tarball = build_busybox(workdir / "image")
-    api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
-             headers={"Content-Type": "application/octet-stream",
-                      "X-LXD-filename": tarball.name})
+    import_busybox(api, workdir)
     api.call("POST", "/1.0/instances", {"name": f"{tag}c", "profiles": [tag],
                                         "source": {"type": "image",
                                                    "fingerprint": _fingerprint(api)}})

@@ -154,8 +154,6 @@ def timed(fn, names: list[str]) -> list[float]:
 
 
 def setup(api: API, tag: str, workdir: Path) -> None:
-    from shared.image.build import build_busybox
-
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "btrfs",
                                             "config": {"size": "4GiB"}})
     api.call("POST", "/1.0/networks", {"name": f"{tag}br", "type": "bridge",
@@ -163,12 +161,22 @@ def setup(api: API, tag: str, workdir: Path) -> None:
     api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
         "root": {"type": "disk", "path": "/", "pool": tag},
         "eth0": {"type": "nic", "name": "eth0", "network": f"{tag}br"}}})
+    import_busybox(api, workdir, alias=f"{tag}img")
+
+
+def import_busybox(api: API, workdir: Path, alias: str | None = None) -> None:
+    """The busybox test image built under ``workdir`` and uploaded (``alias`` on it: the
+    stack's only image)."""
+    from shared.image.build import build_busybox
+
     tarball = build_busybox(workdir / "image")
     api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
              headers={"Content-Type": "application/octet-stream",
                       "X-LXD-filename": tarball.name})
-    fp = next(i["fingerprint"] for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
-    api.call("POST", "/1.0/images/aliases", {"name": f"{tag}img", "target": fp})
+    if alias:
+        fp = next(i["fingerprint"]
+                  for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
+        api.call("POST", "/1.0/images/aliases", {"name": alias, "target": fp})
     shutil.rmtree(workdir / "image", ignore_errors=True)
 
 

@@ -196,21 +196,14 @@ def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usag
 
 
 def _setup(api, tag: str, workdir: Path) -> None:
-    from bench.common import get
-    from shared.image.build import build_busybox
-
+    from bench.instances import import_busybox
     api.call("POST", "/1.0/storage-pools", {"name": tag, "driver": "dir"})
     api.call("POST", "/1.0/networks", {"name": f"{tag}br", "type": "bridge",
                                        "config": {"ipv4.address": "auto"}})
     api.call("POST", "/1.0/profiles", {"name": tag, "devices": {
         "root": {"type": "disk", "path": "/", "pool": tag},
         "eth0": {"type": "nic", "name": "eth0", "network": f"{tag}br"}}})
-    tarball = build_busybox(workdir / "image")
-    api.call("POST", "/1.0/images", raw=tarball.read_bytes(),
-             headers={"Content-Type": "application/octet-stream",
-                      "X-LXD-filename": tarball.name})
-    fp = next(i["fingerprint"] for i in get(api.conn, "/1.0/images?recursion=1")["metadata"])
-    api.call("POST", "/1.0/images/aliases", {"name": f"{tag}img", "target": fp})
+    import_busybox(api, workdir, alias=f"{tag}img")
 
 
 def _teardown(api, tag: str) -> None:
