@@ -73,7 +73,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("image", "pull")),
     "migration": (("instance", "get"), ("instance", "snapshot_list"),
                   ("storage", "volume_path"), ("instance", "backup_import"),
-                  ("instance", "profile_get")),
+                  ("instance", "profile_get"), ("storage", "get"),
+                  ("storage", "volume_backup_freeze"), ("storage", "volume_backup_delete")),
     "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
