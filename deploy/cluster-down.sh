@@ -14,6 +14,7 @@ stop_node() {
     stop_components gateway all
     stop_components "${SERVICES[@]}"
     stop_components nats
+    stop_node_libvirt "$1"  # its VMs, then libvirtd and virtlogd
 }
 pids=()
 for k in $(known_nodes); do

@@ -19,6 +19,8 @@ for file in "$RUN_DIR"/*.pid; do
     [[ -n "$pid" ]] || continue
     kill -KILL "$pid" 2>/dev/null && killed+=("$name:$pid")
 done
+# Its libvirtd, virtlogd and QEMU processes too (a host that dies takes its VMs with it).
+stop_node_libvirt "$K" kill
 # SIGKILL is not instant: wait until the processes are gone (a test then sees them dead).
 # A zombie (parent not reaping yet) counts as gone; 10 s at most.
 gone() { [[ ! -e "/proc/$1" || "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == Z ]]; }

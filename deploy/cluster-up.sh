@@ -15,7 +15,9 @@
 #   CORRAL_KV_REPLICAS         JetStream replicas (default min(N, 3))
 #   CORRAL_CLUSTER_OFFLINE_THRESHOLD, CORRAL_CLUSTER_HEARTBEAT  passed to the gateways
 #   CORRAL_SKIP_INSTALL=1      skip deploy/install.sh
-# No libvirtd and no bootstrap (default pool, bridge, image) per node: the cluster-wide
+#   CORRAL_VMS=0               no libvirtd per node (containers only; also when libvirtd
+#                              is not installed)
+# No bootstrap (default pool, bridge, image) per node: the cluster-wide
 # pools and networks are made through the API (docs/cluster.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -138,6 +140,7 @@ node_env() {
          "CORRAL_KV_REPLICAS=$REPLICAS CORRAL_NATS_URL=nats://127.0.0.1:$NATS_PORT" \
          "CORRAL_NATS_STORE_DIR=$(node_dir "$k")/nats PYTHONUNBUFFERED=1" \
          "CORRAL_CLUSTER_ADDRESS=$(node_ip "$k"):8443"
+    if vms_wanted; then echo "CORRAL_LIBVIRT_URI=$(node_libvirt_uri "$k")"; fi
 }
 
 # Start <name> of node K in its namespace, as its own session, logging to its log.
@@ -168,6 +171,7 @@ check_alive_node() {
 
 for k in $(seq 1 "$NODES"); do
     prepare_node "$k"
+    if vms_wanted; then start_node_libvirt "$k"; fi
     if [[ -n "$(running_pid nats)" ]]; then
         say "node$k: nats already running (pid $(running_pid nats))"
         continue
