@@ -48,6 +48,8 @@ import yaml
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
                "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"}
 HOST_ARCH = DEBIAN_ARCH.get(os.uname().machine, os.uname().machine)
+# (variant, serial) -> mtime of its last metadata.yaml packed (see StreamServer.add_version)
+_last_mtime: dict[tuple[str, str], int] = {}
 
 
 def _sha256(*paths: Path) -> str:
@@ -173,6 +175,10 @@ class StreamServer:
         self.flowing.set()
         self._unified = self.work / "unified"
         self._unified.mkdir(exist_ok=True)
+        # Rootfs files depend only on the busybox tarball, variant and serial: built once
+        # per tarball and copied (not linked: ``corrupt`` rewrites a file in place). The
+        # metadata tarball is still made per server, so fingerprints stay new per server.
+        self._rootfs_cache = Path(busybox_tarball).resolve().parent / "streams-rootfs-cache"
         subprocess.run(["tar", "-xJf", str(busybox_tarball), "-C", str(self._unified)],
                        check=True)
         self.crt, self.key, self.cert_pem = make_cert(self.work / "tls")
@@ -209,6 +215,11 @@ class StreamServer:
                              "variant": variant,
                              "description": f"Busybox {self.release} {variant} ({serial})"}
         (meta_dir / "metadata.yaml").write_text(yaml.safe_dump(doc))
+        # tar keeps whole seconds: a later mtime than the same version's last build keeps
+        # the fingerprints new per server, also for two quick tests in the same second
+        mtime = _last_mtime[(variant, serial)] = max(
+            int(time.time()), _last_mtime.get((variant, serial), 0) + 1)
+        os.utime(meta_dir / "metadata.yaml", (mtime, mtime))
         shutil.copytree(self._unified / "templates", meta_dir / "templates")
         subprocess.run(["tar", "-cJf", str(out / "lxd.tar.xz"), "-C", str(meta_dir),
                         "metadata.yaml", "templates"], check=True)
@@ -222,15 +233,16 @@ class StreamServer:
         if "squashfs" in rootfs:
             sq = out / "rootfs.squashfs"
             sq.unlink(missing_ok=True)
-            subprocess.run(["mksquashfs", str(rootdir), str(sq), "-noappend", "-all-root",
-                            "-comp", "gzip", "-quiet", "-no-progress"], check=True,
-                           stdout=subprocess.DEVNULL)
+            self._rootfs_file(sq, f"{variant}-{serial}", ["mksquashfs", str(rootdir), str(sq),
+                              "-noappend", "-all-root", "-comp", "gzip", "-quiet",
+                              "-no-progress"])
             items["root.squashfs"] = {"ftype": "squashfs", "path": f"{rel_dir}/rootfs.squashfs",
                                       "sha256": _sha256(sq), "size": sq.stat().st_size}
             meta_item["combined_squashfs_sha256"] = fps["squashfs"] = _sha256(meta, sq)
         if "root.tar.xz" in rootfs:
             txz = out / "root.tar.xz"
-            subprocess.run(["tar", "-cJf", str(txz), "-C", str(rootdir), "."], check=True)
+            self._rootfs_file(txz, f"{variant}-{serial}",
+                              ["tar", "-cJf", str(txz), "-C", str(rootdir), "."])
             items["root.tar.xz"] = {"ftype": "root.tar.xz", "path": f"{rel_dir}/root.tar.xz",
                                     "sha256": _sha256(txz), "size": txz.stat().st_size}
             combined = _sha256(meta, txz)
@@ -256,6 +268,19 @@ class StreamServer:
         self.fingerprints[serial if variant == "default" else f"{variant}/{serial}"] = fps
         self.write()
         return fps
+
+    def _rootfs_file(self, dest: Path, key: str, cmd: list[str]) -> None:
+        """Make ``dest`` with ``cmd``, or copy it from the cache of an earlier server (xz
+        of the rootfs takes most of a version's build; each test's server builds three)."""
+        cached = self._rootfs_cache / f"{key}-{dest.name}"
+        if not cached.is_file():
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            self._rootfs_cache.mkdir(exist_ok=True)
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.copyfile(dest, tmp)
+            tmp.replace(cached)
+            return
+        shutil.copyfile(cached, dest)
 
     def remove_version(self, serial: str, variant: str = "default") -> None:
         """Drop a version from images.json (its files stay, as on a real mirror)."""
