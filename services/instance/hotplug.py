@@ -35,7 +35,7 @@ from shared.messages.network import Nic, NicLeaseRequest
 from . import proxy, proxy_nat
 from .context import Context
 from .create import nic_setup
-from .drivers import lxc_hotplug, qemu_hotplug
+from .drivers import lxc_hotplug
 from .drivers.router import type_of
 from .live_changes import HOTPLUG_TYPES, RUNNING, SOFT_NIC_KEYS
 from .names import host_of
@@ -396,6 +396,7 @@ def _nic_attach(drv: Any, host: str, kind: str, nic: Nic) -> None:
     if kind == "container":
         lxc_hotplug.nic_attach(_init_pid(drv, host), nic)
     else:
+        from .drivers import qemu_hotplug  # libvirt: ~11 MiB, loaded once a VM is touched
         qemu_hotplug.nic_attach(drv, host, nic)
 
 
@@ -403,6 +404,7 @@ def _nic_detach(drv: Any, host: str, kind: str, nic: Nic) -> None:
     if kind == "container":
         lxc_hotplug.nic_detach(nic.host_name)
     else:
+        from .drivers import qemu_hotplug
         qemu_hotplug.nic_detach(drv, host, nic)
 
 

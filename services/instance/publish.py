@@ -41,7 +41,6 @@ from shared.state import key
 
 from . import snapshots
 from .context import Context
-from .drivers import qemu_host
 from .drivers.oci_app import CONFIG as OCI_CONFIG
 from .drivers.router import type_of
 from .lifecycle import host_status
@@ -195,6 +194,7 @@ async def pack(ctx: Context, bus: Bus, tmp_root: Path, req: PublishRequest) -> P
             if not disk.is_file():
                 raise Internal(f"The VM volume of {rec['name']!r} holds no disk to publish")
             flat = work / "rootfs.img"
+            from .drivers import qemu_host  # libvirt: ~11 MiB, loaded once a VM is published
             await asyncio.to_thread(qemu_host.qemu_img, "convert", "-O", "qcow2",
                                     str(disk), str(flat))
             rootfs = f"{base}.rootfs"

@@ -17,14 +17,15 @@ import platform
 import re
 import stat
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import BadRequest, CorralError, Internal
 from shared.image.format import TemplateSpec, normalize_architecture
+
+if TYPE_CHECKING:
+    from jinja2.sandbox import SandboxedEnvironment
 
 TRIGGERS = ("create", "copy", "start")
 _MAX_LINKS = 40
@@ -44,16 +45,19 @@ def _pairs(value: Any) -> Any:
     return sorted(value.items()) if isinstance(value, Mapping) else value
 
 
+@cache
 def _env() -> SandboxedEnvironment:
+    """Made at the first template rendered: jinja2 costs ~2 MiB in every process importing
+    this module (the instance service), most of which never render one."""
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
     env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True,
                                undefined=jinja2.ChainableUndefined)
     env.filters.update(default=_django_default, default_if_none=lambda v, d="": d if v is None
                        else v, pongo_items=_pairs, capfirst=lambda s: str(s)[:1].upper()
                        + str(s)[1:])
     return env
-
-
-_ENV = _env()
 
 
 def pongo_to_jinja(text: str) -> str:
@@ -70,8 +74,10 @@ def render_template(text: str, context: Mapping[str, Any], name: str = "template
     if banned:
         raise BadRequest(f"Image template {name!r} uses {banned.group(1)!r}, which is not "
                          "allowed (it could read files from the host)")
+    import jinja2
+
     try:
-        return _ENV.from_string(pongo_to_jinja(text)).render(dict(context))
+        return _env().from_string(pongo_to_jinja(text)).render(dict(context))
     except (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError) as e:
         raise BadRequest(f"Image template {name!r} cannot be rendered: {e}") from None
 

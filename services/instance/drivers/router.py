@@ -44,11 +44,12 @@ class DriverRouter:
         """The QEMU driver when libvirt is installed and libvirtd answers, else None."""
         if os.environ.get("CORRAL_VM", "1") == "0":
             return None
+        uri = os.environ.get("CORRAL_LIBVIRT_URI", "qemu:///system")
+        if uri.startswith("qemu:///") and not os.path.exists(LIBVIRT_SOCK):
+            return None  # before importing libvirt (~11 MiB a container-only host never needs)
         try:
             from . import qemu_host
         except ImportError:  # libvirt-python missing
-            return None
-        if qemu_host.URI.startswith("qemu:///") and not os.path.exists(LIBVIRT_SOCK):
             return None
         try:
             qemu_host.connect()
