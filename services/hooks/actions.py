@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats
 from nats.aio.client import Client
 
@@ -78,7 +77,29 @@ def delivery_headers(hook: dict[str, Any], event_id: str, attempt: int) -> dict[
             rules.ATTEMPT_HEADER: str(attempt)}
 
 
-async def webhook(http: aiohttp.ClientSession, hook: dict[str, Any], body: bytes,
+class HTTP:
+    """The service's one aiohttp session, made at the first webhook delivered.
+
+    Why lazy: aiohttp costs ~8 MiB in this process (shared/lean.py keeps nats-py from
+    importing it), paid for nothing on a host with no webhook hook."""
+
+    def __init__(self) -> None:
+        self._session: Any = None
+
+    def session(self) -> Any:
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit_per_host=8, enable_cleanup_closed=True))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def webhook(http: HTTP, hook: dict[str, Any], body: bytes,
                   event_id: str, attempt: int) -> str:
     """One signed POST. aiohttp rather than httpx (the image service's client): a
     keep-alive POST costs a third of the time here (bench/hooks.py), and a webhook is
@@ -88,9 +109,11 @@ async def webhook(http: aiohttp.ClientSession, hook: dict[str, Any], body: bytes
                **delivery_headers(hook, event_id, attempt)}
     if spec.get("secret"):
         headers[rules.SIGNATURE_HEADER] = rules.signature(spec["secret"], body)
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=spec.get("timeout", 5.0))
     try:
-        async with http.post(spec["url"], data=body, headers=headers, timeout=timeout,
+        async with http.session().post(spec["url"], data=body, headers=headers, timeout=timeout,
                              allow_redirects=False) as resp:
             await resp.read()
             status = resp.status

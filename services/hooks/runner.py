@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import aiohttp
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -88,7 +87,7 @@ class Context:
     logs: Store
     corral_dir: Path
     log: Any
-    http: aiohttp.ClientSession
+    http: actions.HTTP
 
 
 class HookLog:

@@ -16,7 +16,6 @@ import json
 import uuid
 from typing import Any
 
-import aiohttp
 import nats.js.errors as jse
 
 from shared import faults, subjects
@@ -32,7 +31,7 @@ from shared.models import (
 from shared.service import Service, endpoint, main_for
 from shared.state import Store
 
-from . import credentials, rules
+from . import actions, credentials, rules
 from .runner import Context, HookRunner, consumer_config, durable_name
 
 API_EXTENSIONS = ["corral_hooks"]
@@ -47,8 +46,7 @@ class HooksService(Service):
                                  description="corral automation hooks").open()
         self.logs = await Store(self.bus, "hook_logs", history=1,
                                 description="corral hooks' recent deliveries").open()
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit_per_host=8, enable_cleanup_closed=True))
+        self.http = actions.HTTP()
         self.ctx = Context(self.bus, self.events, self.logs, self.config.dir, self.log,
                            self.http)
         self.runners: dict[str, HookRunner] = {}
