@@ -9,13 +9,18 @@ record's rules, the same for both, are here.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from . import cluster
+from . import cluster, presence
 from .bus import Bus
-from .errors import BadRequest, CorralError, NotFound
+from .errors import BadRequest, CorralError, NotFound, Unavailable
+from .models import CreateRequest, Reply
 
 CREATED, PENDING, ERRORED = "Created", "Pending", "Errored"
+# While a member works on its part, its service process is pinged every WATCH_EVERY s
+# and declared gone after WATCH_GRACE s without a responder.
+WATCH_EVERY, WATCH_GRACE = 1.0, 3.0
 
 
 def clustered(rec: dict[str, Any]) -> bool:
@@ -74,3 +79,76 @@ def outcome(kind: str, name: str, entries: dict[str, dict[str, Any]]) -> None:
     raise CorralError(f"Failed to create {kind} {name!r} on member(s) {why} (fix it and "
                       "run the same create again: only those members retry)",
                       codes.pop() if len(codes) == 1 else 500)
+
+
+async def ask_member(bus: Bus, svc: str, verb: str, body: dict[str, Any], node: str,
+                     timeout: float) -> Reply:
+    """``corral.node.<node>.<svc>.<verb>``, watching that the member's service lives.
+
+    Why: a member whose service dies while making its part never answers, and the
+    caller would wait out ``timeout`` (minutes for a pool) before recording it Errored.
+    A dead micro instance is a "no responders" at once (shared/presence.py), so the
+    member is Errored (503) within seconds and the same create can be run again."""
+    service = f"corral-{svc}"
+    callee = await presence.instance_on(bus, service, node)
+    call = asyncio.ensure_future(bus.request(svc, verb, CreateRequest(body=body),
+                                             node=node, timeout=timeout))
+    missing = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY)
+            if done:
+                return call.result()
+            if callee is None or await presence.alive(bus, service, callee):
+                missing = 0.0
+                continue
+            missing += WATCH_EVERY
+            if missing >= WATCH_GRACE:
+                raise Unavailable(f"the {svc} service of member {node!r} stopped while "
+                                  "making its part (its process is gone)")
+    finally:
+        if not call.done():
+            call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+
+
+async def apply_everywhere(bus: Bus, kind: str, name: str, members: list[str],
+                           one: Any) -> None:
+    """Run ``one(member)`` for each member side by side (a config change each member
+    applies to its own pool or bridge); raise the failures named per member, as LXD's
+    cluster notifier does (an offline member is a 503: it applies the record's config at
+    its next start)."""
+    online = {m.name for m in await cluster.read_members(bus) if cluster.is_online(m)}
+    failed: dict[str, CorralError] = {}
+
+    async def run(member: str) -> None:
+        try:
+            if member not in online:
+                raise Unavailable(f"member {member!r} is offline")
+            await one(member)
+        except CorralError as exc:
+            failed[member] = exc
+
+    await asyncio.gather(*(run(m) for m in sorted(members)))
+    if failed:
+        codes = {e.code for e in failed.values()}
+        why = "; ".join(f"{m}: {e.message}" for m, e in sorted(failed.items()))
+        raise CorralError(f"The {kind} {name!r} was updated, but not on every member "
+                          f"({why}); those apply it at their next start, or run the "
+                          "same change again", codes.pop() if len(codes) == 1 else 500)
+
+
+def split_update(config: dict[str, str], current: dict[str, str], keys: tuple[str, ...],
+                 target: str | None, kind: str) -> None:
+    """LXD's rule for a change of a clustered object: with ``--target`` only member
+    keys may change, without it none may (400 naming the key)."""
+    changed = sorted(k for k in set(config) | set(current)
+                     if config.get(k) != current.get(k))
+    for k in changed:
+        if target is not None and k not in keys:
+            raise BadRequest(f"Config key {k!r} may not be used as member-specific key "
+                             f"(only {', '.join(keys)}): set it without --target, "
+                             f"for every member of the {kind}")
+        if target is None and k in keys:
+            raise BadRequest(f"Config key {k!r} is cluster member specific: set it with "
+                             "--target MEMBER")

@@ -23,7 +23,7 @@ from typing import Any
 
 from shared import cluster, member_config
 from shared.bus import Bus
-from shared.errors import BadRequest, CorralError
+from shared.errors import BadRequest, CorralError, NotFound
 from shared.member_config import (  # noqa: F401 (this module's API, as the service uses it)
     CREATED,
     ERRORED,
@@ -109,12 +109,13 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
             if name == bus.config.node:
                 await local(body)
             else:
-                await bus.request("network", "network_member_create",
-                                  CreateRequest(body=body), node=name, timeout=MEMBER_TIMEOUT)
+                await member_config.ask_member(bus, "network", "network_member_create",
+                                               body, name, MEMBER_TIMEOUT)
             entries[name] = {"status": CREATED, "config": own, "slice": index}
         except CorralError as exc:
-            entries[name] = {**entry, "status": ERRORED, "reason": exc.message,
-                             "code": exc.code}
+            # its slice is kept: a member that restarts builds an Errored network with it
+            entries[name] = {"status": ERRORED, "config": own, "slice": index,
+                             "reason": exc.message, "code": exc.code}
 
     await asyncio.gather(*(one(n) for n in names))
     return entries
@@ -141,6 +142,45 @@ async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
     if failed:
         raise CorralError(f"Network {rec['name']!r} could not be deleted on every member "
                           f"({'; '.join(failed)}); try again once they are online", 503)
+
+
+def update_keys(rec: dict[str, Any], given: dict[str, str], patch: bool,
+                target: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """A PUT/PATCH of a clustered network's config: the scope's current config (the
+    cluster-wide one, or with ``--target`` that member's view) and the one asked for;
+    400 for a key that cannot change in that scope (LXD's rule). A member's DHCP slice
+    is its own and kept as it is."""
+    if target is not None and target not in rec["members"]:
+        raise NotFound(f"Network {rec['name']!r} is not defined on member {target!r}")
+    current = local_view(rec, target)["config"] if target else dict(rec["config"])
+    wanted = {**current, **given} if patch else dict(given)
+    if target is not None and "ipv4.dhcp.ranges" in current:
+        wanted.setdefault("ipv4.dhcp.ranges", current["ipv4.dhcp.ranges"])
+    member_config.split_update(wanted, current, MEMBER_KEYS, target, "network")
+    return current, wanted
+
+
+def new_entries(rec: dict[str, Any], config: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The members' entries under a new cluster-wide ``config``: a member's DHCP slice is
+    cut again from a new subnet (same slice number)."""
+    count = max(len(rec["members"]), SLICES)
+    out = {}
+    for name, entry in rec["members"].items():
+        own = dict(entry.get("config", {}))
+        if "slice" in entry and "ipv4.dhcp.ranges" not in config:
+            own.pop("ipv4.dhcp.ranges", None)
+            own.update(dhcp_slice(config, entry["slice"], count))
+        out[name] = {**entry, "config": own}
+    return out
+
+
+async def apply_member(bus: Bus, node: str, body: dict[str, Any], local: Any) -> None:
+    """Have member ``node`` rebuild its own bridge with a new config (``local`` here)."""
+    if node == bus.config.node:
+        await local(body)
+    else:
+        await member_config.ask_member(bus, "network", "network_member_update", body, node,
+                                       MEMBER_TIMEOUT)
 
 
 def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from shared import member_config
 from shared.api import check_etag, description, etag, string_map, url
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
@@ -136,7 +137,14 @@ class Networks:
         return rec
 
     async def update(self, name: str, body: dict[str, Any], expected: str | None,
-                     patch: bool) -> dict[str, Any]:
+                     patch: bool, target: str | None = None) -> dict[str, Any]:
+        if self.node:
+            current, rev = await self.get(name)
+            if network_members.clustered(current):
+                return await self.update_in_cluster(current, rev, body, expected, patch,
+                                                    target)
+        if target is not None:
+            raise BadRequest("This server is not clustered: no --target")
         async with self.lock:
             current, rev = await self.get(name)
             check_etag(expected, network_etag(current))
@@ -349,6 +357,76 @@ class Networks:
                 await self.up(rec)
             await self._overlay(rec)
 
+    async def update_in_cluster(self, rec: dict[str, Any], rev: int, body: dict[str, Any],
+                                expected: str | None, patch: bool, target: str | None
+                                ) -> dict[str, Any]:
+        """As LXD: without ``--target`` the cluster-wide keys change and every member
+        rebuilds its own bridge with them (this one first: if it cannot, nothing
+        changes; ``auto`` resolved here, once); with ``--target M`` only M's own keys
+        (``bridge.external_interfaces``) and only M. The record keeps the change even if
+        some member failed (named in the error): it builds with it at its next start."""
+        check_etag(expected, network_etag(rec))
+        name = rec["name"]
+        new = dict(rec)
+        if "description" in body or not patch:
+            new["description"] = description(body.get("description"))
+        if target is not None:
+            await network_members.check_member(self.bus, target)
+        if "config" not in body and patch:
+            await self.store.update(key(name), new, rev)
+            return new
+        given = string_map("config", body.get("config"))
+        current, wanted = network_members.update_keys(rec, given, patch, target)
+        if wanted == current:
+            await self.store.update(key(name), new, rev)
+            return new
+        self.check(wanted)
+        if target is not None:
+            await network_members.apply_member(self.bus, target, {
+                "name": name, "type": rec["type"], "current": current, "config": wanted},
+                self.member_update)
+            own = {k: v for k, v in wanted.items() if rec["config"].get(k) != v}
+            new["members"] = {**rec["members"], target: {**rec["members"][target],
+                                                        "config": own}}
+            await self.store.update(key(name), new, rev)
+            return new
+        load(name, rec["type"], wanted, self.corral_dir).validate_config(wanted)
+        if rec["type"] == "bridge":
+            from .drivers.bridge_config import resolve_auto
+            wanted = await asyncio.to_thread(resolve_auto, wanted, self.taken(name))
+        new["config"] = wanted
+        new["members"] = network_members.new_entries(rec, wanted)
+
+        def body_of(member: str) -> dict[str, Any]:
+            return {"name": name, "type": rec["type"],
+                    "current": network_members.local_view(rec, member)["config"],
+                    "config": network_members.local_view(new, member)["config"]}
+
+        todo = [m for m, e in rec["members"].items() if e.get("status") == "Created"]
+        if self.node in todo:  # here first: a change this member refuses changes nothing
+            await self.member_update(body_of(self.node))
+            todo.remove(self.node)
+        await self.store.put(key(name), new)
+
+        async def one(member: str) -> None:
+            await network_members.apply_member(self.bus, member, body_of(member),
+                                               self.member_update)
+        await member_config.apply_everywhere(self.bus, "network", name, todo, one)
+        return new
+
+    async def member_update(self, body: dict[str, Any]) -> None:
+        """Rebuild this member's own bridge, NAT and dnsmasq with a new config
+        (``network_member_update``), then its ACL/forward tables and overlay port."""
+        name = body["name"]
+        drv = load(name, body["type"], body["current"], self.corral_dir)
+        async with self.lock:
+            made = await asyncio.to_thread(drv.update, body["config"],
+                                           self.taken(exclude=name))
+            rec = {"name": name, "type": body["type"], "config": made}
+            if self.up is not None:
+                await self.up(rec)
+            await self._overlay(rec)
+
     async def member_delete(self, body: dict[str, Any]) -> None:
         drv = load(body["name"], body["type"], body["config"], self.corral_dir)
         async with self.lock:
@@ -357,7 +435,39 @@ class Networks:
                 await self.gone(body["name"])
             await asyncio.to_thread(drv.delete)
 
-    async def _overlay(self, rec: dict[str, Any]) -> None:
+    async def _peers(self) -> list[str]:
+        """The other members' cluster addresses (removed members are not members)."""
+        from shared import cluster
+        return sorted({p for m in await cluster.read_members(self.bus) if m.name != self.node
+                       and (p := overlay.peer_address(m.url))})
+
+    async def follow_peers(self, every: float = overlay.FOLLOW_EVERY) -> None:
+        """In a cluster, for ever: when a member joins or is removed (the set of peer
+        addresses in the ``members`` bucket changes), bring every Created bridge's VXLAN
+        flood list in step at once, without restarting any network. Why polling: every
+        member's heartbeat rewrites the bucket every few seconds anyway, so a watch
+        would wake as often; reading it is one cached KV listing."""
+        seen: list[str] | None = None
+        while True:
+            await asyncio.sleep(every)
+            try:
+                peers = await self._peers()
+                if peers == seen:  # the first round always: a member may have joined
+                    # between the networks' start and now
+                    continue
+                async with self.lock:
+                    for rec in self.records():
+                        if self.view(rec).get("status") == "Created" \
+                                and await asyncio.to_thread(self.driver(rec).exists):
+                            await self._overlay(rec, peers)
+                log.info("overlay peers in step", peers=peers)
+                seen = peers
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the bus away a moment: try again next round
+                log.warning("overlay peers not refreshed", error=str(exc))
+
+    async def _overlay(self, rec: dict[str, Any], peers: list[str] | None = None) -> None:
         """In a cluster, a bridge's VXLAN port to the other members (overlay.py)."""
         if not self.node or rec.get("type") != "bridge" or self.bus is None:
             return
@@ -366,9 +476,8 @@ class Networks:
             log.warning("no overlay: CORRAL_CLUSTER_ADDRESS is not an IP address",
                         network=rec["name"])
             return
-        from shared import cluster
-        peers = [p for m in await cluster.read_members(self.bus) if m.name != self.node
-                 and (p := overlay.peer_address(m.url))]
+        if peers is None:
+            peers = await self._peers()
         gw = gateway(self.view(rec)["config"])
         await asyncio.to_thread(overlay.attach, rec["name"], rec["name"], local, peers,
                                 str(gw.ip) if gw is not None else None)

@@ -28,6 +28,9 @@ from shared.log import get_logger
 
 log = get_logger(component="network")
 PORT = 4789  # IANA VXLAN
+# Seconds between two looks at the members (networks.follow_peers): a member that joins
+# or is removed is in every bridge's flood list within about this long.
+FOLLOW_EVERY = 2.0
 ZERO = "00:00:00:00:00:00"
 
 

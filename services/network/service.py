@@ -67,6 +67,14 @@ class NetworkService(Service):
         self._release_locks: dict[str, asyncio.Lock] = {}
         self._fw_lock = asyncio.Lock()
         await self.networks.reconcile()
+        self._follow: asyncio.Task | None = None
+        if self.config.cluster:  # overlay peers follow members joining and leaving
+            self._follow = asyncio.create_task(self.networks.follow_peers())
+
+    async def teardown(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            await asyncio.gather(self._follow, return_exceptions=True)
 
     async def _firewall_up(self, rec: dict) -> None:
         """Rebuild network ``rec``'s ACL and forward tables from the records."""
@@ -134,7 +142,7 @@ class NetworkService(Service):
         return Reply(metadata={})
 
     async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
-        await self.networks.update(req.name, req.body or {}, req.etag, patch)
+        await self.networks.update(req.name, req.body or {}, req.etag, patch, req.target)
         await self._lifecycle("network-updated", req.name, req)
         return Reply(metadata={})
 
@@ -171,6 +179,12 @@ class NetworkService(Service):
     async def network_member_create(self, req: CreateRequest) -> Reply:
         """In a cluster: build this member's own network (network_members)."""
         await self.networks.member_create(req.body)
+        return Reply(metadata={})
+
+    @endpoint("network_member_update", CreateRequest, scope="node")
+    async def network_member_update(self, req: CreateRequest) -> Reply:
+        """In a cluster: rebuild this member's own network with a new config."""
+        await self.networks.member_update(req.body)
         return Reply(metadata={})
 
     @endpoint("network_member_delete", CreateRequest, scope="node")

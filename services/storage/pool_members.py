@@ -17,11 +17,14 @@ twice, or bind-mount another host's directory. A node uses only its own member e
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from shared import cluster, member_config
 from shared.bus import Bus
-from shared.errors import BadRequest, Conflict, CorralError
+from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.member_config import (  # noqa: F401 (this module's API, as the service uses it)
     CREATED,
     ERRORED,
@@ -31,6 +34,9 @@ from shared.member_config import (  # noqa: F401 (this module's API, as the serv
     local_view,
 )
 from shared.models import CreateRequest
+
+from . import pool_update
+from .drivers import load_driver
 
 # Keys that name something on one host: given per member (--target), never cluster-wide.
 MEMBER_ONLY = ("source",)
@@ -76,9 +82,8 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
             if name == bus.config.node:
                 made = await local(body)
             else:
-                reply = await bus.request("storage", "pool_member_create",
-                                          CreateRequest(body=body), node=name,
-                                          timeout=MEMBER_TIMEOUT)
+                reply = await member_config.ask_member(bus, "storage", "pool_member_create",
+                                                       body, name, MEMBER_TIMEOUT)
                 made = reply.metadata or {}
             own = {k: v for k, v in made.items() if rec.get("config", {}).get(k) != v}
             entries[name] = {"status": CREATED, "config": own}
@@ -117,6 +122,90 @@ async def forget_everywhere(bus: Bus, rec: dict[str, Any], local: Any) -> None:
         raise CorralError(f"Storage pool {rec['name']!r} could not be deleted on every "
                           f"member ({'; '.join(failed)}); try again once they are online",
                           503)
+
+
+def update_keys(rec: dict[str, Any], given: dict[str, str], patch: bool,
+                target: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """A PUT/PATCH of a clustered pool's config: the config asked for in the scope
+    changed (the cluster-wide config, or with ``--target`` that member's view) and the
+    scope's current one; 400 for a key that cannot change in that scope (LXD's rule).
+    Keys a PUT leaves out that cannot be unset (``source``, ``size``) keep their value."""
+    if target is not None and target not in rec["members"]:
+        raise NotFound(f"Storage pool {rec['name']!r} is not defined on member {target!r}")
+    current = local_view(rec, target)["config"] if target else dict(rec.get("config", {}))
+    wanted = {**current, **given} if patch else dict(given)
+    for k in MEMBER_KEYS:
+        if k in current and k not in wanted:
+            wanted[k] = current[k]
+    member_config.split_update(wanted, current, MEMBER_KEYS, target, "storage pool")
+    if target is None:
+        _check_global_change(rec["driver"], current, wanted)
+    return current, wanted
+
+
+def _check_global_change(driver: str, current: dict[str, str],
+                         wanted: dict[str, str]) -> None:
+    """400 unless the cluster-wide config asked for is valid and changes only keys a
+    pool can change live. Kept as given (no defaults filled in): each member fills them
+    the same way from its own view."""
+    cls = load_driver(driver)
+    cls.validate_config(wanted)
+    live = pool_update.LIVE.get(cls.name, set())
+    bad = sorted(k for k in set(wanted) | set(current) if wanted.get(k) != current.get(k)
+                 and k not in live and not k.startswith("user."))
+    if bad:
+        raise BadRequest(f"Config key(s) {', '.join(bad)} of a {cls.name} pool cannot be "
+                         f"changed after creation (keys that can: "
+                         f"{', '.join(sorted(live)) or 'none'})")
+
+
+def own_keys(global_config: dict[str, str], view: dict[str, str]) -> dict[str, str]:
+    """A member's entry config: what its view holds over the cluster-wide config."""
+    return {k: v for k, v in view.items() if global_config.get(k) != v}
+
+
+async def apply_member(bus: Bus, node: str, body: dict[str, Any], local: Any) -> None:
+    """Have member ``node`` apply a config change to its own pool (``local`` here)."""
+    if node == bus.config.node:
+        await local(body)
+    else:
+        await member_config.ask_member(bus, "storage", "pool_member_update", body, node,
+                                       MEMBER_TIMEOUT)
+
+
+# -- the journal of a member's own create ------------------------------------------------
+# Why: a member's storage service killed while it makes its part (loop file formatted,
+# mounted, not yet answered) leaves things the record never names: the coordinator
+# records the member Errored, and a retry would find the loop file (409). The member
+# writes what it is about to make first and removes it once made; at its next start
+# (``Pools.reconcile``) anything still in the journal that the record does not say is
+# Created on this member is undone.
+
+def _journal(corral_dir: Path, name: str) -> Path:
+    return corral_dir / "journal" / f"pool-member-{name}.json"
+
+
+def journal_begin(corral_dir: Path, body: dict[str, Any]) -> None:
+    path = _journal(corral_dir, body["name"])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: body.get(k) for k in ("name", "driver", "config")}))
+    os.replace(tmp, path)
+
+
+def journal_end(corral_dir: Path, name: str) -> None:
+    _journal(corral_dir, name).unlink(missing_ok=True)
+
+
+def journal_left(corral_dir: Path) -> list[dict[str, Any]]:
+    """The member creates a crash cut short."""
+    out = []
+    for path in sorted((corral_dir / "journal").glob("pool-member-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+    return out
 
 
 def outcome(name: str, entries: dict[str, dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from shared import faults, member_config
 from shared.api import check_etag, etag, string_map, url, validate_object_name
 from shared.api import description as check_description
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
@@ -173,11 +174,15 @@ class Pools:
         return rec
 
     async def update(self, name: str, body: dict[str, Any], expected_etag: str | None,
-                     patch: bool) -> dict[str, Any]:
+                     patch: bool, target: str | None = None) -> dict[str, Any]:
         """PUT/PATCH: description, plus the config keys a driver can change live."""
         async with self._lock(name):
             rec, rev = await self.get(name)
             check_etag(expected_etag, pool_etag(rec))
+            if self.node and pool_members.clustered(rec):
+                return await self.update_in_cluster(rec, rev, body, patch, target)
+            if target is not None:
+                raise BadRequest("This server is not clustered: no --target")
             new = dict(rec)
             if "description" in body or not patch:
                 new["description"] = check_description(body.get("description"))
@@ -212,6 +217,8 @@ class Pools:
 
     async def reconcile(self) -> None:
         """On start: mount every known pool; failures mark the pool Unavailable."""
+        if self.node:
+            await self.undo_interrupted()
         for rec in self.records():
             name = rec["name"]
             if self.node and pool_members.clustered(rec):
@@ -285,13 +292,112 @@ class Pools:
         pool_members.outcome(name, entries)
         return rec
 
+    async def update_in_cluster(self, rec: dict[str, Any], rev: int, body: dict[str, Any],
+                                patch: bool, target: str | None) -> dict[str, Any]:
+        """As LXD: without ``--target`` the cluster-wide keys change and every member
+        applies them to its own pool (this one first: if it cannot, nothing changes);
+        with ``--target M`` only M's own keys (``size``: its loop file grows) and only
+        M applies them. The record keeps the change even if some member failed (named in
+        the error): that member mounts with it at its next start."""
+        name = rec["name"]
+        new = dict(rec)
+        if "description" in body or not patch:
+            new["description"] = check_description(body.get("description"))
+        if target is not None:
+            await pool_members.check_member(self.bus, target)
+        if "config" in body or not patch:
+            given = string_map("config", body.get("config"))
+            current, wanted = pool_members.update_keys(rec, given, patch, target)
+            if target is not None:
+                if wanted != current:
+                    await pool_members.apply_member(self.bus, target, {
+                        "name": name, "driver": rec["driver"], "current": current,
+                        "wanted": wanted}, self.member_update)
+                entry = {**rec["members"][target],
+                         "config": pool_members.own_keys(rec.get("config", {}), wanted)}
+                new["members"] = {**rec["members"], target: entry}
+            else:
+                new["config"] = wanted
+                await self._apply_everywhere(rec, new)
+                return new
+        await self.store.update(key(name), new, rev)
+        return new
+
+    async def _apply_everywhere(self, rec: dict[str, Any], new: dict[str, Any]) -> None:
+        """Every Created member applies the new cluster-wide config to its own pool."""
+        def body(member: str) -> dict[str, Any]:
+            return {"name": rec["name"], "driver": rec["driver"],
+                    "current": pool_members.local_view(rec, member)["config"],
+                    "wanted": pool_members.local_view(new, member)["config"]}
+
+        todo = [m for m, e in rec["members"].items() if e.get("status") == CREATED
+                and body(m)["current"] != body(m)["wanted"]]
+        if self.node in todo:  # here first: a change this member refuses changes nothing
+            await self.member_update(body(self.node))
+            todo.remove(self.node)
+        await self.store.put(key(rec["name"]), new)
+
+        async def one(member: str) -> None:
+            await pool_members.apply_member(self.bus, member, body(member),
+                                            self.member_update)
+        await member_config.apply_everywhere(self.bus, "storage pool", rec["name"], todo,
+                                             one)
+
+    async def member_update(self, body: dict[str, Any]) -> None:
+        """Apply a config change to this member's own pool (``pool_member_update``): the
+        member checks it against its own disk (a loop file to grow) and applies it."""
+        cls = load_driver(body["driver"])
+        try:  # compared with defaults filled in on both sides: a default is no change
+            current = cls.validate_config(body["current"])
+        except BadRequest:
+            current = dict(body["current"])
+        wanted = pool_update.merge_config(cls, current, body["wanted"], False)
+        if wanted == current:
+            return
+        rec, _rev = await self.get(body["name"])
+        drv = await self.available(rec)
+        async with self._lock(f"member:{body['name']}"):
+            await asyncio.to_thread(pool_update.apply, drv, current, wanted)
+
     async def member_create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Make this member's own pool (its loop file and mount under its own CORRAL_DIR);
         returns the config as made (``source`` filled in). Asked by the member that
-        coordinates a cluster-wide create (``pool_member_create``)."""
+        coordinates a cluster-wide create (``pool_member_create``). Journaled: a crash
+        half-way is undone at the service's next start (pool_members, ``reconcile``)."""
         drv = load_driver(body["driver"])(body["name"], body.get("config") or {}, self.dir)
         async with self._lock(f"member:{body['name']}"):
-            return await asyncio.to_thread(drv.create)
+            await asyncio.to_thread(pool_members.journal_begin, self.dir, body)
+            try:
+                made = await asyncio.to_thread(drv.create)  # a failure undoes itself
+            except BaseException:
+                pool_members.journal_end(self.dir, body["name"])
+                raise
+            faults.point(f"pool:member_made:{self.node}")
+            pool_members.journal_end(self.dir, body["name"])
+            return made
+
+    async def undo_interrupted(self) -> None:
+        """At start: undo a member create a crash cut short (its journal entry is left)
+        unless the record says this member's part is Created."""
+        for body in await asyncio.to_thread(pool_members.journal_left, self.dir):
+            name = body["name"]
+            found = await self.store.get(key(name))
+            mine = ((found[0].get("members") or {}).get(self.node) or {}) if found else {}
+            if mine.get("status") != CREATED:
+                drv = trusted_driver(body, self.dir)
+                loop = getattr(drv, "loop_file", None)
+                ours = drv.path.exists() or (not body["config"].get("source") and
+                                             loop is not None and loop.exists())
+                try:
+                    if ours:
+                        await asyncio.to_thread(drv.delete)
+                    log.warning("storage pool: an interrupted member create undone",
+                                pool=name)
+                except (CorralError, OSError) as exc:
+                    log.error("storage pool: an interrupted member create not undone",
+                              pool=name, error=getattr(exc, "message", str(exc)))
+                    continue
+            pool_members.journal_end(self.dir, name)
 
     async def member_delete(self, body: dict[str, Any]) -> None:
         """Unmount and remove this member's own pool (its part of a cluster-wide delete)."""

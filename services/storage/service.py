@@ -113,7 +113,7 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
         return Reply(metadata=None)
 
     async def _update(self, req: ObjectRequest, patch: bool) -> Reply:
-        await self.pools.update(req.name, req.body or {}, req.etag, patch)
+        await self.pools.update(req.name, req.body or {}, req.etag, patch, req.target)
         await self.events.lifecycle("storage-pool-updated", self.pools.url(req.name),
                                     requestor=req.requestor)
         return Reply(metadata=None)
@@ -145,6 +145,12 @@ class StorageService(VolumeSnapshotsMixin, CustomVolumesMixin, VolumeBackupsMixi
     async def pool_member_delete(self, req: CreateRequest) -> Reply:
         """In a cluster: remove this member's own pool (pool_members.forget_everywhere)."""
         await self.pools.member_delete(req.body)
+        return Reply(metadata=None)
+
+    @endpoint("pool_member_update", CreateRequest, scope="node")
+    async def pool_member_update(self, req: CreateRequest) -> Reply:
+        """In a cluster: apply a config change to this member's own pool (pools.py)."""
+        await self.pools.member_update(req.body)
         return Reply(metadata=None)
 
     @endpoint("resources", ObjectRequest)
