@@ -35,7 +35,7 @@ log = get_logger()
 
 # Services bound to a host: in a cluster each node's answer for its own instances, volumes
 # and bridges, on ``corral.node.<node>.<svc>.<verb>`` (see ``Bus.request``).
-HOST_BOUND = ("instance", "storage", "network")
+HOST_BOUND = ("instance", "storage", "network", "migration")
 
 
 class Bus:
