@@ -218,12 +218,25 @@ async def delete(ctx: Context, rec: dict[str, Any]) -> None:
         raise BadRequest("The instance is currently running, stop it first") from exc
     faults.point("delete:after_driver")
     await hotplug.deleted(rec)  # NAT rules of a container stopped from inside
-    if rec.get("pool"):
-        try:
-            await ctx.remote.volume_delete(project, rec["pool"], name, type_of(rec))
-        except NotFound:
-            pass
+
+    async def volume() -> None:
+        if rec.get("pool"):
+            try:
+                await ctx.remote.volume_delete(project, rec["pool"], name, type_of(rec))
+            except NotFound:
+                pass
+
+    # The volume (storage service) and the DHCP leases (network service) are independent
+    # and each a bus round trip plus work on its side: done at once, the delete waits for
+    # the longer of the two instead of their sum. Both are waited for before a failure is
+    # raised, so nothing runs on behind the reply; a lease released before a volume delete
+    # that fails costs nothing (the container is gone; the record stays "Deleting" and the
+    # next start finishes it).
+    done = await asyncio.gather(volume(), reconcile.release_leases(ctx, rec),
+                                return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
     faults.point("delete:after_volume")
     await snapshot_ops.forget_all(ctx, project, name)  # the volume took its snapshots along
-    await reconcile.release_leases(ctx, rec)
     await ctx.instances.delete(key(project, name))
