@@ -89,6 +89,26 @@ def create(api, pool: str, name: str, **body) -> None:
     assert r.status_code == 200, r.text
 
 
+@pytest.fixture(scope="module", autouse=True)
+def scheduled_volume(api):
+    """(pool, volume): a volume snapshotted every minute (``* * * * *``) on a btrfs pool
+    of its own (the module's pools' listings stay the tests'), made when the module
+    starts so that test_scheduled_snapshots (the module's last) finds its snapshot taken
+    while the other tests ran, rather than waiting up to a minute for it."""
+    pool = name = "cv" + uuid.uuid4().hex[:6] + "cron"
+    r = api.post("/1.0/storage-pools", json={"name": pool, "driver": "btrfs",
+                                             "config": {"size": "256MiB"}})
+    assert r.status_code == 200, r.text
+    try:
+        create(api, pool, name, config={"snapshots.schedule": "* * * * *",
+                                        "snapshots.pattern": "auto%d",
+                                        "snapshots.expiry": "1d"})
+        yield pool, name
+    finally:
+        api.delete(url(pool, name))
+        api.delete(f"/1.0/storage-pools/{pool}")
+
+
 # -- CRUD ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -294,24 +314,6 @@ def test_snapshots_restore_rename_and_expiry(stack, api, pools, uid, driver):
     lxc(stack, "storage", "volume", "delete", pool, uid)  # with its other snapshots
     assert not vol_path(stack, pool, uid, "s2").exists()
     assert api.get(url(pool, uid)).status_code == 404
-
-
-def test_scheduled_snapshots(stack, api, pools, uid):
-    """snapshots.schedule (cron): a snapshot each time it is due, named by
-    snapshots.pattern, expiring by snapshots.expiry; unset, no more."""
-    pool = pools["btrfs"]
-    create(api, pool, uid, config={"snapshots.schedule": "* * * * *",
-                                   "snapshots.pattern": "auto%d",
-                                   "snapshots.expiry": "1d"})
-    r = api.patch(url(pool, uid), json={"config": {"snapshots.schedule": "sometimes"}})
-    assert r.status_code == 400 and "schedule" in r.json()["error"]
-    wait_for(lambda: api.get(url(pool, uid) + "/snapshots/auto0").status_code == 200, 90,
-             what="the scheduled snapshot")
-    snap = api.get(url(pool, uid) + "/snapshots/auto0").json()["metadata"]
-    expires = datetime.fromisoformat(snap["expires_at"][:19] + "+00:00")
-    assert abs(expires - datetime.now(timezone.utc) - timedelta(days=1)) < timedelta(hours=1)
-    assert vol_path(stack, pool, uid, "auto0").is_dir()
-    api.delete(url(pool, uid))
 
 
 # -- copies and moves ---------------------------------------------------------------------
@@ -926,3 +928,21 @@ async def test_concurrent_snapshots_keep_every_record(stack, aapi, pools, uid):
     assert sorted(s["name"] for s in snaps) == names
     assert {s["expires_at"][:10] for s in snaps} == {"2040-01-01"}
     assert (await aapi.delete(url(pool, uid))).status_code == 200
+
+
+# -- last: the schedule had the whole module to fire ---------------------------------------
+
+
+def test_scheduled_snapshots(stack, api, scheduled_volume):
+    """snapshots.schedule (cron): a snapshot each time it is due, named by
+    snapshots.pattern, expiring by snapshots.expiry. The volume was made at the module's
+    start (``scheduled_volume``): the wait for the minute went by during the other tests."""
+    pool, name = scheduled_volume
+    r = api.patch(url(pool, name), json={"config": {"snapshots.schedule": "sometimes"}})
+    assert r.status_code == 400 and "schedule" in r.json()["error"]
+    wait_for(lambda: api.get(url(pool, name) + "/snapshots/auto0").status_code == 200, 90,
+             what="the scheduled snapshot")
+    snap = api.get(url(pool, name) + "/snapshots/auto0").json()["metadata"]
+    expires = datetime.fromisoformat(snap["expires_at"][:19] + "+00:00")
+    assert abs(expires - datetime.now(timezone.utc) - timedelta(days=1)) < timedelta(hours=1)
+    assert vol_path(stack, pool, name, "auto0").is_dir()
