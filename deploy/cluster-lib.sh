@@ -83,7 +83,8 @@ node_daemon_pid() {
     local k="$1" name="$2" file pid
     file="$(node_libvirt_dir "$k")/$name.pid"
     [[ -f "$file" ]] || return 0
-    pid="$(tr -d '[:space:]' < "$file")"
+    # The daemon removes its pid file as it exits: bash's own redirection error is hushed.
+    pid="$({ tr -d '[:space:]' < "$file"; } 2>/dev/null || true)"
     if [[ "$pid" =~ ^[0-9]+$ ]] && [[ -r "/proc/$pid/cmdline" ]] &&
             tr '\0' '\n' < "/proc/$pid/cmdline" | head -n1 | grep -q "$name\$" &&
             tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null |

@@ -64,6 +64,7 @@ from .records import instance_url, public, record_etag
 from .remote import Remote
 from .snapshots_api import API_EXTENSIONS as SNAPSHOT_EXTENSIONS
 from .snapshots_api import InstanceSnapshotsMixin
+from .vm_migrate_api import VmMigrateMixin
 
 # What the stock client checks before list/launch/config (see docs/architecture.md).
 # container_backup: only the (empty) backup list so far, which `lxc info` requires.
@@ -83,7 +84,8 @@ def _uses_network(dev: dict[str, str], network: str) -> bool:
 
 
 class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, ProjectsMixin,
-                      ExecFilesConsoleMixin, MetadataMixin, MetricsMixin, Service):
+                      ExecFilesConsoleMixin, MetadataMixin, MetricsMixin, VmMigrateMixin,
+                      Service):
     name = "instance"
     description = "Corral instances (LXC containers, QEMU VMs) and profiles"
 

@@ -23,9 +23,11 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
               "boot.autostart", "boot.autostart.delay", "boot.autostart.priority",
               "boot.host_shutdown_timeout", "raw.lxc",
               "snapshots.schedule", "snapshots.schedule.stopped", "snapshots.pattern",
-              "snapshots.expiry"}
+              "snapshots.expiry",
+              "migration.stateful"}  # a VM may move live (gateway/vm_live_move.py)
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
-BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart")
+BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart",
+             "migration.stateful")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
 DEVICE_TYPES = ("nic", "disk", "proxy", "unix-char", "unix-block", "none")
 # What Corral applies of a root disk device (LXD has more: refused by name, not ignored).

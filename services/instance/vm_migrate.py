@@ -1,0 +1,287 @@
+"""Live migration of a running VM to another cluster member through libvirt.
+
+The gateway (services/gateway/vm_live_move.py) drives four steps, each answered by the
+instance service of one member; this module is their logic:
+
+1. ``prepare`` on the target: the root volume from the same image through the target's
+   own storage service, under a temporary name (volume records are cluster-wide, keyed by
+   pool and name, and the source's still exists), grown to the root disk's size; the
+   driver's spec directory; the paths the domain will use there and the target libvirtd's
+   URI and link address.
+2. ``send`` on the source: libvirt's peer-to-peer live migration of the running domain to
+   the target's libvirtd (``migrateToURI3``, LIVE|PEER2PEER|PERSIST_DEST|NON_SHARED_INC):
+   QEMU's stream goes straight to the target's QEMU over the members' link, the disk's top
+   layer is mirrored over NBD while the guest runs (no shared storage), and the domain's
+   XML is the source's with its paths moved to the target's. On failure libvirt resumes
+   the guest on the source; the gateway then calls ``abort`` on the target.
+3. ``cleanup`` on the source, once the target runs it: the defined-but-inactive domain,
+   the spec directory and the volume go.
+4. ``finish`` on the target: the volume gets the instance's name, the spec is rewritten
+   with the final paths (the next start renders from it), the record is located here.
+
+Why not libvirt's TUNNELLED mode: it cannot carry the NBD disk mirror, and the disks must
+move (no shared storage between members here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+from shared.messages.storage import VolumeRenameRequest
+from shared.state import key, mutate
+
+from .context import Context
+from .names import host_name
+
+KIND = "virtual-machine"
+DISK = "root.qcow2"
+# libvirt's flags: live, peer to peer (the source libvirtd talks to the target's), the
+# domain defined on the target, disks copied (only the overlay: the image is there too).
+SUFFIX = "-livemig"  # the temporary name of the target's volume
+
+
+def _flags() -> int:
+    import libvirt
+
+    return (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_NON_SHARED_INC)
+
+
+def temp_name(name: str) -> str:
+    return f"{name}{SUFFIX}"
+
+
+def link_address() -> str:
+    """This member's address on the cluster link (CORRAL_CLUSTER_ADDRESS without port):
+    where the source QEMU connects for the memory stream and the disk mirror."""
+    addr = os.environ.get("CORRAL_CLUSTER_ADDRESS", "")
+    host = addr.rsplit(":", 1)[0] if ":" in addr else addr
+    if not host:
+        raise BadRequest("This member has no cluster address (CORRAL_CLUSTER_ADDRESS): "
+                         "live migration needs the members' link")
+    return host.strip("[]")
+
+
+def _qemu(ctx: Context) -> Any:
+    return ctx.drivers.for_type(KIND)
+
+
+def check_movable(rec: dict[str, Any]) -> None:
+    """Only what the migration carries: a VM with its root disk (extra disks would need
+    their volumes made and mirrored too)."""
+    if rec.get("type") != KIND:
+        raise BadRequest(f"Instance {rec['name']!r} is not a virtual machine: live "
+                         "migration moves running VMs only")
+    extra = [n for n, d in (rec.get("expanded_devices") or {}).items()
+             if d.get("type") == "disk" and d.get("path") != "/"]
+    if extra:
+        raise BadRequest(f"Live migration of VMs with extra disks ({', '.join(extra)}) is "
+                         "not supported yet; detach them or stop the VM and move it")
+
+
+# ---- 1. target ----------------------------------------------------------------------------
+
+async def prepare(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """Make the target's volume and spec directory; returns where the domain will live."""
+    from .drivers import qemu
+
+    check_movable(rec)
+    project, name, pool = rec["project"], rec["name"], rec["pool"]
+    fp = (rec.get("config") or {}).get("volatile.base_image") or \
+        (rec.get("expanded_config") or {}).get("volatile.base_image")
+    if not fp:
+        raise BadRequest(f"Instance {name!r} has no volatile.base_image: its disk cannot be "
+                         "migrated onto the image")
+    drv = _qemu(ctx)
+    host = host_name(project, name)
+    if drv._dir(host).exists() or await asyncio.to_thread(_has_domain, drv, host):
+        raise Conflict(f"Instance {name!r} already has a libvirt domain or a directory on "
+                       f"{ctx.location}; remove it there first")
+    tmp = temp_name(name)
+    path = Path(await ctx.remote.volume_from_image(project, pool, tmp, fp, KIND))
+    try:
+        if not (path / DISK).exists():  # a snapshot of the image (btrfs): as create does
+            await asyncio.to_thread(qemu.qemu_host.qemu_img, "create", "-q", "-f", "qcow2",
+                                    "-F", "qcow2", "-b", qemu.IMAGE, str(path / DISK))
+        size = qemu._root_size(rec.get("expanded_devices") or {})
+        if size:
+            await asyncio.to_thread(qemu._grow, path / DISK, size)
+        vmdir = await asyncio.to_thread(drv._make_dir, host)
+    except BaseException:
+        await ctx.remote.volume_delete(project, pool, tmp, KIND)
+        raise
+    return {"node": ctx.location, "uri": drv.uri, "address": link_address(),
+            "volume": str(path), "vmdir": str(vmdir),
+            "agent_socket": qemu._socket_path(vmdir)}
+
+
+async def abort(ctx: Context, rec: dict[str, Any]) -> None:
+    """Undo ``prepare`` (and a domain a failed migration left here): nothing stays."""
+    drv = _qemu(ctx)
+    host = host_name(rec["project"], rec["name"])
+    await asyncio.to_thread(_drop_domain, drv, host)
+    await asyncio.to_thread(_rmtree, drv._dir(host))
+    try:
+        await ctx.remote.volume_delete(rec["project"], rec["pool"], temp_name(rec["name"]),
+                                       KIND)
+    except NotFound:
+        pass
+
+
+def _has_domain(drv: Any, host: str) -> bool:
+    import libvirt
+
+    try:
+        drv.conn.lookupByName(host)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def _drop_domain(drv: Any, host: str) -> None:
+    import libvirt
+
+    try:
+        dom = drv.conn.lookupByName(host)
+    except libvirt.libvirtError:
+        return
+    try:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    except libvirt.libvirtError:
+        pass
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- 2. source ----------------------------------------------------------------------------
+
+def dest_xml(xml: str, moves: list[tuple[str, str]]) -> str:
+    """The domain XML with each source path moved to the target's (whole path components
+    only: ``/x/v1`` never rewrites ``/x/v10``)."""
+    for old, new in moves:
+        if old and old != new:
+            xml = re.sub(re.escape(old) + r"(?=[/\"'<])", new.replace("\\", r"\\"), xml)
+    return xml
+
+
+def send_blocking(drv: Any, host: str, target: dict[str, Any]) -> dict[str, Any]:
+    """Migrate the running domain ``host`` to ``target`` (what ``prepare`` answered);
+    returns libvirt's job statistics. On failure the guest runs on here as before."""
+    import libvirt
+
+    try:
+        dom = drv.conn.lookupByName(host)
+    except libvirt.libvirtError:
+        raise NotFound(f"Instance {host!r} has no libvirt domain here") from None
+    if not dom.isActive():
+        raise BadRequest(f"Instance {host!r} is not running: live migration moves running "
+                         "VMs (stop mode moves stopped ones)")
+    data = drv._load(host)
+    moves = [(data["agent_socket"], target["agent_socket"]),
+             (str(Path(data["rootfs_path"])), target["volume"]),
+             (str(drv._dir(host)), target["vmdir"])]
+    xml = dest_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), moves)
+    params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+              libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{target['address']}",
+              libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: target["address"]}
+    started = time.monotonic()
+    try:
+        dom.migrateToURI3(target["uri"], params, _flags())
+    except libvirt.libvirtError as e:
+        _resume(dom)
+        raise Conflict(f"Live migration of {host!r} to {target['node']} failed: "
+                       f"{e.get_error_message()}; it keeps running here") from None
+    wall = time.monotonic() - started
+    try:
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        stats = {}
+    return {"downtime_ms": stats.get("downtime"),
+            "total_time_ms": stats.get("time_elapsed", round(wall * 1000)),
+            "data_total": stats.get("data_total"),
+            "memory_iterations": stats.get("memory_iteration"),
+            "wall_time_ms": round(wall * 1000), "spec": data}
+
+
+def _resume(dom: Any) -> None:
+    import libvirt
+
+    try:
+        if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+    except libvirt.libvirtError:
+        pass
+
+
+async def send(ctx: Context, rec: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    check_movable(rec)
+    if target.get("node") == ctx.location:
+        raise BadRequest(f"Instance {rec['name']!r} already runs on {ctx.location}")
+    return await asyncio.to_thread(send_blocking, _qemu(ctx),
+                                   host_name(rec["project"], rec["name"]), target)
+
+
+async def cleanup(ctx: Context, rec: dict[str, Any]) -> None:
+    """After the target runs it: the inactive domain here, its spec and its volume go."""
+    drv = _qemu(ctx)
+    host = host_name(rec["project"], rec["name"])
+    await asyncio.to_thread(_drop_domain, drv, host)
+    await asyncio.to_thread(_rmtree, drv._dir(host))
+    try:
+        await ctx.remote.volume_delete(rec["project"], rec["pool"], rec["name"], KIND)
+    except NotFound:
+        pass
+
+
+# ---- 4. target ----------------------------------------------------------------------------
+
+async def finish(ctx: Context, rec: dict[str, Any], target: dict[str, Any],
+                 spec: dict[str, Any]) -> dict[str, Any]:
+    """The volume takes the instance's name, the spec its final paths, the record this
+    member as location. Returns the record."""
+    drv = _qemu(ctx)
+    project, name, pool = rec["project"], rec["name"], rec["pool"]
+    host = host_name(project, name)
+    volume, warning = target["volume"], ""
+    try:
+        req = VolumeRenameRequest(project=project, pool=pool, name=temp_name(name),
+                                  new_name=name, kind=KIND)
+        reply = await ctx.remote.bus.request("storage", "volume_rename", req,
+                                             node=ctx.remote.node, timeout=60)
+        volume = reply.metadata["path"]
+    except CorralError as exc:  # the source's volume is still there: keep the temp name
+        warning = f"the volume keeps the name {temp_name(name)}: {exc.message}"
+    data = {**spec, "rootfs_path": volume, "agent_socket": target["agent_socket"]}
+    await asyncio.to_thread(_save_spec, drv, host, data)
+
+    def located(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "location": ctx.location, "volume": volume}
+
+    final = await mutate(ctx.instances, key(project, name), located)
+    return {"record": final, "warning": warning}
+
+
+def _save_spec(drv: Any, host: str, data: dict[str, Any]) -> None:
+    """The spec and the persistent definition with the final paths (the running domain
+    keeps its open files; the next start renders from this spec)."""
+    import libvirt
+
+    drv._save(host, data)
+    try:
+        drv.conn.defineXML(drv._render(host, data))
+    except libvirt.libvirtError as e:
+        raise Internal(f"The migrated domain {host!r} could not be redefined: "
+                       f"{e.get_error_message()}") from None
