@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from ..services.instance.vm_migrate_api import VmMigrateRequest
 from ..messages.backup import (
     BackupExportRequest,
     BackupImportRequest,
@@ -756,6 +757,41 @@ class InstancesAPI(_Service):
         return await self._call(
             "update", ObjectRequest, request, fields)
 
+    async def vm_migrate_abort(
+            self, request: VmMigrateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.instance.vm_migrate_abort`` (VmMigrateRequest)."""
+        return await self._call(
+            "vm_migrate_abort", VmMigrateRequest, request, fields)
+
+    async def vm_migrate_cleanup(
+            self, request: VmMigrateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.instance.vm_migrate_cleanup`` (VmMigrateRequest)."""
+        return await self._call(
+            "vm_migrate_cleanup", VmMigrateRequest, request, fields)
+
+    async def vm_migrate_finish(
+            self, request: VmMigrateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.instance.vm_migrate_finish`` (VmMigrateRequest)."""
+        return await self._call(
+            "vm_migrate_finish", VmMigrateRequest, request, fields)
+
+    async def vm_migrate_prepare(
+            self, request: VmMigrateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.instance.vm_migrate_prepare`` (VmMigrateRequest)."""
+        return await self._call(
+            "vm_migrate_prepare", VmMigrateRequest, request, fields)
+
+    async def vm_migrate_send(
+            self, request: VmMigrateRequest | None = None, /,
+            **fields: Any) -> Reply:
+        """``corral.instance.vm_migrate_send`` (VmMigrateRequest)."""
+        return await self._call(
+            "vm_migrate_send", VmMigrateRequest, request, fields)
+
 
 class MigrationAPI(_Service):
     """``corral.migration.<verb>``."""
@@ -970,6 +1006,13 @@ class NetworksAPI(_Service):
         """``corral.node.<node>.network.network_member_delete`` (CreateRequest)."""
         return await self._call(
             "network_member_delete", CreateRequest, request, fields, node)
+
+    async def network_member_update(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.network.network_member_update`` (CreateRequest)."""
+        return await self._call(
+            "network_member_update", CreateRequest, request, fields, node)
 
     async def nic_config(
             self, request: NicConfigRequest | None = None, /, *, node: str,
@@ -1249,6 +1292,13 @@ class StorageAPI(_Service):
         """``corral.node.<node>.storage.pool_member_delete`` (CreateRequest)."""
         return await self._call(
             "pool_member_delete", CreateRequest, request, fields, node)
+
+    async def pool_member_update(
+            self, request: CreateRequest | None = None, /, *, node: str,
+            **fields: Any) -> Reply:
+        """``corral.node.<node>.storage.pool_member_update`` (CreateRequest)."""
+        return await self._call(
+            "pool_member_update", CreateRequest, request, fields, node)
 
     async def resources(
             self, request: ObjectRequest | None = None, /,
