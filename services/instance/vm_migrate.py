@@ -125,7 +125,11 @@ async def abort(ctx: Context, rec: dict[str, Any]) -> None:
     """Undo ``prepare`` (and a domain a failed migration left here): nothing stays."""
     drv = _qemu(ctx)
     host = host_name(rec["project"], rec["name"])
-    await asyncio.to_thread(_drop_domain, drv, host)
+    try:  # libvirtd may be what failed: the directory and the volume go all the same
+        await asyncio.to_thread(_drop_domain, drv, host)
+    except CorralError as exc:
+        ctx.log.warning("live migration abort: domain not checked", instance=host,
+                        error=exc.message)
     await asyncio.to_thread(_rmtree, drv._dir(host))
     try:
         await ctx.remote.volume_delete(rec["project"], rec["pool"], temp_name(rec["name"]),
