@@ -9,6 +9,7 @@ certificate. Content is checked inside the copy once started, snapshots on disk.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -480,9 +481,9 @@ def test_source_killed_mid_transfer_leaves_nothing(api, stack, oapi, other, worl
     assert oapi.get(f"/1.0/instances/{c}").status_code == 200
 
 
-def test_copy_between_btrfs_pools(api, stack, oapi, other, worlds, client):
-    """Both pools btrfs (volumes and snapshots are subvolumes): rsync between them, the
-    target's snapshot a subvolume with the snapshot's content."""
+@pytest.fixture(scope="module")
+def btrfs_pool(api, oapi, worlds):
+    """A btrfs pool of the same name on both sides, and a profile whose root disk is on it."""
     w = worlds
     pool, profile = f"{w.prefix}b", f"{w.prefix}bpr"
     made: list[tuple[httpx.Client, str]] = []
@@ -496,31 +497,129 @@ def test_copy_between_btrfs_pools(api, stack, oapi, other, worlds, client):
                 "root": {"type": "disk", "path": "/", "pool": pool}}})
             assert r.status_code == 200, r.text
             made.append((side, f"/1.0/profiles/{profile}"))
-        c = w.name("b")
-        w.wait(api.post("/1.0/instances", json={
-            "name": c, "source": {"type": "image", "alias": w.image}, "profiles": [profile]}))
-        made.append((api, f"/1.0/instances/{c}"))
-        made.append((oapi, f"/1.0/instances/{c}"))
-        vol = stack.dir / "storage-pools" / pool / "containers" / c
-        (vol / "rootfs" / "root").mkdir(exist_ok=True)
-        (vol / "rootfs" / "root" / "marker").write_text("old")
-        snapshot(w, c, "b1")
-        (vol / "rootfs" / "root" / "marker").write_text("new")
-        lxc(client, "copy", f"src:{c}", f"dst:{c}")
-        snap = list((other.dir / "storage-pools" / pool).glob(f"**/{c}/b1"))
-        assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
-        probe = subprocess.run(["btrfs", "subvolume", "show", str(snap[0])],
-                               capture_output=True, text=True)
-        assert probe.returncode == 0, probe.stderr
-        target = other.dir / "storage-pools" / pool / "containers" / c
-        assert (target / "rootfs" / "root" / "marker").read_text() == "new"
+        yield pool, profile
     finally:
+        for side in (api, oapi):
+            for inst in side.get("/1.0/instances?recursion=1").json()["metadata"]:
+                root = [d for d in inst["expanded_devices"].values()
+                        if d.get("type") == "disk" and d.get("path") == "/"]
+                if inst["name"].startswith(w.prefix) and (
+                        profile in inst["profiles"] or root and root[0].get("pool") == pool):
+                    r = side.delete(f"/1.0/instances/{inst['name']}")
+                    if r.status_code == 202:
+                        wait_op(side, r, ok=False)
         for side, path in reversed(made):
             r = side.delete(path)
             if r.status_code == 202:
                 wait_op(side, r, ok=False)
 
 
+def btrfs_instance(api: httpx.Client, stack: Any, w: Any, pool: str, profile: str,
+                   tag: str) -> tuple[str, Path]:
+    """A container on the btrfs pool with snapshot ``b1`` (marker "old" and 4 MiB of
+    data) and, after it, marker "new": (name, its volume)."""
+    c = w.name(tag)
+    w.wait(api.post("/1.0/instances", json={
+        "name": c, "source": {"type": "image", "alias": w.image}, "profiles": [profile]}))
+    vol = stack.dir / "storage-pools" / pool / "containers" / c
+    (vol / "rootfs" / "root").mkdir(exist_ok=True)
+    (vol / "rootfs" / "root" / "marker").write_text("old")
+    (vol / "rootfs" / "root" / "data").write_bytes(os.urandom(4 << 20))
+    subprocess.run(["sync"], check=True)
+    snapshot(w, c, "b1")
+    (vol / "rootfs" / "root" / "marker").write_text("new")
+    return c, vol
+
+
+def exclusive_bytes(path: Path) -> int:
+    """Bytes of the subvolume at ``path`` shared with no other (``btrfs filesystem du``)."""
+    subprocess.run(["sync"], check=True)
+    out = subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.splitlines()[-1].split()[1])
+
+
+def frozen_left(stack: Any, pool: str) -> list[Path]:
+    """Read-only copies a btrfs send left on the source pool (backups' and migrations')."""
+    return sorted((stack.dir / "storage-pools" / pool / ".corral-backups").glob("*/*/*"))
+
+
+def test_copy_between_btrfs_pools(api, stack, oapi, other, worlds, client, btrfs_pool):
+    """Both pools btrfs: the header negotiates BTRFS (as LXD's), each snapshot then the
+    volume go as btrfs send streams, the volume's against the snapshot: on the target the
+    volume shares the snapshot's extents (rsync would have written the 4 MiB twice). The
+    snapshot is a read-only subvolume; the source's read-only copies are gone."""
+    w = worlds
+    pool, profile = btrfs_pool
+    c, _vol = btrfs_instance(api, stack, w, pool, profile, "b")
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    snap = list((other.dir / "storage-pools" / pool).glob(f"**/{c}/b1"))
+    assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
+    probe = subprocess.run(["btrfs", "property", "get", "-ts", str(snap[0]), "ro"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "ro=true", probe.stdout + probe.stderr
+    target = other.dir / "storage-pools" / pool / "containers" / c
+    assert (target / "rootfs" / "root" / "marker").read_text() == "new"
+    assert (target / "rootfs" / "root" / "data").stat().st_size == 4 << 20
+    assert exclusive_bytes(target) < 1 << 20, "the volume was not sent against b1"
+    assert frozen_left(stack, pool) == []
+    assert [s["name"] for s in oapi.get(f"/1.0/instances/{c}/snapshots?recursion=1")
+            .json()["metadata"]] == ["b1"]
+    # the copy is a working instance: it starts
+    r = oapi.put(f"/1.0/instances/{c}/state", json={"action": "start"})
+    assert r.status_code == 202 and wait_op(oapi, r)["status"] == "Success"
+    r = oapi.put(f"/1.0/instances/{c}/state", json={"action": "stop", "force": True})
+    wait_op(oapi, r)
+
+
+def test_copy_between_btrfs_and_dir_pools_uses_rsync(api, stack, oapi, other, worlds,
+                                                     client, btrfs_pool):
+    """btrfs to dir (``--storage``: the target answers RSYNC to the BTRFS offer) and dir
+    to btrfs (RSYNC offered): both copies whole, with their snapshot; on btrfs the rsync'd
+    volume holds its own copy of the data (no send stream to share it)."""
+    w = worlds
+    pool, profile = btrfs_pool
+    c, _vol = btrfs_instance(api, stack, w, pool, profile, "bd")
+    lxc(client, "copy", f"src:{c}", f"dst:{c}", "--storage", w.pool)
+    target = other.dir / "storage-pools" / w.pool / "containers" / c
+    assert (target / "rootfs" / "root" / "marker").read_text() == "new"
+    snap = list((other.dir / "storage-pools" / w.pool).glob(f"**/{c}/b1"))
+    assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "old"
+    assert frozen_left(stack, pool) == []
+
+    d = w.create("db")
+    write_marker(w, d, "first")
+    (w.volume(d) / "rootfs" / "root" / "data").write_bytes(os.urandom(4 << 20))
+    snapshot(w, d, "d1")
+    write_marker(w, d, "second")
+    lxc(client, "copy", f"src:{d}", f"dst:{d}", "--storage", pool)
+    target = other.dir / "storage-pools" / pool / "containers" / d
+    assert (target / "rootfs" / "root" / "marker").read_text() == "second"
+    snap = list((other.dir / "storage-pools" / pool).glob(f"**/{d}/d1"))
+    assert snap and (snap[0] / "rootfs" / "root" / "marker").read_text() == "first"
+    assert exclusive_bytes(target) >= 4 << 20  # rsync: written again, nothing shared
+
+
+def test_btrfs_target_killed_mid_transfer_leaves_nothing(api, stack, oapi, other, worlds,
+                                                        client, btrfs_pool):
+    """The target dies after the snapshot's send stream: nothing on the target (no
+    subvolume, no record, staging cleaned at the next start), the source whole and its
+    read-only copies dropped; the copy then works."""
+    w = worlds
+    pool, profile = btrfs_pool
+    c, vol = btrfs_instance(api, stack, w, pool, profile, "bk")
+    _restart_migration(other, oapi, "migration:sink_after_snapshot")
+    try:
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)
+        assert r.returncode != 0
+    finally:
+        _restart_migration(other, oapi, None)
+    assert inventory(oapi, other, pool, c) == CLEAN
+    wait_for(lambda: frozen_left(stack, pool) == [], 30,
+             what="the source to drop its read-only copies")
+    assert (vol / "rootfs" / "root" / "marker").read_text() == "new"
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    assert exclusive_bytes(other.dir / "storage-pools" / pool / "containers" / c) < 1 << 20
 
 
 def test_running_container_copies_and_refuses_a_live_move(api, oapi, other, worlds,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus
+from shared.errors import NotFound
 from shared.messages.storage import VolumePathReply, VolumePathRequest
 from shared.models import ObjectRequest
 
@@ -42,6 +43,19 @@ def root_pool(inst: dict[str, Any]) -> str:
         if dev.get("type") == "disk" and dev.get("path") == "/":
             return dev.get("pool", "")
     return ""
+
+
+async def pool_driver(bus: Bus, project: str, pool: str) -> str:
+    """The driver of ``pool`` here ("" when there is no such pool): btrfs pools on both
+    ends move volumes as btrfs send streams, anything else by rsync."""
+    if not pool:
+        return ""
+    try:
+        reply = await bus.request("storage", "get", ObjectRequest(project=project, name=pool),
+                                  timeout=PATH_TIMEOUT)
+    except NotFound:
+        return ""
+    return str((reply.metadata or {}).get("driver") or "")
 
 
 async def instance(bus: Bus, project: str, name: str) -> dict[str, Any]:

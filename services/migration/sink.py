@@ -31,7 +31,7 @@ from shared.log import get_logger
 from shared.messages.backup import BackupImportRequest
 from shared.models import CreateRequest, ObjectRequest, OperationStatus, Reply
 
-from . import channels, common, idmap, rsync, wire
+from . import channels, common, frames, idmap, rsync, wire
 from .channels import Channel
 
 log = get_logger()
@@ -145,11 +145,56 @@ async def _profile_exists(bus: Bus, project: str, name: str) -> bool:
         return False
 
 
-def answer(offer: dict[str, Any], instance_only: bool) -> dict[str, Any]:
+async def target_pool(bus: Bus, project: str, body: dict[str, Any]) -> str:
+    """The pool the copy will land in, as the import decides it: the request's root disk,
+    else the last of its profiles that has one ("" when none says)."""
+    for dev in (body.get("devices") or {}).values():
+        if isinstance(dev, dict) and dev.get("type") == "disk" and dev.get("path") == "/" \
+                and dev.get("pool"):
+            return str(dev["pool"])
+    pool = ""
+    profiles = body.get("profiles")
+    for name in (["default"] if profiles is None else profiles):
+        prof: dict[str, Any] = {}
+        for proj in dict.fromkeys([project, "default"]):
+            try:
+                prof = (await _profile(bus, proj, str(name))) or {}
+                break
+            except NotFound:
+                continue
+        for dev in (prof.get("devices") or {}).values():
+            if dev.get("type") == "disk" and dev.get("path") == "/" and dev.get("pool"):
+                pool = str(dev["pool"])
+    return pool
+
+
+async def _profile(bus: Bus, project: str, name: str) -> dict[str, Any]:
+    reply = await bus.request("instance", "profile_get",
+                              ObjectRequest(project=project, name=name), timeout=30)
+    return reply.metadata or {}
+
+
+async def choose_fs(bus: Bus, project: str, body: dict[str, Any],
+                    offer: dict[str, Any]) -> int:
+    """BTRFS when the source offers it and the copy lands in a btrfs pool here (LXD's
+    negotiation); RSYNC otherwise, which every LXD source falls back to. An LXD tree
+    shifted on disk (an idmap in the offer) comes by rsync: only a tree can be unshifted
+    before the import."""
+    if offer.get("fs") != wire.BTRFS or offer.get("idmap") \
+            or (body.get("type") or "container") != "container":
+        return wire.RSYNC
+    pool = await target_pool(bus, project, body)
+    return wire.BTRFS if await common.pool_driver(bus, project, pool) == "btrfs" \
+        else wire.RSYNC
+
+
+def answer(offer: dict[str, Any], instance_only: bool, fs: int = wire.RSYNC
+           ) -> dict[str, Any]:
     feats = set(wire.rsync_features(offer)) & OUR_FEATURES
     names = [] if instance_only else list(offer.get("snapshotNames") or [])
     snaps = [] if instance_only else list(offer.get("snapshots") or [])
-    return {"fs": wire.RSYNC, "rsyncFeatures": {f: True for f in sorted(feats)},
+    # no btrfsFeatures: the source sends no JSON subvolume header frame, only the streams
+    return {"fs": fs, "rsyncFeatures": {f: True for f in sorted(feats)},
             # a running source (stateless): the volume comes twice, the final sync last
             "criu": wire.CRIU_NONE if offer.get("criu") == wire.CRIU_NONE else None,
             "snapshotNames": names, "snapshots": snaps, "predump": False,
@@ -165,23 +210,15 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
         if offer.get("fs", wire.RSYNC) not in (wire.RSYNC, wire.BTRFS, wire.ZFS):
             raise CorralError("The source offers no filesystem transfer this server takes "
                               f"({wire.FS_NAMES.get(offer['fs'], offer['fs'])})", 400)
-        resp = answer(offer, bool(src.get("instance_only")))
+        resp = answer(offer, bool(src.get("instance_only")),
+                      await choose_fs(svc.bus, project, body, offer))
         await control.send(wire.encode("MigrationHeader", resp))
-        features = wire.rsync_features(resp)
         progress = common.Progress(handle)
         base = stage / layout.PREFIX
-        for name in resp["snapshotNames"]:
-            await rsync.receive(base / layout.snapshots_dir("container") / name, fs,
-                                features, progress.on(name))
-            faults.point("migration:sink_after_snapshot")
-        await rsync.receive(base / layout.volume_dir("container"), fs, features,
-                            progress.on(str(body["name"])))
-        if resp["criu"] == wire.CRIU_NONE:
-            await rsync.receive(base / layout.volume_dir("container"), fs, features,
-                                progress.on(str(body["name"])))
-        faults.point("migration:sink_after_volume")
-        if offer.get("idmap"):  # LXD's tree is shifted on disk: ours is not
-            await asyncio.to_thread(idmap.unshift, base, offer["idmap"])
+        if resp["fs"] == wire.BTRFS:
+            await receive_btrfs(fs, base, resp, str(body["name"]), progress)
+        else:
+            await receive_rsync(fs, base, resp, offer, str(body["name"]), progress)
         await import_instance(svc, project, body, resp, stage, handle)
     except BaseException as exc:
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -191,6 +228,37 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
             pass
         raise
     await control.send(wire.control(True))
+
+
+async def receive_btrfs(fs: Channel, base: Path, resp: dict[str, Any], name: str,
+                        progress: common.Progress) -> None:
+    """The streams, as files laid out as an optimized backup (``snapshots/<s>.bin``,
+    ``container.bin``): the import receives them on the pool."""
+    for snap in resp["snapshotNames"]:
+        await frames.receive_file(fs, base / layout.snapshots_dir("container") / f"{snap}.bin",
+                                  progress.on(snap))
+        faults.point("migration:sink_after_snapshot")
+    await frames.receive_file(fs, base / f"{layout.volume_dir('container')}.bin",
+                              progress.on(name))
+    faults.point("migration:sink_after_volume")
+
+
+async def receive_rsync(fs: Channel, base: Path, resp: dict[str, Any], offer: dict[str, Any],
+                        name: str, progress: common.Progress) -> None:
+    """One tree per snapshot, then the volume's (twice from a running source)."""
+    features = wire.rsync_features(resp)
+    for snap in resp["snapshotNames"]:
+        await rsync.receive(base / layout.snapshots_dir("container") / snap, fs,
+                            features, progress.on(snap))
+        faults.point("migration:sink_after_snapshot")
+    await rsync.receive(base / layout.volume_dir("container"), fs, features,
+                        progress.on(name))
+    if resp["criu"] == wire.CRIU_NONE:
+        await rsync.receive(base / layout.volume_dir("container"), fs, features,
+                            progress.on(name))
+    faults.point("migration:sink_after_volume")
+    if offer.get("idmap"):  # LXD's tree is shifted on disk: ours is not
+        await asyncio.to_thread(idmap.unshift, base, offer["idmap"])
 
 
 def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
@@ -213,14 +281,27 @@ def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
                  "profiles": body.get("profiles") if body.get("profiles") is not None
                  else ["default"],
                  "description": body.get("description") or ""}
-    return {"name": body["name"], "backend": "dir", "type": "container", "optimized": False,
+    optimized = resp.get("fs") == wire.BTRFS
+    return {"name": body["name"], "backend": "btrfs" if optimized else "dir",
+            "type": "container", "optimized": optimized,
             "snapshots": [s["name"] for s in snaps],
             "config": {"container": container, "snapshots": snaps}}
 
 
-def _tar(stage: Path, out: Path) -> None:
+def _tar(stage: Path, out: Path, snapshots: list[str]) -> None:
+    """The staging tree as a tarball. Send streams go in the order they were sent
+    (snapshots oldest first, the volume last: each is received against the one before
+    it), not the directory's sorted order, which would put ``container.bin`` first."""
+    base = stage / layout.PREFIX
     with tarfile.open(out, "w") as tar:
-        tar.add(stage / layout.PREFIX, arcname=layout.PREFIX)
+        streams = [base / layout.snapshots_dir("container") / f"{s}.bin" for s in snapshots]
+        streams.append(base / f"{layout.volume_dir('container')}.bin")
+        if not streams[-1].is_file():  # trees (rsync): their order does not matter
+            tar.add(base, arcname=layout.PREFIX)
+            return
+        tar.add(stage / layout.INDEX, arcname=layout.INDEX)
+        for path in streams:
+            tar.add(path, arcname=str(path.relative_to(stage)))
 
 
 async def import_instance(svc: Any, project: str, body: dict[str, Any],
@@ -230,7 +311,7 @@ async def import_instance(svc: Any, project: str, body: dict[str, Any],
     await handle.set_metadata(fs_progress="importing")
     (stage / layout.INDEX).write_bytes(layout.dump(index(body, resp)))
     tarball = stage / "migration.tar"
-    await asyncio.to_thread(_tar, stage, tarball)
+    await asyncio.to_thread(_tar, stage, tarball, list(resp["snapshotNames"]))
     await asyncio.to_thread(shutil.rmtree, stage / layout.PREFIX)  # the tarball has it all
     transfers = await blobs.transfers(svc.bus)
     obj = f"migration-{handle.id}"

@@ -16,6 +16,7 @@ we dial the target's operation with its secrets.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from shared import faults, streams
@@ -23,9 +24,14 @@ from shared.api import url
 from shared.bus import Bus
 from shared.errors import BadRequest, CorralError
 from shared.log import get_logger
+from shared.messages.backup import (
+    VolumeBackupFreezeRequest,
+    VolumeBackupReply,
+    VolumeBackupRequest,
+)
 from shared.models import ObjectRequest, Reply
 
-from . import channels, common, rsync, wire
+from . import channels, common, frames, rsync, wire
 from .channels import Channel
 
 log = get_logger()
@@ -34,11 +40,14 @@ RESULT_TIMEOUT = 3600.0  # the target's verdict (it imports what it received fir
 FEATURES = ["xattrs", "delete", "compress", "bidirectional"]
 
 
-def offer(inst: dict[str, Any], snaps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The MigrationHeader we offer: rsync; a running container says ``criu: NONE`` (as
-    LXD's stateless copy: the target then expects a final sync of the volume)."""
+def offer(inst: dict[str, Any], snaps: list[dict[str, Any]], fs: int = wire.RSYNC
+          ) -> dict[str, Any]:
+    """The MigrationHeader we offer: ``fs`` (BTRFS from a btrfs pool, as LXD's: the target
+    answers RSYNC if its pool is not btrfs) with rsync's features for the fallback; a
+    running container says ``criu: NONE`` (as LXD's stateless copy: the target then
+    expects a final sync of the volume)."""
     return {
-        "fs": wire.RSYNC, "predump": False,
+        "fs": fs, "predump": False,
         "criu": wire.CRIU_NONE if inst.get("status") == "Running" else None,
         "rsyncFeatures": {f: True for f in FEATURES},
         "snapshotNames": [s["name"].split("/")[-1] for s in snaps],
@@ -119,12 +128,16 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
                         snaps: list[dict[str, Any]], chans: dict[str, Channel],
                         handle: Any) -> None:
     control, fs = chans[common.CONTROL], chans[common.FS]
-    hdr = offer(inst, snaps)
+    # btrfs send only of a stopped container (LXD: no MultiSync with optimized migration)
+    ours = wire.BTRFS if inst.get("status") == "Stopped" and await common.pool_driver(
+        bus, project, common.root_pool(inst)) == "btrfs" else wire.RSYNC
+    hdr = offer(inst, snaps, ours)
     await control.send(wire.encode("MigrationHeader", hdr))
     resp = wire.header(await control.recv_message(WS_TIMEOUT))
-    if resp.get("fs", wire.RSYNC) != wire.RSYNC:
-        raise CorralError(f"The target chose {wire.FS_NAMES.get(resp['fs'], resp['fs'])}: "
-                          "only rsync is offered", 500)
+    chosen = resp.get("fs", wire.RSYNC)
+    if chosen not in (wire.RSYNC, ours):
+        raise CorralError(f"The target chose {wire.FS_NAMES.get(chosen, chosen)}: "
+                          f"{wire.FS_NAMES[ours]} or RSYNC was offered", 500)
     features = wire.rsync_features(resp) if resp.get("rsyncFeatures") else \
         ["xattrs", "delete", "compress"]  # LXD 3.7's set when none is said
     names = resp.get("snapshotNames") or []
@@ -133,7 +146,10 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
     verdict = asyncio.create_task(control.recv_message(None))
     progress = common.Progress(handle)
     try:
-        for name in wanted:
+        if chosen == wire.BTRFS:
+            await _send_or_verdict(send_btrfs(bus, project, inst, wanted, fs, progress,
+                                              handle.id), verdict)
+        for name in wanted if chosen == wire.RSYNC else []:
             if verdict.done():
                 break  # the target answered already (a failure is raised below)
             path = await common.volume_path(bus, project, inst, name)
@@ -141,8 +157,9 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
                                    verdict)
             faults.point("migration:source_after_snapshot")
         path = await common.volume_path(bus, project, inst)
-        await _send_or_verdict(rsync.send(path, fs, features, progress.on(inst["name"])),
-                               verdict)
+        if chosen == wire.RSYNC:
+            await _send_or_verdict(rsync.send(path, fs, features,
+                                              progress.on(inst["name"])), verdict)
         faults.point("migration:source_after_volume")
         if resp.get("criu") == wire.CRIU_NONE:  # running: LXD's MultiSync, a final pass
             await _send_or_verdict(rsync.send(path, fs, features, progress.on(inst["name"])),
@@ -155,7 +172,38 @@ async def send_instance(bus: Bus, project: str, inst: dict[str, Any],
     if not result.get("success"):
         raise CorralError(f"Error from migration target: {result.get('message') or 'failed'}",
                           500)
-    log.info("migration sent", instance=inst["name"], snapshots=len(wanted))
+    log.info("migration sent", instance=inst["name"], snapshots=len(wanted),
+             fs=wire.FS_NAMES.get(chosen, chosen))
+
+
+async def send_btrfs(bus: Bus, project: str, inst: dict[str, Any], wanted: list[str],
+                     fs: Channel, progress: common.Progress, op_id: str) -> None:
+    """LXD's migrateVolumeOptimized: each snapshot's btrfs send stream against the one
+    before it, then the volume's against the last snapshot, each ended by a barrier.
+    A writable subvolume cannot be sent: the storage service freezes read-only copies
+    (snapshots of the subvolumes, no data copied), dropped at the end whatever happens."""
+    freeze = VolumeBackupFreezeRequest(
+        project=project, pool=common.root_pool(inst), kind="container", name=inst["name"],
+        backup=f"migration-{op_id}", snapshots=wanted)
+    reply = await bus.request("storage", "volume_backup_freeze", freeze,
+                              node=bus.config.node, timeout=common.PATH_TIMEOUT)
+    frozen = VolumeBackupReply.model_validate(reply.metadata)
+    try:
+        parent: Path | None = None
+        for name in wanted:
+            path = Path(frozen.snapshot_paths[name])
+            await frames.send_btrfs(path, parent, fs, progress.on(name))
+            faults.point("migration:source_after_snapshot")
+            parent = path
+        await frames.send_btrfs(Path(frozen.path), parent, fs, progress.on(inst["name"]))
+    finally:
+        drop = VolumeBackupRequest(**freeze.model_dump(exclude={"backup_config"}))
+        try:
+            await bus.request("storage", "volume_backup_delete", drop, node=bus.config.node,
+                              timeout=common.PATH_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the copies only cost their metadata
+            log.warning("dropping the migration's frozen copies failed",
+                        instance=inst["name"], error=str(exc))
 
 
 async def _send_or_verdict(sending: Any, verdict: asyncio.Task) -> None:
