@@ -75,9 +75,7 @@ async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.to_thread(drv.update, name, rec["expanded_config"],
                             rec["expanded_devices"], nics, extra)
     if rec.get("volume") and drv.capabilities.templates:
-        uid, gid = await asyncio.to_thread(drv.root_owner, name)
-        await asyncio.to_thread(image_templates.apply, Path(rec["volume"]), "start", rec,
-                                uid, gid)
+        await asyncio.to_thread(_start_templates, drv, name, rec)
     await asyncio.to_thread(drv.start, name)
     try:
         await apply_nic_limits(ctx, rec)
@@ -89,6 +87,15 @@ async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     changed = {k: v for k, v in rec["config"].items() if k.startswith("volatile.")}
     return await _save(ctx, rec, status="Running", last_used_at=lxd_time(),
                        config=changed, expanded_config=changed)
+
+
+def _start_templates(drv: Any, name: str, rec: dict[str, Any]) -> None:
+    """The image's "start" templates (as LXD re-renders them at each start), in one
+    thread hop; the root's owner is only read when there is a template to write."""
+    volume = Path(rec["volume"])
+    if image_templates.has(volume, "start"):
+        uid, gid = drv.root_owner(name)
+        image_templates.apply(volume, "start", rec, uid, gid)
 
 
 async def apply_nic_limits(ctx: Context, rec: dict[str, Any],

@@ -34,6 +34,8 @@ Progress = Callable[[int], None]
 
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
+# libyaml's loader when PyYAML has it: the same documents (every scalar a string), ~7x faster
+_BASE_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 # Canonical LXD architecture names and their aliases (shared/osarch/architectures.go).
 _ARCH_ALIASES: dict[str, tuple[str, ...]] = {
@@ -204,7 +206,7 @@ def parse_metadata(data: bytes) -> dict[str, Any]:
     stays "22.04" instead of becoming a float.
     """
     try:
-        doc = yaml.load(data, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds no objects
+        doc = yaml.load(data, Loader=_BASE_LOADER)  # noqa: S506 - BaseLoader builds no objects
     except yaml.YAMLError as e:
         raise BadRequest(f"metadata.yaml is not valid YAML: {e}") from None
     if not isinstance(doc, dict):

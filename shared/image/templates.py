@@ -17,7 +17,7 @@ import platform
 import re
 import stat
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,13 @@ def _env() -> SandboxedEnvironment:
     return env
 
 
+@lru_cache(maxsize=128)
+def _compiled(text: str) -> Any:
+    """A template compiled once per text: an image's templates are rendered at every start
+    of each of its instances, and compiling is most of a render's cost."""
+    return _env().from_string(pongo_to_jinja(text))
+
+
 def pongo_to_jinja(text: str) -> str:
     """Rewrite the pongo2-only syntax found in LXD image templates into jinja2."""
     def tag(m: re.Match[str]) -> str:
@@ -77,7 +84,7 @@ def render_template(text: str, context: Mapping[str, Any], name: str = "template
     import jinja2
 
     try:
-        return _env().from_string(pongo_to_jinja(text)).render(dict(context))
+        return _compiled(text).render(dict(context))
     except (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError) as e:
         raise BadRequest(f"Image template {name!r} cannot be rendered: {e}") from None
 
