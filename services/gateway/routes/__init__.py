@@ -17,6 +17,7 @@ from ..routing import Route, aliased, ask, creation, item, listing
 from . import (
     backups,
     cluster,
+    cluster_copy,
     events,
     hooks,
     host,
@@ -71,7 +72,7 @@ def crud(path: str, service: str, prefix: str = "", item_name: str = "{name}",
 INSTANCES = [
     Route("GET", "/1.0/instances", instances.instance_list),  # JSON passed through
     # JSON: instance.create; an application/octet-stream body is lxc import (backup_import)
-    Route("POST", "/1.0/instances", backups.create_or_import),
+    Route("POST", "/1.0/instances", cluster_copy.instances_post),  # else backups.py's
     Route("GET", INSTANCE, ask("instance", "get", instances.instance_get)),
     # PUT INSTANCE: snapshots.instance_put (instance.update, or snapshot_restore)
     Route("PATCH", INSTANCE, ask("instance", "patch", item, timeout=snapshots.LIVE_CHANGE)),

@@ -3,9 +3,11 @@
 ``POST /1.0/instances/<name>`` with ``migration: true`` is the source of a migration
 (``migration.source``), otherwise a rename (``instance.rename``); ``POST /1.0/instances``
 with ``source.type: migration`` is its target (``migration.create``). The transfer runs in
-the migration service; the websockets a client (or another server) dials come through
-``/1.0/operations/<id>/websocket`` (routes/streams.py), whose secrets for a migration are
-the operation's metadata itself (``control``, ``fs``), as LXD's.
+the migration service (in a cluster, the instance's member's); the websockets a client
+(or another server) dials come through ``/1.0/operations/<id>/websocket``
+(routes/streams.py), whose secrets for a migration are the operation's metadata itself
+(``control``, ``fs``), as LXD's. In a cluster, ``?target=`` makes it a move between
+members (cluster_move.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import cluster_move
 from ..routing import Ask, Context, item, render
 
 # The secrets a migration operation's metadata holds (LXD's api.SecretName*).
@@ -39,8 +42,23 @@ async def instance_post(ctx: Context, request: web.Request) -> web.StreamRespons
     (rename, pool or project move)."""
     req = await item(request)
     if is_source(req.body, request):
-        return render(await ctx.ask("migration", "source", req))
+        node = None
+        if ctx.config.cluster:  # the source reads the volume: on the instance's member
+            node = await cluster_move.mover_of(ctx).placement.location(req.project, req.name)
+        return render(await ctx.bus.request("migration", "source", req, node=node)
+                      if node else await ctx.ask("migration", "source", req))
+    if is_cluster_move(req.body, request, ctx.config.cluster):
+        return await cluster_move.move(ctx, request, req)
     return await Ask("instance", "rename", _built(req))(ctx, request)
+
+
+def is_cluster_move(body: dict[str, Any] | None, request: web.Request, cluster: bool
+                    ) -> bool:
+    """``lxc move c1 --target node2``: ``migration`` with ``?target=`` in a cluster (LXD's
+    instancePostClusteringMigrate); ``pool``/``project`` moves stay the instance service's."""
+    body = body or {}
+    return cluster and bool(body.get("migration")) and bool(request.query.get("target")) \
+        and not body.get("pool") and not body.get("project")
 
 
 def _built(req: Any) -> Any:

@@ -1,0 +1,200 @@
+"""Cold move and copy between cluster members with the stock client (issue 13).
+
+Two nodes on one nats-server (tests/cluster_stack.py), each running every service and a
+gateway. ``lxc move c --target node2`` and ``lxc copy c c2 --target node1``: the migration
+services of both members carry the instance (snapshots included), joined over the bus by
+the gateway that got the request; the instance keeps its name, its LOCATION changes as
+every node sees it, it starts on its new member, and the source member keeps nothing.
+LXD's refusals (running without --stateless, unknown, offline or same target, a copy's
+name taken), and a migration service killed mid-move (shared/faults.py) on either side:
+the source stays whole, the target keeps nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from .cluster_stack import cluster_stacks, node_world
+from .stack import wait_for
+from .world import lxc
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    with cluster_stacks(request, 2) as (nodes, beats):
+        yield nodes, beats
+
+
+@pytest.fixture(scope="module")
+def world(cluster, busybox_tarball):
+    nodes, _beats = cluster
+    with node_world(nodes, busybox_tarball) as w:
+        yield w
+
+
+def row(node, name: str) -> dict:
+    rows = json.loads(lxc(node.stack, "list", name, "--format", "json").stdout)
+    rows = [r for r in rows if r["name"] == name]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def where(node, name: str) -> tuple[str, str]:
+    r = row(node, name)
+    return r["status"], r["location"]
+
+
+def names(node) -> list[str]:
+    return [r["name"] for r in json.loads(lxc(node.stack, "list", "--format",
+                                              "json").stdout)]
+
+
+def snapshots(node, name: str) -> list[str]:
+    out = lxc(node.stack, "query", f"/1.0/instances/{name}/snapshots").stdout
+    return sorted(u.rsplit("/", 1)[-1] for u in json.loads(out))
+
+
+def make(world, node, name: str, target: str) -> None:
+    """A stopped container on ``target`` with a file in a snapshot and another after it."""
+    lxc(node.stack, "launch", world.image, name, "-p", world.profile, "--target", target)
+    lxc(node.stack, "exec", name, "--", "sh", "-c", "echo first > /root/mark")
+    lxc(node.stack, "snapshot", name, "s0")
+    lxc(node.stack, "exec", name, "--", "sh", "-c", "echo second > /root/mark")
+    lxc(node.stack, "stop", name, "--force")
+
+
+def read_mark(node, name: str) -> str:
+    return lxc(node.stack, "exec", name, "--", "cat", "/root/mark").stdout.strip()
+
+
+def test_move_stopped_with_snapshots(cluster, world):
+    (n1, n2), _ = cluster
+    c = world.name("mv")
+    make(world, n1, c, "node1")
+    out = lxc(n2.stack, "move", c, "--target", "node2")  # asked of the other member
+    assert out.returncode == 0, out.stderr
+    for node in (n1, n2):  # the same answer from every member
+        assert where(node, c) == ("Stopped", "node2")
+        assert not any("-moving-" in n for n in names(node))
+    assert snapshots(n1, c) == ["s0"]
+    assert not world.lxc_dir(c).exists() and not (n1.stack.dir / "lxc" / c).exists()
+    assert (n2.stack.dir / "lxc" / c).is_dir()
+    lxc(n1.stack, "start", c)
+    assert where(n1, c) == ("Running", "node2")
+    assert read_mark(n2, c) == "second"
+    lxc(n2.stack, "stop", c, "--force")
+    lxc(n1.stack, "restore", c, "s0")  # the snapshot's content came along
+    lxc(n1.stack, "start", c)
+    assert read_mark(n2, c) == "first"
+    lxc(n1.stack, "delete", c, "--force")
+
+
+def test_move_running(cluster, world):
+    (n1, n2), _ = cluster
+    c = world.name("run")
+    lxc(n1.stack, "launch", world.image, c, "-p", world.profile, "--target", "node2")
+    refused = lxc(n1.stack, "move", c, "--target", "node1", check=False)
+    assert refused.returncode != 0
+    assert "CRIU" in refused.stderr and "--stateless" in refused.stderr, refused.stderr
+    assert where(n1, c) == ("Running", "node2")  # untouched
+    lxc(n1.stack, "move", c, "--target", "node1", "--stateless")
+    for node in (n1, n2):
+        assert where(node, c) == ("Running", "node1")
+    assert not (n2.stack.dir / "lxc" / c).exists()
+    lxc(n1.stack, "delete", c, "--force")
+
+
+def test_move_refusals(cluster, world):
+    (n1, n2), beats = cluster
+    c = world.name("ref")
+    lxc(n1.stack, "init", world.image, c, "-p", world.profile, "--target", "node1")
+    bad = lxc(n1.stack, "move", c, "--target", "node9", check=False)
+    assert bad.returncode != 0 and "not a member" in bad.stderr, bad.stderr
+    same = lxc(n2.stack, "move", c, "--target", "node1", check=False)
+    assert same.returncode != 0 and "different" in same.stderr, same.stderr
+    gone = lxc(n1.stack, "move", world.name("nope"), "--target", "node2", check=False)
+    assert gone.returncode != 0 and "not found" in gone.stderr.lower(), gone.stderr
+    # a member that was online and stopped answering
+    ghost = world.name("ghost")
+    beats.beat(ghost)
+    wait_for(lambda: ghost in lxc(n1.stack, "cluster", "list").stdout, 20,
+             what="the made-up member to show")
+    beats.silence(ghost)
+    wait_for(lambda: "OFFLINE" in lxc(n1.stack, "cluster", "list", "--format",
+                                      "csv").stdout.upper(), 30, what="it to go offline")
+    off = lxc(n1.stack, "move", c, "--target", ghost, check=False)
+    assert off.returncode != 0 and "offline" in off.stderr.lower(), off.stderr
+    for node in (n1, n2):
+        assert where(node, c) == ("Stopped", "node1")
+    lxc(n1.stack, "delete", c)
+
+
+def test_copy_to_other_member(cluster, world):
+    (n1, n2), _ = cluster
+    c, c2 = world.name("cp"), world.name("cp2")
+    make(world, n1, c, "node2")
+    lxc(n1.stack, "copy", c, c2, "--target", "node1")
+    for node in (n1, n2):
+        assert where(node, c) == ("Stopped", "node2")
+        assert where(node, c2) == ("Stopped", "node1")
+    assert snapshots(n2, c2) == ["s0"]
+    lxc(n2.stack, "start", c2)
+    assert read_mark(n1, c2) == "second"
+    taken = lxc(n1.stack, "copy", c, c2, "--target", "node1", check=False)
+    assert taken.returncode != 0 and "already exists" in taken.stderr, taken.stderr
+    only = world.name("cpo")
+    lxc(n2.stack, "copy", c, only, "--target", "node1", "--instance-only")
+    assert snapshots(n1, only) == [] and where(n2, only) == ("Stopped", "node1")
+    for name in (c, c2, only):
+        lxc(n1.stack, "delete", name, "--force")
+
+
+def restart(node, name: str, fault: str | None = None) -> None:
+    """Start ``name`` of ``node`` again (with ``CORRAL_FAULT``), waited for."""
+    node.stack.stop(name)
+    env = node.stack.env
+    node.stack.env = {**env, **({"CORRAL_FAULT": fault} if fault else {})}
+    try:
+        node.stack.start(name)
+    finally:
+        node.stack.env = env
+    wait_for(node.stack.ready, 60, what=f"{node.name}'s {name} service")
+
+
+@pytest.mark.parametrize("side,point", [
+    ("target", "migration:sink_after_snapshot"),
+    ("source", "migration:source_after_snapshot"),
+])
+def test_migration_killed_mid_move(cluster, world, side, point):
+    (n1, n2), _ = cluster
+    c = world.name(f"k{side[0]}")
+    make(world, n1, c, "node1")  # node1 -> node2
+    victim = n2 if side == "target" else n1
+    restart(victim, "migration", point)
+    try:
+        started = time.monotonic()
+        out = lxc(n1.stack, "move", c, "--target", "node2", check=False, timeout=300)
+        assert out.returncode != 0, out.stdout
+        assert "fail" in out.stderr.lower(), out.stderr
+        proc = victim.stack.procs["migration"]
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL, "the fault point was not reached"
+        assert time.monotonic() - started < 120
+    finally:
+        restart(victim, "migration")
+    for node in (n1, n2):  # the source whole, nothing on the target
+        assert where(node, c) == ("Stopped", "node1")
+        assert not any("-moving-" in n for n in names(node))
+    assert snapshots(n1, c) == ["s0"]
+    assert not any(p.name.startswith(c) for p in (n2.stack.dir / "lxc").iterdir())
+    staging = n2.stack.dir / "migration"
+    assert not staging.exists() or not any(staging.iterdir())
+    lxc(n1.stack, "start", c)
+    assert read_mark(n1, c) == "second"
+    lxc(n1.stack, "delete", c, "--force")
