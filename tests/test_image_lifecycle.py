@@ -285,13 +285,26 @@ def test_auto_update_interval_zero_never_checks(lapi, lstack, lxc_env, streams):
     lxc(lxc_env, "config", "set", "images.auto_update_interval", "0")
     try:
         change_image_record(lstack, cur, _update_checked_at="2020-01-01T00:00:00.000000000Z")
-        restart(lstack, "image")
-        import time
-        time.sleep(6)  # the first pass 1 s after the start, then one every second
+        restart_and_wait_passes(lstack, 2)
         assert alias_target(lapi, "life-auto0") == cur
     finally:
         lxc(lxc_env, "config", "unset", "images.auto_update_interval")
         delete_image(lapi, cur)
+
+
+def restart_and_wait_passes(stack: Stack, passes: int) -> None:
+    """Restart the image service and wait until its periodic task ended ``passes`` passes
+    (the first 1 s after the start, then one a second): the sign that a change it should
+    not make would have been made by then."""
+    log = stack.log_path("image")
+
+    def ended() -> int:
+        return log.read_text(errors="replace").count('"event": "image task pass done"')
+
+    stack.stop("image")  # a pass of the old process is not one of the new
+    before = ended()
+    restart(stack, "image")
+    wait_for(lambda: ended() >= before + passes, 30, what=f"{passes} image task passes")
 
 
 # -- expiry of cached images -------------------------------------------------------------
@@ -324,9 +337,7 @@ def test_expiry_zero_keeps_cached_images(lapi, lstack, lxc_env, streams, world):
     lxc(lxc_env, "config", "set", "images.remote_cache_expiry", "0")
     try:
         change_image_record(lstack, fp, last_used_at="2020-01-01T00:00:00.000000000Z")
-        restart(lstack, "image")
-        import time
-        time.sleep(6)
+        restart_and_wait_passes(lstack, 2)
         assert fp in images(lapi)
     finally:
         lxc(lxc_env, "config", "unset", "images.remote_cache_expiry")

@@ -293,3 +293,5 @@ class Lifecycle:
             except Exception as exc:  # never let the periodic task die
                 self.ctx.log.warning("image task step failed", step=step.__name__,
                                      error=repr(exc))
+        # the sign a pass ended (tests wait for it rather than for a guessed time)
+        self.ctx.log.debug("image task pass done")
