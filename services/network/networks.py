@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from shared import member_config
+from shared import faults, member_config
 from shared.api import check_etag, description, etag, string_map, url
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
@@ -426,6 +426,7 @@ class Networks:
             if self.up is not None:
                 await self.up(rec)
             await self._overlay(rec)
+            faults.point(f"network:member_made:{self.node}")
 
     async def member_delete(self, body: dict[str, Any]) -> None:
         drv = load(body["name"], body["type"], body["config"], self.corral_dir)

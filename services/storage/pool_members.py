@@ -85,8 +85,8 @@ async def realise_everywhere(bus: Bus, rec: dict[str, Any], local: Any
                 reply = await member_config.ask_member(bus, "storage", "pool_member_create",
                                                        body, name, MEMBER_TIMEOUT)
                 made = reply.metadata or {}
-            own = {k: v for k, v in made.items() if rec.get("config", {}).get(k) != v}
-            entries[name] = {"status": CREATED, "config": own}
+            entries[name] = {"status": CREATED, "config": own_keys(rec.get("config", {}),
+                                                                   made)}
         except CorralError as exc:
             entries[name] = {**entry, "status": ERRORED, "reason": exc.message,
                              "code": exc.code}
@@ -160,8 +160,18 @@ def _check_global_change(driver: str, current: dict[str, str],
 
 
 def own_keys(global_config: dict[str, str], view: dict[str, str]) -> dict[str, str]:
-    """A member's entry config: what its view holds over the cluster-wide config."""
-    return {k: v for k, v in view.items() if global_config.get(k) != v}
+    """A member's entry config: its member keys where they differ from the cluster-wide
+    config. Only those: a default the driver filled in (``btrfs.mount_options``) kept
+    per member would hide a later cluster-wide change of it."""
+    return {k: v for k, v in view.items() if k in MEMBER_KEYS and global_config.get(k) != v}
+
+
+def with_own_keys_only(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The members' entries with only member keys (records made before the rule above
+    held defaults per member)."""
+    return {n: {**e, "config": {k: v for k, v in e.get("config", {}).items()
+                                if k in MEMBER_KEYS}}
+            for n, e in rec["members"].items()}
 
 
 async def apply_member(bus: Bus, node: str, body: dict[str, Any], local: Any) -> None:

@@ -318,6 +318,7 @@ class Pools:
                 new["members"] = {**rec["members"], target: entry}
             else:
                 new["config"] = wanted
+                new["members"] = pool_members.with_own_keys_only(rec)
                 await self._apply_everywhere(rec, new)
                 return new
         await self.store.update(key(name), new, rev)
@@ -418,8 +419,8 @@ class Pools:
         try:
             made = await self.member_create({"name": name, "driver": rec["driver"],
                                              "config": dict(rec.get("config", {}))})
-            entry: dict[str, Any] = {"status": CREATED, "config": {
-                k: v for k, v in made.items() if rec.get("config", {}).get(k) != v}}
+            entry: dict[str, Any] = {"status": CREATED, "config": pool_members.own_keys(
+                rec.get("config", {}), made)}
             log.info("storage pool made on this member (joined after its create)", pool=name)
         except (CorralError, OSError) as exc:
             entry = {"status": "Errored", "config": {},
