@@ -3,8 +3,10 @@
 RSS counts every page a process maps, shared library pages included, so summing RSS over
 six Python processes counts libpython, libc, liblxc... six times. PSS divides each shared
 page among the processes mapping it, so PSS sums to what the stack really costs the host.
-Both are reported (``/proc/PID/smaps_rollup``); goals are read on the PSS total and the
-RSS total is shown beside it, as LXD's own figure is one process's RSS.
+Both are reported (``/proc/PID/smaps_rollup``), and "alone" (:func:`alone_kib`): private
+pages plus each shared file page once, what the stack costs the host by itself whatever
+else runs (PSS drops when other programs map the same libraries, as a second stack does).
+Goals are read on "alone", comparable with LXD's figure (one process's RSS).
 
 Use from another bench (``make bench``):
 
@@ -59,6 +61,43 @@ def usage(pid: int) -> Usage:
     except (OSError, ValueError):
         pass
     return Usage(rss, pss)
+
+
+def alone_kib(pids: list[int]) -> int:
+    """What these processes cost the host by themselves: their private pages, plus each
+    shared page of a file (libpython, liblxc, .so of the imports...) counted once.
+
+    Why besides PSS: PSS divides a shared page among every process mapping it, so other
+    Python programs or another Corral stack on the host lower it; RSS counts a library
+    once per process. Here a file mapping's shared pages (keyed by device, inode, offset)
+    count once, at the largest any of these processes has resident; an anonymous shared
+    mapping (copy-on-write after a fork) is keyed by its address range. An estimate: two
+    processes resident on different pages of one mapping count as the larger.
+    """
+    private = 0
+    shared: dict[tuple[str, ...], int] = {}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps").read_text()
+        except OSError:
+            continue
+        mkey: tuple[str, ...] = ()
+        sh = 0
+        for line in text.splitlines():
+            head = line.split(None, 5)
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                if mkey and sh:
+                    shared[mkey] = max(shared.get(mkey, 0), sh)
+                addr, _perm, offset, dev, inode = head[:5]
+                mkey = (dev, inode, offset) if inode != "0" else ("anon", addr)
+                sh = 0
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+            elif line.startswith(("Shared_Clean:", "Shared_Dirty:")):
+                sh += int(line.split()[1])
+        if mkey and sh:
+            shared[mkey] = max(shared.get(mkey, 0), sh)
+    return private + sum(shared.values())
 
 
 def descendants(pid: int) -> list[int]:
@@ -141,7 +180,8 @@ def report(title: str, snap: dict[str, Usage], mons: dict[str, Usage] | None = N
     return "\n".join(lines)
 
 
-def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usage, str]]:
+def _run_mode(mode: str, containers: int, workdir: Path
+              ) -> list[tuple[str, Usage, float, str]]:
     """Bring up a stack in ``mode``, measure idle / running / after; tear it down."""
     from bench.common import get
     from bench.instances import API
@@ -151,7 +191,11 @@ def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usag
     nats = NatsServer(workdir / "nats")
     nats.start()
     stack = Stack(workdir / "corral", nats, CORRAL_LOG_LEVEL="warning")
-    rows: list[tuple[str, Usage, str]] = []
+    rows: list[tuple[str, Usage, float, str]] = []
+
+    def alone() -> float:
+        return alone_kib(list(stack_pids(stack, nats).values())) / 1024
+
     api = None
     try:
         if mode == "single":
@@ -163,7 +207,7 @@ def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usag
         time.sleep(1)
         snap = measure_pids(stack_pids(stack, nats))
         print(report(f"{mode}: idle", snap))
-        rows.append(("idle", total(snap), ""))
+        rows.append(("idle", total(snap), alone(), ""))
         _setup(api, tag, workdir)
         names = [f"{tag}c{i}" for i in range(containers)]
         for n in names:
@@ -177,7 +221,7 @@ def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usag
         mons = monitors(stack.dir / "lxc")
         print(report(f"{mode}: {containers} containers running", snap, mons))
         m = sum(mons.values(), ZERO)
-        rows.append((f"{containers} running", total(snap),
+        rows.append((f"{containers} running", total(snap), alone(),
                      f"monitors/container RSS {m.rss_kib / 1024 / max(1, len(mons)):.1f} "
                      f"PSS {m.pss_kib / 1024 / max(1, len(mons)):.1f} MiB"))
         for n in names:
@@ -186,7 +230,7 @@ def _run_mode(mode: str, containers: int, workdir: Path) -> list[tuple[str, Usag
         time.sleep(1)
         snap = measure_pids(stack_pids(stack, nats))
         print(report(f"{mode}: after (containers deleted)", snap))
-        rows.append(("after", total(snap), ""))
+        rows.append(("after", total(snap), alone(), ""))
     finally:
         if api is not None:
             _teardown(api, tag)
@@ -224,11 +268,13 @@ def main() -> None:
             results[mode] = _run_mode(mode, args.containers, Path(d))
     print("\nCorral memory (MiB, stack = Python services + gateway + nats-server; "
           "lxc monitors apart)")
-    print(f"{'mode':<10} {'when':<14} {'RSS':>8} {'PSS':>8} {'goal (PSS)':>11}  note")
+    print(f"{'mode':<10} {'when':<14} {'RSS':>8} {'PSS':>8} {'alone':>8} {'goal':>6}  note")
     for mode, rows in results.items():
-        for when, u, note in rows:
+        for when, u, alone, note in rows:
             print(f"{mode:<10} {when:<14} {u.rss_kib / 1024:>8.1f} {u.pss_kib / 1024:>8.1f} "
-                  f"{GOALS_MIB[mode]:>11}  {note}")
+                  f"{alone:>8.1f} {GOALS_MIB[mode]:>6}  {note}")
+    print("alone: private pages + each shared file page once (alone_kib), what the stack "
+          "costs by itself; the goals are read on it.")
     print("LXD 5.0 here: 57 MiB idle, 96 MiB after the benchmark (one process, RSS); "
           "lxc monitor 11-15 MiB per container.")
 
