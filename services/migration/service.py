@@ -48,9 +48,11 @@ class MigrationService(Service):
 
     def server_info(self) -> ServerInfoReply:
         """The migration API extensions the stock client checks before push and relay
-        copies, and before ``--instance-only``."""
+        copies, and before ``--instance-only``; ``cluster_internal_copy``: a copy to another
+        cluster member is one request to the cluster (the gateway's cluster_move.py)."""
         return ServerInfoReply(api_extensions=["container_push", "container_push_target",
-                                               "container_only_migration"])
+                                               "container_only_migration",
+                                               "cluster_internal_copy"])
 
     @endpoint("list", ListRequest)
     async def list_migrations(self, req: ListRequest) -> Reply:
