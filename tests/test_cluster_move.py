@@ -156,7 +156,14 @@ def test_copy_to_other_member(cluster, world):
 
 
 def restart(node, name: str, fault: str | None = None) -> None:
-    """Start ``name`` of ``node`` again (with ``CORRAL_FAULT``), waited for."""
+    """Start ``name`` of ``node`` again (with ``CORRAL_FAULT``), waited for: until its log
+    says it started once more (it answers from then on)."""
+    log = node.stack.log_path(name)
+
+    def starts() -> int:
+        return log.read_text(errors="replace").count("service started")
+
+    before = starts()
     node.stack.stop(name)
     env = node.stack.env
     node.stack.env = {**env, **({"CORRAL_FAULT": fault} if fault else {})}
@@ -164,7 +171,7 @@ def restart(node, name: str, fault: str | None = None) -> None:
         node.stack.start(name)
     finally:
         node.stack.env = env
-    wait_for(node.stack.ready, 60, what=f"{node.name}'s {name} service")
+    wait_for(lambda: starts() > before, 60, what=f"{node.name}'s {name} service")
 
 
 @pytest.mark.parametrize("side,point", [
