@@ -393,7 +393,7 @@ class Networks:
         load(name, rec["type"], wanted, self.corral_dir).validate_config(wanted)
         if rec["type"] == "bridge":
             from .drivers.bridge_config import resolve_auto
-            wanted = await asyncio.to_thread(resolve_auto, wanted, self.taken(name))
+            wanted = await asyncio.to_thread(resolve_auto, wanted, self.taken(name), name)
         new["config"] = wanted
         new["members"] = network_members.new_entries(rec, wanted)
 
