@@ -12,6 +12,7 @@ the source stays whole, the target keeps nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -20,7 +21,7 @@ import pytest
 
 from .cluster_stack import cluster_stacks, node_world
 from .stack import wait_for
-from .world import lxc
+from .world import lxc, wait_op
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -36,6 +37,32 @@ def world(cluster, busybox_tarball):
     nodes, _beats = cluster
     with node_world(nodes, busybox_tarball) as w:
         yield w
+
+
+@pytest.fixture(scope="module")
+def bworld(cluster, world):
+    """The world's image on a btrfs pool (a loop file per member) and its profile; the
+    other members' storage services are started again to mount it (as node_world)."""
+    nodes, _beats = cluster
+    api = nodes[0].api
+    pool, profile = world.name("bp"), world.name("bpr")
+    r = api.post("/1.0/storage-pools", json={"name": pool, "driver": "btrfs",
+                                             "config": {"size": "768MiB"}})
+    assert r.status_code in (200, 202), r.text
+    if r.status_code == 202:
+        wait_op(api, r)
+    for node in nodes[1:]:
+        node.stack.stop("storage")
+        node.stack.start("storage")
+        wait_for(node.stack.ready, 60, what=f"{node.name}'s storage service")
+    r = api.post("/1.0/profiles", json={"name": profile, "devices": {
+        "root": {"type": "disk", "path": "/", "pool": pool}}})
+    assert r.status_code == 200, r.text
+    yield dataclasses.replace(world, pool=pool, profile=profile)
+    api.delete(f"/1.0/profiles/{profile}")
+    r = api.delete(f"/1.0/storage-pools/{pool}")
+    if r.status_code == 202:
+        wait_op(api, r, ok=False)
 
 
 def row(node, name: str) -> dict:
@@ -92,6 +119,24 @@ def test_move_stopped_with_snapshots(cluster, world):
     lxc(n1.stack, "restore", c, "s0")  # the snapshot's content came along
     lxc(n1.stack, "start", c)
     assert read_mark(n2, c) == "first"
+    lxc(n1.stack, "delete", c, "--force")
+
+
+def test_move_btrfs(cluster, bworld):
+    (n1, n2), _ = cluster
+    c = bworld.name("bmv")
+    make(bworld, n2, c, "node2")
+    lxc(n1.stack, "move", c, "--target", "node1")
+    for node in (n1, n2):
+        assert where(node, c) == ("Stopped", "node1")
+    assert snapshots(n2, c) == ["s0"]
+    pool = json.loads(lxc(n1.stack, "query", f"/1.0/storage-pools/{bworld.pool}/volumes"
+                          ).stdout)
+    assert f"/1.0/storage-pools/{bworld.pool}/volumes/container/{c}" in pool
+    assert not (n2.stack.dir / "lxc" / c).exists()
+    lxc(n2.stack, "restore", c, "s0")
+    lxc(n2.stack, "start", c)
+    assert read_mark(n1, c) == "first"
     lxc(n1.stack, "delete", c, "--force")
 
 
