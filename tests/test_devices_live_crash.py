@@ -33,10 +33,10 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def fstack(request):
-    """The fault tests' private stack, its gateway giving up on a live change in 15 s
+    """The fault tests' private stack, its gateway giving up on a live change in 8 s
     (CORRAL_LIVE_CHANGE_TIMEOUT) instead of 60: the PATCH the crash cuts waits that out,
     and the change that follows takes a second or two."""
-    with private_stack(request, "faults", CORRAL_LIVE_CHANGE_TIMEOUT="15") as s:
+    with private_stack(request, "faults", CORRAL_LIVE_CHANGE_TIMEOUT="8") as s:
         yield s
 
 
