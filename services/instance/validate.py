@@ -24,11 +24,13 @@ KNOWN_KEYS = {*limits.LIMIT_KEYS, "security.privileged", "security.nesting",
               "boot.host_shutdown_timeout", "raw.lxc",
               "snapshots.schedule", "snapshots.schedule.stopped", "snapshots.pattern",
               "snapshots.expiry",
-              "migration.stateful"}  # a VM may move live (gateway/vm_live_move.py)
+              "migration.stateful",  # a VM may move live (gateway/vm_live_move.py)
+              "cluster.evacuate"}  # what an evacuation does with it (gateway/evacuate.py)
 FREE_PREFIXES = ("environment.", "user.", "image.", "volatile.")
 BOOL_KEYS = ("security.privileged", "security.nesting", "boot.autostart",
              "migration.stateful")
 INT_KEYS = ("boot.autostart.delay", "boot.autostart.priority", "boot.host_shutdown_timeout")
+EVACUATE_MODES = ("auto", "migrate", "live-migrate", "stop")  # LXD's
 DEVICE_TYPES = ("nic", "disk", "proxy", "unix-char", "unix-block", "none")
 # What Corral applies of a root disk device (LXD has more: refused by name, not ignored).
 ROOT_DISK_KEYS = frozenset({"type", "path", "pool", "size"})
@@ -51,6 +53,9 @@ def check_config(config: Any) -> dict[str, str]:
                 limits.parse_bool(k, v)
             elif k in INT_KEYS and v and not v.lstrip("-").isdigit():
                 raise BadRequest(f"Invalid value {v!r} for {k}: expected an integer")
+            elif k == "cluster.evacuate" and v not in EVACUATE_MODES:
+                raise BadRequest(f"Invalid value {v!r} for {k}: use one of "
+                                 f"{', '.join(EVACUATE_MODES)}")
             continue
         if k.startswith("oci."):
             continue  # checked together below
