@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound, Unavailable
 from shared.messages.storage import VolumeRenameRequest
 from shared.state import key, mutate
 
@@ -44,6 +44,7 @@ DISK = "root.qcow2"
 # libvirt's flags: live, peer to peer (the source libvirtd talks to the target's), the
 # domain defined on the target, disks copied (only the overlay: the image is there too).
 SUFFIX = "-livemig"  # the temporary name of the target's volume
+VOLUME_LINK = "volume"  # in the target's spec directory: the link the domain's disk uses
 
 
 def _flags() -> int:
@@ -99,6 +100,7 @@ async def prepare(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(f"Instance {name!r} has no volatile.base_image: its disk cannot be "
                          "migrated onto the image")
     drv = _qemu(ctx)
+    await asyncio.to_thread(_answers, drv, ctx.location)
     host = host_name(project, name)
     if drv._dir(host).exists() or await asyncio.to_thread(_has_domain, drv, host):
         raise Conflict(f"Instance {name!r} already has a libvirt domain or a directory on "
@@ -113,29 +115,54 @@ async def prepare(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         if size:
             await asyncio.to_thread(qemu._grow, path / DISK, size)
         vmdir = await asyncio.to_thread(drv._make_dir, host)
+        await asyncio.to_thread(point_volume, vmdir, path)
     except BaseException:
         await ctx.remote.volume_delete(project, pool, tmp, KIND)
         raise
     return {"node": ctx.location, "uri": drv.uri, "address": link_address(),
-            "volume": str(path), "vmdir": str(vmdir),
+            "volume": str(vmdir / VOLUME_LINK), "vmdir": str(vmdir),
             "agent_socket": qemu._socket_path(vmdir)}
+
+
+def point_volume(vmdir: Path, volume: Path) -> None:
+    """``vmdir/volume`` -> the volume, replaced atomically. Why: the migrated domain opens
+    its disk through this link, and the volume is renamed under it once the source is
+    gone; QEMU reopens image files BY NAME when it changes their access mode (it does when
+    it migrates again), so a path with the temporary name would fail that migration
+    ("bdrv_inactivate_all() failed"), while the link is re-pointed at the new name."""
+    link = vmdir / VOLUME_LINK
+    tmp = vmdir / f".{VOLUME_LINK}.new"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(volume)
+    os.replace(tmp, link)
 
 
 async def abort(ctx: Context, rec: dict[str, Any]) -> None:
     """Undo ``prepare`` (and a domain a failed migration left here): nothing stays."""
-    drv = _qemu(ctx)
     host = host_name(rec["project"], rec["name"])
     try:  # libvirtd may be what failed: the directory and the volume go all the same
-        await asyncio.to_thread(_drop_domain, drv, host)
-    except CorralError as exc:
+        await asyncio.to_thread(_drop_domain, _qemu(ctx), host)
+    except Exception as exc:  # libvirt's own errors too: what is on disk goes regardless
         ctx.log.warning("live migration abort: domain not checked", instance=host,
-                        error=exc.message)
-    await asyncio.to_thread(_rmtree, drv._dir(host))
+                        error=str(exc))
+    await asyncio.to_thread(_rmtree, Path(ctx.drivers.vmpath).resolve() / host)
     try:
         await ctx.remote.volume_delete(rec["project"], rec["pool"], temp_name(rec["name"]),
                                        KIND)
     except NotFound:
         pass
+
+
+def _answers(drv: Any, node: str) -> None:
+    """503 unless this member's libvirtd answers now (a cached connection may not know
+    yet that its daemon is gone): nothing is made for a target that cannot receive."""
+    import libvirt
+
+    try:
+        drv.conn.getHostname()
+    except libvirt.libvirtError as e:
+        raise Unavailable(f"libvirtd on {node} does not answer: {e.get_error_message()}; "
+                          "the VM stays where it runs") from None
 
 
 def _has_domain(drv: Any, host: str) -> bool:
@@ -181,6 +208,18 @@ def dest_xml(xml: str, moves: list[tuple[str, str]]) -> str:
     return xml
 
 
+def root_volume(xml: str) -> str | None:
+    """The directory of the root disk (vda) in a domain's XML."""
+    import xml.etree.ElementTree as ET
+
+    for disk in ET.fromstring(xml).findall("devices/disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is not None and target.get("dev") == "vda" and source is not None \
+                and source.get("file"):
+            return str(Path(source.get("file", "")).parent)
+    return None
+
+
 def send_blocking(drv: Any, host: str, target: dict[str, Any]) -> dict[str, Any]:
     """Migrate the running domain ``host`` to ``target`` (what ``prepare`` answered);
     returns libvirt's job statistics. On failure the guest runs on here as before."""
@@ -194,10 +233,13 @@ def send_blocking(drv: Any, host: str, target: dict[str, Any]) -> dict[str, Any]
         raise BadRequest(f"Instance {host!r} is not running: live migration moves running "
                          "VMs (stop mode moves stopped ones)")
     data = drv._load(host)
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    # The volume's path as the running domain uses it: a VM that came here live keeps the
+    # temporary name it was started under until its next start (the spec has the final).
     moves = [(data["agent_socket"], target["agent_socket"]),
-             (str(Path(data["rootfs_path"])), target["volume"]),
+             (root_volume(xml) or str(Path(data["rootfs_path"])), target["volume"]),
              (str(drv._dir(host)), target["vmdir"])]
-    xml = dest_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), moves)
+    xml = dest_xml(xml, moves)
     params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
               libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{target['address']}",
               libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: target["address"]}
@@ -259,7 +301,7 @@ async def finish(ctx: Context, rec: dict[str, Any], target: dict[str, Any],
     drv = _qemu(ctx)
     project, name, pool = rec["project"], rec["name"], rec["pool"]
     host = host_name(project, name)
-    volume, warning = target["volume"], ""
+    volume, warning = str(Path(target["volume"]).resolve()), ""
     try:
         req = VolumeRenameRequest(project=project, pool=pool, name=temp_name(name),
                                   new_name=name, kind=KIND)
@@ -268,6 +310,7 @@ async def finish(ctx: Context, rec: dict[str, Any], target: dict[str, Any],
         volume = reply.metadata["path"]
     except CorralError as exc:  # the source's volume is still there: keep the temp name
         warning = f"the volume keeps the name {temp_name(name)}: {exc.message}"
+    await asyncio.to_thread(point_volume, Path(target["vmdir"]), Path(volume))
     data = {**spec, "rootfs_path": volume, "agent_socket": target["agent_socket"]}
     await asyncio.to_thread(_save_spec, drv, host, data)
 
