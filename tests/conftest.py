@@ -91,6 +91,19 @@ def busybox_tarball(tmp_path_factory) -> Path:
     return build_busybox(tmp_path_factory.mktemp("busybox"), alias_hint="busybox")
 
 
+# The VM kernel (and its initramfs parts) downloaded once per machine, not per session.
+VM_KERNEL_CACHE = Path("/var/cache/corral-test/vm-kernel")
+
+
+@pytest.fixture(scope="session")
+def busybox_vm_image(tmp_path_factory) -> tuple[Path, Path]:
+    """The busybox VM image (metadata tarball, qcow2 disk), built once per session: every
+    VM module uploads the same files (each build takes seconds)."""
+    from shared.image.build_vm import build_busybox_vm
+
+    return build_busybox_vm(tmp_path_factory.mktemp("vmimg"), cache_dir=VM_KERNEL_CACHE)
+
+
 @pytest.fixture
 def uid() -> str:
     """A unique, short name prefix for whatever a test creates."""

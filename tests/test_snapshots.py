@@ -432,15 +432,13 @@ def test_lifecycle_events(world, sstack):
 # -- a virtual machine -----------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_CACHE = Path("/var/cache/corral-test/vm-kernel")
 
 
 @pytest.fixture(scope="module")
-def vmworld(sstack, sapi, tmp_path_factory):
+def vmworld(sstack, sapi, busybox_vm_image):
     """libvirtd for the private stack, a btrfs pool, a profile and the busybox VM image."""
     if not shutil.which("qemu-system-x86_64") or not shutil.which("libvirtd"):
         pytest.skip("needs qemu-system-x86 and libvirt")
-    from shared.image.build_vm import build_busybox_vm
 
     env = {**os.environ, "CORRAL_DIR": str(sstack.dir), "CORRAL_APT_UPDATED": "1"}
     subprocess.run([str(REPO / "deploy/libvirt.sh"), "up"], env=env, check=True,
@@ -456,8 +454,7 @@ def vmworld(sstack, sapi, tmp_path_factory):
             "name": w.pool, "driver": "btrfs", "config": {"size": "1GiB"}}).status_code == 200
         assert sapi.post("/1.0/profiles", json={"name": w.profile, "devices": {
             "root": {"type": "disk", "path": "/", "pool": w.pool}}}).status_code == 200
-        meta, root = build_busybox_vm(tmp_path_factory.mktemp("vmimg"),
-                                      cache_dir=KERNEL_CACHE)
+        meta, root = busybox_vm_image
         r = sapi.post("/1.0/images", files={
             "metadata": (meta.name, meta.read_bytes(), "application/octet-stream"),
             "rootfs.img": (root.name, root.read_bytes(), "application/octet-stream")})

@@ -25,7 +25,6 @@ from .world import make_world, wait_op
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_CACHE = Path("/var/cache/corral-test/vm-kernel")
 if os.geteuid() != 0 or not shutil.which("qemu-system-x86_64") \
         or not shutil.which("libvirtd"):
     pytest.skip("needs root, qemu-system-x86 and libvirt (deploy/libvirt.sh up)",
@@ -50,10 +49,9 @@ def libvirtd(stack, api):
 
 
 @pytest.fixture(scope="module")
-def vm_image(tmp_path_factory) -> tuple[Path, Path]:
-    from shared.image.build_vm import build_busybox_vm
-
-    return build_busybox_vm(tmp_path_factory.mktemp("vmimg"), cache_dir=KERNEL_CACHE)
+def vm_image(busybox_vm_image) -> tuple[Path, Path]:
+    """The session's busybox VM image (conftest.busybox_vm_image)."""
+    return busybox_vm_image
 
 
 def upload_split(api: httpx.Client, meta: Path, rootfs: Path) -> str:
