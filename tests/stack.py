@@ -141,7 +141,10 @@ class Stack:
                     # of it wait less (a client that does connect takes milliseconds)
                     "CORRAL_WS_TIMEOUT": "10",
                     # the gateway stops in ~2 s even with a client's websocket open (not 10 s)
-                    "CORRAL_SHUTDOWN_TIMEOUT": "1", **env}
+                    "CORRAL_SHUTDOWN_TIMEOUT": "1",
+                    # custom volumes' scheduled and expired snapshots every second, not 10 s:
+                    # a test of them waits for the pass, not for the period
+                    "CORRAL_SNAPSHOT_PRUNE_INTERVAL": "1", **env}
         (corral_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     @property
