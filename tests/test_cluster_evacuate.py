@@ -51,7 +51,7 @@ def test_evacuate_then_restore(cluster, world):
     for name, verb in ((running, "launch"), (stopped, "init")):
         # a short clean-shutdown window: busybox's init may ignore the request
         lxc(n1.stack, verb, world.image, name, "-p", world.profile, "--target", "node2",
-            "-c", "boot.host_shutdown_timeout=3")
+            "-c", "boot.host_shutdown_timeout=3", "-c", "cluster.evacuate=stop")
     assert status(n1, running) == ("Running", "node2")
     assert status(n1, stopped) == ("Stopped", "node2")
     # node1 holds more instances than node2: placement would choose node2 but for the
@@ -97,28 +97,83 @@ def test_evacuate_then_restore(cluster, world):
     lxc(n1.stack, "stop", running, "--force")
 
 
-def test_operation_says_what_was_stopped(cluster, world):
-    """The REST operation: LXD's description and ``evacuation_progress``, plus which
-    instances it stopped; with ``mode: migrate`` each is named as not moved (no move
-    between members yet: stopped in place, as LXD does when no member can take it)."""
+def test_evacuate_migrates_and_restore_brings_back(cluster, world):
+    """``cluster.evacuate`` auto (the default) and ``mode: migrate``: each instance moves to
+    the other member (cold: a running one is stopped, moved, started there), carrying
+    LXD's ``volatile.evacuate.origin``; restore moves them back, removes the key, and the
+    running one runs again on its member. The operation names what moved where."""
     (n1, n2), _ = cluster
-    name = world.name("op")
-    lxc(n1.stack, "launch", world.image, name, "-p", world.profile, "--target", "node2",
+    run, stp = world.name("mrun"), world.name("mstp")
+    lxc(n1.stack, "launch", world.image, run, "-p", world.profile, "--target", "node2",
         "-c", "boot.host_shutdown_timeout=3")
-    r = n1.api.post("/1.0/cluster/members/node2/state",
-                    json={"action": "evacuate", "mode": "migrate"})
+    lxc(n1.stack, "exec", run, "--", "sh", "-c", "echo here > /root/mark")
+    lxc(n1.stack, "snapshot", run, "s0")
+    lxc(n1.stack, "init", world.image, stp, "-p", world.profile, "--target", "node2",
+        "-c", "cluster.evacuate=migrate")
+    r = n1.api.post("/1.0/cluster/members/node2/state", json={"action": "evacuate"})
     op = wait_op(n1.api, r)
     assert op["description"] == "Evacuating cluster member"
     md = op["metadata"]
-    assert md["evacuation_stopped"] == [f"default/{name}"], md
-    assert "not built yet" in md["evacuation_not_moved"][f"default/{name}"], md
-    assert status(n2, name) == ("Stopped", "node2")
+    moved = md["evacuation_moved"]  # (with what earlier tests left on node2)
+    assert moved[f"default/{run}"] == "node1" and moved[f"default/{stp}"] == "node1", md
+    assert md["evacuation_stopped"] == [] and "evacuation_not_moved" not in md, md
+    for node in (n1, n2):
+        assert status(node, run) == ("Running", "node1")
+        assert status(node, stp) == ("Stopped", "node1")
+    assert not (n2.stack.dir / "lxc" / run).exists()
+    cfg = lxc(n1.stack, "config", "get", run, "volatile.evacuate.origin").stdout.strip()
+    assert cfg == "node2"
+    assert lxc(n2.stack, "exec", run, "--", "cat", "/root/mark").stdout.strip() == "here"
+
     op = wait_op(n2.api, n2.api.post("/1.0/cluster/members/node2/state",
                                      json={"action": "restore"}))
     assert op["description"] == "Restoring cluster member"
+    returned = op["metadata"]["evacuation_returned"]
+    assert f"default/{run}" in returned and f"default/{stp}" in returned, op
+    for node in (n1, n2):
+        assert status(node, run) == ("Running", "node2")
+        assert status(node, stp) == ("Stopped", "node2")
+    assert lxc(n1.stack, "config", "get", run, "volatile.evacuate.origin").stdout.strip() == ""
+    snaps = lxc(n1.stack, "query", f"/1.0/instances/{run}/snapshots").stdout
+    assert f"/1.0/instances/{run}/snapshots/s0" in snaps
+    assert not (n1.stack.dir / "lxc" / run).exists()
+    for name in (run, stp):
+        lxc(n1.stack, "delete", name, "--force")
+
+
+def test_operation_says_what_was_not_moved(cluster, world):
+    """``mode: stop`` stops in place whatever the instance says; an ``auto`` instance
+    with a device that cannot leave its member (a disk from the host) is stopped in place
+    and named in ``evacuation_not_moved`` with the reason."""
+    (n1, n2), _ = cluster
+    name, pinned = world.name("op"), world.name("pin")
+    lxc(n1.stack, "launch", world.image, name, "-p", world.profile, "--target", "node2",
+        "-c", "boot.host_shutdown_timeout=3", "-c", "cluster.evacuate=migrate")
+    r = n1.api.post("/1.0/cluster/members/node2/state",
+                    json={"action": "evacuate", "mode": "stop"})
+    op = wait_op(n1.api, r)
+    md = op["metadata"]
+    assert md["evacuation_stopped"] == [f"default/{name}"], md
+    assert status(n2, name) == ("Stopped", "node2")
+    op = wait_op(n2.api, n2.api.post("/1.0/cluster/members/node2/state",
+                                     json={"action": "restore"}))
     assert op["metadata"]["evacuation_started"] == [f"default/{name}"], op
     assert status(n1, name) == ("Running", "node2")
-    lxc(n1.stack, "stop", name, "--force")
+    lxc(n1.stack, "delete", name, "--force")
+
+    lxc(n1.stack, "launch", world.image, pinned, "-p", world.profile, "--target", "node2",
+        "-c", "boot.host_shutdown_timeout=3")
+    lxc(n1.stack, "config", "device", "add", pinned, "hostdir", "disk", "source=/srv",
+        "path=/mnt/srv")
+    op = wait_op(n1.api, n1.api.post("/1.0/cluster/members/node2/state",
+                                     json={"action": "evacuate"}))
+    md = op["metadata"]
+    assert "hostdir" in md["evacuation_not_moved"][f"default/{pinned}"], md
+    assert md["evacuation_stopped"] == [f"default/{pinned}"], md
+    assert status(n1, pinned) == ("Stopped", "node2")
+    lxc(n1.stack, "cluster", "restore", "node2", "--force")
+    assert status(n1, pinned) == ("Running", "node2")
+    lxc(n1.stack, "delete", pinned, "--force")
 
 
 def test_bad_input(cluster, world):
@@ -133,6 +188,9 @@ def test_bad_input(cluster, world):
     assert r.status_code == 400 and "Invalid evacuation mode" in r.json()["error"], r.text
     r = n1.api.post("/1.0/cluster/members/node9/state", json={"action": "evacuate"})
     assert r.status_code == 404, r.text
+    out = lxc(n1.stack, "init", world.image, world.name("bad"), "-p", world.profile,
+              "-c", "cluster.evacuate=teleport", check=False)
+    assert out.returncode != 0 and "cluster.evacuate" in out.stderr, out.stderr
     # nothing of it left the member evacuated
     assert members(n1) == {"node1": "Online", "node2": "Online"}
 
@@ -145,7 +203,7 @@ async def test_an_instance_failing_to_stop_does_not_stop_the_others(cluster, wor
     (n1, n2), _ = cluster
     real = world.name("zreal")
     lxc(n1.stack, "launch", world.image, real, "-p", world.profile, "--target", "node2",
-        "-c", "boot.host_shutdown_timeout=3")
+        "-c", "boot.host_shutdown_timeout=3", "-c", "cluster.evacuate=stop")
     ghost = world.name("aghost")  # sorts first: its failure comes before the real stop
     bus = Bus(load_config(dir=n1.stack.dir, nats_url=n1.stack.nats.url,
                           nats_credentials=n1.stack.nats.admin), "tests")
@@ -160,7 +218,7 @@ async def test_an_instance_failing_to_stop_does_not_stop_the_others(cluster, wor
     finally:
         await store.delete(key("default", ghost))
         await bus.close()
-    assert op["status"] == "Failure", op
+    assert op["status"] == "Failure", op["metadata"]
     assert f"default/{ghost}" in op["err"] and "Failed to stop 1 instance" in op["err"], op
     assert list(op["metadata"]["evacuation_failed"]) == [f"default/{ghost}"], op
     assert op["metadata"]["evacuation_stopped"] == [f"default/{real}"], op

@@ -219,17 +219,22 @@ class Mover:
     # -- move and copy -----------------------------------------------------------------
 
     async def move(self, project: str, name: str, target: str, handle: OperationHandle | None,
-                   inst: dict[str, Any], where: str, start_after: bool | None = None) -> None:
+                   inst: dict[str, Any], where: str,
+                   config: dict[str, str | None] | None = None) -> None:
         """Move a checked instance (:meth:`check_move`) from ``where`` to ``target``: stop
-        (stateless), transfer under a temporary name, delete the source, rename, start."""
+        (stateless), transfer under a temporary name, delete the source, rename, start.
+        ``config`` changes the moved instance's config on the way (None: the key goes),
+        as an evacuation's ``volatile.evacuate.origin``."""
         running = inst.get("status") in RUNNING
-        start = running if start_after is None else start_after
         if running:
             await _say(handle, f"Stopping {name!r} on {where!r}")
             await self.state(project, name, where, "stop")
         tmp = temp_name(name)
         body = {k: inst[k] for k in WRITABLE if k in inst}
         body["name"] = tmp
+        if config:
+            merged = {**(body.get("config") or {}), **config}
+            body["config"] = {k: v for k, v in merged.items() if v is not None}
         try:
             await _say(handle, f"Transferring {name!r} to {target!r}")
             await self.transfer(project, name, where, body, target, handle)
@@ -251,7 +256,7 @@ class Mover:
         except CorralError as exc:
             raise CorralError(f"{exc.message}. The instance is whole on {target!r} as "
                               f"{tmp!r}: `lxc rename {tmp} {name}`", exc.code) from None
-        if start:
+        if running:
             await _say(handle, f"Starting {name!r} on {target!r}")
             await self.state(project, name, target, "start")
 

@@ -10,10 +10,18 @@ marks it back and starts what the evacuation stopped. Here:
   the member's heartbeats, and written as each instance stops, so a gateway dying mid-way
   loses nothing restore needs. LXD keeps the second in ``volatile.last_state.power``; the
   gateway may not write instance records, and the member's record is the natural owner.
-* Moving an instance between members does not exist yet. LXD, when no member can take an
-  instance being migrated, leaves it stopped on the evacuated member and goes on; every
-  mode does the same here, and the operation names each instance that was not moved and
-  why (``evacuation_not_moved``), so nothing is silent.
+* ``migrate``, ``live-migrate`` and ``auto`` (the default) MOVE each instance to the
+  member placement chooses (placement.py, as a launch; the evacuated member is skipped),
+  cold (cluster_move.py: a running one is stopped, moved and started there: CRIU does not
+  work here, so ``live-migrate`` is stateless too). ``auto`` moves only an instance whose
+  devices can all move (LXD's canMigrate: the root disk, NICs; not a disk from the host
+  or a per-member custom volume): the others are stopped in place; ``stop`` keeps every
+  instance in place, stopped. The moved instance
+  carries ``volatile.evacuate.origin`` (LXD's key) in its config, written by the move
+  itself (the gateway may not write instance records); restore moves every instance
+  whose origin is the member back, removing the key, and starts what it had stopped.
+  When no member can take an instance, or its move fails, it is stopped in place (LXD
+  leaves it where it is) and the operation names it and why (``evacuation_not_moved``).
 * One instance failing to stop does not stop the others: the operation fails at the end
   naming each failure (``evacuation_failed``); the member stays evacuated (what did stop is
   remembered) so ``restore`` still brings those back.
@@ -25,18 +33,20 @@ import asyncio
 from typing import Any, Callable
 
 from shared.bus import Bus
-from shared.errors import BadRequest, Conflict, CorralError, NotFound
+from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.messages.instance import StatePutRequest
 from shared.operations import OperationHandle, Operations
 from shared.state import Store
+
+from .cluster_move import Mover
 
 # LXD's evacuateHostShutdownDefaultTimeout: seconds for a clean shutdown before a kill,
 # unless the instance's boot.host_shutdown_timeout says otherwise.
 SHUTDOWN_TIMEOUT = 30
 MODES = ("", "auto", "stop", "migrate", "live-migrate")  # LXD's cluster.evacuate values
 RUNNING = ("Running", "Frozen")
-NOT_MOVED = ("moving instances between members is not built yet: stopped on the "
-             "evacuated member, `lxc cluster restore` starts it there")
+MOVING = ("auto", "migrate", "live-migrate")  # the modes that move (see above)
+ORIGIN = "volatile.evacuate.origin"  # LXD's: the member an evacuation moved it from
 
 
 def ref(rec: dict[str, Any]) -> str:
@@ -49,6 +59,18 @@ def mode_of(rec: dict[str, Any], requested: str) -> str:
         return requested
     cfg = rec.get("expanded_config") or rec.get("config") or {}
     return cfg.get("cluster.evacuate") or "auto"
+
+
+def unmovable(rec: dict[str, Any]) -> str | None:
+    """The first device that keeps ``auto`` from moving the instance (LXD's canMigrate:
+    the root disk and NICs move; a host path or a per-member custom volume does not)."""
+    devices = rec.get("expanded_devices") or rec.get("devices") or {}
+    for name, dev in sorted(devices.items()):
+        kind = (dev or {}).get("type")
+        if kind == "nic" or kind == "none" or (kind == "disk" and dev.get("path") == "/"):
+            continue
+        return str(name)
+    return None
 
 
 def shutdown_timeout(rec: dict[str, Any]) -> int:
@@ -86,6 +108,7 @@ class Evacuation:
         self.members = members
         self.instances = instances
         self.name = name
+        self.mover = Mover(bus, ops, bus.config)
 
     async def located(self) -> list[dict[str, Any]]:
         """The instance records located on the member, by project and name."""
@@ -123,13 +146,17 @@ class Evacuation:
 
     async def evacuate(self, handle: OperationHandle, requested_mode: str) -> dict[str, Any]:
         stopped: list[str] = []
+        moved: dict[str, str] = {}
         failed: dict[str, str] = {}
         not_moved: dict[str, str] = {}
         for rec in await self.located():
             name, project = rec["name"], rec.get("project") or "default"
             mode = mode_of(rec, requested_mode)
-            if mode in ("migrate", "live-migrate"):
-                not_moved[ref(rec)] = f"cluster.evacuate={mode}: {NOT_MOVED}"
+            if mode in MOVING:
+                why = await self.migrate(handle, rec, mode, moved)
+                if why is None:
+                    continue
+                not_moved[ref(rec)] = why
             if rec.get("status") not in RUNNING:
                 continue
             await handle.set_metadata(
@@ -148,6 +175,8 @@ class Evacuation:
             await edit_member(self.members, self.name, remember)
         result: dict[str, Any] = {"evacuation_progress": "Done",
                                   "evacuation_stopped": stopped}
+        if moved:
+            result["evacuation_moved"] = moved
         if not_moved:
             result["evacuation_not_moved"] = not_moved
         await handle.set_metadata(**result, **({"evacuation_failed": failed} if failed
@@ -160,12 +189,64 @@ class Evacuation:
                 f"cluster restore {self.name}` to start again what was stopped", 500)
         return result
 
+    async def migrate(self, handle: OperationHandle, rec: dict[str, Any], mode: str,
+                      moved: dict[str, str]) -> str | None:
+        """Move ``rec`` to the member placement chooses; None when moved, else why not
+        (the caller stops it in place)."""
+        name, project = rec["name"], rec.get("project") or "default"
+        try:
+            inst, where = await self.mover.instance(project, name)
+        except CorralError as exc:
+            return f"it could not be read ({exc.message})"
+        if inst.get("status") not in ("Stopped", "Running"):
+            return f"it is {inst.get('status')}"
+        if inst.get("ephemeral") and inst.get("status") == "Running":
+            return "it is ephemeral (a stop deletes it, and a move stops it)"
+        if mode == "auto" and (device := unmovable(inst)):
+            return f"its device {device!r} cannot move to another member (cluster.evacuate" \
+                "=auto): stopped on the evacuated member"
+        try:
+            target = await self.mover.placement.choose(project)
+        except (Unavailable, BadRequest) as exc:
+            return f"no member can take it ({exc.message}): stopped on the evacuated member"
+        if target == self.name:
+            return "no other member can take it: stopped on the evacuated member"
+        await handle.set_metadata(evacuation_progress=f"Migrating {name!r} in project "
+                                                      f"{project!r} to {target!r}")
+        try:
+            origin = (inst.get("config") or {}).get(ORIGIN) or self.name
+            await self.mover.move(project, name, target, None, inst, where,
+                                  config={ORIGIN: origin})
+        except CorralError as exc:
+            return f"moving it to {target!r} failed ({exc.message}): stopped on the " \
+                "evacuated member"
+        moved[ref(rec)] = target
+        return None
+
     async def restore(self, handle: OperationHandle, remembered: list[str]
                       ) -> dict[str, Any]:
-        """Start what the evacuation stopped, where it still is and not running."""
-        here = {ref(r): r for r in await self.located()}
+        """Move back what the evacuation moved (``volatile.evacuate.origin``), then start
+        what it stopped, where it still is and not running."""
         started: list[str] = []
         failed: dict[str, str] = {}
+        returned: list[str] = []
+        for rec in sorted((await self.instances.items()).values(), key=lambda r: ref(r)
+                          if r.get("name") else ""):
+            if not rec.get("name") or (rec.get("config") or {}).get(ORIGIN) != self.name:
+                continue
+            project, name = rec.get("project") or "default", rec["name"]
+            await handle.set_metadata(evacuation_progress=f"Migrating {name!r} in project "
+                                                          f"{project!r} to {self.name!r}")
+            try:
+                inst, where = await self.mover.instance(project, name)
+                if where == self.name:
+                    continue
+                await self.mover.move(project, name, self.name, None, inst, where,
+                                      config={ORIGIN: None})
+                returned.append(ref(rec))
+            except CorralError as exc:
+                failed[ref(rec)] = f"not moved back: {exc.message}"
+        here = {ref(r): r for r in await self.located()}
         for item in remembered:
             rec = here.get(item)
             if rec is None or rec.get("status") in RUNNING:
@@ -179,12 +260,13 @@ class Evacuation:
             except CorralError as exc:
                 failed[item] = exc.message
         result: dict[str, Any] = {"evacuation_progress": "Done",
-                                  "evacuation_started": started}
+                                  "evacuation_started": started,
+                                  "evacuation_returned": returned}
         await handle.set_metadata(**result, **({"evacuation_failed": failed} if failed
                                                else {}))
         if failed:
             raise CorralError(
-                f"Failed to start {len(failed)} instance(s) on {self.name}: " + "; ".join(
+                f"Failed to restore {len(failed)} instance(s) on {self.name}: " + "; ".join(
                     f"{k}: {v}" for k, v in failed.items()) + ". The member is back "
                 "online; start these with `lxc start`", 500)
         return result
