@@ -311,13 +311,14 @@ async def move(ctx: Any, request: web.Request, req: ObjectRequest) -> web.Stream
     if new != name:
         raise BadRequest("Renaming while moving to another member is not supported: "
                          "move it, then `lxc rename`")
+    if body.get("live"):  # a running VM moves live when VM live migration is there
+        inst, _where = await mover.instance(req.project, name)
+        live_move = live_mover()
+        if inst.get("type") == "virtual-machine" and inst.get("status") in RUNNING \
+                and live_move is not None:
+            return await live_move(ctx, request, inst, target)
     inst, where, target = await mover.check_move(req.project, name, target,
                                                  bool(body.get("live")))
-    if inst.get("type") == "virtual-machine" and inst.get("status") in RUNNING \
-            and body.get("live"):
-        live_move = live_mover()
-        if live_move is not None:
-            return await live_move(ctx, request, inst, target)
 
     async def run(handle: OperationHandle) -> dict[str, Any]:
         await mover.move(req.project, name, target, handle, inst, where)
