@@ -356,6 +356,7 @@ class Networks:
             if self.up is not None:
                 await self.up(rec)
             await self._overlay(rec)
+            faults.point(f"network:member_made:{self.node}")
 
     async def update_in_cluster(self, rec: dict[str, Any], rev: int, body: dict[str, Any],
                                 expected: str | None, patch: bool, target: str | None
@@ -426,7 +427,6 @@ class Networks:
             if self.up is not None:
                 await self.up(rec)
             await self._overlay(rec)
-            faults.point(f"network:member_made:{self.node}")
 
     async def member_delete(self, body: dict[str, Any]) -> None:
         drv = load(body["name"], body["type"], body["config"], self.corral_dir)
