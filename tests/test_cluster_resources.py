@@ -270,6 +270,103 @@ def test_network_pending_per_member_then_created_and_deleted_everywhere(
         assert "crn " not in links(cluster, k), links(cluster, k)
 
 
+def pool_mount_options(c: Cluster, k: int, pool: str) -> str:
+    """The mount options of node k's own mount of ``pool``."""
+    point = str(c.node_dir(k) / "storage-pools" / pool)
+    with open(f"/proc/{c.pids(k)[0]}/mounts") as f:
+        rows = [line.split() for line in f]
+    return next(r[3] for r in rows if r[1] == point)
+
+
+def test_storage_set_reaches_every_member_and_target_only_that_member(
+        cluster: Cluster) -> None:
+    """``lxc storage set`` without --target: every member remounts its own pool with the
+    cluster-wide key; ``size`` is a member's own (--target): only its loop file grows."""
+    cluster.lxc(2, "storage", "set", "default",
+                "btrfs.mount_options=user_subvol_rm_allowed,compress=zstd")
+    for k in (1, 2, 3):
+        assert "compress=zstd" in pool_mount_options(cluster, k, "default"), k
+    shown = query(cluster, 3, "/1.0/storage-pools/default")["config"]
+    assert shown["btrfs.mount_options"] == "user_subvol_rm_allowed,compress=zstd"
+    bad = cluster.lxc(1, "storage", "set", "default", "size=2GiB", check=False)
+    assert bad.returncode != 0 and "cluster member specific" in bad.stderr, bad.stderr
+    bad = cluster.lxc(1, "storage", "set", "default", "btrfs.mount_options=ssd",
+                      "--target", "node2", check=False)
+    assert bad.returncode != 0 and "member-specific" in bad.stderr, bad.stderr
+    cluster.lxc(1, "storage", "set", "default", "size=2GiB", "--target", "node2")
+    sizes = {k: os.stat(cluster.node_dir(k) / "disks" / "default.img").st_size
+             for k in (1, 2, 3)}
+    assert sizes == {1: 1 << 30, 2: 2 << 30, 3: 1 << 30}, sizes
+    assert query(cluster, 1, "/1.0/storage-pools/default?target=node2")["config"][
+        "size"] == "2GiB"
+    assert query(cluster, 1, "/1.0/storage-pools/default?target=node3")["config"][
+        "size"] == "1GiB"
+    shrink = cluster.lxc(1, "storage", "set", "default", "size=1GiB", "--target",
+                         "node2", check=False)
+    assert shrink.returncode != 0 and "shrink" in shrink.stderr, shrink.stderr
+    cluster.lxc(3, "storage", "set", "default",
+                "btrfs.mount_options=user_subvol_rm_allowed,compress=lzo")
+    for k in (1, 2, 3):
+        assert "compress=lzo" in pool_mount_options(cluster, k, "default"), k
+
+
+def dnsmasq_args(c: Cluster, k: int, network: str) -> list[str]:
+    """The command line of node k's dnsmasq for ``network`` (one, or the test fails)."""
+    found = []
+    for pid in subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
+                              capture_output=True, text=True).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "dnsmasq" in argv[0] and f"--interface={network}" in argv:
+            found.append(argv)
+    assert len(found) == 1, f"node{k}: {len(found)} dnsmasq for {network}"
+    return found[0]
+
+
+def test_network_set_reaches_every_member_and_target_only_that_member(
+        cluster: Cluster) -> None:
+    cluster.lxc(2, "network", "set", "corralbr0", "dns.domain=crdom")
+    for k in (1, 2, 3):
+        assert "--domain=crdom" in dnsmasq_args(cluster, k, "corralbr0"), k
+    slices = {k: query(cluster, 1, f"/1.0/networks/corralbr0?target=node{k}")["config"][
+        "ipv4.dhcp.ranges"] for k in (1, 2, 3)}
+    assert len(set(slices.values())) == 3, slices  # each member keeps its own slice
+    bad = cluster.lxc(1, "network", "set", "corralbr0", "bridge.external_interfaces=crx0",
+                      check=False)
+    assert bad.returncode != 0 and "cluster member specific" in bad.stderr, bad.stderr
+    bad = cluster.lxc(1, "network", "set", "corralbr0", "dns.domain=other", "--target",
+                      "node3", check=False)
+    assert bad.returncode != 0 and "member-specific" in bad.stderr, bad.stderr
+    ns = f"{cluster.prefix}-node3"
+    subprocess.run(["ip", "-n", ns, "link", "add", "crx0", "type", "veth", "peer", "name",
+                    "crx1"], check=True)  # no dummy module in this kernel
+    try:
+        cluster.lxc(1, "network", "set", "corralbr0", "bridge.external_interfaces=crx0",
+                    "--target", "node3")
+        link = subprocess.run(["ip", "-n", ns, "-d", "link", "show", "crx0"],
+                              capture_output=True, text=True).stdout
+        assert "master corralbr0" in link, link
+        mine = query(cluster, 1, "/1.0/networks/corralbr0?target=node3")["config"]
+        assert mine["bridge.external_interfaces"] == "crx0"
+        assert mine["ipv4.dhcp.ranges"] == slices[3]
+        assert "bridge.external_interfaces" not in query(
+            cluster, 1, "/1.0/networks/corralbr0")["config"]
+        assert "bridge.external_interfaces" not in query(
+            cluster, 1, "/1.0/networks/corralbr0?target=node2")["config"]
+        cluster.lxc(1, "network", "unset", "corralbr0", "bridge.external_interfaces",
+                    "--target", "node3")
+        link = subprocess.run(["ip", "-n", ns, "-d", "link", "show", "crx0"],
+                              capture_output=True, text=True).stdout
+        assert "master corralbr0" not in link, link
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "del", "crx0"], check=False)
+    cluster.lxc(3, "network", "unset", "corralbr0", "dns.domain")
+    for k in (1, 2, 3):
+        assert "--domain=crdom" not in dnsmasq_args(cluster, k, "corralbr0"), k
+
+
 def test_errored_pool_deleted_keeps_what_was_not_ours(cluster: Cluster) -> None:
     """A pool Errored on one member is deleted on the others; the member's file that made
     it fail (not made by us) is left alone."""
@@ -302,10 +399,25 @@ def test_a_member_joining_later_makes_its_own_pool_and_bridge(cluster: Cluster) 
         "ipv4.dhcp.ranges"] for k in (1, 2, 3, 4)}
     assert len(slices) == 4, slices
     assert "cvx" in links(cluster, 4)
+    # the members already there add node4 to their flood lists by themselves (no
+    # network restart): node2's guest finds node4's by a broadcast ARP
+    node4 = str(cluster.node_dir(4))  # its address: the member's url
+    url = next(m["url"] for m in query(cluster, 1, "/1.0/cluster/members?recursion=1")
+               if m["server_name"] == "node4")
+    addr4 = url.split("//")[1].rsplit(":", 1)[0]
+    dev = next(w.split("@")[0] for w in links(cluster, 2).split() if w.startswith("cvx"))
+    fdb = ""
+    for _ in range(30):
+        fdb = subprocess.run(["bridge", "-n", f"{cluster.prefix}-node2", "fdb", "show",
+                              "dev", dev], capture_output=True, text=True).stdout
+        if f"dst {addr4} " in fdb + " ":
+            break
+        time.sleep(0.5)
+    assert f"dst {addr4} " in fdb + " ", (node4, fdb)
     cluster.lxc(1, "launch", "busybox", "cr-j2", "--target", "node2")
     cluster.lxc(1, "launch", "busybox", "cr-j4", "--target", "node4")
-    addr = wait_address(cluster, "cr-j2")
-    r = cluster.lxc(1, "exec", "cr-j4", "--", "ping", "-c", "2", "-W", "3", addr,
+    addr = wait_address(cluster, "cr-j4")
+    r = cluster.lxc(1, "exec", "cr-j2", "--", "ping", "-c", "2", "-W", "3", addr,
                     check=False)
     assert r.returncode == 0, (r.stdout, r.stderr)
     cluster.lxc(1, "delete", "--force", "cr-j2", "cr-j4")
