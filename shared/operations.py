@@ -35,6 +35,7 @@ from nats.js.kv import KV_DEL, KV_PURGE
 
 from . import codec, presence, subjects
 from .bus import Bus, bus_error
+from .config import env_seconds
 from .errors import BadRequest, Conflict, CorralError, Forbidden, NotFound, Unavailable
 from .events import Events
 from .log import get_logger, operation_id
@@ -44,7 +45,8 @@ from .state import Store
 BUCKET = "operations"
 # How long an owner may be unreachable before its operations are failed (seconds): longer
 # than a service takes to reconnect after a nats-server restart (about 2 s here).
-OWNER_GRACE = 6.0
+# CORRAL_OWNER_GRACE: the crash tests, which wait it out on purpose, make it shorter.
+OWNER_GRACE = env_seconds("CORRAL_OWNER_GRACE", 6.0, 1.0)
 # Unfinished operations without an owner were made before owners were recorded: no process
 # can be running them once every service has restarted with this code.
 UNOWNED_GRACE = 30.0

@@ -44,7 +44,9 @@ WAIT = 60  # seconds a client may wait for a crashed operation to end (the issue
 
 @pytest.fixture(scope="module")
 def fstack(request):
-    with private_stack(request, "faults") as s:
+    """The private stack; its gateway fails a dead owner's operations after 3 s without a
+    responder (CORRAL_OWNER_GRACE), not 6: several tests wait for that on purpose."""
+    with private_stack(request, "faults", CORRAL_OWNER_GRACE="3") as s:
         yield s
 
 
