@@ -193,11 +193,25 @@ async def import_volume(vols: Volumes, bus: Bus, req: VolumeBackupImportRequest)
         k = vols.key(req.pool, req.kind, req.project, req.name)
         rec = vols._record(req.pool, req.kind, req.project, req.name,
                            request_id=req.request_id)
+        # The instance service sends a long import again every 10 s it stays unanswered
+        # (remote.watched): a repeat waits for the first one's volume, as a copy's does.
+        if req.request_id:
+            found = await vols.store.get(k)
+            if k in vols._making or (found and found[0].get("request_id") == req.request_id):
+                return await vols.same_request(drv, k, req, disk)
         if os.path.lexists(drv.volume_path(req.kind, disk)):
             raise Conflict(f"Storage volume {req.kind}/{req.name} already exists in pool "
                            f"{req.pool!r}")
-        await vols.store.create(k, {**rec, "creating": True},
-                                f"Storage volume {req.kind}/{req.name} in pool {req.pool!r}")
+        making = asyncio.get_running_loop().create_future()
+        vols._making[k] = making  # before the record: a repeat never takes it for stale
+        try:
+            await vols.store.create(k, {**rec, "creating": True},
+                                    f"Storage volume {req.kind}/{req.name} in pool "
+                                    f"{req.pool!r}")
+        except BaseException:
+            vols._making.pop(k, None)
+            making.cancel()
+            raise
         src = reader.ObjectReader(store, req.object).start()
         try:
             try:
@@ -206,10 +220,17 @@ async def import_volume(vols: Volumes, bus: Bus, req: VolumeBackupImportRequest)
                 await src.close_async()
             faults.point("import:after_volume")
             await vols.store.put(k, rec)
-        except BaseException:
+        except BaseException as exc:
+            making.set_exception(exc if isinstance(exc, Exception) else
+                                 CorralError("The storage service is stopping", 503))
+            making.exception()  # read here: a repeat may never come to read it
             await asyncio.shield(_undo_import(vols, drv, k, req.kind, disk))
             raise
-        return drv.volume_path(req.kind, disk)
+        finally:
+            vols._making.pop(k, None)
+        path = drv.volume_path(req.kind, disk)
+        making.set_result(path)
+        return path
 
 
 async def _undo_import(vols: Volumes, drv: Driver, k: str, kind: str, disk: str) -> None:
