@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.stack import free_port, private_stack, socket_client, wait_for
+from tests.test_vms import libvirtd, upload_split, vm_image  # noqa: F401
 from tests.world import make_world, wait_op
 
 pytestmark = pytest.mark.timeout(600)
@@ -675,3 +676,112 @@ def test_copy_into_another_project(api, oapi, other, worlds, client):
         if r.status_code == 202:
             wait_op(oapi, r, ok=False)
         oapi.delete(f"/1.0/projects/{proj}")
+
+
+# -- virtual machines -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vm_alias(api, oapi, worlds, libvirtd, vm_image):  # noqa: F811
+    """The busybox VM image on the source (libvirtd is the host's, shared by both stacks:
+    copies get other names, a domain is named after its instance)."""
+    w = worlds
+    fp = upload_split(api, *vm_image)
+    alias = f"{w.prefix}-vm"
+    assert api.post("/1.0/images/aliases", json={"name": alias, "target": fp}
+                    ).status_code in (200, 201)
+    try:
+        yield alias
+    finally:
+        for side in (api, oapi):
+            for inst in side.get("/1.0/instances?recursion=1").json()["metadata"]:
+                if inst["name"].startswith(w.prefix) and inst["type"] == "virtual-machine":
+                    r = side.put(f"/1.0/instances/{inst['name']}/state",
+                                 json={"action": "stop", "force": True})
+                    if r.status_code == 202:
+                        wait_op(side, r, ok=False)
+                    r = side.delete(f"/1.0/instances/{inst['name']}")
+                    if r.status_code == 202:
+                        wait_op(side, r, ok=False)
+        api.delete(f"/1.0/images/aliases/{alias}")
+        r = api.delete(f"/1.0/images/{fp}")
+        if r.status_code == 202:
+            wait_op(api, r, ok=False)
+
+
+def vm_disk(stack: Any, pool: str, name: str, snap: str | None = None) -> Path:
+    if snap:
+        return (stack.dir / "storage-pools" / pool / "virtual-machines-snapshots" / name
+                / snap / "root.qcow2")
+    return stack.dir / "storage-pools" / pool / "virtual-machines" / name / "root.qcow2"
+
+
+def qemu_io(disk: Path, cmd: str) -> None:
+    ro = ["-r", "-U"] if cmd.startswith("read") else []  # a snapshot is read-only
+    r = subprocess.run(["qemu-io", *ro, "-f", "qcow2", "-c", cmd, str(disk)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, \
+        r.stdout + r.stderr
+
+
+def same_disk(a: Path, b: Path) -> str:
+    """"" when the two disks hold the same guest bytes, else what qemu-img says."""
+    r = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)],
+                       capture_output=True, text=True)
+    return "" if r.returncode == 0 else r.stdout + r.stderr
+
+
+def test_vm_copy_and_move_between_servers(api, stack, oapi, other, worlds, client,
+                                          other_https, btrfs_pool, vm_alias):
+    """A stopped VM with a snapshot: copied (dir pool) with its config tree by rsync and
+    its disks as raw streams, both disks the same as the source's; then moved back
+    (target to source, onto a btrfs pool): the copy goes, the moved VM starts."""
+    w = worlds
+    v = w.name("v")
+    w.wait(api.post("/1.0/instances", json={
+        "name": v, "type": "virtual-machine", "profiles": [w.profile],
+        "source": {"type": "image", "alias": vm_alias}}))
+    qemu_io(vm_disk(stack, w.pool, v), "write -P 0x11 32M 64k")
+    snapshot(w, v, "v1")
+    qemu_io(vm_disk(stack, w.pool, v), "write -P 0x22 32M 64k")
+
+    lxc(client, "copy", f"src:{v}", f"dst:{v}-c")
+    inst = oapi.get(f"/1.0/instances/{v}-c").json()["metadata"]
+    assert inst["type"] == "virtual-machine" and inst["status"] == "Stopped"
+    assert [s["name"] for s in oapi.get(f"/1.0/instances/{v}-c/snapshots?recursion=1")
+            .json()["metadata"]] == ["v1"]
+    copy, copy_snap = vm_disk(other, w.pool, f"{v}-c"), vm_disk(other, w.pool, f"{v}-c", "v1")
+    qemu_io(copy, "read -P 0x22 32M 64k")
+    qemu_io(copy_snap, "read -P 0x11 32M 64k")
+    assert same_disk(copy, vm_disk(stack, w.pool, v)) == ""
+    assert same_disk(copy_snap, vm_disk(stack, w.pool, v, "v1")) == ""
+    config_tree = sorted(p.name for p in vm_disk(stack, w.pool, v).parent.iterdir()
+                         if p.name not in ("root.qcow2", "rootfs.img"))
+    assert config_tree and set(config_tree) <= {p.name for p in copy.parent.iterdir()}
+
+    pool, _profile = btrfs_pool
+    lxc(client, "move", f"dst:{v}-c", f"src:{v}-back", "--storage", pool)
+    assert oapi.get(f"/1.0/instances/{v}-c").status_code == 404
+    assert not copy.parent.exists()
+    back = vm_disk(stack, pool, f"{v}-back")
+    qemu_io(back, "read -P 0x22 32M 64k")
+    qemu_io(vm_disk(stack, pool, f"{v}-back", "v1"), "read -P 0x11 32M 64k")
+    r = api.put(f"/1.0/instances/{v}-back/state", json={"action": "start"})
+    assert r.status_code == 202 and wait_op(api, r)["status"] == "Success"
+    r = api.put(f"/1.0/instances/{v}-back/state", json={"action": "stop", "force": True})
+    wait_op(api, r)
+
+
+def test_running_vm_is_refused_and_leaves_nothing(api, stack, oapi, other, worlds, client,
+                                                  vm_alias):
+    """A running VM: refused (live, or --stateless: its disk is being written), 400 with
+    the way out; nothing on the target, the VM still running."""
+    w = worlds
+    v = w.name("vr")
+    w.wait(api.post("/1.0/instances", json={
+        "name": v, "type": "virtual-machine", "profiles": [w.profile], "start": True,
+        "source": {"type": "image", "alias": vm_alias}}))
+    for extra in ([], ["--stateless"]):
+        r = lxc(client, "copy", *extra, f"src:{v}", f"dst:{v}-c", check=False)
+        assert r.returncode != 0 and "stop it" in r.stderr, r.stderr
+        assert inventory(oapi, other, w.pool, f"{v}-c") == CLEAN
+    assert api.get(f"/1.0/instances/{v}").json()["metadata"]["status"] == "Running"

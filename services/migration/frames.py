@@ -62,12 +62,15 @@ async def send_reader(read: Callable[[int], bytes], chan: Channel,
     await chan.barrier()
 
 
-async def receive_file(chan: Channel, dest: Path, progress: Progress | None = None) -> int:
+async def receive_file(chan: Channel, dest: Path, progress: Progress | None = None,
+                       sparse: bool = False) -> int:
     """The peer's bytes up to its barrier, into ``dest``; their count. The socket ending
-    first is a failure (the source died or gave up)."""
+    first is a failure (the source died or gave up). ``sparse``: all-zero messages (a
+    raw disk's unused space) become holes, not blocks on disk."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     moved = 0
     with dest.open("wb") as f:
+        f.truncate(0)
         while True:
             msg = await chan.recv()
             if msg is None:
@@ -75,9 +78,13 @@ async def receive_file(chan: Channel, dest: Path, progress: Progress | None = No
                                   f"{dest.name}", 500)
             if isinstance(msg, str):
                 if msg == BARRIER:
+                    f.truncate(moved)  # a trailing hole still counts
                     return moved
                 msg = msg.encode()
-            await asyncio.to_thread(f.write, msg)
+            if sparse and msg.count(0) == len(msg):
+                f.seek(len(msg), 1)
+            else:
+                await asyncio.to_thread(f.write, msg)
             moved += len(msg)
             if progress is not None:
                 await progress(moved)

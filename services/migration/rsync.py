@@ -129,8 +129,9 @@ async def receive(path: Path, chan: Channel, features: list[str],
 
 
 async def send(path: Path, chan: Channel, features: list[str],
-               progress: Progress | None = None) -> None:
-    """Send the tree at ``path`` (rsync.Send)."""
+               progress: Progress | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """Send the tree at ``path`` (rsync.Send); ``exclude``: top-level names left out (a
+    VM's disk, which follows as a raw stream, as LXD's ``--exclude root.img``)."""
     accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
         asyncio.get_running_loop().create_future()
 
@@ -146,7 +147,8 @@ async def send(path: Path, chan: Channel, features: list[str],
         try:
             proc = await asyncio.create_subprocess_exec(
                 "rsync", "-ar", "--devices", "--numeric-ids", "--partial", "--sparse",
-                *feature_args(features), str(path) + "/", "localhost:/tmp/foo",
+                *feature_args(features), *[f"--exclude=/{n}" for n in exclude],
+                str(path) + "/", "localhost:/tmp/foo",
                 "-e", f"{sys.executable} -I {RSH} {sock}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)

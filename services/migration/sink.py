@@ -17,6 +17,7 @@ operation removes, or the next start of this service if it was killed.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -66,8 +67,9 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
                              "must be the source server's certificate (it is pinned)")
     if src.get("live"):
         raise BadRequest("Live migration needs CRIU, which does not work on this host")
-    if (body.get("type") or "container") != "container":
-        raise BadRequest("Only containers migrate between servers for now")
+    if (body.get("type") or "container") not in ("container", "virtual-machine"):
+        raise BadRequest(f"Invalid instance type {body.get('type')!r}: container or "
+                         "virtual-machine")
     if not body.get("name"):
         raise BadRequest("An instance name is required for a migration")
     return src
@@ -180,8 +182,13 @@ async def choose_fs(bus: Bus, project: str, body: dict[str, Any],
     negotiation); RSYNC otherwise, which every LXD source falls back to. An LXD tree
     shifted on disk (an idmap in the offer) comes by rsync: only a tree can be unshifted
     before the import."""
-    if offer.get("fs") != wire.BTRFS or offer.get("idmap") \
-            or (body.get("type") or "container") != "container":
+    if (body.get("type") or "container") == "virtual-machine":
+        if offer.get("fs") != wire.BLOCK_AND_RSYNC:
+            raise CorralError("The source offers no block transfer for a virtual machine "
+                              f"({wire.FS_NAMES.get(offer.get('fs') or 0, offer.get('fs'))})",
+                              400)
+        return wire.BLOCK_AND_RSYNC
+    if offer.get("fs") != wire.BTRFS or offer.get("idmap"):
         return wire.RSYNC
     pool = await target_pool(bus, project, body)
     return wire.BTRFS if await common.pool_driver(bus, project, pool) == "btrfs" \
@@ -207,7 +214,8 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
     src = body.get("source") or {}
     try:
         offer = wire.header(await control.recv_message(HEADER_TIMEOUT))
-        if offer.get("fs", wire.RSYNC) not in (wire.RSYNC, wire.BTRFS, wire.ZFS):
+        if offer.get("fs", wire.RSYNC) not in (wire.RSYNC, wire.BTRFS, wire.ZFS,
+                                                wire.BLOCK_AND_RSYNC):
             raise CorralError("The source offers no filesystem transfer this server takes "
                               f"({wire.FS_NAMES.get(offer['fs'], offer['fs'])})", 400)
         resp = answer(offer, bool(src.get("instance_only")),
@@ -217,6 +225,8 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
         base = stage / layout.PREFIX
         if resp["fs"] == wire.BTRFS:
             await receive_btrfs(fs, base, resp, str(body["name"]), progress)
+        elif resp["fs"] == wire.BLOCK_AND_RSYNC:
+            await receive_vm(fs, base, resp, str(body["name"]), progress)
         else:
             await receive_rsync(fs, base, resp, offer, str(body["name"]), progress)
         await import_instance(svc, project, body, resp, stage, handle)
@@ -241,6 +251,21 @@ async def receive_btrfs(fs: Channel, base: Path, resp: dict[str, Any], name: str
     await frames.receive_file(fs, base / f"{layout.volume_dir('container')}.bin",
                               progress.on(name))
     faults.point("migration:sink_after_volume")
+
+
+async def receive_vm(fs: Channel, base: Path, resp: dict[str, Any], name: str,
+                     progress: common.Progress) -> None:
+    """Per snapshot then the volume: the config tree (rsync), then the raw disk (holes
+    kept), laid out as LXD's VM backup (``<dir>/`` and ``<dir>.img``)."""
+    vdir, sdir = layout.volume_dir("virtual-machine"), layout.snapshots_dir("virtual-machine")
+    features = wire.rsync_features(resp)
+    for snap in [*resp["snapshotNames"], None]:
+        tree = base / sdir / snap if snap else base / vdir
+        await rsync.receive(tree, fs, features, progress.on(snap or name))
+        await frames.receive_file(fs, tree.with_name(f"{tree.name}.img"),
+                                  progress.on(snap or name), sparse=True)
+        faults.point("migration:sink_after_snapshot" if snap
+                     else "migration:sink_after_volume")
 
 
 async def receive_rsync(fs: Channel, base: Path, resp: dict[str, Any], offer: dict[str, Any],
@@ -274,7 +299,8 @@ def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
                       "created_at": common.lxd_time(s.get("creation_date")),
                       "last_used_at": common.lxd_time(s.get("last_used_date")),
                       "expires_at": common.lxd_time(s.get("expiry_date"))})
-    container = {"name": body["name"], "type": "container",
+    kind = str(body.get("type") or "container")
+    container = {"name": body["name"], "type": kind,
                  "architecture": body.get("architecture") or "",
                  "config": body.get("config") or {}, "devices": body.get("devices") or {},
                  "ephemeral": bool(body.get("ephemeral")),
@@ -283,25 +309,26 @@ def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
                  "description": body.get("description") or ""}
     optimized = resp.get("fs") == wire.BTRFS
     return {"name": body["name"], "backend": "btrfs" if optimized else "dir",
-            "type": "container", "optimized": optimized,
+            "type": kind, "optimized": optimized,
             "snapshots": [s["name"] for s in snaps],
             "config": {"container": container, "snapshots": snaps}}
 
 
-def _tar(stage: Path, out: Path, snapshots: list[str]) -> None:
-    """The staging tree as a tarball. Send streams go in the order they were sent
-    (snapshots oldest first, the volume last: each is received against the one before
-    it), not the directory's sorted order, which would put ``container.bin`` first."""
+def _tar(stage: Path, out: Path, kind: str, snapshots: list[str]) -> None:
+    """The staging tree as a tarball, in LXD's order: snapshots oldest first, the volume
+    last (a send stream is received against the one before it; a snapshot is sealed
+    read-only when the next part begins), each tree before its ``.img`` or as its
+    ``.bin``; not the directory's sorted order, which would put ``container.bin`` first."""
     base = stage / layout.PREFIX
+    parts = [base / layout.snapshots_dir(kind) / s for s in snapshots]
+    parts.append(base / layout.volume_dir(kind))
     with tarfile.open(out, "w") as tar:
-        streams = [base / layout.snapshots_dir("container") / f"{s}.bin" for s in snapshots]
-        streams.append(base / f"{layout.volume_dir('container')}.bin")
-        if not streams[-1].is_file():  # trees (rsync): their order does not matter
-            tar.add(base, arcname=layout.PREFIX)
-            return
         tar.add(stage / layout.INDEX, arcname=layout.INDEX)
-        for path in streams:
-            tar.add(path, arcname=str(path.relative_to(stage)))
+        for part in parts:
+            for path in (part, part.with_name(f"{part.name}.img"),
+                         part.with_name(f"{part.name}.bin")):
+                if os.path.lexists(path):
+                    tar.add(path, arcname=str(path.relative_to(stage)))
 
 
 async def import_instance(svc: Any, project: str, body: dict[str, Any],
@@ -311,7 +338,8 @@ async def import_instance(svc: Any, project: str, body: dict[str, Any],
     await handle.set_metadata(fs_progress="importing")
     (stage / layout.INDEX).write_bytes(layout.dump(index(body, resp)))
     tarball = stage / "migration.tar"
-    await asyncio.to_thread(_tar, stage, tarball, list(resp["snapshotNames"]))
+    await asyncio.to_thread(_tar, stage, tarball, str(body.get("type") or "container"),
+                            list(resp["snapshotNames"]))
     await asyncio.to_thread(shutil.rmtree, stage / layout.PREFIX)  # the tarball has it all
     transfers = await blobs.transfers(svc.bus)
     obj = f"migration-{handle.id}"
