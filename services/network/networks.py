@@ -330,8 +330,11 @@ class Networks:
             drv.validate_config(config)
             self.check(config)
             if type_ == "bridge":
-                from .drivers.bridge_config import resolve_auto
-                config = await asyncio.to_thread(resolve_auto, config, self.taken(name))
+                # defaults filled first (``ipv4.address`` left out is ``auto``): else each
+                # member would pick a subnet of its own and no member got a DHCP slice
+                from .drivers.bridge_config import resolve_auto, validate
+                config = await asyncio.to_thread(resolve_auto, validate(config),
+                                                 self.taken(name))
             rec = {**rec, "config": config}
         if found is None:
             await self.store.create(key(name), rec, f"Network {name!r}")
