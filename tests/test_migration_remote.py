@@ -10,6 +10,7 @@ certificate. Content is checked inside the copy once started, snapshots on disk.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -785,3 +786,36 @@ def test_running_vm_is_refused_and_leaves_nothing(api, stack, oapi, other, world
         assert r.returncode != 0 and "stop it" in r.stderr, r.stderr
         assert inventory(oapi, other, w.pool, f"{v}-c") == CLEAN
     assert api.get(f"/1.0/instances/{v}").json()["metadata"]["status"] == "Running"
+
+
+def test_btrfs_send_with_lxd(lxd, api, stack, oapi, other, worlds, client, btrfs_pool):
+    """btrfs pools on both sides with a real LXD 5.0: to LXD, LXD's target answers BTRFS
+    and receives our send streams (its volume has a received UUID); back from LXD (a
+    container it never started: no idmap), we answer BTRFS and the volume shares the
+    snapshot's extents here. The copy starts in LXD with our content."""
+    w = worlds
+    pool, profile = btrfs_pool
+    c, _vol = btrfs_instance(api, stack, w, pool, profile, "lb")
+    lxc(client, "remote", "add", "lxd", f"unix://{lxd['LXD_DIR']}/unix.socket")
+    lpool = f"{w.prefix}lb"
+    lxc(client, "storage", "create", f"lxd:{lpool}", "btrfs", "size=1GiB")
+    try:
+        lxc(client, "profile", "create", f"lxd:{profile}")
+        lxc(client, "profile", "device", "add", f"lxd:{profile}", "root", "disk", "path=/",
+            f"pool={lpool}")
+        lxc(client, "copy", f"src:{c}", f"lxd:{c}")
+        lvol = Path(lxd["LXD_DIR"]) / "storage-pools" / lpool / "containers" / c
+        show = subprocess.run(["btrfs", "subvolume", "show", str(lvol)],
+                              capture_output=True, text=True).stdout
+        assert re.search(r"Received UUID:\s+[0-9a-f]{8}-", show), show
+        lxc(client, "copy", f"lxd:{c}", f"dst:{c}-back", "--storage", pool)
+        target = other.dir / "storage-pools" / pool / "containers" / f"{c}-back"
+        assert (target / "rootfs" / "root" / "marker").read_text() == "new"
+        assert exclusive_bytes(target) < 1 << 20, "LXD's volume was not sent against b1"
+        lxc(client, "start", f"lxd:{c}")
+        out = lxc(client, "exec", f"lxd:{c}", "--", "cat", "/root/marker").stdout
+        assert out.strip() == "new"
+    finally:
+        lxc(client, "delete", "--force", f"lxd:{c}", check=False)
+        lxc(client, "profile", "delete", f"lxd:{profile}", check=False)
+        lxc(client, "storage", "delete", f"lxd:{lpool}", check=False)
