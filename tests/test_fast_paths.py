@@ -2,10 +2,11 @@
 
 Each service maps only the native libraries it uses (the memory goal): every Corral
 process pays its imports in private memory, and `make bench` sums them;
-libvirt (~11 MiB in the instance service) and aiohttp (~8 MiB in the hooks service) were
-loaded at start by every stack, also where no VM and no webhook ever exists. They are now
-loaded at first use. The test reads ``/proc/PID/maps`` of a private stack's processes, so
-it sees what the process really holds, and then checks a first use still loads them.
+libvirt (~11 MiB in the instance service) and aiohttp (~8 MiB in the hooks and the image
+service) were loaded at start by every stack, also where no VM, no webhook and no pull
+from LXD ever happens. They are now loaded at first use. The tests read ``/proc/PID/maps``
+of a private stack's processes, so they see what a process really holds, and check that
+a first use still loads them.
 
 A delete asks the storage service to remove the root volume and the network service to
 release the DHCP leases at once (they are independent): the spans every process writes
@@ -56,6 +57,13 @@ def test_instance_service_does_not_load_libvirt_without_vms(lean_stack):
         assert r.status_code == 200, r.text
     assert "libvirtmod" not in maps(lean_stack, "instance")
     assert "liblxc" in maps(lean_stack, "instance")  # the check can see a library
+
+
+def test_image_service_does_not_load_aiohttp_before_an_lxd_pull(lean_stack):
+    """aiohttp serves only pulls from an LXD server there (test_image_pull does those)."""
+    with socket_client(lean_stack) as api:
+        assert api.get("/1.0/images?recursion=1").status_code == 200
+    assert "aiohttp" not in maps(lean_stack, "image")
 
 
 def test_hooks_service_loads_aiohttp_at_its_first_webhook(lean_stack):

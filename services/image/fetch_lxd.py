@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
 from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 from shared.image import download
 from shared.messages.image import PullSource
@@ -91,6 +89,8 @@ class Fetcher:
 
     async def download(self, source: PullSource, remote: Remote, workdir: Path,
                        progress: Progress) -> Fetched:
+        import aiohttp  # here: ~8 MiB the image service carries only once it pulls from LXD
+
         url = download.join(source.server, f"/1.0/images/{remote.fingerprint}/export")
         try:
             return await self._export(url, source, remote, workdir, progress)
@@ -105,6 +105,8 @@ class Fetcher:
 
     async def _export(self, url: str, source: PullSource, remote: Remote, workdir: Path,
                       progress: Progress) -> Fetched:
+        import aiohttp
+
         ctx = download.ssl_context(source.certificate)
         timeout = aiohttp.ClientTimeout(sock_connect=download.CONNECT_TIMEOUT,
                                         sock_read=download.READ_TIMEOUT)
