@@ -819,3 +819,27 @@ def test_btrfs_send_with_lxd(lxd, api, stack, oapi, other, worlds, client, btrfs
         lxc(client, "delete", "--force", f"lxd:{c}", check=False)
         lxc(client, "profile", "delete", f"lxd:{profile}", check=False)
         lxc(client, "storage", "delete", f"lxd:{lpool}", check=False)
+
+
+def test_btrfs_source_killed_mid_send_leaves_nothing(api, stack, oapi, other, worlds,
+                                                     client, btrfs_pool):
+    """The source's migration service dies after the snapshot's send stream, holding the
+    read-only copies it sends from: its next start drops them (journaled); the target
+    keeps nothing; the source is whole and copies again."""
+    w = worlds
+    pool, profile = btrfs_pool
+    c, vol = btrfs_instance(api, stack, w, pool, profile, "bs")
+    _restart_migration(stack, api, "migration:source_after_snapshot")
+    try:
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", check=False)
+        assert r.returncode != 0
+        assert frozen_left(stack, pool), "the kill should have left the read-only copies"
+        wait_for(lambda: inventory(oapi, other, pool, c) == CLEAN, 60,
+                 what="the target to drop what it received")
+    finally:
+        _restart_migration(stack, api, None)
+    wait_for(lambda: frozen_left(stack, pool) == [], 60,
+             what="the restarted source to drop the read-only copies")
+    assert (vol / "rootfs" / "root" / "marker").read_text() == "new"
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    assert exclusive_bytes(other.dir / "storage-pools" / pool / "containers" / c) < 1 << 20

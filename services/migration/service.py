@@ -16,7 +16,7 @@ from shared.log import get_logger
 from shared.models import CreateRequest, ListRequest, ObjectRequest, Reply, ServerInfoReply
 from shared.service import Service, endpoint, main_for
 
-from . import sink, source
+from . import frozen, sink, source
 
 log = get_logger()
 
@@ -35,6 +35,9 @@ class MigrationService(Service):
                 await asyncio.to_thread(shutil.rmtree, p, True)
             if stale:
                 log.info("stale migration staging removed", count=len(stale))
+        # read-only copies a killed btrfs send left on a source (the storage service may
+        # not answer yet: retried in the background)
+        self._sweep = asyncio.create_task(frozen.sweep(self.bus, self.config))
 
     def server_cert(self) -> tuple[Path, Path]:
         """This server's certificate and key (the gateway makes them): the client

@@ -32,7 +32,7 @@ from shared.messages.backup import (
 )
 from shared.models import ObjectRequest, Reply
 
-from . import channels, common, frames, rsync, wire
+from . import channels, common, frames, frozen, rsync, wire
 from .channels import Channel
 
 log = get_logger()
@@ -221,25 +221,21 @@ async def send_btrfs(bus: Bus, project: str, inst: dict[str, Any], wanted: list[
     freeze = VolumeBackupFreezeRequest(
         project=project, pool=common.root_pool(inst), kind="container", name=inst["name"],
         backup=f"migration-{op_id}", snapshots=wanted)
-    reply = await bus.request("storage", "volume_backup_freeze", freeze,
-                              node=bus.config.node, timeout=common.PATH_TIMEOUT)
-    frozen = VolumeBackupReply.model_validate(reply.metadata)
+    drop = VolumeBackupRequest(**freeze.model_dump(exclude={"backup_config"}))
+    entry = frozen.record(bus.config, op_id, drop)  # a kill from here on: swept at start
     try:
+        reply = await bus.request("storage", "volume_backup_freeze", freeze,
+                                  node=bus.config.node, timeout=common.PATH_TIMEOUT)
+        copies = VolumeBackupReply.model_validate(reply.metadata)
         parent: Path | None = None
         for name in wanted:
-            path = Path(frozen.snapshot_paths[name])
+            path = Path(copies.snapshot_paths[name])
             await frames.send_btrfs(path, parent, fs, progress.on(name))
             faults.point("migration:source_after_snapshot")
             parent = path
-        await frames.send_btrfs(Path(frozen.path), parent, fs, progress.on(inst["name"]))
+        await frames.send_btrfs(Path(copies.path), parent, fs, progress.on(inst["name"]))
     finally:
-        drop = VolumeBackupRequest(**freeze.model_dump(exclude={"backup_config"}))
-        try:
-            await bus.request("storage", "volume_backup_delete", drop, node=bus.config.node,
-                              timeout=common.PATH_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - the copies only cost their metadata
-            log.warning("dropping the migration's frozen copies failed",
-                        instance=inst["name"], error=str(exc))
+        await asyncio.shield(frozen.release(bus, entry, drop))
 
 
 async def _send_or_verdict(sending: Any, verdict: asyncio.Task) -> None:
