@@ -227,13 +227,31 @@ def stopped_figures(lx: Client, names: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def patient(api: API, method: str, path: str, body: object = None,
+            done_if: str = "") -> None:
+    """One call of the bulk setup, retried while the service is too busy to answer in
+    time (a 503 on a loaded machine must not throw away a whole run): a retry that finds
+    the work done (``done_if`` in its error) is a success."""
+    for attempt in range(6):
+        try:
+            api.call(method, path, body)
+            return
+        except RuntimeError as exc:
+            if done_if and done_if in str(exc).lower() and attempt:
+                return
+            if "did not answer" not in str(exc) or attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def many_records(api_sock: Path, names: list[str], image: str, profile: str) -> None:
     """Create ``names`` as stopped instances, eight at a time over their own connections."""
     def make(chunk: list[str]) -> None:
         api = API(api_sock)
         for n in chunk:
-            api.call("POST", "/1.0/instances", {"name": n, "profiles": [profile],
-                                                "source": {"type": "image", "alias": image}})
+            patient(api, "POST", "/1.0/instances", {
+                "name": n, "profiles": [profile], "source": {"type": "image", "alias": image}},
+                done_if="already exists")
     chunks = [names[i::8] for i in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(make, chunks))
@@ -243,7 +261,7 @@ def delete_many(api_sock: Path, names: list[str]) -> None:
     def drop(chunk: list[str]) -> None:
         api = API(api_sock)
         for n in chunk:
-            api.call("DELETE", f"/1.0/instances/{n}")
+            patient(api, "DELETE", f"/1.0/instances/{n}", done_if="not found")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(drop, [names[i::8] for i in range(8)]))
 
