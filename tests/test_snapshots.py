@@ -71,6 +71,16 @@ def _scheduled_instance(w: World, stack: Stack) -> str:
     return other
 
 
+def wait_passes(log: Path, since: int, passes: int) -> None:
+    """Wait until the instance service's schedule/expiry task ended ``passes`` passes
+    after offset ``since`` of its log (what it would do, it has done by then)."""
+    def ended() -> int:
+        with log.open(errors="replace") as f:
+            f.seek(since)
+            return f.read().count('"event": "snapshot pass done"')
+    wait_for(lambda: ended() >= passes, 30, what=f"{passes} snapshot passes")
+
+
 def _unschedule() -> None:
     """Remove the scheduled instance (once its test is done or skipped)."""
     while _SCHEDULED:
@@ -846,7 +856,7 @@ def test_restricted_project_skips_scheduled_snapshots(world, sstack, sapi):
             "-c", "snapshots.schedule=@startup")
         mark = log.stat().st_size
         lxc(sstack, "start", name, "--project", proj)
-        time.sleep(4)  # passes run every second here
+        wait_passes(log, log.stat().st_size, 2)  # one a second here
         listed = sapi.get(f"/1.0/instances/{name}/snapshots", params={"project": proj})
         assert listed.json()["metadata"] == []
         with log.open() as f:

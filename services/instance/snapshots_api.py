@@ -273,6 +273,8 @@ class InstanceSnapshotsMixin:
                 raise
             except Exception as exc:  # the next pass tries again
                 self.ctx.log.warning("snapshot schedule/expiry pass failed", error=str(exc))
+            # the sign a pass ended (tests wait for it rather than for a guessed time)
+            self.ctx.log.debug("snapshot pass done")
             last = now
             await asyncio.sleep(every)
 
