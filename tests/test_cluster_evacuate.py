@@ -196,8 +196,9 @@ def test_bad_input(cluster, world):
 
 
 async def test_an_instance_failing_to_stop_does_not_stop_the_others(cluster, world):
-    """A VM record located on node2, said Running, where node2 runs no libvirtd (a copy
-    of a real record under another name and type) fails to stop; the real instance after it
+    """A record located on node2, said Running, of a type no driver takes (a copy of a
+    real record under another name and type: whether libvirtd runs on this host does not
+    matter, as it did for the VM record this was) fails to stop; the real instance after it
     is still stopped, the operation fails naming the ghost, the member stays evacuated
     and restore starts the one that was stopped."""
     (n1, n2), _ = cluster
@@ -212,7 +213,7 @@ async def test_an_instance_failing_to_stop_does_not_stop_the_others(cluster, wor
     try:
         rec, _rev = await store.require(key("default", real), "Instance")
         await store.put(key("default", ghost), {**rec, "name": ghost, "status": "Running",
-                                                 "type": "virtual-machine"})
+                                                 "type": "no-such-type"})
         r = n1.api.post("/1.0/cluster/members/node2/state", json={"action": "evacuate"})
         op = wait_op(n1.api, r, ok=False)
     finally:
