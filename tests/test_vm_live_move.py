@@ -121,8 +121,8 @@ def seen_by(c: Cluster, k: int, path: Path) -> Path:
     return Path(f"/proc/{pid}/root") / path.relative_to("/")
 
 
-def volumes_on(c: Cluster, k: int) -> list[str]:
-    d = seen_by(c, k, c.node_dir(k) / "storage-pools" / "default" / "virtual-machines")
+def volumes_on(c: Cluster, k: int, pool: str = "default") -> list[str]:
+    d = seen_by(c, k, c.node_dir(k) / "storage-pools" / pool / "virtual-machines")
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
@@ -186,6 +186,32 @@ def test_live_move_back_reports_the_downtime(cluster: Cluster, vm: str) -> None:
     assert location(cluster, vm) == ("RUNNING", "node1")
     assert in_guest(cluster, vm, "cat", "/dev/shm/marker") == "alive"
     assert volumes_on(cluster, 1) == [vm] and volumes_on(cluster, 2) == []
+
+
+def test_live_move_on_a_dir_pool(cluster: Cluster) -> None:
+    """A dir pool's VM volume is an overlay on the pool's image volume (absolute backing
+    path, another one on the target): only the overlay's data moves, the guest's disk
+    reads the same."""
+    cluster.lxc(1, "storage", "create", "vldir", "dir")
+    name = "vl-d1"
+    try:
+        cluster.lxc(1, "launch", "vlvm", name, "--vm", "--target", "node1", "-s", "vldir",
+                    "-c", "limits.memory=128MiB", "-c", "limits.cpu=1",
+                    "-c", "migration.stateful=true")
+        wait_agent(cluster, name)
+        boot_id = in_guest(cluster, name, "cat", "/proc/sys/kernel/random/boot_id")
+        in_guest(cluster, name, "sh", "-c", "echo dir-disk > /root/marker && sync")
+        r = cluster.lxc(1, "move", name, "--target", "node2", check=False)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert location(cluster, name) == ("RUNNING", "node2")
+        assert in_guest(cluster, name, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+        assert in_guest(cluster, name, "cat", "/root/marker") == "dir-disk"
+        assert in_guest(cluster, name, "ls", "/bin/busybox") == "/bin/busybox"  # the image
+        assert volumes_on(cluster, 1, "vldir") == [] and \
+            volumes_on(cluster, 2, "vldir") == [name]
+    finally:
+        cluster.lxc(1, "delete", "--force", name, check=False)
+        cluster.lxc(1, "storage", "delete", "vldir", check=False)
 
 
 def test_live_move_needs_migration_stateful(cluster: Cluster, vm: str) -> None:
