@@ -42,9 +42,13 @@ if [[ "$MODE" == single ]]; then APPS=(all); else APPS=("${SERVICES[@]}" gateway
 BASE_DIR="$CORRAL_DIR"
 
 STARTED=()  # "K name" of what this run started
+LIBVIRT_STARTED=()  # nodes whose libvirtd this run started (cluster-lib.sh)
 on_exit() {
     local rc=$? entry k name pid
     set +e
+    if [[ $rc -ne 0 ]]; then
+        for k in "${LIBVIRT_STARTED[@]}"; do stop_node_libvirt "$k"; done
+    fi
     if [[ $rc -ne 0 && ${#STARTED[@]} -gt 0 ]]; then
         say "cluster start failed; stopping what this run started" >&2
         for entry in "${STARTED[@]}"; do
@@ -171,7 +175,10 @@ check_alive_node() {
 
 for k in $(seq 1 "$NODES"); do
     prepare_node "$k"
-    if vms_wanted; then start_node_libvirt "$k"; fi
+    if vms_wanted; then
+        [[ -n "$(node_daemon_pid "$k" libvirtd)" ]] || LIBVIRT_STARTED+=("$k")
+        start_node_libvirt "$k"
+    fi
     if [[ -n "$(running_pid nats)" ]]; then
         say "node$k: nats already running (pid $(running_pid nats))"
         continue
@@ -249,6 +256,7 @@ if ((${#MISSING[@]} > 0)); then
 fi
 wait_nodes $(seq 1 "$NODES")
 STARTED=()
+LIBVIRT_STARTED=()
 
 # --- defaults (cluster-net): as `make up`'s bootstrap, once for the whole cluster ---------
 # Through node1's API once every member is ONLINE: the `default` pool is then made by each
