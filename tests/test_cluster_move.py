@@ -140,6 +140,26 @@ def test_move_btrfs(cluster, bworld):
     lxc(n1.stack, "delete", c, "--force")
 
 
+def test_move_through_rest(cluster, world):
+    """The REST shape: 202 and an operation whose metadata shows the transfer's progress
+    under the instance's name; LXD's 400s answered at once, before any operation."""
+    (n1, n2), _ = cluster
+    c = world.name("rest")
+    lxc(n1.stack, "init", world.image, c, "-p", world.profile, "--target", "node1")
+    r = n2.api.post(f"/1.0/instances/{c}?target=node2",
+                    json={"name": c, "migration": True, "live": False})
+    op = wait_op(n2.api, r)
+    assert op["description"] == "Migrating instance", op
+    assert op["metadata"]["fs_progress"].startswith(f"{c}: "), op["metadata"]
+    assert where(n1, c) == ("Stopped", "node2")
+    r = n1.api.post(f"/1.0/instances/{c}?target=node2", json={"migration": True})
+    assert r.status_code == 400 and "different" in r.json()["error"], r.text
+    r = n1.api.post(f"/1.0/instances/{c}?target=node1",
+                    json={"name": world.name("other"), "migration": True})
+    assert r.status_code == 400 and "rename" in r.json()["error"], r.text
+    lxc(n1.stack, "delete", c)
+
+
 def test_move_running(cluster, world):
     (n1, n2), _ = cluster
     c = world.name("run")

@@ -161,7 +161,7 @@ class Mover:
 
     async def transfer(self, project: str, name: str, source: str, body: dict[str, Any],
                        target: str, handle: OperationHandle | None,
-                       instance_only: bool = False) -> None:
+                       instance_only: bool = False, label: str = "") -> None:
         """``name`` from member ``source`` to member ``target`` as ``body["name"]``
         (with ``body``'s config, devices, profiles); whole on the target when this returns,
         nothing there when it raises. Progress goes to ``handle``'s ``fs_progress``."""
@@ -184,7 +184,8 @@ class Mover:
 
         async def progress(moved: int) -> None:
             if handle is not None:
-                await handle.set_metadata(fs_progress=f"{body['name']}: {_size(moved)}")
+                await handle.set_metadata(
+                    fs_progress=f"{label or body['name']}: {_size(moved)}")
 
         relay = Relay(self.bus, src_op, dst_op, progress)
         try:
@@ -253,7 +254,8 @@ class Mover:
         try:
             await _say(handle, f"Transferring {name!r} to {target!r}")
             with timed("transfer", name):
-                await self.transfer(project, name, where, body, target, handle)
+                await self.transfer(project, name, where, body, target, handle,
+                                    label=name)
             await _say(handle, f"Deleting {name!r} on {where!r}")
             try:
                 with timed("delete", name):
