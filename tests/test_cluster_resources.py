@@ -410,10 +410,10 @@ def test_a_member_joining_later_makes_its_own_pool_and_bridge(cluster: Cluster) 
     for _ in range(30):
         fdb = subprocess.run(["bridge", "-n", f"{cluster.prefix}-node2", "fdb", "show",
                               "dev", dev], capture_output=True, text=True).stdout
-        if f"dst {addr4} " in fdb + " ":
+        if f"00:00:00:00:00:00 dst {addr4} " in fdb + " ":
             break
         time.sleep(0.5)
-    assert f"dst {addr4} " in fdb + " ", (node4, fdb)
+    assert f"00:00:00:00:00:00 dst {addr4} " in fdb + " ", (node4, fdb)
     cluster.lxc(1, "launch", "busybox", "cr-j2", "--target", "node2")
     cluster.lxc(1, "launch", "busybox", "cr-j4", "--target", "node4")
     addr = wait_address(cluster, "cr-j4")
