@@ -75,7 +75,8 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
     "migration": (("instance", "get"), ("instance", "snapshot_list"),
                   ("storage", "volume_path"), ("instance", "backup_import"),
                   ("instance", "profile_get"), ("storage", "get"),
-                  ("storage", "volume_backup_freeze"), ("storage", "volume_backup_delete")),
+                  ("storage", "volume_backup_freeze"), ("storage", "volume_backup_delete"),
+                  ("instance", "snapshot_create")),
     "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
