@@ -12,6 +12,7 @@ No certificate, no address, the same framing a websocket's bridge uses.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
@@ -36,6 +37,7 @@ class Relay:
         self.moved = 0
         self._last = 0.0
         self._subs: list[Any] = []
+        self._writing: asyncio.Task[None] | None = None
 
     async def open(self) -> "Relay":
         """Subscribe both ways first, then tell both services their websockets are there
@@ -63,13 +65,20 @@ class Relay:
             if count and msg.data:
                 self.moved += len(msg.data)
                 now = time.monotonic()
-                if self.progress is not None and now - self._last >= 1.0:
+                if self.progress is not None and now - self._last >= 1.0 and (
+                        self._writing is None or self._writing.done()):
+                    # written aside: a KV put must not hold up the next bytes (one
+                    # subscription's callbacks run one after the other)
                     self._last = now
-                    try:
-                        await self.progress(self.moved)
-                    except Exception as exc:  # progress is a nicety: never the transfer
-                        log.debug("move progress not written", error=str(exc))
+                    self._writing = asyncio.ensure_future(self._progress(self.moved))
         return cb
+
+    async def _progress(self, moved: int) -> None:
+        assert self.progress is not None
+        try:
+            await self.progress(moved)
+        except Exception as exc:  # progress is a nicety: never the transfer
+            log.debug("move progress not written", error=str(exc))
 
     async def hang_up(self) -> None:
         """Both ends see their peer close (EOF on every fd): a side still waiting for data
@@ -83,6 +92,8 @@ class Relay:
                     pass
 
     async def close(self) -> None:
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
