@@ -843,3 +843,45 @@ def test_btrfs_source_killed_mid_send_leaves_nothing(api, stack, oapi, other, wo
     assert (vol / "rootfs" / "root" / "marker").read_text() == "new"
     lxc(client, "copy", f"src:{c}", f"dst:{c}")
     assert exclusive_bytes(other.dir / "storage-pools" / pool / "containers" / c) < 1 << 20
+
+
+def test_refresh_sends_what_changed(api, stack, oapi, other, worlds, client):
+    """``lxc copy --refresh`` onto an existing copy: only the snapshot the target lacks
+    comes (the one it has is left as it is), taken there in order, and the instance's
+    tree is synced over the copy (a file only the copy had goes). A running copy is
+    refused (400, stop it); the copy is still the refreshed one."""
+    w = worlds
+    c = w.create("rf")
+    write_marker(w, c, "first")
+    snapshot(w, c, "r1")
+    lxc(client, "copy", f"src:{c}", f"dst:{c}")
+    write_marker(w, c, "second")
+    snapshot(w, c, "r2")
+    write_marker(w, c, "now")
+    pool = other.dir / "storage-pools" / w.pool
+    target = pool / "containers" / c
+    (target / "rootfs" / "root" / "stale").write_text("only on the copy")
+    r1 = next(pool.glob(f"*/{c}/r1")) / "rootfs" / "root" / "marker"
+    before = r1.stat()
+
+    lxc(client, "copy", f"src:{c}", f"dst:{c}", "--refresh")
+    snaps = oapi.get(f"/1.0/instances/{c}/snapshots?recursion=1").json()["metadata"]
+    assert [s["name"] for s in snaps] == ["r1", "r2"]
+    r2 = next(pool.glob(f"*/{c}/r2"))
+    assert (r2 / "rootfs" / "root" / "marker").read_text() == "second"
+    assert not (r2 / "rootfs" / "root" / "stale").exists()
+    assert (target / "rootfs" / "root" / "marker").read_text() == "now"
+    assert not (target / "rootfs" / "root" / "stale").exists()
+    after = r1.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert r1.read_text() == "first"
+
+    r = oapi.put(f"/1.0/instances/{c}/state", json={"action": "start"})
+    assert r.status_code == 202 and wait_op(oapi, r)["status"] == "Success"
+    try:
+        r = lxc(client, "copy", f"src:{c}", f"dst:{c}", "--refresh", check=False)
+        assert r.returncode != 0 and "stop it" in r.stderr, r.stderr
+    finally:
+        r = oapi.put(f"/1.0/instances/{c}/state", json={"action": "stop", "force": True})
+        wait_op(oapi, r)
+    assert (target / "rootfs" / "root" / "marker").read_text() == "now"

@@ -32,7 +32,7 @@ from shared.log import get_logger
 from shared.messages.backup import BackupImportRequest
 from shared.models import CreateRequest, ObjectRequest, OperationStatus, Reply
 
-from . import channels, common, frames, idmap, rsync, wire
+from . import channels, common, frames, idmap, refresh, rsync, wire
 from .channels import Channel
 
 log = get_logger()
@@ -48,9 +48,6 @@ def staging_root(config: Any) -> Path:
 def check(body: dict[str, Any]) -> dict[str, Any]:
     """The source object of a migration create, checked (400 with what is missing)."""
     src = body.get("source") or {}
-    if src.get("refresh"):
-        raise BadRequest("Refreshing a copy from another server (--refresh) is not "
-                         "supported yet: delete the copy and copy it again")
     mode = src.get("mode") or "pull"
     if mode not in ("pull", "push"):
         raise BadRequest(f"Invalid migration mode {mode!r}: pull or push")
@@ -80,12 +77,17 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
     src = check(body)
     name = str(body["name"])
     bus: Bus = svc.bus
+    existing: dict[str, Any] | None = None
     try:
-        await common.instance(bus, req.project, name)
-        raise Conflict(f"Instance {name!r} already exists")
+        existing = await common.instance(bus, req.project, name)
     except NotFound:
         pass
-    await check_profiles(bus, req.project, body)
+    if existing is not None and not src.get("refresh"):
+        raise Conflict(f"Instance {name!r} already exists")
+    if existing is not None:  # --refresh of a copy that is there: written into it
+        refresh.check_target(existing, body)
+    else:
+        await check_profiles(bus, req.project, body)
     push = (src.get("mode") or "pull") == "push"
     target_url = url("instances", name, req.project)
     fds = None
@@ -107,7 +109,10 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
                 raise
             async with channels.opened(common.SECRETS, ss, HEADER_TIMEOUT, src,
                                        src.get("secrets") or {}, svc.server_cert()) as chans:
-                await receive_instance(svc, req.project, body, chans, stage, handle)
+                if existing is not None:
+                    await refresh.receive(svc, req.project, existing, body, chans, handle)
+                else:
+                    await receive_instance(svc, req.project, body, chans, stage, handle)
             return {}
         except BaseException as exc:
             log.warning("migration target failed", op=handle.id,
