@@ -233,11 +233,6 @@ def test_bad_input_leaves_nothing(api, stack, oapi, other, worlds, https):
     r = oapi.post("/1.0/instances", json={**base, "source": {
         "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x"}})
     assert r.status_code == 400 and "secrets" in r.json()["error"], r.text
-    r = oapi.post("/1.0/instances", json={**base, "source": {
-        "type": "migration", "mode": "pull", "refresh": True,
-        "operation": f"https://{https}/1.0/operations/x",
-        "secrets": {"control": "a", "fs": "b"}}})
-    assert r.status_code == 400 and "--refresh" in r.json()["error"], r.text
     # a profile the target lacks: 404 before any transfer (the copy keeps its profiles)
     r = oapi.post("/1.0/instances", json={**base, "profiles": [f"{w.prefix}-nope"], "source": {
         "type": "migration", "mode": "pull", "operation": f"https://{https}/1.0/operations/x",
