@@ -76,7 +76,7 @@ CALLS: dict[str, tuple[tuple[str, str], ...]] = {
                   ("storage", "volume_path"), ("instance", "backup_import"),
                   ("instance", "profile_get"), ("storage", "get"),
                   ("storage", "volume_backup_freeze"), ("storage", "volume_backup_delete"),
-                  ("instance", "snapshot_create")),
+                  ("instance", "snapshot_create"), ("instance", "snapshot_delete")),
     "hooks": (),  # a run hook's request goes under the hook's own credential, not this one
 }
 
