@@ -842,7 +842,8 @@ def test_btrfs_source_killed_mid_send_leaves_nothing(api, stack, oapi, other, wo
 
 def test_refresh_sends_what_changed(api, stack, oapi, other, worlds, client):
     """``lxc copy --refresh`` onto an existing copy: only the snapshot the target lacks
-    comes (the one it has is left as it is), taken there in order, and the instance's
+    comes (the one it has is left as it is, the one only it has is deleted, as LXD's),
+    taken there in order, and the instance's
     tree is synced over the copy (a file only the copy had goes). A running copy is
     refused (400, stop it); the copy is still the refreshed one."""
     w = worlds
@@ -856,6 +857,7 @@ def test_refresh_sends_what_changed(api, stack, oapi, other, worlds, client):
     pool = other.dir / "storage-pools" / w.pool
     target = pool / "containers" / c
     (target / "rootfs" / "root" / "stale").write_text("only on the copy")
+    wait_op(oapi, oapi.post(f"/1.0/instances/{c}/snapshots", json={"name": "mine"}))
     r1 = next(pool.glob(f"*/{c}/r1")) / "rootfs" / "root" / "marker"
     before = r1.stat()
 

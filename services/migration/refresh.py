@@ -2,11 +2,13 @@
 
 As LXD's refresh over the migration API: the target answers the offer with ``refresh:
 true`` and, as ``snapshotNames``, only the snapshots it lacks (by name); the source sends
-those, oldest first, then the instance. Each missing snapshot's tree is rsynced into the
-copy's volume and a snapshot of it is taken there (the instance service's snapshot, as
-``lxc snapshot``), then the instance's tree is rsynced over the volume (``--delete``):
-rsync moves only what changed. Always rsync, whatever the pools (a btrfs send needs the
-target's snapshots to be received ones, which a plain copy's are not).
+those, oldest first, then the instance; the copy's snapshots the source no longer has
+are deleted first (as LXD's; compared by name only). Each missing snapshot's tree is
+rsynced into the copy's volume and a snapshot of it is taken there (the instance
+service's snapshot, as ``lxc snapshot``), then the instance's tree is rsynced over the
+volume (``--delete``): rsync moves only what changed. Always rsync, whatever the pools
+(a btrfs send needs the target's snapshots to be received ones, which a plain copy's
+are not).
 
 Unlike a new copy this writes into an existing instance, which must be stopped; a failure
 half way leaves the copy partly refreshed, as LXD's does (the snapshots already taken are
@@ -63,6 +65,26 @@ def answer(offer: dict[str, Any], have: set[str], instance_only: bool) -> dict[s
             "refresh": True, "indexHeaderVersion": 0}
 
 
+def extra(offer: dict[str, Any], have: set[str], instance_only: bool) -> list[str]:
+    """The copy's snapshots the source no longer has: deleted first, as LXD's refresh
+    (by name only: a snapshot a refresh took here has its own creation date)."""
+    if instance_only:
+        return []
+    theirs = set(offer.get("snapshotNames") or [])
+    return sorted(have - theirs)
+
+
+async def delete_snapshot(svc: Any, project: str, name: str, snap: str) -> None:
+    reply = await svc.bus.request("instance", "snapshot_delete", ObjectRequest(
+        project=project, name=f"{name}/{snap}"), timeout=60)
+    op_id = (reply.operation or {}).get("id")
+    if op_id:
+        done = await svc.operations.wait(op_id, SNAPSHOT_TIMEOUT)
+        if done.get("status") != OperationStatus.SUCCESS[0]:
+            raise CorralError(f"Deleting snapshot {snap!r} failed: "
+                              f"{done.get('err') or done['status']}", 500)
+
+
 async def take_snapshot(svc: Any, project: str, name: str, snap: str) -> None:
     reply = await svc.bus.request("instance", "snapshot_create", ObjectRequest(
         project=project, name=name, body={"name": snap}), timeout=60)
@@ -85,6 +107,8 @@ async def receive(svc: Any, project: str, inst: dict[str, Any], body: dict[str, 
                               "LXD container that ran) is not supported: delete the copy "
                               "and copy it again", 400)
         have = await snapshot_names(svc.bus, project, inst["name"])
+        for snap in extra(offer, have, bool(src.get("instance_only"))):
+            await delete_snapshot(svc, project, inst["name"], snap)
         resp = answer(offer, have, bool(src.get("instance_only")))
         await control.send(wire.encode("MigrationHeader", resp))
         features = wire.rsync_features(resp)
