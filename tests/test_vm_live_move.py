@@ -225,6 +225,48 @@ def test_live_move_needs_migration_stateful(cluster: Cluster, vm: str) -> None:
         cluster.lxc(1, "config", "set", vm, "migration.stateful=true")
 
 
+PREPARE = """
+import asyncio, json, sys
+import nats
+async def main():
+    c = json.load(open(sys.argv[1]))
+    nc = await nats.connect("nats://127.0.0.1:4222", user=c["user"], password=c["password"],
+                            inbox_prefix=c["inbox_prefix"])
+    msg = await nc.request("corral.node.node2.instance.vm_migrate_prepare",
+                           json.dumps({"project": "default", "instance": sys.argv[2]}).encode(),
+                           timeout=60)
+    print(msg.data.decode())
+    await nc.close()
+asyncio.run(main())
+"""
+
+
+def test_a_migration_cut_short_leaves_nothing_after_the_target_restarts(
+        cluster: Cluster, vm: str) -> None:
+    """The gateway dies right after the target prepared (nothing else will come): the
+    target's next start removes the temporary volume and the spec directory."""
+    r = cluster.in_node(2, PREPARE, vm)
+    assert r.returncode == 0 and "\"type\":\"sync\"" in r.stdout, (r.stdout, r.stderr)
+    assert volumes_on(cluster, 2) == [f"{vm}-livemig"]
+    assert (cluster.node_dir(2) / "virtual-machines" / vm).exists()
+    pid = int((cluster.node_dir(2) / "run" / "all.pid").read_text())
+    os.kill(pid, signal.SIGKILL)  # node2's services, as a crash would
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and \
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cluster.make("cluster-up")
+    deadline = time.monotonic() + 60
+    while volumes_on(cluster, 2) != []:
+        assert time.monotonic() < deadline, volumes_on(cluster, 2)
+        time.sleep(0.5)
+    assert not (cluster.node_dir(2) / "virtual-machines" / vm).exists()
+    assert location(cluster, vm) == ("RUNNING", "node1")
+    r = cluster.lxc(1, "storage", "volume", "list", "default", "-f", "csv", check=False)
+    assert "livemig" not in r.stdout, r.stdout
+
+
 def test_target_libvirtd_down_leaves_the_vm_running_on_the_source(cluster: Cluster,
                                                                    vm: str) -> None:
     pidfile = cluster.node_dir(2) / "libvirt" / "libvirtd.pid"

@@ -40,6 +40,7 @@ from . import (
     reconcile,
     resources,
     update,
+    vm_migrate,
 )
 from .backups_api import API_EXTENSIONS as BACKUP_EXTENSIONS
 from .backups_api import BackupsMixin
@@ -108,6 +109,7 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
         self.shared_instances = await Store(self.bus, "instances").open()
         self._locks: dict[str, asyncio.Lock] = {}
         self._cleanup = await reconcile.reconcile(self.ctx)
+        self._cleanup.append(asyncio.create_task(vm_migrate.reconcile(self.ctx)))
         await hotplug.adopt(self.ctx)  # proxy forwarders that outlived the last run
         self._snapshot_tasks = await self.snapshot_setup()  # snapshots_api
         self.warnings = await Warnings(self.bus, self.events, self.config.node).open()

@@ -94,6 +94,8 @@ async def prepare(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
     check_movable(rec)
     project, name, pool = rec["project"], rec["name"], rec["pool"]
+    if rec.get("location") == ctx.location:
+        raise BadRequest(f"Instance {name!r} is located on {ctx.location} already")
     fp = (rec.get("config") or {}).get("volatile.base_image") or \
         (rec.get("expanded_config") or {}).get("volatile.base_image")
     if not fp:
@@ -332,3 +334,54 @@ def _save_spec(drv: Any, host: str, data: dict[str, Any]) -> None:
     except libvirt.libvirtError as e:
         raise Internal(f"The migrated domain {host!r} could not be redefined: "
                        f"{e.get_error_message()}") from None
+
+
+# ---- at the instance service's start --------------------------------------------------------
+
+async def reconcile(ctx: Context) -> int:
+    """Remove the temporary volumes (``<name>-livemig``) a live migration left on this
+    member when it died half-way (the gateway, this service, the member): the generic
+    reconcile already purged the spec directory and domain that had no record here.
+    Only volumes whose data is on THIS member and whose instance is not located here are
+    removed (volume records are cluster-wide: another member's are not ours). Returns how
+    many. Best effort: a storage service not answering yet leaves them to the next start."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from shared.messages.storage import VolumeListRequest, VolumePathRequest
+    from shared.models import ListRequest
+
+    if not ctx.node:
+        return 0
+    bus, node, removed = ctx.remote.bus, ctx.remote.node, 0
+    try:
+        pools = (await bus.request("storage", "list", ListRequest(), node=node)).metadata
+        for pool_url in pools or []:
+            pool = unquote(urlsplit(pool_url).path.rsplit("/", 1)[1])
+            vols = (await bus.request("storage", "volume_list", VolumeListRequest(
+                pool=pool, kind=KIND, all_projects=True), node=node)).metadata
+            for vol_url in vols or []:
+                parts = urlsplit(vol_url)
+                tmp = unquote(parts.path.rsplit("/", 1)[1])
+                project = (parse_qs(parts.query).get("project") or ["default"])[0]
+                if not tmp.endswith(SUFFIX):
+                    continue
+                rec = await ctx.instances.get(key(project, tmp[:-len(SUFFIX)]))
+                if rec is not None and rec[0].get("location") == ctx.node:
+                    continue  # finished here (its rename failed): the record names it
+                path = (await bus.request("storage", "volume_path", VolumePathRequest(
+                    project=project, pool=pool, kind=KIND, name=tmp),
+                    node=node)).metadata["path"]
+                if not await asyncio.to_thread(Path(path).exists):
+                    continue  # another member's
+                vmdir = Path(ctx.drivers.vmpath).resolve() / host_name(
+                    project, tmp[:-len(SUFFIX)])
+                if await asyncio.to_thread(vmdir.exists):
+                    continue  # a prepare since this start (the stale ones were purged)
+                ctx.log.warning("removing what an interrupted live migration left",
+                                volume=tmp, pool=pool, project=project)
+                await ctx.remote.volume_delete(project, pool, tmp, KIND)
+                removed += 1
+    except CorralError as exc:
+        ctx.log.warning("live migration leftovers not checked", error=exc.message)
+    return removed
+
