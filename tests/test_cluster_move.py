@@ -220,6 +220,23 @@ def test_copy_to_other_member(cluster, world):
         lxc(n1.stack, "delete", name, "--force")
 
 
+def test_copy_of_a_running_container(cluster, world):
+    """The stock client asks a live copy of a running container; across members it is
+    copied as it runs (the volume twice, the last pass final, as LXD's stateless copy):
+    the copy is whole and stopped, the source still runs where it was."""
+    (n1, n2), _ = cluster
+    c, c2 = world.name("rc"), world.name("rc2")
+    lxc(n1.stack, "launch", world.image, c, "-p", world.profile, "--target", "node1")
+    lxc(n1.stack, "exec", c, "--", "sh", "-c", "echo live > /root/mark")
+    lxc(n2.stack, "copy", c, c2, "--target", "node2")
+    assert where(n1, c) == ("Running", "node1")
+    assert where(n1, c2) == ("Stopped", "node2")
+    lxc(n1.stack, "start", c2)
+    assert read_mark(n2, c2) == "live"
+    for name in (c, c2):
+        lxc(n1.stack, "delete", name, "--force")
+
+
 def restart(node, name: str, fault: str | None = None) -> None:
     """Start ``name`` of ``node`` again (with ``CORRAL_FAULT``), waited for: until its log
     says it started once more (it answers from then on)."""
