@@ -11,19 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from shared.errors import NotFound
-from shared.models import Reply, Request
+from shared.messages.instance import VmMigrateRequest
+from shared.models import Reply
 from shared.service import endpoint
 from shared.state import key
 
 from . import vm_migrate
-
-
-class VmMigrateRequest(Request):
-    """``vm_migrate_*``: the instance, and what the previous step answered."""
-
-    instance: str
-    target: dict[str, Any] = {}  # prepare's answer (send, finish)
-    spec: dict[str, Any] = {}  # the source's VM spec, from send's answer (finish)
 
 
 class VmMigrateMixin:

@@ -10,7 +10,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from ..services.instance.vm_migrate_api import VmMigrateRequest
 from ..messages.backup import (
     BackupExportRequest,
     BackupImportRequest,
@@ -32,7 +31,7 @@ from ..messages.image import (
     SecretRequest,
     StreamsRequest,
 )
-from ..messages.instance import InstanceListRequest, StatePutRequest
+from ..messages.instance import InstanceListRequest, StatePutRequest, VmMigrateRequest
 from ..messages.metadata import TemplateRequest
 from ..messages.network import (
     ForwardRequest,

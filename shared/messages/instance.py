@@ -9,7 +9,7 @@ collection; ``state_put`` carries LXD's state change body as a typed model, and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from shared.messages.network import NetworkUsersRequest
 from shared.models import ListRequest, Request
@@ -40,6 +40,17 @@ class InstanceListRequest(ListRequest):
     target, they are listed with status Error (their own node did not answer)."""
 
     target: str = ""
+
+
+class VmMigrateRequest(Request):
+    """``vm_migrate_*`` (a running VM moved live between members,
+    services/instance/vm_migrate.py): the instance in ``instance``, not ``name`` (a verb
+    with a ``name`` is forwarded to the member the instance is located on, and prepare,
+    finish and abort run on the target), and what the previous step answered."""
+
+    instance: str
+    target: dict[str, Any] = {}  # prepare's answer (send, finish)
+    spec: dict[str, Any] = {}  # the source's VM spec, from send's answer (finish)
 
 
 # Instance verbs not about one existing instance (lists, creates, profiles, projects,
