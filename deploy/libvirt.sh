@@ -64,8 +64,10 @@ need_config() {
 
 # True when a live (not zombie) <daemon> runs: this machine's PID 1 reaps late, so a
 # daemon `down` just stopped can linger as <defunct> and must not count as running.
+# Only daemons in this shell's mount and network namespaces count: the libvirtd of each
+# `make cluster-up` node runs in the node's own namespaces and serves another socket.
 live() {
-    pgrep -x -r D,R,S,T,t,W,P,I "$1" >/dev/null
+    pgrep -x -r D,R,S,T,t,W,P,I --ns $$ --nslist mnt,net "$1" >/dev/null
 }
 
 # Start <daemon> daemonized unless one already runs; record its PID only when we started it.
