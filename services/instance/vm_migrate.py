@@ -41,8 +41,6 @@ from .names import host_name
 
 KIND = "virtual-machine"
 DISK = "root.qcow2"
-# libvirt's flags: live, peer to peer (the source libvirtd talks to the target's), the
-# domain defined on the target, disks copied (only the overlay: the image is there too).
 SUFFIX = "-livemig"  # the temporary name of the target's volume
 VOLUME_LINK = "volume"  # in the target's spec directory: the link the domain's disk uses
 
@@ -50,8 +48,13 @@ VOLUME_LINK = "volume"  # in the target's spec directory: the link the domain's 
 def _flags() -> int:
     import libvirt
 
+    # Live, peer to peer (the source libvirtd talks to the target's), the domain defined on
+    # the target, disks copied (only the overlay: the image is there too).
+    # AUTO_CONVERGE: a guest dirtying memory faster than the link carries it is slowed
+    # down until the copy converges, instead of a migration that never ends.
     return (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-            | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_NON_SHARED_INC)
+            | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_NON_SHARED_INC
+            | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
 
 
 def temp_name(name: str) -> str:
