@@ -103,7 +103,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
               ("server_config", "kv", True), ("certificates", "kv", True), WARNINGS,
               ("members", "kv", True),  # cluster heartbeats (shared/cluster.py)
-              ("instances", "kv", False)),  # where an instance is located (placement.py)
+              ("instances", "kv", False),  # where an instance is located (placement.py)
+              ("moves", "kv", True)),  # the journal of moves between members (move_journal)
 }
 
 # Verbs that only read (LXD's GET of lists and objects): what the `reader` role may call.
