@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import blobs, faults
-from shared.backup import layout, reader
+from shared.backup import layout, reader, staged
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.messages.backup import BackupImportRequest, VolumeBackupImportRequest
 from shared.messages.storage import VolumeListRequest, VolumePathReply
@@ -58,8 +58,12 @@ def clean_config(config: Any) -> dict[str, str]:
             and not (str(k).startswith("volatile.") and str(k).endswith(DROPPED_SUFFIXES))}
 
 
-async def read_index(transfers: Any, obj: str) -> dict[str, Any]:
-    """index.yaml from the staged tarball (reads only its first members)."""
+async def read_index(transfers: Any, obj: str, directory: Path | None = None
+                     ) -> dict[str, Any]:
+    """index.yaml from the staged tarball (reads only its first members), or from the
+    staged directory of a migration (a file read, no tarball at all)."""
+    if directory is not None:
+        return layout.parse_index(await asyncio.to_thread(staged.read_index, directory))
     src = reader.ObjectReader(transfers, obj).start()
     try:
         def read() -> bytes:
@@ -84,7 +88,11 @@ async def prepare(ctx: Context, req: BackupImportRequest, transfers: Any
     """Check the tarball's index and reserve the instance record; (record, index)."""
     project = req.project
     project_checks.effective(ctx, project, "images")  # 404 for an unknown project
-    info = await read_index(transfers, req.object)
+    if not req.object and not req.directory:
+        raise BadRequest("A backup import needs a staged tarball or directory")
+    directory = staged.checked(ctx.remote.bus.config.dir, req.directory) \
+        if req.directory else None
+    info = await read_index(transfers, req.object, directory)
     if info["type"] == "custom":
         raise BadRequest("This is a custom volume backup: import it with "
                          "'lxc storage volume import'")
@@ -164,7 +172,8 @@ async def build(ctx: Context, rec: dict[str, Any], info: dict[str, Any],
         msg = VolumeBackupImportRequest(project=project, pool=pool, kind=kind, name=name,
                                         bucket=req.bucket, object=req.object,
                                         snapshots=snaps, optimized=info["optimized"],
-                                        request_id=uuid.uuid4().hex)
+                                        request_id=uuid.uuid4().hex,
+                                        directory=req.directory)
         reply = await ctx.remote.watched("storage", lambda: ctx.remote.bus.request(
             "storage", "volume_backup_import", msg, node=ctx.remote.node,
             timeout=IMPORT_TIMEOUT), f"importing the volume of {name!r}")
@@ -243,7 +252,10 @@ async def _snapshot_records(ctx: Context, rec: dict[str, Any], info: dict[str, A
 
 
 async def discard(transfers: Any, obj: str) -> None:
-    """The staged tarball is ours once the import started: gone when it ends."""
+    """The staged tarball is ours once the import started: gone when it ends (a staged
+    directory is its sender's to remove)."""
+    if not obj:
+        return
     try:
         await blobs.delete(transfers, obj)
     except Exception:

@@ -7,7 +7,8 @@ instance with ``rsync --server``, and tell the source the result on ``control``.
 What is received goes to a staging directory (``$CORRAL_DIR/migration/<operation>``), laid
 out as LXD's backup tarball (``backup/snapshots/<s>/``, ``backup/container/``) with an
 ``index.yaml`` made from the create request and the offer's snapshots. The instance is then
-made by the instance service's ``backup_import`` (the same code as ``lxc import``: volume
+made by the instance service's ``backup_import`` of that directory, read in place (no
+tarball: shared/backup/staged.py; otherwise the same code as ``lxc import``: volume
 with its snapshots, NICs, driver definition, records, "Creating" until whole and undone on
 failure or at the next start). So nothing exists on the target before the transfer is
 complete: a failed or killed migration leaves only the staging directory, which the
@@ -17,13 +18,11 @@ operation removes, or the next start of this service if it was killed.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
-from shared import blobs, faults, streams
+from shared import faults, streams
 from shared.api import url
 from shared.backup import layout
 from shared.bus import Bus
@@ -319,43 +318,16 @@ def index(body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
             "config": {"container": container, "snapshots": snaps}}
 
 
-def _tar(stage: Path, out: Path, kind: str, snapshots: list[str]) -> None:
-    """The staging tree as a tarball, in LXD's order: snapshots oldest first, the volume
-    last (a send stream is received against the one before it; a snapshot is sealed
-    read-only when the next part begins), each tree before its ``.img`` or as its
-    ``.bin``; not the directory's sorted order, which would put ``container.bin`` first."""
-    base = stage / layout.PREFIX
-    parts = [base / layout.snapshots_dir(kind) / s for s in snapshots]
-    parts.append(base / layout.volume_dir(kind))
-    with tarfile.open(out, "w") as tar:
-        tar.add(stage / layout.INDEX, arcname=layout.INDEX)
-        for part in parts:
-            for path in (part, part.with_name(f"{part.name}.img"),
-                         part.with_name(f"{part.name}.bin")):
-                if os.path.lexists(path):
-                    tar.add(path, arcname=str(path.relative_to(stage)))
-
-
 async def import_instance(svc: Any, project: str, body: dict[str, Any],
                           resp: dict[str, Any], stage: Path, handle: Any) -> None:
-    """The received trees become the instance (``instance.backup_import``), whole or not
-    at all; we wait for its operation."""
+    """The received trees become the instance (``instance.backup_import`` of the staging
+    directory), whole or not at all; we wait for its operation."""
     await handle.set_metadata(fs_progress="importing")
     (stage / layout.INDEX).write_bytes(layout.dump(index(body, resp)))
-    tarball = stage / "migration.tar"
-    await asyncio.to_thread(_tar, stage, tarball, str(body.get("type") or "container"),
-                            list(resp["snapshotNames"]))
-    await asyncio.to_thread(shutil.rmtree, stage / layout.PREFIX)  # the tarball has it all
-    transfers = await blobs.transfers(svc.bus)
-    obj = f"migration-{handle.id}"
-    await blobs.put_file(transfers, obj, tarball)
-    tarball.unlink()
-    try:
-        reply = await svc.bus.request("instance", "backup_import", BackupImportRequest(
-            project=project, object=obj, name=str(body["name"])), timeout=60)
-    except BaseException:
-        await blobs.delete(transfers, obj)
-        raise
+    # The staging directory is read in place by this node's instance and storage
+    # services (shared/backup/staged.py): no tarball is written, uploaded and read back.
+    reply = await svc.bus.request("instance", "backup_import", BackupImportRequest(
+        project=project, directory=str(stage), name=str(body["name"])), timeout=60)
     op_id = (reply.operation or {}).get("id")
     if not op_id:
         return

@@ -19,6 +19,7 @@ next start (:meth:`Volumes.reconcile`); any failure removes what was made.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import tarfile
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from shared import blobs, faults
 from shared.backup import btrfs as btrfs_send
-from shared.backup import layout, reader, vmdisk
+from shared.backup import layout, reader, staged, vmdisk
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
@@ -184,7 +185,11 @@ async def import_volume(vols: Volumes, bus: Bus, req: VolumeBackupImportRequest)
     disk = validate_name("volume", disk_name(req.project, req.name))
     for s in req.snapshots:
         validate_name("snapshot", s)
-    store = await blobs.bucket(bus, req.bucket)
+    if not req.object and not req.directory:
+        raise BadRequest("A volume import needs a staged tarball or directory")
+    # a migration's received trees on this node: read in place, no tarball uploaded
+    stage = staged.checked(bus.config.dir, req.directory) if req.directory else None
+    store = await blobs.bucket(bus, req.bucket) if stage is None else None
     async with vols.pools.using(req.pool) as drv:
         if req.optimized and drv.name != "btrfs":
             raise BadRequest(f'Optimized backup storage driver "btrfs" differs from the '
@@ -212,12 +217,15 @@ async def import_volume(vols: Volumes, bus: Bus, req: VolumeBackupImportRequest)
             vols._making.pop(k, None)
             making.cancel()
             raise
-        src = reader.ObjectReader(store, req.object).start()
         try:
-            try:
-                await asyncio.to_thread(_unpack, drv, src, req, disk)
-            finally:
-                await src.close_async()
+            if stage is not None:
+                await asyncio.to_thread(_unpack_staged, drv, stage, req, disk)
+            else:
+                src = reader.ObjectReader(store, req.object).start()
+                try:
+                    await asyncio.to_thread(_unpack, drv, src, req, disk)
+                finally:
+                    await src.close_async()
             faults.point("import:after_volume")
             await vols.store.put(k, rec)
         except BaseException as exc:
@@ -252,7 +260,7 @@ def _remove_all(drv: Driver, kind: str, disk: str) -> None:
         drv._vol_delete(drv.volume_path(kind, disk))
 
 
-def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportRequest,
+def _unpack(drv: Driver, src: io.RawIOBase, req: VolumeBackupImportRequest,
             disk: str) -> None:
     """One pass over the tarball (blocking): trees and send streams into place."""
     tar = reader.open_tar(src)
@@ -342,6 +350,13 @@ def _unpack(drv: Driver, src: reader.ObjectReader, req: VolumeBackupImportReques
         raise
     if tmp is not None and tmp.exists():
         _drop_scratch(drv, tmp)
+
+
+def _unpack_staged(drv: Driver, stage: Path, req: VolumeBackupImportRequest,
+                   disk: str) -> None:
+    """A staged directory, through the same one pass (and checks) as a tarball."""
+    with staged.stream(stage, req.kind, list(req.snapshots)) as raw:
+        _unpack(drv, raw, req, disk)
 
 
 def _vm_disk(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, disks: set[str],

@@ -61,10 +61,13 @@ class VolumeBackupImportRequest(VolumeRequest):
     neither the volume, its snapshots nor its record stay. Reply: VolumePathReply."""
 
     bucket: str = "transfers"
-    object: str
+    object: str = ""
     snapshots: list[str] = Field(default_factory=list)
     optimized: bool = False
     request_id: str | None = None
+    # instead of ``object``: a backup staged as a directory on this node (a migration's
+    # received trees, shared/backup/staged.py): no tarball is written or uploaded
+    directory: str = ""
 
 
 # ---- the instance service's backup verbs (from the gateway) -----------------------------
@@ -94,6 +97,9 @@ class BackupImportRequest(Request):
     (``X-LXD-name``, ``X-LXD-pool``)."""
 
     bucket: str = "transfers"
-    object: str
+    object: str = ""
     name: str = ""
     pool: str = ""
+    # instead of ``object``: a backup staged as a directory on this node (a migration
+    # target's received trees, shared/backup/staged.py); the sender removes it
+    directory: str = ""
