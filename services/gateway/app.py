@@ -44,6 +44,7 @@ class Gateway:
         self.ctx.remote = RemoteAPI(self.ctx)  # server config, HTTPS listener, trust
         self.tracer = tracing.tracer("corral.gateway")
         self._expiry_task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.membership = Membership(config, bus)  # cluster heartbeats (cluster mode only)
 
@@ -107,11 +108,21 @@ class Gateway:
         await self.ctx.remote.start(self._runner)  # socket group, the HTTPS site if set
         self._expiry_task = asyncio.create_task(self._expire_loop())
         await self.membership.start()
+        if self.ctx.config.cluster:  # moves a dead gateway of this member left (move_journal)
+            self._recovery = asyncio.create_task(self._recover_moves())
         log.info("gateway listening", socket=str(path))
+
+    async def _recover_moves(self) -> None:
+        from .cluster_move import mover_of
+        from .move_journal import Recovery
+        mover = mover_of(self.ctx)
+        await Recovery(mover, mover.journal, self.ctx.config.node).run()
 
     async def stop(self) -> None:
         if self._expiry_task:
             self._expiry_task.cancel()
+        if self._recovery is not None:
+            self._recovery.cancel()
         await self.membership.stop()
         await self.ctx.remote.stop()
         if self._runner:

@@ -30,11 +30,12 @@ import importlib
 import importlib.util
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
+from shared import faults
 from shared.api import url
 from shared.bus import Bus
 from shared.config import Config
@@ -46,6 +47,7 @@ from shared.operations import OperationHandle, Operations
 
 from . import responses
 from .cluster_relay import Relay
+from .move_journal import Journal
 from .placement import Placement
 
 log = get_logger()
@@ -93,6 +95,7 @@ class Mover:
                  placement: Placement | None = None) -> None:
         self.bus, self.ops, self.config = bus, ops, config
         self.placement = placement or Placement(bus, config)
+        self.journal = Journal(bus)
 
     # -- small steps on one member -----------------------------------------------------
 
@@ -161,10 +164,13 @@ class Mover:
 
     async def transfer(self, project: str, name: str, source: str, body: dict[str, Any],
                        target: str, handle: OperationHandle | None,
-                       instance_only: bool = False, label: str = "") -> None:
+                       instance_only: bool = False, label: str = "",
+                       started: Callable[[str, str], Awaitable[None]] | None = None
+                       ) -> None:
         """``name`` from member ``source`` to member ``target`` as ``body["name"]``
         (with ``body``'s config, devices, profiles); whole on the target when this returns,
-        nothing there when it raises. Progress goes to ``handle``'s ``fs_progress``."""
+        nothing there when it raises. Progress goes to ``handle``'s ``fs_progress``;
+        ``started`` hears both ends' operation ids (the journal: a recovery hangs them up)."""
         reply = await self.bus.request("migration", "source", ObjectRequest(
             project=project, name=name,
             body={"migration": True, "instance_only": instance_only}), node=source)
@@ -181,6 +187,8 @@ class Mover:
         dst_op = (reply.operation or {}).get("id")
         if not src_op or not dst_op:
             raise CorralError("The migration services answered no operation", 500)
+        if started is not None:
+            await started(src_op, dst_op)
 
         async def progress(moved: int) -> None:
             if handle is not None:
@@ -242,20 +250,50 @@ class Mover:
         ``config`` changes the moved instance's config on the way (None: the key goes),
         as an evacuation's ``volatile.evacuate.origin``."""
         running = inst.get("status") in RUNNING
+        tmp = temp_name(name)
+        key = handle.id if handle is not None else f"move-{secrets.token_hex(8)}"
+        # Before the first irreversible step (the stop): what a recovery needs to end it
+        await self.journal.begin(key, {"project": project, "name": name, "tmp": tmp,
+                                       "source": where, "target": target,
+                                       "running": running, "gateway": self.config.node})
+        try:
+            await self._move(project, name, target, handle, inst, where, config, tmp,
+                             running, key)
+        except CorralError:
+            await self._end_journal(key)
+            raise
+        await self._end_journal(key)
+
+    async def _end_journal(self, key: str) -> None:
+        try:
+            await self.journal.end(key)
+        except CorralError as exc:  # a stale record is ended by the next start: harmless
+            log.warning("move journal record not deleted", op=key, error=exc.message)
+
+    async def _move(self, project: str, name: str, target: str,
+                    handle: OperationHandle | None, inst: dict[str, Any], where: str,
+                    config: dict[str, str | None] | None, tmp: str, running: bool,
+                    key: str) -> None:
         if running:
             await _say(handle, f"Stopping {name!r} on {where!r}")
             await self.state(project, name, where, "stop")
-        tmp = temp_name(name)
         body = {k: inst[k] for k in WRITABLE if k in inst}
         body["name"] = tmp
         if config:
             merged = {**(body.get("config") or {}), **config}
             body["config"] = {k: v for k, v in merged.items() if v is not None}
+
+        async def started(src_op: str, dst_op: str) -> None:
+            await self.journal.step(key, "transfer", src_op=src_op, dst_op=dst_op)
+            faults.point("cluster_move:transfer_started")
+
         try:
             await _say(handle, f"Transferring {name!r} to {target!r}")
             with timed("transfer", name):
                 await self.transfer(project, name, where, body, target, handle,
-                                    label=name)
+                                    label=name, started=started)
+            faults.point("cluster_move:after_transfer")
+            await self.journal.step(key, "delete")
             await _say(handle, f"Deleting {name!r} on {where!r}")
             try:
                 with timed("delete", name):
@@ -270,6 +308,9 @@ class Mover:
                 except CorralError as exc:
                     log.warning("move: source not started again", error=exc.message)
             raise
+        faults.point("cluster_move:after_delete")
+        await self.journal.step(key, "rename")
+        faults.point("cluster_move:before_rename")
         try:
             with timed("rename", name):
                 await self.rename(project, tmp, name, target)
@@ -277,6 +318,7 @@ class Mover:
             raise CorralError(f"{exc.message}. The instance is whole on {target!r} as "
                               f"{tmp!r}: `lxc rename {tmp} {name}`", exc.code) from None
         if running:
+            await self.journal.step(key, "start")
             await _say(handle, f"Starting {name!r} on {target!r}")
             await self.state(project, name, target, "start")
 
