@@ -115,8 +115,9 @@ class Gateway:
     async def _recover_moves(self) -> None:
         from .cluster_move import mover_of
         from .move_journal import Recovery
+        from .vm_live_move import recover
         mover = mover_of(self.ctx)
-        await Recovery(mover, mover.journal, self.ctx.config.node).run()
+        await Recovery(mover, mover.journal, self.ctx.config.node, recover).run()
 
     async def stop(self) -> None:
         if self._expiry_task:

@@ -14,6 +14,12 @@ member, at its next start, finds its records (no move of its own runs yet) and e
 - back when it does not: the transfer's ends are hung up, the target's partial copy
   deleted, the source started again if the move stopped it.
 
+A VM's live move (:mod:`.vm_live_move`, ``kind: live``) has its own stages: before the
+send, the target's preparation is aborted (the VM never left); once the send succeeded
+(the record then holds the spec), the source's copy is cleaned and the target finishes
+(the record's location becomes the target: the running guest is kept); a send cut short
+is aborted on the target while the source still runs the guest.
+
 The move's operation is failed by the restart (``Operations.claim``); its error then says
 what the recovery did, so a client reading it knows where the instance is.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from shared.bus import Bus
 from shared.errors import CorralError, NotFound
@@ -52,9 +58,9 @@ class Journal:
             self._opened = True
         return self
 
-    async def begin(self, key: str, record: dict[str, Any]) -> None:
+    async def begin(self, key: str, record: dict[str, Any], stage: str = "transfer") -> None:
         await self.open()
-        await self.store.put(key, {**record, "stage": "transfer", "since": time.time()})
+        await self.store.put(key, {**record, "stage": stage, "since": time.time()})
 
     async def step(self, key: str, stage: str, **extra: Any) -> None:
         """Record ``stage`` (and ``extra``) before the step it names is taken."""
@@ -78,8 +84,12 @@ class Journal:
 class Recovery:
     """Ends the moves a dead gateway of this member left (see the module docstring)."""
 
-    def __init__(self, mover: Any, journal: Journal, node: str) -> None:
-        self.mover, self.journal, self.node = mover, journal, node
+    def __init__(self, mover: Any, journal: Journal, node: str,
+                 live: Callable[[Any, dict[str, Any]], Awaitable[str]] | None = None
+                 ) -> None:
+        """``live`` ends a VM's live move (vm_live_move.recover, passed in: that module
+        journals through this one)."""
+        self.mover, self.journal, self.node, self.live = mover, journal, node, live
 
     async def run(self) -> None:
         """Every move this member's gateway left, each retried while a member is away."""
@@ -115,6 +125,8 @@ class Recovery:
     async def finish(self, record: dict[str, Any]) -> str:
         """Forward or back, by what the members hold; returns what it did, in words."""
         m = self.mover
+        if record.get("kind") == "live" and self.live is not None:  # a VM's: its steps
+            return str(await self.live(m, record))
         project, name, tmp = record["project"], record["name"], record["tmp"]
         source, target = record["source"], record["target"]
         running = bool(record.get("running"))

@@ -20,12 +20,15 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import faults
 from shared.api import url
 from shared.errors import BadRequest, CorralError
 from shared.log import get_logger
+from shared.models import ObjectRequest
 from shared.operations import OperationHandle
 
 from . import responses
+from .move_journal import Journal
 
 log = get_logger()
 SEND_TIMEOUT = 900.0  # seconds: a TCG guest's memory and disk over the members' link
@@ -60,7 +63,23 @@ async def _ask(ctx: Any, verb: str, node: str, body: dict[str, Any],
 
 async def migrate(ctx: Any, handle: OperationHandle, project: str, name: str, source: str,
                   target: str) -> dict[str, Any]:
-    """The four steps; returns the operation's metadata."""
+    """The four steps, journaled (move_journal: a gateway dying between them leaves a
+    record its next start ends); returns the operation's metadata."""
+    journal, key = Journal(ctx.bus), handle.id
+    await journal.begin(key, {"kind": "live", "project": project, "name": name,
+                              "source": source, "target": target,
+                              "gateway": ctx.config.node}, stage="prepare")
+    try:
+        result = await _migrate(ctx, handle, journal, project, name, source, target)
+    except CorralError:
+        await journal.end(key)  # ended here, forward or back: nothing for a recovery
+        raise
+    await journal.end(key)
+    return result
+
+
+async def _migrate(ctx: Any, handle: OperationHandle, journal: Journal, project: str,
+                   name: str, source: str, target: str) -> dict[str, Any]:
     base = {"project": project, "instance": name}
     await handle.set_metadata(live_migration={"stage": "preparing", "source": source,
                                               "target": target})
@@ -68,8 +87,13 @@ async def migrate(ctx: Any, handle: OperationHandle, project: str, name: str, so
     try:
         await handle.set_metadata(live_migration={"stage": "migrating", "source": source,
                                                   "target": target})
+        await journal.step(handle.id, "send", prepared=prepared)
+        faults.point("vm_live_move:before_send")
         sent = await _ask(ctx, "vm_migrate_send", source, {**base, "target": prepared},
                           SEND_TIMEOUT)
+        # The guest runs on the target now: what finishing it needs, before anything else
+        await journal.step(handle.id, "sent", spec=sent["spec"])
+        faults.point("vm_live_move:after_send")
     except BaseException:
         try:
             await _ask(ctx, "vm_migrate_abort", target, base)
@@ -110,3 +134,31 @@ async def live_move(ctx: Any, request: web.Request, inst: dict[str, Any],
     op = await ctx.ops.start("Migrating instance", run, project=project,
                              resources={"instances": [resource], "containers": [resource]})
     return responses.async_(op.lxd())
+
+
+async def recover(ctx: Any, record: dict[str, Any]) -> str:
+    """End a live move whose gateway died (move_journal.Recovery): forward once the send
+    succeeded (the guest runs on the target: keep it, clean the source, finish: the record
+    says the target), back before (abort the target's preparation: the source runs it)."""
+    project, name = record["project"], record["name"]
+    source, target = record["source"], record["target"]
+    base = {"project": project, "instance": name}
+    stage = record.get("stage")
+    if stage == "sent":
+        try:
+            await _ask(ctx, "vm_migrate_cleanup", source, base)
+        except CorralError as exc:
+            log.warning("live move recovery: the source kept some of it", instance=name,
+                        error=exc.message)
+        await _ask(ctx, "vm_migrate_finish", target, {**base, "target": record["prepared"],
+                                                      "spec": record["spec"]})
+        return f"moved forward: {name!r} runs on {target!r}"
+    if stage == "send":  # cut short during the send: the source's word
+        reply = await ctx.bus.request("instance", "get",
+                                      ObjectRequest(project=project, name=name), node=source)
+        if (reply.metadata or {}).get("status") not in ("Running", "Frozen"):
+            raise CorralError(f"Live move of {name!r}: the gateway died during the send "
+                              f"and {name!r} no longer runs on {source!r}; its domain may "
+                              f"run on {target!r} (not finished: the spec was lost)", 409)
+    await _ask(ctx, "vm_migrate_abort", target, base)  # a send in flight fails: it stays
+    return f"moved back: {name!r} stays on {source!r}"
