@@ -149,7 +149,7 @@ async def send(path: Path, chan: Channel, features: list[str],
                 "rsync", "-ar", "--devices", "--numeric-ids", "--partial", "--sparse",
                 *feature_args(features), *[f"--exclude=/{n}" for n in exclude],
                 str(path) + "/", "localhost:/tmp/foo",
-                "-e", f"{sys.executable} -I {RSH} {sock}",
+                "-e", f"{sys.executable} -I -S {RSH} {sock}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
             try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,13 +228,20 @@ async def receive_instance(svc: Any, project: str, body: dict[str, Any],
         await control.send(wire.encode("MigrationHeader", resp))
         progress = common.Progress(handle)
         base = stage / layout.PREFIX
+        t0 = time.perf_counter()
         if resp["fs"] == wire.BTRFS:
             await receive_btrfs(fs, base, resp, str(body["name"]), progress)
         elif resp["fs"] == wire.BLOCK_AND_RSYNC:
             await receive_vm(fs, base, resp, str(body["name"]), progress)
         else:
             await receive_rsync(fs, base, resp, offer, str(body["name"]), progress)
+        t1 = time.perf_counter()
         await import_instance(svc, project, body, resp, stage, handle)
+        # the two halves of a move's time (docs/migration.md): what bounds it
+        log.debug("migration received", instance=body["name"],
+                  fs=wire.FS_NAMES.get(resp["fs"], resp["fs"]),
+                  receive_ms=round((t1 - t0) * 1000, 1),
+                  import_ms=round((time.perf_counter() - t1) * 1000, 1))
     except BaseException as exc:
         msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         try:

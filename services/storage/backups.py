@@ -354,9 +354,46 @@ def _unpack(drv: Driver, src: io.RawIOBase, req: VolumeBackupImportRequest,
 
 def _unpack_staged(drv: Driver, stage: Path, req: VolumeBackupImportRequest,
                    disk: str) -> None:
-    """A staged directory, through the same one pass (and checks) as a tarball."""
+    """A staged directory: its trees renamed into place when a volume of this pool is a
+    plain directory on the staging's filesystem (a move between cluster members on dir
+    pools: no byte copied, xattrs kept as rsync wrote them); else through the same one
+    pass (and checks) as a tarball."""
+    if _adopt(drv, stage, req, disk):
+        return
     with staged.stream(stage, req.kind, list(req.snapshots)) as raw:
         _unpack(drv, raw, req, disk)
+
+
+def _adopt(drv: Driver, stage: Path, req: VolumeBackupImportRequest, disk: str) -> bool:
+    """The staged trees become the volume and its snapshots by rename (False: not
+    possible here, nothing done). As the tarball's import: each top is the pool's (root,
+    0711), LXD's ``backup.yaml`` at a top is dropped, a missing part is a 400."""
+    base = stage / layout.PREFIX
+    vdir, sdir = layout.volume_dir(req.kind), layout.snapshots_dir(req.kind)
+    parts = [("", base / vdir)] + [(s, base / sdir / s) for s in req.snapshots]
+    vol_path = drv.volume_path(req.kind, disk)
+    if drv.name != "dir" or req.optimized or req.kind != "container" \
+            or not all(os.path.isdir(src) and not os.path.islink(src) for _, src in parts) \
+            or os.stat(base).st_dev != os.stat(vol_path.parent).st_dev:
+        return False
+    try:
+        if req.snapshots:
+            drv._snap_root(req.kind, disk).mkdir(mode=0o711, exist_ok=True)
+        for snap, src in parts[1:] + parts[:1]:  # the volume last: it says "whole"
+            dst = vol_path if snap == "" else drv.snapshot_path(req.kind, disk, snap)
+            top = src / layout.BACKUP_YAML
+            if os.path.lexists(top) and not os.path.isdir(top):
+                top.unlink()  # LXD's own record of the instance: ours is in KV
+            os.chown(src, 0, 0, follow_symlinks=False)
+            src.chmod(0o711)
+            os.rename(src, dst)
+            if snap:
+                drv._vol_freeze(dst)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise CorralError(f"Storage pool {req.pool!r} is full: {exc}", 507) from None
+        raise
+    return True
 
 
 def _vm_disk(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, disks: set[str],
