@@ -13,7 +13,9 @@ marks it back and starts what the evacuation stopped. Here:
 * ``migrate``, ``live-migrate`` and ``auto`` (the default) MOVE each instance to the
   member placement chooses (placement.py, as a launch; the evacuated member is skipped),
   cold (cluster_move.py: a running one is stopped, moved and started there: CRIU does not
-  work here, so ``live-migrate`` is stateless too). ``auto`` moves only an instance whose
+  work here, so ``live-migrate`` is stateless for containers); in ``live-migrate`` mode a
+  running VM with ``migration.stateful=true`` moves live (vm_live_move.py), and back live
+  at restore. ``auto`` moves only an instance whose
   devices can all move (LXD's canMigrate: the root disk, NICs; not a disk from the host
   or a per-member custom volume): the others are stopped in place; ``stop`` keeps every
   instance in place, stopped. The moved instance
@@ -30,14 +32,17 @@ marks it back and starts what the evacuation stopped. Here:
 from __future__ import annotations
 
 import asyncio
+import types
 from typing import Any, Callable
 
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.messages.instance import StatePutRequest
+from shared.models import ObjectRequest
 from shared.operations import OperationHandle, Operations
 from shared.state import Store
 
+from . import vm_live_move
 from .cluster_move import Mover
 
 # LXD's evacuateHostShutdownDefaultTimeout: seconds for a clean shutdown before a kill,
@@ -215,13 +220,28 @@ class Evacuation:
                                                       f"{project!r} to {target!r}")
         try:
             origin = (inst.get("config") or {}).get(ORIGIN) or self.name
-            await self.mover.move(project, name, target, None, inst, where,
-                                  config={ORIGIN: origin})
+            if live_movable(inst, mode):
+                await self.live(handle, project, name, where, target, origin)
+            else:
+                await self.mover.move(project, name, target, None, inst, where,
+                                      config={ORIGIN: origin})
         except CorralError as exc:
             return f"moving it to {target!r} failed ({exc.message}): stopped on the " \
                 "evacuated member"
         moved[ref(rec)] = target
         return None
+
+    async def live(self, handle: OperationHandle, project: str, name: str, where: str,
+                   target: str, origin: str) -> None:
+        """A running VM moved live (vm_live_move, journaled): its origin is written first
+        (a live move does not rewrite its config), then the guest moves as it runs."""
+        reply = await self.bus.request("instance", "patch", ObjectRequest(
+            project=project, name=name, body={"config": {ORIGIN: origin}}), node=where)
+        op = (reply.operation or {}).get("id")
+        if op:
+            await self.ops.wait(op, 60)
+        ctx = types.SimpleNamespace(bus=self.bus, config=self.bus.config)
+        await vm_live_move.migrate(ctx, handle, project, name, where, target)
 
     async def restore(self, handle: OperationHandle, remembered: list[str]
                       ) -> dict[str, Any]:
@@ -241,8 +261,11 @@ class Evacuation:
                 inst, where = await self.mover.instance(project, name)
                 if where == self.name:
                     continue
-                await self.mover.move(project, name, self.name, None, inst, where,
-                                      config={ORIGIN: None})
+                if live_movable(inst, mode_of(rec, "")):
+                    await self.live(handle, project, name, where, self.name, "")
+                else:
+                    await self.mover.move(project, name, self.name, None, inst, where,
+                                          config={ORIGIN: None})
                 returned.append(ref(rec))
             except CorralError as exc:
                 failed[ref(rec)] = f"not moved back: {exc.message}"
@@ -270,6 +293,19 @@ class Evacuation:
                     f"{k}: {v}" for k, v in failed.items()) + ". The member is back "
                 "online; start these with `lxc start`", 500)
         return result
+
+
+def live_movable(inst: dict[str, Any], mode: str) -> bool:
+    """A running VM that says ``migration.stateful=true``, in ``live-migrate`` mode, moves
+    live (LXD's evacuation: the guest keeps running) rather than stop-move-start."""
+    if mode != "live-migrate" or inst.get("type") != "virtual-machine" \
+            or inst.get("status") not in RUNNING:
+        return False
+    try:
+        vm_live_move.check(inst, "another member")  # stateful, no extra disk (LXD's)
+    except BadRequest:
+        return False
+    return True
 
 
 def check_mode(mode: object) -> str:
