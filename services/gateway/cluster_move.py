@@ -13,9 +13,9 @@ A move keeps the instance's name, but instance records are one per project and n
 shared ``instances`` bucket, owned by the instance services (LXD updates the row's node in
 its database; nothing here may rewrite another service's record). So the target imports
 the instance under a temporary name (:func:`temp_name`), then the source is deleted, then
-the copy is renamed to the name: the source goes only once the target has it whole. A
-gateway that dies between the last two steps leaves the instance, whole, under its
-temporary name on the target (the operation's error, or the list, says which).
+the copy is renamed to the name: the source goes only once the target has it whole. Each
+step is journaled first (:mod:`.move_journal`): a gateway that dies mid-move leaves a
+record its next start ends, forward or back.
 
 Running instances: ``--stateless`` stops, moves and starts again (LXD's order); a
 stateful (live) move of a running container needs CRIU, which does not work here: LXD's
