@@ -189,6 +189,50 @@ def test_overlay_joins_containers_on_different_members(cluster: Cluster) -> None
     cluster.lxc(1, "delete", "--force", "cr-c1", "cr-c2")
 
 
+def location(c: Cluster, k: int, name: str) -> str:
+    return c.lxc(k, "list", name, "-c", "L", "-f", "csv").stdout.strip()
+
+
+def test_cold_move_with_a_snapshot_then_evacuate_and_restore(cluster: Cluster) -> None:
+    """Between namespaced members, through the stock client: a stopped container with a
+    snapshot moves to another member (asked on a third), its data and snapshot with it;
+    evacuating that member moves it on, running, and restore brings it back."""
+    root = Path("storage-pools") / "default" / "containers" / "cr-m1"
+    cluster.lxc(1, "launch", "busybox", "cr-m1", "--target", "node1")
+    cluster.lxc(1, "exec", "cr-m1", "--", "sh", "-c", "echo one > /root/mark")
+    cluster.lxc(1, "snapshot", "cr-m1", "s0")
+    cluster.lxc(1, "exec", "cr-m1", "--", "sh", "-c", "echo two > /root/mark")
+    refused = cluster.lxc(2, "move", "cr-m1", "--target", "node3", check=False)
+    assert refused.returncode != 0 and "stateless" in refused.stderr, refused.stderr
+    cluster.lxc(1, "stop", "--force", "cr-m1")
+    cluster.lxc(2, "move", "cr-m1", "--target", "node3")
+    for k in (1, 2, 3):
+        assert location(cluster, k, "cr-m1") == "node3"
+    assert seen_by(cluster, 3, cluster.node_dir(3) / root).is_dir()
+    assert not seen_by(cluster, 1, cluster.node_dir(1) / root).exists()
+    cluster.lxc(1, "start", "cr-m1")
+    assert cluster.lxc(2, "exec", "cr-m1", "--", "cat", "/root/mark").stdout.strip() == "two"
+    assert "s0" in cluster.lxc(1, "info", "cr-m1").stdout
+    wait_address(cluster, "cr-m1")  # node3's dnsmasq answers it
+    # evacuate node3: auto mode moves what can move and starts it again where it lands
+    cluster.lxc(1, "cluster", "evacuate", "node3", "--force")
+    moved_to = location(cluster, 2, "cr-m1")
+    assert moved_to in ("node1", "node2"), moved_to
+    assert cluster.lxc(1, "list", "cr-m1", "-c", "s", "-f", "csv").stdout.strip() == "RUNNING"
+    assert cluster.lxc(1, "exec", "cr-m1", "--", "cat", "/root/mark").stdout.strip() == "two"
+    assert not seen_by(cluster, 3, cluster.node_dir(3) / root).exists()
+    cluster.lxc(2, "cluster", "restore", "node3", "--force")
+    for k in (1, 2, 3):
+        assert location(cluster, k, "cr-m1") == "node3"
+    cluster.lxc(1, "stop", "--force", "cr-m1")
+    cluster.lxc(1, "restore", "cr-m1", "s0")
+    cluster.lxc(1, "start", "cr-m1")
+    assert cluster.lxc(3, "exec", "cr-m1", "--", "cat", "/root/mark").stdout.strip() == "one"
+    cluster.lxc(1, "delete", "--force", "cr-m1")
+    for k in (1, 2, 3):
+        assert not seen_by(cluster, k, cluster.node_dir(k) / root).exists()
+
+
 def test_pending_per_member_then_created_everywhere(cluster: Cluster) -> None:
     for k, size in ((1, "1GiB"), (2, "2GiB")):
         cluster.lxc(1, "storage", "create", "crp", "btrfs", f"size={size}",
