@@ -20,7 +20,7 @@ import os
 import tarfile
 import threading
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from shared.errors import BadRequest
 
@@ -52,13 +52,38 @@ def write_tar(stage: Path, out: IO[bytes], kind: str, snapshots: list[str]) -> N
     base = stage / layout.PREFIX
     parts = [base / layout.snapshots_dir(kind) / s for s in snapshots]
     parts.append(base / layout.volume_dir(kind))
-    with tarfile.open(fileobj=out, mode="w|", bufsize=1 << 20) as tar:
+    with tarfile.open(fileobj=out, mode="w|", bufsize=1 << 20,
+                      format=tarfile.PAX_FORMAT) as tar:
         tar.add(stage / layout.INDEX, arcname=layout.INDEX)
         for part in parts:
             for path in (part, part.with_name(f"{part.name}.img"),
                          part.with_name(f"{part.name}.bin")):
                 if os.path.lexists(path):
-                    tar.add(path, arcname=str(path.relative_to(stage)))
+                    tar.add(path, arcname=str(path.relative_to(stage)),
+                            filter=_with_xattrs(stage))
+
+
+def _with_xattrs(stage: Path) -> Callable[[tarfile.TarInfo], tarfile.TarInfo]:
+    """Each member's extended attributes as pax ``SCHILY.xattr.*`` headers (GNU tar's and
+    LXD's way, which the importer reads): tarfile writes none by itself, and rsync
+    received them (``--xattrs``)."""
+    def add(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        if info.issym() or info.islnk():
+            return info
+        path = stage / info.name
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return info
+        for name in names:
+            try:
+                value = os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                continue
+            info.pax_headers[f"SCHILY.xattr.{name}"] = value.decode("utf-8",
+                                                                      "surrogateescape")
+        return info
+    return add
 
 
 @contextlib.contextmanager

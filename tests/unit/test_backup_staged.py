@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -59,3 +60,13 @@ def test_write_tar_file(tmp_path: Path) -> None:
         staged.write_tar(stage, f, "container", ["s0"])
     with tarfile.open(out) as tar:
         assert tar.extractfile("backup/container/etc/a").read() == b"new"  # type: ignore
+
+
+def test_xattrs_carried(tmp_path: Path) -> None:
+    """A received file's xattrs reach the tarball (tarfile writes none by itself)."""
+    stage = make_stage(tmp_path)
+    f = stage / layout.PREFIX / "container" / "etc" / "a"
+    os.setxattr(f, "user.corral", b"kept")
+    with staged.stream(stage, "container", ["s0"]) as raw:
+        got = {m.name: m.pax_headers for m in reader.open_tar(raw)}
+    assert got["backup/container/etc/a"].get("SCHILY.xattr.user.corral") == "kept"
