@@ -97,7 +97,8 @@ BUCKETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
                 ("members", "kv", False)),  # a network is made on every member
     "instance": (("instances", "kv", True), ("profiles", "kv", True), ("projects", "kv", True),
                  ("instance_snapshots", "kv", True), ("backups", "kv", True),
-                 ("transfers", "obj", True), OPERATIONS, WARNINGS),
+                 ("transfers", "obj", True), OPERATIONS, WARNINGS,
+                 ("moves", "kv", False)),  # a VM a live move sent here is kept (vm_migrate)
     "migration": (("transfers", "obj", True), OPERATIONS, WARNINGS),
     "hooks": (("hooks", "kv", True), ("hook_logs", "kv", True), OPERATIONS, WARNINGS),
     GATEWAY: (("transfers", "obj", True), ("images", "obj", False), OPERATIONS,
