@@ -15,10 +15,10 @@ marks it back and starts what the evacuation stopped. Here:
   cold (cluster_move.py: a running one is stopped, moved and started there: CRIU does not
   work here, so ``live-migrate`` is stateless for containers); in ``live-migrate`` mode a
   running VM with ``migration.stateful=true`` moves live (vm_live_move.py), and back live
-  at restore. ``auto`` moves only an instance whose
-  devices can all move (LXD's canMigrate: the root disk, NICs; not a disk from the host
-  or a per-member custom volume): the others are stopped in place; ``stop`` keeps every
-  instance in place, stopped. The moved instance
+  at restore (remembered in the member's ``evacuated_instances`` with ``@live``).
+  ``auto`` moves only an instance whose devices can all move (LXD's canMigrate: the root
+  disk, NICs; not a disk from the host or a per-member custom volume): the others are
+  stopped in place; ``stop`` keeps every instance in place, stopped. The moved instance
   carries ``volatile.evacuate.origin`` (LXD's key) in its config, written by the move
   itself (the gateway may not write instance records); restore moves every instance
   whose origin is the member back, removing the key, and starts what it had stopped.
@@ -38,7 +38,6 @@ from typing import Any, Callable
 from shared.bus import Bus
 from shared.errors import BadRequest, Conflict, CorralError, NotFound, Unavailable
 from shared.messages.instance import StatePutRequest
-from shared.models import ObjectRequest
 from shared.operations import OperationHandle, Operations
 from shared.state import Store
 
@@ -52,6 +51,9 @@ MODES = ("", "auto", "stop", "migrate", "live-migrate")  # LXD's cluster.evacuat
 RUNNING = ("Running", "Frozen")
 MOVING = ("auto", "migrate", "live-migrate")  # the modes that move (see above)
 ORIGIN = "volatile.evacuate.origin"  # LXD's: the member an evacuation moved it from
+# In ``evacuated_instances``, "project/name" + LIVE: a VM the evacuation moved live, which
+# restore moves back live (its config could not take ORIGIN; the start loop skips it).
+LIVE = "@live"
 
 
 def ref(rec: dict[str, Any]) -> str:
@@ -233,15 +235,19 @@ class Evacuation:
 
     async def live(self, handle: OperationHandle, project: str, name: str, where: str,
                    target: str, origin: str) -> None:
-        """A running VM moved live (vm_live_move, journaled): its origin is written first
-        (a live move does not rewrite its config), then the guest moves as it runs."""
-        reply = await self.bus.request("instance", "patch", ObjectRequest(
-            project=project, name=name, body={"config": {ORIGIN: origin}}), node=where)
-        op = (reply.operation or {}).get("id")
-        if op:
-            await self.ops.wait(op, 60)
+        """A running VM moved live (vm_live_move, journaled); then remembered in its
+        origin member's record (a live move cannot write ``volatile.evacuate.origin``:
+        an update keeps the record's volatile keys), for restore."""
         ctx = types.SimpleNamespace(bus=self.bus, config=self.bus.config)
         await vm_live_move.migrate(ctx, handle, project, name, where, target)
+        if origin:  # restore brings it back (see LIVE)
+            item = f"{project}/{name}{LIVE}"
+
+            def remember(m: dict[str, Any]) -> dict[str, Any]:
+                done = list(m.get("evacuated_instances") or [])
+                return {**m, "evacuated_instances": done + [item] * (item not in done)}
+
+            await edit_member(self.members, origin, remember)
 
     async def restore(self, handle: OperationHandle, remembered: list[str]
                       ) -> dict[str, Any]:
@@ -261,14 +267,28 @@ class Evacuation:
                 inst, where = await self.mover.instance(project, name)
                 if where == self.name:
                     continue
-                if live_movable(inst, mode_of(rec, "")):
-                    await self.live(handle, project, name, where, self.name, "")
-                else:
-                    await self.mover.move(project, name, self.name, None, inst, where,
-                                          config={ORIGIN: None})
+                await self.mover.move(project, name, self.name, None, inst, where,
+                                      config={ORIGIN: None})
                 returned.append(ref(rec))
             except CorralError as exc:
                 failed[ref(rec)] = f"not moved back: {exc.message}"
+        for item in [i for i in remembered if i.endswith(LIVE)]:
+            project, _, name = item[:-len(LIVE)].partition("/")
+            try:
+                inst, where = await self.mover.instance(project, name)
+                if where == self.name:
+                    continue
+                await handle.set_metadata(evacuation_progress=f"Migrating {name!r} in "
+                                          f"project {project!r} to {self.name!r}")
+                if live_movable(inst, "live-migrate"):
+                    await self.live(handle, project, name, where, self.name, "")
+                else:
+                    await self.mover.move(project, name, self.name, None, inst, where)
+                returned.append(item[:-len(LIVE)])
+            except NotFound:
+                continue  # deleted since
+            except CorralError as exc:
+                failed[item[:-len(LIVE)]] = f"not moved back: {exc.message}"
         here = {ref(r): r for r in await self.located()}
         for item in remembered:
             rec = here.get(item)

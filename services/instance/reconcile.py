@@ -26,7 +26,7 @@ from typing import Any
 from shared.errors import CorralError, NotFound, Unavailable
 from shared.state import key, mutate
 
-from . import disks, snapshot_ops
+from . import disks, snapshot_ops, vm_migrate
 from .context import Context
 from .drivers.router import type_of
 from .names import host_of
@@ -51,13 +51,14 @@ async def reconcile(ctx: Context) -> list[asyncio.Task[None]]:
     records = ctx.local()  # another node's instances are its own to repair
     host: dict[str, str] = {}
     drivers = {}
+    arriving = await vm_migrate.arriving(ctx)  # a live move's guest runs here: keep it
     for drv in await asyncio.to_thread(ctx.drivers.all_available):
         kind = drv.capabilities.instance_type
         drivers[kind] = drv
         host.update(await asyncio.to_thread(drv.list_host))
         mine = {host_of(r) for r in records if type_of(r) == kind}
         for name in await asyncio.to_thread(drv.names_on_host):
-            if name not in mine:
+            if name not in mine and name not in arriving:
                 ctx.log.warning("removing an instance without a record", instance=name,
                                 type=kind)
                 await asyncio.to_thread(drv.purge, name)

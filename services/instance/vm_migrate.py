@@ -341,6 +341,30 @@ def _save_spec(drv: Any, host: str, data: dict[str, Any]) -> None:
 
 # ---- at the instance service's start --------------------------------------------------------
 
+async def arriving(ctx: Context) -> set[str]:
+    """The VMs (host names) a live move's journal (the gateway's ``moves`` bucket,
+    services/gateway/move_journal.py) says were sent, or are being sent, to this member:
+    their record still says the source until that gateway finishes the move, and the
+    start's reconcile must not purge the guest that runs here (its data would be lost)."""
+    from shared import codec
+
+    if not ctx.node:
+        return set()
+    moves: dict[str, Any] = {}
+    try:  # not shared.state.Store: it would try to create a missing bucket for 30 s
+        kv = await asyncio.wait_for(ctx.remote.bus.js.key_value("moves"), 5)
+        for k in await asyncio.wait_for(kv.keys(), 5):
+            entry = await kv.get(k)
+            if entry.value:
+                moves[k] = codec.decode(entry.value)
+    except Exception as exc:  # no bucket (no move ever), no keys, or not readable: none
+        ctx.log.debug("moves journal not read", error=str(exc))
+        return set()
+    return {host_name(r["project"], r["name"]) for r in moves.values()
+            if r.get("kind") == "live" and r.get("stage") in ("send", "sent")
+            and r.get("target") == ctx.node}
+
+
 async def reconcile(ctx: Context) -> int:
     """Remove the temporary volumes (``<name>-livemig``) a live migration left on this
     member when it died half-way (the gateway, this service, the member): the generic
