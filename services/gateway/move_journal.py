@@ -110,12 +110,13 @@ class Recovery:
                             instance=record.get("name"), outcome=outcome)
                 await self._tell(key, outcome)
                 return
-            except CorralError as exc:
+            except Exception as exc:  # a member away, the bus reconnecting: again later
+                error = exc.message if isinstance(exc, CorralError) else repr(exc)
                 if time.monotonic() > deadline:
                     log.error("move left by a dead gateway not finished", op=key,
-                              instance=record.get("name"), error=exc.message)
+                              instance=record.get("name"), error=error)
                     return
-                log.info("move recovery waits", op=key, error=exc.message)
+                log.info("move recovery waits", op=key, error=error)
                 await asyncio.sleep(RETRY_EVERY)
                 found = await self.journal.store.get(key)
                 if found is None:
