@@ -863,7 +863,7 @@ def test_refresh_sends_what_changed(api, stack, oapi, other, worlds, client):
 
     lxc(client, "copy", f"src:{c}", f"dst:{c}", "--refresh")
     snaps = oapi.get(f"/1.0/instances/{c}/snapshots?recursion=1").json()["metadata"]
-    assert [s["name"] for s in snaps] == ["r1", "r2"]
+    assert [s["name"] for s in snaps] == ["r1", "r2"], [(s["name"], s["created_at"]) for s in snaps]
     r2 = next(pool.glob(f"*/{c}/r2"))
     assert (r2 / "rootfs" / "root" / "marker").read_text() == "second"
     assert not (r2 / "rootfs" / "root" / "stale").exists()

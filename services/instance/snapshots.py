@@ -63,7 +63,19 @@ def all_records(store: Store, project: str, instance: str) -> list[dict[str, Any
     must carry along), oldest first."""
     return sorted((r for r in store.cached()
                    if r["project"] == project and r["instance"] == instance),
-                  key=lambda r: (r["created_at"], r["name"]))
+                  key=lambda r: (created(r), r["name"]))
+
+
+def created(rec: dict[str, Any]) -> datetime:
+    """When the snapshot was taken, as a time: records carry LXD's timestamps in more than
+    one spelling (a snapshot that came from a backup or a migration may have whole seconds,
+    ``...:24Z``, one taken here nanoseconds, ``...:24.645509000Z``), which do not sort as
+    strings (``"24."`` < ``"24Z"``)."""
+    try:
+        when = datetime.fromisoformat(rec["created_at"])
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def records(store: Store, project: str, instance: str) -> list[dict[str, Any]]:

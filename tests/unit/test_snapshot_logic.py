@@ -151,3 +151,26 @@ def test_public_shape() -> None:
                         "name", "profiles", "stateful", "size"}
     assert snapshots.snapshot_url("p1", "c 1", "s/0") == \
         "/1.0/instances/c%201/snapshots/s%2F0?project=p1"
+
+
+def test_snapshots_sort_by_time_whatever_the_spelling() -> None:
+    """A snapshot that came from a backup or a migration has whole seconds, one taken here
+    nanoseconds: as strings "...:24." sorts before "...:24Z" (a refresh listed r2, r1)."""
+
+    class Cached:
+        def __init__(self, recs):
+            self.recs = recs
+
+        def cached(self):
+            return self.recs
+
+    recs = [{"project": "default", "instance": "c", "name": "r2",
+             "created_at": "2026-11-30T07:27:24.645509000Z"},
+            {"project": "default", "instance": "c", "name": "r1",
+             "created_at": "2026-11-30T07:27:24Z"},
+            {"project": "default", "instance": "c", "name": "r0",
+             "created_at": "2026-11-30T07:27:23.5+00:00"},
+            {"project": "default", "instance": "other", "name": "x",
+             "created_at": "2026-11-30T07:27:20Z"}]
+    got = [r["name"] for r in snapshots.all_records(Cached(recs), "default", "c")]
+    assert got == ["r0", "r1", "r2"]
