@@ -18,6 +18,15 @@ into a running instance and before the change is recorded), ``snapshot:after_rec
 ``restore:after_volume`` (instance service, in ``restore.run``), ``move:after_volume``,
 ``move:after_purge``, ``move:before_record``, ``move:after_records`` (instance service,
 in ``move``: ``lxc move --storage``).
+
+Cluster and migration points: ``cluster_move:transfer_started``, ``after_transfer``,
+``after_delete``, ``before_rename`` (gateway, a move between members),
+``vm_live_move:before_send``, ``after_send`` (gateway, a VM's live move),
+``migration:source_after_snapshot``, ``source_after_volume``, ``sink_after_snapshot``,
+``sink_after_volume`` (migration service), ``pool:member_made:<node>`` and
+``network:member_made:<node>`` (the named member's storage or network service, after it
+made its part of a cluster-wide create). Others (backups, copies, imports, pulls, hooks)
+are where they are called: ``grep -rn "faults.point" services shared`` lists them all.
 """
 
 from __future__ import annotations
