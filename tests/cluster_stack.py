@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from shared import cluster
 from shared.bus import Bus
@@ -155,6 +156,26 @@ def node_world(nodes: list[Node], busybox_tarball: Path) -> Iterator[World]:
             wait_for(node.stack.ready, 60, what=f"{node.name}'s storage service")
         yield w
 
+
+
+def two_node_fixtures() -> tuple[Any, Any]:
+    """The module-scoped ``cluster`` (two nodes: ``(nodes, beats)``) and ``world``
+    (:func:`node_world`) fixtures the two-node test modules share; each module binds them
+    (``cluster, world = two_node_fixtures()``) so each gets its own nodes, as a
+    module-scoped fixture defined there would."""
+
+    @pytest.fixture(scope="module")
+    def cluster(request):  # type: ignore[no-untyped-def]
+        with cluster_stacks(request, 2) as (nodes, beats):
+            yield nodes, beats
+
+    @pytest.fixture(scope="module")
+    def world(cluster, busybox_tarball):  # type: ignore[no-untyped-def]
+        nodes, _beats = cluster
+        with node_world(nodes, busybox_tarball) as w:
+            yield w
+
+    return cluster, world
 
 def _unmount_under(base: Path) -> None:
     """Unmount what the nodes left mounted under ``base`` (a node mounts the pools it

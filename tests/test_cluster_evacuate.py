@@ -11,27 +11,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from shared.bus import Bus
 from shared.config import load_config
 from shared.state import Store, key
 
-from .cluster_stack import cluster_stacks, node_world
+from .cluster_stack import two_node_fixtures
 from .world import lxc, wait_op
 
-
-@pytest.fixture(scope="module")
-def cluster(request):
-    with cluster_stacks(request, 2) as (nodes, beats):
-        yield nodes, beats
-
-
-@pytest.fixture(scope="module")
-def world(cluster, busybox_tarball):
-    nodes, _beats = cluster
-    with node_world(nodes, busybox_tarball) as w:
-        yield w
+cluster, world = two_node_fixtures()
 
 
 def members(node) -> dict[str, str]:

@@ -19,24 +19,14 @@ import time
 
 import pytest
 
-from .cluster_stack import cluster_stacks, node_world
+from .cluster_stack import two_node_fixtures
 from .stack import wait_for
 from .world import lxc, wait_op
 
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="module")
-def cluster(request):
-    with cluster_stacks(request, 2) as (nodes, beats):
-        yield nodes, beats
-
-
-@pytest.fixture(scope="module")
-def world(cluster, busybox_tarball):
-    nodes, _beats = cluster
-    with node_world(nodes, busybox_tarball) as w:
-        yield w
+cluster, world = two_node_fixtures()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import signal
 
 import pytest
 
-from .cluster_stack import cluster_stacks, node_world
+from .cluster_stack import two_node_fixtures
 from .stack import wait_for
 from .test_cluster_move import make, names, read_mark, snapshots, where
 from .world import lxc
@@ -24,17 +24,7 @@ from .world import lxc
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="module")
-def cluster(request):
-    with cluster_stacks(request, 2) as (nodes, beats):
-        yield nodes, beats
-
-
-@pytest.fixture(scope="module")
-def world(cluster, busybox_tarball):
-    nodes, _beats = cluster
-    with node_world(nodes, busybox_tarball) as w:
-        yield w
+cluster, world = two_node_fixtures()
 
 
 def restart_gateway(node, fault: str | None = None) -> None:

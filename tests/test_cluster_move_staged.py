@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_stack import cluster_stacks, node_world
+from .cluster_stack import two_node_fixtures
 from .world import lxc
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def cluster(request):
-    with cluster_stacks(request, 2) as (nodes, beats):
-        yield nodes, beats
-
-
-@pytest.fixture(scope="module")
-def world(cluster, busybox_tarball):
-    nodes, _beats = cluster
-    with node_world(nodes, busybox_tarball) as w:
-        yield w
+cluster, world = two_node_fixtures()
 
 
 def volume(node, name: str) -> Path:

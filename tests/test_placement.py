@@ -21,22 +21,11 @@ from shared.config import load_config
 from shared.errors import CorralError
 from shared.service import FORWARDED
 
-from .cluster_stack import cluster_stacks, node_world
+from .cluster_stack import two_node_fixtures
 from .stack import SERVICES, wait_for
 from .world import lxc, wait_op
 
-
-@pytest.fixture(scope="module")
-def cluster(request):
-    with cluster_stacks(request, 2) as (nodes, beats):
-        yield nodes, beats
-
-
-@pytest.fixture(scope="module")
-def world(cluster, busybox_tarball):
-    nodes, _beats = cluster
-    with node_world(nodes, busybox_tarball) as w:
-        yield w
+cluster, world = two_node_fixtures()
 
 
 def create_on(world, node, tag: str, target: str | None = None, **body) -> str:
