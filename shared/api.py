@@ -91,3 +91,15 @@ def devices_map(value: Any) -> dict[str, dict[str, str]]:
             raise BadRequest(f"Device {name!r} has no type (nic, disk, ...)")
         out[name] = dev
     return out
+
+
+def byte_size(n: int) -> str:
+    """LXD's units.GetByteSizeString(n, 2): decimal units, two decimals."""
+    if n < 1000:
+        return f"{n}B"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB", "PB", "EB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:.2f}{unit}"
+    return f"{value:.2f}EB"

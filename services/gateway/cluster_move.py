@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from shared import faults
-from shared.api import url
+from shared.api import byte_size, url
 from shared.bus import Bus
 from shared.config import Config
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
@@ -193,7 +193,7 @@ class Mover:
         async def progress(moved: int) -> None:
             if handle is not None:
                 await handle.set_metadata(
-                    fs_progress=f"{label or body['name']}: {_size(moved)}")
+                    fs_progress=f"{label or body['name']}: {byte_size(moved)}")
 
         relay = Relay(self.bus, src_op, dst_op, progress)
         try:
@@ -344,14 +344,6 @@ class Mover:
 async def _say(handle: OperationHandle | None, text: str) -> None:
     if handle is not None:
         await handle.set_metadata(progress=text)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.2f}{unit}"
-        n /= 1000
-    return f"{n:.2f}TB"
 
 
 # -- the routes' side (routes/migration.py) ----------------------------------------------

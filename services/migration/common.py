@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shared.api import byte_size
 from shared.bus import Bus
 from shared.errors import NotFound
 from shared.messages.storage import VolumePathReply, VolumePathRequest
@@ -95,13 +96,6 @@ class Progress:
             return
         self.last = now
         rate = moved / max(now - self.started, 0.001)
-        await self.handle.set_metadata(**{self.key: f"{self.volume}: {_size(moved)} "
-                                                    f"({_size(rate)}/s)"})
+        await self.handle.set_metadata(**{self.key: f"{self.volume}: {byte_size(moved)} "
+                                                    f"({byte_size(int(rate))}/s)"})
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.2f}{unit}"
-        n /= 1000
-    return f"{n:.2f}TB"

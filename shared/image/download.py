@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 
 import httpx
 
+from shared.api import byte_size
 from shared.errors import BadRequest, CorralError, NotFound, Unavailable
 
 # progress(done_bytes, total_bytes); total 0 when the size is unknown.
@@ -188,18 +189,6 @@ class Rate:
         if total:
             return f"{self.part}: {pct}% ({byte_size(speed)}/s)"
         return f"{self.part}: {byte_size(done)} ({byte_size(speed)}/s)"
-
-
-def byte_size(n: int) -> str:
-    """LXD's units.GetByteSizeString(n, 2): decimal units, two decimals."""
-    if n < 1000:
-        return f"{n}B"
-    value = float(n)
-    for unit in ("kB", "MB", "GB", "TB", "PB", "EB"):
-        value /= 1000
-        if value < 1000:
-            return f"{value:.2f}{unit}"
-    return f"{value:.2f}EB"
 
 
 def join(server: str, path: str) -> str:
