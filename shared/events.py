@@ -79,6 +79,17 @@ class Outbox:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
 
+    def post(self, subject: str, data: bytes, event_id: str) -> None:
+        """Queue an event behind every earlier one and return without waiting for its
+        acknowledgement (the flusher sends it, in order).
+
+        Why: a request that only has to *announce* something (an operation created,
+        an exec begun) need not hold its reply for a JetStream round trip per event.
+        Order still holds: anything sent later, by ``send`` or ``post``, queues behind
+        it while it waits here.
+        """
+        self._queue(subject, data, event_id)
+
     async def send(self, subject: str, data: bytes, event_id: str) -> None:
         if not self.pending and self._connected():
             async with self._lock:
@@ -87,7 +98,9 @@ class Outbox:
                         await self._publish(subject, data, event_id)
                         return
                     except (NatsError, jse.Error, asyncio.TimeoutError, OSError):
-                        pass
+                        # whatever was posted meanwhile came after this one
+                        self._queue(subject, data, event_id, first=True)
+                        return
         self._queue(subject, data, event_id)
 
     def _connected(self) -> bool:
@@ -98,11 +111,14 @@ class Outbox:
         await self.bus.js.publish(subject, data, timeout=ACK_TIMEOUT,
                                   headers={ID_HEADER: event_id})
 
-    def _queue(self, subject: str, data: bytes, event_id: str) -> None:
+    def _queue(self, subject: str, data: bytes, event_id: str, first: bool = False) -> None:
         if len(self.pending) >= OUTBOX_LIMIT:
             self.pending.popleft()
             self.dropped += 1
-        self.pending.append((subject, data, event_id))
+        if first:
+            self.pending.appendleft((subject, data, event_id))
+        else:
+            self.pending.append((subject, data, event_id))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
@@ -165,10 +181,23 @@ class Events:
 
     async def publish(self, type_: str, metadata: dict[str, Any], *, project: str = "default",
                       entity: str = "server") -> Event:
+        event, subject, data = self._make(type_, metadata, project, entity)
+        await outbox(self.bus).send(subject, data, new_id())
+        return event
+
+    def post(self, type_: str, metadata: dict[str, Any], *, project: str = "default",
+             entity: str = "server") -> Event:
+        """:meth:`publish` without waiting for the acknowledgement (see ``Outbox.post``):
+        the event is on its way, after every event this process published before it."""
+        event, subject, data = self._make(type_, metadata, project, entity)
+        outbox(self.bus).post(subject, data, new_id())
+        return event
+
+    def _make(self, type_: str, metadata: dict[str, Any], project: str, entity: str
+              ) -> tuple[Event, str, bytes]:
         event = Event(type=type_, metadata=metadata, project=project, location=self.location)
         data = json.dumps(event.model_dump(), separators=(",", ":")).encode()
-        await outbox(self.bus).send(subjects.event(type_, project, entity), data, new_id())
-        return event
+        return event, subjects.event(type_, project, entity), data
 
     async def drain(self, timeout: float = 5.0) -> int:
         """Before the bus closes: let events still in the outbox go; how many are left."""
@@ -178,15 +207,29 @@ class Events:
                         context: dict[str, Any] | None = None,
                         requestor: Requestor | None = None) -> Event:
         """``instance-started`` and friends; the entity is the part before the first dash."""
-        meta: dict[str, Any] = {"action": action, "source": source}
-        if context:
-            meta["context"] = context
-        if requestor:
-            meta["requestor"] = requestor.model_dump()
-        entity = action.rsplit("-", 1)[0]
+        meta, entity = _lifecycle(action, source, context, requestor)
         return await self.publish("lifecycle", meta, project=project, entity=entity)
+
+    def post_lifecycle(self, action: str, source: str, *, project: str = "default",
+                       context: dict[str, Any] | None = None,
+                       requestor: Requestor | None = None) -> Event:
+        """:meth:`lifecycle` without waiting for the acknowledgement (see :meth:`post`)."""
+        meta, entity = _lifecycle(action, source, context, requestor)
+        return self.post("lifecycle", meta, project=project, entity=entity)
 
     async def logging(self, message: str, level: str, context: dict[str, Any],
                       service: str) -> Event:
         meta = {"message": message, "level": level, "context": context}
         return await self.publish("logging", meta, entity=service)
+
+
+def _lifecycle(action: str, source: str, context: dict[str, Any] | None,
+               requestor: Requestor | None) -> tuple[dict[str, Any], str]:
+    """A lifecycle event's metadata and entity (the part of ``action`` before its last
+    dash)."""
+    meta: dict[str, Any] = {"action": action, "source": source}
+    if context:
+        meta["context"] = context
+    if requestor:
+        meta["requestor"] = requestor.model_dump()
+    return meta, action.rsplit("-", 1)[0]
