@@ -282,20 +282,22 @@ class Operations:
         created = op.lxd()  # the "created" event says Pending, as LXD's
         op.status, op.status_code = OperationStatus.RUNNING
         # The record is written once, already Running (the caller learns the id only when
-        # we return), then both events: three round trips instead of four. The events
-        # come after the record, so whoever reads one can GET the operation.
+        # we return): one acknowledged write. Both events are then posted, not awaited
+        # (the outbox sends them in order, before any later event of this process, the
+        # final one included): the caller's reply does not wait for two more JetStream
+        # round trips. The events come after the record, so whoever reads one can GET
+        # the operation.
         try:
             await self.store.create(op.id, self._record(op, project), "Operation")
         except Exception as exc:
             raise bus_error(exc) from exc
         cancel_sub = None
         try:
-            await self.events.publish("operation", created, project=project,
-                                      entity="operation")
             if may_cancel:
                 cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
                                                       self._on_cancel)
-            await self._event(op, project)
+            self.events.post("operation", created, project=project, entity="operation")
+            self.events.post("operation", op.lxd(), project=project, entity="operation")
         except BaseException as exc:  # no task will end it: end it now (best effort)
             if cancel_sub is not None:
                 await _quietly(cancel_sub.unsubscribe())
