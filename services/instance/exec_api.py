@@ -172,30 +172,27 @@ class ExecMixin:
         early = (_Early(asyncio.ensure_future(self._start(
             drv, host_name(req.project, req.name), post, env, hold=True)))
             if inst.get("type", "container") == "container" else None)
-        # The lifecycle event's round trip overlaps the operation's record (the events
-        # keep their order: one outbox, the lifecycle event is queued first).
-        lifecycle = asyncio.ensure_future(self.events.lifecycle(
-            "instance-exec", source, project=req.project, context={"command": post.command},
-            requestor=req.requestor))
+        # The lifecycle event is posted, not awaited: the outbox sends it before the
+        # operation's events (queued after it), and the reply does not wait for its
+        # JetStream acknowledgement.
+        self.events.post_lifecycle("instance-exec", source, project=req.project,
+                                   context={"command": post.command},
+                                   requestor=req.requestor)
+        if post.wait_for_websocket:
+            return await self._exec_with_websockets(drv, req, post, env, resources, early)
+        out_dir = log_dir(self.config, req.project, req.name)
+
+        async def run(handle: Any) -> dict[str, Any]:
+            return await self._exec_recorded(drv, handle.id, req, post, env, out_dir,
+                                             early)
+
         try:
-            if post.wait_for_websocket:
-                return await self._exec_with_websockets(drv, req, post, env, resources,
-                                                        early)
-            out_dir = log_dir(self.config, req.project, req.name)
-
-            async def run(handle: Any) -> dict[str, Any]:
-                return await self._exec_recorded(drv, handle.id, req, post, env, out_dir,
-                                                 early)
-
-            try:
-                op = await self.operations.start("Executing command", run,
-                                                 resources=resources, project=req.project)
-            except BaseException:
-                await _abandon_unless_taken(early)
-                raise
-            return Reply(type="async", operation=op.lxd())
-        finally:
-            await lifecycle
+            op = await self.operations.start("Executing command", run,
+                                             resources=resources, project=req.project)
+        except BaseException:
+            await _abandon_unless_taken(early)
+            raise
+        return Reply(type="async", operation=op.lxd())
 
     async def _exec_with_websockets(self, drv: InstanceDriver, req: ExecRequest,
                                     post: ExecPost,
