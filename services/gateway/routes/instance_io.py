@@ -24,6 +24,7 @@ from ..limits import streams_body
 from ..request import json_object, name_of, project_of, requestor
 from ..routing import Context, render
 from .images import stream_object
+from .streams import keep_fds
 
 SVC = "instance"
 
@@ -110,6 +111,15 @@ async def _bytes(ctx: Context, request: web.Request, meta: dict[str, Any],
         return resp
     finally:
         await blobs.delete(store, meta["blob"])
+
+
+async def operation_started(ctx: Context, _request: web.Request, reply: Reply
+                            ) -> web.StreamResponse:
+    """An exec's or console's 202: its websocket secrets are kept for the websockets the
+    client opens next (see ``streams.keep_fds``), then the reply as usual."""
+    if reply.type == "async":
+        await keep_fds(ctx, reply.operation)
+    return render(reply)
 
 
 async def raw_log(ctx: Context, request: web.Request, reply: Reply) -> web.StreamResponse:

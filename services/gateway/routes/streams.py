@@ -73,9 +73,35 @@ class Secrets:
     def get(self, op_id: str) -> dict[str, str] | None:
         return self._fds.get(op_id)
 
+    def keep(self, op_id: str, fds: dict[str, str]) -> None:
+        """The fds of an operation this gateway saw started (its POST's reply)."""
+        self._fds[op_id] = fds
+        while len(self._fds) > self.LIMIT:
+            self._fds.popitem(last=False)
+
 
 FINAL_MARKS = tuple(f'"status":"{s}"'.encode() for s in OperationStatus.FINAL)
 _secrets = Secrets()
+
+
+async def keep_fds(gw: Context, op: dict[str, Any] | None) -> None:
+    """Keep the websocket secrets of an operation whose start this gateway relays (an
+    exec's or console's reply), for the websockets its client opens next.
+
+    Why: the service posts the operation's events without waiting for them (its reply
+    does not wait for JetStream), so the "created" event may reach us after the client's
+    first websocket; the reply carries the same fds and always comes first. The final
+    event still removes them (the watch is started here if it was not).
+    """
+    fds = ((op or {}).get("metadata") or {}).get("fds")
+    if not isinstance(fds, dict) or not op or not _valid_op_id(op.get("id")):
+        return
+    await _secrets.watch(gw)
+    _secrets.keep(op["id"], fds)
+
+
+def _valid_op_id(op_id: Any) -> bool:
+    return isinstance(op_id, str) and 0 < len(op_id) <= 64
 
 
 async def _fds_of(gw: Context, op_id: str) -> dict[str, Any]:
