@@ -287,8 +287,9 @@ class Operations:
         # final one included): the caller's reply does not wait for two more JetStream
         # round trips. The events come after the record, so whoever reads one can GET
         # the operation.
+        running = op.lxd()
         try:
-            await self.store.create(op.id, self._record(op, project), "Operation")
+            await self.store.create(op.id, self._record(running, project), "Operation")
         except Exception as exc:
             raise bus_error(exc) from exc
         cancel_sub = None
@@ -297,7 +298,7 @@ class Operations:
                 cancel_sub = await self.bus.subscribe(subjects.operation_cancel(op.id),
                                                       self._on_cancel)
             self.events.post("operation", created, project=project, entity="operation")
-            self.events.post("operation", op.lxd(), project=project, entity="operation")
+            self.events.post("operation", running, project=project, entity="operation")
         except BaseException as exc:  # no task will end it: end it now (best effort)
             if cancel_sub is not None:
                 await _quietly(cancel_sub.unsubscribe())
@@ -377,14 +378,13 @@ class Operations:
         if project is None:
             found = await self.store.get(op.id)
             project = found[0].get("project", "default") if found else "default"
-        await self.store.put(op.id, self._record(op, project))
-        await self._event(op, project)
+        public = op.lxd()  # once for the record and its event (a pydantic dump each)
+        await self.store.put(op.id, self._record(public, project))
+        await self.events.publish("operation", public, project=project, entity="operation")
 
-    async def _event(self, op: Operation, project: str) -> None:
-        await self.events.publish("operation", op.lxd(), project=project, entity="operation")
-
-    def _record(self, op: Operation, project: str) -> dict[str, Any]:
-        return {**op.lxd(), "project": project, "owner": self.owner}
+    def _record(self, public: dict[str, Any], project: str) -> dict[str, Any]:
+        """The stored record: the public operation plus its project and owner."""
+        return {**public, "project": project, "owner": self.owner}
 
     async def wait_local(self, op_id: str) -> None:
         """Wait for an operation this process runs (tests, single-process callers)."""
