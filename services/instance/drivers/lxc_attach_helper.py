@@ -90,9 +90,48 @@ def exit_code(status: int) -> int:
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
+class Handles:
+    """liblxc's handle of each container, kept while its ``config`` file is unchanged.
+
+    Why: building one parses the container's config (0.3 ms on a quiet host, 5 ms under
+    load), and it was built again for every exec. An attach asks the monitor for the
+    init pid and cgroups each time, so a kept handle serves any number of attaches; a
+    changed config (size, mtime or inode) builds a new one, so attach-time settings
+    (environment, personality, LSM profile) follow the instance's updates.
+    """
+
+    LIMIT = 256  # containers whose handle is kept (the oldest goes first)
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str], tuple[tuple[int, int, int], lxc.Container]] = {}
+
+    def get(self, name: str, lxcpath: str) -> lxc.Container:
+        try:
+            st = os.stat(os.path.join(lxcpath, name, "config"))
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            self._kept.pop((lxcpath, name), None)
+            return lxc.Container(name, lxcpath)  # not defined: liblxc says so
+        hit = self._kept.pop((lxcpath, name), None)
+        if hit is not None and hit[0] == stamp:
+            self._kept[(lxcpath, name)] = hit  # most recently used last
+            return hit[1]
+        c = lxc.Container(name, lxcpath)
+        self._kept[(lxcpath, name)] = (stamp, c)
+        while len(self._kept) > self.LIMIT:
+            self._kept.pop(next(iter(self._kept)))
+        return c
+
+    def forget(self, name: str, lxcpath: str) -> None:
+        self._kept.pop((lxcpath, name), None)
+
+
+_handles = Handles()
+
+
 def attach(req: dict, fds: list[int]) -> int:
     """Attach ``req["command"]``; returns its pid (the fds are the child's stdio)."""
-    c = lxc.Container(req["name"], req["lxcpath"])
+    c = _handles.get(req["name"], req["lxcpath"])
     hold = fds[3] if len(fds) > 3 else -1
     pid = c.attach(payload, (req["command"], req["tty"], hold),
                    stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -100,6 +139,7 @@ def attach(req: dict, fds: list[int]) -> int:
                    extra_env_vars=tuple(req["env"]), initial_cwd=req["cwd"],
                    uid=req["uid"], gid=req["gid"])
     if pid <= 0:
+        _handles.forget(req["name"], req["lxcpath"])  # the next try starts afresh
         raise RuntimeError(f"Failed to attach to container {req['name']}")
     return pid
 
