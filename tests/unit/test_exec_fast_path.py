@@ -108,6 +108,33 @@ def test_keep_fds_ignores_what_is_not_a_websocket_operation() -> None:
             asyncio.run(gw_streams.keep_fds(Gw(), op))
         assert kept == []
         asyncio.run(gw_streams.keep_fds(Gw(), {"id": "op2", "metadata": {"fds": {"0": "s"}}}))
-        assert kept == ["watch", ("op2", {"0": "s"})]
+        assert kept == ["watch", ("op2", {"0": "s"}, None)]  # not Running: fds only
+        running = {"id": "op3", "status": "Running", "metadata": {"fds": {"0": "s"}}}
+        asyncio.run(gw_streams.keep_fds(Gw(), running))
+        assert kept[-1] == ("op3", {"0": "s"}, running)
     finally:
         gw_streams._secrets = saved
+
+
+def test_a_started_operation_is_read_from_its_202_until_its_final_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lxc exec`` reads its operation once the websockets are up: the 202's copy
+    answers while no final event came; the final event (or the TTL) ends that."""
+    finals: list[dict[str, Any]] = []
+    secrets = gw_streams.Secrets()
+    secrets._ops = SimpleNamespace(remember_final=finals.append)
+    fds = {"0": "s0", "control": "sc"}
+    running = {"id": "op3", "status": "Running", "metadata": {"fds": fds}}
+    secrets.keep("op3", fds, running)
+    got = secrets.started("op3")
+    assert got == running and got is not running  # a copy: the caller may change it
+    asyncio.run(secrets._on_event(_event({**running, "status": "Success",
+                                          "metadata": {"fds": fds, "return": 0}})))
+    assert secrets.started("op3") is None  # the final operation is read (remember_final)
+    assert finals and finals[0]["metadata"]["return"] == 0
+    secrets.keep("op4", fds, {**running, "id": "op4"})
+    now = gw_streams.time.monotonic()
+    monkeypatch.setattr(gw_streams.time, "monotonic", lambda: now + secrets.STARTED_TTL + 1)
+    assert secrets.started("op4") is None  # too old: the record is read
+    secrets.keep("op5", fds)  # no operation given (not Running): nothing to answer from
+    assert secrets.started("op5") is None

@@ -13,6 +13,7 @@ from .. import responses
 from ..request import all_projects, project_of, recursion_of
 from ..routing import Context
 from ..scrub import scrub
+from .streams import started_operation
 
 
 def _shown(ctx: Context, op: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +35,11 @@ async def list_(ctx: Context, request: web.Request) -> web.Response:
 
 
 async def get(ctx: Context, request: web.Request) -> web.Response:
-    return responses.sync(_shown(ctx, await ctx.ops.get(request.match_info["id"])))
+    """One operation; a running exec's from its 202 when this gateway relayed that (no
+    KV read: ``lxc exec`` reads it once its websockets are up, see Secrets.started)."""
+    op_id = request.match_info["id"]
+    op = started_operation(op_id) or await ctx.ops.get(op_id)
+    return responses.sync(_shown(ctx, op))
 
 
 async def cancel(ctx: Context, request: web.Request) -> web.Response:

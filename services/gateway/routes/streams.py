@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -30,9 +31,14 @@ class Secrets:
     """
 
     LIMIT = 4096
+    # How long (seconds) the 202's copy of a started operation answers its reads: the one
+    # read it is for (``lxc exec`` reads the operation once its websockets are up) comes
+    # within milliseconds; past that the record is read, whatever became of this watch.
+    STARTED_TTL = 5.0
 
     def __init__(self) -> None:
         self._fds: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._started: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         # Websockets to close when their operation ends (migrations: a killed service
         # never sends EOF, and the peer server must not wait on the socket for ever).
         self.closers: dict[str, set[Any]] = {}
@@ -60,6 +66,7 @@ class Secrets:
             return
         if op.get("status") in OperationStatus.FINAL:
             # Its exit code is read next (lxc exec): answer that from memory too.
+            self._started.pop(op_id, None)
             self._ops.remember_final(op)
             for close in list(self.closers.get(op_id, ())):
                 close()
@@ -73,11 +80,36 @@ class Secrets:
     def get(self, op_id: str) -> dict[str, str] | None:
         return self._fds.get(op_id)
 
-    def keep(self, op_id: str, fds: dict[str, str]) -> None:
-        """The fds of an operation this gateway saw started (its POST's reply)."""
+    def keep(self, op_id: str, fds: dict[str, str], op: dict[str, Any] | None = None
+             ) -> None:
+        """The fds of an operation this gateway saw started (its POST's reply), and the
+        operation as the reply showed it (see :meth:`started`)."""
         self._fds[op_id] = fds
         while len(self._fds) > self.LIMIT:
             self._fds.popitem(last=False)
+        if op is not None:
+            self._started[op_id] = (time.monotonic(), op)
+            while len(self._started) > self.LIMIT:
+                self._started.popitem(last=False)
+
+    def started(self, op_id: str) -> dict[str, Any] | None:
+        """The running operation as its 202 showed it, while no final event came for it
+        and for STARTED_TTL seconds; else None (read the record).
+
+        Why it is safe for ``lxc exec``'s read (it registers its event handler, then
+        reads the operation once): the final record is written before its event, and
+        this watch handles each event before the gateway can have relayed the same event
+        to the client (the relay writes in a later loop turn). So a client that already
+        got the final event gets the final operation here (``remember_final``); one that
+        did not gets Running and then the final event on its handler, as from LXD.
+        """
+        hit = self._started.get(op_id)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] > self.STARTED_TTL:
+            self._started.pop(op_id, None)
+            return None
+        return dict(hit[1])
 
 
 FINAL_MARKS = tuple(f'"status":"{s}"'.encode() for s in OperationStatus.FINAL)
@@ -97,7 +129,12 @@ async def keep_fds(gw: Context, op: dict[str, Any] | None) -> None:
     if not isinstance(fds, dict) or not op or not _valid_op_id(op.get("id")):
         return
     await _secrets.watch(gw)
-    _secrets.keep(op["id"], fds)
+    _secrets.keep(op["id"], fds, op if op.get("status") == "Running" else None)
+
+
+def started_operation(op_id: str) -> dict[str, Any] | None:
+    """A running exec's or console's operation as its 202 showed it (Secrets.started)."""
+    return _secrets.started(op_id)
 
 
 def _valid_op_id(op_id: Any) -> bool:
