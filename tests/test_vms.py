@@ -325,6 +325,9 @@ def test_exec_before_agent_is_clear_error_then_stock_client(world, stack, api):
     assert lxc(stack, "exec", name, "--", "uname", "-a").stdout.startswith("Linux ")
     lxc(stack, "stop", name, "--force")
     assert world.get(name)["status"] == "Stopped"
+    # the agent's check runs beside the status check: the status still answers first
+    r = api.post(f"/1.0/instances/{name}/exec", json={"command": ["true"]})
+    assert r.status_code == 400 and "Instance is not running" in r.text, r.text
     lxc(stack, "delete", "--force", name)
     assert api.get(f"/1.0/instances/{name}").status_code == 404
     assert not (stack.dir / "virtual-machines" / name).exists()

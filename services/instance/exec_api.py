@@ -153,13 +153,22 @@ class ExecMixin:
         if post.interactive and not drv.capabilities.exec_pty:
             raise BadRequest(f"Interactive exec (a pty) is not supported for a "
                              f"{inst['type']}: run it with interactive=false")
-        status = await self.instance_status(inst)
-        if status == "Frozen":
-            raise BadRequest("Instance is frozen")
-        if status != "Running":
-            raise BadRequest("Instance is not running")
-        if type(drv).exec_ready is not InstanceDriver.exec_ready:  # no thread hop for nothing
-            await asyncio.to_thread(drv.exec_ready, host_of(inst))  # VMs: 503, agent down
+        # VMs: the agent's check (503 while it is down; a libvirt round trip) runs beside
+        # the status check (another), not after it; the status still speaks first.
+        ready = (asyncio.ensure_future(asyncio.to_thread(drv.exec_ready, host_of(inst)))
+                 if type(drv).exec_ready is not InstanceDriver.exec_ready else None)
+        try:
+            status = await self.instance_status(inst)
+            if status == "Frozen":
+                raise BadRequest("Instance is frozen")
+            if status != "Running":
+                raise BadRequest("Instance is not running")
+        except BaseException:
+            if ready is not None:
+                await asyncio.gather(ready, return_exceptions=True)
+            raise
+        if ready is not None:
+            await ready
         env = exec_environment(inst.get("expanded_config") or {}, post)
         source = url("instances", req.name, req.project)
         resources = {"instances": [source]}
