@@ -69,7 +69,9 @@ class Outbox:
 
     While nothing waits, an event goes straight to the stream and its acknowledgement is
     awaited. Once one fails, it and every later event queue here (so order holds) and a
-    single task resends them, oldest first, until the server acknowledges each.
+    single task resends them, oldest first, until the server acknowledges each. An event
+    sent while another is on its way, or posted (:meth:`post`), queues the same way: the
+    order is the order of the calls.
     """
 
     def __init__(self, bus: Bus) -> None:
@@ -91,16 +93,18 @@ class Outbox:
         self._queue(subject, data, event_id)
 
     async def send(self, subject: str, data: bytes, event_id: str) -> None:
-        if not self.pending and self._connected():
-            async with self._lock:
-                if not self.pending:
-                    try:
-                        await self._publish(subject, data, event_id)
-                        return
-                    except (NatsError, jse.Error, asyncio.TimeoutError, OSError):
-                        # whatever was posted meanwhile came after this one
-                        self._queue(subject, data, event_id, first=True)
-                        return
+        """Publish and wait for the acknowledgement when nothing else is on its way;
+        otherwise queue behind what is (and return): each event takes its place in the
+        order when it is sent, never while it waits for the lock."""
+        if not self.pending and not self._lock.locked() and self._connected():
+            async with self._lock:  # free: taken at once, nothing comes in between
+                try:
+                    await self._publish(subject, data, event_id)
+                    return
+                except (NatsError, jse.Error, asyncio.TimeoutError, OSError):
+                    # whatever was sent or posted meanwhile came after this one
+                    self._queue(subject, data, event_id, first=True)
+                    return
         self._queue(subject, data, event_id)
 
     def _connected(self) -> bool:
