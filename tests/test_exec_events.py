@@ -172,5 +172,22 @@ async def test_posted_events_keep_their_order_with_awaited_ones(bus, uid):
         finally:
             await psub.unsubscribe()
         assert stored == live
+        # Sent while another is on its way: queued at once, so a post that follows it
+        # comes after it (it does not wait for the lock and lose its place).
+        first = asyncio.ensure_future(events.publish(
+            "lifecycle", {"action": "e", "source": uid}, entity=uid))
+        await asyncio.sleep(0)  # "e" is on its way, awaiting its acknowledgement
+        second = asyncio.ensure_future(events.publish(
+            "lifecycle", {"action": "f", "source": uid}, entity=uid))
+        await asyncio.sleep(0)
+        events.post("lifecycle", {"action": "g", "source": uid}, entity=uid)
+        await asyncio.gather(first, second)
+        assert await events.drain(5) == 0
+        await bus.nc.flush()
+        for _ in range(50):
+            if len(live) == 7:
+                break
+            await asyncio.sleep(0.05)
+        assert live[4:] == ["e", "f", "g"]
     finally:
         await sub.unsubscribe()
