@@ -61,6 +61,10 @@ class FakeEvents:
     async def publish(self, kind: str, metadata: dict[str, Any], **_kw: Any) -> None:
         self.sent.append(metadata)
 
+    def post(self, kind: str, metadata: dict[str, Any], **_kw: Any) -> None:
+        """Operations.start posts its created/running events (not awaited)."""
+        self.sent.append(metadata)
+
 
 def make(alive: dict[str, bool] | None = None) -> Operations:
     bus = SimpleNamespace(config=SimpleNamespace(operation_retention=600), nc=None)
