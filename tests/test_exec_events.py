@@ -114,7 +114,7 @@ async def test_many_execs_at_once_each_get_their_events_and_exit_code(stack, wor
     assert all(s == ["Pending", "Running", "Success"] for s in by_op.values()), by_op
 
 
-def test_exec_after_a_restart_and_a_config_change(stack, world):
+def test_exec_after_a_restart_a_config_change_a_pause_and_a_stop(stack, world):
     """The attach helper keeps each container's liblxc handle while its config file is
     unchanged: after a restart (new init) and a config change it still attaches into the
     running container, with the new settings."""
@@ -127,6 +127,13 @@ def test_exec_after_a_restart_and_a_config_change(stack, world):
     r = lxc(stack, "exec", world.run, "--", "sh", "-c", "echo $H2_MARK; exit 3", check=False)
     assert (r.returncode, r.stdout) == (3, "kept\n")
     lxc(stack, "config", "unset", world.run, "environment.H2_MARK")
+    # The attach begins beside the status check: a frozen container is refused (and the
+    # helper is not left stuck attaching into it), a stopped one too.
+    lxc(stack, "pause", world.run)
+    r = lxc(stack, "exec", world.run, "--", "true", check=False)
+    assert r.returncode != 0 and "frozen" in r.stderr.lower(), r.stderr
+    lxc(stack, "start", world.run)  # unpause
+    assert lxc(stack, "exec", world.run, "--", "echo", "thawed").stdout == "thawed\n"
     lxc(stack, "stop", "--force", world.run)
     r = lxc(stack, "exec", world.run, "--", "true", check=False)
     assert r.returncode != 0 and "not running" in r.stderr.lower(), r.stderr
