@@ -153,21 +153,6 @@ class ExecMixin:
         if post.interactive and not drv.capabilities.exec_pty:
             raise BadRequest(f"Interactive exec (a pty) is not supported for a "
                              f"{inst['type']}: run it with interactive=false")
-        env = exec_environment(inst.get("expanded_config") or {}, post)
-        source = url("instances", req.name, req.project)
-        resources = {"instances": [source]}
-        container = inst.get("type", "container") == "container"
-        if container:
-            resources["containers"] = [source]
-        # The slow part of starting a container's command, the attach (in its helper
-        # process), begins at once, beside the status check (the driver refuses a
-        # container that is not running; the status check words the refusal), the
-        # lifecycle event, the operation's record and the client connecting its
-        # websockets; LXC holds the command before exec until the operation runs it
-        # (with websockets: once they are all connected, as LXD starts it).
-        early = (_Early(asyncio.ensure_future(self._start(
-            drv, host_name(req.project, req.name), post, env, hold=True)))
-            if container else None)
         # VMs: the agent's check (503 while it is down; a libvirt round trip) runs beside
         # the status check (another), not after it; the status still speaks first.
         ready = (asyncio.ensure_future(asyncio.to_thread(drv.exec_ready, host_of(inst)))
@@ -178,13 +163,24 @@ class ExecMixin:
                 raise BadRequest("Instance is frozen")
             if status != "Running":
                 raise BadRequest("Instance is not running")
-            if ready is not None:
-                await ready
         except BaseException:
             if ready is not None:
                 await asyncio.gather(ready, return_exceptions=True)
-            await _abandon_unless_taken(early)
             raise
+        if ready is not None:
+            await ready
+        env = exec_environment(inst.get("expanded_config") or {}, post)
+        source = url("instances", req.name, req.project)
+        resources = {"instances": [source]}
+        if inst.get("type", "container") == "container":
+            resources["containers"] = [source]
+        # The slow part of starting, the attach (in its helper process), begins now,
+        # beside the lifecycle event, the operation's record and the client connecting
+        # its websockets; LXC holds the command before exec until the operation runs it
+        # (with websockets: once they are all connected, as LXD starts it).
+        early = (_Early(asyncio.ensure_future(self._start(
+            drv, host_name(req.project, req.name), post, env, hold=True)))
+            if inst.get("type", "container") == "container" else None)
         # The lifecycle event is posted, not awaited: the outbox sends it before the
         # operation's events (queued after it), and the reply does not wait for its
         # JetStream acknowledgement.
