@@ -127,8 +127,8 @@ def test_exec_after_a_restart_a_config_change_a_pause_and_a_stop(stack, world):
     r = lxc(stack, "exec", world.run, "--", "sh", "-c", "echo $H2_MARK; exit 3", check=False)
     assert (r.returncode, r.stdout) == (3, "kept\n")
     lxc(stack, "config", "unset", world.run, "environment.H2_MARK")
-    # The attach begins beside the status check: a frozen container is refused (and the
-    # helper is not left stuck attaching into it), a stopped one too.
+    # A frozen container is refused (and the attach helper is not left stuck attaching
+    # into it), a stopped one too.
     lxc(stack, "pause", world.run)
     r = lxc(stack, "exec", world.run, "--", "true", check=False)
     assert r.returncode != 0 and "frozen" in r.stderr.lower(), r.stderr
