@@ -68,6 +68,19 @@ def alone_kib(pids: list[int]) -> int:
     """What these processes cost the host by themselves: their private pages, plus each
     shared page of a file (libpython, liblxc, .so of the imports...) counted once.
 
+    As root, exactly: each physical page once (:func:`unique_kib`, from the page frame
+    numbers), so pages a fork server's children still share copy-on-write count once too.
+    Otherwise estimated from ``smaps`` (:func:`alone_estimate_kib`); both agreed within
+    0.5 MiB on a standalone and on a forked stack (docs/performance.md "Memory").
+    """
+    exact = unique_kib(pids)
+    return alone_estimate_kib(pids) if exact is None else exact
+
+
+def alone_estimate_kib(pids: list[int]) -> int:
+    """:func:`alone_kib` without frame numbers: private pages, plus each shared page of a
+    file counted once.
+
     Why besides PSS: PSS divides a shared page among every process mapping it, so other
     Python programs or another Corral stack on the host lower it; RSS counts a library
     once per process. Here a file mapping's shared pages (keyed by device, inode, offset)
@@ -233,9 +246,11 @@ def report(title: str, snap: dict[str, Usage], mons: dict[str, Usage] | None = N
     return "\n".join(lines)
 
 
-def _run_mode(mode: str, containers: int, workdir: Path
+def _run_mode(mode: str, containers: int, workdir: Path, forked: bool = True
               ) -> list[tuple[str, Usage, float, str]]:
-    """Bring up a stack in ``mode``, measure idle / running / after; tear it down."""
+    """Bring up a stack in ``mode``, measure idle / running / after; tear it down.
+    Separate mode forks the services from a fork server, as `make up` does, unless not
+    ``forked`` (each service its own program, as the tests run them)."""
     from bench.common import get
     from bench.instances import API
     from tests.stack import NatsServer, Stack, wait_for
@@ -243,7 +258,8 @@ def _run_mode(mode: str, containers: int, workdir: Path
     tag = "m" + uuid.uuid4().hex[:5]
     nats = NatsServer(workdir / "nats")
     nats.start()
-    stack = Stack(workdir / "corral", nats, CORRAL_LOG_LEVEL="warning")
+    stack = Stack(workdir / "corral", nats, forkserver=forked and mode == "separate",
+                  CORRAL_LOG_LEVEL="warning")
     rows: list[tuple[str, Usage, float, str]] = []
 
     def alone() -> float:
@@ -312,13 +328,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--containers", type=int, default=10)
     ap.add_argument("--mode", choices=("separate", "single", "both"), default="both")
+    ap.add_argument("--no-forkserver", action="store_true",
+                    help="separate mode: start each service as its own program")
     args = ap.parse_args()
     modes = ("separate", "single") if args.mode == "both" else (args.mode,)
     results = {}
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix=f"corral-mem-{mode}-") as d:
             os.chmod(d, 0o755)
-            results[mode] = _run_mode(mode, args.containers, Path(d))
+            results[mode] = _run_mode(mode, args.containers, Path(d),
+                                      forked=not args.no_forkserver)
     print("\nCorral memory (MiB, stack = Python services + gateway + nats-server; "
           "lxc monitors apart)")
     print(f"{'mode':<10} {'when':<14} {'RSS':>8} {'PSS':>8} {'alone':>8} {'goal':>6}  note")
@@ -326,8 +345,10 @@ def main() -> None:
         for when, u, alone, note in rows:
             print(f"{mode:<10} {when:<14} {u.rss_kib / 1024:>8.1f} {u.pss_kib / 1024:>8.1f} "
                   f"{alone:>8.1f} {GOALS_MIB[mode]:>6}  {note}")
-    print("alone: private pages + each shared file page once (alone_kib), what the stack "
-          "costs by itself; the goals are read on it.")
+    print("alone: each physical page once (alone_kib; pagemap frames as root), what the "
+          "stack costs by itself; the goals are read on it. Separate mode: "
+          + ("each service its own program." if args.no_forkserver else
+             "services forked from a fork server (as `make up`), which is counted."))
     print("LXD 5.0 here: 57 MiB idle, 96 MiB after the benchmark (one process, RSS); "
           "lxc monitor 11-15 MiB per container.")
 

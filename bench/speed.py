@@ -273,7 +273,9 @@ def start_stack(base: Path, single: bool, vm: bool = False) -> tuple[NatsServer,
     instance service would load libvirt, ~11 MiB); the VM figures get ``vm``."""
     nats = NatsServer(base / "nats")
     nats.start()
+    # separate mode as `make up` runs it: forked from a fork server (CORRAL_FORKSERVER=0: not)
     stack = Stack(base / "corral", nats, CORRAL_LOG_LEVEL="warning",
+                  forkserver=not single and os.environ.get("CORRAL_FORKSERVER") != "0",
                   **({} if vm else {"CORRAL_VM": "0"}))
     if single:
         stack.start("all")

@@ -45,10 +45,10 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-# What every service imports (tests/test_footprint.py checks each one does): importing these
-# in the fork server is what the services share. Nothing that loads a native library a
-# service loads only when used (libvirt, aiohttp, jinja2, pyroute2: shared/lean.py and
-# tests/test_fast_paths.py) belongs here.
+# What every service imports, then what several do: importing these in the fork server is
+# what the services share. Nothing that loads a library a service loads only when used
+# (libvirt, aiohttp, jinja2, pyroute2, liblxc, httpx: shared/lean.py and
+# tests/test_fast_paths.py) belongs here (tests/test_footprint.py checks).
 PRELOAD = (
     "asyncio", "ssl", "concurrent.futures.thread", "msgpack", "yaml", "nats.aio.client",
     "nats.js", "nats.micro", "structlog", "pydantic", "prometheus_client",
@@ -57,6 +57,18 @@ PRELOAD = (
     "shared.log", "shared.messages", "shared.metrics", "shared.models", "shared.operations",
     "shared.presence", "shared.state", "shared.subjects", "shared.tracing", "shared.bus",
     "shared.service",
+    # used by several services (pure Python, no native library of their own): their pages
+    # are then one copy for the stack, not one per service that imports them
+    "shlex", "grp", "pwd", "tarfile", "idna", "dateutil.relativedelta", "shared.api",
+    "shared.streams", "shared.filters", "shared.blobs", "shared.warnings", "shared.cluster",
+    "shared.image.format", "shared.image.settings", "shared.restrictions",
+    "shared.member_config", "shared.messages.backup", "shared.messages.custom_volumes",
+    "shared.messages.exec", "shared.messages.hooks", "shared.messages.image",
+    "shared.messages.instance", "shared.messages.lxd", "shared.messages.metadata",
+    "shared.messages.network", "shared.messages.publish", "shared.messages.storage",
+    "shared.backup.layout", "shared.backup.reader", "shared.backup.writer",
+    "shared.backup.staged", "shared.backup.optimized", "shared.backup.btrfs",
+    "shared.backup.nbd", "shared.backup.vmdisk",
 )
 
 # Who may be started, and the module whose ``main()`` runs it (as pyproject's scripts).

@@ -136,6 +136,24 @@ def anonymous_frames(pid: int) -> set[int]:
     return out
 
 
+def test_the_preload_leaves_out_what_services_load_only_when_used():
+    """The fork server imports nothing a service loads at first use (each child would map
+    it: tests/test_fast_paths.py), starts no thread and reads no configuration."""
+    code = ("import sys, threading; from shared import forkserver; forkserver.preload(); "
+            "from shared.config import get_config; "
+            "print(threading.active_count(), forkserver.threads(), "
+            "get_config.cache_info().currsize); print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    counts, modules = out.stdout.splitlines()
+    assert counts.split() == ["1", "1", "0"]
+    loaded = {m.split(".")[0] for m in modules.split()}
+    assert not loaded & {"aiohttp", "jinja2", "libvirt", "pyroute2", "lxc", "_lxc", "rich",
+                         "httpx", "services"}, loaded
+    assert {"nats", "pydantic", "structlog", "opentelemetry", "shared"} <= loaded
+
+
 def test_the_fork_server_refuses_what_it_does_not_start(deployed):
     sock = deployed.dir / "run" / "forkserver.sock"
     assert sock.stat().st_mode & 0o077 == 0  # root's only
