@@ -17,8 +17,9 @@ its parent is init as with ``setsid nohup`` in deploy/up.sh, and a ``kill -9`` o
 fork server leaves every service running. Each service keeps its own PID file, log, bus
 user and restart: the fork server only answers "start <name>" with the new PID, and the
 caller (deploy/up.sh, tests.stack) does the bookkeeping as for a standalone start. It is an
-optimisation, never a dependency: when it is not running (or refuses), the caller starts
-the service's own program as before.
+optimisation, never a dependency: when it is not running (or refuses, e.g. because a file
+it preloaded changed since: :func:`changed`), the caller starts the service's own program
+as before.
 
 Protocol (a root-only unix socket, ``$CORRAL_DIR/run/forkserver.sock``): one JSON line in,
 ``{"name", "env", "cwd", "log", "argv0"}``, one JSON line out, ``{"pid": N}`` or
@@ -103,7 +104,37 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> None:
     lean.prepare()  # so written, by the children (Python's gc.freeze documentation)
     for name in modules:
         importlib.import_module(name)
+    _SOURCES.update(_sources())
     gc.freeze()  # the objects above are never scanned again, so their pages stay shared
+
+
+# The source files of what was preloaded, with their mtimes then (see changed()).
+_SOURCES: dict[str, int] = {}
+
+
+def _sources() -> dict[str, int]:
+    out = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path:
+            try:
+                out[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                pass
+    return out
+
+
+def changed() -> str | None:
+    """A preloaded module's file that changed since the preload (an update of the checkout
+    or of a package), or None. A service forked then would run old shared code beside its
+    new own modules; started standalone it runs the new code throughout."""
+    for path, mtime in _SOURCES.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return path
+        except OSError:
+            return path
+    return None
 
 
 def threads() -> int:
@@ -205,6 +236,10 @@ def _check(request: Any) -> dict[str, Any]:
         raise Refused(f"argv0 {argv0} does not fit in the fork server's argument area")
     if threads() != 1:
         raise Refused("the fork server has started a thread: forking it is not safe")
+    stale = changed()
+    if stale:
+        raise Refused(f"{stale} changed since the fork server started: restart it ('make "
+                      "down' then 'make up') to fork the new code")
     return request
 
 

@@ -154,6 +154,22 @@ def test_the_preload_leaves_out_what_services_load_only_when_used():
     assert {"nats", "pydantic", "structlog", "opentelemetry", "shared"} <= loaded
 
 
+def test_the_fork_server_knows_when_its_preloaded_code_changed(tmp_path):
+    """After an update of the checkout a long-running fork server would fork old shared
+    code under a new service: it sees the change (and refuses, so `make up` starts the
+    service standalone, with the new code throughout)."""
+    (tmp_path / "fsprobe.py").write_text("X = 1\n")
+    code = ("import os, sys; from shared import forkserver; "
+            "forkserver.preload(('fsprobe',)); print(forkserver.changed()); "
+            f"os.utime({str(tmp_path / 'fsprobe.py')!r}, ns=(1, 1)); "
+            "print(forkserver.changed())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["None", str(tmp_path / "fsprobe.py")]
+
+
 def test_the_fork_server_refuses_what_it_does_not_start(deployed):
     sock = deployed.dir / "run" / "forkserver.sock"
     assert sock.stat().st_mode & 0o077 == 0  # root's only
