@@ -3,9 +3,10 @@
 RSS counts every page a process maps, shared library pages included, so summing RSS over
 six Python processes counts libpython, libc, liblxc... six times. PSS divides each shared
 page among the processes mapping it, so PSS sums to what the stack really costs the host.
-Both are reported (``/proc/PID/smaps_rollup``), and "alone" (:func:`alone_kib`): private
-pages plus each shared file page once, what the stack costs the host by itself whatever
-else runs (PSS drops when other programs map the same libraries, as a second stack does).
+Both are reported (``/proc/PID/smaps_rollup``), and "alone" (:func:`alone_kib`): each
+physical page once (as root exactly, from ``/proc/PID/pagemap``), what the stack costs the
+host by itself whatever else runs (PSS drops when other programs map the same libraries,
+as a second stack does).
 Goals are read on "alone", comparable with LXD's figure (one process's RSS).
 
 Use from another bench (``make bench``):
@@ -15,9 +16,11 @@ Use from another bench (``make bench``):
     mons = monitors(stack.dir / "lxc")                     # {container: Usage}
     print(report("after the benchmark", snap, mons))
 
-or standalone: ``.venv/bin/python -m bench.memory [--containers 10] [--mode both]``, which
-brings up its own stack (separate processes, then ``corral-all``), measures it idle, with
-N running busybox containers (dir pool, bridge + DHCP), and after they are deleted.
+or standalone: ``.venv/bin/python -m bench.memory [--containers 10] [--mode both]
+[--no-forkserver]``, which brings up its own stack (separate processes forked from a fork
+server as `make up` runs them, the fork server counted; then ``corral-all``), measures it
+idle, with N running busybox containers (dir pool, bridge + DHCP), and after they are
+deleted.
 """
 
 from __future__ import annotations
