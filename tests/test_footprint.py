@@ -30,7 +30,7 @@ import pytest
 
 from bench.memory import frames, unique_kib
 from shared import forkserver
-from tests.stack import wait_for
+from tests.stack import Forked, NatsServer, Stack, wait_for
 from tests.test_deploy import Deployment, alive, get, ok, procs_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,3 +248,25 @@ def test_down_stops_the_fork_server_and_single_mode_has_none(tmp_path):
         assert procs_of(d.dir) == set()
     finally:
         d.kill_leftovers()
+
+
+@pytest.mark.timeout(240)
+def test_the_benches_stack_forks_its_services_and_stops_them_all(tmp_path):
+    """tests/stack.py's ``Stack(forkserver=True)``, as `make bench` runs separate mode:
+    every service forked (a pidfd follows each), all answering, and ``stop_all`` ends the
+    services and the fork server alike."""
+    tmp_path.chmod(0o755)
+    nats = NatsServer(tmp_path / "nats", tmp_path / "corral")
+    nats.start()
+    stack = Stack(tmp_path / "corral", nats, forkserver=True, CORRAL_VM="0")
+    try:
+        stack.start_all(180)
+        assert all(isinstance(p, Forked) for p in stack.procs.values()), stack.procs
+        pids = [p.pid for p in stack.procs.values()]
+        server = stack.forkserver.pid
+        assert all(alive(p) for p in pids) and alive(server)
+        assert all(b"corral-" in Path(f"/proc/{p}/cmdline").read_bytes() for p in pids)
+    finally:
+        stack.stop_all()
+        nats.stop()
+    assert not any(alive(p) for p in [*pids, server])
