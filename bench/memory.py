@@ -3,9 +3,10 @@
 RSS counts every page a process maps, shared library pages included, so summing RSS over
 six Python processes counts libpython, libc, liblxc... six times. PSS divides each shared
 page among the processes mapping it, so PSS sums to what the stack really costs the host.
-Both are reported (``/proc/PID/smaps_rollup``), and "alone" (:func:`alone_kib`): private
-pages plus each shared file page once, what the stack costs the host by itself whatever
-else runs (PSS drops when other programs map the same libraries, as a second stack does).
+Both are reported (``/proc/PID/smaps_rollup``), and "alone" (:func:`alone_kib`): each
+physical page once (as root exactly, from ``/proc/PID/pagemap``), what the stack costs the
+host by itself whatever else runs (PSS drops when other programs map the same libraries,
+as a second stack does).
 Goals are read on "alone", comparable with LXD's figure (one process's RSS).
 
 Use from another bench (``make bench``):
@@ -15,14 +16,17 @@ Use from another bench (``make bench``):
     mons = monitors(stack.dir / "lxc")                     # {container: Usage}
     print(report("after the benchmark", snap, mons))
 
-or standalone: ``.venv/bin/python -m bench.memory [--containers 10] [--mode both]``, which
-brings up its own stack (separate processes, then ``corral-all``), measures it idle, with
-N running busybox containers (dir pool, bridge + DHCP), and after they are deleted.
+or standalone: ``.venv/bin/python -m bench.memory [--containers 10] [--mode both]
+[--no-forkserver]``, which brings up its own stack (separate processes forked from a fork
+server as `make up` runs them, the fork server counted; then ``corral-all``), measures it
+idle, with N running busybox containers (dir pool, bridge + DHCP), and after they are
+deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import os
 import sys
 import tempfile
@@ -67,6 +71,19 @@ def alone_kib(pids: list[int]) -> int:
     """What these processes cost the host by themselves: their private pages, plus each
     shared page of a file (libpython, liblxc, .so of the imports...) counted once.
 
+    As root, exactly: each physical page once (:func:`unique_kib`, from the page frame
+    numbers), so pages a fork server's children still share copy-on-write count once too.
+    Otherwise estimated from ``smaps`` (:func:`alone_estimate_kib`); both agreed within
+    0.5 MiB on a standalone and on a forked stack (docs/performance.md "Memory").
+    """
+    exact = unique_kib(pids)
+    return alone_estimate_kib(pids) if exact is None else exact
+
+
+def alone_estimate_kib(pids: list[int]) -> int:
+    """:func:`alone_kib` without frame numbers: private pages, plus each shared page of a
+    file counted once.
+
     Why besides PSS: PSS divides a shared page among every process mapping it, so other
     Python programs or another Corral stack on the host lower it; RSS counts a library
     once per process. Here a file mapping's shared pages (keyed by device, inode, offset)
@@ -100,6 +117,55 @@ def alone_kib(pids: list[int]) -> int:
     return private + sum(shared.values())
 
 
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+_PFN_MASK = (1 << 55) - 1
+_PRESENT = 1 << 63
+
+
+def frames(pid: int) -> set[int]:
+    """The physical page frames resident in ``pid``'s memory (``/proc/PID/pagemap``).
+
+    Root reads each present page's frame number (others read zeros, see
+    :func:`unique_kib`). Only mappings with resident pages are read (``smaps``' Rss), so a
+    process's reserved but untouched address space costs nothing to scan.
+    """
+    out: set[int] = set()
+    try:
+        smaps = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            ranges = []
+            for line in smaps:
+                head = line.split(None, 1)
+                if head and "-" in head[0] and ":" not in head[0]:
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                elif line.startswith("Rss:") and int(line.split()[1]) > 0:
+                    ranges.append((lo, hi))
+            page = PAGE_KIB * 1024
+            for lo, hi in ranges:
+                pagemap.seek(lo // page * 8)
+                entries = array.array("Q", pagemap.read((hi - lo) // page * 8))
+                out.update(e & _PFN_MASK for e in entries if e & _PRESENT)
+    except (OSError, ValueError):
+        pass
+    out.discard(0)
+    return out
+
+
+def unique_kib(pids: list[int]) -> int | None:
+    """Exactly what :func:`alone_kib` estimates: each physical page resident in any of
+    these processes counted once, found by its frame number. Shared library pages, and the
+    pages a fork server's children still share copy-on-write with it and with each other,
+    count once; a page a child wrote to is its own. ``None`` when frame numbers cannot be
+    read (not root: the kernel hides them).
+    """
+    seen: set[int] = set()
+    for pid in pids:
+        seen |= frames(pid)
+    if not seen and pids and os.geteuid() != 0:
+        return None
+    return len(seen) * PAGE_KIB
+
+
 def descendants(pid: int) -> list[int]:
     """Children of ``pid``, recursively (helpers a service forked: dnsmasq, forkers...)."""
     kids: dict[int, list[int]] = {}
@@ -122,6 +188,9 @@ def descendants(pid: int) -> list[int]:
 def stack_pids(stack, nats=None) -> dict[str, int]:
     """``{name: pid}`` of a tests.stack.Stack's processes (and its NatsServer)."""
     pids = {name: p.pid for name, p in stack.procs.items() if p.poll() is None}
+    server = getattr(stack, "forkserver", None)
+    if server is not None and server.poll() is None:
+        pids["forkserver"] = server.pid  # the pages its children share are its own
     if nats is not None and nats.proc is not None:
         pids["nats-server"] = nats.proc.pid
     return pids
@@ -180,9 +249,11 @@ def report(title: str, snap: dict[str, Usage], mons: dict[str, Usage] | None = N
     return "\n".join(lines)
 
 
-def _run_mode(mode: str, containers: int, workdir: Path
+def _run_mode(mode: str, containers: int, workdir: Path, forked: bool = True
               ) -> list[tuple[str, Usage, float, str]]:
-    """Bring up a stack in ``mode``, measure idle / running / after; tear it down."""
+    """Bring up a stack in ``mode``, measure idle / running / after; tear it down.
+    Separate mode forks the services from a fork server, as `make up` does, unless not
+    ``forked`` (each service its own program, as the tests run them)."""
     from bench.common import get
     from bench.instances import API
     from tests.stack import NatsServer, Stack, wait_for
@@ -190,7 +261,8 @@ def _run_mode(mode: str, containers: int, workdir: Path
     tag = "m" + uuid.uuid4().hex[:5]
     nats = NatsServer(workdir / "nats")
     nats.start()
-    stack = Stack(workdir / "corral", nats, CORRAL_LOG_LEVEL="warning")
+    stack = Stack(workdir / "corral", nats, forkserver=forked and mode == "separate",
+                  CORRAL_LOG_LEVEL="warning")
     rows: list[tuple[str, Usage, float, str]] = []
 
     def alone() -> float:
@@ -259,13 +331,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--containers", type=int, default=10)
     ap.add_argument("--mode", choices=("separate", "single", "both"), default="both")
+    ap.add_argument("--no-forkserver", action="store_true",
+                    help="separate mode: start each service as its own program")
     args = ap.parse_args()
     modes = ("separate", "single") if args.mode == "both" else (args.mode,)
     results = {}
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix=f"corral-mem-{mode}-") as d:
             os.chmod(d, 0o755)
-            results[mode] = _run_mode(mode, args.containers, Path(d))
+            results[mode] = _run_mode(mode, args.containers, Path(d),
+                                      forked=not args.no_forkserver)
     print("\nCorral memory (MiB, stack = Python services + gateway + nats-server; "
           "lxc monitors apart)")
     print(f"{'mode':<10} {'when':<14} {'RSS':>8} {'PSS':>8} {'alone':>8} {'goal':>6}  note")
@@ -273,8 +348,10 @@ def main() -> None:
         for when, u, alone, note in rows:
             print(f"{mode:<10} {when:<14} {u.rss_kib / 1024:>8.1f} {u.pss_kib / 1024:>8.1f} "
                   f"{alone:>8.1f} {GOALS_MIB[mode]:>6}  {note}")
-    print("alone: private pages + each shared file page once (alone_kib), what the stack "
-          "costs by itself; the goals are read on it.")
+    print("alone: each physical page once (alone_kib; pagemap frames as root), what the "
+          "stack costs by itself; the goals are read on it. Separate mode: "
+          + ("each service its own program." if args.no_forkserver else
+             "services forked from a fork server (as `make up`), which is counted."))
     print("LXD 5.0 here: 57 MiB idle, 96 MiB after the benchmark (one process, RSS); "
           "lxc monitor 11-15 MiB per container.")
 

@@ -117,9 +117,9 @@ BOUNDS: dict[str, str] = {
     "GET recursion=1, MANY instances": "2.3 MB of JSON through nats: CPU instance ~21 ms, "
                                        "nats-server ~14, gateway ~8",
     "GET recursion=2, 10 running": "~8.5 ms CPU reading cgroups, netns netlink, disk use",
-    "memory: stack after the bench (alone)": "7 Python processes x ~25-35 MiB private "
-                                             "(imports: asyncio+ssl, nats, pydantic, "
-                                             "otel) + nats-server JetStream 30-80",
+    "memory: stack after the bench (alone)": "fork server 47 + 7 services x 12-38 MiB "
+                                             "own (COW copies on use, own modules, heap) "
+                                             "+ nats-server 80-90 (KV watch consumers)",
     "single mode: memory after the bench (alone)": "one Python with every import ~75 MiB "
                                                    "+ nats-server 20-30",
     "single mode: lxc start (stopped)": "lxc-start ~60 ms; client 5 requests",
@@ -273,7 +273,9 @@ def start_stack(base: Path, single: bool, vm: bool = False) -> tuple[NatsServer,
     instance service would load libvirt, ~11 MiB); the VM figures get ``vm``."""
     nats = NatsServer(base / "nats")
     nats.start()
+    # separate mode as `make up` runs it: forked from a fork server (CORRAL_FORKSERVER=0: not)
     stack = Stack(base / "corral", nats, CORRAL_LOG_LEVEL="warning",
+                  forkserver=not single and os.environ.get("CORRAL_FORKSERVER") != "0",
                   **({} if vm else {"CORRAL_VM": "0"}))
     if single:
         stack.start("all")

@@ -33,15 +33,20 @@ untraversable_parents() {
     done
 }
 
-# The executable a component's process runs: its cmdline must mention this.
+# The executable a component's process runs: its cmdline must mention this. A service the
+# fork server started names its own program too (shared/forkserver.py rewrites cmdline).
 program_of() {
     case "$1" in
         nats) echo "nats-server" ;;
+        forkserver) echo "shared.forkserver" ;;
         *) echo "corral-$1" ;;
     esac
 }
 
 pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+# The fork server's socket (separate mode, see deploy/up.sh and shared/forkserver.py).
+FORKSERVER_SOCKET="$RUN_DIR/forkserver.sock"
 
 # True when <pid> is alive, runs <program> and belongs to this CORRAL_DIR.
 pid_matches() {

@@ -12,6 +12,12 @@
 #   CORRAL_VMS=0                 do not start libvirtd/virtlogd (containers only)
 #   CORRAL_NATS_GOMEMLIMIT       nats-server's soft heap limit (Go GOMEMLIMIT, default 64MiB)
 #   CORRAL_NATS_GOGC             nats-server's GC target (Go GOGC, default 50)
+#   CORRAL_FORKSERVER=0          separate mode: start each service as its own program instead
+#                                of forking it from the fork server (shared/forkserver.py)
+# Separate mode forks the services from a fork server that made their common imports once
+# (~65 MiB less for the stack, docs/performance.md "Memory"); it is only an optimisation:
+# a service it cannot start, or any when it is not running, is started standalone, and
+# services outlive it (their parent is init either way, as with `setsid nohup`).
 # Files: $CORRAL_DIR/logs/<name>.log, $CORRAL_DIR/run/<name>.pid, $CORRAL_DIR/nats (JetStream
 # data, the bus users in auth.conf), $CORRAL_DIR/credentials/<user>.json (mode 0600): NATS
 # refuses anonymous connections, each service connects as its own user (shared/auth.py).
@@ -32,10 +38,15 @@ export CORRAL_NATS_STORE_DIR="$CORRAL_DIR/nats"
 # Each service reads its own credentials file; one exported for a client must not leak in.
 unset CORRAL_NATS_CREDENTIALS
 export PYTHONUNBUFFERED=1
+# The code of this checkout, whichever one the venv was installed from (the fork server's
+# `-m shared.forkserver` and the services' programs alike).
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+FORKSERVER="${CORRAL_FORKSERVER:-1}"
 SOCKET="$CORRAL_DIR/unix.socket"
 
 if [[ "$MODE" == single ]]; then
-    APPS=(all); OTHER=("${SERVICES[@]}" gateway); API_LOG="$LOG_DIR/all.log"
+    APPS=(all); OTHER=("${SERVICES[@]}" gateway forkserver); API_LOG="$LOG_DIR/all.log"
+    FORKSERVER=0
 else
     APPS=("${SERVICES[@]}" gateway); OTHER=(all); API_LOG="$LOG_DIR/gateway.log"
 fi
@@ -140,13 +151,57 @@ check_mode() {
     done
 }
 
+# The fork server (separate mode): started unless it runs. It imports while NATS starts;
+# wait_forkserver then waits until it is ready. If it does not come up, the services are
+# started standalone: nothing depends on it.
+start_forkserver() {
+    local pid
+    pid="$(running_pid forkserver)"  # also drops a stale pid file
+    [[ "$FORKSERVER" != 0 ]] || return 0
+    if [[ -n "$pid" && -S "$FORKSERVER_SOCKET" ]]; then
+        say "forkserver already running (pid $pid)"
+        return 0
+    fi
+    [[ -z "$pid" ]] || kill -TERM "$pid" 2>/dev/null || true  # ours, but lost its socket
+    rm -f "$FORKSERVER_SOCKET"
+    start forkserver "$VENV/bin/python" -m shared.forkserver serve --socket "$FORKSERVER_SOCKET"
+}
+
+wait_forkserver() {
+    local pid deadline=$((SECONDS + 30))
+    [[ "$FORKSERVER" != 0 ]] || return 0
+    pid="$(tr -d '[:space:]' < "$(pid_file forkserver)" 2>/dev/null || true)"
+    until [[ -S "$FORKSERVER_SOCKET" ]]; do
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+            say "WARNING: the fork server did not start (see $LOG_DIR/forkserver.log);" \
+                "starting the services standalone"
+            [[ -z "$pid" ]] || kill -TERM "$pid" 2>/dev/null || true
+            rm -f "$(pid_file forkserver)"
+            return 0
+        fi
+        sleep 0.05
+    done
+}
+
+# Fork <name> from the fork server when it runs; prints nothing (and fails) when it cannot.
+fork_app() {
+    local name="$1" pid
+    [[ "$FORKSERVER" != 0 && -n "$(running_pid forkserver)" ]] || return 1
+    pid="$("$VENV/bin/python" -m shared.forkserver spawn --socket "$FORKSERVER_SOCKET" \
+        "$name" --log "$LOG_DIR/$name.log" --argv0 "$VENV/bin/$(program_of "$name")")" ||
+        return 1
+    say "starting $name, forked by the fork server (log: $LOG_DIR/$name.log)"
+    echo "$pid" > "$(pid_file "$name")"
+    STARTED+=("$name")
+}
+
 start_apps() {
     local name pid
     for name in "${APPS[@]}"; do
         pid="$(running_pid "$name")"
         if [[ -n "$pid" ]]; then
             say "$name already running (pid $pid)"
-        else
+        elif ! fork_app "$name"; then
             start "$name" "$VENV/bin/$(program_of "$name")"
         fi
     done
@@ -191,7 +246,9 @@ if [[ "${CORRAL_VMS:-1}" != 0 ]]; then
     CORRAL_APT_UPDATED=1 "$REPO/deploy/libvirt.sh" up
 fi
 check_mode
+start_forkserver
 start_nats
+wait_forkserver
 start_apps
 wait_api
 if [[ -x "$REPO/deploy/bootstrap.sh" ]]; then

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -46,11 +47,11 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
     raise TimeoutError(f"timed out waiting for {what or predicate}")
 
 
-def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_pid(proc: "subprocess.Popen | Forked", timeout: float = 10.0) -> None:
     stop_pids([proc], timeout)
 
 
-def stop_pids(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+def stop_pids(procs: list[subprocess.Popen | Forked], timeout: float = 10.0) -> None:
     """SIGTERM to each, then wait for all (SIGKILL to what is left after ``timeout``): a
     service takes up to about a second to stop, so several stop together, not in turn."""
     running = [p for p in procs if p.poll() is None]
@@ -136,13 +137,52 @@ class NatsServer:
             self.paths.pid_file.unlink(missing_ok=True)
 
 
-class Stack:
-    """Five services and the gateway as separate processes, like `make up` runs them."""
+class Forked:
+    """A service a fork server started (shared/forkserver.py): the part of ``Popen`` that
+    Stack, ``stop_pids`` and the benches use. It is not our child (forked twice, as
+    `make up` does it), so its exit status is unknown: ``returncode`` is 0 once it is gone.
+    A pidfd follows it, so a recycled PID is never signalled."""
 
-    def __init__(self, corral_dir: Path, nats: NatsServer, **env: str) -> None:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.fd], [], [], 0)[0]:
+            self.returncode = 0
+            os.close(self.fd)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and not select.select([self.fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+        return self.poll() or 0
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            signal.pidfd_send_signal(self.fd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Stack:
+    """Five services and the gateway as separate processes, like `make up` runs them.
+
+    With ``forkserver`` (the benches: `make up`'s way, not the tests': a test's service
+    must be its own program, as it runs in a fault test or a `kill -9`), a fork server is
+    started first and the services are forked from it (shared/forkserver.py); a service
+    it cannot start is started standalone.
+    """
+
+    def __init__(self, corral_dir: Path, nats: NatsServer, forkserver: bool = False,
+                 **env: str) -> None:
         self.dir = corral_dir
         self.nats = nats
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen | Forked] = {}
+        self.forkserver: subprocess.Popen | None = None
+        self.use_forkserver = forkserver
         self.env = {**os.environ, "CORRAL_DIR": str(corral_dir), "CORRAL_NATS_URL": nats.url,
                     "CORRAL_LOG_LEVEL": "debug", "CORRAL_REQUEST_TIMEOUT": "2",
                     # an exec whose client never connects fails in 10 s, not 30: the tests
@@ -162,10 +202,35 @@ class Stack:
     def log_path(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"
 
+    @property
+    def forkserver_socket(self) -> Path:
+        return self.dir / "run" / "forkserver.sock"
+
+    def start_forkserver(self, timeout: float = 60) -> None:
+        """The fork server of this stack, from this checkout (cwd: ``-m`` finds ``shared``
+        here), ready when its socket answers."""
+        self.forkserver_socket.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path("forkserver"), "ab")
+        self.forkserver = subprocess.Popen(
+            [sys.executable, "-m", "shared.forkserver", "serve", "--socket",
+             str(self.forkserver_socket)], env=self.env, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.forkserver_socket.exists(), timeout, what="the fork server")
+
     def start(self, name: str) -> None:
         log = open(self.log_path(name), "ab")
         # Each process connects as its own bus user, whatever directory the server's are in.
         env = {**self.env, "CORRAL_NATS_CREDENTIALS": str(self.nats.credentials(name))}
+        if self.forkserver is not None and self.forkserver.poll() is None and name != "all":
+            from shared import forkserver
+            try:
+                self.procs[name] = Forked(forkserver.spawn(
+                    self.forkserver_socket, name, self.log_path(name),
+                    str(BIN / f"corral-{name}"), env=env, cwd=str(ROOT)))
+                return
+            except (OSError, forkserver.Refused) as e:
+                log.write(f"fork server: {e}; started standalone\n".encode())
+                log.flush()
         self.procs[name] = subprocess.Popen([str(BIN / f"corral-{name}")], env=env,
                                             stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -176,6 +241,8 @@ class Stack:
             stop_pid(proc)
 
     def start_all(self, timeout: float = 60) -> None:
+        if self.use_forkserver and self.forkserver is None:
+            self.start_forkserver(timeout)
         for name in (*SERVICES, "gateway"):
             self.start(name)
         wait_for(self.ready, timeout, what="the gateway to answer GET /1.0")
@@ -193,6 +260,9 @@ class Stack:
         stop_pids([self.procs.pop(n) for n in services])
         for name in list(self.procs):
             self.stop(name)
+        if self.forkserver is not None:
+            stop_pid(self.forkserver)
+            self.forkserver = None
 
 
 @contextlib.contextmanager

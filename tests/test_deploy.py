@@ -142,10 +142,12 @@ def test_up_twice_then_down_twice(deployment, mode):
     ok(d.run("up.sh", CORRAL_MODE=mode))
     pids = d.pids()
     apps = SERVICES + ["gateway"] if mode == "separate" else ["all"]
-    assert set(pids) == {"nats", *apps}
+    # separate mode forks the services from a fork server (tests/test_footprint.py)
+    assert set(pids) == {"nats", *apps, *(["forkserver"] if mode == "separate" else [])}
     assert os.getpid() not in pids.values()
     for name, pid in pids.items():
-        program = "nats-server" if name == "nats" else f"corral-{name}"
+        program = {"nats": "nats-server", "forkserver": "shared.forkserver"}.get(
+            name, f"corral-{name}")
         assert program in Path(f"/proc/{pid}/cmdline").read_text(), name
     status, body = get(d.dir / "unix.socket", "/1.0")
     assert status == 200 and body["metadata"]["api_version"] == "1.0"
