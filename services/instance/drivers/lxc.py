@@ -265,9 +265,11 @@ class LXCDriver(SpecDir, InstanceDriver):
                 raise BadRequest(f"LXC rejected {key} = {value} for {name!r}")
         listing = self._dir(name) / DISKS_LISTING
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
-        disk_mounts.write_hook_listing(
-            listing, _disks(data["spec"]), imap is not None,
-            (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
+        disks = _disks(data["spec"])
+        if disks or listing.exists():  # no disk, no hook: nothing to list (a rename saved)
+            disk_mounts.write_hook_listing(
+                listing, disks, imap is not None,
+                (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
         rootfs = Path(data["spec"]["rootfs_path"])
         said = ""  # what lxc-start printed, when the log says nothing
         if oci_app.is_app(rootfs):
