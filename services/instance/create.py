@@ -147,8 +147,11 @@ def with_config(rec: dict[str, Any], extra: dict[str, str]) -> dict[str, Any]:
             "expanded_config": {**rec["expanded_config"], **extra}}
 
 
-async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
-    """The operation's body: volume, NICs, templates, driver; undone whole on failure."""
+async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any],
+                nics_out: list[Nic] | None = None) -> dict[str, Any]:
+    """The operation's body: volume, NICs, templates, driver; undone whole on failure.
+    ``nics_out`` receives the NICs the instance was defined with: a launch starts it
+    with them (``lifecycle.start``) instead of asking the network service again."""
     project, name, pool = rec["project"], rec["name"], rec["pool"]
     k = key(project, name)
     undo: list[Undo] = []
@@ -183,7 +186,10 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
         rec = with_config(rec, {**props, **vol, "volatile.base_image": image["fingerprint"],
                                 "volatile.uuid": str(uuid.uuid4())})
-        return await define(ctx, drv, rec, path, nics, undo, "create")
+        final = await define(ctx, drv, rec, path, nics, undo, "create")
+        if nics_out is not None:
+            nics_out.extend(nics)
+        return final
     except BaseException:
         await undo_all(ctx, undo, k, rec)
         raise

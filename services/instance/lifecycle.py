@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.errors import BadRequest
 from shared.messages.instance import StatePutRequest
+from shared.messages.network import Nic
 from shared.models import lxd_time
 from shared.state import key, mutate
 
@@ -65,15 +66,24 @@ async def _save(ctx: Context, rec: dict[str, Any], **fields: Any) -> dict[str, A
                                                        **fields.get("expanded_config", {})}})
 
 
-async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+async def start(ctx: Context, rec: dict[str, Any],
+                fresh_nics: list[Nic] | None = None) -> dict[str, Any]:
+    """Start the instance. ``fresh_nics``: the NICs a create resolved and defined it with
+    a moment ago, in the same operation (``lxc launch``): not asked of the network
+    service again (a bus round trip), and the definition is not rewritten unless extra
+    disks must be added to it."""
     name = host_of(rec)
     drv = ctx.drivers.for_instance(rec)
-    nics, vol = await nic_setup(ctx, rec)
+    if fresh_nics is None:
+        nics, vol = await nic_setup(ctx, rec)
+    else:
+        nics, vol = fresh_nics, {}  # their volatile keys are in the record already
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
     extra = await disks.resolve(ctx, rec)  # 400 for a missing source, before starting
     await hotplug.check_start(ctx, rec)  # unix sources, NAT addresses: 400 before starting
-    await asyncio.to_thread(drv.update, name, rec["expanded_config"],
-                            rec["expanded_devices"], nics, extra)
+    if fresh_nics is None or extra:
+        await asyncio.to_thread(drv.update, name, rec["expanded_config"],
+                                rec["expanded_devices"], nics, extra)
     if rec.get("volume") and drv.capabilities.templates:
         await asyncio.to_thread(_start_templates, drv, name, rec)
     await asyncio.to_thread(drv.start, name)
