@@ -13,13 +13,12 @@ from typing import Any
 
 from shared.errors import BadRequest
 from shared.messages.instance import StatePutRequest
-from shared.messages.network import Nic
 from shared.models import lxd_time
 from shared.state import key, mutate
 
 from . import disks, hotplug, image_templates, workers
 from .context import Context
-from .create import nic_setup, with_config
+from .create import nic_setup, take_defined, with_config
 from .names import host_of
 from .records import nic_names
 
@@ -66,14 +65,14 @@ async def _save(ctx: Context, rec: dict[str, Any], **fields: Any) -> dict[str, A
                                                        **fields.get("expanded_config", {})}})
 
 
-async def start(ctx: Context, rec: dict[str, Any],
-                fresh_nics: list[Nic] | None = None) -> dict[str, Any]:
-    """Start the instance. ``fresh_nics``: the NICs a create resolved and defined it with
-    a moment ago, in the same operation (``lxc launch``): not asked of the network
-    service again (a bus round trip), and the definition is not rewritten unless extra
+async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """Start the instance. Right after its create (``lxc launch``) with the NICs the
+    create resolved (``create.take_defined``): not asked of the network service again
+    (a bus round trip), and the definition just made is not rewritten unless extra
     disks must be added to it."""
     name = host_of(rec)
     drv = ctx.drivers.for_instance(rec)
+    fresh_nics = take_defined(rec)
     if fresh_nics is None:
         nics, vol = await nic_setup(ctx, rec)
     else:

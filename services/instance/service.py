@@ -334,14 +334,13 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
 
         async def run(_op) -> None:
             async with self.lock(rec["project"], rec["name"]):
-                nics: list = []  # what the create resolved: the start takes them
-                made = await create.build(self.ctx, rec, image, nics)
+                made = await create.build(self.ctx, rec, image)
                 await self.events.lifecycle(
                     "instance-created", instance_url(made), project=made["project"],
                     context={"storage-pool": made["pool"], "type": made["type"]},
                     requestor=req.requestor)
                 if start:
-                    await lifecycle.start(self.ctx, made, fresh_nics=nics)
+                    await lifecycle.start(self.ctx, made)
                     await self.events.lifecycle("instance-started", instance_url(made),
                                                 project=made["project"],
                                                 requestor=req.requestor)
