@@ -1,9 +1,11 @@
-"""An unprivileged container's id map is written by liblxc itself at start, not by
-shadow's newuidmap/newgidmap (four execs inside every ``lxc-start``), and is right."""
+"""What a container's start does not do any more: run shadow's newuidmap/newgidmap
+(liblxc writes the id map itself: four execs fewer inside every ``lxc-start``), rewrite
+its unchanged definition."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -40,4 +42,28 @@ def test_start_writes_the_id_map_without_the_shadow_tools(world, stack):
     # a restart takes the same way
     lxc(stack, "restart", name, "--force")
     assert world.live(name)["status"] == "Running"
+    lxc(stack, "delete", "--force", name)
+
+
+def test_a_start_rewrites_nothing_unchanged(world, stack):
+    """A start with nothing changed leaves the LXC config and the spec as they are (on
+    ext4 each rename over a file flushes it), and writes no disk listing when there is
+    no extra disk."""
+    name = world.name("same")
+    lxc(stack, "launch", world.image, name, "-p", world.profile)
+    d = world.lxc_dir(name)
+    assert not (d / "disks.json").exists()
+    # The first start after the launch's stores the record's volatile keys in the spec
+    lxc(stack, "restart", "--force", name)
+    lxc(stack, "stop", "--force", name)
+    before = {f: os.stat(d / f).st_ino for f in ("config", "corral.json")}
+    lxc(stack, "start", name)
+    assert world.live(name)["status"] == "Running"
+    assert {f: os.stat(d / f).st_ino for f in before} == before
+    lxc(stack, "stop", "--force", name)
+    lxc(stack, "config", "set", name, "raw.lxc", "lxc.log.level = info")  # a change
+    lxc(stack, "start", name)
+    assert world.live(name)["status"] == "Running"
+    assert all(os.stat(d / f).st_ino != ino for f, ino in before.items())
+    assert "lxc.log.level = info" in (d / "config").read_text()
     lxc(stack, "delete", "--force", name)
