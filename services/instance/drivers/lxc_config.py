@@ -112,7 +112,9 @@ def start_environment(environ: dict[str, str]) -> dict[str, str]:
     caller's /etc/subuid range, and Corral's map is root's range from there (idmap.py).
     The directories left out hold other programs LXC could look up by name: the only
     commands it runs at start are hooks, which Corral writes with absolute paths (raw.lxc
-    may not add any), and ``/bin/sh`` by its path.
+    may not add any), and ``/bin/sh`` by its path. liblxc 5.0 logs a warning at each
+    start that the tools are missing (``lxc.log``); the driver's idmapped-mount fallback
+    therefore looks at error lines only.
     """
     keep = [d for d in environ.get("PATH", os.defpath).split(os.pathsep)
             if d and not any(os.path.exists(os.path.join(d, t)) for t in ID_MAP_TOOLS)]
