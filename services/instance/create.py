@@ -10,6 +10,8 @@ step in reverse, and a crash mid-way is cleaned up by :mod:`reconcile`.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -135,6 +137,42 @@ async def nic_setup(ctx: Context, rec: dict[str, Any]) -> tuple[list[Nic], dict[
     return nics, vol
 
 
+# What a create defined each instance with, for the start of the same ``lxc launch``:
+# the stock client creates, then starts in a second request (and the API's "start": true
+# starts within the create's operation). key -> (monotonic time, the record's expanded
+# config and devices as JSON, the NICs). One use each; dropped after FRESH_SECONDS.
+_DEFINED: dict[str, tuple[float, str, list[Nic]]] = {}
+FRESH_SECONDS = 5.0
+
+
+def _inputs(rec: dict[str, Any]) -> str:
+    return json.dumps([rec["expanded_config"], rec["expanded_devices"]], sort_keys=True)
+
+
+def remember_defined(rec: dict[str, Any], nics: list[Nic]) -> None:
+    """The NICs ``rec`` was just defined with (see :func:`take_defined`)."""
+    now = time.monotonic()
+    for k in [k for k, (t, _, _) in _DEFINED.items() if now - t > FRESH_SECONDS]:
+        del _DEFINED[k]
+    _DEFINED[key(rec["project"], rec["name"])] = (now, _inputs(rec), list(nics))
+
+
+def take_defined(rec: dict[str, Any]) -> list[Nic] | None:
+    """The NICs of a create that defined ``rec`` less than FRESH_SECONDS ago, when the
+    record is still what it was defined from (no config or device changed since: the
+    driver's definition is current too); else None, and the start resolves them again.
+
+    Why: resolving costs a bus round trip to the network service (which also makes sure
+    the bridge runs and writes the NIC's static lease and ACL entry: all done by the
+    create's resolution a moment ago). A later start asks again: the network may have
+    been restarted or changed while the instance was stopped.
+    """
+    hit = _DEFINED.pop(key(rec["project"], rec["name"]), None)
+    if hit is None or time.monotonic() - hit[0] > FRESH_SECONDS or hit[1] != _inputs(rec):
+        return None
+    return hit[2]
+
+
 def root_size(devices: dict[str, dict[str, str]]) -> str:
     """The root disk's ``size`` ("" when unset): a container's is its volume's quota."""
     return next((d.get("size", "") for d in devices.values()
@@ -183,7 +221,9 @@ async def build(ctx: Context, rec: dict[str, Any], image: dict[str, Any]) -> dic
         props = {f"image.{p}": str(v) for p, v in (image.get("properties") or {}).items()}
         rec = with_config(rec, {**props, **vol, "volatile.base_image": image["fingerprint"],
                                 "volatile.uuid": str(uuid.uuid4())})
-        return await define(ctx, drv, rec, path, nics, undo, "create")
+        final = await define(ctx, drv, rec, path, nics, undo, "create")
+        remember_defined(final, nics)
+        return final
     except BaseException:
         await undo_all(ctx, undo, k, rec)
         raise

@@ -18,7 +18,7 @@ from shared.state import key, mutate
 
 from . import disks, hotplug, image_templates, workers
 from .context import Context
-from .create import nic_setup, with_config
+from .create import nic_setup, take_defined, with_config
 from .names import host_of
 from .records import nic_names
 
@@ -66,14 +66,23 @@ async def _save(ctx: Context, rec: dict[str, Any], **fields: Any) -> dict[str, A
 
 
 async def start(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """Start the instance. Right after its create (``lxc launch``) with the NICs the
+    create resolved (``create.take_defined``): not asked of the network service again
+    (a bus round trip), and the definition just made is not rewritten unless extra
+    disks must be added to it."""
     name = host_of(rec)
     drv = ctx.drivers.for_instance(rec)
-    nics, vol = await nic_setup(ctx, rec)
+    fresh_nics = take_defined(rec)
+    if fresh_nics is None:
+        nics, vol = await nic_setup(ctx, rec)
+    else:
+        nics, vol = fresh_nics, {}  # their volatile keys are in the record already
     rec = with_config(rec, {**vol, "volatile.last_state.power": "RUNNING"})
     extra = await disks.resolve(ctx, rec)  # 400 for a missing source, before starting
     await hotplug.check_start(ctx, rec)  # unix sources, NAT addresses: 400 before starting
-    await asyncio.to_thread(drv.update, name, rec["expanded_config"],
-                            rec["expanded_devices"], nics, extra)
+    if fresh_nics is None or extra:
+        await asyncio.to_thread(drv.update, name, rec["expanded_config"],
+                                rec["expanded_devices"], nics, extra)
     if rec.get("volume") and drv.capabilities.templates:
         await asyncio.to_thread(_start_templates, drv, name, rec)
     await asyncio.to_thread(drv.start, name)

@@ -335,7 +335,19 @@ PRIVATE_FILE = 0o600
 
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` atomically with a 0600 file (never readable by others, not even
-    for a moment: the temporary file is created 0600)."""
+    for a moment: the temporary file is created 0600); nothing when it holds ``text``.
+
+    Why the check: a start rewrites the instance's spec and LXC config, most often with
+    what they hold already, and on ext4 a rename over an existing file flushes the new
+    file's data first (``auto_da_alloc``): 7 ms a rename measured on a loaded host, two
+    per start. Reading the file back costs microseconds.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read(len(text) + 1) == text:
+                return
+    except (OSError, UnicodeDecodeError):
+        pass  # missing or unreadable: write it
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE)
     try:

@@ -232,7 +232,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         except CorralError:
             if not (data["idmap"] and not data["shifted"] and self._idmapped is None):
                 raise
-            if "idmap" not in self._log_since(name, 0).lower():
+            if not _idmap_error(self._log_since(name, 0, lines=80)):
                 raise
             # Idmapped mounts do not work for this root: shift the files once, remember.
             self._idmapped = False
@@ -265,9 +265,11 @@ class LXCDriver(SpecDir, InstanceDriver):
                 raise BadRequest(f"LXC rejected {key} = {value} for {name!r}")
         listing = self._dir(name) / DISKS_LISTING
         imap = idmaps.IdMap.from_json(data["idmap"]) if data["idmap"] else None
-        disk_mounts.write_hook_listing(
-            listing, _disks(data["spec"]), imap is not None,
-            (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
+        disks = _disks(data["spec"])
+        if disks or listing.exists():  # no disk, no hook: nothing to list (a rename saved)
+            disk_mounts.write_hook_listing(
+                listing, disks, imap is not None,
+                (imap.uid_to_host(0), imap.gid_to_host(0)) if imap else (0, 0))
         rootfs = Path(data["spec"]["rootfs_path"])
         said = ""  # what lxc-start printed, when the log says nothing
         if oci_app.is_app(rootfs):
@@ -668,12 +670,16 @@ def _lxc_start(lxcpath: Path, name: str, items: list[tuple[str, str]]) -> tuple[
     reparents it), so it outlives a kill -9 of this service like before, and it returns
     once liblxc reported the container RUNNING (or failed). ``items`` (limits) are
     defined for this start only, as ``set_config_item`` did. The wait releases the GIL.
+    Its PATH lacks newuidmap/newgidmap, so liblxc writes the id map itself (see
+    ``lxc_config.start_environment``).
     """
     defines = [a for k, v in items for a in ("-s", f"{k}={v}")]
+    binary = shutil.which("lxc-start") or "lxc-start"  # by the service's own PATH
     with tempfile.TemporaryFile() as out:
         try:
-            res = subprocess.run(["lxc-start", "-n", name, "-P", str(lxcpath), *defines],
+            res = subprocess.run([binary, "-n", name, "-P", str(lxcpath), *defines],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 env=lxc_config.start_environment(dict(os.environ)),
                                  close_fds=True, timeout=START_TIMEOUT)
         except subprocess.TimeoutExpired:
             return False, f"lxc-start did not return within {START_TIMEOUT} s"
@@ -682,6 +688,14 @@ def _lxc_start(lxcpath: Path, name: str, items: list[tuple[str, str]]) -> tuple[
         out.seek(0)
         said = out.read(8192).decode(errors="replace").strip()
     return res.returncode == 0, said
+
+
+def _idmap_error(log: str) -> bool:
+    """Whether LXC's log reports an error about the id map (idmapped mounts not working
+    for this root). Errors only: a start logs warnings naming the id-map tools (left off
+    its PATH on purpose), which say nothing about the mount."""
+    return any("idmap" in line.lower() for line in log.splitlines()
+               if " ERROR " in line)
 
 
 _BROKEN: lxc.Container | None = object()  # type: ignore[assignment]  # config won't load
