@@ -55,6 +55,12 @@ FINAL_SEEN_LIMIT = 4096  # finished operations a process keeps from their events
 # exit code) is what it is for; after that the shared record is read again, so a record
 # another replica deleted (its own retention, a sweep) is gone for this reader too.
 FINAL_SEEN_TTL = 5.0
+# A wait's KV watch is an ephemeral JetStream consumer; stopping the watcher only
+# unsubscribes, and nats-py's default leaves the consumer on the server for 5 minutes.
+# After a burst of operations nats-server held hundreds of them (~27 MiB of its memory
+# after the speed bench). A subscribed watcher is never inactive, so this only ends the
+# consumer of a wait that is over.
+WATCH_CONSUMER_IDLE = 5.0
 log = get_logger()
 
 
@@ -481,7 +487,7 @@ class Operations:
 
     async def _watch(self, op_id: str, current: dict[str, Any], deadline: float | None
                      ) -> dict[str, Any]:
-        watcher = await self.store.kv.watch(op_id)
+        watcher = await self.store.kv.watch(op_id, inactive_threshold=WATCH_CONSUMER_IDLE)
         try:
             while True:
                 left = 3600.0 if deadline is None else deadline - time.monotonic()

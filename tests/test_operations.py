@@ -140,3 +140,34 @@ async def test_finished_operations_expire_after_the_retention(ops, aapi, stack, 
             assert (await aapi.get(f"/1.0/operations/{op.id}")).status_code == 404
     finally:
         await asyncio.to_thread(stop_pid, proc)
+
+
+async def test_finished_waits_leave_no_consumer_on_the_server(ops, aapi, bus):
+    """Each wait watches the operation's KV key through an ephemeral JetStream consumer.
+    Stopping the watcher only unsubscribes: with nats-py's default the server kept each
+    consumer 5 minutes, hundreds after a burst (tens of MiB of nats-server's memory)."""
+    js = bus.js
+
+    async def consumers() -> int:
+        return (await js.stream_info("KV_operations")).state.consumer_count
+
+    before = await consumers()
+    release = asyncio.Event()
+
+    async def work(handle):
+        await release.wait()
+        return {}
+
+    started = [await ops.start("Waited on", work) for _ in range(5)]
+    waits = [asyncio.create_task(aapi.get(f"/1.0/operations/{op.id}/wait",
+                                          params={"timeout": "30"})) for op in started]
+    await asyncio.sleep(0.3)
+    release.set()
+    for w in waits:
+        assert (await w).json()["metadata"]["status"] == "Success"
+    # well before nats-py's 5 minutes: the consumers of the finished waits are gone
+    for _ in range(150):
+        if await consumers() <= before:
+            break
+        await asyncio.sleep(0.1)
+    assert await consumers() <= before

@@ -29,6 +29,7 @@ from shared.errors import BadRequest, CorralError, Unavailable
 from shared.events import Events
 from shared.log import operation_id
 from shared.messages.image import PullRequest, PullSource
+from shared.operations import WATCH_CONSUMER_IDLE
 from shared.state import Store, mutate
 
 from .context import Context
@@ -99,7 +100,7 @@ async def _follow(bus: Any, op_id: str, mine: str | None) -> dict[str, Any]:
 
     while time.monotonic() < deadline:
         try:
-            watcher = await ops.kv.watch(op_id)
+            watcher = await ops.kv.watch(op_id, inactive_threshold=WATCH_CONSUMER_IDLE)
         except Exception:  # the bus is away (a nats-server restart): try again
             await asyncio.sleep(0.25)
             continue
