@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -108,3 +109,15 @@ def env_seconds(name: str, default: float, minimum: float) -> float:
     except ValueError:
         value = default
     return max(minimum, value)
+
+
+SCHEDULE_SHIFT_ENV = "CORRAL_SNAPSHOT_SCHEDULE_SHIFT"
+
+
+def schedule_shift() -> timedelta:
+    """How far ahead of the wall clock ``snapshots.schedule`` cron times are matched
+    (``CORRAL_SNAPSHOT_SCHEDULE_SHIFT`` seconds, default 0). Why: a cron schedule fires at
+    a minute boundary, so a test of the real schedule pass would wait up to a minute for
+    one; with a shift it starts the service so the next boundary comes in seconds. Only
+    the matching moves: names, ``created_at`` and expiry keep the real clock."""
+    return timedelta(seconds=env_seconds(SCHEDULE_SHIFT_ENV, 0.0, 0.0))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -158,16 +159,85 @@ def node_world(nodes: list[Node], busybox_tarball: Path) -> Iterator[World]:
 
 
 
+class SharedNodes:
+    """The two nodes every :func:`two_node_fixtures` module shares (one start and stop
+    of 2 x 7 processes instead of one per module, ~7 s each): started by the first such
+    module, checked and repaired by each next one, stopped after the last one (so the
+    rest of the session does not carry them), or at the session's end after a failure
+    (conftest's ``shared_two_nodes``)."""
+
+    def __init__(self) -> None:
+        self.exits = contextlib.ExitStack()
+        self.value: tuple[list[Node], Heartbeats] | None = None
+
+    def acquire(self, request) -> tuple[list[Node], Heartbeats]:  # type: ignore[no-untyped-def]
+        if self.value is None:
+            self.value = self.exits.enter_context(cluster_stacks(request, 2))
+        else:
+            self._repair()
+        return self.value
+
+    def _repair(self) -> None:
+        """What a module before left must not be this one's: every process of both nodes
+        runs (a test that kills one starts it again; a failed one may not have), no
+        made-up member keeps heart-beating."""
+        assert self.value is not None
+        nodes, beats = self.value
+        for node in list(beats.beating):
+            beats.silence(node)
+        asyncio.run(_forget_members(beats.config, {n.name for n in nodes}))
+        for n in nodes:
+            for svc in (*SERVICES, "gateway"):
+                proc = n.stack.procs.get(svc)
+                if proc is None or proc.poll() is not None:
+                    n.stack.procs.pop(svc, None)
+                    n.stack.start(svc)
+        for n in nodes:
+            wait_for(n.stack.ready, 120, what=f"{n.name} to answer")
+
+    def release(self, request) -> None:  # type: ignore[no-untyped-def]
+        """Stop the nodes unless a module after this one needs them."""
+        items = request.session.items
+        mine = [i for i, item in enumerate(items) if item.module is request.module]
+        if mine and any(getattr(item.module, "__name__", "") in TWO_NODE_MODULES
+                        for item in items[mine[-1] + 1:]):
+            return
+        self.close()
+
+    def close(self) -> None:
+        self.value = None
+        self.exits.close()
+
+
+TWO_NODE_MODULES: set[str] = set()  # filled by two_node_fixtures()
+
+
+async def _forget_members(config: Any, keep: set[str]) -> None:
+    """Delete the member records of made-up members (a module's Heartbeats): offline, they
+    would make the next module's cluster-wide pool create fail ("member ... is offline")."""
+    bus = Bus(config, "tests-forget-members")
+    await bus.connect()
+    try:
+        store = await cluster.open_members(bus)
+        for name in await store.keys():
+            if name not in keep:
+                await store.delete(name)
+    finally:
+        await bus.close()
+
+
 def two_node_fixtures() -> tuple[Any, Any]:
     """The module-scoped ``cluster`` (two nodes: ``(nodes, beats)``) and ``world``
     (:func:`node_world`) fixtures the two-node test modules share; each module binds them
-    (``cluster, world = two_node_fixtures()``) so each gets its own nodes, as a
-    module-scoped fixture defined there would."""
+    (``cluster, world = two_node_fixtures()``). The nodes are the session's
+    :class:`SharedNodes` (conftest's ``shared_two_nodes``); the world is each module's
+    own (its instances, counted by placement, never another module's)."""
+    TWO_NODE_MODULES.add(sys._getframe(1).f_globals["__name__"])
 
     @pytest.fixture(scope="module")
-    def cluster(request):  # type: ignore[no-untyped-def]
-        with cluster_stacks(request, 2) as (nodes, beats):
-            yield nodes, beats
+    def cluster(request, shared_two_nodes):  # type: ignore[no-untyped-def]
+        yield shared_two_nodes.acquire(request)
+        shared_two_nodes.release(request)
 
     @pytest.fixture(scope="module")
     def world(cluster, busybox_tarball):  # type: ignore[no-untyped-def]
@@ -176,6 +246,7 @@ def two_node_fixtures() -> tuple[Any, Any]:
             yield w
 
     return cluster, world
+
 
 def _unmount_under(base: Path) -> None:
     """Unmount what the nodes left mounted under ``base`` (a node mounts the pools it

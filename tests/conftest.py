@@ -84,6 +84,19 @@ async def bus(bus_config):
 
 
 @pytest.fixture(scope="session")
+def shared_two_nodes():
+    """The two-node cluster the two-node modules share (tests/cluster_stack.SharedNodes):
+    normally stopped by the last of them; whatever is left at the session's end here."""
+    from .cluster_stack import SharedNodes
+
+    shared = SharedNodes()
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+@pytest.fixture(scope="session")
 def busybox_tarball(tmp_path_factory) -> Path:
     """The busybox image (unified tarball), built once per session for every world."""
     from shared.image.build import build_busybox

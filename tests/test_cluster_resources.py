@@ -21,7 +21,17 @@ from typing import Iterator
 
 import pytest
 
-from tests.test_cluster import Cluster, wait_states
+from tests.test_cluster import (
+    Cluster,
+    _alive,
+    _end,
+    _leftovers,
+    dnsmasq_args,
+    links,
+    mounts,
+    query,
+    wait_states,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 
@@ -62,64 +72,9 @@ def cluster() -> Iterator[Cluster]:
         assert str(base) not in loops, f"loop devices left behind: {loops}"
 
 
-def _leftovers(c: Cluster) -> list[int]:
-    """The dnsmasq processes the nodes' network services started: found in the nodes'
-    namespaces before cluster-down deletes those (and stops them)."""
-    found = []
-    for k in (1, 2, 3, 4):
-        pids = subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
-                              capture_output=True, text=True).stdout.split()
-        for pid in map(int, pids):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "dnsmasq" in cmd and str(c.base) in cmd:
-                found.append(pid)
-    return found
-
-
-def _alive(pids: list[int], wait: float = 5.0) -> list[int]:
-    """Those of ``pids`` still running after ``wait`` seconds."""
-    def running(pid: int) -> bool:
-        try:
-            return b"dnsmasq" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + wait
-    while True:
-        alive = [p for p in pids if running(p)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
-
-
-def _end(pids: list[int]) -> None:
-    """End them by PID (the nodes' mounts go with their mount namespaces, the loop
-    devices with the mounts)."""
-    for pid in pids:
-        try:
-            os.kill(pid, 15)
-        except OSError:
-            pass
-
-
 def seen_by(c: Cluster, k: int, path: Path) -> Path:
     """``path`` as node k's processes see it (through its mount namespace)."""
     return Path(f"/proc/{c.pids(k)[0]}/root") / path.relative_to("/")
-
-
-def query(c: Cluster, k: int, path: str) -> dict:
-    return json.loads(c.lxc(k, "query", path).stdout)
-
-
-def mounts(c: Cluster, k: int) -> dict[str, str]:
-    """Node k's mounts (its processes have a mount namespace of their own, as a host of its
-    own would): mount point -> source device."""
-    pid = c.pids(k)[0]
-    with open(f"/proc/{pid}/mounts") as f:
-        return {line.split()[1]: line.split()[0] for line in f}
 
 
 def test_default_pool_made_by_every_member_on_its_own_disk(cluster: Cluster) -> None:
@@ -281,11 +236,6 @@ def test_dir_pool_per_member(cluster: Cluster) -> None:
     assert gone.returncode != 0 and "not found" in gone.stderr
 
 
-def links(c: Cluster, k: int) -> str:
-    return subprocess.run(["ip", "-n", f"{c.prefix}-node{k}", "-br", "link"],
-                          capture_output=True, text=True).stdout
-
-
 def test_network_pending_per_member_then_created_and_deleted_everywhere(
         cluster: Cluster) -> None:
     for k in (1, 2):
@@ -352,21 +302,6 @@ def test_storage_set_reaches_every_member_and_target_only_that_member(
                 "btrfs.mount_options=user_subvol_rm_allowed,compress=lzo")
     for k in (1, 2, 3):
         assert "compress=lzo" in pool_mount_options(cluster, k, "default"), k
-
-
-def dnsmasq_args(c: Cluster, k: int, network: str) -> list[str]:
-    """The command line of node k's dnsmasq for ``network`` (one, or the test fails)."""
-    found = []
-    for pid in subprocess.run(["ip", "netns", "pids", f"{c.prefix}-node{k}"],
-                              capture_output=True, text=True).stdout.split():
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if "dnsmasq" in argv[0] and f"--interface={network}" in argv:
-            found.append(argv)
-    assert len(found) == 1, f"node{k}: {len(found)} dnsmasq for {network}"
-    return found[0]
 
 
 def test_network_set_reaches_every_member_and_target_only_that_member(

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from .stack import BIN, Stack, private_stack, socket_client, wait_for
-from .test_faults import kv_records, start_again, wait_dead, wait_final
-from .test_faults import restart as _restart
+from .test_faults import kv_records, restart, start_again, wait_dead, wait_final
 from .world import World, lxc, make_world, wait_op
 
 pytestmark = pytest.mark.root
@@ -49,26 +48,10 @@ def world(request, sstack, sapi, busybox_tarball):
     with make_world(sapi, sstack, busybox_tarball, network=False,
                     pool_driver=request.param) as w:
         w.pool_driver = request.param  # type: ignore[attr-defined]
-        # test_schedule_at_startup_and_cron's instance is made with the world: the wait
-        # for the cron's minute goes by during the tests before it (none arms a fault)
-        w.cron = _scheduled_instance(w, sstack) if request.param == "btrfs" else None  # type: ignore[attr-defined]
         yield w
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-_SCHEDULED: list[World] = []  # worlds whose scheduled instance may still be there
-
-
-def _scheduled_instance(w: World, stack: Stack) -> str:
-    """A stopped instance snapshotted every minute (``snapshots.schedule.stopped``)."""
-    other = w.create("cron")
-    _SCHEDULED.append(w)
-    lxc(stack, "config", "set", other, "snapshots.schedule", "* * * * *")
-    lxc(stack, "config", "set", other, "snapshots.schedule.stopped", "true")
-    lxc(stack, "config", "set", other, "snapshots.expiry", "1H")
-    return other
 
 
 def wait_passes(log: Path, since: int, passes: int) -> None:
@@ -79,21 +62,6 @@ def wait_passes(log: Path, since: int, passes: int) -> None:
             f.seek(since)
             return f.read().count('"event": "snapshot pass done"')
     wait_for(lambda: ended() >= passes, 30, what=f"{passes} snapshot passes")
-
-
-def _unschedule() -> None:
-    """Remove the scheduled instance (once its test is done or skipped)."""
-    while _SCHEDULED:
-        w = _SCHEDULED.pop()
-        w.remove(w.cron)  # type: ignore[attr-defined]
-
-
-def restart(stack: Stack, name: str, fault: str | None = None, **extra: str) -> None:
-    """test_faults.restart, once no scheduled snapshot can hit the fault point it arms
-    (when test_schedule_at_startup_and_cron was deselected, its instance is still there)."""
-    if fault:
-        _unschedule()
-    _restart(stack, name, fault, **extra)
 
 
 
@@ -346,7 +314,9 @@ def test_expired_while_the_service_was_down(world, sstack, sapi):
 
 def test_schedule_at_startup_and_cron(world, sstack, sapi):
     """@startup: a snapshot when the instance starts; a cron schedule fires on a stopped
-    instance only with snapshots.schedule.stopped."""
+    instance only with snapshots.schedule.stopped. The instance service is started again
+    with its schedule clock shifted (CORRAL_SNAPSHOT_SCHEDULE_SHIFT) so the next cron
+    minute comes a few seconds later instead of up to a minute: the real pass fires it."""
     if world.pool_driver != "btrfs":
         pytest.skip("the schedule does not depend on the pool: once is enough")
     name = world.create("sched")
@@ -354,13 +324,21 @@ def test_schedule_at_startup_and_cron(world, sstack, sapi):
     lxc(sstack, "start", name)
     wait_for(lambda: len(snaps(world, name)) == 1, 15, what="the @startup snapshot")
     lxc(sstack, "stop", name, "--force")
-    other = world.cron  # made with the world (see _scheduled_instance)
-    wait_for(lambda: len(snaps(world, other)) >= 1, 75, interval=0.5,
-             what="the cron schedule to fire")
-    first = sapi.get(f"/1.0/instances/{other}/snapshots/snap0").json()["metadata"]
-    assert not first["expires_at"].startswith("0001")
-    assert len(snaps(world, name)) == 1  # stopped, no .stopped: nothing more
-    _unschedule()  # no scheduled snapshot may hit a fault point a later test arms
+    other = world.create("cron")  # stopped, snapshotted every minute
+    try:
+        lxc(sstack, "config", "set", other, "snapshots.schedule", "* * * * *")
+        lxc(sstack, "config", "set", other, "snapshots.schedule.stopped", "true")
+        lxc(sstack, "config", "set", other, "snapshots.expiry", "1H")
+        assert snaps(world, other) == []
+        shift = -(time.time() + 8) % 60  # the shifted clock's minute ends 8 s from now
+        restart(sstack, "instance", CORRAL_SNAPSHOT_SCHEDULE_SHIFT=f"{shift:.3f}")
+        wait_for(lambda: len(snaps(world, other)) >= 1, 75, interval=0.5,
+                 what="the cron schedule to fire")
+        first = sapi.get(f"/1.0/instances/{other}/snapshots/snap0").json()["metadata"]
+        assert not first["expires_at"].startswith("0001")
+        assert len(snaps(world, name)) == 1  # stopped, no .stopped: nothing more
+    finally:
+        world.remove(other)  # no scheduled snapshot may hit a fault point a later test arms
 
 
 # -- crashes -------------------------------------------------------------------------------

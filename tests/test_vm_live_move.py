@@ -8,7 +8,8 @@ VM (128 MiB, TCG) is moved with the stock client and back through the REST API; 
 guest kernel keeps running (its boot_id and a process survive), ``lxc list`` shows the new
 location, the downtime libvirt measured is in the operation's metadata. Failures leave the
 VM running on the source and nothing on the target: a target whose libvirtd is down, and
-a target whose QEMU cannot start the guest (its bridge is gone).
+a target whose QEMU cannot start the guest (its bridge is gone), and a source whose
+gateway dies once the guest was sent (the guest keeps running on the target).
 """
 
 from __future__ import annotations
@@ -286,6 +287,73 @@ def test_target_libvirtd_down_leaves_the_vm_running_on_the_source(cluster: Clust
     finally:
         cluster.make("cluster-up")  # idempotent: starts node2's libvirtd again
     assert libvirt_domains(cluster, 2).strip() == ""
+
+
+def test_gateway_killed_after_a_live_send_keeps_the_guest(cluster: Cluster, vm: str) -> None:
+    """The guest runs on node2 when node1's gateway dies (``vm_live_move:after_send``;
+    a node runs every service in one process, so its instance service dies with it, as a
+    member's crash): started again, node1 finishes the move (the record says node2,
+    node1's copy goes) and the guest kept running (its boot_id and memory). Then an
+    evacuation of node2 in live-migrate mode moves it live (back to node1), and restore
+    returns it live. node2's services are killed too before the restart: their start
+    keeps the guest the journal says was sent there. node1's process is started again
+    with the fault armed first (the guest keeps running meanwhile); at the end the guest
+    goes back to node1 for the test after this one."""
+    def kill(k: int) -> None:
+        pid = int((cluster.node_dir(k) / "run" / "all.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+
+    def wait_gone(pid: int) -> None:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text(
+                ).rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, f"pid {pid} was not killed"
+            time.sleep(0.2)
+
+    assert location(cluster, vm) == ("RUNNING", "node1")
+    kill(1)
+    cluster.env["CORRAL_FAULT"] = "vm_live_move:after_send"
+    try:
+        cluster.make("cluster-up")  # node1's process only, now with the fault armed
+    finally:
+        cluster.env.pop("CORRAL_FAULT")
+    wait_agent(cluster, vm)
+    boot_id = in_guest(cluster, vm, "cat", "/proc/sys/kernel/random/boot_id")
+    in_guest(cluster, vm, "sh", "-c", "echo alive > /dev/shm/marker && echo disk > /root/m "
+             "&& sync")
+    pid = int((cluster.node_dir(1) / "run" / "all.pid").read_text())
+    r = cluster.lxc(1, "move", vm, "--target", "node2", check=False)
+    assert r.returncode != 0, r.stdout
+    wait_gone(pid)  # node1's process died at the point
+    kill(2)  # the journal says the guest was sent there; its record still says node1
+    cluster.make("cluster-up")
+    deadline = time.monotonic() + 120
+    while location(cluster, vm, 2) != ("RUNNING", "node2"):
+        assert time.monotonic() < deadline, location(cluster, vm, 2)
+        time.sleep(1)
+    assert location(cluster, vm, 1) == ("RUNNING", "node2")
+    assert in_guest(cluster, vm, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert in_guest(cluster, vm, "cat", "/dev/shm/marker") == "alive"
+    assert in_guest(cluster, vm, "cat", "/root/m") == "disk"
+    deadline = time.monotonic() + 60
+    while vm in libvirt_domains(cluster, 1) or volumes_on(cluster, 1):
+        assert time.monotonic() < deadline, (libvirt_domains(cluster, 1),
+                                             volumes_on(cluster, 1))
+        time.sleep(1)
+    assert volumes_on(cluster, 2) == [vm]
+
+    cluster.lxc(1, "query", "--wait", "-X", "POST", "/1.0/cluster/members/node2/state",
+                "--data", json.dumps({"action": "evacuate", "mode": "live-migrate"}))
+    assert location(cluster, vm) == ("RUNNING", "node1")
+    assert in_guest(cluster, vm, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    cluster.lxc(1, "cluster", "restore", "node2", "--force")
+    assert location(cluster, vm) == ("RUNNING", "node2")
+    assert in_guest(cluster, vm, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert in_guest(cluster, vm, "cat", "/dev/shm/marker") == "alive"
+    cluster.lxc(2, "move", vm, "--target", "node1")  # where the next test wants it
+    assert location(cluster, vm) == ("RUNNING", "node1")
+    assert in_guest(cluster, vm, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
 
 
 def test_target_that_cannot_start_the_guest_leaves_nothing(cluster: Cluster,

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from croniter import croniter
 
-from shared.config import env_seconds
+from shared.config import env_seconds, schedule_shift
 from shared.errors import BadRequest
 
 from . import snapshots
@@ -61,6 +61,8 @@ def parse(expr: str) -> tuple[list[str], bool]:
 def due(expr: str, last: datetime, now: datetime) -> bool:
     """Whether a cron time of ``expr`` falls in (``last``, ``now``] (UTC)."""
     crons, _ = parse(expr)
+    shift = schedule_shift()  # 0 but in tests (shared.config says why)
+    last, now = last + shift, now + shift
     for cron in crons:
         nxt = croniter(cron, last.astimezone(timezone.utc)).get_next(datetime)
         if nxt <= now:

@@ -27,6 +27,7 @@ from shared import faults, streams
 from shared.api import url
 from shared.backup import layout
 from shared.bus import Bus
+from shared.config import env_seconds
 from shared.errors import BadRequest, Conflict, CorralError, NotFound
 from shared.log import get_logger
 from shared.messages.backup import BackupImportRequest
@@ -37,6 +38,9 @@ from .channels import Channel
 
 log = get_logger()
 HEADER_TIMEOUT = 30.0
+# The source has this long to connect the websockets (CORRAL_WS_TIMEOUT, as exec's: the
+# test stack makes it 10 s, so a transfer whose relay never came fails in 10 s, not 30).
+WS_TIMEOUT = env_seconds("CORRAL_WS_TIMEOUT", 30.0, 1.0)
 IMPORT_TIMEOUT = 3600.0
 OUR_FEATURES = {"xattrs", "delete", "compress", "bidirectional"}
 
@@ -107,7 +111,7 @@ async def start(svc: Any, req: CreateRequest) -> Reply:
             except BaseException as exc:
                 ready.set_exception(exc)
                 raise
-            async with channels.opened(common.SECRETS, ss, HEADER_TIMEOUT, src,
+            async with channels.opened(common.SECRETS, ss, WS_TIMEOUT, src,
                                        src.get("secrets") or {}, svc.server_cert()) as chans:
                 if existing is not None:
                     await refresh.receive(svc, req.project, existing, body, chans, handle)

@@ -100,3 +100,11 @@ def test_automatic_snapshot_names() -> None:
     assert next_snapshot_name("", set()) == "snap0"
     assert next_snapshot_name("", {"snap0", "snap1"}) == "snap2"
     assert next_snapshot_name("backup-%d", {"backup-0"}) == "backup-1"
+
+def test_schedule_shift_moves_only_the_matching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORRAL_SNAPSHOT_SCHEDULE_SHIFT matches cron times that many seconds ahead."""
+    t = datetime(2030, 1, 1, 6, 0, 10, tzinfo=timezone.utc)
+    monkeypatch.delenv("CORRAL_SNAPSHOT_SCHEDULE_SHIFT", raising=False)
+    assert not schedule_due("* * * * *", t, t + timedelta(seconds=10))
+    monkeypatch.setenv("CORRAL_SNAPSHOT_SCHEDULE_SHIFT", "45")
+    assert schedule_due("* * * * *", t, t + timedelta(seconds=10))

@@ -102,6 +102,17 @@ def test_schedules() -> None:
         with pytest.raises(BadRequest):
             snapshot_schedule.parse(bad)
 
+def test_schedule_shift_moves_only_the_matching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORRAL_SNAPSHOT_SCHEDULE_SHIFT (tests' way to a near cron minute) matches the cron
+    times that far ahead; unset, a window without a minute boundary fires nothing."""
+    last = datetime(2026, 3, 4, 6, 0, 10, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 4, 6, 0, 20, tzinfo=timezone.utc)
+    monkeypatch.delenv("CORRAL_SNAPSHOT_SCHEDULE_SHIFT", raising=False)
+    assert not snapshot_schedule.due("* * * * *", last, now)
+    monkeypatch.setenv("CORRAL_SNAPSHOT_SCHEDULE_SHIFT", "45")  # (06:00:55, 06:01:05]
+    assert snapshot_schedule.due("* * * * *", last, now)
+    assert not snapshot_schedule.due("2 6 * * *", last, now)
+
 
 def test_config_keys_checked() -> None:
     snapshot_schedule.check_config({"snapshots.schedule": "@daily", "snapshots.expiry": "1w",
