@@ -117,7 +117,9 @@ class Operations:
         self.owner: dict[str, str] | None = None
         self._stopping: str | None = None
         self._missing: dict[str, float] = {}  # op id -> when its owner was first missed
-        self._finished: set[str] = set()  # op ids read finished by fail_orphans
+        # op id -> its last update (epoch s), for operations read finished (fail_orphans,
+        # expire): a finished operation never changes, so neither reads it again
+        self._finished: dict[str, float] = {}
         # Finished operations as their last event showed them (see remember_final).
         self._final_seen: dict[str, tuple[float, dict[str, Any]]] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -235,8 +237,14 @@ class Operations:
         after a burst of execs, most of the gateway's CPU). A finished operation never
         changes again (ids are never reused), so it is read once.
         """
-        keys = await self.store._all_keys()
-        self._finished.intersection_update(keys)
+        return await self._read_unfinished(await self.store._all_keys())
+
+    async def _read_unfinished(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Of ``keys``, the unfinished operations; the finished ones are remembered with
+        their time (only those not remembered yet are read)."""
+        live = set(keys)
+        for gone in [k for k in self._finished if k not in live]:
+            del self._finished[gone]
         todo = [k for k in keys if k not in self._finished]
         found = await asyncio.gather(*(self.store.get(k) for k in todo))
         out: dict[str, dict[str, Any]] = {}
@@ -244,7 +252,10 @@ class Operations:
             if entry is None:
                 continue
             if entry[0].get("status") in OperationStatus.FINAL:
-                self._finished.add(op_id)
+                try:
+                    self._finished[op_id] = parse_lxd_time(entry[0]["updated_at"])
+                except (KeyError, TypeError, ValueError):
+                    self._finished[op_id] = time.time()  # unreadable: kept a retention
             else:
                 out[op_id] = entry[0]
         return out
@@ -531,15 +542,26 @@ class Operations:
         return await self.wait(op_id, 10)
 
     async def expire(self) -> int:
-        """Delete finished operations older than the retention; returns how many."""
+        """Delete finished operations older than the retention; returns how many.
+
+        Why not read every record: after a burst (1000 instances made) each gateway read
+        each of the thousands of operations every round, a KV round trip apiece, which held
+        the event loop that a ``corral-all`` process shares with every service (a cluster
+        move made then took seconds). Finished operations are remembered with their time
+        (:meth:`_read_unfinished`), so only records not seen finished yet are read.
+        """
         now = time.time()
         gone = 0
         try:
-            ops = await self.store.items()
+            await self._read_unfinished(await self.store._all_keys())
         except jse.Error:
             return 0
-        for op_id, op in ops.items():
-            if is_expired(op, self.retention, now):
+        for op_id, updated in list(self._finished.items()):
+            if now - updated <= self.retention:
+                continue
+            self._finished.pop(op_id, None)
+            found = await self.store.get(op_id)  # another gateway may have deleted it
+            if found is not None and is_expired(found[0], self.retention, now):
                 await self.store.delete(op_id)
                 gone += 1
         if gone:  # their delete markers would stay in every exact listing otherwise

@@ -56,7 +56,7 @@ def backup_key(project: str, instance: str, backup: str) -> str:
 def records(store: Store, project: str, instance: str) -> list[dict[str, Any]]:
     return sorted((r for r in store.cached()
                    if r["project"] == project and r["instance"] == instance),
-                  key=lambda r: (r["created_at"], r["name"]))
+                  key=lambda r: (snapshot_records.created(r), r["name"]))
 
 
 def backup_url(rec: dict[str, Any]) -> str:

@@ -53,6 +53,7 @@ from .custom_config import (
     parse_time,
     schedule_due,
     snapshot_expiry,
+    time_order,
 )
 from .drivers import Driver
 from .drivers.util import validate_name
@@ -202,7 +203,7 @@ class CustomVolumes:
             names = await asyncio.to_thread(custom_disk.snapshot_names, drv,
                                             self._disk(rec))
         meta = rec.get("snapshots") or {}
-        return sorted(names, key=lambda s: (meta.get(s, {}).get("created_at", "~"), s))
+        return sorted(names, key=lambda s: (time_order(meta.get(s, {}).get("created_at")), s))
 
     @staticmethod
     def _disk(rec: dict[str, Any]) -> str:
@@ -264,7 +265,8 @@ class CustomVolumes:
             for r, snaps in zip(mine, names, strict=True):
                 meta = r.get("snapshots") or {}
                 out[self.key(pool, r.get("project", "default"), r["name"])] = sorted(
-                    snaps, key=lambda s, m=meta: (m.get(s, {}).get("created_at", "~"), s))
+                    snaps, key=lambda s, m=meta: (time_order(m.get(s, {}).get("created_at")),
+                                                  s))
         return out
 
     async def get(self, pool: str, project: str, name: str) -> tuple[dict[str, Any], str]:

@@ -36,7 +36,7 @@ from shared.models import lxd_time
 
 from . import backups, custom_disk
 from .custom import KIND, CustomVolumes
-from .custom_config import ZERO_TIME, check_config, format_time, parse_time
+from .custom_config import ZERO_TIME, check_config, format_time, parse_time, time_order
 from .drivers.util import validate_name
 from .volumes import disk_name
 
@@ -76,7 +76,8 @@ class CustomBackups:
     async def listing(self, pool: str, project: str, name: str) -> list[tuple[str, dict]]:
         rec = await self.custom.record(pool, project, name)
         metas = rec.get("backups") or {}
-        return sorted(metas.items(), key=lambda kv: (kv[1].get("created_at", ""), kv[0]))
+        return sorted(metas.items(),
+                      key=lambda kv: (time_order(kv[1].get("created_at")), kv[0]))
 
     async def get(self, pool: str, project: str, name: str, backup: str) -> dict[str, Any]:
         rec = await self.custom.record(pool, project, name)

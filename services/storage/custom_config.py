@@ -200,6 +200,21 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     return datetime.fromisoformat(m.group(1) + frac + zone).astimezone(timezone.utc)
 
 
+def time_order(value: Any) -> tuple[int, datetime]:
+    """A sort key of a record's time (``created_at``): as a time, not as its spelling.
+    Records carry LXD's timestamps in more than one spelling (one from an LXD backup's
+    index.yaml or an older record may have whole seconds or an offset, one made here
+    nanoseconds), and ``"...:24.5Z"`` sorts before ``"...:24Z"`` as strings. Unset or
+    unreadable times sort last (after every real time), as the old ``"~"`` default did."""
+    try:
+        ts = parse_time(value) if value is not None else None
+    except BadRequest:
+        ts = None
+    if value is None or (ts is None and not str(value).startswith("0001-01-01")):
+        return (1, datetime.min.replace(tzinfo=timezone.utc))
+    return (0, ts or datetime.min.replace(tzinfo=timezone.utc))
+
+
 def format_time(ts: datetime | None) -> str:
     if ts is None:
         return ZERO_TIME
