@@ -185,7 +185,7 @@ for k in $(seq 1 "$NODES"); do
     fi
     APP_CMD=("$VENV/bin/nats-server" -c "$CORRAL_DIR/nats/cluster-node.conf")
     start_in_node "$k" nats GOGC="${CORRAL_NATS_GOGC:-50}" \
-        GOMEMLIMIT="${CORRAL_NATS_GOMEMLIMIT:-64MiB}" \
+        GOMEMLIMIT="${CORRAL_NATS_GOMEMLIMIT:-128MiB}" \
         CORRAL_NATS_PORT="$NATS_PORT" CORRAL_NATS_CLUSTER_HOST="$(node_ip "$k")" \
         CORRAL_NATS_CLUSTER_PORT="$NATS_ROUTE_PORT" CORRAL_NATS_ROUTES="$ROUTES"
 done

@@ -24,7 +24,7 @@ from shared import auth
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 # nats-server's soft memory limit (Go runtime): see deploy/up.sh.
-NATS_GOMEMLIMIT = "64MiB"
+NATS_GOMEMLIMIT = "128MiB"  # as deploy/up.sh
 NATS_GOGC = "50"
 SERVICES = ("image", "instance", "storage", "network", "migration", "hooks")
 
