@@ -49,7 +49,7 @@ from .copy_api import API_EXTENSIONS as COPY_EXTENSIONS
 from .copy_api import CopyPublishMixin
 from .drivers.base import InstanceDriver
 from .drivers.lxc import LXCDriver
-from .drivers.router import DriverRouter
+from .drivers.router import CONTAINER, VM, DriverRouter
 from .exec_api import API_EXTENSIONS as IO_EXTENSIONS
 from .exec_api import ExecFilesConsoleMixin
 from .idmap import ensure_subids
@@ -223,7 +223,7 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                              self.ctx.local() if req.target else None)
         if req.recursion <= 0 and not req.filter:
             return Reply(metadata=[instance_url(r) for r in recs])
-        host = await asyncio.to_thread(self.drivers.list_host)
+        host = await self._host_statuses(recs)
         if req.recursion == 1 and not req.filter:
             return Reply(metadata=self._listed_json(recs, host))
         objs = [public(r, host.get(host_of(r), r.get("status"))) for r in recs]
@@ -247,6 +247,18 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
             for o, snaps in zip(objs, all_snaps, strict=True):
                 o.update(state=states.get(host_of(o)), backups=None, snapshots=snaps or None)
         return Reply(metadata=objs)
+
+    async def _host_statuses(self, recs: list[dict[str, Any]]) -> dict[str, str]:
+        """{host name: status} for a list, read live (a container stopped a moment ago
+        reads Stopped in the very next list).
+
+        Containers only: read in this thread. LXC's list of active containers and one
+        directory scan cost ~1.3 ms for 1000, less than the hop to a worker thread and
+        back costs a 10-instance list. With VMs among them, libvirt is asked, which
+        may block: in a worker thread, as before."""
+        if any(r.get("type") == VM for r in recs):
+            return await asyncio.to_thread(self.drivers.list_host)
+        return self.drivers.for_type(CONTAINER).list_host()
 
     async def _list_elsewhere(self, req: InstanceListRequest) -> Reply:
         """The instances located on ``req.target``, a node that did not answer: read
