@@ -72,7 +72,9 @@ async def instance_list(ctx: Context, request: web.Request) -> web.StreamRespons
     data = await _ask_list(ctx, subjects.service("instance", "list"), req)
     head = _REPLY_HEAD.match(data)
     if head is not None and data.endswith(_REPLY_TAIL):
-        body = _SYNC_HEAD + data[head.end():len(data) - len(_REPLY_TAIL)] + b"}"
+        # one copy of the (possibly 2 MB) metadata: a memoryview slice copies nothing
+        body = b"".join((_SYNC_HEAD, memoryview(data)[head.end():len(data) - len(_REPLY_TAIL)],
+                         b"}"))
         return web.Response(body=body, content_type="application/json")
     return render(Reply.model_validate(codec.decode_json(data) or {}))
 
@@ -88,11 +90,16 @@ async def _ask_list(ctx: Context, subject: str, req: object) -> bytes:
     return msg.data
 
 
-def _items(data: bytes) -> bytes:
-    """The JSON array of a list reply, without its brackets (b"" when empty)."""
+def _items(data: bytes) -> bytes | memoryview:
+    """The JSON array of a list reply, without its brackets (empty when empty): a view
+    of the reply's bytes, so the join of every member's is the one copy."""
     head = _REPLY_HEAD.match(data)
+    start, end = (head.end(), len(data) - len(_REPLY_TAIL)) if head is not None else (0, 0)
+    if head is not None and data.endswith(_REPLY_TAIL) and end - start >= 2 and \
+            data[start] == ord("[") and data[end - 1] == ord("]"):
+        return memoryview(data)[start + 1:end - 1]
     if head is not None and data.endswith(_REPLY_TAIL):
-        array = data[head.end():len(data) - len(_REPLY_TAIL)].strip()
+        array = data[start:end].strip()
     else:
         array = codec.encode_json(Reply.model_validate(codec.decode_json(data) or {}
                                                        ).metadata or [])
@@ -123,5 +130,18 @@ async def cluster_list(ctx: Context, req: object) -> web.Response:
         return await _ask_list(ctx, subjects.node(ctx.config.node, "instance", "list"), ask)
 
     parts = await asyncio.gather(*(one(n, up) for n, up in sorted(nodes.items())))
-    body = b"[" + b",".join(p for p in map(_items, parts) if p) + b"]"
-    return web.Response(body=_SYNC_HEAD + body + b"}", content_type="application/json")
+    return web.Response(body=joined(parts), content_type="application/json")
+
+
+def joined(replies: list[bytes]) -> bytes:
+    """LXD's sync envelope around the items of several list replies, in order: the one
+    copy of each member's items (1000 instances over 3 nodes are ~2 MB)."""
+    pieces: list[bytes | memoryview] = [_SYNC_HEAD, b"["]
+    for items in map(_items, replies):
+        if len(items):
+            pieces += (items, b",")
+    if len(pieces) == 2:  # no items at all
+        pieces.append(b"]}")
+    else:
+        pieces[-1] = b"]}"  # in place of the last comma
+    return b"".join(pieces)
