@@ -24,12 +24,17 @@ JSON = "application/json"
 class RawJSON:
     """A reply's ``metadata`` already encoded as JSON (the instance list's per-instance
     cache): spliced as is into a JSON reply, decoded once for a msgpack one. A wrapper,
-    not a bytes subclass: making one of those copies the bytes (~2 MB for a big list)."""
+    not a bytes subclass: making one of those copies the bytes (~2 MB for a big list).
+    ``data`` may be the JSON's pieces in order, joined only into the reply itself (one
+    copy of a big list instead of two)."""
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | list[bytes]) -> None:
         self.data = data
+
+    def pieces(self) -> list[bytes]:
+        return self.data if isinstance(self.data, list) else [self.data]
 
 
 _RAW_MARK = "\x00corral-raw-json\x00"  # no JSON value a service sends contains NUL
@@ -49,7 +54,7 @@ def encode(value: Any) -> bytes:
         value = dict(value)
     raw = _raw_metadata(value)
     if raw is not None:
-        value = {**value, "metadata": json.loads(raw.data)}
+        value = {**value, "metadata": json.loads(b"".join(raw.pieces()))}
     return msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
 
 
@@ -68,7 +73,7 @@ def encode_json(value: Any) -> bytes:
     out = json.dumps(value, separators=(",", ":"), default=_json_default).encode()
     if raw is not None:
         head, tail = out.split(_RAW_MARK_JSON, 1)
-        out = b"".join((head, raw.data, tail))
+        out = b"".join((head, *raw.pieces(), tail))
     return out
 
 

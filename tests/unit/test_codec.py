@@ -62,3 +62,13 @@ def test_raw_json_metadata_is_spliced_into_json_and_decoded_for_msgpack():
         "metadata": items, "etag": "x"}
     assert codec.encode_json(Reply(metadata=codec.RawJSON(b"[]"))) == codec.encode_json(
         Reply(metadata=[]))
+
+
+def test_raw_json_in_pieces_is_joined_once_into_the_reply():
+    """The instance list hands its cached objects as pieces (no join of its own)."""
+    items = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
+    pieces = [b"[", codec.encode_json(items[0]), b",", codec.encode_json(items[1]), b",",
+              codec.encode_json(items[2]), b"]"]
+    reply = Reply(metadata=codec.RawJSON(pieces))
+    assert codec.encode_json(reply) == codec.encode_json(Reply(metadata=items))
+    assert codec.decode(codec.encode(reply))["metadata"] == items
