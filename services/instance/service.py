@@ -304,9 +304,11 @@ class InstanceService(InstanceSnapshotsMixin, CopyPublishMixin, BackupsMixin, Pr
                 del cache[k]
         if not parts:
             return codec.RawJSON(b"[]")
-        parts[0] = b"[" + parts[0]  # small copies, so the join is the one copy of the whole
-        parts[-1] += b"]"
-        return codec.RawJSON(b",".join(parts))
+        # "[", then each object and a comma, then "]": joined once, into the reply itself
+        pieces = [b","] * (2 * len(parts) + 1)
+        pieces[1::2] = parts
+        pieces[0], pieces[-1] = b"[", b"]"
+        return codec.RawJSON(pieces)
 
     @endpoint("get", ObjectRequest)
     async def get_instance(self, req: ObjectRequest) -> Reply:
