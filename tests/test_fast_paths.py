@@ -93,13 +93,19 @@ def test_migration_service_does_not_load_aiohttp_before_it_dials_a_peer(lean_sta
     assert "aiohttp" in maps(lean_stack, "gateway")  # the check can see aiohttp
 
 
-def test_image_service_does_not_import_httpx_before_a_download():
-    """httpx is pure Python (nothing in maps): its modules are looked for in the process."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys; from shared import lean; lean.prepare(); "
-         "import services.image.main, shared.image.download as d; print('httpx' in "
-         "sys.modules); d.client(); print('httpx' in sys.modules)"],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+@pytest.mark.parametrize("service, module, use", [
+    ("image", "httpx", "import shared.image.download as d; d.client()"),
+    ("instance", "croniter", "from services.instance import snapshot_schedule as s; "
+                             "s.check_config({'snapshots.schedule': '0 1 * * *'})"),
+])
+def test_pure_python_libraries_are_imported_at_first_use(service, module, use):
+    """httpx (downloads) and croniter (cron snapshot schedules) are pure Python, so
+    nothing shows in maps: the service's modules are imported in a process of their own."""
+    code = (f"import sys; from shared import lean; lean.prepare(); "
+            f"import services.{service}.main; print({module!r} in sys.modules); {use}; "
+            f"print({module!r} in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.split() == ["False", "True"], out
 
 
