@@ -119,7 +119,7 @@ BOUNDS: dict[str, str] = {
     "GET recursion=2, 10 running": "~8.5 ms CPU reading cgroups, netns netlink, disk use",
     "memory: stack after the bench (alone)": "fork server 47 + 7 services x 12-38 MiB "
                                              "own (COW copies on use, own modules, heap "
-                                             "at work: gateway 66->95, instance 47->75 RSS) "
+                                             "at work: gateway 66->83, instance 47->75 RSS) "
                                              "+ nats-server ~67 (garbage until Go's GC)",
     "single mode: memory after the bench (alone)": "one Python: imports ~51 MiB private "
                                                    "(nats/asyncio/ssl 11, services 13, "
