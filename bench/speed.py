@@ -118,10 +118,13 @@ BOUNDS: dict[str, str] = {
                                        "nats-server ~14, gateway ~8",
     "GET recursion=2, 10 running": "~8.5 ms CPU reading cgroups, netns netlink, disk use",
     "memory: stack after the bench (alone)": "fork server 47 + 7 services x 12-38 MiB "
-                                             "own (COW copies on use, own modules, heap) "
-                                             "+ nats-server 80-90 (KV watch consumers)",
-    "single mode: memory after the bench (alone)": "one Python with every import ~75 MiB "
-                                                   "+ nats-server 20-30",
+                                             "own (COW copies on use, own modules, heap "
+                                             "at work: gateway 66->83, instance 47->75 RSS) "
+                                             "+ nats-server ~67 (garbage until Go's GC)",
+    "single mode: memory after the bench (alone)": "one Python: imports ~51 MiB private "
+                                                   "(nats/asyncio/ssl 11, services 13, "
+                                                   "shared 7, aiohttp 5, pyroute2 4) + heap "
+                                                   "at work ~20 + nats-server 21-30",
     "single mode: lxc start (stopped)": "lxc-start ~60 ms; client 5 requests",
     "single mode: lxc delete (stopped)": "client ~11 ms + 3 requests; LXC dir + cgroups",
     "VM: launch to first exec (TCG)": "SeaBIOS + kernel unpack ~0.6 s emulated, virtio "

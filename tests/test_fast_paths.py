@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -81,6 +83,64 @@ def test_hooks_service_loads_aiohttp_at_its_first_webhook(lean_stack):
         finally:
             api.delete("/1.0/profiles/fpprofile")
             api.delete("/1.0/hooks/fp1")
+
+
+def test_migration_service_does_not_load_aiohttp_before_it_dials_a_peer(lean_stack):
+    """aiohttp is its websocket client to another server (test_migration_remote dials)."""
+    with socket_client(lean_stack) as api:
+        assert api.get("/1.0/instances?recursion=1").status_code == 200
+    assert "aiohttp" not in maps(lean_stack, "migration")
+    assert "aiohttp" in maps(lean_stack, "gateway")  # the check can see aiohttp
+
+
+@pytest.mark.parametrize("service, module, use", [
+    ("image", "httpx", "import shared.image.download as d; d.client()"),
+    ("instance", "croniter", "from services.instance import snapshot_schedule as s; "
+                             "s.check_config({'snapshots.schedule': '0 1 * * *'})"),
+])
+def test_pure_python_libraries_are_imported_at_first_use(service, module, use):
+    """httpx (downloads) and croniter (cron snapshot schedules) are pure Python, so
+    nothing shows in maps: the service's modules are imported in a process of their own."""
+    code = (f"import sys; from shared import lean; lean.prepare(); "
+            f"import services.{service}.main; print({module!r} in sys.modules); {use}; "
+            f"print({module!r} in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.split() == ["False", "True"], out
+
+
+def test_network_service_uses_pyroute2_without_its_whole_package(lean_stack):
+    """pyroute2's __init__ would import NDB (and sqlite3, a native library) and IPDB:
+    shared/lean.py leaves them out while the service makes and lists bridges."""
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("needs dnsmasq (managed bridges)")
+    name = "fp" + uuid.uuid4().hex[:6]
+    with socket_client(lean_stack) as api:
+        r = api.post("/1.0/networks", json={"name": name, "type": "bridge", "config": {
+            "ipv4.address": "auto", "ipv6.address": "none"}})
+        assert r.status_code in (200, 201), r.text
+        try:
+            r = api.get("/1.0/networks?recursion=1")  # the host's interfaces too
+            assert r.status_code == 200, r.text
+            assert {n["name"] for n in r.json()["metadata"]} >= {name, "lo"}
+            assert Path(f"/sys/class/net/{name}").exists()
+        finally:
+            assert api.delete(f"/1.0/networks/{name}").status_code == 200
+    network = maps(lean_stack, "network")
+    assert "_sqlite3" not in network and "libsqlite3" not in network
+    assert "_ctypes" in network  # the check can see a native module
+
+
+def test_lean_pyroute2_still_gives_the_whole_package_when_asked():
+    code = ("import sys; from shared import lean; lean.prepare(); "
+            "from pyroute2 import IPRoute; from pyroute2.netlink.exceptions import "
+            "NetlinkError; a = 'pyroute2.ndb.main' in sys.modules; import pyroute2; "
+            "from pyroute2 import NDB, IPRoute as I2; "
+            "print(a, 'pyroute2.ndb.main' in sys.modules, I2 is IPRoute, "
+            "pyroute2.NetlinkError is NetlinkError, bool(pyroute2.__version__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.split() == ["False", "True", "True", "True", "True"], out
 
 
 def test_a_delete_removes_the_volume_and_releases_the_lease_at_once(lean_stack,

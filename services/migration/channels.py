@@ -21,15 +21,16 @@ import hashlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from shared import streams
 from shared.errors import CorralError
 
 BARRIER = ""
 CONNECT_TIMEOUT = 15.0
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class Channel:
@@ -63,6 +64,8 @@ class WsChannel(Channel):
         self.session, self.ws, self.name = session, ws, name
 
     async def recv(self) -> bytes | str | None:
+        import aiohttp  # loaded by dial() already; see there why not at module level
+
         msg = await self.ws.receive()
         if msg.type == aiohttp.WSMsgType.BINARY:
             return msg.data
@@ -134,6 +137,10 @@ def check_peer(ws: aiohttp.ClientWebSocketResponse, expected_pem: str) -> None:
 async def dial(op_url: str, secret: str, name: str, cert: Path, key: Path,
                peer_cert: str) -> WsChannel:
     """Connect ``<operation URL>/websocket?secret=`` as LXD's migrationConn does."""
+    # aiohttp only here (~5-8 MiB): a migration service that never dials a peer (most
+    # of them: only pull mode targets and push mode sources do) does not carry it
+    import aiohttp
+
     url = op_url.rstrip("/")
     if url.startswith("https://"):
         url = "wss://" + url[len("https://"):]

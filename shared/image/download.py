@@ -15,9 +15,7 @@ import hashlib
 import ssl
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
-
-import httpx
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from shared.api import byte_size
 from shared.errors import BadRequest, CorralError, NotFound, Unavailable
@@ -31,6 +29,9 @@ MAX_DOCUMENT = 64 * 1024 * 1024  # images.json of images.linuxcontainers.org is 
 USER_AGENT = "Corral (LXD-compatible)"
 _CHUNK = 64 * 1024
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def ssl_context(certificate: str = "") -> ssl.SSLContext:
@@ -51,6 +52,10 @@ def ssl_context(certificate: str = "") -> ssl.SSLContext:
 
 
 def client(certificate: str = "", *, timeout: float = READ_TIMEOUT) -> httpx.AsyncClient:
+    # httpx is imported at the first download, not when the image service starts: many
+    # image services never pull from a server (~1 MiB and 23 modules otherwise)
+    import httpx
+
     return httpx.AsyncClient(verify=ssl_context(certificate), follow_redirects=True,
                              headers={"User-Agent": USER_AGENT},
                              timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT))
@@ -75,6 +80,8 @@ def explain(exc: BaseException, url: str, certificate: str) -> CorralError:
         if isinstance(cause, ssl.SSLError):
             return BadRequest(f"TLS failure talking to {url}: {cause}")
         cause = cause.__cause__ or cause.__context__
+    import httpx  # already loaded by client(), whose errors these are
+
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unavailable(f"Image server {url} is unreachable: {text}")
     if isinstance(exc, httpx.TimeoutException):

@@ -236,3 +236,26 @@ def test_a_finished_operation_seen_in_its_event_is_read_from_memory():
     ops.store.reads.clear()
     asyncio.run(ops.get(op_id))
     assert ops.store.reads == [op_id] and op_id not in ops._final_seen
+
+
+def test_finished_operations_are_forgotten_once_their_reads_are_over(monkeypatch):
+    """remember_final keeps a final state FINAL_SEEN_TTL seconds (what get() answers
+    from), not until FINAL_SEEN_LIMIT newer ones push it out: after a burst of
+    operations the gateway would hold thousands of them for nothing."""
+    clock = [1000.0]
+    monkeypatch.setattr(operations.time, "monotonic", lambda: clock[0])
+    ops = make()
+    ids = [f"6f1c0c8e-1c1e-4d8a-9a59-6f1a8f0d{i:04x}" for i in range(50)]
+    final = {k: v for k, v in record(ids[0], None, "Success").items()
+             if k not in ("project", "owner")}
+    for op_id in ids:
+        ops.remember_final({**final, "id": op_id})
+    assert list(ops._final_seen) == ids
+    clock[0] += operations.FINAL_SEEN_TTL / 2
+    ops.remember_final({**final, "id": ids[0]})  # seen again: kept, now the newest
+    clock[0] += operations.FINAL_SEEN_TTL / 2 + 0.1
+    ops.remember_final({**final, "id": "6f1c0c8e-1c1e-4d8a-9a59-6f1a8f0dffff"})
+    assert list(ops._final_seen) == [ids[0], "6f1c0c8e-1c1e-4d8a-9a59-6f1a8f0dffff"]
+    monkeypatch.setattr(operations, "FINAL_SEEN_LIMIT", 1)  # the limit still holds
+    ops.remember_final({**final, "id": ids[1]})
+    assert list(ops._final_seen) == [ids[1]]
