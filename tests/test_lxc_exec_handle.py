@@ -1,4 +1,4 @@
-"""Exec asks liblxc for nothing it already knows: the kept reader, the cached init pid.
+"""Exec and delete ask liblxc for nothing it already knows: the kept reader, the cached init pid.
 
 Why: a new ``lxc.Container`` parses the config with the GIL held (~0.33 ms quiet, ~5 ms
 under load) and its ``state`` is one more round trip to the monitor, right after the
@@ -18,10 +18,7 @@ from tests.test_lxc_driver import env, run  # noqa: E402,F401  (env is a fixture
 pytestmark = pytest.mark.root
 
 
-def test_exec_builds_no_container_handle_once_the_reader_is_kept(env, monkeypatch):  # noqa: F811 (the imported fixture)
-    drv, new, _ = env
-    name, _ = new()
-    assert run(drv, name, ["true"])[0] == 0
+def _count_handles(monkeypatch) -> list[str]:
     built: list[str] = []
     real = lxc_driver.lxc.Container
 
@@ -30,6 +27,14 @@ def test_exec_builds_no_container_handle_once_the_reader_is_kept(env, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lxc_driver.lxc, "Container", counting)
+    return built
+
+
+def test_exec_builds_no_container_handle_once_the_reader_is_kept(env, monkeypatch):  # noqa: F811 (the imported fixture)
+    drv, new, _ = env
+    name, _ = new()
+    assert run(drv, name, ["true"])[0] == 0
+    built = _count_handles(monkeypatch)
     for i in range(3):
         assert run(drv, name, ["sh", "-c", f"echo {i}"])[:2] == (0, f"{i}\n".encode())
     assert built == []
@@ -51,3 +56,20 @@ def test_exec_in_no_such_instance_is_not_found(env):  # noqa: F811 (the imported
     drv, _, _ = env
     with pytest.raises(NotFound):
         drv.exec_start("crtnosuch", ["true"])
+
+
+def test_delete_after_the_status_check_builds_no_handle_and_still_refuses_a_running_one(
+        env, monkeypatch):  # noqa: F811 (the imported fixture)
+    drv, new, _ = env
+    name, _ = new()
+    assert drv.host_status(name) == "Running"
+    with pytest.raises(Conflict, match="stop it first"):
+        drv.delete(name)  # the kept reader answers from the monitor, not a stale state
+    drv.stop(name, 0, True)
+    assert drv.host_status(name) == "Stopped"  # what the service asks before a delete
+    built = _count_handles(monkeypatch)
+    drv.delete(name)
+    assert built == []
+    assert not (drv.lxcpath / name).exists()
+    with pytest.raises(NotFound):
+        drv.delete(name)

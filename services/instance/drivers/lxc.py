@@ -143,8 +143,11 @@ class LXCDriver(SpecDir, InstanceDriver):
         write_private(self._dir(name) / "config", text)
 
     def delete(self, name: str) -> None:
+        data = self._load(name)  # NotFound first; read once (the root check below)
         try:
-            state = self._container(name).state
+            # The kept reader (the caller's status check made it): a new handle would parse
+            # the config again only to be thrown away with the definition.
+            state = self._reader(name).state  # type: ignore[union-attr]  # keep=True
         except Internal:  # a config LXC cannot load must not make it undeletable
             active = lxc.list_containers(active=True, defined=False,
                                          config_path=str(self.lxcpath))
@@ -152,7 +155,7 @@ class LXCDriver(SpecDir, InstanceDriver):
         if state != "STOPPED":
             raise Conflict(f"Instance {name!r} is {state.lower()}; stop it first")
         d = self._dir(name)
-        root = Path(self._load(name)["spec"]["rootfs_path"]).resolve()
+        root = Path(data["spec"]["rootfs_path"]).resolve()
         if root.is_relative_to(d.resolve()):
             raise Internal(f"Refusing to delete {d}: it contains the root volume {root}")
         shutil.rmtree(d)
