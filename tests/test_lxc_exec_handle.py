@@ -73,3 +73,31 @@ def test_delete_after_the_status_check_builds_no_handle_and_still_refuses_a_runn
     assert not (drv.lxcpath / name).exists()
     with pytest.raises(NotFound):
         drv.delete(name)
+
+
+def test_a_forced_stop_removes_its_own_cgroups_without_sweeping_every_hierarchy(
+        env, monkeypatch):  # noqa: F811 (the imported fixture)
+    drv, new, _ = env
+    name, _ = new()
+    assert run(drv, name, ["true"])[0] == 0
+    c = lxc.Container(name, str(drv.lxcpath))
+    pid = c.init_pid
+    mine = lxc_driver._lxc_cgroups(name, pid, lxc_driver._parent_pid(pid))
+    assert mine and any(f"lxc.payload.{name}" in str(d) for d in mine)
+    assert any(f"lxc.monitor.{name}" in str(d) for d in mine)
+    assert all(d.is_dir() for d in mine)
+    swept: list[str] = []
+    monkeypatch.setattr(lxc_driver.cgroups, "remove_leftovers",
+                        lambda n, wait=0.0: swept.append(n))
+    built = _count_handles(monkeypatch)
+    drv.stop(name, 0, True)
+    assert drv.host_status(name) == "Stopped"
+    assert not any(d.exists() for d in mine)  # no leftover for the next start's -N
+    assert swept == [] and built == []
+    with pytest.raises(Conflict, match="already stopped"):
+        drv.stop(name, 0, True)
+    drv.start(name)  # starts again, a fresh cgroup of the same name
+    assert run(drv, name, ["true"])[0] == 0
+    drv.freeze(name)
+    drv.stop(name, 0, True)  # a frozen one is thawed, then killed
+    assert drv.host_status(name) == "Stopped"
