@@ -32,6 +32,7 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
 log = get_logger()
+_BUS_TRACER = tracing.tracer("corral.bus")  # looked up once, not per request
 
 # Services bound to a host: in a cluster each node's answer for its own instances, volumes
 # and bridges, on ``corral.node.<node>.<svc>.<verb>`` (see ``Bus.request``).
@@ -163,10 +164,10 @@ class Bus:
         assert self.nc is not None
         # A client span per request: the answering service's server span is its child,
         # so one trace links every process a request reaches (shared/tracing.py).
-        with tracing.tracer("corral.bus").start_as_current_span(
-                subject, kind=SpanKind.CLIENT,
-                attributes={"messaging.system": "nats", "messaging.destination.name": subject,
-                            "corral.caller": self.name}) as span:
+        attributes = ({"messaging.system": "nats", "messaging.destination.name": subject,
+                       "corral.caller": self.name} if tracing.recording() else None)
+        with _BUS_TRACER.start_as_current_span(subject, kind=SpanKind.CLIENT,
+                                               attributes=attributes) as span:
             try:
                 return await self._request(subject, payload, timeout, service, headers)
             except CorralError as exc:

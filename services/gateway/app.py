@@ -64,8 +64,9 @@ class Gateway:
         resource = request.match_info.route.resource
         name = f"{request.method} {resource.canonical if resource else request.path}"
         with self.tracer.start_as_current_span(name, context=ctx, kind=SpanKind.SERVER) as span:
-            span.set_attribute("http.method", request.method)
-            span.set_attribute("http.target", request.path_qs)
+            if span.is_recording():  # attributes only where a span goes somewhere
+                span.set_attribute("http.method", request.method)
+                span.set_attribute("http.target", request.path_qs)
             trace_id = tracing.current_trace_id() or ""
             try:
                 resp = await handler(request)
