@@ -11,9 +11,8 @@ from shared import lean
 
 lean.prepare()  # before the bus and structlog are imported (see shared/lean.py)
 
-import asyncio
 
-from shared.service import run_services
+from shared.service import run_process, run_services
 
 from .gateway.main import gateway_factory, start_http
 from .hooks.service import HooksService
@@ -29,7 +28,7 @@ SERVICES = [ImageService, StorageService, NetworkService, InstanceService, Migra
 
 def main() -> None:
     factories = [lambda c, b, cls=cls: cls(c, b) for cls in SERVICES] + [gateway_factory]
-    asyncio.run(run_services(factories, "all", after_start=start_http))
+    run_process(run_services(factories, "all", after_start=start_http))
 
 
 if __name__ == "__main__":

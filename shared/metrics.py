@@ -16,9 +16,10 @@ For other services' code, the API is these functions (no prometheus_client impor
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 disable_created_metrics()  # no *_created series: LXD's output has none, scrapers ignore them
 
@@ -75,24 +76,57 @@ def exposition() -> str:
     return generate_latest(REGISTRY).decode()
 
 
-def merge(texts: list[str]) -> list:
-    """Parse Prometheus texts and merge their families by name; a sample seen twice (the
-    same name and labels: two services of one process) is kept once. Raises ValueError on
-    text the parser rejects."""
-    families: dict[str, object] = {}
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+# One sample line of the text format: name, optional {labels}, value, optional timestamp.
+_SAMPLE = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})? \S+( \S+)?')
+_PROJECT = re.compile(r'[{,]project="((?:[^"\\]|\\.)*)"')
+
+
+def merge(texts: list[str], projects: set[str] | None = None) -> str:
+    """Merge Prometheus texts (as ``generate_latest`` writes them) family by family into
+    one text; a sample seen twice (the same name and labels: two services of one process)
+    is kept once. With ``projects``, a sample labelled with another ``project`` is left out.
+    Raises ValueError on a line that is not the text format.
+
+    Why lines, not ``prometheus_client``'s parser and renderer: every ``GET /1.0/metrics``
+    merges six services' texts (hundreds of histogram lines each); parsing each sample into
+    objects and rendering them back was most of the gateway's time for a scrape (~25 ms of
+    CPU per request on this 2-core host). A family's lines only have to be grouped under
+    its first ``# HELP``/``# TYPE`` and deduplicated by their name and labels.
+    """
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    seen: set[str] = set()
     for text in texts:
-        for fam in text_string_to_metric_families(text):
-            have = families.get(fam.name)
-            if have is None:
-                have = families[fam.name] = fam.__class__(fam.name, fam.documentation,
-                                                          fam.type, fam.unit)
-            for sample in fam.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key not in seen:
-                    seen.add(key)
-                    have.samples.append(sample)  # type: ignore[attr-defined]
-    return list(families.values())
+        family = ""
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    have = headers.setdefault(family, [])
+                    samples.setdefault(family, [])
+                    if not any(h.startswith(f"# {parts[1]} ") for h in have):
+                        have.append(line)
+                continue
+            if _SAMPLE.fullmatch(line) is None:
+                raise ValueError(f"not a Prometheus sample line: {line[:200]!r}")
+            key = line[:line.rindex("}") + 1] if "{" in line.split(" ", 1)[0] \
+                else line.split(" ", 1)[0]
+            if key in seen:
+                continue
+            seen.add(key)
+            if projects is not None:
+                found = _PROJECT.search(key)
+                if found is not None and found.group(1) not in projects:
+                    continue
+            samples.setdefault(family, []).append(line)
+    out: list[str] = []
+    for family, lines in samples.items():
+        out += headers.get(family, [])
+        out += lines
+    return "\n".join(out) + "\n" if out else ""
 
 
 def render(families: list) -> str:

@@ -52,8 +52,9 @@ def stop_pid(proc: "subprocess.Popen | Forked", timeout: float = 10.0) -> None:
 
 
 def stop_pids(procs: list[subprocess.Popen | Forked], timeout: float = 10.0) -> None:
-    """SIGTERM to each, then wait for all (SIGKILL to what is left after ``timeout``): a
-    service takes up to about a second to stop, so several stop together, not in turn."""
+    """SIGTERM to each, then wait for all (SIGKILL to what is left after ``timeout``):
+    several stop together, not in turn (a service stops in tens of ms since it leaves
+    without the interpreter's finalization, shared/service.py ``run_process``)."""
     running = [p for p in procs if p.poll() is None]
     for proc in running:
         proc.send_signal(signal.SIGTERM)
@@ -255,7 +256,8 @@ class Stack:
                                     "/1.0/networks"))
 
     def stop_all(self) -> None:
-        """The services together (in turn they took ~5 s a stack), then the gateway."""
+        """The services together, then the gateway (0.3 s a stack; ~3 s before
+        ``run_process``)."""
         services = [n for n in self.procs if n != "gateway"]
         stop_pids([self.procs.pop(n) for n in services])
         for name in list(self.procs):

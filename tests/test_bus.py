@@ -171,6 +171,29 @@ def test_stopped_service_gives_503_then_recovers_with_data(api, stack, uid):
     api.delete(f"/1.0/profiles/{uid}")
 
 
+async def test_a_service_stops_promptly_and_cleanly(bus, stack):
+    """SIGTERM to exit in well under a second: the service stops (bus drained, its last
+    log line written), then leaves without the interpreter's finalization, which took
+    1-2.5 s per process under load (shared/service.py run_process)."""
+    proc = stack.procs["hooks"]
+    log = stack.log_path("hooks")
+    try:
+        t0 = time.monotonic()
+        stack.stop("hooks")
+        took = time.monotonic() - t0
+        assert proc.returncode == 0
+        assert took < 0.75, f"the hooks service took {took:.2f} s to stop"
+        last = json.loads(log.read_text().strip().splitlines()[-1])
+        assert last["event"] == "nats disconnected"  # the bus closed, the stream flushed
+    finally:
+        stack.start("hooks")
+    for _ in range(60):  # back on the bus for the tests after this one
+        if "corral-hooks" in {r["name"] for r in await gather_replies(bus, "$SRV.PING")}:
+            break
+    else:
+        raise AssertionError("the hooks service did not come back")
+
+
 def test_services_reconnect_after_nats_restart(api, stack, nats_server, uid):
     assert api.post("/1.0/profiles", json={"name": uid}).status_code == 200
     nats_server.stop()

@@ -6,13 +6,12 @@ from shared import lean
 
 lean.prepare()  # before the bus and structlog are imported (see shared/lean.py)
 
-import asyncio  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
 from shared.bus import Bus  # noqa: E402
 from shared.config import Config  # noqa: E402
 from shared.models import ServerInfoReply  # noqa: E402
-from shared.service import Service, run_services  # noqa: E402
+from shared.service import Service, run_process, run_services  # noqa: E402
 
 from .app import VERSION, Gateway  # noqa: E402
 
@@ -41,7 +40,7 @@ async def start_http(services: list[Service]) -> Callable[[], Awaitable[None]]:
 
 
 def main() -> None:
-    asyncio.run(run_services([gateway_factory], "gateway", after_start=start_http))
+    run_process(run_services([gateway_factory], "gateway", after_start=start_http))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,30 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 def test_merge_keeps_a_sample_once_and_every_distinct_one():
     a = "# TYPE x_total counter\nx_total{service=\"a\"} 1\n"
     b = "# TYPE x_total counter\nx_total{service=\"a\"} 1\nx_total{service=\"b\"} 2\n"
-    got = samples(metrics.render(metrics.merge([a, b, a])))
+    got = samples(metrics.merge([a, b, a]))
     assert got == {("x_total", (("service", "a"),)): 1.0,
                    ("x_total", (("service", "b"),)): 2.0}
+
+
+def test_merge_groups_a_family_of_several_texts_and_keeps_its_header_once():
+    a = ('# HELP h Latency.\n# TYPE h histogram\nh_bucket{le="1.0",s="a b}"} 1.0\n'
+         'h_count{s="a b}"} 1.0\nh_sum{s="a b}"} 0.5\n# HELP g G.\n# TYPE g gauge\ng 3.0\n')
+    b = ('# HELP h Latency.\n# TYPE h histogram\nh_bucket{le="1.0",s="c"} 2.0\n'
+         'h_count{s="c"} 2.0\nh_sum{s="c"} 1.5\n')
+    text = metrics.merge([a, b])
+    assert text.count("# TYPE h histogram") == 1 and text.count("# HELP h ") == 1
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["h"].type == "histogram" and len(fams["h"].samples) == 6
+    assert fams["g"].samples[0].value == 3.0
+
+
+def test_merge_keeps_only_the_projects_asked():
+    a = ('# TYPE lxd_procs_total gauge\nlxd_procs_total{name="c1",project="p1"} 1.0\n'
+         'lxd_procs_total{name="c2",project="p2"} 2.0\n'
+         'lxd_procs_total{name="c3",subproject="p2"} 3.0\n')
+    got = samples(metrics.merge([a], {"p1"}))
+    assert set(got) == {("lxd_procs_total", (("name", "c1"), ("project", "p1"))),
+                        ("lxd_procs_total", (("name", "c3"), ("subproject", "p2")))}
 
 
 def test_merge_rejects_what_the_parser_rejects():

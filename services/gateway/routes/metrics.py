@@ -38,21 +38,15 @@ _STARTED = time.time()
 async def get(ctx: Context, request: web.Request) -> web.Response:
     names = subjects.SERVICES
     replies = await asyncio.gather(*(_ask(ctx, svc) for svc in names))
-    texts = [metrics.exposition(), *(t for t in replies if t is not None)]
-    families = metrics.merge(texts)
     up = GaugeMetricFamily("corral_service_up", "Whether the service answered this scrape "
                            "(1) or not (0).", labels=["service"])
     up.add_metric(["gateway"], 1.0)
     for svc, text in zip(names, replies, strict=True):
         up.add_metric([svc], 0.0 if text is None else 1.0)
-    families += [up, *await _operations(ctx), _uptime()]
-    keep = _project_filter(request)
-    if keep is not None:
-        for fam in families:
-            fam.samples[:] = [s for s in fam.samples
-                              if "project" not in s.labels or s.labels["project"] in keep]
-    return web.Response(body=metrics.render(families).encode(),
-                        headers={"Content-Type": CONTENT_TYPE})
+    own = metrics.render([up, *await _operations(ctx), _uptime()])
+    texts = [metrics.exposition(), *(t for t in replies if t is not None), own]
+    body = metrics.merge(texts, _project_filter(request))
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _ask(ctx: Context, svc: str) -> str | None:
