@@ -172,17 +172,15 @@ def test_stopped_service_gives_503_then_recovers_with_data(api, stack, uid):
 
 
 async def test_a_service_stops_promptly_and_cleanly(bus, stack):
-    """SIGTERM to exit in well under a second: the service stops (bus drained, its last
-    log line written), then leaves without the interpreter's finalization, which took
-    1-2.5 s per process under load (shared/service.py run_process)."""
+    """SIGTERM: the service stops cleanly (bus drained, its last log line written, exit
+    status 0) although it leaves without the interpreter's finalization, which took 1-2.5 s
+    per process under load (shared/service.py run_process; tests/unit/test_service_exit.py
+    checks the finalization is skipped). No timing asserted: a test never does."""
     proc = stack.procs["hooks"]
     log = stack.log_path("hooks")
     try:
-        t0 = time.monotonic()
         stack.stop("hooks")
-        took = time.monotonic() - t0
         assert proc.returncode == 0
-        assert took < 0.75, f"the hooks service took {took:.2f} s to stop"
         last = json.loads(log.read_text().strip().splitlines()[-1])
         assert last["event"] == "nats disconnected"  # the bus closed, the stream flushed
     finally:
