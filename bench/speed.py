@@ -103,20 +103,23 @@ FIGURES: list[tuple[str, float | None, str, str]] = [
 # through CORRAL_TRACE_FILE, perf_counter steps in the instance service, py-spy, smaps);
 # docs/performance.md has the numbers behind each phrase.
 BOUNDS: dict[str, str] = {
-    "lxc launch busybox": "lxc-start ~60 ms (sh+newuidmap, mounts, veth); create ~35 ms "
-                          "(btrfs snapshot, LXC config); the client's 7 requests",
-    "lxc exec c -- true": "client 11-15 ms + 7 HTTP exchanges; attach >=4.4 ms kernel; "
-                          "acked JetStream writes of the operation",
+    "lxc launch busybox": "lxc-start (cgroup v1 moves in ~12 hierarchies, mounts, "
+                          "pivot_root, veth: kernel work); create ~35 ms (btrfs snapshot, "
+                          "LXC config); the client's 7 requests",
+    "lxc exec c -- true": "client 11-15 ms + 7 HTTP exchanges (4 websockets one after "
+                          "another); attach >=4.4 ms kernel; one acked write (the record)",
     "lxc stop --force": "LXC teardown after init's SIGKILL (veth delete ~23 ms); client",
-    "lxc start (stopped)": "lxc-start ~60 ms (sh+newuidmap, mounts, veth); client 5 requests",
-    "lxc delete (stopped)": "client ~11 ms + 3 requests; LXC dir + cgroups; volume delete "
-                            "in parallel with the lease release ~10 ms",
+    "lxc start (stopped)": "lxc-start (cgroup v1 moves, mounts, pivot_root, veth); NIC "
+                           "config from the network service; client 5 requests",
+    "lxc delete (stopped)": "client ~11 ms + 3 requests; volume delete beside the lease "
+                            "release (nic_release ~10 ms: tc, dhcp_release); journal",
     "lxc snapshot (running)": "btrfs snapshot + 2 acked KV writes; client",
     "lxc copy (stopped)": "btrfs snapshot + LXC definition + NIC config; client",
     "GET recursion=1, 10 instances": "HTTP parse + one bus round trip (~1.5 ms) + JSON",
-    "GET recursion=1, MANY instances": "2.3 MB of JSON through nats: CPU instance ~21 ms, "
-                                       "nats-server ~14, gateway ~8",
-    "GET recursion=2, 10 running": "~8.5 ms CPU reading cgroups, netns netlink, disk use",
+    "GET recursion=1, MANY instances": "2.25 MB of JSON through nats: CPU instance ~14 "
+                                       "ms, gateway ~8, nats-server 5-7; this bench's "
+                                       "own json.loads of the body 12-19",
+    "GET recursion=2, 10 running": "~6 ms CPU reading cgroups, netns netlink, disk use",
     "memory: stack after the bench (alone)": "fork server 47 + 7 services x 12-38 MiB "
                                              "own (COW copies on use, own modules, heap "
                                              "at work: gateway 66->83, instance 47->75 RSS) "
@@ -125,7 +128,7 @@ BOUNDS: dict[str, str] = {
                                                    "(nats/asyncio/ssl 11, services 13, "
                                                    "shared 7, aiohttp 5, pyroute2 4) + heap "
                                                    "at work ~20 + nats-server 21-30",
-    "single mode: lxc start (stopped)": "lxc-start ~60 ms; client 5 requests",
+    "single mode: lxc start (stopped)": "lxc-start (kernel work); client 5 requests",
     "single mode: lxc delete (stopped)": "client ~11 ms + 3 requests; LXC dir + cgroups",
     "VM: launch to first exec (TCG)": "SeaBIOS + kernel unpack ~0.6 s emulated, virtio "
                                       "probes, agent start",
