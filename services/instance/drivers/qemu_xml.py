@@ -111,12 +111,13 @@ def render(s: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-# PCI slots whose INTA the i440FX routes to one ACPI link (LNKA: link = (slot - 1 + pin)
+# PCI slots whose INTA the i440FX routes to one ACPI link (LNKB: link = (slot - 1 + pin)
 # mod 4). Why: the guest's first use of each link runs its ACPI methods (_PRS/_CRS/_SRS)
 # in emulated AML, ~0.19 s a link under TCG when virtio_pci enables the device; libvirt's
-# own slots (2, 3, 4...) spread the cold devices over three links. Hotplugged devices
-# keep libvirt's free slots.
-ONE_LINK_SLOTS = (0x05, 0x09, 0x0D, 0x11, 0x15, 0x19, 0x1D)
+# own slots (2, 3, 4...) spread the cold devices over three links. The root disk takes
+# slot 2, the lowest a device can have, so the guest still probes it first (its /dev/vda)
+# whatever extra disks libvirt places. Hotplugged devices keep libvirt's free slots.
+ONE_LINK_SLOTS = (0x02, 0x06, 0x0A, 0x0E, 0x12, 0x16, 0x1A, 0x1E)
 
 
 def _pci_slot(el: ET.Element, i: int) -> None:
