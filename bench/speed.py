@@ -130,9 +130,10 @@ BOUNDS: dict[str, str] = {
                                                    "at work ~20 + nats-server 21-30",
     "single mode: lxc start (stopped)": "lxc-start (kernel work); client 5 requests",
     "single mode: lxc delete (stopped)": "client ~11 ms + 3 requests; LXC dir + cgroups",
-    "VM: launch to first exec (TCG)": "SeaBIOS + kernel unpack ~0.6 s emulated, virtio "
-                                      "probes, agent start",
-    "VM: lxc exec v -- true": "libvirt calls 2-4 ms each; acked operation writes",
+    "VM: launch to first exec (TCG)": "SeaBIOS + kernel unpack ~0.6 s emulated, ACPI link "
+                                      "of the virtio devices (one now), agent start",
+    "VM: lxc exec v -- true": "client + acked operation writes; libvirt state from "
+                              "events (no round trip)",
 }
 
 

@@ -423,3 +423,58 @@ def test_real_image_hotplug_and_balloon_seen_by_guest(real_vm):
     while mem() > before - 50 * 1024 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert mem() <= before - 50 * 1024
+
+
+def _until(pred, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (got := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return got
+
+
+def test_real_image_agent_restart_never_hangs_exec(real_vm):
+    """The agent port's state comes from QEMU's VSERPORT_CHANGE events, not a live-XML
+    read per exec; a restarted agent (inittab respawns it) must not hang the next exec
+    on the connection the driver held to the old one."""
+    drv, name = real_vm
+    assert run(drv, name, ["true"])[0] == 0
+    watch = drv._watch()
+    assert watch is not None and watch.port_open(name) is True
+    assert drv.host_status(name) == "Running" and watch.state(name) == libvirt.VIR_DOMAIN_RUNNING
+    gen = watch.generation(name)
+    for _ in range(3):
+        # the agent kills itself a moment after answering; init respawns it
+        code, _, _ = run(drv, name, ["sh", "-c", "(sleep 0.3; kill $(pidof corral-agent))"
+                                     " </dev/null >/dev/null 2>&1 & exit 0"])
+        assert code == 0
+        _until(lambda g=gen: watch.port_open(name) is False or watch.generation(name) > g + 1,
+               10, "the port's close event")
+        gen = watch.generation(name)
+        t0 = time.monotonic()
+        while True:
+            try:
+                code, out, _ = run(drv, name, ["echo", "again"])
+                break
+            except Unavailable:  # agent still restarting: a fast 503, never a hang
+                assert time.monotonic() - t0 < 30
+                time.sleep(0.1)
+        assert (code, out) == (0, b"again\n")
+        assert time.monotonic() - t0 < 10  # the old connection's 30 s reply timeout not hit
+        assert watch.port_open(name) is True
+
+
+def test_real_image_status_follows_events(real_vm):
+    """A state change libvirt makes without the driver (the guest frozen and resumed
+    behind its back) reaches host_status through the lifecycle events."""
+    drv, name = real_vm
+    assert drv.host_status(name) == "Running"
+    dom = drv.conn.lookupByName(name)
+    dom.suspend()
+    try:
+        _until(lambda: drv.host_status(name) == "Frozen", 5, "Frozen from the event")
+    finally:
+        dom.resume()
+    _until(lambda: drv.host_status(name) == "Running", 5, "Running from the event")
+    assert run(drv, name, ["true"])[0] == 0

@@ -11,10 +11,12 @@ storage service can snapshot or move the volume as one directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import termios
+import threading
 import time
 import tty
 import uuid
@@ -27,7 +29,7 @@ from shared.errors import BadRequest, Conflict, CorralError, Internal, NotFound
 
 from .. import limits
 from ..names import split_host_name
-from . import qemu_agent, qemu_host, qemu_xml
+from . import qemu_agent, qemu_events, qemu_host, qemu_xml
 from .base import (
     Capabilities,
     DiskMount,
@@ -45,6 +47,20 @@ IMAGE = "rootfs.img"
 DEFAULT_MEMORY = 1024 * 2**20  # LXD's default for VMs
 DEFAULT_CMDLINE = "root=/dev/vda rw console=ttyS0"
 LIST_AGENT_TIMEOUT = 0.5  # s: a list waits no longer than this for one guest's addresses
+def _changes_state(fn):
+    """The driver changes the domain's state itself: what the event watch knows of it is
+    dropped before and after, so the next read asks libvirt rather than wait for the
+    event (an ``lxc exec`` right after ``lxc start`` must see the VM running)."""
+    @functools.wraps(fn)
+    def wrapper(self: "QemuDriver", name: str, *args, **kw):
+        self._forget_state(name)
+        try:
+            return fn(self, name, *args, **kw)
+        finally:
+            self._forget_state(name)
+    return wrapper
+
+
 _STATUS = {libvirt.VIR_DOMAIN_RUNNING: ("Running", 103),
            libvirt.VIR_DOMAIN_BLOCKED: ("Running", 103),
            libvirt.VIR_DOMAIN_SHUTDOWN: ("Running", 103),  # shutting down, still up
@@ -71,6 +87,8 @@ class QemuDriver(SpecDir, InstanceDriver):
         # name -> (when, link) that exec_ready checked, for the exec_start that follows
         self._ready_links: dict[str, tuple[float, qemu_agent.AgentLink]] = {}
         self._exec_doms: dict[str, libvirt.virDomain] = {}  # name -> handle, for exec_ready
+        self._events: qemu_events.DomainWatch | None = None
+        self._events_lock = threading.Lock()
 
     @staticmethod
     def accel() -> str:
@@ -86,6 +104,30 @@ class QemuDriver(SpecDir, InstanceDriver):
     @property
     def spec_root(self) -> Path:
         return self.vmpath
+
+    def _watch(self) -> qemu_events.DomainWatch | None:
+        """The event watch of the current connection (made anew after a reconnect);
+        None while it has no events: callers then ask libvirt."""
+        conn = self.conn
+        with self._events_lock:
+            w = self._events
+            if w is None or w.conn is not conn:
+                if w is not None:
+                    w.close()
+                w = self._events = qemu_events.DomainWatch(conn, self._agent_gone)
+        return w if w.alive else None
+
+    def _forget_state(self, name: str) -> None:
+        w = self._events
+        if w is not None:
+            w.forget(name)
+
+    def _agent_gone(self, name: str) -> None:
+        """(libvirt's event thread) the guest closed the agent port: drop our connection."""
+        try:
+            qemu_agent.drop(self._load(name)["agent_socket"])
+        except (NotFound, OSError, ValueError, KeyError):
+            pass  # not one of ours
 
     def _domain(self, name: str) -> libvirt.virDomain:
         self._load(name)
@@ -177,6 +219,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         except FileNotFoundError:
             return []
 
+    @_changes_state
     def purge(self, name: str) -> None:
         """Force off and undefine a VM of ours, then drop its directory."""
         d = self._dir(name)
@@ -191,6 +234,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         except CorralError:
             shutil.rmtree(d, ignore_errors=True)
 
+    @_changes_state
     def delete(self, name: str) -> None:
         self._exec_doms.pop(name, None)
         dom = self._domain_or_none(name)
@@ -211,6 +255,7 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     # ---- lifecycle --------------------------------------------------------------------
 
+    @_changes_state
     def start(self, name: str) -> None:
         data = self._load(name)
         dom = self._domain(name)
@@ -225,6 +270,7 @@ class QemuDriver(SpecDir, InstanceDriver):
             raise Internal(f"Failed to start instance {name!r}: {e.get_error_message()}"
                            f"{_qemu_log_tail(name)}") from None
 
+    @_changes_state
     def stop(self, name: str, timeout: float = 30, force: bool = False) -> None:
         """ACPI power button, then ``destroy`` after ``timeout`` if the guest ignores it."""
         dom = self._domain(name)
@@ -248,6 +294,7 @@ class QemuDriver(SpecDir, InstanceDriver):
 
     # ---- memory state: libvirt internal snapshots in root.qcow2 ---------------------------
 
+    @_changes_state
     def save_memory(self, name: str, tag: str) -> str:
         """An internal snapshot (memory, devices and disk, inside ``root.qcow2``) of the
         running VM, which keeps running; returns its libvirt XML (to redefine it once the
@@ -271,6 +318,7 @@ class QemuDriver(SpecDir, InstanceDriver):
         except libvirt.libvirtError:
             pass  # none under that tag
 
+    @_changes_state
     def resume_memory(self, name: str, tag: str, saved: str) -> None:
         """Redefine the saved snapshot (libvirt forgot it when the disk moved), revert the
         stopped VM to it (running), then drop it from the disk."""
@@ -292,12 +340,14 @@ class QemuDriver(SpecDir, InstanceDriver):
                            f"{e.get_error_message()}{_qemu_log_tail(name)}") from None
         self.drop_memory(name, tag)
 
+    @_changes_state
     def freeze(self, name: str) -> None:
         dom = self._domain(name)
         if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
             raise Conflict(f"Instance {name!r} is {self._status(dom)[0].lower()}, not running")
         dom.suspend()
 
+    @_changes_state
     def unfreeze(self, name: str) -> None:
         dom = self._domain(name)
         if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
@@ -380,11 +430,24 @@ class QemuDriver(SpecDir, InstanceDriver):
         return _STATUS.get(dom.state()[0], ("Error", 112))
 
     def host_status(self, name: str) -> str:
-        """libvirt's view (a cached connection, no process spawned)."""
+        """libvirt's view: from the event watch when it knows, else one round trip (then
+        kept until the domain's next event)."""
+        w = self._watch()
+        gen = 0
+        if w is not None:
+            known = w.state(name)
+            if known is not None:
+                return _STATUS.get(known, ("Error", 112))[0]
+            gen = w.generation(name)
         try:
-            return self._status(self._domain(name))[0]
+            state = self._domain(name).state()[0]
         except NotFound:
             return "Stopped"
+        except libvirt.libvirtError:  # undefined while we asked
+            return "Stopped"
+        if w is not None:
+            w.seed(name, gen, state=state)
+        return _STATUS.get(state, ("Error", 112))[0]
 
     def state(self, name: str) -> dict:
         data = self._load(name)
@@ -509,7 +572,31 @@ class QemuDriver(SpecDir, InstanceDriver):
     # ---- exec and files: through the in-guest agent ------------------------------------
 
     def _agent(self, name: str, running: bool = False) -> qemu_agent.AgentLink:
+        """The link to a running guest's agent, Unavailable (503) at once when it is down.
+
+        From the event watch when it knows the port open (``running``: the caller checks
+        the run state beside; else the watch must know it running too); otherwise the
+        live XML, whose answer the watch keeps until the port's next event."""
         data = self._load(name)
+        w = self._watch()
+        gen = 0
+        if w is not None:
+            if w.port_open(name) and (running or w.state(name) == libvirt.VIR_DOMAIN_RUNNING):
+                return qemu_agent.AgentLink(name, data["agent_socket"])
+            gen = w.generation(name)
+        if w is not None:
+            dom = self._exec_doms.get(name) or self._domain(name)
+            try:
+                state, connected = _run_and_port(dom, running)
+            except libvirt.libvirtError:  # undefined since: look it up again
+                self._exec_doms.pop(name, None)
+                dom = self._domain(name)
+                state, connected = _run_and_port(dom, running)
+            self._exec_doms[name] = dom
+            w.seed(name, gen, state=state, port=connected)
+            if connected and (running or state == libvirt.VIR_DOMAIN_RUNNING):
+                return qemu_agent.AgentLink(name, data["agent_socket"])
+            return qemu_agent.AgentLink.for_domain(name, dom, data["agent_socket"])
         if running:  # the exec path: the domain handle of the last exec saves a lookup
             dom = self._exec_doms.get(name)
             if dom is not None:
@@ -559,6 +646,12 @@ class QemuDriver(SpecDir, InstanceDriver):
 
 READY_FOR = 2.0  # s: an agent link exec_ready checked is trusted this long by exec_start
 DETACH_TIMEOUT = 45.0  # s: a TCG guest on a busy host is slow to take an ACPI eject
+
+
+def _run_and_port(dom: libvirt.virDomain, running: bool) -> tuple[int | None, bool]:
+    """(run state unless the caller saw it running, whether the agent port is open)."""
+    state = None if running else dom.state()[0]
+    return state, qemu_xml.channel_state(dom.XMLDesc(0)) == "connected"
 
 
 def _set_disks(data: dict, disks: list[DiskMount]) -> None:

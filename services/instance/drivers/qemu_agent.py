@@ -61,6 +61,21 @@ def forget(path: str) -> None:
         _run(cl.close(), 5)
 
 
+def drop(path: str) -> None:
+    """As ``forget`` without waiting (from libvirt's event thread, when the guest closed
+    the agent port): the next call connects anew and says hello to the new agent."""
+    with _lock:
+        loop = _loop
+    if loop is None:
+        return
+
+    def go() -> None:
+        cl = _clients.pop(path, None)
+        if cl is not None:
+            asyncio.ensure_future(cl.close())
+    loop.call_soon_threadsafe(go)
+
+
 @dataclass
 class AgentLink:
     name: str

@@ -22,6 +22,8 @@ import libvirt
 
 from shared.errors import Internal, Unavailable
 
+from . import qemu_events
+
 URI = os.environ.get("CORRAL_LIBVIRT_URI", "qemu:///system")
 EMULATOR = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 _PROBE_DONE = (b"No bootable device", b"Boot failed", b"enter handle_18")
@@ -43,6 +45,7 @@ def connect(uri: str = URI) -> libvirt.virConnect:
         conn = _conns.get(uri)
         if conn is not None and conn.isAlive():
             return conn
+        qemu_events.start_event_loop()  # before the open: events bind to it
         try:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as e:
